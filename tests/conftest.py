@@ -5,11 +5,11 @@ torchvision 0.29 segfaults, while the other order works. Importing it here (when
 optional `port` extra is installed) fixes the order for every test module.
 """
 
+import contextlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-try:  # Optional dependency (the `port` extra); see the module docstring for why it is here.
+# Optional dependency (the `port` extra); see the module docstring for why it is here.
+with contextlib.suppress(ImportError):
     import torchvision  # noqa: F401
-except ImportError:
-    pass

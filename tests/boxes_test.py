@@ -1,0 +1,94 @@
+"""Box conversions and IoU against hand-computed values and geometric properties."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from yolojax import boxes as box_ops
+
+
+def _random_boxes(draw_array):
+    """yxyx boxes with min <= max from an (n, 4) array of corner candidates."""
+    low = np.minimum(draw_array[:, :2], draw_array[:, 2:])
+    high = np.maximum(draw_array[:, :2], draw_array[:, 2:])
+    return np.concatenate([low, high], axis=1)
+
+
+corner_arrays = arrays(
+    np.float64,
+    st.tuples(st.integers(1, 6), st.just(4)),
+    elements=st.floats(0, 1, allow_nan=False, width=32),
+)
+
+
+def test_iou_hand_computed():
+    # Unit square vs a square shifted by half its side: intersection 0.5, union 1.5.
+    a = np.array([[0.0, 0.0, 1.0, 1.0]])
+    b = np.array([[0.0, 0.5, 1.0, 1.5], [2.0, 2.0, 3.0, 3.0], [0.25, 0.25, 0.75, 0.75]])
+    np.testing.assert_allclose(box_ops.pairwise_iou(a, b), [[1 / 3, 0.0, 0.25]])
+
+
+def test_iou_of_empty_boxes_is_zero_not_nan():
+    empty = np.zeros((1, 4))
+    assert box_ops.pairwise_iou(empty, empty)[0, 0] == 0.0
+
+
+def test_numpy_in_numpy_out_and_jax_in_jax_out():
+    a = np.array([[0.0, 0.0, 1.0, 1.0]], np.float32)
+    assert isinstance(box_ops.pairwise_iou(a, a), np.ndarray)
+    assert isinstance(box_ops.pairwise_iou(jnp.asarray(a), jnp.asarray(a)), jax.Array)
+    jitted = jax.jit(box_ops.elementwise_iou)(jnp.asarray(a), jnp.asarray(a))
+    np.testing.assert_allclose(jitted, [1.0])
+
+
+def test_conversions_hand_computed():
+    yxyx = np.array([0.1, 0.2, 0.5, 0.6])
+    np.testing.assert_allclose(box_ops.yxyx_to_xyxy(yxyx), [0.2, 0.1, 0.6, 0.5])
+    np.testing.assert_allclose(box_ops.yxyx_to_cxcywh(yxyx), [0.4, 0.3, 0.4, 0.4])
+
+
+def test_wrong_shape_is_a_clear_error():
+    with pytest.raises(ValueError, match="boxes1"):
+        box_ops.pairwise_iou(np.zeros((3, 5)), np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="elementwise_iou"):
+        box_ops.pairwise_iou(np.zeros((2, 3, 4)), np.zeros((2, 4)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(corner_arrays, corner_arrays)
+def test_iou_symmetric_and_bounded(a, b):
+    a, b = _random_boxes(a), _random_boxes(b)
+    iou = box_ops.pairwise_iou(a, b)
+    assert iou.shape == (len(a), len(b))
+    assert np.all((iou >= 0) & (iou <= 1 + 1e-12))
+    np.testing.assert_allclose(iou, box_ops.pairwise_iou(b, a).T)
+    np.testing.assert_allclose(
+        np.diagonal(box_ops.pairwise_iou(a, a[: len(a)])),
+        np.where(box_ops.box_area(a) > 0, 1.0, 0.0),
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(corner_arrays)
+def test_conversions_round_trip(corners):
+    yxyx = _random_boxes(corners)
+    np.testing.assert_allclose(box_ops.xyxy_to_yxyx(box_ops.yxyx_to_xyxy(yxyx)), yxyx)
+    np.testing.assert_allclose(
+        box_ops.cxcywh_to_yxyx(box_ops.yxyx_to_cxcywh(yxyx)), yxyx, atol=1e-12
+    )
+    # Area is format independent.
+    np.testing.assert_allclose(box_ops.box_area(box_ops.yxyx_to_xyxy(yxyx)), box_ops.box_area(yxyx))
+
+
+@settings(max_examples=30, deadline=None)
+@given(corner_arrays, corner_arrays)
+def test_elementwise_matches_diagonal_of_pairwise(a, b):
+    a, b = _random_boxes(a), _random_boxes(b)
+    n = min(len(a), len(b))
+    np.testing.assert_allclose(
+        box_ops.elementwise_iou(a[:n], b[:n]), np.diagonal(box_ops.pairwise_iou(a[:n], b[:n]))
+    )

@@ -1,0 +1,124 @@
+"""The YOLOv1 loss against a value worked out by hand on a 2×2 grid."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from yolojax import losses, targets
+
+# A 2×2 grid, C = 2 classes, B = 2 boxes. Prediction channels per cell:
+# [p0, p1, conf0, x0, y0, w0, h0, conf1, x1, y1, w1, h1].
+S, C, B = 2, 2, 2
+
+
+def _hand_case():
+    """One object of class 1 in cell (row 0, col 1), centred, exactly one cell in size."""
+    target = np.asarray(
+        targets.encode(
+            np.array([[0.0, 0.5, 0.5, 1.0]], np.float32),
+            np.array([1]),
+            np.array([True]),
+            grid_size=S,
+            num_classes=C,
+        )
+    )
+    pred = np.zeros((S, S, C + 5 * B), np.float32)
+    # Object cell. Box 0: x∈[0.375, 0.625], y∈[0, 1] → IoU with the unit cell box 0.25.
+    # Box 1: x∈[-0.25, 0.75], y∈[0, 1] → intersection 0.75, union 1.25, IoU 0.6: responsible.
+    pred[0, 1] = [0.2, 0.7, 0.6, 0.5, 0.5, 0.25, 1.0, 0.3, 0.25, 0.5, 1.0, 1.0]
+    # Empty cells: only confidences matter (no-object term); class scores must be ignored.
+    pred[0, 0, :3] = [0.5, 0.5, 0.2]
+    pred[1, 1, 7] = -0.4
+    pred[1, 0, 3:7] = [0.9, 0.9, 3.0, 3.0]  # coordinates of empty cells are ignored
+    return pred[None], target[None]
+
+
+# Worked by hand from the case above:
+#   coord  = 5 · [(0.25 - 0.5)² + 0² + (√1 - √1)² + (√1 - √1)²] = 5 · 0.0625 = 0.3125
+#   object = (0.3 - IoU 0.6)² = 0.09            (rescore=False: (0.3 - 1)² = 0.49)
+#   noobj  = 0.5 · (0.6² + 0.2² + 0.4²) = 0.28  (only empty cells: 0.5 · (0.2² + 0.4²) = 0.1)
+#   class  = (0.2 - 0)² + (0.7 - 1)² = 0.13
+HAND = {"coord": 0.3125, "object": 0.09, "noobj": 0.28, "class": 0.13}
+
+
+def test_loss_matches_hand_computation():
+    pred, target = _hand_case()
+    loss, metrics = losses.yolo_loss(pred, target, num_classes=C, num_boxes=B)
+    for name, value in HAND.items():
+        assert float(metrics[name]) == pytest.approx(value, abs=1e-5), name
+    assert float(loss) == pytest.approx(sum(HAND.values()), abs=1e-5)
+    assert float(metrics["iou"]) == pytest.approx(0.6, abs=1e-6)
+
+
+def test_loss_variants_hand_computed():
+    pred, target = _hand_case()
+    _, no_rescore = losses.yolo_loss(pred, target, num_classes=C, rescore=False)
+    assert float(no_rescore["object"]) == pytest.approx(0.49, abs=1e-5)
+    _, empty_cells_only = losses.yolo_loss(pred, target, num_classes=C, noobj_on_unassigned=False)
+    assert float(empty_cells_only["noobj"]) == pytest.approx(0.1, abs=1e-5)
+    _, weighted = losses.yolo_loss(pred, target, num_classes=C, lambda_coord=1.0, lambda_noobj=1.0)
+    assert float(weighted["coord"]) == pytest.approx(0.0625, abs=1e-5)
+    assert float(weighted["noobj"]) == pytest.approx(0.56, abs=1e-5)
+
+
+def test_loss_is_a_mean_over_images():
+    pred, target = _hand_case()
+    empty_pred = np.zeros_like(pred)
+    empty_target = np.zeros_like(target)
+    loss, _ = losses.yolo_loss(
+        np.concatenate([pred, empty_pred]), np.concatenate([target, empty_target]), num_classes=C
+    )
+    assert float(loss) == pytest.approx(sum(HAND.values()) / 2, abs=1e-5)
+
+
+def test_responsible_tie_goes_to_the_lower_index():
+    pred, target = _hand_case()
+    pred[0, 0, 1, 7:] = pred[0, 0, 1, 2:7]  # box 1 := box 0: equal IoU 0.25
+    pred[0, 0, 1, 7] = 0.9  # distinguishable confidence on box 1
+    _, metrics = losses.yolo_loss(pred, target, num_classes=C)
+    # Box 0 responsible → object (0.6 - 0.25)²; box 1 goes to no-object: 0.5 · (0.9² + 0.2² + 0.4²)
+    assert float(metrics["object"]) == pytest.approx(0.35**2, abs=1e-5)
+    assert float(metrics["noobj"]) == pytest.approx(0.5 * (0.81 + 0.04 + 0.16), abs=1e-5)
+
+
+def test_general_in_grid_boxes_and_classes():
+    s, c, b = 3, 5, 3
+    pred = jax.random.normal(jax.random.key(0), (2, s, s, c + 5 * b))
+    target = targets.encode_batch(
+        jnp.array([[[0.1, 0.1, 0.6, 0.5]], [[0.5, 0.4, 0.9, 0.95]]]),
+        jnp.array([[4], [0]]),
+        jnp.ones((2, 1), bool),
+        grid_size=s,
+        num_classes=c,
+    )
+    loss, metrics = jax.jit(lambda p, t: losses.yolo_loss(p, t, num_classes=c, num_boxes=b))(
+        pred, target
+    )
+    assert np.isfinite(loss)
+    terms = sum(float(metrics[k]) for k in ("coord", "object", "noobj", "class"))
+    assert float(loss) == pytest.approx(terms, rel=1e-6)
+
+
+def test_gradient_finite_for_non_positive_sizes():
+    pred, target = _hand_case()
+    for size in (0.0, -0.5):
+        pred[0, 0, 1, 10:12] = size  # w, h of the responsible box
+        pred[0, 0, 1, 5:7] = size
+        grads = jax.grad(lambda p: losses.yolo_loss(p, target, num_classes=C)[0])(jnp.asarray(pred))
+        assert np.all(np.isfinite(grads)), size
+
+
+def test_gradient_pushes_the_confidence_toward_iou_not_through_it():
+    pred, target = _hand_case()
+    grads = jax.grad(lambda p: losses.yolo_loss(p, target, num_classes=C)[0])(jnp.asarray(pred))
+    # d/dconf1 (conf1 - 0.6)² = 2 · (0.3 - 0.6) = -0.6 exactly: the IoU target is a constant.
+    assert float(grads[0, 0, 1, 7]) == pytest.approx(-0.6, abs=1e-5)
+
+
+def test_mismatched_shapes_name_the_problem():
+    pred, target = _hand_case()
+    with pytest.raises(ValueError, match="targets"):
+        losses.yolo_loss(pred, target[..., :-1], num_classes=C)
+    with pytest.raises(ValueError, match="C \\+ 5B"):
+        losses.yolo_loss(pred, target, num_classes=C, num_boxes=3)

@@ -1,0 +1,130 @@
+"""Decoding and class-aware NMS against hand-made grids and a plain NumPy reference."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from yolojax import postprocess, targets
+
+S, C, B = 4, 3, 2
+
+
+def _perfect_outputs(boxes, labels):
+    """Outputs a perfect detector would give: one-hot classes, box 0 = the target, conf 1."""
+    grid = np.asarray(
+        targets.encode(
+            np.asarray(boxes, np.float32),
+            np.asarray(labels),
+            np.ones(len(boxes), bool),
+            grid_size=S,
+            num_classes=C,
+        )
+    )
+    outputs = np.zeros((S, S, C + 5 * B), np.float32)
+    outputs[..., :C] = grid[..., :C]
+    outputs[..., C : C + 5] = grid[..., C : C + 5]  # [obj, x, y, w, h] = [conf, x, y, w, h]
+    return outputs[None]
+
+
+def test_encode_decode_round_trip():
+    boxes = np.array([[0.1, 0.2, 0.5, 0.6], [0.55, 0.05, 0.95, 0.3], [0.6, 0.6, 0.9, 0.99]])
+    labels = np.array([2, 0, 1])
+    detections = postprocess.detect(
+        _perfect_outputs(boxes, labels), num_classes=C, num_boxes=B, max_detections=10
+    )
+    assert int(detections.valid.sum()) == 3
+    found = {
+        int(label): np.asarray(box)
+        for box, label, valid in zip(
+            detections.boxes[0], detections.labels[0], detections.valid[0], strict=True
+        )
+        if valid
+    }
+    for box, label in zip(boxes, labels, strict=True):
+        np.testing.assert_allclose(found[int(label)], box, atol=1e-6)
+    np.testing.assert_allclose(detections.scores[0][detections.valid[0]], 1.0)
+
+
+def test_decode_hand_computed_box_and_score():
+    outputs = np.zeros((1, S, S, C + 5 * B), np.float32)
+    # Cell (row 2, col 1), box 1: centre offset (0.5, 0.25), size 2 × 1 cells, conf 0.8;
+    # class scores [0.1, 0.5, -0.3]. Centre = ((1 + 0.5) / 4, (2 + 0.25) / 4) = (0.375, 0.5625);
+    # half sizes 0.25 × 0.125 → yxyx [0.4375, 0.125, 0.6875, 0.625].
+    outputs[0, 2, 1, :C] = [0.1, 0.5, -0.3]
+    outputs[0, 2, 1, C + 5 :] = [0.8, 0.5, 0.25, 2.0, 1.0]
+    boxes, scores = postprocess.decode(outputs, num_classes=C, num_boxes=B)
+    index = (2 * S + 1) * B + 1  # (row, col, box) order
+    np.testing.assert_allclose(boxes[0, index], [0.4375, 0.125, 0.6875, 0.625], atol=1e-6)
+    # Scores = conf × class score, the negative class score clipped to 0.
+    np.testing.assert_allclose(scores[0, index], [0.08, 0.4, 0.0], atol=1e-6)
+    assert float(jnp.abs(scores[0, :index]).sum()) == 0.0  # empty boxes score nothing
+
+
+def _reference_nms(boxes, scores, score_threshold, iou_threshold, max_detections):
+    """Per-class greedy NMS written plainly, detection by detection."""
+
+    def iou(a, b):
+        ih = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        iw = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        inter = ih * iw
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+        return inter / union if union > 0 else 0.0
+
+    kept = []
+    for c in range(scores.shape[1]):
+        order = [i for i in np.argsort(-scores[:, c]) if scores[i, c] >= score_threshold]
+        chosen = []
+        for i in order:
+            if all(iou(boxes[i], boxes[j]) <= iou_threshold for j in chosen):
+                chosen.append(i)
+        kept += [(scores[i, c], c, i) for i in chosen]
+    kept.sort(key=lambda t: -t[0])
+    return kept[:max_detections]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_nms_matches_numpy_reference(seed):
+    rng = np.random.default_rng(seed)
+    n = 60
+    centre = rng.uniform(0.2, 0.8, (n, 2))
+    size = rng.uniform(0.05, 0.4, (n, 2))
+    boxes = np.concatenate([centre - size / 2, centre + size / 2], 1).astype(np.float32)
+    scores = rng.uniform(0, 1, (n, C)).astype(np.float32)
+    expected = _reference_nms(boxes, scores, 0.3, 0.45, 25)
+    got = jax.jit(
+        lambda b, s: postprocess.nms(
+            b, s, score_threshold=0.3, iou_threshold=0.45, max_detections=25
+        )
+    )(boxes, scores)
+    assert int(got.valid.sum()) == len(expected)
+    np.testing.assert_allclose(got.scores[: len(expected)], [t[0] for t in expected], rtol=1e-6)
+    np.testing.assert_array_equal(got.labels[: len(expected)], [t[1] for t in expected])
+    np.testing.assert_allclose(got.boxes[: len(expected)], boxes[[t[2] for t in expected]])
+    assert not np.any(got.valid[len(expected) :])
+
+
+def test_nms_keeps_overlapping_boxes_of_different_classes():
+    boxes = np.array([[0.1, 0.1, 0.5, 0.5], [0.1, 0.1, 0.5, 0.52]], np.float32)
+    scores = np.array([[0.9, 0.0], [0.0, 0.8]], np.float32)
+    same_class = np.array([[0.9, 0.0], [0.8, 0.0]], np.float32)
+    kwargs = dict(score_threshold=0.1, iou_threshold=0.5, max_detections=4)
+    assert int(postprocess.nms(boxes, scores, **kwargs).valid.sum()) == 2
+    assert int(postprocess.nms(boxes, same_class, **kwargs).valid.sum()) == 1
+
+
+def test_detect_output_is_fixed_size_even_when_few_candidates():
+    outputs = jax.random.normal(jax.random.key(1), (2, 2, 2, C + 5 * B))
+    detections = postprocess.detect(outputs, num_classes=C, num_boxes=B, max_detections=100)
+    assert detections.boxes.shape == (2, 100, 4)
+    assert detections.valid.shape == (2, 100)
+    assert int(detections.valid.sum()) <= 2 * 2 * 2 * B * C
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError, match="outputs"):
+        postprocess.detect(jnp.zeros((S, S, C + 5 * B)), num_classes=C, num_boxes=B)
+    with pytest.raises(ValueError, match="C \\+ 5B"):
+        postprocess.detect(jnp.zeros((1, S, S, C + 5 * B)), num_classes=C + 1, num_boxes=B)
+    with pytest.raises(ValueError, match="iou_threshold"):
+        postprocess.detect(jnp.zeros((1, S, S, 13)), num_classes=C, num_boxes=B, iou_threshold=2)

@@ -1,0 +1,86 @@
+"""Target encoding against hand-worked grids."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from yolojax import targets
+
+C = 3  # classes in these tests; the grid layout is [class one-hot (3), obj, x, y, w, h]
+
+
+def _encode(boxes, labels, mask=None, grid_size=4):
+    boxes = np.asarray(boxes, np.float32)
+    mask = np.ones(len(boxes), bool) if mask is None else np.asarray(mask)
+    return np.asarray(
+        targets.encode(boxes, np.asarray(labels), mask, grid_size=grid_size, num_classes=C)
+    )
+
+
+def test_single_box_hand_computed():
+    # yxyx [0.1, 0.2, 0.5, 0.6]: centre (x=0.4, y=0.3) → ×4 = (1.6, 1.2): row 1, col 1,
+    # offsets (0.6, 0.2); size 0.4 × 4 = 1.6 cells each way.
+    grid = _encode([[0.1, 0.2, 0.5, 0.6]], [2])
+    assert grid.shape == (4, 4, C + 5)
+    np.testing.assert_allclose(grid[1, 1], [0, 0, 1, 1, 0.6, 0.2, 1.6, 1.6], atol=1e-6)
+    assert grid.sum() == pytest.approx(grid[1, 1].sum())  # every other cell is empty
+
+
+def test_two_centres_in_one_cell_keep_the_larger_box_whatever_the_order():
+    small = [0.30, 0.30, 0.40, 0.40]  # centre (0.35, 0.35) → cell (1, 1)
+    large = [0.20, 0.20, 0.50, 0.50]  # same centre cell, 9× the area
+    for boxes, labels in (([small, large], [0, 1]), ([large, small], [1, 0])):
+        grid = _encode(boxes, labels)
+        np.testing.assert_allclose(grid[1, 1, :C], [0, 1, 0])
+        np.testing.assert_allclose(grid[1, 1, C + 3 :], [1.2, 1.2], atol=1e-6)
+
+
+def test_equal_area_tie_goes_to_the_lower_index():
+    a = [0.25, 0.25, 0.375, 0.375]  # exactly representable: the areas are exactly equal
+    b = [0.3125, 0.3125, 0.4375, 0.4375]  # same size, same cell (1, 1)
+    np.testing.assert_allclose(_encode([a, b], [0, 1])[1, 1, :C], [1, 0, 0])
+    np.testing.assert_allclose(_encode([b, a], [0, 1])[1, 1, :C], [1, 0, 0])
+
+
+def test_padding_and_degenerate_boxes_are_ignored():
+    real = [0.1, 0.1, 0.2, 0.2]
+    zero_width = [0.6, 0.6, 0.9, 0.6]
+    padded = [0.6, 0.6, 0.9, 0.9]
+    grid = _encode([real, zero_width, padded], [0, 1, 2], mask=[True, True, False])
+    assert np.count_nonzero(grid[..., C]) == 1
+    assert grid[0, 0, C] == 1
+
+
+def test_centre_on_the_far_edge_belongs_to_the_last_cell():
+    grid = _encode([[0.8, 0.8, 1.2, 1.2]], [0])  # centre exactly 1.0
+    assert grid[3, 3, C] == 1
+    np.testing.assert_allclose(grid[3, 3, C + 1 : C + 3], [1.0, 1.0])
+
+
+def test_batch_encoding_matches_per_image_encoding_under_jit():
+    rng = np.random.default_rng(0)
+    low = rng.uniform(0, 0.6, (3, 5, 2))
+    boxes = np.concatenate([low, low + rng.uniform(0.05, 0.4, (3, 5, 2))], -1).astype(np.float32)
+    labels = rng.integers(0, C, (3, 5))
+    mask = rng.uniform(size=(3, 5)) > 0.3
+    batched = jax.jit(
+        lambda b, lab, m: targets.encode_batch(b, lab, m, grid_size=4, num_classes=C)
+    )(boxes, labels, mask)
+    for i in range(3):
+        np.testing.assert_allclose(batched[i], _encode(boxes[i], labels[i], mask[i]), atol=1e-6)
+
+
+def test_bad_shapes_raise_before_tracing():
+    with pytest.raises(ValueError, match="boxes"):
+        targets.encode(
+            jnp.zeros((5, 3)), jnp.zeros(5, int), jnp.ones(5, bool), grid_size=7, num_classes=C
+        )
+    with pytest.raises(ValueError, match="labels"):
+        targets.encode(
+            jnp.zeros((5, 4)), jnp.zeros(4, int), jnp.ones(5, bool), grid_size=7, num_classes=C
+        )
+    with pytest.raises(ValueError, match="grid_size"):
+        targets.encode(
+            jnp.zeros((5, 4)), jnp.zeros(5, int), jnp.ones(5, bool), grid_size=0, num_classes=C
+        )

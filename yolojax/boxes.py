@@ -1,0 +1,113 @@
+"""Box format conversions and IoU for NumPy and JAX arrays.
+
+Formats (last axis of size 4):
+  * ``yxyx``: ``[ymin, xmin, ymax, xmax]``, the TFDS convention used on device, normalized
+    to [0, 1].
+  * ``xyxy``: ``[xmin, ymin, xmax, ymax]``, the PASCAL VOC / evaluator convention, any unit.
+  * ``cxcywh``: ``[cx, cy, w, h]``, centre and size.
+
+Every function takes NumPy or JAX arrays and returns the same kind: NumPy in, NumPy out
+(no device transfer); JAX in (or a tracer under ``jit``), JAX out.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _xnp(*arrays):
+    """The array namespace for the inputs: ``jnp`` if any input is a JAX array, else ``np``."""
+    return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
+
+
+def _check_last_axis(boxes, name):
+    if boxes.ndim < 1 or boxes.shape[-1] != 4:
+        raise ValueError(f"{name} must have shape (..., 4); got {tuple(boxes.shape)}.")
+
+
+def yxyx_to_xyxy(boxes):
+    """``[..., 4]`` yxyx → ``[..., 4]`` xyxy (a coordinate swap, unit unchanged)."""
+    _check_last_axis(boxes, "boxes")
+    return boxes[..., [1, 0, 3, 2]]
+
+
+def xyxy_to_yxyx(boxes):
+    """``[..., 4]`` xyxy → ``[..., 4]`` yxyx (a coordinate swap, unit unchanged)."""
+    _check_last_axis(boxes, "boxes")
+    return boxes[..., [1, 0, 3, 2]]
+
+
+def yxyx_to_cxcywh(boxes):
+    """``[..., 4]`` yxyx → ``[..., 4]`` cxcywh in the same unit."""
+    _check_last_axis(boxes, "boxes")
+    xnp = _xnp(boxes)
+    ymin, xmin, ymax, xmax = (boxes[..., i] for i in range(4))
+    return xnp.stack([(xmin + xmax) / 2, (ymin + ymax) / 2, xmax - xmin, ymax - ymin], axis=-1)
+
+
+def cxcywh_to_yxyx(boxes):
+    """``[..., 4]`` cxcywh → ``[..., 4]`` yxyx in the same unit."""
+    _check_last_axis(boxes, "boxes")
+    xnp = _xnp(boxes)
+    cx, cy, w, h = (boxes[..., i] for i in range(4))
+    return xnp.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], axis=-1)
+
+
+def box_area(boxes):
+    """Area of ``[..., 4]`` boxes in yxyx or xyxy (the formula is the same); ``[...]``.
+
+    Inverted boxes (max < min) have area 0, not a negative area.
+    """
+    _check_last_axis(boxes, "boxes")
+    xnp = _xnp(boxes)
+    return xnp.maximum(boxes[..., 2] - boxes[..., 0], 0) * xnp.maximum(
+        boxes[..., 3] - boxes[..., 1], 0
+    )
+
+
+def _intersection_over_union(boxes1, boxes2, xnp):
+    """IoU of broadcastable ``[..., 4]`` boxes; 0 where the union is empty."""
+    low = xnp.maximum(boxes1[..., :2], boxes2[..., :2])
+    high = xnp.minimum(boxes1[..., 2:], boxes2[..., 2:])
+    size = xnp.maximum(high - low, 0)
+    intersection = size[..., 0] * size[..., 1]
+    union = box_area(boxes1) + box_area(boxes2) - intersection
+    # Two empty boxes have union 0: their IoU is 0, and the guarded division keeps
+    # gradients finite under jax.grad (no 0/0 on the untaken branch).
+    safe_union = xnp.where(union > 0, union, 1)
+    return xnp.where(union > 0, intersection / safe_union, 0)
+
+
+def elementwise_iou(boxes1, boxes2):
+    """IoU of corresponding boxes.
+
+    Args:
+      boxes1: ``[..., 4]`` boxes, yxyx or xyxy (both inputs in the same format and unit).
+      boxes2: ``[..., 4]`` boxes broadcastable against ``boxes1``.
+
+    Returns:
+      ``[...]`` IoU in [0, 1]; 0 where both boxes are empty.
+    """
+    _check_last_axis(boxes1, "boxes1")
+    _check_last_axis(boxes2, "boxes2")
+    return _intersection_over_union(boxes1, boxes2, _xnp(boxes1, boxes2))
+
+
+def pairwise_iou(boxes1, boxes2):
+    """IoU of every box in ``boxes1`` with every box in ``boxes2``.
+
+    Args:
+      boxes1: ``[N, 4]`` boxes, yxyx or xyxy.
+      boxes2: ``[M, 4]`` boxes in the same format and unit.
+
+    Returns:
+      ``[N, M]`` IoU matrix in [0, 1].
+    """
+    _check_last_axis(boxes1, "boxes1")
+    _check_last_axis(boxes2, "boxes2")
+    if boxes1.ndim != 2 or boxes2.ndim != 2:
+        raise ValueError(
+            f"pairwise_iou takes boxes1 (N, 4) and boxes2 (M, 4); got {tuple(boxes1.shape)} "
+            f"and {tuple(boxes2.shape)}. Use elementwise_iou for batched, broadcast inputs."
+        )
+    return _intersection_over_union(boxes1[:, None, :], boxes2[None, :, :], _xnp(boxes1, boxes2))

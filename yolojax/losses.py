@@ -1,0 +1,149 @@
+"""The YOLOv1 loss (Redmon et al., 2016, eq. 3), vectorized over images, cells and boxes."""
+
+import jax
+import jax.numpy as jnp
+
+from yolojax import boxes as box_ops
+from yolojax.targets import target_channels
+
+# Keeps the signed square root of a predicted width/height differentiable at and below 0.
+SQRT_EPSILON = 1e-6
+
+
+def split_predictions(predictions, *, num_classes: int, num_boxes: int):
+    """Splits raw network outputs into class scores and per-box fields.
+
+    Args:
+      predictions: ``(..., C + 5B)`` raw outputs.
+
+    Returns:
+      ``class_scores (..., C)`` and ``box_fields (..., B, 5)`` holding
+      ``[confidence, x, y, w, h]`` per box (cell units, see docs/architecture.md).
+    """
+    expected = num_classes + 5 * num_boxes
+    if predictions.shape[-1] != expected:
+        raise ValueError(
+            f"predictions have {predictions.shape[-1]} channels, expected C + 5B = {expected} "
+            f"for num_classes={num_classes}, num_boxes={num_boxes}."
+        )
+    class_scores = predictions[..., :num_classes]
+    box_fields = predictions[..., num_classes:].reshape(*predictions.shape[:-1], num_boxes, 5)
+    return class_scores, box_fields
+
+
+def cell_xywh_to_corners(xywh):
+    """``(..., 4)`` ``[x, y, w, h]`` in cell units (centre offset inside the cell, size) →
+    ``(..., 4)`` ``[ymin, xmin, ymax, xmax]`` relative to the cell's origin, in cell units."""
+    x, y, w, h = (xywh[..., i] for i in range(4))
+    return jnp.stack([y - h / 2, x - w / 2, y + h / 2, x + w / 2], axis=-1)
+
+
+def signed_sqrt(values):
+    """``sign(p) · sqrt(|p| + eps)``: the square root the loss takes of predicted sizes.
+
+    A raw network output can be negative; this keeps the loss defined there and its gradient
+    finite everywhere (including at 0), while pushing negative sizes back up.
+    """
+    return jnp.sign(values) * jnp.sqrt(jnp.abs(values) + SQRT_EPSILON)
+
+
+def _check_loss_args(predictions, targets, num_classes, num_boxes):
+    if num_classes <= 0 or num_boxes <= 0:
+        raise ValueError(
+            f"num_classes and num_boxes must be positive; got {num_classes}, {num_boxes}."
+        )
+    if predictions.ndim != 4 or predictions.shape[1] != predictions.shape[2]:
+        raise ValueError(f"predictions must have shape (N, S, S, C + 5B); got {predictions.shape}.")
+    expected = (*predictions.shape[:3], target_channels(num_classes))
+    if targets.shape != expected:
+        raise ValueError(
+            f"targets must have shape (N, S, S, C + 5) = {expected} to match predictions "
+            f"{predictions.shape}; got {targets.shape}. Check grid_size and num_classes."
+        )
+
+
+def yolo_loss(
+    predictions,
+    targets,
+    *,
+    num_classes: int,
+    num_boxes: int = 2,
+    lambda_coord: float = 5.0,
+    lambda_noobj: float = 0.5,
+    rescore: bool = True,
+    noobj_on_unassigned: bool = True,
+):
+    """The YOLOv1 sum-squared loss.
+
+    In a cell holding an object, the *responsible* predictor is the one of the B boxes whose
+    predicted box has the highest IoU with the ground truth (ties: the lower index).
+
+    * coord: ``lambda_coord · Σ resp · [(x - x̂)² + (y - ŷ)² + (√w - √ŵ)² + (√h - √ĥ)²]``,
+      with the prediction's root taken by :func:`signed_sqrt`.
+    * object: ``Σ resp · (c - ĉ)²``; ``ĉ`` is the responsible box's IoU with the ground
+      truth (a constant: no gradient flows through it) when ``rescore``, else 1.
+    * no-object: ``lambda_noobj · Σ noobj · c²``; ``noobj`` marks every predictor that is not
+      responsible when ``noobj_on_unassigned`` (Darknet), else only predictors of cells
+      without an object (the seed report's reading).
+    * class: ``Σ_cells obj · Σ_c (p(c) - p̂(c))²``.
+
+    Args:
+      predictions: ``(N, S, S, C + 5B)`` raw network outputs.
+      targets: ``(N, S, S, C + 5)`` grids from :func:`yolojax.targets.encode`.
+      num_classes: C.
+      num_boxes: B.
+      lambda_coord: weight of the coordinate term.
+      lambda_noobj: weight of the no-object confidence term.
+      rescore: confidence target is the IoU (True) or 1 (False).
+      noobj_on_unassigned: see above.
+
+    Returns:
+      ``(loss, metrics)``: the scalar loss (sum over cells and boxes, divided by N) and a
+      dict with each weighted term (``coord``, ``object``, ``noobj``, ``class``, same
+      normalization, summing to the loss), ``loss``, and ``iou``: the mean IoU of
+      responsible predictors (0 when the batch has no object).
+    """
+    _check_loss_args(predictions, targets, num_classes, num_boxes)
+    predictions = jnp.asarray(predictions, jnp.float32)
+    targets = jnp.asarray(targets, jnp.float32)
+    batch_size = predictions.shape[0]
+
+    class_scores, box_fields = split_predictions(
+        predictions, num_classes=num_classes, num_boxes=num_boxes
+    )
+    confidence, pred_xywh = box_fields[..., 0], box_fields[..., 1:]  # (N,S,S,B), (N,S,S,B,4)
+    target_class = targets[..., :num_classes]  # (N,S,S,C)
+    has_object = targets[..., num_classes]  # (N,S,S)
+    target_xywh = targets[..., num_classes + 1 :]  # (N,S,S,4)
+
+    iou = jax.lax.stop_gradient(
+        box_ops.elementwise_iou(
+            cell_xywh_to_corners(pred_xywh), cell_xywh_to_corners(target_xywh)[..., None, :]
+        )
+    )  # (N,S,S,B)
+    best = jax.nn.one_hot(jnp.argmax(iou, axis=-1), num_boxes)  # argmax: first max wins ties
+    responsible = best * has_object[..., None]  # (N,S,S,B)
+
+    xy_error = jnp.sum((pred_xywh[..., :2] - target_xywh[..., None, :2]) ** 2, axis=-1)
+    wh_error = jnp.sum(
+        (signed_sqrt(pred_xywh[..., 2:]) - jnp.sqrt(target_xywh[..., None, 2:])) ** 2, axis=-1
+    )
+    coord = lambda_coord * jnp.sum(responsible * (xy_error + wh_error))
+
+    confidence_target = iou if rescore else jnp.ones_like(iou)
+    object_term = jnp.sum(responsible * (confidence - confidence_target) ** 2)
+
+    if noobj_on_unassigned:
+        noobj_mask = 1.0 - responsible
+    else:
+        noobj_mask = jnp.broadcast_to((1.0 - has_object)[..., None], confidence.shape)
+    noobj = lambda_noobj * jnp.sum(noobj_mask * confidence**2)
+
+    class_term = jnp.sum(has_object[..., None] * (class_scores - target_class) ** 2)
+
+    terms = {"coord": coord, "object": object_term, "noobj": noobj, "class": class_term}
+    metrics = {name: value / batch_size for name, value in terms.items()}
+    loss = sum(metrics.values())
+    metrics["loss"] = loss
+    metrics["iou"] = jnp.sum(responsible * iou) / jnp.maximum(jnp.sum(has_object), 1.0)
+    return loss, metrics

@@ -1,0 +1,169 @@
+"""Raw YOLOv1 outputs → scored boxes → class-aware NMS, all with static shapes under jit."""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from yolojax import boxes as box_ops
+from yolojax.losses import cell_xywh_to_corners, split_predictions
+
+
+class Detections(NamedTuple):
+    """Fixed-size detections of a batch; only entries where ``valid`` is True are real.
+
+    Attributes:
+      boxes: ``(N, K, 4)`` normalized ``[ymin, xmin, ymax, xmax]``.
+      scores: ``(N, K)`` confidence × class score, descending among valid entries.
+      labels: ``(N, K)`` int32 class ids.
+      valid: ``(N, K)`` bool.
+    """
+
+    boxes: jax.Array
+    scores: jax.Array
+    labels: jax.Array
+    valid: jax.Array
+
+
+def decode(outputs, *, num_classes: int, num_boxes: int):
+    """Turns raw outputs into image-space boxes and per-class scores.
+
+    The score of box ``b`` for class ``c`` is ``confidence_b × p(c)`` (the paper's
+    class-specific confidence). Both factors are clipped to [0, 1] first: the network is
+    trained with squared error, so raw outputs can leave that range, and two negative
+    factors must not multiply into a positive score. Boxes that are empty after clipping
+    to the image score 0.
+
+    Args:
+      outputs: ``(N, S, S, C + 5B)`` raw network outputs.
+      num_classes: C.
+      num_boxes: B.
+
+    Returns:
+      ``boxes (N, S·S·B, 4)`` normalized yxyx clipped to [0, 1], ordered by
+      ``(row, col, box)``, and ``scores (N, S·S·B, C)``.
+    """
+    if outputs.ndim != 4 or outputs.shape[1] != outputs.shape[2]:
+        raise ValueError(f"outputs must have shape (N, S, S, C + 5B); got {outputs.shape}.")
+    outputs = jnp.asarray(outputs, jnp.float32)
+    batch_size, s = outputs.shape[0], outputs.shape[1]
+    class_scores, box_fields = split_predictions(
+        outputs, num_classes=num_classes, num_boxes=num_boxes
+    )
+    xywh = box_fields[..., 1:].at[..., 2:].max(0.0)  # a negative size is an empty box
+    corners = cell_xywh_to_corners(xywh)  # (N,S,S,B,4) yxyx relative to the cell, cell units
+    rows, cols = jnp.meshgrid(jnp.arange(s), jnp.arange(s), indexing="ij")
+    cell_origin = jnp.stack([rows, cols, rows, cols], axis=-1)[:, :, None, :]  # (S,S,1,4)
+    boxes = jnp.clip((corners + cell_origin) / s, 0.0, 1.0)
+    confidence = jnp.clip(box_fields[..., 0], 0.0, 1.0)  # (N,S,S,B)
+    class_probability = jnp.clip(class_scores, 0.0, 1.0)[..., None, :]  # (N,S,S,1,C)
+    scores = confidence[..., None] * class_probability  # (N,S,S,B,C)
+    # An empty box can neither match nor suppress anything: it is no detection.
+    scores = jnp.where(box_ops.box_area(boxes)[..., None] > 0, scores, 0.0)
+    return boxes.reshape(batch_size, -1, 4), scores.reshape(batch_size, -1, num_classes)
+
+
+def _greedy_nms(boxes, scores, iou_threshold):
+    """Greedy NMS over candidates sorted by descending score.
+
+    Args:
+      boxes: ``(K, 4)`` yxyx boxes, already offset per class so classes never overlap.
+      scores: ``(K,)`` descending; ``-inf`` marks candidates that are not eligible.
+
+    Returns:
+      ``(K,)`` bool: kept candidates.
+    """
+    overlaps = box_ops.pairwise_iou(boxes, boxes) > iou_threshold  # (K, K)
+    eligible = jnp.isfinite(scores)
+
+    def visit(i, keep):
+        # Candidate i survives if no kept, higher-ranked candidate overlaps it.
+        suppressed = jnp.any(keep & overlaps[i] & (jnp.arange(keep.shape[0]) < i))
+        return keep.at[i].set(eligible[i] & ~suppressed)
+
+    return jax.lax.fori_loop(0, boxes.shape[0], visit, jnp.zeros_like(eligible))
+
+
+def nms(
+    boxes,
+    scores,
+    *,
+    score_threshold: float,
+    iou_threshold: float,
+    max_detections: int,
+    pre_nms_top_k: int = 512,
+) -> Detections:
+    """Class-aware non-maximum suppression for one image.
+
+    Every (box, class) pair with a score at or above ``score_threshold`` is a candidate;
+    candidates of different classes never suppress each other. Only the ``pre_nms_top_k``
+    best candidates enter NMS (a bound that keeps the work static; far more than a YOLOv1
+    grid yields above a useful threshold).
+
+    Args:
+      boxes: ``(P, 4)`` yxyx boxes in [0, 1].
+      scores: ``(P, C)`` per-class scores.
+      score_threshold: candidates below it are dropped.
+      iou_threshold: a candidate is suppressed by a higher-scored kept one of the same class
+        whose IoU with it exceeds this.
+      max_detections: K, the fixed output size.
+      pre_nms_top_k: candidates considered.
+
+    Returns:
+      :class:`Detections` for this image with leading shape ``(K,)``.
+    """
+    num_candidates = scores.shape[0] * scores.shape[1]
+    top_k = min(pre_nms_top_k, num_candidates)
+    flat_scores = scores.reshape(-1)  # index = box * C + class
+    top_scores, top_index = jax.lax.top_k(flat_scores, top_k)
+    box_index, labels = jnp.divmod(top_index, scores.shape[1])
+    candidate_boxes = boxes[box_index]
+    top_scores = jnp.where(top_scores >= score_threshold, top_scores, -jnp.inf)
+    # Boxes live in [0, 1]: shifting each class by 2 keeps classes apart.
+    keep = _greedy_nms(candidate_boxes + 2.0 * labels[:, None], top_scores, iou_threshold)
+
+    # Pad so there are at least max_detections slots, then put kept candidates first, in
+    # score order (a stable sort keeps their ranking).
+    padding = max(max_detections - top_k, 0)
+    keep = jnp.pad(keep, (0, padding))
+    order = jnp.argsort(~keep, stable=True)[:max_detections]
+    valid = keep[order]
+    candidate_boxes = jnp.pad(candidate_boxes, ((0, padding), (0, 0)))
+    return Detections(
+        boxes=jnp.where(valid[:, None], candidate_boxes[order], 0.0),
+        scores=jnp.where(valid, jnp.pad(top_scores, (0, padding))[order], 0.0),
+        labels=jnp.where(valid, jnp.pad(labels, (0, padding))[order], 0).astype(jnp.int32),
+        valid=valid,
+    )
+
+
+def detect(
+    outputs,
+    *,
+    num_classes: int,
+    num_boxes: int,
+    score_threshold: float = 0.01,
+    iou_threshold: float = 0.5,
+    max_detections: int = 100,
+    pre_nms_top_k: int = 512,
+) -> Detections:
+    """Raw outputs ``(N, S, S, C + 5B)`` → :class:`Detections` with leading shape ``(N, K)``.
+
+    :func:`decode` then :func:`nms` per image (vmapped); jit-able with the keyword
+    arguments static.
+    """
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be in [0, 1]; got {iou_threshold}.")
+    if max_detections <= 0:
+        raise ValueError(f"max_detections must be positive; got {max_detections}.")
+    boxes, scores = decode(outputs, num_classes=num_classes, num_boxes=num_boxes)
+    return jax.vmap(
+        lambda b, s: nms(
+            b,
+            s,
+            score_threshold=score_threshold,
+            iou_threshold=iou_threshold,
+            max_detections=max_detections,
+            pre_nms_top_k=pre_nms_top_k,
+        )
+    )(boxes, scores)

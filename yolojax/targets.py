@@ -1,0 +1,90 @@
+"""Ground-truth boxes → YOLOv1 target grid, on device.
+
+The grid follows the library contract (docs/architecture.md): per cell
+``[one-hot class (C), objectness, x, y, w, h]`` where ``x, y`` is the offset of the box
+centre inside its cell (0..1) and ``w, h`` is the box size in cell units (normalized size
+× S, so larger than 1 for boxes wider than a cell).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+
+def target_channels(num_classes: int) -> int:
+    """Channels of a target grid cell: C one-hot classes + objectness + x, y, w, h."""
+    return num_classes + 5
+
+
+def _check_encode_args(boxes, labels, mask, grid_size, num_classes):
+    if grid_size <= 0:
+        raise ValueError(f"grid_size must be a positive integer; got {grid_size}.")
+    if num_classes <= 0:
+        raise ValueError(f"num_classes must be a positive integer; got {num_classes}.")
+    if boxes.ndim != 2 or boxes.shape[-1] != 4:
+        raise ValueError(
+            f"boxes must have shape (max_boxes, 4) in normalized yxyx; got {boxes.shape}. "
+            "Use jax.vmap(encode) for a batch."
+        )
+    for name, array in (("labels", labels), ("mask", mask)):
+        if array.shape != boxes.shape[:1]:
+            raise ValueError(f"{name} must have shape {boxes.shape[:1]}; got {array.shape}.")
+
+
+def encode(boxes, labels, mask, *, grid_size: int, num_classes: int) -> jax.Array:
+    """Encodes one image's padded boxes as a YOLOv1 target grid.
+
+    A YOLOv1 cell holds at most one object. When several box centres fall into the same
+    cell, the box with the largest area is kept (it is the one a detector is most expected
+    to find); among boxes of equal area, the lowest index wins. Padding (``mask`` False) and
+    degenerate boxes (zero or negative width or height) are ignored. Centres exactly on the
+    right/bottom edge (1.0) belong to the last cell.
+
+    Args:
+      boxes: ``(M, 4)`` float boxes, normalized ``[ymin, xmin, ymax, xmax]`` in [0, 1].
+      labels: ``(M,)`` int class ids in ``[0, num_classes)``. Out-of-range ids cannot be
+        checked under jit; they produce an all-zero class vector.
+      mask: ``(M,)`` bool, True for real boxes.
+      grid_size: S, the grid is S×S.
+      num_classes: C.
+
+    Returns:
+      ``(S, S, C + 5)`` float32 grid indexed ``[row (y), col (x), channel]``.
+    """
+    boxes, labels, mask = jnp.asarray(boxes, jnp.float32), jnp.asarray(labels), jnp.asarray(mask)
+    _check_encode_args(boxes, labels, mask, grid_size, num_classes)
+    s = grid_size
+    ymin, xmin, ymax, xmax = (boxes[:, i] for i in range(4))
+    height, width = ymax - ymin, xmax - xmin
+    valid = mask.astype(bool) & (height > 0) & (width > 0)
+
+    centre_y, centre_x = (ymin + ymax) / 2 * s, (xmin + xmax) / 2 * s  # in cell units
+    row = jnp.clip(jnp.floor(centre_y), 0, s - 1).astype(jnp.int32)
+    col = jnp.clip(jnp.floor(centre_x), 0, s - 1).astype(jnp.int32)
+    cell = row * s + col  # (M,)
+
+    # Pick one box per cell: priority = area for valid boxes, -inf otherwise; argmax over
+    # boxes returns the first maximum, which makes ties go to the lowest index.
+    in_cell = cell[:, None] == jnp.arange(s * s)[None, :]  # (M, S*S)
+    priority = jnp.where(valid, height * width, -jnp.inf)
+    candidates = jnp.where(in_cell, priority[:, None], -jnp.inf)  # (M, S*S)
+    winner = jnp.argmax(candidates, axis=0)  # (S*S,)
+    has_object = jnp.any(in_cell & valid[:, None], axis=0)  # (S*S,)
+
+    cell_index = jnp.arange(s * s)
+    offset_x = centre_x[winner] - (cell_index % s)
+    offset_y = centre_y[winner] - (cell_index // s)
+    geometry = jnp.stack([offset_x, offset_y, width[winner] * s, height[winner] * s], axis=-1)
+    one_hot = jax.nn.one_hot(labels[winner], num_classes, dtype=jnp.float32)
+    grid = jnp.concatenate([one_hot, jnp.ones((s * s, 1)), geometry], axis=-1)
+    grid = jnp.where(has_object[:, None], grid, 0.0)
+    return grid.reshape(s, s, target_channels(num_classes))
+
+
+def encode_batch(boxes, labels, mask, *, grid_size: int, num_classes: int) -> jax.Array:
+    """:func:`encode` over a batch: ``(N, M, 4), (N, M), (N, M)`` → ``(N, S, S, C + 5)``."""
+    if boxes.ndim != 3:
+        raise ValueError(f"boxes must have shape (N, max_boxes, 4); got {boxes.shape}.")
+    encode_one = functools.partial(encode, grid_size=grid_size, num_classes=num_classes)
+    return jax.vmap(encode_one)(boxes, labels, mask)
