@@ -1,3 +1,46 @@
-"""yolojax: YOLOv1 object detection in JAX/Flax."""
+"""yolojax: YOLOv1 object detection in JAX/Flax.
+
+The public API of the detection core (no TensorFlow import): models, target encoding, the
+loss, decoding + NMS, box utilities and the VOC evaluator. Training, data and inference live
+in their modules (``yolojax.trainer``, ``yolojax.data``, ``yolojax.detector``).
+"""
+
+from yolojax.boxes import (
+    box_area,
+    cxcywh_to_yxyx,
+    elementwise_iou,
+    pairwise_iou,
+    xyxy_to_yxyx,
+    yxyx_to_cxcywh,
+    yxyx_to_xyxy,
+)
+from yolojax.evaluation import VOCEvaluator
+from yolojax.losses import yolo_loss
+from yolojax.models import BACKBONES, HEADS, YOLO, get_classifier, get_model
+from yolojax.postprocess import Detections, decode, detect, nms
+from yolojax.targets import encode, encode_batch
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "BACKBONES",
+    "HEADS",
+    "YOLO",
+    "Detections",
+    "VOCEvaluator",
+    "box_area",
+    "cxcywh_to_yxyx",
+    "decode",
+    "detect",
+    "elementwise_iou",
+    "encode",
+    "encode_batch",
+    "get_classifier",
+    "get_model",
+    "nms",
+    "pairwise_iou",
+    "xyxy_to_yxyx",
+    "yolo_loss",
+    "yxyx_to_cxcywh",
+    "yxyx_to_xyxy",
+]

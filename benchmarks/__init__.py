@@ -1,0 +1,1 @@
+"""yolojax benchmarks; run from the repository root, e.g. `python -m benchmarks.evaluator`."""

@@ -1,0 +1,36 @@
+"""The embedded default: a tiny Darknet on the synthetic shapes dataset, sized for 2 CPU cores.
+
+python train.py --config configs/shapes.py --workdir runs/shapes
+python evaluate.py --config configs/shapes.py --workdir runs/shapes
+"""
+
+from yolojax.config import default_config
+
+
+def get_config(arg=None):
+    del arg  # no variants
+    config = default_config()
+    config.model.backbone = "darknet_tiny"
+    config.model.head = "conv"
+    config.model.num_classes = 5
+    config.model.head_channels = 128
+    config.model.head_conv_layers = 2
+
+    config.data.source = "synthetic_shapes"
+    config.data.image_size = 112
+    config.data.normalization = "unit"
+    config.data.max_boxes = 16
+
+    config.train.batch_size = 32
+    config.train.num_epochs = 30
+    config.train.optimizer = "adam"
+    config.train.learning_rate = 1e-3
+    config.train.weight_decay = 0.0
+    config.train.schedule = "cosine"
+    config.train.warmup_epochs = 1.0
+    config.train.log_every_steps = 25
+    config.train.checkpoint_every_steps = 500
+
+    config.eval.every_epochs = 10
+    config.eval.train_subset = 256
+    return config

@@ -1,0 +1,44 @@
+"""Evaluates a checkpoint: per-class AP table, VOC07 11-point and area mAP, images/s.
+
+    python evaluate.py --config configs/shapes.py --workdir runs/shapes [--checkpoint best]
+
+Writes <workdir>/eval/metrics.json.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from yolojax import distributed, eval_lib
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "The config the run was trained with.", lock_config=True
+)
+flags.DEFINE_string("workdir", None, "The training run's folder.")
+flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or a step number.")
+flags.mark_flags_as_required(["config", "workdir"])
+distributed.define_flags()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:  # orbax logs every save at INFO; --verbosity=0 shows it
+        logging.set_verbosity(logging.WARNING)
+    distributed.initialize_from_flags()
+    checkpoint = FLAGS.checkpoint
+    if checkpoint not in ("latest", "best"):
+        if not checkpoint.isdigit():
+            raise app.UsageError(f"--checkpoint must be latest, best or a step; got {checkpoint!r}")
+        checkpoint = int(checkpoint)
+    results = eval_lib.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, checkpoint)
+    print(results["table"])
+    print(
+        f"step {results['step']}: mAP@0.5 VOC07 11-point {results['mAP']:.4f}, "
+        f"area {results['mAP_area']:.4f} on {results['num_images']} images "
+        f"({results['images_per_second']:.1f} images/s)"
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)

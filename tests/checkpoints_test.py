@@ -1,0 +1,127 @@
+"""Checkpoint save/restore, damaged-checkpoint fallback, model mismatch, workdir files."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from yolojax import checkpoints, workdir
+
+SIGNATURE = {
+    "backbone": "darknet_tiny",
+    "head": "conv",
+    "num_classes": 5,
+    "grid_size": 7,
+    "num_boxes": 2,
+    "image_size": 112,
+}
+
+
+def _state(value: float):
+    return {"params": {"w": np.full((3, 2), value, np.float32)}, "step": np.int32(value)}
+
+
+def _save_steps(path, steps, signature=SIGNATURE):
+    manager = checkpoints.Checkpoints(path, signature, keep=5)
+    for step in steps:
+        manager.save(step, _state(step))
+    manager.wait()
+    manager.close()
+
+
+def test_restore_latest_and_a_given_step(tmp_path):
+    _save_steps(tmp_path, [1, 2, 3])
+    manager = checkpoints.Checkpoints(tmp_path, SIGNATURE)
+    state, step = manager.restore(_state(0))
+    assert step == 3
+    np.testing.assert_array_equal(state["params"]["w"], 3.0)
+    state, step = manager.restore(_state(0), which=2)
+    np.testing.assert_array_equal(state["params"]["w"], 2.0)
+    with pytest.raises(checkpoints.NoCheckpointError, match="available steps"):
+        manager.restore(_state(0), which=7)
+    manager.close()
+
+
+def test_keeps_only_the_last_k(tmp_path):
+    manager = checkpoints.Checkpoints(tmp_path, SIGNATURE, keep=2)
+    for step in (1, 2, 3):
+        manager.save(step, _state(step))
+    manager.wait()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2", "3"]
+    manager.close()
+
+
+def test_best_keeps_the_highest_map(tmp_path):
+    manager = checkpoints.Checkpoints(tmp_path, SIGNATURE)
+    for step, value in ((1, 0.3), (2, 0.5), (3, 0.4), (4, float("nan"))):
+        manager.save_if_best(step, _state(step), {"mAP": value})
+    manager.wait()
+    state, step = manager.restore(_state(0), which="best")
+    assert step == 2
+    np.testing.assert_array_equal(state["params"]["w"], 2.0)
+    manager.close()
+
+
+def test_damaged_latest_falls_back_to_the_previous_with_a_warning(tmp_path):
+    _save_steps(tmp_path, [1, 2])
+    # Damage every data file of the newest checkpoint's state (truncate to 0 bytes).
+    for path in (tmp_path / "checkpoints" / "2" / "state").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"")
+    manager = checkpoints.Checkpoints(tmp_path, SIGNATURE)
+    with pytest.warns(UserWarning, match=r"Skipping damaged checkpoint .*2"):
+        state, step = manager.restore(_state(0))
+    assert step == 1
+    np.testing.assert_array_equal(state["params"]["w"], 1.0)
+    manager.close()
+
+
+def test_every_checkpoint_damaged_is_a_clear_error(tmp_path):
+    _save_steps(tmp_path, [1])
+    shutil.rmtree(tmp_path / "checkpoints" / "1" / "state")
+    manager = checkpoints.Checkpoints(tmp_path, SIGNATURE)
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(checkpoints.NoCheckpointError, match="damaged"),
+    ):
+        manager.restore(_state(0))
+    manager.close()
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
+    _save_steps(tmp_path, [1])
+    other = {**SIGNATURE, "backbone": "resnet18", "num_classes": 20}
+    manager = checkpoints.Checkpoints(tmp_path, other)
+    with pytest.raises(checkpoints.CheckpointMismatchError, match=r"backbone.*resnet18"):
+        manager.restore(_state(0))
+    manager.close()
+
+
+def test_no_checkpoint_says_to_train_first(tmp_path):
+    manager = checkpoints.Checkpoints(tmp_path, SIGNATURE)
+    with pytest.raises(checkpoints.NoCheckpointError, match="train first"):
+        manager.restore(_state(0))
+    manager.close()
+
+
+def test_metrics_log_survives_a_torn_line_and_rewinds(tmp_path):
+    for step in (10, 20, 30):
+        workdir.append_metrics(tmp_path, {"step": step, "loss": step / 10, "mAP": float("nan")})
+    with open(tmp_path / workdir.METRICS_FILE, "a") as f:
+        f.write('{"step": 40, "lo')  # a crash mid-write
+    records = workdir.read_metrics(tmp_path)
+    assert [r["step"] for r in records] == [10, 20, 30]
+    assert records[0]["mAP"] is None  # NaN is stored as JSON null
+    workdir.truncate_metrics(tmp_path, 20)
+    assert [r["step"] for r in workdir.read_metrics(tmp_path)] == [10, 20]
+    for line in (tmp_path / workdir.METRICS_FILE).read_text().splitlines():
+        json.loads(line)  # every line is complete JSON again
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    path = tmp_path / "sub" / "config.json"
+    workdir.atomic_write_text(path, "old")
+    workdir.atomic_write_text(path, "new")
+    assert path.read_text() == "new"
+    assert [p.name for p in path.parent.iterdir()] == ["config.json"]  # no temp files left

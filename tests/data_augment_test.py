@@ -1,0 +1,183 @@
+"""Augmentation invariants: boxes follow pixels, stay in [0, 1]; colour matches HSV math."""
+
+import colorsys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from yolojax.data import augment
+from yolojax.data.config import default_augment_config
+
+
+def _seed(value: int) -> tf.Tensor:
+    return tf.constant([17, value], tf.int64)
+
+
+def _window(top, left, height, width, flip=False) -> augment.Window:
+    return augment.Window(
+        *(tf.constant(v, tf.int32) for v in (top, left, height, width)), tf.constant(flip)
+    )
+
+
+def test_window_boxes_hand_computed():
+    # A 100x200 (h x w) image; window rows 20..70, columns -40..160 (reaching off the left).
+    window = _window(20, -40, 50, 200)
+    box = tf.constant([[0.3, 0.1, 0.5, 0.6]])  # rows 30..50, columns 20..120
+    expected = [[(30 - 20) / 50, (20 + 40) / 200, (50 - 20) / 50, (120 + 40) / 200]]
+    np.testing.assert_allclose(augment.window_boxes(box, window, 100, 200), expected, atol=1e-6)
+    mirrored = augment.window_boxes(box, _window(20, -40, 50, 200, flip=True), 100, 200)
+    np.testing.assert_allclose(mirrored, [[0.2, 1 - 0.8, 0.6, 1 - 0.3]], atol=1e-6)
+
+
+def test_crop_window_fills_outside_with_grey():
+    image = tf.fill([4, 6, 3], tf.constant(7, tf.uint8))
+    region = augment.crop_window(image, _window(-1, 4, 3, 4)).numpy()
+    assert region.shape == (3, 4, 3)
+    # Row 0 is above the image; columns 2.. are right of it (image columns 4, 5 are inside).
+    inside = np.zeros((3, 4), bool)
+    inside[1:, :2] = True
+    assert (region[inside] == 7).all() and (region[~inside] == augment.FILL_VALUE).all()
+
+
+def test_flipping_twice_is_the_identity():
+    image = tf.constant(np.random.default_rng(0).integers(0, 256, (9, 13, 3)), tf.uint8)
+    boxes = tf.constant([[0.1, 0.2, 0.5, 0.9], [0.0, 0.0, 1.0, 0.3]])
+    flip = _window(0, 0, 9, 13, flip=True)
+    once = augment.crop_window(image, flip)
+    np.testing.assert_array_equal(once.numpy(), image.numpy()[:, ::-1])
+    np.testing.assert_array_equal(augment.crop_window(once, flip), image)
+    twice = augment.window_boxes(augment.window_boxes(boxes, flip, 9, 13), flip, 9, 13)
+    np.testing.assert_allclose(twice, boxes, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_box_drawn_on_image_stays_on_its_pixels_after_scale_and_translate(seed):
+    height, width, output = 60, 80, 64
+    box_pixels = (12, 20, 41, 67)  # rows 12..41, columns 20..67 (exclusive ends)
+    canvas = np.zeros((height, width, 3), np.uint8)
+    canvas[box_pixels[0] : box_pixels[2], box_pixels[1] : box_pixels[3]] = 255
+    window = augment.sample_window(_seed(seed), height, width, scale_translate=0.2, flip=True)
+    warped = tf.image.resize(
+        tf.cast(augment.crop_window(tf.constant(canvas), window), tf.float32), [output] * 2
+    ).numpy()[..., 0]
+    # Lit above the grey fill; bilinear edges make that a quarter output pixel inside.
+    rows, cols = np.nonzero(warped > 0.75 * 255)
+    box = np.array(box_pixels) / [height, width, height, width]
+    moved = (
+        augment.window_boxes(tf.constant([box], tf.float32), window, height, width).numpy()[0]
+        * output
+    )
+    # Clipped to the output, the box's edges fall between the first and last lit pixels.
+    np.testing.assert_allclose(
+        [rows.min(), cols.min(), rows.max() + 1, cols.max() + 1],
+        np.clip(moved, 0, output),
+        atol=1.0,
+    )
+
+
+def test_augmented_boxes_stay_in_the_unit_square_and_kept_ones_have_area():
+    rng = np.random.default_rng(1)
+    corners = rng.uniform(0, 1, (40, 2, 2))
+    boxes = tf.constant(np.concatenate([corners.min(1), corners.max(1)], axis=1), tf.float32)
+    image = tf.zeros([30, 40, 3], tf.uint8)
+    config = default_augment_config()
+    config.scale_translate = 0.5  # more boxes pushed off the image than the default
+    for seed in range(10):
+        _, moved, keep = augment.augment(image, boxes, _seed(seed), config)
+        moved, keep = moved.numpy(), keep.numpy()
+        assert (moved >= 0).all() and (moved <= 1).all()
+        assert (moved[keep, 2] > moved[keep, 0]).all() and (moved[keep, 3] > moved[keep, 1]).all()
+
+
+def test_clip_boxes_drops_boxes_mostly_outside():
+    boxes = tf.constant(
+        [[-0.5, 0.2, 0.5, 0.4], [0.9, 0.0, 1.9, 0.1], [1.1, 0.1, 1.3, 0.2], [0.2, 0.2, 0.6, 0.6]]
+    )
+    clipped, keep = augment.clip_boxes(boxes, min_visible_fraction=0.25)
+    # Half inside: kept and clipped; a tenth inside: dropped; outside: dropped; inside: kept.
+    np.testing.assert_allclose(clipped[0], [0.0, 0.2, 0.5, 0.4])
+    assert keep.numpy().tolist() == [True, False, False, True]
+
+
+def test_same_seed_same_augmentation_and_different_seed_differs():
+    image = tf.constant(np.random.default_rng(2).integers(0, 256, (20, 30, 3)), tf.uint8)
+    boxes = tf.constant([[0.2, 0.2, 0.7, 0.8]])
+    config = default_augment_config()
+    first = augment.augment(image, boxes, _seed(5), config)
+    again = augment.augment(image, boxes, _seed(5), config)
+    other = augment.augment(image, boxes, _seed(6), config)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[1], other[1])
+
+
+def _hsv_reference(pixels, saturation, exposure, hue):
+    """Darknet's HSV jitter via Python's colorsys: scale S and V (clamped), shift H."""
+    out = []
+    for r, g, b in pixels:
+        h, s, v = colorsys.rgb_to_hsv(r, g, b)
+        out.append(
+            colorsys.hsv_to_rgb((h + hue) % 1.0, min(s * saturation, 1.0), min(v * exposure, 1.0))
+        )
+    return np.array(out)
+
+
+PIXELS = np.array([[0.8, 0.4, 0.2], [0.1, 0.6, 0.3], [0.5, 0.5, 0.5], [0.9, 0.85, 0.1]])
+
+
+@pytest.mark.parametrize("saturation, exposure, hue", [(1.4, 0.8, 0.07), (0.7, 1.3, -0.1)])
+def test_hsv_colour_matches_colorsys(saturation, exposure, hue):
+    jittered = augment.adjust_color(
+        tf.constant(PIXELS[None], tf.float32),
+        saturation=saturation,
+        exposure=exposure,
+        hue=hue,
+        color_space="hsv",
+    )
+    expected = _hsv_reference(PIXELS, saturation, exposure, hue)
+    np.testing.assert_allclose(jittered.numpy()[0], expected, atol=2e-3)
+
+
+def test_yiq_colour_approximates_hsv():
+    """The fast linear colour change: exposure exact, grey stays grey, hue turns HSV's way."""
+    image = tf.constant(PIXELS[None], tf.float32)
+    exposure_only = augment.mix_channels(image, augment.color_matrix(1.0, 0.0, 0.8))
+    np.testing.assert_allclose(exposure_only[0], PIXELS * 0.8, atol=1e-5)
+    grey = augment.mix_channels(image, augment.color_matrix(1.4, 0.05, 1.0)).numpy()[0, 2]
+    np.testing.assert_allclose(grey, [0.5, 0.5, 0.5], atol=1e-5)
+    for pixel in PIXELS[[0, 1]]:
+        shifted = augment.mix_channels(
+            tf.constant(pixel[None, None], tf.float32), augment.color_matrix(1.0, 0.05, 1.0)
+        ).numpy()[0, 0]
+        turn = colorsys.rgb_to_hsv(*shifted)[0] - colorsys.rgb_to_hsv(*pixel)[0]
+        assert turn == pytest.approx(0.05, abs=0.02)
+    more_saturated = augment.mix_channels(image, augment.color_matrix(1.3, 0.0, 1.0)).numpy()[0]
+    for before, after in zip(PIXELS[[0, 1, 3]], more_saturated[[0, 1, 3]], strict=True):
+        assert colorsys.rgb_to_hsv(*after)[1] > colorsys.rgb_to_hsv(*before)[1]
+
+
+def test_gaussian_blur_preserves_constants_and_spreads_an_impulse_by_sigma():
+    constant = tf.fill([11, 11, 3], 0.25)
+    np.testing.assert_allclose(
+        augment.gaussian_blur(constant, tf.constant(1.2), 4), constant, atol=1e-6
+    )
+    impulse = np.zeros((21, 21, 1), np.float32)
+    impulse[10, 10] = 1.0
+    blurred = augment.gaussian_blur(tf.constant(impulse), tf.constant(1.5), 6).numpy()[..., 0]
+    offsets = np.arange(21) - 10
+    row_profile = blurred.sum(axis=1)
+    assert np.sqrt((row_profile * offsets**2).sum()) == pytest.approx(1.5, rel=0.02)
+
+
+def test_each_augmentation_can_be_turned_off():
+    config = default_augment_config()
+    config.update(
+        scale_translate=0.0, flip=False, exposure=1.0, saturation=1.0, hue=0.0, blur_probability=0
+    )
+    image = tf.constant(np.random.default_rng(3).integers(0, 256, (12, 16, 3)), tf.uint8)
+    boxes = tf.constant([[0.1, 0.2, 0.6, 0.9]])
+    augmented, moved, keep = augment.augment(image, boxes, _seed(0), config)
+    np.testing.assert_allclose(augmented, image.numpy() / 255.0, atol=1e-5)
+    np.testing.assert_allclose(moved, boxes, atol=1e-6)
+    assert keep.numpy().all()

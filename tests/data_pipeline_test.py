@@ -1,0 +1,273 @@
+"""Train/eval iterators: the element contract, exact evaluation, sharding, resuming, caps."""
+
+import itertools
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from yolojax.data import (
+    default_data_config,
+    get_dataset_info,
+    make_eval_iterator,
+    make_train_iterator,
+    pipeline,
+    sources,
+    synthetic_shapes,
+)
+
+NUM_TRAIN, NUM_TEST, SIZE = 10, 7, 32
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture
+def config(data_dir):
+    config = default_data_config()
+    config.tfds_data_dir = data_dir
+    config.image_size = SIZE
+    config.synthetic.num_train = NUM_TRAIN
+    config.synthetic.num_test = NUM_TEST
+    config.synthetic.image_size = SIZE
+    return config
+
+
+def _stored_boxes(config, split: str) -> list[np.ndarray]:
+    """Each stored example's (N, 4) boxes, in stored order, read with TFDS directly."""
+    get_dataset_info(config)  # Prepares the dataset if this test is the first to use it.
+    builder = synthetic_shapes.make_builder(
+        synthetic_shapes.shapes_builder_config(**config.synthetic.to_dict()),
+        data_dir=config.tfds_data_dir,
+    )
+    source = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+    return [np.stack(example["objects"]["bbox"]).reshape(-1, 4) for example in source]
+
+
+def _rows(batch, key="boxes"):
+    """Flattens [devices, per_device, ...] into rows; padded boxes are dropped via the mask."""
+    values, mask = batch[key].reshape(-1, *batch[key].shape[2:]), batch["mask"].reshape(-1, 64)
+    return [value[row_mask] for value, row_mask in zip(values, mask, strict=True)]
+
+
+def _same(rows, expected) -> bool:
+    return len(rows) == len(expected) and all(
+        a.shape == b.shape and np.allclose(a, b, atol=1e-6)
+        for a, b in zip(rows, expected, strict=True)
+    )
+
+
+def test_mock_data_batches_follow_the_contract(config):
+    def fake_data_source(builder, split, decoders=None, **kwargs):
+        # TFDS's random examples, with equal-length object fields and boxes with min <= max
+        # (its default mock draws each field's length apart and corners at random).
+        features = builder.info.features
+        generator = tfds.testing.mocking.RandomFakeGenerator(
+            features, 6, constant_dynamic_shape=True
+        )
+        examples = []
+        for index in range(6):
+            example = generator[index]
+            corners = example["objects"]["bbox"].reshape(-1, 2, 2)
+            example["objects"]["bbox"] = np.concatenate([corners.min(1), corners.max(1)], axis=1)
+            examples.append(features.encode_example(example))
+        return examples
+
+    config.image_size = 16  # the model input; the mock images keep the stored 32x32
+    with tfds.testing.mock_data(num_examples=6, as_data_source_fn=fake_data_source):
+        assert get_dataset_info(config).num_train_examples == 6
+        train = next(make_train_iterator(config, global_batch_size=4, seed=0))
+        (first, second) = list(make_eval_iterator(config, global_batch_size=4))
+    expected = {
+        "image": ((1, 4, 16, 16, 3), np.float32),
+        "boxes": ((1, 4, 64, 4), np.float32),
+        "labels": ((1, 4, 64), np.int32),
+        "difficult": ((1, 4, 64), np.bool_),
+        "mask": ((1, 4, 64), np.bool_),
+        "image_size": ((1, 4, 2), np.int32),
+    }
+    assert {key: (value.shape, value.dtype) for key, value in train.items()} == expected
+    expected["valid"] = ((1, 4), np.bool_)
+    assert {key: (value.shape, value.dtype) for key, value in second.items()} == expected
+    assert first["valid"].all() and second["valid"].tolist() == [[True, True, False, False]]
+    assert (train["image_size"] == SIZE).all()
+
+
+def test_eval_reads_every_example_once_and_pads_the_last_batch(config):
+    batches = list(make_eval_iterator(config, global_batch_size=4))
+    assert [batch["valid"].sum() for batch in batches] == [4, 3]
+    rows = _rows(batches[0]) + _rows(batches[1])[:3]
+    assert _same(rows, _stored_boxes(config, "test"))
+    padded = {key: value[0, 3] for key, value in batches[1].items()}
+    assert not padded["valid"] and all(not value.any() for value in padded.values())
+
+
+def _as_process(monkeypatch, index: int, count: int) -> None:
+    monkeypatch.setattr(jax, "process_count", lambda: count)
+    monkeypatch.setattr(jax, "process_index", lambda: index)
+
+
+def test_eval_shards_processes_evenly_with_equal_batch_counts(config, monkeypatch):
+    shards = []
+    for index in range(2):
+        _as_process(monkeypatch, index, 2)
+        batches = list(make_eval_iterator(config, global_batch_size=4))  # 2 per process
+        assert len(batches) == 2  # shards of 4 and 3 examples
+        shards.append(
+            [
+                row
+                for batch in batches
+                for row, ok in zip(_rows(batch), batch["valid"].ravel(), strict=True)
+                if ok
+            ]
+        )
+    assert [len(shard) for shard in shards] == [4, 3]
+    assert _same(shards[0] + shards[1], _stored_boxes(config, "test"))
+
+
+def test_processes_take_slices_of_the_same_global_batch(config, monkeypatch):
+    whole = next(make_train_iterator(config, global_batch_size=4, seed=1))
+    parts = []
+    for index in range(2):
+        _as_process(monkeypatch, index, 2)
+        parts.append(next(make_train_iterator(config, global_batch_size=4, seed=1)))
+    for key, value in whole.items():
+        np.testing.assert_array_equal(np.concatenate([p[key] for p in parts], axis=1), value)
+
+
+def test_resuming_yields_the_uninterrupted_batches_without_reading_the_skipped(config, monkeypatch):
+    # 10 examples, 4 per step: step 2 straddles the first epoch boundary.
+    uninterrupted = list(
+        itertools.islice(make_train_iterator(config, global_batch_size=4, seed=3), 6)
+    )
+    positions, record = [], pipeline._record
+
+    def recording_record(example, position, *args):
+        positions.append(position)
+        return record(example, position, *args)
+
+    monkeypatch.setattr(pipeline, "_record", recording_record)
+    resumed = list(
+        itertools.islice(make_train_iterator(config, global_batch_size=4, seed=3, start_step=3), 3)
+    )
+    for expected, actual in zip(uninterrupted[3:], resumed, strict=True):
+        for key in expected:
+            np.testing.assert_array_equal(actual[key], expected[key])
+    assert min(positions) == 3 * 4
+
+
+def test_each_epoch_reads_every_example_once_in_a_seeded_order(config):
+    config.augment.enabled = False
+    config.train_on_difficult = True
+
+    def epoch_rows(seed):
+        batches = itertools.islice(make_train_iterator(config, global_batch_size=5, seed=seed), 2)
+        return [row for batch in batches for row in _rows(batch)]
+
+    stored = _stored_boxes(config, "train")
+    rows = epoch_rows(seed=0)
+    order = [next(i for i, boxes in enumerate(stored) if _same([row], [boxes])) for row in rows]
+    assert sorted(order) == list(range(NUM_TRAIN))
+    assert _same(epoch_rows(seed=0), rows) and not _same(epoch_rows(seed=1), rows)
+
+
+def test_batches_split_over_local_devices_and_indivisible_sizes_are_refused(config, monkeypatch):
+    monkeypatch.setattr(jax, "local_device_count", lambda: 2)
+    batch = next(make_train_iterator(config, global_batch_size=4, seed=0))
+    assert batch["image"].shape == (2, 2, SIZE, SIZE, 3) and batch["mask"].shape == (2, 2, 64)
+    with pytest.raises(ValueError, match="global_batch_size=3 must be divisible"):
+        make_train_iterator(config, global_batch_size=3, seed=0)
+    with pytest.raises(ValueError, match="global_batch_size=5 must be divisible"):
+        make_eval_iterator(config, global_batch_size=5)
+
+
+def test_normalizations(config):
+    images = {}
+    for normalization in ("unit", "symmetric", "imagenet"):
+        config.normalization = normalization
+        images[normalization] = next(make_eval_iterator(config, global_batch_size=2))["image"]
+    unit = images["unit"]
+    assert unit.min() >= 0 and unit.max() <= 1 and unit.max() > 0.5
+    np.testing.assert_allclose(images["symmetric"], 2 * unit - 1, atol=1e-5)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(images["imagenet"], (unit - mean) / std, atol=1e-4)
+
+
+def test_more_objects_than_max_boxes_is_an_error_naming_the_image(config):
+    config.max_boxes = 1
+    config.train_on_difficult = True
+    with pytest.raises(
+        (tf.errors.OpError, ValueError),
+        match=r"(train|test)_\d+\.jpg: \d objects, more than data\.max_boxes=1",
+    ):
+        list(make_eval_iterator(config, global_batch_size=NUM_TEST))
+
+
+def test_caps_select_the_first_examples_and_train_subset_eval_is_unaugmented(config):
+    config.max_train_examples = 3
+    assert get_dataset_info(config).num_train_examples == 3
+    first_three = _stored_boxes(config, "train")[:3]
+    (subset,) = list(make_eval_iterator(config, split="train", max_examples=2, global_batch_size=2))
+    assert _same(_rows(subset), first_three[:2])
+    config.augment.enabled = False
+    config.train_on_difficult = True
+    batches = itertools.islice(make_train_iterator(config, global_batch_size=3, seed=0), 2)
+    seen = [row for batch in batches for row in _rows(batch)]
+    assert all(any(_same([row], [boxes]) for boxes in first_three) for row in seen)
+    train_images = next(make_eval_iterator(config, split="train", global_batch_size=1))["image"]
+    same_image_trained = next(
+        batch["image"]
+        for batch in make_train_iterator(config, global_batch_size=1, seed=0)
+        if _same(_rows(batch), first_three[:1])
+    )
+    np.testing.assert_allclose(same_image_trained, train_images, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("source", "coco", "data.source"),
+        ("normalization", "zscore", "data.normalization"),
+        ("image_size", 8, "data.image_size"),
+        ("max_eval_examples", 0, "data.max_eval_examples"),
+    ],
+)
+def test_bad_config_values_are_named(config, field, value, message):
+    config[field] = value
+    with pytest.raises(ValueError, match=message):
+        get_dataset_info(config)
+
+
+def test_bad_augment_values_are_named(config):
+    config.augment.hue = 0.9
+    with pytest.raises(ValueError, match=r"data\.augment\.hue"):
+        make_train_iterator(config, global_batch_size=2, seed=0)
+
+
+def test_a_dataset_prepared_without_random_access_is_explained(config, tmp_path):
+    config.tfds_data_dir = str(tmp_path)
+    builder = synthetic_shapes.make_builder(
+        synthetic_shapes.shapes_builder_config(**config.synthetic.to_dict()),
+        data_dir=str(tmp_path),  # TFDS's default file format: TFRecord
+    )
+    builder.download_and_prepare()
+    with pytest.raises(sources.DatasetNotPreparedError, match="file_format='array_record'"):
+        get_dataset_info(config)
+
+
+def test_preprocess_image_matches_evaluation_input(config):
+    batch = next(make_eval_iterator(config, global_batch_size=1))
+    builder = synthetic_shapes.make_builder(
+        synthetic_shapes.shapes_builder_config(**config.synthetic.to_dict()),
+        data_dir=config.tfds_data_dir,
+    )
+    source = builder.as_data_source("test", decoders={"image": tfds.decode.SkipDecoding()})
+    first = tf.io.decode_jpeg(source[0]["image"]).numpy()  # the decoder evaluation uses
+    model_input = pipeline.preprocess_image(first, image_size=SIZE, normalization="imagenet")
+    np.testing.assert_allclose(model_input, batch["image"][0, 0], atol=1e-5)
+    with pytest.raises(ValueError, match="uint8"):
+        pipeline.preprocess_image(first / 255.0, image_size=SIZE, normalization="imagenet")

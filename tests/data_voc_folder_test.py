@@ -1,0 +1,153 @@
+"""VOC-format folders: layouts, splits, class names, bad data, and the pipeline on top."""
+
+import logging
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from yolojax.data import default_data_config, get_dataset_info, make_eval_iterator, voc_folder
+from yolojax.data.testing import VocImage, VocObject, write_voc_folder
+
+
+def _prepare(folder, data_dir, **config_kwargs) -> tfds.core.DatasetBuilder:
+    builder = voc_folder.VocFolder(
+        config=voc_folder.voc_folder_config(str(folder), **config_kwargs),
+        data_dir=str(data_dir),
+        file_format="array_record",
+    )
+    builder.download_and_prepare()
+    return builder
+
+
+def _examples(builder, split) -> dict[str, dict]:
+    source = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+    return {example["image/filename"].decode(): example for example in source}
+
+
+def test_folder_with_image_sets_keeps_its_splits_boxes_and_flags(tmp_path):
+    images = [
+        VocImage("a", 60, 40, [VocObject("dog", (6, 4, 30, 20)), VocObject("cat", (0, 0, 60, 40))]),
+        VocImage(
+            "b", 50, 50, [VocObject("cat", (5, 10, 25, 50), difficult=True)], extension=".png"
+        ),
+        VocImage("c", 30, 20, []),
+    ]
+    sets = {"train": ["a", "b"], "val": ["c"], "test": ["c", "a"]}
+    builder = _prepare(write_voc_folder(str(tmp_path / "f"), images, image_sets=sets), tmp_path)
+    assert {split: info.num_examples for split, info in builder.info.splits.items()} == {
+        "train": 2,
+        "validation": 1,
+        "test": 2,
+    }
+    assert builder.info.features["objects"]["label"].names == ["cat", "dog"]  # sorted
+    train = _examples(builder, "train")
+    # (ymin, xmin, ymax, xmax) = pixel coordinates / (height, width, height, width).
+    np.testing.assert_allclose(
+        np.stack(train["a.jpg"]["objects"]["bbox"]), [[0.1, 0.1, 0.5, 0.5], [0, 0, 1, 1]]
+    )
+    assert list(train["a.jpg"]["objects"]["label"]) == [1, 0]
+    np.testing.assert_allclose(np.stack(train["b.png"]["objects"]["bbox"]), [[0.2, 0.1, 1, 0.5]])
+    assert list(train["b.png"]["objects"]["is_difficult"]) == [True]
+    assert len(_examples(builder, "validation")["c.jpg"]["objects"]["label"]) == 0
+
+
+def test_folder_without_image_sets_gets_a_seeded_90_10_split(tmp_path):
+    ids = [f"img{index:02d}" for index in range(20)]
+    images = [VocImage(image_id, 16, 16, [VocObject("x", (1, 1, 9, 9))]) for image_id in ids]
+    folder = write_voc_folder(str(tmp_path / "f"), images)
+    splits = voc_folder.folder_splits(folder, split_seed=0)
+    assert len(splits["train"]) == 18 and len(splits["validation"]) == 2
+    assert sorted(splits["train"] + splits["validation"]) == ids
+    assert voc_folder.folder_splits(folder, split_seed=0) == splits
+    assert voc_folder.folder_splits(folder, split_seed=1)["validation"] != splits["validation"]
+
+
+def test_given_class_names_set_the_label_order(tmp_path):
+    images = [
+        VocImage("a", 20, 20, [VocObject("dog", (1, 1, 5, 5)), VocObject("cat", (2, 2, 8, 8))])
+    ]
+    folder = write_voc_folder(str(tmp_path / "f"), images, image_sets={"train": ["a"]})
+    builder = _prepare(folder, tmp_path, class_names=("person", "cat", "dog"))
+    assert list(_examples(builder, "train")["a.jpg"]["objects"]["label"]) == [2, 1]
+
+
+def _break(folder: str, problem: str) -> str:
+    """Damages image 'bad' of `folder` as `problem` says; returns the file the error names."""
+    xml = os.path.join(folder, "Annotations", "bad.xml")
+    jpeg = os.path.join(folder, "JPEGImages", "bad.jpg")
+    if problem == "corrupt or unreadable image":
+        with open(jpeg, "wb") as file:
+            file.write(b"\xff\xd8\xff\xe0 not really a jpeg")
+        return jpeg
+    if problem == "image not found":
+        os.remove(jpeg)
+        return xml
+    with open(xml) as file:
+        text = file.read()
+    replacements = {
+        "malformed XML": ("</annotation>", ""),
+        "unknown class 'cat'": ("<name>dog</name>", "<name>cat</name>"),
+        "lies outside the 20x10 image": ("<xmax>9</xmax>", "<xmax>25</xmax>"),
+        "has zero area": ("<xmax>9</xmax>", "<xmax>2</xmax>"),
+        "<size> says 30x10": ("<width>20</width>", "<width>30</width>"),
+    }
+    old, new = replacements[problem]
+    with open(xml, "w") as file:
+        file.write(text.replace(old, new))
+    return xml
+
+
+BAD_DATA = [
+    "corrupt or unreadable image",
+    "image not found",
+    "malformed XML",
+    "unknown class 'cat'",
+    "lies outside the 20x10 image",
+    "has zero area",
+    "<size> says 30x10",
+]
+
+
+def _folder_with_one_bad_image(tmp_path, problem: str) -> tuple[str, str]:
+    images = [
+        VocImage(image_id, 20, 10, [VocObject("dog", (2, 1, 9, 8))]) for image_id in ("ok", "bad")
+    ]
+    folder = write_voc_folder(str(tmp_path / "f"), images, image_sets={"train": ["ok", "bad"]})
+    return folder, _break(folder, problem)
+
+
+@pytest.mark.parametrize("problem", BAD_DATA)
+def test_bad_data_raises_naming_the_file_and_the_problem(tmp_path, problem):
+    folder, bad_file = _folder_with_one_bad_image(tmp_path, problem)
+    with pytest.raises(voc_folder.BadDataError) as error:
+        _prepare(folder, tmp_path, class_names=("dog",))
+    assert bad_file in str(error.value) and problem in str(error.value)
+
+
+@pytest.mark.parametrize("problem", ["corrupt or unreadable image", "lies outside the 20x10 image"])
+def test_bad_data_skipped_with_a_warning_and_the_count(tmp_path, caplog, problem):
+    folder, bad_file = _folder_with_one_bad_image(tmp_path, problem)
+    with caplog.at_level(logging.WARNING):
+        builder = _prepare(folder, tmp_path, class_names=("dog",), on_bad_data="skip")
+    assert builder.info.splits["train"].num_examples == 1
+    assert "skipped 1 of 2 images" in caplog.text and bad_file in caplog.text
+
+
+def test_pipeline_reads_a_folder_and_warns_about_skipped_images(tmp_path, caplog):
+    folder, _ = _folder_with_one_bad_image(tmp_path, "has zero area")
+    config = default_data_config()
+    config.source = "voc_folder"
+    config.folder = folder
+    config.on_bad_data = "skip"
+    config.tfds_data_dir = str(tmp_path / "tfds")
+    config.train_split = config.eval_split = "train"
+    config.image_size = 32
+    with caplog.at_level(logging.WARNING):
+        info = get_dataset_info(config)
+    assert info.class_names == ("dog",) and info.num_train_examples == 1
+    assert "built without 1 bad images" in caplog.text
+    (batch,) = list(make_eval_iterator(config, global_batch_size=1))
+    np.testing.assert_allclose(batch["boxes"][0, 0, 0], [0.1, 0.1, 0.8, 0.45], atol=1e-6)
+    assert batch["image_size"][0, 0].tolist() == [10, 20]

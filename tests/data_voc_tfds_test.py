@@ -1,0 +1,118 @@
+"""The real TFDS `voc` builder, prepared offline from a tiny VOCdevkit, through the pipeline."""
+
+import numpy as np
+import pytest
+
+from yolojax.data import (
+    default_data_config,
+    get_dataset_info,
+    make_eval_iterator,
+    make_train_iterator,
+    sources,
+)
+from yolojax.data.testing import VocImage, VocObject, write_voc_folder
+from yolojax.data.voc_offline import prepare_voc_offline
+
+# Test images of distinct sizes, so that a batch row's image_size tells which image it is.
+TEST_IMAGES = [
+    VocImage(
+        "000004",
+        60,
+        40,
+        [VocObject("dog", (6, 4, 30, 20)), VocObject("person", (30, 10, 60, 40), difficult=True)],
+    ),
+    VocImage("000005", 50, 30, [VocObject("car", (1, 1, 50, 30))]),
+    VocImage(
+        "000006", 44, 36, [VocObject("bird", (11, 9, 22, 27)), VocObject("bird", (22, 18, 44, 36))]
+    ),
+]
+TRAINVAL_IMAGES = [
+    VocImage(
+        f"00000{index}",
+        40,
+        32,
+        [VocObject("cat", (4, 4, 20, 16)), VocObject("cow", (20, 8, 40, 32), difficult=True)],
+    )
+    for index in (1, 2, 3)
+]
+
+
+@pytest.fixture(scope="module")
+def voc_data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("voc")
+    devkit = root / "VOCdevkit"
+    write_voc_folder(
+        str(devkit / "VOC2007"),
+        TRAINVAL_IMAGES + TEST_IMAGES,
+        image_sets={
+            "train": ["000001", "000002"],
+            "val": ["000003"],
+            "test": ["000004", "000005", "000006"],
+        },
+    )
+    write_voc_folder(
+        str(devkit / "VOC2012"),
+        [VocImage(f"2008_00000{i}", 32, 24, [VocObject("train", (2, 2, 30, 20))]) for i in (1, 2)],
+        image_sets={"train": ["2008_000001"], "val": ["2008_000002"]},  # no VOC2012test
+    )
+    prepare_voc_offline(str(devkit), "2007", data_dir=str(root / "tfds"))
+    prepare_voc_offline(str(devkit), "2012", data_dir=str(root / "tfds"))
+    return str(root / "tfds")
+
+
+def _voc_config(data_dir):
+    config = default_data_config()
+    config.source = "voc"
+    config.tfds_data_dir = data_dir
+    config.image_size = 32
+    return config
+
+
+def test_default_voc_splits_combine_2007_and_2012_trainval(voc_data_dir):
+    info = get_dataset_info(_voc_config(voc_data_dir))
+    assert len(info.class_names) == 20 and info.class_names[:2] == ("aeroplane", "bicycle")
+    assert info.num_train_examples == 3 + 2  # VOC2007 trainval + VOC2012 trainval
+    assert info.num_eval_examples == 3  # VOC2007 test
+
+
+def test_eval_batches_carry_exact_pixel_boxes_labels_and_difficult_flags(voc_data_dir):
+    config = _voc_config(voc_data_dir)
+    names = get_dataset_info(config).class_names
+    batches = list(make_eval_iterator(config, global_batch_size=2))
+    assert len(batches) == 2
+    rows = {}
+    for batch in batches:
+        for i in np.flatnonzero(batch["valid"][0]):
+            rows[tuple(batch["image_size"][0, i])] = {
+                key: value[0, i] for key, value in batch.items()
+            }
+    assert batches[1]["valid"][0].tolist() == [True, False]
+    for image in TEST_IMAGES:
+        row = rows.pop((image.height, image.width))
+        count = len(image.objects)
+        assert row["mask"].sum() == count and not row["mask"][count:].any()
+        # Back to VOC pixels: (ymin, xmin, ymax, xmax) * (height, width, height, width).
+        pixels = row["boxes"][:count] * ([image.height, image.width] * 2)
+        expected = [[obj.box[1], obj.box[0], obj.box[3], obj.box[2]] for obj in image.objects]
+        np.testing.assert_allclose(pixels, expected, atol=1e-4)
+        assert [names[label] for label in row["labels"][:count]] == [
+            obj.name for obj in image.objects
+        ]
+        assert row["difficult"][:count].tolist() == [obj.difficult for obj in image.objects]
+    assert not rows
+
+
+def test_train_batches_leave_out_difficult_objects(voc_data_dir):
+    config = _voc_config(voc_data_dir)
+    config.train_split = "voc/2007:train+validation"
+    config.augment.enabled = False
+    batch = next(make_train_iterator(config, global_batch_size=3, seed=0))
+    assert batch["image"].shape == (1, 3, 32, 32, 3)
+    # Each trainval image has a cat and a difficult cow: only the cat is a target.
+    assert batch["mask"][0].sum(axis=1).tolist() == [1, 1, 1]
+    np.testing.assert_allclose(batch["boxes"][0, :, 0], [[0.125, 0.1, 0.5, 0.5]] * 3, atol=1e-6)
+
+
+def test_unprepared_voc_raises_with_offline_instructions(tmp_path):
+    with pytest.raises(sources.DatasetNotPreparedError, match="prepare_voc_offline"):
+        get_dataset_info(_voc_config(str(tmp_path)))

@@ -1,0 +1,194 @@
+"""Tests for yolojax.pretrained: torchvision ports give torchvision's logits; strict loading."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from yolojax import models, pretrained
+
+
+@pytest.fixture(name="torch")
+def fixture_torch():
+    """torch with torchvision (the `port` extra); tests using it skip when it is absent."""
+    torch = pytest.importorskip("torch", reason="needs the `port` extra (torch, torchvision)")
+    pytest.importorskip("torchvision", reason="needs the `port` extra (torch, torchvision)")
+    return torch
+
+
+def _random_torchvision_model(torch, arch: str):
+    """A randomly initialized torchvision model in eval mode with random BatchNorm state.
+
+    Running statistics and affine parameters are randomized because at their defaults
+    (mean 0, var 1, scale 1, bias 0) a BatchNorm port that swapped or dropped them would
+    still give torchvision's logits.
+    """
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(arch).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    return model
+
+
+def _nhwc(torch_images) -> jnp.ndarray:
+    return jnp.asarray(torch_images.numpy().transpose(0, 2, 3, 1))
+
+
+def _classifier_logits(arch: str, variables, images: jnp.ndarray) -> np.ndarray:
+    classifier = models.get_classifier(arch)
+    forward = jax.jit(lambda v, x: classifier.apply(v, x, train=False))
+    return np.asarray(forward(variables, images))
+
+
+def _random_like(shapes: dict, seed: int) -> dict:
+    """Random float32 arrays for a {(collection, *path): shape} dict, as a nested dict."""
+    rng = np.random.default_rng(seed)
+    flat = {key: rng.normal(size=shape).astype(np.float32) for key, shape in shapes.items()}
+    return traverse_util.unflatten_dict(flat)
+
+
+def _random_classifier_variables(arch: str, seed: int = 0) -> dict:
+    """Random variables with the layout of get_classifier(arch), without a real init."""
+    return _random_like(pretrained.classifier_shapes(arch), seed)
+
+
+def _yolo_variables(backbone: str, head: str, seed: int = 1) -> dict:
+    """Random variables with the layout of a YOLO model, without a real init."""
+    config = ml_collections.ConfigDict(
+        {"backbone": backbone, "head": head, "head_channels": 16, "head_conv_layers": 1}
+    )
+    model = models.get_model(config)
+    images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+    flat = traverse_util.flatten_dict(variables)
+    return _random_like({key: value.shape for key, value in flat.items()}, seed)
+
+
+# 64×64 inputs keep ResNet-152 and VGG16 fast; they give VGG a 2×2 map whose four positions
+# differ, so a wrong (c, h, w) → (h, w, c) reordering of its first Linear would show.
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "resnet152", "vgg16", "vgg16_bn"])
+def test_port_gives_torchvision_logits(torch, arch):
+    model = _random_torchvision_model(torch, arch)
+    images = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(images).numpy()
+    variables = pretrained.convert_state_dict(arch, model.state_dict())
+    actual = _classifier_logits(arch, variables, _nhwc(images))
+    assert actual.shape == expected.shape == (1, 1000)
+    assert np.abs(actual - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_conversion_lists_every_bad_torch_key_in_one_error(torch):
+    state_dict = _random_torchvision_model(torch, "resnet18").state_dict()
+    del state_dict["layer1.0.conv1.weight"]
+    state_dict["layer9.0.conv1.weight"] = torch.zeros(1)
+    state_dict["fc.bias"] = torch.zeros(10)
+    with pytest.raises(ValueError) as error:
+        pretrained.convert_state_dict("resnet18", state_dict)
+    message = str(error.value)
+    assert "1 missing key(s)" in message and "params/layer1_0/conv1/conv/kernel" in message
+    assert "1 unexpected key(s)" in message and "layer9.0.conv1.weight" in message
+    assert "params/fc/bias: (10,) vs (1000,)" in message
+
+
+def test_cli_converts_a_state_dict_file_offline(torch, tmp_path):
+    model = _random_torchvision_model(torch, "resnet18")
+    state_dict_path, out = tmp_path / "resnet18.pth", tmp_path / "weights" / "resnet18.msgpack"
+    torch.save(model.state_dict(), state_dict_path)
+    pretrained.main(["--arch", "resnet18", "--state-dict", str(state_dict_path), "--out", str(out)])
+
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = model(images).numpy()
+    fresh = _random_classifier_variables("resnet18")
+    loaded = pretrained.load_pretrained(fresh, str(out), arch="resnet18")
+    actual = _classifier_logits("resnet18", loaded, _nhwc(images))
+    assert np.abs(actual - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_cli_download_failure_suggests_the_offline_path(torch, monkeypatch, tmp_path):
+    import torchvision
+
+    def no_network(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(torchvision.models, "get_model", no_network)
+    with pytest.raises(SystemExit, match="--state-dict"):
+        pretrained.main(["--arch", "vgg16", "--out", str(tmp_path / "vgg16.msgpack")])
+
+
+def test_loading_replaces_the_backbone_and_keeps_the_fresh_head(tmp_path):
+    path = str(tmp_path / "resnet18.msgpack")
+    weights = _random_classifier_variables("resnet18")
+    pretrained.save_variables(path, "resnet18", weights)
+    for head in ("conv", "seed"):
+        fresh = _yolo_variables("resnet18", head)
+        loaded = pretrained.load_pretrained(fresh, path, arch="resnet18")
+        for collection in ("params", "batch_stats"):
+            backbone = traverse_util.flatten_dict(loaded[collection]["backbone"])
+            for key, value in backbone.items():
+                np.testing.assert_array_equal(value, _get(weights[collection], key))
+            jax.tree_util.tree_map(
+                np.testing.assert_array_equal,
+                loaded[collection].get("head"),
+                fresh[collection].get("head"),
+            )
+        # The classifier's fc layer has no place in a YOLO model: skipped, not an error.
+        assert "fc" not in loaded["params"]["backbone"]
+
+
+def _get(tree, key):
+    for part in key:
+        tree = tree[part]
+    return tree
+
+
+def test_loading_lists_every_mismatch_in_one_error(tmp_path):
+    path = str(tmp_path / "resnet18.msgpack")
+    weights = _random_classifier_variables("resnet18")
+    del weights["params"]["layer4_1"]  # missing in the file
+    weights["params"]["layer5_0"] = {"conv1": {"conv": {"kernel": np.zeros((3, 3, 8, 8))}}}
+    weights["params"]["stem"]["conv"]["kernel"] = np.zeros((5, 5, 3, 64), np.float32)
+    pretrained.save_variables(path, "resnet18", weights)
+    with pytest.raises(ValueError) as error:
+        pretrained.load_pretrained(_yolo_variables("resnet18", "conv"), path)
+    message = str(error.value)
+    assert "missing key(s)" in message and "params/backbone/layer4_1/conv2/norm/scale" in message
+    assert "1 unexpected key(s)" in message and "params/backbone/layer5_0/conv1/conv" in message
+    assert "params/backbone/stem/conv/kernel: (5, 5, 3, 64) vs (7, 7, 3, 64)" in message
+
+
+def test_weights_of_another_architecture_are_rejected(tmp_path):
+    path = str(tmp_path / "resnet18.msgpack")
+    pretrained.save_variables(path, "resnet18", _random_classifier_variables("resnet18"))
+    with pytest.raises(ValueError, match=r"holds 'resnet18' weights.*'resnet34'"):
+        pretrained.load_pretrained({}, path, arch="resnet34")
+    # Without the arch check, the strict key comparison still names ResNet-34's extra blocks.
+    with pytest.raises(ValueError, match="layer1_2"):
+        pretrained.load_pretrained(_yolo_variables("resnet34", "conv"), path)
+
+
+def test_a_missing_weight_file_says_how_to_make_it(tmp_path):
+    config = ml_collections.ConfigDict(
+        {"backbone": "resnet152", "pretrained": str(tmp_path / "resnet152.msgpack")}
+    )
+    with pytest.raises(FileNotFoundError, match=r"python -m yolojax\.pretrained --arch resnet152"):
+        pretrained.load_for_config({}, config)
+
+
+def test_config_without_weights_or_with_darknet(tmp_path):
+    variables = {"params": {"backbone": {"w": np.ones(2)}}}
+    no_weights = ml_collections.ConfigDict({"backbone": "resnet18", "pretrained": ""})
+    assert pretrained.load_for_config(variables, no_weights) is variables
+    darknet = ml_collections.ConfigDict({"backbone": "darknet", "pretrained": "x.msgpack"})
+    with pytest.raises(ValueError, match="trains from scratch"):
+        pretrained.load_for_config(variables, darknet)

@@ -1,0 +1,93 @@
+"""The pmapped train step: frozen backbone, non-finite steps, mixed precision."""
+
+import functools
+
+import jax
+import numpy as np
+
+from configs import shapes
+from yolojax import train_lib
+
+
+def _config(**train):
+    config = shapes.get_config()
+    config.model.grid_size = 4
+    config.model.head_channels = 16
+    config.model.head_conv_layers = 1
+    config.data.image_size = 64
+    config.train.batch_size = 4
+    config.train.update(train)
+    return config
+
+
+def _batch(config, poison=False):
+    rng = np.random.default_rng(0)
+    size, n = config.data.image_size, config.train.batch_size
+    image = rng.uniform(size=(1, n, size, size, 3)).astype(np.float32)
+    if poison:
+        image[0, 0, 0, 0, 0] = np.nan
+    return {
+        "image": image,
+        "boxes": np.tile(np.array([0.1, 0.2, 0.6, 0.7], np.float32), (1, n, 3, 1)),
+        "labels": np.ones((1, n, 3), np.int32),
+        "mask": np.array([True, False, False])[None, None].repeat(n, 1),
+    }
+
+
+def _one_step(config, batch):
+    model, state, schedule = train_lib.initial_state(config, num_train_examples=64)
+    step = jax.pmap(
+        functools.partial(train_lib.train_step, model=model, config=config, schedule=schedule),
+        axis_name=train_lib.AXIS,
+    )
+    new_state, metrics = step(train_lib.replicate(state), batch)
+    return state, train_lib.unreplicate(new_state), jax.device_get(metrics)
+
+
+def _changed(before, after):
+    return [
+        not np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True)
+    ]
+
+
+def test_frozen_backbone_keeps_weights_and_statistics():
+    config = _config(freeze_backbone=True, warmup_epochs=0.0)
+    before, after, _ = _one_step(config, _batch(config))
+    assert not any(_changed(before.params["backbone"], after.params["backbone"]))
+    assert not any(_changed(before.batch_stats["backbone"], after.batch_stats["backbone"]))
+    assert all(_changed(before.params["head"], after.params["head"]))
+
+
+def test_unfrozen_step_updates_everything():
+    config = _config(warmup_epochs=0.0)
+    before, after, metrics = _one_step(config, _batch(config))
+    assert all(_changed(before.params, after.params))
+    assert any(_changed(before.batch_stats, after.batch_stats))
+    assert int(after.step) == 1
+    assert metrics["finite"][0] == 1.0
+
+
+def test_skip_nonfinite_keeps_the_state_but_advances_the_step():
+    config = _config(skip_nonfinite=True, warmup_epochs=0.0)
+    before, after, metrics = _one_step(config, _batch(config, poison=True))
+    assert metrics["finite"][0] == 0.0
+    assert not any(_changed(before.params, after.params))
+    assert not any(_changed(before.batch_stats, after.batch_stats))
+    assert int(after.step) == 1  # so the data order stays that of an uninterrupted run
+
+
+def test_nonfinite_step_is_flagged_without_skip():
+    config = _config(warmup_epochs=0.0)
+    _, after, metrics = _one_step(config, _batch(config, poison=True))
+    assert metrics["finite"][0] == 0.0
+    assert not np.all(np.isfinite(jax.tree.leaves(after.params)[0]))
+
+
+def test_bfloat16_step_trains_float32_params():
+    config = _config(warmup_epochs=0.0)
+    config.model.dtype = "bfloat16"
+    before, after, metrics = _one_step(config, _batch(config))
+    assert np.isfinite(metrics["loss"][0])
+    assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(after.params))
+    assert all(_changed(before.params["head"], after.params["head"]))

@@ -1,0 +1,139 @@
+"""End to end: train → checkpoint → resume → evaluate → predict, on tiny synthetic data."""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from absl import flags
+from ml_collections import config_flags
+from PIL import Image
+
+from configs import shapes
+from yolojax import eval_lib, predict, train_lib, trainer
+from yolojax.detector import Detector
+
+STEPS_PER_EPOCH = 4  # 32 train images / batch 8
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def tiny_config(data_dir, **train):
+    """configs/shapes.py shrunk: 64 px inputs, a 4×4 grid, 32 train / 12 test images."""
+    config = shapes.get_config()
+    config.model.grid_size = 4
+    config.model.head_channels = 32
+    config.model.head_conv_layers = 1
+    config.data.tfds_data_dir = data_dir
+    config.data.image_size = 64
+    config.data.synthetic.num_train = 32
+    config.data.synthetic.num_test = 12
+    config.data.synthetic.image_size = 64
+    config.train.batch_size = 8
+    config.train.num_epochs = 2
+    config.train.log_every_steps = 2
+    config.train.checkpoint_every_steps = 4
+    config.train.keep_checkpoints = 5
+    config.eval.batch_size = 8  # 12 test images: the last batch is padded
+    config.eval.every_epochs = 1
+    config.eval.train_subset = 8
+    config.train.update(train)
+    return config
+
+
+def _params(workdir, config, checkpoint="latest"):
+    _, state, step = train_lib.restore_trained_state(config, workdir, checkpoint)
+    return state.params, step
+
+
+def test_train_evaluate_predict(tmp_path, data_dir):
+    workdir = tmp_path / "run"
+    config = tiny_config(data_dir)
+    results = trainer.train_and_evaluate(config, str(workdir))
+    assert results["step"] == 2 * STEPS_PER_EPOCH
+    assert results["num_images"] == 12  # every test image once, padding excluded
+
+    # The run's files: metrics per logged step and per evaluation, plots, config, classes.
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [2, 4, 6, 8]
+    assert [r["step"] for r in records if "test_mAP" in r] == [4, 8]
+    assert all("train_mAP" in r for r in records if "test_mAP" in r)
+    for name in ("loss.png", "mAP.png", "config.json", "classes.json"):
+        assert (workdir / name).stat().st_size > 0, name
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4", "8"]
+
+    # evaluate.py's library path restores the same checkpoint and gets the same mAP.
+    evaluated = eval_lib.evaluate_checkpoint(config, str(workdir))
+    assert evaluated["step"] == 8
+    assert evaluated["mAP"] == pytest.approx(results["mAP"], nan_ok=True)
+    saved = json.loads((workdir / "eval" / "metrics.json").read_text())
+    assert set(saved["AP"]) == set(json.loads((workdir / "classes.json").read_text()))
+    assert saved["step"] == 8
+
+    # predict: drawn images and a JSON of in-bounds pixel boxes.
+    image = (np.random.default_rng(0).uniform(size=(48, 80, 3)) * 255).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "street.jpg")
+    detector = Detector.from_workdir(workdir, score_threshold=0.0)
+    record = predict.predict_files(detector, [tmp_path / "street.jpg"], tmp_path / "out")
+    assert Image.open(tmp_path / "out" / "street.png").size == (80, 48)
+    detections = record[str(tmp_path / "street.jpg")]
+    assert detections, "with score_threshold=0 an untrained model still returns boxes"
+    boxes = np.array([d["box"] for d in detections])
+    assert np.all(boxes >= 0) and np.all(boxes[:, [0, 2]] <= 80) and np.all(boxes[:, [1, 3]] <= 48)
+
+
+def test_resume_gives_the_same_parameters(tmp_path, data_dir):
+    config = tiny_config(data_dir, num_epochs=2, checkpoint_every_steps=4)
+    config.model.head = "fc"  # the fc head has dropout: its keys must follow the step too
+    config.model.fc_hidden = 32
+    full = tmp_path / "full"
+    trainer.train_and_evaluate(config, str(full))
+
+    # A run stopped after step 4: its workdir holds only the step-4 checkpoint.
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "4", resumed / "checkpoints" / "4")
+    results = trainer.train_and_evaluate(config, str(resumed))
+    assert results["step"] == 8
+
+    full_params, _ = _params(full, config)
+    resumed_params, step = _params(resumed, config)
+    assert step == 8
+    for a, b in zip(jax.tree.leaves(full_params), jax.tree.leaves(resumed_params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # and training did change them
+    start_params, _ = _params(full, config, checkpoint=4)
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(start_params), jax.tree.leaves(full_params), strict=True)
+    )
+
+
+def test_a_short_run_learns(tmp_path, data_dir):
+    config = tiny_config(data_dir, num_epochs=10, checkpoint_every_steps=1000)
+    config.eval.every_epochs = 0
+    config.eval.train_subset = 0
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    records = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_mistyped_config_key_is_named():
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", "configs/shapes.py", flag_values=flag_values)
+    with pytest.raises(flags.UnrecognizedFlagError, match="bach_size"):
+        flag_values(["train.py", "--config.train.bach_size=3"])
+
+
+def test_dataset_class_count_mismatch_is_named(tmp_path, data_dir):
+    config = tiny_config(data_dir)
+    config.model.num_classes = 20
+    with pytest.raises(ValueError, match="num_classes=5"):
+        trainer.train_and_evaluate(config, str(tmp_path / "run"))

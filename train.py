@@ -1,0 +1,33 @@
+"""Trains a YOLOv1 model: flags only, the job is `yolojax.trainer.train_and_evaluate`.
+
+    python train.py --config configs/shapes.py --workdir runs/shapes
+    python train.py --config configs/voc.py:vgg16 --workdir runs/vgg16 --config.train.batch_size=32
+
+Re-running the same command resumes from the latest checkpoint in --workdir.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from yolojax import distributed, trainer
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/voc.py or configs/voc.py:vgg16.", lock_config=True
+)
+flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and plots.")
+flags.mark_flags_as_required(["config", "workdir"])
+distributed.define_flags()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:  # orbax logs every save at INFO; --verbosity=0 shows it
+        logging.set_verbosity(logging.WARNING)
+    distributed.initialize_from_flags()
+    trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,193 @@
+"""Orbax checkpoints in a workdir: the last K by step, and the best by test mAP.
+
+Layout::
+
+    workdir/checkpoints/<step>/{state,model}   the last ``keep`` saves
+    workdir/best/<step>/{state,model}          the best save by mAP
+
+Each checkpoint stores the train state and a small JSON ``model`` record (backbone, head,
+classes, grid, boxes, image size). Restoring compares that record with the config first, so a
+checkpoint from another model is a clear error rather than a shape traceback. Orbax writes
+each save into a temporary folder and renames it when complete, so a crash mid-save leaves
+the previous checkpoints intact; a checkpoint that is damaged anyway (truncated files, bad
+disk) is skipped with a warning and the next older one is used.
+"""
+
+import logging
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+logger = logging.getLogger(__name__)
+
+# Model fields that must agree between a checkpoint and the config that restores it.
+MODEL_SIGNATURE_FIELDS = ("backbone", "head", "num_classes", "grid_size", "num_boxes")
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint was trained for another model than the config describes."""
+
+
+class NoCheckpointError(FileNotFoundError):
+    """The workdir holds no (usable) checkpoint of the kind asked for."""
+
+
+def model_signature(config) -> dict[str, Any]:
+    """The fields of ``config`` that identify the network a checkpoint belongs to."""
+    signature = {name: config.model[name] for name in MODEL_SIGNATURE_FIELDS}
+    signature["image_size"] = config.data.image_size
+    return signature
+
+
+def _best_metric(metrics: dict[str, float]) -> float:
+    value = metrics.get("mAP", float("nan"))
+    return -math.inf if value is None or not math.isfinite(value) else value
+
+
+class Checkpoints:
+    """Saves and restores train states in ``workdir``.
+
+    Args:
+      workdir: the run's folder.
+      signature: :func:`model_signature` of the config in use.
+      keep: how many of the latest checkpoints to keep.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, signature: dict[str, Any], keep: int = 3):
+        self.workdir = Path(workdir).absolute()
+        self.signature = signature
+        self._latest = ocp.CheckpointManager(
+            self.workdir / "checkpoints",
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, cleanup_tmp_directories=True
+            ),
+        )
+        self._best = ocp.CheckpointManager(
+            self.workdir / "best",
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=1,
+                best_fn=_best_metric,
+                best_mode="max",
+                create=True,
+                cleanup_tmp_directories=True,
+            ),
+        )
+
+    def _save(self, manager, step: int, state, metrics=None) -> None:
+        host_state = jax.device_get(state)
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(host_state),
+                model=ocp.args.JsonSave(self.signature),
+            ),
+            metrics=metrics,
+            force=True,
+        )
+
+    def save(self, step: int, state) -> None:
+        """Saves ``state`` (unreplicated) as the checkpoint of ``step``."""
+        self._save(self._latest, step, state)
+
+    def save_if_best(self, step: int, state, metrics: dict[str, float]) -> None:
+        """Saves ``state`` under ``best/`` if its ``metrics['mAP']`` is the best so far."""
+        best = self._best.best_step()
+        if best is not None:
+            best_value = _best_metric(self._best.metrics(best) or {})
+            if _best_metric(metrics) <= best_value:
+                return
+        self._save(self._best, step, state, metrics={"mAP": _best_metric(metrics)})
+
+    def latest_step(self) -> int | None:
+        return self._latest.latest_step()
+
+    def _resolve(self, which: str | int):
+        """(manager, candidate steps newest first) for 'latest', 'best' or a step number."""
+        if which == "best":
+            return self._best, list(reversed(self._best.all_steps()))
+        steps = sorted(self._latest.all_steps(), reverse=True)
+        if which == "latest":
+            return self._latest, steps
+        step = int(which)
+        if step not in steps:
+            raise NoCheckpointError(
+                f"No checkpoint for step {step} in {self.workdir / 'checkpoints'}; "
+                f"available steps: {sorted(steps)}."
+            )
+        return self._latest, [step]
+
+    def _check_signature(self, manager, step: int) -> None:
+        saved = manager.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore()))
+        saved = dict(saved["model"])
+        differences = {
+            key: (saved.get(key), value)
+            for key, value in self.signature.items()
+            if saved.get(key) != value
+        }
+        if differences:
+            details = ", ".join(
+                f"{key}: checkpoint {old!r} vs config {new!r}"
+                for key, (old, new) in differences.items()
+            )
+            raise CheckpointMismatchError(
+                f"The checkpoint {manager.directory / str(step)} belongs to another model "
+                f"({details}). Use the config the run was trained with "
+                f"({self.workdir / 'config.json'}) or another --workdir."
+            )
+
+    def restore(self, template, which: str | int = "latest"):
+        """Restores the newest usable checkpoint of the kind asked for.
+
+        Args:
+          template: an unreplicated state with the right structure, shapes and dtypes.
+          which: 'latest', 'best' or a step number.
+
+        Returns:
+          ``(state, step)``.
+
+        Raises:
+          NoCheckpointError: nothing usable to restore.
+          CheckpointMismatchError: the checkpoint belongs to another model.
+        """
+        manager, steps = self._resolve(which)
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, jax.device_get(template))
+        skipped = []
+        for step in steps:
+            try:
+                self._check_signature(manager, step)
+                restored = manager.restore(
+                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+                )
+            except CheckpointMismatchError:
+                raise
+            except Exception as error:
+                skipped.append(step)
+                warnings.warn(
+                    f"Skipping damaged checkpoint {manager.directory / str(step)}: "
+                    f"{type(error).__name__}: {str(error)[:300]}",
+                    stacklevel=2,
+                )
+                continue
+            return jax.tree.map(np.asarray, restored["state"]), step
+        where = manager.directory
+        if skipped:
+            raise NoCheckpointError(
+                f"Every checkpoint in {where} is damaged (steps {skipped}); delete them to "
+                "start over or restore a backup."
+            )
+        raise NoCheckpointError(f"No checkpoint in {where}: train first (python train.py ...).")
+
+    def wait(self) -> None:
+        """Blocks until asynchronous saves are on disk."""
+        self._latest.wait_until_finished()
+        self._best.wait_until_finished()
+
+    def close(self) -> None:
+        self._latest.close()
+        self._best.close()

@@ -1,0 +1,146 @@
+"""The base config every ``configs/*.py`` starts from, and its checks.
+
+A config is an ``ml_collections.ConfigDict`` with sections ``model``, ``data``, ``loss``,
+``train`` and ``eval`` plus a top-level ``seed``. The dict is locked, so a mistyped key
+(``--config.train.bach_size=8``) fails at start with the key named.
+"""
+
+import ml_collections
+
+from yolojax.data.config import default_data_config
+from yolojax.models import BACKBONES, HEADS
+from yolojax.optim import OPTIMIZERS, SCHEDULES
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+    """``config.model``; see ``yolojax.models`` for what each field does."""
+    return ml_collections.ConfigDict(
+        {
+            "backbone": "resnet152",
+            "head": "conv",
+            "num_classes": 20,  # 0 = as many as the dataset has
+            "grid_size": 7,
+            "num_boxes": 2,
+            "dtype": "float32",  # compute dtype; 'bfloat16' for mixed precision
+            "num_groups": 32,
+            "dropout_rate": 0.5,
+            "fc_hidden": 4096,
+            "head_channels": 0,
+            "head_conv_layers": 4,
+            "pretrained": "",  # ported ImageNet weights (.msgpack); '' = from scratch
+        }
+    )
+
+
+def default_train_config() -> ml_collections.ConfigDict:
+    """``config.train``: the YOLOv1 paper's recipe (SGD, 135 epochs, batch 64)."""
+    return ml_collections.ConfigDict(
+        {
+            "batch_size": 64,  # global, over all devices and hosts
+            "num_epochs": 135,
+            "optimizer": "sgd",
+            "learning_rate": 1e-2,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "schedule": "piecewise",
+            # Paper: "slowly raise the learning rate from 1e-3 to 1e-2" over the first epochs,
+            # 1e-2 until epoch 75, 1e-3 for 30 epochs, 1e-4 for the last 30.
+            "warmup_epochs": 5.0,
+            "warmup_start_factor": 0.1,
+            "lr_drop_epochs": (75.0, 105.0),
+            "lr_drop_factors": (0.1, 0.1),
+            "grad_clip_norm": 0.0,
+            "freeze_backbone": False,
+            # Keep the last good state instead of stopping when a step's loss is NaN/inf.
+            "skip_nonfinite": False,
+            "log_every_steps": 20,
+            "checkpoint_every_steps": 1000,  # also at every evaluation and at the end
+            "keep_checkpoints": 3,
+        }
+    )
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The full default config (ResNet-152 conv head on VOC-sized 448 px inputs)."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.model = default_model_config()
+    config.data = default_data_config()
+    config.loss = ml_collections.ConfigDict(
+        {
+            "lambda_coord": 5.0,
+            "lambda_noobj": 0.5,
+            "rescore": True,
+            "noobj_on_unassigned": True,
+        }
+    )
+    config.train = default_train_config()
+    config.eval = ml_collections.ConfigDict(
+        {
+            "every_epochs": 5,  # test mAP every N epochs (and at the end); 0 = only at the end
+            "batch_size": 0,  # 0 = train.batch_size
+            "score_threshold": 0.005,  # low, so the precision/recall curve is complete
+            "iou_threshold": 0.45,  # NMS
+            # The VOC devkit's +1 pixel box widths/heights; True for comparable VOC numbers
+            # (TFDS stores VOC's pixel boxes divided by the image size, so normalized × size
+            # gives back the devkit's coordinates).
+            "plus_one": False,
+            "max_detections": 100,
+            "train_subset": 256,  # train mAP on this many fixed train images; 0 disables
+        }
+    )
+    return config
+
+
+def _choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"config.{name} must be one of {tuple(choices)}; got {value!r}.")
+
+
+def validate_config(config) -> None:
+    """Checks values that a locked ConfigDict cannot: names, ranges, divisibility.
+
+    Raises:
+      ValueError: naming the config key and what was expected.
+    """
+    _choice("model.backbone", config.model.backbone, BACKBONES)
+    _choice("model.head", config.model.head, HEADS)
+    _choice("model.dtype", config.model.dtype, ("float32", "bfloat16"))
+    _choice("train.optimizer", config.train.optimizer, OPTIMIZERS)
+    _choice("train.schedule", config.train.schedule, SCHEDULES)
+    if not isinstance(config.model.num_classes, int) or config.model.num_classes < 0:
+        raise ValueError(
+            "config.model.num_classes must be a positive integer, or 0 for as many as the "
+            f"dataset has; got {config.model.num_classes!r}."
+        )
+    for name in ("model.grid_size", "model.num_boxes", "train.batch_size"):
+        section, key = name.split(".")
+        value = config[section][key]
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"config.{name} must be a positive integer; got {value!r}.")
+    if config.train.num_epochs <= 0:
+        raise ValueError(
+            f"config.train.num_epochs must be positive; got {config.train.num_epochs}."
+        )
+    if config.data.image_size < config.model.grid_size:
+        raise ValueError(
+            f"config.data.image_size ({config.data.image_size}) must be at least "
+            f"config.model.grid_size ({config.model.grid_size})."
+        )
+
+
+def resolve_num_classes(config, class_names) -> None:
+    """Sets ``config.model.num_classes`` from the dataset when it is 0; otherwise checks that
+    the two agree.
+
+    Raises:
+      ValueError: the config and the dataset disagree (the message says what to set).
+    """
+    if config.model.num_classes == 0:
+        config.model.num_classes = len(class_names)
+    elif config.model.num_classes != len(class_names):
+        raise ValueError(
+            f"config.model.num_classes={config.model.num_classes} but the dataset has "
+            f"{len(class_names)} classes {tuple(class_names)}; set "
+            f"--config.model.num_classes={len(class_names)} (or 0 to follow the dataset)."
+        )

@@ -1,0 +1,281 @@
+"""Detection augmentation for one example, in TensorFlow, driven by stateless random seeds.
+
+Geometry (scale, translation and horizontal flip) picks an integer pixel window of the input,
+possibly reaching beyond it (the outside is filled with grey); the pipeline then resizes the
+window to the model input with `tf.image.resize` (bilinear, half-pixel centres). Boxes are
+mapped through the same window, so they follow the pixels exactly. Coordinates are normalized
+and continuous: pixel `i` of an `n`-pixel axis spans `[i / n, (i + 1) / n]`.
+
+Randomness comes only from the `seed` arguments (shape [2] int32/int64, as taken by
+`tf.random.stateless_*`), so an example's augmentation is a pure function of its seed: this is
+what makes a resumed training run see exactly the batches of an uninterrupted one.
+"""
+
+import math
+from typing import NamedTuple
+
+import tensorflow as tf
+
+# Grey shown where scaling down or translating uncovers the outside of the image (uint8).
+FILL_VALUE = 128
+
+
+class Window(NamedTuple):
+    """An input region, in whole pixels (int32 scalars; may extend beyond the image)."""
+
+    top: tf.Tensor
+    left: tf.Tensor
+    height: tf.Tensor
+    width: tf.Tensor
+    flip: tf.Tensor  # bool: mirror the region horizontally
+
+
+def sample_window(
+    seed: tf.Tensor,
+    image_height: tf.Tensor,
+    image_width: tf.Tensor,
+    *,
+    scale_translate: float,
+    flip: bool,
+) -> Window:
+    """Random zoom by z in [1 - st, 1 + st] about the centre, shift by up to st, maybe a flip.
+
+    Args:
+      seed: [2] integer stateless seed.
+      image_height, image_width: int32 scalars, the input size.
+      scale_translate: the paper's 0.2: scale and translation "up to 20% of the image size".
+      flip: whether to mirror horizontally with probability 0.5.
+
+    Returns:
+      The window whose resize shows the image zoomed by z and shifted by (ty, tx) image
+      sizes: output point v shows input point 0.5 + (v - 0.5 - t) / z, rounded to pixels.
+    """
+    zoom_seed, shift_seed, flip_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, num=3)
+    )
+    zoom = tf.random.stateless_uniform([], zoom_seed, 1.0 - scale_translate, 1.0 + scale_translate)
+    shift = tf.random.stateless_uniform([2], shift_seed, -scale_translate, scale_translate)
+    size = tf.cast(tf.stack([image_height, image_width]), tf.float32)
+    start = tf.cast(tf.round((0.5 - (0.5 + shift) / zoom) * size), tf.int32)
+    extent = tf.maximum(tf.cast(tf.round(size / zoom), tf.int32), 1)
+    mirror = tf.random.stateless_uniform([], flip_seed) < 0.5 if flip else tf.constant(False)
+    return Window(start[0], start[1], extent[0], extent[1], mirror)
+
+
+def crop_window(image: tf.Tensor, window: Window) -> tf.Tensor:
+    """The (window.height, window.width, C) region of a (H, W, C) uint8 image, grey outside."""
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    top, bottom = (
+        tf.clip_by_value(window.top, 0, height),
+        tf.clip_by_value(window.top + window.height, 0, height),
+    )
+    left, right = (
+        tf.clip_by_value(window.left, 0, width),
+        tf.clip_by_value(window.left + window.width, 0, width),
+    )
+    inside = image[top:bottom, left:right]
+    outside = [
+        [top - window.top, window.top + window.height - bottom],
+        [left - window.left, window.left + window.width - right],
+        [0, 0],
+    ]
+    region = tf.pad(inside, outside, constant_values=FILL_VALUE)
+    return tf.cond(window.flip, lambda: tf.reverse(region, axis=[1]), lambda: region)
+
+
+def window_boxes(
+    boxes: tf.Tensor, window: Window, image_height: tf.Tensor, image_width: tf.Tensor
+) -> tf.Tensor:
+    """Maps (N, 4) normalized yxyx boxes of the image into the window's normalized frame.
+
+    The result is unclipped: coordinates outside [0, 1] lie outside the window.
+    """
+    ymin, xmin, ymax, xmax = tf.unstack(boxes, axis=-1)
+
+    def to_window(coordinate, size, start, extent):
+        pixels = coordinate * tf.cast(size, tf.float32) - tf.cast(start, tf.float32)
+        return pixels / tf.cast(extent, tf.float32)
+
+    ymin, ymax = (to_window(y, image_height, window.top, window.height) for y in (ymin, ymax))
+    xmin, xmax = (to_window(x, image_width, window.left, window.width) for x in (xmin, xmax))
+    # Mirroring maps x to 1 - x and swaps min and max.
+    xmin, xmax = (
+        tf.where(window.flip, 1.0 - xmax, xmin),
+        tf.where(window.flip, 1.0 - xmin, xmax),
+    )
+    return tf.stack([ymin, xmin, ymax, xmax], axis=-1)
+
+
+def clip_boxes(boxes: tf.Tensor, min_visible_fraction: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """Clips (N, 4) yxyx boxes to [0, 1]; keeps those with enough of their area left.
+
+    Returns:
+      (clipped boxes (N, 4), keep (N,) bool): keep is False for boxes of which less than
+      `min_visible_fraction` of the area (or no area at all) lies inside the image.
+    """
+    clipped = tf.clip_by_value(boxes, 0.0, 1.0)
+
+    def area(b):
+        return tf.maximum(b[:, 2] - b[:, 0], 0.0) * tf.maximum(b[:, 3] - b[:, 1], 0.0)
+
+    visible = area(clipped)
+    keep = (visible > 0.0) & (visible >= min_visible_fraction * area(boxes))
+    return clipped, keep
+
+
+# NTSC RGB -> YIQ: luma Y and the two chroma axes I, Q.
+_RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+
+
+def color_matrix(saturation: tf.Tensor, hue: tf.Tensor, exposure: tf.Tensor) -> tf.Tensor:
+    """(3, 3) matrix M with pixel_row @ M = the linear (YIQ) colour change of one pixel.
+
+    Chroma (I, Q) is scaled by `saturation` and rotated by `hue` turns about the luma axis,
+    the YIQ stand-ins for HSV saturation and hue (the direction matches HSV's: red turns
+    towards yellow for hue > 0); then all channels are scaled by `exposure`, which scales
+    V = max(R, G, B) exactly.
+    """
+    to_yiq = tf.constant(_RGB_TO_YIQ, tf.float32)
+    angle = -2.0 * math.pi * hue
+    cos, sin = saturation * tf.cos(angle), saturation * tf.sin(angle)
+    in_yiq = tf.stack(
+        [tf.constant([1.0, 0.0, 0.0]), tf.stack([0.0, cos, -sin]), tf.stack([0.0, sin, cos])]
+    )
+    column_matrix = tf.linalg.inv(to_yiq) @ in_yiq @ to_yiq  # acts on column pixels
+    return exposure * tf.transpose(column_matrix)
+
+
+def mix_channels(image: tf.Tensor, matrix: tf.Tensor, bias: tf.Tensor | None = None):
+    """(H, W, 3) image -> image @ matrix (+ bias) per pixel, as one matrix multiply.
+
+    Per-channel arithmetic with broadcasting is several times slower on CPU than this.
+    """
+    pixels = tf.reshape(image, [-1, 3]) @ matrix
+    if bias is not None:
+        pixels = tf.nn.bias_add(pixels, bias)
+    return tf.reshape(pixels, tf.shape(image))
+
+
+def adjust_color(
+    image: tf.Tensor,
+    *,
+    saturation: tf.Tensor,
+    exposure: tf.Tensor,
+    hue: tf.Tensor,
+    color_space: str = "hsv",
+) -> tf.Tensor:
+    """Scales saturation and exposure (HSV value), shifts hue (turns); clips to [0, 1].
+
+    Args:
+      image: (H, W, 3) float RGB in [0, 1].
+      color_space: 'hsv' does it exactly in HSV space, as darknet (two HSV round trips, S and
+        V clamped at 1); 'yiq' applies one color_matrix, about 4x cheaper on CPU (the
+        saturation and hue of YIQ, not HSV; exposure is the same).
+    """
+    if color_space == "yiq":
+        image = mix_channels(image, color_matrix(saturation, hue, exposure))
+    else:
+        image = tf.image.adjust_saturation(image, saturation)
+        # Scaling V = max(R, G, B) by f, clamped at 1, scales every channel by min(f, 1 / V).
+        value = tf.reduce_max(image, axis=-1, keepdims=True)
+        image *= tf.minimum(exposure, 1.0 / tf.maximum(value, 1e-6))
+        image = tf.image.adjust_hue(image, hue)
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def random_color(
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    exposure: float,
+    saturation: float,
+    hue: float,
+    color_space: str = "hsv",
+) -> tf.Tensor:
+    """adjust_color with exposure and saturation factors log-uniform in [1/f, f] and a hue
+    shift uniform in [-hue, hue], as darknet's random HSV distortion."""
+    exposure_seed, saturation_seed, hue_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, num=3)
+    )
+
+    def log_uniform(factor, factor_seed):
+        log_factor = math.log(factor)
+        return tf.exp(tf.random.stateless_uniform([], factor_seed, -log_factor, log_factor))
+
+    return adjust_color(
+        image,
+        saturation=log_uniform(saturation, saturation_seed),
+        exposure=log_uniform(exposure, exposure_seed),
+        hue=tf.random.stateless_uniform([], hue_seed, -hue, hue),
+        color_space=color_space,
+    )
+
+
+def gaussian_blur(image: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor:
+    """Separable Gaussian blur of a (H, W, C) float image; borders reflect.
+
+    Args:
+      sigma: scalar standard deviation in pixels.
+      radius: static kernel half-width (taps = 2 * radius + 1), about 3 sigma.
+    """
+    channels = image.shape[-1]
+    taps = tf.range(-radius, radius + 1, dtype=tf.float32)
+    kernel = tf.exp(-0.5 * tf.square(taps / sigma))
+    kernel /= tf.reduce_sum(kernel)
+    padded = tf.pad(image[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], "REFLECT")
+    vertical = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, channels, 1])
+    horizontal = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, channels, 1])
+    blurred = tf.nn.depthwise_conv2d(padded, vertical, [1, 1, 1, 1], "VALID")
+    blurred = tf.nn.depthwise_conv2d(blurred, horizontal, [1, 1, 1, 1], "VALID")
+    return blurred[0]
+
+
+def random_blur(
+    image: tf.Tensor, seed: tf.Tensor, *, probability: float, max_sigma: float
+) -> tf.Tensor:
+    """With `probability`, blurs with sigma uniform in (0, max_sigma] pixels."""
+    apply_seed, sigma_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+    sigma = tf.random.stateless_uniform([], sigma_seed, 0.05 * max_sigma, max_sigma)
+    return tf.cond(
+        tf.random.stateless_uniform([], apply_seed) < probability,
+        lambda: gaussian_blur(image, sigma, radius=max(1, math.ceil(3 * max_sigma))),
+        lambda: image,
+    )
+
+
+def augment(
+    image: tf.Tensor, boxes: tf.Tensor, seed: tf.Tensor, config
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Applies the random geometry and colour of `config.data.augment` to one example.
+
+    Args:
+      image: (H, W, 3) uint8 decoded image.
+      boxes: (N, 4) float32 normalized yxyx.
+      seed: [2] integer stateless seed; the result is a pure function of it.
+      config: the `augment` ConfigDict (see yolojax/data/config.py).
+
+    Returns:
+      image (h, w, 3) float32 in [0, 1], the window to resize to the model input (blur, which
+      depends on the model input's pixel size, comes after the resize: `random_blur`); boxes
+      (N, 4) in the window's frame, clipped to [0, 1]; keep (N,) bool, False for boxes that
+      (mostly) left the window.
+    """
+    geometry_seed, color_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    window = sample_window(
+        geometry_seed, height, width, scale_translate=config.scale_translate, flip=config.flip
+    )
+    boxes, keep = clip_boxes(
+        window_boxes(boxes, window, height, width), config.min_visible_fraction
+    )
+    # Colour at the stored resolution, before the resize: per pixel, so it commutes with it,
+    # and cheaper for inputs smaller than the model's (the synthetic set's 128 px).
+    image = random_color(
+        tf.cast(crop_window(image, window), tf.float32) / 255.0,
+        color_seed,
+        exposure=config.exposure,
+        saturation=config.saturation,
+        hue=config.hue,
+        color_space=config.color_space,
+    )
+    return image, boxes, keep

@@ -1,0 +1,106 @@
+"""Defaults for `config.data`: every field the input pipeline reads, documented.
+
+The project's `configs/*.py` start from `default_data_config()` and override what they need,
+e.g. `config.data.source = 'voc'` or `--config.data.augment.hue=0.05` on the command line.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+SOURCES = ("synthetic_shapes", "voc", "voc_folder")
+NORMALIZATIONS = ("imagenet", "unit", "symmetric")
+BAD_DATA_POLICIES = ("error", "skip")
+COLOR_SPACES = ("yiq", "hsv")
+
+
+def default_augment_config() -> ml_collections.ConfigDict:
+    """Training augmentation (YOLOv1 paper values where the paper gives one)."""
+    augment = ml_collections.ConfigDict()
+    # Master switch: False trains on resized images only, as evaluation sees them.
+    augment.enabled = True
+    # Horizontal flip with probability 0.5.
+    augment.flip = True
+    # Random scale in [1 - s, 1 + s] and translation of up to s of the image size per axis
+    # (paper: "random scaling and translations of up to 20% of the original image size").
+    augment.scale_translate = 0.2
+    # Exposure (HSV value) and saturation scaled by a factor in [1/f, f], log-uniform
+    # (paper: "up to a factor of 1.5 in the HSV color space").
+    augment.exposure = 1.5
+    augment.saturation = 1.5
+    # Hue shifted by up to this fraction of the colour wheel (darknet's yolov1 cfg: .1).
+    augment.hue = 0.1
+    # 'hsv': exact HSV operations, as darknet; 'yiq': one linear colour matrix per image
+    # (saturation and hue as YIQ chroma scale and rotation, exposure the same), ~4x cheaper.
+    augment.color_space = "hsv"
+    # Gaussian blur applied with this probability, sigma uniform in (0, blur_max_sigma]
+    # pixels of the model input (the report's list; the paper has no blur).
+    augment.blur_probability = 0.1
+    augment.blur_max_sigma = 1.5
+    # A box clipped by scale/translate is dropped when less than this fraction of its area
+    # remains inside the image (a sliver of an object is not a learnable target).
+    augment.min_visible_fraction = 0.25
+    return augment
+
+
+def default_synthetic_config() -> ml_collections.ConfigDict:
+    """The embedded `synthetic_shapes` dataset (see `yolojax/data/synthetic_shapes.py`).
+
+    The defaults are sized so that a tiny detector (112-128 px input, grid 7) learns it on two
+    CPU cores in minutes; generation takes a few seconds. Changing any field generates a new,
+    separately cached dataset.
+    """
+    synthetic = ml_collections.ConfigDict()
+    synthetic.num_train = 4000  # images in the 'train' split
+    synthetic.num_test = 500  # images in the 'test' split
+    synthetic.image_size = 128  # stored images are image_size x image_size pixels
+    synthetic.max_objects = 4  # 1..max_objects regular (non-difficult) objects per image
+    # Longer side of a regular object as a fraction of the image side.
+    synthetic.min_object_size = 0.15
+    synthetic.max_object_size = 0.6
+    synthetic.seed = 0  # generation seed; the dataset is a pure function of these fields
+    return synthetic
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """Returns the `config.data` defaults: the synthetic dataset at the paper's 448x448."""
+    data = ml_collections.ConfigDict()
+    # 'synthetic_shapes' (embedded, generated locally), 'voc' (TFDS voc/2007 + voc/2012,
+    # prepared beforehand: see docs/data.md) or 'voc_folder' (any VOC-layout folder).
+    data.source = "synthetic_shapes"
+    # TFDS data directory (datasets are prepared and cached there); None = TFDS default
+    # (~/tensorflow_datasets or $TFDS_DATA_DIR).
+    data.tfds_data_dir = config_dict.placeholder(str)
+    # TFDS split expressions; None = the source's default:
+    #   voc:              train 'voc/2007:train+validation,voc/2012:train+validation',
+    #                     eval 'voc/2007:test' (comma-separated '<dataset>:<split>' parts)
+    #   synthetic_shapes: train 'train', eval 'test'
+    #   voc_folder:       train 'train', eval 'test' if the folder defines it, else 'validation'
+    # Any TFDS expression works, e.g. 'train[:80%]' or 'voc/2012:validation[:500]'.
+    data.train_split = config_dict.placeholder(str)
+    data.eval_split = config_dict.placeholder(str)
+    # voc_folder only: the folder holding Annotations/, JPEGImages/ and optional ImageSets/.
+    data.folder = config_dict.placeholder(str)
+    # voc_folder only: class names in label order; None = every name found in the XML files,
+    # sorted. With a list, an object of another class is bad data.
+    data.class_names = config_dict.placeholder(tuple)
+    # voc_folder only: 'error' stops at the first bad file (naming it and the problem);
+    # 'skip' leaves out every image with a problem and warns with the count.
+    data.on_bad_data = "error"
+    # Square model input size in pixels.
+    data.image_size = 448
+    # Boxes per image after padding. 64 is above the most crowded VOC 2007/2012 image; an
+    # image with more objects raises an error instead of losing boxes silently.
+    data.max_boxes = 64
+    # Image normalization: 'imagenet' (mean/std, for ported torchvision weights), 'unit'
+    # ([0, 1]) or 'symmetric' ([-1, 1]).
+    data.normalization = "imagenet"
+    # Train on objects flagged `difficult` (darknet's voc_label.py leaves them out; VOC
+    # evaluation ignores them either way). Evaluation always carries them, flagged.
+    data.train_on_difficult = False
+    # Caps: use only the first N examples of the split (in the dataset's stored order, a fixed
+    # pseudo-random subset); None = all. For the report's small-data sweeps.
+    data.max_train_examples = config_dict.placeholder(int)
+    data.max_eval_examples = config_dict.placeholder(int)
+    data.augment = default_augment_config()
+    data.synthetic = default_synthetic_config()
+    return data

@@ -1,0 +1,361 @@
+"""Training and evaluation input pipelines (tf.data on the host, NumPy batches out).
+
+Every batch is a dict of NumPy arrays shaped [local_devices, per_device, ...] (the "Data element
+contract" of docs/architecture.md): `image` float32 (D, B, S, S, 3) normalized, `boxes` (D, B,
+max_boxes, 4) normalized yxyx, `labels` int32, `difficult` bool, `mask` bool (True for real
+boxes), `image_size` int32 (D, B, 2) original (height, width); eval batches add `valid` (D, B).
+
+Training reads a stream of example positions g = 0, 1, 2, ...: global batch t holds positions
+[t * G, (t + 1) * G), process p takes its contiguous slice of each, and position g is example
+permutation_e[g mod N] of epoch e = g // N, where permutation_e depends only on (seed, e).
+The augmentation of position g is keyed by (seed, g) with stateless TF random ops. So the data
+is a pure function of (config, seed, global batch size): `start_step=k` skips to position
+k * G without reading anything before it and yields exactly the uninterrupted run's batches.
+
+Evaluation reads every example exactly once: process p takes an even contiguous shard (as
+`tfds.even_splits`), the last batch is padded with `valid=False` examples, and every process
+yields the same number of batches so that a multi-host gather lines up.
+"""
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Iterator
+
+import jax
+import numpy as np
+import tensorflow as tf
+
+from yolojax.data import augment, config, sources
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Batch = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the training loop needs to know about the configured data (after the caps)."""
+
+    class_names: tuple[str, ...]
+    num_train_examples: int
+    num_eval_examples: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """How a global batch splits over processes and this process's devices."""
+
+    process_index: int
+    per_process: int
+    local_devices: int
+
+
+def _check_int(name: str, value, low: int) -> int:
+    """`value` as a Python int (NumPy integers welcome) if it is an integer >= low."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return int(value)
+
+
+def _layout(global_batch_size: int) -> _Layout:
+    processes, devices = jax.process_count(), jax.local_device_count()
+    global_batch_size = _check_int("global_batch_size", global_batch_size, 1)
+    if global_batch_size % (processes * devices):
+        multiple = processes * devices
+        raise ValueError(
+            f"global_batch_size={global_batch_size} must be divisible by process_count "
+            f"({processes}) x local_device_count ({devices}) = {multiple}: use a multiple of "
+            f"{multiple} (e.g. {max(multiple, global_batch_size // multiple * multiple)}) or run "
+            "on a device count that divides it"
+        )
+    return _Layout(jax.process_index(), global_batch_size // processes, devices)
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"data.{name} must be one of {choices}, got {value!r}")
+
+
+def _check_range(name: str, value, low, high) -> None:
+    if not isinstance(value, int | float) or not low <= value <= high:
+        raise ValueError(f"data.{name} must be a number in [{low}, {high}], got {value!r}")
+
+
+def validate_data_config(data_config) -> None:
+    """Raises ValueError naming the first `config.data` field with an unusable value."""
+    _check_choice("source", data_config.source, config.SOURCES)
+    _check_choice("normalization", data_config.normalization, config.NORMALIZATIONS)
+    _check_choice("on_bad_data", data_config.on_bad_data, config.BAD_DATA_POLICIES)
+    if data_config.source == "voc_folder" and not data_config.folder:
+        raise ValueError("data.folder must name a VOC-layout folder when data.source='voc_folder'")
+    for name, low in [("image_size", 16), ("max_boxes", 1)]:
+        _check_int(f"data.{name}", data_config[name], low)
+    for name in ("max_train_examples", "max_eval_examples"):
+        if data_config[name] is not None:
+            _check_int(f"data.{name} (or None)", data_config[name], 1)
+    augment_config = data_config.augment
+    _check_choice("augment.color_space", augment_config.color_space, config.COLOR_SPACES)
+    _check_range("augment.scale_translate", augment_config.scale_translate, 0.0, 0.9)
+    _check_range("augment.exposure", augment_config.exposure, 1.0, 10.0)
+    _check_range("augment.saturation", augment_config.saturation, 1.0, 10.0)
+    _check_range("augment.hue", augment_config.hue, 0.0, 0.5)
+    _check_range("augment.blur_probability", augment_config.blur_probability, 0.0, 1.0)
+    _check_range("augment.blur_max_sigma", augment_config.blur_max_sigma, 1e-3, 20.0)
+    _check_range("augment.min_visible_fraction", augment_config.min_visible_fraction, 0.0, 1.0)
+
+
+def _num_examples(source: sources.SplitSource, cap: int | None) -> int:
+    return len(source) if cap is None else min(len(source), cap)
+
+
+def get_dataset_info(data_config) -> DatasetInfo:
+    """Prepares the configured datasets if needed and describes them.
+
+    Synthetic and folder sources are generated into `data.tfds_data_dir` on first use; 'voc'
+    raises sources.DatasetNotPreparedError, explaining the offline preparation, if absent.
+    """
+    validate_data_config(data_config)
+    train = sources.open_split(data_config, "train")
+    evaluation = sources.open_split(data_config, "eval")
+    return DatasetInfo(
+        class_names=train.class_names,
+        num_train_examples=_num_examples(train, data_config.max_train_examples),
+        num_eval_examples=_num_examples(evaluation, data_config.max_eval_examples),
+    )
+
+
+def _record(example: sources.Example, position: int, max_boxes: int, keep_difficult: bool):
+    """The tf.data generator's element for one example (NumPy), dropping unused objects."""
+    if len(example.labels) > max_boxes:
+        raise ValueError(
+            f"{example.filename}: {len(example.labels)} objects, more than data.max_boxes="
+            f"{max_boxes}; raise data.max_boxes (boxes are never dropped silently)"
+        )
+    keep = np.ones_like(example.difficult) if keep_difficult else ~example.difficult
+    return {
+        "image": example.image,
+        "boxes": example.boxes[keep],
+        "labels": example.labels[keep],
+        "difficult": example.difficult[keep],
+        "position": np.int64(position),
+    }
+
+
+_RECORD_SIGNATURE = {
+    "image": tf.TensorSpec([], tf.string),
+    "boxes": tf.TensorSpec([None, 4], tf.float32),
+    "labels": tf.TensorSpec([None], tf.int32),
+    "difficult": tf.TensorSpec([None], tf.bool),
+    "position": tf.TensorSpec([], tf.int64),
+}
+
+
+def _normalize(image: tf.Tensor, normalization: str) -> tf.Tensor:
+    """[0, 1] image -> the backbone's input range."""
+    if normalization == "imagenet":
+        inverse_std = 1.0 / tf.constant(_IMAGENET_STD)
+        return augment.mix_channels(
+            image, tf.linalg.diag(inverse_std), -tf.constant(_IMAGENET_MEAN) * inverse_std
+        )
+    if normalization == "symmetric":
+        return image * 2.0 - 1.0
+    return image
+
+
+def _to_model_input(image: tf.Tensor, output_size: int, normalization: str) -> tf.Tensor:
+    """(h, w, 3) float image in [0, 1] -> normalized (output_size, output_size, 3)."""
+    # Normalizing before the resize is the same (both are linear) and cheaper for images
+    # smaller than the model input.
+    return tf.image.resize(_normalize(image, normalization), [output_size, output_size])
+
+
+def preprocess_image(image: np.ndarray, *, image_size: int, normalization: str) -> np.ndarray:
+    """One image -> the model input, exactly as evaluation prepares it (for inference).
+
+    Args:
+      image: (H, W, 3) uint8 RGB.
+      image_size: side of the square model input (`config.data.image_size`).
+      normalization: `config.data.normalization`.
+
+    Returns:
+      (image_size, image_size, 3) float32.
+    """
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+    image_size = _check_int("image_size", image_size, 1)
+    _check_choice("normalization", normalization, config.NORMALIZATIONS)
+    model_input = _to_model_input(tf.cast(image, tf.float32) / 255.0, image_size, normalization)
+    return model_input.numpy()
+
+
+def _preprocess(record, *, data_config, seed: int | None) -> dict[str, tf.Tensor]:
+    """Decodes, augments (when `seed` is given) and pads one example to the contract."""
+    image = tf.io.decode_image(record["image"], channels=3, expand_animations=False)
+    image_size = tf.shape(image)[:2]
+    boxes, augment_config = record["boxes"], data_config.augment
+    if seed is not None and augment_config.enabled:
+        key = tf.stack([tf.constant(seed, tf.int64), record["position"]])
+        augment_seed, blur_seed = tf.unstack(tf.random.experimental.stateless_split(key, num=2))
+        image, boxes, keep = augment.augment(image, boxes, augment_seed, augment_config)
+    else:
+        image = tf.cast(image, tf.float32) / 255.0
+        keep = tf.ones_like(record["labels"], tf.bool)
+    output_size = data_config.image_size
+    image = _to_model_input(image, output_size, data_config.normalization)
+    if seed is not None and augment_config.enabled and augment_config.blur_probability > 0:
+        image = augment.random_blur(
+            image,
+            blur_seed,
+            probability=augment_config.blur_probability,
+            max_sigma=augment_config.blur_max_sigma,
+        )
+    boxes = tf.boolean_mask(boxes, keep)
+    padding = data_config.max_boxes - tf.shape(boxes)[0]
+
+    def pad(values):
+        return tf.pad(values, [[0, padding]] + [[0, 0]] * (len(values.shape) - 1))
+
+    max_boxes = data_config.max_boxes
+    return {
+        "image": tf.ensure_shape(image, [output_size, output_size, 3]),
+        "boxes": tf.ensure_shape(pad(boxes), [max_boxes, 4]),
+        "labels": tf.ensure_shape(pad(tf.boolean_mask(record["labels"], keep)), [max_boxes]),
+        "difficult": tf.ensure_shape(pad(tf.boolean_mask(record["difficult"], keep)), [max_boxes]),
+        "mask": tf.range(max_boxes) < tf.shape(boxes)[0],
+        "image_size": tf.cast(image_size, tf.int32),
+    }
+
+
+def _dataset(records, data_config, *, seed: int | None, batch_size: int, drop_remainder: bool):
+    dataset = tf.data.Dataset.from_generator(records, output_signature=_RECORD_SIGNATURE)
+    dataset = dataset.map(
+        lambda record: _preprocess(record, data_config=data_config, seed=seed),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    options = tf.data.Options()
+    options.deterministic = True  # Same batches in the same order, every run.
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def _to_devices(batch: Batch, local_devices: int) -> Batch:
+    return {key: value.reshape(local_devices, -1, *value.shape[1:]) for key, value in batch.items()}
+
+
+def _epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+    """The order in which training reads the examples in `epoch` (a pure function)."""
+    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def make_train_iterator(
+    data_config, *, global_batch_size: int, seed: int, start_step: int = 0
+) -> Iterator[Batch]:
+    """Infinite iterator of augmented training batches for this process.
+
+    Args:
+      data_config: `config.data`.
+      global_batch_size: examples per step over all processes and devices.
+      seed: data order and augmentation seed.
+      start_step: first step to yield; the batches equal the uninterrupted iterator's from
+        this step on, and the skipped ones are never read.
+
+    Yields:
+      Batches per the contract, arrays shaped [local_devices, per_device, ...].
+    """
+    validate_data_config(data_config)
+    layout = _layout(global_batch_size)
+    global_batch_size = int(global_batch_size)
+    seed, start_step = _check_int("seed", seed, 0), _check_int("start_step", start_step, 0)
+    source = sources.open_split(data_config, "train")
+    num_examples = _num_examples(source, data_config.max_train_examples)
+
+    def records():
+        epoch, order = None, None
+        step = start_step
+        while True:
+            first = step * global_batch_size + layout.process_index * layout.per_process
+            for position in range(first, first + layout.per_process):
+                if position // num_examples != epoch:
+                    epoch = position // num_examples
+                    order = _epoch_permutation(seed, epoch, num_examples)
+                example = source[int(order[position % num_examples])]
+                yield _record(
+                    example, position, data_config.max_boxes, data_config.train_on_difficult
+                )
+            step += 1
+
+    dataset = _dataset(
+        records, data_config, seed=seed, batch_size=layout.per_process, drop_remainder=True
+    )
+    return (_to_devices(batch, layout.local_devices) for batch in dataset.as_numpy_iterator())
+
+
+def make_eval_iterator(
+    data_config, *, global_batch_size: int, split: str = "eval", max_examples: int | None = None
+) -> Iterator[Batch]:
+    """Finite, deterministic iterator over every example of a split, unaugmented.
+
+    Args:
+      data_config: `config.data`.
+      global_batch_size: examples per batch over all processes and devices.
+      split: 'eval' (data.eval_split) or 'train' (data.train_split, e.g. for train mAP).
+      max_examples: use only the first `max_examples` of the split (after the config's cap
+        for that split, data.max_eval_examples or data.max_train_examples).
+
+    Yields:
+      Batches per the contract plus `valid` (D, B) bool; padding examples are all zeros with
+      valid=False. Every process yields ceil(ceil(N / processes) / per_process) batches.
+    """
+    validate_data_config(data_config)
+    layout = _layout(global_batch_size)
+    if split not in ("eval", "train"):
+        raise ValueError(f"split must be 'eval' or 'train', got {split!r}")
+    if max_examples is not None:
+        max_examples = _check_int("max_examples", max_examples, 1)
+    source = sources.open_split(data_config, split)
+    cap = data_config.max_eval_examples if split == "eval" else data_config.max_train_examples
+    if max_examples is not None:
+        cap = max_examples if cap is None else min(cap, max_examples)
+    num_examples = _num_examples(source, cap)
+    processes = jax.process_count()
+    # Even contiguous shards: the first num_examples % processes get one example more.
+    shard_sizes = [
+        num_examples // processes + (p < num_examples % processes) for p in range(processes)
+    ]
+    start = sum(shard_sizes[: layout.process_index])
+    stop = start + shard_sizes[layout.process_index]
+    num_batches = math.ceil(max(shard_sizes) / layout.per_process)
+
+    def records():
+        for index in range(start, stop):
+            yield _record(source[index], index, data_config.max_boxes, keep_difficult=True)
+
+    dataset = _dataset(
+        records, data_config, seed=None, batch_size=layout.per_process, drop_remainder=False
+    )
+    return _padded_batches(dataset, layout, num_batches)
+
+
+def _padded_batches(dataset: tf.data.Dataset, layout: _Layout, num_batches: int):
+    """Pads the last batch with valid=False examples, then adds all-padding batches."""
+    padding = {
+        key: np.zeros((layout.per_process, *spec.shape[1:]), spec.dtype.as_numpy_dtype)
+        for key, spec in dataset.element_spec.items()
+    }
+    batches = 0
+    for batch in dataset.as_numpy_iterator():
+        size = len(batch["image"])
+        if size < layout.per_process:
+            batch = {
+                key: np.concatenate([value, padding[key][size:]]) for key, value in batch.items()
+            }
+        batch["valid"] = np.arange(layout.per_process) < size
+        batches += 1
+        yield _to_devices(batch, layout.local_devices)
+    for _ in range(batches, num_batches):
+        yield _to_devices(
+            {**padding, "valid": np.zeros(layout.per_process, bool)}, layout.local_devices
+        )

@@ -1,0 +1,184 @@
+"""The TFDS datasets behind `config.data`, opened as random-access sources of raw examples.
+
+The pipeline reads examples by index (TFDS ArrayRecord data sources), which is what lets it
+shuffle each epoch exactly, shard by process and resume at any step without reading the
+skipped examples. Images stay encoded (`tfds.decode.SkipDecoding`): the tf.data map decodes
+them in parallel.
+"""
+
+import bisect
+import dataclasses
+import functools
+import logging
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from yolojax.data import synthetic_shapes, voc_folder
+
+_DEFAULT_SPLITS = {
+    "voc": ("voc/2007:train+validation,voc/2012:train+validation", "voc/2007:test"),
+    "synthetic_shapes": ("train", "test"),
+    "voc_folder": ("train", None),  # eval: 'test' if the folder defines it, else 'validation'
+}
+_FILE_FORMAT = "array_record"  # random access
+
+_logger = logging.getLogger(__name__)
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+    """A TFDS dataset that yolojax does not prepare itself (VOC) is missing or unreadable."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One raw example: encoded image and its annotations (normalized yxyx boxes)."""
+
+    image: bytes
+    boxes: np.ndarray  # (N, 4) float32
+    labels: np.ndarray  # (N,) int32
+    difficult: np.ndarray  # (N,) bool
+    filename: str
+
+
+class SplitSource:
+    """Random access to the examples of one split, which may span several TFDS datasets.
+
+    Attributes:
+      class_names: label names, shared by all parts.
+    """
+
+    def __init__(self, parts: list[Any], class_names: tuple[str, ...]):
+        """`parts` are TFDS data sources (images undecoded), read one after the other."""
+        self.class_names = class_names
+        self._sources = parts
+        self._ends = list(np.cumsum([len(source) for source in self._sources]))
+
+    def __len__(self) -> int:
+        return int(self._ends[-1]) if self._ends else 0
+
+    def __getitem__(self, index: int) -> Example:
+        part = bisect.bisect_right(self._ends, index)
+        start = self._ends[part - 1] if part else 0
+        example = self._sources[part][int(index - start)]
+        objects = example["objects"]
+        filename = example.get("image/filename", b"")
+        return Example(
+            image=example["image"],
+            boxes=np.asarray(objects["bbox"], np.float32).reshape(-1, 4),
+            labels=np.asarray(objects["label"], np.int32).reshape(-1),
+            difficult=np.asarray(objects["is_difficult"], bool).reshape(-1),
+            filename=filename.decode() if isinstance(filename, bytes) else str(filename),
+        )
+
+
+def _prepared(make_builder) -> tfds.core.DatasetBuilder:
+    """The builder `make_builder(**kwargs)` makes, generated locally as ArrayRecord if needed."""
+    builder = make_builder()  # Reads an existing preparation, whatever its file format.
+    if not builder.is_prepared():
+        builder = make_builder(file_format=_FILE_FORMAT)
+        builder.download_and_prepare()
+    return builder
+
+
+def _voc_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+    builder = tfds.builder(name, data_dir=data_dir)
+    if not builder.is_prepared():
+        raise DatasetNotPreparedError(
+            f"TFDS dataset {name} is not prepared in {builder.data_dir_root}. yolojax does not "
+            "download it; prepare it once from an extracted VOCdevkit, offline:\n"
+            '  python -c "from yolojax.data.voc_offline import prepare_voc_offline; '
+            f"prepare_voc_offline('/path/to/VOCdevkit', '{name.split('/')[-1]}', "
+            f"data_dir='{builder.data_dir_root}')\"\n"
+            "or see docs/data.md (from the original tar files, or with network access)."
+        )
+    return builder
+
+
+def _parts(data_config, split: str | None) -> list[tuple[tfds.core.DatasetBuilder, str]]:
+    """(builder, TFDS split expression) pairs making up `split` (None: voc_folder's eval)."""
+    source = data_config.source
+    if source == "synthetic_shapes":
+        config = synthetic_shapes.shapes_builder_config(**data_config.synthetic.to_dict())
+        builder = _prepared(
+            functools.partial(
+                synthetic_shapes.make_builder, config, data_dir=data_config.tfds_data_dir
+            )
+        )
+        return [(builder, split)]
+    if source == "voc_folder":
+        config = voc_folder.voc_folder_config(
+            data_config.folder,
+            class_names=data_config.class_names,
+            on_bad_data=data_config.on_bad_data,
+        )
+        builder = _prepared(
+            functools.partial(
+                voc_folder.VocFolder, config=config, data_dir=data_config.tfds_data_dir
+            )
+        )
+        if split is None:  # Whichever held-out split the folder has.
+            split = "test" if "test" in builder.info.splits else "validation"
+        return [(builder, split)]
+    parts = []
+    for part in split.split(","):
+        name, _, part_split = part.strip().rpartition(":")
+        if not name or not part_split:
+            raise ValueError(
+                f"data split {split!r}: for source='voc' each comma-separated part must be "
+                "'<dataset>:<split>', e.g. 'voc/2007:test'"
+            )
+        parts.append((_voc_builder(name, data_config.tfds_data_dir), part_split))
+    return parts
+
+
+def split_expression(data_config, which: str) -> str | None:
+    """The configured split for 'train' or 'eval', or the source's default (None: decide later)."""
+    configured = data_config.train_split if which == "train" else data_config.eval_split
+    if configured is not None:
+        return configured
+    return _DEFAULT_SPLITS[data_config.source][0 if which == "train" else 1]
+
+
+def open_split(data_config, which: str) -> SplitSource:
+    """Opens `which` ('train' or 'eval') of `data_config` as a SplitSource, preparing if needed.
+
+    Raises:
+      DatasetNotPreparedError: source 'voc' whose dataset is not in `tfds_data_dir`.
+      ValueError: an unknown or empty split.
+    """
+    parts = _parts(data_config, split_expression(data_config, which))
+    split = ",".join(f"{builder.name}:{part_split}" for builder, part_split in parts)
+    opened, class_names = [], None
+    for builder, part_split in parts:
+        names = tuple(builder.info.features["objects"]["label"].names)
+        if class_names not in (None, names):
+            raise ValueError(f"data split {split!r} mixes datasets with different class names")
+        class_names = names
+        try:
+            data_source = builder.as_data_source(
+                part_split, decoders={"image": tfds.decode.SkipDecoding()}
+            )
+        except NotImplementedError as error:  # Prepared without random access (TFRecord).
+            raise DatasetNotPreparedError(
+                f"{builder.name} in {builder.data_dir} is stored as "
+                f"{builder.info.file_format.value}, without the random access the pipeline "
+                "needs. Prepare it again as ArrayRecord in another data_dir, reusing the "
+                f"downloads: tfds.builder('{builder.info.full_name.rsplit('/', 1)[0]}', "
+                "data_dir=NEW_DIR, file_format='array_record').download_and_prepare("
+                f"download_dir='{builder.data_dir_root}/downloads')"
+            ) from error
+        opened.append(data_source)
+        skipped = (builder.info.metadata or {}).get("skipped", [])
+        if skipped:
+            _logger.warning(
+                "%s was built without %d bad images (data.on_bad_data='skip'); first: %s",
+                builder.name,
+                len(skipped),
+                skipped[0],
+            )
+    source = SplitSource(opened, class_names)
+    if len(source) == 0:
+        raise ValueError(f"data split {split!r} of source {data_config.source!r} is empty")
+    return source

@@ -1,0 +1,108 @@
+"""Build TFDS `voc/2007` and `voc/2012` from an already downloaded VOCdevkit, offline.
+
+TFDS's `voc` builder downloads two tar files per year and extracts them. With the original
+tars at hand, `DownloadConfig(manual_dir=...)` is enough (see docs/data.md). With only the
+extracted `VOCdevkit/VOC<year>` folder, `prepare_voc_offline` registers that folder in the
+TFDS download cache as the extraction of both tars (the layout of TFDS 4.9: a cached download
+is a file plus a `.INFO` file named after the URL and registered checksum, and its extraction
+is `extracted/TAR.<that name>`), then runs the unmodified builder, which reads the folder.
+
+    prepare_voc_offline('/data/VOCdevkit', '2007', data_dir='/data/tfds')
+    prepare_voc_offline('/data/VOCdevkit', '2012', data_dir='/data/tfds')
+"""
+
+import logging
+import os
+
+import tensorflow_datasets as tfds
+from etils import epath
+from tensorflow_datasets.core.download import resource as resource_lib
+
+# Files read from VOC<year>/ImageSets/Main by the builder's 'train', 'validation', 'test' splits.
+_SET_FILES = {"trainval": ("train", "val"), "test": ("test",)}
+
+_logger = logging.getLogger(__name__)
+
+
+def _register_extraction(
+    builder: tfds.core.DatasetBuilder, download_dir: str, archive: str, year_dir: str
+) -> None:
+    """Makes TFDS find `archive` downloaded, and extracted to VOCdevkit/VOC<year> = year_dir."""
+    url = next(url for url in builder.url_infos if url.endswith("/" + archive))
+    url_info = builder.url_infos[url]
+    cached = (
+        epath.Path(download_dir) / builder.name / resource_lib.get_dl_fname(url, url_info.checksum)
+    )
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.touch()  # A placeholder: the registered checksum is trusted when the .INFO exists.
+    resource_lib.write_info_file(
+        url=url, path=cached, dataset_name=builder.name, original_fname=archive, url_info=url_info
+    )
+    devkit = os.path.join(download_dir, "extracted", f"TAR.{cached.name}", "VOCdevkit")
+    os.makedirs(devkit, exist_ok=True)
+    link = os.path.join(devkit, f"VOC{builder.builder_config.year}")
+    if os.path.islink(link):
+        os.remove(link)
+    os.symlink(os.path.abspath(year_dir), link)
+
+
+def _placeholder_test_set(download_dir: str, year_dir: str) -> str:
+    """A VOC<year> folder whose test set is one trainval image, for a missing VOC2012test.
+
+    VOC2012's test annotations are not public, so its 'test' split is unusable for detection;
+    TFDS still needs the archive and refuses an empty split.
+    """
+    placeholder = os.path.join(download_dir, "yolojax_voc2012_test_placeholder")
+    os.makedirs(os.path.join(placeholder, "ImageSets", "Main"), exist_ok=True)
+    with open(os.path.join(year_dir, "ImageSets", "Main", "train.txt")) as file:
+        first_id = file.readline().strip()
+    with open(os.path.join(placeholder, "ImageSets", "Main", "test.txt"), "w") as file:
+        file.write(first_id + "\n")
+    images = os.path.join(placeholder, "JPEGImages")
+    if os.path.islink(images):
+        os.remove(images)
+    os.symlink(os.path.abspath(os.path.join(year_dir, "JPEGImages")), images)
+    return placeholder
+
+
+def prepare_voc_offline(
+    devkit_dir: str, year: str, data_dir: str | None = None
+) -> tfds.core.DatasetBuilder:
+    """Prepares TFDS `voc/<year>` from `devkit_dir/VOC<year>` without network access.
+
+    Args:
+      devkit_dir: the extracted `VOCdevkit` folder, holding `VOC2007/` and/or `VOC2012/` with
+        `Annotations/`, `JPEGImages/` and `ImageSets/Main/{train,val,test}.txt`.
+      year: '2007' or '2012'.
+      data_dir: TFDS data directory; None = the TFDS default.
+
+    Returns:
+      The prepared builder (ArrayRecord files, as the yolojax pipeline reads them).
+    """
+    year = str(year)
+    if year not in ("2007", "2012"):
+        raise ValueError(f"year must be '2007' or '2012', got {year!r}")
+    year_dir = os.path.join(devkit_dir, f"VOC{year}")
+    for sub in ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main")):
+        if not os.path.isdir(os.path.join(year_dir, sub)):
+            raise ValueError(f"devkit_dir={devkit_dir!r}: {os.path.join(year_dir, sub)} not found")
+    builder = tfds.builder(f"voc/{year}", data_dir=data_dir, file_format="array_record")
+    if builder.is_prepared():
+        return builder
+    download_dir = os.path.join(builder.data_dir_root, "downloads")
+    main = os.path.join(year_dir, "ImageSets", "Main")
+    for archive_kind, archive in builder.builder_config.filenames.items():
+        missing = [
+            name + ".txt"
+            for name in _SET_FILES[archive_kind]
+            if not os.path.isfile(os.path.join(main, name + ".txt"))
+        ]
+        archive_dir = year_dir
+        if missing and (year, archive_kind) == ("2012", "test"):
+            _logger.warning("%s has no test.txt: voc/2012 'test' will be a placeholder", main)
+            archive_dir = _placeholder_test_set(download_dir, year_dir)
+        elif missing:
+            raise ValueError(f"{main} lacks {missing}: extract {archive} into {devkit_dir}")
+        _register_extraction(builder, download_dir, archive, archive_dir)
+    builder.download_and_prepare(download_dir=download_dir)
+    return builder

@@ -1,0 +1,121 @@
+"""A trained detector for plain image arrays: the library path from a workdir to boxes.
+
+from yolojax.detector import Detector
+detector = Detector.from_workdir("runs/shapes")
+result = detector(image)           # image: (H, W, 3) uint8
+result.boxes, result.scores, result.class_names
+"""
+
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import ml_collections
+import numpy as np
+
+from yolojax import boxes as box_ops
+from yolojax import postprocess, train_lib
+from yolojax.data import pipeline
+from yolojax.eval_lib import model_variables
+from yolojax.models import get_model
+from yolojax.workdir import CLASSES_FILE, CONFIG_FILE
+
+
+class ImageDetections(NamedTuple):
+    """Detections of one image, best first.
+
+    Attributes:
+      boxes: ``(K, 4)`` float ``[xmin, ymin, xmax, ymax]`` in pixels of the input image.
+      scores: ``(K,)`` confidence × class score.
+      labels: ``(K,)`` int class ids.
+      class_names: ``K`` names.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+
+
+def load_run_config(workdir) -> ml_collections.ConfigDict:
+    """The config a run saved as ``workdir/config.json`` (locked, like a loaded config file)."""
+    path = Path(workdir) / CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist: is {workdir} a training workdir? Pass the training config "
+            "explicitly (--config) if the run was made elsewhere."
+        )
+    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    config.lock()
+    return config
+
+
+def load_class_names(workdir, num_classes: int) -> list[str]:
+    """Class names saved by the trainer; ``class_<i>`` when the run saved none."""
+    path = Path(workdir) / CLASSES_FILE
+    if path.exists():
+        return list(json.loads(path.read_text()))
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+class Detector:
+    """Runs a trained YOLO model on images of any size.
+
+    Images are resized to the model's square input (as in training), and the boxes are
+    mapped back to the input image's pixels.
+    """
+
+    def __init__(self, model, variables, config, class_names, *, score_threshold: float = 0.25):
+        self.config = config
+        self.class_names = list(class_names)
+        self.score_threshold = score_threshold
+
+        def detect(variables, images):
+            outputs = model.apply(variables, images, train=False)
+            return postprocess.detect(
+                outputs,
+                num_classes=config.model.num_classes,
+                num_boxes=config.model.num_boxes,
+                score_threshold=score_threshold,
+                iou_threshold=config.eval.iou_threshold,
+                max_detections=config.eval.max_detections,
+            )
+
+        self._variables = variables
+        self._detect = jax.jit(detect)
+
+    @classmethod
+    def from_workdir(
+        cls, workdir, *, config=None, checkpoint: str | int = "latest", score_threshold=0.25
+    ):
+        """Restores ``checkpoint`` ('latest', 'best' or a step) of a training workdir."""
+        config = config if config is not None else load_run_config(workdir)
+        _, state, _ = train_lib.restore_trained_state(config, workdir, checkpoint)
+        model = get_model(config.model)
+        class_names = load_class_names(workdir, config.model.num_classes)
+        return cls(
+            model, model_variables(state), config, class_names, score_threshold=score_threshold
+        )
+
+    def __call__(self, image: np.ndarray) -> ImageDetections:
+        """Detects objects in one ``(H, W, 3)`` uint8 RGB image."""
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(f"image must have shape (H, W, 3) RGB; got {image.shape}.")
+        height, width = image.shape[:2]
+        model_input = pipeline.preprocess_image(
+            image,
+            image_size=self.config.data.image_size,
+            normalization=self.config.data.normalization,
+        )
+        detections = jax.device_get(self._detect(self._variables, model_input[None]))
+        valid = detections.valid[0]
+        boxes = box_ops.yxyx_to_xyxy(detections.boxes[0][valid]) * [width, height, width, height]
+        labels = detections.labels[0][valid]
+        return ImageDetections(
+            boxes=boxes,
+            scores=detections.scores[0][valid],
+            labels=labels,
+            class_names=[self.class_names[i] for i in labels],
+        )

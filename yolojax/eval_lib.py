@@ -1,0 +1,152 @@
+"""Exact VOC evaluation of a model: pmapped detection, host-side VOC mAP.
+
+Every example of the evaluation split is seen exactly once: the pipeline pads the last
+batch and marks padding with ``valid``; with several processes, each evaluates its shard and
+the results are gathered so every process computes the same mAP over the whole set.
+"""
+
+import functools
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from yolojax import postprocess, train_lib
+from yolojax.config import resolve_num_classes, validate_config
+from yolojax.data import pipeline
+from yolojax.evaluation import VOCEvaluator
+from yolojax.workdir import atomic_write_text, to_json
+
+
+def model_variables(state) -> dict:
+    """The variables ``model.apply`` takes, from a state with ``params``/``batch_stats``."""
+    variables = {"params": state.params}
+    if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+    return variables
+
+
+def eval_step(state, images, *, model, config) -> postprocess.Detections:
+    """Detections for one per-device batch: ``images (B, H, W, 3)`` → ``(B, K)`` detections."""
+    outputs = model.apply(model_variables(state), images, train=False)
+    return postprocess.detect(
+        outputs,
+        num_classes=config.model.num_classes,
+        num_boxes=config.model.num_boxes,
+        score_threshold=config.eval.score_threshold,
+        iou_threshold=config.eval.iou_threshold,
+        max_detections=config.eval.max_detections,
+    )
+
+
+def make_pmapped_eval_step(model, config):
+    """``eval_step`` under ``jax.pmap`` over the local devices."""
+    return jax.pmap(functools.partial(eval_step, model=model, config=config), axis_name="batch")
+
+
+def _gather(arrays: dict) -> dict:
+    """Concatenates every process's arrays along the batch axis (a no-op on one process)."""
+    if jax.process_count() == 1:
+        return arrays
+    return multihost_utils.process_allgather(arrays, tiled=True)
+
+
+def evaluate(p_eval_step, replicated_state, batches, config, class_names=None) -> dict:
+    """Runs detection over ``batches`` and computes VOC mAP.
+
+    Args:
+      p_eval_step: from :func:`make_pmapped_eval_step`.
+      replicated_state: the train state with a leading local-device axis.
+      batches: an iterable of eval batches (``yolojax.data.pipeline.make_eval_iterator``).
+      config: the run config.
+      class_names: names for the per-class table; default ``class_0…``.
+
+    Returns:
+      ``{'mAP', 'mAP_area', 'AP', 'AP_area', 'num_images', 'images_per_second', 'table'}``:
+      VOC07 11-point mAP and area mAP (NaN classes left out), per-class APs as lists, the
+      number of images evaluated, the detection throughput and a printable table.
+    """
+    evaluator = VOCEvaluator(
+        config.model.num_classes,
+        use_07_metric=True,
+        plus_one=config.eval.plus_one,
+        class_names=class_names,
+    )
+    start, num_images = time.perf_counter(), 0
+    for batch in batches:
+        detections = jax.device_get(p_eval_step(replicated_state, batch["image"]))
+        arrays = {
+            "gt_boxes": batch["boxes"],
+            "gt_labels": batch["labels"],
+            "gt_difficult": batch["difficult"],
+            "gt_mask": batch["mask"],
+            "pred_boxes": detections.boxes,
+            "pred_scores": detections.scores,
+            "pred_labels": detections.labels,
+            "pred_valid": detections.valid,
+            "image_size": batch["image_size"],
+            "valid": batch["valid"],
+        }
+        # Flatten [devices, per_device] so the gather concatenates whole examples.
+        arrays = {k: v.reshape(-1, *v.shape[2:]) for k, v in arrays.items()}
+        arrays = _gather(arrays)
+        num_images += int(np.sum(arrays["valid"]))
+        evaluator.add_normalized_batch(**arrays)
+    elapsed = time.perf_counter() - start
+    results = evaluator.compute()
+    return {
+        "mAP": float(results["mAP"]),
+        "mAP_area": float(results["mAP_area"]),
+        "AP": [float(v) for v in results["AP"]],
+        "AP_area": [float(v) for v in results["AP_area"]],
+        "num_images": num_images,
+        "images_per_second": num_images / max(elapsed, 1e-9),
+        "table": evaluator.summary(results),
+    }
+
+
+def evaluate_checkpoint(config, workdir, checkpoint: str | int = "latest") -> dict:
+    """Restores a checkpoint of ``workdir`` and evaluates it on the eval split.
+
+    Writes ``workdir/eval/metrics.json``:
+    ``{"mAP", "mAP_area", "AP": {class: AP}, "AP_area": {...}, "step", "num_images",
+    "images_per_second", "checkpoint"}`` (NaN APs, of classes without positives, as null).
+
+    Args:
+      config: the config the run was trained with.
+      workdir: the run's folder.
+      checkpoint: 'latest', 'best' or a step number.
+
+    Returns:
+      :func:`evaluate`'s results plus ``step``.
+    """
+    validate_config(config)
+    info = pipeline.get_dataset_info(config.data)
+    resolve_num_classes(config, info.class_names)
+    model, state, step = train_lib.restore_trained_state(
+        config, workdir, checkpoint, info.num_train_examples
+    )
+    batch_size = config.eval.batch_size or config.train.batch_size
+    results = evaluate(
+        make_pmapped_eval_step(model, config),
+        train_lib.replicate(state),
+        pipeline.make_eval_iterator(config.data, global_batch_size=batch_size),
+        config,
+        info.class_names,
+    )
+    results["step"] = step
+    if jax.process_index() == 0:
+        record = {
+            "mAP": results["mAP"],
+            "mAP_area": results["mAP_area"],
+            "AP": dict(zip(info.class_names, results["AP"], strict=True)),
+            "AP_area": dict(zip(info.class_names, results["AP_area"], strict=True)),
+            "step": step,
+            "checkpoint": str(checkpoint),
+            "num_images": results["num_images"],
+            "images_per_second": results["images_per_second"],
+        }
+        atomic_write_text(Path(workdir) / "eval" / "metrics.json", to_json(record))
+    return results

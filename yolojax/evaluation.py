@@ -1,0 +1,407 @@
+"""PASCAL VOC detection average precision, following the official devkit protocol exactly.
+
+The protocol (VOCdevkit `VOCevaldet.m` and its Python port `voc_eval.py`), for each class:
+
+1. All detections of the class over the whole set are sorted by score, descending.
+2. Each detection picks, among the ground truths of its class in its image, the one of highest
+   IoU (the first in annotation order on a tie), whether that one is difficult or already taken.
+3. If that IoU is strictly greater than `iou_threshold`: a difficult ground truth makes the
+   detection ignored (neither true nor false positive), a free one makes it a true positive
+   and takes it, a taken one makes it a false positive (a duplicate). Otherwise, or with no
+   ground truth of its class in its image, it is a false positive.
+4. After each counted detection, recall = TP / positives (non-difficult ground truths) and
+   precision = TP / (TP + FP). AP is the VOC2007 11-point interpolated average or the area
+   under the monotone precision envelope (VOC2010 and later).
+
+Vectorization. Step 2 depends only on the detection and the ground truths, never on the
+order: the devkit does not fall back to the second-best ground truth when the best is taken.
+So it is computed for all detections at once, over every (detection, ground truth of the same
+image and class) pair. The only order dependence in step 3 is which of the detections that
+pick the same ground truth comes first by score: that one is the true positive, the others are
+duplicates. Everything is array work; the only Python loop is over classes.
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+
+# The devkit's own thresholds, `np.arange(0., 1.1, 0.1)`. Some are a hair above the decimal
+# value (0.30000000000000004, 0.6000000000000001, 0.7000000000000001), so a recall of exactly
+# 0.3 does not reach the 0.3 point; kept as is for exact agreement with published numbers.
+_VOC07_RECALL_THRESHOLDS = np.arange(0.0, 1.1, 0.1)
+
+
+class VOCEvaluator:
+    """Accumulates detections and ground truth image by image; computes per-class AP and mAP.
+
+    Boxes are `[xmin, ymin, xmax, ymax]` (xyxy) in any consistent unit, pixels for VOC.
+
+    Ties. Equal scores keep the order in which detections were added (images in the order of
+    the `add` calls, then the order within each image); the devkit's unstable `argsort` leaves
+    it unspecified. A detection equally close to two ground truths picks the first one given.
+
+    A class with no positives (no non-difficult ground truth) has AP NaN and is left out of
+    the mean; so is a class whose only ground truths are difficult.
+
+    Args:
+      num_classes: number of classes C; labels are in [0, C).
+      iou_threshold: a detection matches when its IoU is strictly greater than this.
+      use_07_metric: which AP `compute()` reports as 'AP' / 'mAP': the VOC2007 11-point
+        average (True) or the VOC2010+ area under the precision envelope (False). Both are
+        always returned under their own keys as well.
+      plus_one: use the devkit's pixel convention, width = xmax - xmin + 1 (and likewise for
+        heights and intersections), for integer pixel coordinates of VOC annotations.
+      class_names: optional C names, used by `summary()`.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        iou_threshold: float = 0.5,
+        use_07_metric: bool = True,
+        plus_one: bool = False,
+        class_names: Sequence[str] | None = None,
+    ):
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int | np.integer):
+            raise ValueError(f"num_classes must be an int, got {num_classes!r}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        if not 0.0 <= iou_threshold < 1.0:
+            raise ValueError(f"iou_threshold must be in [0, 1), got {iou_threshold}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(
+                f"class_names must have num_classes={num_classes} names, got {len(class_names)}"
+            )
+        self.num_classes = int(num_classes)
+        self.iou_threshold = float(iou_threshold)
+        self.use_07_metric = bool(use_07_metric)
+        self.plus_one = bool(plus_one)
+        self.class_names = list(class_names) if class_names is not None else None
+        # Chunks of (boxes, labels, difficult, image ids) and (boxes, scores, labels, image ids),
+        # concatenated by `compute`; each starts with an empty chunk that fixes the dtypes.
+        no_boxes, no_ids = np.zeros((0, 4)), np.zeros(0, np.int64)
+        self._ground_truth = [(no_boxes, no_ids, np.zeros(0, bool), no_ids)]
+        self._detections = [(no_boxes, np.zeros(0), no_ids, no_ids)]
+        self._num_images = 0
+
+    @property
+    def num_images(self) -> int:
+        """How many images have been added so far."""
+        return self._num_images
+
+    def add(self, gt_boxes, gt_labels, gt_difficult, pred_boxes, pred_scores, pred_labels):
+        """Adds one image.
+
+        Args:
+          gt_boxes: (G, 4) ground-truth xyxy boxes; G may be 0.
+          gt_labels: (G,) integer class ids in [0, num_classes).
+          gt_difficult: (G,) bool (or 0/1 integer) VOC difficult flags.
+          pred_boxes: (P, 4) detected xyxy boxes; P may be 0.
+          pred_scores: (P,) finite confidence scores, higher is more confident.
+          pred_labels: (P,) integer class ids in [0, num_classes).
+        """
+        gt_boxes = _finite("gt_boxes", _shaped("gt_boxes", gt_boxes, (None, 4), "(G, 4)"))
+        pred_boxes = _finite("pred_boxes", _shaped("pred_boxes", pred_boxes, (None, 4), "(P, 4)"))
+        per_gt, per_pred = (len(gt_boxes),), (len(pred_boxes),)
+        image_id = self._num_images
+        self._append(
+            (
+                gt_boxes,
+                self._labels("gt_labels", _shaped("gt_labels", gt_labels, per_gt, "(G,)")),
+                _bools("gt_difficult", _shaped("gt_difficult", gt_difficult, per_gt, "(G,)")),
+                np.full(per_gt, image_id),
+            ),
+            (
+                pred_boxes,
+                _finite("pred_scores", _shaped("pred_scores", pred_scores, per_pred, "(P,)")),
+                self._labels("pred_labels", _shaped("pred_labels", pred_labels, per_pred, "(P,)")),
+                np.full(per_pred, image_id),
+            ),
+            num_new_images=1,
+        )
+
+    def add_normalized_batch(
+        self,
+        *,
+        gt_boxes,
+        gt_labels,
+        gt_difficult,
+        gt_mask,
+        pred_boxes,
+        pred_scores,
+        pred_labels,
+        pred_valid,
+        image_size,
+        valid,
+    ):
+        """Adds a batch in the on-device format: padded, masked, normalized yxyx boxes.
+
+        Boxes are converted here to pixel xyxy, `[xmin * width, ymin * height, xmax * width,
+        ymax * height]`, in float64 and without rounding. Only the entries whose mask is True,
+        of the examples whose `valid` is True, are read: padding may hold anything.
+
+        Args (`...` is the batch shape, taken from `valid`: (N,) or (devices, per_device)):
+          gt_boxes: (..., M, 4) normalized [ymin, xmin, ymax, xmax] ground truth.
+          gt_labels: (..., M) integer class ids.
+          gt_difficult: (..., M) bool difficult flags.
+          gt_mask: (..., M) bool, True for real ground-truth boxes.
+          pred_boxes: (..., K, 4) normalized [ymin, xmin, ymax, xmax] detections.
+          pred_scores: (..., K) scores.
+          pred_labels: (..., K) integer class ids.
+          pred_valid: (..., K) bool, True for real detections.
+          image_size: (..., 2) original (height, width) in pixels.
+          valid: (...) bool, False for the examples that only pad the batch.
+        """
+        valid = _bools("valid", np.asarray(valid))
+        batch = valid.shape
+        image_size = _shaped("image_size", image_size, (*batch, 2), "(..., 2) like valid")
+        gt_boxes = _shaped("gt_boxes", gt_boxes, (*batch, None, 4), "(..., M, 4)")
+        pred_boxes = _shaped("pred_boxes", pred_boxes, (*batch, None, 4), "(..., K, 4)")
+        per_gt, per_pred = (*batch, gt_boxes.shape[-2]), (*batch, pred_boxes.shape[-2])
+        gt_labels = _shaped("gt_labels", gt_labels, per_gt, "(..., M) like gt_boxes")
+        gt_difficult = _shaped("gt_difficult", gt_difficult, per_gt, "(..., M) like gt_boxes")
+        gt_mask = _bools("gt_mask", _shaped("gt_mask", gt_mask, per_gt, "(..., M)"))
+        pred_scores = _shaped("pred_scores", pred_scores, per_pred, "(..., K) like pred_boxes")
+        pred_labels = _shaped("pred_labels", pred_labels, per_pred, "(..., K) like pred_boxes")
+        pred_valid = _bools("pred_valid", _shaped("pred_valid", pred_valid, per_pred, "(..., K)"))
+
+        # Flatten the batch dimensions and keep the real examples, then their real entries.
+        example_ids = np.flatnonzero(valid.reshape(-1))
+        pick = lambda array: array.reshape(valid.size, *array.shape[len(batch) :])[example_ids]
+        gt_rows = np.nonzero(pick(gt_mask))  # (example, slot), in annotation order
+        pred_rows = np.nonzero(pick(pred_valid))
+        sizes = _finite("image_size", pick(image_size))
+        if np.any(sizes <= 0):
+            raise ValueError("image_size must hold positive (height, width) for valid examples")
+
+        gt_boxes = _finite("gt_boxes", pick(gt_boxes)[gt_rows])
+        pred_boxes = _finite("pred_boxes", pick(pred_boxes)[pred_rows])
+        self._append(
+            (
+                _yxyx_to_pixel_xyxy(gt_boxes, sizes[gt_rows[0]]),
+                self._labels("gt_labels", pick(gt_labels)[gt_rows]),
+                _bools("gt_difficult", pick(gt_difficult)[gt_rows]),
+                self._num_images + gt_rows[0],
+            ),
+            (
+                _yxyx_to_pixel_xyxy(pred_boxes, sizes[pred_rows[0]]),
+                _finite("pred_scores", pick(pred_scores)[pred_rows]),
+                self._labels("pred_labels", pick(pred_labels)[pred_rows]),
+                self._num_images + pred_rows[0],
+            ),
+            num_new_images=len(example_ids),
+        )
+
+    def compute(self) -> dict:
+        """Evaluates everything added so far.
+
+        Returns:
+          A dict with
+          'AP': (C,) float64 per-class AP of the configured metric (`use_07_metric`), NaN for
+            a class with no positives; 'mAP': its mean over the classes that have positives
+            (NaN if none has);
+          'AP_11point' / 'mAP_11point' and 'AP_area' / 'mAP_area': the same for the VOC2007
+            11-point metric and for the VOC2010+ area metric, both always present;
+          'precision', 'recall': lists of C float64 arrays, the precision and recall after
+            each counted detection of the class in score order (detections that hit a
+            difficult ground truth are left out); recall is NaN for a class with no positives;
+          'num_positives': (C,) int64 number of non-difficult ground truths per class.
+        """
+        gt_boxes, gt_labels, gt_difficult, gt_image = _concatenate(self._ground_truth)
+        pred_boxes, pred_scores, pred_labels, pred_image = _concatenate(self._detections)
+        best_gt, best_iou = _best_ground_truth(
+            pred_boxes,
+            # Image-major keys: detections come image by image, so the lookups stay local.
+            pred_image * self.num_classes + pred_labels,
+            gt_boxes,
+            gt_image * self.num_classes + gt_labels,
+            offset=1.0 if self.plus_one else 0.0,
+        )
+        hit = best_iou > self.iou_threshold
+        ignored = np.zeros_like(hit)
+        ignored[hit] = gt_difficult[best_gt[hit]]
+        # Stable sort: equal scores keep insertion order (see the class docstring).
+        by_score = np.argsort(-pred_scores, kind="stable")
+        claims = by_score[(hit & ~ignored)[by_score]]
+        # The first claim of a ground truth in score order takes it; later ones are duplicates.
+        _, first_claims = np.unique(best_gt[claims], return_index=True)
+        true_positive = np.zeros(len(pred_scores), dtype=bool)
+        true_positive[claims[first_claims]] = True
+
+        counted = by_score[~ignored[by_score]]
+        counted_labels = pred_labels[counted]
+        num_positives = np.bincount(gt_labels[~gt_difficult], minlength=self.num_classes)
+        precisions, recalls = [], []
+        ap_11point = np.full(self.num_classes, np.nan)
+        ap_area = np.full(self.num_classes, np.nan)
+        for label in range(self.num_classes):
+            class_detections = counted[counted_labels == label]  # in score order
+            true_positives = np.cumsum(true_positive[class_detections])
+            precisions.append(true_positives / np.arange(1, len(class_detections) + 1))
+            recalls.append(np.full(len(class_detections), np.nan))
+            if num_positives[label] > 0:
+                recalls[-1] = true_positives / num_positives[label]
+                ap_11point[label] = _ap_11point(recalls[-1], precisions[-1])
+                ap_area[label] = _ap_area(recalls[-1], precisions[-1])
+
+        ap = ap_11point if self.use_07_metric else ap_area
+        return {
+            "AP": ap,
+            "mAP": _mean_over_defined(ap),
+            "AP_11point": ap_11point,
+            "mAP_11point": _mean_over_defined(ap_11point),
+            "AP_area": ap_area,
+            "mAP_area": _mean_over_defined(ap_area),
+            "precision": precisions,
+            "recall": recalls,
+            "num_positives": num_positives,
+        }
+
+    def summary(self, results: dict) -> str:
+        """A text table of per-class AP (both metrics) and positives, from `compute()`."""
+        names = self.class_names or [str(label) for label in range(self.num_classes)]
+        width = max(len(name) for name in [*names, "mAP"])
+        lines = [f"{'class':<{width}}  AP07-11pt  AP-area  positives"]
+        for name, ap07, ap, positives in zip(
+            names, results["AP_11point"], results["AP_area"], results["num_positives"], strict=True
+        ):
+            lines.append(f"{name:<{width}}  {ap07:9.4f}  {ap:7.4f}  {positives:9d}")
+        lines.append(f"{'mAP':<{width}}  {results['mAP_11point']:9.4f}  {results['mAP_area']:7.4f}")
+        return "\n".join(lines)
+
+    def _labels(self, name: str, labels: np.ndarray) -> np.ndarray:
+        """Checks integer class ids in [0, num_classes); returns them as int64."""
+        if labels.size and labels.dtype.kind not in "iu":
+            raise ValueError(f"{name} must hold integer class ids, got dtype {labels.dtype}")
+        labels = labels.astype(np.int64)  # a copy: the caller may reuse its buffers
+        if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
+            bad = labels[(labels < 0) | (labels >= self.num_classes)]
+            raise ValueError(f"{name} must be in [0, {self.num_classes}), got {bad[:5]}")
+        return labels
+
+    def _append(self, ground_truth, detections, num_new_images: int):
+        self._ground_truth.append(ground_truth)
+        self._detections.append(detections)
+        self._num_images += num_new_images
+
+
+def _best_ground_truth(pred_boxes, pred_keys, gt_boxes, gt_keys, offset):
+    """For each detection, the highest-IoU ground truth with the same key (class and image).
+
+    Args:
+      pred_boxes: (P, 4) xyxy; pred_keys: (P,) int.
+      gt_boxes: (G, 4) xyxy; gt_keys: (G,) int.
+      offset: 1.0 for the devkit's +1 pixel widths, else 0.0.
+
+    Returns:
+      best_gt: (P,) index into the ground truth, the first one on an IoU tie; 0 where a
+        detection has no ground truth with its key (then best_iou is -inf).
+      best_iou: (P,) float64 IoU with it.
+    """
+    # Gather every (detection, same-key ground truth) pair, grouped by detection, with the
+    # ground truths of a key in the order given (the devkit's argmax takes the first on a tie).
+    gt_order = np.argsort(gt_keys, kind="stable")
+    sorted_keys = gt_keys[gt_order]
+    first = np.searchsorted(sorted_keys, pred_keys, side="left")
+    count = np.searchsorted(sorted_keys, pred_keys, side="right") - first
+    pair_start = np.cumsum(count) - count  # where each detection's pairs begin
+    num_pairs = int(count.sum())
+    pair_pred = np.repeat(np.arange(len(pred_keys)), count)
+    pair_gt = gt_order[np.arange(num_pairs) - np.repeat(pair_start - first, count)]
+    iou = _devkit_iou(pred_boxes[pair_pred], gt_boxes[pair_gt], offset)
+
+    best_gt = np.zeros(len(pred_keys), dtype=np.int64)
+    best_iou = np.full(len(pred_keys), -np.inf)
+    has_gt = count > 0
+    if num_pairs:
+        starts = pair_start[has_gt]
+        best_iou[has_gt] = np.maximum.reduceat(iou, starts)
+        is_best = iou == best_iou[pair_pred]
+        first_best = np.minimum.reduceat(np.where(is_best, np.arange(num_pairs), num_pairs), starts)
+        best_gt[has_gt] = pair_gt[first_best]
+    return best_gt, best_iou
+
+
+def _devkit_iou(boxes1, boxes2, offset):
+    """Elementwise IoU of (N, 4) xyxy boxes with the devkit's operations, in its order, so
+    that thresholds and ties come out bit for bit the same. An empty union gives 0 (the
+    devkit would divide by zero)."""
+    inter_w = np.maximum(
+        np.minimum(boxes2[:, 2], boxes1[:, 2]) - np.maximum(boxes2[:, 0], boxes1[:, 0]) + offset,
+        0.0,
+    )
+    inter_h = np.maximum(
+        np.minimum(boxes2[:, 3], boxes1[:, 3]) - np.maximum(boxes2[:, 1], boxes1[:, 1]) + offset,
+        0.0,
+    )
+    intersection = inter_w * inter_h
+    union = (
+        (boxes1[:, 2] - boxes1[:, 0] + offset) * (boxes1[:, 3] - boxes1[:, 1] + offset)
+        + (boxes2[:, 2] - boxes2[:, 0] + offset) * (boxes2[:, 3] - boxes2[:, 1] + offset)
+        - intersection
+    )
+    return np.divide(intersection, union, out=np.zeros_like(union), where=union > 0)
+
+
+def _ap_11point(recall, precision):
+    """VOC2007: mean over the 11 recall thresholds of the best precision at recall >= t."""
+    # Best precision at or after each position; recall is nondecreasing, so the first
+    # position with recall >= t sees the best precision over all of them (0 if none).
+    envelope = np.append(np.maximum.accumulate(precision[::-1])[::-1], 0.0)
+    points = envelope[np.searchsorted(recall, _VOC07_RECALL_THRESHOLDS, side="left")]
+    # cumsum adds left to right like the devkit's loop (np.sum would pair terms up).
+    return float(np.cumsum(points / 11.0)[-1])
+
+
+def _ap_area(recall, precision):
+    """VOC2010+: area under the precision envelope (precision made nonincreasing)."""
+    recall = np.concatenate(([0.0], recall, [1.0]))
+    envelope = np.maximum.accumulate(np.concatenate(([0.0], precision, [0.0]))[::-1])[::-1]
+    steps = np.flatnonzero(recall[1:] != recall[:-1])
+    return float(np.sum((recall[steps + 1] - recall[steps]) * envelope[steps + 1]))
+
+
+def _mean_over_defined(ap):
+    defined = ap[~np.isnan(ap)]
+    return float(defined.mean()) if defined.size else float("nan")
+
+
+def _yxyx_to_pixel_xyxy(boxes, sizes):
+    """(N, 4) normalized [ymin, xmin, ymax, xmax] and (N, 2) (height, width) → pixel xyxy."""
+    height, width = sizes[:, :1], sizes[:, 1:]
+    return boxes[:, [1, 0, 3, 2]] * np.concatenate([width, height, width, height], axis=1)
+
+
+def _concatenate(chunks):
+    """Concatenates a list of per-chunk field tuples field by field."""
+    return tuple(np.concatenate(field) for field in zip(*chunks, strict=True))
+
+
+def _shaped(name, value, shape, description):
+    """`value` as an array of `shape` (None: any size), else ValueError naming `name`."""
+    array = np.asarray(value)
+    if array.shape == shape:
+        return array
+    if array.size == 0 and array.ndim == 1 and len(shape) > 1:
+        array = array.reshape(0, *shape[1:])  # `[]` for an image without boxes
+    if array.ndim != len(shape) or any(
+        want is not None and got != want for got, want in zip(array.shape, shape, strict=True)
+    ):
+        raise ValueError(f"{name} must have shape {description}, got {array.shape}")
+    return array
+
+
+def _finite(name, array):
+    """`array` as float64, else ValueError if any value is NaN or infinite."""
+    array = array.astype(np.float64)  # a copy: the caller may reuse its buffers
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} must be finite, got NaN or infinity")
+    return array
+
+
+def _bools(name, array):
+    """`array` of bool or 0/1 integers as bool."""
+    if array.size and array.dtype.kind not in "biu":
+        raise ValueError(f"{name} must be bool, got dtype {array.dtype}")
+    return array.astype(bool)

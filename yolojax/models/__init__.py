@@ -1,0 +1,180 @@
+"""Model registry: build a YOLO detector or an ImageNet classifier by name.
+
+`get_model(config.model)` reads these fields of the model config (an ml_collections
+ConfigDict or any object with attributes); all but `backbone` may be omitted:
+
+  backbone          one of BACKBONES (required)
+  head              'fc' | 'seed' | 'conv' (default 'conv'; see `yolo.py`)
+  num_classes       C (default 20)
+  grid_size         S (default 7)
+  num_boxes         B (default 2)
+  dtype             compute dtype, 'float32' | 'bfloat16' (default 'float32'); params and
+                    the output stay float32
+  num_groups        GroupNorm groups for 'darknet_gn' and its conv head (default 32)
+  dropout_rate      'fc' head dropout (default 0.5)
+  fc_hidden         'fc' head hidden width (default 4096)
+  head_channels     'conv' head width; 0 or None → min(1024, backbone channels) (default 0)
+  head_conv_layers  'conv' head 3×3 layers (default 4)
+  pretrained        '' or a ported .msgpack; not read here: see
+                    `yolojax.pretrained.load_for_config`, applied to the initialized variables
+"""
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from yolojax.models.darknet import DARKNET24, DARKNET_TINY, MAXPOOL, Darknet
+from yolojax.models.resnet import ResNet18, ResNet34, ResNet50, ResNet101, ResNet152
+from yolojax.models.vgg import VGG16, VGG16BN
+from yolojax.models.yolo import HEADS, YOLO
+
+_BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "darknet": functools.partial(Darknet, layers=DARKNET24, norm="batch"),
+    "darknet_gn": functools.partial(Darknet, layers=DARKNET24, norm="group"),
+    "darknet_tiny": functools.partial(Darknet, layers=DARKNET_TINY, norm="batch"),
+    "resnet18": ResNet18,
+    "resnet34": ResNet34,
+    "resnet50": ResNet50,
+    "resnet101": ResNet101,
+    "resnet152": ResNet152,
+    "vgg16": VGG16,
+    "vgg16_bn": VGG16BN,
+}
+BACKBONES = tuple(_BACKBONES)
+_DARKNET_SPECS = {"darknet": DARKNET24, "darknet_gn": DARKNET24, "darknet_tiny": DARKNET_TINY}
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+_MODEL_DEFAULTS = {
+    "head": "conv",
+    "num_classes": 20,
+    "grid_size": 7,
+    "num_boxes": 2,
+    "dtype": "float32",
+    "num_groups": 32,
+    "dropout_rate": 0.5,
+    "fc_hidden": 4096,
+    "head_channels": 0,
+    "head_conv_layers": 4,
+}
+
+__all__ = ["BACKBONES", "HEADS", "YOLO", "get_classifier", "get_model"]
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _check_group_widths(arch: str, num_groups: int, widths: set[int]) -> None:
+    bad = sorted(width for width in widths if width % num_groups)
+    if bad:
+        raise ValueError(
+            f"num_groups={num_groups} must divide every GroupNorm width of {arch!r}, "
+            f"but not {bad}; 32 (the default) or any divisor of 64 works for Darknet"
+        )
+
+
+def get_classifier(
+    arch: str,
+    num_classes: int = 1000,
+    *,
+    dtype: str = "float32",
+    axis_name: str | None = None,
+    num_groups: int = 32,
+) -> nn.Module:
+    """Builds backbone `arch` as a classifier (its ImageNet build with num_classes=1000).
+
+    Call it as `module.apply(variables, images, train=False)` → (N, num_classes) logits, or
+    with `output='features'` / `'pre_logits'` (see each backbone's docstring). Its variables
+    have the layout of a YOLO model's 'backbone' subtree.
+
+    Args:
+      arch: one of BACKBONES.
+      num_classes: classifier outputs.
+      dtype: compute dtype, 'float32' or 'bfloat16' (parameters stay float32).
+      axis_name: BatchNorm's cross-device axis (e.g. 'batch' under pmap), None otherwise.
+      num_groups: GroupNorm groups, used by 'darknet_gn' only.
+
+    Raises:
+      ValueError: unknown arch or dtype, or num_groups not dividing the channel widths.
+    """
+    if arch not in _BACKBONES:
+        raise ValueError(f"arch must be one of {BACKBONES}, got {arch!r}")
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(_DTYPES)}, got {dtype!r}")
+    _check_positive_int("num_classes", num_classes)
+    kwargs = {"num_classes": num_classes, "dtype": _DTYPES[dtype], "axis_name": axis_name}
+    if arch in _DARKNET_SPECS:
+        _check_positive_int("num_groups", num_groups)
+        if arch == "darknet_gn":
+            widths = {layer.features for layer in _DARKNET_SPECS[arch] if layer != MAXPOOL}
+            _check_group_widths(arch, num_groups, widths)
+        kwargs["num_groups"] = num_groups
+    return _BACKBONES[arch](**kwargs)
+
+
+def get_model(model_config: Any, *, axis_name: str | None = None) -> YOLO:
+    """Builds the YOLO detector described by `model_config` (fields: module docstring).
+
+    Args:
+      model_config: `config.model`, a ConfigDict or any object with those attributes.
+      axis_name: the pmap axis over which every BatchNorm averages batch statistics in
+        training (the train step's 'batch'); None for single-device use.
+
+    Returns:
+      An uninitialized `YOLO` module: `apply(variables, images, train=...)` maps
+      (N, H, W, 3) images to (N, S, S, C + 5B) float32.
+
+    Raises:
+      ValueError: a missing backbone, an unknown backbone/head/dtype name, or an invalid
+        number (listing what is expected).
+    """
+    backbone = getattr(model_config, "backbone", None)
+    if backbone not in _BACKBONES:
+        raise ValueError(f"model_config.backbone must be one of {BACKBONES}, got {backbone!r}")
+    fields = {
+        name: getattr(model_config, name, default) for name, default in _MODEL_DEFAULTS.items()
+    }
+    if fields["head"] not in HEADS:
+        raise ValueError(f"model_config.head must be one of {HEADS}, got {fields['head']!r}")
+    if fields["dtype"] not in _DTYPES:
+        raise ValueError(
+            f"model_config.dtype must be one of {tuple(_DTYPES)}, got {fields['dtype']!r}"
+        )
+    for name in ("num_classes", "grid_size", "num_boxes", "fc_hidden"):
+        _check_positive_int(f"model_config.{name}", fields[name])
+    if not isinstance(fields["head_conv_layers"], int) or fields["head_conv_layers"] < 0:
+        raise ValueError(
+            f"model_config.head_conv_layers must be an int >= 0, got {fields['head_conv_layers']!r}"
+        )
+    head_channels = fields["head_channels"] or None
+    if head_channels is not None:
+        _check_positive_int("model_config.head_channels", head_channels)
+    if not 0.0 <= fields["dropout_rate"] < 1.0:
+        raise ValueError(
+            f"model_config.dropout_rate must be in [0, 1), got {fields['dropout_rate']}"
+        )
+    head_norm = "group" if backbone == "darknet_gn" else "batch"
+    if head_norm == "group" and fields["head"] == "conv" and head_channels is not None:
+        _check_group_widths(backbone, fields["num_groups"], {head_channels})
+    classifier = get_classifier(
+        backbone, dtype=fields["dtype"], axis_name=axis_name, num_groups=fields["num_groups"]
+    )
+    return YOLO(
+        backbone=classifier,
+        num_classes=fields["num_classes"],
+        grid_size=fields["grid_size"],
+        num_boxes=fields["num_boxes"],
+        head=fields["head"],
+        fc_hidden=fields["fc_hidden"],
+        dropout_rate=fields["dropout_rate"],
+        head_channels=head_channels,
+        head_conv_layers=fields["head_conv_layers"],
+        head_norm=head_norm,
+        num_groups=fields["num_groups"],
+        axis_name=axis_name,
+        dtype=_DTYPES[fields["dtype"]],
+    )

@@ -1,0 +1,174 @@
+"""Building blocks shared by every backbone and head: conv block, norm factory, pooling.
+
+All tensors are NHWC. `dtype` is the compute dtype (e.g. bfloat16); parameters are created in
+`param_dtype` (float32) so that mixed-precision training keeps float32 master weights.
+"""
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+ModuleDef = Any
+NORM_KINDS = ("batch", "group", "none")
+
+# torchvision initializes every conv of ResNet and VGG with kaiming_normal_(mode="fan_out",
+# nonlinearity="relu"); using the same scale keeps from-scratch training comparable to theirs.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def make_norm(
+    kind: str,
+    *,
+    train: bool,
+    axis_name: str | None = None,
+    num_groups: int = 32,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+) -> ModuleDef | None:
+    """Returns a norm-layer constructor (a `functools.partial`) or None for `kind='none'`.
+
+    Args:
+      kind: 'batch' (BatchNorm), 'group' (GroupNorm) or 'none'.
+      train: BatchNorm normalizes with the batch's statistics and updates its running ones
+        when True, and uses the running statistics when False.
+      axis_name: pmap/shard_map axis over which BatchNorm averages batch statistics, so
+        every device normalizes with the global batch's statistics; None for one device.
+      num_groups: GroupNorm group count; it must divide every normalized channel count.
+      dtype: compute dtype. param_dtype: dtype of scale and bias.
+
+    Both norms use PyTorch's epsilon (1e-5) and BatchNorm's momentum matches PyTorch's 0.1
+    (Flax counts it the other way round: 0.9), so ported statistics mean the same thing.
+    """
+    if kind == "batch":
+        return functools.partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            axis_name=axis_name,
+            dtype=dtype,
+            param_dtype=param_dtype,
+        )
+    if kind == "group":
+        return functools.partial(
+            nn.GroupNorm,
+            num_groups=num_groups,
+            epsilon=1e-5,
+            dtype=dtype,
+            param_dtype=param_dtype,
+        )
+    if kind == "none":
+        return None
+    raise ValueError(f"norm kind must be one of {NORM_KINDS}, got {kind!r}")
+
+
+class ConvBlock(nn.Module):
+    """Convolution → optional norm → optional activation, with PyTorch-style padding.
+
+    Padding is `kernel_size // 2` on every side (explicit, not 'SAME'): with stride 2 on an
+    even input, 'SAME' pads only the bottom/right and would shift every feature by half a
+    pixel relative to the PyTorch layers whose weights we port.
+
+    Attributes:
+      features: output channels.
+      kernel_size: square kernel size.
+      strides: square stride.
+      use_bias: conv bias (redundant before BatchNorm, but VGG16-BN has one).
+      norm: constructor from `make_norm`, or None.
+      activation: elementwise function, or None (e.g. before a residual sum).
+    """
+
+    features: int
+    kernel_size: int
+    strides: int = 1
+    use_bias: bool = False
+    norm: ModuleDef | None = None
+    activation: Callable[[jnp.ndarray], jnp.ndarray] | None = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        """(N, H, W, C_in) → (N, ceil(H / strides), ceil(W / strides), features)."""
+        pad = self.kernel_size // 2
+        x = nn.Conv(
+            self.features,
+            (self.kernel_size, self.kernel_size),
+            strides=(self.strides, self.strides),
+            padding=((pad, pad), (pad, pad)),
+            use_bias=self.use_bias,
+            kernel_init=conv_kernel_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="conv",
+        )(x)
+        if self.norm is not None:
+            x = self.norm(name="norm")(x)
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
+
+
+def leaky_relu(x: jnp.ndarray) -> jnp.ndarray:
+    """LeakyReLU with the YOLOv1 paper's slope 0.1."""
+    return nn.leaky_relu(x, negative_slope=0.1)
+
+
+def _adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """(out_size, in_size) averaging weights with PyTorch's AdaptiveAvgPool bin edges.
+
+    Output bin i averages inputs [floor(i·in/out), ceil((i+1)·in/out)); bins may overlap
+    and, when out_size > in_size, repeat inputs, exactly as in torch.
+    """
+    matrix = np.zeros((out_size, in_size), np.float32)
+    for i in range(out_size):
+        start = (i * in_size) // out_size
+        end = -((-(i + 1) * in_size) // out_size)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+def adaptive_avg_pool(x: jnp.ndarray, output_size: int) -> jnp.ndarray:
+    """PyTorch's `AdaptiveAvgPool2d(output_size)` on NHWC: (N, H, W, C) → (N, s, s, C)."""
+    _, height, width, _ = x.shape
+    if height == width == output_size:
+        return x
+    if height % output_size == 0 and width % output_size == 0:
+        # Equal, disjoint bins: an exact reshape-mean, cheaper than the matrix form.
+        n, _, _, c = x.shape
+        x = x.reshape(n, output_size, height // output_size, output_size, width // output_size, c)
+        return x.mean(axis=(2, 4))
+    pool_h = jnp.asarray(_adaptive_pool_matrix(height, output_size), x.dtype)
+    pool_w = jnp.asarray(_adaptive_pool_matrix(width, output_size), x.dtype)
+    return jnp.einsum("nhwc,ih,jw->nijc", x, pool_h, pool_w)
+
+
+def global_avg_pool(x: jnp.ndarray) -> jnp.ndarray:
+    """(N, H, W, C) → (N, C)."""
+    return x.mean(axis=(1, 2))
+
+
+def check_image_batch(images: jnp.ndarray, min_size: int, who: str) -> None:
+    """Raises ValueError unless `images` is (N, H, W, 3) with H, W ≥ `min_size`."""
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"{who}: images must be (N, H, W, 3) NHWC, got shape {images.shape}")
+    if min(images.shape[1:3]) < min_size:
+        raise ValueError(
+            f"{who}: images must be at least {min_size}×{min_size} pixels so the feature map "
+            f"is not empty, got {images.shape[1]}×{images.shape[2]}"
+        )
+
+
+# What a backbone returns: its spatial feature map (what YOLO heads consume), its pooled
+# penultimate vector, or its classifier's logits (the ImageNet build, to check ports).
+BACKBONE_OUTPUTS = ("features", "pre_logits", "logits")
+
+
+def check_output(output: str, who: str) -> None:
+    """Raises ValueError unless `output` is one of BACKBONE_OUTPUTS."""
+    if output not in BACKBONE_OUTPUTS:
+        raise ValueError(f"{who}: output must be one of {BACKBONE_OUTPUTS}, got {output!r}")

@@ -1,0 +1,358 @@
+"""Ported torchvision ImageNet weights: convert, save, and load into a YOLO backbone.
+
+Weight files are flax msgpack holding `{'arch': name, 'variables': {'params', 'batch_stats'}}`
+with the layout of `yolojax.models.get_classifier(arch)` (the backbone with its 1000-way
+classifier). Make one with
+
+    python -m yolojax.pretrained --arch resnet152 --out weights/resnet152.msgpack
+    python -m yolojax.pretrained --arch vgg16_bn --state-dict vgg16_bn.pth   # offline
+
+The first form downloads through torchvision (needs the `port` extra and network access).
+
+Conversion: conv OIHW → HWIO; Linear (out, in) → (in, out); BatchNorm weight/bias/
+running_mean/running_var → scale/bias (params), mean/var (batch_stats); VGG's first
+classifier layer also reorders its 25088 inputs from torch's (c, h, w) flatten order to NHWC's
+(h, w, c).
+
+Darknet has no torchvision weights and trains from scratch here. To add another source
+(e.g. Darknet's `.weights`), write a function returning variables with the layout of
+`get_classifier('darknet')` and save them with `save_variables`; `load_pretrained` and the
+strict key check then work unchanged.
+"""
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from yolojax import models
+from yolojax.models import vgg
+
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+ARCHS = (*RESNETS, "vgg16", "vgg16_bn")
+
+# Backbone submodules that only the classifier outputs use: a YOLO model whose head does not
+# need them (e.g. ResNet's 'fc') legitimately lacks them, so a file's copy is not unexpected.
+_CLASSIFIER_ONLY = {"resnet": ("fc",), "vgg": ("fc6", "fc7", "fc8"), "darknet": ("fc",)}
+
+_RESNET_STAGES = {
+    "resnet18": ((2, 2, 2, 2), False),
+    "resnet34": ((3, 4, 6, 3), False),
+    "resnet50": ((3, 4, 6, 3), True),
+    "resnet101": ((3, 4, 23, 3), True),
+    "resnet152": ((3, 8, 36, 3), True),
+}
+
+
+def _conv_kernel(weight: np.ndarray) -> np.ndarray:
+    return weight.transpose(2, 3, 1, 0)  # OIHW → HWIO
+
+
+def _linear_kernel(weight: np.ndarray) -> np.ndarray:
+    return weight.T  # (out, in) → (in, out)
+
+
+def _vgg_fc6_kernel(weight: np.ndarray) -> np.ndarray:
+    # torch flattens the pooled (512, 7, 7) map as (c, h, w); our NHWC map flattens (h, w, c).
+    chw = weight.reshape(weight.shape[0], 512, 7, 7)
+    return chw.transpose(2, 3, 1, 0).reshape(7 * 7 * 512, weight.shape[0])
+
+
+def _identity(array: np.ndarray) -> np.ndarray:
+    return array
+
+
+# Per torch layer kind: torch leaf name → (collection, flax leaf name, transform); None drops.
+_LEAVES: dict[str, dict[str, tuple[str, str, Callable] | None]] = {
+    "conv": {"weight": ("params", "kernel", _conv_kernel), "bias": ("params", "bias", _identity)},
+    "bn": {
+        "weight": ("params", "scale", _identity),
+        "bias": ("params", "bias", _identity),
+        "running_mean": ("batch_stats", "mean", _identity),
+        "running_var": ("batch_stats", "var", _identity),
+        "num_batches_tracked": None,  # a training counter; Flax's BatchNorm has none
+    },
+    "linear": {
+        "weight": ("params", "kernel", _linear_kernel),
+        "bias": ("params", "bias", _identity),
+    },
+    "vgg_fc6": {
+        "weight": ("params", "kernel", _vgg_fc6_kernel),
+        "bias": ("params", "bias", _identity),
+    },
+}
+
+
+def _resnet_layers(arch: str) -> dict[str, tuple[tuple[str, ...], str]]:
+    """torch module prefix → (flax module path, kind) for a torchvision ResNet."""
+    stage_sizes, bottleneck = _RESNET_STAGES[arch]
+    table = {"conv1": (("stem", "conv"), "conv"), "bn1": (("stem", "norm"), "bn")}
+    for stage, num_blocks in enumerate(stage_sizes, start=1):
+        for block in range(num_blocks):
+            torch_block, flax_block = f"layer{stage}.{block}", f"layer{stage}_{block}"
+            for k in range(1, 4 if bottleneck else 3):
+                table[f"{torch_block}.conv{k}"] = ((flax_block, f"conv{k}", "conv"), "conv")
+                table[f"{torch_block}.bn{k}"] = ((flax_block, f"conv{k}", "norm"), "bn")
+            # Harmless for blocks without a torch `downsample`: this only maps names.
+            table[f"{torch_block}.downsample.0"] = ((flax_block, "downsample", "conv"), "conv")
+            table[f"{torch_block}.downsample.1"] = ((flax_block, "downsample", "norm"), "bn")
+    table["fc"] = (("fc",), "linear")
+    return table
+
+
+def _vgg_layers(batch_norm: bool) -> dict[str, tuple[tuple[str, ...], str]]:
+    """torch module prefix → (flax module path, kind) for a torchvision VGG16(-BN)."""
+    table = {}
+    torch_index, conv_index = 0, 0
+    for width in vgg.VGG16_CONVS:
+        if width == vgg.MAXPOOL:
+            torch_index += 1
+            continue
+        table[f"features.{torch_index}"] = ((f"conv_{conv_index}", "conv"), "conv")
+        if batch_norm:
+            table[f"features.{torch_index + 1}"] = ((f"conv_{conv_index}", "norm"), "bn")
+        torch_index += 3 if batch_norm else 2  # conv, [bn], relu
+        conv_index += 1
+    table["classifier.0"] = (("fc6",), "vgg_fc6")
+    table["classifier.3"] = (("fc7",), "linear")
+    table["classifier.6"] = (("fc8",), "linear")
+    return table
+
+
+def _torch_layers(arch: str) -> dict[str, tuple[tuple[str, ...], str]]:
+    if arch in RESNETS:
+        return _resnet_layers(arch)
+    return _vgg_layers(batch_norm=arch == "vgg16_bn")
+
+
+def _family(arch: str) -> str:
+    return re.match(r"[a-z]+", arch).group()
+
+
+def _flat_shapes(variables: Mapping) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """{(collection, *path): shape} of a variables tree."""
+    flat = traverse_util.flatten_dict(flax.core.unfreeze(variables))
+    return {key: tuple(value.shape) for key, value in flat.items()}
+
+
+def _raise_mismatches(what: str, missing: list, unexpected: list, mismatched: list) -> None:
+    """Raises one ValueError listing every missing, unexpected and mis-shaped key."""
+    if not (missing or unexpected or mismatched):
+        return
+    lines = [f"{what}: the weights do not fit the model"]
+    for title, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            lines.append(f"  {len(keys)} {title} key(s):")
+            lines += [f"    {'/'.join(key)}" for key in sorted(keys)]
+    if mismatched:
+        lines.append(f"  {len(mismatched)} mis-shaped key(s) (weights vs model):")
+        lines += [f"    {'/'.join(key)}: {a} vs {b}" for key, a, b in sorted(mismatched)]
+    raise ValueError("\n".join(lines))
+
+
+def classifier_shapes(arch: str) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """{(collection, *path): shape} of `get_classifier(arch)`'s variables (no real init)."""
+    classifier = models.get_classifier(arch)
+    images = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    variables = jax.eval_shape(lambda x: classifier.init(jax.random.key(0), x, train=False), images)
+    return _flat_shapes(variables)
+
+
+def convert_state_dict(arch: str, state_dict: Mapping[str, Any]) -> dict:
+    """Converts a torchvision ImageNet model's `state_dict` into Flax variables.
+
+    Args:
+      arch: one of ARCHS, the torchvision model the state_dict comes from.
+      state_dict: torch parameter name → tensor (torch tensors or NumPy arrays).
+
+    Returns:
+      {'params': ..., 'batch_stats': ...} (no 'batch_stats' for vgg16) of NumPy float32
+      arrays, with the layout of `yolojax.models.get_classifier(arch)`.
+
+    Raises:
+      ValueError: unknown arch, or (one error listing them all) torch keys that map to
+        nothing, model variables left unfilled, or shapes that do not match.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    table = _torch_layers(arch)
+    flat, unexpected = {}, []
+    for torch_key, tensor in state_dict.items():
+        prefix, _, leaf = torch_key.rpartition(".")
+        if prefix not in table or leaf not in _LEAVES[table[prefix][1]]:
+            unexpected.append((torch_key,))
+            continue
+        target = _LEAVES[table[prefix][1]][leaf]
+        if target is None:
+            continue
+        collection, name, transform = target
+        path, _ = table[prefix]
+        array = tensor.detach().cpu().float().numpy() if hasattr(tensor, "detach") else tensor
+        flat[(collection, *path, name)] = np.asarray(transform(np.asarray(array, np.float32)))
+    expected = classifier_shapes(arch)
+    missing = [key for key in expected if key not in flat]
+    mismatched = [
+        (key, value.shape, expected[key])
+        for key, value in flat.items()
+        if key in expected and value.shape != expected[key]
+    ]
+    unexpected += [key for key in flat if key not in expected]
+    _raise_mismatches(f"convert_state_dict({arch!r})", missing, unexpected, mismatched)
+    return traverse_util.unflatten_dict(flat)
+
+
+def save_variables(path: str, arch: str, variables: Mapping) -> None:
+    """Writes `variables` of `get_classifier(arch)` to `path` as flax msgpack."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    payload = {"arch": arch, "variables": flax.core.unfreeze(variables)}
+    with open(path, "wb") as f:
+        f.write(flax.serialization.msgpack_serialize(payload))
+
+
+def _how_to_make(path: str, arch: str | None) -> str:
+    arch = arch if arch in ARCHS else "<" + "|".join(ARCHS) + ">"
+    return (
+        f"make it with `python -m yolojax.pretrained --arch {arch} --out {path}` "
+        f"(downloads through torchvision) or add `--state-dict PATH.pth` to convert a "
+        f"torchvision state_dict offline; or set config.model.pretrained='' to train from "
+        f"scratch"
+    )
+
+
+def load_pretrained(variables: Mapping, path: str, *, arch: str | None = None) -> dict:
+    """Replaces a model's backbone variables by the ported weights in `path`.
+
+    Args:
+      variables: initialized variables of a YOLO model (its 'backbone' subtree is replaced,
+        the head keeps its fresh values) or of `get_classifier(arch)` (all replaced).
+      path: a file written by `save_variables` / this module's CLI.
+      arch: if given, the backbone name the file must have been made for.
+
+    Returns:
+      A new variables dict; the input is not modified.
+
+    Raises:
+      FileNotFoundError: `path` does not exist (the message says how to make it).
+      ValueError: the file is for another arch, or (one error listing them all) the model
+        has variables the file lacks, the file has backbone variables the model lacks
+        (a classifier layer the model's head does not use is fine), or shapes differ.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"pretrained weights {path!r} not found: {_how_to_make(path, arch)}"
+        )
+    with open(path, "rb") as f:
+        payload = flax.serialization.msgpack_restore(f.read())
+    file_arch = payload["arch"]
+    if arch is not None and file_arch != arch:
+        raise ValueError(
+            f"{path!r} holds {file_arch!r} weights, but the model's backbone is {arch!r}"
+        )
+    variables = flax.core.unfreeze(variables)
+    is_yolo = "backbone" in variables.get("params", {})
+    prefix = ("backbone",) if is_yolo else ()
+    model = {
+        key: value
+        for key, value in traverse_util.flatten_dict(variables).items()
+        if key[1 : 1 + len(prefix)] == prefix
+    }
+    weights = {
+        (key[0], *prefix, *key[1:]): value
+        for key, value in traverse_util.flatten_dict(payload["variables"]).items()
+    }
+    optional = _CLASSIFIER_ONLY.get(_family(file_arch), ())
+    missing = [key for key in model if key not in weights]
+    unexpected = [
+        key for key in weights if key not in model and key[1 + len(prefix)] not in optional
+    ]
+    mismatched = [
+        (key, weights[key].shape, model[key].shape)
+        for key in model
+        if key in weights and weights[key].shape != model[key].shape
+    ]
+    _raise_mismatches(f"load_pretrained({path!r})", missing, unexpected, mismatched)
+    flat = traverse_util.flatten_dict(variables)
+    for key, value in model.items():
+        flat[key] = jnp.asarray(weights[key], dtype=value.dtype)
+    return traverse_util.unflatten_dict(flat)
+
+
+def load_for_config(variables: Mapping, model_config: Any) -> dict:
+    """Applies `model_config.pretrained` to initialized YOLO variables ('' → unchanged).
+
+    Raises:
+      FileNotFoundError / ValueError: see `load_pretrained`; ValueError also for a Darknet
+      backbone, which has no ported weights.
+    """
+    path = getattr(model_config, "pretrained", "")
+    if not path:
+        return variables
+    if _family(model_config.backbone) == "darknet":
+        raise ValueError(
+            f"model_config.pretrained={path!r}, but {model_config.backbone!r} has no "
+            "torchvision weights and trains from scratch: set pretrained=''"
+        )
+    return load_pretrained(variables, path, arch=model_config.backbone)
+
+
+def _read_state_dict(path: str) -> Mapping[str, Any]:
+    import torch  # The `port` extra; only the CLI needs it.
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+    return state
+
+
+def _download_state_dict(arch: str, weights: str) -> Mapping[str, Any]:
+    import torchvision  # The `port` extra; only the CLI needs it.
+
+    try:
+        model = torchvision.models.get_model(arch, weights=weights)
+    except Exception as error:  # any download failure gets the same advice
+        raise SystemExit(
+            f"could not get torchvision's {arch} {weights} weights ({error}); download the "
+            "state_dict elsewhere and convert it offline with --state-dict PATH.pth"
+        ) from error
+    return model.state_dict()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: convert torchvision ImageNet weights into a yolojax .msgpack file."""
+    parser = argparse.ArgumentParser(
+        prog="python -m yolojax.pretrained",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--arch", required=True, choices=ARCHS)
+    parser.add_argument("--out", help="output .msgpack (default weights/<arch>.msgpack)")
+    parser.add_argument("--state-dict", help="convert this torch state_dict file (offline)")
+    parser.add_argument(
+        "--weights",
+        default="IMAGENET1K_V1",
+        help="torchvision weights enum to download (IMAGENET1K_V1 = the report's "
+        "`pretrained=True`; ResNets also have IMAGENET1K_V2)",
+    )
+    args = parser.parse_args(argv)
+    out = args.out or os.path.join("weights", f"{args.arch}.msgpack")
+    if args.state_dict:
+        state_dict = _read_state_dict(args.state_dict)
+    else:
+        state_dict = _download_state_dict(args.arch, args.weights)
+    variables = convert_state_dict(args.arch, state_dict)
+    save_variables(out, args.arch, variables)
+    num_params = sum(v.size for v in jax.tree_util.tree_leaves(variables["params"]))
+    print(f"wrote {out}: {args.arch}, {num_params:,} parameters", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

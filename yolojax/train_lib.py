@@ -1,0 +1,187 @@
+"""The train state, the train step (written for ``jax.pmap`` over axis ``'batch'``), and
+building or restoring the state of a config. The loop lives in ``yolojax.trainer``.
+"""
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from yolojax import checkpoints, losses, optim, targets
+from yolojax.models import get_model
+from yolojax.pretrained import load_for_config
+
+AXIS = "batch"
+
+
+class TrainState(train_state.TrainState):
+    """Flax's TrainState plus BatchNorm statistics (an empty dict for GroupNorm models)."""
+
+    batch_stats: Any = None
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training step produced a NaN or infinite loss."""
+
+
+def build_model(config, *, axis_name: str | None = AXIS):
+    """The YOLO module for ``config`` (BatchNorm statistics averaged over ``axis_name``)."""
+    model = get_model(config.model, axis_name=axis_name)
+    if config.train.freeze_backbone:
+        model = model.clone(freeze_backbone=True)
+    return model
+
+
+def initial_variables(model, config, key) -> dict:
+    """Fresh variables for ``model``, with ported ImageNet weights when the config names them."""
+    size = config.data.image_size
+    images = jnp.zeros((1, size, size, 3), jnp.float32)
+    variables = jax.jit(functools.partial(model.init, train=False))({"params": key}, images)
+    variables = jax.device_get(variables)
+    if config.model.pretrained:
+        variables = load_for_config(variables, config.model)
+    return variables
+
+
+def create_train_state(model, config, tx, key) -> TrainState:
+    """An unreplicated train state at step 0."""
+    variables = initial_variables(model, config, key)
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        tx=tx,
+        batch_stats=variables.get("batch_stats", {}),
+    )
+
+
+def train_step(state: TrainState, batch: dict, *, model, config, schedule):
+    """One optimization step on one device's share of the global batch.
+
+    Runs under ``jax.pmap`` with axis ``'batch'``: the loss is divided by the per-device
+    batch size and the gradients are averaged over devices, so the update equals the
+    single-device update on the global batch (the loss is a mean over images).
+
+    Args:
+      state: the replicated train state.
+      batch: per-device arrays (see the data contract): ``image (B, H, W, 3)``,
+        ``boxes (B, M, 4)`` normalized yxyx, ``labels (B, M)``, ``mask (B, M)``.
+
+    Returns:
+      ``(new_state, metrics)``; metrics are averaged over devices.
+    """
+    key = jax.random.fold_in(jax.random.key(config.seed), state.step)
+    dropout_key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))
+    grid = targets.encode_batch(
+        batch["boxes"],
+        batch["labels"],
+        batch["mask"],
+        grid_size=config.model.grid_size,
+        num_classes=config.model.num_classes,
+    )
+
+    def loss_fn(params):
+        variables = {"params": params}
+        if state.batch_stats:
+            variables["batch_stats"] = state.batch_stats
+        outputs, updates = model.apply(
+            variables,
+            batch["image"],
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": dropout_key},
+        )
+        loss, metrics = losses.yolo_loss(
+            outputs,
+            grid,
+            num_classes=config.model.num_classes,
+            num_boxes=config.model.num_boxes,
+            **config.loss,
+        )
+        return loss, (metrics, updates.get("batch_stats", {}))
+
+    (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = jax.lax.pmean(grads, AXIS)
+    metrics = jax.lax.pmean(metrics, AXIS)
+    # BatchNorm already normalizes with cross-device statistics (axis_name); averaging the
+    # running averages keeps every replica's copy identical.
+    batch_stats = jax.lax.pmean(batch_stats, AXIS)
+    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+
+    finite = jnp.isfinite(metrics["loss"]) & jnp.all(
+        jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+    )
+    if config.train.skip_nonfinite:
+        # Keep the previous parameters and statistics, but advance the step so the data
+        # order stays the same as an uninterrupted run.
+        kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+        new_state = kept.replace(step=new_state.step)
+    metrics["finite"] = finite.astype(jnp.float32)
+    metrics["learning_rate"] = schedule(state.step)
+    return new_state, metrics
+
+
+def replicate(tree):
+    """Copies a host pytree onto every local device (leading axis = local devices), laid
+    out as ``jax.pmap`` lays out its own outputs, so the first step moves nothing."""
+    devices = jax.local_devices()
+    sharding = NamedSharding(Mesh(np.array(devices), (AXIS,)), PartitionSpec(AXIS))
+
+    def put(x):
+        x = np.asarray(x)
+        return jax.device_put(np.broadcast_to(x, (len(devices), *x.shape)), sharding)
+
+    return jax.tree.map(put, tree)
+
+
+def unreplicate(tree):
+    """The first local replica of a replicated pytree, on the host."""
+    return jax.device_get(jax.tree.map(lambda x: x[0], tree))
+
+
+def steps_for(config, num_train_examples: int) -> tuple[int, int]:
+    """(steps per epoch, total steps) for the config and the train split's size."""
+    batch_size = config.train.batch_size
+    if num_train_examples < batch_size:
+        raise ValueError(
+            f"The train split has {num_train_examples} examples, fewer than "
+            f"config.train.batch_size={batch_size}; lower the batch size or raise "
+            "config.data.max_train_examples."
+        )
+    steps_per_epoch = num_train_examples // batch_size
+    return steps_per_epoch, max(1, round(config.train.num_epochs * steps_per_epoch))
+
+
+def initial_state(config, num_train_examples: int):
+    """``(model, state, schedule)`` for ``config``: the model with cross-device BatchNorm and
+    an unreplicated, freshly initialized train state at step 0."""
+    model = build_model(config)
+    steps_per_epoch, total_steps = steps_for(config, num_train_examples)
+    tx, schedule = optim.create_optimizer(config.train, steps_per_epoch, total_steps)
+    state = create_train_state(model, config, tx, jax.random.key(config.seed))
+    return model, state, schedule
+
+
+def restore_trained_state(config, workdir, which: str | int = "latest", num_train_examples=None):
+    """Restores a trained state from ``workdir`` for evaluation or inference.
+
+    Args:
+      config: the config the run was trained with.
+      workdir: the run's folder.
+      which: 'latest', 'best' or a step number.
+      num_train_examples: sizes the optimizer's schedule; it does not affect the restored
+        values, so any value ≥ the batch size works (default: the batch size).
+
+    Returns:
+      ``(model, state, step)`` with ``state`` unreplicated on the host.
+    """
+    model, template, _ = initial_state(config, num_train_examples or config.train.batch_size)
+    manager = checkpoints.Checkpoints(workdir, checkpoints.model_signature(config))
+    try:
+        state, step = manager.restore(template, which)
+    finally:
+        manager.close()
+    return model, state.replace(step=step), step

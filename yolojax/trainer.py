@@ -1,0 +1,191 @@
+"""The training loop: ``train_and_evaluate(config, workdir)``, the whole job of ``train.py``.
+
+It restores the latest checkpoint of ``workdir`` if there is one (same step, same data
+order), trains with the ``jax.pmap``ped :func:`yolojax.train_lib.train_step` over every local
+device, evaluates VOC mAP periodically (test split, and a fixed train subset to watch
+overfitting), keeps the last checkpoints and the best by test mAP, and writes metrics (JSON
+lines + TensorBoard) and loss/mAP plots into ``workdir``.
+"""
+
+import functools
+import logging
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from yolojax import checkpoints, eval_lib, plots, train_lib
+from yolojax import workdir as workdir_io
+from yolojax.config import resolve_num_classes, validate_config
+from yolojax.data import pipeline
+from yolojax.train_lib import NonFiniteLossError
+
+logger = logging.getLogger(__name__)
+
+
+class _MetricWindow:
+    """Collects per-step device metrics between two log points; fetched in one transfer."""
+
+    def __init__(self):
+        self.steps, self.metrics, self.start = [], [], time.perf_counter()
+
+    def add(self, step: int, metrics) -> None:
+        self.steps.append(step)
+        self.metrics.append(metrics)
+
+    def flush(self, images_per_step: int) -> dict | None:
+        """Means of the window as floats (with throughput); None for an empty window.
+
+        Raises:
+          NonFiniteLossError: a step in the window was not finite (naming the first).
+        """
+        if not self.steps:
+            return None
+        fetched = jax.device_get([jax.tree.map(lambda x: x[0], m) for m in self.metrics])
+        elapsed = time.perf_counter() - self.start
+        for step, metrics in zip(self.steps, fetched, strict=True):
+            if not metrics["finite"]:
+                raise NonFiniteLossError(step, float(metrics["loss"]))
+        means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+        means["skipped_steps"] = float(len(fetched) - sum(m["finite"] for m in fetched))
+        means.pop("finite")
+        means["images_per_second"] = images_per_step * len(fetched) / max(elapsed, 1e-9)
+        self.steps, self.metrics, self.start = [], [], time.perf_counter()
+        return means
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Trains and evaluates the model described by ``config`` in ``workdir``.
+
+    Re-running with the same ``workdir`` resumes from its latest checkpoint.
+
+    Returns:
+      The last evaluation's results (see :func:`yolojax.eval_lib.evaluate`), plus ``step``.
+    """
+    validate_config(config)
+    workdir = Path(workdir)
+    is_main = jax.process_index() == 0
+    info = pipeline.get_dataset_info(config.data)
+    resolve_num_classes(config, info.class_names)
+    steps_per_epoch, total_steps = train_lib.steps_for(config, info.num_train_examples)
+    model, state, schedule = train_lib.initial_state(config, info.num_train_examples)
+    ckpt = checkpoints.Checkpoints(
+        workdir, checkpoints.model_signature(config), keep=config.train.keep_checkpoints
+    )
+    start_step = 0
+    if ckpt.latest_step() is not None:
+        state, start_step = ckpt.restore(state)
+        state = state.replace(step=start_step)
+        logger.info("Resuming from the checkpoint of step %d in %s.", start_step, workdir)
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        workdir_io.atomic_write_text(
+            workdir / workdir_io.CONFIG_FILE, config.to_json_best_effort(indent=2)
+        )
+        workdir_io.atomic_write_text(
+            workdir / workdir_io.CLASSES_FILE, workdir_io.to_json(list(info.class_names))
+        )
+        workdir_io.truncate_metrics(workdir, start_step)
+        tensorboard = workdir_io.TensorBoardWriter(workdir)
+
+    def record(step: int, scalars: dict) -> None:
+        if is_main:
+            workdir_io.append_metrics(
+                workdir, {"step": step, "epoch": step / steps_per_epoch, **scalars}
+            )
+            tensorboard.write(step, scalars)
+
+    p_train_step = jax.pmap(
+        functools.partial(train_lib.train_step, model=model, config=config, schedule=schedule),
+        axis_name=train_lib.AXIS,
+        donate_argnums=(0,),
+    )
+    p_eval_step = eval_lib.make_pmapped_eval_step(model, config)
+
+    def run_evaluation(step: int, replicated) -> dict:
+        eval_batch = config.eval.batch_size or config.train.batch_size
+        results = eval_lib.evaluate(
+            p_eval_step,
+            replicated,
+            pipeline.make_eval_iterator(config.data, global_batch_size=eval_batch),
+            config,
+            info.class_names,
+        )
+        scalars = {"test_mAP": results["mAP"], "test_mAP_area": results["mAP_area"]}
+        if config.eval.train_subset:
+            train_results = eval_lib.evaluate(
+                p_eval_step,
+                replicated,
+                pipeline.make_eval_iterator(
+                    config.data,
+                    global_batch_size=eval_batch,
+                    split="train",
+                    max_examples=config.eval.train_subset,
+                ),
+                config,
+                info.class_names,
+            )
+            scalars["train_mAP"] = train_results["mAP"]
+        record(step, scalars)
+        if is_main:
+            tqdm.write(
+                f"step {step}: test mAP {results['mAP']:.4f} (area {results['mAP_area']:.4f})"
+            )
+        ckpt.save_if_best(step, train_lib.unreplicate(replicated), {"mAP": results["mAP"]})
+        return {**results, "step": step}
+
+    replicated = train_lib.replicate(state)
+    train_iter = pipeline.make_train_iterator(
+        config.data,
+        global_batch_size=config.train.batch_size,
+        seed=config.seed,
+        start_step=start_step,
+    )
+    eval_every = round(config.eval.every_epochs * steps_per_epoch)
+    window = _MetricWindow()
+    results = None
+    progress = tqdm(
+        total=total_steps, initial=start_step, disable=not is_main, unit="step", dynamic_ncols=True
+    )
+    try:
+        for step in range(start_step + 1, total_steps + 1):
+            replicated, metrics = p_train_step(replicated, next(train_iter))
+            window.add(step, metrics)
+            progress.update(1)
+            last = step == total_steps
+            evaluate_now = last or (eval_every > 0 and step % eval_every == 0)
+            save_now = evaluate_now or step % config.train.checkpoint_every_steps == 0
+            if last or save_now or step % config.train.log_every_steps == 0:
+                # Fetching the window checks every step's loss before anything is saved, so a
+                # non-finite state never reaches a checkpoint.
+                means = window.flush(config.train.batch_size)
+                record(step, means)
+                progress.set_postfix(
+                    loss=f"{means['loss']:.3f}", img_s=f"{means['images_per_second']:.1f}"
+                )
+            if evaluate_now:
+                results = run_evaluation(step, replicated)
+            if save_now:
+                ckpt.save(step, train_lib.unreplicate(replicated))
+        if results is None:  # resumed after the last step: evaluate what is there
+            results = run_evaluation(total_steps, replicated)
+    except NonFiniteLossError as error:
+        bad_step, loss = error.args
+        ckpt.wait()
+        raise NonFiniteLossError(
+            f"Training stopped: the loss of step {bad_step} is {loss} (not finite). The last "
+            f"good checkpoint (step {ckpt.latest_step()}) in {workdir / 'checkpoints'} is "
+            "intact. Lower config.train.learning_rate, set config.train.grad_clip_norm, or "
+            "set config.train.skip_nonfinite=True to skip such steps."
+        ) from None
+    finally:
+        progress.close()
+        ckpt.wait()
+        ckpt.close()
+        if is_main:
+            tensorboard.close()
+    if is_main:
+        plots.plot_training_curves(workdir)
+    return results

@@ -1,0 +1,106 @@
+"""Files a run keeps in its workdir, written so a crash never leaves one half-written.
+
+* ``config.json``: the run's config, replaced atomically (write a temp file, then rename).
+* ``classes.json``: the dataset's class names in label order (for inference elsewhere).
+* ``metrics.jsonl``: one JSON object per line, appended and flushed line by line; a reader
+  drops a torn last line, and :func:`truncate_metrics` rewinds the log to a restored step
+  so a resumed run does not log the same steps twice.
+* ``tensorboard/``: the same scalars for TensorBoard.
+"""
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+CONFIG_FILE = "config.json"
+CLASSES_FILE = "classes.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes ``text`` to ``path`` so readers see the old or the new file, never a mix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(value):
+    """Plain Python values for JSON, recursively; NaN and inf become null (JSON has no NaN)."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def to_json(record) -> str:
+    """``record`` as indented, strictly valid JSON (see ``_jsonable``)."""
+    return json.dumps(_jsonable(record), indent=2, allow_nan=False) + "\n"
+
+
+def append_metrics(workdir: str | os.PathLike, record: Mapping) -> None:
+    """Appends one record (a flat mapping with a ``step``) to ``metrics.jsonl``."""
+    line = json.dumps(_jsonable(record), allow_nan=False)
+    with open(Path(workdir) / METRICS_FILE, "a") as f:
+        f.write(line + "\n")
+        f.flush()
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict]:
+    """All complete records of ``metrics.jsonl`` (a torn last line is ignored)."""
+    path = Path(workdir) / METRICS_FILE
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line torn by a crash mid-write
+    return records
+
+
+def truncate_metrics(workdir: str | os.PathLike, last_step: int) -> None:
+    """Keeps only records with ``step <= last_step`` (and drops torn lines), atomically."""
+    path = Path(workdir) / METRICS_FILE
+    if not path.exists():
+        return
+    kept = [r for r in read_metrics(workdir) if r.get("step", 0) <= last_step]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+class TensorBoardWriter:
+    """Scalars to ``workdir/tensorboard`` through ``tf.summary`` (TensorFlow is a dependency
+    already, for tf.data)."""
+
+    def __init__(self, workdir: str | os.PathLike):
+        import tensorflow as tf  # imported only where it is used
+
+        self._tf = tf
+        self._writer = tf.summary.create_file_writer(str(Path(workdir) / "tensorboard"))
+
+    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        with self._writer.as_default():
+            for name, value in scalars.items():
+                if value is not None:
+                    self._tf.summary.scalar(name, float(value), step=step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
