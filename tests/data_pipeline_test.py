@@ -17,6 +17,7 @@ from yolojax.data import (
     sources,
     synthetic_shapes,
 )
+from yolojax.data.testing import valid_box_data_source
 
 NUM_TRAIN, NUM_TEST, SIZE = 10, 7, 32
 
@@ -62,23 +63,8 @@ def _same(rows, expected) -> bool:
 
 
 def test_mock_data_batches_follow_the_contract(config):
-    def fake_data_source(builder, split, decoders=None, **kwargs):
-        # TFDS's random examples, with equal-length object fields and boxes with min <= max
-        # (its default mock draws each field's length apart and corners at random).
-        features = builder.info.features
-        generator = tfds.testing.mocking.RandomFakeGenerator(
-            features, 6, constant_dynamic_shape=True
-        )
-        examples = []
-        for index in range(6):
-            example = generator[index]
-            corners = example["objects"]["bbox"].reshape(-1, 2, 2)
-            example["objects"]["bbox"] = np.concatenate([corners.min(1), corners.max(1)], axis=1)
-            examples.append(features.encode_example(example))
-        return examples
-
     config.image_size = 16  # the model input; the mock images keep the stored 32x32
-    with tfds.testing.mock_data(num_examples=6, as_data_source_fn=fake_data_source):
+    with tfds.testing.mock_data(num_examples=6, as_data_source_fn=valid_box_data_source(6)):
         assert get_dataset_info(config).num_train_examples == 6
         train = next(make_train_iterator(config, global_batch_size=4, seed=0))
         (first, second) = list(make_eval_iterator(config, global_batch_size=4))

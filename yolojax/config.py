@@ -37,7 +37,7 @@ def default_train_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         {
             "batch_size": 64,  # global, over all devices and hosts
-            "num_epochs": 135,
+            "num_epochs": 135.0,  # may be fractional
             "optimizer": "sgd",
             "learning_rate": 1e-2,
             "momentum": 0.9,

@@ -1,4 +1,5 @@
-"""Writers of small VOC-layout folders, for tests, benchmarks and trying the pipeline offline.
+"""Writers of small VOC-layout folders, for tests, benchmarks and trying the pipeline offline,
+and a TFDS mock data source with valid boxes.
 
 images = [VocImage('a', 64, 48, [VocObject('dog', (5, 4, 30, 40))])]
 write_voc_folder('/tmp/VOCdevkit/VOC2007', images, image_sets={'test': ['a']})
@@ -8,6 +9,7 @@ import dataclasses
 import os
 
 import numpy as np
+import tensorflow_datasets as tfds
 from PIL import Image
 
 
@@ -79,3 +81,31 @@ def write_voc_folder(
             with open(os.path.join(folder, "ImageSets", "Main", name + ".txt"), "w") as file:
                 file.write("".join(image_id + "\n" for image_id in ids))
     return folder
+
+
+def valid_box_data_source(num_examples: int):
+    """An ``as_data_source_fn`` for ``tfds.testing.mock_data`` whose examples have valid boxes.
+
+    TFDS's own random examples draw each object field's length separately and box corners
+    at random (so ``ymin > ymax`` happens); these have equal-length object fields and boxes
+    with min <= max, as any real detection dataset.
+
+        with tfds.testing.mock_data(num_examples=6, as_data_source_fn=valid_box_data_source(6)):
+            ...
+    """
+
+    def data_source(builder, split, decoders=None, **kwargs):
+        del split, decoders, kwargs  # every split gets the same random examples
+        features = builder.info.features
+        generator = tfds.testing.mocking.RandomFakeGenerator(
+            features, num_examples, constant_dynamic_shape=True
+        )
+        examples = []
+        for index in range(num_examples):
+            example = generator[index]
+            corners = example["objects"]["bbox"].reshape(-1, 2, 2)
+            example["objects"]["bbox"] = np.concatenate([corners.min(1), corners.max(1)], axis=1)
+            examples.append(features.encode_example(example))
+        return examples
+
+    return data_source
