@@ -6,7 +6,7 @@ import jax
 import numpy as np
 
 from configs import shapes
-from yolojax import train_lib
+from yolojax import distributed, train_lib
 
 
 def _config(**train):
@@ -41,7 +41,7 @@ def _one_step(config, batch):
         axis_name=train_lib.AXIS,
     )
     new_state, metrics = step(train_lib.replicate(state), batch)
-    return state, train_lib.unreplicate(new_state), jax.device_get(metrics)
+    return state, distributed.first_replica(new_state), jax.device_get(metrics)
 
 
 def _changed(before, after):

@@ -11,6 +11,10 @@ checkpoint from another model is a clear error rather than a shape traceback. Or
 each save into a temporary folder and renames it when complete, so a crash mid-save leaves
 the previous checkpoints intact; a checkpoint that is damaged anyway (truncated files, bad
 disk) is skipped with a warning and the next older one is used.
+
+In a multi-process job every process calls save and restore with the same state; orbax
+writes the files from process 0 and keeps the processes in step with barriers, so the
+workdir has to be on a filesystem that every process sees.
 """
 
 import logging
@@ -50,6 +54,27 @@ def _best_metric(metrics: dict[str, float]) -> float:
     return -math.inf if value is None or not math.isfinite(value) else value
 
 
+def _manager(workdir: Path, name: str, **options) -> ocp.CheckpointManager:
+    """An orbax manager of ``workdir/name``, safe to use next to the run's other manager.
+
+    In a multi-process job every process calls save and restore; orbax writes from process 0
+    only and synchronizes the processes with barriers named after the checkpoint folder,
+    which is the step for both managers. At an evaluation both managers save the same step,
+    so each needs its own barrier prefix, or the two saves wait on each other's barriers.
+    """
+    return ocp.CheckpointManager(
+        workdir / name,
+        options=ocp.CheckpointManagerOptions(
+            create=True,
+            cleanup_tmp_directories=True,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix=name
+            ),
+            **options,
+        ),
+    )
+
+
 class Checkpoints:
     """Saves and restores train states in ``workdir``.
 
@@ -62,21 +87,9 @@ class Checkpoints:
     def __init__(self, workdir: str | os.PathLike, signature: dict[str, Any], keep: int = 3):
         self.workdir = Path(workdir).absolute()
         self.signature = signature
-        self._latest = ocp.CheckpointManager(
-            self.workdir / "checkpoints",
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, cleanup_tmp_directories=True
-            ),
-        )
-        self._best = ocp.CheckpointManager(
-            self.workdir / "best",
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=1,
-                best_fn=_best_metric,
-                best_mode="max",
-                create=True,
-                cleanup_tmp_directories=True,
-            ),
+        self._latest = _manager(self.workdir, "checkpoints", max_to_keep=keep)
+        self._best = _manager(
+            self.workdir, "best", max_to_keep=1, best_fn=_best_metric, best_mode="max"
         )
 
     def _save(self, manager, step: int, state, metrics=None) -> None:

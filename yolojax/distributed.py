@@ -1,40 +1,199 @@
-"""Multi-host start-up through JAX's own distributed runtime (``jax.distributed``).
+"""Multi-device and multi-host start-up through JAX's own distributed runtime.
 
-Flags (shared by train.py and evaluate.py): ``--coordinator_address``, ``--num_processes``,
-``--process_id``. Without them, a single process runs on its local devices; on a cluster
-that JAX detects (SLURM, for example) ``--distributed`` alone initializes from the
-environment.
+One process drives every local device through the ``jax.pmap``ped train step; several
+processes (one per host, or one per GPU) join into one job with ``jax.distributed``, after
+which ``pmap`` collectives span the devices of every process. See docs/distributed.md.
+
+Flags shared by train.py and evaluate.py:
+
+* ``--distributed``: initialize from the cluster environment JAX detects (SLURM, Open MPI,
+  Cloud TPU, ...); any of the three flags below that is given overrides what it detects.
+* ``--coordinator_address host:port``, ``--num_processes N``, ``--process_id i``: a manual
+  start, the same address and count on every process and a distinct ``i`` on each.
+* ``--cpu_collectives``: the cross-process collectives of the CPU backend (``gloo``), used
+  when a multi-process job runs on CPUs (GPUs use NCCL, TPUs their interconnect).
 """
 
+import logging
+
 import jax
+import numpy as np
 from absl import flags
 
+logger = logging.getLogger(__name__)
+
 _FLAGS = flags.FLAGS
+CPU_COLLECTIVES = ("gloo", "mpi")
 
 
 def define_flags() -> None:
     """Defines the multi-host flags on absl's global flag registry."""
     flags.DEFINE_bool(
-        "distributed", False, "Initialize jax.distributed (auto-detects SLURM and similar)."
+        "distributed",
+        False,
+        "Initialize jax.distributed from the cluster environment (SLURM, Open MPI, TPU).",
     )
     flags.DEFINE_string(
         "coordinator_address", None, "host:port of process 0, for a manual multi-host start."
     )
-    flags.DEFINE_integer("num_processes", None, "Number of processes (hosts) in the job.")
+    flags.DEFINE_integer("num_processes", None, "Number of processes in the job.")
     flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
+    flags.DEFINE_enum(
+        "cpu_collectives",
+        "gloo",
+        CPU_COLLECTIVES,
+        "Cross-process collectives of the CPU backend (multi-process jobs on CPUs).",
+    )
+
+
+def _check_address(address: str) -> None:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"coordinator_address must be 'host:port' (e.g. 10.0.0.1:1234), got {address!r}."
+        )
+
+
+def initialize(
+    *,
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    auto_detect: bool = False,
+    cpu_collectives: str = "gloo",
+) -> None:
+    """Joins this process to a multi-process JAX job (``jax.distributed.initialize``).
+
+    Call it before anything else touches JAX devices. A manual start names all three of
+    ``coordinator_address``, ``num_processes`` and ``process_id``; ``auto_detect=True``
+    takes whatever is not given from the cluster environment (SLURM, Open MPI, TPU).
+
+    Args:
+      coordinator_address: ``host:port`` where process 0 serves the coordination service;
+        every process passes the same value.
+      num_processes: the number of processes in the job.
+      process_id: this process's index in ``[0, num_processes)``.
+      auto_detect: fill in what is not given from the cluster environment.
+      cpu_collectives: cross-process collectives of the CPU backend, one of
+        :data:`CPU_COLLECTIVES`.
+
+    Raises:
+      ValueError: an incomplete or inconsistent combination, naming the flags to set.
+    """
+    if cpu_collectives not in CPU_COLLECTIVES:
+        raise ValueError(
+            f"cpu_collectives must be one of {CPU_COLLECTIVES}, got {cpu_collectives!r}."
+        )
+    if coordinator_address is not None:
+        _check_address(coordinator_address)
+    if num_processes is not None and num_processes < 1:
+        raise ValueError(f"num_processes must be >= 1, got {num_processes}.")
+    if process_id is not None and num_processes is not None and not 0 <= process_id < num_processes:
+        raise ValueError(
+            f"process_id must be in [0, num_processes={num_processes}), got {process_id}."
+        )
+    manual = {
+        "coordinator_address": coordinator_address,
+        "num_processes": num_processes,
+        "process_id": process_id,
+    }
+    if not auto_detect and None in manual.values():
+        given = ", ".join(f"--{name}" for name, value in manual.items() if value is not None)
+        raise ValueError(
+            "A manual multi-process start needs --coordinator_address, --num_processes and "
+            f"--process_id together (given: {given or 'none'}); on a cluster that JAX "
+            "detects (SLURM, Open MPI, TPU) pass --distributed instead."
+        )
+    # Only the CPU backend reads this; on GPU and TPU the collectives are NCCL / the ICI.
+    jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+    try:
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+        )
+    except ValueError as error:
+        if not auto_detect:
+            raise
+        raise ValueError(
+            f"--distributed could not set up the job: {error} JAX detects SLURM, Open MPI and "
+            "Cloud TPU environments; elsewhere pass --coordinator_address, --num_processes "
+            "and --process_id."
+        ) from error
+    logger.info(
+        "Process %d of %d: %d local devices of %d in the job.",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
 
 
 def initialize_from_flags() -> None:
-    """Calls ``jax.distributed.initialize`` when the flags ask for a multi-process job."""
-    if _FLAGS.coordinator_address is not None:
-        if _FLAGS.num_processes is None or _FLAGS.process_id is None:
-            raise flags.ValidationError(
-                "--coordinator_address needs --num_processes and --process_id too."
-            )
-        jax.distributed.initialize(
-            coordinator_address=_FLAGS.coordinator_address,
-            num_processes=_FLAGS.num_processes,
-            process_id=_FLAGS.process_id,
-        )
-    elif _FLAGS.distributed:
-        jax.distributed.initialize()
+    """Calls :func:`initialize` when the flags ask for a multi-process job; else nothing.
+
+    Raises:
+      ValueError: an incomplete or inconsistent set of flags, naming the flags to set.
+    """
+    manual = (_FLAGS.coordinator_address, _FLAGS.num_processes, _FLAGS.process_id)
+    if not _FLAGS.distributed and manual == (None, None, None):
+        return  # One process on its local devices.
+    initialize(
+        coordinator_address=_FLAGS.coordinator_address,
+        num_processes=_FLAGS.num_processes,
+        process_id=_FLAGS.process_id,
+        auto_detect=_FLAGS.distributed,
+        cpu_collectives=_FLAGS.cpu_collectives,
+    )
+
+
+def check_batch_size(batch_size: int, name: str) -> None:
+    """Raises a ValueError unless ``batch_size`` splits evenly over every device of the job.
+
+    The global batch is cut into ``process_count × local_device_count`` equal shares, one per
+    device, so it has to be a multiple of the job's device count.
+
+    Args:
+      batch_size: a global batch size.
+      name: the config field it comes from, named in the error (``config.train.batch_size``).
+    """
+    processes, devices, local = jax.process_count(), jax.device_count(), jax.local_device_count()
+    if batch_size % devices == 0:
+        return
+    lower = batch_size // devices * devices
+    nearest = [m for m in (lower, lower + devices) if m > 0]
+    per_process = batch_size // processes
+    fewer = [d for d in range(1, local) if per_process % d == 0]
+    or_fewer = (
+        f", or run {fewer[-1]} device(s) per process (CUDA_VISIBLE_DEVICES on GPUs)"
+        if fewer and batch_size % processes == 0
+        else ""
+    )
+    raise ValueError(
+        f"{name}={batch_size} does not split over the {devices} devices of this job "
+        f"({processes} process(es) x {local} local device(s)): set it to a multiple of "
+        f"{devices}, e.g. --{name}={nearest[-1]} (nearest: "
+        f"{' or '.join(map(str, nearest))}){or_fewer}."
+    )
+
+
+def first_replica(tree):
+    """The first local replica of a replicated pytree, as host NumPy arrays.
+
+    For the state and metrics that come out of the ``pmap``ped steps (leading axis = local
+    devices, every replica identical). The values are copied straight from one device's
+    buffer: indexing ``x[0]`` on device would dispatch a computation over the local devices,
+    which in a multi-process job can block behind another process's collectives (a
+    deadlock seen with orbax's save barrier on CPU).
+
+    Args:
+      tree: a pytree of ``(local_devices, ...)`` arrays (jax or NumPy).
+
+    Returns:
+      The same pytree of ``(...)`` NumPy arrays.
+    """
+
+    def one_device(x):
+        return x.addressable_shards[0].data if isinstance(x, jax.Array) else x
+
+    return jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(jax.tree.map(one_device, tree)))

@@ -13,11 +13,21 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from yolojax import postprocess, train_lib
+from yolojax import distributed, postprocess, train_lib
 from yolojax.config import resolve_num_classes, validate_config
 from yolojax.data import pipeline
 from yolojax.evaluation import VOCEvaluator
 from yolojax.workdir import atomic_write_text, to_json
+
+
+def eval_batch_size(config) -> int:
+    """The global evaluation batch (``config.eval.batch_size``, 0 = the train batch size),
+    checked to split over every device of the job."""
+    if config.eval.batch_size:
+        distributed.check_batch_size(config.eval.batch_size, "config.eval.batch_size")
+        return config.eval.batch_size
+    distributed.check_batch_size(config.train.batch_size, "config.train.batch_size")
+    return config.train.batch_size
 
 
 def model_variables(state) -> dict:
@@ -64,9 +74,11 @@ def evaluate(p_eval_step, replicated_state, batches, config, class_names=None) -
       class_names: names for the per-class table; default ``class_0…``.
 
     Returns:
-      ``{'mAP', 'mAP_area', 'AP', 'AP_area', 'num_images', 'images_per_second', 'table'}``:
-      VOC07 11-point mAP and area mAP (NaN classes left out), per-class APs as lists, the
-      number of images evaluated, the detection throughput and a printable table.
+      ``{'mAP', 'mAP_area', 'AP', 'AP_area', 'num_positives', 'num_images',
+      'num_detections', 'images_per_second', 'table'}``: VOC07 11-point mAP and area mAP
+      (NaN classes left out), per-class APs and non-difficult ground-truth counts as lists,
+      the number of images and of detections evaluated (over every process), the detection
+      throughput and a printable table.
     """
     evaluator = VOCEvaluator(
         config.model.num_classes,
@@ -74,7 +86,7 @@ def evaluate(p_eval_step, replicated_state, batches, config, class_names=None) -
         plus_one=config.eval.plus_one,
         class_names=class_names,
     )
-    start, num_images = time.perf_counter(), 0
+    start, num_images, num_detections = time.perf_counter(), 0, 0
     for batch in batches:
         detections = jax.device_get(p_eval_step(replicated_state, batch["image"]))
         arrays = {
@@ -93,6 +105,7 @@ def evaluate(p_eval_step, replicated_state, batches, config, class_names=None) -
         arrays = {k: v.reshape(-1, *v.shape[2:]) for k, v in arrays.items()}
         arrays = _gather(arrays)
         num_images += int(np.sum(arrays["valid"]))
+        num_detections += int(np.sum(arrays["pred_valid"] & arrays["valid"][:, None]))
         evaluator.add_normalized_batch(**arrays)
     elapsed = time.perf_counter() - start
     results = evaluator.compute()
@@ -101,7 +114,9 @@ def evaluate(p_eval_step, replicated_state, batches, config, class_names=None) -
         "mAP_area": float(results["mAP_area"]),
         "AP": [float(v) for v in results["AP"]],
         "AP_area": [float(v) for v in results["AP_area"]],
+        "num_positives": [int(n) for n in results["num_positives"]],
         "num_images": num_images,
+        "num_detections": num_detections,
         "images_per_second": num_images / max(elapsed, 1e-9),
         "table": evaluator.summary(results),
     }
@@ -123,12 +138,12 @@ def evaluate_checkpoint(config, workdir, checkpoint: str | int = "latest") -> di
       :func:`evaluate`'s results plus ``step``.
     """
     validate_config(config)
+    batch_size = eval_batch_size(config)
     info = pipeline.get_dataset_info(config.data)
     resolve_num_classes(config, info.class_names)
     model, state, step = train_lib.restore_trained_state(
         config, workdir, checkpoint, info.num_train_examples
     )
-    batch_size = config.eval.batch_size or config.train.batch_size
     results = evaluate(
         make_pmapped_eval_step(model, config),
         train_lib.replicate(state),

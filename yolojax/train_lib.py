@@ -137,11 +137,6 @@ def replicate(tree):
     return jax.tree.map(put, tree)
 
 
-def unreplicate(tree):
-    """The first local replica of a replicated pytree, on the host."""
-    return jax.device_get(jax.tree.map(lambda x: x[0], tree))
-
-
 def steps_for(config, num_train_examples: int) -> tuple[int, int]:
     """(steps per epoch, total steps) for the config and the train split's size."""
     batch_size = config.train.batch_size

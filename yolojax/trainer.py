@@ -5,6 +5,11 @@ order), trains with the ``jax.pmap``ped :func:`yolojax.train_lib.train_step` ove
 device, evaluates VOC mAP periodically (test split, and a fixed train subset to watch
 overfitting), keeps the last checkpoints and the best by test mAP, and writes metrics (JSON
 lines + TensorBoard) and loss/mAP plots into ``workdir``.
+
+In a multi-process job (``yolojax.distributed``) every process runs this same loop on its
+share of each global batch, and the step's collectives span every process's devices. Every
+process takes part in evaluation and checkpoint saves (orbax writes from process 0); only
+process 0 writes the other workdir files and prints progress.
 """
 
 import functools
@@ -16,7 +21,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from yolojax import checkpoints, eval_lib, plots, train_lib
+from yolojax import checkpoints, distributed, eval_lib, plots, train_lib
 from yolojax import workdir as workdir_io
 from yolojax.config import resolve_num_classes, validate_config
 from yolojax.data import pipeline
@@ -43,7 +48,7 @@ class _MetricWindow:
         """
         if not self.steps:
             return None
-        fetched = jax.device_get([jax.tree.map(lambda x: x[0], m) for m in self.metrics])
+        fetched = distributed.first_replica(self.metrics)
         elapsed = time.perf_counter() - self.start
         for step, metrics in zip(self.steps, fetched, strict=True):
             if not metrics["finite"]:
@@ -65,6 +70,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
       The last evaluation's results (see :func:`yolojax.eval_lib.evaluate`), plus ``step``.
     """
     validate_config(config)
+    # Before any data is prepared: a batch that does not split over the devices names the
+    # numbers to change.
+    distributed.check_batch_size(config.train.batch_size, "config.train.batch_size")
+    eval_batch = eval_lib.eval_batch_size(config)
     workdir = Path(workdir)
     is_main = jax.process_index() == 0
     info = pipeline.get_dataset_info(config.data)
@@ -105,7 +114,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
     p_eval_step = eval_lib.make_pmapped_eval_step(model, config)
 
     def run_evaluation(step: int, replicated) -> dict:
-        eval_batch = config.eval.batch_size or config.train.batch_size
         results = eval_lib.evaluate(
             p_eval_step,
             replicated,
@@ -133,7 +141,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             tqdm.write(
                 f"step {step}: test mAP {results['mAP']:.4f} (area {results['mAP_area']:.4f})"
             )
-        ckpt.save_if_best(step, train_lib.unreplicate(replicated), {"mAP": results["mAP"]})
+        ckpt.save_if_best(step, distributed.first_replica(replicated), {"mAP": results["mAP"]})
         return {**results, "step": step}
 
     replicated = train_lib.replicate(state)
@@ -168,7 +176,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             if evaluate_now:
                 results = run_evaluation(step, replicated)
             if save_now:
-                ckpt.save(step, train_lib.unreplicate(replicated))
+                ckpt.save(step, distributed.first_replica(replicated))
         if results is None:  # resumed after the last step: evaluate what is there
             results = run_evaluation(total_steps, replicated)
     except NonFiniteLossError as error:

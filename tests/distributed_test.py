@@ -1,0 +1,291 @@
+"""Many devices and many processes on CPU: the same training and the same mAP as one device.
+
+The number of CPU devices is fixed when JAX starts, so the runs happen in fresh worker
+processes (tests/distributed_worker.py), killed if still alive after WORKER_TIMEOUT_S:
+
+* one process with 4 devices: one train step on 1 device and on 4 devices, from the same
+  state on the same global batch of 8;
+* at the same time, one process with 4 devices and a job of 2 processes × 2 devices joined
+  with ``jax.distributed`` over loopback (gloo CPU collectives) each run train.py's loop for
+  2 steps and an evaluation; the job then runs evaluate.py's restore and evaluation.
+
+Each test starts its own workers, so pytest-xdist never runs the same workers twice.
+"""
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import traverse_util
+
+from tests import distributed_worker as worker
+from yolojax import distributed, eval_lib, trainer
+from yolojax.data import pipeline, synthetic_shapes
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER_TIMEOUT_S = 240
+# Parameters and BatchNorm statistics are compared relative to how far training moved them:
+# max|a - b| <= tolerance * max|b - initial|, per array, in float32. The same sums taken in
+# another order (per-device partial sums, then the cross-device mean) make one step's
+# update agree to ~5e-5 of its size here. From the second step on the parameters differ by
+# that rounding, and the first two layers' second update differed by up to 3.5e-3 of its
+# size (presumably leaky-ReLU or max-pool units on a kink switching branch: those layers
+# have the most such units). A wrong shard, or a gradient or statistic not averaged over
+# all 4 devices, would be off by tens of percent.
+ONE_STEP_TOLERANCE = 1e-3
+TWO_STEPS_TOLERANCE = 2e-2
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker_env(root: Path, **extra) -> dict:
+    return {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        # Shared by a test's workers: they compile the same model initialization.
+        "JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        **extra,
+    }
+
+
+def _start(args, log: Path, *, devices: int, env: dict) -> subprocess.Popen:
+    env = {**env, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    with open(log, "w") as out:
+        # A new session per worker: its whole process group is killed at the end.
+        return subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "distributed_worker.py"), *args],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _kill(started: dict[str, tuple[subprocess.Popen, Path]]) -> None:
+    for process, _ in started.values():
+        if process.poll() is None:
+            # SIGKILL: jax.distributed turns SIGTERM into a preemption notice.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _run(workers: dict[str, tuple[list[str], int]], root: Path, env: dict) -> None:
+    """Runs the workers ``{name: (arguments, device count)}`` together, logging to
+    ``root/<name>.log``; fails with their logs if one fails or the deadline passes."""
+    started = {}
+    try:
+        for name, (args, devices) in workers.items():
+            log = root / f"{name}.log"
+            started[name] = (_start(args, log, devices=devices, env=env), log)
+        deadline = time.monotonic() + WORKER_TIMEOUT_S
+        pending = dict(started)
+        while pending and time.monotonic() < deadline:
+            for name, (process, _) in list(pending.items()):
+                if process.poll() is not None:
+                    del pending[name]
+                    if process.returncode != 0:
+                        pending = {}  # a dead peer: the others would wait on it
+                        break
+            time.sleep(0.2)
+    finally:
+        _kill(started)
+    failed = sorted(name for name, (process, _) in started.items() if process.returncode != 0)
+    if failed:
+        logs = "\n".join(
+            f"--- {name} (exit {process.returncode}) ---\n{log.read_text()[-4000:]}"
+            for name, (process, log) in started.items()
+        )
+        pytest.fail(f"workers {failed} failed or timed out:\n{logs}")
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as arrays:
+        return dict(arrays)
+
+
+def _checkpointed(workdir: Path, step: int) -> dict[str, np.ndarray]:
+    """Parameters and BatchNorm statistics as saved on disk, read with orbax directly."""
+    state = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
+    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    return traverse_util.flatten_dict(variables, sep="/")
+
+
+def _assert_same_training(actual: dict, expected: dict, initial: dict, tolerance: float):
+    assert actual.keys() == expected.keys() == initial.keys()
+    assert any(k.startswith("batch_stats/") for k in expected)
+    for key in expected:
+        moved = np.max(np.abs(expected[key] - initial[key]))
+        assert moved > 1e-4, f"{key} did not train"  # so that the comparison means something
+        difference = np.max(np.abs(actual[key] - expected[key]))
+        assert difference <= tolerance * moved, f"{key}: {difference} vs a step of {moved}"
+
+
+@pytest.mark.slow
+def test_one_step_on_4_devices_equals_1_device(tmp_path):
+    args = ["step", "--out", str(tmp_path), "--timeout", str(WORKER_TIMEOUT_S - 10)]
+    _run({"step": (args, 4)}, tmp_path, _worker_env(tmp_path))
+    result = _load_npz(tmp_path / "step.npz")
+    assert int(result.pop("device_count")) == 4
+    runs = {"initial": {}, "one": {}, "all": {}}
+    for key, value in result.items():
+        run, _, name = key.partition("/")
+        runs[run][name] = value
+    np.testing.assert_allclose(runs["all"].pop("loss"), runs["one"].pop("loss"), rtol=1e-6)
+    _assert_same_training(runs["all"], runs["one"], runs["initial"], ONE_STEP_TOLERANCE)
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_evaluate_like_one_process(tmp_path):
+    data_dir = str(tmp_path / "tfds")
+    # Generated here, once, so that the workers only read it.
+    pipeline.get_dataset_info(worker.tiny_config(data_dir).data)
+    port = _free_port()
+    common = ["train", "--data_dir", data_dir, "--timeout", str(WORKER_TIMEOUT_S - 10)]
+    (tmp_path / "single").mkdir()
+    (tmp_path / "multi").mkdir()
+    single_args = ["--workdir", str(tmp_path / "single_run"), "--out", str(tmp_path / "single")]
+    workers = {"single": ([*common, *single_args], 4)}
+    for process_id in range(2):
+        args = ["--workdir", str(tmp_path / "multi_run"), "--out", str(tmp_path / "multi")]
+        args += ["--evaluate", "--coordinator_address", f"127.0.0.1:{port}"]
+        args += ["--num_processes", "2", "--process_id", str(process_id)]
+        workers[f"process{process_id}"] = ([*common, *args], 2)
+    # The coordinator listens on loopback only (JAX's default is every interface).
+    env = _worker_env(tmp_path, JAX_COORDINATOR_BIND_ADDRESS=f"127.0.0.1:{port}")
+    _run(workers, tmp_path, env)
+
+    single = json.loads((tmp_path / "single" / "process0.json").read_text())
+    assert (single["process_count"], single["device_count"]) == (1, 4)
+    records = [json.loads((tmp_path / "multi" / f"process{i}.json").read_text()) for i in (0, 1)]
+    for process_id, record in enumerate(records):
+        assert record["process_index"] == process_id
+        assert (record["process_count"], record["device_count"]) == (2, 4)
+        assert record["local_device_count"] == 2
+    _check_training(tmp_path)
+    _check_evaluation(tmp_path, records, single["trained"])
+
+
+def _check_training(root: Path) -> None:
+    """The job's checkpoints and logged losses match the single-process run's."""
+    initial = _load_npz(root / "single" / "initial.npz")
+    for step, tolerance in ((1, ONE_STEP_TOLERANCE), (2, TWO_STEPS_TOLERANCE)):
+        multi = _checkpointed(root / "multi_run", step)
+        _assert_same_training(multi, _checkpointed(root / "single_run", step), initial, tolerance)
+
+    def losses(workdir):
+        lines = (workdir / "metrics.jsonl").read_text().splitlines()
+        return [(r["step"], r["loss"]) for r in map(json.loads, lines) if "loss" in r]
+
+    # Process 1 wrote nothing: each step is logged once, and progress printed once.
+    multi, expected = losses(root / "multi_run"), losses(root / "single_run")
+    assert [step for step, _ in multi] == [1, 2]
+    np.testing.assert_allclose([v for _, v in multi], [v for _, v in expected], rtol=1e-5)
+    assert "test mAP" in (root / "process0.log").read_text()
+    assert "test mAP" not in (root / "process1.log").read_text()
+
+
+def _positives_per_class(config) -> list[int]:
+    """Non-difficult objects per class in the test split, counted from TFDS itself."""
+    builder = synthetic_shapes.make_builder(
+        synthetic_shapes.shapes_builder_config(**config.data.synthetic.to_dict()),
+        data_dir=config.data.tfds_data_dir,
+    )
+    counts = np.zeros(config.model.num_classes, int)
+    for example in builder.as_data_source("test"):
+        objects = example["objects"]
+        np.add.at(counts, np.asarray(objects["label"])[~np.asarray(objects["is_difficult"])], 1)
+    return counts.tolist()
+
+
+def _assert_same_evaluation(actual: dict, expected: dict) -> None:
+    for key in ("num_images", "num_positives", "num_detections"):
+        assert actual[key] == expected[key], key
+    for key in ("mAP", "mAP_area", "AP", "AP_area"):
+        assert actual[key] == pytest.approx(expected[key], abs=1e-6, nan_ok=True), key
+
+
+def _check_evaluation(root: Path, records: list[dict], single: dict) -> None:
+    """Both processes computed one result over the whole test set, each image once."""
+    # The loop's evaluation after the last step, and evaluate.py's after both processes
+    # restored the checkpoint: one result, from the gathered detections, in both.
+    assert records[0]["trained"] == records[1]["trained"]
+    assert records[0]["evaluated"] == records[1]["evaluated"]
+    multi = records[0]["evaluated"]
+    assert multi["step"] == 2
+    _assert_same_evaluation(records[0]["trained"], multi)
+    assert (root / "multi_run" / "eval" / "metrics.json").exists()  # written by process 0
+
+    # The same checkpoint evaluated here, by one process on one device.
+    config = worker.tiny_config(str(root / "tfds"))
+    reference = eval_lib.evaluate_checkpoint(config, str(root / "multi_run"))
+    _assert_same_evaluation(multi, reference)
+    assert multi["num_images"] == worker.NUM_TEST
+    assert multi["num_positives"] == _positives_per_class(config)
+    # max_detections is above the number of candidates: the count is the model's, per image.
+    assert 0 < multi["num_detections"] < worker.NUM_TEST * config.eval.max_detections
+
+    # The single-process run (whose parameters differ by rounding) saw the same images.
+    assert single["num_images"] == multi["num_images"]
+    assert single["num_positives"] == multi["num_positives"]
+
+
+def test_batch_size_that_does_not_split_names_what_to_change(monkeypatch, tmp_path):
+    monkeypatch.setattr(jax, "process_count", lambda: 1)
+    monkeypatch.setattr(jax, "local_device_count", lambda: 4)
+    monkeypatch.setattr(jax, "device_count", lambda: 4)
+    distributed.check_batch_size(8, "config.train.batch_size")  # 2 per device
+    config = worker.tiny_config(str(tmp_path / "never_read"))
+    config.train.batch_size = 6
+    with pytest.raises(ValueError) as error:
+        trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    message = str(error.value)
+    assert "config.train.batch_size=6" in message
+    assert "4 devices" in message
+    assert "--config.train.batch_size=8" in message
+    assert "nearest: 4 or 8" in message
+    assert "3 device(s) per process" in message  # 6 = 3 × 2
+    assert not (tmp_path / "never_read").exists()  # raised before preparing any data
+
+    # 2 processes × 2 devices: the eval batch is checked too.
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "local_device_count", lambda: 2)
+    config.train.batch_size = 8
+    config.eval.batch_size = 2
+    with pytest.raises(
+        ValueError, match=r"config\.eval\.batch_size=2 .*\(2 process\(es\) x 2 local"
+    ):
+        trainer.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"coordinator_address": "127.0.0.1:1234"}, "given: --coordinator_address"),
+        ({"num_processes": 2, "process_id": 0}, "needs --coordinator_address"),
+        ({"coordinator_address": "localhost", "num_processes": 2, "process_id": 0}, "host:port"),
+        ({"coordinator_address": "h:1", "num_processes": 2, "process_id": 2}, r"\[0, num_pro"),
+        ({"coordinator_address": "h:1", "num_processes": 0, "process_id": 0}, "num_processes"),
+        ({"auto_detect": True, "cpu_collectives": "nccl"}, "cpu_collectives"),
+    ],
+)
+def test_initialize_rejects_incomplete_or_inconsistent_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        distributed.initialize(**kwargs)
