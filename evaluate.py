@@ -8,7 +8,7 @@ Writes <workdir>/eval/metrics.json.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from yolojax import distributed, eval_lib
+from yolojax import cli, distributed, eval_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -25,13 +25,15 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:  # orbax logs every save at INFO; --verbosity=0 shows it
         logging.set_verbosity(logging.WARNING)
-    distributed.initialize_from_flags()
     checkpoint = FLAGS.checkpoint
     if checkpoint not in ("latest", "best"):
         if not checkpoint.isdigit():
             raise app.UsageError(f"--checkpoint must be latest, best or a step; got {checkpoint!r}")
         checkpoint = int(checkpoint)
-    results = eval_lib.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, checkpoint)
+    # A documented error prints its message alone (the traceback with --verbosity=1).
+    with cli.command_errors(traceback=FLAGS.verbosity >= 1):
+        distributed.initialize_from_flags()
+        results = eval_lib.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, checkpoint)
     print(results["table"])
     print(
         f"step {results['step']}: mAP@0.5 VOC07 11-point {results['mAP']:.4f}, "
@@ -41,4 +43,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

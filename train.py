@@ -9,7 +9,7 @@ Re-running the same command resumes from the latest checkpoint in --workdir.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from yolojax import distributed, trainer
+from yolojax import cli, distributed, trainer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -25,9 +25,11 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:  # orbax logs every save at INFO; --verbosity=0 shows it
         logging.set_verbosity(logging.WARNING)
-    distributed.initialize_from_flags()
-    trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    # A documented error prints its message alone (the traceback with --verbosity=1).
+    with cli.command_errors(traceback=FLAGS.verbosity >= 1):
+        distributed.initialize_from_flags()
+        trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

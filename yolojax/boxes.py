@@ -6,8 +6,8 @@ Formats (last axis of size 4):
   * ``xyxy``: ``[xmin, ymin, xmax, ymax]``, the PASCAL VOC / evaluator convention, any unit.
   * ``cxcywh``: ``[cx, cy, w, h]``, centre and size.
 
-Every function takes NumPy or JAX arrays and returns the same kind: NumPy in, NumPy out
-(no device transfer); JAX in (or a tracer under ``jit``), JAX out.
+Every function takes NumPy or JAX arrays and returns the same kind: NumPy (or a list) in,
+NumPy out (no device transfer); JAX in (or a tracer under ``jit``), JAX out.
 """
 
 import jax
@@ -20,26 +20,30 @@ def _xnp(*arrays):
     return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
 
 
-def _check_last_axis(boxes, name):
+def _boxes(boxes, name):
+    """``boxes`` as an array (a list becomes NumPy) after checking its shape is (..., 4)."""
+    if not isinstance(boxes, jax.Array | np.ndarray):
+        boxes = np.asarray(boxes)
     if boxes.ndim < 1 or boxes.shape[-1] != 4:
         raise ValueError(f"{name} must have shape (..., 4); got {tuple(boxes.shape)}.")
+    return boxes
 
 
 def yxyx_to_xyxy(boxes):
     """``[..., 4]`` yxyx → ``[..., 4]`` xyxy (a coordinate swap, unit unchanged)."""
-    _check_last_axis(boxes, "boxes")
+    boxes = _boxes(boxes, "boxes")
     return boxes[..., [1, 0, 3, 2]]
 
 
 def xyxy_to_yxyx(boxes):
     """``[..., 4]`` xyxy → ``[..., 4]`` yxyx (a coordinate swap, unit unchanged)."""
-    _check_last_axis(boxes, "boxes")
+    boxes = _boxes(boxes, "boxes")
     return boxes[..., [1, 0, 3, 2]]
 
 
 def yxyx_to_cxcywh(boxes):
     """``[..., 4]`` yxyx → ``[..., 4]`` cxcywh in the same unit."""
-    _check_last_axis(boxes, "boxes")
+    boxes = _boxes(boxes, "boxes")
     xnp = _xnp(boxes)
     ymin, xmin, ymax, xmax = (boxes[..., i] for i in range(4))
     return xnp.stack([(xmin + xmax) / 2, (ymin + ymax) / 2, xmax - xmin, ymax - ymin], axis=-1)
@@ -47,7 +51,7 @@ def yxyx_to_cxcywh(boxes):
 
 def cxcywh_to_yxyx(boxes):
     """``[..., 4]`` cxcywh → ``[..., 4]`` yxyx in the same unit."""
-    _check_last_axis(boxes, "boxes")
+    boxes = _boxes(boxes, "boxes")
     xnp = _xnp(boxes)
     cx, cy, w, h = (boxes[..., i] for i in range(4))
     return xnp.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], axis=-1)
@@ -58,7 +62,7 @@ def box_area(boxes):
 
     Inverted boxes (max < min) have area 0, not a negative area.
     """
-    _check_last_axis(boxes, "boxes")
+    boxes = _boxes(boxes, "boxes")
     xnp = _xnp(boxes)
     return xnp.maximum(boxes[..., 2] - boxes[..., 0], 0) * xnp.maximum(
         boxes[..., 3] - boxes[..., 1], 0
@@ -88,8 +92,15 @@ def elementwise_iou(boxes1, boxes2):
     Returns:
       ``[...]`` IoU in [0, 1]; 0 where both boxes are empty.
     """
-    _check_last_axis(boxes1, "boxes1")
-    _check_last_axis(boxes2, "boxes2")
+    boxes1 = _boxes(boxes1, "boxes1")
+    boxes2 = _boxes(boxes2, "boxes2")
+    try:
+        np.broadcast_shapes(boxes1.shape, boxes2.shape)
+    except ValueError:
+        raise ValueError(
+            f"boxes1 {tuple(boxes1.shape)} and boxes2 {tuple(boxes2.shape)} do not broadcast "
+            "against each other; use pairwise_iou for every pair of (N, 4) and (M, 4) boxes."
+        ) from None
     return _intersection_over_union(boxes1, boxes2, _xnp(boxes1, boxes2))
 
 
@@ -103,8 +114,8 @@ def pairwise_iou(boxes1, boxes2):
     Returns:
       ``[N, M]`` IoU matrix in [0, 1].
     """
-    _check_last_axis(boxes1, "boxes1")
-    _check_last_axis(boxes2, "boxes2")
+    boxes1 = _boxes(boxes1, "boxes1")
+    boxes2 = _boxes(boxes2, "boxes2")
     if boxes1.ndim != 2 or boxes2.ndim != 2:
         raise ValueError(
             f"pairwise_iou takes boxes1 (N, 4) and boxes2 (M, 4); got {tuple(boxes1.shape)} "

@@ -49,6 +49,20 @@ def model_signature(config) -> dict[str, Any]:
     return signature
 
 
+def _array_shapes(tree) -> dict[str, tuple[int, ...]]:
+    """'params/head/out/kernel' → shape, for a train state or orbax's metadata of a saved one."""
+
+    def name(key) -> str:
+        return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
+
+    return {
+        "/".join(name(key) for key in path): tuple(
+            np.shape(leaf) if np.isscalar(leaf) else leaf.shape
+        )
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
+
+
 def _best_metric(metrics: dict[str, float]) -> float:
     value = metrics.get("mAP", float("nan"))
     return -math.inf if value is None or not math.isfinite(value) else value
@@ -64,6 +78,11 @@ def _manager(workdir: Path, name: str, **options) -> ocp.CheckpointManager:
     """
     return ocp.CheckpointManager(
         workdir / name,
+        # Registered up front so that a checkpoint's metadata can be read before its arrays.
+        item_handlers={
+            "state": ocp.StandardCheckpointHandler(),
+            "model": ocp.JsonCheckpointHandler(),
+        },
         options=ocp.CheckpointManagerOptions(
             create=True,
             cleanup_tmp_directories=True,
@@ -154,6 +173,29 @@ class Checkpoints:
                 f"({self.workdir / 'config.json'}) or another --workdir."
             )
 
+    def _check_layout(self, manager, step: int, abstract) -> None:
+        """Raises CheckpointMismatchError unless the saved arrays are the template's.
+
+        Orbax would restore arrays of another shape as saved (a crash at the first step), and
+        reports another structure with an error that looks like damage.
+        """
+        saved = _array_shapes(manager.item_metadata(step)["state"])
+        wanted = _array_shapes(abstract)
+        if saved == wanted:
+            return
+        differences = [
+            f"{name}: checkpoint {saved.get(name, 'absent')} vs config {wanted.get(name, 'absent')}"
+            for name in sorted(saved.keys() | wanted.keys())
+            if saved.get(name) != wanted.get(name)
+        ]
+        raise CheckpointMismatchError(
+            f"The checkpoint {manager.directory / str(step)} holds another train state than "
+            f"the config builds ({len(differences)} arrays differ: "
+            f"{'; '.join(differences[:3])}). Did a model size, train.optimizer or "
+            f"train.freeze_backbone change? Use the config the run was trained with "
+            f"({self.workdir / 'config.json'}) or another --workdir."
+        )
+
     def restore(self, template, which: str | int = "latest"):
         """Restores the newest usable checkpoint of the kind asked for.
 
@@ -166,7 +208,8 @@ class Checkpoints:
 
         Raises:
           NoCheckpointError: nothing usable to restore.
-          CheckpointMismatchError: the checkpoint belongs to another model.
+          CheckpointMismatchError: the checkpoint belongs to another model, or holds a train
+            state of another layout (another optimizer, other layer sizes).
         """
         manager, steps = self._resolve(which)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, jax.device_get(template))
@@ -174,6 +217,7 @@ class Checkpoints:
         for step in steps:
             try:
                 self._check_signature(manager, step)
+                self._check_layout(manager, step, abstract)
                 restored = manager.restore(
                     step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
                 )
@@ -191,8 +235,8 @@ class Checkpoints:
         where = manager.directory
         if skipped:
             raise NoCheckpointError(
-                f"Every checkpoint in {where} is damaged (steps {skipped}); delete them to "
-                "start over or restore a backup."
+                f"Every checkpoint in {where} is damaged (steps {skipped}): restore them from "
+                "a backup, or move the folder aside to start over."
             )
         raise NoCheckpointError(f"No checkpoint in {where}: train first (python train.py ...).")
 

@@ -59,6 +59,13 @@ def load_class_names(workdir, num_classes: int) -> list[str]:
     return [f"class_{i}" for i in range(num_classes)]
 
 
+def _check_score_threshold(score_threshold) -> None:
+    if isinstance(score_threshold, bool) or not isinstance(score_threshold, int | float):
+        raise ValueError(f"score_threshold must be a number; got {score_threshold!r}.")
+    if not 0.0 <= score_threshold <= 1.0:
+        raise ValueError(f"score_threshold must be in [0, 1]; got {score_threshold}.")
+
+
 class Detector:
     """Runs a trained YOLO model on images of any size.
 
@@ -67,6 +74,12 @@ class Detector:
     """
 
     def __init__(self, model, variables, config, class_names, *, score_threshold: float = 0.25):
+        _check_score_threshold(score_threshold)
+        if len(class_names) != config.model.num_classes:
+            raise ValueError(
+                f"class_names must have config.model.num_classes={config.model.num_classes} "
+                f"names; got {len(class_names)}."
+            )
         self.config = config
         self.class_names = list(class_names)
         self.score_threshold = score_threshold
@@ -90,6 +103,14 @@ class Detector:
         cls, workdir, *, config=None, checkpoint: str | int = "latest", score_threshold=0.25
     ):
         """Restores ``checkpoint`` ('latest', 'best' or a step) of a training workdir."""
+        # Checked before the restore, which takes a while.
+        if checkpoint not in ("latest", "best") and (
+            isinstance(checkpoint, bool) or not isinstance(checkpoint, int) or checkpoint < 0
+        ):
+            raise ValueError(
+                f"checkpoint must be 'latest', 'best' or a step number; got {checkpoint!r}."
+            )
+        _check_score_threshold(score_threshold)
         config = config if config is not None else load_run_config(workdir)
         _, state, _ = train_lib.restore_trained_state(config, workdir, checkpoint)
         model = get_model(config.model)

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 
 from yolojax import boxes as box_ops
-from yolojax.targets import target_channels
+from yolojax.targets import check_positive_int, target_channels
 
 # Keeps the signed square root of a predicted width/height differentiable at and below 0.
 SQRT_EPSILON = 1e-6
@@ -20,6 +20,8 @@ def split_predictions(predictions, *, num_classes: int, num_boxes: int):
       ``class_scores (..., C)`` and ``box_fields (..., B, 5)`` holding
       ``[confidence, x, y, w, h]`` per box (cell units, see docs/architecture.md).
     """
+    check_positive_int("num_classes", num_classes)
+    check_positive_int("num_boxes", num_boxes)
     expected = num_classes + 5 * num_boxes
     if predictions.shape[-1] != expected:
         raise ValueError(
@@ -48,10 +50,8 @@ def signed_sqrt(values):
 
 
 def _check_loss_args(predictions, targets, num_classes, num_boxes):
-    if num_classes <= 0 or num_boxes <= 0:
-        raise ValueError(
-            f"num_classes and num_boxes must be positive; got {num_classes}, {num_boxes}."
-        )
+    check_positive_int("num_classes", num_classes)
+    check_positive_int("num_boxes", num_boxes)
     if predictions.ndim != 4 or predictions.shape[1] != predictions.shape[2]:
         raise ValueError(f"predictions must have shape (N, S, S, C + 5B); got {predictions.shape}.")
     expected = (*predictions.shape[:3], target_channels(num_classes))
@@ -103,9 +103,9 @@ def yolo_loss(
       normalization, summing to the loss), ``loss``, and ``iou``: the mean IoU of
       responsible predictors (0 when the batch has no object).
     """
-    _check_loss_args(predictions, targets, num_classes, num_boxes)
     predictions = jnp.asarray(predictions, jnp.float32)
     targets = jnp.asarray(targets, jnp.float32)
+    _check_loss_args(predictions, targets, num_classes, num_boxes)
     batch_size = predictions.shape[0]
 
     class_scores, box_fields = split_predictions(

@@ -1,5 +1,7 @@
 """Raw YOLOv1 outputs → scored boxes → class-aware NMS, all with static shapes under jit."""
 
+import math
+import numbers
 from typing import NamedTuple
 
 import jax
@@ -7,6 +9,7 @@ import jax.numpy as jnp
 
 from yolojax import boxes as box_ops
 from yolojax.losses import cell_xywh_to_corners, split_predictions
+from yolojax.targets import check_positive_int
 
 
 class Detections(NamedTuple):
@@ -43,9 +46,9 @@ def decode(outputs, *, num_classes: int, num_boxes: int):
       ``boxes (N, S·S·B, 4)`` normalized yxyx clipped to [0, 1], ordered by
       ``(row, col, box)``, and ``scores (N, S·S·B, C)``.
     """
+    outputs = jnp.asarray(outputs, jnp.float32)
     if outputs.ndim != 4 or outputs.shape[1] != outputs.shape[2]:
         raise ValueError(f"outputs must have shape (N, S, S, C + 5B); got {outputs.shape}.")
-    outputs = jnp.asarray(outputs, jnp.float32)
     batch_size, s = outputs.shape[0], outputs.shape[1]
     class_scores, box_fields = split_predictions(
         outputs, num_classes=num_classes, num_boxes=num_boxes
@@ -84,6 +87,16 @@ def _greedy_nms(boxes, scores, iou_threshold):
     return jax.lax.fori_loop(0, boxes.shape[0], visit, jnp.zeros_like(eligible))
 
 
+def _check_nms_args(score_threshold, iou_threshold, max_detections, pre_nms_top_k) -> None:
+    # A threshold may be traced (a dynamic argument under jit): only Python numbers are checked.
+    if isinstance(score_threshold, numbers.Real) and math.isnan(score_threshold):
+        raise ValueError(f"score_threshold must be a number; got {score_threshold}.")
+    if isinstance(iou_threshold, numbers.Real) and not 0.0 <= iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be in [0, 1]; got {iou_threshold}.")
+    check_positive_int("max_detections", max_detections)
+    check_positive_int("pre_nms_top_k", pre_nms_top_k)
+
+
 def nms(
     boxes,
     scores,
@@ -112,6 +125,17 @@ def nms(
     Returns:
       :class:`Detections` for this image with leading shape ``(K,)``.
     """
+    boxes, scores = jnp.asarray(boxes), jnp.asarray(scores)
+    if boxes.ndim != 2 or boxes.shape[-1] != 4 or scores.ndim != 2:
+        raise ValueError(
+            f"nms takes one image's boxes (P, 4) and scores (P, C); got {boxes.shape} and "
+            f"{scores.shape}. Use detect for a batch."
+        )
+    if scores.shape[0] != boxes.shape[0]:
+        raise ValueError(
+            f"scores must have one row per box, shape ({boxes.shape[0]}, C); got {scores.shape}."
+        )
+    _check_nms_args(score_threshold, iou_threshold, max_detections, pre_nms_top_k)
     num_candidates = scores.shape[0] * scores.shape[1]
     top_k = min(pre_nms_top_k, num_candidates)
     flat_scores = scores.reshape(-1)  # index = box * C + class
@@ -152,10 +176,7 @@ def detect(
     :func:`decode` then :func:`nms` per image (vmapped); jit-able with the keyword
     arguments static.
     """
-    if not 0.0 <= iou_threshold <= 1.0:
-        raise ValueError(f"iou_threshold must be in [0, 1]; got {iou_threshold}.")
-    if max_detections <= 0:
-        raise ValueError(f"max_detections must be positive; got {max_detections}.")
+    _check_nms_args(score_threshold, iou_threshold, max_detections, pre_nms_top_k)
     boxes, scores = decode(outputs, num_classes=num_classes, num_boxes=num_boxes)
     return jax.vmap(
         lambda b, s: nms(

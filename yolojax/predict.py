@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
+from yolojax import cli
 from yolojax.detector import Detector, ImageDetections
 from yolojax.workdir import atomic_write_text, to_json
 
@@ -77,10 +78,11 @@ def main(argv=None) -> None:
     parser.add_argument("--score-threshold", type=float, default=0.25)
     args = parser.parse_args(argv)
     checkpoint = int(args.checkpoint) if args.checkpoint.isdigit() else args.checkpoint
-    detector = Detector.from_workdir(
-        args.workdir, checkpoint=checkpoint, score_threshold=args.score_threshold
-    )
-    record = predict_files(detector, args.images, args.out)
+    with cli.command_errors():
+        detector = Detector.from_workdir(
+            args.workdir, checkpoint=checkpoint, score_threshold=args.score_threshold
+        )
+        record = predict_files(detector, args.images, args.out)
     total = sum(len(v) for v in record.values())
     print(f"{total} detections in {len(record)} images → {Path(args.out) / 'detections.json'}")
 

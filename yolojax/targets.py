@@ -7,6 +7,7 @@ centre inside its cell (0..1) and ``w, h`` is the box size in cell units (normal
 """
 
 import functools
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -17,11 +18,20 @@ def target_channels(num_classes: int) -> int:
     return num_classes + 5
 
 
+def check_positive_int(name: str, value) -> int:
+    """``value`` as an ``int`` if it is a positive integer (NumPy integers too, bools not).
+
+    Raises:
+      ValueError: naming ``name`` and what it got (before any tracing: sizes are static).
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+    return int(value)
+
+
 def _check_encode_args(boxes, labels, mask, grid_size, num_classes):
-    if grid_size <= 0:
-        raise ValueError(f"grid_size must be a positive integer; got {grid_size}.")
-    if num_classes <= 0:
-        raise ValueError(f"num_classes must be a positive integer; got {num_classes}.")
+    check_positive_int("grid_size", grid_size)
+    check_positive_int("num_classes", num_classes)
     if boxes.ndim != 2 or boxes.shape[-1] != 4:
         raise ValueError(
             f"boxes must have shape (max_boxes, 4) in normalized yxyx; got {boxes.shape}. "
@@ -84,7 +94,17 @@ def encode(boxes, labels, mask, *, grid_size: int, num_classes: int) -> jax.Arra
 
 def encode_batch(boxes, labels, mask, *, grid_size: int, num_classes: int) -> jax.Array:
     """:func:`encode` over a batch: ``(N, M, 4), (N, M), (N, M)`` → ``(N, S, S, C + 5)``."""
-    if boxes.ndim != 3:
+    boxes, labels, mask = jnp.asarray(boxes, jnp.float32), jnp.asarray(labels), jnp.asarray(mask)
+    if boxes.ndim != 3 or boxes.shape[-1] != 4:
         raise ValueError(f"boxes must have shape (N, max_boxes, 4); got {boxes.shape}.")
+    # Checked here so that a mismatch is named, not reported by vmap as inconsistent sizes.
+    for name, array in (("labels", labels), ("mask", mask)):
+        if array.shape != boxes.shape[:2]:
+            raise ValueError(
+                f"{name} must have shape (N, max_boxes) = {boxes.shape[:2]} to match boxes "
+                f"{boxes.shape}; got {array.shape}."
+            )
+    check_positive_int("grid_size", grid_size)
+    check_positive_int("num_classes", num_classes)
     encode_one = functools.partial(encode, grid_size=grid_size, num_classes=num_classes)
     return jax.vmap(encode_one)(boxes, labels, mask)

@@ -14,6 +14,7 @@ process 0 writes the other workdir files and prints progress.
 
 import functools
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -31,9 +32,14 @@ logger = logging.getLogger(__name__)
 
 
 class _MetricWindow:
-    """Collects per-step device metrics between two log points; fetched in one transfer."""
+    """Collects per-step device metrics between two log points; fetched in one transfer.
 
-    def __init__(self):
+    Args:
+      stop_on_nonfinite: raise for a non-finite step (else it was skipped: count it).
+    """
+
+    def __init__(self, stop_on_nonfinite: bool):
+        self.stop_on_nonfinite = stop_on_nonfinite
         self.steps, self.metrics, self.start = [], [], time.perf_counter()
 
     def add(self, step: int, metrics) -> None:
@@ -51,9 +57,11 @@ class _MetricWindow:
         fetched = distributed.first_replica(self.metrics)
         elapsed = time.perf_counter() - self.start
         for step, metrics in zip(self.steps, fetched, strict=True):
-            if not metrics["finite"]:
+            if self.stop_on_nonfinite and not metrics["finite"]:
                 raise NonFiniteLossError(step, float(metrics["loss"]))
-        means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+        # Skipped steps changed nothing: the means are over the others (NaN if none).
+        kept = [m for m in fetched if m["finite"]]
+        means = {k: float(np.mean([m[k] for m in kept])) if kept else math.nan for k in fetched[0]}
         means["skipped_steps"] = float(len(fetched) - sum(m["finite"] for m in fetched))
         means.pop("finite")
         means["images_per_second"] = images_per_step * len(fetched) / max(elapsed, 1e-9)
@@ -152,7 +160,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         start_step=start_step,
     )
     eval_every = round(config.eval.every_epochs * steps_per_epoch)
-    window = _MetricWindow()
+    window = _MetricWindow(stop_on_nonfinite=not config.train.skip_nonfinite)
     results = None
     progress = tqdm(
         total=total_steps, initial=start_step, disable=not is_main, unit="step", dynamic_ncols=True

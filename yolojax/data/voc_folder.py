@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import io
 import logging
+import math
 import os
 import re
 import xml.etree.ElementTree as ElementTree
@@ -34,6 +35,8 @@ from PIL import Image
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 _SPLIT_FILE_NAMES = {"train": "train", "val": "validation", "trainval": "trainval", "test": "test"}
 _VALIDATION_FRACTION = 0.1
+# Pillow's names for the formats tf.io.decode_image reads (MPO: multi-picture camera JPEGs).
+_DECODABLE_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP")
 _MAX_REPORTED_PROBLEMS = 5
 
 _logger = logging.getLogger(__name__)
@@ -82,9 +85,11 @@ def parse_annotation(xml_path: str) -> _Annotation:
             box = tuple(
                 float(element.findtext(f"bndbox/{tag}")) for tag in ("xmin", "ymin", "xmax", "ymax")
             )
+            if not all(map(math.isfinite, box)):  # 'nan' and 'inf' parse as floats
+                raise ValueError(box)
         except (TypeError, ValueError) as error:
             raise BadDataError(
-                f"{xml_path}: malformed XML (object {index} '{name}' lacks a numeric "
+                f"{xml_path}: malformed XML (object {index} '{name}' lacks a finite numeric "
                 "<bndbox> xmin/ymin/xmax/ymax)"
             ) from error
         objects.append(_Object(name, box, _flag(element, "difficult"), _flag(element, "truncated")))
@@ -112,9 +117,16 @@ def _read_image(path: str) -> tuple[bytes, int, int]:
     try:
         with Image.open(io.BytesIO(encoded)) as image:
             image.load()
-            return encoded, image.width, image.height
+            image_format, width, height = image.format, image.width, image.height
     except (OSError, SyntaxError, ValueError) as error:
         raise BadDataError(f"{path}: corrupt or unreadable image ({error})") from error
+    if image_format not in _DECODABLE_FORMATS:
+        # Pillow reads formats that the pipeline's tf.io.decode_image does not: such a file
+        # would pass here and stop training mid-epoch.
+        raise BadDataError(
+            f"{path}: unsupported image format {image_format}; convert it to JPEG or PNG"
+        )
+    return encoded, width, height
 
 
 def _check_object(xml_path: str, obj: _Object, width: int, height: int, class_names) -> None:
@@ -132,6 +144,11 @@ def _check_object(xml_path: str, obj: _Object, width: int, height: int, class_na
 def _example(folder: str, image_id: str, class_names: tuple[str, ...]) -> dict:
     """Builds one TFDS example; raises BadDataError for any problem with its files."""
     xml_path = os.path.join(folder, "Annotations", image_id + ".xml")
+    try:
+        image_id.encode("utf-8")
+    except UnicodeEncodeError:
+        # TFDS stores names as UTF-8 text; !a (ascii) keeps the message printable.
+        raise BadDataError(f"{xml_path!a}: file name is not valid UTF-8") from None
     if not os.path.isfile(xml_path):
         raise BadDataError(f"{xml_path}: annotation file not found")
     annotation = parse_annotation(xml_path)
@@ -173,7 +190,8 @@ def folder_splits(folder: str, split_seed: int = 0) -> dict[str, list[str]]:
     for file_name, split in _SPLIT_FILE_NAMES.items():
         path = os.path.join(main, file_name + ".txt")
         if os.path.isfile(path):
-            with open(path) as file:
+            # surrogateescape: ids that are not UTF-8 stay equal to os.listdir's names.
+            with open(path, encoding="utf-8", errors="surrogateescape") as file:
                 splits[split] = [line.split()[0] for line in file if line.strip()]
     if splits:
         return splits
@@ -198,7 +216,8 @@ def _fingerprint(folder: str, *parts) -> str:
         if os.path.isdir(directory):
             for entry in sorted(os.scandir(directory), key=lambda entry: entry.name):
                 stat = entry.stat()
-                digest.update(f"{sub}/{entry.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+                # fsencode: a name that is not UTF-8 still hashes (it is bad data later).
+                digest.update(os.fsencode(f"{sub}/{entry.name}:{stat.st_size}:{stat.st_mtime_ns};"))
     return digest.hexdigest()[:16]
 
 

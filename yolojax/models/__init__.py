@@ -1,7 +1,7 @@
 """Model registry: build a YOLO detector or an ImageNet classifier by name.
 
 `get_model(config.model)` reads these fields of the model config (an ml_collections
-ConfigDict or any object with attributes); all but `backbone` may be omitted:
+ConfigDict, a dict or any object with attributes); all but `backbone` may be omitted:
 
   backbone          one of BACKBONES (required)
   head              'fc' | 'seed' | 'conv' (default 'conv'; see `yolo.py`)
@@ -20,7 +20,8 @@ ConfigDict or any object with attributes); all but `backbone` may be omitted:
 """
 
 import functools
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -120,7 +121,7 @@ def get_model(model_config: Any, *, axis_name: str | None = None) -> YOLO:
     """Builds the YOLO detector described by `model_config` (fields: module docstring).
 
     Args:
-      model_config: `config.model`, a ConfigDict or any object with those attributes.
+      model_config: `config.model`: a ConfigDict, a dict or any object with those fields.
       axis_name: the pmap axis over which every BatchNorm averages batch statistics in
         training (the train step's 'batch'); None for single-device use.
 
@@ -132,6 +133,8 @@ def get_model(model_config: Any, *, axis_name: str | None = None) -> YOLO:
       ValueError: a missing backbone, an unknown backbone/head/dtype name, or an invalid
         number (listing what is expected).
     """
+    if isinstance(model_config, Mapping):  # a plain dict reads like a ConfigDict
+        model_config = types.SimpleNamespace(**model_config)
     backbone = getattr(model_config, "backbone", None)
     if backbone not in _BACKBONES:
         raise ValueError(f"model_config.backbone must be one of {BACKBONES}, got {backbone!r}")
@@ -144,7 +147,7 @@ def get_model(model_config: Any, *, axis_name: str | None = None) -> YOLO:
         raise ValueError(
             f"model_config.dtype must be one of {tuple(_DTYPES)}, got {fields['dtype']!r}"
         )
-    for name in ("num_classes", "grid_size", "num_boxes", "fc_hidden"):
+    for name in ("num_classes", "grid_size", "num_boxes", "fc_hidden", "num_groups"):
         _check_positive_int(f"model_config.{name}", fields[name])
     if not isinstance(fields["head_conv_layers"], int) or fields["head_conv_layers"] < 0:
         raise ValueError(
@@ -153,10 +156,11 @@ def get_model(model_config: Any, *, axis_name: str | None = None) -> YOLO:
     head_channels = fields["head_channels"] or None
     if head_channels is not None:
         _check_positive_int("model_config.head_channels", head_channels)
-    if not 0.0 <= fields["dropout_rate"] < 1.0:
-        raise ValueError(
-            f"model_config.dropout_rate must be in [0, 1), got {fields['dropout_rate']}"
-        )
+    dropout_rate = fields["dropout_rate"]
+    if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, int | float):
+        raise ValueError(f"model_config.dropout_rate must be a number, got {dropout_rate!r}")
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(f"model_config.dropout_rate must be in [0, 1), got {dropout_rate}")
     head_norm = "group" if backbone == "darknet_gn" else "batch"
     if head_norm == "group" and fields["head"] == "conv" and head_channels is not None:
         _check_group_widths(backbone, fields["num_groups"], {head_channels})
@@ -170,7 +174,7 @@ def get_model(model_config: Any, *, axis_name: str | None = None) -> YOLO:
         num_boxes=fields["num_boxes"],
         head=fields["head"],
         fc_hidden=fields["fc_hidden"],
-        dropout_rate=fields["dropout_rate"],
+        dropout_rate=dropout_rate,
         head_channels=head_channels,
         head_conv_layers=fields["head_conv_layers"],
         head_norm=head_norm,

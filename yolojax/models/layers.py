@@ -153,9 +153,16 @@ def global_avg_pool(x: jnp.ndarray) -> jnp.ndarray:
 
 
 def check_image_batch(images: jnp.ndarray, min_size: int, who: str) -> None:
-    """Raises ValueError unless `images` is (N, H, W, 3) with H, W ≥ `min_size`."""
+    """Raises ValueError unless `images` is floating (N, H, W, 3) with H, W ≥ `min_size`."""
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"{who}: images must be (N, H, W, 3) NHWC, got shape {images.shape}")
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        # Most likely raw uint8 pixels: the model expects them normalized (see
+        # yolojax.data.pipeline.preprocess_image).
+        raise ValueError(
+            f"{who}: images must be normalized floats, got dtype {images.dtype}; use "
+            "yolojax.data.pipeline.preprocess_image"
+        )
     if min(images.shape[1:3]) < min_size:
         raise ValueError(
             f"{who}: images must be at least {min_size}×{min_size} pixels so the feature map "

@@ -162,6 +162,10 @@ class YOLO(nn.Module):
         """Maps (N, H, W, 3) normalized images to raw (N, S, S, C + 5B) float32 outputs."""
         if self.head not in HEADS:
             raise ValueError(f"YOLO: head must be one of {HEADS}, got {self.head!r}")
+        for name in ("num_classes", "grid_size", "num_boxes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"YOLO: {name} must be a positive int, got {value!r}")
         size = self.grid_size
         out_features = self.num_classes + 5 * self.num_boxes
         common = {"dtype": self.dtype, "param_dtype": self.param_dtype, "name": "head"}

@@ -1,0 +1,94 @@
+"""Shared helpers for the benchmarks: machine description, alternating timing, peak FLOP/s,
+Markdown tables."""
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from importlib import metadata
+
+# Dense peak FLOP/s of accelerators by the device kind JAX reports (substring match) and
+# compute dtype. float32 counts TF32 tensor cores: both JAX (default matmul precision) and
+# the PyTorch reference (`set_float32_matmul_precision('high')`) use them for float32.
+PEAK_FLOPS = {
+    "H100": {"bfloat16": 989e12, "float32": 494.7e12},  # SXM, dense
+    "H200": {"bfloat16": 989e12, "float32": 494.7e12},
+    "A100": {"bfloat16": 312e12, "float32": 156e12},
+}
+
+
+def peak_flops(device_kind: str, dtype: str) -> float | None:
+    """The device's dense peak FLOP/s for `dtype`, or None when unknown (e.g. a CPU)."""
+    for name, peaks in PEAK_FLOPS.items():
+        if name in device_kind:
+            return peaks[dtype]
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (or the platform's processor string)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def versions(packages: Sequence[str]) -> str:
+    """'python 3.11.7, jax 0.10.2, ...' for the installed `packages`."""
+    found = [f"python {platform.python_version()}"]
+    for package in packages:
+        try:
+            found.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return ", ".join(found)
+
+
+def load_average() -> str:
+    """The 1-, 5- and 15-minute load averages, as `uptime` prints them."""
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def time_alternating(
+    steps: dict[str, Callable[[], None]], *, rounds: int, steps_per_round: int
+) -> dict[str, list[float]]:
+    """Wall time of each step function, timed in turns so noise hits all of them alike.
+
+    Each round runs `steps_per_round` calls of every function, one function after the
+    other; each call must wait for its own result (e.g. `block_until_ready`).
+
+    Returns:
+      name → seconds of every timed call.
+    """
+    times = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            for _ in range(steps_per_round):
+                start = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median(values: Sequence[float]) -> float:
+    """The median (float('nan') for no values)."""
+    return statistics.median(values) if values else float("nan")
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> str:
+    """A Markdown table of `rows` (dicts of already formatted strings).
+
+    Args:
+      rows: one dict per row.
+      columns: (key, header) pairs, in order; a missing key prints as an empty cell.
+    """
+    lines = ["| " + " | ".join(header for _, header in columns) + " |"]
+    lines.append("|" + "---|" * len(columns))
+    for row in rows:
+        lines.append("| " + " | ".join(str(row.get(key, "")) for key, _ in columns) + " |")
+    return "\n".join(lines)

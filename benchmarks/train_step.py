@@ -1,0 +1,376 @@
+"""Benchmark: the compiled YOLO train step in images/s, side by side with a PyTorch reference.
+
+    python -m benchmarks.train_step                                    # quick default, < 2 min
+    python -m benchmarks.train_step --backbone darknet,resnet50 --batch 8 --image-size 224
+    python -m benchmarks.train_step --backbone resnet152 --batch 64 --image-size 448 \\
+        --dtype bfloat16                                               # on a GPU
+
+Per backbone (configs/voc.py's variant, configs/shapes.py for darknet_tiny; no pretrained
+weights), on random images and boxes already on the device:
+
+* JAX: `yolojax.train_lib.train_step` under `jax.pmap` exactly as the trainer runs it
+  (donated state, targets encoded on the device, optimizer update). Compile time, images/s
+  (median of the timed steps after two warm-up steps, each waiting for its result with
+  `block_until_ready`), the train step's FLOPs per image from XLA's cost analysis of the
+  lowered (unoptimized) step, hence achieved TFLOP/s and, on a known accelerator, MFU; peak
+  device memory (on a CPU: the compiled step's buffer plan).
+* PyTorch: `benchmarks/torch_reference.py`, the same model, targets, loss and optimizer,
+  in each requested variant (eager or `torch.compile`, NCHW or channels-last); timed in turns
+  with the JAX step (a round of JAX steps, then a round of each variant, repeated) so a
+  noisy machine slows all alike. The ratio is JAX images/s over the best variant's.
+* decode + NMS: `jax.jit(yolojax.postprocess.detect)` on random outputs of one batch.
+
+The images/s of the JAX step is also what the input pipeline must deliver for training not to
+be input-bound: compare it with `python -m benchmarks.input_pipeline`.
+"""
+
+import argparse
+import functools
+import os
+import time
+
+# JAX must not take 75% of the GPU up front: the PyTorch reference runs in the same process.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+try:  # torch before anything importing TensorFlow (configs → yolojax.config does).
+    import torch
+
+    from benchmarks import torch_reference
+except ImportError:  # JAX figures only.
+    torch = torch_reference = None
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from benchmarks import common
+from configs import shapes, voc
+from yolojax import models, postprocess, train_lib
+
+CPU_DEFAULTS = {"backbone": "darknet_tiny,resnet18", "batch": 8, "image_size": 160}
+ACCELERATOR_DEFAULTS = {"backbone": "resnet152", "batch": 64, "image_size": 448}
+# (channels_last, torch.compile) per variant name.
+TORCH_VARIANTS = {
+    "eager": (False, False),
+    "eager_cl": (True, False),
+    "compile": (False, True),
+    "compile_cl": (True, True),
+}
+WARMUP_STEPS = 2
+
+
+def benchmark_config(backbone: str, image_size: int, batch_size: int, dtype: str):
+    """The config a user trains `backbone` with, at the benchmark's size, from scratch."""
+    if backbone == "darknet_tiny":
+        config = shapes.get_config()
+    elif backbone in voc.PRETRAINED + voc.FROM_SCRATCH:
+        config = voc.get_config(backbone)
+    else:  # resnet18/34/101: the ResNet-50 recipe with another depth.
+        config = voc.get_config("resnet50")
+        config.model.backbone = backbone
+    config.model.pretrained = ""
+    config.model.dtype = dtype
+    config.data.image_size = image_size
+    config.train.batch_size = batch_size
+    return config
+
+
+def random_batch(config, batch_size: int, seed: int = 0) -> dict:
+    """A batch as the input pipeline yields it (one device): NHWC float32 images, 1-6 boxes
+    per image padded to `max_boxes` (normalized yxyx), labels, mask."""
+    rng = np.random.default_rng(seed)
+    size, max_boxes = config.data.image_size, config.data.max_boxes
+    centre = rng.uniform(0.1, 0.9, (batch_size, max_boxes, 2))
+    extent = rng.uniform(0.05, 0.5, (batch_size, max_boxes, 2))
+    boxes = np.clip(np.concatenate([centre - extent / 2, centre + extent / 2], -1), 0, 1)
+    mask = np.arange(max_boxes) < rng.integers(1, 7, (batch_size, 1))
+    return {
+        "image": rng.standard_normal((batch_size, size, size, 3), np.float32),
+        "boxes": (boxes * mask[..., None]).astype(np.float32),
+        "labels": (rng.integers(0, config.model.num_classes, mask.shape) * mask).astype(np.int32),
+        "mask": mask,
+    }
+
+
+def _put(tree, devices, *, replicate: bool):
+    """Places a host pytree as `jax.pmap` lays out its arguments over `devices`: every leaf
+    copied to each device (`replicate`) or split along its first axis."""
+    sharding = NamedSharding(Mesh(np.array(devices), (train_lib.AXIS,)), PartitionSpec("batch"))
+
+    def put(x):
+        x = np.asarray(x)
+        if replicate:
+            x = np.broadcast_to(x, (len(devices), *x.shape))
+        else:
+            x = x.reshape(len(devices), -1, *x.shape[1:])
+        return jax.device_put(x, sharding)
+
+    return jax.tree.map(put, tree)
+
+
+def jax_train_step(config, host_batch: dict, devices: list) -> dict:
+    """Compiles the pmapped train step; returns its step functions (batch already on the
+    devices, or NumPy as the trainer passes it) and compile-time facts."""
+    model, state, schedule = train_lib.initial_state(config, config.train.batch_size)
+    step = jax.pmap(
+        functools.partial(train_lib.train_step, model=model, config=config, schedule=schedule),
+        axis_name=train_lib.AXIS,
+        donate_argnums=(0,),
+        devices=devices,
+    )
+    state = _put(state, devices, replicate=True)
+    batch = _put(host_batch, devices, replicate=False)
+    start = time.perf_counter()
+    lowered = step.lower(state, batch)
+    compiled = lowered.compile()
+    compile_seconds = time.perf_counter() - start
+    # The unoptimized step's count: the model's FLOPs, whatever kernels XLA picks later.
+    cost = lowered.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    memory = compiled.memory_analysis()
+    holder = [state]
+    host_batch = jax.tree.map(lambda x: x.reshape(len(devices), -1, *x.shape[1:]), host_batch)
+
+    def run(images_on_host: bool = False) -> None:
+        holder[0], metrics = compiled(holder[0], host_batch if images_on_host else batch)
+        jax.block_until_ready((holder[0], metrics))
+
+    return {
+        "run": run,
+        "run_host_batch": functools.partial(run, images_on_host=True),
+        "compile_s": compile_seconds,
+        "flops_per_device_step": cost.get("flops", float("nan")),
+        "plan_bytes": memory.temp_size_in_bytes
+        + memory.argument_size_in_bytes
+        + memory.output_size_in_bytes
+        - memory.alias_size_in_bytes,
+        "num_params": sum(x.size for x in jax.tree.leaves(state.params)) // len(devices),
+    }
+
+
+def torch_train_step(config, batch: dict, variant: str, device) -> dict:
+    """Builds the PyTorch reference step and runs its warm-up calls (where `torch.compile`
+    compiles), timed; on CUDA also its peak memory."""
+    channels_last, compile_model = TORCH_VARIANTS[variant]
+    if device.type == "cuda":  # this variant's peak, without what earlier variants still hold
+        memory_before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    step = torch_reference.TrainStep(
+        config,
+        config.data.image_size,
+        device,
+        dtype=config.model.dtype,
+        channels_last=channels_last,
+        compile=compile_model,
+    )
+    tensors = step.to_device(batch)
+
+    def run() -> None:
+        step(*tensors)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    start = time.perf_counter()
+    for _ in range(WARMUP_STEPS):
+        run()
+    result = {"run": run, "warmup_s": time.perf_counter() - start}
+    if device.type == "cuda":
+        result["memory"] = torch.cuda.max_memory_allocated() - memory_before
+    return result
+
+
+def decode_nms_seconds(config, batch_size: int, calls: int = 10) -> float:
+    """Median time of jitted decode + NMS (`postprocess.detect`) on one random batch."""
+    s, classes, boxes = config.model.grid_size, config.model.num_classes, config.model.num_boxes
+    detect = jax.jit(
+        functools.partial(
+            postprocess.detect,
+            num_classes=classes,
+            num_boxes=boxes,
+            score_threshold=config.eval.score_threshold,
+            iou_threshold=config.eval.iou_threshold,
+            max_detections=config.eval.max_detections,
+        )
+    )
+    # Uniform [0, 1) outputs: most boxes score above the threshold, the costly case for NMS.
+    outputs = jax.random.uniform(jax.random.key(0), (batch_size, s, s, classes + 5 * boxes))
+    jax.block_until_ready(detect(outputs))
+    times = common.time_alternating(
+        {"detect": lambda: jax.block_until_ready(detect(outputs))}, rounds=1, steps_per_round=calls
+    )
+    return common.median(times["detect"])
+
+
+def matmul_flops_per_second(device, dtype: str, size: int = 2048, calls: int = 5) -> float:
+    """Achieved FLOP/s of one large square matmul: the practical compute ceiling of a device
+    without a datasheet peak (a CPU), against which the train step's FLOP/s is compared."""
+    a = jax.device_put(jax.random.normal(jax.random.key(0), (size, size), dtype), device)
+    matmul = jax.jit(lambda x: x @ x)
+    jax.block_until_ready(matmul(a))
+    times = common.time_alternating(
+        {"matmul": lambda: jax.block_until_ready(matmul(a))}, rounds=1, steps_per_round=calls
+    )
+    return 2 * size**3 / common.median(times["matmul"])
+
+
+def benchmark(backbone: str, args, devices: list, torch_device, peak: float) -> dict:
+    """One table row: JAX and PyTorch figures for `backbone`."""
+    config = benchmark_config(backbone, args.image_size, args.batch, args.dtype)
+    batch = random_batch(config, args.batch)
+    jax_step = jax_train_step(config, batch, devices)
+    for _ in range(WARMUP_STEPS):
+        jax_step["run"]()
+    steps = {"jax": jax_step["run"], "jax_host": jax_step["run_host_batch"]}
+    torch_steps = {}
+    if torch_device is not None:
+        for variant in args.torch_variants:
+            torch_steps[variant] = torch_train_step(config, batch, variant, torch_device)
+            steps[variant] = torch_steps[variant]["run"]
+    times = common.time_alternating(steps, rounds=args.rounds, steps_per_round=args.steps_per_round)
+    images_per_s = {name: args.batch / common.median(values) for name, values in times.items()}
+
+    flops_per_image = jax_step["flops_per_device_step"] * len(devices) / args.batch
+    achieved = flops_per_image * images_per_s["jax"]
+    stats = devices[0].memory_stats() or {}
+    row = {
+        "backbone": backbone,
+        "head": config.model.head,
+        "optimizer": config.train.optimizer,
+        "params": f"{jax_step['num_params'] / 1e6:.1f}M",
+        "jax": f"{images_per_s['jax']:.2f}",
+        "jax_host": f"{images_per_s['jax_host']:.2f}",
+        "compile": f"{jax_step['compile_s']:.1f}",
+        "gflop": f"{flops_per_image / 1e9:.2f}",
+        "tflops": f"{achieved / 1e12:.3f}",
+        "mfu": f"{achieved / peak:.1%}",
+        "memory": (
+            f"{stats['peak_bytes_in_use'] / 2**30:.2f} GiB"
+            if "peak_bytes_in_use" in stats
+            else f"{jax_step['plan_bytes'] / 2**30:.2f} GiB (plan)"
+        ),
+        "decode": f"{decode_nms_seconds(config, args.batch // len(devices)) * 1e3:.2f}",
+    }
+    if torch_steps:
+        best = max(torch_steps, key=images_per_s.get)
+        row["torch"] = f"{images_per_s[best]:.2f} ({best})"
+        row["torch_all"] = ", ".join(
+            f"{name} {images_per_s[name]:.2f} (warm-up {torch_steps[name]['warmup_s']:.0f} s)"
+            for name in torch_steps
+        )
+        row["ratio"] = f"{images_per_s['jax'] / images_per_s[best]:.2f}"
+        if "memory" in torch_steps[best]:
+            row["torch_memory"] = f"{torch_steps[best]['memory'] / 2**30:.2f} GiB"
+    return row
+
+
+COLUMNS = (
+    ("backbone", "backbone"),
+    ("head", "head"),
+    ("optimizer", "opt"),
+    ("params", "params"),
+    ("jax", "JAX img/s"),
+    ("torch", "PyTorch img/s (best variant)"),
+    ("ratio", "JAX / PyTorch"),
+    ("jax_host", "JAX img/s, NumPy batch"),
+    ("compile", "JAX compile s"),
+    ("gflop", "train GFLOP/img"),
+    ("tflops", "JAX TFLOP/s"),
+    ("mfu", "of peak"),
+    ("memory", "JAX memory"),
+    ("torch_memory", "PyTorch memory"),
+    ("decode", "decode+NMS ms/batch"),
+    ("torch_all", "PyTorch variants img/s"),
+)
+
+
+def parse_args(on_cpu: bool) -> argparse.Namespace:
+    defaults = CPU_DEFAULTS if on_cpu else ACCELERATOR_DEFAULTS
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--backbone",
+        default=defaults["backbone"],
+        help=f"comma-separated, from {', '.join(models.BACKBONES)}",
+    )
+    parser.add_argument("--batch", type=int, default=defaults["batch"], help="global batch")
+    parser.add_argument("--image-size", type=int, default=defaults["image_size"])
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--devices", type=int, default=1, help="local devices for pmap")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
+    parser.add_argument("--steps-per-round", type=int, default=3)
+    parser.add_argument(
+        "--torch-variants",
+        default="eager,eager_cl" if on_cpu else "compile_cl,eager_cl",
+        help=f"comma-separated from {', '.join(TORCH_VARIANTS)}, or 'none'",
+    )
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="torch.set_num_threads on CPU (XLA's CPU client uses every core it may run on)",
+    )
+    args = parser.parse_args()
+    args.backbone = args.backbone.split(",")
+    args.torch_variants = [] if args.torch_variants == "none" else args.torch_variants.split(",")
+    for name in args.backbone:
+        if name not in models.BACKBONES:
+            parser.error(f"--backbone {name!r} is not one of {models.BACKBONES}")
+    for name in args.torch_variants:
+        if name not in TORCH_VARIANTS:
+            parser.error(f"--torch-variants {name!r} is not one of {tuple(TORCH_VARIANTS)}")
+    if args.devices < 1 or args.devices > jax.local_device_count():
+        parser.error(f"--devices must be in [1, {jax.local_device_count()}]")
+    if args.batch % args.devices:
+        parser.error("--batch must be a multiple of --devices")
+    return args
+
+
+def _torch_device(args, on_cpu: bool):
+    """The device of the PyTorch reference, or None when it does not run (not installed, no
+    variant asked, several JAX devices: the reference is single-device)."""
+    if torch is None or not args.torch_variants or args.devices != 1:
+        return None
+    if on_cpu:
+        torch.set_num_threads(args.torch_threads)
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        return None
+    torch.backends.cudnn.benchmark = True
+    torch.set_float32_matmul_precision("high")  # TF32, as XLA's default precision on GPU
+    return torch.device("cuda")
+
+
+def main() -> None:
+    on_cpu = jax.default_backend() == "cpu"
+    args = parse_args(on_cpu)
+    devices = jax.local_devices()[: args.devices]
+    torch_device = _torch_device(args, on_cpu)
+    load_before = common.load_average()
+    peak = common.peak_flops(devices[0].device_kind, args.dtype)
+    if peak is None:  # no datasheet figure (a CPU): compare with what a big matmul achieves
+        peak = matmul_flops_per_second(devices[0], args.dtype)
+        peak_source = f"{peak / 1e12:.3f} TFLOP/s measured by a 2048² {args.dtype} matmul"
+    else:
+        peak_source = f"{peak / 1e12:.1f} TFLOP/s dense {args.dtype} datasheet peak"
+    rows = [
+        benchmark(backbone, args, devices, torch_device, peak * len(devices))
+        for backbone in args.backbone
+    ]
+    threads = f"; PyTorch threads {args.torch_threads}" if torch_device and on_cpu else ""
+    print(
+        f"Device: {devices[0].device_kind} × {len(devices)} ({jax.default_backend()}); "
+        f"CPU {common.cpu_model()}, {os.cpu_count()} cores{threads}"
+    )
+    print(f"Versions: {common.versions(('jax', 'jaxlib', 'flax', 'optax', 'torch'))}")
+    print(
+        f"Image {args.image_size}×{args.image_size}, global batch {args.batch}, {args.dtype}; "
+        f"{args.rounds} rounds × {args.steps_per_round} steps per framework after "
+        f"{WARMUP_STEPS} warm-up steps; load average before {load_before}, after "
+        f"{common.load_average()}"
+    )
+    print(f"Peak per device: {peak_source}")
+    print(common.markdown_table(rows, COLUMNS))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""Wrong inputs to the public API are a ValueError naming the argument and what was expected.
+
+Each module's own tests cover its first checks (wrong box shapes, unknown names, mismatched
+loss targets...); these are the remaining ones: non-integer or non-positive sizes, batch
+arguments that disagree, unnormalized images, bad config values, and how the command-line
+tools report such errors.
+"""
+
+import logging
+import sys
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from configs import shapes
+from yolojax import boxes, checkpoints, cli, losses, models, postprocess, targets
+from yolojax.config import validate_config
+from yolojax.detector import Detector
+
+C, B, S = 3, 2, 4  # classes, boxes per cell, grid
+
+
+def _outputs(n=1):
+    return jnp.zeros((n, S, S, C + 5 * B))
+
+
+@pytest.mark.parametrize("grid_size", [0, -3, 4.0, True])
+def test_encode_sizes_must_be_positive_integers(grid_size):
+    one = (jnp.zeros((2, 4)), jnp.zeros(2, int), jnp.ones(2, bool))
+    with pytest.raises(ValueError, match="grid_size"):
+        targets.encode(*one, grid_size=grid_size, num_classes=C)
+    with pytest.raises(ValueError, match="num_classes"):
+        targets.encode(*one, grid_size=S, num_classes=float(C))
+    batch = [x[None] for x in one]
+    with pytest.raises(ValueError, match="grid_size"):
+        targets.encode_batch(*batch, grid_size=grid_size, num_classes=C)
+
+
+def test_encode_batch_names_the_argument_that_disagrees_with_boxes():
+    boxes_ = jnp.zeros((2, 5, 4))
+    labels, mask = jnp.zeros((2, 5), int), jnp.ones((2, 5), bool)
+    kwargs = dict(grid_size=S, num_classes=C)
+    with pytest.raises(ValueError, match=r"labels must have shape \(N, max_boxes\) = \(2, 5\)"):
+        targets.encode_batch(boxes_, labels[:1], mask, **kwargs)
+    with pytest.raises(ValueError, match=r"mask must have shape"):
+        targets.encode_batch(boxes_, labels, mask[:, 0], **kwargs)
+    with pytest.raises(ValueError, match=r"boxes must have shape \(N, max_boxes, 4\)"):
+        targets.encode_batch(boxes_[..., :3], labels, mask, **kwargs)
+
+
+def test_loss_and_detect_need_positive_integer_class_and_box_counts():
+    grid = jnp.zeros((1, S, S, C + 5))
+    with pytest.raises(ValueError, match="num_classes"):
+        losses.yolo_loss(_outputs(), grid, num_classes=float(C))
+    with pytest.raises(ValueError, match="num_boxes"):
+        losses.yolo_loss(jnp.zeros((1, S, S, C)), grid, num_classes=C, num_boxes=0)
+    with pytest.raises(ValueError, match="num_classes"):
+        postprocess.detect(_outputs(), num_classes=0, num_boxes=B + 2)
+    with pytest.raises(ValueError, match="num_boxes"):
+        postprocess.detect(jnp.zeros((1, S, S, C)), num_classes=C, num_boxes=0)
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("max_detections", -1),
+        ("max_detections", 2.5),
+        ("pre_nms_top_k", 0),
+        ("score_threshold", float("nan")),
+        ("iou_threshold", 1.5),
+    ],
+)
+def test_detect_and_nms_name_a_bad_setting(name, value):
+    with pytest.raises(ValueError, match=name):
+        postprocess.detect(_outputs(), num_classes=C, num_boxes=B, **{name: value})
+    settings = dict(score_threshold=0.1, iou_threshold=0.5, max_detections=5) | {name: value}
+    with pytest.raises(ValueError, match=name):
+        postprocess.nms(jnp.zeros((6, 4)), jnp.zeros((6, C)), **settings)
+
+
+def test_nms_takes_one_image_with_a_score_row_per_box():
+    settings = dict(score_threshold=0.1, iou_threshold=0.5, max_detections=5)
+    with pytest.raises(ValueError, match=r"scores must have one row per box, shape \(6, C\)"):
+        postprocess.nms(jnp.zeros((6, 4)), jnp.zeros((5, C)), **settings)
+    with pytest.raises(ValueError, match="Use detect for a batch"):
+        postprocess.nms(jnp.zeros((2, 6, 4)), jnp.zeros((2, 6, C)), **settings)
+
+
+def test_box_functions_take_lists_and_name_shapes_that_do_not_broadcast():
+    # A list is read as NumPy (NumPy out): area of a 2 x 3 box.
+    area = boxes.box_area([[0.0, 0.0, 2.0, 3.0]])
+    assert isinstance(area, np.ndarray) and area.tolist() == [6.0]
+    with pytest.raises(ValueError, match=r"boxes1 \(2, 4\) and boxes2 \(3, 4\) do not broadcast"):
+        boxes.elementwise_iou(np.zeros((2, 4)), np.zeros((3, 4)))
+
+
+def _model_config(**fields):
+    return types.SimpleNamespace(
+        **{"backbone": "darknet_tiny", "head_channels": 16, "head_conv_layers": 1} | fields
+    )
+
+
+@pytest.mark.parametrize(
+    "fields, name",
+    [
+        ({"num_groups": 0, "backbone": "darknet_gn"}, "num_groups"),
+        ({"dropout_rate": "0.5"}, "dropout_rate must be a number"),
+        ({"grid_size": -7}, "grid_size"),
+        ({"num_boxes": 2.0}, "num_boxes"),
+    ],
+)
+def test_get_model_names_a_bad_field(fields, name):
+    with pytest.raises(ValueError, match=name):
+        models.get_model(_model_config(**fields))
+
+
+def test_get_model_reads_a_plain_dict():
+    model = models.get_model({"backbone": "darknet_tiny", "num_classes": C, "grid_size": S})
+    assert (model.num_classes, model.grid_size) == (C, S)
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (jnp.zeros((64, 64, 3)), r"\(N, H, W, 3\) NHWC"),  # one image without its batch axis
+        (jnp.zeros((1, 64, 64, 3), jnp.uint8), "normalized floats"),  # raw pixels
+    ],
+)
+def test_model_rejects_images_it_cannot_take(images, message):
+    model = models.get_model(_model_config())
+    with pytest.raises(ValueError, match=message):
+        model.init(jax.random.key(0), images, train=False)
+
+
+def test_yolo_built_directly_checks_its_sizes():
+    model = models.YOLO(backbone=models.get_classifier("darknet_tiny"), grid_size=0)
+    with pytest.raises(ValueError, match="YOLO: grid_size must be a positive int"):
+        model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)
+
+
+@pytest.mark.parametrize(
+    "section, field, value, name",
+    [
+        ("model", "backbone", "resnet200", "model.backbone"),
+        ("model", "grid_size", -7, "model.grid_size"),
+        ("model", "num_classes", -1, "model.num_classes"),
+        ("train", "batch_size", 0, "train.batch_size"),
+        ("train", "num_epochs", 0, "train.num_epochs"),
+        ("data", "image_size", 4, r"data.image_size \(4\) must be at least"),
+    ],
+)
+def test_config_values_are_checked_by_name(section, field, value, name):
+    config = shapes.get_config()
+    config[section][field] = value
+    with pytest.raises(ValueError, match=name):
+        validate_config(config)
+
+
+def test_detector_settings_are_checked_before_anything_is_read(tmp_path):
+    # The workdir does not exist: the argument is checked first.
+    with pytest.raises(ValueError, match="checkpoint must be 'latest', 'best' or a step"):
+        Detector.from_workdir(tmp_path / "missing", checkpoint="lates")
+    with pytest.raises(ValueError, match=r"score_threshold must be in \[0, 1\]"):
+        Detector.from_workdir(tmp_path / "missing", config=shapes.get_config(), score_threshold=25)
+
+
+def test_commands_print_a_documented_error_alone_and_exit_1(capsys, monkeypatch):
+    monkeypatch.delenv(cli.TRACEBACK_ENV, raising=False)
+    with pytest.raises(SystemExit) as exit_info, cli.command_errors():
+        raise checkpoints.NoCheckpointError("No checkpoint in runs/x/checkpoints: train first.")
+    assert exit_info.value.code == 1
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("Error: NoCheckpointError: No checkpoint in runs/x/checkpoints")
+    assert "Traceback" not in stderr and "docs/troubleshooting.md" in stderr
+
+    # An error that is a bug, not the user's, goes through with its traceback; so does any
+    # error on request.
+    with pytest.raises(KeyError), cli.command_errors():
+        raise KeyError("a bug")
+    monkeypatch.setenv(cli.TRACEBACK_ENV, "1")
+    with pytest.raises(checkpoints.NoCheckpointError), cli.command_errors():
+        raise checkpoints.NoCheckpointError("again")
+
+
+def test_commands_drop_the_noise_of_a_failed_restore_only(monkeypatch, caplog):
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    asyncio_logger = logging.getLogger("asyncio")
+    with cli.command_errors(), caplog.at_level(logging.ERROR, logger="asyncio"):
+        for error in (RuntimeError("Event loop is closed"), RuntimeError("something else")):
+            sys.unraisablehook(types.SimpleNamespace(exc_value=error))
+        asyncio_logger.error("Task exception was never retrieved\nfuture: <Task finished>")
+        asyncio_logger.error("Unclosed client session")
+    assert [str(unraisable.exc_value) for unraisable in seen] == ["something else"]
+    assert [record.getMessage() for record in caplog.records] == ["Unclosed client session"]
+    assert sys.unraisablehook == seen.append  # the process's own hook is back
+    assert not asyncio_logger.filters
+
+
+def _parse_train_flags(monkeypatch, *overrides):
+    """cli.parse_flags on train.py's --config flag (in its own FlagValues) and `overrides`."""
+    argv = ["train.py", "--config=configs/shapes.py", *overrides]
+    flag_values = flags.FlagValues()
+    # As train.py defines it; the override flags come from argv, as they come from sys.argv.
+    config_flags.DEFINE_config_file(
+        "config", flag_values=flag_values, lock_config=True, sys_argv=argv
+    )
+    monkeypatch.setattr(cli.app, "parse_flags_with_usage", flag_values)
+    return cli.parse_flags(argv), flag_values
+
+
+def test_commands_name_a_mistyped_config_field_without_a_traceback(capsys, monkeypatch):
+    with pytest.raises(SystemExit) as exit_info:
+        _parse_train_flags(monkeypatch, "--config.train.bach_size=8")
+    assert exit_info.value.code == 1
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("FATAL Flags parsing error: no such config field 'bach_size'")
+    assert 'Did you mean "batch_size"' in stderr and "Traceback" not in stderr
+
+    argv, flag_values = _parse_train_flags(monkeypatch, "--config.train.batch_size=8")
+    assert argv == ["train.py"] and flag_values.config.train.batch_size == 8

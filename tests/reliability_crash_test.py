@@ -1,0 +1,344 @@
+"""Crashes lose nothing: kill -9 a real train.py run, damage checkpoints, evaluate.py after.
+
+Every train.py/evaluate.py here is a real process in its own process group, killed with
+SIGKILL (never given a chance to clean up), with a deadline and killed in `finally`. Each
+process pays JAX's start-up, so they share a persistent compilation cache: only the first
+compiles the train step.
+"""
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import shapes
+from yolojax import checkpoints, train_lib, workdir
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+# configs/shapes.py shrunk (as tests/train_test.py): 32 train images of 64 px, batch 8, so
+# 3 epochs are 12 steps, each saved as a checkpoint; evaluation only at the end.
+OVERRIDES = {
+    "model.grid_size": 4,
+    "model.head_channels": 16,
+    "model.head_conv_layers": 1,
+    "data.image_size": 64,
+    "data.synthetic.num_train": 32,
+    "data.synthetic.num_test": 12,
+    "data.synthetic.image_size": 64,
+    "train.batch_size": 8,
+    "train.num_epochs": 3,
+    "train.log_every_steps": 1,
+    "train.checkpoint_every_steps": 1,
+    "train.keep_checkpoints": 3,
+    "eval.every_epochs": 0,
+    "eval.train_subset": 0,
+}
+TOTAL_STEPS = 12
+PROCESS_DEADLINE_S = 300  # per process; a healthy one takes 10-60 s on 2 loaded cores
+RESUMED = re.compile(r"Resuming from the checkpoint of step (\d+)")
+
+
+@pytest.fixture(scope="module", name="data_dir")
+def fixture_data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="module", name="env")
+def fixture_env(tmp_path_factory):
+    """The processes' environment: CPU, quiet TF, one persistent JAX compilation cache."""
+    return {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
+    }
+
+
+def _config(data_dir):
+    """The in-process twin of the command line's config (to restore what it saved)."""
+    config = shapes.get_config()
+    for key, value in {**OVERRIDES, "data.tfds_data_dir": data_dir}.items():
+        *sections, field = key.split(".")
+        node = config
+        for section in sections:
+            node = node[section]
+        node[field] = value
+    return config
+
+
+def _command(script, run_dir, data_dir, *extra):
+    overrides = {**OVERRIDES, "data.tfds_data_dir": data_dir}
+    # --verbosity=0 logs the trainer's "Resuming from the checkpoint of step N" line.
+    return [
+        sys.executable,
+        script,
+        "--config=configs/shapes.py",
+        f"--workdir={run_dir}",
+        "--verbosity=0",
+        *(f"--config.{key}={value}" for key, value in overrides.items()),
+        *extra,
+    ]
+
+
+class _Process:
+    """A process in its own process group, output to a log file, SIGKILLed on exit."""
+
+    def __init__(self, command, env, log_path):
+        self.log_path = log_path
+        with open(log_path, "wb") as log:
+            self.popen = subprocess.Popen(
+                command,
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.started = time.monotonic()
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(timeout=60)
+
+    def run_until(self, should_kill=None) -> bool:
+        """Polls every few ms; SIGKILLs as soon as `should_kill()`. True if it was killed."""
+        while self.popen.poll() is None:
+            if should_kill is not None and should_kill():
+                self.kill()
+                return True
+            if time.monotonic() - self.started > PROCESS_DEADLINE_S:
+                self.kill()
+                pytest.fail(f"no result after {PROCESS_DEADLINE_S} s: {self.log()[-3000:]}")
+            time.sleep(0.003)
+        return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.kill()
+
+
+def _run(command, env, log_path) -> tuple[int, str]:
+    with _Process(command, env, log_path) as process:
+        process.run_until()
+        return process.popen.returncode, process.log()
+
+
+def _entries(run_dir) -> list[str]:
+    try:
+        return os.listdir(Path(run_dir) / "checkpoints")
+    except FileNotFoundError:
+        return []
+
+
+def _complete_steps(run_dir) -> list[int]:
+    """Checkpoints orbax finished (it writes into '<step>.orbax-checkpoint-tmp*' and renames)."""
+    return sorted(int(name) for name in _entries(run_dir) if name.isdigit())
+
+
+def _saves_in_progress(run_dir) -> list[str]:
+    return [name for name in _entries(run_dir) if "orbax-checkpoint-tmp" in name]
+
+
+def _check_workdir_files(run_dir) -> None:
+    """config.json is whole; metrics.jsonl is whole but for at most a torn last line."""
+    run_dir = Path(run_dir)
+    if (run_dir / workdir.CONFIG_FILE).exists():
+        json.loads((run_dir / workdir.CONFIG_FILE).read_text())
+    if (run_dir / workdir.METRICS_FILE).exists():
+        for line in (run_dir / workdir.METRICS_FILE).read_text().splitlines()[:-1]:
+            json.loads(line)
+
+
+def _losses(run_dir) -> dict[int, float]:
+    records = workdir.read_metrics(run_dir)
+    steps = [r["step"] for r in records if "loss" in r]
+    assert len(steps) == len(set(steps)), f"steps logged twice: {steps}"
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def _saved_state(run_dir, step: int) -> dict:
+    """Every array of a checkpoint's train state (params, optimizer state, statistics)."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(Path(run_dir) / "checkpoints" / str(step) / "state")
+
+
+def _kill_during_a_save(save_number):
+    """Kills when the `save_number`-th checkpoint save of this process is being written.
+
+    For a fresh workdir: a torn save left by an earlier kill would count as well.
+    """
+
+    def plan(run_dir, started):
+        seen = set()
+
+        def should_kill():
+            seen.update(_saves_in_progress(run_dir))
+            return len(seen) >= save_number
+
+        return should_kill
+
+    return "during a checkpoint save", plan
+
+
+def _kill_after_start(delay_s):
+    """Kills `delay_s` after the process started: imports, dataset, restore or compile."""
+
+    def plan(run_dir, started):
+        return lambda: time.monotonic() - started > delay_s
+
+    return "while starting up", plan
+
+
+def _kill_while_training(delay_s):
+    """Kills `delay_s` after this process's first new checkpoint: mid-step, -log or -save."""
+
+    def plan(run_dir, started):
+        before, first_new = set(_complete_steps(run_dir)), []
+
+        def should_kill():
+            if not first_new and set(_complete_steps(run_dir)) - before:
+                first_new.append(time.monotonic())
+            return bool(first_new) and time.monotonic() - first_new[0] > delay_s
+
+        return should_kill
+
+    return "at a random time while training", plan
+
+
+def test_kill_9_at_random_points_then_rerun_equals_an_uninterrupted_run(tmp_path, data_dir, env):
+    reference = tmp_path / "reference"
+    returncode, log = _run(_command("train.py", reference, data_dir), env, tmp_path / "ref.log")
+    assert returncode == 0, log[-3000:]
+
+    rng = random.Random(8)
+    plans = [
+        _kill_during_a_save(rng.randint(2, 3)),  # step 1 or 2 complete, the next one torn
+        _kill_after_start(rng.uniform(1.0, 6.0)),
+        _kill_while_training(rng.uniform(0.0, 1.0)),
+    ]
+    run_dir, killed_mid_save, latest = tmp_path / "killed", False, None
+    for attempt in range(len(plans) + 1):
+        what, plan = plans[attempt] if attempt < len(plans) else ("not at all", None)
+        command = _command("train.py", run_dir, data_dir)
+        with _Process(command, env, tmp_path / f"run{attempt}.log") as process:
+            killed = process.run_until(plan and plan(run_dir, process.started))
+            log = process.log()
+        assert killed or process.popen.returncode == 0, log[-3000:]
+        # Each restart resumes from the newest checkpoint the killed process completed
+        # (one killed before it got that far may not have logged it yet).
+        resumed = [int(step) for step in RESUMED.findall(log)]
+        previous, latest = latest, max(_complete_steps(run_dir), default=None)
+        if previous is None:
+            assert not resumed, log[-3000:]
+        elif latest != previous:
+            assert resumed == [previous], log[-3000:]
+        else:
+            assert resumed in ([], [previous]), log[-3000:]
+        _check_workdir_files(run_dir)
+        if what == "during a checkpoint save":
+            assert _saves_in_progress(run_dir), "the kill came after the save had finished"
+            killed_mid_save = True
+        if not killed:
+            break
+    assert killed_mid_save
+
+    # The torn saves are cleaned up, the log holds each step once with the same losses,
+    # and the final state is bit for bit the uninterrupted run's.
+    assert not _saves_in_progress(run_dir)
+    assert _losses(run_dir) == _losses(reference)
+    assert sorted(_losses(run_dir)) == list(range(1, TOTAL_STEPS + 1))
+    assert _complete_steps(run_dir)[-1] == _complete_steps(reference)[-1] == TOTAL_STEPS
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        _saved_state(run_dir, TOTAL_STEPS),
+        _saved_state(reference, TOTAL_STEPS),
+    )
+
+
+@pytest.fixture(scope="module", name="initial_state")
+def fixture_initial_state(data_dir):
+    return train_lib.initial_state(_config(data_dir), num_train_examples=32)[1]
+
+
+def _two_checkpoints(run_dir: Path, data_dir, state) -> Path:
+    """A workdir with checkpoints of steps 1 and 2 (initial weights: enough to evaluate)."""
+    config = _config(data_dir)
+    manager = checkpoints.Checkpoints(run_dir, checkpoints.model_signature(config))
+    for step in (1, 2):
+        manager.save(step, state.replace(step=step))
+    manager.wait()
+    manager.close()
+    return run_dir
+
+
+def _damage(checkpoint_dir: Path, how: str) -> None:
+    """Damages the array data of one checkpoint: flipped bytes or truncated files."""
+    for path in (checkpoint_dir / "state").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            data = bytearray(path.read_bytes())
+            if how == "flip":  # one byte in every KiB, as a failing disk might
+                data[::1024] = bytes(byte ^ 0xFF for byte in data[::1024])
+            else:
+                data = data[: len(data) // 3]
+            path.write_bytes(bytes(data))
+
+
+def test_a_corrupted_latest_checkpoint_is_skipped_naming_it(tmp_path, data_dir, initial_state):
+    # tests/checkpoints_test.py empties files; here bytes are flipped inside the arrays'
+    # data, as a bad disk would, in a real train state.
+    run_dir = _two_checkpoints(tmp_path / "run", data_dir, initial_state)
+    _damage(run_dir / "checkpoints" / "2", "flip")
+    manager = checkpoints.Checkpoints(run_dir, checkpoints.model_signature(_config(data_dir)))
+    with pytest.warns(UserWarning, match=rf"Skipping damaged checkpoint {run_dir}/checkpoints/2\b"):
+        state, step = manager.restore(initial_state)
+    manager.close()
+    assert step == 1
+    jax.tree.map(np.testing.assert_array_equal, state.params, initial_state.params)
+
+
+@pytest.mark.parametrize(
+    "section, field, value", [("model", "head_channels", 32), ("train", "optimizer", "sgd")]
+)
+def test_a_checkpoint_of_another_train_state_is_a_mismatch_not_damage(
+    tmp_path, data_dir, initial_state, section, field, value
+):
+    run_dir = _two_checkpoints(tmp_path / "run", data_dir, initial_state)
+    config = _config(data_dir)
+    config[section][field] = value
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="holds another train state"):
+        train_lib.restore_trained_state(config, run_dir)
+    assert _complete_steps(run_dir) == [1, 2]
+
+
+def test_evaluate_with_every_checkpoint_damaged_says_what_to_do(
+    tmp_path, data_dir, env, initial_state
+):
+    run_dir = _two_checkpoints(tmp_path / "run", data_dir, initial_state)
+    for step in ("1", "2"):
+        _damage(run_dir / "checkpoints" / step, "truncate")
+    returncode, log = _run(_command("evaluate.py", run_dir, data_dir), env, tmp_path / "eval.log")
+    assert returncode == 1
+    assert f"Every checkpoint in {run_dir}/checkpoints is damaged (steps [2, 1])" in log
+    assert "backup" in log  # what to do
+    assert "Traceback" not in log
+    assert not (run_dir / "eval" / "metrics.json").exists()

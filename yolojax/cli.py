@@ -1,0 +1,122 @@
+"""How the command-line tools report errors: the user's to fix as one paragraph, exit status 1.
+
+The library raises documented errors whose messages say what is wrong and what to do
+(``ValueError`` subclasses for bad configs, data, arguments and checkpoints of another model;
+``FileNotFoundError`` subclasses for missing datasets, weights and checkpoints;
+``FloatingPointError`` for a non-finite loss). A traceback of those adds nothing but buries
+the message, so ``train.py``, ``evaluate.py`` and ``python -m yolojax.predict`` print the
+message alone. Set ``YOLOJAX_TRACEBACK=1`` (or pass ``--verbosity=1`` to train.py or
+evaluate.py) to get the traceback as well. docs/troubleshooting.md lists every such error.
+
+A mistyped config field (``--config.train.bach_size=8``) is reported like any other bad flag
+by :func:`parse_flags`, with ml_collections' suggestion of the field meant.
+"""
+
+import contextlib
+import logging
+import os
+import sys
+
+from absl import app
+
+# The base classes of every error the library documents as the user's to fix.
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
+TRACEBACK_ENV = "YOLOJAX_TRACEBACK"
+
+
+class _FailedRestoreNoise(logging.Filter):
+    """Drops what the in-flight reads of a failed checkpoint restore print afterwards.
+
+    When orbax fails to restore a damaged checkpoint it closes its event loop while
+    tensorstore reads of the other arrays are still in flight. Each read then fails to
+    report back: Python prints an "Event loop is closed" traceback per array (about a
+    hundred for a small model), and asyncio logs "Task exception was never retrieved" with
+    the read's error. The restore's own warning already names the damaged checkpoint.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:  # for the 'asyncio' logger
+        return not str(record.msg).startswith("Task exception was never retrieved")
+
+    @staticmethod
+    def is_noise(unraisable) -> bool:  # for sys.unraisablehook
+        error = unraisable.exc_value
+        return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
+@contextlib.contextmanager
+def _quiet_failed_restores():
+    noise, previous_hook = _FailedRestoreNoise(), sys.unraisablehook
+
+    def unraisable_hook(unraisable):
+        if not noise.is_noise(unraisable):
+            previous_hook(unraisable)
+
+    sys.unraisablehook = unraisable_hook
+    logging.getLogger("asyncio").addFilter(noise)
+    try:
+        yield
+    finally:
+        logging.getLogger("asyncio").removeFilter(noise)
+        sys.unraisablehook = previous_hook
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, for ``app.run(main, flags_parser=parse_flags)``.
+
+    ml_collections reports an unknown ``--config.<field>`` with an AttributeError (and a
+    traceback three exceptions deep); this prints its message as absl prints other bad flags.
+    """
+    try:
+        return app.parse_flags_with_usage(argv)
+    except AttributeError as error:
+        message = error
+        while isinstance(message, BaseException) and message.args:  # KeyError in AttributeError
+            message = message.args[0]
+        print(
+            f"FATAL Flags parsing error: no such config field {message}\nThe fields and "
+            "their defaults are in yolojax/config.py and yolojax/data/config.py.",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None
+
+
+@contextlib.contextmanager
+def command_errors(*, traceback: bool = False):
+    """Runs a command's body, reporting errors as a command-line tool should.
+
+    A :data:`USER_ERRORS` exception becomes its message on stderr and exit status 1, and
+    the tracebacks that a failed checkpoint restore leaves behind are not printed.
+
+    Args:
+      traceback: re-raise user errors instead (as does a ``$YOLOJAX_TRACEBACK`` other than
+        '' or '0').
+    """
+    try:
+        with _quiet_failed_restores():
+            yield
+    except USER_ERRORS as error:
+        if traceback or os.environ.get(TRACEBACK_ENV, "0") not in ("", "0"):
+            raise
+        print(
+            f"Error: {type(error).__name__}: {error}\n(What to do about each error: "
+            f"docs/troubleshooting.md. For the traceback, set {TRACEBACK_ENV}=1.)",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None
+
+
+def run(main) -> None:
+    """``absl.app.run(main)`` with :func:`parse_flags`, for the command-line tools.
+
+    A command that fails exits at once with its status: the reader threads of a failed
+    checkpoint restore may still be running, and would otherwise print their closed-event-
+    loop tracebacks while the interpreter shuts down, after the error message.
+    """
+    try:
+        app.run(main, flags_parser=parse_flags)
+    except SystemExit as exit_request:
+        if exit_request.code in (0, None):
+            raise
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_request.code if isinstance(exit_request.code, int) else 1)
