@@ -12,7 +12,8 @@ weights), on random images and boxes already on the device:
   (donated state, targets encoded on the device, optimizer update). Compile time, images/s
   (median of the timed steps after two warm-up steps, each waiting for its result with
   `block_until_ready`), the train step's FLOPs per image from XLA's cost analysis of the
-  lowered (unoptimized) step, hence achieved TFLOP/s and, on a known accelerator, MFU; peak
+  lowered (unoptimized) step with XLA's own convolutions (`--conv-impl` does not change
+  the count), hence achieved TFLOP/s and, on a known accelerator, MFU; peak
   device memory (on a CPU: the compiled step's buffer plan).
 * PyTorch: `benchmarks/torch_reference.py`, the same model, targets, loss and optimizer,
   in each requested variant (eager or `torch.compile`, NCHW or channels-last); timed in turns
@@ -60,7 +61,9 @@ TORCH_VARIANTS = {
 WARMUP_STEPS = 2
 
 
-def benchmark_config(backbone: str, image_size: int, batch_size: int, dtype: str):
+def benchmark_config(
+    backbone: str, image_size: int, batch_size: int, dtype: str, conv_impl: str = "auto"
+):
     """The config a user trains `backbone` with, at the benchmark's size, from scratch."""
     if backbone == "darknet_tiny":
         config = shapes.get_config()
@@ -71,6 +74,7 @@ def benchmark_config(backbone: str, image_size: int, batch_size: int, dtype: str
         config.model.backbone = backbone
     config.model.pretrained = ""
     config.model.dtype = dtype
+    config.model.conv_impl = conv_impl
     config.data.image_size = image_size
     config.train.batch_size = batch_size
     return config
@@ -109,25 +113,39 @@ def _put(tree, devices, *, replicate: bool):
     return jax.tree.map(put, tree)
 
 
-def jax_train_step(config, host_batch: dict, devices: list) -> dict:
-    """Compiles the pmapped train step; returns its step functions (batch already on the
-    devices, or NumPy as the trainer passes it) and compile-time facts."""
-    model, state, schedule = train_lib.initial_state(config, config.train.batch_size)
-    step = jax.pmap(
+def _pmapped_step(config, schedule, devices: list):
+    model = train_lib.build_model(config)
+    return jax.pmap(
         functools.partial(train_lib.train_step, model=model, config=config, schedule=schedule),
         axis_name=train_lib.AXIS,
         donate_argnums=(0,),
         devices=devices,
     )
+
+
+def _flops(lowered) -> float:
+    cost = lowered.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return cost.get("flops", float("nan"))
+
+
+def jax_train_step(config, host_batch: dict, devices: list) -> dict:
+    """Compiles the pmapped train step; returns its step functions (batch already on the
+    devices, or NumPy as the trainer passes it) and compile-time facts."""
+    _, state, schedule = train_lib.initial_state(config, config.train.batch_size)
+    step = _pmapped_step(config, schedule, devices)
     state = _put(state, devices, replicate=True)
     batch = _put(host_batch, devices, replicate=False)
     start = time.perf_counter()
     lowered = step.lower(state, batch)
     compiled = lowered.compile()
     compile_seconds = time.perf_counter() - start
-    # The unoptimized step's count: the model's FLOPs, whatever kernels XLA picks later.
-    cost = lowered.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
+    # The model's FLOPs, whatever kernels XLA picks later: the unoptimized step, with XLA's
+    # convolutions (a matrix-product convolution on a small padded map also counts the
+    # products with the padding's zeros). Lowering alone compiles nothing.
+    xla_config = config.copy_and_resolve_references()
+    xla_config.model.conv_impl = "xla"
+    flops = _flops(_pmapped_step(xla_config, schedule, devices).lower(state, batch))
     memory = compiled.memory_analysis()
     holder = [state]
     host_batch = jax.tree.map(lambda x: x.reshape(len(devices), -1, *x.shape[1:]), host_batch)
@@ -140,7 +158,7 @@ def jax_train_step(config, host_batch: dict, devices: list) -> dict:
         "run": run,
         "run_host_batch": functools.partial(run, images_on_host=True),
         "compile_s": compile_seconds,
-        "flops_per_device_step": cost.get("flops", float("nan")),
+        "flops_per_device_step": flops,
         "plan_bytes": memory.temp_size_in_bytes
         + memory.argument_size_in_bytes
         + memory.output_size_in_bytes
@@ -216,12 +234,19 @@ def matmul_flops_per_second(device, dtype: str, size: int = 2048, calls: int = 5
 
 def benchmark(backbone: str, args, devices: list, torch_device, peak: float) -> dict:
     """One table row: JAX and PyTorch figures for `backbone`."""
-    config = benchmark_config(backbone, args.image_size, args.batch, args.dtype)
+    config = benchmark_config(backbone, args.image_size, args.batch, args.dtype, args.conv_impl)
     batch = random_batch(config, args.batch)
     jax_step = jax_train_step(config, batch, devices)
     for _ in range(WARMUP_STEPS):
         jax_step["run"]()
     steps = {"jax": jax_step["run"], "jax_host": jax_step["run_host_batch"]}
+    if args.compare_conv_impl:  # the same step with other convolutions, timed in turn
+        other_config = config.copy_and_resolve_references()
+        other_config.model.conv_impl = args.compare_conv_impl
+        other_step = jax_train_step(other_config, batch, devices)
+        for _ in range(WARMUP_STEPS):
+            other_step["run"]()
+        steps["jax_other"] = other_step["run"]
     torch_steps = {}
     if torch_device is not None:
         for variant in args.torch_variants:
@@ -240,6 +265,7 @@ def benchmark(backbone: str, args, devices: list, torch_device, peak: float) -> 
         "params": f"{jax_step['num_params'] / 1e6:.1f}M",
         "jax": f"{images_per_s['jax']:.2f}",
         "jax_host": f"{images_per_s['jax_host']:.2f}",
+        "jax_other": f"{images_per_s['jax_other']:.2f}" if "jax_other" in images_per_s else "",
         "compile": f"{jax_step['compile_s']:.1f}",
         "gflop": f"{flops_per_image / 1e9:.2f}",
         "tflops": f"{achieved / 1e12:.3f}",
@@ -273,6 +299,7 @@ COLUMNS = (
     ("torch", "PyTorch img/s (best variant)"),
     ("ratio", "JAX / PyTorch"),
     ("jax_host", "JAX img/s, NumPy batch"),
+    ("jax_other", "JAX img/s, --compare-conv-impl"),
     ("compile", "JAX compile s"),
     ("gflop", "train GFLOP/img"),
     ("tflops", "JAX TFLOP/s"),
@@ -295,6 +322,17 @@ def parse_args(on_cpu: bool) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=defaults["batch"], help="global batch")
     parser.add_argument("--image-size", type=int, default=defaults["image_size"])
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument(
+        "--conv-impl",
+        choices=models.CONV_IMPLS,
+        default="auto",
+        help="config.model.conv_impl of the JAX model (see yolojax.models.conv)",
+    )
+    parser.add_argument(
+        "--compare-conv-impl",
+        choices=models.CONV_IMPLS,
+        help="also time the JAX step with this conv_impl, in turn with the others",
+    )
     parser.add_argument("--devices", type=int, default=1, help="local devices for pmap")
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
     parser.add_argument("--steps-per-round", type=int, default=3)
@@ -363,7 +401,8 @@ def main() -> None:
     )
     print(f"Versions: {common.versions(('jax', 'jaxlib', 'flax', 'optax', 'torch'))}")
     print(
-        f"Image {args.image_size}×{args.image_size}, global batch {args.batch}, {args.dtype}; "
+        f"Image {args.image_size}×{args.image_size}, global batch {args.batch}, {args.dtype}, "
+        f"JAX conv_impl {args.conv_impl}; "
         f"{args.rounds} rounds × {args.steps_per_round} steps per framework after "
         f"{WARMUP_STEPS} warm-up steps; load average before {load_before}, after "
         f"{common.load_average()}"

@@ -19,6 +19,10 @@ import sys
 
 from absl import app
 
+# TensorFlow (tf.data only) announces its CPU kernels at INFO level when it is imported;
+# that is noise in a command's progress output. Warnings and errors still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
 # The base classes of every error the library documents as the user's to fix.
 USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 TRACEBACK_ENV = "YOLOJAX_TRACEBACK"

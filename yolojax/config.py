@@ -8,7 +8,7 @@ A config is an ``ml_collections.ConfigDict`` with sections ``model``, ``data``, 
 import ml_collections
 
 from yolojax.data.config import default_data_config
-from yolojax.models import BACKBONES, HEADS
+from yolojax.models import BACKBONES, CONV_IMPLS, HEADS
 from yolojax.optim import OPTIMIZERS, SCHEDULES
 
 
@@ -27,6 +27,9 @@ def default_model_config() -> ml_collections.ConfigDict:
             "fc_hidden": 4096,
             "head_channels": 0,
             "head_conv_layers": 4,
+            # How convolutions are computed: 'auto' (matrix products for 1×1 kernels and
+            # small maps on a CPU, XLA's convolution elsewhere), 'xla' or 'dot'.
+            "conv_impl": "auto",
             "pretrained": "",  # ported ImageNet weights (.msgpack); '' = from scratch
         }
     )
@@ -106,6 +109,7 @@ def validate_config(config) -> None:
     _choice("model.backbone", config.model.backbone, BACKBONES)
     _choice("model.head", config.model.head, HEADS)
     _choice("model.dtype", config.model.dtype, ("float32", "bfloat16"))
+    _choice("model.conv_impl", config.model.conv_impl, CONV_IMPLS)
     _choice("train.optimizer", config.train.optimizer, OPTIMIZERS)
     _choice("train.schedule", config.train.schedule, SCHEDULES)
     if not isinstance(config.model.num_classes, int) or config.model.num_classes < 0:

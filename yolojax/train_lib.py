@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -58,6 +59,15 @@ def create_train_state(model, config, tx, key) -> TrainState:
     )
 
 
+def _mean_over_devices(tree):
+    """``lax.pmean`` over the devices of ``AXIS``; the identity for one device, where the
+    all-reduce and the division would each still make a pass over every gradient (on a CPU
+    as long as a third of the paper's Darknet step, measured in BENCHMARKS.md)."""
+    if jax.lax.axis_size(AXIS) == 1:
+        return tree
+    return jax.lax.pmean(tree, AXIS)
+
+
 def train_step(state: TrainState, batch: dict, *, model, config, schedule):
     """One optimization step on one device's share of the global batch.
 
@@ -104,16 +114,16 @@ def train_step(state: TrainState, batch: dict, *, model, config, schedule):
         return loss, (metrics, updates.get("batch_stats", {}))
 
     (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grads = jax.lax.pmean(grads, AXIS)
-    metrics = jax.lax.pmean(metrics, AXIS)
+    grads = _mean_over_devices(grads)
+    metrics = _mean_over_devices(metrics)
     # BatchNorm already normalizes with cross-device statistics (axis_name); averaging the
     # running averages keeps every replica's copy identical.
-    batch_stats = jax.lax.pmean(batch_stats, AXIS)
+    batch_stats = _mean_over_devices(batch_stats)
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
 
-    finite = jnp.isfinite(metrics["loss"]) & jnp.all(
-        jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
-    )
+    # The gradient norm is finite exactly when every gradient is (or it overflows float32,
+    # an update no run survives either), and a reduction writes no mask of every gradient.
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(optax.global_norm(grads))
     if config.train.skip_nonfinite:
         # Keep the previous parameters and statistics, but advance the step so the data
         # order stays the same as an uninterrupted run.

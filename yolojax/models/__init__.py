@@ -15,6 +15,8 @@ ConfigDict, a dict or any object with attributes); all but `backbone` may be omi
   fc_hidden         'fc' head hidden width (default 4096)
   head_channels     'conv' head width; 0 or None → min(1024, backbone channels) (default 0)
   head_conv_layers  'conv' head 3×3 layers (default 4)
+  conv_impl         'auto' | 'xla' | 'dot': how convolutions are computed (default 'auto';
+                    see `yolojax.models.conv`); the variables do not depend on it
   pretrained        '' or a ported .msgpack; not read here: see
                     `yolojax.pretrained.load_for_config`, applied to the initialized variables
 """
@@ -27,6 +29,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from yolojax.models.conv import CONV_IMPLS, check_conv_impl
 from yolojax.models.darknet import DARKNET24, DARKNET_TINY, MAXPOOL, Darknet
 from yolojax.models.resnet import ResNet18, ResNet34, ResNet50, ResNet101, ResNet152
 from yolojax.models.vgg import VGG16, VGG16BN
@@ -59,9 +62,10 @@ _MODEL_DEFAULTS = {
     "fc_hidden": 4096,
     "head_channels": 0,
     "head_conv_layers": 4,
+    "conv_impl": "auto",
 }
 
-__all__ = ["BACKBONES", "HEADS", "YOLO", "get_classifier", "get_model"]
+__all__ = ["BACKBONES", "CONV_IMPLS", "HEADS", "YOLO", "get_classifier", "get_model"]
 
 
 def _check_positive_int(name: str, value: Any) -> None:
@@ -85,6 +89,7 @@ def get_classifier(
     dtype: str = "float32",
     axis_name: str | None = None,
     num_groups: int = 32,
+    conv_impl: str = "auto",
 ) -> nn.Module:
     """Builds backbone `arch` as a classifier (its ImageNet build with num_classes=1000).
 
@@ -98,16 +103,24 @@ def get_classifier(
       dtype: compute dtype, 'float32' or 'bfloat16' (parameters stay float32).
       axis_name: BatchNorm's cross-device axis (e.g. 'batch' under pmap), None otherwise.
       num_groups: GroupNorm groups, used by 'darknet_gn' only.
+      conv_impl: 'auto', 'xla' or 'dot' (see `yolojax.models.conv`).
 
     Raises:
-      ValueError: unknown arch or dtype, or num_groups not dividing the channel widths.
+      ValueError: unknown arch, dtype or conv_impl, or num_groups not dividing the channel
+        widths.
     """
     if arch not in _BACKBONES:
         raise ValueError(f"arch must be one of {BACKBONES}, got {arch!r}")
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {tuple(_DTYPES)}, got {dtype!r}")
     _check_positive_int("num_classes", num_classes)
-    kwargs = {"num_classes": num_classes, "dtype": _DTYPES[dtype], "axis_name": axis_name}
+    check_conv_impl(conv_impl, "get_classifier")
+    kwargs = {
+        "num_classes": num_classes,
+        "dtype": _DTYPES[dtype],
+        "axis_name": axis_name,
+        "conv_impl": conv_impl,
+    }
     if arch in _DARKNET_SPECS:
         _check_positive_int("num_groups", num_groups)
         if arch == "darknet_gn":
@@ -161,11 +174,16 @@ def get_model(model_config: Any, *, axis_name: str | None = None) -> YOLO:
         raise ValueError(f"model_config.dropout_rate must be a number, got {dropout_rate!r}")
     if not 0.0 <= dropout_rate < 1.0:
         raise ValueError(f"model_config.dropout_rate must be in [0, 1), got {dropout_rate}")
+    check_conv_impl(fields["conv_impl"], "model_config")
     head_norm = "group" if backbone == "darknet_gn" else "batch"
     if head_norm == "group" and fields["head"] == "conv" and head_channels is not None:
         _check_group_widths(backbone, fields["num_groups"], {head_channels})
     classifier = get_classifier(
-        backbone, dtype=fields["dtype"], axis_name=axis_name, num_groups=fields["num_groups"]
+        backbone,
+        dtype=fields["dtype"],
+        axis_name=axis_name,
+        num_groups=fields["num_groups"],
+        conv_impl=fields["conv_impl"],
     )
     return YOLO(
         backbone=classifier,
@@ -180,5 +198,6 @@ def get_model(model_config: Any, *, axis_name: str | None = None) -> YOLO:
         head_norm=head_norm,
         num_groups=fields["num_groups"],
         axis_name=axis_name,
+        conv_impl=fields["conv_impl"],
         dtype=_DTYPES[fields["dtype"]],
     )

@@ -95,6 +95,7 @@ class Darknet(nn.Module):
         Darknet width and makes the normalization independent of the batch size.
       axis_name: BatchNorm's cross-device axis (see `layers.make_norm`).
       num_classes: classifier classes for `output='logits'` (global average pool → Dense).
+      conv_impl: how convolutions are computed (see `yolojax.models.conv`).
       dtype: compute dtype. param_dtype: parameter dtype.
 
     Variables: `conv_<i>/{conv,norm}` for the i-th convolution (0-based), `fc` for the
@@ -106,6 +107,7 @@ class Darknet(nn.Module):
     num_groups: int = 32
     axis_name: str | None = None
     num_classes: int = 1000
+    conv_impl: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -134,7 +136,7 @@ class Darknet(nn.Module):
         conv_index = 0
         for layer in self.layers:
             if layer == MAXPOOL:
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = layers.max_pool(x, 2, strides=2)
                 continue
             x = layers.ConvBlock(
                 layer.features,
@@ -142,6 +144,7 @@ class Darknet(nn.Module):
                 strides=layer.stride,
                 norm=norm,
                 activation=layers.leaky_relu,
+                conv_impl=self.conv_impl,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name=f"conv_{conv_index}",

@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from yolojax.models import conv
+
 ModuleDef = Any
 NORM_KINDS = ("batch", "group", "none")
 
@@ -80,6 +82,8 @@ class ConvBlock(nn.Module):
       use_bias: conv bias (redundant before BatchNorm, but VGG16-BN has one).
       norm: constructor from `make_norm`, or None.
       activation: elementwise function, or None (e.g. before a residual sum).
+      conv_impl: 'auto', 'xla' or 'dot': how the convolution is computed (see
+        `yolojax.models.conv`); the parameters are the same either way.
     """
 
     features: int
@@ -88,6 +92,7 @@ class ConvBlock(nn.Module):
     use_bias: bool = False
     norm: ModuleDef | None = None
     activation: Callable[[jnp.ndarray], jnp.ndarray] | None = None
+    conv_impl: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -102,6 +107,7 @@ class ConvBlock(nn.Module):
             padding=((pad, pad), (pad, pad)),
             use_bias=self.use_bias,
             kernel_init=conv_kernel_init,
+            conv_general_dilated=conv.for_flax(self.conv_impl),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="conv",
@@ -116,6 +122,24 @@ class ConvBlock(nn.Module):
 def leaky_relu(x: jnp.ndarray) -> jnp.ndarray:
     """LeakyReLU with the YOLOv1 paper's slope 0.1."""
     return nn.leaky_relu(x, negative_slope=0.1)
+
+
+def max_pool(x: jnp.ndarray, window: int, strides: int, padding: int = 0) -> jnp.ndarray:
+    """Square max-pooling of (N, H, W, C), padded with -inf: `nn.max_pool`'s values.
+
+    Computed as the elementwise maximum of the window's `window²` strided views rather than
+    with `lax.reduce_window`, whose gradient (select-and-scatter) XLA's CPU backend runs
+    several times slower than these elementwise ops. Where a window holds equal maxima the
+    gradient is shared among them (the reduce-window gradient picks one).
+
+    Returns:
+      (N, H', W', C) with H' = (H + 2·padding − window) // strides + 1, likewise W'.
+    """
+    if padding:
+        pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+        x = jnp.pad(x, pad, constant_values=-jnp.inf)
+    views = conv.window_views(x, (window, window), (strides, strides))
+    return functools.reduce(jnp.maximum, views)
 
 
 def _adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:

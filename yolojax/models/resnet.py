@@ -23,6 +23,7 @@ class BasicBlock(nn.Module):
     features: int
     strides: int
     norm: Any
+    conv_impl: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     expansion = 1
@@ -31,7 +32,11 @@ class BasicBlock(nn.Module):
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         """(N, H, W, C_in) → (N, H / strides, W / strides, features)."""
         conv = functools.partial(
-            layers.ConvBlock, norm=self.norm, dtype=self.dtype, param_dtype=self.param_dtype
+            layers.ConvBlock,
+            norm=self.norm,
+            conv_impl=self.conv_impl,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
         )
         y = conv(self.features, 3, strides=self.strides, activation=nn.relu, name="conv1")(x)
         y = conv(self.features, 3, name="conv2")(y)
@@ -44,6 +49,7 @@ class Bottleneck(nn.Module):
     features: int
     strides: int
     norm: Any
+    conv_impl: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     expansion = 4
@@ -52,7 +58,11 @@ class Bottleneck(nn.Module):
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         """(N, H, W, C_in) → (N, H / strides, W / strides, 4 · features)."""
         conv = functools.partial(
-            layers.ConvBlock, norm=self.norm, dtype=self.dtype, param_dtype=self.param_dtype
+            layers.ConvBlock,
+            norm=self.norm,
+            conv_impl=self.conv_impl,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
         )
         out_features = self.features * self.expansion
         y = conv(self.features, 1, activation=nn.relu, name="conv1")(x)
@@ -76,6 +86,7 @@ class ResNet(nn.Module):
       block_cls: `BasicBlock` or `Bottleneck`.
       axis_name: BatchNorm's cross-device axis (see `layers.make_norm`).
       num_classes: classifier classes for `output='logits'`.
+      conv_impl: how convolutions are computed (see `yolojax.models.conv`).
       dtype: compute dtype. param_dtype: parameter dtype.
 
     Variables: `stem/{conv,norm}` (torchvision `conv1`, `bn1`), `layer<s>_<b>/conv<k>` and
@@ -87,6 +98,7 @@ class ResNet(nn.Module):
     block_cls: type[nn.Module]
     axis_name: str | None = None
     num_classes: int = 1000
+    conv_impl: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -117,17 +129,19 @@ class ResNet(nn.Module):
             strides=2,
             norm=norm,
             activation=nn.relu,
+            conv_impl=self.conv_impl,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="stem",
         )(x)
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = layers.max_pool(x, 3, strides=2, padding=1)
         for stage, num_blocks in enumerate(self.stage_sizes):
             for block in range(num_blocks):
                 x = self.block_cls(
                     features=64 * 2**stage,
                     strides=2 if stage > 0 and block == 0 else 1,
                     norm=norm,
+                    conv_impl=self.conv_impl,
                     dtype=self.dtype,
                     param_dtype=self.param_dtype,
                     name=f"layer{stage + 1}_{block}",

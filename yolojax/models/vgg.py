@@ -33,6 +33,7 @@ class VGG(nn.Module):
       dropout_rate: classifier dropout (torchvision: 0.5); needs a 'dropout' rng in training.
       axis_name: BatchNorm's cross-device axis (see `layers.make_norm`).
       num_classes: classifier classes for `output='logits'`.
+      conv_impl: how convolutions are computed (see `yolojax.models.conv`).
       dtype: compute dtype. param_dtype: parameter dtype.
 
     Variables: `conv_<i>/{conv,norm}` for the i-th conv (torchvision `features.<j>`),
@@ -45,6 +46,7 @@ class VGG(nn.Module):
     dropout_rate: float = 0.5
     axis_name: str | None = None
     num_classes: int = 1000
+    conv_impl: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -72,7 +74,7 @@ class VGG(nn.Module):
         conv_index = 0
         for width in self.convs:
             if width == MAXPOOL:
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = layers.max_pool(x, 2, strides=2)
                 continue
             x = layers.ConvBlock(
                 width,
@@ -80,6 +82,7 @@ class VGG(nn.Module):
                 use_bias=True,
                 norm=norm,
                 activation=nn.relu,
+                conv_impl=self.conv_impl,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name=f"conv_{conv_index}",

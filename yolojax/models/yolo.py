@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from yolojax.models import layers
+from yolojax.models import conv, layers
 
 HEADS = ("fc", "seed", "conv")
 
@@ -65,14 +65,9 @@ class ConvHead(nn.Module):
     norm: str = "batch"
     num_groups: int = 32
     axis_name: str | None = None
-    freeze_backbone: bool = False
+    conv_impl: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
-
-    def _features(self, images, *, train: bool, output: str):
-        if self.freeze_backbone:
-            return jax.lax.stop_gradient(self.backbone(images, train=False, output=output))
-        return self.backbone(images, train=train, output=output)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
@@ -95,6 +90,7 @@ class ConvHead(nn.Module):
                 strides=first_stride if index == 0 else 1,
                 norm=norm,
                 activation=layers.leaky_relu,
+                conv_impl=self.conv_impl,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name=f"conv_{index}",
@@ -102,6 +98,7 @@ class ConvHead(nn.Module):
         return nn.Conv(
             self.out_features,
             (1, 1),
+            conv_general_dilated=conv.for_flax(self.conv_impl),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="out",
@@ -125,6 +122,8 @@ class YOLO(nn.Module):
         backbone so the model has no batch statistics at all).
       num_groups: GroupNorm groups of the 'conv' head when head_norm='group'.
       axis_name: the 'conv' head's BatchNorm cross-device axis.
+      conv_impl: how the 'conv' head's convolutions are computed (see
+        `yolojax.models.conv`; the backbone has its own setting).
       freeze_backbone: run the backbone in inference mode (BatchNorm uses and keeps its
         running statistics) and pass no gradient into it; pair with an optimizer that does
         not update the backbone (``config.train.freeze_backbone``).
@@ -149,6 +148,7 @@ class YOLO(nn.Module):
     num_groups: int = 32
     axis_name: str | None = None
     freeze_backbone: bool = False
+    conv_impl: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -191,6 +191,7 @@ class YOLO(nn.Module):
                     norm=self.head_norm,
                     num_groups=self.num_groups,
                     axis_name=self.axis_name,
+                    conv_impl=self.conv_impl,
                     **common,
                 )(x, train=train)
         # [n, S, S, C + 5B]; a flat Dense output is laid out row-major over (row, col, chan).

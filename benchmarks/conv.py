@@ -1,0 +1,130 @@
+"""Benchmark: one convolution's forward + backward pass on the CPU in JAX (XLA's convolution
+and the matrix-product form of `yolojax.models.conv`) and in PyTorch, layer by layer.
+
+    python -m benchmarks.conv                      # ResNet-50's layer shapes at 224, batch 8
+
+It explains the train-step figures of `benchmarks/train_step.py` (BENCHMARKS.md, "Train
+step"): which convolutions XLA's CPU backend runs slower than PyTorch, and where computing
+them as one matrix product (what `config.model.conv_impl='auto'` does on a CPU) wins. Each
+case is `sum(conv(x, w)²)` with its gradients for the input and the kernel, jitted (JAX)
+or eager in channels-last memory format (PyTorch), timed in turns, median of the calls.
+"""
+
+import argparse
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from benchmarks import common
+from yolojax.models import conv
+
+# (name, map size, C_in, C_out, kernel, stride) of ResNet-50's distinct layers at 224 px and
+# of its conv head's first layer (2048 → 1024 on the 7×7 map).
+RESNET50_LAYERS = (
+    ("stem 7×7/2", 224, 3, 64, 7, 2),
+    ("layer1 1×1 reduce", 56, 256, 64, 1, 1),
+    ("layer1 3×3", 56, 64, 64, 3, 1),
+    ("layer1 1×1 expand", 56, 64, 256, 1, 1),
+    ("layer2 3×3", 28, 128, 128, 3, 1),
+    ("layer2 1×1 expand", 28, 128, 512, 1, 1),
+    ("layer3 3×3", 14, 256, 256, 3, 1),
+    ("layer3 1×1 expand", 14, 256, 1024, 1, 1),
+    ("layer4 3×3", 7, 512, 512, 3, 1),
+    ("layer4 1×1 expand", 7, 512, 2048, 1, 1),
+    ("head 3×3", 7, 2048, 1024, 3, 1),
+)
+COLUMNS = (
+    ("layer", "layer"),
+    ("shape", "input → output"),
+    ("gflop", "GFLOP fwd+bwd"),
+    ("xla", "JAX XLA conv ms"),
+    ("dot", "JAX matrix product ms"),
+    ("torch", "PyTorch ms"),
+    ("auto", "'auto' picks"),
+    ("ratio", "PyTorch / JAX 'auto'"),
+)
+
+
+def _jax_step(impl: str, strides, padding):
+    def loss(x, kernel):
+        numbers = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))
+        y = conv.conv_general_dilated(
+            x, kernel, strides, padding, dimension_numbers=numbers, conv_impl=impl
+        )
+        return jnp.sum(y * y)
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))
+
+
+def benchmark(name, size, c_in, c_out, kernel, stride, batch, rounds) -> dict:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, size, size, c_in), np.float32)
+    w = (
+        rng.standard_normal((kernel, kernel, c_in, c_out)) / np.sqrt(kernel * kernel * c_in)
+    ).astype(np.float32)
+    pad = kernel // 2
+    padding, strides = ((pad, pad), (pad, pad)), (stride, stride)
+    steps, x_jax, w_jax = {}, jnp.asarray(x), jnp.asarray(w)
+    for impl in ("xla", "dot"):
+        step = _jax_step(impl, strides, padding)
+        jax.block_until_ready(step(x_jax, w_jax))
+        steps[impl] = lambda step=step: jax.block_until_ready(step(x_jax, w_jax))
+    x_torch = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    x_torch.requires_grad_(True)
+    w_torch = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous().requires_grad_(True)
+
+    def torch_step():
+        x_torch.grad = w_torch.grad = None
+        y = torch.nn.functional.conv2d(x_torch, w_torch, stride=stride, padding=pad)
+        (y * y).sum().backward()
+
+    torch_step()
+    steps["torch"] = torch_step
+    times = common.time_alternating(steps, rounds=rounds, steps_per_round=3)
+    ms = {key: common.median(values) * 1e3 for key, values in times.items()}
+    out = (size + 2 * pad - kernel) // stride + 1
+    # Forward, input gradient and kernel gradient: 3 × 2 FLOPs per multiply-add (the stem's
+    # input gradient is computed too, unlike in a train step).
+    gflop = 3 * 2 * batch * out * out * c_out * kernel * kernel * c_in / 1e9
+    uses_dot = conv.uses_dot(x.shape, w.shape, strides, padding, "auto")
+    auto = "dot" if uses_dot else "xla"
+    return {
+        "layer": name,
+        "shape": f"{size}²×{c_in} → {out}²×{c_out}",
+        "gflop": f"{gflop:.2f}",
+        "xla": f"{ms['xla']:.1f}",
+        "dot": f"{ms['dot']:.1f}",
+        "torch": f"{ms['torch']:.1f}",
+        "auto": auto,
+        "ratio": f"{ms['torch'] / ms[auto]:.2f}",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--torch-threads", type=int, default=len(os.sched_getaffinity(0)), help="CPU threads"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.torch_threads)
+    load_before = common.load_average()
+    rows = [benchmark(*layer, args.batch, args.rounds) for layer in RESNET50_LAYERS]
+    print(
+        f"Device: {jax.devices()[0].device_kind} ({jax.default_backend()}); CPU "
+        f"{common.cpu_model()}, {os.cpu_count()} cores; PyTorch threads {args.torch_threads}"
+    )
+    print(f"Versions: {common.versions(('jax', 'jaxlib', 'torch'))}")
+    print(
+        f"Batch {args.batch}, float32, forward + both gradients; {args.rounds} rounds × 3 calls; "
+        f"load average before {load_before}, after {common.load_average()}"
+    )
+    print(common.markdown_table(rows, COLUMNS))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Tests for yolojax.models.conv and layers.max_pool: the matrix-product convolution and the
+strided-view max-pool give XLA's own results (values and gradients), and 'auto' picks them
+where documented."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from yolojax import config as config_lib
+from yolojax import models
+from yolojax.models import conv, layers
+
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _xla_conv(x, kernel, strides, padding):
+    numbers = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))
+    return jax.lax.conv_general_dilated(
+        x, kernel, strides, padding, dimension_numbers=numbers, precision=HIGHEST
+    )
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel_size", "stride", "padding"),
+    [
+        (9, 3, 1, ((1, 1), (1, 1))),  # ResNet/Darknet 3×3
+        (8, 1, 2, ((0, 0), (0, 0))),  # ResNet's strided 1×1 downsample
+        (7, 3, 2, ((1, 1), (1, 1))),  # strided 3×3 on an odd map
+        (10, 7, 2, ((3, 3), (3, 3))),  # the ResNet stem
+        (6, 3, 1, "SAME"),
+        (6, 2, 2, "VALID"),
+        (5, 3, 1, ((0, 2), (1, 0))),  # asymmetric padding
+    ],
+)
+def test_conv_as_dot_equals_xla_convolution_and_its_gradients(size, kernel_size, stride, padding):
+    rng = np.random.default_rng(size * 10 + kernel_size)
+    x = jnp.asarray(rng.standard_normal((2, size, size, 3)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((kernel_size, kernel_size, 3, 5)), jnp.float32)
+    strides = (stride, stride)
+
+    expected = _xla_conv(x, kernel, strides, padding)
+    got = conv.conv_as_dot(x, kernel, strides, padding, precision=HIGHEST)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+    def loss(fn):
+        return lambda x, k: jnp.sum(jnp.sin(fn(x, k, strides, padding)))
+
+    grads = jax.grad(loss(conv.conv_as_dot), argnums=(0, 1))(x, kernel)
+    expected_grads = jax.grad(loss(_xla_conv), argnums=(0, 1))(x, kernel)
+    for g, e in zip(grads, expected_grads, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
+
+
+def _primitives(fn, *args) -> set[str]:
+    return {equation.primitive.name for equation in jax.make_jaxpr(fn)(*args).eqns}
+
+
+@pytest.mark.parametrize(
+    ("map_size", "kernel_size", "conv_impl", "expected"),
+    [
+        (56, 1, "auto", "dot_general"),  # 1×1: a matrix product at any size on a CPU
+        (14, 3, "auto", "dot_general"),  # 3×3 on 14×14 = 196 output pixels
+        (16, 3, "auto", "conv_general_dilated"),  # 256 output pixels: XLA's convolution
+        (56, 1, "xla", "conv_general_dilated"),
+        (16, 3, "dot", "dot_general"),
+    ],
+)
+def test_auto_uses_a_matrix_product_for_1x1_and_small_maps_on_cpu(
+    map_size, kernel_size, conv_impl, expected
+):
+    assert jax.default_backend() == "cpu"
+    x = jnp.zeros((1, map_size, map_size, 8))
+    kernel = jnp.zeros((kernel_size, kernel_size, 8, 4))
+    pad = kernel_size // 2
+    numbers = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))
+    primitives = _primitives(
+        lambda x, k: conv.conv_general_dilated(
+            x,
+            k,
+            (1, 1),
+            ((pad, pad), (pad, pad)),
+            dimension_numbers=numbers,
+            conv_impl=conv_impl,
+        ),
+        x,
+        kernel,
+    )
+    other = {"dot_general", "conv_general_dilated"} - {expected}
+    assert expected in primitives and not primitives & other
+
+
+def test_grouped_convolutions_always_go_to_xla():
+    x, kernel = jnp.zeros((1, 4, 4, 8)), jnp.zeros((1, 1, 4, 8))
+    numbers = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))
+    primitives = _primitives(
+        lambda x, k: conv.conv_general_dilated(
+            x,
+            k,
+            (1, 1),
+            "VALID",
+            dimension_numbers=numbers,
+            feature_group_count=2,
+            conv_impl="dot",
+        ),
+        x,
+        kernel,
+    )
+    assert "conv_general_dilated" in primitives and "dot_general" not in primitives
+
+
+def test_a_model_gives_the_same_outputs_and_variables_with_every_conv_impl():
+    images = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 96, 96, 3)), jnp.float32)
+    fields = {"backbone": "resnet18", "head": "conv", "num_classes": 3, "head_channels": 32}
+    model_xla = models.get_model({**fields, "conv_impl": "xla"})
+    model_dot = models.get_model({**fields, "conv_impl": "dot"})
+    variables = jax.jit(lambda x: model_xla.init(jax.random.key(0), x, train=False))(images)
+    variables_dot = jax.eval_shape(
+        lambda x: model_dot.init(jax.random.key(0), x, train=False), images
+    )
+    assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, variables_dot)
+    # Training mode: BatchNorm on the batch's statistics, so every layer's output matters.
+    run = lambda model: jax.jit(
+        lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[0]
+    )
+    expected = run(model_xla)(variables, images)
+    np.testing.assert_allclose(run(model_dot)(variables, images), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_a_bad_conv_impl_is_named():
+    with pytest.raises(ValueError, match=r"conv_impl must be one of .*'fast'"):
+        models.get_model({"backbone": "darknet_tiny", "conv_impl": "fast"})
+    config = config_lib.default_config()
+    config.model.conv_impl = "fast"
+    with pytest.raises(ValueError, match=r"model\.conv_impl"):
+        config_lib.validate_config(config)
+
+
+@pytest.mark.parametrize(("window", "strides", "padding"), [(3, 2, 1), (2, 2, 0), (3, 1, 1)])
+def test_max_pool_equals_flax_max_pool(window, strides, padding):
+    x = jnp.asarray(np.random.default_rng(window).standard_normal((2, 9, 8, 4)), jnp.float32)
+    pad = ((padding, padding), (padding, padding))
+    expected = nn.max_pool(x, (window, window), strides=(strides, strides), padding=pad)
+    np.testing.assert_array_equal(layers.max_pool(x, window, strides, padding), expected)
+
+
+def test_max_pool_gradient_reaches_the_window_maxima_only():
+    # Distinct values: each output's gradient goes to exactly its window's maximum, as with
+    # reduce-window; an input that is the maximum of two overlapping windows gets both.
+    x = jnp.asarray(np.random.default_rng(1).permutation(2 * 9 * 9 * 3), jnp.float32)
+    x = x.reshape(2, 9, 9, 3)
+    pad = ((1, 1), (1, 1))
+    grad = jax.grad(lambda x: jnp.sum(layers.max_pool(x, 3, 2, 1) * 1.5))(x)
+    expected = jax.grad(lambda x: jnp.sum(nn.max_pool(x, (3, 3), (2, 2), pad) * 1.5))(x)
+    np.testing.assert_array_equal(grad, expected)

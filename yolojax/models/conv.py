@@ -1,0 +1,162 @@
+"""2-D convolution as XLA's convolution or as one matrix product, chosen per layer.
+
+XLA's CPU backend runs convolutions through its own kernels and, for the weight gradient,
+transposes activations to batch-last layouts first; for 1×1 kernels and for small feature
+maps those are 2-4× slower than the same arithmetic as one matrix product, which XLA runs at
+the machine's matmul peak (measured in BENCHMARKS.md, "Train step"). So on a CPU, and only
+there by default, such layers are computed as a matrix product:
+
+  1×1 kernel   (N, H, W, C_in) @ (C_in, C_out), strided by slicing first: the same numbers.
+  k×k kernel on an output map of at most `MAX_DOT_OUTPUT_PIXELS` pixels: the k·k shifted
+               (strided) views of the padded input side by side, (N, H', W', k·k·C_in),
+               times the kernel reshaped to (k·k·C_in, C_out) ("im2col"). The copy is k·k
+               times the input, which is small exactly when the map is.
+
+Everything else, and everything on GPUs and TPUs (where cuDNN and XLA's own convolution
+emitters are the fast path), stays `lax.conv_general_dilated`. Parameters are the same
+(N, H, W, C) / (kh, kw, C_in, C_out) arrays either way, so checkpoints and ported weights do
+not depend on the choice.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+CONV_IMPLS = ("auto", "xla", "dot")
+# 14×14: ResNet's last stages and YOLO's 7×7 heads at 224-448 px; larger maps are cheaper
+# with XLA's convolution than with a k·k-times larger im2col copy (measured on the CPU).
+MAX_DOT_OUTPUT_PIXELS = 196
+
+
+def check_conv_impl(conv_impl: str, who: str) -> None:
+    """Raises ValueError unless `conv_impl` is one of CONV_IMPLS."""
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"{who}: conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
+
+
+def _output_size(size: int, kernel: int, stride: int, pad: tuple[int, int]) -> int:
+    return (size + pad[0] + pad[1] - kernel) // stride + 1
+
+
+def window_views(x, window: tuple[int, int], strides: tuple[int, int]) -> list:
+    """The kh·kw strided views of an (already padded) NHWC map that a kh×kw window with
+    `strides` sees, in row-major (i, j) order.
+
+    Returns:
+      kh·kw arrays (N, H', W', C), H' = (H − kh) // sh + 1 and W' = (W − kw) // sw + 1;
+      view (i, j) holds x[:, i + sh·y, j + sw·x', :] at output position (y, x').
+    """
+    (kh, kw), (sh, sw) = window, strides
+    out_h = _output_size(x.shape[1], kh, sh, (0, 0))
+    out_w = _output_size(x.shape[2], kw, sw, (0, 0))
+    return [
+        x[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw, :]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+
+
+def conv_as_dot(lhs, rhs, window_strides, padding, precision=None):
+    """NHWC × HWIO convolution as one `lax.dot_general` (see the module docstring).
+
+    Args:
+      lhs: (N, H, W, C_in) input.
+      rhs: (kh, kw, C_in, C_out) kernel.
+      window_strides: (sh, sw).
+      padding: ((top, bottom), (left, right)) or 'SAME' / 'VALID'.
+      precision: as for `lax.dot_general`.
+
+    Returns:
+      (N, H', W', C_out), equal to `lax.conv_general_dilated` with NHWC/HWIO/NHWC
+      dimension numbers up to floating-point summation order.
+    """
+    kh, kw, c_in, c_out = rhs.shape
+    _, height, width, _ = lhs.shape
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads((height, width), (kh, kw), window_strides, padding)
+    x = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
+    views = window_views(x, (kh, kw), window_strides)
+    # [n, out_h, out_w, kh * kw * c_in], ordered (i, j, c) like the reshaped HWIO kernel.
+    patches = views[0] if len(views) == 1 else lax.concatenate(views, dimension=3)
+    return lax.dot_general(
+        patches,
+        rhs.reshape(kh * kw * c_in, c_out),
+        dimension_numbers=(((3,), (0,)), ((), ())),
+        precision=precision,
+    )
+
+
+def uses_dot(lhs_shape, rhs_shape, window_strides, padding, conv_impl: str) -> bool:
+    """Whether a plain NHWC convolution of these shapes runs as a matrix product under
+    `conv_impl` on the current default backend."""
+    if conv_impl == "xla":
+        return False
+    if conv_impl == "dot":
+        return True
+    if jax.default_backend() != "cpu":
+        return False
+    kh, kw = rhs_shape[:2]
+    if kh == kw == 1:
+        return True
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(lhs_shape[1:3], (kh, kw), window_strides, padding)
+    out_h = _output_size(lhs_shape[1], kh, window_strides[0], padding[0])
+    out_w = _output_size(lhs_shape[2], kw, window_strides[1], padding[1])
+    return out_h * out_w <= MAX_DOT_OUTPUT_PIXELS
+
+
+def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    batch_group_count=1,
+    precision=None,
+    preferred_element_type=None,
+    *,
+    conv_impl: str = "auto",
+):
+    """`lax.conv_general_dilated`'s signature (what `flax.linen.Conv` calls), computing
+    plain NHWC convolutions as a matrix product where `conv_impl` says so.
+
+    conv_impl: 'xla' always XLA's convolution; 'dot' always the matrix product; 'auto' the
+    matrix product on the CPU backend for 1×1 kernels and output maps of at most
+    `MAX_DOT_OUTPUT_PIXELS` pixels. Dilated, grouped or non-NHWC convolutions always go
+    to XLA.
+    """
+    plain = (
+        feature_group_count == 1
+        and batch_group_count == 1
+        and lhs_dilation in (None, (1, 1))
+        and rhs_dilation in (None, (1, 1))
+        and preferred_element_type is None
+        and dimension_numbers is not None
+        and tuple(dimension_numbers)
+        == lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    )
+    if plain and uses_dot(lhs.shape, rhs.shape, window_strides, padding, conv_impl):
+        return conv_as_dot(lhs, rhs, window_strides, padding, precision)
+    return lax.conv_general_dilated(
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation,
+        rhs_dilation,
+        dimension_numbers,
+        feature_group_count,
+        batch_group_count,
+        precision,
+        preferred_element_type,
+    )
+
+
+def for_flax(conv_impl: str):
+    """The `conv_general_dilated` argument of `flax.linen.Conv` for `conv_impl`."""
+    return functools.partial(conv_general_dilated, conv_impl=conv_impl)
