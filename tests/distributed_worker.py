@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from configs import shapes
+from tests import tiny
 from yolojax import distributed, eval_lib, train_lib, trainer
 
 GLOBAL_BATCH = 8
@@ -41,18 +41,9 @@ RESULT_KEYS += ("num_detections", "step")
 
 
 def tiny_config(data_dir: str):
-    """configs/shapes.py shrunk: 64 px, a 4×4 grid, 16 train / 12 test images, 2 steps."""
-    config = shapes.get_config()
-    config.model.grid_size = 4
-    config.model.head_channels = 16
-    config.model.head_conv_layers = 1
-    config.data.tfds_data_dir = data_dir
-    config.data.image_size = 64
-    config.data.synthetic.num_train = NUM_TRAIN
-    config.data.synthetic.num_test = NUM_TEST
-    config.data.synthetic.image_size = 64
+    """tests/tiny.py's run on 16 train / 12 test images: 2 steps, logged and saved each."""
+    config = tiny.tiny_config(data_dir, num_train=NUM_TRAIN, num_test=NUM_TEST)
     config.train.batch_size = GLOBAL_BATCH
-    config.train.num_epochs = 1
     # SGD: the update is proportional to the gradient, so rounding differences between device
     # counts stay as small as the gradients' (Adam's first step is about lr·sign(g), which
     # flips for a gradient that is zero up to rounding).
@@ -62,8 +53,6 @@ def tiny_config(data_dir: str):
     config.train.schedule = "constant"
     config.train.log_every_steps = 1
     config.train.checkpoint_every_steps = 1
-    config.eval.every_epochs = 0  # evaluate once, after the last step
-    config.eval.train_subset = 0
     # 12 test images in batches of 8: on 2 processes each has 6, in one padded batch of 4.
     config.eval.batch_size = GLOBAL_BATCH
     # Keep every box with a positive score, up to all 4·4·2 boxes × 5 classes: the number of

@@ -11,7 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import shapes
+from tests import tiny
 from yolojax import train_lib, trainer, workdir
 from yolojax.data import pipeline
 
@@ -41,21 +41,9 @@ def poison_one_batch(monkeypatch):
 
 
 def _config(data_dir, **train):
-    """tests/train_test.py's tiny config, one epoch of 4 steps, evaluated only at the end."""
-    config = shapes.get_config()
-    config.model.grid_size = 4
-    config.model.head_channels = 16
-    config.model.head_conv_layers = 1
-    config.data.tfds_data_dir = data_dir
-    config.data.image_size = 64
-    config.data.synthetic.num_train = 32
-    config.data.synthetic.num_test = 12
-    config.data.synthetic.image_size = 64
-    config.train.batch_size = 8
-    config.train.num_epochs = 1
+    """tests/tiny.py's run: one epoch of 4 steps, evaluated only at the end."""
+    config = tiny.tiny_config(data_dir)
     config.train.keep_checkpoints = 5
-    config.eval.every_epochs = 0
-    config.eval.train_subset = 0
     config.train.update(train)
     return config
 

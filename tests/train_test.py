@@ -11,7 +11,8 @@ from absl import flags
 from ml_collections import config_flags
 from PIL import Image
 
-from configs import shapes, voc
+from configs import voc
+from tests import tiny
 from yolojax import eval_lib, predict, train_lib, trainer
 from yolojax.data.testing import valid_box_data_source
 from yolojax.detector import Detector
@@ -25,17 +26,8 @@ def data_dir(tmp_path_factory):
 
 
 def tiny_config(data_dir, **train):
-    """configs/shapes.py shrunk: 64 px inputs, a 4×4 grid, 32 train / 12 test images."""
-    config = shapes.get_config()
-    config.model.grid_size = 4
-    config.model.head_channels = 32
-    config.model.head_conv_layers = 1
-    config.data.tfds_data_dir = data_dir
-    config.data.image_size = 64
-    config.data.synthetic.num_train = 32
-    config.data.synthetic.num_test = 12
-    config.data.synthetic.image_size = 64
-    config.train.batch_size = 8
+    """tests/tiny.py's run for 2 epochs, evaluated after each, with frequent checkpoints."""
+    config = tiny.tiny_config(data_dir, head_channels=32)
     config.train.num_epochs = 2
     config.train.log_every_steps = 2
     config.train.checkpoint_every_steps = 4
