@@ -94,7 +94,11 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--voc-images", type=int, default=256)
-    parser.add_argument("--color-space", default="yiq", choices=("yiq", "hsv"))
+    parser.add_argument(
+        "--color-space",
+        default=default_data_config().augment.color_space,  # what training uses: 'hsv'
+        choices=("yiq", "hsv"),
+    )
     args = parser.parse_args()
     if args.cores:
         os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.cores]))
