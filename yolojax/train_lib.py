@@ -61,8 +61,8 @@ def create_train_state(model, config, tx, key) -> TrainState:
 
 def _mean_over_devices(tree):
     """``lax.pmean`` over the devices of ``AXIS``; the identity for one device, where the
-    all-reduce and the division would each still make a pass over every gradient (on a CPU
-    as long as a third of the paper's Darknet step, measured in BENCHMARKS.md)."""
+    all-reduce would still copy every gradient (455 ms of a 4-5 s step of the paper's
+    Darknet on a 2-core CPU; BENCHMARKS.md, "Train step")."""
     if jax.lax.axis_size(AXIS) == 1:
         return tree
     return jax.lax.pmean(tree, AXIS)

@@ -2,9 +2,9 @@
 
 XLA's CPU backend runs convolutions through its own kernels and, for the weight gradient,
 transposes activations to batch-last layouts first; for 1×1 kernels and for small feature
-maps those are 2-4× slower than the same arithmetic as one matrix product, which XLA runs at
-the machine's matmul peak (measured in BENCHMARKS.md, "Train step"). So on a CPU, and only
-there by default, such layers are computed as a matrix product:
+maps that is up to about 2× slower than the same arithmetic as one matrix product on its
+matrix-multiply kernels (`python -m benchmarks.conv`; BENCHMARKS.md, "Train step"). So on a
+CPU, and only there by default, such layers are computed as a matrix product:
 
   1×1 kernel   (N, H, W, C_in) @ (C_in, C_out), strided by slicing first: the same numbers.
   k×k kernel on an output map of at most `MAX_DOT_OUTPUT_PIXELS` pixels: the k·k shifted
@@ -13,9 +13,9 @@ there by default, such layers are computed as a matrix product:
                times the input, which is small exactly when the map is.
 
 Everything else, and everything on GPUs and TPUs (where cuDNN and XLA's own convolution
-emitters are the fast path), stays `lax.conv_general_dilated`. Parameters are the same
-(N, H, W, C) / (kh, kw, C_in, C_out) arrays either way, so checkpoints and ported weights do
-not depend on the choice.
+emitters are the fast path), stays `lax.conv_general_dilated`. Inputs stay NHWC and kernels
+(kh, kw, C_in, C_out) either way, so checkpoints and ported weights do not depend on the
+choice.
 """
 
 import functools
