@@ -143,9 +143,11 @@ def jax_train_step(config, host_batch: dict, devices: list) -> dict:
     # The model's FLOPs, whatever kernels XLA picks later: the unoptimized step, with XLA's
     # convolutions (a matrix-product convolution on a small padded map also counts the
     # products with the padding's zeros). Lowering alone compiles nothing.
-    xla_config = config.copy_and_resolve_references()
-    xla_config.model.conv_impl = "xla"
-    flops = _flops(_pmapped_step(xla_config, schedule, devices).lower(state, batch))
+    if config.model.conv_impl != "xla":
+        xla_config = config.copy_and_resolve_references()
+        xla_config.model.conv_impl = "xla"
+        lowered = _pmapped_step(xla_config, schedule, devices).lower(state, batch)
+    flops = _flops(lowered)
     memory = compiled.memory_analysis()
     holder = [state]
     host_batch = jax.tree.map(lambda x: x.reshape(len(devices), -1, *x.shape[1:]), host_batch)

@@ -40,6 +40,13 @@ def _output_size(size: int, kernel: int, stride: int, pad: tuple[int, int]) -> i
     return (size + pad[0] + pad[1] - kernel) // stride + 1
 
 
+def _explicit_padding(lhs_shape, window: tuple[int, int], window_strides, padding):
+    """((top, bottom), (left, right)) for explicit pairs or 'SAME' / 'VALID'."""
+    if isinstance(padding, str):
+        return lax.padtype_to_pads(lhs_shape[1:3], window, window_strides, padding)
+    return padding
+
+
 def window_views(x, window: tuple[int, int], strides: tuple[int, int]) -> list:
     """The kh·kw strided views of an (already padded) NHWC map that a kh×kw window with
     `strides` sees, in row-major (i, j) order.
@@ -73,9 +80,7 @@ def conv_as_dot(lhs, rhs, window_strides, padding, precision=None):
       dimension numbers up to floating-point summation order.
     """
     kh, kw, c_in, c_out = rhs.shape
-    _, height, width, _ = lhs.shape
-    if isinstance(padding, str):
-        padding = lax.padtype_to_pads((height, width), (kh, kw), window_strides, padding)
+    padding = _explicit_padding(lhs.shape, (kh, kw), window_strides, padding)
     x = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
     views = window_views(x, (kh, kw), window_strides)
     # [n, out_h, out_w, kh * kw * c_in], ordered (i, j, c) like the reshaped HWIO kernel.
@@ -100,8 +105,7 @@ def uses_dot(lhs_shape, rhs_shape, window_strides, padding, conv_impl: str) -> b
     kh, kw = rhs_shape[:2]
     if kh == kw == 1:
         return True
-    if isinstance(padding, str):
-        padding = lax.padtype_to_pads(lhs_shape[1:3], (kh, kw), window_strides, padding)
+    padding = _explicit_padding(lhs_shape, (kh, kw), window_strides, padding)
     out_h = _output_size(lhs_shape[1], kh, window_strides[0], padding[0])
     out_w = _output_size(lhs_shape[2], kw, window_strides[1], padding[1])
     return out_h * out_w <= MAX_DOT_OUTPUT_PIXELS
