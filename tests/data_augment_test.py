@@ -123,10 +123,25 @@ def _hsv_reference(pixels, saturation, exposure, hue):
     return np.array(out)
 
 
-PIXELS = np.array([[0.8, 0.4, 0.2], [0.1, 0.6, 0.3], [0.5, 0.5, 0.5], [0.9, 0.85, 0.1]])
+# Varied hues, grey, black, a fully saturated red and a near-black pixel.
+PIXELS = np.array(
+    [
+        [0.8, 0.4, 0.2],
+        [0.1, 0.6, 0.3],
+        [0.5, 0.5, 0.5],
+        [0.9, 0.85, 0.1],
+        [0.0, 0.0, 0.0],
+        [1.0, 0.0, 0.0],
+        [0.2, 0.3, 0.9],
+        [0.05, 0.0, 0.02],
+    ]
+)
 
 
-@pytest.mark.parametrize("saturation, exposure, hue", [(1.4, 0.8, 0.07), (0.7, 1.3, -0.1)])
+@pytest.mark.parametrize(
+    "saturation, exposure, hue",
+    [(1.4, 0.8, 0.07), (0.7, 1.3, -0.1), (1.5, 1.5, 0.0), (0.67, 0.67, 0.5)],
+)
 def test_hsv_colour_matches_colorsys(saturation, exposure, hue):
     jittered = augment.adjust_color(
         tf.constant(PIXELS[None], tf.float32),

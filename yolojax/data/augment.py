@@ -168,19 +168,39 @@ def adjust_color(
 
     Args:
       image: (H, W, 3) float RGB in [0, 1].
-      color_space: 'hsv' does it exactly in HSV space, as darknet (two HSV round trips, S and
-        V clamped at 1); 'yiq' applies one color_matrix, about 4x cheaper on CPU (the
-        saturation and hue of YIQ, not HSV; exposure is the same).
+      color_space: 'hsv' does it exactly in HSV space, as darknet (S and V clamped at 1:
+        one HSV round trip for the hue, closed forms for S and V); 'yiq' applies one
+        color_matrix, about 4x cheaper on CPU (the saturation and hue of YIQ, not HSV;
+        exposure is the same).
     """
     if color_space == "yiq":
         image = mix_channels(image, color_matrix(saturation, hue, exposure))
     else:
-        image = tf.image.adjust_saturation(image, saturation)
-        # Scaling V = max(R, G, B) by f, clamped at 1, scales every channel by min(f, 1 / V).
-        value = tf.reduce_max(image, axis=-1, keepdims=True)
-        image *= tf.minimum(exposure, 1.0 / tf.maximum(value, 1e-6))
-        image = tf.image.adjust_hue(image, hue)
+        image = scale_saturation_and_value(tf.image.adjust_hue(image, hue), saturation, exposure)
     return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def scale_saturation_and_value(
+    image: tf.Tensor, saturation: tf.Tensor, exposure: tf.Tensor
+) -> tf.Tensor:
+    """Exact HSV S <- min(S * saturation, 1), V <- min(V * exposure, 1) of an (H, W, 3) image.
+
+    Without a round trip through HSV: with V = max(R, G, B) and m = min(R, G, B), a pixel is
+    V - (V - m) * f(H) per channel, so scaling S = (V - m) / V by k at fixed H and V moves every
+    channel to V + (c - V) * k, k = min(saturation, V / (V - m)); scaling V at fixed H and S
+    scales every channel by min(exposure, 1 / V). Grey (V = m) and black pixels get gain 0 where
+    the division is undefined, which is their exact result. About half the CPU time of
+    `tf.image.adjust_saturation` followed by the exposure.
+    """
+    red, green, blue = tf.unstack(image, axis=-1)
+    value = tf.maximum(tf.maximum(red, green), blue)
+    minimum = tf.minimum(tf.minimum(red, green), blue)
+    chroma_gain = tf.minimum(saturation, tf.math.divide_no_nan(value, value - minimum))
+    value_gain = tf.minimum(exposure, tf.math.reciprocal_no_nan(value))
+    # Per channel: (V + (c - V) * chroma_gain) * value_gain = c * gain + offset.
+    gain = chroma_gain * value_gain
+    offset = value * (value_gain - gain)
+    return image * gain[..., None] + offset[..., None]
 
 
 def random_color(
