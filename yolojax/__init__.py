@@ -5,6 +5,7 @@ loss, decoding + NMS, box utilities and the VOC evaluator. Training, data and in
 in their modules (``yolojax.trainer``, ``yolojax.data``, ``yolojax.detector``).
 """
 
+from yolojax import cpu_backend
 from yolojax.boxes import (
     box_area,
     cxcywh_to_yxyx,
@@ -19,6 +20,10 @@ from yolojax.losses import yolo_loss
 from yolojax.models import BACKBONES, HEADS, YOLO, get_classifier, get_model
 from yolojax.postprocess import Detections, decode, detect, nms
 from yolojax.targets import encode, encode_batch
+
+# XLA reads its flags once, when JAX first starts a backend; importing the modules above
+# starts none, so this comes in time whenever yolojax is imported before JAX is first used.
+cpu_backend.configure()
 
 __version__ = "0.1.0"
 

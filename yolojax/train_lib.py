@@ -123,7 +123,7 @@ def train_step(state: TrainState, batch: dict, *, model, config, schedule):
 
     # The gradient norm is finite exactly when every gradient is (or it overflows float32,
     # an update no run survives either), and a reduction writes no mask of every gradient.
-    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(optax.global_norm(grads))
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(optax.tree.norm(grads))
     if config.train.skip_nonfinite:
         # Keep the previous parameters and statistics, but advance the step so the data
         # order stays the same as an uninterrupted run.

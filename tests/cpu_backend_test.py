@@ -1,0 +1,62 @@
+"""Importing yolojax moves XLA:CPU's convolutions off YNNPACK, unless told otherwise."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+from yolojax import cpu_backend
+
+# Prints XLA_FLAGS after the imports and whether a compiled 3x3 convolution runs in YNNPACK.
+_PROBE = textwrap.dedent(
+    """
+    import os, sys
+    import jax, jax.numpy as jnp
+    from jax import lax
+    if sys.argv[1] == "jax-first":
+        jnp.ones(1)  # starts the CPU backend before yolojax is imported
+    import yolojax
+    x, w = jnp.ones((2, 28, 28, 64)), jnp.ones((3, 3, 64, 64))
+    conv = jax.jit(lambda x, w: lax.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    print(os.environ.get("XLA_FLAGS", ""))
+    print("ynn" in conv.lower(x, w).compile().as_text())
+    """
+)
+
+
+def _probe(order: str, xla_flags: str | None = None) -> tuple[str, bool, str]:
+    env = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    if xla_flags is not None:
+        env["XLA_FLAGS"] = xla_flags
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE, order],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    flags, in_ynn = result.stdout.splitlines()[-2:]
+    return flags, in_ynn == "True", result.stderr
+
+
+def test_import_puts_convolutions_on_xla_kernels():
+    flags, in_ynn, _ = _probe("yolojax-first")
+    assert cpu_backend.XLA_CONVOLUTIONS_FLAG in flags.split()
+    assert not in_ynn
+
+
+def test_users_own_ynn_setting_wins():
+    own = "--xla_cpu_experimental_ynn_fusion_type=individual_convolution,individual_dot"
+    flags, in_ynn, _ = _probe("yolojax-first", own)
+    assert flags == own
+    assert in_ynn  # and it is what makes the difference
+
+
+def test_too_late_import_warns_and_leaves_flags_alone():
+    flags, in_ynn, stderr = _probe("jax-first")
+    assert flags == ""
+    assert in_ynn
+    assert "Import yolojax before the first use of JAX" in stderr

@@ -1,0 +1,65 @@
+"""XLA:CPU setting applied on `import yolojax`: convolutions on XLA's own kernels, not YNNPACK.
+
+jaxlib 0.10's CPU backend hands every convolution to YNNPACK. For a training step's
+convolutions (forward and both gradients) XLA's own convolution is faster on this project's
+models: a ResNet-50 3×3 layer on a 56×56 map, batch 8, takes 37 ms instead of 59-72 ms, and
+the ResNet-50 YOLO train step at 224 gets 13% faster (BENCHMARKS.md, "Train step").
+YNNPACK keeps the matrix products, where it is fast.
+
+`configure` adds `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution` to
+``XLA_FLAGS``. XLA reads that variable once, when JAX first starts a backend, so the setting
+holds when yolojax is imported before JAX is first used (devices, arrays, jit), as in
+`train.py`, `evaluate.py` and the benchmarks. It changes nothing on GPUs and TPUs. It is
+left out when ``XLA_FLAGS`` already sets `xla_cpu_experimental_ynn_fusion_type` (yours
+wins), and for jaxlib versions other than the ones it was measured on, because XLA stops
+the process at start on a flag it does not know.
+"""
+
+import importlib.metadata
+import logging
+import os
+
+import jax
+
+XLA_CONVOLUTIONS_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+# jaxlib releases whose XLA has the flag and was measured with it (major.minor).
+_MEASURED_JAXLIB = ("0.10",)
+
+
+def configure() -> bool:
+    """Adds `XLA_CONVOLUTIONS_FLAG` to ``$XLA_FLAGS`` unless told otherwise (see above).
+
+    Returns:
+      Whether the flag is in ``XLA_FLAGS`` in time: False where it was left out, and with a
+      warning when JAX's CPU backend had already started (too late for flags).
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if XLA_CONVOLUTIONS_FLAG in flags.split():
+        return True
+    if "xla_cpu_experimental_ynn_fusion_type" in flags:
+        return False
+    if _cpu_backend_started():
+        logging.getLogger(__name__).warning(
+            "JAX's CPU backend started before yolojax was imported, so its convolutions stay "
+            "on YNNPACK (slower CPU training; see yolojax/cpu_backend.py). Import yolojax "
+            "before the first use of JAX to get XLA's own convolutions."
+        )
+        return False
+    try:
+        jaxlib = importlib.metadata.version("jaxlib")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    if ".".join(jaxlib.split(".")[:2]) not in _MEASURED_JAXLIB:
+        return False
+    os.environ["XLA_FLAGS"] = f"{flags} {XLA_CONVOLUTIONS_FLAG}".strip()
+    return True
+
+
+def _cpu_backend_started() -> bool:
+    try:  # jax's internal registry of started backends (present in the measured jax)
+        from jax._src import xla_bridge
+
+        started = xla_bridge.backends_are_initialized()
+    except (ImportError, AttributeError):
+        return False
+    return started and jax.default_backend() == "cpu"
