@@ -36,7 +36,7 @@ def configure() -> bool:
     flags = os.environ.get("XLA_FLAGS", "")
     if XLA_CONVOLUTIONS_FLAG in flags.split():
         return True
-    if "xla_cpu_experimental_ynn_fusion_type" in flags:
+    if "xla_cpu_experimental_ynn_fusion_type" in flags or not _jaxlib_measured():
         return False
     if _cpu_backend_started():
         logging.getLogger(__name__).warning(
@@ -45,14 +45,16 @@ def configure() -> bool:
             "before the first use of JAX to get XLA's own convolutions."
         )
         return False
+    os.environ["XLA_FLAGS"] = f"{flags} {XLA_CONVOLUTIONS_FLAG}".strip()
+    return True
+
+
+def _jaxlib_measured() -> bool:
     try:
         jaxlib = importlib.metadata.version("jaxlib")
     except importlib.metadata.PackageNotFoundError:
         return False
-    if ".".join(jaxlib.split(".")[:2]) not in _MEASURED_JAXLIB:
-        return False
-    os.environ["XLA_FLAGS"] = f"{flags} {XLA_CONVOLUTIONS_FLAG}".strip()
-    return True
+    return ".".join(jaxlib.split(".")[:2]) in _MEASURED_JAXLIB
 
 
 def _cpu_backend_started() -> bool:
