@@ -8,13 +8,13 @@
 Per backbone (configs/voc.py's variant, configs/shapes.py for darknet_tiny; no pretrained
 weights), on random images and boxes already on the device:
 
-* JAX: `yolojax.train_lib.train_step` under `jax.pmap` exactly as the trainer runs it
-  (donated state, targets encoded on the device, optimizer update). Compile time, images/s
-  (median of the timed steps after two warm-up steps, each waiting for its result with
-  `block_until_ready`), the train step's FLOPs per image from XLA's cost analysis of the
-  lowered (unoptimized) step with XLA's own convolutions (`--conv-impl` does not change
-  the count), hence achieved TFLOP/s and, on a known accelerator, MFU; peak
-  device memory (on a CPU: the compiled step's buffer plan).
+* JAX: `yolojax.train_lib.make_train_step` exactly as the trainer runs it (compiled over
+  the devices, donated state, targets encoded on the device, optimizer update). Compile
+  time, images/s (median of the timed steps after two warm-up steps, each waiting for its
+  result with `block_until_ready`), the train step's FLOPs per image from XLA's cost
+  analysis of the lowered (unoptimized) step with XLA's own convolutions (`--conv-impl`
+  does not change the count), hence achieved TFLOP/s and, on a known accelerator, MFU;
+  peak device memory (on a CPU: the compiled step's buffer plan).
 * PyTorch: `benchmarks/torch_reference.py`, the same model, targets, loss and optimizer,
   in each requested variant (eager or `torch.compile`, NCHW or channels-last); timed in turns
   with the JAX step (a round of JAX steps, then a round of each variant, repeated) so a
@@ -43,11 +43,10 @@ except ImportError:  # JAX figures only.
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from benchmarks import common
 from configs import shapes, voc
-from yolojax import models, postprocess, train_lib
+from yolojax import distributed, models, postprocess, train_lib
 
 CPU_DEFAULTS = {"backbone": "darknet_tiny,resnet18", "batch": 8, "image_size": 160}
 ACCELERATOR_DEFAULTS = {"backbone": "resnet152", "batch": 64, "image_size": 448}
@@ -97,30 +96,8 @@ def random_batch(config, batch_size: int, seed: int = 0) -> dict:
     }
 
 
-def _put(tree, devices, *, replicate: bool):
-    """Places a host pytree as `jax.pmap` lays out its arguments over `devices`: every leaf
-    copied to each device (`replicate`) or split along its first axis."""
-    sharding = NamedSharding(Mesh(np.array(devices), (train_lib.AXIS,)), PartitionSpec("batch"))
-
-    def put(x):
-        x = np.asarray(x)
-        if replicate:
-            x = np.broadcast_to(x, (len(devices), *x.shape))
-        else:
-            x = x.reshape(len(devices), -1, *x.shape[1:])
-        return jax.device_put(x, sharding)
-
-    return jax.tree.map(put, tree)
-
-
-def _pmapped_step(config, schedule, devices: list):
-    model = train_lib.build_model(config)
-    return jax.pmap(
-        functools.partial(train_lib.train_step, model=model, config=config, schedule=schedule),
-        axis_name=train_lib.AXIS,
-        donate_argnums=(0,),
-        devices=devices,
-    )
+def _train_step(config, schedule, mesh):
+    return train_lib.make_train_step(train_lib.build_model(config), config, schedule, mesh)
 
 
 def _flops(lowered) -> float:
@@ -130,12 +107,14 @@ def _flops(lowered) -> float:
 
 
 def jax_train_step(config, host_batch: dict, devices: list) -> dict:
-    """Compiles the pmapped train step; returns its step functions (batch already on the
-    devices, or NumPy as the trainer passes it) and compile-time facts."""
+    """Compiles the train step; returns its step functions (batch already on the devices,
+    or NumPy as the input pipeline yields it) and compile-time facts."""
     _, state, schedule = train_lib.initial_state(config, config.train.batch_size)
-    step = _pmapped_step(config, schedule, devices)
-    state = _put(state, devices, replicate=True)
-    batch = _put(host_batch, devices, replicate=False)
+    mesh = distributed.mesh(devices)
+    step = _train_step(config, schedule, mesh)
+    state = distributed.replicate(state, mesh)
+    host_batch = jax.tree.map(lambda x: x.reshape(len(devices), -1, *x.shape[1:]), host_batch)
+    batch = distributed.shard_batch(host_batch, mesh)
     start = time.perf_counter()
     lowered = step.lower(state, batch)
     compiled = lowered.compile()
@@ -146,14 +125,14 @@ def jax_train_step(config, host_batch: dict, devices: list) -> dict:
     if config.model.conv_impl != "xla":
         xla_config = config.copy_and_resolve_references()
         xla_config.model.conv_impl = "xla"
-        lowered = _pmapped_step(xla_config, schedule, devices).lower(state, batch)
+        lowered = _train_step(xla_config, schedule, mesh).lower(state, batch)
     flops = _flops(lowered)
     memory = compiled.memory_analysis()
     holder = [state]
-    host_batch = jax.tree.map(lambda x: x.reshape(len(devices), -1, *x.shape[1:]), host_batch)
 
     def run(images_on_host: bool = False) -> None:
-        holder[0], metrics = compiled(holder[0], host_batch if images_on_host else batch)
+        step_batch = distributed.shard_batch(host_batch, mesh) if images_on_host else batch
+        holder[0], metrics = compiled(holder[0], step_batch)
         jax.block_until_ready((holder[0], metrics))
 
     return {
@@ -335,7 +314,7 @@ def parse_args(on_cpu: bool) -> argparse.Namespace:
         choices=models.CONV_IMPLS,
         help="also time the JAX step with this conv_impl, in turn with the others",
     )
-    parser.add_argument("--devices", type=int, default=1, help="local devices for pmap")
+    parser.add_argument("--devices", type=int, default=1, help="local devices to train on")
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
     parser.add_argument("--steps-per-round", type=int, default=3)
     parser.add_argument(

@@ -18,7 +18,6 @@ before training as ``DIR/initial.npz``.
 
 import argparse
 import faulthandler
-import functools
 import json
 import sys
 from pathlib import Path
@@ -84,16 +83,16 @@ def _random_batch(config, rng) -> dict[str, np.ndarray]:
 def one_step_on_one_and_all_devices(config, out: Path) -> None:
     """Saves the state after one step on 1 device and on every local device (same batch)."""
     model, state, schedule = train_lib.initial_state(config, num_train_examples=NUM_TRAIN)
-    step = functools.partial(train_lib.train_step, model=model, config=config, schedule=schedule)
     batch = _random_batch(config, np.random.default_rng(0))
     devices = jax.local_devices()
     results = {f"initial/{k}": v for k, v in _flat(state).items()}
     for name, count in (("one", 1), ("all", len(devices))):
         # Device d gets examples [d·B/count, (d+1)·B/count), as the input pipeline splits.
+        mesh = distributed.mesh(devices[:count])
         sharded = {k: v.reshape(count, -1, *v.shape[1:]) for k, v in batch.items()}
-        replicated = jax.tree.map(lambda x, n=count: np.stack([np.asarray(x)] * n), state)
-        p_step = jax.pmap(step, axis_name=train_lib.AXIS, devices=devices[:count])
-        new_state, metrics = distributed.first_replica(p_step(replicated, sharded))
+        step = train_lib.make_train_step(model, config, schedule, mesh)
+        outputs = step(distributed.replicate(state, mesh), distributed.shard_batch(sharded, mesh))
+        new_state, metrics = distributed.first_replica(outputs)
         results.update({f"{name}/{k}": v for k, v in _flat(new_state).items()})
         results[f"{name}/loss"] = metrics["loss"]
     results["device_count"] = np.asarray(len(devices))

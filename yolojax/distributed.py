@@ -1,8 +1,10 @@
 """Multi-device and multi-host start-up through JAX's own distributed runtime.
 
-One process drives every local device through the ``jax.pmap``ped train step; several
-processes (one per host, or one per GPU) join into one job with ``jax.distributed``, after
-which ``pmap`` collectives span the devices of every process. See docs/distributed.md.
+One process drives every local device; several processes (one per host, or one per GPU)
+join into one job with ``jax.distributed``. The steps are compiled over a one-axis mesh of
+every device of the job (:func:`mesh`): the train state is replicated on each device
+(:func:`replicate`), each batch is split over them (:func:`shard_batch`), and the step's
+collectives span every process. See docs/distributed.md.
 
 Flags shared by train.py and evaluate.py:
 
@@ -19,8 +21,12 @@ import logging
 import jax
 import numpy as np
 from absl import flags
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 logger = logging.getLogger(__name__)
+
+AXIS = "batch"  # the mesh axis the batch is split over; BatchNorm averages over it too
 
 _FLAGS = flags.FLAGS
 CPU_COLLECTIVES = ("gloo", "mpi")
@@ -177,23 +183,58 @@ def check_batch_size(batch_size: int, name: str) -> None:
     )
 
 
-def first_replica(tree):
-    """The first local replica of a replicated pytree, as host NumPy arrays.
+def mesh(devices=None) -> Mesh:
+    """A one-axis mesh (axis :data:`AXIS`) over ``devices``, default every device of the job.
 
-    For the state and metrics that come out of the ``pmap``ped steps (leading axis = local
-    devices, every replica identical). The values are copied straight from one device's
-    buffer: indexing ``x[0]`` on device would dispatch a computation over the local devices,
-    which in a multi-process job can block behind another process's collectives (a
-    deadlock seen with orbax's save barrier on CPU).
+    ``jax.devices()`` lists each process's devices together, so process ``p``'s share of a
+    batch (its contiguous slice, as the input pipeline reads it) lands on its own devices.
+    """
+    return Mesh(np.array(jax.devices() if devices is None else devices), (AXIS,))
+
+
+def replicate(tree, on: Mesh):
+    """Copies a host pytree (the same values on every process) onto every device of ``on``,
+    as global arrays of the same shapes that the compiled steps take."""
+    sharding = NamedSharding(on, PartitionSpec())
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree
+    )
+
+
+def shard_batch(batch: dict, on: Mesh) -> dict:
+    """This process's share of a global batch, from the input pipeline's NumPy arrays shaped
+    ``[local_devices, per_device, ...]``, as global arrays ``[global_batch, ...]`` split over
+    the devices of ``on`` (device ``d`` of this process gets row block ``d``)."""
+    sharding = NamedSharding(on, PartitionSpec(AXIS))
+    return {
+        key: jax.make_array_from_process_local_data(sharding, value.reshape(-1, *value.shape[2:]))
+        for key, value in batch.items()
+    }
+
+
+def local_rows(tree, on: Mesh):
+    """The rows this process computed of global arrays split over ``on`` by the batch axis,
+    as NumPy arrays ``[per_process, ...]`` (the inverse of :func:`shard_batch`, flattened)."""
+    local = multihost_utils.global_array_to_host_local_array(tree, on, PartitionSpec(AXIS))
+    return jax.tree.map(np.asarray, local)
+
+
+def first_replica(tree):
+    """One device's copy of a replicated pytree (the train state, the step's metrics), as
+    host NumPy arrays of the same shapes.
+
+    The values are copied straight from one device's buffer: indexing on device would
+    dispatch a computation over every device, which in a multi-process job can block behind
+    another process's collectives (a deadlock seen with orbax's save barrier on CPU).
 
     Args:
-      tree: a pytree of ``(local_devices, ...)`` arrays (jax or NumPy).
+      tree: a pytree of replicated ``jax.Array`` (or NumPy arrays, returned as they are).
 
     Returns:
-      The same pytree of ``(...)`` NumPy arrays.
+      The same pytree of NumPy arrays.
     """
 
     def one_device(x):
         return x.addressable_shards[0].data if isinstance(x, jax.Array) else x
 
-    return jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(jax.tree.map(one_device, tree)))
+    return jax.tree.map(np.asarray, jax.device_get(jax.tree.map(one_device, tree)))

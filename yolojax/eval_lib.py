@@ -1,4 +1,4 @@
-"""Exact VOC evaluation of a model: pmapped detection, host-side VOC mAP.
+"""Exact VOC evaluation of a model: detection on every device, host-side VOC mAP.
 
 Every example of the evaluation split is seen exactly once: the pipeline pads the last
 batch and marks padding with ``valid``; with several processes, each evaluates its shard and
@@ -12,6 +12,7 @@ from pathlib import Path
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+from jax.sharding import PartitionSpec
 
 from yolojax import distributed, postprocess, train_lib
 from yolojax.config import resolve_num_classes, validate_config
@@ -51,9 +52,29 @@ def eval_step(state, images, *, model, config) -> postprocess.Detections:
     )
 
 
-def make_pmapped_eval_step(model, config):
-    """``eval_step`` under ``jax.pmap`` over the local devices."""
-    return jax.pmap(functools.partial(eval_step, model=model, config=config), axis_name="batch")
+def make_eval_step(model, config, mesh=None):
+    """:func:`eval_step` compiled over every device of ``mesh`` (default: the whole job).
+
+    Returns:
+      ``detect(state, images) -> Detections``: ``state`` from
+      :func:`yolojax.distributed.replicate` on ``mesh``, ``images`` this process's NumPy
+      batch ``(local_devices, per_device, H, W, 3)``; the detections of those images as
+      NumPy arrays ``(local_devices * per_device, K, ...)``.
+    """
+    mesh = distributed.mesh() if mesh is None else mesh
+    sharded = jax.shard_map(
+        functools.partial(eval_step, model=model, config=config),
+        mesh=mesh,
+        in_specs=(PartitionSpec(), PartitionSpec(distributed.AXIS)),
+        out_specs=PartitionSpec(distributed.AXIS),
+    )
+    compiled = jax.jit(sharded)
+
+    def detect(state, images: np.ndarray) -> postprocess.Detections:
+        images = distributed.shard_batch({"image": images}, mesh)["image"]
+        return distributed.local_rows(compiled(state, images), mesh)
+
+    return detect
 
 
 def _gather(arrays: dict) -> dict:
@@ -63,12 +84,12 @@ def _gather(arrays: dict) -> dict:
     return multihost_utils.process_allgather(arrays, tiled=True)
 
 
-def evaluate(p_eval_step, replicated_state, batches, config, class_names=None) -> dict:
+def evaluate(detect, state, batches, config, class_names=None) -> dict:
     """Runs detection over ``batches`` and computes VOC mAP.
 
     Args:
-      p_eval_step: from :func:`make_pmapped_eval_step`.
-      replicated_state: the train state with a leading local-device axis.
+      detect: from :func:`make_eval_step`.
+      state: the train state on the devices (:func:`yolojax.distributed.replicate`).
       batches: an iterable of eval batches (``yolojax.data.pipeline.make_eval_iterator``).
       config: the run config.
       class_names: names for the per-class table; default ``class_0…``.
@@ -88,21 +109,21 @@ def evaluate(p_eval_step, replicated_state, batches, config, class_names=None) -
     )
     start, num_images, num_detections = time.perf_counter(), 0, 0
     for batch in batches:
-        detections = jax.device_get(p_eval_step(replicated_state, batch["image"]))
+        detections = detect(state, batch["image"])
+        # Flatten [devices, per_device] so the gather concatenates whole examples.
+        examples = {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items()}
         arrays = {
-            "gt_boxes": batch["boxes"],
-            "gt_labels": batch["labels"],
-            "gt_difficult": batch["difficult"],
-            "gt_mask": batch["mask"],
+            "gt_boxes": examples["boxes"],
+            "gt_labels": examples["labels"],
+            "gt_difficult": examples["difficult"],
+            "gt_mask": examples["mask"],
             "pred_boxes": detections.boxes,
             "pred_scores": detections.scores,
             "pred_labels": detections.labels,
             "pred_valid": detections.valid,
-            "image_size": batch["image_size"],
-            "valid": batch["valid"],
+            "image_size": examples["image_size"],
+            "valid": examples["valid"],
         }
-        # Flatten [devices, per_device] so the gather concatenates whole examples.
-        arrays = {k: v.reshape(-1, *v.shape[2:]) for k, v in arrays.items()}
         arrays = _gather(arrays)
         num_images += int(np.sum(arrays["valid"]))
         num_detections += int(np.sum(arrays["pred_valid"] & arrays["valid"][:, None]))
@@ -144,9 +165,10 @@ def evaluate_checkpoint(config, workdir, checkpoint: str | int = "latest") -> di
     model, state, step = train_lib.restore_trained_state(
         config, workdir, checkpoint, info.num_train_examples
     )
+    mesh = distributed.mesh()
     results = evaluate(
-        make_pmapped_eval_step(model, config),
-        train_lib.replicate(state),
+        make_eval_step(model, config, mesh),
+        distributed.replicate(state, mesh),
         pipeline.make_eval_iterator(config.data, global_batch_size=batch_size),
         config,
         info.class_names,

@@ -1,5 +1,5 @@
-"""The train state, the train step (written for ``jax.pmap`` over axis ``'batch'``), and
-building or restoring the state of a config. The loop lives in ``yolojax.trainer``.
+"""The train state, the train step (data parallel over mesh axis ``'batch'``), and building
+or restoring the state of a config. The loop lives in ``yolojax.trainer``.
 """
 
 import functools
@@ -7,16 +7,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax.training import train_state
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, PartitionSpec
 
-from yolojax import checkpoints, losses, optim, targets
+from yolojax import checkpoints, distributed, losses, optim, targets
 from yolojax.models import get_model
 from yolojax.pretrained import load_for_config
 
-AXIS = "batch"
+AXIS = distributed.AXIS
 
 
 class TrainState(train_state.TrainState):
@@ -71,13 +70,14 @@ def _mean_over_devices(tree):
 def train_step(state: TrainState, batch: dict, *, model, config, schedule):
     """One optimization step on one device's share of the global batch.
 
-    Runs under ``jax.pmap`` with axis ``'batch'``: the loss is divided by the per-device
-    batch size and the gradients are averaged over devices, so the update equals the
-    single-device update on the global batch (the loss is a mean over images).
+    Runs on every device under ``jax.shard_map`` with mesh axis ``'batch'`` (see
+    :func:`make_train_step`): the loss is divided by the per-device batch size and the
+    gradients are averaged over devices, so the update equals the single-device update on
+    the global batch (the loss is a mean over images).
 
     Args:
-      state: the replicated train state.
-      batch: per-device arrays (see the data contract): ``image (B, H, W, 3)``,
+      state: the train state (the same on every device).
+      batch: this device's arrays (see the data contract): ``image (B, H, W, 3)``,
         ``boxes (B, M, 4)`` normalized yxyx, ``labels (B, M)``, ``mask (B, M)``.
 
     Returns:
@@ -134,17 +134,33 @@ def train_step(state: TrainState, batch: dict, *, model, config, schedule):
     return new_state, metrics
 
 
-def replicate(tree):
-    """Copies a host pytree onto every local device (leading axis = local devices), laid
-    out as ``jax.pmap`` lays out its own outputs, so the first step moves nothing."""
-    devices = jax.local_devices()
-    sharding = NamedSharding(Mesh(np.array(devices), (AXIS,)), PartitionSpec(AXIS))
+def make_train_step(model, config, schedule, mesh: Mesh):
+    """:func:`train_step` compiled over every device of ``mesh`` (data parallel).
 
-    def put(x):
-        x = np.asarray(x)
-        return jax.device_put(np.broadcast_to(x, (len(devices), *x.shape)), sharding)
+    ``jax.jit`` of a ``jax.shard_map``: the state is replicated (no per-device axis) and
+    donated, so XLA updates the parameters and optimizer state in place. (Under ``jax.pmap``
+    each leaf has a leading device axis; XLA:CPU then copies every parameter and optimizer
+    buffer at each step and keeps the clipped gradient as one more buffer: 2.3 GB more
+    temporaries and 1.5x the step time for the paper's Darknet. BENCHMARKS.md, "Train step".)
 
-    return jax.tree.map(put, tree)
+    Returns:
+      ``step(state, batch) -> (state, metrics)``: ``state`` from
+      :func:`yolojax.distributed.replicate`, ``batch`` from
+      :func:`yolojax.distributed.shard_batch` (global ``[batch, ...]`` arrays), metrics
+      replicated scalars.
+    """
+    step = functools.partial(train_step, model=model, config=config, schedule=schedule)
+    replicated, split = PartitionSpec(), PartitionSpec(AXIS)
+    # check_vma=False: on one device the step skips the (no-op) cross-device mean, so JAX
+    # cannot infer that the outputs are replicated; they are on any device count.
+    sharded = jax.shard_map(
+        step,
+        mesh=mesh,
+        in_specs=(replicated, split),
+        out_specs=(replicated, replicated),
+        check_vma=False,
+    )
+    return jax.jit(sharded, donate_argnums=(0,))
 
 
 def steps_for(config, num_train_examples: int) -> tuple[int, int]:

@@ -1,8 +1,8 @@
 """The training loop: ``train_and_evaluate(config, workdir)``, the whole job of ``train.py``.
 
 It restores the latest checkpoint of ``workdir`` if there is one (same step, same data
-order), trains with the ``jax.pmap``ped :func:`yolojax.train_lib.train_step` over every local
-device, evaluates VOC mAP periodically (test split, and a fixed train subset to watch
+order), trains with :func:`yolojax.train_lib.train_step` compiled over every device of the
+job (data parallel), evaluates VOC mAP periodically (test split, and a fixed train subset to watch
 overfitting), keeps the last checkpoints and the best by test mAP, and writes metrics (JSON
 lines + TensorBoard) and loss/mAP plots into ``workdir``.
 
@@ -12,7 +12,6 @@ process takes part in evaluation and checkpoint saves (orbax writes from process
 process 0 writes the other workdir files and prints progress.
 """
 
-import functools
 import logging
 import math
 import time
@@ -114,17 +113,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
             )
             tensorboard.write(step, scalars)
 
-    p_train_step = jax.pmap(
-        functools.partial(train_lib.train_step, model=model, config=config, schedule=schedule),
-        axis_name=train_lib.AXIS,
-        donate_argnums=(0,),
-    )
-    p_eval_step = eval_lib.make_pmapped_eval_step(model, config)
+    mesh = distributed.mesh()
+    train_step = train_lib.make_train_step(model, config, schedule, mesh)
+    detect = eval_lib.make_eval_step(model, config, mesh)
 
-    def run_evaluation(step: int, replicated) -> dict:
+    def run_evaluation(step: int, on_devices) -> dict:
         results = eval_lib.evaluate(
-            p_eval_step,
-            replicated,
+            detect,
+            on_devices,
             pipeline.make_eval_iterator(config.data, global_batch_size=eval_batch),
             config,
             info.class_names,
@@ -132,8 +128,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         scalars = {"test_mAP": results["mAP"], "test_mAP_area": results["mAP_area"]}
         if config.eval.train_subset:
             train_results = eval_lib.evaluate(
-                p_eval_step,
-                replicated,
+                detect,
+                on_devices,
                 pipeline.make_eval_iterator(
                     config.data,
                     global_batch_size=eval_batch,
@@ -149,10 +145,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
             tqdm.write(
                 f"step {step}: test mAP {results['mAP']:.4f} (area {results['mAP_area']:.4f})"
             )
-        ckpt.save_if_best(step, distributed.first_replica(replicated), {"mAP": results["mAP"]})
+        ckpt.save_if_best(step, distributed.first_replica(on_devices), {"mAP": results["mAP"]})
         return {**results, "step": step}
 
-    replicated = train_lib.replicate(state)
+    on_devices = distributed.replicate(state, mesh)
     train_iter = pipeline.make_train_iterator(
         config.data,
         global_batch_size=config.train.batch_size,
@@ -167,7 +163,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     )
     try:
         for step in range(start_step + 1, total_steps + 1):
-            replicated, metrics = p_train_step(replicated, next(train_iter))
+            batch = distributed.shard_batch(next(train_iter), mesh)
+            on_devices, metrics = train_step(on_devices, batch)
             window.add(step, metrics)
             progress.update(1)
             last = step == total_steps
@@ -182,11 +179,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
                     loss=f"{means['loss']:.3f}", img_s=f"{means['images_per_second']:.1f}"
                 )
             if evaluate_now:
-                results = run_evaluation(step, replicated)
+                results = run_evaluation(step, on_devices)
             if save_now:
-                ckpt.save(step, distributed.first_replica(replicated))
+                ckpt.save(step, distributed.first_replica(on_devices))
         if results is None:  # resumed after the last step: evaluate what is there
-            results = run_evaluation(total_steps, replicated)
+            results = run_evaluation(total_steps, on_devices)
     except NonFiniteLossError as error:
         bad_step, loss = error.args
         ckpt.wait()

@@ -101,7 +101,8 @@ def get_classifier(
       arch: one of BACKBONES.
       num_classes: classifier outputs.
       dtype: compute dtype, 'float32' or 'bfloat16' (parameters stay float32).
-      axis_name: BatchNorm's cross-device axis (e.g. 'batch' under pmap), None otherwise.
+      axis_name: BatchNorm's cross-device axis (the mesh axis 'batch' of the train step),
+        None otherwise.
       num_groups: GroupNorm groups, used by 'darknet_gn' only.
       conv_impl: 'auto', 'xla' or 'dot' (see `yolojax.models.conv`).
 
@@ -135,7 +136,7 @@ def get_model(model_config: Any, *, axis_name: str | None = None) -> YOLO:
 
     Args:
       model_config: `config.model`: a ConfigDict, a dict or any object with those fields.
-      axis_name: the pmap axis over which every BatchNorm averages batch statistics in
+      axis_name: the mesh axis over which every BatchNorm averages batch statistics in
         training (the train step's 'batch'); None for single-device use.
 
     Returns:
