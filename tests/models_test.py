@@ -204,9 +204,9 @@ def test_bfloat16_forward_is_jitted_in_bfloat16_with_float32_params_and_output(t
 
 
 def test_batch_stats_are_averaged_over_the_named_axis(tiny_variables):
-    # Two "devices" (a vmapped axis named 'batch', as pmap's) with different images must end
-    # up with the same running statistics, in the backbone and in the head: those of the
-    # union of their batches.
+    # Two "devices" (a vmapped axis named 'batch', like the train step's mesh axis) with
+    # different images must end up with the same running statistics, in the backbone and in
+    # the head: those of the union of their batches.
     model = models.get_model(_model_config(**TINY), axis_name="batch")
     single = models.get_model(_model_config(**TINY))
     images = (
