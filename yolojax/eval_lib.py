@@ -52,8 +52,9 @@ def eval_step(state, images, *, model, config) -> postprocess.Detections:
     )
 
 
-def make_eval_step(model, config, mesh=None):
-    """:func:`eval_step` compiled over every device of ``mesh`` (default: the whole job).
+def make_eval_step(model, config, mesh):
+    """:func:`eval_step` compiled over every device of ``mesh``
+    (:func:`yolojax.distributed.mesh`).
 
     Returns:
       ``detect(state, images) -> Detections``: ``state`` from
@@ -61,7 +62,6 @@ def make_eval_step(model, config, mesh=None):
       batch ``(local_devices, per_device, H, W, 3)``; the detections of those images as
       NumPy arrays ``(local_devices * per_device, K, ...)``.
     """
-    mesh = distributed.mesh() if mesh is None else mesh
     sharded = jax.shard_map(
         functools.partial(eval_step, model=model, config=config),
         mesh=mesh,
