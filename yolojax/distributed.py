@@ -186,8 +186,8 @@ def check_batch_size(batch_size: int, name: str) -> None:
 def mesh(devices=None) -> Mesh:
     """A one-axis mesh (axis :data:`AXIS`) over ``devices``, default every device of the job.
 
-    ``jax.devices()`` lists each process's devices together, so process ``p``'s share of a
-    batch (its contiguous slice, as the input pipeline reads it) lands on its own devices.
+    Each process feeds only its own devices (:func:`shard_batch`), so the batch never
+    crosses hosts; only the step's collectives (gradient and statistics means) do.
     """
     return Mesh(np.array(jax.devices() if devices is None else devices), (AXIS,))
 

@@ -140,7 +140,7 @@ def make_train_step(model, config, schedule, mesh: Mesh):
     ``jax.jit`` of a ``jax.shard_map``: the state is replicated (no per-device axis) and
     donated, so XLA updates the parameters and optimizer state in place. (Under ``jax.pmap``
     each leaf has a leading device axis; XLA:CPU then copies every parameter and optimizer
-    buffer at each step and keeps the clipped gradient as one more buffer: 2.3 GB more
+    buffer at each step and keeps the clipped gradient as one more buffer: 2.3 GiB more
     temporaries and 1.5x the step time for the paper's Darknet. BENCHMARKS.md, "Train step".)
 
     Returns:
