@@ -4,6 +4,7 @@ where documented."""
 
 import flax.linen as nn
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -55,7 +56,15 @@ def test_conv_as_dot_equals_xla_convolution_and_its_gradients(size, kernel_size,
 
 
 def _primitives(fn, *args) -> set[str]:
-    return {equation.primitive.name for equation in jax.make_jaxpr(fn)(*args).eqns}
+    """The primitives of ``fn``'s jaxpr, those of nested jaxprs (custom gradients) included."""
+
+    def walk(jaxpr):
+        for equation in jaxpr.eqns:
+            yield equation.primitive.name
+            for sub in jax.extend.core.jaxprs_in_params(equation.params):
+                yield from walk(sub)
+
+    return set(walk(jax.make_jaxpr(fn)(*args).jaxpr))
 
 
 @pytest.mark.parametrize(
