@@ -32,13 +32,18 @@ def _batch(config, poison=False):
     }
 
 
-def _one_step(config, batch):
+def _compiled_step(config, batch):
+    """``(state, step, on_devices, batch_on_devices)`` for one device, as the trainer builds
+    them (``state`` on the host)."""
     model, state, schedule = train_lib.initial_state(config, num_train_examples=64)
     mesh = distributed.mesh(jax.local_devices()[:1])
     step = train_lib.make_train_step(model, config, schedule, mesh)
-    new_state, metrics = step(
-        distributed.replicate(state, mesh), distributed.shard_batch(batch, mesh)
-    )
+    return state, step, distributed.replicate(state, mesh), distributed.shard_batch(batch, mesh)
+
+
+def _one_step(config, batch):
+    state, step, on_devices, batch = _compiled_step(config, batch)
+    new_state, metrics = step(on_devices, batch)
     return state, distributed.first_replica(new_state), distributed.first_replica(metrics)
 
 
@@ -106,11 +111,7 @@ def test_step_updates_the_donated_state_in_place():
     )
     config.model.head = "fc"
     config.model.fc_hidden = 512
-    model, state, schedule = train_lib.initial_state(config, num_train_examples=64)
-    mesh = distributed.mesh(jax.local_devices()[:1])
-    step = train_lib.make_train_step(model, config, schedule, mesh)
-    on_devices = distributed.replicate(state, mesh)
-    batch = distributed.shard_batch(_batch(config), mesh)
+    state, step, on_devices, batch = _compiled_step(config, _batch(config))
     memory = step.lower(on_devices, batch).compile().memory_analysis()
     params, momentum = _state_bytes(state.params), _state_bytes(state.opt_state)
     assert momentum >= params > 10e6  # the fc weight dominates
