@@ -55,12 +55,18 @@ def load_average() -> str:
 
 
 def time_alternating(
-    steps: dict[str, Callable[[], None]], *, rounds: int, steps_per_round: int
+    steps: dict[str, Callable[[], None]],
+    *,
+    rounds: int,
+    steps_per_round: int,
+    untimed_per_round: int = 0,
 ) -> dict[str, list[float]]:
     """Wall time of each step function, timed in turns so noise hits all of them alike.
 
-    Each round runs `steps_per_round` calls of every function, one function after the
-    other; each call must wait for its own result (e.g. `block_until_ready`).
+    Each round runs, for every function in turn, `untimed_per_round` calls that are not
+    timed (the first calls after another function ran can pay for its memory use) and then
+    `steps_per_round` timed calls; each call must wait for its own result (e.g.
+    `block_until_ready`).
 
     Returns:
       name → seconds of every timed call.
@@ -68,6 +74,8 @@ def time_alternating(
     times = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
+            for _ in range(untimed_per_round):
+                step()
             for _ in range(steps_per_round):
                 start = time.perf_counter()
                 step()

@@ -17,7 +17,8 @@ weights), on random images and boxes already on the device:
   peak device memory (on a CPU: the compiled step's buffer plan).
 * PyTorch: `benchmarks/torch_reference.py`, the same model, targets, loss and optimizer,
   in each requested variant (eager or `torch.compile`, NCHW or channels-last); timed in turns
-  with the JAX step (a round of JAX steps, then a round of each variant, repeated) so a
+  with the JAX step (a round of JAX steps, then a round of each variant, repeated; each
+  turn's first step untimed, since it pays for the memory the previous turn used) so a
   noisy machine slows all alike. The ratio is JAX images/s over the best variant's.
 * decode + NMS: `jax.jit(yolojax.postprocess.detect)` on random outputs of one batch.
 
@@ -233,7 +234,12 @@ def benchmark(backbone: str, args, devices: list, torch_device, peak: float) -> 
         for variant in args.torch_variants:
             torch_steps[variant] = torch_train_step(config, batch, variant, torch_device)
             steps[variant] = torch_steps[variant]["run"]
-    times = common.time_alternating(steps, rounds=args.rounds, steps_per_round=args.steps_per_round)
+    times = common.time_alternating(
+        steps,
+        rounds=args.rounds,
+        steps_per_round=args.steps_per_round,
+        untimed_per_round=args.untimed_per_round,
+    )
     images_per_s = {name: args.batch / common.median(values) for name, values in times.items()}
 
     flops_per_image = jax_step["flops_per_device_step"] * len(devices) / args.batch
@@ -318,6 +324,13 @@ def parse_args(on_cpu: bool) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
     parser.add_argument("--steps-per-round", type=int, default=3)
     parser.add_argument(
+        "--untimed-per-round",
+        type=int,
+        default=1,
+        help="steps each framework runs untimed at the start of its turn: on a CPU the first "
+        "step after the other framework's turn can be up to 2x slower (see BENCHMARKS.md)",
+    )
+    parser.add_argument(
         "--torch-variants",
         default="eager,eager_cl" if on_cpu else "compile_cl,eager_cl",
         help=f"comma-separated from {', '.join(TORCH_VARIANTS)}, or 'none'",
@@ -384,10 +397,12 @@ def main() -> None:
     print(
         f"Image {args.image_size}×{args.image_size}, global batch {args.batch}, {args.dtype}, "
         f"JAX conv_impl {args.conv_impl}; "
-        f"{args.rounds} rounds × {args.steps_per_round} steps per framework after "
-        f"{WARMUP_STEPS} warm-up steps; load average before {load_before}, after "
-        f"{common.load_average()}"
+        f"{args.rounds} rounds × {args.steps_per_round} timed steps per framework, each round "
+        f"after {args.untimed_per_round} untimed, all after {WARMUP_STEPS} warm-up steps; "
+        f"load average before {load_before}, after {common.load_average()}"
     )
+    if on_cpu:  # glibc's malloc settings change both frameworks' CPU figures (BENCHMARKS.md)
+        print(f"GLIBC_TUNABLES: {os.environ.get('GLIBC_TUNABLES', '(not set)')}")
     print(f"Peak per device: {peak_source}")
     print(common.markdown_table(rows, COLUMNS))
 
