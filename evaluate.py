@@ -8,7 +8,7 @@ Writes <workdir>/eval/metrics.json.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from yolojax import cli, distributed, eval_lib
+from yolojax import cli, distributed
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -32,6 +32,8 @@ def main(argv):
         checkpoint = int(checkpoint)
     # A documented error prints its message alone (the traceback with --verbosity=1).
     with cli.command_errors(traceback=FLAGS.verbosity >= 1):
+        from yolojax import eval_lib  # here, after cli.run's restart: TensorFlow loads once
+
         distributed.initialize_from_flags()
         results = eval_lib.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, checkpoint)
     print(results["table"])

@@ -9,7 +9,7 @@ Re-running the same command resumes from the latest checkpoint in --workdir.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from yolojax import cli, distributed, trainer
+from yolojax import cli, distributed
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -27,6 +27,8 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     # A documented error prints its message alone (the traceback with --verbosity=1).
     with cli.command_errors(traceback=FLAGS.verbosity >= 1):
+        from yolojax import trainer  # here, after cli.run's restart: TensorFlow loads once
+
         distributed.initialize_from_flags()
         trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 

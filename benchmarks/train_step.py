@@ -22,6 +22,10 @@ weights), on random images and boxes already on the device:
   noisy machine slows all alike. The ratio is JAX images/s over the best variant's.
 * decode + NMS: `jax.jit(yolojax.postprocess.detect)` on random outputs of one batch.
 
+Both frameworks run in one process, so with the same malloc: on Linux CPUs the script
+restarts itself with huge pages for malloc as `train.py` does (`yolojax.huge_pages`;
+`YOLOJAX_HUGE_PAGES=0` for glibc's default), and prints `GLIBC_TUNABLES`.
+
 The images/s of the JAX step is also what the input pipeline must deliver for training not to
 be input-bound: compare it with `python -m benchmarks.input_pipeline`.
 """
@@ -47,7 +51,7 @@ import numpy as np
 
 from benchmarks import common
 from configs import shapes, voc
-from yolojax import distributed, models, postprocess, train_lib
+from yolojax import distributed, huge_pages, models, postprocess, train_lib
 
 CPU_DEFAULTS = {"backbone": "darknet_tiny,resnet18", "batch": 8, "image_size": 160}
 ACCELERATOR_DEFAULTS = {"backbone": "resnet152", "batch": 64, "image_size": 448}
@@ -408,4 +412,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    huge_pages.restart_with_huge_pages()  # as train.py runs (unless YOLOJAX_HUGE_PAGES=0)
     main()

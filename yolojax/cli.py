@@ -19,6 +19,8 @@ import sys
 
 from absl import app
 
+from yolojax import huge_pages
+
 # TensorFlow (tf.data only) announces its CPU kernels at INFO level when it is imported;
 # that is noise in a command's progress output. Warnings and errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
@@ -112,10 +114,16 @@ def command_errors(*, traceback: bool = False):
 def run(main) -> None:
     """``absl.app.run(main)`` with :func:`parse_flags`, for the command-line tools.
 
+    First the command restarts itself with huge pages for malloc where that makes XLA:CPU
+    faster (:func:`yolojax.huge_pages.restart_with_huge_pages`): a command should import
+    the modules it needs only for its work (TensorFlow's data pipeline) inside ``main``,
+    so that they are not loaded twice.
+
     A command that fails exits at once with its status: the reader threads of a failed
     checkpoint restore may still be running, and would otherwise print their closed-event-
     loop tracebacks while the interpreter shuts down, after the error message.
     """
+    huge_pages.restart_with_huge_pages()
     try:
         app.run(main, flags_parser=parse_flags)
     except SystemExit as exit_request:

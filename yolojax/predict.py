@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from yolojax import cli
+from yolojax import cli, huge_pages
 from yolojax.detector import Detector, ImageDetections
 from yolojax.workdir import atomic_write_text, to_json
 
@@ -88,4 +88,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    huge_pages.restart_with_huge_pages()
     main()
