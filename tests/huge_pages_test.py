@@ -95,6 +95,17 @@ def test_users_own_hugetlb_setting_wins(tmp_path):
 GOOD = dict(glibc_version=(2, 36), thp_mode="madvise", xla_on_cpu=True)
 
 
+def test_failed_restart_warns_and_goes_on(monkeypatch, caplog):
+    def execve(path, args, env):
+        raise FileNotFoundError(2, "No such file or directory", path)
+
+    monkeypatch.setattr(huge_pages, "environment_with_huge_pages", lambda *a, **k: {})
+    monkeypatch.setattr(huge_pages.os, "execve", execve)
+    huge_pages.restart_with_huge_pages()  # returns: the command carries on
+    assert "Could not restart with huge pages" in caplog.text
+    assert "YOLOJAX_HUGE_PAGES=0" in caplog.text
+
+
 @pytest.mark.parametrize(
     "environ, facts, why",
     [

@@ -27,6 +27,7 @@ wanted:
 
 import importlib.metadata
 import importlib.util
+import logging
 import os
 import sys
 from collections.abc import Mapping
@@ -73,9 +74,10 @@ def environment_with_huge_pages(
 def restart_with_huge_pages() -> None:
     """Re-executes this command with huge pages for malloc, unless it should not (see above).
 
-    Returns only when it leaves the process alone; otherwise the process continues as the
-    same command from its start, with output written so far flushed. Call it first in a
-    command's entry point, never in a library function or a test process.
+    Returns only when it leaves the process alone (with a warning if the restart itself
+    failed); otherwise the process continues as the same command from its start, with
+    output written so far flushed. Call it first in a command's entry point, never in a
+    library function or a test process.
     """
     if not sys.executable or not sys.orig_argv:
         return
@@ -89,8 +91,15 @@ def restart_with_huge_pages() -> None:
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    # orig_argv keeps the interpreter's options and '-m module' as given; argv would not.
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environ)
+    try:  # orig_argv keeps the interpreter's options and '-m module' as given; argv would not
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environ)
+    except OSError as error:  # e.g. an interpreter path that no longer exists: go on without
+        logging.getLogger(__name__).warning(
+            "Could not restart with huge pages for malloc (%s); continuing with glibc's "
+            "default malloc (slower on XLA:CPU). Set %s=0 to skip the restart.",
+            error,
+            OPT_OUT_ENV,
+        )
 
 
 def _glibc_version() -> tuple[int, int] | None:
