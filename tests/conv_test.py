@@ -164,3 +164,14 @@ def test_max_pool_gradient_reaches_the_window_maxima_only():
     grad = jax.grad(lambda x: jnp.sum(layers.max_pool(x, 3, 2, 1) * 1.5))(x)
     expected = jax.grad(lambda x: jnp.sum(nn.max_pool(x, (3, 3), (2, 2), pad) * 1.5))(x)
     np.testing.assert_array_equal(grad, expected)
+
+
+@pytest.mark.parametrize(("window", "strides", "padding"), [(3, 2, 1), (2, 2, 0)])
+def test_max_pool_gradient_on_tied_maxima_is_shared_not_lost_or_doubled(window, strides, padding):
+    # An all-equal map ties every window: each output's gradient of 1 is split among its
+    # window's inputs, so the input gradient sums to the number of outputs and is nonnegative.
+    x = jnp.zeros((1, 8, 8, 2), jnp.float32)
+    out, pullback = jax.vjp(lambda x: layers.max_pool(x, window, strides, padding), x)
+    (grad,) = pullback(jnp.ones_like(out))
+    assert float(grad.min()) >= 0.0
+    np.testing.assert_allclose(float(grad.sum()), out.size, rtol=1e-6)
