@@ -39,12 +39,15 @@ import time
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-try:  # torch before anything importing TensorFlow (configs → yolojax.config does).
+try:  # torch before anything that may import TensorFlow.
     import torch
 
     from benchmarks import torch_reference
-except ImportError:  # JAX figures only.
+
+    TORCH_MISSING = ""
+except ImportError as error:  # JAX figures only, and the header says why.
     torch = torch_reference = None
+    TORCH_MISSING = f"{type(error).__name__}: {error}"
 
 import jax
 import numpy as np
@@ -362,25 +365,28 @@ def parse_args(on_cpu: bool) -> argparse.Namespace:
 
 
 def _torch_device(args, on_cpu: bool):
-    """The device of the PyTorch reference, or None when it does not run (not installed, no
-    variant asked, several JAX devices: the reference is single-device)."""
-    if torch is None or not args.torch_variants or args.devices != 1:
-        return None
+    """(the device of the PyTorch reference, None) or (None, why it does not run)."""
+    if torch is None:
+        return None, f"not installed or not importable ({TORCH_MISSING})"
+    if not args.torch_variants:
+        return None, "--torch-variants none"
+    if args.devices != 1:
+        return None, "the reference is single-device; run with --devices 1"
     if on_cpu:
         torch.set_num_threads(args.torch_threads)
-        return torch.device("cpu")
+        return torch.device("cpu"), None
     if not torch.cuda.is_available():
-        return None
+        return None, f"PyTorch {torch.__version__} sees no CUDA device"
     torch.backends.cudnn.benchmark = True
     torch.set_float32_matmul_precision("high")  # TF32, as XLA's default precision on GPU
-    return torch.device("cuda")
+    return torch.device("cuda"), None
 
 
 def main() -> None:
     on_cpu = jax.default_backend() == "cpu"
     args = parse_args(on_cpu)
     devices = jax.local_devices()[: args.devices]
-    torch_device = _torch_device(args, on_cpu)
+    torch_device, torch_skipped = _torch_device(args, on_cpu)
     load_before = common.load_average()
     peak = common.peak_flops(devices[0].device_kind, args.dtype)
     if peak is None:  # no datasheet figure (a CPU): compare with what a big matmul achieves
@@ -408,6 +414,8 @@ def main() -> None:
     if on_cpu:  # glibc's malloc settings change both frameworks' CPU figures (BENCHMARKS.md)
         print(f"GLIBC_TUNABLES: {os.environ.get('GLIBC_TUNABLES', '(not set)')}")
     print(f"Peak per device: {peak_source}")
+    if torch_skipped:
+        print(f"PyTorch reference: not run, {torch_skipped}")
     print(common.markdown_table(rows, COLUMNS))
 
 

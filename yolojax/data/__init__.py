@@ -1,32 +1,21 @@
 """Input pipelines: TFDS PASCAL VOC, the embedded synthetic_shapes set and VOC-format folders.
 
-Importing this package hides GPUs from TensorFlow (tf.data runs on the host CPU; the
-accelerators belong to JAX) and registers the `synthetic_shapes` and `voc_folder` builders.
+TensorFlow is imported only with the pipeline (`yolojax.data.pipeline`, or the first use of one
+of its names below), which hides GPUs from it: tf.data runs on the host CPU and the
+accelerators belong to JAX. `default_data_config`, which every config reads, needs no
+TensorFlow, so models, configs and the train step also run where it is not installed.
 """
 
-import logging
-
-import tensorflow as tf
-
-try:
-    tf.config.set_visible_devices([], "GPU")
-except RuntimeError:  # TF already initialized its devices (someone used it first).
-    logging.getLogger(__name__).warning(
-        "TensorFlow was initialized before yolojax.data: it may hold GPU memory"
-    )
+import importlib
 
 from yolojax.data.config import default_data_config
-from yolojax.data.pipeline import (
-    DatasetInfo,
-    get_dataset_info,
-    make_eval_iterator,
-    make_train_iterator,
-)
 
-__all__ = [
-    "DatasetInfo",
-    "default_data_config",
-    "get_dataset_info",
-    "make_eval_iterator",
-    "make_train_iterator",
-]
+_PIPELINE_NAMES = ("DatasetInfo", "get_dataset_info", "make_eval_iterator", "make_train_iterator")
+
+__all__ = ["default_data_config", *_PIPELINE_NAMES]
+
+
+def __getattr__(name: str):
+    if name in _PIPELINE_NAMES:
+        return getattr(importlib.import_module("yolojax.data.pipeline"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

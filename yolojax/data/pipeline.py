@@ -18,6 +18,7 @@ yields the same number of batches so that a multi-host gather lines up.
 """
 
 import dataclasses
+import logging
 import math
 import numbers
 from collections.abc import Iterator
@@ -27,6 +28,13 @@ import numpy as np
 import tensorflow as tf
 
 from yolojax.data import augment, config, sources
+
+try:  # tf.data runs on the host CPU; the accelerators belong to JAX.
+    tf.config.set_visible_devices([], "GPU")
+except RuntimeError:  # TF already initialized its devices (someone used it first).
+    logging.getLogger(__name__).warning(
+        "TensorFlow was initialized before yolojax.data.pipeline: it may hold GPU memory"
+    )
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
