@@ -1,10 +1,11 @@
 """XLA:CPU setting applied on `import yolojax`: convolutions on XLA's own kernels, not YNNPACK.
 
-jaxlib 0.10's CPU backend hands every convolution to YNNPACK. For a training step's
-convolutions (forward and both gradients) XLA's own convolution is faster on this project's
-models: a ResNet-50 3×3 layer on a 56×56 map, batch 8, takes 37 ms instead of 59-72 ms, and
-the ResNet-50 YOLO train step at 224 gets 13% faster (BENCHMARKS.md, "Train step").
-YNNPACK keeps the matrix products, where it is fast.
+jaxlib's CPU backend (0.10 to 0.12 at least) hands every convolution to YNNPACK. For a
+training step's convolutions (forward and both gradients) XLA's own convolution is faster on
+this project's models: a ResNet-50 3×3 layer on a 56×56 map, batch 8, takes 37 ms instead of
+59-72 ms, and the ResNet-50 YOLO train step at 224 gets 13% faster on jaxlib 0.10 and 1.7-1.9×
+faster on 0.11 and 0.12 (BENCHMARKS.md, "Train step"). YNNPACK keeps the matrix products,
+where it is fast.
 
 `configure` adds `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution` to
 ``XLA_FLAGS``. XLA reads that variable once, when JAX first starts a backend, so the setting
@@ -23,7 +24,7 @@ import jax
 
 XLA_CONVOLUTIONS_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 # jaxlib releases whose XLA has the flag and was measured with it (major.minor).
-_MEASURED_JAXLIB = ("0.10",)
+_MEASURED_JAXLIB = ("0.10", "0.11", "0.12")
 
 
 def configure() -> bool:
