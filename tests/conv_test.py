@@ -155,15 +155,28 @@ def test_max_pool_equals_flax_max_pool(window, strides, padding):
     np.testing.assert_array_equal(layers.max_pool(x, window, strides, padding), expected)
 
 
-def test_max_pool_gradient_reaches_the_window_maxima_only():
+@pytest.mark.parametrize(("window", "strides", "padding"), [(3, 2, 1), (2, 2, 0)])
+def test_max_pool_gradient_reaches_the_window_maxima_only(window, strides, padding):
     # Distinct values: each output's gradient goes to exactly its window's maximum, as with
-    # reduce-window; an input that is the maximum of two overlapping windows gets both.
+    # reduce-window; an input that is the maximum of two overlapping windows gets both. The
+    # 9×9 map leaves a last row and column that no 2×2 window covers: they get nothing.
     x = jnp.asarray(np.random.default_rng(1).permutation(2 * 9 * 9 * 3), jnp.float32)
     x = x.reshape(2, 9, 9, 3)
-    pad = ((1, 1), (1, 1))
-    grad = jax.grad(lambda x: jnp.sum(layers.max_pool(x, 3, 2, 1) * 1.5))(x)
-    expected = jax.grad(lambda x: jnp.sum(nn.max_pool(x, (3, 3), (2, 2), pad) * 1.5))(x)
+    pad = ((padding, padding), (padding, padding))
+    out = layers.max_pool(x, window, strides, padding)
+    cotangent = jnp.asarray(np.random.default_rng(2).standard_normal(out.shape), jnp.float32)
+    (grad,) = jax.vjp(lambda x: layers.max_pool(x, window, strides, padding), x)[1](cotangent)
+    reference = lambda x: nn.max_pool(x, (window, window), (strides, strides), pad)
+    (expected,) = jax.vjp(reference, x)[1](cotangent)
     np.testing.assert_array_equal(grad, expected)
+
+
+def test_disjoint_max_pool_splits_a_tied_window_gradient_equally():
+    x = jnp.zeros((1, 4, 4, 2), jnp.bfloat16)
+    out, pullback = jax.vjp(lambda x: layers.max_pool(x, 2, 2), x)
+    (grad,) = pullback(jnp.ones_like(out))
+    assert grad.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(grad, np.float32), np.full(x.shape, 0.25))
 
 
 @pytest.mark.parametrize(("window", "strides", "padding"), [(3, 2, 1), (2, 2, 0)])
