@@ -167,7 +167,8 @@ def _tile_max(x: jnp.ndarray, size: int) -> jnp.ndarray:
     XLA:CPU fuses into the preceding BatchNorm and activation gradient and runs slowly
     (9 of 63 ms in the darknet_tiny train step at 160 for the first pool); the gradient
     below is one elementwise pass over the tiles. The whole darknet_tiny step gets 10-18%
-    faster (BENCHMARKS.md, "Train step", item 2).
+    faster (BENCHMARKS.md, "Train step", item 2). Being a `custom_vjp`, it supports
+    reverse-mode differentiation (`grad`, `vjp`) but not forward mode (`jvp`, `jacfwd`).
     """
     return _views_max(x, (size, size), (size, size))
 
