@@ -2,6 +2,7 @@
 and the matrix-product form of `yolojax.models.conv`) and in PyTorch, layer by layer.
 
     python -m benchmarks.conv                      # ResNet-50's layer shapes at 224, batch 8
+    python -m benchmarks.conv --model darknet_tiny --image-size 112 --batch 16   # configs/shapes.py
 
 It explains the train-step figures of `benchmarks/train_step.py` (BENCHMARKS.md, "Train
 step"): which convolutions XLA's CPU backend runs slower than PyTorch, and where computing
@@ -19,7 +20,8 @@ import numpy as np
 import torch
 
 from benchmarks import common
-from yolojax.models import conv
+from configs import shapes
+from yolojax.models import conv, darknet
 
 # (name, map size, C_in, C_out, kernel, stride) of ResNet-50's distinct layers at 224 px and
 # of its conv head's first layer (2048 → 1024 on the 7×7 map).
@@ -36,6 +38,29 @@ RESNET50_LAYERS = (
     ("layer4 1×1 expand", 7, 512, 2048, 1, 1),
     ("head 3×3", 7, 2048, 1024, 3, 1),
 )
+
+
+def darknet_tiny_layers(image_size: int) -> tuple:
+    """configs/shapes.py's convolutions at `image_size`, in RESNET50_LAYERS' format: the
+    tiny Darknet's, then the conv head's on the S×S grid."""
+    layers, size, channels = [], image_size, 3
+    for layer in darknet.DARKNET_TINY:
+        if layer == darknet.MAXPOOL:
+            size //= 2
+            continue
+        layers.append((f"conv_{len(layers)}", size, channels, layer.features, layer.kernel, 1))
+        channels = layer.features
+    model = shapes.get_config().model
+    grid = model.grid_size
+    # As `yolojax.models.yolo.ConvHead`: a 2S×2S map goes into a stride-2 first conv.
+    size, stride = (size, 2) if size == 2 * grid else (grid, 1)
+    for index in range(model.head_conv_layers):
+        name = f"head conv_{index}"
+        layers.append((name, size, channels, model.head_channels, 3, stride))
+        size, stride, channels = grid, 1, model.head_channels
+    return tuple(layers)
+
+
 COLUMNS = (
     ("layer", "layer"),
     ("shape", "input → output"),
@@ -105,22 +130,34 @@ def benchmark(name, size, c_in, c_out, kernel, stride, batch, rounds) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=("resnet50", "darknet_tiny"), default="resnet50")
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="darknet_tiny only (default 112)"
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--torch-threads", type=int, default=len(os.sched_getaffinity(0)), help="CPU threads"
     )
     args = parser.parse_args()
+    if args.model == "resnet50":
+        if args.image_size not in (None, 224):
+            parser.error("--image-size: the ResNet-50 layer shapes are those at 224")
+        image_size, layers = 224, RESNET50_LAYERS
+    else:
+        image_size = args.image_size or 112
+        layers = darknet_tiny_layers(image_size)
     torch.set_num_threads(args.torch_threads)
     load_before = common.load_average()
-    rows = [benchmark(*layer, args.batch, args.rounds) for layer in RESNET50_LAYERS]
+    rows = [benchmark(*layer, args.batch, args.rounds) for layer in layers]
     print(
         f"Device: {jax.devices()[0].device_kind} ({jax.default_backend()}); CPU "
         f"{common.cpu_model()}, {os.cpu_count()} cores; PyTorch threads {args.torch_threads}"
     )
     print(f"Versions: {common.versions(('jax', 'jaxlib', 'torch'))}")
     print(
-        f"Batch {args.batch}, float32, forward + both gradients; {args.rounds} rounds × 3 calls; "
+        f"{args.model} layers at {image_size}, "
+        f"batch {args.batch}, float32, forward + both gradients; {args.rounds} rounds × 3 calls; "
         f"load average before {load_before}, after {common.load_average()}"
     )
     print(common.markdown_table(rows, COLUMNS))

@@ -68,20 +68,23 @@ def _primitives(fn, *args) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    ("map_size", "kernel_size", "conv_impl", "expected"),
+    ("batch", "map_size", "kernel_size", "conv_impl", "expected"),
     [
-        (56, 1, "auto", "dot_general"),  # 1×1: a matrix product at any size on a CPU
-        (14, 3, "auto", "dot_general"),  # 3×3 on 14×14 = 196 output pixels
-        (16, 3, "auto", "conv_general_dilated"),  # 256 output pixels: XLA's convolution
-        (56, 1, "xla", "conv_general_dilated"),
-        (16, 3, "dot", "dot_general"),
+        (4, 56, 1, "auto", "dot_general"),  # 1×1: a matrix product at any size on a CPU
+        (8, 7, 3, "auto", "dot_general"),  # 3×3, 8 × 7×7 = 392 output positions
+        (2, 16, 3, "auto", "dot_general"),  # 2 × 16×16 = 512, the largest
+        (2, 17, 3, "auto", "conv_general_dilated"),  # 2 × 17×17 = 578
+        (8, 14, 3, "auto", "conv_general_dilated"),  # 8 × 14×14 = 1,568: XLA's convolution
+        (32, 7, 3, "auto", "conv_general_dilated"),  # 32 × 7×7 = 1,568, the same
+        (4, 56, 1, "xla", "conv_general_dilated"),
+        (8, 14, 3, "dot", "dot_general"),
     ],
 )
-def test_auto_uses_a_matrix_product_for_1x1_and_small_maps_on_cpu(
-    map_size, kernel_size, conv_impl, expected
+def test_auto_uses_a_matrix_product_for_1x1_and_few_output_positions_on_cpu(
+    batch, map_size, kernel_size, conv_impl, expected
 ):
     assert jax.default_backend() == "cpu"
-    x = jnp.zeros((1, map_size, map_size, 8))
+    x = jnp.zeros((batch, map_size, map_size, 8))
     kernel = jnp.zeros((kernel_size, kernel_size, 8, 4))
     pad = kernel_size // 2
     numbers = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))

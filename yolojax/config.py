@@ -27,8 +27,9 @@ def default_model_config() -> ml_collections.ConfigDict:
             "fc_hidden": 4096,
             "head_channels": 0,
             "head_conv_layers": 4,
-            # How convolutions are computed: 'auto' (matrix products for 1×1 kernels and
-            # small maps on a CPU, XLA's convolution elsewhere), 'xla' or 'dot'.
+            # How convolutions are computed: 'auto' (matrix products on a CPU for 1×1
+            # kernels and small batches of small maps, XLA's convolution elsewhere), 'xla'
+            # or 'dot'.
             "conv_impl": "auto",
             "pretrained": "",  # ported ImageNet weights (.msgpack); '' = from scratch
         }

@@ -10,10 +10,11 @@ against 4.99 s). So on a CPU, and only there by default, such layers are compute
 matrix product:
 
   1×1 kernel   (N, H, W, C_in) @ (C_in, C_out), strided by slicing first: the same numbers.
-  k×k kernel on an output map of at most `MAX_DOT_OUTPUT_PIXELS` pixels: the k·k shifted
-               (strided) views of the padded input side by side, (N, H', W', k·k·C_in),
-               times the kernel reshaped to (k·k·C_in, C_out) ("im2col"). The copy is k·k
-               times the input, which is small exactly when the map is.
+  k×k kernel with at most `MAX_DOT_ROWS` output positions in the batch (N·H'·W', the
+               matrix product's rows): the k·k shifted (strided) views of the padded input
+               side by side, (N, H', W', k·k·C_in), times the kernel reshaped to
+               (k·k·C_in, C_out) ("im2col"). The copy is k·k times the input, which is
+               small exactly when the batch's maps are.
 
 The matrix product's weight gradient contracts the long N·H·W axis; it is written out so
 that XLA transposes the narrower operand itself rather than the BatchNorm backward writing
@@ -32,9 +33,12 @@ import jax.numpy as jnp
 from jax import lax
 
 CONV_IMPLS = ("auto", "xla", "dot")
-# 14×14: ResNet's last stages and YOLO's 7×7 heads at 224-448 px; larger maps are cheaper
-# with XLA's convolution than with a k·k-times larger im2col copy (measured on the CPU).
-MAX_DOT_OUTPUT_PIXELS = 196
+# Rows of the matrix product (N·H'·W', per device): 7×7 maps at batch 8, as in YOLO's heads
+# and ResNet's last stage at 224 px. Measured layer by layer on the CPU (3×3, 64-2048
+# channels, 5²-14² maps, batch 8-32), the matrix product wins up to about 800 rows, ties
+# around 800 and loses from 1,568 (14×14 at batch 8, 7×7 at batch 32), the im2col copy
+# growing with the batch; whole train steps agree (BENCHMARKS.md, "Train step", item 1).
+MAX_DOT_ROWS = 512
 
 
 def check_conv_impl(conv_impl: str, who: str) -> None:
@@ -142,7 +146,7 @@ def uses_dot(lhs_shape, rhs_shape, window_strides, padding, conv_impl: str) -> b
     padding = _explicit_padding(lhs_shape, (kh, kw), window_strides, padding)
     out_h = _output_size(lhs_shape[1], kh, window_strides[0], padding[0])
     out_w = _output_size(lhs_shape[2], kw, window_strides[1], padding[1])
-    return out_h * out_w <= MAX_DOT_OUTPUT_PIXELS
+    return lhs_shape[0] * out_h * out_w <= MAX_DOT_ROWS
 
 
 def conv_general_dilated(
@@ -164,9 +168,9 @@ def conv_general_dilated(
     plain NHWC convolutions as a matrix product where `conv_impl` says so.
 
     conv_impl: 'xla' always XLA's convolution; 'dot' always the matrix product; 'auto' the
-    matrix product on the CPU backend for 1×1 kernels and output maps of at most
-    `MAX_DOT_OUTPUT_PIXELS` pixels. Dilated, grouped or non-NHWC convolutions always go
-    to XLA.
+    matrix product on the CPU backend for 1×1 kernels and for k×k kernels with at most
+    `MAX_DOT_ROWS` output positions in the batch. Dilated, grouped or non-NHWC
+    convolutions always go to XLA.
     """
     plain = (
         feature_group_count == 1
