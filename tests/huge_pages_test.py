@@ -40,7 +40,7 @@ _PROBE = textwrap.dedent(
 )
 
 _ON_THIS_MACHINE = dict(
-    glibc_version=huge_pages._glibc_version(), thp_mode=huge_pages._thp_mode(), xla_on_cpu=True
+    glibc_version=huge_pages.glibc_version(), thp_mode=huge_pages._thp_mode(), xla_on_cpu=True
 )
 
 

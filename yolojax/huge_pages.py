@@ -83,7 +83,7 @@ def restart_with_huge_pages() -> None:
         return
     environ = environment_with_huge_pages(
         os.environ,
-        glibc_version=_glibc_version(),
+        glibc_version=glibc_version(),
         thp_mode=_thp_mode(),
         xla_on_cpu=_xla_on_cpu(os.environ),
     )
@@ -102,7 +102,8 @@ def restart_with_huge_pages() -> None:
         )
 
 
-def _glibc_version() -> tuple[int, int] | None:
+def glibc_version() -> tuple[int, int] | None:
+    """(major, minor) of the C library when it is glibc, else None (musl, macOS, ...)."""
     try:
         name, version = os.confstr("CS_GNU_LIBC_VERSION").split()  # e.g. 'glibc 2.36'
         major, minor = version.split(".")[:2]

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from yolojax.data import augment, config, sources
+from yolojax.data import augment, config, malloc_thresholds, sources
 
 try:  # tf.data runs on the host CPU; the accelerators belong to JAX.
     tf.config.set_visible_devices([], "GPU")
@@ -249,6 +249,15 @@ def _dataset(records, data_config, *, seed: int | None, batch_size: int, drop_re
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
+def _numpy_batches(dataset: tf.data.Dataset) -> Iterator[Batch]:
+    """`dataset.as_numpy_iterator()`. Making it runs TensorFlow's `from_generator` kernel,
+    which pins glibc's mmap threshold at 128 KiB; `malloc_thresholds.restore` undoes that,
+    or XLA:CPU faults in fresh pages for its scratch buffers at every step."""
+    batches = dataset.as_numpy_iterator()
+    malloc_thresholds.restore()
+    return batches
+
+
 def _to_devices(batch: Batch, local_devices: int) -> Batch:
     return {key: value.reshape(local_devices, -1, *value.shape[1:]) for key, value in batch.items()}
 
@@ -298,7 +307,7 @@ def make_train_iterator(
     dataset = _dataset(
         records, data_config, seed=seed, batch_size=layout.per_process, drop_remainder=True
     )
-    return (_to_devices(batch, layout.local_devices) for batch in dataset.as_numpy_iterator())
+    return (_to_devices(batch, layout.local_devices) for batch in _numpy_batches(dataset))
 
 
 def make_eval_iterator(
@@ -354,7 +363,7 @@ def _padded_batches(dataset: tf.data.Dataset, layout: _Layout, num_batches: int)
         for key, spec in dataset.element_spec.items()
     }
     batches = 0
-    for batch in dataset.as_numpy_iterator():
+    for batch in _numpy_batches(dataset):
         size = len(batch["image"])
         if size < layout.per_process:
             batch = {
