@@ -7,9 +7,9 @@ which would otherwise rise to the largest block freed (up to 32 MiB) and keep su
 malloc's heap. Pinned at 128 KiB, every larger block is ``mmap``-ed and unmapped again on
 free, and XLA:CPU allocates its convolution packing buffers and kernel scratch (hundreds of
 KiB to a few MiB) afresh at every op: the kernel then faults in and zeroes their pages on
-every train step. In `train.py --config configs/shapes.py` (darknet_tiny, 112 px, batch 16)
-that was about 8,000 page faults a step, against about 100 for the same step without the
-pipeline (BENCHMARKS.md, "Train step", item 8).
+every train step. In `train.py --config configs/shapes.py` (darknet_tiny, 112 px, batch
+16) that was some 6,000-8,000 page faults a step, against about 100 for the same step
+without the pipeline (BENCHMARKS.md, "Train step", item 8).
 
 :func:`restore` sets the thresholds to where glibc's adaptive policy ends up for such a
 process; `yolojax.data.pipeline` calls it each time it has made an iterator, since that is
