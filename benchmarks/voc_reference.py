@@ -9,7 +9,9 @@ Departures from the devkit, each one documented by `VOCEvaluator`:
 - detections are sorted with a stable sort (the devkit's `np.argsort(-confidence)` leaves the
   order of equal scores unspecified), so ties are in input order;
 - `plus_one` chooses the devkit's +1 pixel widths (the devkit always adds 1);
-- a class with no positives gets AP NaN (the devkit divides by zero).
+- a class with no positives gets AP NaN (the devkit divides by zero);
+- a detection matches at an IoU of at least `ovthresh`, as the MATLAB devkit's `VOCevaldet.m`
+  (`ovmax>=VOCopts.minoverlap`); `voc_eval.py` itself requires strictly more.
 
 An image is a tuple `(gt_boxes (G, 4), gt_labels (G,), gt_difficult (G,), pred_boxes (P, 4),
 pred_scores (P,), pred_labels (P,))`, boxes as [xmin, ymin, xmax, ymax].
@@ -91,7 +93,7 @@ def voc_eval(images, classname, ovthresh=0.5, plus_one=True):
             ovmax = np.max(overlaps)
             jmax = np.argmax(overlaps)
 
-        if ovmax > ovthresh:
+        if ovmax >= ovthresh:
             if not R["difficult"][jmax]:
                 if not R["det"][jmax]:
                     tp[d] = 1.0

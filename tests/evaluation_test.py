@@ -102,9 +102,12 @@ def test_equal_iou_picks_the_first_ground_truth(difficult_first, expected_ap):
     assert results["AP_area"][0] == pytest.approx(expected_ap)
 
 
-@pytest.mark.parametrize("det, expected_ap", [([0, 0, 10, 5], 0.0), ([0, 0, 10, 5.5], 1.0)])
-def test_iou_must_strictly_exceed_the_threshold(det, expected_ap):
-    # IoU 50/100 = .5 exactly is not a match (devkit: ovmax > ovthresh); 55/100 is.
+@pytest.mark.parametrize(
+    "det, expected_ap", [([0, 0, 10, 4.9], 0.0), ([0, 0, 10, 5], 1.0), ([0, 0, 10, 5.5], 1.0)]
+)
+def test_iou_must_reach_the_threshold(det, expected_ap):
+    # IoU 49/100 is not a match; 50/100 = .5 exactly is (VOCevaldet.m: ovmax>=minoverlap;
+    # voc_eval.py's `>` would reject it), and so is 55/100.
     results = evaluate([image(gts=[(A, 0)], dets=[(det, 0.9, 0)])])
     assert results["AP_11point"][0] == pytest.approx(expected_ap)
     assert results["AP_area"][0] == pytest.approx(expected_ap)
@@ -112,9 +115,9 @@ def test_iou_must_strictly_exceed_the_threshold(det, expected_ap):
 
 @pytest.mark.parametrize("plus_one, expected_ap", [(False, 0.0), (True, 1.0)])
 def test_plus_one_pixel_convention(plus_one, expected_ap):
-    # gt [0,0,3,3], det [1,0,4,3]. Without +1: 2*3 / (9 + 9 - 6) = .5 -> not a match.
-    # With +1 (4x4 boxes): 3*4 / (16 + 16 - 12) = .6 -> a match.
-    images = [image(gts=[([0, 0, 3, 3], 0)], dets=[([1, 0, 4, 3], 0.9, 0)])]
+    # gt [0,0,5,5], det [2,0,7,5]. Without +1: 3*5 / (25 + 25 - 15) = .43 -> not a match.
+    # With +1 (6x6 boxes): 4*6 / (36 + 36 - 24) = .5 -> a match.
+    images = [image(gts=[([0, 0, 5, 5], 0)], dets=[([2, 0, 7, 5], 0.9, 0)])]
     results = evaluate(images, plus_one=plus_one)
     assert results["AP_area"][0] == pytest.approx(expected_ap)
 

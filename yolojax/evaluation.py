@@ -1,14 +1,16 @@
 """PASCAL VOC detection average precision, following the official devkit protocol exactly.
 
-The protocol (VOCdevkit `VOCevaldet.m` and its Python port `voc_eval.py`), for each class:
+The protocol (VOCdevkit `VOCevaldet.m`; its Python port `voc_eval.py`, as in py-faster-rcnn,
+differs only in matching at an IoU strictly above the threshold), for each class:
 
 1. All detections of the class over the whole set are sorted by score, descending.
 2. Each detection picks, among the ground truths of its class in its image, the one of highest
    IoU (the first in annotation order on a tie), whether that one is difficult or already taken.
-3. If that IoU is strictly greater than `iou_threshold`: a difficult ground truth makes the
-   detection ignored (neither true nor false positive), a free one makes it a true positive
-   and takes it, a taken one makes it a false positive (a duplicate). Otherwise, or with no
-   ground truth of its class in its image, it is a false positive.
+3. If that IoU is at least `iou_threshold` (the devkit's `ovmax>=VOCopts.minoverlap`; integer
+   pixel boxes can hit 0.5 exactly): a difficult ground truth makes the detection ignored
+   (neither true nor false positive), a free one makes it a true positive and takes it, a
+   taken one makes it a false positive (a duplicate). Otherwise, or with no ground truth of
+   its class in its image, it is a false positive.
 4. After each counted detection, recall = TP / positives (non-difficult ground truths) and
    precision = TP / (TP + FP). AP is the VOC2007 11-point interpolated average or the area
    under the monotone precision envelope (VOC2010 and later).
@@ -45,7 +47,7 @@ class VOCEvaluator:
 
     Args:
       num_classes: number of classes C; labels are in [0, C).
-      iou_threshold: a detection matches when its IoU is strictly greater than this.
+      iou_threshold: a detection matches when its IoU is at least this (as `VOCevaldet.m`).
       use_07_metric: which AP `compute()` reports as 'AP' / 'mAP': the VOC2007 11-point
         average (True) or the VOC2010+ area under the precision envelope (False). Both are
         always returned under their own keys as well.
@@ -218,7 +220,7 @@ class VOCEvaluator:
             gt_image * self.num_classes + gt_labels,
             offset=1.0 if self.plus_one else 0.0,
         )
-        hit = best_iou > self.iou_threshold
+        hit = best_iou >= self.iou_threshold
         ignored = np.zeros_like(hit)
         ignored[hit] = gt_difficult[best_gt[hit]]
         # Stable sort: equal scores keep insertion order (see the class docstring).
