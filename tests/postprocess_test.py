@@ -2,10 +2,12 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
-from yolojax import postprocess, targets
+from yolojax import eval_lib, postprocess, targets
+from yolojax.config import default_config
 
 S, C, B = 4, 3, 2
 
@@ -128,3 +130,27 @@ def test_invalid_arguments():
         postprocess.detect(jnp.zeros((1, S, S, C + 5 * B)), num_classes=C + 1, num_boxes=B)
     with pytest.raises(ValueError, match="iou_threshold"):
         postprocess.detect(jnp.zeros((1, S, S, 13)), num_classes=C, num_boxes=B, iou_threshold=2)
+
+
+def test_config_pre_nms_top_k_bounds_the_candidates_nms_sees():
+    # Every box covers the whole image (2S × 2S cells, clipped) with confidence 1, and every
+    # cell scores the classes .9 / .5 / .3: the S·S·B class-0 candidates outrank all others.
+    # NMS keeps one box per class, if that class's candidates reach it at all.
+    outputs = np.zeros((1, S, S, C + 5 * B), np.float32)
+    outputs[..., :C] = [0.9, 0.5, 0.3]
+    outputs[..., C:] = np.tile([1.0, 0.5, 0.5, 2 * S, 2 * S], B)
+    config = default_config()
+    config.model.update(grid_size=S, num_classes=C, num_boxes=B)
+
+    def labels_found(config):
+        detections = eval_lib.detect_with_config(outputs, config)
+        return sorted(np.asarray(detections.labels[detections.valid]).tolist())
+
+    config.eval.pre_nms_top_k = S * S * B
+    assert labels_found(config) == [0]
+    config.eval.pre_nms_top_k = S * S * B * C
+    assert labels_found(config) == [0, 1, 2]
+    # A run's config.json from before the key existed gets the default (512 > S·S·B·C).
+    saved = config.to_dict()
+    del saved["eval"]["pre_nms_top_k"]
+    assert labels_found(ml_collections.ConfigDict(saved)) == [0, 1, 2]

@@ -10,6 +10,7 @@ import ml_collections
 from yolojax.data.config import default_data_config
 from yolojax.models import BACKBONES, CONV_IMPLS, HEADS
 from yolojax.optim import OPTIMIZERS, SCHEDULES
+from yolojax.postprocess import PRE_NMS_TOP_K
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -89,7 +90,9 @@ def default_config() -> ml_collections.ConfigDict:
             # (TFDS stores VOC's pixel boxes divided by the image size, so normalized × size
             # gives back the devkit's coordinates).
             "plus_one": False,
-            "max_detections": 100,
+            "max_detections": 100,  # per image, after NMS
+            # Best-scored (box, class) candidates per image that enter NMS (of S·S·B·C).
+            "pre_nms_top_k": PRE_NMS_TOP_K,
             "train_subset": 256,  # train mAP on this many fixed train images; 0 disables
         }
     )

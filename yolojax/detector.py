@@ -15,9 +15,9 @@ import ml_collections
 import numpy as np
 
 from yolojax import boxes as box_ops
-from yolojax import postprocess, train_lib
+from yolojax import train_lib
 from yolojax.data import pipeline
-from yolojax.eval_lib import model_variables
+from yolojax.eval_lib import detect_with_config, model_variables
 from yolojax.models import get_model
 from yolojax.workdir import CLASSES_FILE, CONFIG_FILE
 
@@ -86,14 +86,7 @@ class Detector:
 
         def detect(variables, images):
             outputs = model.apply(variables, images, train=False)
-            return postprocess.detect(
-                outputs,
-                num_classes=config.model.num_classes,
-                num_boxes=config.model.num_boxes,
-                score_threshold=score_threshold,
-                iou_threshold=config.eval.iou_threshold,
-                max_detections=config.eval.max_detections,
-            )
+            return detect_with_config(outputs, config, score_threshold=score_threshold)
 
         self._variables = variables
         self._detect = jax.jit(detect)

@@ -39,17 +39,28 @@ def model_variables(state) -> dict:
     return variables
 
 
-def eval_step(state, images, *, model, config) -> postprocess.Detections:
-    """Detections for one per-device batch: ``images (B, H, W, 3)`` → ``(B, K)`` detections."""
-    outputs = model.apply(model_variables(state), images, train=False)
+def detect_with_config(outputs, config, *, score_threshold=None) -> postprocess.Detections:
+    """:func:`yolojax.postprocess.detect` of raw outputs ``(N, S, S, C + 5B)`` with the grid of
+    ``config.model`` and the settings of ``config.eval`` (``score_threshold`` overrides its
+    own)."""
+    if score_threshold is None:
+        score_threshold = config.eval.score_threshold
     return postprocess.detect(
         outputs,
         num_classes=config.model.num_classes,
         num_boxes=config.model.num_boxes,
-        score_threshold=config.eval.score_threshold,
+        score_threshold=score_threshold,
         iou_threshold=config.eval.iou_threshold,
         max_detections=config.eval.max_detections,
+        # Runs saved before the key existed used the default.
+        pre_nms_top_k=config.eval.get("pre_nms_top_k", postprocess.PRE_NMS_TOP_K),
     )
+
+
+def eval_step(state, images, *, model, config) -> postprocess.Detections:
+    """Detections for one per-device batch: ``images (B, H, W, 3)`` → ``(B, K)`` detections."""
+    outputs = model.apply(model_variables(state), images, train=False)
+    return detect_with_config(outputs, config)
 
 
 def make_eval_step(model, config, mesh):

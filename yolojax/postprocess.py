@@ -11,6 +11,10 @@ from yolojax import boxes as box_ops
 from yolojax.losses import cell_xywh_to_corners, split_predictions
 from yolojax.targets import check_positive_int
 
+# Candidates that enter NMS per image by default: a quarter of VOC's S·S·B·C = 1960 (box,
+# class) pairs. NMS builds a K × K IoU matrix per image, so K bounds its memory and time.
+PRE_NMS_TOP_K = 512
+
 
 class Detections(NamedTuple):
     """Fixed-size detections of a batch; only entries where ``valid`` is True are real.
@@ -104,14 +108,15 @@ def nms(
     score_threshold: float,
     iou_threshold: float,
     max_detections: int,
-    pre_nms_top_k: int = 512,
+    pre_nms_top_k: int = PRE_NMS_TOP_K,
 ) -> Detections:
     """Class-aware non-maximum suppression for one image.
 
     Every (box, class) pair with a score at or above ``score_threshold`` is a candidate;
     candidates of different classes never suppress each other. Only the ``pre_nms_top_k``
-    best candidates enter NMS (a bound that keeps the work static; far more than a YOLOv1
-    grid yields above a useful threshold).
+    best candidates enter NMS (a bound that keeps the work static). With a very low
+    ``score_threshold`` and crowded images, candidates beyond it that NMS would have kept
+    are lost; ``pre_nms_top_k`` = P · C considers them all.
 
     Args:
       boxes: ``(P, 4)`` yxyx boxes in [0, 1].
@@ -120,7 +125,7 @@ def nms(
       iou_threshold: a candidate is suppressed by a higher-scored kept one of the same class
         whose IoU with it exceeds this.
       max_detections: K, the fixed output size.
-      pre_nms_top_k: candidates considered.
+      pre_nms_top_k: the highest-scored candidates that enter NMS.
 
     Returns:
       :class:`Detections` for this image with leading shape ``(K,)``.
@@ -169,7 +174,7 @@ def detect(
     score_threshold: float = 0.01,
     iou_threshold: float = 0.5,
     max_detections: int = 100,
-    pre_nms_top_k: int = 512,
+    pre_nms_top_k: int = PRE_NMS_TOP_K,
 ) -> Detections:
     """Raw outputs ``(N, S, S, C + 5B)`` → :class:`Detections` with leading shape ``(N, K)``.
 
