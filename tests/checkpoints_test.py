@@ -3,7 +3,9 @@
 import json
 import shutil
 
+import jax
 import numpy as np
+import optax
 import pytest
 
 from yolojax import checkpoints, workdir
@@ -95,6 +97,37 @@ def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
     manager = checkpoints.Checkpoints(tmp_path, other)
     with pytest.raises(checkpoints.CheckpointMismatchError, match=r"backbone.*resnet18"):
         manager.restore(_state(0))
+    manager.close()
+
+
+def _sgd_state(value: float, tx):
+    params = {"conv": {"kernel": np.full((3, 3, 2, 4), value, np.float32)}, "b": np.zeros(4)}
+    opt_state = jax.tree.map(np.array, tx.init(params))  # writable host copies
+    return {"params": params, "opt_state": opt_state, "step": np.int32(value)}
+
+
+def test_optimizer_state_that_changed_only_in_array_free_nodes_restores(tmp_path):
+    # A run saved with an unmasked weight decay (its state: EmptyState()) resumes under a
+    # masked one (MaskedState(EmptyState())): the same arrays under the same names.
+    unmasked = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.1, momentum=0.9))
+    saved = _sgd_state(2.0, unmasked)
+    saved["opt_state"][1][0].trace["conv"]["kernel"][:] = 7.0
+    manager = checkpoints.Checkpoints(tmp_path, SIGNATURE)
+    manager.save(2, saved)
+    manager.wait()
+    masked = optax.chain(
+        optax.add_decayed_weights(1e-4, mask={"conv": {"kernel": True}, "b": False}),
+        optax.sgd(0.1, momentum=0.9),
+    )
+    template = _sgd_state(0.0, masked)
+    state, step = manager.restore(template)
+    assert step == 2
+    assert isinstance(state["opt_state"][0], optax.MaskedState)
+    np.testing.assert_array_equal(state["params"]["conv"]["kernel"], 2.0)
+    np.testing.assert_array_equal(state["opt_state"][1][0].trace["conv"]["kernel"], 7.0)
+    # Different arrays are still another train state, not damage.
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="arrays differ"):
+        manager.restore(_sgd_state(0.0, optax.sgd(0.1)))
     manager.close()
 
 

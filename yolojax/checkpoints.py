@@ -7,7 +7,9 @@ Layout::
 
 Each checkpoint stores the train state and a small JSON ``model`` record (backbone, head,
 classes, grid, boxes, image size). Restoring compares that record with the config first, so a
-checkpoint from another model is a clear error rather than a shape traceback. Orbax writes
+checkpoint from another model is a clear error rather than a shape traceback. Arrays are
+restored by name, so a train state whose containers changed around the same arrays (an
+optax upgrade, a masked transform) still resumes. Orbax writes
 each save into a temporary folder and renames it when complete, so a crash mid-save leaves
 the previous checkpoints intact; a checkpoint that is damaged anyway (truncated files, bad
 disk) is skipped with a warning and the next older one is used.
@@ -49,18 +51,46 @@ def model_signature(config) -> dict[str, Any]:
     return signature
 
 
-def _array_shapes(tree) -> dict[str, tuple[int, ...]]:
-    """'params/head/out/kernel' → shape, for a train state or orbax's metadata of a saved one."""
+def _leaf_name(path) -> str:
+    """'params/head/out/kernel' for a key path into a train state or orbax's metadata of a
+    saved one: field names, dict keys and sequence indices, whatever the container types."""
 
     def name(key) -> str:
         return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
 
+    return "/".join(name(key) for key in path)
+
+
+def _named_leaves(tree) -> dict[str, Any]:
+    return {_leaf_name(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _array_shapes(tree) -> dict[str, tuple[int, ...]]:
+    """Leaf name → shape, for a train state or orbax's metadata of a saved one."""
     return {
-        "/".join(name(key) for key in path): tuple(
-            np.shape(leaf) if np.isscalar(leaf) else leaf.shape
-        )
-        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+        name: tuple(np.shape(leaf) if np.isscalar(leaf) else leaf.shape)
+        for name, leaf in _named_leaves(tree).items()
     }
+
+
+def _restore_by_name(manager, step: int, abstract):
+    """The saved arrays of ``step``, placed in ``abstract``'s tree by name.
+
+    The saved tree may differ from the template in nodes without arrays, which orbax would
+    report as a structure mismatch that looks like damage: an optax state that became
+    ``MaskedState(EmptyState())`` from ``EmptyState()``, a NamedTuple that became a dict.
+    The arrays themselves have been checked to match by name and shape.
+    """
+    wanted = _named_leaves(abstract)
+    saved_tree = manager.item_metadata(step)["state"].tree  # the saved containers, as saved
+    request = jax.tree_util.tree_map_with_path(lambda path, _: wanted[_leaf_name(path)], saved_tree)
+    restored = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(request))
+    )
+    arrays = _named_leaves(restored["state"])
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: np.asarray(arrays[_leaf_name(path)]), abstract
+    )
 
 
 def _best_metric(metrics: dict[str, float]) -> float:
@@ -174,11 +204,9 @@ class Checkpoints:
             )
 
     def _check_layout(self, manager, step: int, abstract) -> None:
-        """Raises CheckpointMismatchError unless the saved arrays are the template's.
-
-        Orbax would restore arrays of another shape as saved (a crash at the first step), and
-        reports another structure with an error that looks like damage.
-        """
+        """Raises CheckpointMismatchError unless the saved arrays are the template's, by name
+        and shape (orbax would restore arrays of another shape as saved: a crash at the first
+        step)."""
         saved = _array_shapes(manager.item_metadata(step)["state"])
         wanted = _array_shapes(abstract)
         if saved == wanted:
@@ -218,9 +246,7 @@ class Checkpoints:
             try:
                 self._check_signature(manager, step)
                 self._check_layout(manager, step, abstract)
-                restored = manager.restore(
-                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-                )
+                state = _restore_by_name(manager, step, abstract)
             except CheckpointMismatchError:
                 raise
             except Exception as error:
@@ -231,7 +257,7 @@ class Checkpoints:
                     stacklevel=2,
                 )
                 continue
-            return jax.tree.map(np.asarray, restored["state"]), step
+            return state, step
         where = manager.directory
         if skipped:
             raise NoCheckpointError(
