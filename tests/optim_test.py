@@ -75,3 +75,24 @@ def test_unknown_names_are_clear_errors():
         optim.create_optimizer(_train_config(schedule="linear"), 10, 100)
     with pytest.raises(ValueError, match="same length"):
         optim.create_optimizer(_train_config(lr_drop_factors=(0.1,)), 10, 100)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_weight_decay_shrinks_kernels_only(optimizer):
+    # Zero gradients: only weight decay moves a parameter. A kernel shrinks toward 0; a bias
+    # and a norm scale stay (Darknet decays conv and connected weights only).
+    params = {
+        "conv": {"kernel": jnp.ones((3, 3, 2, 4)), "bias": jnp.ones(4)},
+        "norm": {"scale": jnp.ones(4)},
+        "dense": {"kernel": -jnp.ones((8, 5))},
+    }
+    grads = jax.tree.map(jnp.zeros_like, params)
+    config = _train_config(optimizer=optimizer, weight_decay=5e-4, warmup_epochs=0.0)
+    tx, _ = optim.create_optimizer(config, 10, 100)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert np.all(np.asarray(updates["conv"]["kernel"]) < 0)
+    assert np.all(np.asarray(updates["dense"]["kernel"]) > 0)
+    np.testing.assert_array_equal(updates["conv"]["bias"], 0.0)
+    np.testing.assert_array_equal(updates["norm"]["scale"], 0.0)
+    if optimizer == "sgd":  # first SGD step: -lr · decay · w
+        np.testing.assert_allclose(updates["conv"]["kernel"], -config.learning_rate * 5e-4)

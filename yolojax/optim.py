@@ -5,7 +5,8 @@ Fields read (see ``yolojax.config.default_config`` for defaults):
   optimizer          'sgd' (momentum, Nesterov off) | 'adam' | 'adamw'
   learning_rate      peak learning rate
   momentum           SGD momentum
-  weight_decay       L2 weight decay (coupled for SGD/Adam as in Darknet; decoupled for AdamW)
+  weight_decay       L2 weight decay of the kernels, not of biases or normalization scales and
+                     offsets, as in Darknet (coupled for SGD/Adam; decoupled for AdamW)
   schedule           'piecewise' | 'cosine' | 'constant', after the warm-up
   warmup_epochs      linear warm-up from ``warmup_start_factor × learning_rate``
   warmup_start_factor
@@ -15,6 +16,7 @@ Fields read (see ``yolojax.config.default_config`` for defaults):
   freeze_backbone    no updates for the backbone's parameters
 """
 
+import jax
 import optax
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -56,18 +58,27 @@ def learning_rate_schedule(train_config, steps_per_epoch: int, total_steps: int)
     return optax.join_schedules([warmup, main], [warmup_steps])
 
 
+def _decay_mask(params):
+    """The weight-decay mask: True for kernels (conv and dense, ≥ 2 dimensions).
+
+    Darknet decays convolutional and connected weights only; decaying a bias or a
+    normalization scale or offset shifts activations rather than regularizing a mapping.
+    """
+    return jax.tree.map(lambda param: param.ndim >= 2, params)
+
+
 def _base_optimizer(train_config, schedule):
     name = train_config.optimizer
     decay = train_config.weight_decay
     if name == "sgd":
         return optax.chain(
-            optax.add_decayed_weights(decay),
+            optax.add_decayed_weights(decay, mask=_decay_mask),
             optax.sgd(schedule, momentum=train_config.momentum),
         )
     if name == "adam":
-        return optax.chain(optax.add_decayed_weights(decay), optax.adam(schedule))
+        return optax.chain(optax.add_decayed_weights(decay, mask=_decay_mask), optax.adam(schedule))
     if name == "adamw":
-        return optax.adamw(schedule, weight_decay=decay)
+        return optax.adamw(schedule, weight_decay=decay, mask=_decay_mask)
     raise ValueError(f"config.train.optimizer must be one of {OPTIMIZERS}; got {name!r}.")
 
 
