@@ -27,7 +27,7 @@ from torch import nn
 
 from yolojax.models.darknet import DARKNET24, DARKNET_TINY, MAXPOOL
 
-# Keeps the signed square root differentiable at 0 (the value yolojax.losses uses).
+# Bounds the signed square root's slope at 0 (the value yolojax.losses uses).
 SQRT_EPSILON = 1e-6
 _DARKNET_SPECS = {"darknet": DARKNET24, "darknet_gn": DARKNET24, "darknet_tiny": DARKNET_TINY}
 
@@ -249,7 +249,8 @@ def yolo_loss(
     responsible = best * has_object[..., None]
 
     xy_error = ((pred_xywh[..., :2] - target_xywh[..., None, :2]) ** 2).sum(-1)
-    signed_sqrt = pred_xywh[..., 2:].sign() * (pred_xywh[..., 2:].abs() + SQRT_EPSILON).sqrt()
+    pred_wh = pred_xywh[..., 2:]
+    signed_sqrt = pred_wh * (pred_wh.abs() + SQRT_EPSILON).rsqrt()
     wh_error = ((signed_sqrt - target_xywh[..., None, 2:].sqrt()) ** 2).sum(-1)
     coord = lambda_coord * (responsible * (xy_error + wh_error)).sum()
     confidence_target = iou if rescore else torch.ones_like(iou)

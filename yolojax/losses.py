@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from yolojax import boxes as box_ops
 from yolojax.targets import check_positive_int, target_channels
 
-# Keeps the signed square root of a predicted width/height differentiable at and below 0.
+# Bounds the slope of the signed square root of a predicted width/height near 0 (1/√ε).
 SQRT_EPSILON = 1e-6
 
 
@@ -41,12 +41,13 @@ def cell_xywh_to_corners(xywh):
 
 
 def signed_sqrt(values):
-    """``sign(p) · sqrt(|p| + eps)``: the square root the loss takes of predicted sizes.
+    """``p / sqrt(|p| + eps)``: the square root the loss takes of predicted sizes.
 
-    A raw network output can be negative; this keeps the loss defined there and its gradient
-    finite everywhere (including at 0), while pushing negative sizes back up.
+    Equal to ``sign(p) · sqrt(|p|)`` up to ``eps / (2 sqrt|p|)``, but smooth and strictly
+    increasing: a raw network output can be 0 or negative, and there its slope stays finite
+    and positive (``1 / sqrt(eps)`` at 0), so the loss pushes such sizes back up.
     """
-    return jnp.sign(values) * jnp.sqrt(jnp.abs(values) + SQRT_EPSILON)
+    return values * jax.lax.rsqrt(jnp.abs(values) + SQRT_EPSILON)
 
 
 def _check_loss_args(predictions, targets, num_classes, num_boxes):
@@ -79,7 +80,9 @@ def yolo_loss(
     predicted box has the highest IoU with the ground truth (ties: the lower index).
 
     * coord: ``lambda_coord · Σ resp · [(x - x̂)² + (y - ŷ)² + (√w - √ŵ)² + (√h - √ĥ)²]``,
-      with the prediction's root taken by :func:`signed_sqrt`.
+      with the prediction's root taken by :func:`signed_sqrt`. Sizes are in cell units (the
+      paper's are image-normalized), which weighs the size terms S times the paper's; the
+      network outputs ``w`` (the paper's outputs ``√w``). See docs/architecture.md.
     * object: ``Σ resp · (c - ĉ)²``; ``ĉ`` is the responsible box's IoU with the ground
       truth (a constant: no gradient flows through it) when ``rescore``, else 1.
     * no-object: ``lambda_noobj · Σ noobj · c²``; ``noobj`` marks every predictor that is not
