@@ -168,8 +168,10 @@ def adjust_color(
 
     Args:
       image: (H, W, 3) float RGB in [0, 1].
-      color_space: 'hsv' does it exactly in HSV space, as darknet (S and V clamped at 1:
-        one HSV round trip for the hue, closed forms for S and V); 'yiq' applies one
+      color_space: 'hsv' does it exactly in HSV space (S and V clamped at 1: one HSV round
+        trip for the hue, closed forms for S and V; darknet leaves S and V unclamped and
+        clamps R, G and B after converting back, which differs where V or S exceeds 1);
+        'yiq' applies one
         color_matrix, about 4x cheaper on CPU (the saturation and hue of YIQ, not HSV;
         exposure is the same).
     """
@@ -213,7 +215,8 @@ def random_color(
     color_space: str = "hsv",
 ) -> tf.Tensor:
     """adjust_color with exposure and saturation factors log-uniform in [1/f, f] and a hue
-    shift uniform in [-hue, hue], as darknet's random HSV distortion."""
+    shift uniform in [-hue, hue]. Darknet's factors span the same [1/f, f], drawn uniformly
+    from [1, f] and inverted half the time."""
     exposure_seed, saturation_seed, hue_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, num=3)
     )

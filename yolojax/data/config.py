@@ -29,8 +29,9 @@ def default_augment_config() -> ml_collections.ConfigDict:
     augment.saturation = 1.5
     # Hue shifted by up to this fraction of the colour wheel (darknet's yolov1 cfg: .1).
     augment.hue = 0.1
-    # 'hsv': exact HSV operations, as darknet; 'yiq': one linear colour matrix per image
-    # (saturation and hue as YIQ chroma scale and rotation, exposure the same), ~4x cheaper.
+    # 'hsv': exact HSV operations (the paper's colour space); 'yiq': one linear colour matrix
+    # per image (saturation and hue as YIQ chroma scale and rotation, exposure the same), ~4x
+    # cheaper.
     augment.color_space = "hsv"
     # Gaussian blur applied with this probability, sigma uniform in (0, blur_max_sigma]
     # pixels of the model input (the report's list; the paper has no blur).

@@ -1,7 +1,7 @@
 """Training and evaluation input pipelines (tf.data on the host, NumPy batches out).
 
 Every batch is a dict of NumPy arrays shaped [local_devices, per_device, ...] (the "Data element
-contract" of docs/architecture.md): `image` float32 (D, B, S, S, 3) normalized, `boxes` (D, B,
+contract" of docs/architecture.md): `image` float32 (D, B, H, W, 3) normalized, `boxes` (D, B,
 max_boxes, 4) normalized yxyx, `labels` int32, `difficult` bool, `mask` bool (True for real
 boxes), `image_size` int32 (D, B, 2) original (height, width); eval batches add `valid` (D, B).
 
