@@ -158,3 +158,14 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     workdir.atomic_write_text(path, "new")
     assert path.read_text() == "new"
     assert [p.name for p in path.parent.iterdir()] == ["config.json"]  # no temp files left
+
+
+def test_atomic_write_gives_the_mode_open_gives(tmp_path):
+    # A run's config.json is as readable as the files open() makes (not mkstemp's 0600).
+    workdir.atomic_write_text(tmp_path / "config.json", "{}")
+    (tmp_path / "plain.txt").write_text("")
+
+    def mode(name: str) -> int:
+        return (tmp_path / name).stat().st_mode & 0o777
+
+    assert mode("config.json") == mode("plain.txt")

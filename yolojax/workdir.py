@@ -20,12 +20,28 @@ CLASSES_FILE = "classes.json"
 METRICS_FILE = "metrics.jsonl"
 
 
+def _process_umask() -> int:
+    # os.umask can only be read by setting it; done once at import, before a run starts the
+    # threads (orbax's writers) that a brief umask of 0 could affect.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+# The mode open() gives a new file; mkstemp's temporary files are 0600 instead.
+_NEW_FILE_MODE = 0o666 & ~_process_umask()
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Writes ``text`` to ``path`` so readers see the old or the new file, never a mix."""
+    """Writes ``text`` to ``path`` so readers see the old or the new file, never a mix.
+
+    The file gets the mode ``open`` would give it (0644 under the usual umask 022).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _NEW_FILE_MODE)  # as readable as the run's other files
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
