@@ -7,6 +7,7 @@ tools report such errors.
 """
 
 import logging
+import re
 import sys
 import types
 
@@ -187,6 +188,13 @@ def test_commands_print_a_documented_error_alone_and_exit_1(capsys, monkeypatch)
         raise checkpoints.NoCheckpointError("again")
 
 
+def test_ctrl_c_exits_130_without_a_traceback(capsys):
+    with pytest.raises(SystemExit) as exit_info, cli.command_errors():
+        raise KeyboardInterrupt
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err == "Interrupted.\n"
+
+
 def test_commands_drop_the_noise_of_a_failed_restore_only(monkeypatch, caplog):
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", seen.append)
@@ -202,16 +210,41 @@ def test_commands_drop_the_noise_of_a_failed_restore_only(monkeypatch, caplog):
     assert not asyncio_logger.filters
 
 
-def _parse_train_flags(monkeypatch, *overrides):
+def _parse_train_flags(monkeypatch, *overrides, config="configs/shapes.py"):
     """cli.parse_flags on train.py's --config flag (in its own FlagValues) and `overrides`."""
-    argv = ["train.py", "--config=configs/shapes.py", *overrides]
+    argv = ["train.py", f"--config={config}", *overrides]
     flag_values = flags.FlagValues()
     # As train.py defines it; the override flags come from argv, as they come from sys.argv.
     config_flags.DEFINE_config_file(
         "config", flag_values=flag_values, lock_config=True, sys_argv=argv
     )
     monkeypatch.setattr(cli.app, "parse_flags_with_usage", flag_values)
+    monkeypatch.setattr(cli.flags, "FLAGS", flag_values)
     return cli.parse_flags(argv), flag_values
+
+
+@pytest.mark.parametrize(
+    "config, overrides, message",
+    [
+        ("configs/shapes.py", ["--config.trian.num_epochs=1"], "no such config field 'trian'"),
+        ("configs/shape.py", [], "cannot load the --config file: .*No such file.*configs/shape"),
+        ("{tmp}", [], "cannot load the --config file: .*Is a directory"),
+        ("{tmp}/broken.py", [], r"not valid Python: .*broken.py, line 1: .*\n    def get_config\("),
+    ],
+)
+def test_a_bad_config_file_or_section_is_one_message(
+    config, overrides, message, tmp_path, capsys, monkeypatch
+):
+    # The config file loads when first used: without parse_flags loading it, a wrong path
+    # surfaced mid-run as a traceback, as did a mistyped section (a KeyError).
+    (tmp_path / "broken.py").write_text("def get_config(:\n")
+    with pytest.raises(SystemExit) as exit_info:
+        _parse_train_flags(monkeypatch, *overrides, config=config.format(tmp=tmp_path))
+    assert exit_info.value.code == 1
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("FATAL Flags parsing error: ")
+    assert re.search(message, stderr, re.DOTALL), stderr
+    assert "Traceback" not in stderr
 
 
 def test_commands_name_a_mistyped_config_field_without_a_traceback(capsys, monkeypatch):

@@ -17,12 +17,14 @@ import logging
 import os
 import sys
 
-from absl import app
+from absl import app, flags
 
 from yolojax import huge_pages
 
-# TensorFlow (tf.data only) announces its CPU kernels at INFO level when it is imported;
-# that is noise in a command's progress output. Warnings and errors still show.
+# TensorFlow (tf.data only) logs at INFO level when it is imported; that is noise in a
+# command's progress output. Warnings and errors still show. TF 2.21 prints its "oneDNN
+# custom operations are on" notice whatever the level; TF_ENABLE_ONEDNN_OPTS=0 would hide
+# it but halves the input pipeline's images/s here (its image ops use oneDNN), so it stays.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 # The base classes of every error the library documents as the user's to fix.
@@ -66,32 +68,52 @@ def _quiet_failed_restores():
         sys.unraisablehook = previous_hook
 
 
+def _flags_error(message: str) -> None:
+    print(f"FATAL Flags parsing error: {message}", file=sys.stderr)
+    raise SystemExit(1)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, for ``app.run(main, flags_parser=parse_flags)``.
 
-    ml_collections reports an unknown ``--config.<field>`` with an AttributeError (and a
-    traceback three exceptions deep); this prints its message as absl prints other bad flags.
+    ml_collections reports an unknown ``--config.<field>`` with an AttributeError, or a
+    KeyError for an unknown section, and a traceback three exceptions deep; it loads the
+    ``--config`` file only when the config is first used, so a mistyped path surfaced as a
+    traceback mid-run. This loads the config here and prints what is wrong as absl prints
+    other bad flags.
     """
     try:
-        return app.parse_flags_with_usage(argv)
-    except AttributeError as error:
+        argv = app.parse_flags_with_usage(argv)
+        if "config" in flags.FLAGS and flags.FLAGS["config"].present:
+            flags.FLAGS.config.keys()  # loads the file and applies the overrides
+        return argv
+    except (AttributeError, KeyError) as error:
         message = error
         while isinstance(message, BaseException) and message.args:  # KeyError in AttributeError
             message = message.args[0]
-        print(
-            f"FATAL Flags parsing error: no such config field {message}\nThe fields and "
-            "their defaults are in yolojax/config.py and yolojax/data/config.py.",
-            file=sys.stderr,
+        if "get_config" in str(message):
+            _flags_error(f"the --config file has no get_config() function ({message}).")
+        _flags_error(
+            f"no such config field {message}\nThe fields and their defaults are in "
+            "yolojax/config.py and yolojax/data/config.py."
         )
-        raise SystemExit(1) from None
+    except OSError as error:
+        # ml_collections re-raises the file's error as a generic 'not available' OSError.
+        _flags_error(f"cannot load the --config file: {error.__cause__ or error}")
+    except SyntaxError as error:
+        _flags_error(
+            f"the --config file is not valid Python: {error.filename}, line {error.lineno}: "
+            f"{error.msg}\n    {(error.text or '').strip()}"
+        )
 
 
 @contextlib.contextmanager
 def command_errors(*, traceback: bool = False):
     """Runs a command's body, reporting errors as a command-line tool should.
 
-    A :data:`USER_ERRORS` exception becomes its message on stderr and exit status 1, and
-    the tracebacks that a failed checkpoint restore leaves behind are not printed.
+    A :data:`USER_ERRORS` exception becomes its message on stderr and exit status 1, Ctrl-C
+    exit status 130 without a traceback, and the tracebacks that a failed checkpoint
+    restore leaves behind are not printed.
 
     Args:
       traceback: re-raise user errors instead (as does a ``$YOLOJAX_TRACEBACK`` other than
@@ -100,6 +122,10 @@ def command_errors(*, traceback: bool = False):
     try:
         with _quiet_failed_restores():
             yield
+    except KeyboardInterrupt:
+        # Ctrl-C is the user's own doing: no traceback (the trainer has said where it was).
+        print("Interrupted.", file=sys.stderr)
+        raise SystemExit(130) from None
     except USER_ERRORS as error:
         if traceback or os.environ.get(TRACEBACK_ENV, "0") not in ("", "0"):
             raise
