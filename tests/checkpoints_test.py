@@ -169,3 +169,39 @@ def test_atomic_write_gives_the_mode_open_gives(tmp_path):
         return (tmp_path / name).stat().st_mode & 0o777
 
     assert mode("config.json") == mode("plain.txt")
+
+
+def test_a_resumed_run_saves_over_the_damaged_step_and_keeps_its_files(tmp_path):
+    # The newest checkpoint is damaged: the run resumes from step 1, reaches step 2 again
+    # and saves it. Orbax refuses to save a step that exists; the damaged one moves aside.
+    _save_steps(tmp_path, [1, 2])
+    for path in (tmp_path / "checkpoints" / "2" / "state").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"")
+    manager = checkpoints.Checkpoints(tmp_path, SIGNATURE)
+    with pytest.warns(UserWarning, match="Skipping damaged checkpoint"):
+        _, step = manager.restore(_state(0))
+    assert step == 1
+    with pytest.warns(UserWarning, match=r"Moved the existing checkpoint .*2 to .*superseded"):
+        manager.save(2, _state(20))
+    manager.wait()
+    state, step = manager.restore(_state(0))
+    assert step == 2
+    np.testing.assert_array_equal(state["params"]["w"], 20.0)
+    assert (tmp_path / "superseded" / "checkpoints-2" / "state").is_dir()
+    manager.close()
+
+
+def test_reading_a_workdir_creates_nothing_in_it(tmp_path):
+    manager = checkpoints.Checkpoints(tmp_path / "typo", SIGNATURE, read_only=True)
+    with pytest.raises(checkpoints.NoCheckpointError, match="train first"):
+        manager.restore(_state(0))
+    manager.close()
+    assert not (tmp_path / "typo").exists()
+
+
+def test_a_workdir_that_is_a_file_is_a_clear_error(tmp_path):
+    (tmp_path / "runs").write_text("not a folder")
+    with pytest.raises(checkpoints.NotAFolderError, match=r"runs is a file, not a folder"):
+        checkpoints.Checkpoints(tmp_path / "runs", SIGNATURE)
+    assert (tmp_path / "runs").read_text() == "not a folder"

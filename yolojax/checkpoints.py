@@ -4,6 +4,7 @@ Layout::
 
     workdir/checkpoints/<step>/{state,model}   the last ``keep`` saves
     workdir/best/<step>/{state,model}          the best save by mAP
+    workdir/superseded/<kind>-<step>           a checkpoint a resumed run saved anew
 
 Each checkpoint stores the train state and a small JSON ``model`` record (backbone, head,
 classes, grid, boxes, image size). Restoring compares that record with the config first, so a
@@ -29,6 +30,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,29 @@ class CheckpointMismatchError(ValueError):
 
 class NoCheckpointError(FileNotFoundError):
     """The workdir holds no (usable) checkpoint of the kind asked for."""
+
+
+class NotAFolderError(ValueError):
+    """The workdir given is a file."""
+
+
+# Where a checkpoint goes when a resumed run saves its step anew (see Checkpoints._set_aside).
+SUPERSEDED_FOLDER = "superseded"
+
+
+def check_workdir(workdir: str | os.PathLike) -> Path:
+    """``workdir`` as an absolute path, if it is a folder or does not exist yet.
+
+    Raises:
+      NotAFolderError: it is a file.
+    """
+    workdir = Path(workdir).absolute()
+    if workdir.exists() and not workdir.is_dir():
+        raise NotAFolderError(
+            f"The workdir {workdir} is a file, not a folder: pass a folder for the run "
+            "(train.py creates it)."
+        )
+    return workdir
 
 
 def model_signature(config) -> dict[str, Any]:
@@ -98,8 +123,11 @@ def _best_metric(metrics: dict[str, float]) -> float:
     return -math.inf if value is None or not math.isfinite(value) else value
 
 
-def _manager(workdir: Path, name: str, **options) -> ocp.CheckpointManager:
+def _manager(workdir: Path, name: str, *, read_only: bool, **options) -> ocp.CheckpointManager:
     """An orbax manager of ``workdir/name``, safe to use next to the run's other manager.
+
+    A read-only manager creates no folder and leaves the temporary folders of saves in
+    progress alone (a training run may be writing while another process evaluates).
 
     In a multi-process job every process calls save and restore; orbax writes from process 0
     only and synchronizes the processes with barriers named after the checkpoint folder,
@@ -114,8 +142,8 @@ def _manager(workdir: Path, name: str, **options) -> ocp.CheckpointManager:
             "model": ocp.JsonCheckpointHandler(),
         },
         options=ocp.CheckpointManagerOptions(
-            create=True,
-            cleanup_tmp_directories=True,
+            create=not read_only,
+            cleanup_tmp_directories=not read_only,
             multiprocessing_options=ocp.options.MultiprocessingOptions(
                 barrier_sync_key_prefix=name
             ),
@@ -131,17 +159,61 @@ class Checkpoints:
       workdir: the run's folder.
       signature: :func:`model_signature` of the config in use.
       keep: how many of the latest checkpoints to keep.
+      read_only: for evaluation and inference: create nothing in ``workdir``.
+
+    Raises:
+      NotAFolderError: ``workdir`` is a file.
     """
 
-    def __init__(self, workdir: str | os.PathLike, signature: dict[str, Any], keep: int = 3):
-        self.workdir = Path(workdir).absolute()
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        signature: dict[str, Any],
+        keep: int = 3,
+        *,
+        read_only: bool = False,
+    ):
+        self.workdir = check_workdir(workdir)
         self.signature = signature
-        self._latest = _manager(self.workdir, "checkpoints", max_to_keep=keep)
+        self._latest = _manager(self.workdir, "checkpoints", read_only=read_only, max_to_keep=keep)
         self._best = _manager(
-            self.workdir, "best", max_to_keep=1, best_fn=_best_metric, best_mode="max"
+            self.workdir,
+            "best",
+            read_only=read_only,
+            max_to_keep=1,
+            best_fn=_best_metric,
+            best_mode="max",
         )
 
+    def _set_aside(self, manager, step: int) -> None:
+        """Moves ``manager``'s checkpoint of ``step`` to ``workdir/superseded/`` (kept, not
+        deleted), so that a new save of ``step`` can take its place.
+
+        A run has a checkpoint of a step it is about to save only when it resumed from an
+        older one, which happens when the newer checkpoints were damaged (restore skipped
+        them); orbax refuses to save over a step that exists.
+        """
+        source = manager.directory / str(step)
+        target = self.workdir / SUPERSEDED_FOLDER / f"{manager.directory.name}-{step}"
+        suffix = 1
+        while target.exists():
+            target = target.with_name(f"{manager.directory.name}-{step}.{suffix}")
+            suffix += 1
+        if jax.process_index() == 0:  # one process moves it; every process then re-reads
+            target.parent.mkdir(exist_ok=True)
+            source.rename(target)
+            warnings.warn(
+                f"Moved the existing checkpoint {source} to {target}: the run resumed from "
+                f"an earlier step and has reached step {step} again.",
+                stacklevel=3,
+            )
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"yolojax set aside {manager.directory} {step}")
+        manager.reload()
+
     def _save(self, manager, step: int, state, metrics=None) -> None:
+        if step in manager.all_steps():
+            self._set_aside(manager, step)
         host_state = jax.device_get(state)
         manager.save(
             step,

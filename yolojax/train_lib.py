@@ -200,7 +200,7 @@ def restore_trained_state(config, workdir, which: str | int = "latest", num_trai
       ``(model, state, step)`` with ``state`` unreplicated on the host.
     """
     model, template, _ = initial_state(config, num_train_examples or config.train.batch_size)
-    manager = checkpoints.Checkpoints(workdir, checkpoints.model_signature(config))
+    manager = checkpoints.Checkpoints(workdir, checkpoints.model_signature(config), read_only=True)
     try:
         state, step = manager.restore(template, which)
     finally:

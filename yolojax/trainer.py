@@ -77,6 +77,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       The last evaluation's results (see :func:`yolojax.eval_lib.evaluate`), plus ``step``.
     """
     validate_config(config)
+    checkpoints.check_workdir(workdir)
     # Before any data is prepared: a batch that does not split over the devices names the
     # numbers to change.
     distributed.check_batch_size(config.train.batch_size, "config.train.batch_size")
