@@ -82,7 +82,7 @@ def _config(data_dir):
 
 def _command(script, run_dir, data_dir, *extra):
     overrides = {**OVERRIDES, "data.tfds_data_dir": data_dir}
-    # --verbosity=0 logs the trainer's "Resuming from the checkpoint of step N" line.
+    # --verbosity=0: orbax's INFO logs land in the log too, for a failing test's report.
     return [
         sys.executable,
         script,

@@ -72,15 +72,16 @@ def test_train_evaluate_predict(tmp_path, data_dir):
     image = (np.random.default_rng(0).uniform(size=(48, 80, 3)) * 255).astype(np.uint8)
     Image.fromarray(image).save(tmp_path / "street.jpg")
     detector = Detector.from_workdir(workdir, score_threshold=0.0)
-    record = predict.predict_files(detector, [tmp_path / "street.jpg"], tmp_path / "out")
+    record, failed = predict.predict_files(detector, [tmp_path / "street.jpg"], tmp_path / "out")
+    assert not failed
     assert Image.open(tmp_path / "out" / "street.png").size == (80, 48)
-    detections = record[str(tmp_path / "street.jpg")]
+    detections = record[str(tmp_path / "street.jpg")]["detections"]
     assert detections, "with score_threshold=0 an untrained model still returns boxes"
     boxes = np.array([d["box"] for d in detections])
     assert np.all(boxes >= 0) and np.all(boxes[:, [0, 2]] <= 80) and np.all(boxes[:, [1, 3]] <= 48)
 
 
-def test_resume_gives_the_same_parameters(tmp_path, data_dir):
+def test_resume_gives_the_same_parameters(tmp_path, data_dir, capsys):
     config = tiny_config(data_dir, num_epochs=2, checkpoint_every_steps=4)
     config.model.head = "fc"  # the fc head has dropout: its keys must follow the step too
     config.model.fc_hidden = 32
@@ -105,6 +106,36 @@ def test_resume_gives_the_same_parameters(tmp_path, data_dir):
         not np.array_equal(a, b)
         for a, b in zip(jax.tree.leaves(start_params), jax.tree.leaves(full_params), strict=True)
     )
+
+    # Rerunning the finished run reports its final evaluation again and logs nothing new.
+    log = (full / "metrics.jsonl").read_text()
+    again = trainer.train_and_evaluate(config, str(full))
+    assert again["step"] == 8 and again["mAP"] == pytest.approx(results["mAP"])
+    assert (full / "metrics.jsonl").read_text() == log
+    assert "already trained to step 8" in capsys.readouterr().out
+
+
+def test_ctrl_c_says_where_to_resume_from(tmp_path, data_dir, monkeypatch, capsys):
+    config = tiny_config(data_dir, num_epochs=1, checkpoint_every_steps=2)
+    make_train_step = train_lib.make_train_step
+
+    def interrupted_at_step_3(*args):
+        step_fn, calls = make_train_step(*args), []
+
+        def step(*step_args):
+            calls.append(None)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+            return step_fn(*step_args)
+
+        return step
+
+    monkeypatch.setattr(train_lib, "make_train_step", interrupted_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train_and_evaluate(config, str(tmp_path))
+    out = capsys.readouterr().out
+    assert f"Interrupted. The last checkpoint, step 2, is in {tmp_path / 'checkpoints'}" in out
+    assert "rerun the same command to resume" in out
 
 
 def test_a_short_run_learns(tmp_path, data_dir):

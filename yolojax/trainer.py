@@ -12,7 +12,6 @@ process takes part in evaluation and checkpoint saves (orbax writes from process
 process 0 writes the other workdir files and prints progress.
 """
 
-import logging
 import math
 import time
 from pathlib import Path
@@ -26,8 +25,6 @@ from yolojax import workdir as workdir_io
 from yolojax.config import resolve_num_classes, validate_config
 from yolojax.data import pipeline
 from yolojax.train_lib import NonFiniteLossError
-
-logger = logging.getLogger(__name__)
 
 
 class _MetricWindow:
@@ -95,7 +92,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if ckpt.latest_step() is not None:
         state, start_step = ckpt.restore(state)
         state = state.replace(step=start_step)
-        logger.info("Resuming from the checkpoint of step %d in %s.", start_step, workdir)
+        if is_main:
+            tqdm.write(f"Resuming from the checkpoint of step {start_step} in {workdir}.")
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
         workdir_io.atomic_write_text(
@@ -118,7 +116,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     train_step = train_lib.make_train_step(model, config, schedule, mesh)
     detect = eval_lib.make_eval_step(model, config, mesh)
 
-    def run_evaluation(step: int, on_devices) -> dict:
+    def evaluate_model(on_devices) -> tuple[dict, dict]:
+        """(test set results, the scalars to log) for the model on the devices."""
         results = eval_lib.evaluate(
             detect,
             on_devices,
@@ -141,6 +140,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 info.class_names,
             )
             scalars["train_mAP"] = train_results["mAP"]
+        return results, scalars
+
+    def run_evaluation(step: int, on_devices) -> dict:
+        results, scalars = evaluate_model(on_devices)
         record(step, scalars)
         if is_main:
             tqdm.write(
@@ -183,8 +186,30 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 results = run_evaluation(step, on_devices)
             if save_now:
                 ckpt.save(step, distributed.first_replica(on_devices))
-        if results is None:  # resumed after the last step: evaluate what is there
-            results = run_evaluation(total_steps, on_devices)
+        if results is None:  # the run had finished: report its final checkpoint again
+            if is_main:
+                tqdm.write(
+                    f"The run has already trained to step {start_step}; evaluating that "
+                    "checkpoint (its results are logged already)."
+                )
+            results, _ = evaluate_model(on_devices)
+            results["step"] = start_step
+            if is_main:
+                tqdm.write(
+                    f"step {start_step}: test mAP {results['mAP']:.4f} "
+                    f"(area {results['mAP_area']:.4f})"
+                )
+    except KeyboardInterrupt:
+        ckpt.wait()
+        if is_main:
+            last = ckpt.latest_step()
+            tqdm.write(
+                f"Interrupted. The last checkpoint, step {last}, is in {workdir / 'checkpoints'}: "
+                "rerun the same command to resume from it."
+                if last is not None
+                else "Interrupted before the first checkpoint: rerunning starts over."
+            )
+        raise
     except NonFiniteLossError as error:
         bad_step, loss = error.args
         ckpt.wait()
