@@ -43,8 +43,9 @@ def load_run_config(workdir) -> ml_collections.ConfigDict:
     path = Path(workdir) / CONFIG_FILE
     if not path.exists():
         raise FileNotFoundError(
-            f"{path} does not exist: is {workdir} a training workdir? Pass the training config "
-            "explicitly (--config) if the run was made elsewhere."
+            f"{path} does not exist: is {workdir} a training workdir? train.py writes the run's "
+            "config there; for a run without it, pass the training config in Python: "
+            "Detector.from_workdir(workdir, config=...)."
         )
     config = ml_collections.ConfigDict(json.loads(path.read_text()))
     config.lock()

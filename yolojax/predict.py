@@ -2,14 +2,25 @@
 
     python -m yolojax.predict --workdir runs/shapes images/*.jpg --out out/
 
-For each input ``name.ext`` it writes ``out/name.png`` with labelled boxes, and
-``out/detections.json``: ``{image path: [{"box": [xmin, ymin, xmax, ymax] (pixels),
-"score": s, "label": id, "class": name}, ...]}``.
+For each input ``name.ext`` it writes the drawing ``out/name.png`` with labelled boxes
+(``name_1.png``, ``name_2.png``, ... for later inputs of the same name, in input order),
+and ``out/detections.json``: ``{image path: {"drawing": "name.png", "detections":
+[{"box": [xmin, ymin, xmax, ymax] (pixels), "score": s, "label": id, "class": name},
+...]}}``, with the image paths as given.
+
+An input that cannot be read (missing, a folder, not an image, truncated or corrupt) does
+not stop the others: it is reported on stderr as ``Skipping <path>: <reason>`` and left out
+of detections.json. The command then ends with ``N of M images could not be read: ...`` on
+stderr and exit status 1 (also when no input could be read; detections.json is then
+written as ``{}``, so that it never lists a previous run's images). Otherwise it exits 0.
 """
 
 import argparse
 import colorsys
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, UnidentifiedImageError
@@ -17,6 +28,30 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 from yolojax import cli, huge_pages
 from yolojax.detector import Detector, ImageDetections
 from yolojax.workdir import atomic_write_text, to_json
+
+DETECTIONS_FILE = "detections.json"
+
+
+class UnreadableImageError(ValueError):
+    """An input image file that is missing, not an image, or damaged."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"Cannot read image {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class Predictions(NamedTuple):
+    """What :func:`predict_files` did.
+
+    Attributes:
+      images: the record written to detections.json: ``{image path: {"drawing": file name
+        in the output folder, "detections": [...]}}`` for each image read, in input order.
+      failed: ``{image path: reason}`` for each input that could not be read.
+    """
+
+    images: dict[str, dict]
+    failed: dict[str, str]
 
 
 def class_color(label: int) -> tuple[int, int, int]:
@@ -42,34 +77,86 @@ def draw_detections(image: np.ndarray, detections: ImageDetections) -> Image.Ima
     return canvas
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An RGB uint8 array; an unreadable file is an error naming it."""
+def read_image(path) -> np.ndarray:
+    """An RGB uint8 array; an unreadable file is an :class:`UnreadableImageError` naming it
+    and saying why (its ``reason``)."""
+    path = Path(path)
+    if not path.exists():
+        raise UnreadableImageError(path, "no such file")
+    if path.is_dir():
+        raise UnreadableImageError(path, "a folder, not an image file")
+    if path.stat().st_size == 0:
+        raise UnreadableImageError(path, "an empty file")
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as error:
-        raise ValueError(f"Cannot read image {path}: {error}") from error
+    except UnidentifiedImageError:
+        raise UnreadableImageError(path, "not an image file Pillow can read") from None
+    except OSError as error:
+        if error.strerror:  # a system error: "Permission denied", ...
+            raise UnreadableImageError(path, error.strerror) from error
+        raise UnreadableImageError(path, f"corrupt or unreadable image ({error})") from error
+    except (SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        reason = str(error) or type(error).__name__
+        raise UnreadableImageError(path, f"corrupt or unreadable image ({reason})") from error
 
 
-def predict_files(detector: Detector, paths, out_dir) -> dict:
-    """Runs ``detector`` on image files, writing drawn copies and detections.json to
-    ``out_dir``; returns the detections record."""
+def _drawing_name(path: Path, taken: set[str]) -> str:
+    """``<stem>.png``, or ``<stem>_<k>.png`` with the smallest k not yet ``taken``
+    (compared case-insensitively, for case-insensitive file systems)."""
+    name, k = f"{path.stem}.png", 0
+    while name.casefold() in taken:
+        k += 1
+        name = f"{path.stem}_{k}.png"
+    taken.add(name.casefold())
+    return name
+
+
+def predict_files(
+    detector: Detector,
+    paths: Iterable,
+    out_dir,
+    *,
+    on_skip: Callable[[str, str], None] | None = None,
+) -> Predictions:
+    """Runs ``detector`` on image files, writing a drawing of each and detections.json
+    (see the module docstring) to ``out_dir``.
+
+    An input that cannot be read is skipped (``on_skip(path, reason)`` is called as it is)
+    and the others are still processed; detections.json lists the images read (``{}`` if
+    none). A path given twice is processed once.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    record = {}
-    for path in map(Path, paths):
-        image = read_image(path)
+    images, failed, taken = {}, {}, set()
+    for key in dict.fromkeys(map(str, paths)):
+        try:
+            image = read_image(key)
+        except UnreadableImageError as error:
+            failed[key] = error.reason
+            if on_skip is not None:
+                on_skip(key, error.reason)
+            continue
         detections = detector(image)
-        draw_detections(image, detections).save(out_dir / f"{path.stem}.png")
-        record[str(path)] = [
-            {"box": box.tolist(), "score": float(score), "label": int(label), "class": name}
-            for box, score, label, name in zip(*detections, strict=True)
-        ]
-    atomic_write_text(out_dir / "detections.json", to_json(record))
-    return record
+        drawing = _drawing_name(Path(key), taken)
+        draw_detections(image, detections).save(out_dir / drawing)
+        images[key] = {
+            "drawing": drawing,
+            "detections": [
+                {"box": box.tolist(), "score": float(score), "label": int(label), "class": name}
+                for box, score, label, name in zip(*detections, strict=True)
+            ],
+        }
+    atomic_write_text(out_dir / DETECTIONS_FILE, to_json(images))
+    return Predictions(images, failed)
+
+
+def _report_skip(path: str, reason: str) -> None:
+    print(f"Skipping {path}: {reason}", file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> None:
+    """The command; exits with status 1 (``SystemExit``) if any input could not be read."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="+", help="image files (jpg, png, ...)")
     parser.add_argument("--workdir", required=True, help="the training run's folder")
@@ -82,9 +169,14 @@ def main(argv=None) -> None:
         detector = Detector.from_workdir(
             args.workdir, checkpoint=checkpoint, score_threshold=args.score_threshold
         )
-        record = predict_files(detector, args.images, args.out)
-    total = sum(len(v) for v in record.values())
-    print(f"{total} detections in {len(record)} images → {Path(args.out) / 'detections.json'}")
+        images, failed = predict_files(detector, args.images, args.out, on_skip=_report_skip)
+    total = sum(len(image["detections"]) for image in images.values())
+    print(f"{total} detections in {len(images)} images → {Path(args.out) / DETECTIONS_FILE}")
+    if failed:
+        listed = ", ".join(list(failed)[:5]) + (", ..." if len(failed) > 5 else "")
+        count = len(images) + len(failed)
+        print(f"{len(failed)} of {count} images could not be read: {listed}", file=sys.stderr)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,139 @@
+"""``python -m yolojax.predict`` as a user runs it: bad inputs, same-named inputs, no config.
+
+The command runs in-process (``predict.main(argv)``) on a workdir holding a freshly
+initialised checkpoint of tests/tiny.py's model: predict needs a restorable checkpoint and
+config.json, not a trained model. The workdir's detector is restored once for the module.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests import tiny
+from yolojax import checkpoints, predict, train_lib
+from yolojax.detector import Detector
+from yolojax.workdir import CONFIG_FILE, atomic_write_text
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    config = tiny.tiny_config(str(workdir / "tfds"))  # no data is read
+    _, state, _ = train_lib.initial_state(config, config.train.batch_size)
+    manager = checkpoints.Checkpoints(workdir, checkpoints.model_signature(config))
+    manager.save(0, state)
+    manager.wait()
+    manager.close()
+    atomic_write_text(workdir / CONFIG_FILE, config.to_json_best_effort(indent=2))
+
+    # Restoring takes ~10 s on two cores: each (workdir, settings) is restored once here.
+    restore, restored = Detector.from_workdir.__func__, {}
+
+    def from_workdir(cls, workdir, **settings):
+        key = (str(workdir), tuple(sorted(settings.items())))
+        if key not in restored:
+            restored[key] = restore(cls, workdir, **settings)
+        return restored[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Detector, "from_workdir", classmethod(from_workdir))
+        yield workdir
+
+
+def _image(path, width, height, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), np.uint8)
+    Image.fromarray(pixels).save(path)
+    return str(path)
+
+
+def _predict(workdir, out, *images):
+    """Runs the command; its exit status (0 when it returns)."""
+    argv = ["--workdir", str(workdir), "--out", str(out), "--score-threshold", "0", *images]
+    try:
+        predict.main(argv)
+    except SystemExit as exit_request:
+        return exit_request.code
+    return 0
+
+
+def _record(out):
+    return json.loads((out / "detections.json").read_text())
+
+
+def test_bad_inputs_are_skipped_named_and_make_the_command_fail(workdir, tmp_path, capsys):
+    first = _image(tmp_path / "first.png", 40, 30)
+    _image(tmp_path / "whole.jpg", 64, 64)
+    whole = (tmp_path / "whole.jpg").read_bytes()
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(whole[: len(whole) // 2])
+    not_image = tmp_path / "notes.jpg"
+    not_image.write_text("not an image\n")
+    missing = tmp_path / "missing.jpg"
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    last = _image(tmp_path / "last.jpg", 50, 20, seed=1)
+    bad = [str(truncated), str(not_image), str(missing), str(folder)]
+    out = tmp_path / "out"
+
+    assert _predict(workdir, out, first, *bad, last) == 1
+
+    # Every good image is drawn and recorded, those after the bad ones too.
+    assert Image.open(out / "first.png").size == (40, 30)
+    assert Image.open(out / "last.png").size == (50, 20)
+    record = _record(out)
+    assert list(record) == [first, last]
+    assert [record[p]["drawing"] for p in (first, last)] == ["first.png", "last.png"]
+    assert all(isinstance(record[p]["detections"], list) for p in (first, last))
+
+    # One line per bad input, naming it and why, then the summary.
+    lines = capsys.readouterr().err.strip().splitlines()
+    skipped = [line for line in lines if line.startswith("Skipping ")]
+    assert [line.split(": ")[0] for line in skipped] == [f"Skipping {p}" for p in bad]
+    reasons = dict(zip(bad, (line.split(": ", 1)[1] for line in skipped), strict=True))
+    assert "corrupt or unreadable image" in reasons[str(truncated)]
+    assert "not an image" in reasons[str(not_image)]
+    assert "no such file" in reasons[str(missing)]
+    assert "folder" in reasons[str(folder)]
+    assert lines[-1].startswith("4 of 6 images could not be read: ")
+    assert all(p in lines[-1] for p in bad)
+    assert "Traceback" not in "\n".join(lines)
+
+
+def test_no_readable_input_still_fails_with_the_summary(workdir, tmp_path, capsys):
+    out = tmp_path / "out"
+    missing = [str(tmp_path / "a.jpg"), str(tmp_path / "b.png")]
+    assert _predict(workdir, out, *missing) == 1
+    assert _record(out) == {}
+    err = capsys.readouterr().err
+    assert err.count("Skipping ") == 2
+    assert "2 of 2 images could not be read" in err
+
+
+def test_same_named_inputs_get_distinct_drawings(workdir, tmp_path, capsys):
+    a = _image(tmp_path / "a" / "x.jpg", 40, 30)
+    b = _image(tmp_path / "b" / "x.jpg", 50, 20, seed=1)
+    c = _image(tmp_path / "c" / "X.png", 30, 30, seed=2)  # the same name on macOS/Windows
+    out = tmp_path / "out"
+
+    assert _predict(workdir, out, a, b, c) == 0
+
+    record = _record(out)
+    assert {p: record[p]["drawing"] for p in record} == {a: "x.png", b: "x_1.png", c: "X_2.png"}
+    # Each drawing is of its own input.
+    assert Image.open(out / "x.png").size == (40, 30)
+    assert Image.open(out / "x_1.png").size == (50, 20)
+    assert Image.open(out / "X_2.png").size == (30, 30)
+    assert "Skipping" not in capsys.readouterr().err
+
+
+def test_a_workdir_without_config_json_gets_advice_that_applies(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("YOLOJAX_TRACEBACK", raising=False)
+    image = _image(tmp_path / "x.png", 8, 8)
+    assert _predict(tmp_path / "run", tmp_path / "out", image) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'run' / 'config.json'} does not exist" in err
+    assert "Detector.from_workdir(workdir, config=...)" in err
+    assert "--config" not in err  # predict has no such flag
