@@ -32,6 +32,13 @@ def test_iou_hand_computed():
     np.testing.assert_allclose(box_ops.pairwise_iou(a, b), [[1 / 3, 0.0, 0.25]])
 
 
+def test_area_of_an_inverted_box_is_zero():
+    # ymax < ymin, or both sides inverted: no area, neither negative nor positive.
+    np.testing.assert_array_equal(
+        box_ops.box_area([[0.5, 0.5, 0.2, 0.9], [0.5, 0.5, 0.2, 0.2]]), [0.0, 0.0]
+    )
+
+
 def test_iou_of_empty_boxes_is_zero_not_nan():
     empty = np.zeros((1, 4))
     assert box_ops.pairwise_iou(empty, empty)[0, 0] == 0.0

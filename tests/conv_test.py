@@ -123,6 +123,17 @@ def test_grouped_convolutions_always_go_to_xla():
     assert "conv_general_dilated" in primitives and "dot_general" not in primitives
 
 
+def test_dilated_convolutions_go_to_xla_and_stay_dilated():
+    x = jax.random.normal(jax.random.key(0), (1, 9, 9, 2))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 2, 4))
+    numbers = jax.lax.conv_dimension_numbers(x.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))
+    settings = dict(rhs_dilation=(2, 2), dimension_numbers=numbers)
+    dilated = conv.conv_general_dilated(x, kernel, (1, 1), "VALID", **settings, conv_impl="dot")
+    expected = jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", **settings)
+    assert dilated.shape == (1, 5, 5, 4)  # a 3×3 kernel dilated by 2 spans 5 pixels
+    np.testing.assert_allclose(dilated, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_a_model_gives_the_same_outputs_and_variables_with_every_conv_impl():
     images = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 96, 96, 3)), jnp.float32)
     fields = {"backbone": "resnet18", "head": "conv", "num_classes": 3, "head_channels": 32}

@@ -100,6 +100,50 @@ def test_clip_boxes_drops_boxes_mostly_outside():
     assert keep.numpy().tolist() == [True, False, False, True]
 
 
+def test_clip_boxes_keeps_exactly_the_minimum_fraction_and_drops_empty_boxes():
+    boxes = tf.constant(
+        [
+            [-0.75, 0.2, 0.25, 0.4],  # exactly a quarter inside: kept ("at least")
+            [0.5, 0.2, 0.5, 0.6],  # no area at all: dropped even with no minimum
+            [1.1, 0.1, 1.3, 0.2],  # outside: dropped even with no minimum
+        ]
+    )
+    assert augment.clip_boxes(boxes, 0.25)[1].numpy().tolist() == [True, False, False]
+    assert augment.clip_boxes(boxes, 0.0)[1].numpy().tolist() == [True, False, False]
+
+
+def test_colour_factors_are_log_uniform_in_both_directions():
+    # A grey pixel: exposure alone scales it (saturation 1, no hue shift), unclipped below 1.
+    grey = tf.fill([1, 1, 3], 0.25)
+    factors = np.array(
+        [
+            float(
+                augment.random_color(
+                    grey, tf.constant([seed, 7]), exposure=2.0, saturation=1.0, hue=0.0
+                )[0, 0, 0]
+            )
+            / 0.25
+            for seed in range(200)
+        ]
+    )
+    assert factors.min() >= 0.5 - 1e-6 and factors.max() <= 2.0 + 1e-6
+    # log-uniform on [-log 2, log 2]: mean 0, and about half the factors darken.
+    assert abs(np.log(factors).mean()) < 0.1
+    assert 0.35 < (factors < 1).mean() < 0.65
+
+
+def test_flip_happens_half_the_time():
+    mirrors = [
+        bool(
+            augment.sample_window(
+                tf.constant([seed, 3]), 100, 100, scale_translate=0.2, flip=True
+            ).flip
+        )
+        for seed in range(400)
+    ]
+    assert 0.4 < np.mean(mirrors) < 0.6
+
+
 def test_same_seed_same_augmentation_and_different_seed_differs():
     image = tf.constant(np.random.default_rng(2).integers(0, 256, (20, 30, 3)), tf.uint8)
     boxes = tf.constant([[0.2, 0.2, 0.7, 0.8]])

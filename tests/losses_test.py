@@ -126,3 +126,56 @@ def test_mismatched_shapes_name_the_problem():
         losses.yolo_loss(pred, target[..., :-1], num_classes=C)
     with pytest.raises(ValueError, match="C \\+ 5B"):
         losses.yolo_loss(pred, target, num_classes=C, num_boxes=3)
+
+
+def _sizes_case():
+    """An object off the diagonal and off-centre, with width ≠ height, and predicted sizes
+    ≠ 1, so that square roots, x/y order and the IoU's gradient all show.
+
+    Target: class 0, yxyx [0.5, 0, 1, 0.25] → cell (row 1, col 0), centre offset (x .25,
+    y .5), size w .5 × h 1 cells. Box 0 predicts (x .35, y .3, w 2, h 1), conf .4: in the
+    cell frame x∈[-.65, 1.35], y∈[-.2, .8] against the target's x∈[0, .5], y∈[0, 1]:
+    intersection .5 × .8 = .4, union 2 + .5 - .4 = 2.1, IoU 4/21: responsible. Box 1
+    (x .9, y .1, w .1, h .1, conf .7) does not touch the target: IoU 0.
+    """
+    target = targets.encode(
+        np.array([[0.5, 0.0, 1.0, 0.25]], np.float32),
+        np.array([0]),
+        np.array([True]),
+        grid_size=S,
+        num_classes=C,
+    )
+    pred = np.zeros((S, S, C + 5 * B), np.float32)
+    pred[1, 0] = [0.6, 0.1, 0.4, 0.35, 0.3, 2.0, 1.0, 0.7, 0.9, 0.1, 0.1, 0.1]
+    return jnp.asarray(pred[None]), jnp.asarray(target)[None]
+
+
+def test_loss_hand_computed_with_square_roots_and_off_diagonal_cell():
+    pred, target = _sizes_case()
+    _, metrics = losses.yolo_loss(pred, target, num_classes=C, num_boxes=B)
+    # coord  = 5 · [(.35 - .25)² + (.3 - .5)² + (√2 - √.5)² + (√1 - √1)²] = 5 · (.05 + .5)
+    # object = (.4 - 4/21)²;  noobj = .5 · .7²;  class = (.6 - 1)² + .1²
+    expected = {"coord": 2.75, "object": (0.4 - 4 / 21) ** 2, "noobj": 0.245, "class": 0.17}
+    for name, value in expected.items():
+        assert float(metrics[name]) == pytest.approx(value, abs=1e-5), name
+    assert float(metrics["iou"]) == pytest.approx(4 / 21, abs=1e-6)
+
+
+def test_size_gradient_comes_from_the_coordinate_term_alone():
+    pred, target = _sizes_case()
+    grads = jax.grad(lambda p: losses.yolo_loss(p, target, num_classes=C)[0])(pred)
+    # d/dw 5 (√w - √.5)² = 5 (√w - √.5) / √w = 5 · .5 at w = 2. The IoU moves with w and h
+    # too, but the confidence's target takes no gradient: d/dh is 0 since √h = √1 already.
+    assert float(grads[0, 1, 0, 5]) == pytest.approx(2.5, abs=1e-4)
+    assert float(grads[0, 1, 0, 6]) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_signed_sqrt_is_the_square_root_with_the_sign_kept():
+    values = losses.signed_sqrt(jnp.array([4.0, 0.25, 0.0, -0.25, -4.0]))
+    np.testing.assert_allclose(values, [2.0, 0.5, 0.0, -0.5, -2.0], atol=1e-5)
+
+
+def test_iou_metric_is_zero_without_objects():
+    pred, target = _hand_case()
+    _, metrics = losses.yolo_loss(pred, np.zeros_like(target), num_classes=C)
+    assert float(metrics["iou"]) == 0.0

@@ -231,6 +231,19 @@ def test_batch_stats_are_averaged_over_the_named_axis(tiny_variables):
         np.testing.assert_allclose(mean[0], expected, rtol=1e-4, atol=1e-6)
 
 
+def test_leaky_relu_has_the_paper_slope():
+    np.testing.assert_allclose(layers.leaky_relu(jnp.array([-1.0, 0.0, 2.0])), [-0.1, 0.0, 2.0])
+
+
+def test_batch_norm_running_mean_moves_a_tenth_of_the_way_as_pytorch():
+    norm = layers.make_norm("batch", train=True)()
+    x = jnp.full((4, 3), 2.0)
+    variables = norm.init(jax.random.key(0), x)
+    _, updated = norm.apply(variables, x, mutable=["batch_stats"])
+    # PyTorch's momentum 0.1: running mean 0 → 0.9 · 0 + 0.1 · 2.
+    np.testing.assert_allclose(updated["batch_stats"]["mean"], 0.2, atol=1e-6)
+
+
 def test_adaptive_avg_pool_uses_torch_bin_edges():
     # 3 → 2: torch bins are [0, 2) and [1, 3), overlapping in the middle element.
     x = jnp.array([1.0, 2.0, 6.0]).reshape(1, 3, 1, 1) * jnp.ones((1, 1, 3, 1))

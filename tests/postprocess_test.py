@@ -63,6 +63,35 @@ def test_decode_hand_computed_box_and_score():
     assert float(jnp.abs(scores[0, :index]).sum()) == 0.0  # empty boxes score nothing
 
 
+def test_decode_clips_confidence_and_scores_empty_boxes_zero():
+    outputs = np.zeros((1, S, S, C + 5 * B), np.float32)
+    outputs[0, 0, 0, :C] = [0.8, 0.5, 1.0]
+    # Cell (0, 0): box 0 has confidence 1.5 (clipped to 1), box 1 confidence -0.5 (to 0).
+    outputs[0, 0, 0, C:] = [1.5, 0.5, 0.5, 1.0, 1.0, -0.5, 0.5, 0.5, 1.0, 1.0]
+    outputs[0, 1, 1, :C] = [1.0, 1.0, 1.0]
+    # Cell (1, 1): box 0 has zero width, box 1 negative sizes (an empty box at its centre,
+    # not an inverted one); both score 0 whatever their confidence.
+    outputs[0, 1, 1, C:] = [0.9, 0.5, 0.5, 0.0, 1.0, 0.9, 0.5, 0.5, -1.0, -1.0]
+    boxes, scores = postprocess.decode(outputs, num_classes=C, num_boxes=B)
+    np.testing.assert_allclose(scores[0, 0], [0.8, 0.5, 1.0], atol=1e-6)
+    np.testing.assert_array_equal(scores[0, 1], 0.0)
+    cell_11 = (1 * S + 1) * B
+    np.testing.assert_array_equal(scores[0, cell_11 : cell_11 + 2], 0.0)
+    np.testing.assert_allclose(boxes[0, cell_11 + 1], [0.375] * 4, atol=1e-6)
+
+
+def test_nms_boundaries_are_inclusive_for_scores_exclusive_for_overlap():
+    # IoU of the two boxes is 0.5 exactly: "suppressed when IoU exceeds" keeps both; a
+    # score equal to score_threshold is "at or above" it.
+    boxes = np.array([[0.0, 0.0, 1.0, 0.5], [0.0, 0.0, 1.0, 0.25]], np.float32)
+    scores = np.array([[0.9], [0.5]], np.float32)
+    settings = dict(score_threshold=0.5, iou_threshold=0.5, max_detections=4)
+    kept = postprocess.nms(boxes, scores, **settings)
+    np.testing.assert_allclose(kept.scores[kept.valid], [0.9, 0.5])
+    kept = postprocess.nms(boxes, scores, **{**settings, "iou_threshold": 0.49})
+    np.testing.assert_allclose(kept.scores[kept.valid], [0.9])
+
+
 def _reference_nms(boxes, scores, score_threshold, iou_threshold, max_detections):
     """Per-class greedy NMS written plainly, detection by detection."""
 

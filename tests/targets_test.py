@@ -27,6 +27,14 @@ def test_single_box_hand_computed():
     assert grid.sum() == pytest.approx(grid[1, 1].sum())  # every other cell is empty
 
 
+def test_box_off_the_diagonal_with_width_not_height():
+    # yxyx [0.05, 0.5, 0.15, 0.95]: centre (x=0.725, y=0.1) → ×4 = (2.9, 0.4): row 0, col 2,
+    # offsets (x 0.9, y 0.4); size w 0.45 × 4 = 1.8, h 0.1 × 4 = 0.4 cells.
+    grid = _encode([[0.05, 0.5, 0.15, 0.95]], [0])
+    np.testing.assert_allclose(grid[0, 2], [1, 0, 0, 1, 0.9, 0.4, 1.8, 0.4], atol=1e-6)
+    assert grid.sum() == pytest.approx(grid[0, 2].sum())
+
+
 def test_two_centres_in_one_cell_keep_the_larger_box_whatever_the_order():
     small = [0.30, 0.30, 0.40, 0.40]  # centre (0.35, 0.35) → cell (1, 1)
     large = [0.20, 0.20, 0.50, 0.50]  # same centre cell, 9× the area
@@ -34,6 +42,13 @@ def test_two_centres_in_one_cell_keep_the_larger_box_whatever_the_order():
         grid = _encode(boxes, labels)
         np.testing.assert_allclose(grid[1, 1, :C], [0, 1, 0])
         np.testing.assert_allclose(grid[1, 1, C + 3 :], [1.2, 1.2], atol=1e-6)
+
+
+def test_the_larger_area_wins_not_the_longer_sides():
+    strip = [0.1, 0.3625, 0.6, 0.3875]  # 0.5 × 0.025: area 0.0125, sides 0.525
+    square = [0.25, 0.275, 0.45, 0.475]  # 0.2 × 0.2: area 0.04, sides 0.4; both in cell (1, 1)
+    for boxes, labels in (([strip, square], [0, 1]), ([square, strip], [1, 0])):
+        np.testing.assert_allclose(_encode(boxes, labels)[1, 1, :C], [0, 1, 0])
 
 
 def test_equal_area_tie_goes_to_the_lower_index():
@@ -46,8 +61,11 @@ def test_equal_area_tie_goes_to_the_lower_index():
 def test_padding_and_degenerate_boxes_are_ignored():
     real = [0.1, 0.1, 0.2, 0.2]
     zero_width = [0.6, 0.6, 0.9, 0.6]
+    zero_height = [0.6, 0.1, 0.6, 0.4]
     padded = [0.6, 0.6, 0.9, 0.9]
-    grid = _encode([real, zero_width, padded], [0, 1, 2], mask=[True, True, False])
+    grid = _encode(
+        [real, zero_width, zero_height, padded], [0, 1, 1, 2], mask=[True, True, True, False]
+    )
     assert np.count_nonzero(grid[..., C]) == 1
     assert grid[0, 0, C] == 1
 
