@@ -27,6 +27,17 @@ _FILE_FORMAT = "array_record"  # random access
 _logger = logging.getLogger(__name__)
 
 
+@functools.cache  # once per prepared dataset and process: a run opens its splits many times
+def _warn_built_without(name: str, data_dir: str, skipped: tuple[str, ...]) -> None:
+    _logger.warning(
+        "%s in %s was built without %d bad images (data.on_bad_data='skip'); first problems:\n  %s",
+        name,
+        data_dir,
+        len(skipped),
+        "\n  ".join(skipped[:3]),
+    )
+
+
 class DatasetNotPreparedError(FileNotFoundError):
     """A TFDS dataset that yolojax does not prepare itself (VOC) is missing or unreadable."""
 
@@ -172,12 +183,7 @@ def open_split(data_config, which: str) -> SplitSource:
         opened.append(data_source)
         skipped = (builder.info.metadata or {}).get("skipped", [])
         if skipped:
-            _logger.warning(
-                "%s was built without %d bad images (data.on_bad_data='skip'); first: %s",
-                builder.name,
-                len(skipped),
-                skipped[0],
-            )
+            _warn_built_without(builder.name, str(builder.data_dir), tuple(map(str, skipped)))
     source = SplitSource(opened, class_names)
     if len(source) == 0:
         raise ValueError(f"data split {split!r} of source {data_config.source!r} is empty")
