@@ -65,12 +65,16 @@ def test_best_keeps_the_highest_map(tmp_path):
     manager.close()
 
 
-def test_damaged_latest_falls_back_to_the_previous_with_a_warning(tmp_path):
-    _save_steps(tmp_path, [1, 2])
-    # Damage every data file of the newest checkpoint's state (truncate to 0 bytes).
-    for path in (tmp_path / "checkpoints" / "2" / "state").rglob("*"):
+def _damage(workdir, step):
+    """Truncates every data file of a checkpoint's state to 0 bytes."""
+    for path in (workdir / "checkpoints" / str(step) / "state").rglob("*"):
         if path.is_file():
             path.write_bytes(b"")
+
+
+def test_damaged_latest_falls_back_to_the_previous_with_a_warning(tmp_path):
+    _save_steps(tmp_path, [1, 2])
+    _damage(tmp_path, 2)
     manager = checkpoints.Checkpoints(tmp_path, SIGNATURE)
     with pytest.warns(UserWarning, match=r"Skipping damaged checkpoint .*2"):
         state, step = manager.restore(_state(0))
@@ -175,9 +179,7 @@ def test_a_resumed_run_saves_over_the_damaged_step_and_keeps_its_files(tmp_path)
     # The newest checkpoint is damaged: the run resumes from step 1, reaches step 2 again
     # and saves it. Orbax refuses to save a step that exists; the damaged one moves aside.
     _save_steps(tmp_path, [1, 2])
-    for path in (tmp_path / "checkpoints" / "2" / "state").rglob("*"):
-        if path.is_file():
-            path.write_bytes(b"")
+    _damage(tmp_path, 2)
     manager = checkpoints.Checkpoints(tmp_path, SIGNATURE)
     with pytest.warns(UserWarning, match="Skipping damaged checkpoint"):
         _, step = manager.restore(_state(0))

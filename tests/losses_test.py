@@ -12,17 +12,22 @@ from yolojax import losses, targets
 S, C, B = 2, 2, 2
 
 
-def _hand_case():
-    """One object of class 1 in cell (row 0, col 1), centred, exactly one cell in size."""
-    target = np.asarray(
+def _one_object_target(box_yxyx, label):
+    """The (S, S, C + 5) target grid of one object."""
+    return np.asarray(
         targets.encode(
-            np.array([[0.0, 0.5, 0.5, 1.0]], np.float32),
-            np.array([1]),
+            np.array([box_yxyx], np.float32),
+            np.array([label]),
             np.array([True]),
             grid_size=S,
             num_classes=C,
         )
     )
+
+
+def _hand_case():
+    """One object of class 1 in cell (row 0, col 1), centred, exactly one cell in size."""
+    target = _one_object_target([0.0, 0.5, 0.5, 1.0], 1)
     pred = np.zeros((S, S, C + 5 * B), np.float32)
     # Object cell. Box 0: x∈[0.375, 0.625], y∈[0, 1] → IoU with the unit cell box 0.25.
     # Box 1: x∈[-0.25, 0.75], y∈[0, 1] → intersection 0.75, union 1.25, IoU 0.6: responsible.
@@ -138,16 +143,10 @@ def _sizes_case():
     intersection .5 × .8 = .4, union 2 + .5 - .4 = 2.1, IoU 4/21: responsible. Box 1
     (x .9, y .1, w .1, h .1, conf .7) does not touch the target: IoU 0.
     """
-    target = targets.encode(
-        np.array([[0.5, 0.0, 1.0, 0.25]], np.float32),
-        np.array([0]),
-        np.array([True]),
-        grid_size=S,
-        num_classes=C,
-    )
+    target = _one_object_target([0.5, 0.0, 1.0, 0.25], 0)
     pred = np.zeros((S, S, C + 5 * B), np.float32)
     pred[1, 0] = [0.6, 0.1, 0.4, 0.35, 0.3, 2.0, 1.0, 0.7, 0.9, 0.1, 0.1, 0.1]
-    return jnp.asarray(pred[None]), jnp.asarray(target)[None]
+    return jnp.asarray(pred[None]), jnp.asarray(target[None])
 
 
 def test_loss_hand_computed_with_square_roots_and_off_diagonal_cell():
