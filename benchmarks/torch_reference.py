@@ -13,7 +13,8 @@ gradients, target grids, parameter counts):
 * loss: `yolojax.losses.yolo_loss` (responsible box by IoU, rescore, signed sqrt,
   no-object on unassigned predictors), summed and divided by the batch size.
 * optimizer: `torch.optim` SGD / Adam (L2 weight decay added to the gradient, as optax's
-  `add_decayed_weights` before the optimizer) or AdamW, with the config's gradient clipping.
+  `add_decayed_weights` before the optimizer) or AdamW, with the config's gradient clipping;
+  weight decay on kernels only (parameter groups), as yolojax's mask.
 
 Tensors follow the library's conventions: images NHWC float32 in, outputs
 `(N, S, S, C + 5B)`, boxes normalized yxyx. Inside, the model runs NCHW (optionally in
@@ -277,14 +278,19 @@ def make_optimizer(parameters, train_config, *, fused: bool = False):
         train_config.weight_decay,
     )
     implementation = {"fused": True} if fused else {"foreach": True}
+    parameters = list(parameters)
+    # Kernels only, as yolojax.optim: no decay for biases and normalization parameters.
+    groups = [
+        {"params": [p for p in parameters if p.dim() >= 2], "weight_decay": decay},
+        {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    groups = [group for group in groups if group["params"]]
     if name == "sgd":
-        return torch.optim.SGD(
-            parameters, rate, momentum=train_config.momentum, weight_decay=decay, **implementation
-        )
+        return torch.optim.SGD(groups, rate, momentum=train_config.momentum, **implementation)
     if name == "adam":
-        return torch.optim.Adam(parameters, rate, weight_decay=decay, **implementation)
+        return torch.optim.Adam(groups, rate, **implementation)
     if name == "adamw":
-        return torch.optim.AdamW(parameters, rate, weight_decay=decay, **implementation)
+        return torch.optim.AdamW(groups, rate, **implementation)
     raise ValueError(f"train_config.optimizer must be 'sgd', 'adam' or 'adamw'; got {name!r}.")
 
 

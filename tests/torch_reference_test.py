@@ -138,21 +138,30 @@ def test_optimizer_updates_match_optax(optimizer):
         }
     )
     rng = np.random.default_rng(2)
-    params = rng.normal(size=(5, 3)).astype(np.float32)
-    gradients = [rng.normal(size=(5, 3)).astype(np.float32) for _ in range(3)]
+    # A kernel (decayed) and a bias (not decayed).
+    params = {"kernel": rng.normal(size=(5, 3)), "bias": rng.normal(size=(3,))}
+    params = {name: value.astype(np.float32) for name, value in params.items()}
+    gradients = [
+        {name: rng.normal(size=value.shape).astype(np.float32) for name, value in params.items()}
+        for _ in range(3)
+    ]
 
     tx, _ = optim.create_optimizer(train_config, steps_per_epoch=10, total_steps=100)
-    jax_params = jnp.asarray(params)
+    jax_params = jax.tree.map(jnp.asarray, params)
     state = tx.init(jax_params)
-    torch_params = torch.nn.Parameter(torch.from_numpy(params.copy()))
-    torch_optimizer = torch_reference.make_optimizer([torch_params], train_config)
+    torch_params = {
+        name: torch.nn.Parameter(torch.from_numpy(value.copy())) for name, value in params.items()
+    }
+    torch_optimizer = torch_reference.make_optimizer(torch_params.values(), train_config)
     for gradient in gradients:
-        updates, state = tx.update(jnp.asarray(gradient), state, jax_params)
+        updates, state = tx.update(jax.tree.map(jnp.asarray, gradient), state, jax_params)
         jax_params = optax.apply_updates(jax_params, updates)
-        torch_params.grad = torch.from_numpy(gradient)
+        for name, value in gradient.items():
+            torch_params[name].grad = torch.from_numpy(value)
         torch_optimizer.step()
 
-    assert not np.allclose(np.asarray(jax_params), params)  # the steps moved the parameters
-    np.testing.assert_allclose(
-        torch_params.detach().numpy(), np.asarray(jax_params), rtol=1e-5, atol=1e-5
-    )
+    for name, value in params.items():
+        assert not np.allclose(np.asarray(jax_params[name]), value)  # the steps moved it
+        np.testing.assert_allclose(
+            torch_params[name].detach().numpy(), np.asarray(jax_params[name]), rtol=1e-5, atol=1e-5
+        )
