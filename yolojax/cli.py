@@ -61,11 +61,11 @@ def _quiet_failed_restores():
 
     sys.unraisablehook = unraisable_hook
     logging.getLogger("asyncio").addFilter(noise)
-    try:
-        yield
-    finally:
-        logging.getLogger("asyncio").removeFilter(noise)
-        sys.unraisablehook = previous_hook
+    # An error propagates from the yield and leaves the filter in place: the command is
+    # about to exit, and the reads may still report while it prints the error and exits.
+    yield
+    logging.getLogger("asyncio").removeFilter(noise)
+    sys.unraisablehook = previous_hook
 
 
 def _flags_error(message: str) -> None:
