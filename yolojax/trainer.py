@@ -142,13 +142,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
             scalars["train_mAP"] = train_results["mAP"]
         return results, scalars
 
-    def run_evaluation(step: int, on_devices) -> dict:
-        results, scalars = evaluate_model(on_devices)
-        record(step, scalars)
+    def report(step: int, results: dict) -> None:
         if is_main:
             tqdm.write(
                 f"step {step}: test mAP {results['mAP']:.4f} (area {results['mAP_area']:.4f})"
             )
+
+    def run_evaluation(step: int, on_devices) -> dict:
+        results, scalars = evaluate_model(on_devices)
+        record(step, scalars)
+        report(step, results)
         ckpt.save_if_best(step, distributed.first_replica(on_devices), {"mAP": results["mAP"]})
         return {**results, "step": step}
 
@@ -194,11 +197,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 )
             results, _ = evaluate_model(on_devices)
             results["step"] = start_step
-            if is_main:
-                tqdm.write(
-                    f"step {start_step}: test mAP {results['mAP']:.4f} "
-                    f"(area {results['mAP_area']:.4f})"
-                )
+            report(start_step, results)
     except KeyboardInterrupt:
         ckpt.wait()
         if is_main:
