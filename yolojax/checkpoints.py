@@ -98,8 +98,10 @@ def _array_shapes(tree) -> dict[str, tuple[int, ...]]:
     }
 
 
-def _restore_by_name(manager, step: int, abstract):
+def _restore_by_name(manager, step: int, metadata, abstract):
     """The saved arrays of ``step``, placed in ``abstract``'s tree by name.
+
+    ``metadata`` is orbax's metadata of the saved state, which has the saved containers.
 
     The saved tree may differ from the template in nodes without arrays, which orbax would
     report as a structure mismatch that looks like damage: an optax state that became
@@ -107,8 +109,9 @@ def _restore_by_name(manager, step: int, abstract):
     The arrays themselves have been checked to match by name and shape.
     """
     wanted = _named_leaves(abstract)
-    saved_tree = manager.item_metadata(step)["state"].tree  # the saved containers, as saved
-    request = jax.tree_util.tree_map_with_path(lambda path, _: wanted[_leaf_name(path)], saved_tree)
+    request = jax.tree_util.tree_map_with_path(
+        lambda path, _: wanted[_leaf_name(path)], metadata.tree
+    )
     restored = manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(request))
     )
@@ -275,11 +278,11 @@ class Checkpoints:
                 f"({self.workdir / 'config.json'}) or another --workdir."
             )
 
-    def _check_layout(self, manager, step: int, abstract) -> None:
+    def _check_layout(self, manager, step: int, metadata, abstract) -> None:
         """Raises CheckpointMismatchError unless the saved arrays are the template's, by name
         and shape (orbax would restore arrays of another shape as saved: a crash at the first
         step)."""
-        saved = _array_shapes(manager.item_metadata(step)["state"])
+        saved = _array_shapes(metadata)
         wanted = _array_shapes(abstract)
         if saved == wanted:
             return
@@ -317,8 +320,9 @@ class Checkpoints:
         for step in steps:
             try:
                 self._check_signature(manager, step)
-                self._check_layout(manager, step, abstract)
-                state = _restore_by_name(manager, step, abstract)
+                metadata = manager.item_metadata(step)["state"]  # read once, for both
+                self._check_layout(manager, step, metadata, abstract)
+                state = _restore_by_name(manager, step, metadata, abstract)
             except CheckpointMismatchError:
                 raise
             except Exception as error:
