@@ -183,6 +183,45 @@ def test_two_processes_train_and_evaluate_like_one_process(tmp_path):
     _check_evaluation(tmp_path, records, single["trained"])
 
 
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_the_job_after_one_step_saved_by_all(tmp_path):
+    data_dir = str(tmp_path / "tfds")
+    pipeline.get_dataset_info(worker.tiny_config(data_dir).data)
+    port, run_dir = _free_port(), tmp_path / "run"
+    # 400 steps, only the last a scheduled save: the stop comes mid-run.
+    args = ["train", "--data_dir", data_dir, "--timeout", str(WORKER_TIMEOUT_S - 10)]
+    args += ["--workdir", str(run_dir), "--out", str(tmp_path), "--num_epochs", "200"]
+    args += ["--checkpoint_every_steps", "100000", "--coordinator_address", f"127.0.0.1:{port}"]
+    args += ["--num_processes", "2"]
+    env = _worker_env(tmp_path, JAX_COORDINATOR_BIND_ADDRESS=f"127.0.0.1:{port}")
+    started = {}
+    try:
+        for process_id in range(2):
+            log = tmp_path / f"process{process_id}.log"
+            process = _start([*args, "--process_id", str(process_id)], log, devices=1, env=env)
+            started[process_id] = (process, log)
+        deadline = time.monotonic() + WORKER_TIMEOUT_S
+        metrics = run_dir / "metrics.jsonl"
+        while time.monotonic() < deadline and all(p.poll() is None for p, _ in started.values()):
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+                # A scheduler's preemption notice, to one process only.
+                started[1][0].send_signal(signal.SIGTERM)
+                break
+            time.sleep(0.01)
+        while time.monotonic() < deadline and any(p.poll() is None for p, _ in started.values()):
+            time.sleep(0.1)
+    finally:
+        _kill(started)
+    logs = "\n".join(f"--- {i} ---\n{log.read_text()[-3000:]}" for i, (_, log) in started.items())
+    assert [p.returncode for p, _ in started.values()] == [143, 143], logs
+    records = [json.loads((tmp_path / f"process{i}.json").read_text()) for i in (0, 1)]
+    step = records[0]["stopped_at"]
+    assert records[1]["stopped_at"] == step and 2 <= step < 400, logs
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [str(step)]
+    lines = metrics.read_text().splitlines()
+    assert [r["step"] for r in map(json.loads, lines) if "loss" in r] == list(range(1, step + 1))
+
+
 def _check_training(root: Path) -> None:
     """The job's checkpoints and logged losses match the single-process run's."""
     initial = _load_npz(root / "single" / "initial.npz")

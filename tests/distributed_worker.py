@@ -7,13 +7,15 @@ the test starts with ``JAX_PLATFORMS=cpu`` and
     python tests/distributed_worker.py step --out DIR
     python tests/distributed_worker.py train --data_dir D --workdir W --out DIR [--evaluate]
         [--coordinator_address 127.0.0.1:PORT --num_processes 2 --process_id I]
+        [--num_epochs E --checkpoint_every_steps K]
 
 ``step`` saves ``DIR/step.npz``: the state before and after one train step from the same
 state on the same global batch, on one device and on every local device. ``train`` runs
 train.py's job (``trainer.train_and_evaluate``), with ``--evaluate`` then evaluate.py's
 (``evaluate_checkpoint``), as one process of a multi-process job when the coordinator flags
 are given. It saves what they returned as ``DIR/process<I>.json`` and (process 0) the state
-before training as ``DIR/initial.npz``.
+before training as ``DIR/initial.npz``. Training stopped by a signal saves the step it stopped
+at as ``{"stopped_at": step}`` instead, and exits with train.py's status for it.
 """
 
 import argparse
@@ -29,7 +31,7 @@ import numpy as np
 from flax import traverse_util
 
 from tests import tiny
-from yolojax import distributed, eval_lib, train_lib, trainer
+from yolojax import distributed, eval_lib, preemption, train_lib, trainer
 
 GLOBAL_BATCH = 8
 NUM_TRAIN = 2 * GLOBAL_BATCH  # one epoch = 2 steps
@@ -110,7 +112,12 @@ def train_and_evaluate(config, args) -> None:
         "device_count": jax.device_count(),
         "local_device_count": jax.local_device_count(),
     }
-    trained = trainer.train_and_evaluate(config, args.workdir)
+    try:
+        trained = trainer.train_and_evaluate(config, args.workdir)
+    except preemption.TrainingStopped as stop:
+        record["stopped_at"] = stop.step
+        (args.out / f"process{jax.process_index()}.json").write_text(json.dumps(record))
+        raise SystemExit(stop.exit_status) from None
     record["trained"] = {k: trained[k] for k in RESULT_KEYS}
     if args.evaluate:
         evaluated = eval_lib.evaluate_checkpoint(config, args.workdir)
@@ -129,6 +136,8 @@ def main() -> None:
     parser.add_argument("--num_processes", type=int)
     parser.add_argument("--process_id", type=int)
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--num_epochs", type=int, default=1)
+    parser.add_argument("--checkpoint_every_steps", type=int, default=1)
     args = parser.parse_args()
     # A hang (a collective or barrier waiting for a dead peer) ends with every thread's stack.
     faulthandler.dump_traceback_later(args.timeout, exit=True)
@@ -139,6 +148,8 @@ def main() -> None:
             process_id=args.process_id,
         )
     config = tiny_config(args.data_dir)
+    config.train.num_epochs = args.num_epochs
+    config.train.checkpoint_every_steps = args.checkpoint_every_steps
     if args.mode == "step":
         one_step_on_one_and_all_devices(config, args.out)
     else:

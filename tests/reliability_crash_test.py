@@ -80,8 +80,9 @@ def _config(data_dir):
     return config
 
 
-def _command(script, run_dir, data_dir, *extra):
-    overrides = {**OVERRIDES, "data.tfds_data_dir": data_dir}
+def _command(script, run_dir, data_dir, *extra, overrides=None):
+    """The command line of `script` on `run_dir`, with OVERRIDES updated by `overrides`."""
+    overrides = {**OVERRIDES, **(overrides or {}), "data.tfds_data_dir": data_dir}
     # --verbosity=0: orbax's INFO logs land in the log too, for a failing test's report.
     return [
         sys.executable,
@@ -115,16 +116,23 @@ class _Process:
             os.killpg(self.popen.pid, signal.SIGKILL)
         self.popen.wait(timeout=60)
 
-    def run_until(self, should_kill=None) -> bool:
-        """Polls every few ms; SIGKILLs as soon as `should_kill()`. True if it was killed."""
+    def wait_for(self, condition) -> bool:
+        """Polls every few ms until `condition()` (True) or the process exits (False)."""
         while self.popen.poll() is None:
-            if should_kill is not None and should_kill():
-                self.kill()
+            if condition():
                 return True
             if time.monotonic() - self.started > PROCESS_DEADLINE_S:
                 self.kill()
                 pytest.fail(f"no result after {PROCESS_DEADLINE_S} s: {self.log()[-3000:]}")
             time.sleep(0.003)
+        return False
+
+    def run_until(self, should_kill=None) -> bool:
+        """Runs to the end, or SIGKILLs as soon as `should_kill()`. True if it was killed."""
+        if should_kill is not None and self.wait_for(should_kill):
+            self.kill()
+            return True
+        self.wait_for(lambda: False)
         return False
 
     def log(self) -> str:
@@ -273,6 +281,26 @@ def test_kill_9_at_random_points_then_rerun_equals_an_uninterrupted_run(tmp_path
         _saved_state(run_dir, TOTAL_STEPS),
         _saved_state(reference, TOTAL_STEPS),
     )
+
+
+def test_sigterm_saves_the_step_reached_and_exits_143(tmp_path, data_dir, env):
+    # Only the last step is a scheduled save, and there are many: SIGTERM comes mid-run.
+    overrides = {"train.num_epochs": 100, "train.checkpoint_every_steps": 1000}
+    run_dir = tmp_path / "run"
+    command = _command("train.py", run_dir, data_dir, overrides=overrides)
+    with _Process(command, env, tmp_path / "run.log") as process:
+        assert process.wait_for(lambda: len(_losses(run_dir)) >= 2), process.log()[-3000:]
+        process.popen.send_signal(signal.SIGTERM)
+        process.wait_for(lambda: False)
+        log = process.log()
+    assert process.popen.returncode == 128 + signal.SIGTERM, log[-3000:]
+    [step] = _complete_steps(run_dir)
+    assert 2 <= step < 100 * TOTAL_STEPS // 3, log[-3000:]
+    assert sorted(_losses(run_dir)) == list(range(1, step + 1))  # logged, up to the saved step
+    assert "SIGTERM received: training stops after the current step" in log
+    checkpoint_dir = run_dir / "checkpoints"
+    assert f"Stopped on SIGTERM after step {step}, saved in {checkpoint_dir}: rerun" in log
+    assert "Traceback" not in log
 
 
 @pytest.fixture(scope="module", name="initial_state")

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import signal
 
 import jax
 import numpy as np
@@ -13,7 +14,7 @@ from PIL import Image
 
 from configs import voc
 from tests import tiny
-from yolojax import eval_lib, predict, train_lib, trainer
+from yolojax import eval_lib, predict, preemption, train_lib, trainer
 from yolojax.data.testing import valid_box_data_source
 from yolojax.detector import Detector
 
@@ -115,22 +116,71 @@ def test_resume_gives_the_same_parameters(tmp_path, data_dir, capsys):
     assert "already trained to step 8" in capsys.readouterr().out
 
 
-def test_ctrl_c_says_where_to_resume_from(tmp_path, data_dir, monkeypatch, capsys):
-    config = tiny_config(data_dir, num_epochs=1, checkpoint_every_steps=2)
+def _on_step_3(action):
+    """A stand-in for train_lib.make_train_step whose step calls `action()` at the 3rd call."""
     make_train_step = train_lib.make_train_step
 
-    def interrupted_at_step_3(*args):
+    def make_step(*args):
         step_fn, calls = make_train_step(*args), []
 
         def step(*step_args):
             calls.append(None)
             if len(calls) == 3:
-                raise KeyboardInterrupt
+                action()
             return step_fn(*step_args)
 
         return step
 
-    monkeypatch.setattr(train_lib, "make_train_step", interrupted_at_step_3)
+    return make_step
+
+
+def test_ctrl_c_saves_the_step_reached_and_the_rerun_trains_as_if_uninterrupted(
+    tmp_path, data_dir, monkeypatch, capfd
+):
+    config = tiny_config(data_dir, log_every_steps=1)  # 8 steps, saved at 4 and 8
+    config.eval.every_epochs = 0
+    config.eval.train_subset = 0
+    trainer.train_and_evaluate(config, str(tmp_path / "full"))
+
+    stopped, handler = tmp_path / "stopped", signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(
+        train_lib, "make_train_step", _on_step_3(lambda: signal.raise_signal(signal.SIGINT))
+    )
+    with pytest.raises(preemption.TrainingStopped) as stop:
+        trainer.train_and_evaluate(config, str(stopped))
+    assert (stop.value.step, stop.value.exit_status) == (3, 130)
+    assert sorted(p.name for p in (stopped / "checkpoints").iterdir()) == ["3"]
+    assert "SIGINT received: training stops after the current step" in capfd.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is handler
+
+    monkeypatch.undo()
+    assert trainer.train_and_evaluate(config, str(stopped))["step"] == 8
+    assert "Resuming from the checkpoint of step 3" in capfd.readouterr().out
+
+    def losses(workdir):
+        records = (workdir / "metrics.jsonl").read_text().splitlines()
+        return [(r["step"], r["loss"]) for r in map(json.loads, records) if "loss" in r]
+
+    assert losses(stopped) == losses(tmp_path / "full")
+    assert [step for step, _ in losses(stopped)] == list(range(1, 9))
+    for a, b in zip(
+        jax.tree.leaves(_params(stopped, config)[0]),
+        jax.tree.leaves(_params(tmp_path / "full", config)[0]),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_second_ctrl_c_interrupts_at_once_and_says_where_to_resume_from(
+    tmp_path, data_dir, monkeypatch, capsys
+):
+    config = tiny_config(data_dir, num_epochs=1, checkpoint_every_steps=2)
+
+    def twice():
+        signal.raise_signal(signal.SIGINT)  # asks to stop after this step...
+        signal.raise_signal(signal.SIGINT)  # ...but the user insists
+
+    monkeypatch.setattr(train_lib, "make_train_step", _on_step_3(twice))
     with pytest.raises(KeyboardInterrupt):
         trainer.train_and_evaluate(config, str(tmp_path))
     out = capsys.readouterr().out

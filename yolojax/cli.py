@@ -112,16 +112,23 @@ def command_errors(*, traceback: bool = False):
     """Runs a command's body, reporting errors as a command-line tool should.
 
     A :data:`USER_ERRORS` exception becomes its message on stderr and exit status 1, Ctrl-C
-    exit status 130 without a traceback, and the tracebacks that a failed checkpoint
-    restore leaves behind are not printed.
+    exit status 130 without a traceback, training stopped by a signal
+    (:class:`yolojax.preemption.TrainingStopped`) its message and 128 + the signal's number,
+    and the tracebacks that a failed checkpoint restore leaves behind are not printed.
 
     Args:
       traceback: re-raise user errors instead (as does a ``$YOLOJAX_TRACEBACK`` other than
         '' or '0').
     """
+    # Imported here, inside a command's main (after cli.run's restart): it loads JAX.
+    from yolojax.preemption import TrainingStopped
+
     try:
         with _quiet_failed_restores():
             yield
+    except TrainingStopped as stop:
+        print(stop, file=sys.stderr)
+        raise SystemExit(stop.exit_status) from None
     except KeyboardInterrupt:
         # Ctrl-C is the user's own doing: no traceback (the trainer has said where it was).
         print("Interrupted.", file=sys.stderr)

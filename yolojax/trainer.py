@@ -9,7 +9,8 @@ lines + TensorBoard) and loss/mAP plots into ``workdir``.
 In a multi-process job (``yolojax.distributed``) every process runs this same loop on its
 share of each global batch, and the step's collectives span every process's devices. Every
 process takes part in evaluation and checkpoint saves (orbax writes from process 0); only
-process 0 writes the other workdir files and prints progress.
+process 0 writes the other workdir files and prints progress. A preemption (SIGTERM) stops
+every process after the same step, saved (:mod:`yolojax.preemption`).
 """
 
 import math
@@ -20,7 +21,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from yolojax import checkpoints, distributed, eval_lib, plots, train_lib
+from yolojax import checkpoints, distributed, eval_lib, plots, preemption, train_lib
 from yolojax import workdir as workdir_io
 from yolojax.config import resolve_num_classes, validate_config
 from yolojax.data import pipeline
@@ -68,10 +69,17 @@ class _MetricWindow:
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains and evaluates the model described by ``config`` in ``workdir``.
 
-    Re-running with the same ``workdir`` resumes from its latest checkpoint.
+    Re-running with the same ``workdir`` resumes from its latest checkpoint. SIGTERM or a
+    first Ctrl-C during the steps saves the step reached and stops (:mod:`yolojax.preemption`).
 
     Returns:
       The last evaluation's results (see :func:`yolojax.eval_lib.evaluate`), plus ``step``.
+
+    Raises:
+      yolojax.preemption.TrainingStopped: SIGTERM or Ctrl-C stopped training; its checkpoint
+        is saved.
+      KeyboardInterrupt: a second Ctrl-C (or one in a multi-process job) interrupted at once.
+      NonFiniteLossError: a step's loss was not finite (and ``train.skip_nonfinite`` is off).
     """
     validate_config(config)
     checkpoints.check_workdir(workdir)
@@ -169,26 +177,34 @@ def train_and_evaluate(config, workdir: str) -> dict:
         total=total_steps, initial=start_step, disable=not is_main, unit="step", dynamic_ncols=True
     )
     try:
-        for step in range(start_step + 1, total_steps + 1):
-            batch = distributed.shard_batch(next(train_iter), mesh)
-            on_devices, metrics = train_step(on_devices, batch)
-            window.add(step, metrics)
-            progress.update(1)
-            last = step == total_steps
-            evaluate_now = last or (eval_every > 0 and step % eval_every == 0)
-            save_now = evaluate_now or step % config.train.checkpoint_every_steps == 0
-            if last or save_now or step % config.train.log_every_steps == 0:
-                # Fetching the window checks every step's loss before anything is saved, so a
-                # non-finite state never reaches a checkpoint.
-                means = window.flush(config.train.batch_size)
-                record(step, means)
-                progress.set_postfix(
-                    loss=f"{means['loss']:.3f}", img_s=f"{means['images_per_second']:.1f}"
+        with preemption.StopSignals() as stop_signals:
+            for step in range(start_step + 1, total_steps + 1):
+                batch = distributed.shard_batch(next(train_iter), mesh)
+                on_devices, metrics = train_step(on_devices, batch)
+                window.add(step, metrics)
+                progress.update(1)
+                last = step == total_steps
+                stop_now = stop_signals.should_stop(step) and not last
+                evaluate_now = last or (eval_every > 0 and step % eval_every == 0)
+                save_now = (
+                    stop_now or evaluate_now or step % config.train.checkpoint_every_steps == 0
                 )
-            if evaluate_now:
-                results = run_evaluation(step, on_devices)
-            if save_now:
-                ckpt.save(step, distributed.first_replica(on_devices))
+                if last or save_now or step % config.train.log_every_steps == 0:
+                    # Fetching the window checks every step's loss before anything is saved, so a
+                    # non-finite state never reaches a checkpoint.
+                    means = window.flush(config.train.batch_size)
+                    record(step, means)
+                    progress.set_postfix(
+                        loss=f"{means['loss']:.3f}", img_s=f"{means['images_per_second']:.1f}"
+                    )
+                if evaluate_now:
+                    results = run_evaluation(step, on_devices)
+                if save_now:
+                    ckpt.save(step, distributed.first_replica(on_devices))
+                if stop_now:  # the save completes in `finally`, before this reaches the caller
+                    raise preemption.TrainingStopped(
+                        stop_signals.received, step, workdir / "checkpoints"
+                    )
         if results is None:  # the run had finished: report its final checkpoint again
             if is_main:
                 tqdm.write(
@@ -201,9 +217,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     except KeyboardInterrupt:
         ckpt.wait()
         if is_main:
-            last = ckpt.latest_step()
+            last, folder = ckpt.latest_step(), workdir / "checkpoints"
             tqdm.write(
-                f"Interrupted. The last checkpoint, step {last}, is in {workdir / 'checkpoints'}: "
+                f"Interrupted. The last checkpoint, step {last}, is in {folder}: "
                 "rerun the same command to resume from it."
                 if last is not None
                 else "Interrupted before the first checkpoint: rerunning starts over."

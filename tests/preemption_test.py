@@ -1,0 +1,90 @@
+"""SIGTERM and a first Ctrl-C ask training to stop; a second acts at once; ignored stays ignored.
+
+The signals are real (``signal.raise_signal`` delivers them to this thread before it returns);
+each test puts recording handlers in place first, so that a signal that gets past
+``StopSignals`` is seen, not fatal to pytest.
+"""
+
+import signal
+import threading
+
+import pytest
+
+from yolojax import preemption
+
+
+@pytest.fixture(name="previous")
+def fixture_previous():
+    """Recording handlers for SIGINT and SIGTERM while the test runs; the real ones after."""
+    received = []
+    originals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for signal_number in originals:
+        signal.signal(signal_number, lambda number, frame: received.append(number))
+    yield received
+    for signal_number, original in originals.items():
+        signal.signal(signal_number, original)
+
+
+@pytest.mark.parametrize(
+    "signal_number, again",
+    [(signal.SIGINT, "Press Ctrl-C again to stop at once."), (signal.SIGTERM, "")],
+)
+def test_the_first_signal_asks_to_stop_the_second_goes_to_the_previous_handler(
+    previous, capfd, signal_number, again
+):
+    with preemption.StopSignals() as stop:
+        assert not stop.should_stop(1)
+        signal.raise_signal(signal_number)
+        assert previous == []  # taken by StopSignals, not passed on
+        assert stop.should_stop(2) and stop.received == signal_number
+        err = capfd.readouterr().err
+        name = signal.Signals(signal_number).name
+        assert f"{name} received: training stops after the current step" in err
+        assert ("again" in err) == bool(again)
+
+        signal.raise_signal(signal_number)  # the user insists: the old behaviour, at once
+        assert previous == [signal_number]
+    assert previous == [signal_number]
+    signal.raise_signal(signal_number)  # and after the block, the handlers are the old ones
+    assert previous == [signal_number, signal_number]
+
+
+def test_the_previous_handlers_come_back_after_a_block_without_signals(previous):
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with preemption.StopSignals() as stop:
+        assert all(signal.getsignal(s) != h for s, h in handlers.items())
+    assert {s: signal.getsignal(s) for s in handlers} == handlers
+    assert stop.received is None
+
+
+def test_a_signal_the_process_ignores_stays_ignored(previous):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as under nohup
+    with preemption.StopSignals() as stop:
+        signal.raise_signal(signal.SIGTERM)
+        assert not stop.should_stop(1)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+
+
+def test_outside_the_main_thread_nothing_changes(previous):
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    seen = {}
+
+    def train():
+        with preemption.StopSignals() as stop:
+            seen["handlers"] = {s: signal.getsignal(s) for s in handlers}
+            seen["should_stop"] = stop.should_stop(1)
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    thread.join()
+    assert seen == {"handlers": handlers, "should_stop": False}
+
+
+def test_training_stopped_exits_as_the_signal_would_and_says_how_to_resume(tmp_path):
+    stopped = preemption.TrainingStopped(signal.SIGTERM, 37, tmp_path / "checkpoints")
+    assert stopped.exit_status == 143 and stopped.step == 37
+    assert str(stopped) == (
+        f"Stopped on SIGTERM after step 37, saved in {tmp_path / 'checkpoints'}: rerun the "
+        "same command to resume from it."
+    )
+    assert preemption.TrainingStopped(signal.SIGINT, 1, tmp_path).exit_status == 130

@@ -1,0 +1,111 @@
+"""Stopping training cleanly on SIGTERM or Ctrl-C: save the step reached, then exit.
+
+A cluster scheduler that preempts a job sends SIGTERM and, after a grace period, SIGKILL; a
+user presses Ctrl-C. Killed outright, a run loses the steps since its last checkpoint. While
+a :class:`StopSignals` is active the trainer asks :meth:`StopSignals.should_stop` after every
+step; once it says yes, the trainer saves a checkpoint of that step and raises
+:class:`TrainingStopped`, and ``train.py`` exits with status 128 + the signal's number (143
+for SIGTERM, 130 for Ctrl-C), as a process killed by that signal would.
+
+* One process: SIGTERM and the first Ctrl-C only set a flag, and say so on stderr. A second
+  Ctrl-C raises ``KeyboardInterrupt`` at once and a second SIGTERM terminates at once (the
+  handlers that were there before come back after the first signal). A signal the process
+  ignores (``nohup``) stays ignored.
+* Several processes (``jax.distributed``): every process takes part in a save, so all must
+  stop after the same step. JAX's preemption service already catches SIGTERM in each process
+  and has the processes agree on a step
+  (:func:`jax.experimental.multihost_utils.reached_preemption_sync_point`); this asks it. A
+  Ctrl-C reaches one process only: it interrupts that process at once, as without this.
+"""
+
+import os
+import signal
+import threading
+
+import jax
+from jax.experimental import multihost_utils
+
+# Where the first signal is acted on; the handler cannot know the step.
+_FIRST_SIGNAL = (
+    "\n{name} received: training stops after the current step, with a checkpoint of it. {again}\n"
+)
+_AGAIN = {signal.SIGINT: "Press Ctrl-C again to stop at once.", signal.SIGTERM: ""}
+
+
+class TrainingStopped(Exception):
+    """Training stopped on a signal, after saving a checkpoint of the step it had reached.
+
+    Attributes:
+      signal_number: the signal that asked for the stop (``signal.SIGTERM`` or ``SIGINT``).
+      step: the step saved; rerunning the same command resumes from it.
+      exit_status: 128 + ``signal_number``, the status of a process killed by that signal.
+    """
+
+    def __init__(self, signal_number: int, step: int, checkpoint_dir):
+        self.signal_number, self.step = signal_number, step
+        self.exit_status = 128 + signal_number
+        super().__init__(
+            f"Stopped on {signal.Signals(signal_number).name} after step {step}, saved in "
+            f"{checkpoint_dir}: rerun the same command to resume from it."
+        )
+
+
+class StopSignals:
+    """A context manager: while active, SIGTERM and Ctrl-C ask the training loop to stop.
+
+    Use::
+
+        with StopSignals() as stop:
+            for step in ...:
+                ...
+                if stop.should_stop(step):  # every step, in every process
+                    save(step)
+                    raise TrainingStopped(stop.received, step, ...)
+
+    Outside the main thread (where Python cannot handle signals) it changes nothing, and
+    ``should_stop`` is always False in a single-process job.
+    """
+
+    def __init__(self):
+        self.received: int | None = None  # the first signal's number
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if jax.process_count() > 1 or threading.current_thread() is not threading.main_thread():
+            return self
+        for signal_number in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.getsignal(signal_number)
+            if previous is not signal.SIG_IGN:
+                self._previous[signal_number] = previous
+                signal.signal(signal_number, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._restore_handlers()
+
+    def _restore_handlers(self) -> None:
+        for signal_number, previous in self._previous.items():
+            signal.signal(signal_number, previous)
+        self._previous = {}
+
+    def _handle(self, signal_number: int, frame) -> None:
+        del frame
+        self.received = signal_number
+        self._restore_handlers()  # so that the same signal again acts at once
+        name = signal.Signals(signal_number).name
+        # os.write: the handler may run while the main thread is inside print().
+        os.write(2, _FIRST_SIGNAL.format(name=name, again=_AGAIN[signal_number]).encode())
+
+    def should_stop(self, step: int) -> bool:
+        """Whether training should save ``step`` and stop; call it after every step.
+
+        In a multi-process job every process must call it for every step, from the same
+        first step (JAX's preemption protocol): it is True in all of them after the same step.
+        """
+        if jax.process_count() > 1:
+            try:
+                if multihost_utils.reached_preemption_sync_point(step):
+                    self.received = signal.SIGTERM
+            except RuntimeError:  # the job turned JAX's preemption service off
+                pass
+        return self.received is not None
