@@ -1,13 +1,15 @@
 """Decoding and class-aware NMS against hand-made grids and a plain NumPy reference."""
 
+import json
+
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from yolojax import eval_lib, postprocess, targets
+from yolojax import detector, eval_lib, postprocess, targets
 from yolojax.config import default_config
+from yolojax.workdir import CONFIG_FILE
 
 S, C, B = 4, 3, 2
 
@@ -161,7 +163,7 @@ def test_invalid_arguments():
         postprocess.detect(jnp.zeros((1, S, S, 13)), num_classes=C, num_boxes=B, iou_threshold=2)
 
 
-def test_config_pre_nms_top_k_bounds_the_candidates_nms_sees():
+def test_config_pre_nms_top_k_bounds_the_candidates_nms_sees(tmp_path):
     # Every box covers the whole image (2S × 2S cells, clipped) with confidence 1, and every
     # cell scores the classes .9 / .5 / .3: the S·S·B class-0 candidates outrank all others.
     # NMS keeps one box per class, if that class's candidates reach it at all.
@@ -182,4 +184,5 @@ def test_config_pre_nms_top_k_bounds_the_candidates_nms_sees():
     # A run's config.json from before the key existed gets the default (512 > S·S·B·C).
     saved = config.to_dict()
     del saved["eval"]["pre_nms_top_k"]
-    assert labels_found(ml_collections.ConfigDict(saved)) == [0, 1, 2]
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(saved))
+    assert labels_found(detector.load_run_config(tmp_path)) == [0, 1, 2]

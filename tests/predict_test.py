@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from configs import folder, shapes, voc
 from tests import tiny
 from yolojax import checkpoints, predict, train_lib
-from yolojax.detector import Detector
+from yolojax.detector import Detector, load_run_config
 from yolojax.workdir import CONFIG_FILE, atomic_write_text
 
 
@@ -137,3 +138,16 @@ def test_a_workdir_without_config_json_gets_advice_that_applies(tmp_path, capsys
     assert f"{tmp_path / 'run' / 'config.json'} does not exist" in err
     assert "Detector.from_workdir(workdir, config=...)" in err
     assert "--config" not in err  # predict has no such flag
+
+
+@pytest.mark.parametrize(
+    "config_file, arg",
+    [(shapes, None), (voc, None), (voc, "vgg16"), (voc, "darknet,report"), (folder, "resnet50")],
+)
+def test_every_shipped_config_comes_back_from_config_json_unchanged(tmp_path, config_file, arg):
+    config = config_file.get_config(arg)
+    atomic_write_text(tmp_path / CONFIG_FILE, config.to_json_best_effort(indent=2))
+    loaded = load_run_config(tmp_path)
+    assert json.loads(loaded.to_json_best_effort()) == json.loads(config.to_json_best_effort())
+    with pytest.raises(AttributeError):  # locked, like a config loaded from its file
+        loaded.train.bach_size = 8

@@ -16,6 +16,7 @@ import numpy as np
 
 from yolojax import boxes as box_ops
 from yolojax import train_lib
+from yolojax.config import default_config
 from yolojax.data import pipeline
 from yolojax.eval_lib import detect_with_config, model_variables
 from yolojax.models import get_model
@@ -39,7 +40,11 @@ class ImageDetections(NamedTuple):
 
 
 def load_run_config(workdir) -> ml_collections.ConfigDict:
-    """The config a run saved as ``workdir/config.json`` (locked, like a loaded config file)."""
+    """The config a run saved as ``workdir/config.json`` (locked, like a loaded config file).
+
+    The saved values are laid over :func:`yolojax.config.default_config`, so that a field
+    added to yolojax after the run was saved has its default, the value the run had in effect.
+    """
     path = Path(workdir) / CONFIG_FILE
     if not path.exists():
         raise FileNotFoundError(
@@ -47,7 +52,8 @@ def load_run_config(workdir) -> ml_collections.ConfigDict:
             "config there; for a run without it, pass the training config in Python: "
             "Detector.from_workdir(workdir, config=...)."
         )
-    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    config = default_config()
+    config.update(json.loads(path.read_text()))  # nested sections field by field
     config.lock()
     return config
 

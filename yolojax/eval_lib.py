@@ -52,8 +52,7 @@ def detect_with_config(outputs, config, *, score_threshold=None) -> postprocess.
         score_threshold=score_threshold,
         iou_threshold=config.eval.iou_threshold,
         max_detections=config.eval.max_detections,
-        # Runs saved before the key existed used the default.
-        pre_nms_top_k=config.eval.get("pre_nms_top_k", postprocess.PRE_NMS_TOP_K),
+        pre_nms_top_k=config.eval.pre_nms_top_k,
     )
 
 
