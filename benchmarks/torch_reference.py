@@ -10,7 +10,7 @@ gradients, target grids, parameter counts):
   ResNet and VGG (the layouts yolojax ports weights from).
 * heads: 'fc', 'seed' and 'conv' as documented in `yolojax.models.yolo`.
 * targets: one object per cell, the largest box wins (`yolojax.targets.encode`).
-* loss: `yolojax.losses.yolo_loss` (responsible box by IoU, else nearest; rescore, signed sqrt,
+* loss: `yolojax.losses.yolo_loss` (responsible box by IoU, rescore, signed sqrt,
   no-object on unassigned predictors), summed and divided by the batch size.
 * optimizer: `torch.optim` SGD / Adam (L2 weight decay added to the gradient, as optax's
   `add_decayed_weights` before the optimizer) or AdamW, with the config's gradient clipping;
@@ -246,12 +246,7 @@ def yolo_loss(
 
     with torch.no_grad():
         iou = _iou(_corners(pred_xywh), _corners(target_xywh)[..., None, :])  # (N,S,S,B)
-        # No overlap: the nearest (x, y, w, h), as Darknet's box_rmse rule.
-        distance = ((pred_xywh - target_xywh[..., None, :]) ** 2).sum(-1)  # (N,S,S,B)
-        best_index = torch.where(
-            (iou > 0).any(dim=-1), iou.argmax(dim=-1), distance.argmin(dim=-1)
-        )  # the first extreme wins ties
-        best = F.one_hot(best_index, num_boxes).float()
+        best = F.one_hot(iou.argmax(dim=-1), num_boxes).float()
     responsible = best * has_object[..., None]
 
     xy_error = ((pred_xywh[..., :2] - target_xywh[..., None, :2]) ** 2).sum(-1)

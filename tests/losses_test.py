@@ -87,18 +87,18 @@ def test_responsible_tie_goes_to_the_lower_index():
     assert float(metrics["noobj"]) == pytest.approx(0.5 * (0.81 + 0.04 + 0.16), abs=1e-5)
 
 
-def test_with_no_overlap_the_nearest_predictor_is_responsible():
+def test_with_no_overlap_box_0_is_responsible_even_when_another_is_nearer():
     pred, target = _hand_case()
     # Neither box meets the target (x, y, w, h) = (0.5, 0.5, 1, 1), which spans [0, 1]².
-    # Box 0: y∈[-1, -0.4]; squared distance 0 + 1.2² + 0 + 0.4² = 1.6.
-    # Box 1: x∈[1.3, 1.7]; squared distance 1² + 0 + 0.6² + 0 = 1.36: the nearer, responsible
-    # (Darknet's rule; always taking box 0 would give object 0.36, noobj 0.145).
+    # Box 0: y∈[-1, -0.4], squared distance 1.2² + 0.4² = 1.6; box 1: x∈[1.3, 1.7], 1² + 0.6²
+    # = 1.36. Box 0 is responsible all the same (Darknet would take the nearer, box 1: see
+    # docs/architecture.md for why yolojax does not).
     pred[0, 0, 1, 3:7] = [0.5, -0.7, 1.0, 0.6]
     pred[0, 0, 1, 8:12] = [1.5, 0.5, 0.4, 1.0]
     _, metrics = losses.yolo_loss(pred, target, num_classes=C)
-    assert float(metrics["coord"]) == pytest.approx(5 * (1.0 + (0.4**0.5 - 1) ** 2), abs=1e-5)
-    assert float(metrics["object"]) == pytest.approx(0.3**2, abs=1e-6)  # target: IoU 0
-    assert float(metrics["noobj"]) == pytest.approx(0.5 * (0.6**2 + 0.2**2 + 0.4**2), abs=1e-6)
+    assert float(metrics["coord"]) == pytest.approx(5 * (1.2**2 + (0.6**0.5 - 1) ** 2), abs=1e-5)
+    assert float(metrics["object"]) == pytest.approx(0.6**2, abs=1e-6)  # target: IoU 0
+    assert float(metrics["noobj"]) == pytest.approx(0.5 * (0.3**2 + 0.2**2 + 0.4**2), abs=1e-6)
     assert float(metrics["iou"]) == 0.0
 
 
@@ -123,8 +123,8 @@ def test_general_in_grid_boxes_and_classes():
 @pytest.mark.parametrize("size", [0.0, -0.5, 1e-3])
 def test_gradient_grows_non_positive_and_tiny_sizes(size):
     pred, target = _hand_case()
-    # w, h of both boxes: tiny boxes inside the 1-cell target tie on IoU, and empty ones
-    # overlap nothing but box 0 is the nearer: box 0 is responsible.
+    # w, h of both boxes: empty or tiny boxes inside the 1-cell target tie on IoU, so box 0
+    # (the lower index) is responsible.
     pred[0, 0, 1, 5:7] = size
     pred[0, 0, 1, 10:12] = size
     grads = jax.grad(lambda p: losses.yolo_loss(p, target, num_classes=C)[0])(jnp.asarray(pred))

@@ -77,9 +77,8 @@ def yolo_loss(
     """The YOLOv1 sum-squared loss.
 
     In a cell holding an object, the *responsible* predictor is the one of the B boxes whose
-    predicted box has the highest IoU with the ground truth; when none overlaps it (IoU 0 for
-    all, common early in training), the one whose ``(x, y, w, h)`` is nearest to the ground
-    truth's in squared distance (Darknet's ``box_rmse`` rule). Ties: the lower index.
+    predicted box has the highest IoU with the ground truth (ties, including no overlap at
+    all: the lower index; docs/architecture.md says why not Darknet's nearest box).
 
     * coord: ``lambda_coord · Σ resp · [(x - x̂)² + (y - ŷ)² + (√w - √ŵ)² + (√h - √ĥ)²]``,
       with the prediction's root taken by :func:`signed_sqrt`. Sizes are in cell units (the
@@ -126,13 +125,7 @@ def yolo_loss(
             cell_xywh_to_corners(pred_xywh), cell_xywh_to_corners(target_xywh)[..., None, :]
         )
     )  # (N,S,S,B)
-    # Darknet's rule when no predictor overlaps the object: the nearest (x, y, w, h), rather
-    # than always predictor 0, so that every predictor gets objects to learn from.
-    distance = jnp.sum((pred_xywh - target_xywh[..., None, :]) ** 2, axis=-1)  # (N,S,S,B)
-    best_index = jnp.where(
-        jnp.any(iou > 0, axis=-1), jnp.argmax(iou, axis=-1), jnp.argmin(distance, axis=-1)
-    )  # argmax / argmin: the first extreme wins ties
-    best = jax.nn.one_hot(best_index, num_boxes)
+    best = jax.nn.one_hot(jnp.argmax(iou, axis=-1), num_boxes)  # argmax: first max wins ties
     responsible = best * has_object[..., None]  # (N,S,S,B)
 
     xy_error = jnp.sum((pred_xywh[..., :2] - target_xywh[..., None, :2]) ** 2, axis=-1)
