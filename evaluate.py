@@ -2,7 +2,7 @@
 
     python evaluate.py --config configs/shapes.py --workdir runs/shapes [--checkpoint best]
 
-Writes <workdir>/eval/metrics.json.
+Writes <workdir>/eval/metrics.json and <workdir>/eval/pr_curves.png (precision-recall curves).
 """
 
 from absl import app, flags, logging

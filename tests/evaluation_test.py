@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from benchmarks.voc_reference import voc_ap, voc_eval
-from yolojax.evaluation import VOCEvaluator
+from yolojax.evaluation import VOCEvaluator, precision_envelope
 
 A = [0, 0, 10, 10]
 B = [20, 20, 30, 30]
@@ -48,6 +48,16 @@ def test_11point_and_area_ap_hand_computed():
     assert results["AP_area"][0] == pytest.approx(5 / 6)
     assert results["mAP"] == pytest.approx(28 / 33)
     assert evaluate(images, use_07_metric=False)["mAP"] == pytest.approx(5 / 6)
+
+
+def test_precision_envelope_hand_computed():
+    # The case above: recall [.5, .5, 1], precision [1, .5, 2/3], framed by recall 0 and 1.
+    # Best precision at each recall or beyond: [1, 1, 2/3, 2/3, 0].
+    recall, envelope = precision_envelope(np.array([0.5, 0.5, 1]), np.array([1, 0.5, 2 / 3]))
+    np.testing.assert_allclose(recall, [0, 0.5, 0.5, 1, 1])
+    np.testing.assert_allclose(envelope, [1, 1, 2 / 3, 2 / 3, 0])
+    # Drawn as steps (envelope[i + 1] over (recall[i], recall[i + 1]]), its area is the AP.
+    assert np.sum(np.diff(recall) * envelope[1:]) == pytest.approx(5 / 6)
 
 
 def test_duplicate_detection_is_a_false_positive():

@@ -65,6 +65,7 @@ def test_train_evaluate_predict(tmp_path, data_dir):
     evaluated = eval_lib.evaluate_checkpoint(config, str(workdir))
     assert evaluated["step"] == 8
     assert evaluated["mAP"] == pytest.approx(results["mAP"], nan_ok=True)
+    assert (workdir / "eval" / "pr_curves.png").stat().st_size > 0
     saved = json.loads((workdir / "eval" / "metrics.json").read_text())
     assert set(saved["AP"]) == set(json.loads((workdir / "classes.json").read_text()))
     assert saved["step"] == 8

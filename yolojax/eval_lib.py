@@ -14,7 +14,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 
-from yolojax import distributed, postprocess, train_lib
+from yolojax import distributed, plots, postprocess, train_lib
 from yolojax.config import resolve_num_classes, validate_config
 from yolojax.data import pipeline
 from yolojax.evaluation import VOCEvaluator
@@ -109,7 +109,8 @@ def evaluate(detect, state, batches, config, class_names=None) -> dict:
       'num_detections', 'images_per_second', 'table'}``: VOC07 11-point mAP and area mAP
       (NaN classes left out), per-class APs and non-difficult ground-truth counts as lists,
       the number of images and of detections evaluated (over every process), the detection
-      throughput and a printable table.
+      throughput, a printable table, and per class the 'precision' and 'recall' arrays
+      after each counted detection (:meth:`yolojax.evaluation.VOCEvaluator.compute`).
     """
     evaluator = VOCEvaluator(
         config.model.num_classes,
@@ -150,6 +151,8 @@ def evaluate(detect, state, batches, config, class_names=None) -> dict:
         "num_detections": num_detections,
         "images_per_second": num_images / max(elapsed, 1e-9),
         "table": evaluator.summary(results),
+        "precision": results["precision"],
+        "recall": results["recall"],
     }
 
 
@@ -158,7 +161,8 @@ def evaluate_checkpoint(config, workdir, checkpoint: str | int = "latest") -> di
 
     Writes ``workdir/eval/metrics.json``:
     ``{"mAP", "mAP_area", "AP": {class: AP}, "AP_area": {...}, "step", "num_images",
-    "images_per_second", "checkpoint"}`` (NaN APs, of classes without positives, as null).
+    "images_per_second", "checkpoint"}`` (NaN APs, of classes without positives, as null),
+    and each class's precision-recall curve as ``workdir/eval/pr_curves.png``.
 
     Args:
       config: the config the run was trained with.
@@ -196,4 +200,7 @@ def evaluate_checkpoint(config, workdir, checkpoint: str | int = "latest") -> di
             "images_per_second": results["images_per_second"],
         }
         atomic_write_text(Path(workdir) / "eval" / "metrics.json", to_json(record))
+        plots.plot_precision_recall(
+            results, info.class_names, Path(workdir) / "eval" / "pr_curves.png", step=step
+        )
     return results

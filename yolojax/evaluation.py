@@ -356,10 +356,27 @@ def _ap_11point(recall, precision):
     return float(np.cumsum(points / 11.0)[-1])
 
 
-def _ap_area(recall, precision):
-    """VOC2010+: area under the precision envelope (precision made nonincreasing)."""
+def precision_envelope(recall, precision) -> tuple[np.ndarray, np.ndarray]:
+    """The VOC2010+ precision envelope of one class's precision-recall points.
+
+    Args:
+      recall, precision: ``(D,)`` after each counted detection in score order, as in
+        :meth:`VOCEvaluator.compute`'s 'recall' and 'precision'.
+
+    Returns:
+      ``(recall, envelope)``, each ``(D + 2,)``: the recalls framed by 0 and 1, and at each
+      the best precision at that recall or beyond (0 past the last detection). The area AP is
+      the area under this curve drawn as steps: ``envelope[i + 1]`` over
+      ``(recall[i], recall[i + 1]]``.
+    """
     recall = np.concatenate(([0.0], recall, [1.0]))
     envelope = np.maximum.accumulate(np.concatenate(([0.0], precision, [0.0]))[::-1])[::-1]
+    return recall, envelope
+
+
+def _ap_area(recall, precision):
+    """VOC2010+: area under the precision envelope (precision made nonincreasing)."""
+    recall, envelope = precision_envelope(recall, precision)
     steps = np.flatnonzero(recall[1:] != recall[:-1])
     return float(np.sum((recall[steps + 1] - recall[steps]) * envelope[steps + 1]))
 

@@ -1,6 +1,8 @@
-"""PNG plots of a run's curves from ``workdir/metrics.jsonl`` (like the seed report's
-Figures 4 and 5): loss terms against epochs, and train/test mAP against epochs."""
+"""PNG plots: a run's curves from ``workdir/metrics.jsonl`` (like the seed report's Figures 4
+and 5: loss terms and train/test mAP against epochs), and an evaluation's precision-recall
+curves."""
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -9,6 +11,7 @@ matplotlib.use("Agg")  # files only: no display on training machines
 import matplotlib.pyplot as plt
 
 from yolojax import workdir as workdir_io
+from yolojax.evaluation import precision_envelope
 
 LOSS_TERMS = ("loss", "coord", "object", "noobj", "class")
 MAP_CURVES = (("test_mAP", "test mAP (VOC07)"), ("train_mAP", "train mAP (VOC07)"))
@@ -43,3 +46,46 @@ def plot_training_curves(workdir) -> list[Path]:
         plt.close(fig)
         written.append(workdir / filename)
     return written
+
+
+def precision_recall_figure(results: dict, class_names, *, step: int | None = None):
+    """A matplotlib Figure of each class's precision envelope against recall.
+
+    The curve is the one whose area is the class's area AP
+    (:func:`yolojax.evaluation.precision_envelope`), drawn as steps; classes without
+    positives are left out.
+
+    Args:
+      results: :func:`yolojax.eval_lib.evaluate`'s results ('precision', 'recall',
+        'AP_area', 'mAP', 'mAP_area').
+      class_names: the C class names, for the legend.
+      step: the checkpoint's step, for the title.
+    """
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=100)
+    for name, recall, precision, ap in zip(
+        class_names, results["recall"], results["precision"], results["AP_area"], strict=True
+    ):
+        if not math.isnan(ap):
+            ax.step(*precision_envelope(recall, precision), where="pre", label=f"{name} {ap:.3f}")
+    title = f"mAP@0.5 {results['mAP']:.3f} (VOC07), area {results['mAP_area']:.3f}"
+    ax.set_title(f"step {step}: {title}" if step is not None else title)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        # Beside the axes: with VOC's 20 classes a legend inside would hide the curves.
+        ax.legend(title="class, area AP", fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
+    fig.tight_layout()
+    return fig
+
+
+def plot_precision_recall(results: dict, class_names, path, *, step: int | None = None) -> Path:
+    """Writes :func:`precision_recall_figure` as a PNG at ``path``; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = precision_recall_figure(results, class_names, step=step)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

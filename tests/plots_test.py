@@ -1,0 +1,43 @@
+"""The evaluation's precision-recall plot draws the curve whose area is each class's AP."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from yolojax import plots
+from yolojax.evaluation import VOCEvaluator
+
+A, B, FAR = [0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]
+
+
+def _results():
+    """cat: TP, FP, TP over 2 positives (area AP 5/6); dog: no positives; bird: found (AP 1)."""
+    evaluator = VOCEvaluator(3)
+    evaluator.add(
+        gt_boxes=np.array([A, B, FAR], float),
+        gt_labels=np.array([0, 0, 2]),
+        gt_difficult=np.zeros(3, bool),
+        pred_boxes=np.array([A, FAR, B, FAR], float),
+        pred_scores=np.array([0.9, 0.8, 0.7, 0.6]),
+        pred_labels=np.array([0, 0, 0, 2]),
+    )
+    return evaluator.compute()
+
+
+def test_each_class_with_positives_gets_its_envelope_as_steps(tmp_path):
+    results = _results()
+    assert results["AP_area"][0] == pytest.approx(5 / 6)  # the case is what the labels say
+    fig = plots.precision_recall_figure(results, ["cat", "dog", "bird"], step=7)
+    ax = fig.axes[0]
+    cat, bird = ax.get_lines()
+    assert (cat.get_label(), bird.get_label()) == ("cat 0.833", "bird 1.000")
+    # Recall framed by 0 and 1; at each, the best precision at that recall or beyond.
+    np.testing.assert_allclose(cat.get_xdata(), [0, 0.5, 0.5, 1, 1])
+    np.testing.assert_allclose(cat.get_ydata(), [1, 1, 2 / 3, 2 / 3, 0])
+    np.testing.assert_allclose(bird.get_ydata(), [1, 1, 0])
+    # Steps whose value holds to the left of each point: the area under them is the AP.
+    assert cat.get_drawstyle() == "steps-pre"
+    assert ax.get_title() == "step 7: mAP@0.5 0.924 (VOC07), area 0.917"
+
+    path = plots.plot_precision_recall(results, ["cat", "dog", "bird"], tmp_path / "a" / "pr.png")
+    assert Image.open(path).size == (700, 500)
