@@ -170,15 +170,6 @@ def test_detector_settings_are_checked_before_anything_is_read(tmp_path):
         Detector.from_workdir(tmp_path / "missing", config=shapes.get_config(), score_threshold=25)
 
 
-@pytest.fixture(name="process_hooks")
-def fixture_process_hooks(monkeypatch):
-    """Puts back the unraisable hook and asyncio's log filters, which a failing command
-    leaves in place for its way out."""
-    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
-    monkeypatch.setattr(logging.getLogger("asyncio"), "filters", [])
-
-
-@pytest.mark.usefixtures("process_hooks")
 def test_commands_print_a_documented_error_alone_and_exit_1(capsys, monkeypatch):
     monkeypatch.delenv(cli.TRACEBACK_ENV, raising=False)
     with pytest.raises(SystemExit) as exit_info, cli.command_errors():
@@ -197,7 +188,6 @@ def test_commands_print_a_documented_error_alone_and_exit_1(capsys, monkeypatch)
         raise checkpoints.NoCheckpointError("again")
 
 
-@pytest.mark.usefixtures("process_hooks")
 def test_ctrl_c_exits_130_without_a_traceback(capsys):
     with pytest.raises(SystemExit) as exit_info, cli.command_errors():
         raise KeyboardInterrupt
@@ -220,7 +210,6 @@ def test_commands_drop_the_noise_of_a_failed_restore_only(monkeypatch, caplog):
     assert not asyncio_logger.filters
 
 
-@pytest.mark.usefixtures("process_hooks")
 def test_a_failing_command_drops_the_noise_until_it_exits(monkeypatch, capsys):
     # The failed restore's reads may report after the error message, on the way out.
     seen = []
