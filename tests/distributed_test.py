@@ -183,28 +183,27 @@ def test_two_processes_train_and_evaluate_like_one_process(tmp_path):
     _check_evaluation(tmp_path, records, single["trained"])
 
 
-@pytest.mark.slow
-def test_sigterm_to_one_process_stops_the_job_after_one_step_saved_by_all(tmp_path):
-    data_dir = str(tmp_path / "tfds")
-    pipeline.get_dataset_info(worker.tiny_config(data_dir).data)
-    port, run_dir = _free_port(), tmp_path / "run"
-    # 400 steps, only the last a scheduled save: the stop comes mid-run.
+def _preempt_one_process(root: Path, data_dir: str, run_dir: Path, ready) -> tuple[list, str]:
+    """Runs a 2-process job for up to 400 steps (only the last a scheduled save); once
+    `ready()`, sends SIGTERM to process 1 only, as a scheduler's preemption notice.
+
+    Returns the processes' exit statuses and their logs, once both have exited.
+    """
+    port = _free_port()
     args = ["train", "--data_dir", data_dir, "--timeout", str(WORKER_TIMEOUT_S - 10)]
-    args += ["--workdir", str(run_dir), "--out", str(tmp_path), "--num_epochs", "200"]
+    args += ["--workdir", str(run_dir), "--out", str(root), "--num_epochs", "200"]
     args += ["--checkpoint_every_steps", "100000", "--coordinator_address", f"127.0.0.1:{port}"]
     args += ["--num_processes", "2"]
-    env = _worker_env(tmp_path, JAX_COORDINATOR_BIND_ADDRESS=f"127.0.0.1:{port}")
+    env = _worker_env(root, JAX_COORDINATOR_BIND_ADDRESS=f"127.0.0.1:{port}", PYTHONUNBUFFERED="1")
     started = {}
     try:
         for process_id in range(2):
-            log = tmp_path / f"process{process_id}.log"
+            log = root / f"process{process_id}.log"
             process = _start([*args, "--process_id", str(process_id)], log, devices=1, env=env)
             started[process_id] = (process, log)
         deadline = time.monotonic() + WORKER_TIMEOUT_S
-        metrics = run_dir / "metrics.jsonl"
         while time.monotonic() < deadline and all(p.poll() is None for p, _ in started.values()):
-            if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
-                # A scheduler's preemption notice, to one process only.
+            if ready():
                 started[1][0].send_signal(signal.SIGTERM)
                 break
             time.sleep(0.01)
@@ -213,13 +212,49 @@ def test_sigterm_to_one_process_stops_the_job_after_one_step_saved_by_all(tmp_pa
     finally:
         _kill(started)
     logs = "\n".join(f"--- {i} ---\n{log.read_text()[-3000:]}" for i, (_, log) in started.items())
-    assert [p.returncode for p, _ in started.values()] == [143, 143], logs
-    records = [json.loads((tmp_path / f"process{i}.json").read_text()) for i in (0, 1)]
-    step = records[0]["stopped_at"]
-    assert records[1]["stopped_at"] == step and 2 <= step < 400, logs
+    return [process.returncode for process, _ in started.values()], logs
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_the_job_after_one_step_saved_by_all(tmp_path):
+    data_dir = str(tmp_path / "tfds")
+    pipeline.get_dataset_info(worker.tiny_config(data_dir).data)
+    run_dir, metrics = tmp_path / "run", tmp_path / "run" / "metrics.jsonl"
+
+    def stopped_at() -> int:
+        steps = {
+            json.loads((tmp_path / f"process{i}.json").read_text())["stopped_at"] for i in (0, 1)
+        }
+        assert len(steps) == 1, steps  # the same step in both processes
+        return steps.pop()
+
+    def logged_steps() -> list[int]:
+        return [r["step"] for r in map(json.loads, metrics.read_text().splitlines()) if "loss" in r]
+
+    def two_steps_logged():
+        return metrics.exists() and len(metrics.read_text().splitlines()) >= 2
+
+    exit_statuses, logs = _preempt_one_process(tmp_path, data_dir, run_dir, two_steps_logged)
+    assert exit_statuses == [143, 143], logs
+    step = stopped_at()
+    assert 2 <= step < 400, logs
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [str(step)]
-    lines = metrics.read_text().splitlines()
-    assert [r["step"] for r in map(json.loads, lines) if "loss" in r] == list(range(1, step + 1))
+    assert logged_steps() == list(range(1, step + 1))
+
+    # Resumed, and preempted while it restores and compiles. JAX's preemption service counts
+    # steps from 0: unless the job reports the step it resumes from first, it agrees on
+    # step 1, which the job never reaches, and the job trains on to the end.
+    log0 = tmp_path / "process0.log"
+
+    def resuming():
+        return f"Resuming from the checkpoint of step {step}" in log0.read_text()
+
+    exit_statuses, logs = _preempt_one_process(tmp_path, data_dir, run_dir, resuming)
+    assert exit_statuses == [143, 143], logs
+    resumed_step = stopped_at()
+    assert step < resumed_step < 400, logs
+    assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir()) == [step, resumed_step]
+    assert logged_steps() == list(range(1, resumed_step + 1))
 
 
 def _check_training(root: Path) -> None:

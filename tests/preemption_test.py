@@ -49,6 +49,37 @@ def test_the_first_signal_asks_to_stop_the_second_goes_to_the_previous_handler(
     assert previous == [signal_number, signal_number]
 
 
+def test_after_a_ctrl_c_a_sigterm_still_waits_for_the_save(previous, capfd):
+    with preemption.StopSignals() as stop:
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGTERM)  # the scheduler, while the checkpoint is written
+        assert previous == [] and stop.received == signal.SIGINT
+        assert "SIGTERM received" in capfd.readouterr().err
+        signal.raise_signal(signal.SIGTERM)
+        assert previous == [signal.SIGTERM]
+
+
+def test_a_multi_process_job_stops_where_jax_preemption_service_says(monkeypatch):
+    # JAX's service agrees on a step across processes; here it says step 3.
+    reported = []
+
+    def reached_preemption_sync_point(step):
+        reported.append(step)
+        return step == 3
+
+    monkeypatch.setattr(preemption.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(
+        preemption.multihost_utils, "reached_preemption_sync_point", reached_preemption_sync_point
+    )
+    preemption.report_resumed_step(1)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with preemption.StopSignals() as stop:
+        # JAX's own SIGTERM handler stays; Ctrl-C reaches one process only: left as it was.
+        assert {s: signal.getsignal(s) for s in handlers} == handlers
+        assert [stop.should_stop(step) for step in (2, 3)] == [False, True]
+    assert reported == [1, 2, 3] and stop.received == signal.SIGTERM
+
+
 def test_the_previous_handlers_come_back_after_a_block_without_signals(previous):
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     with preemption.StopSignals() as stop:

@@ -172,6 +172,25 @@ def test_ctrl_c_saves_the_step_reached_and_the_rerun_trains_as_if_uninterrupted(
         np.testing.assert_array_equal(a, b)
 
 
+def test_ctrl_c_during_an_evaluation_stops_at_that_step(tmp_path, data_dir, monkeypatch):
+    config = tiny_config(data_dir)  # 8 steps, evaluated and saved at 4 and 8
+    evaluate, calls = eval_lib.evaluate, []
+
+    def interrupted_evaluation(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGINT)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(eval_lib, "evaluate", interrupted_evaluation)
+    with pytest.raises(preemption.TrainingStopped) as stop:
+        trainer.train_and_evaluate(config, str(tmp_path))
+    assert stop.value.step == 4  # not one step more
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["4"]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "test_mAP" in r] == [4]  # the evaluation finished
+
+
 def test_a_second_ctrl_c_interrupts_at_once_and_says_where_to_resume_from(
     tmp_path, data_dir, monkeypatch, capsys
 ):

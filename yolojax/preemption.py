@@ -7,15 +7,19 @@ step; once it says yes, the trainer saves a checkpoint of that step and raises
 :class:`TrainingStopped`, and ``train.py`` exits with status 128 + the signal's number (143
 for SIGTERM, 130 for Ctrl-C), as a process killed by that signal would.
 
-* One process: SIGTERM and the first Ctrl-C only set a flag, and say so on stderr. A second
-  Ctrl-C raises ``KeyboardInterrupt`` at once and a second SIGTERM terminates at once (the
-  handlers that were there before come back after the first signal). A signal the process
-  ignores (``nohup``) stays ignored.
+* One process: SIGTERM and the first Ctrl-C only set a flag, and say so on stderr. The same
+  signal again acts at once, with the handler that was there before (a second Ctrl-C raises
+  ``KeyboardInterrupt``, a second SIGTERM terminates). A signal the process ignores
+  (``nohup``) stays ignored.
 * Several processes (``jax.distributed``): every process takes part in a save, so all must
   stop after the same step. JAX's preemption service already catches SIGTERM in each process
-  and has the processes agree on a step
-  (:func:`jax.experimental.multihost_utils.reached_preemption_sync_point`); this asks it. A
-  Ctrl-C reaches one process only: it interrupts that process at once, as without this.
+  (for the whole job: a second SIGTERM does nothing, only SIGKILL ends a process at once) and
+  has the processes agree on a step
+  (:func:`jax.experimental.multihost_utils.reached_preemption_sync_point`); this asks it. It
+  agrees on the step after the highest one any process last reported, counting from 0, so a
+  resumed job reports its checkpoint's step first (:func:`report_resumed_step`); a notice
+  that comes before that, while the job starts, is not acted on. A Ctrl-C reaches one
+  process only: it interrupts that process at once, as without this.
 """
 
 import os
@@ -26,10 +30,27 @@ import jax
 from jax.experimental import multihost_utils
 
 # Where the first signal is acted on; the handler cannot know the step.
-_FIRST_SIGNAL = (
-    "\n{name} received: training stops after the current step, with a checkpoint of it. {again}\n"
-)
-_AGAIN = {signal.SIGINT: "Press Ctrl-C again to stop at once.", signal.SIGTERM: ""}
+_FIRST_SIGNAL = "\n{name} received: training stops after the current step, with a checkpoint of it."
+_AGAIN = {signal.SIGINT: " Press Ctrl-C again to stop at once.", signal.SIGTERM: ""}
+
+
+def _reached_sync_point(step: int) -> bool:
+    """JAX's preemption sync point; False where the job turned the service off."""
+    try:
+        return multihost_utils.reached_preemption_sync_point(step)
+    except RuntimeError:  # jax_enable_preemption_service=False (orbax reads it the same way)
+        return False
+
+
+def report_resumed_step(step: int) -> None:
+    """Tells JAX's preemption service the step a multi-process job resumes from.
+
+    Call it in every process as soon as the step is known, before compiling and training: a
+    notice before the first step would otherwise pick step 1, which a resumed job never
+    reaches, and the job would train on until SIGKILL. Nothing in a single-process job.
+    """
+    if jax.process_count() > 1:
+        _reached_sync_point(step)
 
 
 class TrainingStopped(Exception):
@@ -81,31 +102,27 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self._restore_handlers()
-
-    def _restore_handlers(self) -> None:
         for signal_number, previous in self._previous.items():
             signal.signal(signal_number, previous)
         self._previous = {}
 
     def _handle(self, signal_number: int, frame) -> None:
         del frame
-        self.received = signal_number
-        self._restore_handlers()  # so that the same signal again acts at once
-        name = signal.Signals(signal_number).name
+        if self.received is None:
+            self.received = signal_number
+        # The same signal again acts at once; the other one still waits for the save.
+        signal.signal(signal_number, self._previous.pop(signal_number))
+        message = _FIRST_SIGNAL.format(name=signal.Signals(signal_number).name)
         # os.write: the handler may run while the main thread is inside print().
-        os.write(2, _FIRST_SIGNAL.format(name=name, again=_AGAIN[signal_number]).encode())
+        os.write(2, (message + _AGAIN[signal_number] + "\n").encode())
 
     def should_stop(self, step: int) -> bool:
         """Whether training should save ``step`` and stop; call it after every step.
 
-        In a multi-process job every process must call it for every step, from the same
-        first step (JAX's preemption protocol): it is True in all of them after the same step.
+        In a multi-process job every process must call it for every step, from the step
+        after the one given to :func:`report_resumed_step` (JAX's preemption protocol): it
+        is True in all of them after the same step.
         """
-        if jax.process_count() > 1:
-            try:
-                if multihost_utils.reached_preemption_sync_point(step):
-                    self.received = signal.SIGTERM
-            except RuntimeError:  # the job turned JAX's preemption service off
-                pass
+        if jax.process_count() > 1 and _reached_sync_point(step):
+            self.received = signal.SIGTERM
         return self.received is not None

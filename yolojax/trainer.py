@@ -96,6 +96,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     ckpt = checkpoints.Checkpoints(
         workdir, checkpoints.model_signature(config), keep=config.train.keep_checkpoints
     )
+    # Before the restore and the compile, so that a preemption notice in that time is acted on.
+    preemption.report_resumed_step(ckpt.latest_step() or 0)
     start_step = 0
     if ckpt.latest_step() is not None:
         state, start_step = ckpt.restore(state)
@@ -176,6 +178,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
     progress = tqdm(
         total=total_steps, initial=start_step, disable=not is_main, unit="step", dynamic_ncols=True
     )
+
+    def log_window(step: int) -> None:
+        # Fetching the window checks every step's loss before anything is saved, so a
+        # non-finite state never reaches a checkpoint.
+        means = window.flush(config.train.batch_size)
+        record(step, means)
+        progress.set_postfix(loss=f"{means['loss']:.3f}", img_s=f"{means['images_per_second']:.1f}")
+
     try:
         with preemption.StopSignals() as stop_signals:
             for step in range(start_step + 1, total_steps + 1):
@@ -184,24 +194,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 window.add(step, metrics)
                 progress.update(1)
                 last = step == total_steps
-                stop_now = stop_signals.should_stop(step) and not last
                 evaluate_now = last or (eval_every > 0 and step % eval_every == 0)
-                save_now = (
-                    stop_now or evaluate_now or step % config.train.checkpoint_every_steps == 0
-                )
-                if last or save_now or step % config.train.log_every_steps == 0:
-                    # Fetching the window checks every step's loss before anything is saved, so a
-                    # non-finite state never reaches a checkpoint.
-                    means = window.flush(config.train.batch_size)
-                    record(step, means)
-                    progress.set_postfix(
-                        loss=f"{means['loss']:.3f}", img_s=f"{means['images_per_second']:.1f}"
-                    )
+                save_now = evaluate_now or step % config.train.checkpoint_every_steps == 0
+                log_now = last or save_now or step % config.train.log_every_steps == 0
+                if log_now:
+                    log_window(step)
+                if save_now:  # before the evaluation: a preempted job may not get past it
+                    ckpt.save(step, distributed.first_replica(on_devices))
                 if evaluate_now:
                     results = run_evaluation(step, on_devices)
-                if save_now:
-                    ckpt.save(step, distributed.first_replica(on_devices))
-                if stop_now:  # the save completes in `finally`, before this reaches the caller
+                # After the evaluation, so that a signal during it stops at this step.
+                if stop_signals.should_stop(step) and not last:
+                    if not log_now:
+                        log_window(step)
+                    if not save_now:
+                        ckpt.save(step, distributed.first_replica(on_devices))
+                    # The save completes in `finally`, before this reaches the caller.
                     raise preemption.TrainingStopped(
                         stop_signals.received, step, workdir / "checkpoints"
                     )
