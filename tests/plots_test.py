@@ -1,5 +1,7 @@
 """The evaluation's precision-recall plot draws the curve whose area is each class's AP."""
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from PIL import Image
@@ -41,3 +43,17 @@ def test_each_class_with_positives_gets_its_envelope_as_steps(tmp_path):
 
     path = plots.plot_precision_recall(results, ["cat", "dog", "bird"], tmp_path / "a" / "pr.png")
     assert Image.open(path).size == (700, 500)
+
+
+def test_twenty_classes_get_twenty_colours_and_no_pyplot_state(tmp_path):
+    evaluator = VOCEvaluator(20)
+    boxes = np.array([[10 * i, 0, 10 * i + 8, 8] for i in range(20)], float)
+    labels = np.arange(20)
+    evaluator.add(boxes, labels, np.zeros(20, bool), boxes, np.linspace(1, 0.5, 20), labels)
+    names = [f"class{i}" for i in range(20)]
+    lines = plots.precision_recall_figure(evaluator.compute(), names).axes[0].get_lines()
+    assert len({line.get_color() for line in lines}) == 20
+    # Drawn without pyplot: no figure is left open, and the caller's backend is theirs.
+    backend = matplotlib.get_backend()
+    plots.plot_precision_recall(evaluator.compute(), names, tmp_path / "pr.png")
+    assert plt.get_fignums() == [] and matplotlib.get_backend() == backend

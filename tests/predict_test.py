@@ -151,3 +151,14 @@ def test_every_shipped_config_comes_back_from_config_json_unchanged(tmp_path, co
     assert json.loads(loaded.to_json_best_effort()) == json.loads(config.to_json_best_effort())
     with pytest.raises(AttributeError):  # locked, like a config loaded from its file
         loaded.train.bach_size = 8
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [("{broken", "Expecting property name"), ('{"eval": {"every_epochs": "7"}}', "7")],
+)
+def test_a_config_json_that_does_not_fit_names_the_file(tmp_path, text, named):
+    (tmp_path / CONFIG_FILE).write_text(text)
+    with pytest.raises(ValueError, match=f"{tmp_path / CONFIG_FILE} is not a config") as error:
+        load_run_config(tmp_path)
+    assert named in str(error.value) and "edited by hand" in str(error.value)

@@ -44,6 +44,10 @@ def load_run_config(workdir) -> ml_collections.ConfigDict:
 
     The saved values are laid over :func:`yolojax.config.default_config`, so that a field
     added to yolojax after the run was saved has its default, the value the run had in effect.
+
+    Raises:
+      FileNotFoundError: there is no ``config.json``.
+      ValueError: it is not JSON, or a value has the wrong type for its field.
     """
     path = Path(workdir) / CONFIG_FILE
     if not path.exists():
@@ -53,7 +57,14 @@ def load_run_config(workdir) -> ml_collections.ConfigDict:
             "Detector.from_workdir(workdir, config=...)."
         )
     config = default_config()
-    config.update(json.loads(path.read_text()))  # nested sections field by field
+    try:
+        config.update(json.loads(path.read_text()))  # nested sections field by field
+    except (ValueError, TypeError, AttributeError) as error:  # not JSON; a wrong type
+        raise ValueError(
+            f"{path} is not a config this version of yolojax can read ({error}); was it edited "
+            "by hand? Fix the field named, or pass the training config in Python: "
+            "Detector.from_workdir(workdir, config=...)."
+        ) from None
     config.lock()
     return config
 

@@ -6,9 +6,7 @@ import math
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")  # files only: no display on training machines
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 from yolojax import workdir as workdir_io
 from yolojax.evaluation import precision_envelope
@@ -31,7 +29,10 @@ def plot_training_curves(workdir) -> list[Path]:
         ("loss.png", [(k, k) for k in LOSS_TERMS], "loss per image"),
         ("mAP.png", MAP_CURVES, "mAP@0.5"),
     ):
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        # A Figure without pyplot: nothing global (backend, open figures) changes for the
+        # caller, who may be plotting in a notebook.
+        fig = Figure(figsize=(6, 4), dpi=100)
+        ax = fig.subplots()
         for key, label in curves:
             epochs, values = _series(records, key)
             if values:
@@ -43,13 +44,13 @@ def plot_training_curves(workdir) -> list[Path]:
             ax.legend()
         fig.tight_layout()
         fig.savefig(workdir / filename)
-        plt.close(fig)
         written.append(workdir / filename)
     return written
 
 
 def precision_recall_figure(results: dict, class_names, *, step: int | None = None):
-    """A matplotlib Figure of each class's precision envelope against recall.
+    """A matplotlib Figure (not registered with pyplot) of each class's precision envelope
+    against recall.
 
     The curve is the one whose area is the class's area AP
     (:func:`yolojax.evaluation.precision_envelope`), drawn as steps; classes without
@@ -61,7 +62,10 @@ def precision_recall_figure(results: dict, class_names, *, step: int | None = No
       class_names: the C class names, for the legend.
       step: the checkpoint's step, for the title.
     """
-    fig, ax = plt.subplots(figsize=(7, 5), dpi=100)
+    fig = Figure(figsize=(7, 5), dpi=100)
+    ax = fig.subplots()
+    if len(class_names) > 10:  # the default cycle has 10 colours; VOC has 20 classes
+        ax.set_prop_cycle(color=matplotlib.colormaps["tab20"].colors)
     for name, recall, precision, ap in zip(
         class_names, results["recall"], results["precision"], results["AP_area"], strict=True
     ):
@@ -85,7 +89,5 @@ def plot_precision_recall(results: dict, class_names, path, *, step: int | None 
     """Writes :func:`precision_recall_figure` as a PNG at ``path``; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig = precision_recall_figure(results, class_names, step=step)
-    fig.savefig(path)
-    plt.close(fig)
+    precision_recall_figure(results, class_names, step=step).savefig(path)
     return path
