@@ -241,7 +241,7 @@ def test_sigterm_to_one_process_stops_the_job_after_one_step_saved_by_all(tmp_pa
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [str(step)]
     assert logged_steps() == list(range(1, step + 1))
 
-    # Resumed, and preempted while it restores and compiles. JAX's preemption service counts
+    # Resumed, and preempted while it compiles its first step. JAX's preemption service counts
     # steps from 0: unless the job reports the step it resumes from first, it agrees on
     # step 1, which the job never reaches, and the job trains on to the end.
     log0 = tmp_path / "process0.log"

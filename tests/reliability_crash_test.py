@@ -184,6 +184,11 @@ def _losses(run_dir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records if "loss" in r}
 
 
+def _evaluations(run_dir) -> list[tuple[int, float]]:
+    """(step, test mAP) of every logged evaluation, in log order."""
+    return [(r["step"], r["test_mAP"]) for r in workdir.read_metrics(run_dir) if "test_mAP" in r]
+
+
 def _saved_state(run_dir, step: int) -> dict:
     """Every array of a checkpoint's train state (params, optimizer state, statistics)."""
     with ocp.StandardCheckpointer() as checkpointer:
@@ -274,6 +279,8 @@ def test_kill_9_at_random_points_then_rerun_equals_an_uninterrupted_run(tmp_path
     # and the final state is bit for bit the uninterrupted run's.
     assert not _saves_in_progress(run_dir)
     assert _losses(run_dir) == _losses(reference)
+    # The final evaluation too, once: a kill during it is made good by the next run.
+    assert _evaluations(run_dir) == _evaluations(reference) != []
     assert sorted(_losses(run_dir)) == list(range(1, TOTAL_STEPS + 1))
     assert _complete_steps(run_dir)[-1] == _complete_steps(reference)[-1] == TOTAL_STEPS
     jax.tree.map(

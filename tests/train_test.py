@@ -117,8 +117,8 @@ def test_resume_gives_the_same_parameters(tmp_path, data_dir, capsys):
     assert "already trained to step 8" in capsys.readouterr().out
 
 
-def _on_step_3(action):
-    """A stand-in for train_lib.make_train_step whose step calls `action()` at the 3rd call."""
+def _on_step(number, action):
+    """A stand-in for train_lib.make_train_step whose step calls `action()` at call `number`."""
     make_train_step = train_lib.make_train_step
 
     def make_step(*args):
@@ -126,7 +126,7 @@ def _on_step_3(action):
 
         def step(*step_args):
             calls.append(None)
-            if len(calls) == 3:
+            if len(calls) == number:
                 action()
             return step_fn(*step_args)
 
@@ -145,7 +145,7 @@ def test_ctrl_c_saves_the_step_reached_and_the_rerun_trains_as_if_uninterrupted(
 
     stopped, handler = tmp_path / "stopped", signal.getsignal(signal.SIGINT)
     monkeypatch.setattr(
-        train_lib, "make_train_step", _on_step_3(lambda: signal.raise_signal(signal.SIGINT))
+        train_lib, "make_train_step", _on_step(3, lambda: signal.raise_signal(signal.SIGINT))
     )
     with pytest.raises(preemption.TrainingStopped) as stop:
         trainer.train_and_evaluate(config, str(stopped))
@@ -172,6 +172,11 @@ def test_ctrl_c_saves_the_step_reached_and_the_rerun_trains_as_if_uninterrupted(
         np.testing.assert_array_equal(a, b)
 
 
+def _evaluated_steps(workdir) -> list[int]:
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [r["step"] for r in map(json.loads, lines) if "test_mAP" in r]
+
+
 def test_ctrl_c_during_an_evaluation_stops_at_that_step(tmp_path, data_dir, monkeypatch):
     config = tiny_config(data_dir)  # 8 steps, evaluated and saved at 4 and 8
     evaluate, calls = eval_lib.evaluate, []
@@ -187,8 +192,44 @@ def test_ctrl_c_during_an_evaluation_stops_at_that_step(tmp_path, data_dir, monk
         trainer.train_and_evaluate(config, str(tmp_path))
     assert stop.value.step == 4  # not one step more
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["4"]
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "test_mAP" in r] == [4]  # the evaluation finished
+    assert _evaluated_steps(tmp_path) == [4]  # the evaluation finished
+
+
+def test_a_stop_skips_the_evaluation_of_its_step_and_the_rerun_does_it_first(
+    tmp_path, data_dir, monkeypatch, capsys
+):
+    config = tiny_config(data_dir)  # 8 steps, evaluated and saved at 4 and 8
+    # SIGTERM during step 4: a preempted job should not spend its grace period evaluating.
+    monkeypatch.setattr(
+        train_lib, "make_train_step", _on_step(4, lambda: signal.raise_signal(signal.SIGTERM))
+    )
+    with pytest.raises(preemption.TrainingStopped) as stop:
+        trainer.train_and_evaluate(config, str(tmp_path))
+    assert (stop.value.step, stop.value.exit_status) == (4, 143)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["4"]
+    assert _evaluated_steps(tmp_path) == []
+
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert trainer.train_and_evaluate(config, str(tmp_path))["step"] == 8
+    assert "Evaluating step 4, which was saved but not evaluated." in capsys.readouterr().out
+    assert _evaluated_steps(tmp_path) == [4, 8]
+
+
+def test_a_crash_during_an_evaluation_loses_no_evaluation(tmp_path, data_dir, monkeypatch):
+    config = tiny_config(data_dir)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("the machine went away")
+
+    monkeypatch.setattr(eval_lib, "evaluate", crash)
+    with pytest.raises(RuntimeError, match="went away"):
+        trainer.train_and_evaluate(config, str(tmp_path))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["4"]  # saved first
+    monkeypatch.undo()
+    trainer.train_and_evaluate(config, str(tmp_path))
+    assert _evaluated_steps(tmp_path) == [4, 8]
+    assert (tmp_path / "best").is_dir()
 
 
 def test_a_second_ctrl_c_interrupts_at_once_and_says_where_to_resume_from(
@@ -200,7 +241,7 @@ def test_a_second_ctrl_c_interrupts_at_once_and_says_where_to_resume_from(
         signal.raise_signal(signal.SIGINT)  # asks to stop after this step...
         signal.raise_signal(signal.SIGINT)  # ...but the user insists
 
-    monkeypatch.setattr(train_lib, "make_train_step", _on_step_3(twice))
+    monkeypatch.setattr(train_lib, "make_train_step", _on_step(3, twice))
     with pytest.raises(KeyboardInterrupt):
         trainer.train_and_evaluate(config, str(tmp_path))
     out = capsys.readouterr().out

@@ -62,7 +62,7 @@ def load_run_config(workdir) -> ml_collections.ConfigDict:
     except (ValueError, TypeError, AttributeError) as error:  # not JSON; a wrong type
         raise ValueError(
             f"{path} is not a config this version of yolojax can read ({error}); was it edited "
-            "by hand? Fix the field named, or pass the training config in Python: "
+            "by hand? Fix the file, or pass the training config in Python: "
             "Detector.from_workdir(workdir, config=...)."
         ) from None
     config.lock()

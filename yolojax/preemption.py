@@ -17,8 +17,9 @@ for SIGTERM, 130 for Ctrl-C), as a process killed by that signal would.
   has the processes agree on a step
   (:func:`jax.experimental.multihost_utils.reached_preemption_sync_point`); this asks it. It
   agrees on the step after the highest one any process last reported, counting from 0, so a
-  resumed job reports its checkpoint's step first (:func:`report_resumed_step`); a notice
-  that comes before that, while the job starts, is not acted on. A Ctrl-C reaches one
+  resumed job reports its checkpoint's step before it restores it
+  (:func:`report_resumed_step`); a notice that comes earlier, while the job starts, is not
+  acted on. A Ctrl-C reaches one
   process only: it interrupts that process at once, as without this.
 """
 
@@ -110,8 +111,11 @@ class StopSignals:
         del frame
         if self.received is None:
             self.received = signal_number
+        previous = self._previous.pop(signal_number, None)
+        if previous is None:  # the same signal again, before this handler gave way
+            return
         # The same signal again acts at once; the other one still waits for the save.
-        signal.signal(signal_number, self._previous.pop(signal_number))
+        signal.signal(signal_number, previous)
         message = _FIRST_SIGNAL.format(name=signal.Signals(signal_number).name)
         # os.write: the handler may run while the main thread is inside print().
         os.write(2, (message + _AGAIN[signal_number] + "\n").encode())

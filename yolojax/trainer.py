@@ -96,12 +96,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
     ckpt = checkpoints.Checkpoints(
         workdir, checkpoints.model_signature(config), keep=config.train.keep_checkpoints
     )
-    # Before the restore and the compile, so that a preemption notice in that time is acted on.
-    preemption.report_resumed_step(ckpt.latest_step() or 0)
+    # Before the restore and the compile, so that a preemption notice in that time is acted
+    # on; again after a restore that fell back to an older, undamaged checkpoint.
+    latest_step = ckpt.latest_step()
+    preemption.report_resumed_step(latest_step or 0)
     start_step = 0
-    if ckpt.latest_step() is not None:
+    if latest_step is not None:
         state, start_step = ckpt.restore(state)
         state = state.replace(step=start_step)
+        if start_step != latest_step:
+            preemption.report_resumed_step(start_step)
         if is_main:
             tqdm.write(f"Resuming from the checkpoint of step {start_step} in {workdir}.")
     if is_main:
@@ -173,20 +177,23 @@ def train_and_evaluate(config, workdir: str) -> dict:
         start_step=start_step,
     )
     eval_every = round(config.eval.every_epochs * steps_per_epoch)
+
+    def due_for_evaluation(step: int) -> bool:
+        return step == total_steps or (eval_every > 0 and step % eval_every == 0)
+
     window = _MetricWindow(stop_on_nonfinite=not config.train.skip_nonfinite)
     results = None
     progress = tqdm(
         total=total_steps, initial=start_step, disable=not is_main, unit="step", dynamic_ncols=True
     )
 
-    def log_window(step: int) -> None:
-        # Fetching the window checks every step's loss before anything is saved, so a
-        # non-finite state never reaches a checkpoint.
-        means = window.flush(config.train.batch_size)
-        record(step, means)
-        progress.set_postfix(loss=f"{means['loss']:.3f}", img_s=f"{means['images_per_second']:.1f}")
-
     try:
+        logged = {r["step"] for r in workdir_io.read_metrics(workdir) if "test_mAP" in r}
+        if start_step and due_for_evaluation(start_step) and start_step not in logged:
+            # Saved, but its evaluation was cut short (a crash, or a stop that skipped it).
+            if is_main:
+                tqdm.write(f"Evaluating step {start_step}, which was saved but not evaluated.")
+            results = run_evaluation(start_step, on_devices)
         with preemption.StopSignals() as stop_signals:
             for step in range(start_step + 1, total_steps + 1):
                 batch = distributed.shard_batch(next(train_iter), mesh)
@@ -194,22 +201,26 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 window.add(step, metrics)
                 progress.update(1)
                 last = step == total_steps
-                evaluate_now = last or (eval_every > 0 and step % eval_every == 0)
+                evaluate_now = due_for_evaluation(step)
                 save_now = evaluate_now or step % config.train.checkpoint_every_steps == 0
-                log_now = last or save_now or step % config.train.log_every_steps == 0
-                if log_now:
-                    log_window(step)
-                if save_now:  # before the evaluation: a preempted job may not get past it
+                # Before the evaluation: a preempted job should not spend its grace period
+                # evaluating (the resumed run evaluates this step first).
+                stop_now = stop_signals.should_stop(step) and not last
+                if last or save_now or stop_now or step % config.train.log_every_steps == 0:
+                    # Fetching the window checks every step's loss before anything is saved,
+                    # so a non-finite state never reaches a checkpoint.
+                    means = window.flush(config.train.batch_size)
+                    record(step, means)
+                    progress.set_postfix(
+                        loss=f"{means['loss']:.3f}", img_s=f"{means['images_per_second']:.1f}"
+                    )
+                if save_now or stop_now:  # before the evaluation, which may be cut short
                     ckpt.save(step, distributed.first_replica(on_devices))
-                if evaluate_now:
+                if evaluate_now and not stop_now:
                     results = run_evaluation(step, on_devices)
-                # After the evaluation, so that a signal during it stops at this step.
-                if stop_signals.should_stop(step) and not last:
-                    if not log_now:
-                        log_window(step)
-                    if not save_now:
-                        ckpt.save(step, distributed.first_replica(on_devices))
-                    # The save completes in `finally`, before this reaches the caller.
+                    # A signal during the evaluation stops at this step, already saved.
+                    stop_now = stop_signals.should_stop(step) and not last
+                if stop_now:  # the save completes in `finally`, before this reaches the caller
                     raise preemption.TrainingStopped(
                         stop_signals.received, step, workdir / "checkpoints"
                     )
