@@ -15,6 +15,7 @@ from PIL import Image
 from configs import voc
 from tests import tiny
 from yolojax import eval_lib, predict, preemption, train_lib, trainer
+from yolojax import workdir as workdir_io
 from yolojax.data.testing import valid_box_data_source
 from yolojax.detector import Detector
 
@@ -59,7 +60,7 @@ def test_train_evaluate_predict(tmp_path, data_dir):
     assert all("train_mAP" in r for r in records if "test_mAP" in r)
     for name in ("loss.png", "mAP.png", "config.json", "classes.json"):
         assert (workdir / name).stat().st_size > 0, name
-    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["4", "8"]
+    assert _checkpoint_steps(workdir) == ["4", "8"]
 
     # evaluate.py's library path restores the same checkpoint and gets the same mAP.
     evaluated = eval_lib.evaluate_checkpoint(config, str(workdir))
@@ -135,6 +136,32 @@ def _on_step(number, action):
     return make_step
 
 
+def _stopped_by(signal_number, at_step, config, workdir, monkeypatch) -> preemption.TrainingStopped:
+    """Trains with `signal_number` raised during step `at_step`; the stop it causes.
+
+    Undoes the test's monkeypatching afterwards, so that a rerun trains normally."""
+    monkeypatch.setattr(
+        train_lib, "make_train_step", _on_step(at_step, lambda: signal.raise_signal(signal_number))
+    )
+    with pytest.raises(preemption.TrainingStopped) as stop:
+        trainer.train_and_evaluate(config, str(workdir))
+    monkeypatch.undo()
+    return stop.value
+
+
+def _checkpoint_steps(workdir) -> list[str]:
+    return sorted(p.name for p in (workdir / "checkpoints").iterdir())
+
+
+def _logged(workdir, key) -> list[tuple[int, float]]:
+    """(step, value) of every metrics.jsonl record with `key`, in log order."""
+    return [(r["step"], r[key]) for r in workdir_io.read_metrics(workdir) if key in r]
+
+
+def _evaluated_steps(workdir) -> list[int]:
+    return [step for step, _ in _logged(workdir, "test_mAP")]
+
+
 def test_ctrl_c_saves_the_step_reached_and_the_rerun_trains_as_if_uninterrupted(
     tmp_path, data_dir, monkeypatch, capfd
 ):
@@ -144,37 +171,23 @@ def test_ctrl_c_saves_the_step_reached_and_the_rerun_trains_as_if_uninterrupted(
     trainer.train_and_evaluate(config, str(tmp_path / "full"))
 
     stopped, handler = tmp_path / "stopped", signal.getsignal(signal.SIGINT)
-    monkeypatch.setattr(
-        train_lib, "make_train_step", _on_step(3, lambda: signal.raise_signal(signal.SIGINT))
-    )
-    with pytest.raises(preemption.TrainingStopped) as stop:
-        trainer.train_and_evaluate(config, str(stopped))
-    assert (stop.value.step, stop.value.exit_status) == (3, 130)
-    assert sorted(p.name for p in (stopped / "checkpoints").iterdir()) == ["3"]
+    stop = _stopped_by(signal.SIGINT, 3, config, stopped, monkeypatch)
+    assert (stop.step, stop.exit_status) == (3, 130)
+    assert _checkpoint_steps(stopped) == ["3"]
     assert "SIGINT received: training stops after the current step" in capfd.readouterr().err
     assert signal.getsignal(signal.SIGINT) is handler
 
-    monkeypatch.undo()
     assert trainer.train_and_evaluate(config, str(stopped))["step"] == 8
     assert "Resuming from the checkpoint of step 3" in capfd.readouterr().out
 
-    def losses(workdir):
-        records = (workdir / "metrics.jsonl").read_text().splitlines()
-        return [(r["step"], r["loss"]) for r in map(json.loads, records) if "loss" in r]
-
-    assert losses(stopped) == losses(tmp_path / "full")
-    assert [step for step, _ in losses(stopped)] == list(range(1, 9))
+    assert _logged(stopped, "loss") == _logged(tmp_path / "full", "loss")
+    assert [step for step, _ in _logged(stopped, "loss")] == list(range(1, 9))
     for a, b in zip(
         jax.tree.leaves(_params(stopped, config)[0]),
         jax.tree.leaves(_params(tmp_path / "full", config)[0]),
         strict=True,
     ):
         np.testing.assert_array_equal(a, b)
-
-
-def _evaluated_steps(workdir) -> list[int]:
-    lines = (workdir / "metrics.jsonl").read_text().splitlines()
-    return [r["step"] for r in map(json.loads, lines) if "test_mAP" in r]
 
 
 def test_ctrl_c_during_an_evaluation_stops_at_that_step(tmp_path, data_dir, monkeypatch):
@@ -191,7 +204,7 @@ def test_ctrl_c_during_an_evaluation_stops_at_that_step(tmp_path, data_dir, monk
     with pytest.raises(preemption.TrainingStopped) as stop:
         trainer.train_and_evaluate(config, str(tmp_path))
     assert stop.value.step == 4  # not one step more
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["4"]
+    assert _checkpoint_steps(tmp_path) == ["4"]
     assert _evaluated_steps(tmp_path) == [4]  # the evaluation finished
 
 
@@ -200,16 +213,11 @@ def test_a_stop_skips_the_evaluation_of_its_step_and_the_rerun_does_it_first(
 ):
     config = tiny_config(data_dir)  # 8 steps, evaluated and saved at 4 and 8
     # SIGTERM during step 4: a preempted job should not spend its grace period evaluating.
-    monkeypatch.setattr(
-        train_lib, "make_train_step", _on_step(4, lambda: signal.raise_signal(signal.SIGTERM))
-    )
-    with pytest.raises(preemption.TrainingStopped) as stop:
-        trainer.train_and_evaluate(config, str(tmp_path))
-    assert (stop.value.step, stop.value.exit_status) == (4, 143)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["4"]
+    stop = _stopped_by(signal.SIGTERM, 4, config, tmp_path, monkeypatch)
+    assert (stop.step, stop.exit_status) == (4, 143)
+    assert _checkpoint_steps(tmp_path) == ["4"]
     assert _evaluated_steps(tmp_path) == []
 
-    monkeypatch.undo()
     capsys.readouterr()
     assert trainer.train_and_evaluate(config, str(tmp_path))["step"] == 8
     assert "Evaluating step 4, which was saved but not evaluated." in capsys.readouterr().out
@@ -225,7 +233,7 @@ def test_a_crash_during_an_evaluation_loses_no_evaluation(tmp_path, data_dir, mo
     monkeypatch.setattr(eval_lib, "evaluate", crash)
     with pytest.raises(RuntimeError, match="went away"):
         trainer.train_and_evaluate(config, str(tmp_path))
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["4"]  # saved first
+    assert _checkpoint_steps(tmp_path) == ["4"]  # saved first
     monkeypatch.undo()
     trainer.train_and_evaluate(config, str(tmp_path))
     assert _evaluated_steps(tmp_path) == [4, 8]
