@@ -155,7 +155,13 @@ def test_every_shipped_config_comes_back_from_config_json_unchanged(tmp_path, co
 
 @pytest.mark.parametrize(
     "text, named",
-    [("{broken", "Expecting property name"), ('{"eval": {"every_epochs": "7"}}', "7")],
+    [
+        ("{broken", "Expecting property name"),
+        ('{"eval": {"every_epochs": "7"}}', "7"),
+        ('{"model": {"backbone": "darknet", "neck": "fpn"}}', "model.neck is not a field"),
+        ('{"eval": {"every_epochs": null}}', "eval.every_epochs is null but must be set"),
+        ('{"train": 3}', "train should be a JSON object"),
+    ],
 )
 def test_a_config_json_that_does_not_fit_names_the_file(tmp_path, text, named):
     (tmp_path / CONFIG_FILE).write_text(text)

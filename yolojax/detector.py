@@ -58,15 +58,37 @@ def load_run_config(workdir) -> ml_collections.ConfigDict:
         )
     config = default_config()
     try:
-        config.update(json.loads(path.read_text()))  # nested sections field by field
+        saved = json.loads(path.read_text())
+        _check_saved_fields(saved, config.to_dict())
+        config.update(saved)  # nested sections field by field
     except (ValueError, TypeError, AttributeError) as error:  # not JSON; a wrong type
         raise ValueError(
             f"{path} is not a config this version of yolojax can read ({error}); was it edited "
-            "by hand? Fix the file, or pass the training config in Python: "
-            "Detector.from_workdir(workdir, config=...)."
+            "by hand, or saved by a newer yolojax? Fix the file, or pass the training config "
+            "in Python: Detector.from_workdir(workdir, config=...)."
         ) from None
     config.lock()
     return config
+
+
+def _check_saved_fields(saved, defaults: dict, section: str = "") -> None:
+    """Raises ValueError naming the first field of ``saved`` that ``defaults`` has no place for.
+
+    ``ConfigDict.update`` would add an unknown field silently (a run of a newer yolojax whose
+    new field this version would ignore), and would accept ``null`` for a field that must be
+    set, which fails later far from the file.
+    """
+    if not isinstance(saved, dict):
+        raise TypeError(f"{section or 'the file'} should be a JSON object, not {saved!r}")
+    for key, value in saved.items():
+        name = f"{section}.{key}" if section else key
+        if key not in defaults:
+            raise ValueError(f"{name} is not a field of yolojax's config")
+        default = defaults[key]
+        if isinstance(default, dict):
+            _check_saved_fields(value, default, section=name)
+        elif value is None and default is not None:
+            raise ValueError(f"{name} is null but must be set (default {default!r})")
 
 
 def load_class_names(workdir, num_classes: int) -> list[str]:
