@@ -183,7 +183,9 @@ def test_two_processes_train_and_evaluate_like_one_process(tmp_path):
     _check_evaluation(tmp_path, records, single["trained"])
 
 
-def _preempt_one_process(root: Path, data_dir: str, run_dir: Path, ready) -> tuple[list, str]:
+def _preempt_one_process(
+    root: Path, data_dir: str, run_dir: Path, ready, extra_args=()
+) -> tuple[list, str]:
     """Runs a 2-process job for up to 400 steps (only the last a scheduled save); once
     `ready()`, sends SIGTERM to process 1 only, as a scheduler's preemption notice.
 
@@ -193,7 +195,7 @@ def _preempt_one_process(root: Path, data_dir: str, run_dir: Path, ready) -> tup
     args = ["train", "--data_dir", data_dir, "--timeout", str(WORKER_TIMEOUT_S - 10)]
     args += ["--workdir", str(run_dir), "--out", str(root), "--num_epochs", "200"]
     args += ["--checkpoint_every_steps", "100000", "--coordinator_address", f"127.0.0.1:{port}"]
-    args += ["--num_processes", "2"]
+    args += ["--num_processes", "2", *extra_args]
     env = _worker_env(root, JAX_COORDINATOR_BIND_ADDRESS=f"127.0.0.1:{port}", PYTHONUNBUFFERED="1")
     started = {}
     try:
@@ -241,15 +243,17 @@ def test_sigterm_to_one_process_stops_the_job_after_one_step_saved_by_all(tmp_pa
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [str(step)]
     assert logged_steps() == list(range(1, step + 1))
 
-    # Resumed, and preempted while it compiles its first step. JAX's preemption service counts
-    # steps from 0: unless the job reports the step it resumes from first, it agrees on
-    # step 1, which the job never reaches, and the job trains on to the end.
-    log0 = tmp_path / "process0.log"
+    # Resumed, and preempted while it initializes the model (held for 5 s), before it
+    # restores the checkpoint and compiles. JAX's preemption service counts steps from 0:
+    # unless the job has reported the step it resumes from by then, it agrees on step 1,
+    # which the job never reaches, and the job trains on to the end.
+    log1 = tmp_path / "process1.log"
 
-    def resuming():
-        return f"Resuming from the checkpoint of step {step}" in log0.read_text()
+    def initializing():
+        return "Initializing." in log1.read_text()
 
-    exit_statuses, logs = _preempt_one_process(tmp_path, data_dir, run_dir, resuming)
+    hold = ["--hold_initialization", "5"]
+    exit_statuses, logs = _preempt_one_process(tmp_path, data_dir, run_dir, initializing, hold)
     assert exit_statuses == [143, 143], logs
     resumed_step = stopped_at()
     assert step < resumed_step < 400, logs

@@ -7,7 +7,7 @@ the test starts with ``JAX_PLATFORMS=cpu`` and
     python tests/distributed_worker.py step --out DIR
     python tests/distributed_worker.py train --data_dir D --workdir W --out DIR [--evaluate]
         [--coordinator_address 127.0.0.1:PORT --num_processes 2 --process_id I]
-        [--num_epochs E --checkpoint_every_steps K]
+        [--num_epochs E --checkpoint_every_steps K] [--hold_initialization SECONDS]
 
 ``step`` saves ``DIR/step.npz``: the state before and after one train step from the same
 state on the same global batch, on one device and on every local device. ``train`` runs
@@ -16,12 +16,15 @@ train.py's job (``trainer.train_and_evaluate``), with ``--evaluate`` then evalua
 are given. It saves what they returned as ``DIR/process<I>.json`` and (process 0) the state
 before training as ``DIR/initial.npz``. Training stopped by a signal saves the step it stopped
 at as ``{"stopped_at": step}`` instead, and exits with train.py's status for it.
+``--hold_initialization`` makes the trainer's model initialization print ``Initializing.``
+and take that many seconds longer: the time in which a test sends a preemption notice.
 """
 
 import argparse
 import faulthandler
 import json
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
@@ -112,6 +115,15 @@ def train_and_evaluate(config, args) -> None:
         "device_count": jax.device_count(),
         "local_device_count": jax.local_device_count(),
     }
+    if args.hold_initialization:
+        initial_state = train_lib.initial_state
+
+        def held_initial_state(*a, **kw):
+            print("Initializing.", flush=True)
+            time.sleep(args.hold_initialization)
+            return initial_state(*a, **kw)
+
+        train_lib.initial_state = held_initial_state  # the trainer's call, not the one above
     try:
         trained = trainer.train_and_evaluate(config, args.workdir)
     except preemption.TrainingStopped as stop:
@@ -138,6 +150,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--num_epochs", type=int, default=1)
     parser.add_argument("--checkpoint_every_steps", type=int, default=1)
+    parser.add_argument("--hold_initialization", type=float, default=0.0)
     args = parser.parse_args()
     # A hang (a collective or barrier waiting for a dead peer) ends with every thread's stack.
     faulthandler.dump_traceback_later(args.timeout, exit=True)

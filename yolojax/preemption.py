@@ -17,10 +17,10 @@ for SIGTERM, 130 for Ctrl-C), as a process killed by that signal would.
   has the processes agree on a step
   (:func:`jax.experimental.multihost_utils.reached_preemption_sync_point`); this asks it. It
   agrees on the step after the highest one any process last reported, counting from 0, so a
-  resumed job reports its checkpoint's step before it restores it
-  (:func:`report_resumed_step`); a notice that comes earlier, while the job starts, is not
-  acted on. A Ctrl-C reaches one
-  process only: it interrupts that process at once, as without this.
+  resumed job reports its checkpoint's step before it initializes the model and restores it
+  (:func:`report_resumed_step`); a notice that comes earlier, in the first seconds of the
+  job, is not acted on. A Ctrl-C reaches one process only: it interrupts that process at
+  once, as without this.
 """
 
 import os

@@ -91,15 +91,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
     is_main = jax.process_index() == 0
     info = pipeline.get_dataset_info(config.data)
     resolve_num_classes(config, info.class_names)
-    steps_per_epoch, total_steps = train_lib.steps_for(config, info.num_train_examples)
-    model, state, schedule = train_lib.initial_state(config, info.num_train_examples)
     ckpt = checkpoints.Checkpoints(
         workdir, checkpoints.model_signature(config), keep=config.train.keep_checkpoints
     )
-    # Before the restore and the compile, so that a preemption notice in that time is acted
-    # on; again after a restore that fell back to an older, undamaged checkpoint.
+    # As early as the step is known: a preemption notice from here on is acted on, including
+    # one during the model's initialization (long for big models), restore and compile.
+    # Again after a restore that fell back to an older, undamaged checkpoint.
     latest_step = ckpt.latest_step()
     preemption.report_resumed_step(latest_step or 0)
+    steps_per_epoch, total_steps = train_lib.steps_for(config, info.num_train_examples)
+    model, state, schedule = train_lib.initial_state(config, info.num_train_examples)
     start_step = 0
     if latest_step is not None:
         state, start_step = ckpt.restore(state)
