@@ -1,6 +1,7 @@
 """Train/eval iterators: the element contract, exact evaluation, sharding, resuming, caps."""
 
 import itertools
+import logging
 
 import jax
 import numpy as np
@@ -257,3 +258,15 @@ def test_preprocess_image_matches_evaluation_input(config):
     np.testing.assert_allclose(model_input, batch["image"][0, 0], atol=1e-5)
     with pytest.raises(ValueError, match="uint8"):
         pipeline.preprocess_image(first / 255.0, image_size=SIZE, normalization="imagenet")
+
+
+def test_opening_a_synthetic_dataset_logs_no_tfds_notices_but_other_warnings_pass(tmp_path, caplog):
+    config = default_data_config()
+    config.tfds_data_dir = str(tmp_path)
+    config.synthetic.update(num_train=4, num_test=2, image_size=32)
+    with caplog.at_level(logging.WARNING):
+        get_dataset_info(config)  # prepares it
+        sources.open_split(config, "train")  # opens it again
+        logging.getLogger("absl").warning("a TFDS warning that matters")
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == ["a TFDS warning that matters"]

@@ -27,6 +27,25 @@ _FILE_FORMAT = "array_record"  # random access
 _logger = logging.getLogger(__name__)
 
 
+class _DropTfdsNotices(logging.Filter):
+    """Drops two TFDS warnings that say nothing wrong about yolojax's own builders.
+
+    A synthetic or folder dataset has a config made at run time, so TFDS warns "Using custom
+    data configuration" with the whole config each time a run opens it (six times at start);
+    and "Variant folder ... has no dataset_info.json" before it first prepares one. Both
+    landed in the middle of train.py's progress bar.
+    """
+
+    NOTICES = ("Using custom data configuration", "has no dataset_info.json")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(notice in message for notice in self.NOTICES)
+
+
+logging.getLogger("absl").addFilter(_DropTfdsNotices())  # TFDS logs through absl's logger
+
+
 @functools.cache  # once per prepared dataset and process: a run opens its splits many times
 def _warn_built_without(name: str, data_dir: str, skipped: tuple[str, ...]) -> None:
     _logger.warning(
