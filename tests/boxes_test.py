@@ -99,3 +99,34 @@ def test_elementwise_matches_diagonal_of_pairwise(a, b):
     np.testing.assert_allclose(
         box_ops.elementwise_iou(a[:n], b[:n]), np.diagonal(box_ops.pairwise_iou(a[:n], b[:n]))
     )
+
+
+@pytest.mark.parametrize("xnp", [np, jnp])
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int32"])
+def test_integer_boxes_are_measured_without_wrapping_around(xnp, dtype):
+    def box(*corners):
+        return xnp.asarray([corners], dtype)
+
+    assert float(box_ops.pairwise_iou(box(0, 0, 10, 10), box(20, 20, 30, 30))[0, 0]) == 0.0
+    overlap = box_ops.elementwise_iou(box(0, 0, 10, 10), box(5, 0, 15, 10))
+    np.testing.assert_allclose(overlap, [50 / 150], rtol=1e-6)
+    assert box_ops.box_area(box(5, 5, 3, 3)).tolist() == [0]  # inverted
+    np.testing.assert_allclose(
+        box_ops.yxyx_to_cxcywh(box(10, 20, 250, 200)), [[110, 130, 180, 240]]
+    )
+
+
+@pytest.mark.parametrize("xnp", [np, jnp])
+def test_normalized_yxyx_to_pixel_xyxy_and_back(xnp):
+    normalized = xnp.asarray([[0.25, 0.5, 0.75, 1.0], [0.0, 0.0, 0.5, 0.5]], xnp.float32)
+    # One 200 × 300 (height × width) image, then a size per box.
+    np.testing.assert_allclose(
+        box_ops.normalized_yxyx_to_pixel_xyxy(normalized, 200, 300),
+        [[150, 50, 300, 150], [0, 0, 150, 100]],
+    )
+    heights, widths = xnp.asarray([200, 40]), xnp.asarray([300, 60])
+    pixels = box_ops.normalized_yxyx_to_pixel_xyxy(normalized, heights, widths)
+    np.testing.assert_allclose(pixels, [[150, 50, 300, 150], [0, 0, 30, 20]])
+    np.testing.assert_allclose(
+        box_ops.pixel_xyxy_to_normalized_yxyx(pixels, heights, widths), normalized
+    )

@@ -137,13 +137,34 @@ def test_nms_matches_numpy_reference(seed):
     assert not np.any(got.valid[len(expected) :])
 
 
-def test_nms_keeps_overlapping_boxes_of_different_classes():
-    boxes = np.array([[0.1, 0.1, 0.5, 0.5], [0.1, 0.1, 0.5, 0.52]], np.float32)
+@pytest.mark.parametrize("unit", [1.0, 448.0])  # normalized, or pixels of a 448 px image
+def test_nms_keeps_overlapping_boxes_of_different_classes(unit):
+    boxes = np.array([[0.1, 0.1, 0.5, 0.5], [0.1, 0.1, 0.5, 0.52]], np.float32) * unit
     scores = np.array([[0.9, 0.0], [0.0, 0.8]], np.float32)
     same_class = np.array([[0.9, 0.0], [0.8, 0.0]], np.float32)
     kwargs = dict(score_threshold=0.1, iou_threshold=0.5, max_detections=4)
     assert int(postprocess.nms(boxes, scores, **kwargs).valid.sum()) == 2
     assert int(postprocess.nms(boxes, same_class, **kwargs).valid.sum()) == 1
+
+
+def test_a_zero_score_threshold_keeps_every_scored_box_but_no_empty_one():
+    outputs = np.zeros((1, S, S, C + 5 * B), np.float32)
+    assert int(postprocess.detect(outputs, num_classes=C, num_boxes=B, score_threshold=0.0)
+               .valid.sum()) == 0  # fmt: skip
+    outputs[0, 1, 2, :C] = [0.0, 1.0, 0.0]
+    outputs[0, 1, 2, C : C + 5] = [0.9, 0.5, 0.5, 1.0, 1.0]  # box 0: one cell, at its centre
+    found = postprocess.detect(outputs, num_classes=C, num_boxes=B, score_threshold=0.0)
+    assert int(found.valid.sum()) == 1
+    assert (float(found.scores[0, 0]), int(found.labels[0, 0])) == (np.float32(0.9), 1)
+    np.testing.assert_allclose(found.boxes[0, 0], [0.25, 0.5, 0.5, 0.75])
+
+
+def test_no_boxes_and_no_images_give_no_detections():
+    settings = dict(score_threshold=0.1, iou_threshold=0.5, max_detections=5)
+    none = postprocess.nms(np.zeros((0, 4)), np.zeros((0, C)), **settings)
+    assert none.boxes.shape == (5, 4) and not np.any(none.valid)
+    batch = postprocess.detect(np.zeros((0, S, S, C + 5 * B)), num_classes=C, num_boxes=B)
+    assert batch.boxes.shape == (0, 100, 4) and batch.valid.shape == (0, 100)
 
 
 def test_detect_output_is_fixed_size_even_when_few_candidates():

@@ -21,6 +21,7 @@ from ml_collections import config_flags
 from configs import shapes
 from yolojax import boxes, checkpoints, cli, losses, models, postprocess, targets
 from yolojax.config import validate_config
+from yolojax.data import pipeline
 from yolojax.detector import Detector
 
 C, B, S = 3, 2, 4  # classes, boxes per cell, grid
@@ -73,6 +74,8 @@ def test_loss_and_detect_need_positive_integer_class_and_box_counts():
         ("max_detections", 2.5),
         ("pre_nms_top_k", 0),
         ("score_threshold", float("nan")),
+        ("score_threshold", "0.1"),
+        ("score_threshold", None),
         ("iou_threshold", 1.5),
     ],
 )
@@ -120,9 +123,38 @@ def test_get_model_names_a_bad_field(fields, name):
         models.get_model(_model_config(**fields))
 
 
-def test_get_model_reads_a_plain_dict():
-    model = models.get_model({"backbone": "darknet_tiny", "num_classes": C, "grid_size": S})
+def test_get_model_reads_a_plain_dict_with_numpy_integers():
+    model = models.get_model(
+        {"backbone": "darknet_tiny", "num_classes": np.int64(C), "grid_size": S}
+    )
     assert (model.num_classes, model.grid_size) == (C, S)
+
+
+def test_get_model_names_a_misspelled_field_instead_of_leaving_its_default():
+    with pytest.raises(ValueError, match=r"no field 'num_boxs'\. Did you mean 'num_boxes'"):
+        models.get_model({"backbone": "darknet_tiny", "num_boxs": 3})
+    config = shapes.get_config()
+    config.model.grid = 5
+    with pytest.raises(ValueError, match=r"no field 'grid'\. Did you mean 'grid_size'"):
+        models.get_model(config.model)
+
+
+def test_encode_rejects_float_labels_that_would_encode_no_class():
+    with pytest.raises(ValueError, match="labels must be integer class ids; got dtype float32"):
+        targets.encode(
+            jnp.array([[0.1, 0.1, 0.5, 0.5]]),
+            jnp.array([1.0]),
+            jnp.ones(1, bool),
+            grid_size=S,
+            num_classes=C,
+        )
+
+
+def test_decode_names_its_own_argument_and_the_loss_needs_an_image():
+    with pytest.raises(ValueError, match="outputs have 13 channels, expected C \\+ 5B = 14"):
+        postprocess.decode(jnp.zeros((1, S, S, 13)), num_classes=4, num_boxes=B)
+    with pytest.raises(ValueError, match="at least one image; got a batch of 0"):
+        losses.yolo_loss(_outputs(0), jnp.zeros((0, S, S, C + 5)), num_classes=C)
 
 
 @pytest.mark.parametrize(
@@ -168,6 +200,9 @@ def test_detector_settings_are_checked_before_anything_is_read(tmp_path):
         Detector.from_workdir(tmp_path / "missing", checkpoint="lates")
     with pytest.raises(ValueError, match=r"score_threshold must be in \[0, 1\]"):
         Detector.from_workdir(tmp_path / "missing", config=shapes.get_config(), score_threshold=25)
+    # A NumPy number is a number: the error is about the missing workdir, not the threshold.
+    with pytest.raises(FileNotFoundError, match=r"is .* a training workdir"):
+        Detector.from_workdir(tmp_path / "missing", score_threshold=np.float32(0.3))
 
 
 def test_commands_print_a_documented_error_alone_and_exit_1(capsys, monkeypatch):
@@ -268,3 +303,10 @@ def test_commands_name_a_mistyped_config_field_without_a_traceback(capsys, monke
 
     argv, flag_values = _parse_train_flags(monkeypatch, "--config.train.batch_size=8")
     assert argv == ["train.py"] and flag_values.config.train.batch_size == 8
+
+
+def test_an_image_without_pixels_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"image must be \(H, W, 3\) uint8 RGB with H, W >= 1"):
+        pipeline.preprocess_image(
+            np.zeros((0, 5, 3), np.uint8), image_size=32, normalization="imagenet"
+        )

@@ -89,6 +89,16 @@ def test_batch_encoding_matches_per_image_encoding_under_jit():
         np.testing.assert_allclose(batched[i], _encode(boxes[i], labels[i], mask[i]), atol=1e-6)
 
 
+def test_an_image_without_boxes_encodes_to_an_empty_grid():
+    kwargs = dict(grid_size=4, num_classes=3)
+    grid = targets.encode(np.zeros((0, 4)), np.zeros(0, int), np.zeros(0, bool), **kwargs)
+    assert grid.shape == (4, 4, 8) and not np.any(grid)
+    batch = targets.encode_batch(
+        np.zeros((2, 0, 4)), np.zeros((2, 0), int), np.zeros((2, 0), bool), **kwargs
+    )
+    assert batch.shape == (2, 4, 4, 8) and not np.any(batch)
+
+
 def test_bad_shapes_raise_before_tracing():
     with pytest.raises(ValueError, match="boxes"):
         targets.encode(

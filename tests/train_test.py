@@ -80,6 +80,7 @@ def test_train_evaluate_predict(tmp_path, data_dir):
     assert Image.open(tmp_path / "out" / "street.png").size == (80, 48)
     detections = record[str(tmp_path / "street.jpg")]["detections"]
     assert detections, "with score_threshold=0 an untrained model still returns boxes"
+    assert detector(image).boxes.dtype == np.float32  # as its scores
     boxes = np.array([d["box"] for d in detections])
     assert np.all(boxes >= 0) and np.all(boxes[:, [0, 2]] <= 80) and np.all(boxes[:, [1, 3]] <= 48)
 

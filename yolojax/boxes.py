@@ -20,12 +20,18 @@ def _xnp(*arrays):
     return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
 
 
-def _boxes(boxes, name):
-    """``boxes`` as an array (a list becomes NumPy) after checking its shape is (..., 4)."""
+def _boxes(boxes, name, *, real: bool = False):
+    """``boxes`` as an array (a list becomes NumPy) after checking its shape is (..., 4).
+
+    With ``real``, integer boxes become floating point (float32 in JAX, float64 in NumPy):
+    differences of unsigned coordinates would wrap around (uint8 ``3 - 5`` is 254).
+    """
     if not isinstance(boxes, jax.Array | np.ndarray):
         boxes = np.asarray(boxes)
     if boxes.ndim < 1 or boxes.shape[-1] != 4:
         raise ValueError(f"{name} must have shape (..., 4); got {tuple(boxes.shape)}.")
+    if real and boxes.dtype.kind in "biu":
+        boxes = boxes.astype(jnp.float32 if isinstance(boxes, jax.Array) else np.float64)
     return boxes
 
 
@@ -41,9 +47,27 @@ def xyxy_to_yxyx(boxes):
     return boxes[..., [1, 0, 3, 2]]
 
 
+def normalized_yxyx_to_pixel_xyxy(boxes, height, width):
+    """``[..., 4]`` normalized yxyx → ``[..., 4]`` xyxy in pixels of a ``height × width`` image.
+
+    ``height`` and ``width`` are numbers, or arrays broadcastable to ``boxes[..., 0]`` (one
+    image size per box).
+    """
+    boxes = _boxes(boxes, "boxes")
+    xnp = _xnp(boxes)
+    return yxyx_to_xyxy(boxes) * xnp.stack(xnp.broadcast_arrays(width, height, width, height), -1)
+
+
+def pixel_xyxy_to_normalized_yxyx(boxes, height, width):
+    """Inverse of :func:`normalized_yxyx_to_pixel_xyxy`: pixel xyxy → normalized yxyx."""
+    boxes = _boxes(boxes, "boxes", real=True)
+    xnp = _xnp(boxes)
+    return xyxy_to_yxyx(boxes) / xnp.stack(xnp.broadcast_arrays(height, width, height, width), -1)
+
+
 def yxyx_to_cxcywh(boxes):
     """``[..., 4]`` yxyx → ``[..., 4]`` cxcywh in the same unit."""
-    boxes = _boxes(boxes, "boxes")
+    boxes = _boxes(boxes, "boxes", real=True)
     xnp = _xnp(boxes)
     ymin, xmin, ymax, xmax = (boxes[..., i] for i in range(4))
     return xnp.stack([(xmin + xmax) / 2, (ymin + ymax) / 2, xmax - xmin, ymax - ymin], axis=-1)
@@ -51,7 +75,7 @@ def yxyx_to_cxcywh(boxes):
 
 def cxcywh_to_yxyx(boxes):
     """``[..., 4]`` cxcywh → ``[..., 4]`` yxyx in the same unit."""
-    boxes = _boxes(boxes, "boxes")
+    boxes = _boxes(boxes, "boxes", real=True)
     xnp = _xnp(boxes)
     cx, cy, w, h = (boxes[..., i] for i in range(4))
     return xnp.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], axis=-1)
@@ -62,7 +86,7 @@ def box_area(boxes):
 
     Inverted boxes (max < min) have area 0, not a negative area.
     """
-    boxes = _boxes(boxes, "boxes")
+    boxes = _boxes(boxes, "boxes", real=True)
     xnp = _xnp(boxes)
     return xnp.maximum(boxes[..., 2] - boxes[..., 0], 0) * xnp.maximum(
         boxes[..., 3] - boxes[..., 1], 0
@@ -92,8 +116,8 @@ def elementwise_iou(boxes1, boxes2):
     Returns:
       ``[...]`` IoU in [0, 1]; 0 where both boxes are empty.
     """
-    boxes1 = _boxes(boxes1, "boxes1")
-    boxes2 = _boxes(boxes2, "boxes2")
+    boxes1 = _boxes(boxes1, "boxes1", real=True)
+    boxes2 = _boxes(boxes2, "boxes2", real=True)
     try:
         np.broadcast_shapes(boxes1.shape, boxes2.shape)
     except ValueError:
@@ -114,8 +138,8 @@ def pairwise_iou(boxes1, boxes2):
     Returns:
       ``[N, M]`` IoU matrix in [0, 1].
     """
-    boxes1 = _boxes(boxes1, "boxes1")
-    boxes2 = _boxes(boxes2, "boxes2")
+    boxes1 = _boxes(boxes1, "boxes1", real=True)
+    boxes2 = _boxes(boxes2, "boxes2", real=True)
     if boxes1.ndim != 2 or boxes2.ndim != 2:
         raise ValueError(
             f"pairwise_iou takes boxes1 (N, 4) and boxes2 (M, 4); got {tuple(boxes1.shape)} "

@@ -20,6 +20,7 @@ from yolojax.config import default_config
 from yolojax.data import pipeline
 from yolojax.eval_lib import detect_with_config, model_variables
 from yolojax.models import get_model
+from yolojax.postprocess import check_threshold
 from yolojax.workdir import CLASSES_FILE, CONFIG_FILE
 
 
@@ -99,13 +100,6 @@ def load_class_names(workdir, num_classes: int) -> list[str]:
     return [f"class_{i}" for i in range(num_classes)]
 
 
-def _check_score_threshold(score_threshold) -> None:
-    if isinstance(score_threshold, bool) or not isinstance(score_threshold, int | float):
-        raise ValueError(f"score_threshold must be a number; got {score_threshold!r}.")
-    if not 0.0 <= score_threshold <= 1.0:
-        raise ValueError(f"score_threshold must be in [0, 1]; got {score_threshold}.")
-
-
 class Detector:
     """Runs a trained YOLO model on images of any size.
 
@@ -114,7 +108,7 @@ class Detector:
     """
 
     def __init__(self, model, variables, config, class_names, *, score_threshold: float = 0.25):
-        _check_score_threshold(score_threshold)
+        check_threshold("score_threshold", score_threshold)
         if len(class_names) != config.model.num_classes:
             raise ValueError(
                 f"class_names must have config.model.num_classes={config.model.num_classes} "
@@ -143,7 +137,7 @@ class Detector:
             raise ValueError(
                 f"checkpoint must be 'latest', 'best' or a step number; got {checkpoint!r}."
             )
-        _check_score_threshold(score_threshold)
+        check_threshold("score_threshold", score_threshold)
         config = config if config is not None else load_run_config(workdir)
         _, state, _ = train_lib.restore_trained_state(config, workdir, checkpoint)
         model = get_model(config.model)
@@ -165,10 +159,10 @@ class Detector:
         )
         detections = jax.device_get(self._detect(self._variables, model_input[None]))
         valid = detections.valid[0]
-        boxes = box_ops.yxyx_to_xyxy(detections.boxes[0][valid]) * [width, height, width, height]
+        boxes = box_ops.normalized_yxyx_to_pixel_xyxy(detections.boxes[0][valid], height, width)
         labels = detections.labels[0][valid]
         return ImageDetections(
-            boxes=boxes,
+            boxes=boxes.astype(np.float32),
             scores=detections.scores[0][valid],
             labels=labels,
             class_names=[self.class_names[i] for i in labels],

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from yolojax import boxes as box_ops
+
 # The devkit's own thresholds, `np.arange(0., 1.1, 0.1)`. Some are a hair above the decimal
 # value (0.30000000000000004, 0.6000000000000001, 0.7000000000000001), so a recall of exactly
 # 0.3 does not reach the 0.3 point; kept as is for exact agreement with published numbers.
@@ -181,13 +183,13 @@ class VOCEvaluator:
         pred_boxes = _finite("pred_boxes", pick(pred_boxes)[pred_rows])
         self._append(
             (
-                _yxyx_to_pixel_xyxy(gt_boxes, sizes[gt_rows[0]]),
+                _to_pixels(gt_boxes, sizes[gt_rows[0]]),
                 self._labels("gt_labels", pick(gt_labels)[gt_rows]),
                 _bools("gt_difficult", pick(gt_difficult)[gt_rows]),
                 self._num_images + gt_rows[0],
             ),
             (
-                _yxyx_to_pixel_xyxy(pred_boxes, sizes[pred_rows[0]]),
+                _to_pixels(pred_boxes, sizes[pred_rows[0]]),
                 _finite("pred_scores", pick(pred_scores)[pred_rows]),
                 self._labels("pred_labels", pick(pred_labels)[pred_rows]),
                 self._num_images + pred_rows[0],
@@ -350,7 +352,7 @@ def _ap_11point(recall, precision):
     """VOC2007: mean over the 11 recall thresholds of the best precision at recall >= t."""
     # Best precision at or after each position; recall is nondecreasing, so the first
     # position with recall >= t sees the best precision over all of them (0 if none).
-    envelope = np.append(np.maximum.accumulate(precision[::-1])[::-1], 0.0)
+    envelope = precision_envelope(recall, precision)[1][1:]  # (D + 1,): 0 past the end
     points = envelope[np.searchsorted(recall, _VOC07_RECALL_THRESHOLDS, side="left")]
     # cumsum adds left to right like the devkit's loop (np.sum would pair terms up).
     return float(np.cumsum(points / 11.0)[-1])
@@ -386,10 +388,9 @@ def _mean_over_defined(ap):
     return float(defined.mean()) if defined.size else float("nan")
 
 
-def _yxyx_to_pixel_xyxy(boxes, sizes):
+def _to_pixels(boxes, sizes):
     """(N, 4) normalized [ymin, xmin, ymax, xmax] and (N, 2) (height, width) → pixel xyxy."""
-    height, width = sizes[:, :1], sizes[:, 1:]
-    return boxes[:, [1, 0, 3, 2]] * np.concatenate([width, height, width, height], axis=1)
+    return box_ops.normalized_yxyx_to_pixel_xyxy(boxes, sizes[:, 0], sizes[:, 1])
 
 
 def _concatenate(chunks):

@@ -10,11 +10,12 @@ from yolojax.targets import check_positive_int, target_channels
 SQRT_EPSILON = 1e-6
 
 
-def split_predictions(predictions, *, num_classes: int, num_boxes: int):
+def split_predictions(predictions, *, num_classes: int, num_boxes: int, name="predictions"):
     """Splits raw network outputs into class scores and per-box fields.
 
     Args:
       predictions: ``(..., C + 5B)`` raw outputs.
+      name: what the caller calls ``predictions``, for the error message.
 
     Returns:
       ``class_scores (..., C)`` and ``box_fields (..., B, 5)`` holding
@@ -25,19 +26,12 @@ def split_predictions(predictions, *, num_classes: int, num_boxes: int):
     expected = num_classes + 5 * num_boxes
     if predictions.shape[-1] != expected:
         raise ValueError(
-            f"predictions have {predictions.shape[-1]} channels, expected C + 5B = {expected} "
+            f"{name} have {predictions.shape[-1]} channels, expected C + 5B = {expected} "
             f"for num_classes={num_classes}, num_boxes={num_boxes}."
         )
     class_scores = predictions[..., :num_classes]
     box_fields = predictions[..., num_classes:].reshape(*predictions.shape[:-1], num_boxes, 5)
     return class_scores, box_fields
-
-
-def cell_xywh_to_corners(xywh):
-    """``(..., 4)`` ``[x, y, w, h]`` in cell units (centre offset inside the cell, size) →
-    ``(..., 4)`` ``[ymin, xmin, ymax, xmax]`` relative to the cell's origin, in cell units."""
-    x, y, w, h = (xywh[..., i] for i in range(4))
-    return jnp.stack([y - h / 2, x - w / 2, y + h / 2, x + w / 2], axis=-1)
 
 
 def signed_sqrt(values):
@@ -55,6 +49,8 @@ def _check_loss_args(predictions, targets, num_classes, num_boxes):
     check_positive_int("num_boxes", num_boxes)
     if predictions.ndim != 4 or predictions.shape[1] != predictions.shape[2]:
         raise ValueError(f"predictions must have shape (N, S, S, C + 5B); got {predictions.shape}.")
+    if predictions.shape[0] == 0:  # the loss is a mean over images
+        raise ValueError("predictions must hold at least one image; got a batch of 0.")
     expected = (*predictions.shape[:3], target_channels(num_classes))
     if targets.shape != expected:
         raise ValueError(
@@ -120,9 +116,10 @@ def yolo_loss(
     has_object = targets[..., num_classes]  # (N,S,S)
     target_xywh = targets[..., num_classes + 1 :]  # (N,S,S,4)
 
+    # Both boxes in their cell's frame, in cell units: [x, y, w, h] is a cxcywh box there.
     iou = jax.lax.stop_gradient(
         box_ops.elementwise_iou(
-            cell_xywh_to_corners(pred_xywh), cell_xywh_to_corners(target_xywh)[..., None, :]
+            box_ops.cxcywh_to_yxyx(pred_xywh), box_ops.cxcywh_to_yxyx(target_xywh)[..., None, :]
         )
     )  # (N,S,S,B)
     best = jax.nn.one_hot(jnp.argmax(iou, axis=-1), num_boxes)  # argmax: first max wins ties

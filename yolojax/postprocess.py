@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from yolojax import boxes as box_ops
-from yolojax.losses import cell_xywh_to_corners, split_predictions
+from yolojax.losses import split_predictions
 from yolojax.targets import check_positive_int
 
 # Candidates that enter NMS per image by default: a quarter of VOC's S·S·B·C = 1960 (box,
@@ -55,10 +55,11 @@ def decode(outputs, *, num_classes: int, num_boxes: int):
         raise ValueError(f"outputs must have shape (N, S, S, C + 5B); got {outputs.shape}.")
     batch_size, s = outputs.shape[0], outputs.shape[1]
     class_scores, box_fields = split_predictions(
-        outputs, num_classes=num_classes, num_boxes=num_boxes
+        outputs, num_classes=num_classes, num_boxes=num_boxes, name="outputs"
     )
     xywh = box_fields[..., 1:].at[..., 2:].max(0.0)  # a negative size is an empty box
-    corners = cell_xywh_to_corners(xywh)  # (N,S,S,B,4) yxyx relative to the cell, cell units
+    # [x, y, w, h] is a cxcywh box in its cell's frame, in cell units.
+    corners = box_ops.cxcywh_to_yxyx(xywh)  # (N,S,S,B,4) yxyx relative to the cell
     rows, cols = jnp.meshgrid(jnp.arange(s), jnp.arange(s), indexing="ij")
     cell_origin = jnp.stack([rows, cols, rows, cols], axis=-1)[:, :, None, :]  # (S,S,1,4)
     boxes = jnp.clip((corners + cell_origin) / s, 0.0, 1.0)
@@ -67,21 +68,26 @@ def decode(outputs, *, num_classes: int, num_boxes: int):
     scores = confidence[..., None] * class_probability  # (N,S,S,B,C)
     # An empty box can neither match nor suppress anything: it is no detection.
     scores = jnp.where(box_ops.box_area(boxes)[..., None] > 0, scores, 0.0)
-    return boxes.reshape(batch_size, -1, 4), scores.reshape(batch_size, -1, num_classes)
+    num_predictions = s * s * num_boxes  # not -1: a batch of 0 would leave it undefined
+    return (
+        boxes.reshape(batch_size, num_predictions, 4),
+        scores.reshape(batch_size, num_predictions, num_classes),
+    )
 
 
-def _greedy_nms(boxes, scores, iou_threshold):
+def _greedy_nms(boxes, labels, eligible, iou_threshold):
     """Greedy NMS over candidates sorted by descending score.
 
     Args:
-      boxes: ``(K, 4)`` yxyx boxes, already offset per class so classes never overlap.
-      scores: ``(K,)`` descending; ``-inf`` marks candidates that are not eligible.
+      boxes: ``(K, 4)`` yxyx boxes.
+      labels: ``(K,)`` class ids: only candidates of the same class suppress each other.
+      eligible: ``(K,)`` bool, False for candidates that can be neither kept nor suppress.
 
     Returns:
       ``(K,)`` bool: kept candidates.
     """
-    overlaps = box_ops.pairwise_iou(boxes, boxes) > iou_threshold  # (K, K)
-    eligible = jnp.isfinite(scores)
+    same_class = labels[:, None] == labels[None, :]
+    overlaps = (box_ops.pairwise_iou(boxes, boxes) > iou_threshold) & same_class  # (K, K)
 
     def visit(i, keep):
         # Candidate i survives if no kept, higher-ranked candidate overlaps it.
@@ -91,12 +97,20 @@ def _greedy_nms(boxes, scores, iou_threshold):
     return jax.lax.fori_loop(0, boxes.shape[0], visit, jnp.zeros_like(eligible))
 
 
+def check_threshold(name: str, value) -> None:
+    """Raises ValueError unless ``value`` is a number in [0, 1] (NumPy scalars too) or a JAX
+    array (a traced, dynamic threshold under jit, which cannot be checked)."""
+    if isinstance(value, jax.Array):
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number in [0, 1]; got {value!r}.")
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1]; got {value}.")
+
+
 def _check_nms_args(score_threshold, iou_threshold, max_detections, pre_nms_top_k) -> None:
-    # A threshold may be traced (a dynamic argument under jit): only Python numbers are checked.
-    if isinstance(score_threshold, numbers.Real) and math.isnan(score_threshold):
-        raise ValueError(f"score_threshold must be a number; got {score_threshold}.")
-    if isinstance(iou_threshold, numbers.Real) and not 0.0 <= iou_threshold <= 1.0:
-        raise ValueError(f"iou_threshold must be in [0, 1]; got {iou_threshold}.")
+    check_threshold("score_threshold", score_threshold)
+    check_threshold("iou_threshold", iou_threshold)
     check_positive_int("max_detections", max_detections)
     check_positive_int("pre_nms_top_k", pre_nms_top_k)
 
@@ -112,14 +126,16 @@ def nms(
 ) -> Detections:
     """Class-aware non-maximum suppression for one image.
 
-    Every (box, class) pair with a score at or above ``score_threshold`` is a candidate;
-    candidates of different classes never suppress each other. Only the ``pre_nms_top_k``
+    Every (box, class) pair with a score above 0 and at or above ``score_threshold`` is a
+    candidate (so a threshold of 0 keeps every scored pair but no empty box); candidates of
+    different classes never suppress each other. Only the ``pre_nms_top_k``
     best candidates enter NMS (a bound that keeps the work static). With a very low
     ``score_threshold`` and crowded images, candidates beyond it that NMS would have kept
     are lost; ``pre_nms_top_k`` = P · C considers them all.
 
     Args:
-      boxes: ``(P, 4)`` yxyx boxes in [0, 1].
+      boxes: ``(P, 4)`` yxyx boxes, normalized (as :func:`decode` gives them) or in any
+        other unit: only their IoU matters.
       scores: ``(P, C)`` per-class scores.
       score_threshold: candidates below it are dropped.
       iou_threshold: a candidate is suppressed by a higher-scored kept one of the same class
@@ -142,14 +158,20 @@ def nms(
         )
     _check_nms_args(score_threshold, iou_threshold, max_detections, pre_nms_top_k)
     num_candidates = scores.shape[0] * scores.shape[1]
+    if num_candidates == 0:  # no boxes: no detections (top_k needs at least one)
+        return Detections(
+            boxes=jnp.zeros((max_detections, 4), boxes.dtype),
+            scores=jnp.zeros((max_detections,), scores.dtype),
+            labels=jnp.zeros((max_detections,), jnp.int32),
+            valid=jnp.zeros((max_detections,), bool),
+        )
     top_k = min(pre_nms_top_k, num_candidates)
     flat_scores = scores.reshape(-1)  # index = box * C + class
     top_scores, top_index = jax.lax.top_k(flat_scores, top_k)
     box_index, labels = jnp.divmod(top_index, scores.shape[1])
     candidate_boxes = boxes[box_index]
-    top_scores = jnp.where(top_scores >= score_threshold, top_scores, -jnp.inf)
-    # Boxes live in [0, 1]: shifting each class by 2 keeps classes apart.
-    keep = _greedy_nms(candidate_boxes + 2.0 * labels[:, None], top_scores, iou_threshold)
+    eligible = (top_scores >= score_threshold) & (top_scores > 0)
+    keep = _greedy_nms(candidate_boxes, labels, eligible, iou_threshold)
 
     # Pad so there are at least max_detections slots, then put kept candidates first, in
     # score order (a stable sort keeps their ranking).

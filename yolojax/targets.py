@@ -40,6 +40,8 @@ def _check_encode_args(boxes, labels, mask, grid_size, num_classes):
     for name, array in (("labels", labels), ("mask", mask)):
         if array.shape != boxes.shape[:1]:
             raise ValueError(f"{name} must have shape {boxes.shape[:1]}; got {array.shape}.")
+    if not jnp.issubdtype(labels.dtype, jnp.integer):  # a float id would one-hot to nothing
+        raise ValueError(f"labels must be integer class ids; got dtype {labels.dtype}.")
 
 
 def encode(boxes, labels, mask, *, grid_size: int, num_classes: int) -> jax.Array:
@@ -52,7 +54,10 @@ def encode(boxes, labels, mask, *, grid_size: int, num_classes: int) -> jax.Arra
     right/bottom edge (1.0) belong to the last cell.
 
     Args:
-      boxes: ``(M, 4)`` float boxes, normalized ``[ymin, xmin, ymax, xmax]`` in [0, 1].
+      boxes: ``(M, 4)`` float boxes, normalized ``[ymin, xmin, ymax, xmax]`` in [0, 1]. Clip
+        boxes that reach past the image first (the pipeline does): a box's centre and size
+        are encoded as given, so such a box gets a target outside the grid's contract.
+        ``M`` may be 0 (an image without objects).
       labels: ``(M,)`` int class ids in ``[0, num_classes)``. Out-of-range ids cannot be
         checked under jit; they produce an all-zero class vector.
       mask: ``(M,)`` bool, True for real boxes.
@@ -65,6 +70,8 @@ def encode(boxes, labels, mask, *, grid_size: int, num_classes: int) -> jax.Arra
     boxes, labels, mask = jnp.asarray(boxes, jnp.float32), jnp.asarray(labels), jnp.asarray(mask)
     _check_encode_args(boxes, labels, mask, grid_size, num_classes)
     s = grid_size
+    if boxes.shape[0] == 0:  # no object in any cell (argmax below needs a box)
+        return jnp.zeros((s, s, target_channels(num_classes)), jnp.float32)
     ymin, xmin, ymax, xmax = (boxes[:, i] for i in range(4))
     height, width = ymax - ymin, xmax - xmin
     valid = mask.astype(bool) & (height > 0) & (width > 0)

@@ -191,8 +191,10 @@ def preprocess_image(image: np.ndarray, *, image_size: int, normalization: str) 
       (image_size, image_size, 3) float32.
     """
     image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3 or 0 in image.shape:
+        raise ValueError(
+            f"image must be (H, W, 3) uint8 RGB with H, W >= 1, got {image.shape} {image.dtype}"
+        )
     image_size = _check_int("image_size", image_size, 1)
     _check_choice("normalization", normalization, config.NORMALIZATIONS)
     model_input = _to_model_input(tf.cast(image, tf.float32) / 255.0, image_size, normalization)

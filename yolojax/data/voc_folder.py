@@ -32,6 +32,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from yolojax import boxes as box_ops
+
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 _SPLIT_FILE_NAMES = {"train": "train", "val": "validation", "trainval": "trainval", "test": "test"}
 _VALIDATION_FRACTION = 0.1
@@ -163,7 +165,7 @@ def _example(folder: str, image_id: str, class_names: tuple[str, ...]) -> dict:
         _check_object(xml_path, obj, width, height, class_names)
     # VOC (xmin, ymin, xmax, ymax) pixels -> normalized (ymin, xmin, ymax, xmax).
     pixels = np.array([obj.box for obj in annotation.objects], np.float64).reshape(-1, 4)
-    boxes = (pixels[:, [1, 0, 3, 2]] / [height, width, height, width]).astype(np.float32)
+    boxes = box_ops.pixel_xyxy_to_normalized_yxyx(pixels, height, width).astype(np.float32)
     return {
         "image": encoded,
         "image/filename": os.path.basename(image_path),

@@ -21,6 +21,7 @@ ConfigDict, a dict or any object with attributes); all but `backbone` may be omi
                     `yolojax.pretrained.load_for_config`, applied to the initialized variables
 """
 
+import difflib
 import functools
 import types
 from collections.abc import Callable, Mapping
@@ -34,6 +35,7 @@ from yolojax.models.darknet import DARKNET24, DARKNET_TINY, MAXPOOL, Darknet
 from yolojax.models.resnet import ResNet18, ResNet34, ResNet50, ResNet101, ResNet152
 from yolojax.models.vgg import VGG16, VGG16BN
 from yolojax.models.yolo import HEADS, YOLO
+from yolojax.targets import check_positive_int
 
 _BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "darknet": functools.partial(Darknet, layers=DARKNET24, norm="batch"),
@@ -68,9 +70,16 @@ _MODEL_DEFAULTS = {
 __all__ = ["BACKBONES", "CONV_IMPLS", "HEADS", "YOLO", "get_classifier", "get_model"]
 
 
-def _check_positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+def _check_known_fields(model_config) -> None:
+    """A misspelled field would silently leave its default in effect: name it instead."""
+    known = {"backbone", "pretrained", *_MODEL_DEFAULTS}
+    for name in model_config:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"model_config has no field {name!r}.{hint} Its fields: {sorted(known)}."
+            )
 
 
 def _check_group_widths(arch: str, num_groups: int, widths: set[int]) -> None:
@@ -114,7 +123,7 @@ def get_classifier(
         raise ValueError(f"arch must be one of {BACKBONES}, got {arch!r}")
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {tuple(_DTYPES)}, got {dtype!r}")
-    _check_positive_int("num_classes", num_classes)
+    num_classes = check_positive_int("num_classes", num_classes)
     check_conv_impl(conv_impl, "get_classifier")
     kwargs = {
         "num_classes": num_classes,
@@ -123,7 +132,7 @@ def get_classifier(
         "conv_impl": conv_impl,
     }
     if arch in _DARKNET_SPECS:
-        _check_positive_int("num_groups", num_groups)
+        num_groups = check_positive_int("num_groups", num_groups)
         if arch == "darknet_gn":
             widths = {layer.features for layer in _DARKNET_SPECS[arch] if layer != MAXPOOL}
             _check_group_widths(arch, num_groups, widths)
@@ -147,6 +156,8 @@ def get_model(model_config: Any, *, axis_name: str | None = None) -> YOLO:
       ValueError: a missing backbone, an unknown backbone/head/dtype name, or an invalid
         number (listing what is expected).
     """
+    if hasattr(model_config, "keys"):  # a dict or a ConfigDict
+        _check_known_fields(model_config)
     if isinstance(model_config, Mapping):  # a plain dict reads like a ConfigDict
         model_config = types.SimpleNamespace(**model_config)
     backbone = getattr(model_config, "backbone", None)
@@ -162,14 +173,14 @@ def get_model(model_config: Any, *, axis_name: str | None = None) -> YOLO:
             f"model_config.dtype must be one of {tuple(_DTYPES)}, got {fields['dtype']!r}"
         )
     for name in ("num_classes", "grid_size", "num_boxes", "fc_hidden", "num_groups"):
-        _check_positive_int(f"model_config.{name}", fields[name])
+        fields[name] = check_positive_int(f"model_config.{name}", fields[name])
     if not isinstance(fields["head_conv_layers"], int) or fields["head_conv_layers"] < 0:
         raise ValueError(
             f"model_config.head_conv_layers must be an int >= 0, got {fields['head_conv_layers']!r}"
         )
     head_channels = fields["head_channels"] or None
     if head_channels is not None:
-        _check_positive_int("model_config.head_channels", head_channels)
+        head_channels = check_positive_int("model_config.head_channels", head_channels)
     dropout_rate = fields["dropout_rate"]
     if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, int | float):
         raise ValueError(f"model_config.dropout_rate must be a number, got {dropout_rate!r}")

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from yolojax.models import conv, layers
+from yolojax.targets import check_positive_int
 
 HEADS = ("fc", "seed", "conv")
 
@@ -163,9 +164,7 @@ class YOLO(nn.Module):
         if self.head not in HEADS:
             raise ValueError(f"YOLO: head must be one of {HEADS}, got {self.head!r}")
         for name in ("num_classes", "grid_size", "num_boxes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"YOLO: {name} must be a positive int, got {value!r}")
+            check_positive_int(f"YOLO: {name}", getattr(self, name))
         size = self.grid_size
         out_features = self.num_classes + 5 * self.num_boxes
         common = {"dtype": self.dtype, "param_dtype": self.param_dtype, "name": "head"}
