@@ -1,8 +1,12 @@
 """Evaluates a checkpoint: per-class AP table, VOC07 11-point and area mAP, images/s.
 
-    python evaluate.py --config configs/shapes.py --workdir runs/shapes [--checkpoint best]
+    python evaluate.py --workdir runs/shapes [--checkpoint best]
+    python evaluate.py --workdir runs/shapes --config configs/shapes.py [--config.eval.X=...]
 
-Writes <workdir>/eval/metrics.json and <workdir>/eval/pr_curves.png (precision-recall curves).
+Without --config it evaluates with the config the run saved (<workdir>/config.json), so the
+run's command-line overrides need not be repeated; --config gives another (say, other eval
+settings), which must describe the same model. Writes <workdir>/eval/metrics.json and
+<workdir>/eval/pr_curves.png (precision-recall curves).
 """
 
 from absl import app, flags, logging
@@ -12,11 +16,14 @@ from yolojax import cli, distributed
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
-    "config", None, "The config the run was trained with.", lock_config=True
+    "config",
+    None,
+    "A config file for the run's model (default: the run's own <workdir>/config.json).",
+    lock_config=True,
 )
 flags.DEFINE_string("workdir", None, "The training run's folder.")
 flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or a step number.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 distributed.define_flags()
 
 
@@ -32,10 +39,17 @@ def main(argv):
         checkpoint = int(checkpoint)
     # A documented error prints its message alone (the traceback with --verbosity=1).
     with cli.command_errors(traceback=FLAGS.verbosity >= 1):
-        from yolojax import eval_lib  # here, after cli.run's restart: TensorFlow loads once
+        # Here, after cli.run's restart: TensorFlow loads once.
+        from yolojax import eval_lib
+        from yolojax.detector import load_run_config
 
         distributed.initialize_from_flags()
-        results = eval_lib.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, checkpoint)
+        config = FLAGS.config
+        if config is None:
+            config = load_run_config(
+                FLAGS.workdir, otherwise="give the config it was trained with: --config FILE.py"
+            )
+        results = eval_lib.evaluate_checkpoint(config, FLAGS.workdir, checkpoint)
     print(results["table"])
     print(
         f"step {results['step']}: mAP@0.5 VOC07 11-point {results['mAP']:.4f}, "

@@ -276,6 +276,13 @@ def _parse_train_flags(monkeypatch, *overrides, config="configs/shapes.py"):
         ("configs/shape.py", [], "cannot load the --config file: .*No such file.*configs/shape"),
         ("{tmp}", [], "cannot load the --config file: .*Is a directory"),
         ("{tmp}/broken.py", [], r"not valid Python: .*broken.py, line 1: .*\n    def get_config\("),
+        # A run's config.json: JSON's null runs as a Python name.
+        (
+            "{tmp}/config.json",
+            [],
+            "cannot load the --config file: NameError: name 'null' is not defined\n"
+            "--config takes a Python file .* evaluate.py reads it from --workdir",
+        ),
     ],
 )
 def test_a_bad_config_file_or_section_is_one_message(
@@ -284,6 +291,7 @@ def test_a_bad_config_file_or_section_is_one_message(
     # The config file loads when first used: without parse_flags loading it, a wrong path
     # surfaced mid-run as a traceback, as did a mistyped section (a KeyError).
     (tmp_path / "broken.py").write_text("def get_config(:\n")
+    (tmp_path / "config.json").write_text(shapes.get_config().to_json_best_effort(indent=2))
     with pytest.raises(SystemExit) as exit_info:
         _parse_train_flags(monkeypatch, *overrides, config=config.format(tmp=tmp_path))
     assert exit_info.value.code == 1

@@ -377,3 +377,18 @@ def test_evaluate_with_every_checkpoint_damaged_says_what_to_do(
     assert "backup" in log  # what to do
     assert "Traceback" not in log
     assert not (run_dir / "eval" / "metrics.json").exists()
+
+
+def test_evaluate_without_a_config_uses_the_one_the_run_saved(
+    tmp_path, data_dir, env, initial_state
+):
+    # The run's overrides (a 4 × 4 grid, 64 px images...) are only in its config.json:
+    # configs/shapes.py alone describes another model, which the checkpoint would not fit.
+    run_dir = _two_checkpoints(tmp_path / "run", data_dir, initial_state)
+    saved = _config(data_dir).to_json_best_effort(indent=2)
+    workdir.atomic_write_text(run_dir / workdir.CONFIG_FILE, saved)
+    command = [sys.executable, "evaluate.py", f"--workdir={run_dir}", "--checkpoint=1"]
+    returncode, log = _run(command, env, tmp_path / "eval.log")
+    assert returncode == 0, log
+    assert "step 1: mAP@0.5 VOC07 11-point" in log and "on 12 images" in log
+    assert json.loads((run_dir / "eval" / "metrics.json").read_text())["step"] == 1

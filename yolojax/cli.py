@@ -105,6 +105,15 @@ def parse_flags(argv: list[str]) -> list[str]:
             f"the --config file is not valid Python: {error.filename}, line {error.lineno}: "
             f"{error.msg}\n    {(error.text or '').strip()}"
         )
+    except Exception as error:  # the file's own code failed (a NameError, an ImportError...)
+        hint = ""
+        if any(arg.endswith(".json") for arg in argv):  # JSON's null reads as a NameError
+            hint = (
+                "\n--config takes a Python file with get_config(), such as configs/shapes.py. "
+                "A run's config.json is not one: evaluate.py reads it from --workdir when "
+                "--config is left out."
+            )
+        _flags_error(f"cannot load the --config file: {type(error).__name__}: {error}{hint}")
 
 
 @contextlib.contextmanager

@@ -40,11 +40,18 @@ class ImageDetections(NamedTuple):
     class_names: list[str]
 
 
-def load_run_config(workdir) -> ml_collections.ConfigDict:
+_PASS_THE_CONFIG = "pass the training config in Python: Detector.from_workdir(workdir, config=...)"
+
+
+def load_run_config(workdir, *, otherwise: str = _PASS_THE_CONFIG) -> ml_collections.ConfigDict:
     """The config a run saved as ``workdir/config.json`` (locked, like a loaded config file).
 
     The saved values are laid over :func:`yolojax.config.default_config`, so that a field
     added to yolojax after the run was saved has its default, the value the run had in effect.
+
+    Args:
+      workdir: the training run's folder.
+      otherwise: how to give the config instead, for the error messages.
 
     Raises:
       FileNotFoundError: there is no ``config.json``.
@@ -54,8 +61,7 @@ def load_run_config(workdir) -> ml_collections.ConfigDict:
     if not path.exists():
         raise FileNotFoundError(
             f"{path} does not exist: is {workdir} a training workdir? train.py writes the run's "
-            "config there; for a run without it, pass the training config in Python: "
-            "Detector.from_workdir(workdir, config=...)."
+            f"config there; for a run without it, {otherwise}."
         )
     config = default_config()
     try:
@@ -65,8 +71,7 @@ def load_run_config(workdir) -> ml_collections.ConfigDict:
     except (ValueError, TypeError, AttributeError) as error:  # not JSON; a wrong type
         raise ValueError(
             f"{path} is not a config this version of yolojax can read ({error}); was it edited "
-            "by hand, or saved by a newer yolojax? Fix the file, or pass the training config "
-            "in Python: Detector.from_workdir(workdir, config=...)."
+            f"by hand, or saved by a newer yolojax? Fix the file, or {otherwise}."
         ) from None
     config.lock()
     return config
