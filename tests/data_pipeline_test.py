@@ -242,8 +242,13 @@ def test_a_dataset_prepared_without_random_access_is_explained(config, tmp_path)
         data_dir=str(tmp_path),  # TFDS's default file format: TFRecord
     )
     builder.download_and_prepare()
-    with pytest.raises(sources.DatasetNotPreparedError, match="file_format='array_record'"):
+    with pytest.raises(sources.DatasetNotPreparedError) as error:
         get_dataset_info(config)
+    dataset = f"synthetic_shapes/{builder.builder_config.name}"
+    assert str(error.value).startswith(f"{dataset} in {tmp_path} is stored as tfrecord")
+    assert f"tfds.builder('{dataset}', data_dir=NEW_DIR, file_format='array_record')" in str(
+        error.value
+    )
 
 
 def test_preprocess_image_matches_evaluation_input(config):

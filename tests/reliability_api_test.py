@@ -228,6 +228,11 @@ def test_ctrl_c_exits_130_without_a_traceback(capsys):
         raise KeyboardInterrupt
     assert exit_info.value.code == 130
     assert capsys.readouterr().err == "Interrupted.\n"
+    # The trainer's account of it (where to resume from) is printed instead, once.
+    with pytest.raises(SystemExit) as exit_info, cli.command_errors():
+        raise KeyboardInterrupt("Interrupted. The last checkpoint, step 2, is in DIR.")
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err == "Interrupted. The last checkpoint, step 2, is in DIR.\n"
 
 
 def test_commands_drop_the_noise_of_a_failed_restore_only(monkeypatch, caplog):

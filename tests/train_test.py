@@ -242,7 +242,7 @@ def test_a_crash_during_an_evaluation_loses_no_evaluation(tmp_path, data_dir, mo
 
 
 def test_a_second_ctrl_c_interrupts_at_once_and_says_where_to_resume_from(
-    tmp_path, data_dir, monkeypatch, capsys
+    tmp_path, data_dir, monkeypatch
 ):
     config = tiny_config(data_dir, num_epochs=1, checkpoint_every_steps=2)
 
@@ -251,11 +251,12 @@ def test_a_second_ctrl_c_interrupts_at_once_and_says_where_to_resume_from(
         signal.raise_signal(signal.SIGINT)  # ...but the user insists
 
     monkeypatch.setattr(train_lib, "make_train_step", _on_step(3, twice))
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as interrupt:
         trainer.train_and_evaluate(config, str(tmp_path))
-    out = capsys.readouterr().out
-    assert f"Interrupted. The last checkpoint, step 2, is in {tmp_path / 'checkpoints'}" in out
-    assert "rerun the same command to resume" in out
+    assert str(interrupt.value) == (
+        f"Interrupted. The last checkpoint, step 2, is in {tmp_path / 'checkpoints'}: "
+        "rerun the same command to resume from it."
+    )
 
 
 def test_a_short_run_learns(tmp_path, data_dir):

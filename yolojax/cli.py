@@ -138,9 +138,10 @@ def command_errors(*, traceback: bool = False):
     except TrainingStopped as stop:
         print(stop, file=sys.stderr)
         raise SystemExit(stop.exit_status) from None
-    except KeyboardInterrupt:
-        # Ctrl-C is the user's own doing: no traceback (the trainer has said where it was).
-        print("Interrupted.", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        # Ctrl-C is the user's own doing: no traceback, but what the trainer said of it
+        # (where the last checkpoint is).
+        print(interrupt.args[0] if interrupt.args else "Interrupted.", file=sys.stderr)
         raise SystemExit(130) from None
     except USER_ERRORS as error:
         if traceback or os.environ.get(TRACEBACK_ENV, "0") not in ("", "0"):

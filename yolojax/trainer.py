@@ -236,15 +236,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
             report(start_step, results)
     except KeyboardInterrupt:
         ckpt.wait()
-        if is_main:
-            last, folder = ckpt.latest_step(), workdir / "checkpoints"
-            tqdm.write(
-                f"Interrupted. The last checkpoint, step {last}, is in {folder}: "
-                "rerun the same command to resume from it."
-                if last is not None
-                else "Interrupted before the first checkpoint: rerunning starts over."
-            )
-        raise
+        last, folder = ckpt.latest_step(), workdir / "checkpoints"
+        # The message travels with the exception: train.py prints it once, as its last line.
+        raise KeyboardInterrupt(
+            f"Interrupted. The last checkpoint, step {last}, is in {folder}: "
+            "rerun the same command to resume from it."
+            if last is not None
+            else "Interrupted before the first checkpoint: rerunning starts over."
+        ) from None
     except NonFiniteLossError as error:
         bad_step, loss = error.args
         ckpt.wait()

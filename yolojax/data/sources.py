@@ -191,12 +191,13 @@ def open_split(data_config, which: str) -> SplitSource:
                 part_split, decoders={"image": tfds.decode.SkipDecoding()}
             )
         except NotImplementedError as error:  # Prepared without random access (TFRecord).
+            dataset = builder.info.full_name.rsplit("/", 1)[0]  # voc/2007: name/config
             raise DatasetNotPreparedError(
-                f"{builder.name} in {builder.data_dir} is stored as "
+                f"{dataset} in {builder.data_dir_root} is stored as "
                 f"{builder.info.file_format.value}, without the random access the pipeline "
                 "needs. Prepare it again as ArrayRecord in another data_dir, reusing the "
-                f"downloads: tfds.builder('{builder.info.full_name.rsplit('/', 1)[0]}', "
-                "data_dir=NEW_DIR, file_format='array_record').download_and_prepare("
+                f"downloads: tfds.builder('{dataset}', data_dir=NEW_DIR, "
+                "file_format='array_record').download_and_prepare("
                 f"download_dir='{builder.data_dir_root}/downloads')"
             ) from error
         opened.append(data_source)
