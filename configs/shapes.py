@@ -1,7 +1,7 @@
 """The embedded default: a tiny Darknet on the synthetic shapes dataset, sized for 2 CPU cores.
 
 python train.py --config configs/shapes.py --workdir runs/shapes
-python evaluate.py --config configs/shapes.py --workdir runs/shapes
+python evaluate.py --workdir runs/shapes
 """
 
 from yolojax.config import default_config

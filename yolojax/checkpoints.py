@@ -274,8 +274,7 @@ class Checkpoints:
             )
             raise CheckpointMismatchError(
                 f"The checkpoint {manager.directory / str(step)} belongs to another model "
-                f"({details}). Use the config the run was trained with "
-                f"({self.workdir / 'config.json'}) or another --workdir."
+                f"({details}). {self._what_to_do()}"
             )
 
     def _check_layout(self, manager, step: int, metadata, abstract) -> None:
@@ -295,8 +294,14 @@ class Checkpoints:
             f"The checkpoint {manager.directory / str(step)} holds another train state than "
             f"the config builds ({len(differences)} arrays differ: "
             f"{'; '.join(differences[:3])}). Did a model size, train.optimizer or "
-            f"train.freeze_backbone change? Use the config the run was trained with "
-            f"({self.workdir / 'config.json'}) or another --workdir."
+            f"train.freeze_backbone change? {self._what_to_do()}"
+        )
+
+    def _what_to_do(self) -> str:
+        return (
+            "Use the config the run was trained with (its values are in "
+            f"{self.workdir / 'config.json'}, which evaluate.py reads when --config is left "
+            "out) or another --workdir."
         )
 
     def restore(self, template, which: str | int = "latest"):
