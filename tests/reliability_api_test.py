@@ -181,6 +181,7 @@ def test_yolo_built_directly_checks_its_sizes():
     [
         ("model", "backbone", "resnet200", "model.backbone"),
         ("model", "grid_size", -7, "model.grid_size"),
+        ("model", "grid_size", True, "model.grid_size"),  # a bool is no size
         ("model", "num_classes", -1, "model.num_classes"),
         ("train", "batch_size", 0, "train.batch_size"),
         ("train", "num_epochs", 0, "train.num_epochs"),

@@ -11,6 +11,7 @@ from yolojax.data.config import default_data_config
 from yolojax.models import BACKBONES, CONV_IMPLS, HEADS
 from yolojax.optim import OPTIMIZERS, SCHEDULES
 from yolojax.postprocess import PRE_NMS_TOP_K
+from yolojax.targets import check_positive_int
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -123,9 +124,7 @@ def validate_config(config) -> None:
         )
     for name in ("model.grid_size", "model.num_boxes", "train.batch_size"):
         section, key = name.split(".")
-        value = config[section][key]
-        if not isinstance(value, int) or value <= 0:
-            raise ValueError(f"config.{name} must be a positive integer; got {value!r}.")
+        check_positive_int(f"config.{name}", config[section][key])
     if config.train.num_epochs <= 0:
         raise ValueError(
             f"config.train.num_epochs must be positive; got {config.train.num_epochs}."
