@@ -168,3 +168,20 @@ def test_a_config_json_that_does_not_fit_names_the_file(tmp_path, text, named):
     with pytest.raises(ValueError, match=f"{tmp_path / CONFIG_FILE} is not a config") as error:
         load_run_config(tmp_path)
     assert named in str(error.value) and "edited by hand" in str(error.value)
+
+
+def test_a_folder_stands_for_its_image_files_in_name_order(workdir, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    b = _image(folder / "b.PNG", 30, 20)
+    a = _image(folder / "a.jpg", 40, 30, seed=1)
+    (folder / "notes.txt").write_text("not an image\n")  # not an image extension: left out
+    _image(folder / "nested" / "c.jpg", 8, 8)  # subfolders are not read
+    out = tmp_path / "out"
+
+    assert _predict(workdir, out, str(folder)) == 0
+
+    record = _record(out)
+    assert list(record) == [a, b]
+    assert [record[p]["drawing"] for p in (a, b)] == ["a.png", "b.png"]
+    assert Image.open(out / "b.png").size == (30, 20)
+    assert "Skipping" not in capsys.readouterr().err

@@ -1,16 +1,18 @@
 """Draws a trained model's detections on images and writes them with a JSON of the boxes.
 
     python -m yolojax.predict --workdir runs/shapes images/*.jpg --out out/
+    python -m yolojax.predict --workdir runs/shapes images/ --out out/
 
-For each input ``name.ext`` it writes the drawing ``out/name.png`` with labelled boxes
-(``name_1.png``, ``name_2.png``, ... for later inputs of the same name, in input order),
-and ``out/detections.json``: ``{image path: {"drawing": "name.png", "detections":
-[{"box": [xmin, ymin, xmax, ymax] (pixels), "score": s, "label": id, "class": name},
-...]}}``, with the image paths as given.
+A folder stands for the image files in it (by extension: .jpg, .png, ...; not its
+subfolders), in name order. For each input image ``name.ext`` it writes the drawing
+``out/name.png`` with labelled boxes (``name_1.png``, ``name_2.png``, ... for later inputs
+of the same name, in input order), and ``out/detections.json``: ``{image path:
+{"drawing": "name.png", "detections": [{"box": [xmin, ymin, xmax, ymax] (pixels),
+"score": s, "label": id, "class": name}, ...]}}``, with the image paths as given.
 
-An input that cannot be read (missing, a folder, not an image, truncated or corrupt) does
-not stop the others: it is reported on stderr as ``Skipping <path>: <reason>`` and left out
-of detections.json. The command then ends with ``N of M images could not be read: ...`` on
+An input that cannot be read (missing, a folder without images, not an image, truncated or
+corrupt) does not stop the others: it is reported on stderr as ``Skipping <path>:
+<reason>`` and left out of detections.json. The command then ends with ``N of M images could not be read: ...`` on
 stderr and exit status 1 (also when no input could be read; detections.json is then
 written as ``{}``, so that it never lists a previous run's images). Otherwise it exits 0.
 """
@@ -24,12 +26,15 @@ from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, UnidentifiedImageError
+from tqdm import tqdm
 
 from yolojax import cli, huge_pages
 from yolojax.detector import Detector, ImageDetections
 from yolojax.workdir import atomic_write_text, to_json
 
 DETECTIONS_FILE = "detections.json"
+# What a folder given as input contributes (matched case-insensitively).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 class UnreadableImageError(ValueError):
@@ -84,7 +89,8 @@ def read_image(path) -> np.ndarray:
     if not path.exists():
         raise UnreadableImageError(path, "no such file")
     if path.is_dir():
-        raise UnreadableImageError(path, "a folder, not an image file")
+        extensions = ", ".join(IMAGE_EXTENSIONS)
+        raise UnreadableImageError(path, f"a folder without image files ({extensions})")
     if path.stat().st_size == 0:
         raise UnreadableImageError(path, "an empty file")
     try:
@@ -112,6 +118,21 @@ def _drawing_name(path: Path, taken: set[str]) -> str:
     return name
 
 
+def _image_files(paths: Iterable) -> list[str]:
+    """``paths`` with each folder replaced by its image files in name order (a folder without
+    any stays, for :func:`read_image` to report), each path once."""
+    files = []
+    for path in map(str, paths):
+        folder = Path(path)
+        images = (
+            sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            if folder.is_dir()
+            else []
+        )
+        files += [str(p) for p in images if p.is_file()] or [path]
+    return list(dict.fromkeys(files))
+
+
 def predict_files(
     detector: Detector,
     paths: Iterable,
@@ -122,14 +143,15 @@ def predict_files(
     """Runs ``detector`` on image files, writing a drawing of each and detections.json
     (see the module docstring) to ``out_dir``.
 
-    An input that cannot be read is skipped (``on_skip(path, reason)`` is called as it is)
-    and the others are still processed; detections.json lists the images read (``{}`` if
-    none). A path given twice is processed once.
+    ``paths`` are image files, or folders standing for the image files in them. An input that
+    cannot be read is skipped (``on_skip(path, reason)`` is called as it is) and the others
+    are still processed; detections.json lists the images read (``{}`` if none). A path
+    given twice is processed once. A progress bar shows on a terminal's stderr.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     images, failed, taken = {}, {}, set()
-    for key in dict.fromkeys(map(str, paths)):
+    for key in tqdm(_image_files(paths), desc="Detecting", unit="image", disable=None):
         try:
             image = read_image(key)
         except UnreadableImageError as error:
@@ -152,13 +174,13 @@ def predict_files(
 
 
 def _report_skip(path: str, reason: str) -> None:
-    print(f"Skipping {path}: {reason}", file=sys.stderr, flush=True)
+    tqdm.write(f"Skipping {path}: {reason}", file=sys.stderr)  # above the progress bar
 
 
 def main(argv=None) -> None:
     """The command; exits with status 1 (``SystemExit``) if any input could not be read."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("images", nargs="+", help="image files (jpg, png, ...)")
+    parser.add_argument("images", nargs="+", help="image files (jpg, png, ...) or folders of them")
     parser.add_argument("--workdir", required=True, help="the training run's folder")
     parser.add_argument("--out", default="predictions", help="output folder")
     parser.add_argument("--checkpoint", default="latest", help="'latest', 'best' or a step")
