@@ -1,12 +1,13 @@
 """Evaluates a checkpoint: per-class AP table, VOC07 11-point and area mAP, images/s.
 
     python evaluate.py --workdir runs/shapes [--checkpoint best]
-    python evaluate.py --workdir runs/shapes --config configs/shapes.py [--config.eval.X=...]
+    python evaluate.py --workdir runs/shapes --config configs/run.py:runs/shapes \
+        --config.eval.score_threshold=0.05
 
 Without --config it evaluates with the config the run saved (<workdir>/config.json), so the
-run's command-line overrides need not be repeated; --config gives another (say, other eval
-settings), which must describe the same model. Writes <workdir>/eval/metrics.json and
-<workdir>/eval/pr_curves.png (precision-recall curves).
+run's command-line overrides need not be repeated; --config gives another (configs/run.py
+is the saved one, open to overrides), which must describe the same model. Writes
+<workdir>/eval/metrics.json and <workdir>/eval/pr_curves.png (precision-recall curves).
 """
 
 from absl import app, flags, logging
@@ -41,7 +42,7 @@ def main(argv):
     with cli.command_errors(traceback=FLAGS.verbosity >= 1):
         # Here, after cli.run's restart: TensorFlow loads once.
         from yolojax import eval_lib
-        from yolojax.detector import load_run_config
+        from yolojax.config import load_run_config
 
         distributed.initialize_from_flags()
         config = FLAGS.config

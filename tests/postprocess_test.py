@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from yolojax import detector, eval_lib, postprocess, targets
-from yolojax.config import default_config
+from yolojax import eval_lib, postprocess, targets
+from yolojax.config import default_config, load_run_config
 from yolojax.workdir import CONFIG_FILE
 
 S, C, B = 4, 3, 2
@@ -206,4 +206,4 @@ def test_config_pre_nms_top_k_bounds_the_candidates_nms_sees(tmp_path):
     saved = config.to_dict()
     del saved["eval"]["pre_nms_top_k"]
     (tmp_path / CONFIG_FILE).write_text(json.dumps(saved))
-    assert labels_found(detector.load_run_config(tmp_path)) == [0, 1, 2]
+    assert labels_found(load_run_config(tmp_path)) == [0, 1, 2]

@@ -14,7 +14,8 @@ from PIL import Image
 from configs import folder, shapes, voc
 from tests import tiny
 from yolojax import checkpoints, predict, train_lib
-from yolojax.detector import Detector, load_run_config
+from yolojax.config import load_run_config
+from yolojax.detector import Detector
 from yolojax.workdir import CONFIG_FILE, atomic_write_text
 
 

@@ -282,12 +282,17 @@ def _parse_train_flags(monkeypatch, *overrides, config="configs/shapes.py"):
         ("configs/shape.py", [], "cannot load the --config file: .*No such file.*configs/shape"),
         ("{tmp}", [], "cannot load the --config file: .*Is a directory"),
         ("{tmp}/broken.py", [], r"not valid Python: .*broken.py, line 1: .*\n    def get_config\("),
+        (
+            "configs/voc.py:vgg15",
+            [],
+            r"get_config\(\) failed: ValueError: Unknown configs/voc.py variant 'vgg15'",
+        ),
         # A run's config.json: JSON's null runs as a Python name.
         (
             "{tmp}/config.json",
             [],
             "cannot load the --config file: NameError: name 'null' is not defined\n"
-            "--config takes a Python file .* evaluate.py reads it from --workdir",
+            "--config takes a Python file .* use --config configs/run.py:WORKDIR",
         ),
     ],
 )
@@ -324,3 +329,27 @@ def test_an_image_without_pixels_is_refused_by_name():
         pipeline.preprocess_image(
             np.zeros((0, 5, 3), np.uint8), image_size=32, normalization="imagenet"
         )
+
+
+def test_configs_run_py_is_a_saved_run_config_that_takes_overrides(tmp_path, monkeypatch):
+    trained = shapes.get_config()
+    trained.model.grid_size = 4  # an override the run was trained with
+    (tmp_path / "config.json").write_text(trained.to_json_best_effort(indent=2))
+    overrides = ["--config.eval.score_threshold=0.1"]
+    _, flag_values = _parse_train_flags(
+        monkeypatch, *overrides, config=f"configs/run.py:{tmp_path}"
+    )
+    assert flag_values.config.model.grid_size == 4
+    assert flag_values.config.eval.score_threshold == 0.1
+    assert flag_values.config.train.batch_size == trained.train.batch_size
+
+
+def test_configs_run_py_without_a_workdir_says_how_to_name_it(monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        _parse_train_flags(monkeypatch, config="configs/run.py")
+    stderr = capsys.readouterr().err
+    assert (
+        "configs/run.py needs the run's folder after a colon: --config configs/run.py:runs/NAME"
+        in stderr
+    )
+    assert "Traceback" not in stderr

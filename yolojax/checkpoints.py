@@ -299,9 +299,9 @@ class Checkpoints:
 
     def _what_to_do(self) -> str:
         return (
-            "Use the config the run was trained with (its values are in "
-            f"{self.workdir / 'config.json'}, which evaluate.py reads when --config is left "
-            "out) or another --workdir."
+            "Use the config the run was trained with, which it saved: --config "
+            f"configs/run.py:{self.workdir} (evaluate.py reads it when --config is left "
+            "out), or another --workdir."
         )
 
     def restore(self, template, which: str | int = "latest"):

@@ -73,6 +73,15 @@ def _flags_error(message: str) -> None:
     raise SystemExit(1)
 
 
+def _get_config_failure(error: Exception) -> str | None:
+    """The exception a ``--config`` file's ``get_config()`` raised (``"ValueError: ..."``),
+    which ml_collections reports as a flag error with the whole traceback; else None."""
+    message = str(error)
+    if "Error whilst parsing config file" not in message:
+        return None
+    return message.strip().splitlines()[-1].strip()
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, for ``app.run(main, flags_parser=parse_flags)``.
 
@@ -80,10 +89,17 @@ def parse_flags(argv: list[str]) -> list[str]:
     KeyError for an unknown section, and a traceback three exceptions deep; it loads the
     ``--config`` file only when the config is first used, so a mistyped path surfaced as a
     traceback mid-run. This loads the config here and prints what is wrong as absl prints
-    other bad flags.
+    other bad flags. An error of the file's ``get_config()`` (an unknown variant) is its
+    one line, not the traceback ml_collections wraps it in.
     """
     try:
-        argv = app.parse_flags_with_usage(argv)
+        try:
+            argv = flags.FLAGS(argv)
+        except flags.Error as error:
+            failure = _get_config_failure(error)
+            if failure is not None:
+                _flags_error(f"the --config file's get_config() failed: {failure}")
+            argv = app.parse_flags_with_usage(argv)  # absl's own report of the flag: exits
         if "config" in flags.FLAGS and flags.FLAGS["config"].present:
             flags.FLAGS.config.keys()  # loads the file and applies the overrides
         return argv
@@ -110,8 +126,8 @@ def parse_flags(argv: list[str]) -> list[str]:
         if any(arg.endswith(".json") for arg in argv):  # JSON's null reads as a NameError
             hint = (
                 "\n--config takes a Python file with get_config(), such as configs/shapes.py. "
-                "A run's config.json is not one: evaluate.py reads it from --workdir when "
-                "--config is left out."
+                "A run's config.json is not one: use --config configs/run.py:WORKDIR for it "
+                "(evaluate.py reads it by itself when --config is left out)."
             )
         _flags_error(f"cannot load the --config file: {type(error).__name__}: {error}{hint}")
 

@@ -5,6 +5,9 @@ A config is an ``ml_collections.ConfigDict`` with sections ``model``, ``data``, 
 (``--config.train.bach_size=8``) fails at start with the key named.
 """
 
+import json
+from pathlib import Path
+
 import ml_collections
 
 from yolojax.data.config import default_data_config
@@ -12,6 +15,7 @@ from yolojax.models import BACKBONES, CONV_IMPLS, HEADS
 from yolojax.optim import OPTIMIZERS, SCHEDULES
 from yolojax.postprocess import PRE_NMS_TOP_K
 from yolojax.targets import check_positive_int
+from yolojax.workdir import CONFIG_FILE
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -151,3 +155,60 @@ def resolve_num_classes(config, class_names) -> None:
             f"{len(class_names)} classes {tuple(class_names)}; set "
             f"--config.model.num_classes={len(class_names)} (or 0 to follow the dataset)."
         )
+
+
+_PASS_THE_CONFIG = "pass the training config in Python: Detector.from_workdir(workdir, config=...)"
+
+
+def load_run_config(workdir, *, otherwise: str = _PASS_THE_CONFIG) -> ml_collections.ConfigDict:
+    """The config a run saved as ``workdir/config.json`` (locked, like a loaded config file).
+
+    The saved values are laid over :func:`default_config`, so that a field
+    added to yolojax after the run was saved has its default, the value the run had in effect.
+
+    Args:
+      workdir: the training run's folder.
+      otherwise: how to give the config instead, for the error messages.
+
+    Raises:
+      FileNotFoundError: there is no ``config.json``.
+      ValueError: it is not JSON, or a value has the wrong type for its field.
+    """
+    path = Path(workdir) / CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist: is {workdir} a training workdir? train.py writes the run's "
+            f"config there; for a run without it, {otherwise}."
+        )
+    config = default_config()
+    try:
+        saved = json.loads(path.read_text())
+        _check_saved_fields(saved, config.to_dict())
+        config.update(saved)  # nested sections field by field
+    except (ValueError, TypeError, AttributeError) as error:  # not JSON; a wrong type
+        raise ValueError(
+            f"{path} is not a config this version of yolojax can read ({error}); was it edited "
+            f"by hand, or saved by a newer yolojax? Fix the file, or {otherwise}."
+        ) from None
+    config.lock()
+    return config
+
+
+def _check_saved_fields(saved, defaults: dict, section: str = "") -> None:
+    """Raises ValueError naming the first field of ``saved`` that ``defaults`` has no place for.
+
+    ``ConfigDict.update`` would add an unknown field silently (a run of a newer yolojax whose
+    new field this version would ignore), and would accept ``null`` for a field that must be
+    set, which fails later far from the file.
+    """
+    if not isinstance(saved, dict):
+        raise TypeError(f"{section or 'the file'} should be a JSON object, not {saved!r}")
+    for key, value in saved.items():
+        name = f"{section}.{key}" if section else key
+        if key not in defaults:
+            raise ValueError(f"{name} is not a field of yolojax's config")
+        default = defaults[key]
+        if isinstance(default, dict):
+            _check_saved_fields(value, default, section=name)
+        elif value is None and default is not None:
+            raise ValueError(f"{name} is null but must be set (default {default!r})")

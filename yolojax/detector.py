@@ -11,17 +11,16 @@ from pathlib import Path
 from typing import NamedTuple
 
 import jax
-import ml_collections
 import numpy as np
 
 from yolojax import boxes as box_ops
 from yolojax import train_lib
-from yolojax.config import default_config
+from yolojax.config import load_run_config
 from yolojax.data import pipeline
 from yolojax.eval_lib import detect_with_config, model_variables
 from yolojax.models import get_model
 from yolojax.postprocess import check_threshold
-from yolojax.workdir import CLASSES_FILE, CONFIG_FILE
+from yolojax.workdir import CLASSES_FILE
 
 
 class ImageDetections(NamedTuple):
@@ -38,63 +37,6 @@ class ImageDetections(NamedTuple):
     scores: np.ndarray
     labels: np.ndarray
     class_names: list[str]
-
-
-_PASS_THE_CONFIG = "pass the training config in Python: Detector.from_workdir(workdir, config=...)"
-
-
-def load_run_config(workdir, *, otherwise: str = _PASS_THE_CONFIG) -> ml_collections.ConfigDict:
-    """The config a run saved as ``workdir/config.json`` (locked, like a loaded config file).
-
-    The saved values are laid over :func:`yolojax.config.default_config`, so that a field
-    added to yolojax after the run was saved has its default, the value the run had in effect.
-
-    Args:
-      workdir: the training run's folder.
-      otherwise: how to give the config instead, for the error messages.
-
-    Raises:
-      FileNotFoundError: there is no ``config.json``.
-      ValueError: it is not JSON, or a value has the wrong type for its field.
-    """
-    path = Path(workdir) / CONFIG_FILE
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} does not exist: is {workdir} a training workdir? train.py writes the run's "
-            f"config there; for a run without it, {otherwise}."
-        )
-    config = default_config()
-    try:
-        saved = json.loads(path.read_text())
-        _check_saved_fields(saved, config.to_dict())
-        config.update(saved)  # nested sections field by field
-    except (ValueError, TypeError, AttributeError) as error:  # not JSON; a wrong type
-        raise ValueError(
-            f"{path} is not a config this version of yolojax can read ({error}); was it edited "
-            f"by hand, or saved by a newer yolojax? Fix the file, or {otherwise}."
-        ) from None
-    config.lock()
-    return config
-
-
-def _check_saved_fields(saved, defaults: dict, section: str = "") -> None:
-    """Raises ValueError naming the first field of ``saved`` that ``defaults`` has no place for.
-
-    ``ConfigDict.update`` would add an unknown field silently (a run of a newer yolojax whose
-    new field this version would ignore), and would accept ``null`` for a field that must be
-    set, which fails later far from the file.
-    """
-    if not isinstance(saved, dict):
-        raise TypeError(f"{section or 'the file'} should be a JSON object, not {saved!r}")
-    for key, value in saved.items():
-        name = f"{section}.{key}" if section else key
-        if key not in defaults:
-            raise ValueError(f"{name} is not a field of yolojax's config")
-        default = defaults[key]
-        if isinstance(default, dict):
-            _check_saved_fields(value, default, section=name)
-        elif value is None and default is not None:
-            raise ValueError(f"{name} is null but must be set (default {default!r})")
 
 
 def load_class_names(workdir, num_classes: int) -> list[str]:

@@ -12,9 +12,10 @@ of the same name, in input order), and ``out/detections.json``: ``{image path:
 
 An input that cannot be read (missing, a folder without images, not an image, truncated or
 corrupt) does not stop the others: it is reported on stderr as ``Skipping <path>:
-<reason>`` and left out of detections.json. The command then ends with ``N of M images could not be read: ...`` on
-stderr and exit status 1 (also when no input could be read; detections.json is then
-written as ``{}``, so that it never lists a previous run's images). Otherwise it exits 0.
+<reason>`` and left out of detections.json. The command then ends with ``N of M images
+could not be read: ...`` on stderr and exit status 1 (also when no input could be read;
+detections.json is then written as ``{}``, so that it never lists a previous run's
+images). Otherwise it exits 0.
 """
 
 import argparse
