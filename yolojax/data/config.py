@@ -47,7 +47,7 @@ def default_synthetic_config() -> ml_collections.ConfigDict:
     """The embedded `synthetic_shapes` dataset (see `yolojax/data/synthetic_shapes.py`).
 
     The defaults are sized so that a tiny detector (112-128 px input, grid 7) learns it on two
-    CPU cores in minutes; generation takes about 20 s. Changing any field generates a new,
+    CPU cores in minutes; generation takes 7-20 s. Changing any field generates a new,
     separately cached dataset.
     """
     synthetic = ml_collections.ConfigDict()
