@@ -7,9 +7,12 @@ tools report such errors.
 """
 
 import logging
+import os
 import re
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +26,8 @@ from yolojax import boxes, checkpoints, cli, losses, models, postprocess, target
 from yolojax.config import validate_config
 from yolojax.data import pipeline
 from yolojax.detector import Detector
+
+REPO = Path(__file__).resolve().parents[1]
 
 C, B, S = 3, 2, 4  # classes, boxes per cell, grid
 
@@ -270,7 +275,6 @@ def _parse_train_flags(monkeypatch, *overrides, config="configs/shapes.py"):
     config_flags.DEFINE_config_file(
         "config", flag_values=flag_values, lock_config=True, sys_argv=argv
     )
-    monkeypatch.setattr(cli.app, "parse_flags_with_usage", flag_values)
     monkeypatch.setattr(cli.flags, "FLAGS", flag_values)
     return cli.parse_flags(argv), flag_values
 
@@ -353,3 +357,33 @@ def test_configs_run_py_without_a_workdir_says_how_to_name_it(monkeypatch, capsy
         in stderr
     )
     assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(
+    "command, named",
+    [
+        # Parsing a second time for absl's report defined the override flags again: every
+        # such error came out as "The flag 'config.train.num_epochs' is defined twice".
+        (
+            ["train.py", "--config=configs/shapes.py", "--config.train.num_epochs=1", "--bogus"],
+            "Unknown command line flag 'bogus'",
+        ),
+        (
+            ["evaluate.py", "--config.eval.score_threshold=0.1"],
+            "there is none: for a run's own config, add --config configs/run.py:WORKDIR",
+        ),
+    ],
+)
+def test_a_bad_flag_beside_config_overrides_is_named_once(command, named, tmp_path):
+    env = {**os.environ, "YOLOJAX_HUGE_PAGES": "0"}  # no restart: one start is enough here
+    result = subprocess.run(
+        [sys.executable, *command, f"--workdir={tmp_path}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert result.stderr.count(named) == 1, result.stderr
+    assert "defined twice" not in result.stderr and "Traceback" not in result.stderr

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import sys
+import textwrap
 
 from absl import app, flags
 
@@ -73,6 +74,30 @@ def _flags_error(message: str) -> None:
     raise SystemExit(1)
 
 
+def _config_argument(argv: list[str]) -> str | None:
+    """The value given to ``--config`` in ``argv`` (``--config=X`` or ``--config X``)."""
+    for index, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and index + 1 < len(argv):
+            return argv[index + 1]
+    return None
+
+
+def _flag_error_report(error: Exception, argv: list[str]) -> str:
+    """absl's report of a bad flag, with a hint for an override given without --config."""
+    message = str(error)
+    if "\n" in message:
+        message = "\n" + textwrap.indent(message, "  ")
+    name = getattr(error, "flagname", "")
+    if name.startswith("config.") and _config_argument(argv) is None:
+        message += (
+            f"\n--{name} overrides a field of the --config file, and there is none: for a run's "
+            "own config, add --config configs/run.py:WORKDIR."
+        )
+    return message + "\nPass --helpshort or --helpfull to see help on flags."
+
+
 def _get_config_failure(error: Exception) -> str | None:
     """The exception a ``--config`` file's ``get_config()`` raised (``"ValueError: ..."``),
     which ml_collections reports as a flag error with the whole traceback; else None."""
@@ -95,11 +120,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         try:
             argv = flags.FLAGS(argv)
-        except flags.Error as error:
+        except flags.Error as error:  # reported here: parsing again would define flags twice
             failure = _get_config_failure(error)
             if failure is not None:
                 _flags_error(f"the --config file's get_config() failed: {failure}")
-            argv = app.parse_flags_with_usage(argv)  # absl's own report of the flag: exits
+            _flags_error(_flag_error_report(error, argv))
         if "config" in flags.FLAGS and flags.FLAGS["config"].present:
             flags.FLAGS.config.keys()  # loads the file and applies the overrides
         return argv
@@ -123,7 +148,7 @@ def parse_flags(argv: list[str]) -> list[str]:
         )
     except Exception as error:  # the file's own code failed (a NameError, an ImportError...)
         hint = ""
-        if any(arg.endswith(".json") for arg in argv):  # JSON's null reads as a NameError
+        if (_config_argument(argv) or "").endswith(".json"):  # JSON's null: a NameError
             hint = (
                 "\n--config takes a Python file with get_config(), such as configs/shapes.py. "
                 "A run's config.json is not one: use --config configs/run.py:WORKDIR for it "
