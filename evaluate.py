@@ -1,8 +1,7 @@
 """Evaluates a checkpoint: per-class AP table, VOC07 11-point and area mAP, images/s.
 
     python evaluate.py --workdir runs/shapes [--checkpoint best]
-    python evaluate.py --workdir runs/shapes --config configs/run.py:runs/shapes \
-        --config.eval.score_threshold=0.05
+    python evaluate.py --workdir W --config configs/run.py:W --config.eval.score_threshold=0.05
 
 Without --config it evaluates with the config the run saved (<workdir>/config.json), so the
 run's command-line overrides need not be repeated; --config gives another (configs/run.py

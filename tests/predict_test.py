@@ -160,7 +160,8 @@ def test_every_shipped_config_comes_back_from_config_json_unchanged(tmp_path, co
         ("{broken", "Expecting property name"),
         ('{"eval": {"every_epochs": "7"}}', "7"),
         ('{"model": {"backbone": "darknet", "neck": "fpn"}}', "model.neck is not a field"),
-        ('{"eval": {"every_epochs": null}}', "eval.every_epochs is null but must be set"),
+        ('{"model": {"grid_size": null}}', "config.model.grid_size must be a positive integer"),
+        ('{"model": {"head_channels": null}, "eval": {"score_threshold": 2}}', "must be in"),
         ('{"train": 3}', "train should be a JSON object"),
     ],
 )
@@ -176,13 +177,22 @@ def test_a_folder_stands_for_its_image_files_in_name_order(workdir, tmp_path, ca
     b = _image(folder / "b.PNG", 30, 20)
     a = _image(folder / "a.jpg", 40, 30, seed=1)
     (folder / "notes.txt").write_text("not an image\n")  # not an image extension: left out
+    (folder / "._a.jpg").write_bytes(b"\0\5\26\7")  # macOS metadata, hidden: left out
     _image(folder / "nested" / "c.jpg", 8, 8)  # subfolders are not read
     out = tmp_path / "out"
 
-    assert _predict(workdir, out, str(folder)) == 0
+    # The folder's a.jpg named again another way is still one image.
+    assert _predict(workdir, out, str(folder), str(folder / "." / "a.jpg")) == 0
 
     record = _record(out)
     assert list(record) == [a, b]
     assert [record[p]["drawing"] for p in (a, b)] == ["a.png", "b.png"]
     assert Image.open(out / "b.png").size == (30, 20)
     assert "Skipping" not in capsys.readouterr().err
+
+
+def test_a_saved_none_that_the_field_allows_loads(tmp_path):
+    config = shapes.get_config()
+    config.model.head_channels = None  # documented as "0 or None"
+    atomic_write_text(tmp_path / CONFIG_FILE, config.to_json_best_effort(indent=2))
+    assert load_run_config(tmp_path).model.head_channels is None

@@ -81,6 +81,7 @@ def test_loss_and_detect_need_positive_integer_class_and_box_counts():
         ("score_threshold", float("nan")),
         ("score_threshold", "0.1"),
         ("score_threshold", None),
+        ("score_threshold", jnp.array(1.5)),  # a concrete array is checked like a number
         ("iou_threshold", 1.5),
     ],
 )
@@ -90,6 +91,15 @@ def test_detect_and_nms_name_a_bad_setting(name, value):
     settings = dict(score_threshold=0.1, iou_threshold=0.5, max_detections=5) | {name: value}
     with pytest.raises(ValueError, match=name):
         postprocess.nms(jnp.zeros((6, 4)), jnp.zeros((6, C)), **settings)
+
+
+def test_a_threshold_traced_under_jit_is_taken_as_given():
+    def count(threshold):
+        return postprocess.detect(
+            _outputs(), num_classes=C, num_boxes=B, score_threshold=threshold
+        ).valid.sum()
+
+    assert int(jax.jit(count)(0.1)) == 0  # all-zero outputs: nothing scores
 
 
 def test_nms_takes_one_image_with_a_score_row_per_box():
@@ -187,6 +197,7 @@ def test_yolo_built_directly_checks_its_sizes():
         ("model", "backbone", "resnet200", "model.backbone"),
         ("model", "grid_size", -7, "model.grid_size"),
         ("model", "grid_size", True, "model.grid_size"),  # a bool is no size
+        ("eval", "score_threshold", -0.01, r"config.eval.score_threshold must be in \[0, 1\]"),
         ("model", "num_classes", -1, "model.num_classes"),
         ("train", "batch_size", 0, "train.batch_size"),
         ("train", "num_epochs", 0, "train.num_epochs"),

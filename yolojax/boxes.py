@@ -51,17 +51,18 @@ def normalized_yxyx_to_pixel_xyxy(boxes, height, width):
     """``[..., 4]`` normalized yxyx → ``[..., 4]`` xyxy in pixels of a ``height × width`` image.
 
     ``height`` and ``width`` are numbers, or arrays broadcastable to ``boxes[..., 0]`` (one
-    image size per box).
+    image size per box). The result has the dtype the product promotes to (float32 boxes
+    times Python ints are float64 in NumPy).
     """
     boxes = _boxes(boxes, "boxes")
-    xnp = _xnp(boxes)
+    xnp = _xnp(boxes, height, width)
     return yxyx_to_xyxy(boxes) * xnp.stack(xnp.broadcast_arrays(width, height, width, height), -1)
 
 
 def pixel_xyxy_to_normalized_yxyx(boxes, height, width):
     """Inverse of :func:`normalized_yxyx_to_pixel_xyxy`: pixel xyxy → normalized yxyx."""
     boxes = _boxes(boxes, "boxes", real=True)
-    xnp = _xnp(boxes)
+    xnp = _xnp(boxes, height, width)
     return xyxy_to_yxyx(boxes) / xnp.stack(xnp.broadcast_arrays(height, width, height, width), -1)
 
 

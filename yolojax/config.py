@@ -13,7 +13,7 @@ import ml_collections
 from yolojax.data.config import default_data_config
 from yolojax.models import BACKBONES, CONV_IMPLS, HEADS
 from yolojax.optim import OPTIMIZERS, SCHEDULES
-from yolojax.postprocess import PRE_NMS_TOP_K
+from yolojax.postprocess import PRE_NMS_TOP_K, check_threshold
 from yolojax.targets import check_positive_int
 from yolojax.workdir import CONFIG_FILE
 
@@ -138,6 +138,9 @@ def validate_config(config) -> None:
             f"config.data.image_size ({config.data.image_size}) must be at least "
             f"config.model.grid_size ({config.model.grid_size})."
         )
+    # Checked by detect too, but only at the first evaluation, epochs into training.
+    for name in ("score_threshold", "iou_threshold"):
+        check_threshold(f"config.eval.{name}", config.eval[name])
 
 
 def resolve_num_classes(config, class_names) -> None:
@@ -172,7 +175,8 @@ def load_run_config(workdir, *, otherwise: str = _PASS_THE_CONFIG) -> ml_collect
 
     Raises:
       FileNotFoundError: there is no ``config.json``.
-      ValueError: it is not JSON, or a value has the wrong type for its field.
+      ValueError: it is not JSON, has a field yolojax does not know, or a value of the wrong
+        type or out of range (:func:`validate_config`).
     """
     path = Path(workdir) / CONFIG_FILE
     if not path.exists():
@@ -185,6 +189,7 @@ def load_run_config(workdir, *, otherwise: str = _PASS_THE_CONFIG) -> ml_collect
         saved = json.loads(path.read_text())
         _check_saved_fields(saved, config.to_dict())
         config.update(saved)  # nested sections field by field
+        validate_config(config)  # a value edited out of range fails here, naming the file
     except (ValueError, TypeError, AttributeError) as error:  # not JSON; a wrong type
         raise ValueError(
             f"{path} is not a config this version of yolojax can read ({error}); was it edited "
@@ -197,9 +202,8 @@ def load_run_config(workdir, *, otherwise: str = _PASS_THE_CONFIG) -> ml_collect
 def _check_saved_fields(saved, defaults: dict, section: str = "") -> None:
     """Raises ValueError naming the first field of ``saved`` that ``defaults`` has no place for.
 
-    ``ConfigDict.update`` would add an unknown field silently (a run of a newer yolojax whose
-    new field this version would ignore), and would accept ``null`` for a field that must be
-    set, which fails later far from the file.
+    ``ConfigDict.update`` would add an unknown field silently: a run of a newer yolojax whose
+    new field this version would ignore.
     """
     if not isinstance(saved, dict):
         raise TypeError(f"{section or 'the file'} should be a JSON object, not {saved!r}")
@@ -207,8 +211,5 @@ def _check_saved_fields(saved, defaults: dict, section: str = "") -> None:
         name = f"{section}.{key}" if section else key
         if key not in defaults:
             raise ValueError(f"{name} is not a field of yolojax's config")
-        default = defaults[key]
-        if isinstance(default, dict):
-            _check_saved_fields(value, default, section=name)
-        elif value is None and default is not None:
-            raise ValueError(f"{name} is null but must be set (default {default!r})")
+        if isinstance(defaults[key], dict):
+            _check_saved_fields(value, defaults[key], section=name)

@@ -1,11 +1,12 @@
 """Raw YOLOv1 outputs → scored boxes → class-aware NMS, all with static shapes under jit."""
 
+import contextlib
 import math
-import numbers
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from yolojax import boxes as box_ops
 from yolojax.losses import split_predictions
@@ -98,13 +99,17 @@ def _greedy_nms(boxes, labels, eligible, iou_threshold):
 
 
 def check_threshold(name: str, value) -> None:
-    """Raises ValueError unless ``value`` is a number in [0, 1] (NumPy scalars too) or a JAX
-    array (a traced, dynamic threshold under jit, which cannot be checked)."""
-    if isinstance(value, jax.Array):
+    """Raises ValueError unless ``value`` is a number in [0, 1]: a Python or NumPy number, a
+    0-d array, or a traced value under jit (a dynamic threshold, which cannot be checked)."""
+    if isinstance(value, jax.core.Tracer):
         return
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    number = None
+    if not isinstance(value, bool | str | bytes) and np.ndim(value) == 0:
+        with contextlib.suppress(TypeError, ValueError):  # None, an object: not a number
+            number = float(value)
+    if number is None:
         raise ValueError(f"{name} must be a number in [0, 1]; got {value!r}.")
-    if math.isnan(value) or not 0.0 <= value <= 1.0:
+    if math.isnan(number) or not 0.0 <= number <= 1.0:
         raise ValueError(f"{name} must be in [0, 1]; got {value}.")
 
 
@@ -136,7 +141,8 @@ def nms(
     Args:
       boxes: ``(P, 4)`` yxyx boxes, normalized (as :func:`decode` gives them) or in any
         other unit: only their IoU matters.
-      scores: ``(P, C)`` per-class scores.
+      scores: ``(P, C)`` per-class scores in [0, 1], as :func:`decode` gives them; a score of
+        0 or below is never a detection (pass probabilities, not logits).
       score_threshold: candidates below it are dropped.
       iou_threshold: a candidate is suppressed by a higher-scored kept one of the same class
         whose IoU with it exceeds this.
@@ -159,9 +165,9 @@ def nms(
     _check_nms_args(score_threshold, iou_threshold, max_detections, pre_nms_top_k)
     num_candidates = scores.shape[0] * scores.shape[1]
     if num_candidates == 0:  # no boxes: no detections (top_k needs at least one)
-        return Detections(
-            boxes=jnp.zeros((max_detections, 4), boxes.dtype),
-            scores=jnp.zeros((max_detections,), scores.dtype),
+        return Detections(  # the dtypes of the general case's jnp.where(..., 0.0)
+            boxes=jnp.zeros((max_detections, 4), jnp.result_type(boxes, 0.0)),
+            scores=jnp.zeros((max_detections,), jnp.result_type(scores, 0.0)),
             labels=jnp.zeros((max_detections,), jnp.int32),
             valid=jnp.zeros((max_detections,), bool),
         )

@@ -20,6 +20,7 @@ images). Otherwise it exits 0.
 
 import argparse
 import colorsys
+import os
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -119,19 +120,31 @@ def _drawing_name(path: Path, taken: set[str]) -> str:
     return name
 
 
+def _folder_images(folder: Path) -> list[Path]:
+    """The image files directly in ``folder``, by name; none if it cannot be listed (then
+    :func:`read_image` reports the folder). Hidden files (macOS ``._x.jpg``) are left out."""
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return []
+    return [
+        p
+        for p in entries
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+    ]
+
+
 def _image_files(paths: Iterable) -> list[str]:
-    """``paths`` with each folder replaced by its image files in name order (a folder without
-    any stays, for :func:`read_image` to report), each path once."""
-    files = []
+    """``paths`` with each folder replaced by its image files (a folder without any stays,
+    for :func:`read_image` to report), each file once however it is named (``ph`` and
+    ``./ph/a.jpg``): the first name given is kept."""
+    files = {}
     for path in map(str, paths):
         folder = Path(path)
-        images = (
-            sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-            if folder.is_dir()
-            else []
-        )
-        files += [str(p) for p in images if p.is_file()] or [path]
-    return list(dict.fromkeys(files))
+        images = _folder_images(folder) if folder.is_dir() else []
+        for name in [str(p) for p in images] or [path]:
+            files.setdefault(os.path.realpath(name), name)
+    return list(files.values())
 
 
 def predict_files(

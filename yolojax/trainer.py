@@ -234,16 +234,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
             results, _ = evaluate_model(on_devices)
             results["step"] = start_step
             report(start_step, results)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         ckpt.wait()
         last, folder = ckpt.latest_step(), workdir / "checkpoints"
-        # The message travels with the exception: train.py prints it once, as its last line.
+        # The message travels with the exception (train.py prints it as its last line), and
+        # the cause keeps where the interrupt came.
         raise KeyboardInterrupt(
             f"Interrupted. The last checkpoint, step {last}, is in {folder}: "
             "rerun the same command to resume from it."
             if last is not None
             else "Interrupted before the first checkpoint: rerunning starts over."
-        ) from None
+        ) from interrupt
     except NonFiniteLossError as error:
         bad_step, loss = error.args
         ckpt.wait()

@@ -153,8 +153,9 @@ def get_model(model_config: Any, *, axis_name: str | None = None) -> YOLO:
       (N, H, W, 3) images to (N, S, S, C + 5B) float32.
 
     Raises:
-      ValueError: a missing backbone, an unknown backbone/head/dtype name, or an invalid
-        number (listing what is expected).
+      ValueError: a missing backbone, an unknown backbone/head/dtype name, an invalid
+        number (listing what is expected), or a field a dict or ConfigDict has that a model
+        config does not (a misspelling, with the closest field named).
     """
     if hasattr(model_config, "keys"):  # a dict or a ConfigDict
         _check_known_fields(model_config)
