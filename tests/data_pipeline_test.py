@@ -265,7 +265,9 @@ def test_preprocess_image_matches_evaluation_input(config):
         pipeline.preprocess_image(first / 255.0, image_size=SIZE, normalization="imagenet")
 
 
-def test_opening_a_synthetic_dataset_logs_no_tfds_notices_but_other_warnings_pass(tmp_path, caplog):
+def test_opening_a_synthetic_dataset_logs_no_tfds_notices_but_other_warnings_pass(
+    tmp_path, caplog, capsys
+):
     config = default_data_config()
     config.tfds_data_dir = str(tmp_path)
     config.synthetic.update(num_train=4, num_test=2, image_size=32)
@@ -275,3 +277,7 @@ def test_opening_a_synthetic_dataset_logs_no_tfds_notices_but_other_warnings_pas
         logging.getLogger("absl").warning("a TFDS warning that matters")
     messages = [record.getMessage() for record in caplog.records]
     assert messages == ["a TFDS warning that matters"]
+    # One line of its own on stdout, not TFDS's "Downloading and preparing ... Unknown size".
+    out = capsys.readouterr().out
+    assert out.count("Generating the synthetic shapes dataset (4 train and 2 test images") == 1
+    assert "Downloading" not in out and "downloaded" not in out

@@ -135,7 +135,7 @@ def test_bad_data_skipped_with_a_warning_and_the_count(tmp_path, caplog, problem
     assert "skipped 1 of 2 images" in caplog.text and bad_file in caplog.text
 
 
-def test_pipeline_reads_a_folder_and_warns_about_skipped_images(tmp_path, caplog):
+def test_pipeline_reads_a_folder_and_warns_about_skipped_images(tmp_path, caplog, capsys):
     folder, _ = _folder_with_one_bad_image(tmp_path, "has zero area")
     config = default_data_config()
     config.source = "voc_folder"
@@ -148,6 +148,7 @@ def test_pipeline_reads_a_folder_and_warns_about_skipped_images(tmp_path, caplog
         info = get_dataset_info(config)
     assert info.class_names == ("dog",) and info.num_train_examples == 1
     assert "built without 1 bad images" in caplog.text
+    assert f"Reading the VOC-layout folder {folder} into" in capsys.readouterr().out
     (batch,) = list(make_eval_iterator(config, global_batch_size=1))
     np.testing.assert_allclose(batch["boxes"][0, 0, 0], [0.1, 0.1, 0.8, 0.45], atol=1e-6)
     assert batch["image_size"][0, 0].tolist() == [10, 20]

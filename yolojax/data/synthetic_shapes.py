@@ -280,6 +280,18 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "Initial release."}  # noqa: RUF012 (TFDS class attribute)
     BUILDER_CONFIGS = [shapes_builder_config()]  # noqa: RUF012 (TFDS class attribute)
 
+    # TFDS's own lines say "Downloading and preparing dataset Unknown size (download: ...)".
+    def _log_download_bytes(self) -> None:
+        config = self.builder_config
+        print(
+            f"Generating the synthetic shapes dataset ({config.num_train} train and "
+            f"{config.num_test} test images of {config.image_size} px) in {self.data_dir}, "
+            "once: later runs reuse it."
+        )
+
+    def _log_download_done(self) -> None:
+        pass  # the line above said it all
+
     def _info(self) -> tfds.core.DatasetInfo:
         size = self.builder_config.image_size
         return self.dataset_info_from_configs(

@@ -285,6 +285,16 @@ class VocFolder(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}  # noqa: RUF012 (TFDS class attribute)
 
+    # TFDS's own lines say "Downloading and preparing dataset Unknown size (download: ...)".
+    def _log_download_bytes(self) -> None:
+        print(
+            f"Reading the VOC-layout folder {self.builder_config.folder} into {self.data_dir}, "
+            "once: later runs reuse it until a file in the folder changes."
+        )
+
+    def _log_download_done(self) -> None:
+        pass  # the line above said it all
+
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(
