@@ -235,6 +235,24 @@ def test_bad_augment_values_are_named(config):
         make_train_iterator(config, global_batch_size=2, seed=0)
 
 
+def test_a_blur_wider_than_the_model_input_is_refused_at_start(config):
+    config.image_size = 32
+    config.augment.blur_max_sigma = 11.0  # reflect-pads 33 pixels: tf.pad failed mid-epoch
+    with pytest.raises(ValueError, match=r"blur_max_sigma=11.0 blurs 33 pixels .* below 10.6"):
+        pipeline.validate_data_config(config)
+    config.augment.blur_max_sigma = 10.0
+    pipeline.validate_data_config(config)
+
+
+def test_shrinking_a_large_photo_averages_its_pixels_instead_of_skipping_them():
+    # A 1-pixel white line every 3 columns: mean 1/3 however it is shrunk, as long as
+    # every pixel counts; sampling 448 of 4032 columns (one in nine) hit none of them.
+    image = np.zeros((300, 4032, 3), np.uint8)
+    image[:, ::3] = 255
+    small = pipeline.preprocess_image(image, image_size=448, normalization="unit")
+    np.testing.assert_allclose(small.mean(), 1 / 3, atol=0.01)
+
+
 def test_a_dataset_prepared_without_random_access_is_explained(config, tmp_path):
     config.tfds_data_dir = str(tmp_path)
     builder = synthetic_shapes.make_builder(

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from yolojax.data import default_data_config, get_dataset_info, make_eval_iterator, voc_folder
 from yolojax.data.testing import VocImage, VocObject, write_voc_folder
@@ -152,3 +153,54 @@ def test_pipeline_reads_a_folder_and_warns_about_skipped_images(tmp_path, caplog
     (batch,) = list(make_eval_iterator(config, global_batch_size=1))
     np.testing.assert_allclose(batch["boxes"][0, 0, 0], [0.1, 0.1, 0.8, 0.45], atol=1e-6)
     assert batch["image_size"][0, 0].tolist() == [10, 20]
+
+
+def test_difficult_and_truncated_read_true_and_yes_and_refuse_other_words(tmp_path):
+    folder = write_voc_folder(str(tmp_path / "f"), [VocImage("a", 20, 20, [])])
+    xml = os.path.join(folder, "Annotations", "a.xml")
+
+    def annotate(difficult: str) -> None:
+        with open(xml, "w") as file:
+            file.write(
+                "<annotation><object><name>dog</name>"
+                f"<difficult>{difficult}</difficult><truncated>Yes</truncated>"
+                "<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox>"
+                "</object></annotation>"
+            )
+
+    for word, difficult in [
+        ("1", True),
+        ("True", True),
+        (" yes ", True),
+        ("0", False),
+        ("no", False),
+    ]:
+        annotate(word)
+        (obj,) = voc_folder.parse_annotation(xml).objects
+        assert (obj.difficult, obj.truncated) == (difficult, True), word
+    annotate("maybe")  # was read as not difficult, silently
+    with pytest.raises(voc_folder.BadDataError, match=r"<difficult> is 'maybe', not 0 or 1"):
+        voc_folder.parse_annotation(xml)
+
+
+def test_class_names_that_differ_only_in_case_are_refused(tmp_path):
+    images = [
+        VocImage("a", 20, 20, [VocObject("dog", (1, 1, 9, 9))]),
+        VocImage("b", 20, 20, [VocObject("Dog", (1, 1, 9, 9)), VocObject("cat", (2, 2, 8, 8))]),
+    ]
+    folder = write_voc_folder(str(tmp_path / "f"), images)
+    with pytest.raises(ValueError, match=r"\['Dog', 'dog'\] differ only in case"):
+        voc_folder.scan_class_names(folder)
+
+
+def test_a_bmp_with_a_palette_is_bad_data_not_grey(tmp_path):
+    # TensorFlow decodes a palette BMP's indices as grey levels: red and blue became 15, 190.
+    folder = write_voc_folder(str(tmp_path / "f"), [VocImage("a", 8, 8, [])])
+    pixels = np.zeros((8, 8, 3), np.uint8)
+    pixels[:4, :, 0] = 255
+    pixels[4:, :, 2] = 255
+    path = os.path.join(folder, "JPEGImages", "a.jpg")
+    os.remove(path)
+    Image.fromarray(pixels).convert("P").save(os.path.join(folder, "JPEGImages", "a.png"), "BMP")
+    with pytest.raises(voc_folder.BadDataError, match=r"a BMP with a colour palette \(P\)"):
+        voc_folder._read_image(os.path.join(folder, "JPEGImages", "a.png"))

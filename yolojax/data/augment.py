@@ -2,9 +2,10 @@
 
 Geometry (scale, translation and horizontal flip) picks an integer pixel window of the input,
 possibly reaching beyond it (the outside is filled with grey); the pipeline then resizes the
-window to the model input with `tf.image.resize` (bilinear, half-pixel centres). Boxes are
-mapped through the same window, so they follow the pixels exactly. Coordinates are normalized
-and continuous: pixel `i` of an `n`-pixel axis spans `[i / n, (i + 1) / n]`.
+window to the model input with `tf.image.resize` (bilinear, antialiased, half-pixel
+centres). Boxes are mapped through the same window, so they follow the pixels exactly.
+Coordinates are normalized and continuous: pixel `i` of an `n`-pixel axis spans
+`[i / n, (i + 1) / n]`.
 
 Randomness comes only from the `seed` arguments (shape [2] int32/int64, as taken by
 `tf.random.stateless_*`), so an example's augmentation is a pure function of its seed: this is
@@ -62,23 +63,21 @@ def sample_window(
     return Window(start[0], start[1], extent[0], extent[1], mirror)
 
 
+def _overlap(start, extent, size):
+    """Along one axis, a window ``[start, start + extent)`` over an image ``[0, size)``:
+    ``(first image pixel, pixels inside, fill before, fill after)``. A window wholly outside
+    the image (a large shift and zoom-out) is all fill, not a negative padding."""
+    before = tf.clip_by_value(-start, 0, extent)
+    inside = tf.maximum(0, tf.minimum(start + extent, size) - tf.maximum(start, 0))
+    return tf.clip_by_value(start, 0, size), inside, before, extent - before - inside
+
+
 def crop_window(image: tf.Tensor, window: Window) -> tf.Tensor:
     """The (window.height, window.width, C) region of a (H, W, C) uint8 image, grey outside."""
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
-    top, bottom = (
-        tf.clip_by_value(window.top, 0, height),
-        tf.clip_by_value(window.top + window.height, 0, height),
-    )
-    left, right = (
-        tf.clip_by_value(window.left, 0, width),
-        tf.clip_by_value(window.left + window.width, 0, width),
-    )
-    inside = image[top:bottom, left:right]
-    outside = [
-        [top - window.top, window.top + window.height - bottom],
-        [left - window.left, window.left + window.width - right],
-        [0, 0],
-    ]
+    rows = _overlap(window.top, window.height, tf.shape(image)[0])
+    cols = _overlap(window.left, window.width, tf.shape(image)[1])
+    inside = image[rows[0] : rows[0] + rows[1], cols[0] : cols[0] + cols[1]]
+    outside = [[rows[2], rows[3]], [cols[2], cols[3]], [0, 0]]
     region = tf.pad(inside, outside, constant_values=FILL_VALUE)
     return tf.cond(window.flip, lambda: tf.reverse(region, axis=[1]), lambda: region)
 

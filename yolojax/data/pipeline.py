@@ -112,6 +112,14 @@ def validate_data_config(data_config) -> None:
     _check_range("augment.blur_probability", augment_config.blur_probability, 0.0, 1.0)
     _check_range("augment.blur_max_sigma", augment_config.blur_max_sigma, 1e-3, 20.0)
     _check_range("augment.min_visible_fraction", augment_config.min_visible_fraction, 0.0, 1.0)
+    reach = math.ceil(3 * augment_config.blur_max_sigma)  # the blur's reflect padding
+    blurs = augment_config.enabled and augment_config.blur_probability > 0
+    if blurs and reach >= data_config.image_size:
+        raise ValueError(
+            f"augment.blur_max_sigma={augment_config.blur_max_sigma} blurs {reach} pixels "
+            f"around each one, as far as data.image_size={data_config.image_size}: lower it "
+            f"below {data_config.image_size / 3:g}"
+        )
 
 
 def _num_examples(source: sources.SplitSource, cap: int | None) -> int:
@@ -175,8 +183,11 @@ def _normalize(image: tf.Tensor, normalization: str) -> tf.Tensor:
 def _to_model_input(image: tf.Tensor, output_size: int, normalization: str) -> tf.Tensor:
     """(h, w, 3) float image in [0, 1] -> normalized (output_size, output_size, 3)."""
     # Normalizing before the resize is the same (both are linear) and cheaper for images
-    # smaller than the model input.
-    return tf.image.resize(_normalize(image, normalization), [output_size, output_size])
+    # smaller than the model input. Antialiased: a 4032-pixel photo shrunk to 448 would
+    # otherwise sample one pixel in nine (fine lines vanish); it changes no upscaling.
+    return tf.image.resize(
+        _normalize(image, normalization), [output_size, output_size], antialias=True
+    )
 
 
 def preprocess_image(image: np.ndarray, *, image_size: int, normalization: str) -> np.ndarray:

@@ -61,9 +61,15 @@ class _Annotation(NamedTuple):
     objects: list[_Object]
 
 
-def _flag(element: ElementTree.Element, tag: str) -> bool:
-    text = element.findtext(tag)
-    return text is not None and text.strip() == "1"
+_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no", "")
+
+
+def _flag(xml_path: str, element: ElementTree.Element, tag: str) -> bool:
+    """``<difficult>`` or ``<truncated>``: 1/true/yes or 0/false/no (any case), else bad data."""
+    text = (element.findtext(tag) or "").strip().lower()
+    if text not in _TRUE + _FALSE:
+        raise BadDataError(f"{xml_path}: malformed XML (<{tag}> is {text!r}, not 0 or 1)")
+    return text in _TRUE
 
 
 def parse_annotation(xml_path: str) -> _Annotation:
@@ -94,7 +100,8 @@ def parse_annotation(xml_path: str) -> _Annotation:
                 f"{xml_path}: malformed XML (object {index} '{name}' lacks a finite numeric "
                 "<bndbox> xmin/ymin/xmax/ymax)"
             ) from error
-        objects.append(_Object(name, box, _flag(element, "difficult"), _flag(element, "truncated")))
+        flags = (_flag(xml_path, element, tag) for tag in ("difficult", "truncated"))
+        objects.append(_Object(name, box, *flags))
     filename = root.findtext("filename")
     return _Annotation(filename.strip() if filename else None, size, objects)
 
@@ -119,7 +126,8 @@ def _read_image(path: str) -> tuple[bytes, int, int]:
     try:
         with Image.open(io.BytesIO(encoded)) as image:
             image.load()
-            image_format, width, height = image.format, image.width, image.height
+            image_format, mode = image.format, image.mode
+            width, height = image.width, image.height
     except (OSError, SyntaxError, ValueError) as error:
         raise BadDataError(f"{path}: corrupt or unreadable image ({error})") from error
     if image_format not in _DECODABLE_FORMATS:
@@ -128,6 +136,9 @@ def _read_image(path: str) -> tuple[bytes, int, int]:
         raise BadDataError(
             f"{path}: unsupported image format {image_format}; convert it to JPEG or PNG"
         )
+    if image_format == "BMP" and mode not in ("RGB", "RGBA", "L"):
+        # TensorFlow's BMP decoder ignores the palette: the colours would become grey indices.
+        raise BadDataError(f"{path}: a BMP with a colour palette ({mode}); convert it to PNG")
     return encoded, width, height
 
 
@@ -236,6 +247,15 @@ def scan_class_names(folder: str, on_bad_data: str = "error") -> tuple[str, ...]
         names.update(obj.name for obj in annotation.objects)
     if not names:
         raise ValueError(f"data.folder={folder!r}: no object found in Annotations/*.xml")
+    spellings = {}
+    for name in sorted(names):
+        spellings.setdefault(name.casefold(), []).append(name)
+    for same in spellings.values():
+        if len(same) > 1:  # 'Dog' and 'dog' would be two classes, each with half the dogs
+            raise ValueError(
+                f"data.folder={folder!r}: the class names {same} differ only in case and would "
+                "be separate classes; use one spelling in Annotations/*.xml"
+            )
     return tuple(sorted(names))
 
 
