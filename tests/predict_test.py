@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from configs import folder, shapes, voc
@@ -196,3 +197,10 @@ def test_a_saved_none_that_the_field_allows_loads(tmp_path):
     config.model.head_channels = None  # documented as "0 or None"
     atomic_write_text(tmp_path / CONFIG_FILE, config.to_json_best_effort(indent=2))
     assert load_run_config(tmp_path).model.head_channels is None
+
+
+def test_a_16_bit_greyscale_png_reads_as_the_pipeline_decodes_it(tmp_path):
+    pixels = np.array([[0, 255, 256, 40000], [65535, 1000, 30000, 12345]], np.uint16)
+    Image.fromarray(pixels).save(tmp_path / "depth.png")
+    decoded = tf.io.decode_image((tmp_path / "depth.png").read_bytes(), channels=3)
+    np.testing.assert_array_equal(predict.read_image(tmp_path / "depth.png"), decoded.numpy())

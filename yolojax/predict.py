@@ -84,6 +84,16 @@ def draw_detections(image: np.ndarray, detections: ImageDetections) -> Image.Ima
     return canvas
 
 
+def _rgb(image: Image.Image) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB, as the pipeline's decoder gives it (``tf.io.decode_image``):
+    16-bit greyscale (Pillow's modes ``I;16``, ``I``) keeps its high byte, where
+    ``convert('RGB')`` would clip every value above 255 to white."""
+    if image.mode.startswith("I"):
+        grey = (np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(image.convert("RGB"))
+
+
 def read_image(path) -> np.ndarray:
     """An RGB uint8 array; an unreadable file is an :class:`UnreadableImageError` naming it
     and saying why (its ``reason``)."""
@@ -97,7 +107,7 @@ def read_image(path) -> np.ndarray:
         raise UnreadableImageError(path, "an empty file")
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+            return _rgb(image)
     except UnidentifiedImageError:
         raise UnreadableImageError(path, "not an image file Pillow can read") from None
     except OSError as error:
