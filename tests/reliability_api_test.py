@@ -302,6 +302,14 @@ def _parse_train_flags(monkeypatch, *overrides, config="configs/shapes.py"):
             [],
             r"get_config\(\) failed: ValueError: Unknown configs/voc.py variant 'vgg15'",
         ),
+        # The file's own code reads a field that is not there: its line, not "no such field".
+        (
+            "{tmp}/reads_a_missing_field.py",
+            [],
+            r"get_config\(\) failed: .*reads_a_missing_field.py, line 4: AttributeError: "
+            r"'num_boxs'\nDid you mean \"num_boxes\"",
+        ),
+        ("{tmp}/missing_key.py", [], r"missing_key.py, line 2: KeyError: 'size'"),
         # A run's config.json: JSON's null runs as a Python name.
         (
             "{tmp}/config.json",
@@ -317,6 +325,11 @@ def test_a_bad_config_file_or_section_is_one_message(
     # The config file loads when first used: without parse_flags loading it, a wrong path
     # surfaced mid-run as a traceback, as did a mistyped section (a KeyError).
     (tmp_path / "broken.py").write_text("def get_config(:\n")
+    (tmp_path / "reads_a_missing_field.py").write_text(
+        "from configs import shapes\ndef get_config():\n    config = shapes.get_config()\n"
+        "    config.model.num_boxes = config.model.num_boxs + 1\n    return config\n"
+    )
+    (tmp_path / "missing_key.py").write_text("def get_config():\n    return {}['size']\n")
     (tmp_path / "config.json").write_text(shapes.get_config().to_json_best_effort(indent=2))
     with pytest.raises(SystemExit) as exit_info:
         _parse_train_flags(monkeypatch, *overrides, config=config.format(tmp=tmp_path))

@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import textwrap
+import traceback as traceback_lib
 
 from absl import app, flags
 
@@ -107,6 +108,18 @@ def _get_config_failure(error: Exception) -> str | None:
     return message.strip().splitlines()[-1].strip()
 
 
+def _config_file_line(error: BaseException, config_file: str) -> int | None:
+    """The line of the ``--config`` file where ``error`` was raised (its own code failed,
+    not an override of a field it lacks), or None."""
+    path = os.path.realpath(config_file)
+    lines = [
+        frame.lineno
+        for frame in traceback_lib.extract_tb(error.__traceback__)
+        if os.path.realpath(frame.filename) == path
+    ]
+    return lines[-1] if lines else None
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, for ``app.run(main, flags_parser=parse_flags)``.
 
@@ -119,7 +132,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     """
     try:
         try:
-            argv = flags.FLAGS(argv)
+            remaining = flags.FLAGS(argv)
         except flags.Error as error:  # reported here: parsing again would define flags twice
             failure = _get_config_failure(error)
             if failure is not None:
@@ -127,11 +140,20 @@ def parse_flags(argv: list[str]) -> list[str]:
             _flags_error(_flag_error_report(error, argv))
         if "config" in flags.FLAGS and flags.FLAGS["config"].present:
             flags.FLAGS.config.keys()  # loads the file and applies the overrides
-        return argv
+        return remaining
     except (AttributeError, KeyError) as error:
         message = error
         while isinstance(message, BaseException) and message.args:  # KeyError in AttributeError
             message = message.args[0]
+        config_file = (_config_argument(argv) or "").split(":", 1)[0]
+        line = _config_file_line(error, config_file) if config_file else None
+        if line is not None:  # the file's own code, such as a field it reads that is not there
+            # ConfigDict's message quotes the field already; a dict's KeyError holds the key.
+            quoted = str(message).startswith("'")
+            _flags_error(
+                f"the --config file's get_config() failed: {config_file}, line {line}: "
+                f"{type(error).__name__}: {message if quoted else repr(message)}"
+            )
         if "get_config" in str(message):
             _flags_error(f"the --config file has no get_config() function ({message}).")
         _flags_error(
