@@ -152,6 +152,10 @@ def test_get_model_names_a_misspelled_field_instead_of_leaving_its_default():
     config.model.grid = 5
     with pytest.raises(ValueError, match=r"no field 'grid'\. Did you mean 'grid_size'"):
         models.get_model(config.model)
+    # Any object with the fields: its attributes are checked as well.
+    namespace = types.SimpleNamespace(backbone="darknet_tiny", num_clases=3)
+    with pytest.raises(ValueError, match=r"no field 'num_clases'\. Did you mean 'num_classes'"):
+        models.get_model(namespace)
 
 
 def test_encode_rejects_float_labels_that_would_encode_no_class():

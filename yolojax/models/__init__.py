@@ -70,11 +70,11 @@ _MODEL_DEFAULTS = {
 __all__ = ["BACKBONES", "CONV_IMPLS", "HEADS", "YOLO", "get_classifier", "get_model"]
 
 
-def _check_known_fields(model_config) -> None:
+def _check_known_fields(names) -> None:
     """A misspelled field would silently leave its default in effect: name it instead."""
     known = {"backbone", "pretrained", *_MODEL_DEFAULTS}
-    for name in model_config:
-        if name not in known:
+    for name in names:
+        if name not in known and not name.startswith("_"):
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ValueError(
@@ -154,11 +154,13 @@ def get_model(model_config: Any, *, axis_name: str | None = None) -> YOLO:
 
     Raises:
       ValueError: a missing backbone, an unknown backbone/head/dtype name, an invalid
-        number (listing what is expected), or a field a dict or ConfigDict has that a model
-        config does not (a misspelling, with the closest field named).
+        number (listing what is expected), or a field that a model config does not have (a
+        misspelling, with the closest field named).
     """
     if hasattr(model_config, "keys"):  # a dict or a ConfigDict
-        _check_known_fields(model_config)
+        _check_known_fields(list(model_config.keys()))
+    elif hasattr(model_config, "__dict__"):  # a SimpleNamespace, a dataclass instance...
+        _check_known_fields(vars(model_config))
     if isinstance(model_config, Mapping):  # a plain dict reads like a ConfigDict
         model_config = types.SimpleNamespace(**model_config)
     backbone = getattr(model_config, "backbone", None)
