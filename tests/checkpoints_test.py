@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+from jax.experimental import multihost_utils
 
 from yolojax import checkpoints, workdir
 
@@ -43,6 +44,22 @@ def test_restore_latest_and_a_given_step(tmp_path):
     with pytest.raises(checkpoints.NoCheckpointError, match="available steps"):
         manager.restore(_state(0), which=7)
     manager.close()
+
+
+def test_saving_reports_no_step_to_jax_preemption_service(tmp_path, monkeypatch):
+    # Only the training loop may report steps: orbax reported each saved step again from its
+    # finalize thread, after training had moved on, and a notice then could agree on a step
+    # already passed, so that a multi-process job never stopped.
+    reported = []
+    monkeypatch.setattr(
+        multihost_utils, "reached_preemption_sync_point", lambda step: reported.append(step)
+    )
+    _save_steps(tmp_path, [1, 2])
+    manager = checkpoints.Checkpoints(tmp_path, SIGNATURE)
+    manager.save_if_best(3, _state(3), {"mAP": 0.5})
+    manager.wait()
+    manager.close()
+    assert reported == []
 
 
 def test_keeps_only_the_last_k(tmp_path):

@@ -126,6 +126,22 @@ def _best_metric(metrics: dict[str, float]) -> float:
     return -math.inf if value is None or not math.isfinite(value) else value
 
 
+class _Manager(ocp.CheckpointManager):
+    """An orbax manager that leaves JAX's preemption service to the training loop.
+
+    Orbax asks the service whether a step reached the preemption sync point when a save
+    starts and again when an asynchronous save finishes, from its own thread. The service
+    keeps each process's last reported step: reported there after training moved on, an
+    earlier step would become the one the processes agree to stop after, and the loop, past
+    it, would never stop (:mod:`yolojax.preemption`). The trainer saves with ``force`` and
+    decides on preemption itself.
+    """
+
+    def reached_preemption(self, step: int) -> bool:
+        del step
+        return False
+
+
 def _manager(workdir: Path, name: str, *, read_only: bool, **options) -> ocp.CheckpointManager:
     """An orbax manager of ``workdir/name``, safe to use next to the run's other manager.
 
@@ -137,7 +153,7 @@ def _manager(workdir: Path, name: str, *, read_only: bool, **options) -> ocp.Che
     which is the step for both managers. At an evaluation both managers save the same step,
     so each needs its own barrier prefix, or the two saves wait on each other's barriers.
     """
-    return ocp.CheckpointManager(
+    return _Manager(
         workdir / name,
         # Registered up front so that a checkpoint's metadata can be read before its arrays.
         item_handlers={
