@@ -8,10 +8,17 @@ import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
 
+import jax
+
 # Dense peak FLOP/s of accelerators by the device kind JAX reports (substring match) and
 # compute dtype. float32 counts TF32 tensor cores: both JAX (default matmul precision) and
 # the PyTorch reference (`set_float32_matmul_precision('high')`) use them for float32.
+# The first name the device kind contains wins, so the PCIe and NVL parts come before the
+# SXM ones ("NVIDIA H100 80GB HBM3", "NVIDIA H200", "NVIDIA GH200 480GB").
 PEAK_FLOPS = {
+    "H100 PCIe": {"bfloat16": 756e12, "float32": 378e12},
+    "H100 NVL": {"bfloat16": 835e12, "float32": 417.5e12},
+    "H200 NVL": {"bfloat16": 835e12, "float32": 417.5e12},
     "H100": {"bfloat16": 989e12, "float32": 494.7e12},  # SXM, dense
     "H200": {"bfloat16": 989e12, "float32": 494.7e12},
     "A100": {"bfloat16": 312e12, "float32": 156e12},
@@ -24,6 +31,21 @@ def peak_flops(device_kind: str, dtype: str) -> float | None:
         if name in device_kind:
             return peaks[dtype]
     return None
+
+
+def xla_flops(stage) -> float:
+    """FLOPs by XLA's cost analysis of a ``jax.stages.Lowered`` or ``Compiled``; NaN when
+    the backend gives none (``Lowered.cost_analysis()`` is None through a PJRT plugin, as
+    on CUDA: lower for the CPU to count, see :func:`abstract_on`)."""
+    cost = stage.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return (cost or {}).get("flops", float("nan"))
+
+
+def abstract_on(tree, sharding):
+    """``tree``'s arrays as ``jax.ShapeDtypeStruct`` placed by ``sharding``: arguments to
+    lower a function for other devices (the CPU, for :func:`xla_flops`) without copying."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
 def cpu_model() -> str:

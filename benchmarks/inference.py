@@ -1,7 +1,7 @@
 """Inference speed of each backbone with its YOLO head: batch-1 latency and batch-N throughput.
 
-    python benchmarks/inference.py                                  # quick defaults
-    python benchmarks/inference.py --image-size 448 --batch 16 --backbones darknet,resnet152
+    python -m benchmarks.inference                                  # quick defaults
+    python -m benchmarks.inference --image-size 448 --batch 16 --backbones darknet,resnet152
 
 Defaults: on a GPU/TPU all backbones at 448×448 with batch 16 (the paper's setting); on CPU a
 quick subset at 224 with batch 4 so the run stays within ~2 minutes on two cores. Each model
@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from benchmarks import common
 from yolojax import models
 
 # Default head per backbone: the paper's fc head for the paper's Darknet, the conv head
@@ -61,9 +62,7 @@ def benchmark(
         images = jax.random.normal(jax.random.key(1), (size, image_size, image_size, 3))
         compiled = forward.lower(variables, images).compile()
         if size == 1:
-            cost = compiled.cost_analysis()
-            cost = cost[0] if isinstance(cost, list) else cost
-            result["gflops"] = cost.get("flops", float("nan")) / 1e9
+            result["gflops"] = common.xla_flops(compiled) / 1e9
         jax.block_until_ready(compiled(variables, images))  # warm-up
         seconds = _time_calls(compiled, variables, images, min_seconds=min_seconds)
         result["latency_ms" if size == 1 else "throughput"] = (

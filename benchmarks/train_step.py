@@ -12,9 +12,9 @@ weights), on random images and boxes already on the device:
   the devices, donated state, targets encoded on the device, optimizer update). Compile
   time, images/s (median of the timed steps after two warm-up steps, each waiting for its
   result with `block_until_ready`), the train step's FLOPs per image from XLA's cost
-  analysis of the lowered (unoptimized) step with XLA's own convolutions (`--conv-impl`
-  does not change the count), hence achieved TFLOP/s and, on a known accelerator, MFU;
-  peak device memory (on a CPU: the compiled step's buffer plan).
+  analysis of the step lowered (not compiled) for the CPU with XLA's own convolutions
+  (`--conv-impl` does not change the count), hence achieved TFLOP/s and, on a known
+  accelerator, MFU; peak device memory (on a CPU: the compiled step's buffer plan).
 * PyTorch: `benchmarks/torch_reference.py`, the same model, targets, loss and optimizer,
   in each requested variant (eager or `torch.compile`, NCHW or channels-last); timed in turns
   with the JAX step (a round of JAX steps, then a round of each variant, repeated; each
@@ -28,16 +28,25 @@ restarts itself with huge pages for malloc as `train.py` does (`yolojax.huge_pag
 
 The images/s of the JAX step is also what the input pipeline must deliver for training not to
 be input-bound: compare it with `python -m benchmarks.input_pipeline`.
+
+The header and each figure print as soon as they are known (`[backbone] ...` lines), and the
+table at the end: a run cut short by a time limit still shows what it measured. A PyTorch
+variant that fails (torch.compile, out of memory) is named in the table and the others run;
+a backbone that fails prints its traceback and the next one runs.
 """
 
 import argparse
 import functools
 import os
+import re
+import sys
 import time
+import traceback
 
 # JAX must not take 75% of the GPU up front: the PyTorch reference runs in the same process.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# XLA's warnings stay (1): on a GPU they explain a slow compile (a ptxas or driver fallback).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 try:  # torch before anything that may import TensorFlow.
     import torch
@@ -45,12 +54,14 @@ try:  # torch before anything that may import TensorFlow.
     from benchmarks import torch_reference
 
     TORCH_MISSING = ""
-except ImportError as error:  # JAX figures only, and the header says why.
+# Any error, not just ImportError: a torchvision built for another torch raises RuntimeError.
+except Exception as error:  # JAX figures only, and the header says why.
     torch = torch_reference = None
     TORCH_MISSING = f"{type(error).__name__}: {error}"
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from benchmarks import common
 from configs import shapes, voc
@@ -108,10 +119,24 @@ def _train_step(config, schedule, mesh):
     return train_lib.make_train_step(train_lib.build_model(config), config, schedule, mesh)
 
 
-def _flops(lowered) -> float:
-    cost = lowered.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return cost.get("flops", float("nan"))
+def train_step_flops(config, schedule, state, batch) -> float:
+    """FLOPs of one train step on the global batch, from XLA's cost analysis of the step
+    lowered (not compiled) for one CPU device with XLA's own convolutions.
+
+    The model's FLOPs, whatever kernels a backend picks later (a matrix-product convolution
+    on a small padded map also counts the products with the padding's zeros; `--conv-impl`
+    does not change the count). For the CPU because through a PJRT plugin, as on CUDA,
+    JAX gives no cost analysis of a lowered step. Nothing is compiled or allocated.
+    """
+    xla_config = config.copy_and_resolve_references()
+    xla_config.model.conv_impl = "xla"
+    cpu_mesh = distributed.mesh(jax.devices("cpu")[:1])
+    replicated = NamedSharding(cpu_mesh, PartitionSpec())
+    split = NamedSharding(cpu_mesh, PartitionSpec(distributed.AXIS))
+    lowered = _train_step(xla_config, schedule, cpu_mesh).lower(
+        common.abstract_on(state, replicated), common.abstract_on(batch, split)
+    )
+    return common.xla_flops(lowered)
 
 
 def jax_train_step(config, host_batch: dict, devices: list) -> dict:
@@ -124,18 +149,12 @@ def jax_train_step(config, host_batch: dict, devices: list) -> dict:
     host_batch = jax.tree.map(lambda x: x.reshape(len(devices), -1, *x.shape[1:]), host_batch)
     batch = distributed.shard_batch(host_batch, mesh)
     start = time.perf_counter()
-    lowered = step.lower(state, batch)
-    compiled = lowered.compile()
+    compiled = step.lower(state, batch).compile()
     compile_seconds = time.perf_counter() - start
-    # The model's FLOPs, whatever kernels XLA picks later: the unoptimized step, with XLA's
-    # convolutions (a matrix-product convolution on a small padded map also counts the
-    # products with the padding's zeros). Lowering alone compiles nothing.
-    if config.model.conv_impl != "xla":
-        xla_config = config.copy_and_resolve_references()
-        xla_config.model.conv_impl = "xla"
-        lowered = _train_step(xla_config, schedule, mesh).lower(state, batch)
-    flops = _flops(lowered)
     memory = compiled.memory_analysis()
+    # On one device BatchNorm's cross-device means stay in the step as all-reduces over one
+    # device: free on a CPU (measured), on a GPU possibly a collective launch each.
+    all_reduces = len(re.findall(r" all-reduce(?:-start)?\(", compiled.as_text() or ""))
     holder = [state]
 
     def run(images_on_host: bool = False) -> None:
@@ -147,7 +166,8 @@ def jax_train_step(config, host_batch: dict, devices: list) -> dict:
         "run": run,
         "run_host_batch": functools.partial(run, images_on_host=True),
         "compile_s": compile_seconds,
-        "flops_per_device_step": flops,
+        "all_reduces": all_reduces,
+        "flops_per_step": train_step_flops(config, schedule, state, batch),
         "plan_bytes": memory.temp_size_in_bytes
         + memory.argument_size_in_bytes
         + memory.output_size_in_bytes
@@ -221,13 +241,60 @@ def matmul_flops_per_second(device, dtype: str, size: int = 2048, calls: int = 5
     return 2 * size**3 / common.median(times["matmul"])
 
 
+def _progress(backbone: str, message: str) -> None:
+    """A figure as soon as it is measured: a run cut short (a time limit, a failure) still
+    shows what it got."""
+    print(f"[{backbone}] {message}", flush=True)
+
+
+def _one_line(error: Exception) -> str:
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:300]}"
+
+
+def _jax_memory(device, jax_step: dict) -> str:
+    stats = device.memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return f"{stats['peak_bytes_in_use'] / 2**30:.2f} GiB"
+    return f"{jax_step['plan_bytes'] / 2**30:.2f} GiB (plan)"
+
+
+def _torch_steps(config, batch: dict, args, torch_device, backbone: str) -> tuple[dict, dict]:
+    """(variant → built and warmed-up step, variant → why it failed). A variant that fails
+    (torch.compile, out of memory) is reported and left out; the others still run."""
+    built, failed = {}, {}
+    for variant in args.torch_variants:
+        try:
+            built[variant] = torch_train_step(config, batch, variant, torch_device)
+        except Exception as error:
+            failed[variant] = _one_line(error)
+            _progress(backbone, f"PyTorch {variant}: failed, {failed[variant]}")
+            if torch_device.type == "cuda":
+                torch.cuda.empty_cache()  # what the failed variant allocated
+            continue
+        memory = built[variant].get("memory")
+        _progress(
+            backbone,
+            f"PyTorch {variant}: built and warmed up in {built[variant]['warmup_s']:.1f} s"
+            + (f", peak {memory / 2**30:.2f} GiB" if memory is not None else ""),
+        )
+    return built, failed
+
+
 def benchmark(backbone: str, args, devices: list, torch_device, peak: float) -> dict:
-    """One table row: JAX and PyTorch figures for `backbone`."""
+    """One table row: JAX and PyTorch figures for `backbone`; each figure is also printed as
+    soon as it is measured."""
     config = benchmark_config(backbone, args.image_size, args.batch, args.dtype, args.conv_impl)
     batch = random_batch(config, args.batch)
     jax_step = jax_train_step(config, batch, devices)
     for _ in range(WARMUP_STEPS):
         jax_step["run"]()
+    flops_per_image = jax_step["flops_per_step"] / args.batch
+    _progress(
+        backbone,
+        f"JAX: compiled in {jax_step['compile_s']:.1f} s, {flops_per_image / 1e9:.2f} GFLOP "
+        f"per image, memory {_jax_memory(devices[0], jax_step)}, "
+        f"{jax_step['all_reduces']} all-reduce ops in the compiled step",
+    )
     steps = {"jax": jax_step["run"], "jax_host": jax_step["run_host_batch"]}
     if args.compare_conv_impl:  # the same step with other convolutions, timed in turn
         other_config = config.copy_and_resolve_references()
@@ -236,11 +303,10 @@ def benchmark(backbone: str, args, devices: list, torch_device, peak: float) -> 
         for _ in range(WARMUP_STEPS):
             other_step["run"]()
         steps["jax_other"] = other_step["run"]
-    torch_steps = {}
+    torch_steps, torch_failed = {}, {}
     if torch_device is not None:
-        for variant in args.torch_variants:
-            torch_steps[variant] = torch_train_step(config, batch, variant, torch_device)
-            steps[variant] = torch_steps[variant]["run"]
+        torch_steps, torch_failed = _torch_steps(config, batch, args, torch_device, backbone)
+        steps.update({variant: step["run"] for variant, step in torch_steps.items()})
     times = common.time_alternating(
         steps,
         rounds=args.rounds,
@@ -248,10 +314,12 @@ def benchmark(backbone: str, args, devices: list, torch_device, peak: float) -> 
         untimed_per_round=args.untimed_per_round,
     )
     images_per_s = {name: args.batch / common.median(values) for name, values in times.items()}
+    _progress(
+        backbone,
+        "images/s: " + ", ".join(f"{name} {value:.2f}" for name, value in images_per_s.items()),
+    )
 
-    flops_per_image = jax_step["flops_per_device_step"] * len(devices) / args.batch
     achieved = flops_per_image * images_per_s["jax"]
-    stats = devices[0].memory_stats() or {}
     row = {
         "backbone": backbone,
         "head": config.model.head,
@@ -264,20 +332,19 @@ def benchmark(backbone: str, args, devices: list, torch_device, peak: float) -> 
         "gflop": f"{flops_per_image / 1e9:.2f}",
         "tflops": f"{achieved / 1e12:.3f}",
         "mfu": f"{achieved / peak:.1%}",
-        "memory": (
-            f"{stats['peak_bytes_in_use'] / 2**30:.2f} GiB"
-            if "peak_bytes_in_use" in stats
-            else f"{jax_step['plan_bytes'] / 2**30:.2f} GiB (plan)"
-        ),
+        "memory": _jax_memory(devices[0], jax_step),
         "decode": f"{decode_nms_seconds(config, args.batch // len(devices)) * 1e3:.2f}",
     }
+    row["torch_all"] = ", ".join(
+        [
+            f"{name} {images_per_s[name]:.2f} (warm-up {torch_steps[name]['warmup_s']:.0f} s)"
+            for name in torch_steps
+        ]
+        + [f"{name} failed ({why})" for name, why in torch_failed.items()]
+    )
     if torch_steps:
         best = max(torch_steps, key=images_per_s.get)
         row["torch"] = f"{images_per_s[best]:.2f} ({best})"
-        row["torch_all"] = ", ".join(
-            f"{name} {images_per_s[name]:.2f} (warm-up {torch_steps[name]['warmup_s']:.0f} s)"
-            for name in torch_steps
-        )
         row["ratio"] = f"{images_per_s['jax'] / images_per_s[best]:.2f}"
         if "memory" in torch_steps[best]:
             row["torch_memory"] = f"{torch_steps[best]['memory'] / 2**30:.2f} GiB"
@@ -387,17 +454,7 @@ def main() -> None:
     args = parse_args(on_cpu)
     devices = jax.local_devices()[: args.devices]
     torch_device, torch_skipped = _torch_device(args, on_cpu)
-    load_before = common.load_average()
-    peak = common.peak_flops(devices[0].device_kind, args.dtype)
-    if peak is None:  # no datasheet figure (a CPU): compare with what a big matmul achieves
-        peak = matmul_flops_per_second(devices[0], args.dtype)
-        peak_source = f"{peak / 1e12:.3f} TFLOP/s measured by a 2048² {args.dtype} matmul"
-    else:
-        peak_source = f"{peak / 1e12:.1f} TFLOP/s dense {args.dtype} datasheet peak"
-    rows = [
-        benchmark(backbone, args, devices, torch_device, peak * len(devices))
-        for backbone in args.backbone
-    ]
+    # The run's facts first, so that a run cut short still says what it ran on.
     threads = f"; PyTorch threads {args.torch_threads}" if torch_device and on_cpu else ""
     print(
         f"Device: {devices[0].device_kind} × {len(devices)} ({jax.default_backend()}); "
@@ -409,13 +466,30 @@ def main() -> None:
         f"JAX conv_impl {args.conv_impl}; "
         f"{args.rounds} rounds × {args.steps_per_round} timed steps per framework, each round "
         f"after {args.untimed_per_round} untimed, all after {WARMUP_STEPS} warm-up steps; "
-        f"load average before {load_before}, after {common.load_average()}"
+        f"load average before {common.load_average()}"
     )
     if on_cpu:  # glibc's malloc settings change both frameworks' CPU figures (BENCHMARKS.md)
         print(f"GLIBC_TUNABLES: {os.environ.get('GLIBC_TUNABLES', '(not set)')}")
-    print(f"Peak per device: {peak_source}")
+    else:  # how much of the GPU JAX may take beside PyTorch
+        xla_env = {k: v for k, v in os.environ.items() if k.startswith(("XLA_", "JAX_"))}
+        print(f"XLA/JAX environment: {xla_env}")
     if torch_skipped:
         print(f"PyTorch reference: not run, {torch_skipped}")
+    peak = common.peak_flops(devices[0].device_kind, args.dtype)
+    if peak is None:  # no datasheet figure (a CPU): compare with what a big matmul achieves
+        peak = matmul_flops_per_second(devices[0], args.dtype)
+        print(f"Peak per device: {peak / 1e12:.3f} TFLOP/s measured by a 2048² {args.dtype} matmul")
+    else:
+        print(f"Peak per device: {peak / 1e12:.1f} TFLOP/s dense {args.dtype} datasheet peak")
+    sys.stdout.flush()
+    rows = []
+    for backbone in args.backbone:
+        try:
+            rows.append(benchmark(backbone, args, devices, torch_device, peak * len(devices)))
+        except Exception as error:  # one model's failure (out of memory) keeps the others'
+            traceback.print_exc()
+            rows.append({"backbone": backbone, "jax": f"failed: {_one_line(error)}"})
+    print(f"Load average after: {common.load_average()}")
     print(common.markdown_table(rows, COLUMNS))
 
 
