@@ -8,7 +8,11 @@ from yolojax.config import default_config
 
 
 def get_config(arg=None):
-    del arg  # no variants
+    if arg:  # ignored, the user would train another model than the one asked for
+        raise ValueError(
+            f"configs/shapes.py has no variants (got {arg!r}): override fields instead, "
+            "such as --config.model.backbone=resnet18"
+        )
     config = default_config()
     config.model.backbone = "darknet_tiny"
     config.model.head = "conv"

@@ -306,6 +306,12 @@ def _parse_train_flags(monkeypatch, *overrides, config="configs/shapes.py"):
             [],
             r"get_config\(\) failed: ValueError: Unknown configs/voc.py variant 'vgg15'",
         ),
+        (
+            "configs/shapes.py:resnet50",
+            [],
+            r"get_config\(\) failed: ValueError: configs/shapes.py has no variants \(got "
+            r"'resnet50'\)",
+        ),
         # The file's own code reads a field that is not there: its line, not "no such field".
         (
             "{tmp}/reads_a_missing_field.py",
