@@ -159,6 +159,14 @@ def test_no_checkpoint_says_to_train_first(tmp_path):
     manager.close()
 
 
+def test_no_best_checkpoint_before_an_evaluation_points_to_the_latest(tmp_path):
+    _save_steps(tmp_path, [1])
+    manager = checkpoints.Checkpoints(tmp_path, SIGNATURE)
+    with pytest.raises(checkpoints.NoCheckpointError, match="Use the latest one meanwhile"):
+        manager.restore(_state(0), "best")
+    manager.close()
+
+
 def test_metrics_log_survives_a_torn_line_and_rewinds(tmp_path):
     for step in (10, 20, 30):
         workdir.append_metrics(tmp_path, {"step": step, "loss": step / 10, "mAP": float("nan")})

@@ -361,7 +361,17 @@ class Checkpoints:
                 f"Every checkpoint in {where} is damaged (steps {skipped}): restore them from "
                 "a backup, or move the folder aside to start over."
             )
-        raise NoCheckpointError(f"No checkpoint in {where}: train first (python train.py ...).")
+        if manager is self._best and self._latest.all_steps():
+            raise NoCheckpointError(
+                f"No checkpoint in {where} yet: the best checkpoint is saved at each evaluation "
+                "(every config.eval.every_epochs epochs, and at the end of training). Use the "
+                "latest one meanwhile (--checkpoint latest, or checkpoint='latest')."
+            )
+        raise NoCheckpointError(
+            f"No checkpoint in {where}: train first (python train.py ...); a run in progress "
+            "saves its first one after config.train.checkpoint_every_steps steps or at its "
+            "first evaluation."
+        )
 
     def wait(self) -> None:
         """Blocks until asynchronous saves are on disk."""
