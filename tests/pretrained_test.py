@@ -1,5 +1,7 @@
 """Tests for yolojax.pretrained: torchvision ports give torchvision's logits; strict loading."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -124,6 +126,43 @@ def test_cli_download_failure_suggests_the_offline_path(torch, monkeypatch, tmp_
     monkeypatch.setattr(torchvision.models, "get_model", no_network)
     with pytest.raises(SystemExit, match="--state-dict"):
         pretrained.main(["--arch", "vgg16", "--out", str(tmp_path / "vgg16.msgpack")])
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, r"--state-dict .*nothere.pth: no such file"),
+        ("junk", r"is not a torch state_dict file .*torch.save\(model.state_dict\(\), PATH\)"),
+        ("whole model", r"is not a torch state_dict file .*UnpicklingError"),
+        ("list", r"holds a list: save one with torch.save\(model.state_dict\(\), PATH\)"),
+    ],
+)
+def test_cli_names_a_file_that_is_no_state_dict_without_a_traceback(
+    torch, tmp_path, capsys, content, message
+):
+    path = tmp_path / "nothere.pth"
+    if content == "junk":
+        path.write_bytes(b"junk")
+    elif content == "whole model":  # torch.save(model): loading it would run pickled code
+        torch.save(torch.nn.Linear(2, 2), path)
+    elif content == "list":
+        torch.save([1, 2], path)
+    with pytest.raises(SystemExit) as exit_info:
+        pretrained.main(["--arch", "resnet18", "--state-dict", str(path), "--out", "x.msgpack"])
+    assert exit_info.value.code == 1
+    stderr = capsys.readouterr().err
+    assert re.search(message, stderr), stderr
+    assert "Traceback" not in stderr
+
+
+def test_weights_of_another_depth_are_named_as_such_in_a_short_error(torch):
+    state_dict = _random_torchvision_model(torch, "resnet18").state_dict()
+    with pytest.raises(ValueError) as error:
+        pretrained.convert_state_dict("resnet50", state_dict)
+    message = str(error.value)
+    assert "165 missing key(s)" in message and "... and 145 more" in message
+    assert "weights of another architecture" in message
+    assert len(message.splitlines()) < 80  # it listed every one of about 200 keys
 
 
 def test_loading_replaces_the_backbone_and_keeps_the_fresh_head(tmp_path):

@@ -143,18 +143,33 @@ def _flat_shapes(variables: Mapping) -> dict[tuple[str, ...], tuple[int, ...]]:
     return {key: tuple(value.shape) for key, value in flat.items()}
 
 
+_MAX_LISTED_KEYS = 20  # per kind: weights of another architecture miss hundreds
+
+
+def _listed(lines: list[str]) -> list[str]:
+    if len(lines) <= _MAX_LISTED_KEYS:
+        return lines
+    return [*lines[:_MAX_LISTED_KEYS], f"    ... and {len(lines) - _MAX_LISTED_KEYS} more"]
+
+
 def _raise_mismatches(what: str, missing: list, unexpected: list, mismatched: list) -> None:
-    """Raises one ValueError listing every missing, unexpected and mis-shaped key."""
+    """Raises one ValueError counting every missing, unexpected and mis-shaped key (and
+    naming the first of each kind)."""
     if not (missing or unexpected or mismatched):
         return
     lines = [f"{what}: the weights do not fit the model"]
     for title, keys in (("missing", missing), ("unexpected", unexpected)):
         if keys:
             lines.append(f"  {len(keys)} {title} key(s):")
-            lines += [f"    {'/'.join(key)}" for key in sorted(keys)]
+            lines += _listed([f"    {'/'.join(key)}" for key in sorted(keys)])
     if mismatched:
         lines.append(f"  {len(mismatched)} mis-shaped key(s) (weights vs model):")
-        lines += [f"    {'/'.join(key)}: {a} vs {b}" for key, a, b in sorted(mismatched)]
+        lines += _listed([f"    {'/'.join(key)}: {a} vs {b}" for key, a, b in sorted(mismatched)])
+    if missing or unexpected:
+        lines.append(
+            "Whole blocks missing or left over mean weights of another architecture (another "
+            "ResNet depth, VGG16 with or without BatchNorm): check --arch or model.backbone."
+        )
     raise ValueError("\n".join(lines))
 
 
@@ -306,10 +321,22 @@ def load_for_config(variables: Mapping, model_config: Any) -> dict:
 def _read_state_dict(path: str) -> Mapping[str, Any]:
     import torch  # The `port` extra; only the CLI needs it.
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--state-dict {path}: no such file")
+    advice = "save one with torch.save(model.state_dict(), PATH)"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch's errors for junk or a whole pickled model vary
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise ValueError(
+            f"--state-dict {path} is not a torch state_dict file that loads without running "
+            f"code ({type(error).__name__}: {first_line}): {advice}"
+        ) from error
     for key in ("state_dict", "model"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]
+    if not isinstance(state, Mapping):
+        raise ValueError(f"--state-dict {path} holds a {type(state).__name__}: {advice}")
     return state
 
 
@@ -344,12 +371,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     out = args.out or os.path.join("weights", f"{args.arch}.msgpack")
-    if args.state_dict:
-        state_dict = _read_state_dict(args.state_dict)
-    else:
-        state_dict = _download_state_dict(args.arch, args.weights)
-    variables = convert_state_dict(args.arch, state_dict)
-    save_variables(out, args.arch, variables)
+    from yolojax import cli  # here: importing it sets the command-line tools' log level
+
+    with cli.command_errors():
+        if args.state_dict:
+            state_dict = _read_state_dict(args.state_dict)
+        else:
+            state_dict = _download_state_dict(args.arch, args.weights)
+        variables = convert_state_dict(args.arch, state_dict)
+        save_variables(out, args.arch, variables)
     num_params = sum(v.size for v in jax.tree_util.tree_leaves(variables["params"]))
     print(f"wrote {out}: {args.arch}, {num_params:,} parameters", file=sys.stderr)
 
