@@ -16,7 +16,7 @@ from configs import folder, shapes, voc
 from tests import tiny
 from yolojax import checkpoints, predict, train_lib
 from yolojax.config import load_run_config
-from yolojax.detector import Detector
+from yolojax.detector import Detector, ImageDetections
 from yolojax.workdir import CONFIG_FILE, atomic_write_text
 
 
@@ -204,3 +204,49 @@ def test_a_16_bit_greyscale_png_reads_as_the_pipeline_decodes_it(tmp_path):
     Image.fromarray(pixels).save(tmp_path / "depth.png")
     decoded = tf.io.decode_image((tmp_path / "depth.png").read_bytes(), channels=3)
     np.testing.assert_array_equal(predict.read_image(tmp_path / "depth.png"), decoded.numpy())
+
+
+def test_the_detector_reads_paths_pil_images_rgba_and_greyscale_as_their_rgb(workdir, tmp_path):
+    detector = Detector.from_workdir(workdir, score_threshold=0.0)
+    rgb = np.random.default_rng(1).integers(0, 256, (24, 40, 3), np.uint8)
+    expected = detector(rgb)
+    assert len(expected.boxes) > 0
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    rgba = np.concatenate([rgb, np.full((24, 40, 1), 7, np.uint8)], axis=-1)
+    for image in (
+        tmp_path / "a.png",
+        str(tmp_path / "a.png"),
+        Image.fromarray(rgb),
+        rgba,  # the alpha channel is dropped, as the input pipeline's decoder drops it
+    ):
+        np.testing.assert_array_equal(detector(image).boxes, expected.boxes)
+    grey = rgb[..., 0]
+    np.testing.assert_array_equal(
+        detector(grey).boxes, detector(np.repeat(grey[..., None], 3, axis=-1)).boxes
+    )
+    with pytest.raises(ValueError, match=r"got an array of shape \(24, 40, 2\)"):
+        detector(rgb[..., :2])
+
+
+def test_a_step_given_as_text_is_a_step(workdir):
+    detector = Detector.from_workdir.__func__(Detector, workdir, checkpoint="0")  # unpatched
+    assert detector.score_threshold == 0.25
+
+
+def test_an_output_path_that_is_a_file_is_named(workdir, tmp_path, capsys):
+    (tmp_path / "out").write_text("")
+    assert _predict(workdir, tmp_path / "out", _image(tmp_path / "a.jpg", 8, 8)) == 1
+    assert f"The output folder {tmp_path / 'out'} is a file" in capsys.readouterr().err
+
+
+def test_a_label_at_the_right_edge_is_drawn_inside_the_image():
+    detections = ImageDetections(
+        boxes=np.array([[90.0, 14.0, 100.0, 20.0]], np.float32),
+        scores=np.array([0.5], np.float32),
+        labels=np.array([0]),
+        class_names=["cat"],
+    )
+    canvas = predict.draw_detections(np.zeros((20, 100, 3), np.uint8), detections)
+    # The label's box ("cat 0.50", filled with the class colour) started at the box's left
+    # edge, x = 90, and was cut off at 100; now it ends there.
+    assert canvas.getpixel((99, 4)) == canvas.getpixel((70, 4)) == predict.class_color(0)

@@ -1,12 +1,13 @@
-"""A trained detector for plain image arrays: the library path from a workdir to boxes.
+"""A trained detector for images: the library path from a workdir to boxes.
 
 from yolojax.detector import Detector
 detector = Detector.from_workdir("runs/shapes")
-result = detector(image)           # image: (H, W, 3) uint8
+result = detector(image)           # image: (H, W, 3) uint8, a PIL image or a file's path
 result.boxes, result.scores, result.class_names
 """
 
 import json
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,6 +19,7 @@ from yolojax import train_lib
 from yolojax.config import load_run_config
 from yolojax.data import pipeline
 from yolojax.eval_lib import detect_with_config, model_variables
+from yolojax.images import read_image, to_rgb
 from yolojax.models import get_model
 from yolojax.postprocess import check_threshold
 from yolojax.workdir import CLASSES_FILE
@@ -76,7 +78,10 @@ class Detector:
     def from_workdir(
         cls, workdir, *, config=None, checkpoint: str | int = "latest", score_threshold=0.25
     ):
-        """Restores ``checkpoint`` ('latest', 'best' or a step) of a training workdir."""
+        """Restores ``checkpoint`` ('latest', 'best' or a step, also as text) of a training
+        workdir."""
+        if isinstance(checkpoint, str) and checkpoint.isdigit():
+            checkpoint = int(checkpoint)
         # Checked before the restore, which takes a while.
         if checkpoint not in ("latest", "best") and (
             isinstance(checkpoint, bool) or not isinstance(checkpoint, int) or checkpoint < 0
@@ -93,11 +98,20 @@ class Detector:
             model, model_variables(state), config, class_names, score_threshold=score_threshold
         )
 
-    def __call__(self, image: np.ndarray) -> ImageDetections:
-        """Detects objects in one ``(H, W, 3)`` uint8 RGB image."""
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[-1] != 3:
-            raise ValueError(f"image must have shape (H, W, 3) RGB; got {image.shape}.")
+    def __call__(self, image) -> ImageDetections:
+        """Detects objects in one image.
+
+        Args:
+          image: an ``(H, W, 3)`` uint8 RGB array (also RGBA or greyscale, see
+            :func:`yolojax.images.to_rgb`), a PIL image, or an image file's path (read
+            upright, as its EXIF orientation says).
+
+        Returns:
+          The detections, boxes in pixels of that image.
+        """
+        if isinstance(image, str | os.PathLike):
+            image = read_image(image)
+        image = to_rgb(image)
         height, width = image.shape[:2]
         model_input = pipeline.preprocess_image(
             image,

@@ -10,6 +10,9 @@ of the same name, in input order), and ``out/detections.json``: ``{image path:
 {"drawing": "name.png", "detections": [{"box": [xmin, ymin, xmax, ymax] (pixels),
 "score": s, "label": id, "class": name}, ...]}}``, with the image paths as given.
 
+Images are read upright, as their EXIF orientation says (a phone's portrait photo is stored
+sideways); the boxes are in the pixels of the upright image.
+
 An input that cannot be read (missing, a folder without images, not an image, truncated or
 corrupt) does not stop the others: it is reported on stderr as ``Skipping <path>:
 <reason>`` and left out of detections.json. The command then ends with ``N of M images
@@ -24,28 +27,20 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from yolojax import cli, huge_pages
-from yolojax.detector import Detector, ImageDetections
+from yolojax.images import IMAGE_EXTENSIONS, UnreadableImageError, read_image
 from yolojax.workdir import atomic_write_text, to_json
 
+if TYPE_CHECKING:  # imported when used: it loads TensorFlow, which a restart would load twice
+    from yolojax.detector import Detector, ImageDetections
+
 DETECTIONS_FILE = "detections.json"
-# What a folder given as input contributes (matched case-insensitively).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
-
-class UnreadableImageError(ValueError):
-    """An input image file that is missing, not an image, or damaged."""
-
-    def __init__(self, path, reason: str):
-        super().__init__(f"Cannot read image {path}: {reason}")
-        self.path = path
-        self.reason = reason
 
 
 class Predictions(NamedTuple):
@@ -67,7 +62,7 @@ def class_color(label: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def draw_detections(image: np.ndarray, detections: ImageDetections) -> Image.Image:
+def draw_detections(image: np.ndarray, detections: "ImageDetections") -> Image.Image:
     """``(H, W, 3)`` uint8 image → a PIL image with each box and "class score" drawn."""
     canvas = Image.fromarray(image)
     draw = ImageDraw.Draw(canvas)
@@ -79,44 +74,13 @@ def draw_detections(image: np.ndarray, detections: ImageDetections) -> Image.Ima
         text = f"{name} {score:.2f}"
         left, top = float(box[0]), max(float(box[1]) - 12, 0)
         text_box = draw.textbbox((left, top), text)
+        overhang = text_box[2] - canvas.width  # a box at the right edge: the label moves in
+        if overhang > 0:
+            left = max(left - overhang, 0)
+            text_box = draw.textbbox((left, top), text)
         draw.rectangle(text_box, fill=color)
         draw.text((left, top), text, fill=(0, 0, 0))
     return canvas
-
-
-def _rgb(image: Image.Image) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB, as the pipeline's decoder gives it (``tf.io.decode_image``):
-    16-bit greyscale (Pillow's modes ``I;16``, ``I``) keeps its high byte, where
-    ``convert('RGB')`` would clip every value above 255 to white."""
-    if image.mode.startswith("I"):
-        grey = (np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=-1)
-    return np.asarray(image.convert("RGB"))
-
-
-def read_image(path) -> np.ndarray:
-    """An RGB uint8 array; an unreadable file is an :class:`UnreadableImageError` naming it
-    and saying why (its ``reason``)."""
-    path = Path(path)
-    if not path.exists():
-        raise UnreadableImageError(path, "no such file")
-    if path.is_dir():
-        extensions = ", ".join(IMAGE_EXTENSIONS)
-        raise UnreadableImageError(path, f"a folder without image files ({extensions})")
-    if path.stat().st_size == 0:
-        raise UnreadableImageError(path, "an empty file")
-    try:
-        with Image.open(path) as image:
-            return _rgb(image)
-    except UnidentifiedImageError:
-        raise UnreadableImageError(path, "not an image file Pillow can read") from None
-    except OSError as error:
-        if error.strerror:  # a system error: "Permission denied", ...
-            raise UnreadableImageError(path, error.strerror) from error
-        raise UnreadableImageError(path, f"corrupt or unreadable image ({error})") from error
-    except (SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        reason = str(error) or type(error).__name__
-        raise UnreadableImageError(path, f"corrupt or unreadable image ({reason})") from error
 
 
 def _drawing_name(path: Path, taken: set[str]) -> str:
@@ -158,7 +122,7 @@ def _image_files(paths: Iterable) -> list[str]:
 
 
 def predict_files(
-    detector: Detector,
+    detector: "Detector",
     paths: Iterable,
     out_dir,
     *,
@@ -173,6 +137,8 @@ def predict_files(
     given twice is processed once. A progress bar shows on a terminal's stderr.
     """
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"The output folder {out_dir} is a file: choose another (--out).")
     out_dir.mkdir(parents=True, exist_ok=True)
     images, failed, taken = {}, {}, set()
     for key in tqdm(_image_files(paths), desc="Detecting", unit="image", disable=None):
@@ -203,14 +169,27 @@ def _report_skip(path: str, reason: str) -> None:
 
 def main(argv=None) -> None:
     """The command; exits with status 1 (``SystemExit``) if any input could not be read."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m yolojax.predict",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("images", nargs="+", help="image files (jpg, png, ...) or folders of them")
     parser.add_argument("--workdir", required=True, help="the training run's folder")
     parser.add_argument("--out", default="predictions", help="output folder")
     parser.add_argument("--checkpoint", default="latest", help="'latest', 'best' or a step")
-    parser.add_argument("--score-threshold", type=float, default=0.25)
+    # Also spelled with underscores, as train.py's and evaluate.py's flags are.
+    parser.add_argument(
+        "--score-threshold",
+        "--score_threshold",
+        type=float,
+        default=0.25,
+        help="the lowest score (confidence x class probability) drawn, in [0, 1]",
+    )
     args = parser.parse_args(argv)
     checkpoint = int(args.checkpoint) if args.checkpoint.isdigit() else args.checkpoint
+    from yolojax.detector import Detector  # after the restart (TensorFlow)
+
     with cli.command_errors():
         detector = Detector.from_workdir(
             args.workdir, checkpoint=checkpoint, score_threshold=args.score_threshold

@@ -1,0 +1,35 @@
+"""Images as the model reads them: EXIF orientation, other layouts, the pipeline's decoder."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from yolojax import images
+
+
+def test_a_photo_stored_sideways_reads_upright(tmp_path):
+    stored = np.random.default_rng(0).integers(0, 256, (2, 3, 3), np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the viewer turns it 90° clockwise
+    Image.fromarray(stored).save(tmp_path / "phone.png", exif=exif)
+    np.testing.assert_array_equal(images.read_image(tmp_path / "phone.png"), np.rot90(stored, k=-1))
+
+
+def test_rgba_and_greyscale_read_as_the_pipeline_decodes_them(tmp_path):
+    rng = np.random.default_rng(1)
+    for name, pixels in (
+        ("rgba.png", rng.integers(0, 256, (4, 5, 4), np.uint8)),
+        ("grey.png", rng.integers(0, 256, (4, 5), np.uint8)),
+    ):
+        Image.fromarray(pixels).save(tmp_path / name)
+        decoded = tf.io.decode_image((tmp_path / name).read_bytes(), channels=3).numpy()
+        np.testing.assert_array_equal(images.read_image(tmp_path / name), decoded)
+        np.testing.assert_array_equal(images.to_rgb(pixels), decoded)
+
+
+def test_an_array_of_another_layout_is_refused_by_shape():
+    with pytest.raises(ValueError, match=r"got an array of shape \(4, 5, 2\)"):
+        images.to_rgb(np.zeros((4, 5, 2), np.uint8))
+    with pytest.raises(ValueError, match=r"got an array of shape \(\)"):
+        images.to_rgb(np.asarray("photo.jpg"))

@@ -1,0 +1,81 @@
+"""Images as the model reads them: ``(H, W, 3)`` uint8 RGB arrays, from image files, PIL
+images or arrays of other layouts, decoded as the input pipeline decodes its images
+(``tf.io.decode_image(..., channels=3)``)."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Image files by extension (matched case-insensitively), for folders given as input.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+class UnreadableImageError(ValueError):
+    """An input image file that is missing, not an image, or damaged."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"Cannot read image {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def to_rgb(image) -> np.ndarray:
+    """A PIL image or an array as ``(H, W, 3)`` RGB.
+
+    Arrays may be ``(H, W, 3)`` RGB, ``(H, W, 4)`` RGBA (the alpha channel is dropped, as
+    the pipeline's decoder drops it), or ``(H, W)`` / ``(H, W, 1)`` greyscale (repeated).
+    A PIL image of any mode is converted; 16-bit greyscale (modes ``I;16``, ``I``) keeps its
+    high byte, as the pipeline's decoder does, where Pillow's ``convert('RGB')`` would clip
+    every value above 255 to white.
+
+    Raises:
+      ValueError: an array of another shape.
+    """
+    if isinstance(image, Image.Image):
+        if image.mode.startswith("I"):
+            grey = (np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
+            return np.repeat(grey[..., None], 3, axis=-1)
+        return np.asarray(image.convert("RGB"))
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim == 3 and array.shape[-1] == 1:
+        return np.repeat(array, 3, axis=-1)
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        return array[..., :3]
+    raise ValueError(
+        "image must be (H, W, 3) RGB, (H, W, 4) RGBA or (H, W) greyscale, a PIL image or an "
+        f"image file's path; got an array of shape {array.shape}."
+    )
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file as ``(H, W, 3)`` uint8 RGB, turned upright as its EXIF orientation says
+    (as a photo viewer shows it: a phone's portrait photo is stored sideways).
+
+    Raises:
+      UnreadableImageError: the file is missing, empty, a folder, not an image or damaged;
+        its ``reason`` says which.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UnreadableImageError(path, "no such file")
+    if path.is_dir():
+        extensions = ", ".join(IMAGE_EXTENSIONS)
+        raise UnreadableImageError(path, f"a folder without image files ({extensions})")
+    if path.stat().st_size == 0:
+        raise UnreadableImageError(path, "an empty file")
+    try:
+        with Image.open(path) as image:
+            return to_rgb(ImageOps.exif_transpose(image))
+    except UnidentifiedImageError:
+        raise UnreadableImageError(path, "not an image file Pillow can read") from None
+    except OSError as error:
+        if error.strerror:  # a system error: "Permission denied", ...
+            raise UnreadableImageError(path, error.strerror) from error
+        raise UnreadableImageError(path, f"corrupt or unreadable image ({error})") from error
+    except (SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        reason = str(error) or type(error).__name__
+        raise UnreadableImageError(path, f"corrupt or unreadable image ({reason})") from error
