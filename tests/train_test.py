@@ -127,6 +127,22 @@ def test_resume_gives_the_same_parameters(tmp_path, data_dir, capsys):
     assert again["step"] == 8 and again["mAP"] == pytest.approx(results["mAP"])
     assert (full / "metrics.jsonl").read_text() == log
     assert "already trained to step 8" in capsys.readouterr().out
+    assert not list(full.glob("config.before_step_*"))  # the same config: nothing kept
+
+    # Rerun with another setting: the change is named, and the run's config it replaces kept.
+    changed = config.copy_and_resolve_references()
+    changed.train.log_every_steps = config.train.log_every_steps + 1
+    trainer.train_and_evaluate(changed, str(full))
+    change = (
+        f"train.log_every_steps: {config.train.log_every_steps} -> {changed.train.log_every_steps}"
+    )
+    assert f"differs from the one this run saved: {change}. Training goes on" in (
+        capsys.readouterr().out
+    )
+    kept = json.loads((full / "config.before_step_8.json").read_text())
+    assert kept["train"]["log_every_steps"] == config.train.log_every_steps
+    saved = json.loads((full / "config.json").read_text())
+    assert saved["train"]["log_every_steps"] == changed.train.log_every_steps
 
 
 def _on_step(number, action):

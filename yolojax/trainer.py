@@ -111,9 +111,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
             tqdm.write(f"Resuming from the checkpoint of step {start_step} in {workdir}.")
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
-        workdir_io.atomic_write_text(
-            workdir / workdir_io.CONFIG_FILE, config.to_json_best_effort(indent=2)
-        )
+        changes = workdir_io.save_config(workdir, config.to_json_best_effort(indent=2), start_step)
+        if changes and latest_step is not None:
+            tqdm.write(
+                "The config differs from the one this run saved: "
+                + "; ".join(changes[:8])
+                + ("; ..." if len(changes) > 8 else "")
+                + f". Training goes on with the new values; the run's previous config is kept "
+                f"as config.before_step_{start_step}.json."
+            )
         workdir_io.atomic_write_text(
             workdir / workdir_io.CLASSES_FILE, workdir_io.to_json(list(info.class_names))
         )

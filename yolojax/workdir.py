@@ -1,6 +1,7 @@
 """Files a run keeps in its workdir, written so a crash never leaves one half-written.
 
-* ``config.json``: the run's config, replaced atomically (write a temp file, then rename).
+* ``config.json``: the run's config, replaced atomically (write a temp file, then rename);
+  a run resumed with other settings keeps the one it replaces (:func:`save_config`).
 * ``classes.json``: the dataset's class names in label order (for inference elsewhere).
 * ``metrics.jsonl``: one JSON object per line, appended and flushed line by line; a reader
   drops a torn last line, and :func:`truncate_metrics` rewinds the log to a restored step
@@ -68,6 +69,41 @@ def _jsonable(value):
 def to_json(record) -> str:
     """``record`` as indented, strictly valid JSON (see ``_jsonable``)."""
     return json.dumps(_jsonable(record), indent=2, allow_nan=False) + "\n"
+
+
+def _flat(tree: Mapping, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def save_config(workdir: str | os.PathLike, config_json: str, step: int) -> list[str]:
+    """Writes ``config.json``; if the run's previous one (from before ``step``) differs,
+    keeps it as ``config.before_step_<step>.json`` first.
+
+    Returns:
+      The differences, ``'train.batch_size: 16 -> 32'``, empty when nothing changed.
+    """
+    path = Path(workdir) / CONFIG_FILE
+    try:
+        previous = _flat(json.loads(path.read_text()))
+    except (OSError, ValueError, AttributeError):  # none yet, or unreadable: nothing to keep
+        previous = None
+    current = _flat(json.loads(config_json))
+    changes = []
+    if previous is not None and previous != current:
+        changes = [
+            f"{key}: {previous.get(key, '(absent)')} -> {current.get(key, '(absent)')}"
+            for key in sorted(previous.keys() | current.keys())
+            if previous.get(key) != current.get(key)
+        ]
+        atomic_write_text(path.with_name(f"config.before_step_{step}.json"), path.read_text())
+    atomic_write_text(path, config_json)
+    return changes
 
 
 def append_metrics(workdir: str | os.PathLike, record: Mapping) -> None:
