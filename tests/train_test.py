@@ -1,8 +1,10 @@
 """End to end: train → checkpoint → resume → evaluate → predict, on tiny synthetic data."""
 
+import io
 import json
 import shutil
 import signal
+import sys
 
 import jax
 import numpy as np
@@ -46,12 +48,27 @@ def _params(workdir, config, checkpoint="latest"):
     return state.params, step
 
 
-def test_train_evaluate_predict(tmp_path, data_dir):
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal: progress bars draw on terminals only."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_train_evaluate_predict(tmp_path, data_dir, monkeypatch, capsys):
     workdir = tmp_path / "run"
     config = tiny_config(data_dir)
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
     results = trainer.train_and_evaluate(config, str(workdir))
+    monkeypatch.undo()
     assert results["step"] == 2 * STEPS_PER_EPOCH
     assert results["num_images"] == 12  # every test image once, padding excluded
+    # Each evaluation shows its progress, in images; the run ends saying where it saved.
+    progress = terminal.getvalue()
+    assert progress.count("Evaluating (test):   0%|          | 0/12") == 2
+    assert progress.count("Evaluating (train subset):   0%|          | 0/8") == 2
+    assert f"Saved in {workdir}: checkpoints/" in capsys.readouterr().out
 
     # The run's files: metrics per logged step and per evaluation, plots, config, classes.
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
+from tqdm import tqdm
 
 from yolojax import distributed, plots, postprocess, train_lib
 from yolojax.config import resolve_num_classes, validate_config
@@ -94,7 +95,9 @@ def _gather(arrays: dict) -> dict:
     return multihost_utils.process_allgather(arrays, tiled=True)
 
 
-def evaluate(detect, state, batches, config, class_names=None) -> dict:
+def evaluate(
+    detect, state, batches, config, class_names=None, *, progress: str = "", total: int = 0
+) -> dict:
     """Runs detection over ``batches`` and computes VOC mAP.
 
     Args:
@@ -103,6 +106,8 @@ def evaluate(detect, state, batches, config, class_names=None) -> dict:
       batches: an iterable of eval batches (``yolojax.data.pipeline.make_eval_iterator``).
       config: the run config.
       class_names: names for the per-class table; default ``class_0…``.
+      progress: a progress bar's label, shown by process 0 on a terminal ('' for none).
+      total: the number of images the batches hold, for the progress bar.
 
     Returns:
       ``{'mAP', 'mAP_area', 'AP', 'AP_area', 'num_positives', 'num_images',
@@ -119,6 +124,13 @@ def evaluate(detect, state, batches, config, class_names=None) -> dict:
         class_names=class_names,
     )
     start, num_images, num_detections = time.perf_counter(), 0, 0
+    bar = tqdm(
+        total=total or None,
+        desc=progress,
+        unit="image",
+        leave=False,  # the result line that follows says it all
+        disable=None if progress and jax.process_index() == 0 else True,
+    )
     for batch in batches:
         detections = detect(state, batch["image"])
         # Flatten [devices, per_device] so the gather concatenates whole examples.
@@ -139,6 +151,8 @@ def evaluate(detect, state, batches, config, class_names=None) -> dict:
         num_images += int(np.sum(arrays["valid"]))
         num_detections += int(np.sum(arrays["pred_valid"] & arrays["valid"][:, None]))
         evaluator.add_normalized_batch(**arrays)
+        bar.update(int(np.sum(arrays["valid"])))
+    bar.close()
     elapsed = time.perf_counter() - start
     results = evaluator.compute()
     return {
@@ -186,6 +200,8 @@ def evaluate_checkpoint(config, workdir, checkpoint: str | int = "latest") -> di
         pipeline.make_eval_iterator(config.data, global_batch_size=batch_size),
         config,
         info.class_names,
+        progress=f"Evaluating step {step}",
+        total=info.num_eval_examples,
     )
     results["step"] = step
     if jax.process_index() == 0:

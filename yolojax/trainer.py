@@ -145,6 +145,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
             pipeline.make_eval_iterator(config.data, global_batch_size=eval_batch),
             config,
             info.class_names,
+            progress="Evaluating (test)",
+            total=info.num_eval_examples,
         )
         scalars = {"test_mAP": results["mAP"], "test_mAP_area": results["mAP_area"]}
         if config.eval.train_subset:
@@ -159,6 +161,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 ),
                 config,
                 info.class_names,
+                progress="Evaluating (train subset)",
+                total=min(config.eval.train_subset, info.num_train_examples),
             )
             scalars["train_mAP"] = train_results["mAP"]
         return results, scalars
@@ -268,4 +272,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
             tensorboard.close()
     if is_main:
         plots.plot_training_curves(workdir)
+        print(
+            f"Saved in {workdir}: checkpoints/ (the last {config.train.keep_checkpoints}), best/ "
+            "(the best test mAP), metrics.jsonl, loss.png, mAP.png, tensorboard/. Evaluate "
+            f"with: python evaluate.py --workdir {workdir}"
+        )
     return results
