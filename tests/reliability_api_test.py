@@ -22,7 +22,18 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs import shapes
-from yolojax import boxes, checkpoints, cli, losses, models, postprocess, targets
+from tests import tiny
+from yolojax import (
+    boxes,
+    checkpoints,
+    cli,
+    losses,
+    models,
+    postprocess,
+    targets,
+    train_lib,
+    trainer,
+)
 from yolojax.config import validate_config
 from yolojax.data import pipeline
 from yolojax.detector import Detector
@@ -421,3 +432,21 @@ def test_a_bad_flag_beside_config_overrides_is_named_once(command, named, tmp_pa
     assert result.returncode == 1
     assert result.stderr.count(named) == 1, result.stderr
     assert "defined twice" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_too_few_train_images_suggest_only_what_can_help():
+    config = shapes.get_config()
+    with pytest.raises(ValueError, match=r"batch_size=16: lower the batch size\.$"):
+        train_lib.steps_for(config, 10)
+    config.data.max_train_examples = 10  # a cap: raising it is the other way
+    with pytest.raises(ValueError, match=r"or raise config.data.max_train_examples=10\.$"):
+        train_lib.steps_for(config, 10)
+
+
+def test_missing_imagenet_weights_are_named_before_any_data_is_prepared(tmp_path):
+    config = tiny.tiny_config(str(tmp_path / "tfds"))
+    config.model.backbone = "resnet18"
+    config.model.pretrained = str(tmp_path / "resnet18.msgpack")
+    with pytest.raises(FileNotFoundError, match=r"resnet18.msgpack' not found: make it with"):
+        trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "tfds").exists()  # the synthetic dataset was not generated first

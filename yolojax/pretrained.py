@@ -242,6 +242,13 @@ def _how_to_make(path: str, arch: str | None) -> str:
     )
 
 
+def _check_exists(path: str, arch: str | None) -> None:
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"pretrained weights {path!r} not found: {_how_to_make(path, arch)}"
+        )
+
+
 def load_pretrained(variables: Mapping, path: str, *, arch: str | None = None) -> dict:
     """Replaces a model's backbone variables by the ported weights in `path`.
 
@@ -260,10 +267,7 @@ def load_pretrained(variables: Mapping, path: str, *, arch: str | None = None) -
         has variables the file lacks, the file has backbone variables the model lacks
         (a classifier layer the model's head does not use is fine), or shapes differ.
     """
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"pretrained weights {path!r} not found: {_how_to_make(path, arch)}"
-        )
+    _check_exists(path, arch)
     with open(path, "rb") as f:
         payload = flax.serialization.msgpack_restore(f.read())
     file_arch = payload["arch"]
@@ -300,6 +304,21 @@ def load_pretrained(variables: Mapping, path: str, *, arch: str | None = None) -
     return traverse_util.unflatten_dict(flat)
 
 
+def check_available(model_config: Any) -> None:
+    """Raises what :func:`load_for_config` would for a missing weights file or a Darknet
+    backbone, without reading any weights: a run checks it at start, before it prepares a
+    dataset (minutes for VOC)."""
+    path = getattr(model_config, "pretrained", "")
+    if not path:
+        return
+    if _family(model_config.backbone) == "darknet":
+        raise ValueError(
+            f"model_config.pretrained={path!r}, but {model_config.backbone!r} has no "
+            "torchvision weights and trains from scratch: set pretrained=''"
+        )
+    _check_exists(path, model_config.backbone)
+
+
 def load_for_config(variables: Mapping, model_config: Any) -> dict:
     """Applies `model_config.pretrained` to initialized YOLO variables ('' → unchanged).
 
@@ -307,15 +326,9 @@ def load_for_config(variables: Mapping, model_config: Any) -> dict:
       FileNotFoundError / ValueError: see `load_pretrained`; ValueError also for a Darknet
       backbone, which has no ported weights.
     """
+    check_available(model_config)
     path = getattr(model_config, "pretrained", "")
-    if not path:
-        return variables
-    if _family(model_config.backbone) == "darknet":
-        raise ValueError(
-            f"model_config.pretrained={path!r}, but {model_config.backbone!r} has no "
-            "torchvision weights and trains from scratch: set pretrained=''"
-        )
-    return load_pretrained(variables, path, arch=model_config.backbone)
+    return load_pretrained(variables, path, arch=model_config.backbone) if path else variables
 
 
 def _read_state_dict(path: str) -> Mapping[str, Any]:

@@ -167,10 +167,11 @@ def steps_for(config, num_train_examples: int) -> tuple[int, int]:
     """(steps per epoch, total steps) for the config and the train split's size."""
     batch_size = config.train.batch_size
     if num_train_examples < batch_size:
+        cap = config.data.get("max_train_examples")
         raise ValueError(
             f"The train split has {num_train_examples} examples, fewer than "
-            f"config.train.batch_size={batch_size}; lower the batch size or raise "
-            "config.data.max_train_examples."
+            f"config.train.batch_size={batch_size}: lower the batch size"
+            + (f" or raise config.data.max_train_examples={cap}." if cap else ".")
         )
     steps_per_epoch = num_train_examples // batch_size
     return steps_per_epoch, max(1, round(config.train.num_epochs * steps_per_epoch))

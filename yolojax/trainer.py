@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from yolojax import checkpoints, distributed, eval_lib, plots, preemption, train_lib
+from yolojax import checkpoints, distributed, eval_lib, plots, preemption, pretrained, train_lib
 from yolojax import workdir as workdir_io
 from yolojax.config import resolve_num_classes, validate_config
 from yolojax.data import pipeline
@@ -86,6 +86,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # Before any data is prepared: a batch that does not split over the devices names the
     # numbers to change.
     distributed.check_batch_size(config.train.batch_size, "config.train.batch_size")
+    pretrained.check_available(config.model)  # so are missing ImageNet weights
     eval_batch = eval_lib.eval_batch_size(config)
     workdir = Path(workdir)
     is_main = jax.process_index() == 0
