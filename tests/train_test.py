@@ -349,3 +349,27 @@ def test_one_training_step_on_mocked_voc(tmp_path, monkeypatch):
     assert len(results["AP"]) == 20
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["step"] == 1 and np.isfinite(records[0]["loss"])
+
+
+def test_best_is_on_disk_before_the_log_says_its_step_was_evaluated(
+    tmp_path, data_dir, monkeypatch
+):
+    # A resumed run evaluates again only the steps the log lacks: were the log written
+    # first, a kill before best/ was saved would lose that checkpoint for good.
+    config = tiny_config(data_dir)  # evaluated at steps 4 and 8
+    append, best_on_disk = workdir_io.append_metrics, {}
+
+    def append_metrics(workdir, record):
+        if "test_mAP" in record:
+            folder = tmp_path / "best"
+            best_on_disk[record["step"]] = sorted(p.name for p in folder.iterdir())
+        append(workdir, record)
+
+    monkeypatch.setattr(workdir_io, "append_metrics", append_metrics)
+    trainer.train_and_evaluate(config, str(tmp_path))
+    assert best_on_disk[4] == ["4"]  # the first evaluation is always the best so far
+
+    # A run whose best/ was lost (a kill before this order) gets it back on the rerun.
+    shutil.rmtree(tmp_path / "best")
+    trainer.train_and_evaluate(config, str(tmp_path))
+    assert [p.name for p in (tmp_path / "best").iterdir()] == ["8"]

@@ -174,11 +174,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 f"step {step}: test mAP {results['mAP']:.4f} (area {results['mAP_area']:.4f})"
             )
 
+    def save_if_best(step: int, on_devices, results: dict) -> None:
+        ckpt.save_if_best(step, distributed.first_replica(on_devices), {"mAP": results["mAP"]})
+
     def run_evaluation(step: int, on_devices) -> dict:
         results, scalars = evaluate_model(on_devices)
+        # best/ on disk before the log says the step was evaluated: a resumed run evaluates
+        # again only the steps the log lacks, so a kill in between would have lost best/.
+        save_if_best(step, on_devices, results)
+        ckpt.wait()
         record(step, scalars)
         report(step, results)
-        ckpt.save_if_best(step, distributed.first_replica(on_devices), {"mAP": results["mAP"]})
         return {**results, "step": step}
 
     on_devices = distributed.replicate(state, mesh)
@@ -244,6 +250,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 )
             results, _ = evaluate_model(on_devices)
             results["step"] = start_step
+            save_if_best(start_step, on_devices, results)  # one a kill may have left unsaved
             report(start_step, results)
     except KeyboardInterrupt as interrupt:
         ckpt.wait()
