@@ -373,3 +373,21 @@ def test_best_is_on_disk_before_the_log_says_its_step_was_evaluated(
     shutil.rmtree(tmp_path / "best")
     trainer.train_and_evaluate(config, str(tmp_path))
     assert [p.name for p in (tmp_path / "best").iterdir()] == ["8"]
+
+
+def test_starting_over_keeps_the_earlier_runs_best_and_log_aside(tmp_path, data_dir, capsys):
+    config = tiny_config(data_dir)
+    trainer.train_and_evaluate(config, str(tmp_path))
+    earlier_best = [p.name for p in (tmp_path / "best").iterdir()]
+    earlier_log = (tmp_path / "metrics.jsonl").read_text()
+    # "Move the folder aside to start over" (every checkpoint damaged): a new, shorter run.
+    shutil.rmtree(tmp_path / "checkpoints")
+    config.train.num_epochs = 1
+    trainer.train_and_evaluate(config, str(tmp_path))
+
+    assert [p.name for p in (tmp_path / "best").iterdir()] == ["4"]  # the new run's own
+    superseded = tmp_path / "superseded"
+    assert (superseded / f"best-{earlier_best[0]}").is_dir()
+    assert (superseded / "metrics.jsonl").read_text() == earlier_log
+    assert _evaluated_steps(tmp_path) == [4]
+    assert "training starts over. The earlier run's log is kept as" in capsys.readouterr().out

@@ -4,7 +4,8 @@ Layout::
 
     workdir/checkpoints/<step>/{state,model}   the last ``keep`` saves
     workdir/best/<step>/{state,model}          the best save by mAP
-    workdir/superseded/<kind>-<step>           a checkpoint a resumed run saved anew
+    workdir/superseded/<kind>-<step>           a checkpoint a resumed run saved anew, or
+                                               an earlier run's best when one starts over
 
 Each checkpoint stores the train state and a small JSON ``model`` record (backbone, head,
 classes, grid, boxes, image size). Restoring compares that record with the config first, so a
@@ -31,6 +32,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+
+from yolojax.workdir import free_path
 
 logger = logging.getLogger(__name__)
 
@@ -204,35 +207,27 @@ class Checkpoints:
             best_mode="max",
         )
 
-    def _set_aside(self, manager, step: int) -> None:
+    def _set_aside(self, manager, step: int, why: str) -> None:
         """Moves ``manager``'s checkpoint of ``step`` to ``workdir/superseded/`` (kept, not
-        deleted), so that a new save of ``step`` can take its place.
-
-        A run has a checkpoint of a step it is about to save only when it resumed from an
-        older one, which happens when the newer checkpoints were damaged (restore skipped
-        them); orbax refuses to save over a step that exists.
-        """
+        deleted), warning ``why``."""
         source = manager.directory / str(step)
-        target = self.workdir / SUPERSEDED_FOLDER / f"{manager.directory.name}-{step}"
-        suffix = 1
-        while target.exists():
-            target = target.with_name(f"{manager.directory.name}-{step}.{suffix}")
-            suffix += 1
+        target = free_path(self.workdir / SUPERSEDED_FOLDER / f"{manager.directory.name}-{step}")
         if jax.process_index() == 0:  # one process moves it; every process then re-reads
             target.parent.mkdir(exist_ok=True)
             source.rename(target)
-            warnings.warn(
-                f"Moved the existing checkpoint {source} to {target}: the run resumed from "
-                f"an earlier step and has reached step {step} again.",
-                stacklevel=3,
-            )
+            message = f"Moved the existing checkpoint {source} to {target}: {why}"
+            warnings.warn(message, stacklevel=3)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"yolojax set aside {manager.directory} {step}")
         manager.reload()
 
     def _save(self, manager, step: int, state, metrics=None) -> None:
+        # A run has a checkpoint of a step it is about to save only when it resumed from an
+        # older one, the newer ones being damaged (restore skipped them); orbax refuses to
+        # save over a step that exists.
         if step in manager.all_steps():
-            self._set_aside(manager, step)
+            why = f"the run resumed from an earlier step and has reached step {step} again."
+            self._set_aside(manager, step, why)
         host_state = jax.device_get(state)
         manager.save(
             step,
@@ -259,6 +254,13 @@ class Checkpoints:
 
     def latest_step(self) -> int | None:
         return self._latest.latest_step()
+
+    def set_aside_best(self) -> None:
+        """Moves ``best/``'s checkpoints to ``superseded/``: call it when a run starts over
+        (no checkpoint to resume from). They belong to an earlier run in this workdir, and
+        would stay the best one of the new run whatever it reached (or of another model)."""
+        for step in self._best.all_steps():
+            self._set_aside(self._best, step, "no checkpoint to resume from: training starts over.")
 
     def _resolve(self, which: str | int):
         """(manager, candidate steps newest first) for 'latest', 'best' or a step number."""

@@ -110,6 +110,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
             preemption.report_resumed_step(start_step)
         if is_main:
             tqdm.write(f"Resuming from the checkpoint of step {start_step} in {workdir}.")
+    else:  # starting over: what an earlier run in this workdir left is kept aside, not mixed in
+        ckpt.set_aside_best()
+        moved = (
+            workdir_io.set_aside_metrics(workdir, checkpoints.SUPERSEDED_FOLDER)
+            if is_main
+            else None
+        )
+        if moved is not None:
+            tqdm.write(
+                f"No checkpoint to resume from in {workdir}: training starts over. The earlier "
+                f"run's log is kept as {moved}."
+            )
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
         changes = workdir_io.save_config(workdir, config.to_json_best_effort(indent=2), start_step)

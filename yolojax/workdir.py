@@ -128,6 +128,28 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
     return records
 
 
+def free_path(path: Path) -> Path:
+    """``path``, or ``path`` with ``.1``, ``.2``, ... appended: the first that does not exist."""
+    candidate, suffix = path, 1
+    while candidate.exists():
+        candidate = path.with_name(f"{path.name}.{suffix}")
+        suffix += 1
+    return candidate
+
+
+def set_aside_metrics(workdir: str | os.PathLike, folder: str) -> Path | None:
+    """Moves ``metrics.jsonl`` into ``workdir/folder/`` (a run starting over in a workdir
+    that an earlier run logged to keeps that history); returns where, or None if there is
+    no log with records."""
+    path = Path(workdir) / METRICS_FILE
+    if not read_metrics(workdir):
+        return None
+    target = free_path(Path(workdir) / folder / METRICS_FILE)
+    target.parent.mkdir(exist_ok=True)
+    path.rename(target)
+    return target
+
+
 def truncate_metrics(workdir: str | os.PathLike, last_step: int) -> None:
     """Keeps only records with ``step <= last_step`` (and drops torn lines), atomically."""
     path = Path(workdir) / METRICS_FILE
