@@ -100,6 +100,36 @@ def test_damaged_latest_falls_back_to_the_previous_with_a_warning(tmp_path):
     manager.close()
 
 
+def test_a_checkpoint_whose_bytes_changed_on_disk_is_skipped_not_restored(tmp_path):
+    # Zeroed bytes inside compressed array data decode without error into other values (a bad
+    # disk, a bad copy): without the checksums they were restored and trained on.
+    saved = {
+        s: np.random.default_rng(s).standard_normal((256, 256)).astype(np.float32) for s in (1, 2)
+    }
+    manager = checkpoints.Checkpoints(tmp_path, SIGNATURE, keep=5)
+    for step in (1, 2):
+        manager.save(step, {"params": {"w": saved[step]}, "step": np.int32(step)})
+    manager.wait()
+    manager.close()
+    data = max(
+        (tmp_path / "checkpoints" / "2" / "state").rglob("*"), key=lambda p: p.stat().st_size
+    )
+    damaged = bytearray(data.read_bytes())
+    damaged[len(damaged) // 2 : len(damaged) // 2 + 8] = bytes(8)
+    data.write_bytes(bytes(damaged))
+
+    manager = checkpoints.Checkpoints(tmp_path, SIGNATURE)
+    template = {"params": {"w": np.zeros((256, 256), np.float32)}, "step": np.int32(0)}
+    with pytest.warns(
+        UserWarning,
+        match=r"Skipping damaged checkpoint .*2: .*other than they were saved \(params/w\)",
+    ):
+        state, step = manager.restore(template)
+    manager.close()
+    assert step == 1
+    np.testing.assert_array_equal(state["params"]["w"], saved[1])
+
+
 def test_every_checkpoint_damaged_is_a_clear_error(tmp_path):
     _save_steps(tmp_path, [1])
     shutil.rmtree(tmp_path / "checkpoints" / "1" / "state")

@@ -8,13 +8,15 @@ Layout::
                                                an earlier run's best when one starts over
 
 Each checkpoint stores the train state and a small JSON ``model`` record (backbone, head,
-classes, grid, boxes, image size). Restoring compares that record with the config first, so a
-checkpoint from another model is a clear error rather than a shape traceback. Arrays are
+classes, grid, boxes, image size; a checksum per array). Restoring compares that record with
+the config first, so a checkpoint from another model is a clear error rather than a shape
+traceback. Arrays are
 restored by name, so a train state whose containers changed around the same arrays (an
 optax upgrade, a masked transform) still resumes. Orbax writes
 each save into a temporary folder and renames it when complete, so a crash mid-save leaves
-the previous checkpoints intact; a checkpoint that is damaged anyway (truncated files, bad
-disk) is skipped with a warning and the next older one is used.
+the previous checkpoints intact; a checkpoint that is damaged anyway (truncated files, bytes
+changed on a bad disk, which the record's CRC-32 of every array catches) is skipped with a
+warning and the next older one is used.
 
 In a multi-process job every process calls save and restore with the same state; orbax
 writes the files from process 0 and keeps the processes in step with barriers, so the
@@ -25,6 +27,7 @@ import logging
 import math
 import os
 import warnings
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,10 @@ MODEL_SIGNATURE_FIELDS = ("backbone", "head", "num_classes", "grid_size", "num_b
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint was trained for another model than the config describes."""
+
+
+class DamagedCheckpointError(Exception):
+    """A checkpoint's arrays read back other than they were saved (bytes changed on disk)."""
 
 
 class NoCheckpointError(FileNotFoundError):
@@ -99,6 +106,33 @@ def _array_shapes(tree) -> dict[str, tuple[int, ...]]:
         name: tuple(np.shape(leaf) if np.isscalar(leaf) else leaf.shape)
         for name, leaf in _named_leaves(tree).items()
     }
+
+
+def _checksums(tree) -> dict[str, list]:
+    """Leaf name → [CRC-32 of its bytes, dtype], recorded at save and compared at restore."""
+    checksums = {}
+    for name, leaf in _named_leaves(tree).items():
+        array = np.ascontiguousarray(np.asarray(leaf))
+        checksums[name] = [zlib.crc32(array.view(np.uint8).reshape(-1)), str(array.dtype)]
+    return checksums
+
+
+def _check_checksums(saved: dict[str, list] | None, state) -> None:
+    """Raises DamagedCheckpointError for any array of ``state`` whose bytes differ from
+    those saved (``saved`` None: a checkpoint from before checksums were recorded)."""
+    if not saved:
+        return
+    restored = _checksums(state)
+    changed = sorted(
+        name
+        for name, (crc, dtype) in saved.items()
+        if name in restored and restored[name][1] == dtype and restored[name][0] != crc
+    )
+    if changed:
+        raise DamagedCheckpointError(
+            f"{len(changed)} arrays read back other than they were saved "
+            f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''})"
+        )
 
 
 def _restore_by_name(manager, step: int, metadata, abstract):
@@ -229,11 +263,13 @@ class Checkpoints:
             why = f"the run resumed from an earlier step and has reached step {step} again."
             self._set_aside(manager, step, why)
         host_state = jax.device_get(state)
+        # The checksums let a restore tell bytes changed on disk from the saved state.
+        record = {**self.signature, "checksums": _checksums(host_state)}
         manager.save(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(host_state),
-                model=ocp.args.JsonSave(self.signature),
+                model=ocp.args.JsonSave(record),
             ),
             metrics=metrics,
             force=True,
@@ -277,9 +313,12 @@ class Checkpoints:
             )
         return self._latest, [step]
 
-    def _check_signature(self, manager, step: int) -> None:
+    def _read_record(self, manager, step: int) -> dict:
+        """The checkpoint's JSON record: the model signature, and the arrays' checksums."""
         saved = manager.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore()))
-        saved = dict(saved["model"])
+        return dict(saved["model"])
+
+    def _check_signature(self, manager, step: int, saved: dict) -> None:
         differences = {
             key: (saved.get(key), value)
             for key, value in self.signature.items()
@@ -342,10 +381,12 @@ class Checkpoints:
         skipped = []
         for step in steps:
             try:
-                self._check_signature(manager, step)
+                record = self._read_record(manager, step)
+                self._check_signature(manager, step, record)
                 metadata = manager.item_metadata(step)["state"]  # read once, for both
                 self._check_layout(manager, step, metadata, abstract)
                 state = _restore_by_name(manager, step, metadata, abstract)
+                _check_checksums(record.get("checksums"), state)
             except CheckpointMismatchError:
                 raise
             except Exception as error:
