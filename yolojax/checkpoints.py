@@ -10,11 +10,10 @@ Layout::
 Each checkpoint stores the train state and a small JSON ``model`` record (backbone, head,
 classes, grid, boxes, image size; a checksum per array). Restoring compares that record with
 the config first, so a checkpoint from another model is a clear error rather than a shape
-traceback. Arrays are
-restored by name, so a train state whose containers changed around the same arrays (an
-optax upgrade, a masked transform) still resumes. Orbax writes
-each save into a temporary folder and renames it when complete, so a crash mid-save leaves
-the previous checkpoints intact; a checkpoint that is damaged anyway (truncated files, bytes
+traceback. Arrays are restored by name, so a train state whose containers changed around
+the same arrays (an optax upgrade, a masked transform) still resumes. Orbax writes each save
+into a temporary folder and renames it when complete, so a crash mid-save leaves the
+previous checkpoints intact; a checkpoint that is damaged anyway (truncated files, bytes
 changed on a bad disk, which the record's CRC-32 of every array catches) is skipped with a
 warning and the next older one is used.
 
