@@ -9,8 +9,6 @@ is the saved one, open to overrides), which must describe the same model. Writes
 <workdir>/eval/metrics.json and <workdir>/eval/pr_curves.png (precision-recall curves).
 """
 
-import os
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -58,8 +56,8 @@ def main(argv):
         f"area {results['mAP_area']:.4f} on {results['num_images']} images "
         f"({results['images_per_second']:.1f} images/s)"
     )
-    eval_dir = os.path.join(FLAGS.workdir, "eval")
-    print(f"Saved {eval_dir}/metrics.json and {eval_dir}/pr_curves.png.")
+    if results.get("saved_to"):
+        print(f"Saved {results['saved_to']}/metrics.json and pr_curves.png.")
 
 
 if __name__ == "__main__":

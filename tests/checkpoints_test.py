@@ -262,3 +262,11 @@ def test_a_workdir_that_is_a_file_is_a_clear_error(tmp_path):
     with pytest.raises(checkpoints.NotAFolderError, match=r"runs is a file, not a folder"):
         checkpoints.Checkpoints(tmp_path / "runs", SIGNATURE)
     assert (tmp_path / "runs").read_text() == "not a folder"
+
+
+def test_a_workdir_that_cannot_be_written_is_named_before_training(tmp_path, monkeypatch):
+    # (Root may write anywhere except on a read-only mount, which os.access reports.)
+    monkeypatch.setattr(checkpoints.os, "access", lambda path, mode: path != tmp_path)
+    with pytest.raises(checkpoints.NotAFolderError, match=r"cannot be written \(.* is read-only"):
+        checkpoints.check_workdir(tmp_path / "run", writable=True)
+    checkpoints.check_workdir(tmp_path / "run")  # reading (evaluate.py) needs no write access

@@ -56,18 +56,22 @@ class NoCheckpointError(FileNotFoundError):
 
 
 class NotAFolderError(ValueError):
-    """The workdir given is a file."""
+    """The workdir given is a file, or (for training) cannot be written."""
 
 
 # Where a checkpoint goes when a resumed run saves its step anew (see Checkpoints._set_aside).
 SUPERSEDED_FOLDER = "superseded"
 
 
-def check_workdir(workdir: str | os.PathLike) -> Path:
+def check_workdir(workdir: str | os.PathLike, *, writable: bool = False) -> Path:
     """``workdir`` as an absolute path, if it is a folder or does not exist yet.
 
+    Args:
+      workdir: the run's folder.
+      writable: also check that it can be written (created: its nearest existing parent).
+
     Raises:
-      NotAFolderError: it is a file.
+      NotAFolderError: it is a file, or ``writable`` and it cannot be written.
     """
     workdir = Path(workdir).absolute()
     if workdir.exists() and not workdir.is_dir():
@@ -75,6 +79,14 @@ def check_workdir(workdir: str | os.PathLike) -> Path:
             f"The workdir {workdir} is a file, not a folder: pass a folder for the run "
             "(train.py creates it)."
         )
+    if writable:
+        existing = next(folder for folder in (workdir, *workdir.parents) if folder.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):  # also False on a read-only mount
+            raise NotAFolderError(
+                f"The workdir {workdir} cannot be written ({existing} is read-only to this "
+                "user): a run saves its checkpoints there. Pass another --workdir, or copy "
+                "the run to a writable folder to resume it."
+            )
     return workdir
 
 

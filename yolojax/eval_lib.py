@@ -7,6 +7,7 @@ the results are gathered so every process computes the same mAP over the whole s
 
 import functools
 import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -184,7 +185,8 @@ def evaluate_checkpoint(config, workdir, checkpoint: str | int = "latest") -> di
       checkpoint: 'latest', 'best' or a step number.
 
     Returns:
-      :func:`evaluate`'s results plus ``step``.
+      :func:`evaluate`'s results plus ``step``, and ``saved_to``: the ``eval`` folder, when
+      the files were written (a read-only workdir only warns).
     """
     validate_config(config)
     batch_size = eval_batch_size(config)
@@ -215,8 +217,13 @@ def evaluate_checkpoint(config, workdir, checkpoint: str | int = "latest") -> di
             "num_images": results["num_images"],
             "images_per_second": results["images_per_second"],
         }
-        atomic_write_text(Path(workdir) / "eval" / "metrics.json", to_json(record))
-        plots.plot_precision_recall(
-            results, info.class_names, Path(workdir) / "eval" / "pr_curves.png", step=step
-        )
+        eval_dir = Path(workdir) / "eval"
+        try:
+            atomic_write_text(eval_dir / "metrics.json", to_json(record))
+            plots.plot_precision_recall(
+                results, info.class_names, eval_dir / "pr_curves.png", step=step
+            )
+            results["saved_to"] = eval_dir
+        except OSError as error:  # a read-only or full workdir: the results are still returned
+            warnings.warn(f"Could not save the evaluation in {eval_dir}: {error}", stacklevel=2)
     return results

@@ -82,7 +82,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       NonFiniteLossError: a step's loss was not finite (and ``train.skip_nonfinite`` is off).
     """
     validate_config(config)
-    checkpoints.check_workdir(workdir)
+    checkpoints.check_workdir(workdir, writable=True)
     # Before any data is prepared: a batch that does not split over the devices names the
     # numbers to change.
     distributed.check_batch_size(config.train.batch_size, "config.train.batch_size")
