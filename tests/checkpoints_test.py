@@ -151,6 +151,26 @@ def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
     manager.close()
 
 
+def test_a_checkpoint_trained_on_other_pixel_values_is_refused_by_name(tmp_path):
+    # Weights of a model trained on [0, 1] inputs load into one fed ImageNet-normalized ones
+    # without any error, and evaluate to a wrong mAP.
+    _save_steps(tmp_path, [1], signature={**SIGNATURE, "normalization": "unit"})
+    manager = checkpoints.Checkpoints(tmp_path, {**SIGNATURE, "normalization": "imagenet"})
+    with pytest.raises(
+        checkpoints.CheckpointMismatchError,
+        match=r"normalization: checkpoint 'unit' vs config 'imagenet'",
+    ):
+        manager.restore(_state(0))
+    manager.close()
+
+
+def test_a_checkpoint_saved_before_normalization_was_recorded_still_restores(tmp_path):
+    _save_steps(tmp_path, [1])  # SIGNATURE has no normalization
+    manager = checkpoints.Checkpoints(tmp_path, {**SIGNATURE, "normalization": "imagenet"})
+    assert manager.restore(_state(0))[1] == 1
+    manager.close()
+
+
 def _sgd_state(value: float, tx):
     params = {"conv": {"kernel": np.full((3, 3, 2, 4), value, np.float32)}, "b": np.zeros(4)}
     opt_state = jax.tree.map(np.array, tx.init(params))  # writable host copies

@@ -91,9 +91,12 @@ def check_workdir(workdir: str | os.PathLike, *, writable: bool = False) -> Path
 
 
 def model_signature(config) -> dict[str, Any]:
-    """The fields of ``config`` that identify the network a checkpoint belongs to."""
+    """The fields of ``config`` that identify the network a checkpoint belongs to, and the
+    input it expects (size; normalization, with which another run's weights still load but
+    see other pixel values: a wrong mAP without an error)."""
     signature = {name: config.model[name] for name in MODEL_SIGNATURE_FIELDS}
     signature["image_size"] = config.data.image_size
+    signature["normalization"] = config.data.normalization
     return signature
 
 
@@ -331,9 +334,9 @@ class Checkpoints:
 
     def _check_signature(self, manager, step: int, saved: dict) -> None:
         differences = {
-            key: (saved.get(key), value)
+            key: (saved[key], value)
             for key, value in self.signature.items()
-            if saved.get(key) != value
+            if key in saved and saved[key] != value  # absent: saved before it was recorded
         }
         if differences:
             details = ", ".join(
