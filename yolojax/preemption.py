@@ -32,7 +32,10 @@ from jax.experimental import multihost_utils
 
 # Where the first signal is acted on; the handler cannot know the step.
 _FIRST_SIGNAL = "\n{name} received: training stops after the current step, with a checkpoint of it."
-_AGAIN = {signal.SIGINT: " Press Ctrl-C again to stop at once.", signal.SIGTERM: ""}
+_AGAIN = {
+    signal.SIGINT: " Press Ctrl-C again to stop at once.",
+    signal.SIGTERM: " A second SIGTERM stops at once, without that checkpoint.",
+}
 
 
 def _reached_sync_point(step: int) -> bool:
