@@ -1,12 +1,14 @@
-"""Any VOC-format folder (Annotations/*.xml, JPEGImages/*, optional ImageSets/Main/*.txt),
-like the seed report's Roboflow Mask Wearing and MakeML traffic-sign datasets.
+"""Any folder of images with PASCAL VOC XML files, like the seed report's Roboflow Mask
+Wearing and MakeML traffic-sign datasets: in VOC layout (Annotations/*.xml, JPEGImages/*,
+optional ImageSets/Main/*.txt), or each XML beside its image as Roboflow's "Pascal VOC"
+export writes them (in train/, valid/, test/ folders, or all in one).
 
     python train.py --config configs/folder.py:resnet152 --config.data.folder=/data/masks \
         --workdir runs/masks
 
 Variants name the backbone as in configs/voc.py (default resnet152). The class count comes
 from the folder (names found in the XML files, or --config.data.class_names); without
-ImageSets the images are split 90:10 train/validation with a fixed seed.
+ImageSets or split folders the images are split 90:10 train/validation with a fixed seed.
 """
 
 from configs import voc

@@ -204,3 +204,69 @@ def test_a_bmp_with_a_palette_is_bad_data_not_grey(tmp_path):
     Image.fromarray(pixels).convert("P").save(os.path.join(folder, "JPEGImages", "a.png"), "BMP")
     with pytest.raises(voc_folder.BadDataError, match=r"a BMP with a colour palette \(P\)"):
         voc_folder._read_image(os.path.join(folder, "JPEGImages", "a.png"))
+
+
+def _beside(voc_folder_path: str, target, subfolders: dict[str, str]) -> str:
+    """The VOC-layout folder's files rearranged as Roboflow exports them: each image with its
+    XML, in `subfolders[image_id]` of `target` ('' for `target` itself)."""
+    for image_id, sub in subfolders.items():
+        os.makedirs(target / sub, exist_ok=True)
+        for kind, ext in (("Annotations", ".xml"), ("JPEGImages", ".jpg")):
+            os.rename(
+                os.path.join(voc_folder_path, kind, image_id + ext), target / sub / (image_id + ext)
+            )
+    return str(target)
+
+
+def test_roboflow_export_with_xml_beside_images_in_split_folders(tmp_path):
+    images = [
+        VocImage("a", 60, 40, [VocObject("dog", (6, 4, 30, 20))]),
+        VocImage("b", 50, 50, [VocObject("cat", (5, 10, 25, 50))]),
+        VocImage("c", 30, 20, [VocObject("cat", (3, 2, 15, 10))]),
+        VocImage("d", 30, 20, []),
+    ]
+    voc = write_voc_folder(str(tmp_path / "voc"), images)
+    folder = _beside(
+        voc, tmp_path / "export", {"a": "train", "b": "train", "c": "valid", "d": "test"}
+    )
+    builder = _prepare(folder, tmp_path / "data")
+    assert {split: info.num_examples for split, info in builder.info.splits.items()} == {
+        "train": 2,
+        "validation": 1,
+        "test": 1,
+    }
+    assert builder.info.features["objects"]["label"].names == ["cat", "dog"]
+    train = _examples(builder, "train")
+    np.testing.assert_allclose(np.stack(train["a.jpg"]["objects"]["bbox"]), [[0.1, 0.1, 0.5, 0.5]])
+    np.testing.assert_allclose(
+        np.stack(_examples(builder, "validation")["c.jpg"]["objects"]["bbox"]),
+        [[0.1, 0.1, 0.5, 0.5]],
+    )
+
+
+def test_xml_beside_images_in_one_folder_gets_the_90_10_split(tmp_path):
+    ids = [f"img{index:02d}" for index in range(20)]
+    images = [VocImage(image_id, 16, 16, [VocObject("x", (1, 1, 9, 9))]) for image_id in ids]
+    voc = write_voc_folder(str(tmp_path / "voc"), images)
+    folder = _beside(voc, tmp_path / "flat", dict.fromkeys(ids, ""))
+    splits = voc_folder.folder_splits(folder, split_seed=0)
+    assert len(splits["train"]) == 18 and sorted(splits["train"] + splits["validation"]) == ids
+    builder = _prepare(folder, tmp_path / "data")
+    assert builder.info.splits["train"].num_examples == 18
+
+
+def test_a_folder_without_xml_files_says_which_layouts_it_reads(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.jpg")
+    with pytest.raises(ValueError, match=r"neither an Annotations/ directory .*Roboflow"):
+        voc_folder.voc_folder_config(str(tmp_path))
+
+
+def test_a_missing_image_beside_its_xml_is_named(tmp_path):
+    images = [VocImage(name, 16, 16, [VocObject("x", (1, 1, 9, 9))]) for name in ("a", "b")]
+    voc = write_voc_folder(str(tmp_path / "voc"), images)
+    folder = _beside(voc, tmp_path / "export", {"a": "train", "b": "valid"})
+    os.remove(os.path.join(folder, "train", "a.jpg"))
+    with pytest.raises(
+        voc_folder.BadDataError, match=r"train/a.xml: image not found \(looked for train/a.jpg"
+    ):
+        _prepare(folder, tmp_path / "data")

@@ -1,11 +1,18 @@
-"""`voc_folder`: a TFDS builder for any local folder in PASCAL VOC layout.
+"""`voc_folder`: a TFDS builder for any local folder of images with PASCAL VOC XML files.
+
+Two layouts. PASCAL VOC's own:
 
     folder/Annotations/<id>.xml          one VOC XML per image
     folder/JPEGImages/<id>.jpg|.jpeg|.png
     folder/ImageSets/Main/<split>.txt    optional: one id per line ('val.txt' -> 'validation')
 
-Without split files, the ids are split 90:10 into 'train' and 'validation' with a seeded
-random permutation (as the report did for its own datasets). Class names come from the XML
+or each XML beside its image (Roboflow's "Pascal VOC" export, LabelImg's default), in the
+folder itself or in split folders:
+
+    folder/[train|valid|validation|val|test/]<name>.xml and <name>.jpg|.jpeg|.png
+
+Without split files or folders, the ids are split 90:10 into 'train' and 'validation' with a
+seeded random permutation (as the report did for its own datasets). Class names come from the XML
 files (all names found, sorted) or from a given list. Boxes are stored normalized yxyx, VOC
 pixel coordinates divided by the image size, as TFDS `voc` does.
 
@@ -36,6 +43,14 @@ from yolojax import boxes as box_ops
 
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 _SPLIT_FILE_NAMES = {"train": "train", "val": "validation", "trainval": "trainval", "test": "test"}
+# Split folders of the XML-beside-image layout (Roboflow names its validation split 'valid').
+_SPLIT_FOLDER_NAMES = {
+    "train": "train",
+    "valid": "validation",
+    "validation": "validation",
+    "val": "validation",
+    "test": "test",
+}
 _VALIDATION_FRACTION = 0.1
 # Pillow's names for the formats tf.io.decode_image reads (MPO: multi-picture camera JPEGs).
 _DECODABLE_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP")
@@ -106,16 +121,32 @@ def parse_annotation(xml_path: str) -> _Annotation:
     return _Annotation(filename.strip() if filename else None, size, objects)
 
 
+def _is_voc_layout(folder: str) -> bool:
+    return os.path.isdir(os.path.join(folder, "Annotations"))
+
+
+def _xml_path(folder: str, image_id: str) -> str:
+    """The XML file of ``image_id``: ``Annotations/<id>.xml``, or ``<id>.xml`` where the XML
+    lies beside its image (the id then includes a split folder: ``train/a``)."""
+    annotations = os.path.join(folder, "Annotations") if _is_voc_layout(folder) else folder
+    return os.path.join(annotations, image_id + ".xml")
+
+
 def _find_image(folder: str, image_id: str, annotation: _Annotation) -> str:
-    candidates = [os.path.join(folder, "JPEGImages", image_id + ext) for ext in _IMAGE_EXTENSIONS]
+    if _is_voc_layout(folder):
+        images, stem = os.path.join(folder, "JPEGImages"), image_id
+    else:  # beside its XML
+        images, stem = os.path.split(os.path.join(folder, image_id))
+    candidates = [os.path.join(images, stem + ext) for ext in _IMAGE_EXTENSIONS]
     if annotation.filename:
-        candidates.append(os.path.join(folder, "JPEGImages", annotation.filename))
+        candidates.append(os.path.join(images, annotation.filename))
     for path in candidates:
         if os.path.isfile(path):
             return path
+    where = os.path.relpath(images, folder)
     raise BadDataError(
-        f"{os.path.join(folder, 'Annotations', image_id + '.xml')}: image not found "
-        f"(looked for JPEGImages/{image_id}.jpg, .jpeg or .png)"
+        f"{_xml_path(folder, image_id)}: image not found (looked for "
+        f"{os.path.join(where, stem) if where != '.' else stem}.jpg, .jpeg or .png)"
     )
 
 
@@ -156,7 +187,7 @@ def _check_object(xml_path: str, obj: _Object, width: int, height: int, class_na
 
 def _example(folder: str, image_id: str, class_names: tuple[str, ...]) -> dict:
     """Builds one TFDS example; raises BadDataError for any problem with its files."""
-    xml_path = os.path.join(folder, "Annotations", image_id + ".xml")
+    xml_path = _xml_path(folder, image_id)
     try:
         image_id.encode("utf-8")
     except UnicodeEncodeError:
@@ -189,11 +220,42 @@ def _example(folder: str, image_id: str, class_names: tuple[str, ...]) -> dict:
     }
 
 
+def _xml_stems(directory: str) -> list[str]:
+    return sorted(name[: -len(".xml")] for name in os.listdir(directory) if name.endswith(".xml"))
+
+
+def _split_folders(folder: str) -> dict[str, str]:
+    """Split folder name → split, for the XML-beside-image layout's split folders present."""
+    return {
+        name: split
+        for name, split in _SPLIT_FOLDER_NAMES.items()
+        if os.path.isdir(os.path.join(folder, name))
+    }
+
+
+def _split_folder_ids(folder: str) -> dict[str, list[str]]:
+    """Split → ids (``<split folder>/<stem>``) of the split folders' XML files."""
+    splits = {}
+    for name, split in _split_folders(folder).items():
+        splits.setdefault(split, []).extend(
+            f"{name}/{stem}" for stem in _xml_stems(os.path.join(folder, name))
+        )
+    return {split: ids for split, ids in splits.items() if ids}
+
+
 def _annotation_ids(folder: str) -> list[str]:
-    annotations = os.path.join(folder, "Annotations")
-    if not os.path.isdir(annotations):
-        raise ValueError(f"data.folder={folder!r} has no Annotations/ directory (VOC layout)")
-    return sorted(name[: -len(".xml")] for name in os.listdir(annotations) if name.endswith(".xml"))
+    if _is_voc_layout(folder):
+        return _xml_stems(os.path.join(folder, "Annotations"))
+    ids = _xml_stems(folder) + sorted(
+        id_ for ids in _split_folder_ids(folder).values() for id_ in ids
+    )
+    if not ids:
+        raise ValueError(
+            f"data.folder={folder!r} has neither an Annotations/ directory (PASCAL VOC layout) "
+            "nor .xml files beside its images, in it or in train/, valid/ and test/ folders "
+            "(Roboflow's Pascal VOC export)"
+        )
+    return ids
 
 
 def folder_splits(folder: str, split_seed: int = 0) -> dict[str, list[str]]:
@@ -208,6 +270,8 @@ def folder_splits(folder: str, split_seed: int = 0) -> dict[str, list[str]]:
                 splits[split] = [line.split()[0] for line in file if line.strip()]
     if splits:
         return splits
+    if not _is_voc_layout(folder) and _split_folder_ids(folder):
+        return _split_folder_ids(folder)
     ids = _annotation_ids(folder)
     if len(ids) < 2:
         raise ValueError(
@@ -224,7 +288,10 @@ def folder_splits(folder: str, split_seed: int = 0) -> dict[str, list[str]]:
 def _fingerprint(folder: str, *parts) -> str:
     """Hash of the folder's file names, sizes and times plus `parts`: a new cache on change."""
     digest = hashlib.sha256(repr(parts).encode())
-    for sub in ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main")):
+    subs = ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main"))
+    if not _is_voc_layout(folder):
+        subs = (".", *_split_folders(folder))
+    for sub in subs:
         directory = os.path.join(folder, sub)
         if os.path.isdir(directory):
             for entry in sorted(os.scandir(directory), key=lambda entry: entry.name):
@@ -239,14 +306,14 @@ def scan_class_names(folder: str, on_bad_data: str = "error") -> tuple[str, ...]
     names = set()
     for image_id in _annotation_ids(folder):
         try:
-            annotation = parse_annotation(os.path.join(folder, "Annotations", image_id + ".xml"))
+            annotation = parse_annotation(_xml_path(folder, image_id))
         except BadDataError:
             if on_bad_data == "error":
                 raise
             continue  # Counted and reported when the examples are generated.
         names.update(obj.name for obj in annotation.objects)
     if not names:
-        raise ValueError(f"data.folder={folder!r}: no object found in Annotations/*.xml")
+        raise ValueError(f"data.folder={folder!r}: no object found in its .xml files")
     spellings = {}
     for name in sorted(names):
         spellings.setdefault(name.casefold(), []).append(name)
@@ -254,7 +321,7 @@ def scan_class_names(folder: str, on_bad_data: str = "error") -> tuple[str, ...]
         if len(same) > 1:  # 'Dog' and 'dog' would be two classes, each with half the dogs
             raise ValueError(
                 f"data.folder={folder!r}: the class names {same} differ only in case and would "
-                "be separate classes; use one spelling in Annotations/*.xml"
+                "be separate classes; use one spelling in the .xml files"
             )
     return tuple(sorted(names))
 
