@@ -290,3 +290,29 @@ def test_a_workdir_that_cannot_be_written_is_named_before_training(tmp_path, mon
     with pytest.raises(checkpoints.NotAFolderError, match=r"cannot be written \(.* is read-only"):
         checkpoints.check_workdir(tmp_path / "run", writable=True)
     checkpoints.check_workdir(tmp_path / "run")  # reading (evaluate.py) needs no write access
+
+
+def test_a_save_that_fails_names_the_last_complete_checkpoint(tmp_path, monkeypatch):
+    manager = checkpoints.Checkpoints(tmp_path, SIGNATURE, keep=5)
+    manager.save(1, _state(1))
+    manager.wait()
+
+    def full_disk(*args, **kwargs):  # orbax's error for a full disk, raised at the next save
+        raise ValueError(
+            'RESOURCE_EXHAUSTED: Error writing "params.w/0" in OCDBT database at local file '
+            f'"{tmp_path}/checkpoints/2.orbax-checkpoint-tmp/state": Failed to write 630784 bytes '
+            "to file 9: No space left on device [os_error_code='28']"
+        )
+
+    monkeypatch.setattr(checkpoints._Manager, "save", full_disk)
+    with pytest.raises(checkpoints.CheckpointSaveError) as error:
+        manager.save(2, _state(2))
+    message = str(error.value)
+    assert f"Saving a checkpoint in {tmp_path} failed" in message
+    assert "No space left on device" in message
+    assert message.endswith(
+        "The last complete checkpoint is step 1: free space (or fix the folder) and rerun the "
+        "same command to resume from it."
+    )
+    monkeypatch.undo()
+    manager.close()

@@ -450,3 +450,23 @@ def test_missing_imagenet_weights_are_named_before_any_data_is_prepared(tmp_path
     with pytest.raises(FileNotFoundError, match=r"resnet18.msgpack' not found: make it with"):
         trainer.train_and_evaluate(config, str(tmp_path / "run"))
     assert not (tmp_path / "tfds").exists()  # the synthetic dataset was not generated first
+
+
+def test_orbax_error_logs_keep_their_line_but_not_their_traceback():
+    try:
+        raise ValueError("RESOURCE_EXHAUSTED: No space left on device")
+    except ValueError:
+        exc_info = sys.exc_info()
+    orbax = logging.LogRecord(
+        "absl",
+        logging.ERROR,
+        "/site-packages/orbax/checkpoint/future.py",
+        1,
+        "failed",
+        (),
+        exc_info,
+    )
+    other = logging.LogRecord("absl", logging.ERROR, "/site-packages/x/y.py", 1, "m", (), exc_info)
+    noise = cli._OrbaxTracebacks()
+    assert noise.filter(orbax) and orbax.exc_info is None  # the line stays, without traceback
+    assert noise.filter(other) and other.exc_info is exc_info

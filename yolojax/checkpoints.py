@@ -22,6 +22,7 @@ writes the files from process 0 and keeps the processes in step with barriers, s
 workdir has to be on a filesystem that every process sees.
 """
 
+import contextlib
 import logging
 import math
 import os
@@ -45,6 +46,11 @@ MODEL_SIGNATURE_FIELDS = ("backbone", "head", "num_classes", "grid_size", "num_b
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint was trained for another model than the config describes."""
+
+
+class CheckpointSaveError(ValueError):
+    """A checkpoint could not be written (a full disk, a folder removed or made read-only);
+    the message names the last complete checkpoint, from which a rerun resumes."""
 
 
 class DamagedCheckpointError(Exception):
@@ -279,15 +285,37 @@ class Checkpoints:
         host_state = jax.device_get(state)
         # The checksums let a restore tell bytes changed on disk from the saved state.
         record = {**self.signature, "checksums": _checksums(host_state)}
-        manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(host_state),
-                model=ocp.args.JsonSave(record),
-            ),
-            metrics=metrics,
-            force=True,
-        )
+        with self._save_errors():  # also the previous save's, which orbax reports here
+            manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(host_state),
+                    model=ocp.args.JsonSave(record),
+                ),
+                metrics=metrics,
+                force=True,
+            )
+
+    @contextlib.contextmanager
+    def _save_errors(self):
+        """Turns a failed save (orbax's error, after pages of its logged tracebacks) into a
+        :class:`CheckpointSaveError` that says what is safe and what to do."""
+        try:
+            yield
+        except Exception as error:
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            if len(reason) > 300:  # the end has the system's words: "No space left on device"
+                reason = "..." + reason[-300:]
+            latest = self._latest.latest_step()  # orbax leaves an unfinished save out
+            resume = (
+                f"The last complete checkpoint is step {latest}: free space (or fix the folder) "
+                "and rerun the same command to resume from it."
+                if latest is not None
+                else "No checkpoint was completed: rerunning starts over."
+            )
+            raise CheckpointSaveError(
+                f"Saving a checkpoint in {self.workdir} failed ({reason}). {resume}"
+            ) from error
 
     def save(self, step: int, state) -> None:
         """Saves ``state`` (unreplicated) as the checkpoint of ``step``."""
@@ -431,9 +459,14 @@ class Checkpoints:
         )
 
     def wait(self) -> None:
-        """Blocks until asynchronous saves are on disk."""
-        self._latest.wait_until_finished()
-        self._best.wait_until_finished()
+        """Blocks until asynchronous saves are on disk.
+
+        Raises:
+          CheckpointSaveError: a save failed.
+        """
+        with self._save_errors():
+            self._latest.wait_until_finished()
+            self._best.wait_until_finished()
 
     def close(self) -> None:
         self._latest.close()

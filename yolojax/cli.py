@@ -53,9 +53,24 @@ class _FailedRestoreNoise(logging.Filter):
         return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
 
 
+class _OrbaxTracebacks(logging.Filter):
+    """Keeps orbax's error lines but not their tracebacks (for the 'absl' logger).
+
+    A failed save (a full disk) logs the same error with a traceback from each of orbax's
+    threads, about 300 lines for one save, before the save's error reaches the command,
+    which reports it as one paragraph (:class:`yolojax.checkpoints.CheckpointSaveError`).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if f"{os.sep}orbax{os.sep}" in record.pathname:
+            record.exc_info = record.exc_text = None
+        return True
+
+
 @contextlib.contextmanager
 def _quiet_failed_restores():
     noise, previous_hook = _FailedRestoreNoise(), sys.unraisablehook
+    logging.getLogger("absl").addFilter(_OrbaxTracebacks())
 
     def unraisable_hook(unraisable):
         if not noise.is_noise(unraisable):
