@@ -25,6 +25,7 @@ flags.DEFINE_string("workdir", None, "The training run's folder.")
 flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or a step number.")
 flags.mark_flags_as_required(["workdir"])
 distributed.define_flags()
+flags.adopt_module_key_flags(distributed)  # --help lists the multi-host flags too
 
 
 def main(argv):

@@ -18,6 +18,7 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and plots.")
 flags.mark_flags_as_required(["config", "workdir"])
 distributed.define_flags()
+flags.adopt_module_key_flags(distributed)  # --help lists the multi-host flags too
 
 
 def main(argv):

@@ -82,6 +82,10 @@ def _break(folder: str, problem: str) -> str:
         with open(jpeg, "wb") as file:
             file.write(b"\xff\xd8\xff\xe0 not really a jpeg")
         return jpeg
+    if problem == "not an image file Pillow can read":
+        with open(jpeg, "w") as file:
+            file.write("a text file named .jpg")
+        return jpeg
     if problem == "image not found":
         os.remove(jpeg)
         return xml
@@ -102,6 +106,7 @@ def _break(folder: str, problem: str) -> str:
 
 BAD_DATA = [
     "corrupt or unreadable image",
+    "not an image file Pillow can read",
     "image not found",
     "malformed XML",
     "unknown class 'cat'",
@@ -125,6 +130,8 @@ def test_bad_data_raises_naming_the_file_and_the_problem(tmp_path, problem):
     with pytest.raises(voc_folder.BadDataError) as error:
         _prepare(folder, tmp_path, class_names=("dog",))
     assert bad_file in str(error.value) and problem in str(error.value)
+    assert "BytesIO" not in str(error.value)  # Pillow's name for what it was given
+    assert str(error.value).endswith("(--config.data.on_bad_data=skip leaves such images out.)")
 
 
 @pytest.mark.parametrize("problem", ["corrupt or unreadable image", "lies outside the 20x10 image"])

@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from yolojax import boxes as box_ops
 
@@ -159,6 +159,8 @@ def _read_image(path: str) -> tuple[bytes, int, int]:
             image.load()
             image_format, mode = image.format, image.mode
             width, height = image.width, image.height
+    except UnidentifiedImageError:
+        raise BadDataError(f"{path}: not an image file Pillow can read") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise BadDataError(f"{path}: corrupt or unreadable image ({error})") from error
     if image_format not in _DECODABLE_FORMATS:
@@ -420,7 +422,9 @@ class VocFolder(tfds.core.GeneratorBasedBuilder):
                 example = _example(config.folder, image_id, config.class_names)
             except BadDataError as error:
                 if config.on_bad_data == "error":
-                    raise
+                    raise BadDataError(
+                        f"{error}\n(--config.data.on_bad_data=skip leaves such images out.)"
+                    ) from None
                 problems.append(str(error))
                 continue
             yield image_id, example
