@@ -156,7 +156,7 @@ def test_pipeline_reads_a_folder_and_warns_about_skipped_images(tmp_path, caplog
         info = get_dataset_info(config)
     assert info.class_names == ("dog",) and info.num_train_examples == 1
     assert "built without 1 bad images" in caplog.text
-    assert f"Reading the VOC-layout folder {folder} into" in capsys.readouterr().out
+    assert f"Reading the VOC-format folder {folder} into" in capsys.readouterr().out
     (batch,) = list(make_eval_iterator(config, global_batch_size=1))
     np.testing.assert_allclose(batch["boxes"][0, 0, 0], [0.1, 0.1, 0.8, 0.45], atol=1e-6)
     assert batch["image_size"][0, 0].tolist() == [10, 20]
@@ -277,3 +277,31 @@ def test_a_missing_image_beside_its_xml_is_named(tmp_path):
         voc_folder.BadDataError, match=r"train/a.xml: image not found \(looked for train/a.jpg"
     ):
         _prepare(folder, tmp_path / "data")
+
+
+def test_a_train_folder_alone_is_split_90_10_and_stray_xml_files_are_named(tmp_path):
+    ids = [f"img{index:02d}" for index in range(10)]
+    images = [VocImage(image_id, 16, 16, [VocObject("x", (1, 1, 9, 9))]) for image_id in ids]
+    voc = write_voc_folder(str(tmp_path / "voc"), images)
+    folder = _beside(voc, tmp_path / "export", {**dict.fromkeys(ids[:9], "train"), ids[9]: ""})
+    with pytest.raises(ValueError, match=r"both in split folders and beside them \(img09.xml\)"):
+        voc_folder.folder_splits(folder)
+    os.rename(os.path.join(folder, "img09.xml"), os.path.join(folder, "train", "img09.xml"))
+    os.rename(os.path.join(folder, "img09.jpg"), os.path.join(folder, "train", "img09.jpg"))
+    splits = voc_folder.folder_splits(folder)  # something to evaluate on
+    assert len(splits["train"]) == 9 and len(splits["validation"]) == 1
+    assert sorted(splits["train"] + splits["validation"]) == [f"train/{i}" for i in ids]
+
+
+def test_editing_a_split_file_beside_xml_files_prepares_the_folder_anew(tmp_path):
+    images = [VocImage(name, 16, 16, [VocObject("x", (1, 1, 9, 9))]) for name in "abc"]
+    voc = write_voc_folder(str(tmp_path / "voc"), images)
+    folder = _beside(voc, tmp_path / "flat", dict.fromkeys("abc", ""))
+    os.makedirs(os.path.join(folder, "ImageSets", "Main"))
+    split_file = os.path.join(folder, "ImageSets", "Main", "train.txt")
+    with open(split_file, "w") as file:
+        file.write("a\nb\n")
+    before = voc_folder.voc_folder_config(folder).name
+    with open(split_file, "w") as file:
+        file.write("a\nb\nc\n")
+    assert voc_folder.voc_folder_config(folder).name != before

@@ -1,5 +1,7 @@
 """Images as the model reads them: EXIF orientation, other layouts, the pipeline's decoder."""
 
+import struct
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -14,6 +16,18 @@ def test_a_photo_stored_sideways_reads_upright(tmp_path):
     exif[0x0112] = 6  # Orientation: the viewer turns it 90° clockwise
     Image.fromarray(stored).save(tmp_path / "phone.png", exif=exif)
     np.testing.assert_array_equal(images.read_image(tmp_path / "phone.png"), np.rot90(stored, k=-1))
+
+
+def test_a_damaged_exif_block_reads_the_image_as_stored(tmp_path, monkeypatch):
+    # Pillow's exif_transpose raised struct.error on one, which stopped a whole predict run.
+    stored = np.random.default_rng(0).integers(0, 256, (2, 3, 3), np.uint8)
+    Image.fromarray(stored).save(tmp_path / "a.png")
+
+    def damaged(image):
+        raise struct.error("required argument is not a float")
+
+    monkeypatch.setattr(Image.Image, "getexif", damaged)
+    np.testing.assert_array_equal(images.read_image(tmp_path / "a.png"), stored)
 
 
 def test_rgba_and_greyscale_read_as_the_pipeline_decodes_them(tmp_path):

@@ -1,15 +1,27 @@
 """Images as the model reads them: ``(H, W, 3)`` uint8 RGB arrays, from image files, PIL
 images or arrays of other layouts, decoded as the input pipeline decodes its images
-(``tf.io.decode_image(..., channels=3)``)."""
+(``tf.io.decode_image(..., channels=3)``), except that a file is turned upright as its EXIF
+orientation says (the pipeline's training images are used as stored)."""
 
 import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 # Image files by extension (matched case-insensitively), for folders given as input.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+_ORIENTATION_TAG = 0x0112
+# EXIF orientation → the transpose that makes the image upright (as ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 class UnreadableImageError(ValueError):
@@ -51,6 +63,17 @@ def to_rgb(image) -> np.ndarray:
     )
 
 
+def _upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation says. Only the tag is read (Pillow's
+    ``exif_transpose`` also rewrites the whole EXIF block, and raises on a damaged one)."""
+    try:
+        orientation = image.getexif().get(_ORIENTATION_TAG)
+    except Exception:  # a damaged EXIF block: the image as stored, as other readers show it
+        return image
+    method = _UPRIGHT.get(orientation)
+    return image.transpose(method) if method is not None else image
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """An image file as ``(H, W, 3)`` uint8 RGB, turned upright as its EXIF orientation says
     (as a photo viewer shows it: a phone's portrait photo is stored sideways).
@@ -69,7 +92,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise UnreadableImageError(path, "an empty file")
     try:
         with Image.open(path) as image:
-            return to_rgb(ImageOps.exif_transpose(image))
+            return to_rgb(_upright(image))
     except UnidentifiedImageError:
         raise UnreadableImageError(path, "not an image file Pillow can read") from None
     except OSError as error:

@@ -66,7 +66,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     """Returns the `config.data` defaults: the synthetic dataset at the paper's 448x448."""
     data = ml_collections.ConfigDict()
     # 'synthetic_shapes' (embedded, generated locally), 'voc' (TFDS voc/2007 + voc/2012,
-    # prepared beforehand: see docs/data.md) or 'voc_folder' (any VOC-layout folder).
+    # prepared beforehand: see docs/data.md) or 'voc_folder' (any folder of images with VOC
+    # XML files).
     data.source = "synthetic_shapes"
     # TFDS data directory (datasets are prepared and cached there); None = TFDS default
     # (~/tensorflow_datasets or $TFDS_DATA_DIR).
@@ -79,7 +80,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     # Any TFDS expression works, e.g. 'train[:80%]' or 'voc/2012:validation[:500]'.
     data.train_split = config_dict.placeholder(str)
     data.eval_split = config_dict.placeholder(str)
-    # voc_folder only: the folder holding Annotations/, JPEGImages/ and optional ImageSets/.
+    # voc_folder only: the folder of images and their VOC XML files (docs/data.md: layouts).
     data.folder = config_dict.placeholder(str)
     # voc_folder only: class names in label order; None = every name found in the XML files,
     # sorted. With a list, an object of another class is bad data.

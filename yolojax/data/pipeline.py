@@ -97,7 +97,10 @@ def validate_data_config(data_config) -> None:
     _check_choice("normalization", data_config.normalization, config.NORMALIZATIONS)
     _check_choice("on_bad_data", data_config.on_bad_data, config.BAD_DATA_POLICIES)
     if data_config.source == "voc_folder" and not data_config.folder:
-        raise ValueError("data.folder must name a VOC-layout folder when data.source='voc_folder'")
+        raise ValueError(
+            "data.folder must name a folder of images with VOC XML files when "
+            "data.source='voc_folder'"
+        )
     for name, low in [("image_size", 16), ("max_boxes", 1)]:
         _check_int(f"data.{name}", data_config[name], low)
     for name in ("max_train_examples", "max_eval_examples"):

@@ -260,21 +260,8 @@ def _annotation_ids(folder: str) -> list[str]:
     return ids
 
 
-def folder_splits(folder: str, split_seed: int = 0) -> dict[str, list[str]]:
-    """Split name -> image ids: from ImageSets/Main/*.txt, else a seeded 90:10 random split."""
-    main = os.path.join(folder, "ImageSets", "Main")
-    splits = {}
-    for file_name, split in _SPLIT_FILE_NAMES.items():
-        path = os.path.join(main, file_name + ".txt")
-        if os.path.isfile(path):
-            # surrogateescape: ids that are not UTF-8 stay equal to os.listdir's names.
-            with open(path, encoding="utf-8", errors="surrogateescape") as file:
-                splits[split] = [line.split()[0] for line in file if line.strip()]
-    if splits:
-        return splits
-    if not _is_voc_layout(folder) and _split_folder_ids(folder):
-        return _split_folder_ids(folder)
-    ids = _annotation_ids(folder)
+def _random_split(folder: str, ids: list[str], split_seed: int) -> dict[str, list[str]]:
+    """'train' and 'validation' ids, 90:10 by a seeded random permutation of ``ids``."""
     if len(ids) < 2:
         raise ValueError(
             f"data.folder={folder!r}: need at least 2 annotated images, got {len(ids)}"
@@ -287,12 +274,50 @@ def folder_splits(folder: str, split_seed: int = 0) -> dict[str, list[str]]:
     }
 
 
+def _split_folder_splits(folder: str, split_seed: int) -> dict[str, list[str]] | None:
+    """The split folders' splits (None without any); a train/ alone is split 90:10, so that
+    there is something to evaluate on."""
+    splits = _split_folder_ids(folder)
+    if not splits:
+        return None
+    stray = _xml_stems(folder)
+    if stray:  # they would be in no split
+        raise ValueError(
+            f"data.folder={folder!r} has .xml files both in split folders and beside them "
+            f"({', '.join(stray[:3])}{', ...' if len(stray) > 3 else ''}.xml): move those into "
+            "train/, valid/ or test/"
+        )
+    if set(splits) == {"train"}:
+        return _random_split(folder, splits["train"], split_seed)
+    return splits
+
+
+def folder_splits(folder: str, split_seed: int = 0) -> dict[str, list[str]]:
+    """Split name -> image ids: from ImageSets/Main/*.txt, else from split folders (train/,
+    valid/, test/), else a seeded 90:10 random split."""
+    main = os.path.join(folder, "ImageSets", "Main")
+    splits = {}
+    for file_name, split in _SPLIT_FILE_NAMES.items():
+        path = os.path.join(main, file_name + ".txt")
+        if os.path.isfile(path):
+            # surrogateescape: ids that are not UTF-8 stay equal to os.listdir's names.
+            with open(path, encoding="utf-8", errors="surrogateescape") as file:
+                splits[split] = [line.split()[0] for line in file if line.strip()]
+    if splits:
+        return splits
+    if not _is_voc_layout(folder):
+        from_folders = _split_folder_splits(folder, split_seed)
+        if from_folders is not None:
+            return from_folders
+    return _random_split(folder, _annotation_ids(folder), split_seed)
+
+
 def _fingerprint(folder: str, *parts) -> str:
     """Hash of the folder's file names, sizes and times plus `parts`: a new cache on change."""
     digest = hashlib.sha256(repr(parts).encode())
     subs = ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main"))
-    if not _is_voc_layout(folder):
-        subs = (".", *_split_folders(folder))
+    if not _is_voc_layout(folder):  # split files apply to this layout too
+        subs = (".", *_split_folders(folder), os.path.join("ImageSets", "Main"))
     for sub in subs:
         directory = os.path.join(folder, sub)
         if os.path.isdir(directory):
@@ -369,7 +394,7 @@ def voc_folder_config(
 
 
 class VocFolder(tfds.core.GeneratorBasedBuilder):
-    """TFDS builder reading a local VOC-layout folder (see the module docstring)."""
+    """TFDS builder reading a local folder of images with VOC XML files (module docstring)."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}  # noqa: RUF012 (TFDS class attribute)
@@ -377,7 +402,7 @@ class VocFolder(tfds.core.GeneratorBasedBuilder):
     # TFDS's own lines say "Downloading and preparing dataset Unknown size (download: ...)".
     def _log_download_bytes(self) -> None:
         print(
-            f"Reading the VOC-layout folder {self.builder_config.folder} into {self.data_dir}, "
+            f"Reading the VOC-format folder {self.builder_config.folder} into {self.data_dir}, "
             "once: later runs reuse it until a file in the folder changes."
         )
 
