@@ -159,13 +159,17 @@ def test_resume_gives_the_same_parameters(tmp_path, data_dir, capsys):
     change = (
         f"train.log_every_steps: {config.train.log_every_steps} -> {changed.train.log_every_steps}"
     )
-    assert f"differs from the one this run saved: {change}. Training goes on" in (
+    assert f"differs from the one saved in this workdir: {change}. Training goes on" in (
         capsys.readouterr().out
     )
     kept = json.loads((full / "config.before_step_8.json").read_text())
     assert kept["train"]["log_every_steps"] == config.train.log_every_steps
     saved = json.loads((full / "config.json").read_text())
     assert saved["train"]["log_every_steps"] == changed.train.log_every_steps
+    # Changed once more at the same step: the first kept config stays, the second joins it.
+    trainer.train_and_evaluate(config, str(full))
+    assert json.loads((full / "config.before_step_8.json").read_text()) == kept
+    assert json.loads((full / "config.before_step_8.json.1").read_text()) == saved
 
 
 def _on_step(number, action):
@@ -386,6 +390,7 @@ def test_starting_over_keeps_the_earlier_runs_best_and_log_aside(tmp_path, data_
     trainer.train_and_evaluate(config, str(tmp_path))
     earlier_best = [p.name for p in (tmp_path / "best").iterdir()]
     earlier_log = (tmp_path / "metrics.jsonl").read_text()
+    earlier_events = sorted(p.name for p in (tmp_path / "tensorboard").iterdir())
     # "Move the folder aside to start over" (every checkpoint damaged): a new, shorter run.
     shutil.rmtree(tmp_path / "checkpoints")
     config.train.num_epochs = 1
@@ -395,5 +400,11 @@ def test_starting_over_keeps_the_earlier_runs_best_and_log_aside(tmp_path, data_
     superseded = tmp_path / "superseded"
     assert (superseded / f"best-{earlier_best[0]}").is_dir()
     assert (superseded / "metrics.jsonl").read_text() == earlier_log
+    # TensorBoard would draw both runs' events as one run.
+    assert sorted(p.name for p in (superseded / "tensorboard").iterdir()) == earlier_events
     assert _evaluated_steps(tmp_path) == [4]
-    assert "training starts over. The earlier run's log is kept as" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert (
+        f"training starts over. What an earlier run logged there is kept in {superseded}: " in out
+    )
+    assert "config.before_step_0.json" in out  # num_epochs changed: the earlier config kept

@@ -20,7 +20,7 @@ from yolojax import distributed, plots, postprocess, train_lib
 from yolojax.config import resolve_num_classes, validate_config
 from yolojax.data import pipeline
 from yolojax.evaluation import VOCEvaluator
-from yolojax.workdir import atomic_write_text, to_json
+from yolojax.workdir import EVAL_FOLDER, atomic_write_text, to_json
 
 
 def eval_batch_size(config) -> int:
@@ -217,7 +217,7 @@ def evaluate_checkpoint(config, workdir, checkpoint: str | int = "latest") -> di
             "num_images": results["num_images"],
             "images_per_second": results["images_per_second"],
         }
-        eval_dir = Path(workdir) / "eval"
+        eval_dir = Path(workdir) / EVAL_FOLDER
         try:
             atomic_write_text(eval_dir / "metrics.json", to_json(record))
             plots.plot_precision_recall(

@@ -82,7 +82,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       NonFiniteLossError: a step's loss was not finite (and ``train.skip_nonfinite`` is off).
     """
     validate_config(config)
-    checkpoints.check_workdir(workdir, writable=True)
+    # Only process 0 writes: a check that failed in another process alone would leave
+    # process 0 waiting at the first barrier.
+    checkpoints.check_workdir(workdir, writable=jax.process_index() == 0)
     # Before any data is prepared: a batch that does not split over the devices names the
     # numbers to change.
     distributed.check_batch_size(config.train.batch_size, "config.train.batch_size")
@@ -112,26 +114,25 @@ def train_and_evaluate(config, workdir: str) -> dict:
             tqdm.write(f"Resuming from the checkpoint of step {start_step} in {workdir}.")
     else:  # starting over: what an earlier run in this workdir left is kept aside, not mixed in
         ckpt.set_aside_best()
-        moved = (
-            workdir_io.set_aside_metrics(workdir, checkpoints.SUPERSEDED_FOLDER)
-            if is_main
-            else None
-        )
-        if moved is not None:
+        moved = workdir_io.set_aside_logs(workdir, checkpoints.SUPERSEDED_FOLDER) if is_main else []
+        if moved:
             tqdm.write(
-                f"No checkpoint to resume from in {workdir}: training starts over. The earlier "
-                f"run's log is kept as {moved}."
+                f"No checkpoint to resume from in {workdir}: training starts over. What an "
+                f"earlier run logged there is kept in {moved[0].parent}: "
+                + ", ".join(path.name for path in moved)
+                + "."
             )
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
-        changes = workdir_io.save_config(workdir, config.to_json_best_effort(indent=2), start_step)
-        if changes and latest_step is not None:
+        config_json = config.to_json_best_effort(indent=2)
+        changes, kept = workdir_io.save_config(workdir, config_json, start_step)
+        if changes:
             tqdm.write(
-                "The config differs from the one this run saved: "
+                "The config differs from the one saved in this workdir: "
                 + "; ".join(changes[:8])
                 + ("; ..." if len(changes) > 8 else "")
-                + f". Training goes on with the new values; the run's previous config is kept "
-                f"as config.before_step_{start_step}.json."
+                + f". Training goes on with the new values; the previous config is kept as "
+                f"{kept.name}."
             )
         workdir_io.atomic_write_text(
             workdir / workdir_io.CLASSES_FILE, workdir_io.to_json(list(info.class_names))

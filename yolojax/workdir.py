@@ -19,6 +19,8 @@ from pathlib import Path
 CONFIG_FILE = "config.json"
 CLASSES_FILE = "classes.json"
 METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_FOLDER = "tensorboard"
+EVAL_FOLDER = "eval"  # evaluate.py's results
 
 
 def _process_umask() -> int:
@@ -81,12 +83,15 @@ def _flat(tree: Mapping, prefix: str = "") -> dict:
     return flat
 
 
-def save_config(workdir: str | os.PathLike, config_json: str, step: int) -> list[str]:
-    """Writes ``config.json``; if the run's previous one (from before ``step``) differs,
-    keeps it as ``config.before_step_<step>.json`` first.
+def save_config(
+    workdir: str | os.PathLike, config_json: str, step: int
+) -> tuple[list[str], Path | None]:
+    """Writes ``config.json``; if the previous one (the run's, from before ``step``) differs,
+    keeps it as ``config.before_step_<step>.json`` first (``.1``, ... if that is taken).
 
     Returns:
-      The differences, ``'train.batch_size: 16 -> 32'``, empty when nothing changed.
+      The differences, ``'train.batch_size: 16 -> 32'``, empty when nothing changed, and
+      where the previous config was kept (None if it was not).
     """
     path = Path(workdir) / CONFIG_FILE
     try:
@@ -94,16 +99,17 @@ def save_config(workdir: str | os.PathLike, config_json: str, step: int) -> list
     except (OSError, ValueError, AttributeError):  # none yet, or unreadable: nothing to keep
         previous = None
     current = _flat(json.loads(config_json))
-    changes = []
+    changes, kept = [], None
     if previous is not None and previous != current:
         changes = [
             f"{key}: {previous.get(key, '(absent)')} -> {current.get(key, '(absent)')}"
             for key in sorted(previous.keys() | current.keys())
             if previous.get(key) != current.get(key)
         ]
-        atomic_write_text(path.with_name(f"config.before_step_{step}.json"), path.read_text())
+        kept = free_path(path.with_name(f"config.before_step_{step}.json"))
+        atomic_write_text(kept, path.read_text())
     atomic_write_text(path, config_json)
-    return changes
+    return changes, kept
 
 
 def append_metrics(workdir: str | os.PathLike, record: Mapping) -> None:
@@ -137,17 +143,19 @@ def free_path(path: Path) -> Path:
     return candidate
 
 
-def set_aside_metrics(workdir: str | os.PathLike, folder: str) -> Path | None:
-    """Moves ``metrics.jsonl`` into ``workdir/folder/`` (a run starting over in a workdir
-    that an earlier run logged to keeps that history); returns where, or None if there is
-    no log with records."""
-    path = Path(workdir) / METRICS_FILE
-    if not read_metrics(workdir):
-        return None
-    target = free_path(Path(workdir) / folder / METRICS_FILE)
-    target.parent.mkdir(exist_ok=True)
-    path.rename(target)
-    return target
+def set_aside_logs(workdir: str | os.PathLike, folder: str) -> list[Path]:
+    """Moves what an earlier run logged in ``workdir`` (``metrics.jsonl``, ``tensorboard/``,
+    ``eval/``) into ``workdir/folder/``, for a run starting over there: TensorBoard would
+    show both runs' events as one. Returns where each went."""
+    moved = []
+    for name in (METRICS_FILE, TENSORBOARD_FOLDER, EVAL_FOLDER):
+        path = Path(workdir) / name
+        if path.exists():
+            target = free_path(Path(workdir) / folder / name)
+            target.parent.mkdir(exist_ok=True)
+            path.rename(target)
+            moved.append(target)
+    return moved
 
 
 def truncate_metrics(workdir: str | os.PathLike, last_step: int) -> None:
@@ -167,7 +175,7 @@ class TensorBoardWriter:
         import tensorflow as tf  # imported only where it is used
 
         self._tf = tf
-        self._writer = tf.summary.create_file_writer(str(Path(workdir) / "tensorboard"))
+        self._writer = tf.summary.create_file_writer(str(Path(workdir) / TENSORBOARD_FOLDER))
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         with self._writer.as_default():
