@@ -316,3 +316,43 @@ def test_a_save_that_fails_names_the_last_complete_checkpoint(tmp_path, monkeypa
     )
     monkeypatch.undo()
     manager.close()
+
+
+def test_a_save_that_failed_in_the_background_is_reported_by_wait(tmp_path, monkeypatch):
+    # Orbax writes asynchronously: a full disk surfaces when the save is waited for.
+    manager = checkpoints.Checkpoints(tmp_path, SIGNATURE, keep=5)
+    manager.save(1, _state(1))
+    manager.wait()
+
+    def failed(self):
+        raise ValueError("RESOURCE_EXHAUSTED: Failed to write: No space left on device")
+
+    monkeypatch.setattr(checkpoints._Manager, "wait_until_finished", failed)
+    with pytest.raises(checkpoints.CheckpointSaveError, match="last complete checkpoint is step 1"):
+        manager.wait()
+    monkeypatch.undo()
+    manager.close()
+
+
+def test_a_bug_in_a_save_is_not_reported_as_a_full_disk(tmp_path, monkeypatch):
+    manager = checkpoints.Checkpoints(tmp_path, SIGNATURE)
+
+    def bug(*args, **kwargs):
+        raise ValueError("Unsupported leaf type <class 'object'>")
+
+    monkeypatch.setattr(checkpoints._Manager, "save", bug)
+    with pytest.raises(ValueError, match="Unsupported leaf type") as error:
+        manager.save(1, _state(1))
+    assert not isinstance(error.value, checkpoints.CheckpointSaveError)
+    monkeypatch.undo()
+    manager.close()
+
+
+def test_a_checkpoint_saved_without_checksums_still_restores(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoints, "_checksums", lambda tree: {})  # as before they existed
+    _save_steps(tmp_path, [1])
+    monkeypatch.undo()
+    manager = checkpoints.Checkpoints(tmp_path, SIGNATURE)
+    state, step = manager.restore(_state(0))
+    assert step == 1 and state["params"]["w"][0, 0] == 1.0
+    manager.close()

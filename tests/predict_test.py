@@ -229,8 +229,10 @@ def test_the_detector_reads_paths_pil_images_rgba_and_greyscale_as_their_rgb(wor
 
 
 def test_a_step_given_as_text_is_a_step(workdir):
-    detector = Detector.from_workdir.__func__(Detector, workdir, checkpoint="0")  # unpatched
-    assert detector.score_threshold == 0.25
+    from_workdir = Detector.from_workdir.__func__  # the module's stand-in caches by settings
+    assert from_workdir(Detector, workdir, checkpoint="0").score_threshold == 0.25
+    with pytest.raises(checkpoints.NoCheckpointError, match=r"step 5 .*available steps: \[0\]"):
+        from_workdir(Detector, workdir, checkpoint="5")
 
 
 def test_an_output_path_that_is_a_file_is_named(workdir, tmp_path, capsys):

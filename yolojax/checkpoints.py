@@ -26,6 +26,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import warnings
 import zlib
 from pathlib import Path
@@ -46,6 +47,12 @@ MODEL_SIGNATURE_FIELDS = ("backbone", "head", "num_classes", "grid_size", "num_b
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint was trained for another model than the config describes."""
+
+
+# The status codes of tensorstore's write errors (a full disk: RESOURCE_EXHAUSTED).
+_IO_STATUS = re.compile(
+    r"(RESOURCE_EXHAUSTED|PERMISSION_DENIED|NOT_FOUND|UNAVAILABLE|DATA_LOSS|INTERNAL|UNKNOWN): "
+)
 
 
 class CheckpointSaveError(ValueError):
@@ -298,11 +305,15 @@ class Checkpoints:
 
     @contextlib.contextmanager
     def _save_errors(self):
-        """Turns a failed save (orbax's error, after pages of its logged tracebacks) into a
-        :class:`CheckpointSaveError` that says what is safe and what to do."""
+        """Turns a save that failed writing (orbax's error, after pages of its logged
+        tracebacks) into a :class:`CheckpointSaveError` that says what is safe and what to do.
+        Other errors (a bug) pass as they are."""
         try:
             yield
-        except Exception as error:
+        except (OSError, ValueError) as error:
+            # Tensorstore's I/O errors reach orbax's caller as ValueErrors with a status.
+            if not isinstance(error, OSError) and not _IO_STATUS.match(str(error)):
+                raise
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
             if len(reason) > 300:  # the end has the system's words: "No space left on device"
                 reason = "..." + reason[-300:]

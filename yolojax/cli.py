@@ -67,10 +67,13 @@ class _OrbaxTracebacks(logging.Filter):
         return True
 
 
+_ORBAX_TRACEBACKS = _OrbaxTracebacks()  # one instance: adding it again changes nothing
+
+
 @contextlib.contextmanager
 def _quiet_failed_restores():
     noise, previous_hook = _FailedRestoreNoise(), sys.unraisablehook
-    logging.getLogger("absl").addFilter(_OrbaxTracebacks())
+    logging.getLogger("absl").addFilter(_ORBAX_TRACEBACKS)
 
     def unraisable_hook(unraisable):
         if not noise.is_noise(unraisable):
@@ -78,10 +81,11 @@ def _quiet_failed_restores():
 
     sys.unraisablehook = unraisable_hook
     logging.getLogger("asyncio").addFilter(noise)
-    # An error propagates from the yield and leaves the filter in place: the command is
+    # An error propagates from the yield and leaves the filters in place: the command is
     # about to exit, and the reads may still report while it prints the error and exits.
     yield
     logging.getLogger("asyncio").removeFilter(noise)
+    logging.getLogger("absl").removeFilter(_ORBAX_TRACEBACKS)
     sys.unraisablehook = previous_hook
 
 

@@ -187,12 +187,11 @@ def main(argv=None) -> None:
         help="the lowest score (confidence x class probability) drawn, in [0, 1]",
     )
     args = parser.parse_args(argv)
-    checkpoint = int(args.checkpoint) if args.checkpoint.isdigit() else args.checkpoint
     from yolojax.detector import Detector  # after the restart (TensorFlow)
 
     with cli.command_errors():
         detector = Detector.from_workdir(
-            args.workdir, checkpoint=checkpoint, score_threshold=args.score_threshold
+            args.workdir, checkpoint=args.checkpoint, score_threshold=args.score_threshold
         )
         images, failed = predict_files(detector, args.images, args.out, on_skip=_report_skip)
     total = sum(len(image["detections"]) for image in images.values())
