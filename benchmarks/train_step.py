@@ -31,8 +31,8 @@ be input-bound: compare it with `python -m benchmarks.input_pipeline`.
 
 The header and each figure print as soon as they are known (`[backbone] ...` lines), and the
 table at the end: a run cut short by a time limit still shows what it measured. A PyTorch
-variant that fails (torch.compile, out of memory) is named in the table and the others run;
-a backbone that fails prints its traceback and the next one runs.
+variant that fails to build or warm up (torch.compile, out of memory) is named in the table
+and the others run; a backbone that fails later prints its traceback and the next one runs.
 """
 
 import argparse
@@ -119,18 +119,25 @@ def _train_step(config, schedule, mesh):
     return train_lib.make_train_step(train_lib.build_model(config), config, schedule, mesh)
 
 
-def train_step_flops(config, schedule, state, batch) -> float:
+def train_step_flops(config, schedule, state, batch, compiled, num_devices: int) -> float:
     """FLOPs of one train step on the global batch, from XLA's cost analysis of the step
     lowered (not compiled) for one CPU device with XLA's own convolutions.
 
     The model's FLOPs, whatever kernels a backend picks later (a matrix-product convolution
     on a small padded map also counts the products with the padding's zeros; `--conv-impl`
     does not change the count). For the CPU because through a PJRT plugin, as on CUDA,
-    JAX gives no cost analysis of a lowered step. Nothing is compiled or allocated.
+    JAX gives no cost analysis of a lowered step. Nothing is compiled or allocated. Without
+    a CPU backend (JAX_PLATFORMS=cuda): the cost analysis of ``compiled``, the step as each
+    of its ``num_devices`` devices runs it, times their number.
     """
+    try:
+        cpu = jax.devices("cpu")[:1]
+    except RuntimeError:
+        print("No CPU backend: FLOPs from the compiled step's cost analysis.", flush=True)
+        return common.xla_flops(compiled) * num_devices
     xla_config = config.copy_and_resolve_references()
     xla_config.model.conv_impl = "xla"
-    cpu_mesh = distributed.mesh(jax.devices("cpu")[:1])
+    cpu_mesh = distributed.mesh(cpu)
     replicated = NamedSharding(cpu_mesh, PartitionSpec())
     split = NamedSharding(cpu_mesh, PartitionSpec(distributed.AXIS))
     lowered = _train_step(xla_config, schedule, cpu_mesh).lower(
@@ -167,7 +174,7 @@ def jax_train_step(config, host_batch: dict, devices: list) -> dict:
         "run_host_batch": functools.partial(run, images_on_host=True),
         "compile_s": compile_seconds,
         "all_reduces": all_reduces,
-        "flops_per_step": train_step_flops(config, schedule, state, batch),
+        "flops_per_step": train_step_flops(config, schedule, state, batch, compiled, len(devices)),
         "plan_bytes": memory.temp_size_in_bytes
         + memory.argument_size_in_bytes
         + memory.output_size_in_bytes
