@@ -472,3 +472,26 @@ def test_orbax_error_logs_keep_their_line_but_not_their_traceback():
         assert all(f.filter(orbax) for f in absl.filters) and orbax.exc_info is None
         assert all(f.filter(other) for f in absl.filters) and other.exc_info is exc_info
     assert cli._ORBAX_TRACEBACKS not in absl.filters  # a library user's logs are theirs again
+
+
+def test_the_model_summary_command_names_a_bad_model_field_without_a_traceback():
+    env = {**os.environ, "YOLOJAX_HUGE_PAGES": "0"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "yolojax.models",
+            "--config=configs/shapes.py",
+            "--config.model.backbone=resnet200",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert (
+        "model_config.backbone must be one of" in result.stderr and "'resnet200'" in result.stderr
+    )
+    assert "Traceback" not in result.stderr

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
+from yolojax import cli
 from yolojax.models import get_model
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -61,9 +62,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
     image_size = _IMAGE_SIZE.value or _config_image_size(config)
-    print(summarize(config.model, image_size, depth=_DEPTH.value))
+    with cli.command_errors():  # a bad model field is its message, as in train.py
+        print(summarize(config.model, image_size, depth=_DEPTH.value))
 
 
 if __name__ == "__main__":
     flags.mark_flag_as_required("config")
-    app.run(main)
+    cli.run(main)
