@@ -66,6 +66,7 @@ def test_train_evaluate_predict(tmp_path, data_dir, monkeypatch, capsys):
     assert results["num_images"] == 12  # every test image once, padding excluded
     # Each evaluation shows its progress, in images; the run ends saying where it saved.
     progress = terminal.getvalue()
+    assert "epoch 1/2: " in progress and "epoch 2/2: " in progress
     assert progress.count("Evaluating (test):   0%|          | 0/12") == 2
     assert progress.count("Evaluating (train subset):   0%|          | 0/8") == 2
     assert f"Saved in {workdir}: checkpoints/" in capsys.readouterr().out

@@ -214,8 +214,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     window = _MetricWindow(stop_on_nonfinite=not config.train.skip_nonfinite)
     results = None
+    num_epochs = -(-total_steps // steps_per_epoch)  # the last may be partial
+
+    def epoch_label(step: int) -> str:  # the epoch that ``step`` (1-based) belongs to
+        return f"epoch {min((step - 1) // steps_per_epoch + 1, num_epochs)}/{num_epochs}"
+
     progress = tqdm(
-        total=total_steps, initial=start_step, disable=not is_main, unit="step", dynamic_ncols=True
+        total=total_steps,
+        initial=start_step,
+        desc=epoch_label(start_step + 1),
+        disable=not is_main,
+        unit="step",
+        dynamic_ncols=True,
     )
 
     try:
@@ -231,6 +241,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 on_devices, metrics = train_step(on_devices, batch)
                 window.add(step, metrics)
                 progress.update(1)
+                if step % steps_per_epoch == 0:
+                    progress.set_description(epoch_label(step + 1), refresh=False)
                 last = step == total_steps
                 evaluate_now = due_for_evaluation(step)
                 save_now = evaluate_now or step % config.train.checkpoint_every_steps == 0

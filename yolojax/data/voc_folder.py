@@ -160,7 +160,9 @@ def _read_image(path: str) -> tuple[bytes, int, int]:
             image_format, mode = image.format, image.mode
             width, height = image.width, image.height
     except UnidentifiedImageError:
-        raise BadDataError(f"{path}: not an image file Pillow can read") from None
+        raise BadDataError(
+            f"{path}: corrupt or unreadable image (not an image file Pillow can read)"
+        ) from None
     except (OSError, SyntaxError, ValueError) as error:
         raise BadDataError(f"{path}: corrupt or unreadable image ({error})") from error
     if image_format not in _DECODABLE_FORMATS:
