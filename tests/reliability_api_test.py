@@ -404,6 +404,14 @@ def test_configs_run_py_without_a_workdir_says_how_to_name_it(monkeypatch, capsy
     assert "Traceback" not in stderr
 
 
+def _run_command(*args: str) -> subprocess.CompletedProcess:
+    """A command-line tool run as a user runs it, from the repository root."""
+    env = {**os.environ, "YOLOJAX_HUGE_PAGES": "0"}  # no restart: one start is enough here
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
 @pytest.mark.parametrize(
     "command, named",
     [
@@ -420,15 +428,7 @@ def test_configs_run_py_without_a_workdir_says_how_to_name_it(monkeypatch, capsy
     ],
 )
 def test_a_bad_flag_beside_config_overrides_is_named_once(command, named, tmp_path):
-    env = {**os.environ, "YOLOJAX_HUGE_PAGES": "0"}  # no restart: one start is enough here
-    result = subprocess.run(
-        [sys.executable, *command, f"--workdir={tmp_path}"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _run_command(*command, f"--workdir={tmp_path}")
     assert result.returncode == 1
     assert result.stderr.count(named) == 1, result.stderr
     assert "defined twice" not in result.stderr and "Traceback" not in result.stderr
@@ -475,20 +475,8 @@ def test_orbax_error_logs_keep_their_line_but_not_their_traceback():
 
 
 def test_the_model_summary_command_names_a_bad_model_field_without_a_traceback():
-    env = {**os.environ, "YOLOJAX_HUGE_PAGES": "0"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "yolojax.models",
-            "--config=configs/shapes.py",
-            "--config.model.backbone=resnet200",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = _run_command(
+        "-m", "yolojax.models", "--config=configs/shapes.py", "--config.model.backbone=resnet200"
     )
     assert result.returncode == 1
     assert (
