@@ -82,16 +82,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
       NonFiniteLossError: a step's loss was not finite (and ``train.skip_nonfinite`` is off).
     """
     validate_config(config)
+    is_main = jax.process_index() == 0
     # Only process 0 writes: a check that failed in another process alone would leave
     # process 0 waiting at the first barrier.
-    checkpoints.check_workdir(workdir, writable=jax.process_index() == 0)
+    checkpoints.check_workdir(workdir, writable=is_main)
     # Before any data is prepared: a batch that does not split over the devices names the
     # numbers to change.
     distributed.check_batch_size(config.train.batch_size, "config.train.batch_size")
     pretrained.check_available(config.model)  # so are missing ImageNet weights
     eval_batch = eval_lib.eval_batch_size(config)
     workdir = Path(workdir)
-    is_main = jax.process_index() == 0
     info = pipeline.get_dataset_info(config.data)
     resolve_num_classes(config, info.class_names)
     ckpt = checkpoints.Checkpoints(
