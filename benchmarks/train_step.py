@@ -65,7 +65,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from benchmarks import common
 from configs import shapes, voc
-from yolojax import distributed, huge_pages, models, postprocess, train_lib
+from yolojax import distributed, errors, huge_pages, models, postprocess, train_lib
 
 CPU_DEFAULTS = {"backbone": "darknet_tiny,resnet18", "batch": 8, "image_size": 160}
 ACCELERATOR_DEFAULTS = {"backbone": "resnet152", "batch": 64, "image_size": 448}
@@ -255,7 +255,7 @@ def _progress(backbone: str, message: str) -> None:
 
 
 def _one_line(error: Exception) -> str:
-    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:300]}"
+    return f"{type(error).__name__}: {errors.first_line(error)}"
 
 
 def _jax_memory(device, jax_step: dict) -> str:

@@ -37,6 +37,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from yolojax import errors
 from yolojax.workdir import free_path
 
 logger = logging.getLogger(__name__)
@@ -314,9 +315,7 @@ class Checkpoints:
             # Tensorstore's I/O errors reach orbax's caller as ValueErrors with a status.
             if not isinstance(error, OSError) and not _IO_STATUS.match(str(error)):
                 raise
-            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            if len(reason) > 300:  # the end has the system's words: "No space left on device"
-                reason = "..." + reason[-300:]
+            reason = errors.first_line(error)
             latest = self._latest.latest_step()  # orbax leaves an unfinished save out
             resume = (
                 f"The last complete checkpoint is step {latest}: free space (or fix the folder) "

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from yolojax import models
+from yolojax import errors, models
 from yolojax.models import vgg
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -340,10 +340,9 @@ def _read_state_dict(path: str) -> Mapping[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch's errors for junk or a whole pickled model vary
-        first_line = (str(error).strip().splitlines() or [""])[0]
         raise ValueError(
             f"--state-dict {path} is not a torch state_dict file that loads without running "
-            f"code ({type(error).__name__}: {first_line}): {advice}"
+            f"code ({type(error).__name__}: {errors.first_line(error)}): {advice}"
         ) from error
     for key in ("state_dict", "model"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
