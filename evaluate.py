@@ -57,8 +57,8 @@ def main(argv):
         f"area {results['mAP_area']:.4f} on {results['num_images']} images "
         f"({results['images_per_second']:.1f} images/s)"
     )
-    if results.get("saved_to"):
-        print(f"Saved {results['saved_to']}/metrics.json and pr_curves.png.")
+    if results.get("saved"):
+        print(f"Saved {' and '.join(map(str, results['saved']))}.")
 
 
 if __name__ == "__main__":

@@ -91,9 +91,13 @@ def test_train_evaluate_predict(tmp_path, data_dir, monkeypatch, capsys):
     # A workdir it cannot write to (read-only; here eval/ is a file) still gets the results.
     (workdir / "eval").rename(workdir / "eval_saved")
     (workdir / "eval").write_text("")
-    with pytest.warns(UserWarning, match=r"Could not save the evaluation in .*eval: "):
+    assert evaluated["saved"] == [
+        workdir / "eval" / "metrics.json",
+        workdir / "eval" / "pr_curves.png",
+    ]
+    with pytest.warns(UserWarning, match=r"Could not save .*eval.metrics\.json: "):
         again = eval_lib.evaluate_checkpoint(config, str(workdir))
-    assert again["mAP"] == evaluated["mAP"] and "saved_to" not in again
+    assert again["mAP"] == evaluated["mAP"] and again["saved"] == []
 
     # predict: a drawing and a JSON of pixel boxes. Eight steps leave no box scored above 0,
     # so the trained model's output layer is set to give a known box in every cell: the

@@ -185,8 +185,9 @@ def evaluate_checkpoint(config, workdir, checkpoint: str | int = "latest") -> di
       checkpoint: 'latest', 'best' or a step number.
 
     Returns:
-      :func:`evaluate`'s results plus ``step``, and ``saved_to``: the ``eval`` folder, when
-      the files were written (a read-only workdir only warns).
+      :func:`evaluate`'s results plus ``step``, and ``saved``: the paths of the files
+      written (on process 0; a file that cannot be written, in a read-only or full workdir,
+      only warns).
     """
     validate_config(config)
     batch_size = eval_batch_size(config)
@@ -218,12 +219,17 @@ def evaluate_checkpoint(config, workdir, checkpoint: str | int = "latest") -> di
             "images_per_second": results["images_per_second"],
         }
         eval_dir = Path(workdir) / EVAL_FOLDER
-        try:
-            atomic_write_text(eval_dir / "metrics.json", to_json(record))
-            plots.plot_precision_recall(
-                results, info.class_names, eval_dir / "pr_curves.png", step=step
-            )
-            results["saved_to"] = eval_dir
-        except OSError as error:  # a read-only or full workdir: the results are still returned
-            warnings.warn(f"Could not save the evaluation in {eval_dir}: {error}", stacklevel=2)
+        writers = {
+            eval_dir / "metrics.json": lambda path: atomic_write_text(path, to_json(record)),
+            eval_dir / "pr_curves.png": lambda path: plots.plot_precision_recall(
+                results, info.class_names, path, step=step
+            ),
+        }
+        results["saved"] = []
+        for path, write in writers.items():
+            try:
+                write(path)
+                results["saved"].append(path)
+            except OSError as error:  # a read-only or full workdir: the results still return
+                warnings.warn(f"Could not save {path}: {error}", stacklevel=2)
     return results

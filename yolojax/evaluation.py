@@ -1,7 +1,8 @@
-"""PASCAL VOC detection average precision, following the official devkit protocol exactly.
+"""PASCAL VOC detection average precision, following the official devkit protocol.
 
 The protocol (VOCdevkit `VOCevaldet.m`; its Python port `voc_eval.py`, as in py-faster-rcnn,
-differs only in matching at an IoU strictly above the threshold), for each class:
+differs in matching at an IoU strictly above the threshold, where this follows the MATLAB, and
+in the 11-point recall thresholds, where this follows the port: see below), for each class:
 
 1. All detections of the class over the whole set are sorted by score, descending.
 2. Each detection picks, among the ground truths of its class in its image, the one of highest
@@ -29,9 +30,12 @@ import numpy as np
 
 from yolojax import boxes as box_ops
 
-# The devkit's own thresholds, `np.arange(0., 1.1, 0.1)`. Some are a hair above the decimal
-# value (0.30000000000000004, 0.6000000000000001, 0.7000000000000001), so a recall of exactly
-# 0.3 does not reach the 0.3 point; kept as is for exact agreement with published numbers.
+# `voc_eval.py`'s thresholds, `np.arange(0., 1.1, 0.1)`, as in the Python reproductions most
+# published numbers come from. Some are a hair above the decimal value (0.30000000000000004,
+# 0.6000000000000001, 0.7000000000000001), so a recall of exactly 0.3, 0.6 or 0.7 (a class
+# whose positives are a multiple of 10 or 5) does not reach that point. MATLAB's `0:0.1:1` in
+# `VOCevaldet.m` builds its second half from the end, so there 0.6 and 0.7 are the decimal
+# values: on such a class the two devkits' APs can differ by 1/11 of a precision.
 _VOC07_RECALL_THRESHOLDS = np.arange(0.0, 1.1, 0.1)
 
 
