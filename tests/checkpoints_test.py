@@ -9,6 +9,7 @@ import optax
 import pytest
 from jax.experimental import multihost_utils
 
+from tests.tiny import tensorboard_scalars
 from yolojax import checkpoints, workdir
 
 SIGNATURE = {
@@ -229,6 +230,24 @@ def test_metrics_log_survives_a_torn_line_and_rewinds(tmp_path):
     assert [r["step"] for r in workdir.read_metrics(tmp_path)] == [10, 20]
     for line in (tmp_path / workdir.METRICS_FILE).read_text().splitlines():
         json.loads(line)  # every line is complete JSON again
+
+
+def test_tensorboard_log_survives_a_torn_record_and_rewinds(tmp_path):
+    writer = workdir.TensorBoardWriter(tmp_path)
+    for step in (10, 20, 30):
+        writer.write(step, {"loss": step / 10})
+    writer.close()
+    (events,) = (tmp_path / workdir.TENSORBOARD_FOLDER).iterdir()
+    with open(events, "ab") as f:
+        f.write(b"\x20\x00\x00\x00\x00\x00\x00\x00torn")  # a crash mid-write
+    # Resumed from the checkpoint of step 20: steps 30 and on are trained, and logged, again.
+    writer = workdir.TensorBoardWriter(tmp_path, start_step=20)
+    writer.write(30, {"loss": 3.5})
+    writer.close()
+    scalars = tensorboard_scalars(tmp_path / workdir.TENSORBOARD_FOLDER)
+    assert scalars == [(10, "loss", 1.0), (20, "loss", 2.0), (30, "loss", 3.5)]
+    # No file left behind that TensorBoard would read.
+    assert len(list((tmp_path / workdir.TENSORBOARD_FOLDER).iterdir())) == 2
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):

@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import shapes
+from tests.tiny import tensorboard_scalars
 from yolojax import checkpoints, train_lib, workdir
 
 pytestmark = pytest.mark.slow
@@ -184,6 +185,12 @@ def _losses(run_dir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records if "loss" in r}
 
 
+def _tensorboard_losses(run_dir) -> list[tuple[int, float]]:
+    """(step, loss) as TensorBoard reads them, in order."""
+    scalars = tensorboard_scalars(Path(run_dir) / workdir.TENSORBOARD_FOLDER)
+    return [(step, value) for step, tag, value in scalars if tag == "loss"]
+
+
 def _evaluations(run_dir) -> list[tuple[int, float]]:
     """(step, test mAP) of every logged evaluation, in log order."""
     return [(r["step"], r["test_mAP"]) for r in workdir.read_metrics(run_dir) if "test_mAP" in r]
@@ -279,6 +286,8 @@ def test_kill_9_at_random_points_then_rerun_equals_an_uninterrupted_run(tmp_path
     # and the final state is bit for bit the uninterrupted run's.
     assert not _saves_in_progress(run_dir)
     assert _losses(run_dir) == _losses(reference)
+    # TensorBoard's log too: the steps a killed run logged after its checkpoint are dropped.
+    assert _tensorboard_losses(run_dir) == _tensorboard_losses(reference)
     # The final evaluation too, once: a kill during it is made good by the next run.
     assert _evaluations(run_dir) == _evaluations(reference) != []
     assert sorted(_losses(run_dir)) == list(range(1, TOTAL_STEPS + 1))

@@ -3,6 +3,7 @@
 configs/shapes.py shrunk to 64 px inputs, a 4×4 grid, one 1×1-deep conv head and a few
 dozen images, so that a step compiles and runs in seconds on two CPU cores. Tests that
 need more (epochs, evaluations, checkpoints) set those fields on the returned config.
+:func:`tensorboard_scalars` reads back a run's TensorBoard log.
 """
 
 from configs import shapes
@@ -30,3 +31,16 @@ def tiny_config(data_dir: str, *, num_train: int = 32, num_test: int = 12, head_
     config.eval.every_epochs = 0  # evaluate once, after the last step
     config.eval.train_subset = 0
     return config
+
+
+def tensorboard_scalars(folder) -> list[tuple[int, str, float]]:
+    """(step, tag, value) of every scalar in ``folder``'s event files, in TensorBoard's
+    reading order (file name, then record)."""
+    import tensorflow as tf
+
+    return [
+        (event.step, value.tag, float(tf.make_ndarray(value.tensor)))
+        for path in sorted(folder.glob("*tfevents*"))
+        for event in tf.compat.v1.train.summary_iterator(str(path))
+        for value in event.summary.value
+    ]

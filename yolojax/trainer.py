@@ -138,7 +138,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             workdir / workdir_io.CLASSES_FILE, workdir_io.to_json(list(info.class_names))
         )
         workdir_io.truncate_metrics(workdir, start_step)
-        tensorboard = workdir_io.TensorBoardWriter(workdir)
+        tensorboard = workdir_io.TensorBoardWriter(workdir, start_step)
 
     def record(step: int, scalars: dict) -> None:
         if is_main:

@@ -6,7 +6,7 @@
 * ``metrics.jsonl``: one JSON object per line, appended and flushed line by line; a reader
   drops a torn last line, and :func:`truncate_metrics` rewinds the log to a restored step
   so a resumed run does not log the same steps twice.
-* ``tensorboard/``: the same scalars for TensorBoard.
+* ``tensorboard/``: the same scalars for TensorBoard, rewound the same way.
 """
 
 import json
@@ -167,15 +167,45 @@ def truncate_metrics(workdir: str | os.PathLike, last_step: int) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
+def _rewind_event_file(tf, path: Path, last_step: int) -> None:
+    """Rewrites the TensorBoard event file ``path`` (a TFRecord file of ``Event`` protos)
+    without its events after ``last_step`` and a torn last record, atomically; a file with
+    neither is left as it is."""
+    kept, dropped = [], False
+    try:
+        for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+            if tf.compat.v1.Event.FromString(record).step <= last_step:
+                kept.append(record)
+            else:
+                dropped = True
+    except tf.errors.DataLossError:  # a record torn by a crash mid-write
+        dropped = True
+    if not dropped:
+        return
+    temporary = path.with_name(".rewinding")  # TensorBoard reads any name with 'tfevents'
+    with tf.io.TFRecordWriter(str(temporary)) as writer:
+        for record in kept:
+            writer.write(record)
+    os.replace(temporary, path)
+
+
 class TensorBoardWriter:
     """Scalars to ``workdir/tensorboard`` through ``tf.summary`` (TensorFlow is a dependency
-    already, for tf.data)."""
+    already, for tf.data).
 
-    def __init__(self, workdir: str | os.PathLike):
+    A run resumed from the checkpoint of ``start_step`` first drops the events a crashed run
+    logged after it (it trains those steps again): TensorBoard would draw both, a line that
+    doubles back. As :func:`truncate_metrics` does for ``metrics.jsonl``.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, start_step: int = 0):
         import tensorflow as tf  # imported only where it is used
 
         self._tf = tf
-        self._writer = tf.summary.create_file_writer(str(Path(workdir) / TENSORBOARD_FOLDER))
+        folder = Path(workdir) / TENSORBOARD_FOLDER
+        for path in sorted(folder.glob("*tfevents*")):
+            _rewind_event_file(tf, path, start_step)
+        self._writer = tf.summary.create_file_writer(str(folder))
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         with self._writer.as_default():
