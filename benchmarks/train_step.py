@@ -83,13 +83,7 @@ def benchmark_config(
     backbone: str, image_size: int, batch_size: int, dtype: str, conv_impl: str = "auto"
 ):
     """The config a user trains `backbone` with, at the benchmark's size, from scratch."""
-    if backbone == "darknet_tiny":
-        config = shapes.get_config()
-    elif backbone in voc.PRETRAINED + voc.FROM_SCRATCH:
-        config = voc.get_config(backbone)
-    else:  # resnet18/34/101: the ResNet-50 recipe with another depth.
-        config = voc.get_config("resnet50")
-        config.model.backbone = backbone
+    config = shapes.get_config() if backbone == "darknet_tiny" else voc.get_config(backbone)
     config.model.pretrained = ""
     config.model.dtype = dtype
     config.model.conv_impl = conv_impl

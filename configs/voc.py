@@ -4,7 +4,8 @@ Variants (``--config configs/voc.py:VARIANT``), optionally with ``,report`` for 
 report's Table 1 recipe (Adam, batch 19, 1e-4 × 15 / 1e-5 × 10 / 5e-6 × 15 epochs):
 
   resnet152 (default)  ImageNet ResNet-152 + conv head     (weights/resnet152.msgpack)
-  resnet50             ImageNet ResNet-50 + conv head      (weights/resnet50.msgpack)
+  resnet101, resnet50, resnet34, resnet18
+                       the same with a shallower ResNet     (weights/<variant>.msgpack)
   vgg16                ImageNet VGG16 + conv head          (weights/vgg16.msgpack)
   vgg16_bn             ImageNet VGG16-BN + conv head       (weights/vgg16_bn.msgpack)
   darknet              the paper's Darknet + fc head, BatchNorm, from scratch
@@ -19,7 +20,7 @@ backbones, weights ported with ``python -m yolojax.pretrained --arch ARCH --out 
 
 from yolojax.config import default_config
 
-PRETRAINED = ("resnet152", "resnet50", "vgg16", "vgg16_bn")
+PRETRAINED = ("resnet152", "resnet101", "resnet50", "resnet34", "resnet18", "vgg16", "vgg16_bn")
 FROM_SCRATCH = ("darknet", "darknet_gn")
 
 

@@ -231,3 +231,22 @@ def test_config_without_weights_or_with_darknet(tmp_path):
     darknet = ml_collections.ConfigDict({"backbone": "darknet", "pretrained": "x.msgpack"})
     with pytest.raises(ValueError, match="trains from scratch"):
         pretrained.load_for_config(variables, darknet)
+
+
+def test_every_ported_architecture_is_a_voc_config_variant_that_loads_its_weights(
+    tmp_path, monkeypatch
+):
+    from configs import voc
+
+    assert sorted(voc.PRETRAINED) == sorted(pretrained.ARCHS)
+    # As the README has it: port into weights/<variant>.msgpack, then train the variant.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights").mkdir()
+    weights = _random_classifier_variables("resnet18")
+    pretrained.save_variables("weights/resnet18.msgpack", "resnet18", weights)
+    config = voc.get_config("resnet18").model
+    loaded = pretrained.load_for_config(_yolo_variables(config.backbone, config.head), config)
+    np.testing.assert_array_equal(
+        loaded["params"]["backbone"]["stem"]["conv"]["kernel"],
+        weights["params"]["stem"]["conv"]["kernel"],
+    )
