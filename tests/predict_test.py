@@ -173,6 +173,18 @@ def test_a_config_json_that_does_not_fit_names_the_file(tmp_path, text, named):
     assert named in str(error.value) and "edited by hand" in str(error.value)
 
 
+def test_a_workdir_that_is_no_folder_is_named_as_such(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"The workdir {tmp_path / 'run'} does not exist"):
+        load_run_config(tmp_path / "run")
+    (tmp_path / "run").write_text("")
+    with pytest.raises(FileNotFoundError, match=f"The workdir {tmp_path / 'run'} is a file"):
+        load_run_config(tmp_path / "run")
+    (tmp_path / "run").unlink()
+    (tmp_path / "run").mkdir()  # a folder without a run's config: the earlier message
+    with pytest.raises(FileNotFoundError, match=r"config\.json does not exist: is .* a training"):
+        load_run_config(tmp_path / "run")
+
+
 def test_a_folder_stands_for_its_image_files_in_name_order(workdir, tmp_path, capsys):
     folder = tmp_path / "photos"
     b = _image(folder / "b.PNG", 30, 20)

@@ -179,6 +179,12 @@ def load_run_config(workdir, *, otherwise: str = _PASS_THE_CONFIG) -> ml_collect
         type or out of range (:func:`validate_config`).
     """
     path = Path(workdir) / CONFIG_FILE
+    if not Path(workdir).is_dir():
+        what = "is a file" if Path(workdir).exists() else "does not exist"
+        raise FileNotFoundError(
+            f"The workdir {workdir} {what}: give the folder a training run wrote (train.py's "
+            "--workdir)."
+        )
     if not path.exists():
         raise FileNotFoundError(
             f"{path} does not exist: is {workdir} a training workdir? train.py writes the run's "
