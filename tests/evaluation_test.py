@@ -123,6 +123,22 @@ def test_iou_must_reach_the_threshold(det, expected_ap):
     assert results["AP_area"][0] == pytest.approx(expected_ap)
 
 
+@pytest.mark.parametrize(
+    "det, plus_one, expected_ap",
+    [
+        (FAR, False, 0.0),
+        ([10, 0, 20, 10], False, 0.0),  # shares A's edge: no overlap
+        ([10, 0, 20, 10], True, 1.0),  # with +1 pixel widths the edge column is shared
+        ([9, 0, 20, 10], False, 1.0),
+    ],
+)
+def test_at_a_threshold_of_zero_only_overlapping_boxes_match(det, plus_one, expected_ap):
+    # VOCevaldet.m computes an overlap only where iw>0 & ih>0; otherwise ovmax stays -inf.
+    images = [image(gts=[(A, 0)], dets=[(det, 0.9, 0)])]
+    results = evaluate(images, iou_threshold=0.0, plus_one=plus_one)
+    assert results["AP_area"][0] == pytest.approx(expected_ap)
+
+
 @pytest.mark.parametrize("plus_one, expected_ap", [(False, 0.0), (True, 1.0)])
 def test_plus_one_pixel_convention(plus_one, expected_ap):
     # gt [0,0,5,5], det [2,0,7,5]. Without +1: 3*5 / (25 + 25 - 15) = .43 -> not a match.
@@ -315,6 +331,7 @@ def test_add_normalized_batch_rejects_bad_input(key, value, name):
     [
         (dict(num_classes=0), "num_classes"),
         (dict(num_classes=2, iou_threshold=1.5), "iou_threshold"),
+        (dict(num_classes=2, iou_threshold="0.5"), "iou_threshold"),
         (dict(num_classes=2, class_names=["cat"]), "class_names"),
     ],
 )

@@ -75,7 +75,7 @@ class VOCEvaluator:
             raise ValueError(f"num_classes must be an int, got {num_classes!r}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
-        if not 0.0 <= iou_threshold < 1.0:
+        if not isinstance(iou_threshold, int | float) or not 0.0 <= iou_threshold < 1.0:
             raise ValueError(f"iou_threshold must be in [0, 1), got {iou_threshold}")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(
@@ -333,23 +333,20 @@ def _best_ground_truth(pred_boxes, pred_keys, gt_boxes, gt_keys, offset):
 
 def _devkit_iou(boxes1, boxes2, offset):
     """Elementwise IoU of (N, 4) xyxy boxes with the devkit's operations, in its order, so
-    that thresholds and ties come out bit for bit the same. An empty union gives 0 (the
-    devkit would divide by zero)."""
-    inter_w = np.maximum(
-        np.minimum(boxes2[:, 2], boxes1[:, 2]) - np.maximum(boxes2[:, 0], boxes1[:, 0]) + offset,
-        0.0,
-    )
-    inter_h = np.maximum(
-        np.minimum(boxes2[:, 3], boxes1[:, 3]) - np.maximum(boxes2[:, 1], boxes1[:, 1]) + offset,
-        0.0,
-    )
-    intersection = inter_w * inter_h
+    that thresholds and ties come out bit for bit the same. Pairs that do not overlap (the
+    devkit's ``iw<=0 | ih<=0``) get -inf: the devkit never considers them, so they match no
+    detection even at an ``iou_threshold`` of 0."""
+    inter_w = np.minimum(boxes2[:, 2], boxes1[:, 2]) - np.maximum(boxes2[:, 0], boxes1[:, 0])
+    inter_h = np.minimum(boxes2[:, 3], boxes1[:, 3]) - np.maximum(boxes2[:, 1], boxes1[:, 1])
+    inter_w, inter_h = inter_w + offset, inter_h + offset
+    overlaps = (inter_w > 0) & (inter_h > 0)
+    intersection = np.where(overlaps, inter_w * inter_h, 0.0)
     union = (
         (boxes1[:, 2] - boxes1[:, 0] + offset) * (boxes1[:, 3] - boxes1[:, 1] + offset)
         + (boxes2[:, 2] - boxes2[:, 0] + offset) * (boxes2[:, 3] - boxes2[:, 1] + offset)
         - intersection
     )
-    return np.divide(intersection, union, out=np.zeros_like(union), where=union > 0)
+    return np.divide(intersection, union, out=np.full_like(union, -np.inf), where=overlaps)
 
 
 def _ap_11point(recall, precision):
