@@ -347,3 +347,4 @@ def test_summary_lists_classes_by_name():
     assert lines[1].split() == ["cat", "1.0000", "1.0000", "1"]
     assert lines[2].split() == ["dog", "nan", "nan", "0"]
     assert lines[3].split() == ["mAP", "1.0000", "1.0000"]
+    assert evaluator.summary().splitlines() == lines  # computed when not given

@@ -266,8 +266,10 @@ class VOCEvaluator:
             "num_positives": num_positives,
         }
 
-    def summary(self, results: dict) -> str:
-        """A text table of per-class AP (both metrics) and positives, from `compute()`."""
+    def summary(self, results: dict | None = None) -> str:
+        """A text table of per-class AP (both metrics) and positives, from ``results`` of
+        `compute()` (computed now when not given)."""
+        results = self.compute() if results is None else results
         names = self.class_names or [str(label) for label in range(self.num_classes)]
         width = max(len(name) for name in [*names, "mAP"])
         lines = [f"{'class':<{width}}  AP07-11pt  AP-area  positives"]
