@@ -1,5 +1,6 @@
 """Train/eval iterators: the element contract, exact evaluation, sharding, resuming, caps."""
 
+import io
 import itertools
 import logging
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from yolojax.data import (
     default_data_config,
@@ -276,7 +278,8 @@ def test_preprocess_image_matches_evaluation_input(config):
         data_dir=config.tfds_data_dir,
     )
     source = builder.as_data_source("test", decoders={"image": tfds.decode.SkipDecoding()})
-    first = tf.io.decode_jpeg(source[0]["image"]).numpy()  # the decoder evaluation uses
+    # Decoded by Pillow, as a user's own code (or Detector) reads a JPEG.
+    first = np.asarray(Image.open(io.BytesIO(source[0]["image"])).convert("RGB"))
     model_input = pipeline.preprocess_image(first, image_size=SIZE, normalization="imagenet")
     np.testing.assert_allclose(model_input, batch["image"][0, 0], atol=1e-5)
     with pytest.raises(ValueError, match="uint8"):
