@@ -6,6 +6,7 @@ config.json, not a trained model. The workdir's detector is restored once for th
 """
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -18,6 +19,8 @@ from yolojax import checkpoints, predict, train_lib
 from yolojax.config import load_run_config
 from yolojax.detector import Detector, ImageDetections
 from yolojax.workdir import CONFIG_FILE, atomic_write_text
+
+_UNCACHED_FROM_WORKDIR = Detector.from_workdir.__func__  # before the fixture's stand-in
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +138,7 @@ def test_same_named_inputs_get_distinct_drawings(workdir, tmp_path, capsys):
 def test_a_workdir_without_config_json_gets_advice_that_applies(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("YOLOJAX_TRACEBACK", raising=False)
     image = _image(tmp_path / "x.png", 8, 8)
+    (tmp_path / "run").mkdir()
     assert _predict(tmp_path / "run", tmp_path / "out", image) == 1
     err = capsys.readouterr().err
     assert f"{tmp_path / 'run' / 'config.json'} does not exist" in err
@@ -245,6 +249,22 @@ def test_a_step_given_as_text_is_a_step(workdir):
     assert from_workdir(Detector, workdir, checkpoint="0").score_threshold == 0.25
     with pytest.raises(checkpoints.NoCheckpointError, match=r"step 5 .*available steps: \[0\]"):
         from_workdir(Detector, workdir, checkpoint="5")
+
+
+def test_a_config_counting_the_datasets_classes_takes_the_runs_class_names(workdir, tmp_path):
+    # configs/folder.py's num_classes=0: "as many as the dataset has", here the run's count.
+    config = load_run_config(workdir)
+    config.model.num_classes = 0
+    from_workdir = _UNCACHED_FROM_WORKDIR  # a config is no key for the stand-in's cache
+    with pytest.raises(ValueError, match=r"has no classes\.json to count them"):
+        from_workdir(Detector, workdir, config=config)
+    run = tmp_path / "run"
+    shutil.copytree(workdir, run)
+    names = [f"shape{i}" for i in range(load_run_config(workdir).model.num_classes)]
+    (run / "classes.json").write_text(json.dumps(names))
+    detector = from_workdir(Detector, run, config=config)
+    assert detector.class_names == names
+    assert detector.config.model.num_classes == len(names) and config.model.num_classes == 0
 
 
 def test_an_output_path_that_is_a_file_is_named(workdir, tmp_path, capsys):

@@ -16,7 +16,7 @@ import numpy as np
 
 from yolojax import boxes as box_ops
 from yolojax import train_lib
-from yolojax.config import load_run_config
+from yolojax.config import load_run_config, resolve_num_classes
 from yolojax.data import pipeline
 from yolojax.eval_lib import detect_with_config, model_variables
 from yolojax.images import read_image, to_rgb
@@ -91,6 +91,15 @@ class Detector:
             )
         check_threshold("score_threshold", score_threshold)
         config = config if config is not None else load_run_config(workdir)
+        if config.model.num_classes == 0:  # a config file's "as many as the dataset has"
+            if not (Path(workdir) / CLASSES_FILE).exists():
+                raise ValueError(
+                    f"config.model.num_classes is 0 (as many as the dataset has) and {workdir} "
+                    f"has no {CLASSES_FILE} to count them: set config.model.num_classes, or "
+                    "leave config out to use the run's own."
+                )
+            config = config.copy_and_resolve_references()  # the caller's stays as it was
+            resolve_num_classes(config, load_class_names(workdir, 0))
         _, state, _ = train_lib.restore_trained_state(config, workdir, checkpoint)
         model = get_model(config.model)
         class_names = load_class_names(workdir, config.model.num_classes)
