@@ -233,7 +233,7 @@ def test_detector_settings_are_checked_before_anything_is_read(tmp_path):
     with pytest.raises(ValueError, match=r"score_threshold must be in \[0, 1\]"):
         Detector.from_workdir(tmp_path / "missing", config=shapes.get_config(), score_threshold=25)
     # A NumPy number is a number: the error is about the missing workdir, not the threshold.
-    with pytest.raises(FileNotFoundError, match=r"is .* a training workdir"):
+    with pytest.raises(FileNotFoundError, match=r"The workdir .*missing does not exist"):
         Detector.from_workdir(tmp_path / "missing", score_threshold=np.float32(0.3))
 
 
