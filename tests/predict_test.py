@@ -8,6 +8,7 @@ config.json, not a trained model. The workdir's detector is restored once for th
 import json
 import shutil
 
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -242,6 +243,15 @@ def test_the_detector_reads_paths_pil_images_rgba_and_greyscale_as_their_rgb(wor
     )
     with pytest.raises(ValueError, match=r"got an array of shape \(24, 40, 2\)"):
         detector(rgb[..., :2])
+
+
+def test_the_detector_copies_its_weights_to_the_device_once(workdir):
+    detector = Detector.from_workdir(workdir, score_threshold=0.0)
+    image = np.zeros((24, 40, 3), np.uint8)
+    expected = detector(image)
+    # Only the image goes to the device per call (explicitly); the weights are there already.
+    with jax.transfer_guard_host_to_device("disallow"):
+        np.testing.assert_array_equal(detector(image).boxes, expected.boxes)
 
 
 def test_a_step_given_as_text_is_a_step(workdir):

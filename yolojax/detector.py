@@ -71,7 +71,8 @@ class Detector:
             outputs = model.apply(variables, images, train=False)
             return detect_with_config(outputs, config, score_threshold=score_threshold)
 
-        self._variables = variables
+        # On the device once: NumPy arrays would be copied to the accelerator at every call.
+        self._variables = jax.device_put(variables)
         self._detect = jax.jit(detect)
 
     @classmethod
@@ -127,7 +128,8 @@ class Detector:
             image_size=self.config.data.image_size,
             normalization=self.config.data.normalization,
         )
-        detections = jax.device_get(self._detect(self._variables, model_input[None]))
+        model_input = jax.device_put(model_input[None])
+        detections = jax.device_get(self._detect(self._variables, model_input))
         valid = detections.valid[0]
         boxes = box_ops.normalized_yxyx_to_pixel_xyxy(detections.boxes[0][valid], height, width)
         labels = detections.labels[0][valid]
