@@ -58,6 +58,12 @@ def test_conversions_hand_computed():
     np.testing.assert_allclose(box_ops.yxyx_to_cxcywh(yxyx), [0.4, 0.3, 0.4, 0.4])
 
 
+def test_an_empty_list_is_no_boxes():
+    iou = box_ops.pairwise_iou([], [[0, 0, 1, 1], [0, 0, 2, 2]])
+    assert iou.shape == (0, 2)
+    assert box_ops.pairwise_iou([[0, 0, 1, 1]], []).shape == (1, 0)
+
+
 def test_wrong_shape_is_a_clear_error():
     with pytest.raises(ValueError, match="boxes1"):
         box_ops.pairwise_iou(np.zeros((3, 5)), np.zeros((2, 4)))

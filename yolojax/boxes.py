@@ -28,6 +28,8 @@ def _boxes(boxes, name, *, real: bool = False):
     """
     if not isinstance(boxes, jax.Array | np.ndarray):
         boxes = np.asarray(boxes)
+        if boxes.shape == (0,):  # [] for no boxes, as VOCEvaluator.add takes it
+            boxes = boxes.reshape(0, 4)
     if boxes.ndim < 1 or boxes.shape[-1] != 4:
         raise ValueError(f"{name} must have shape (..., 4); got {tuple(boxes.shape)}.")
     if real and boxes.dtype.kind in "biu":
