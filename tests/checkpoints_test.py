@@ -233,7 +233,7 @@ def test_metrics_log_survives_a_torn_line_and_rewinds(tmp_path):
 
 
 def test_tensorboard_log_survives_a_torn_record_and_rewinds(tmp_path):
-    writer = workdir.TensorBoardWriter(tmp_path)
+    writer = workdir.TensorBoardWriter(tmp_path, 0)
     for step in (10, 20, 30):
         writer.write(step, {"loss": step / 10})
     writer.close()

@@ -338,6 +338,7 @@ def test_add_normalized_batch_rejects_bad_input(key, value, name):
 def test_constructor_rejects_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
         VOCEvaluator(**kwargs)
+    assert VOCEvaluator(2, iou_threshold=np.float32(0.5)).iou_threshold == 0.5  # a number
 
 
 def test_summary_lists_classes_by_name():

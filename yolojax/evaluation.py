@@ -24,6 +24,7 @@ pick the same ground truth comes first by score: that one is the true positive, 
 duplicates. Everything is array work; the only Python loop is over classes.
 """
 
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -75,7 +76,7 @@ class VOCEvaluator:
             raise ValueError(f"num_classes must be an int, got {num_classes!r}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
-        if not isinstance(iou_threshold, int | float) or not 0.0 <= iou_threshold < 1.0:
+        if not isinstance(iou_threshold, numbers.Real) or not 0.0 <= iou_threshold < 1.0:
             raise ValueError(f"iou_threshold must be in [0, 1), got {iou_threshold}")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(

@@ -193,12 +193,13 @@ class TensorBoardWriter:
     """Scalars to ``workdir/tensorboard`` through ``tf.summary`` (TensorFlow is a dependency
     already, for tf.data).
 
-    A run resumed from the checkpoint of ``start_step`` first drops the events a crashed run
-    logged after it (it trains those steps again): TensorBoard would draw both, a line that
-    doubles back. As :func:`truncate_metrics` does for ``metrics.jsonl``.
+    A run that starts at ``start_step`` (resumed from its checkpoint; 0 for a new run) first
+    drops the events a crashed run logged after it (it trains those steps again):
+    TensorBoard would draw both, a line that doubles back. As :func:`truncate_metrics` does
+    for ``metrics.jsonl``.
     """
 
-    def __init__(self, workdir: str | os.PathLike, start_step: int = 0):
+    def __init__(self, workdir: str | os.PathLike, start_step: int):
         import tensorflow as tf  # imported only where it is used
 
         self._tf = tf
