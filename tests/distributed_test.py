@@ -37,13 +37,16 @@ WORKER_TIMEOUT_S = 240
 # Parameters and BatchNorm statistics are compared relative to how far training moved them:
 # max|a - b| <= tolerance * max|b - initial|, per array, in float32. The same sums taken in
 # another order (per-device partial sums, then the cross-device mean) make one step's
-# update agree to ~5e-5 of its size here. From the second step on the parameters differ by
-# that rounding, and the first two layers' second update differed by up to 3.5e-3 of its
-# size (presumably leaky-ReLU or max-pool units on a kink switching branch: those layers
-# have the most such units). A wrong shard, or a gradient or statistic not averaged over
-# all 4 devices, would be off by tens of percent.
+# update on random images agree to ~5e-5 of its size here (ONE_STEP_TOLERANCE).
+# On the synthetic dataset's images, whose flat regions give many tied values, that rounding
+# can switch a branch at a kink (a leaky ReLU or max-pool unit, the loss's responsible box):
+# the update of the units downstream then differs by more. Measured for the job of two
+# processes against one (JOB_TOLERANCE): up to 9e-4 of a step at the first step and 1e-2 at
+# the second with one decoding of the JPEGs; 1.2e-2 and 3.1e-2, in a few hundred elements
+# of a layer, with another (the accurate DCT; the same code). A wrong shard, or a gradient
+# or statistic not averaged over all 4 devices, would be off by tens of percent.
 ONE_STEP_TOLERANCE = 1e-3
-TWO_STEPS_TOLERANCE = 2e-2
+JOB_TOLERANCE = 6e-2
 
 
 def _free_port() -> int:
@@ -264,9 +267,10 @@ def test_sigterm_to_one_process_stops_the_job_after_one_step_saved_by_all(tmp_pa
 def _check_training(root: Path) -> None:
     """The job's checkpoints and logged losses match the single-process run's."""
     initial = _load_npz(root / "single" / "initial.npz")
-    for step, tolerance in ((1, ONE_STEP_TOLERANCE), (2, TWO_STEPS_TOLERANCE)):
+    for step in (1, 2):
         multi = _checkpointed(root / "multi_run", step)
-        _assert_same_training(multi, _checkpointed(root / "single_run", step), initial, tolerance)
+        single = _checkpointed(root / "single_run", step)
+        _assert_same_training(multi, single, initial, JOB_TOLERANCE)
 
     def losses(workdir):
         lines = (workdir / "metrics.jsonl").read_text().splitlines()
