@@ -217,10 +217,18 @@ def test_yolo_built_directly_checks_its_sizes():
         ("train", "batch_size", 0, "train.batch_size"),
         ("train", "num_epochs", 0, "train.num_epochs"),
         ("data", "image_size", 4, r"data.image_size \(4\) must be at least"),
+        # Used only after the dataset is prepared, or epochs into training: checked at start.
+        ("train", "checkpoint_every_steps", 0, "train.checkpoint_every_steps"),
+        ("train", "log_every_steps", 0, "train.log_every_steps"),
+        ("eval", "max_detections", 0, "eval.max_detections"),
+        ("eval", "pre_nms_top_k", -1, "eval.pre_nms_top_k"),
+        ("model", "dropout_rate", 1.5, "dropout_rate must be in"),
+        ("train", "lr_drop_factors", (0.1,), "lr_drop_epochs and .*lr_drop_factors"),
     ],
 )
 def test_config_values_are_checked_by_name(section, field, value, name):
     config = shapes.get_config()
+    config.train.schedule = "piecewise"  # where lr_drop_* are used
     config[section][field] = value
     with pytest.raises(ValueError, match=name):
         validate_config(config)

@@ -11,8 +11,8 @@ from pathlib import Path
 import ml_collections
 
 from yolojax.data.config import default_data_config
-from yolojax.models import BACKBONES, CONV_IMPLS, HEADS
-from yolojax.optim import OPTIMIZERS, SCHEDULES
+from yolojax.models import BACKBONES, CONV_IMPLS, HEADS, get_model
+from yolojax.optim import OPTIMIZERS, SCHEDULES, learning_rate_schedule
 from yolojax.postprocess import PRE_NMS_TOP_K, check_threshold
 from yolojax.targets import check_positive_int
 from yolojax.workdir import CONFIG_FILE
@@ -126,7 +126,15 @@ def validate_config(config) -> None:
             "config.model.num_classes must be a positive integer, or 0 for as many as the "
             f"dataset has; got {config.model.num_classes!r}."
         )
-    for name in ("model.grid_size", "model.num_boxes", "train.batch_size"):
+    for name in (
+        "model.grid_size",
+        "model.num_boxes",
+        "train.batch_size",
+        "train.log_every_steps",
+        "train.checkpoint_every_steps",
+        "eval.max_detections",
+        "eval.pre_nms_top_k",
+    ):
         section, key = name.split(".")
         check_positive_int(f"config.{name}", config[section][key])
     if config.train.num_epochs <= 0:
@@ -141,6 +149,13 @@ def validate_config(config) -> None:
     # Checked by detect too, but only at the first evaluation, epochs into training.
     for name in ("score_threshold", "iou_threshold"):
         check_threshold(f"config.eval.{name}", config.eval[name])
+    # Checked where they are used, after the dataset is prepared (minutes for VOC): the
+    # schedule's fields, and the model's (num_classes 0, the dataset's count, is not known
+    # yet: any count checks the others).
+    learning_rate_schedule(config.train, steps_per_epoch=1, total_steps=1)
+    model_config = config.model.copy_and_resolve_references()
+    model_config.num_classes = model_config.num_classes or 1
+    get_model(model_config)
 
 
 def resolve_num_classes(config, class_names) -> None:
