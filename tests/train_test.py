@@ -16,7 +16,7 @@ from PIL import Image
 
 from configs import voc
 from tests import tiny
-from yolojax import eval_lib, predict, preemption, train_lib, trainer
+from yolojax import eval_lib, models, predict, preemption, pretrained, train_lib, trainer
 from yolojax import workdir as workdir_io
 from yolojax.data.testing import valid_box_data_source
 from yolojax.detector import Detector
@@ -175,6 +175,33 @@ def test_resume_gives_the_same_parameters(tmp_path, data_dir, capsys):
     trainer.train_and_evaluate(config, str(full))
     assert json.loads((full / "config.before_step_8.json").read_text()) == kept
     assert json.loads((full / "config.before_step_8.json.1").read_text()) == saved
+
+
+def test_a_run_from_imagenet_weights_needs_them_only_to_start(tmp_path, data_dir, capsys):
+    # Ported ImageNet weights (random here) seed the backbone of a fresh run only: resuming,
+    # evaluating and predicting restore every value from the checkpoint, so they work on a
+    # machine or in a folder without the weights file (configs/voc.py names it relatively).
+    weights = tmp_path / "weights" / "resnet18.msgpack"
+    classifier = models.get_classifier("resnet18")
+    variables = classifier.init(jax.random.key(3), np.zeros((1, 32, 32, 3)), train=False)
+    pretrained.save_variables(str(weights), "resnet18", jax.device_get(variables))
+    config = tiny.tiny_config(data_dir)  # 4 steps, evaluated after the last
+    config.model.backbone, config.model.pretrained = "resnet18", str(weights)
+    config.data.image_size = 128  # ResNet's 32x downsampling to the 4x4 grid
+    workdir = tmp_path / "run"
+    results = trainer.train_and_evaluate(config, str(workdir))
+    weights.unlink()
+
+    evaluated = eval_lib.evaluate_checkpoint(config, str(workdir))
+    assert evaluated["step"] == 4
+    assert evaluated["mAP"] == pytest.approx(results["mAP"], nan_ok=True)
+    detector = Detector.from_workdir(str(workdir))  # with the config saved in the workdir
+    assert len(detector(np.zeros((40, 60, 3), np.uint8)).boxes) <= config.eval.max_detections
+    again = trainer.train_and_evaluate(config, str(workdir))
+    assert again["step"] == 4 and "already trained to step 4" in capsys.readouterr().out
+    # A fresh run still needs them, and says so before it prepares any data.
+    with pytest.raises(FileNotFoundError, match=r"python -m yolojax\.pretrained --arch resnet18"):
+        trainer.train_and_evaluate(config, str(tmp_path / "fresh"))
 
 
 def _on_step(number, action):

@@ -8,14 +8,14 @@ Layout::
                                                an earlier run's best when one starts over
 
 Each checkpoint stores the train state and a small JSON ``model`` record (backbone, head,
-classes, grid, boxes, image size; a checksum per array). Restoring compares that record with
-the config first, so a checkpoint from another model is a clear error rather than a shape
-traceback. Arrays are restored by name, so a train state whose containers changed around
-the same arrays (an optax upgrade, a masked transform) still resumes. Orbax writes each save
-into a temporary folder and renames it when complete, so a crash mid-save leaves the
-previous checkpoints intact; a checkpoint that is damaged anyway (truncated files, bytes
-changed on a bad disk, which the record's CRC-32 of every array catches) is skipped with a
-warning and the next older one is used.
+classes, grid, boxes, image size, normalization; a checksum per array). Restoring compares
+that record with the config first, so a checkpoint from another model is a clear error
+rather than a shape traceback. Arrays are restored by name, so a train state whose
+containers changed around the same arrays (an optax upgrade, a masked transform) still
+resumes. Orbax writes each save into a temporary folder and renames it when complete, so a
+crash mid-save leaves the previous checkpoints intact; a checkpoint that is damaged anyway
+(truncated files, bytes changed on a bad disk, which the record's CRC-32 of every array
+catches) is skipped with a warning and the next older one is used.
 
 In a multi-process job every process calls save and restore with the same state; orbax
 writes the files from process 0 and keeps the processes in step with barriers, so the
@@ -73,6 +73,8 @@ class NotAFolderError(ValueError):
     """The workdir given is a file, or (for training) cannot be written."""
 
 
+# The workdir's folders of the latest checkpoints and of the best one.
+LATEST_FOLDER, BEST_FOLDER = "checkpoints", "best"
 # Where a checkpoint goes when a resumed run saves its step anew (see Checkpoints._set_aside).
 SUPERSEDED_FOLDER = "superseded"
 
@@ -259,10 +261,10 @@ class Checkpoints:
     ):
         self.workdir = check_workdir(workdir)
         self.signature = signature
-        self._latest = _manager(self.workdir, "checkpoints", read_only=read_only, max_to_keep=keep)
+        self._latest = _manager(self.workdir, LATEST_FOLDER, read_only=read_only, max_to_keep=keep)
         self._best = _manager(
             self.workdir,
-            "best",
+            BEST_FOLDER,
             read_only=read_only,
             max_to_keep=1,
             best_fn=_best_metric,

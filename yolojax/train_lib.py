@@ -36,26 +36,44 @@ def build_model(config, *, axis_name: str | None = AXIS):
     return model
 
 
-def initial_variables(model, config, key) -> dict:
-    """Fresh variables for ``model``, with ported ImageNet weights when the config names them."""
+def _init_variables(model, config, key) -> dict:
     size = config.data.image_size
     images = jnp.zeros((1, size, size, 3), jnp.float32)
-    variables = jax.jit(functools.partial(model.init, train=False))({"params": key}, images)
-    variables = jax.device_get(variables)
+    return model.init({"params": key}, images, train=False)
+
+
+def initial_variables(model, config, key) -> dict:
+    """Fresh variables for ``model``, with ported ImageNet weights when the config names them."""
+    init = jax.jit(functools.partial(_init_variables, model, config))
+    variables = jax.device_get(init(key))
     if config.model.pretrained:
         variables = load_for_config(variables, config.model)
     return variables
 
 
-def create_train_state(model, config, tx, key) -> TrainState:
-    """An unreplicated train state at step 0."""
-    variables = initial_variables(model, config, key)
+def _state_of(model, variables, tx) -> TrainState:
     return TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
         tx=tx,
         batch_stats=variables.get("batch_stats", {}),
     )
+
+
+def create_train_state(model, config, tx, key) -> TrainState:
+    """An unreplicated train state at step 0."""
+    return _state_of(model, initial_variables(model, config, key), tx)
+
+
+def train_state_shapes(model, config, tx) -> TrainState:
+    """The train state's structure, with a ``jax.ShapeDtypeStruct`` for each array: a
+    template to restore a checkpoint into, built without computing or loading any weights
+    (so without the ImageNet weights file a run started from)."""
+
+    def fresh_state(key):
+        return _state_of(model, _init_variables(model, config, key), tx)
+
+    return jax.eval_shape(fresh_state, jax.random.key(0))
 
 
 def _mean_over_devices(tree):
@@ -177,13 +195,17 @@ def steps_for(config, num_train_examples: int) -> tuple[int, int]:
     return steps_per_epoch, max(1, round(config.train.num_epochs * steps_per_epoch))
 
 
-def initial_state(config, num_train_examples: int):
+def initial_state(config, num_train_examples: int, *, fresh: bool = True):
     """``(model, state, schedule)`` for ``config``: the model with cross-device BatchNorm and
-    an unreplicated, freshly initialized train state at step 0."""
+    an unreplicated train state at step 0: freshly initialized (with the config's ImageNet
+    weights), or with ``fresh=False`` its :func:`train_state_shapes`, to restore into."""
     model = build_model(config)
     steps_per_epoch, total_steps = steps_for(config, num_train_examples)
     tx, schedule = optim.create_optimizer(config.train, steps_per_epoch, total_steps)
-    state = create_train_state(model, config, tx, jax.random.key(config.seed))
+    if fresh:
+        state = create_train_state(model, config, tx, jax.random.key(config.seed))
+    else:
+        state = train_state_shapes(model, config, tx)
     return model, state, schedule
 
 
@@ -200,7 +222,8 @@ def restore_trained_state(config, workdir, which: str | int = "latest", num_trai
     Returns:
       ``(model, state, step)`` with ``state`` unreplicated on the host.
     """
-    model, template, _ = initial_state(config, num_train_examples or config.train.batch_size)
+    num_train_examples = num_train_examples or config.train.batch_size
+    model, template, _ = initial_state(config, num_train_examples, fresh=False)
     manager = checkpoints.Checkpoints(workdir, checkpoints.model_signature(config), read_only=True)
     try:
         state, step = manager.restore(template, which)

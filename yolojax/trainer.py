@@ -89,7 +89,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # Before any data is prepared: a batch that does not split over the devices names the
     # numbers to change.
     distributed.check_batch_size(config.train.batch_size, "config.train.batch_size")
-    pretrained.check_available(config.model)  # so are missing ImageNet weights
+    if not (Path(workdir) / checkpoints.LATEST_FOLDER).is_dir():  # a resumed run does not read them
+        pretrained.check_available(config.model)  # so are missing ImageNet weights
     eval_batch = eval_lib.eval_batch_size(config)
     workdir = Path(workdir)
     info = pipeline.get_dataset_info(config.data)
@@ -103,7 +104,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     latest_step = ckpt.latest_step()
     preemption.report_resumed_step(latest_step or 0)
     steps_per_epoch, total_steps = train_lib.steps_for(config, info.num_train_examples)
-    model, state, schedule = train_lib.initial_state(config, info.num_train_examples)
+    model, state, schedule = train_lib.initial_state(
+        config, info.num_train_examples, fresh=latest_step is None
+    )
     start_step = 0
     if latest_step is not None:
         state, start_step = ckpt.restore(state)
@@ -265,7 +268,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                     stop_now = stop_signals.should_stop(step) and not last
                 if stop_now:  # the save completes in `finally`, before this reaches the caller
                     raise preemption.TrainingStopped(
-                        stop_signals.received, step, workdir / "checkpoints"
+                        stop_signals.received, step, workdir / checkpoints.LATEST_FOLDER
                     )
         if results is None:  # the run had finished: report its final checkpoint again
             if is_main:
@@ -279,7 +282,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             report(start_step, results)
     except KeyboardInterrupt as interrupt:
         ckpt.wait()
-        last, folder = ckpt.latest_step(), workdir / "checkpoints"
+        last, folder = ckpt.latest_step(), workdir / checkpoints.LATEST_FOLDER
         # The message travels with the exception (train.py prints it as its last line), and
         # the cause keeps where the interrupt came.
         raise KeyboardInterrupt(
