@@ -102,24 +102,6 @@ def test_with_no_overlap_box_0_is_responsible_even_when_another_is_nearer():
     assert float(metrics["iou"]) == 0.0
 
 
-def test_general_in_grid_boxes_and_classes():
-    s, c, b = 3, 5, 3
-    pred = jax.random.normal(jax.random.key(0), (2, s, s, c + 5 * b))
-    target = targets.encode_batch(
-        jnp.array([[[0.1, 0.1, 0.6, 0.5]], [[0.5, 0.4, 0.9, 0.95]]]),
-        jnp.array([[4], [0]]),
-        jnp.ones((2, 1), bool),
-        grid_size=s,
-        num_classes=c,
-    )
-    loss, metrics = jax.jit(lambda p, t: losses.yolo_loss(p, t, num_classes=c, num_boxes=b))(
-        pred, target
-    )
-    assert np.isfinite(loss)
-    terms = sum(float(metrics[k]) for k in ("coord", "object", "noobj", "class"))
-    assert float(loss) == pytest.approx(terms, rel=1e-6)
-
-
 @pytest.mark.parametrize("size", [0.0, -0.5, 1e-3])
 def test_gradient_grows_non_positive_and_tiny_sizes(size):
     pred, target = _hand_case()

@@ -172,7 +172,6 @@ def test_detect_output_is_fixed_size_even_when_few_candidates():
     detections = postprocess.detect(outputs, num_classes=C, num_boxes=B, max_detections=100)
     assert detections.boxes.shape == (2, 100, 4)
     assert detections.valid.shape == (2, 100)
-    assert int(detections.valid.sum()) <= 2 * 2 * 2 * B * C
 
 
 def test_invalid_arguments():

@@ -18,8 +18,9 @@ from configs import folder, shapes, voc
 from tests import tiny
 from yolojax import checkpoints, predict, train_lib
 from yolojax.config import load_run_config
+from yolojax.data import synthetic_shapes
 from yolojax.detector import Detector, ImageDetections
-from yolojax.workdir import CONFIG_FILE, atomic_write_text
+from yolojax.workdir import CLASSES_FILE, CONFIG_FILE, atomic_write_text
 
 _UNCACHED_FROM_WORKDIR = Detector.from_workdir.__func__  # before the fixture's stand-in
 
@@ -134,6 +135,43 @@ def test_same_named_inputs_get_distinct_drawings(workdir, tmp_path, capsys):
     assert Image.open(out / "x_1.png").size == (50, 20)
     assert Image.open(out / "X_2.png").size == (30, 30)
     assert "Skipping" not in capsys.readouterr().err
+
+
+def test_the_command_writes_the_boxes_above_its_score_threshold_in_pixels(tmp_path, capsys):
+    # A checkpoint whose output layer gives every cell of the 4×4 grid the same output: box 0
+    # is the cell itself (centre offset 0.5, size 1 cell) with confidence 1, box 1 has
+    # confidence 0, and the five classes score 0.3, 0.6, 0.1, 0.2 and 0.9.
+    workdir = tmp_path / "run"
+    config = tiny.tiny_config(str(tmp_path / "tfds"))
+    _, state, _ = train_lib.initial_state(config, config.train.batch_size)
+    class_scores = [0.3, 0.6, 0.1, 0.2, 0.9]
+    bias = np.array(class_scores + [1.0, 0.5, 0.5, 1.0, 1.0] + [0.0] * 5, np.float32)
+    out_layer = state.params["head"]["out"]
+    params = jax.tree.map(lambda x: x, state.params)  # a copy to edit
+    params["head"]["out"] = {"kernel": np.zeros_like(out_layer["kernel"]), "bias": bias}
+    manager = checkpoints.Checkpoints(workdir, checkpoints.model_signature(config))
+    manager.save(0, state.replace(params=params))
+    manager.wait()
+    manager.close()
+    atomic_write_text(workdir / CONFIG_FILE, config.to_json_best_effort(indent=2))
+    atomic_write_text(workdir / CLASSES_FILE, json.dumps(synthetic_shapes.CLASS_NAMES))
+    image = _image(tmp_path / "street.png", 80, 48)  # cells of 20 × 12 pixels
+    cells = [[c * 20, r * 12, c * 20 + 20, r * 12 + 12] for r in range(4) for c in range(4)]
+
+    def detections(threshold: str) -> list[dict]:
+        argv = ["--workdir", str(workdir), "--out", str(tmp_path / threshold)]
+        predict.main([*argv, "--score-threshold", threshold, image])
+        return _record(tmp_path / threshold)[image]["detections"]
+
+    found = detections("0.5")  # the rectangle (0.6) and the cross (0.9) in every cell
+    assert sorted((d["class"], d["box"]) for d in found) == sorted(
+        (name, box) for name in ("rectangle", "cross") for box in cells
+    )
+    expected = {"rectangle": (1, pytest.approx(0.6)), "cross": (4, pytest.approx(0.9))}
+    assert all((d["label"], d["score"]) == expected[d["class"]] for d in found)
+    assert len(detections("0.25")) == 3 * 16  # the ellipse (0.3) too
+    assert detections("0.95") == []
+    assert "0 detections in 1 images" in capsys.readouterr().out
 
 
 def test_a_workdir_without_config_json_gets_advice_that_applies(tmp_path, capsys, monkeypatch):

@@ -47,19 +47,22 @@ def test_target_grids_match_yolojax():
     np.testing.assert_allclose(actual.numpy(), np.asarray(expected), atol=1e-6)
 
 
-@pytest.mark.parametrize("rescore", [True, False])
-@pytest.mark.parametrize("noobj_on_unassigned", [True, False])
-def test_loss_and_gradient_match_yolojax(rescore, noobj_on_unassigned):
+@pytest.mark.parametrize(
+    ("rescore", "noobj_on_unassigned", "num_boxes"),
+    [(True, True, 2), (True, False, 2), (False, True, 2), (False, False, 2), (True, False, 3)],
+)
+def test_loss_and_gradient_match_yolojax(rescore, noobj_on_unassigned, num_boxes):
     rng = np.random.default_rng(1)
     boxes, labels, mask = _random_boxes(rng, batch=4, max_boxes=6)
     grid = np.asarray(
         targets.encode_batch(boxes, labels, mask, grid_size=GRID, num_classes=NUM_CLASSES)
     )
     # Sizes around 0 so the signed square root sees negative predictions too.
-    predictions = rng.normal(0.5, 0.6, (4, GRID, GRID, NUM_CLASSES + 10)).astype(np.float32)
+    shape = (4, GRID, GRID, NUM_CLASSES + 5 * num_boxes)
+    predictions = rng.normal(0.5, 0.6, shape).astype(np.float32)
     options = {
         "num_classes": NUM_CLASSES,
-        "num_boxes": 2,
+        "num_boxes": num_boxes,
         "lambda_coord": 5.0,
         "lambda_noobj": 0.5,
         "rescore": rescore,
@@ -95,7 +98,7 @@ def test_loss_and_gradient_match_yolojax(rescore, noobj_on_unassigned):
         ("resnet18", "seed", 224),
     ],
 )
-def test_models_have_the_same_parameters_and_outputs(backbone, head, image_size):
+def test_models_have_the_same_parameter_count_and_output_shape(backbone, head, image_size):
     config = ml_collections.ConfigDict(
         {"backbone": backbone, "head": head, "num_classes": 20, "grid_size": 7, "num_boxes": 2}
     )

@@ -2,9 +2,10 @@
 
 import jax
 import numpy as np
+import pytest
 
 from configs import shapes
-from yolojax import distributed, train_lib
+from yolojax import distributed, losses, train_lib
 
 
 def _config(**train):
@@ -117,3 +118,43 @@ def test_step_updates_the_donated_state_in_place():
     assert momentum >= params > 10e6  # the fc weight dominates
     assert memory.alias_size_in_bytes >= params + momentum
     assert memory.temp_size_in_bytes < params + momentum
+
+
+@pytest.mark.parametrize(
+    "loss_settings", [{}, {"lambda_coord": 0.0, "lambda_noobj": 2.0, "rescore": False}]
+)
+def test_the_step_trains_on_the_batch_boxes_with_the_configured_loss(loss_settings):
+    # One box per image, wider than tall, off the grid's diagonal: a mix-up of its
+    # coordinates (xyxy for yxyx, rows for columns) or of its label moves it to another
+    # cell or gives it another target, and the step's loss differs from this one.
+    config = _config(warmup_epochs=0.0)
+    config.loss.update(loss_settings)
+    batch = _batch(config)
+    batch["boxes"][:, :, 0] = [0.1, 0.2, 0.3, 0.9]  # yxyx: 0.2 tall, 0.7 wide
+    batch["labels"][:, :, 0] = 3
+    _, _, metrics = _one_step(config, batch)
+
+    # The target grid by hand (tests/targets_test.py checks the encoding itself): the centre
+    # (y, x) = (0.2, 0.55) falls in row 0, column 2 of the 4×4 grid, at offsets (x, y) =
+    # (0.2, 0.8) within that cell; in cell units the box is 2.8 wide and 0.8 tall.
+    num_classes, n = config.model.num_classes, config.train.batch_size
+    grid = np.zeros((n, 4, 4, num_classes + 5), np.float32)
+    grid[:, 0, 2, 3] = 1.0
+    grid[:, 0, 2, num_classes:] = [1.0, 0.2, 0.8, 2.8, 0.8]
+    model = train_lib.build_model(config, axis_name=None)  # one device: the same statistics
+    state = train_lib.initial_state(config, num_train_examples=64)[1]
+    outputs, _ = model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats},
+        batch["image"][0],
+        train=True,
+        mutable=["batch_stats"],
+    )
+    _, expected = losses.yolo_loss(
+        outputs,
+        grid,
+        num_classes=num_classes,
+        num_boxes=config.model.num_boxes,
+        **config.loss,
+    )
+    for name, value in expected.items():
+        np.testing.assert_allclose(metrics[name], value, rtol=2e-5, err_msg=name)
