@@ -161,7 +161,9 @@ def test_a_bad_conv_impl_is_named():
         config_lib.validate_config(config)
 
 
-@pytest.mark.parametrize(("window", "strides", "padding"), [(3, 2, 1), (2, 2, 0), (3, 1, 1)])
+@pytest.mark.parametrize(
+    ("window", "strides", "padding"), [(3, 2, 1), (2, 2, 0), (3, 1, 1), (2, 3, 0)]
+)
 def test_max_pool_equals_flax_max_pool(window, strides, padding):
     x = jnp.asarray(np.random.default_rng(window).standard_normal((2, 9, 8, 4)), jnp.float32)
     pad = ((padding, padding), (padding, padding))

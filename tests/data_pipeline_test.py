@@ -166,11 +166,12 @@ def test_each_epoch_reads_every_example_once_in_a_seeded_order(config):
 
 def test_batches_split_over_local_devices_and_indivisible_sizes_are_refused(config, monkeypatch):
     monkeypatch.setattr(jax, "local_device_count", lambda: 2)
+    monkeypatch.setattr(jax, "device_count", lambda: 2)
     batch = next(make_train_iterator(config, global_batch_size=4, seed=0))
     assert batch["image"].shape == (2, 2, SIZE, SIZE, 3) and batch["mask"].shape == (2, 2, 64)
-    with pytest.raises(ValueError, match="global_batch_size=3 must be divisible"):
+    with pytest.raises(ValueError, match="global_batch_size=3 does not split over the 2 dev"):
         make_train_iterator(config, global_batch_size=3, seed=0)
-    with pytest.raises(ValueError, match="global_batch_size=5 must be divisible"):
+    with pytest.raises(ValueError, match="global_batch_size=5 does not split over the 2 dev"):
         make_eval_iterator(config, global_batch_size=5)
 
 

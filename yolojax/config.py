@@ -11,7 +11,7 @@ from pathlib import Path
 import ml_collections
 
 from yolojax.data.config import default_data_config
-from yolojax.models import BACKBONES, CONV_IMPLS, HEADS, get_model
+from yolojax.models import BACKBONES, CONV_IMPLS, DTYPES, HEADS, MODEL_DEFAULTS, get_model
 from yolojax.optim import OPTIMIZERS, SCHEDULES, learning_rate_schedule
 from yolojax.postprocess import PRE_NMS_TOP_K, check_threshold
 from yolojax.targets import check_positive_int
@@ -19,27 +19,11 @@ from yolojax.workdir import CONFIG_FILE
 
 
 def default_model_config() -> ml_collections.ConfigDict:
-    """``config.model``; see ``yolojax.models`` for what each field does."""
-    return ml_collections.ConfigDict(
-        {
-            "backbone": "resnet152",
-            "head": "conv",
-            "num_classes": 20,  # 0 = as many as the dataset has
-            "grid_size": 7,
-            "num_boxes": 2,
-            "dtype": "float32",  # compute dtype; 'bfloat16' for mixed precision
-            "num_groups": 32,
-            "dropout_rate": 0.5,
-            "fc_hidden": 4096,
-            "head_channels": 0,
-            "head_conv_layers": 4,
-            # How convolutions are computed: 'auto' (matrix products on a CPU for 1×1
-            # kernels and small batches of small maps, XLA's convolution elsewhere), 'xla'
-            # or 'dot'.
-            "conv_impl": "auto",
-            "pretrained": "",  # ported ImageNet weights (.msgpack); '' = from scratch
-        }
-    )
+    """``config.model``: ResNet-152 from scratch, and ``yolojax.models``'s defaults for the
+    other fields (its docstring says what each does). ``num_classes`` may also be 0 here:
+    as many as the dataset has. ``pretrained``: ported ImageNet weights (a .msgpack file),
+    or '' to train from scratch."""
+    return ml_collections.ConfigDict({"backbone": "resnet152", **MODEL_DEFAULTS, "pretrained": ""})
 
 
 def default_train_config() -> ml_collections.ConfigDict:
@@ -117,7 +101,7 @@ def validate_config(config) -> None:
     """
     _choice("model.backbone", config.model.backbone, BACKBONES)
     _choice("model.head", config.model.head, HEADS)
-    _choice("model.dtype", config.model.dtype, ("float32", "bfloat16"))
+    _choice("model.dtype", config.model.dtype, DTYPES)
     _choice("model.conv_impl", config.model.conv_impl, CONV_IMPLS)
     _choice("train.optimizer", config.train.optimizer, OPTIMIZERS)
     _choice("train.schedule", config.train.schedule, SCHEDULES)

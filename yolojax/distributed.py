@@ -161,7 +161,8 @@ def check_batch_size(batch_size: int, name: str) -> None:
 
     Args:
       batch_size: a global batch size.
-      name: the config field it comes from, named in the error (``config.train.batch_size``).
+      name: the config field it comes from (``config.train.batch_size``, given as a flag in
+        the error), or the argument's name.
     """
     processes, devices, local = jax.process_count(), jax.device_count(), jax.local_device_count()
     if batch_size % devices == 0:
@@ -175,10 +176,11 @@ def check_batch_size(batch_size: int, name: str) -> None:
         if fewer and batch_size % processes == 0
         else ""
     )
+    setting = f"--{name}" if name.startswith("config.") else name  # a flag of train.py
     raise ValueError(
         f"{name}={batch_size} does not split over the {devices} devices of this job "
         f"({processes} process(es) x {local} local device(s)): set it to a multiple of "
-        f"{devices}, e.g. --{name}={nearest[-1]} (nearest: "
+        f"{devices}, e.g. {setting}={nearest[-1]} (nearest: "
         f"{' or '.join(map(str, nearest))}){or_fewer}."
     )
 

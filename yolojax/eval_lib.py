@@ -106,7 +106,7 @@ def evaluate(
       state: the train state on the devices (:func:`yolojax.distributed.replicate`).
       batches: an iterable of eval batches (``yolojax.data.pipeline.make_eval_iterator``).
       config: the run config.
-      class_names: names for the per-class table; default ``class_0…``.
+      class_names: names for the per-class table; default: the class ids.
       progress: a progress bar's label, shown by process 0 on a terminal ('' for none).
       total: the number of images the batches hold, for the progress bar.
 

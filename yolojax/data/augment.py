@@ -255,7 +255,8 @@ def gaussian_blur(image: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor:
 def random_blur(
     image: tf.Tensor, seed: tf.Tensor, *, probability: float, max_sigma: float
 ) -> tf.Tensor:
-    """With `probability`, blurs with sigma uniform in (0, max_sigma] pixels."""
+    """With `probability`, blurs with sigma uniform in [0.05, 1) x `max_sigma` pixels (not
+    from 0: a blur much under a pixel leaves the image as it was)."""
     apply_seed, sigma_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
     sigma = tf.random.stateless_uniform([], sigma_seed, 0.05 * max_sigma, max_sigma)
     return tf.cond(

@@ -33,7 +33,7 @@ def default_augment_config() -> ml_collections.ConfigDict:
     # per image (saturation and hue as YIQ chroma scale and rotation, exposure the same), ~4x
     # cheaper.
     augment.color_space = "hsv"
-    # Gaussian blur applied with this probability, sigma uniform in (0, blur_max_sigma]
+    # Gaussian blur applied with this probability, sigma uniform in [0.05, 1) x blur_max_sigma
     # pixels of the model input (the report's list; the paper has no blur).
     augment.blur_probability = 0.1
     augment.blur_max_sigma = 1.5

@@ -27,6 +27,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
+from yolojax import distributed
 from yolojax.data import augment, config, malloc_thresholds, sources
 
 try:  # tf.data runs on the host CPU; the accelerators belong to JAX.
@@ -68,17 +69,10 @@ def _check_int(name: str, value, low: int) -> int:
 
 
 def _layout(global_batch_size: int) -> _Layout:
-    processes, devices = jax.process_count(), jax.local_device_count()
     global_batch_size = _check_int("global_batch_size", global_batch_size, 1)
-    if global_batch_size % (processes * devices):
-        multiple = processes * devices
-        raise ValueError(
-            f"global_batch_size={global_batch_size} must be divisible by process_count "
-            f"({processes}) x local_device_count ({devices}) = {multiple}: use a multiple of "
-            f"{multiple} (e.g. {max(multiple, global_batch_size // multiple * multiple)}) or run "
-            "on a device count that divides it"
-        )
-    return _Layout(jax.process_index(), global_batch_size // processes, devices)
+    distributed.check_batch_size(global_batch_size, "global_batch_size")
+    per_process = global_batch_size // jax.process_count()
+    return _Layout(jax.process_index(), per_process, jax.local_device_count())
 
 
 def _check_choice(name: str, value, choices) -> None:

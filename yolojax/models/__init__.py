@@ -50,10 +50,11 @@ _BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "vgg16_bn": VGG16BN,
 }
 BACKBONES = tuple(_BACKBONES)
-_DARKNET_SPECS = {"darknet": DARKNET24, "darknet_gn": DARKNET24, "darknet_tiny": DARKNET_TINY}
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = tuple(_DTYPES)
 
-_MODEL_DEFAULTS = {
+# The defaults of the fields in the module docstring (every field but backbone and pretrained).
+MODEL_DEFAULTS = {
     "head": "conv",
     "num_classes": 20,
     "grid_size": 7,
@@ -67,12 +68,21 @@ _MODEL_DEFAULTS = {
     "conv_impl": "auto",
 }
 
-__all__ = ["BACKBONES", "CONV_IMPLS", "HEADS", "YOLO", "get_classifier", "get_model"]
+__all__ = [
+    "BACKBONES",
+    "CONV_IMPLS",
+    "DTYPES",
+    "HEADS",
+    "MODEL_DEFAULTS",
+    "YOLO",
+    "get_classifier",
+    "get_model",
+]
 
 
 def _check_known_fields(names) -> None:
     """A misspelled field would silently leave its default in effect: name it instead."""
-    known = {"backbone", "pretrained", *_MODEL_DEFAULTS}
+    known = {"backbone", "pretrained", *MODEL_DEFAULTS}
     for name in names:
         if name not in known and not name.startswith("_"):
             close = difflib.get_close_matches(name, known, n=1)
@@ -131,13 +141,14 @@ def get_classifier(
         "axis_name": axis_name,
         "conv_impl": conv_impl,
     }
-    if arch in _DARKNET_SPECS:
+    build = _BACKBONES[arch]
+    if getattr(build, "func", None) is Darknet:
         num_groups = check_positive_int("num_groups", num_groups)
         if arch == "darknet_gn":
-            widths = {layer.features for layer in _DARKNET_SPECS[arch] if layer != MAXPOOL}
+            widths = {layer.features for layer in build.keywords["layers"] if layer != MAXPOOL}
             _check_group_widths(arch, num_groups, widths)
         kwargs["num_groups"] = num_groups
-    return _BACKBONES[arch](**kwargs)
+    return build(**kwargs)
 
 
 def get_model(model_config: Any, *, axis_name: str | None = None) -> YOLO:
@@ -167,7 +178,7 @@ def get_model(model_config: Any, *, axis_name: str | None = None) -> YOLO:
     if backbone not in _BACKBONES:
         raise ValueError(f"model_config.backbone must be one of {BACKBONES}, got {backbone!r}")
     fields = {
-        name: getattr(model_config, name, default) for name, default in _MODEL_DEFAULTS.items()
+        name: getattr(model_config, name, default) for name, default in MODEL_DEFAULTS.items()
     }
     if fields["head"] not in HEADS:
         raise ValueError(f"model_config.head must be one of {HEADS}, got {fields['head']!r}")

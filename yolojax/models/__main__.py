@@ -22,16 +22,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "config file defining get_config(); `path:arg` selects a variant"
 )
 _IMAGE_SIZE = flags.DEFINE_integer(
-    "image_size", None, "square input size; default: config.data.image_size, else 448"
+    "image_size", None, "square input size; default: config.data.image_size"
 )
 _DEPTH = flags.DEFINE_integer("depth", 2, "module nesting depth shown in the table")
-
-
-def _config_image_size(config: Any) -> int:
-    """config.data.image_size (an int or an (H, W) pair) or 448 when the config has none."""
-    data = getattr(config, "data", None)
-    size = getattr(data, "image_size", 448) if data is not None else 448
-    return size if isinstance(size, int) else int(size[0])
 
 
 def summarize(model_config: Any, image_size: int, *, depth: int = 2) -> str:
@@ -61,7 +54,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
-    image_size = _IMAGE_SIZE.value or _config_image_size(config)
+    image_size = _IMAGE_SIZE.value or config.data.image_size
     with cli.command_errors():  # a bad model field is its message, as in train.py
         print(summarize(config.model, image_size, depth=_DEPTH.value))
 

@@ -132,7 +132,7 @@ def max_pool(x: jnp.ndarray, window: int, strides: int, padding: int = 0) -> jnp
     whose gradient (select-and-scatter) XLA's CPU backend runs several times slower than
     elementwise ops. Disjoint windows (`window == strides`, Darknet's and VGG's 2×2) take
     the maximum of the window's `window²` views, with a gradient written for them
-    (`_tile_max`); overlapping ones (ResNet's 3×3/2 stem pool) are separable: the maximum
+    (`_tile_max`); others (ResNet's overlapping 3×3/2 stem pool) are separable: the maximum
     over each column of `window` rows, then over `window` of those columns, 2·`window`
     views instead of `window²`, whose gradient runs in half the time (ResNet-50's train
     step at 224: 6% faster; BENCHMARKS.md, "Train step", item 2). Where a window holds
@@ -148,8 +148,6 @@ def max_pool(x: jnp.ndarray, window: int, strides: int, padding: int = 0) -> jnp
     if window == strides:  # rows and columns past the last whole window are dropped
         height, width = x.shape[1] // window * window, x.shape[2] // window * window
         return _tile_max(x[:, :height, :width], window)
-    if window < strides:
-        return _views_max(x, (window, window), (strides, strides))
     column_maxima = _views_max(x, (window, 1), (strides, 1))
     return _views_max(column_maxima, (1, window), (1, strides))
 
