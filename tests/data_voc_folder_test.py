@@ -2,6 +2,7 @@
 
 import logging
 import os
+import re
 
 import numpy as np
 import pytest
@@ -162,6 +163,17 @@ def test_pipeline_reads_a_folder_and_warns_about_skipped_images(tmp_path, caplog
     assert batch["image_size"][0, 0].tolist() == [10, 20]
 
 
+def test_a_split_the_folder_lacks_names_the_config_key_and_the_splits_it_has(tmp_path):
+    folder, _ = _folder_with_one_bad_image(tmp_path, "has zero area")
+    config = default_data_config()
+    config.source, config.folder, config.on_bad_data = "voc_folder", folder, "skip"
+    config.tfds_data_dir = str(tmp_path / "tfds")
+    config.train_split, config.eval_split = "train", "testing"
+    with pytest.raises(ValueError, match=r"config\.data\.eval_split='testing': Unknown") as error:
+        get_dataset_info(config)
+    assert "Set --config.data.eval_split to one of them" in str(error.value)
+
+
 def test_difficult_and_truncated_read_true_and_yes_and_refuse_other_words(tmp_path):
     folder = write_voc_folder(str(tmp_path / "f"), [VocImage("a", 20, 20, [])])
     xml = os.path.join(folder, "Annotations", "a.xml")
@@ -188,6 +200,15 @@ def test_difficult_and_truncated_read_true_and_yes_and_refuse_other_words(tmp_pa
     annotate("maybe")  # was read as not difficult, silently
     with pytest.raises(voc_folder.BadDataError, match=r"<difficult> is 'maybe', not 0 or 1"):
         voc_folder.parse_annotation(xml)
+
+
+@pytest.mark.parametrize("names", ["mask,no-mask", ("mask,no-mask",)])
+def test_class_names_given_as_one_comma_separated_name_are_refused(tmp_path, names):
+    folder = write_voc_folder(
+        tmp_path / "voc", [VocImage("a", 20, 10, [VocObject("mask", (1, 1, 5, 5))])]
+    )
+    with pytest.raises(ValueError, match=re.escape("""class_names="('mask','no-mask')\"""")):
+        voc_folder.voc_folder_config(folder, class_names=names)
 
 
 def test_class_names_that_differ_only_in_case_are_refused(tmp_path):

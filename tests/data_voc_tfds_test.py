@@ -116,3 +116,35 @@ def test_train_batches_leave_out_difficult_objects(voc_data_dir):
 def test_unprepared_voc_raises_with_offline_instructions(tmp_path):
     with pytest.raises(sources.DatasetNotPreparedError, match="prepare_voc_offline"):
         get_dataset_info(_voc_config(str(tmp_path)))
+
+
+def test_bad_annotations_are_named_before_anything_is_prepared(tmp_path):
+    # TFDS's builder would stop at the first one with an error naming a copy of the file in
+    # its cache; the check names every bad file where the user can fix it.
+    devkit = tmp_path / "VOCdevkit"
+    images = [
+        VocImage("000001", 40, 32, [VocObject("cat", (4, 4, 20, 16))]),
+        VocImage("000002", 40, 32, [VocObject("unicorn", (4, 4, 20, 16))]),
+        VocImage("000003", 40, 32, [VocObject("dog", (4, 4, 50, 16))]),
+    ]
+    sets = {"train": ["000001", "000002"], "val": ["000003", "000004"], "test": ["000001"]}
+    write_voc_folder(str(devkit / "VOC2007"), images, image_sets=sets)
+    with pytest.raises(ValueError) as error:
+        prepare_voc_offline(str(devkit), "2007", data_dir=str(tmp_path / "tfds"))
+    message = str(error.value)
+    annotations = devkit / "VOC2007" / "Annotations"
+    assert "3 annotation file(s)" in message
+    assert f"{annotations / '000002.xml'}: object 'unicorn' is not one of VOC's 20 cl" in message
+    assert f"{annotations / '000003.xml'}: object 'dog' box" in message
+    assert "outside the 40x32 <size>" in message
+    assert f"{annotations / '000004.xml'}: not found (listed in val.txt)" in message
+    assert not (tmp_path / "tfds" / "voc").exists()
+
+
+def test_a_year_folder_given_as_the_devkit_is_named_with_its_parent(tmp_path):
+    year_dir = tmp_path / "VOCdevkit" / "VOC2007"
+    write_voc_folder(str(year_dir), TEST_IMAGES, image_sets={"test": ["000004"]})
+    with pytest.raises(ValueError, match=r"is a year's folder: pass the VOCdevkit folder"):
+        prepare_voc_offline(str(year_dir), "2007", data_dir=str(tmp_path / "tfds"))
+    with pytest.raises(ValueError, match="does not exist"):
+        prepare_voc_offline(str(tmp_path / "nowhere"), "2007", data_dir=str(tmp_path / "tfds"))

@@ -1,6 +1,7 @@
 """Tests for yolojax.pretrained: torchvision ports give torchvision's logits; strict loading."""
 
 import re
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -126,6 +127,12 @@ def test_cli_download_failure_suggests_the_offline_path(torch, monkeypatch, tmp_
     monkeypatch.setattr(torchvision.models, "get_model", no_network)
     with pytest.raises(SystemExit, match="--state-dict"):
         pretrained.main(["--arch", "vgg16", "--out", str(tmp_path / "vgg16.msgpack")])
+
+
+def test_cli_without_the_port_extra_says_how_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # `import torchvision` fails
+    with pytest.raises(SystemExit, match=r"needs torch and torchvision .*\[port\]"):
+        pretrained.main(["--arch", "resnet18", "--state-dict", str(tmp_path / "r.pth")])
 
 
 @pytest.mark.parametrize(

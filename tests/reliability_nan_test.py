@@ -81,6 +81,18 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint
     assert math.isfinite(records[0]["loss"])
 
 
+def test_a_nonfinite_loss_before_the_first_checkpoint_says_the_rerun_starts_over(
+    tmp_path, data_dir
+):
+    config = _config(data_dir, log_every_steps=1, checkpoint_every_steps=4)
+    with pytest.raises(train_lib.NonFiniteLossError) as error:
+        trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    message = str(error.value)
+    assert f"the loss of step {POISONED_STEP} is nan" in message
+    assert "before the first checkpoint: rerunning starts over" in message
+    assert "step None" not in message
+
+
 def test_skip_nonfinite_keeps_the_previous_state_and_counts_the_skipped_step(tmp_path, data_dir):
     config = _config(data_dir, skip_nonfinite=True, log_every_steps=1, checkpoint_every_steps=1)
     run_dir = tmp_path / "run"

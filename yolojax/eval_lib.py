@@ -193,9 +193,7 @@ def evaluate_checkpoint(config, workdir, checkpoint: str | int = "latest") -> di
     batch_size = eval_batch_size(config)
     info = pipeline.get_dataset_info(config.data)
     resolve_num_classes(config, info.class_names)
-    model, state, step = train_lib.restore_trained_state(
-        config, workdir, checkpoint, info.num_train_examples
-    )
+    model, state, step = train_lib.restore_trained_state(config, workdir, checkpoint)
     mesh = distributed.mesh()
     results = evaluate(
         make_eval_step(model, config, mesh),

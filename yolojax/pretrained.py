@@ -237,8 +237,10 @@ def _how_to_make(path: str, arch: str | None) -> str:
     return (
         f"make it with `python -m yolojax.pretrained --arch {arch} --out {path}` "
         f"(downloads through torchvision) or add `--state-dict PATH.pth` to convert a "
-        f"torchvision state_dict offline; or set config.model.pretrained='' to train from "
-        f"scratch"
+        "torchvision state_dict offline (both need the `port` extra: pip install -e "
+        "'.[port]'); or set config.model.pretrained='' to train from scratch, with "
+        "config.train.learning_rate=1e-3 and config.train.grad_clip_norm=10 as configs/voc.py "
+        "does for Darknet (the 1e-2 meant for ImageNet weights diverges from scratch)"
     )
 
 
@@ -382,6 +384,14 @@ def main(argv: list[str] | None = None) -> None:
         "`pretrained=True`; ResNets also have IMAGENET1K_V2)",
     )
     args = parser.parse_args(argv)
+    try:
+        import torch  # noqa: F401  (the `port` extra, for either way of getting weights)
+        import torchvision  # noqa: F401
+    except ImportError as error:
+        raise SystemExit(
+            f"python -m yolojax.pretrained needs torch and torchvision ({error}): install "
+            "the `port` extra, pip install -e '.[port]' (see the README)."
+        ) from None
     out = args.out or os.path.join("weights", f"{args.arch}.msgpack")
     from yolojax import cli  # here: importing it sets the command-line tools' log level
 

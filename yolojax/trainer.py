@@ -294,11 +294,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
     except NonFiniteLossError as error:
         bad_step, loss = error.args
         ckpt.wait()
+        last, folder = ckpt.latest_step(), workdir / checkpoints.LATEST_FOLDER
         raise NonFiniteLossError(
-            f"Training stopped: the loss of step {bad_step} is {loss} (not finite). The last "
-            f"good checkpoint (step {ckpt.latest_step()}) in {workdir / 'checkpoints'} is "
-            "intact. Lower config.train.learning_rate, set config.train.grad_clip_norm, or "
-            "set config.train.skip_nonfinite=True to skip such steps."
+            "Training stopped: "
+            + (
+                f"the loss of step {bad_step} is {loss} (not finite). "
+                if not math.isfinite(loss)  # else the gradients' norm overflowed
+                else f"the gradients of step {bad_step} are not finite (its loss: {loss:.4g}). "
+            )
+            + (
+                f"The last good checkpoint (step {last}) in {folder} is intact. "
+                if last is not None
+                else "It came before the first checkpoint: rerunning starts over. "
+            )
+            + "Lower config.train.learning_rate, set config.train.grad_clip_norm (e.g. 10), "
+            "or set config.train.skip_nonfinite=True to skip such steps."
         ) from None
     finally:
         progress.close()

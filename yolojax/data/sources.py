@@ -190,6 +190,15 @@ def open_split(data_config, which: str) -> SplitSource:
             data_source = builder.as_data_source(
                 part_split, decoders={"image": tfds.decode.SkipDecoding()}
             )
+        except ValueError as error:  # TFDS: "Unknown split 'test'. Should be one of [...]."
+            if not str(error).startswith("Unknown split"):
+                raise
+            key = "train_split" if which == "train" else "eval_split"
+            raise ValueError(
+                f"config.data.{key}={split_expression(data_config, which)!r}: {error} "
+                f"({builder.name} in "
+                f"{builder.data_dir}). Set --config.data.{key} to one of them."
+            ) from None
         except NotImplementedError as error:  # Prepared without random access (TFRecord).
             dataset = builder.info.full_name.rsplit("/", 1)[0]  # voc/2007: name/config
             raise DatasetNotPreparedError(

@@ -380,6 +380,11 @@ def voc_folder_config(
     folder = os.path.abspath(folder)
     if class_names is None:
         class_names = scan_class_names(folder, on_bad_data)
+    if isinstance(class_names, str) or any("," in name for name in class_names):
+        raise ValueError(
+            f"data.class_names={class_names!r} holds one name with commas: give a list of "
+            """names, on the command line --config.data.class_names="('mask','no-mask')"."""
+        )
     class_names = tuple(class_names)
     if len(set(class_names)) != len(class_names) or not class_names:
         raise ValueError(f"data.class_names must be distinct and non-empty, got {class_names}")

@@ -13,6 +13,7 @@ is `extracted/TAR.<that name>`), then runs the unmodified builder, which reads t
 
 import logging
 import os
+from xml.etree import ElementTree
 
 import tensorflow_datasets as tfds
 from etils import epath
@@ -20,6 +21,7 @@ from tensorflow_datasets.core.download import resource as resource_lib
 
 # Files read from VOC<year>/ImageSets/Main by the builder's 'train', 'validation', 'test' splits.
 _SET_FILES = {"trainval": ("train", "val"), "test": ("test",)}
+_BOX_TAGS = ("xmin", "ymin", "xmax", "ymax")
 
 _logger = logging.getLogger(__name__)
 
@@ -44,6 +46,64 @@ def _register_extraction(
     if os.path.islink(link):
         os.remove(link)
     os.symlink(os.path.abspath(year_dir), link)
+
+
+def _annotation_problem(xml_path: str, class_names: tuple[str, ...]) -> str | None:
+    """What TFDS's `voc` builder would fail on in one annotation file (None if nothing).
+
+    The builder reads each object's lowercased name as a class label, its `pose`,
+    `truncated` and `difficult` tags, and its box divided by the `<size>` in pixels, which
+    has to land in [0, 1]; any other value stops the whole preparation with an error that
+    names a copy of the file inside the TFDS cache.
+    """
+    try:
+        root = ElementTree.parse(xml_path).getroot()
+        width = float(root.findtext("size/width"))
+        height = float(root.findtext("size/height"))
+    except (OSError, ElementTree.ParseError) as error:
+        return f"cannot be read as XML ({error})"
+    except (TypeError, ValueError):
+        return "has no numeric <size> <width> and <height>"
+    for obj in root.findall("object"):
+        name = (obj.findtext("name") or "").strip().lower()
+        if name not in class_names:
+            return f"object {name!r} is not one of VOC's 20 classes {list(class_names)}"
+        for tag in ("pose", "truncated", "difficult"):
+            if obj.find(tag) is None:
+                return f"object {name!r} lacks <{tag}>"
+        try:
+            box = {tag: float(obj.findtext(f"bndbox/{tag}")) for tag in _BOX_TAGS}
+        except (TypeError, ValueError):
+            return f"object {name!r} lacks a numeric <bndbox> {'/'.join(_BOX_TAGS)}"
+        if not (
+            0 <= box["xmin"] <= box["xmax"] <= width and 0 <= box["ymin"] <= box["ymax"] <= height
+        ):
+            return f"object {name!r} box {box} lies outside the {width:g}x{height:g} <size>"
+    return None
+
+
+def _check_annotations(year_dir: str, set_names: list[str], class_names: tuple[str, ...]):
+    """Raises ValueError naming every annotation of the listed images that TFDS's builder
+    would fail on (at most 10 shown), before anything is prepared."""
+    problems = []
+    for set_name in set_names:
+        with open(os.path.join(year_dir, "ImageSets", "Main", set_name + ".txt")) as file:
+            image_ids = [line.split()[0] for line in file if line.strip()]
+        for image_id in image_ids:
+            xml_path = os.path.join(year_dir, "Annotations", image_id + ".xml")
+            if not os.path.isfile(xml_path):
+                problems.append(f"{xml_path}: not found (listed in {set_name}.txt)")
+            elif (problem := _annotation_problem(xml_path, class_names)) is not None:
+                problems.append(f"{xml_path}: {problem}")
+    if problems:
+        shown = problems[:10] + (
+            [f"... and {len(problems) - 10} more"] if len(problems) > 10 else []
+        )
+        raise ValueError(
+            f"{len(problems)} annotation file(s) of {year_dir} cannot be read as VOC: fix or "
+            "remove them (and their lines in ImageSets/Main/*.txt), then rerun:\n  "
+            + "\n  ".join(shown)
+        )
 
 
 def _placeholder_test_set(download_dir: str, year_dir: str) -> str:
@@ -77,12 +137,25 @@ def prepare_voc_offline(
       data_dir: TFDS data directory; None = the TFDS default.
 
     Returns:
-      The prepared builder (ArrayRecord files, as the yolojax pipeline reads them).
+      The prepared builder (ArrayRecord files, as the yolojax pipeline reads them). One
+      already prepared in `data_dir` is returned as it is: edits to the folder since are
+      not read (prepare into another `data_dir` to take them).
+
+    Raises:
+      ValueError: a folder that is not a VOCdevkit (or a year's folder given for one), a
+        missing set file, or annotation files the builder cannot read (every one named).
     """
     year = str(year)
     if year not in ("2007", "2012"):
         raise ValueError(f"year must be '2007' or '2012', got {year!r}")
+    if not os.path.isdir(devkit_dir):
+        raise ValueError(f"devkit_dir={devkit_dir!r} does not exist or is not a folder")
     year_dir = os.path.join(devkit_dir, f"VOC{year}")
+    if not os.path.isdir(year_dir) and os.path.isdir(os.path.join(devkit_dir, "Annotations")):
+        raise ValueError(
+            f"devkit_dir={devkit_dir!r} is a year's folder: pass the VOCdevkit folder that "
+            f"holds VOC{year}/ ({os.path.dirname(os.path.abspath(devkit_dir))!r}?)"
+        )
     for sub in ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main")):
         if not os.path.isdir(os.path.join(year_dir, sub)):
             raise ValueError(f"devkit_dir={devkit_dir!r}: {os.path.join(year_dir, sub)} not found")
@@ -91,6 +164,17 @@ def prepare_voc_offline(
         return builder
     download_dir = os.path.join(builder.data_dir_root, "downloads")
     main = os.path.join(year_dir, "ImageSets", "Main")
+    class_names = tuple(builder.info.features["objects"]["label"].names)
+    _check_annotations(
+        year_dir,
+        [
+            name
+            for names in _SET_FILES.values()
+            for name in names
+            if os.path.isfile(os.path.join(main, name + ".txt"))
+        ],
+        class_names,
+    )
     for archive_kind, archive in builder.builder_config.filenames.items():
         missing = [
             name + ".txt"
