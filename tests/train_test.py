@@ -103,7 +103,7 @@ def test_train_evaluate_predict(tmp_path, data_dir, monkeypatch, capsys):
     # so the trained model's output layer is set to give a known box in every cell: the
     # cell itself (centre offset 0.5, size 1 cell), confidence 1, every class score 1.
     model, state, _ = train_lib.restore_trained_state(config, str(workdir))
-    variables = eval_lib.model_variables(state)
+    variables = train_lib.model_variables(state)
     out = variables["params"]["head"]["out"]
     num_classes, cell_box = config.model.num_classes, [1.0, 0.5, 0.5, 1.0, 1.0]
     bias = np.array([1.0] * num_classes + cell_box * config.model.num_boxes, np.float32)

@@ -18,9 +18,8 @@ from yolojax import boxes as box_ops
 from yolojax import train_lib
 from yolojax.config import load_run_config, resolve_num_classes
 from yolojax.data import pipeline
-from yolojax.eval_lib import detect_with_config, model_variables
+from yolojax.eval_lib import detect_with_config
 from yolojax.images import read_image, to_rgb
-from yolojax.models import get_model
 from yolojax.postprocess import check_threshold
 from yolojax.workdir import CLASSES_FILE
 
@@ -101,12 +100,10 @@ class Detector:
                 )
             config = config.copy_and_resolve_references()  # the caller's stays as it was
             resolve_num_classes(config, load_class_names(workdir, 0))
-        _, state, _ = train_lib.restore_trained_state(config, workdir, checkpoint)
-        model = get_model(config.model)
+        model, state, _ = train_lib.restore_trained_state(config, workdir, checkpoint)
         class_names = load_class_names(workdir, config.model.num_classes)
-        return cls(
-            model, model_variables(state), config, class_names, score_threshold=score_threshold
-        )
+        variables = train_lib.model_variables(state)
+        return cls(model, variables, config, class_names, score_threshold=score_threshold)
 
     def __call__(self, image) -> ImageDetections:
         """Detects objects in one image.

@@ -33,14 +33,6 @@ def eval_batch_size(config) -> int:
     return config.train.batch_size
 
 
-def model_variables(state) -> dict:
-    """The variables ``model.apply`` takes, from a state with ``params``/``batch_stats``."""
-    variables = {"params": state.params}
-    if state.batch_stats:
-        variables["batch_stats"] = state.batch_stats
-    return variables
-
-
 def detect_with_config(outputs, config, *, score_threshold=None) -> postprocess.Detections:
     """:func:`yolojax.postprocess.detect` of raw outputs ``(N, S, S, C + 5B)`` with the grid of
     ``config.model`` and the settings of ``config.eval`` (``score_threshold`` overrides its
@@ -60,7 +52,7 @@ def detect_with_config(outputs, config, *, score_threshold=None) -> postprocess.
 
 def eval_step(state, images, *, model, config) -> postprocess.Detections:
     """Detections for one per-device batch: ``images (B, H, W, 3)`` → ``(B, K)`` detections."""
-    outputs = model.apply(model_variables(state), images, train=False)
+    outputs = model.apply(train_lib.model_variables(state), images, train=False)
     return detect_with_config(outputs, config)
 
 

@@ -34,22 +34,14 @@ import numpy as np
 from flax import traverse_util
 
 from yolojax import errors, models
-from yolojax.models import vgg
+from yolojax.models import resnet, vgg
 
-RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+RESNETS = tuple(resnet.RESNETS)
 ARCHS = (*RESNETS, "vgg16", "vgg16_bn")
 
 # Backbone submodules that only the classifier outputs use: a YOLO model whose head does not
 # need them (e.g. ResNet's 'fc') legitimately lacks them, so a file's copy is not unexpected.
 _CLASSIFIER_ONLY = {"resnet": ("fc",), "vgg": ("fc6", "fc7", "fc8"), "darknet": ("fc",)}
-
-_RESNET_STAGES = {
-    "resnet18": ((2, 2, 2, 2), False),
-    "resnet34": ((3, 4, 6, 3), False),
-    "resnet50": ((3, 4, 6, 3), True),
-    "resnet101": ((3, 4, 23, 3), True),
-    "resnet152": ((3, 8, 36, 3), True),
-}
 
 
 def _conv_kernel(weight: np.ndarray) -> np.ndarray:
@@ -93,7 +85,8 @@ _LEAVES: dict[str, dict[str, tuple[str, str, Callable] | None]] = {
 
 def _resnet_layers(arch: str) -> dict[str, tuple[tuple[str, ...], str]]:
     """torch module prefix → (flax module path, kind) for a torchvision ResNet."""
-    stage_sizes, bottleneck = _RESNET_STAGES[arch]
+    build = resnet.RESNETS[arch].keywords
+    stage_sizes, bottleneck = build["stage_sizes"], build["block_cls"] is resnet.Bottleneck
     table = {"conv1": (("stem", "conv"), "conv"), "bn1": (("stem", "norm"), "bn")}
     for stage, num_blocks in enumerate(stage_sizes, start=1):
         for block in range(num_blocks):

@@ -24,6 +24,15 @@ class TrainState(train_state.TrainState):
     batch_stats: Any = None
 
 
+def model_variables(state: TrainState) -> dict:
+    """The variables ``model.apply`` takes: the state's ``params``, and its ``batch_stats``
+    unless the model has none (GroupNorm)."""
+    variables = {"params": state.params}
+    if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+    return variables
+
+
 class NonFiniteLossError(FloatingPointError):
     """A training step produced a NaN or infinite loss."""
 
@@ -112,11 +121,8 @@ def train_step(state: TrainState, batch: dict, *, model, config, schedule):
     )
 
     def loss_fn(params):
-        variables = {"params": params}
-        if state.batch_stats:
-            variables["batch_stats"] = state.batch_stats
         outputs, updates = model.apply(
-            variables,
+            model_variables(state.replace(params=params)),
             batch["image"],
             train=True,
             mutable=["batch_stats"],

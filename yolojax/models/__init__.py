@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from yolojax.models.conv import CONV_IMPLS, check_conv_impl
 from yolojax.models.darknet import DARKNET24, DARKNET_TINY, MAXPOOL, Darknet
-from yolojax.models.resnet import ResNet18, ResNet34, ResNet50, ResNet101, ResNet152
+from yolojax.models.resnet import RESNETS
 from yolojax.models.vgg import VGG16, VGG16BN
 from yolojax.models.yolo import HEADS, YOLO
 from yolojax.targets import check_positive_int
@@ -41,11 +41,7 @@ _BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "darknet": functools.partial(Darknet, layers=DARKNET24, norm="batch"),
     "darknet_gn": functools.partial(Darknet, layers=DARKNET24, norm="group"),
     "darknet_tiny": functools.partial(Darknet, layers=DARKNET_TINY, norm="batch"),
-    "resnet18": ResNet18,
-    "resnet34": ResNet34,
-    "resnet50": ResNet50,
-    "resnet101": ResNet101,
-    "resnet152": ResNet152,
+    **RESNETS,
     "vgg16": VGG16,
     "vgg16_bn": VGG16BN,
 }
