@@ -113,9 +113,16 @@ def test_train_batches_leave_out_difficult_objects(voc_data_dir):
     np.testing.assert_allclose(batch["boxes"][0, :, 0], [[0.125, 0.1, 0.5, 0.5]] * 3, atol=1e-6)
 
 
-def test_unprepared_voc_raises_with_offline_instructions(tmp_path):
-    with pytest.raises(sources.DatasetNotPreparedError, match="prepare_voc_offline"):
+def test_unprepared_voc_raises_with_offline_instructions_for_each_year(tmp_path):
+    # The default train split reads VOC2007 and VOC2012: one error names both.
+    with pytest.raises(sources.DatasetNotPreparedError) as error:
         get_dataset_info(_voc_config(str(tmp_path)))
+    message = str(error.value)
+    assert f"voc/2007 and voc/2012 are not prepared in {tmp_path}" in message
+    for year in ("2007", "2012"):
+        assert f"prepare_voc_offline('/path/to/VOCdevkit', '{year}', data_dir='{tmp_path}')" in (
+            message
+        )
 
 
 def test_bad_annotations_are_named_before_anything_is_prepared(tmp_path):

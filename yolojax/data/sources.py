@@ -112,18 +112,24 @@ def _prepared(make_builder) -> tfds.core.DatasetBuilder:
     return builder
 
 
-def _voc_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
-    builder = tfds.builder(name, data_dir=data_dir)
-    if not builder.is_prepared():
-        raise DatasetNotPreparedError(
-            f"TFDS dataset {name} is not prepared in {builder.data_dir_root}. yolojax does not "
-            "download it; prepare it once from an extracted VOCdevkit, offline:\n"
-            '  python -c "from yolojax.data.voc_offline import prepare_voc_offline; '
-            f"prepare_voc_offline('/path/to/VOCdevkit', '{name.split('/')[-1]}', "
-            f"data_dir='{builder.data_dir_root}')\"\n"
-            "or see docs/data.md (from the original tar files, or with network access)."
-        )
-    return builder
+def _check_voc_prepared(builders: list[tfds.core.DatasetBuilder]) -> None:
+    """Raises one DatasetNotPreparedError with the command for each unprepared `voc/<year>`."""
+    missing = list({b.info.full_name: b for b in builders if not b.is_prepared()}.values())
+    if not missing:
+        return
+    names = " and ".join(builder.name + "/" + builder.builder_config.name for builder in missing)
+    commands = "\n".join(
+        '  python -c "from yolojax.data.voc_offline import prepare_voc_offline; '
+        f"prepare_voc_offline('/path/to/VOCdevkit', '{builder.builder_config.name}', "
+        f"data_dir='{builder.data_dir_root}')\""
+        for builder in missing
+    )
+    raise DatasetNotPreparedError(
+        f"TFDS dataset {names} {'is' if len(missing) == 1 else 'are'} not prepared in "
+        f"{missing[0].data_dir_root}. yolojax does not download it; prepare it once from an "
+        f"extracted VOCdevkit, offline:\n{commands}\n"
+        "or see docs/data.md (from the original tar files, or with network access)."
+    )
 
 
 def _parts(data_config, split: str | None) -> list[tuple[tfds.core.DatasetBuilder, str]]:
@@ -159,7 +165,8 @@ def _parts(data_config, split: str | None) -> list[tuple[tfds.core.DatasetBuilde
                 f"data split {split!r}: for source='voc' each comma-separated part must be "
                 "'<dataset>:<split>', e.g. 'voc/2007:test'"
             )
-        parts.append((_voc_builder(name, data_config.tfds_data_dir), part_split))
+        parts.append((tfds.builder(name, data_dir=data_config.tfds_data_dir), part_split))
+    _check_voc_prepared([builder for builder, _ in parts])
     return parts
 
 
