@@ -95,6 +95,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     workdir = Path(workdir)
     info = pipeline.get_dataset_info(config.data)
     resolve_num_classes(config, info.class_names)
+    # Before the checkpoint folders are made: a split smaller than a batch leaves nothing.
+    steps_per_epoch, total_steps = train_lib.steps_for(config, info.num_train_examples)
     ckpt = checkpoints.Checkpoints(
         workdir, checkpoints.model_signature(config), keep=config.train.keep_checkpoints
     )
@@ -103,7 +105,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # Again after a restore that fell back to an older, undamaged checkpoint.
     latest_step = ckpt.latest_step()
     preemption.report_resumed_step(latest_step or 0)
-    steps_per_epoch, total_steps = train_lib.steps_for(config, info.num_train_examples)
     model, state, schedule = train_lib.initial_state(
         config, info.num_train_examples, fresh=latest_step is None
     )
