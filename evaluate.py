@@ -33,11 +33,12 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:  # orbax logs every save at INFO; --verbosity=0 shows it
         logging.set_verbosity(logging.WARNING)
-    checkpoint = FLAGS.checkpoint
-    if checkpoint not in ("latest", "best"):
-        if not checkpoint.isdigit():
-            raise app.UsageError(f"--checkpoint must be latest, best or a step; got {checkpoint!r}")
-        checkpoint = int(checkpoint)
+    from yolojax.checkpoints import parse_which  # after cli.run's restart: it loads JAX
+
+    try:
+        checkpoint = parse_which(FLAGS.checkpoint)
+    except ValueError as error:
+        raise app.UsageError(f"--{error}") from None
     # A documented error prints its message alone (the traceback with --verbosity=1).
     with cli.command_errors(traceback=FLAGS.verbosity >= 1):
         # Here, after cli.run's restart: TensorFlow loads once.

@@ -209,18 +209,10 @@ def torch_train_step(config, batch: dict, variant: str, device) -> dict:
 
 
 def decode_nms_seconds(config, batch_size: int, calls: int = 10) -> float:
-    """Median time of jitted decode + NMS (`postprocess.detect`) on one random batch."""
+    """Median time of jitted decode + NMS (as evaluation runs it, with the config's
+    `eval` settings) on one random batch."""
     s, classes, boxes = config.model.grid_size, config.model.num_classes, config.model.num_boxes
-    detect = jax.jit(
-        functools.partial(
-            postprocess.detect,
-            num_classes=classes,
-            num_boxes=boxes,
-            score_threshold=config.eval.score_threshold,
-            iou_threshold=config.eval.iou_threshold,
-            max_detections=config.eval.max_detections,
-        )
-    )
+    detect = jax.jit(functools.partial(postprocess.detect_with_config, config=config))
     # Uniform [0, 1) outputs: most boxes score above the threshold, the costly case for NMS.
     outputs = jax.random.uniform(jax.random.key(0), (batch_size, s, s, classes + 5 * boxes))
     jax.block_until_ready(detect(outputs))

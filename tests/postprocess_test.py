@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from yolojax import eval_lib, postprocess, targets
+from yolojax import postprocess, targets
 from yolojax.config import default_config, load_run_config
 from yolojax.workdir import CONFIG_FILE
 
@@ -194,7 +194,7 @@ def test_config_pre_nms_top_k_bounds_the_candidates_nms_sees(tmp_path):
     config.model.update(grid_size=S, num_classes=C, num_boxes=B)
 
     def labels_found(config):
-        detections = eval_lib.detect_with_config(outputs, config)
+        detections = postprocess.detect_with_config(outputs, config)
         return sorted(np.asarray(detections.labels[detections.valid]).tolist())
 
     config.eval.pre_nms_top_k = S * S * B

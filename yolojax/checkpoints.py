@@ -106,6 +106,22 @@ def check_workdir(workdir: str | os.PathLike, *, writable: bool = False) -> Path
     return workdir
 
 
+def parse_which(checkpoint: str | int) -> str | int:
+    """'latest', 'best' or a step number, from a step given as an int or as its digits
+    (``--checkpoint 12``).
+
+    Raises:
+      ValueError: anything else.
+    """
+    if isinstance(checkpoint, str) and checkpoint.isdigit():
+        checkpoint = int(checkpoint)
+    if checkpoint in ("latest", "best") or (
+        isinstance(checkpoint, int) and not isinstance(checkpoint, bool) and checkpoint >= 0
+    ):
+        return checkpoint
+    raise ValueError(f"checkpoint must be 'latest', 'best' or a step number; got {checkpoint!r}.")
+
+
 def model_signature(config) -> dict[str, Any]:
     """The fields of ``config`` that identify the network a checkpoint belongs to, and the
     input it expects (size; normalization, with which another run's weights still load but

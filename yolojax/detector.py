@@ -15,12 +15,11 @@ import jax
 import numpy as np
 
 from yolojax import boxes as box_ops
-from yolojax import train_lib
+from yolojax import checkpoints, train_lib
 from yolojax.config import load_run_config, resolve_num_classes
 from yolojax.data import pipeline
-from yolojax.eval_lib import detect_with_config
 from yolojax.images import read_image, to_rgb
-from yolojax.postprocess import check_threshold
+from yolojax.postprocess import check_threshold, detect_with_config
 from yolojax.workdir import CLASSES_FILE
 
 
@@ -80,15 +79,7 @@ class Detector:
     ):
         """Restores ``checkpoint`` ('latest', 'best' or a step, also as text) of a training
         workdir."""
-        if isinstance(checkpoint, str) and checkpoint.isdigit():
-            checkpoint = int(checkpoint)
-        # Checked before the restore, which takes a while.
-        if checkpoint not in ("latest", "best") and (
-            isinstance(checkpoint, bool) or not isinstance(checkpoint, int) or checkpoint < 0
-        ):
-            raise ValueError(
-                f"checkpoint must be 'latest', 'best' or a step number; got {checkpoint!r}."
-            )
+        checkpoint = checkpoints.parse_which(checkpoint)  # before the restore, which is slow
         check_threshold("score_threshold", score_threshold)
         config = config if config is not None else load_run_config(workdir)
         if config.model.num_classes == 0:  # a config file's "as many as the dataset has"

@@ -33,27 +33,10 @@ def eval_batch_size(config) -> int:
     return config.train.batch_size
 
 
-def detect_with_config(outputs, config, *, score_threshold=None) -> postprocess.Detections:
-    """:func:`yolojax.postprocess.detect` of raw outputs ``(N, S, S, C + 5B)`` with the grid of
-    ``config.model`` and the settings of ``config.eval`` (``score_threshold`` overrides its
-    own)."""
-    if score_threshold is None:
-        score_threshold = config.eval.score_threshold
-    return postprocess.detect(
-        outputs,
-        num_classes=config.model.num_classes,
-        num_boxes=config.model.num_boxes,
-        score_threshold=score_threshold,
-        iou_threshold=config.eval.iou_threshold,
-        max_detections=config.eval.max_detections,
-        pre_nms_top_k=config.eval.pre_nms_top_k,
-    )
-
-
 def eval_step(state, images, *, model, config) -> postprocess.Detections:
     """Detections for one per-device batch: ``images (B, H, W, 3)`` → ``(B, K)`` detections."""
     outputs = model.apply(train_lib.model_variables(state), images, train=False)
-    return detect_with_config(outputs, config)
+    return postprocess.detect_with_config(outputs, config)
 
 
 def make_eval_step(model, config, mesh):

@@ -221,3 +221,20 @@ def detect(
             pre_nms_top_k=pre_nms_top_k,
         )
     )(boxes, scores)
+
+
+def detect_with_config(outputs, config, *, score_threshold=None) -> Detections:
+    """:func:`detect` of raw outputs ``(N, S, S, C + 5B)`` with the grid of
+    ``config.model`` and the settings of ``config.eval`` (``score_threshold`` overrides its
+    own)."""
+    if score_threshold is None:
+        score_threshold = config.eval.score_threshold
+    return detect(
+        outputs,
+        num_classes=config.model.num_classes,
+        num_boxes=config.model.num_boxes,
+        score_threshold=score_threshold,
+        iou_threshold=config.eval.iou_threshold,
+        max_detections=config.eval.max_detections,
+        pre_nms_top_k=config.eval.pre_nms_top_k,
+    )
