@@ -20,7 +20,8 @@ weights), on random images and boxes already on the device:
   with the JAX step (a round of JAX steps, then a round of each variant, repeated; each
   turn's first step untimed, since it pays for the memory the previous turn used) so a
   noisy machine slows all alike. The ratio is JAX images/s over the best variant's.
-* decode + NMS: `jax.jit(yolojax.postprocess.detect)` on random outputs of one batch.
+* decode + NMS: `jax.jit(yolojax.postprocess.detect_with_config)` (as evaluation runs it,
+  with the config's `eval` settings) on random outputs of one batch.
 
 Both frameworks run in one process, so with the same malloc: on Linux CPUs the script
 restarts itself with huge pages for malloc as `train.py` does (`yolojax.huge_pages`;
