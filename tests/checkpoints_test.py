@@ -298,7 +298,7 @@ def test_reading_a_workdir_creates_nothing_in_it(tmp_path):
 
 def test_a_workdir_that_is_a_file_is_a_clear_error(tmp_path):
     (tmp_path / "runs").write_text("not a folder")
-    with pytest.raises(checkpoints.NotAFolderError, match=r"runs is a file, not a folder"):
+    with pytest.raises(workdir.NotAFolderError, match=r"runs is a file, not a folder"):
         checkpoints.Checkpoints(tmp_path / "runs", SIGNATURE)
     assert (tmp_path / "runs").read_text() == "not a folder"
 
@@ -306,9 +306,9 @@ def test_a_workdir_that_is_a_file_is_a_clear_error(tmp_path):
 def test_a_workdir_that_cannot_be_written_is_named_before_training(tmp_path, monkeypatch):
     # (Root may write anywhere except on a read-only mount, which os.access reports.)
     monkeypatch.setattr(checkpoints.os, "access", lambda path, mode: path != tmp_path)
-    with pytest.raises(checkpoints.NotAFolderError, match=r"cannot be written \(.* is read-only"):
-        checkpoints.check_workdir(tmp_path / "run", writable=True)
-    checkpoints.check_workdir(tmp_path / "run")  # reading (evaluate.py) needs no write access
+    with pytest.raises(workdir.NotAFolderError, match=r"cannot be written \(.* is read-only"):
+        workdir.check_workdir(tmp_path / "run", writable=True)
+    workdir.check_workdir(tmp_path / "run")  # reading (evaluate.py) needs no write access
 
 
 def test_a_save_that_fails_names_the_last_complete_checkpoint(tmp_path, monkeypatch):

@@ -38,7 +38,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from yolojax import errors
-from yolojax.workdir import free_path
+from yolojax.workdir import SUPERSEDED_FOLDER, check_workdir, free_path
 
 logger = logging.getLogger(__name__)
 
@@ -69,41 +69,8 @@ class NoCheckpointError(FileNotFoundError):
     """The workdir holds no (usable) checkpoint of the kind asked for."""
 
 
-class NotAFolderError(ValueError):
-    """The workdir given is a file, or (for training) cannot be written."""
-
-
 # The workdir's folders of the latest checkpoints and of the best one.
 LATEST_FOLDER, BEST_FOLDER = "checkpoints", "best"
-# Where a checkpoint goes when a resumed run saves its step anew (see Checkpoints._set_aside).
-SUPERSEDED_FOLDER = "superseded"
-
-
-def check_workdir(workdir: str | os.PathLike, *, writable: bool = False) -> Path:
-    """``workdir`` as an absolute path, if it is a folder or does not exist yet.
-
-    Args:
-      workdir: the run's folder.
-      writable: also check that it can be written (created: its nearest existing parent).
-
-    Raises:
-      NotAFolderError: it is a file, or ``writable`` and it cannot be written.
-    """
-    workdir = Path(workdir).absolute()
-    if workdir.exists() and not workdir.is_dir():
-        raise NotAFolderError(
-            f"The workdir {workdir} is a file, not a folder: pass a folder for the run "
-            "(train.py creates it)."
-        )
-    if writable:
-        existing = next(folder for folder in (workdir, *workdir.parents) if folder.exists())
-        if not os.access(existing, os.W_OK | os.X_OK):  # also False on a read-only mount
-            raise NotAFolderError(
-                f"The workdir {workdir} cannot be written ({existing} is read-only to this "
-                "user): a run saves its checkpoints there. Pass another --workdir, or copy "
-                "the run to a writable folder to resume it."
-            )
-    return workdir
 
 
 def parse_which(checkpoint: str | int) -> str | int:

@@ -85,7 +85,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     is_main = jax.process_index() == 0
     # Only process 0 writes: a check that failed in another process alone would leave
     # process 0 waiting at the first barrier.
-    checkpoints.check_workdir(workdir, writable=is_main)
+    workdir_io.check_workdir(workdir, writable=is_main)
     # Before any data is prepared: a batch that does not split over the devices names the
     # numbers to change.
     distributed.check_batch_size(config.train.batch_size, "config.train.batch_size")
@@ -118,7 +118,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             tqdm.write(f"Resuming from the checkpoint of step {start_step} in {workdir}.")
     else:  # starting over: what an earlier run in this workdir left is kept aside, not mixed in
         ckpt.set_aside_best()
-        moved = workdir_io.set_aside_logs(workdir, checkpoints.SUPERSEDED_FOLDER) if is_main else []
+        moved = workdir_io.set_aside_logs(workdir) if is_main else []
         if moved:
             tqdm.write(
                 f"No checkpoint to resume from in {workdir}: training starts over. What an "

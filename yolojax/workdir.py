@@ -7,6 +7,10 @@
   drops a torn last line, and :func:`truncate_metrics` rewinds the log to a restored step
   so a resumed run does not log the same steps twice.
 * ``tensorboard/``: the same scalars for TensorBoard, rewound the same way.
+* ``superseded/``: what a run set aside rather than delete (a checkpoint saved anew, an
+  earlier run's logs and best checkpoint when one starts over).
+
+:func:`check_workdir` checks a ``--workdir`` before anything is read or written there.
 """
 
 import json
@@ -21,6 +25,42 @@ CLASSES_FILE = "classes.json"
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_FOLDER = "tensorboard"
 EVAL_FOLDER = "eval"  # evaluate.py's results
+
+
+class NotAFolderError(ValueError):
+    """The workdir given is a file, or (for training) cannot be written."""
+
+
+# What a run sets aside: a checkpoint a resumed run saves anew (checkpoints.Checkpoints), an
+# earlier run's logs when one starts over (set_aside_logs).
+SUPERSEDED_FOLDER = "superseded"
+
+
+def check_workdir(workdir: str | os.PathLike, *, writable: bool = False) -> Path:
+    """``workdir`` as an absolute path, if it is a folder or does not exist yet.
+
+    Args:
+      workdir: the run's folder.
+      writable: also check that it can be written (created: its nearest existing parent).
+
+    Raises:
+      NotAFolderError: it is a file, or ``writable`` and it cannot be written.
+    """
+    workdir = Path(workdir).absolute()
+    if workdir.exists() and not workdir.is_dir():
+        raise NotAFolderError(
+            f"The workdir {workdir} is a file, not a folder: pass a folder for the run "
+            "(train.py creates it)."
+        )
+    if writable:
+        existing = next(folder for folder in (workdir, *workdir.parents) if folder.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):  # also False on a read-only mount
+            raise NotAFolderError(
+                f"The workdir {workdir} cannot be written ({existing} is read-only to this "
+                "user): a run saves its checkpoints there. Pass another --workdir, or copy "
+                "the run to a writable folder to resume it."
+            )
+    return workdir
 
 
 def _process_umask() -> int:
@@ -143,15 +183,15 @@ def free_path(path: Path) -> Path:
     return candidate
 
 
-def set_aside_logs(workdir: str | os.PathLike, folder: str) -> list[Path]:
+def set_aside_logs(workdir: str | os.PathLike) -> list[Path]:
     """Moves what an earlier run logged in ``workdir`` (``metrics.jsonl``, ``tensorboard/``,
-    ``eval/``) into ``workdir/folder/``, for a run starting over there: TensorBoard would
-    show both runs' events as one. Returns where each went."""
+    ``eval/``) into ``workdir/superseded/``, for a run starting over there: TensorBoard
+    would show both runs' events as one. Returns where each went."""
     moved = []
     for name in (METRICS_FILE, TENSORBOARD_FOLDER, EVAL_FOLDER):
         path = Path(workdir) / name
         if path.exists():
-            target = free_path(Path(workdir) / folder / name)
+            target = free_path(Path(workdir) / SUPERSEDED_FOLDER / name)
             target.parent.mkdir(exist_ok=True)
             path.rename(target)
             moved.append(target)
