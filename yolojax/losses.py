@@ -4,34 +4,11 @@ import jax
 import jax.numpy as jnp
 
 from yolojax import boxes as box_ops
+from yolojax.outputs import split_predictions
 from yolojax.targets import check_positive_int, target_channels
 
 # Bounds the slope of the signed square root of a predicted width/height near 0 (1/√ε).
 SQRT_EPSILON = 1e-6
-
-
-def split_predictions(predictions, *, num_classes: int, num_boxes: int, name="predictions"):
-    """Splits raw network outputs into class scores and per-box fields.
-
-    Args:
-      predictions: ``(..., C + 5B)`` raw outputs.
-      name: what the caller calls ``predictions``, for the error message.
-
-    Returns:
-      ``class_scores (..., C)`` and ``box_fields (..., B, 5)`` holding
-      ``[confidence, x, y, w, h]`` per box (cell units, see docs/architecture.md).
-    """
-    check_positive_int("num_classes", num_classes)
-    check_positive_int("num_boxes", num_boxes)
-    expected = num_classes + 5 * num_boxes
-    if predictions.shape[-1] != expected:
-        raise ValueError(
-            f"{name} have {predictions.shape[-1]} channels, expected C + 5B = {expected} "
-            f"for num_classes={num_classes}, num_boxes={num_boxes}."
-        )
-    class_scores = predictions[..., :num_classes]
-    box_fields = predictions[..., num_classes:].reshape(*predictions.shape[:-1], num_boxes, 5)
-    return class_scores, box_fields
 
 
 def signed_sqrt(values):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from yolojax import boxes as box_ops
-from yolojax.losses import split_predictions
+from yolojax.outputs import split_predictions
 from yolojax.targets import check_positive_int
 
 # Candidates that enter NMS per image by default: a quarter of VOC's S·S·B·C = 1960 (box,

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from yolojax.models import conv, layers
+from yolojax.outputs import output_channels
 from yolojax.targets import check_positive_int
 
 HEADS = ("fc", "seed", "conv")
@@ -166,7 +167,7 @@ class YOLO(nn.Module):
         for name in ("num_classes", "grid_size", "num_boxes"):
             check_positive_int(f"YOLO: {name}", getattr(self, name))
         size = self.grid_size
-        out_features = self.num_classes + 5 * self.num_boxes
+        out_features = output_channels(self.num_classes, self.num_boxes)
         common = {"dtype": self.dtype, "param_dtype": self.param_dtype, "name": "head"}
         if self.head == "seed":
             x = self._features(images, train=train, output="pre_logits")
