@@ -13,8 +13,8 @@ import ml_collections
 from yolojax.data.config import default_data_config
 from yolojax.models import BACKBONES, CONV_IMPLS, DTYPES, HEADS, MODEL_DEFAULTS, get_model
 from yolojax.optim import OPTIMIZERS, SCHEDULES, learning_rate_schedule
-from yolojax.postprocess import PRE_NMS_TOP_K, check_threshold
-from yolojax.targets import check_positive_int
+from yolojax.postprocess import PRE_NMS_TOP_K
+from yolojax.validation import check_choice, check_positive_int, check_threshold
 from yolojax.workdir import CONFIG_FILE
 
 
@@ -88,23 +88,18 @@ def default_config() -> ml_collections.ConfigDict:
     return config
 
 
-def _choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"config.{name} must be one of {tuple(choices)}; got {value!r}.")
-
-
 def validate_config(config) -> None:
     """Checks values that a locked ConfigDict cannot: names, ranges, divisibility.
 
     Raises:
       ValueError: naming the config key and what was expected.
     """
-    _choice("model.backbone", config.model.backbone, BACKBONES)
-    _choice("model.head", config.model.head, HEADS)
-    _choice("model.dtype", config.model.dtype, DTYPES)
-    _choice("model.conv_impl", config.model.conv_impl, CONV_IMPLS)
-    _choice("train.optimizer", config.train.optimizer, OPTIMIZERS)
-    _choice("train.schedule", config.train.schedule, SCHEDULES)
+    check_choice("config.model.backbone", config.model.backbone, BACKBONES)
+    check_choice("config.model.head", config.model.head, HEADS)
+    check_choice("config.model.dtype", config.model.dtype, DTYPES)
+    check_choice("config.model.conv_impl", config.model.conv_impl, CONV_IMPLS)
+    check_choice("config.train.optimizer", config.train.optimizer, OPTIMIZERS)
+    check_choice("config.train.schedule", config.train.schedule, SCHEDULES)
     if not isinstance(config.model.num_classes, int) or config.model.num_classes < 0:
         raise ValueError(
             "config.model.num_classes must be a positive integer, or 0 for as many as the "

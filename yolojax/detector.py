@@ -19,7 +19,8 @@ from yolojax import checkpoints, train_lib
 from yolojax.config import load_run_config, resolve_num_classes
 from yolojax.data import pipeline
 from yolojax.images import read_image, to_rgb
-from yolojax.postprocess import check_threshold, detect_with_config
+from yolojax.postprocess import detect_with_config
+from yolojax.validation import check_threshold
 from yolojax.workdir import CLASSES_FILE
 
 

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 
 from yolojax import boxes as box_ops
 from yolojax.outputs import split_predictions
-from yolojax.targets import check_positive_int, target_channels
+from yolojax.targets import target_channels
+from yolojax.validation import check_positive_int
 
 # Bounds the slope of the signed square root of a predicted width/height near 0 (1/√ε).
 SQRT_EPSILON = 1e-6

@@ -5,7 +5,7 @@ the ``B`` boxes ``[confidence, x, y, w, h]``, with ``x, y`` the box centre's off
 its cell and ``w, h`` its size in cell units (docs/architecture.md).
 """
 
-from yolojax.targets import check_positive_int
+from yolojax.validation import check_positive_int
 
 
 def output_channels(num_classes: int, num_boxes: int) -> int:

@@ -1,16 +1,13 @@
 """Raw YOLOv1 outputs → scored boxes → class-aware NMS, all with static shapes under jit."""
 
-import contextlib
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from yolojax import boxes as box_ops
 from yolojax.outputs import split_predictions
-from yolojax.targets import check_positive_int
+from yolojax.validation import check_positive_int, check_threshold
 
 # Candidates that enter NMS per image by default: a quarter of VOC's S·S·B·C = 1960 (box,
 # class) pairs. NMS builds a K × K IoU matrix per image, so K bounds its memory and time.
@@ -96,21 +93,6 @@ def _greedy_nms(boxes, labels, eligible, iou_threshold):
         return keep.at[i].set(eligible[i] & ~suppressed)
 
     return jax.lax.fori_loop(0, boxes.shape[0], visit, jnp.zeros_like(eligible))
-
-
-def check_threshold(name: str, value) -> None:
-    """Raises ValueError unless ``value`` is a number in [0, 1]: a Python or NumPy number, a
-    0-d array, or a traced value under jit (a dynamic threshold, which cannot be checked)."""
-    if isinstance(value, jax.core.Tracer):
-        return
-    number = None
-    if not isinstance(value, bool | str | bytes) and np.ndim(value) == 0:
-        with contextlib.suppress(TypeError, ValueError):  # None, an object: not a number
-            number = float(value)
-    if number is None:
-        raise ValueError(f"{name} must be a number in [0, 1]; got {value!r}.")
-    if math.isnan(number) or not 0.0 <= number <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1]; got {value}.")
 
 
 def _check_nms_args(score_threshold, iou_threshold, max_detections, pre_nms_top_k) -> None:

@@ -7,26 +7,16 @@ centre inside its cell (0..1) and ``w, h`` is the box size in cell units (normal
 """
 
 import functools
-import numbers
 
 import jax
 import jax.numpy as jnp
+
+from yolojax.validation import check_positive_int
 
 
 def target_channels(num_classes: int) -> int:
     """Channels of a target grid cell: C one-hot classes + objectness + x, y, w, h."""
     return num_classes + 5
-
-
-def check_positive_int(name: str, value) -> int:
-    """``value`` as an ``int`` if it is a positive integer (NumPy integers too, bools not).
-
-    Raises:
-      ValueError: naming ``name`` and what it got (before any tracing: sizes are static).
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
-    return int(value)
 
 
 def _check_encode_args(boxes, labels, mask, grid_size, num_classes):

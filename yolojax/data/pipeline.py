@@ -20,7 +20,6 @@ yields the same number of batches so that a multi-host gather lines up.
 import dataclasses
 import logging
 import math
-import numbers
 from collections.abc import Iterator
 
 import jax
@@ -29,6 +28,7 @@ import tensorflow as tf
 
 from yolojax import distributed
 from yolojax.data import augment, config, malloc_thresholds, sources
+from yolojax.validation import check_choice, check_int, check_range
 
 try:  # tf.data runs on the host CPU; the accelerators belong to JAX.
     tf.config.set_visible_devices([], "GPU")
@@ -61,54 +61,37 @@ class _Layout:
     local_devices: int
 
 
-def _check_int(name: str, value, low: int) -> int:
-    """`value` as a Python int (NumPy integers welcome) if it is an integer >= low."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return int(value)
-
-
 def _layout(global_batch_size: int) -> _Layout:
-    global_batch_size = _check_int("global_batch_size", global_batch_size, 1)
+    global_batch_size = check_int("global_batch_size", global_batch_size, 1)
     distributed.check_batch_size(global_batch_size, "global_batch_size")
     per_process = global_batch_size // jax.process_count()
     return _Layout(jax.process_index(), per_process, jax.local_device_count())
 
 
-def _check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"data.{name} must be one of {choices}, got {value!r}")
-
-
-def _check_range(name: str, value, low, high) -> None:
-    if not isinstance(value, int | float) or not low <= value <= high:
-        raise ValueError(f"data.{name} must be a number in [{low}, {high}], got {value!r}")
-
-
 def validate_data_config(data_config) -> None:
     """Raises ValueError naming the first `config.data` field with an unusable value."""
-    _check_choice("source", data_config.source, config.SOURCES)
-    _check_choice("normalization", data_config.normalization, config.NORMALIZATIONS)
-    _check_choice("on_bad_data", data_config.on_bad_data, config.BAD_DATA_POLICIES)
+    check_choice("data.source", data_config.source, config.SOURCES)
+    check_choice("data.normalization", data_config.normalization, config.NORMALIZATIONS)
+    check_choice("data.on_bad_data", data_config.on_bad_data, config.BAD_DATA_POLICIES)
     if data_config.source == "voc_folder" and not data_config.folder:
         raise ValueError(
             "data.folder must name a folder of images with VOC XML files when "
             "data.source='voc_folder'"
         )
     for name, low in [("image_size", 16), ("max_boxes", 1)]:
-        _check_int(f"data.{name}", data_config[name], low)
+        check_int(f"data.{name}", data_config[name], low)
     for name in ("max_train_examples", "max_eval_examples"):
         if data_config[name] is not None:
-            _check_int(f"data.{name} (or None)", data_config[name], 1)
+            check_int(f"data.{name} (or None)", data_config[name], 1)
     augment_config = data_config.augment
-    _check_choice("augment.color_space", augment_config.color_space, config.COLOR_SPACES)
-    _check_range("augment.scale_translate", augment_config.scale_translate, 0.0, 0.9)
-    _check_range("augment.exposure", augment_config.exposure, 1.0, 10.0)
-    _check_range("augment.saturation", augment_config.saturation, 1.0, 10.0)
-    _check_range("augment.hue", augment_config.hue, 0.0, 0.5)
-    _check_range("augment.blur_probability", augment_config.blur_probability, 0.0, 1.0)
-    _check_range("augment.blur_max_sigma", augment_config.blur_max_sigma, 1e-3, 20.0)
-    _check_range("augment.min_visible_fraction", augment_config.min_visible_fraction, 0.0, 1.0)
+    check_choice("data.augment.color_space", augment_config.color_space, config.COLOR_SPACES)
+    check_range("data.augment.scale_translate", augment_config.scale_translate, 0.0, 0.9)
+    check_range("data.augment.exposure", augment_config.exposure, 1.0, 10.0)
+    check_range("data.augment.saturation", augment_config.saturation, 1.0, 10.0)
+    check_range("data.augment.hue", augment_config.hue, 0.0, 0.5)
+    check_range("data.augment.blur_probability", augment_config.blur_probability, 0.0, 1.0)
+    check_range("data.augment.blur_max_sigma", augment_config.blur_max_sigma, 1e-3, 20.0)
+    check_range("data.augment.min_visible_fraction", augment_config.min_visible_fraction, 0.0, 1.0)
     reach = math.ceil(3 * augment_config.blur_max_sigma)  # the blur's reflect padding
     blurs = augment_config.enabled and augment_config.blur_probability > 0
     if blurs and reach >= data_config.image_size:
@@ -203,8 +186,8 @@ def preprocess_image(image: np.ndarray, *, image_size: int, normalization: str) 
         raise ValueError(
             f"image must be (H, W, 3) uint8 RGB with H, W >= 1, got {image.shape} {image.dtype}"
         )
-    image_size = _check_int("image_size", image_size, 1)
-    _check_choice("normalization", normalization, config.NORMALIZATIONS)
+    image_size = check_int("image_size", image_size, 1)
+    check_choice("data.normalization", normalization, config.NORMALIZATIONS)
     model_input = _to_model_input(tf.cast(image, tf.float32) / 255.0, image_size, normalization)
     return model_input.numpy()
 
@@ -312,7 +295,7 @@ def make_train_iterator(
     validate_data_config(data_config)
     layout = _layout(global_batch_size)
     global_batch_size = int(global_batch_size)
-    seed, start_step = _check_int("seed", seed, 0), _check_int("start_step", start_step, 0)
+    seed, start_step = check_int("seed", seed, 0), check_int("start_step", start_step, 0)
     source = sources.open_split(data_config, "train")
     num_examples = _num_examples(source, data_config.max_train_examples)
 
@@ -358,7 +341,7 @@ def make_eval_iterator(
     if split not in ("eval", "train"):
         raise ValueError(f"split must be 'eval' or 'train', got {split!r}")
     if max_examples is not None:
-        max_examples = _check_int("max_examples", max_examples, 1)
+        max_examples = check_int("max_examples", max_examples, 1)
     source = sources.open_split(data_config, split)
     cap = data_config.max_eval_examples if split == "eval" else data_config.max_train_examples
     if max_examples is not None:

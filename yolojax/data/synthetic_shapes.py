@@ -25,6 +25,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image, ImageDraw
 
+from yolojax.validation import check_int
+
 CLASS_NAMES = ("ellipse", "rectangle", "triangle", "star", "cross")
 
 _TINY_OBJECT_PROBABILITY = 0.2  # chance that an image gets one extra, tiny, difficult object
@@ -249,8 +251,7 @@ def shapes_builder_config(
         ("image_size", image_size, 16),
         ("max_objects", max_objects, 1),
     ]:
-        if not isinstance(value, int) or value < low:
-            raise ValueError(f"synthetic.{name} must be an int >= {low}, got {value!r}")
+        check_int(f"synthetic.{name}", value, low)
     if not 0.0 < min_object_size <= max_object_size <= 1.0:
         raise ValueError(
             "synthetic.min_object_size and max_object_size must satisfy "

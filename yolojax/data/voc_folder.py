@@ -40,6 +40,8 @@ import tensorflow_datasets as tfds
 from PIL import Image, UnidentifiedImageError
 
 from yolojax import boxes as box_ops
+from yolojax.data.config import BAD_DATA_POLICIES
+from yolojax.validation import check_choice
 
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 _SPLIT_FILE_NAMES = {"train": "train", "val": "validation", "trainval": "trainval", "test": "test"}
@@ -375,8 +377,7 @@ def voc_folder_config(
     """Returns a config named after the folder and a fingerprint of its files and options."""
     if not folder or not os.path.isdir(folder):
         raise ValueError(f"data.folder must be an existing directory, got {folder!r}")
-    if on_bad_data not in ("error", "skip"):
-        raise ValueError(f"data.on_bad_data must be 'error' or 'skip', got {on_bad_data!r}")
+    check_choice("data.on_bad_data", on_bad_data, BAD_DATA_POLICIES)
     folder = os.path.abspath(folder)
     if class_names is None:
         class_names = scan_class_names(folder, on_bad_data)

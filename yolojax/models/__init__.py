@@ -35,7 +35,7 @@ from yolojax.models.darknet import DARKNET24, DARKNET_TINY, MAXPOOL, Darknet
 from yolojax.models.resnet import RESNETS
 from yolojax.models.vgg import VGG16, VGG16BN
 from yolojax.models.yolo import HEADS, YOLO
-from yolojax.targets import check_positive_int
+from yolojax.validation import check_positive_int
 
 _BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "darknet": functools.partial(Darknet, layers=DARKNET24, norm="batch"),

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from yolojax.models import conv, layers
 from yolojax.outputs import output_channels
-from yolojax.targets import check_positive_int
+from yolojax.validation import check_positive_int
 
 HEADS = ("fc", "seed", "conv")
 
