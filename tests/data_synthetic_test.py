@@ -7,7 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from yolojax.data import synthetic_shapes
+from yolojax.data import default_data_config, synthetic_shapes
 
 RENDER_ARGS = dict(image_size=64, max_objects=4, min_object_size=0.15, max_object_size=0.6)
 
@@ -67,6 +67,16 @@ def test_shapes_builder_config_rejects_bad_values():
         synthetic_shapes.shapes_builder_config(num_train=0)
     with pytest.raises(ValueError, match="min_object_size"):
         synthetic_shapes.shapes_builder_config(min_object_size=0.7, max_object_size=0.5)
+    with pytest.raises(ValueError, match=r"no field\(s\) \['num_tests'\]"):
+        synthetic_shapes.shapes_builder_config(num_tests=3)
+
+
+def test_the_default_config_trains_on_the_builders_default_variant():
+    # configs/shapes.py's dataset is the one TFDS registers as synthetic_shapes' default.
+    default = synthetic_shapes.SyntheticShapes.BUILDER_CONFIGS[0]
+    config = default_data_config().synthetic.to_dict()
+    assert config == {name: getattr(default, name) for name in config}
+    assert default.name == synthetic_shapes.shapes_builder_config(**config).name
 
 
 def test_tfds_builder_stores_the_rendered_examples(tmp_path):

@@ -235,42 +235,44 @@ class SyntheticShapesConfig(tfds.core.BuilderConfig):
     seed: int = 0
 
 
-def shapes_builder_config(
-    num_train: int = 4000,
-    num_test: int = 500,
-    image_size: int = 128,
-    max_objects: int = 4,
-    min_object_size: float = 0.15,
-    max_object_size: float = 0.6,
-    seed: int = 0,
-) -> SyntheticShapesConfig:
-    """Returns a validated config whose name encodes every field (one cache per variant)."""
-    for name, value, low in [
-        ("num_train", num_train, 1),
-        ("num_test", num_test, 1),
-        ("image_size", image_size, 16),
-        ("max_objects", max_objects, 1),
-    ]:
-        check_int(f"synthetic.{name}", value, low)
-    if not 0.0 < min_object_size <= max_object_size <= 1.0:
+# The variant's fields and their defaults, as SyntheticShapesConfig declares them.
+_FIELDS = {
+    field.name: field.default
+    for field in dataclasses.fields(SyntheticShapesConfig)
+    if field.name in SyntheticShapesConfig.__annotations__
+}
+
+
+def shapes_builder_config(**fields) -> SyntheticShapesConfig:
+    """A validated config whose name encodes every field (one cache per variant).
+
+    Args:
+      **fields: any of SyntheticShapesConfig's fields (num_train, num_test, image_size,
+        max_objects, min_object_size, max_object_size, seed); the others keep its defaults.
+
+    Raises:
+      ValueError: an unknown field, or a value out of range.
+    """
+    unknown = sorted(set(fields) - set(_FIELDS))
+    if unknown:
+        raise ValueError(f"synthetic has no field(s) {unknown}; its fields: {list(_FIELDS)}.")
+    values = {**_FIELDS, **fields}
+    for name, low in [("num_train", 1), ("num_test", 1), ("image_size", 16), ("max_objects", 1)]:
+        check_int(f"synthetic.{name}", values[name], low)
+    smallest, largest = values["min_object_size"], values["max_object_size"]
+    if not 0.0 < smallest <= largest <= 1.0:
         raise ValueError(
             "synthetic.min_object_size and max_object_size must satisfy "
-            f"0 < min <= max <= 1, got {min_object_size} and {max_object_size}"
+            f"0 < min <= max <= 1, got {smallest} and {largest}"
         )
     name = (
-        f"train{num_train}_test{num_test}_size{image_size}_objects{max_objects}"
-        f"_from{min_object_size:g}_to{max_object_size:g}_seed{seed}"
+        f"train{values['num_train']}_test{values['num_test']}_size{values['image_size']}"
+        f"_objects{values['max_objects']}_from{smallest:g}_to{largest:g}_seed{values['seed']}"
     )
     return SyntheticShapesConfig(
         name=name,
         description="Coloured shapes on textured backgrounds, generated procedurally.",
-        num_train=num_train,
-        num_test=num_test,
-        image_size=image_size,
-        max_objects=max_objects,
-        min_object_size=min_object_size,
-        max_object_size=max_object_size,
-        seed=seed,
+        **values,
     )
 
 
