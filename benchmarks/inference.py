@@ -19,13 +19,19 @@ import jax.numpy as jnp
 import ml_collections
 
 from benchmarks import common
+from configs import shapes, voc
 from yolojax import models
 
-# Default head per backbone: the paper's fc head for the paper's Darknet, the conv head
-# (the VOC and synthetic-shapes configs' choice) for everything else.
-DEFAULT_HEADS = {
-    name: ("fc" if name in ("darknet", "darknet_gn") else "conv") for name in models.BACKBONES
-}
+
+def default_head(backbone: str) -> str:
+    """The head a user trains `backbone` with: configs/voc.py's variant of that name (the
+    paper's fc head for Darknet, the conv head for the ImageNet backbones), else
+    configs/shapes.py's (darknet_tiny)."""
+    if backbone in voc.PRETRAINED + voc.FROM_SCRATCH:
+        return voc.get_config(backbone).model.head
+    return shapes.get_config().model.head
+
+
 CPU_BACKBONES = ("darknet_tiny", "resnet18", "darknet")
 REFERENCES = (
     "YOLOv1 paper (Redmon et al. 2016): 45 FPS, Titan X, 448×448, Darknet + fc head",
@@ -103,7 +109,7 @@ def main() -> None:
     for backbone in backbones:
         r = benchmark(
             backbone,
-            args.head or DEFAULT_HEADS[backbone],
+            args.head or default_head(backbone),
             args.image_size,
             args.batch,
             args.dtype,
