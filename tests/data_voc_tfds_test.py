@@ -155,3 +155,30 @@ def test_a_year_folder_given_as_the_devkit_is_named_with_its_parent(tmp_path):
         prepare_voc_offline(str(year_dir), "2007", data_dir=str(tmp_path / "tfds"))
     with pytest.raises(ValueError, match="does not exist"):
         prepare_voc_offline(str(tmp_path / "nowhere"), "2007", data_dir=str(tmp_path / "tfds"))
+
+
+def test_voc2012_test_images_without_annotations_prepare(tmp_path):
+    # VOC2012test.tar has no object annotations (they are not public), and the builder reads
+    # none for that split: only the annotated splits are checked.
+    devkit = tmp_path / "VOCdevkit"
+    images = [
+        VocImage(f"2008_00000{i}", 32, 24, [VocObject("dog", (2, 2, 30, 20))]) for i in (1, 2, 3)
+    ]
+    sets = {"train": ["2008_000001"], "val": ["2008_000002"], "test": ["2008_000003"]}
+    write_voc_folder(str(devkit / "VOC2012"), images, image_sets=sets)
+    (devkit / "VOC2012" / "Annotations" / "2008_000003.xml").unlink()
+    builder = prepare_voc_offline(str(devkit), "2012", data_dir=str(tmp_path / "tfds"))
+    assert {name: split.num_examples for name, split in builder.info.splits.items()} == {
+        "train": 1,
+        "validation": 1,
+        "test": 1,
+    }
+
+
+def test_a_pose_the_builder_does_not_know_is_named(tmp_path):
+    year_dir = tmp_path / "VOCdevkit" / "VOC2007"
+    write_voc_folder(str(year_dir), TEST_IMAGES[:1], image_sets={"test": ["000004"]})
+    xml = year_dir / "Annotations" / "000004.xml"
+    xml.write_text(xml.read_text().replace("<pose>Unspecified</pose>", "<pose>Sideways</pose>", 1))
+    with pytest.raises(ValueError, match=r"has <pose> 'sideways', not one of \['frontal'"):
+        prepare_voc_offline(str(tmp_path / "VOCdevkit"), "2007", data_dir=str(tmp_path / "tfds"))

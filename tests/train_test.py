@@ -18,6 +18,7 @@ from configs import voc
 from tests import tiny
 from yolojax import eval_lib, models, predict, preemption, pretrained, train_lib, trainer
 from yolojax import workdir as workdir_io
+from yolojax.data import pipeline
 from yolojax.data.testing import valid_box_data_source
 from yolojax.detector import Detector
 
@@ -177,7 +178,9 @@ def test_resume_gives_the_same_parameters(tmp_path, data_dir, capsys):
     assert json.loads((full / "config.before_step_8.json.1").read_text()) == saved
 
 
-def test_a_run_from_imagenet_weights_needs_them_only_to_start(tmp_path, data_dir, capsys):
+def test_a_run_from_imagenet_weights_needs_them_only_to_start(
+    tmp_path, data_dir, capsys, monkeypatch
+):
     # Ported ImageNet weights (random here) seed the backbone of a fresh run only: resuming,
     # evaluating and predicting restore every value from the checkpoint, so they work on a
     # machine or in a folder without the weights file (configs/voc.py names it relatively).
@@ -202,7 +205,10 @@ def test_a_run_from_imagenet_weights_needs_them_only_to_start(tmp_path, data_dir
     assert len(detector(np.zeros((40, 60, 3), np.uint8)).boxes) <= config.eval.max_detections
     again = trainer.train_and_evaluate(config, str(workdir))
     assert again["step"] == 4 and "already trained to step 4" in capsys.readouterr().out
-    # A fresh run still needs them, and says so before it prepares any data.
+    # A fresh run still needs them, and says so before it prepares any data; so does one
+    # stopped before its first checkpoint (an empty checkpoints/ folder).
+    (tmp_path / "fresh" / "checkpoints").mkdir(parents=True)
+    monkeypatch.setattr(pipeline, "get_dataset_info", lambda _: pytest.fail("data prepared"))
     with pytest.raises(FileNotFoundError, match=r"python -m yolojax\.pretrained --arch resnet18"):
         trainer.train_and_evaluate(config, str(tmp_path / "fresh"))
 

@@ -89,8 +89,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # Before any data is prepared: a batch that does not split over the devices names the
     # numbers to change.
     distributed.check_batch_size(config.train.batch_size, "config.train.batch_size")
-    if not (Path(workdir) / checkpoints.LATEST_FOLDER).is_dir():  # a resumed run does not read them
-        pretrained.check_available(config.model)  # so are missing ImageNet weights
+    # So are missing ImageNet weights, unless a checkpoint is saved (resuming restores every
+    # value; an empty folder is a run stopped before its first save).
+    saved = Path(workdir) / checkpoints.LATEST_FOLDER
+    if not (saved.is_dir() and any(path.name.isdigit() for path in saved.iterdir())):
+        pretrained.check_available(config.model)
     eval_batch = eval_lib.eval_batch_size(config)
     workdir = Path(workdir)
     info = pipeline.get_dataset_info(config.data)

@@ -48,13 +48,13 @@ def _register_extraction(
     os.symlink(os.path.abspath(year_dir), link)
 
 
-def _annotation_problem(xml_path: str, class_names: tuple[str, ...]) -> str | None:
+def _annotation_problem(xml_path: str, labels: dict[str, tuple[str, ...]]) -> str | None:
     """What TFDS's `voc` builder would fail on in one annotation file (None if nothing).
 
-    The builder reads each object's lowercased name as a class label, its `pose`,
-    `truncated` and `difficult` tags, and its box divided by the `<size>` in pixels, which
-    has to land in [0, 1]; any other value stops the whole preparation with an error that
-    names a copy of the file inside the TFDS cache.
+    The builder reads each object's lowercased `name` and `pose` as labels (``labels``:
+    the names each may take), its `truncated` and `difficult` tags, and its box divided by
+    the `<size>` in pixels, which has to land in [0, 1]; any other value stops the whole
+    preparation with an error that names a copy of the file inside the TFDS cache.
     """
     try:
         root = ElementTree.parse(xml_path).getroot()
@@ -65,12 +65,15 @@ def _annotation_problem(xml_path: str, class_names: tuple[str, ...]) -> str | No
     except (TypeError, ValueError):
         return "has no numeric <size> <width> and <height>"
     for obj in root.findall("object"):
-        name = (obj.findtext("name") or "").strip().lower()
-        if name not in class_names:
-            return f"object {name!r} is not one of VOC's 20 classes {list(class_names)}"
-        for tag in ("pose", "truncated", "difficult"):
+        name = (obj.findtext("name") or "").lower()
+        if name not in labels["label"]:
+            return f"object {name!r} is not one of VOC's 20 classes {list(labels['label'])}"
+        for tag in ("truncated", "difficult"):
             if obj.find(tag) is None:
                 return f"object {name!r} lacks <{tag}>"
+        pose = (obj.findtext("pose") or "").lower()
+        if pose not in labels["pose"]:
+            return f"object {name!r} has <pose> {pose!r}, not one of {list(labels['pose'])}"
         try:
             box = {tag: float(obj.findtext(f"bndbox/{tag}")) for tag in _BOX_TAGS}
         except (TypeError, ValueError):
@@ -82,7 +85,7 @@ def _annotation_problem(xml_path: str, class_names: tuple[str, ...]) -> str | No
     return None
 
 
-def _check_annotations(year_dir: str, set_names: list[str], class_names: tuple[str, ...]):
+def _check_annotations(year_dir: str, set_names: list[str], labels: dict[str, tuple[str, ...]]):
     """Raises ValueError naming every annotation of the listed images that TFDS's builder
     would fail on (at most 10 shown), before anything is prepared."""
     problems = []
@@ -93,7 +96,7 @@ def _check_annotations(year_dir: str, set_names: list[str], class_names: tuple[s
             xml_path = os.path.join(year_dir, "Annotations", image_id + ".xml")
             if not os.path.isfile(xml_path):
                 problems.append(f"{xml_path}: not found (listed in {set_name}.txt)")
-            elif (problem := _annotation_problem(xml_path, class_names)) is not None:
+            elif (problem := _annotation_problem(xml_path, labels)) is not None:
                 problems.append(f"{xml_path}: {problem}")
     if problems:
         shown = problems[:10] + (
@@ -164,16 +167,17 @@ def prepare_voc_offline(
         return builder
     download_dir = os.path.join(builder.data_dir_root, "downloads")
     main = os.path.join(year_dir, "ImageSets", "Main")
-    class_names = tuple(builder.info.features["objects"]["label"].names)
+    objects = builder.info.features["objects"]
+    labels = {key: tuple(objects[key].names) for key in ("label", "pose")}
+    # VOC2012's test annotations are not public: the builder reads none for that split.
+    annotated = {**_SET_FILES}
+    if not builder.builder_config.has_test_annotations:
+        del annotated["test"]
+    set_names = [name for names in annotated.values() for name in names]
     _check_annotations(
         year_dir,
-        [
-            name
-            for names in _SET_FILES.values()
-            for name in names
-            if os.path.isfile(os.path.join(main, name + ".txt"))
-        ],
-        class_names,
+        [name for name in set_names if os.path.isfile(os.path.join(main, name + ".txt"))],
+        labels,
     )
     for archive_kind, archive in builder.builder_config.filenames.items():
         missing = [
