@@ -2,9 +2,11 @@
 
 import io
 import json
+import re
 import shutil
 import signal
 import sys
+import warnings
 
 import jax
 import numpy as np
@@ -61,6 +63,13 @@ def test_train_evaluate_predict(tmp_path, data_dir, monkeypatch, capsys):
     config = tiny_config(data_dir)
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
+    append_metrics = workdir_io.append_metrics
+
+    def append_and_warn(*args):  # a warning while the progress bar is drawn
+        warnings.warn("the disk is nearly full", stacklevel=1)
+        append_metrics(*args)
+
+    monkeypatch.setattr(workdir_io, "append_metrics", append_and_warn)
     results = trainer.train_and_evaluate(config, str(workdir))
     monkeypatch.undo()
     assert results["step"] == 2 * STEPS_PER_EPOCH
@@ -71,6 +80,9 @@ def test_train_evaluate_predict(tmp_path, data_dir, monkeypatch, capsys):
     assert progress.count("Evaluating (test):   0%|          | 0/12") == 2
     assert progress.count("Evaluating (train subset):   0%|          | 0/8") == 2
     assert f"Saved in {workdir}: checkpoints/" in capsys.readouterr().out
+    # Warnings get lines of their own above the bar, not the end of the bar's line.
+    warned = re.findall(r"(.)\S+:\d+: UserWarning: the disk is nearly full\n", progress)
+    assert warned and set(warned) <= {"\r", "\n"}, warned
 
     # The run's files: metrics per logged step and per evaluation, plots, config, classes.
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]

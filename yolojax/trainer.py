@@ -13,8 +13,11 @@ process 0 writes the other workdir files and prints progress. A preemption (SIGT
 every process after the same step, saved (:mod:`yolojax.preemption`).
 """
 
+import contextlib
 import math
+import sys
 import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -64,6 +67,23 @@ class _MetricWindow:
         means["images_per_second"] = images_per_step * len(fetched) / max(elapsed, 1e-9)
         self.steps, self.metrics, self.start = [], [], time.perf_counter()
         return means
+
+
+@contextlib.contextmanager
+def _warnings_above_progress_bars():
+    """Prints Python warnings with ``tqdm.write``, on a line of their own above the progress
+    bar (printed plainly, they would continue the bar's line)."""
+    show = warnings.showwarning
+
+    def above(message, category, filename, lineno, file=None, line=None):
+        text = warnings.formatwarning(message, category, filename, lineno, line)
+        tqdm.write(text.rstrip("\n"), file=file or sys.stderr)
+
+    warnings.showwarning = above
+    try:
+        yield
+    finally:
+        warnings.showwarning = show
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -242,7 +262,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             if is_main:
                 tqdm.write(f"Evaluating step {start_step}, which was saved but not evaluated.")
             results = run_evaluation(start_step, on_devices)
-        with preemption.StopSignals() as stop_signals:
+        with preemption.StopSignals() as stop_signals, _warnings_above_progress_bars():
             for step in range(start_step + 1, total_steps + 1):
                 batch = distributed.shard_batch(next(train_iter), mesh)
                 on_devices, metrics = train_step(on_devices, batch)
