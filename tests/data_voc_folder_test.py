@@ -326,3 +326,21 @@ def test_editing_a_split_file_beside_xml_files_prepares_the_folder_anew(tmp_path
     with open(split_file, "w") as file:
         file.write("a\nb\nc\n")
     assert voc_folder.voc_folder_config(folder).name != before
+
+
+def test_a_test_only_export_is_described_for_evaluation_without_a_train_split(tmp_path):
+    # Evaluating a trained model on new data: a Roboflow export with only test/.
+    images = [
+        VocImage("a", 60, 40, [VocObject("dog", (6, 4, 30, 20))]),
+        VocImage("b", 50, 50, [VocObject("cat", (5, 10, 25, 50))]),
+    ]
+    voc = write_voc_folder(str(tmp_path / "voc"), images)
+    config = default_data_config()
+    config.source = "voc_folder"
+    config.folder = _beside(voc, tmp_path / "export", {"a": "test", "b": "test"})
+    config.tfds_data_dir = str(tmp_path / "tfds")
+    info = get_dataset_info(config, train=False)
+    assert info.class_names == ("cat", "dog")
+    assert (info.num_train_examples, info.num_eval_examples) == (None, 2)
+    with pytest.raises(ValueError, match=r"data\.train_split=.*one of \['test'\]"):
+        get_dataset_info(config)  # training needs one

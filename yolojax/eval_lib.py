@@ -166,7 +166,7 @@ def evaluate_checkpoint(config, workdir, checkpoint: str | int = "latest") -> di
     """
     validate_config(config)
     batch_size = eval_batch_size(config)
-    info = pipeline.get_dataset_info(config.data)
+    info = pipeline.get_dataset_info(config.data, train=False)
     resolve_num_classes(config, info.class_names)
     model, state, step = train_lib.restore_trained_state(config, workdir, checkpoint)
     mesh = distributed.mesh()

@@ -45,10 +45,13 @@ Batch = dict[str, np.ndarray]
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-    """What the training loop needs to know about the configured data (after the caps)."""
+    """What the training loop needs to know about the configured data (after the caps).
+
+    ``num_train_examples`` is None when the train split was not opened (evaluation only).
+    """
 
     class_names: tuple[str, ...]
-    num_train_examples: int
+    num_train_examples: int | None
     num_eval_examples: int
 
 
@@ -106,18 +109,24 @@ def _num_examples(source: sources.SplitSource, cap: int | None) -> int:
     return len(source) if cap is None else min(len(source), cap)
 
 
-def get_dataset_info(data_config) -> DatasetInfo:
+def get_dataset_info(data_config, *, train: bool = True) -> DatasetInfo:
     """Prepares the configured datasets if needed and describes them.
 
     Synthetic and folder sources are generated into `data.tfds_data_dir` on first use; 'voc'
     raises sources.DatasetNotPreparedError, explaining the offline preparation, if absent.
+    With ``train=False`` only the eval split is opened (evaluating a run on data that has
+    no train split, such as a test-only folder); the class names are then the eval split's.
     """
     validate_data_config(data_config)
-    train = sources.open_split(data_config, "train")
+    train_split = sources.open_split(data_config, "train") if train else None
     evaluation = sources.open_split(data_config, "eval")
     return DatasetInfo(
-        class_names=train.class_names,
-        num_train_examples=_num_examples(train, data_config.max_train_examples),
+        class_names=(train_split if train_split is not None else evaluation).class_names,
+        num_train_examples=(
+            None
+            if train_split is None
+            else _num_examples(train_split, data_config.max_train_examples)
+        ),
         num_eval_examples=_num_examples(evaluation, data_config.max_eval_examples),
     )
 
