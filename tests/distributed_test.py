@@ -29,7 +29,7 @@ import pytest
 from flax import traverse_util
 
 from tests import distributed_worker as worker
-from yolojax import distributed, eval_lib, trainer
+from yolojax import distributed, eval_lib, train_lib, trainer
 from yolojax.data import pipeline, synthetic_shapes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -322,6 +322,19 @@ def _check_evaluation(root: Path, records: list[dict], single: dict) -> None:
     config = worker.tiny_config(str(root / "tfds"))
     reference = eval_lib.evaluate_checkpoint(config, str(root / "multi_run"))
     _assert_same_evaluation(multi, reference)
+    # The trained model scores 0 (its boxes are too small to match anything): the same
+    # checkpoint with boxes that do match, evaluated by both processes and by this one.
+    assert records[0]["known"] == records[1]["known"]
+    _, state, _ = train_lib.restore_trained_state(config, str(root / "multi_run"))
+    known = worker.evaluate_known_outputs(config, state)
+    assert known["mAP"] > 0.01
+    for key in ("num_images", "num_positives", "num_detections"):
+        assert records[0]["known"][key] == known[key], key
+    # Scores computed on 2 devices and on 1 may differ by rounding, which can swap two
+    # nearly equal ones; any image's detections scored against another's annotations would
+    # move the mAP by far more.
+    for key in ("mAP", "mAP_area"):
+        assert records[0]["known"][key] == pytest.approx(known[key], abs=2e-3), key
     assert multi["num_images"] == worker.NUM_TEST
     assert multi["num_positives"] == _positives_per_class(config)
     # max_detections is above the number of candidates: the count is the model's, per image.
