@@ -67,6 +67,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from benchmarks import common
 from configs import shapes, voc
 from yolojax import distributed, errors, huge_pages, models, postprocess, train_lib
+from yolojax.outputs import output_channels
 
 CPU_DEFAULTS = {"backbone": "darknet_tiny,resnet18", "batch": 8, "image_size": 160}
 ACCELERATOR_DEFAULTS = {"backbone": "resnet152", "batch": 64, "image_size": 448}
@@ -215,7 +216,8 @@ def decode_nms_seconds(config, batch_size: int, calls: int = 10) -> float:
     s, classes, boxes = config.model.grid_size, config.model.num_classes, config.model.num_boxes
     detect = jax.jit(functools.partial(postprocess.detect_with_config, config=config))
     # Uniform [0, 1) outputs: most boxes score above the threshold, the costly case for NMS.
-    outputs = jax.random.uniform(jax.random.key(0), (batch_size, s, s, classes + 5 * boxes))
+    channels = output_channels(classes, boxes)
+    outputs = jax.random.uniform(jax.random.key(0), (batch_size, s, s, channels))
     jax.block_until_ready(detect(outputs))
     times = common.time_alternating(
         {"detect": lambda: jax.block_until_ready(detect(outputs))}, rounds=1, steps_per_round=calls

@@ -11,6 +11,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from tests import tiny
 from yolojax.data import (
     default_data_config,
     get_dataset_info,
@@ -44,11 +45,7 @@ def config(data_dir):
 def _stored_boxes(config, split: str) -> list[np.ndarray]:
     """Each stored example's (N, 4) boxes, in stored order, read with TFDS directly."""
     get_dataset_info(config)  # Prepares the dataset if this test is the first to use it.
-    builder = synthetic_shapes.make_builder(
-        synthetic_shapes.shapes_builder_config(**config.synthetic.to_dict()),
-        data_dir=config.tfds_data_dir,
-    )
-    source = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+    source = tiny.stored_split(config, split)
     return [np.stack(example["objects"]["bbox"]).reshape(-1, 4) for example in source]
 
 
@@ -274,11 +271,7 @@ def test_a_dataset_prepared_without_random_access_is_explained(config, tmp_path)
 
 def test_preprocess_image_matches_evaluation_input(config):
     batch = next(make_eval_iterator(config, global_batch_size=1))
-    builder = synthetic_shapes.make_builder(
-        synthetic_shapes.shapes_builder_config(**config.synthetic.to_dict()),
-        data_dir=config.tfds_data_dir,
-    )
-    source = builder.as_data_source("test", decoders={"image": tfds.decode.SkipDecoding()})
+    source = tiny.stored_split(config, "test")
     # Decoded by Pillow, as a user's own code (or Detector) reads a JPEG.
     first = np.asarray(Image.open(io.BytesIO(source[0]["image"])).convert("RGB"))
     model_input = pipeline.preprocess_image(first, image_size=SIZE, normalization="imagenet")

@@ -29,8 +29,9 @@ import pytest
 from flax import traverse_util
 
 from tests import distributed_worker as worker
+from tests import tiny
 from yolojax import distributed, eval_lib, train_lib, trainer
-from yolojax.data import pipeline, synthetic_shapes
+from yolojax.data import pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER_TIMEOUT_S = 240
@@ -289,12 +290,8 @@ def _check_training(root: Path) -> None:
 
 def _positives_per_class(config) -> list[int]:
     """Non-difficult objects per class in the test split, counted from TFDS itself."""
-    builder = synthetic_shapes.make_builder(
-        synthetic_shapes.shapes_builder_config(**config.data.synthetic.to_dict()),
-        data_dir=config.data.tfds_data_dir,
-    )
     counts = np.zeros(config.model.num_classes, int)
-    for example in builder.as_data_source("test"):
+    for example in tiny.stored_split(config.data, "test"):
         objects = example["objects"]
         np.add.at(counts, np.asarray(objects["label"])[~np.asarray(objects["is_difficult"])], 1)
     return counts.tolist()

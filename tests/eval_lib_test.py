@@ -10,26 +10,20 @@ examples, difficult flags) changes the mAP.
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from benchmarks.voc_reference import voc_eval_all
 from tests import tiny
 from yolojax import distributed, eval_lib, train_lib
 from yolojax.config import resolve_num_classes
-from yolojax.data import pipeline, synthetic_shapes
+from yolojax.data import pipeline
 
 GRID, SIZE, NUM_TEST = 4, 64, 20
 
 
 def _stored_test_examples(data_config) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Each test image's (boxes as pixel xyxy, labels, difficult), in stored order."""
-    builder = synthetic_shapes.make_builder(
-        synthetic_shapes.shapes_builder_config(**data_config.synthetic.to_dict()),
-        data_dir=data_config.tfds_data_dir,
-    )
-    source = builder.as_data_source("test", decoders={"image": tfds.decode.SkipDecoding()})
     examples = []
-    for example in source:
+    for example in tiny.stored_split(data_config, "test"):
         objects = example["objects"]
         ymin, xmin, ymax, xmax = np.stack(objects["bbox"]).reshape(-1, 4).T * SIZE
         examples.append(

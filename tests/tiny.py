@@ -3,7 +3,8 @@
 configs/shapes.py shrunk to 64 px inputs, a 4×4 grid, one 1×1-deep conv head and a few
 dozen images, so that a step compiles and runs in seconds on two CPU cores. Tests that
 need more (epochs, evaluations, checkpoints) set those fields on the returned config.
-:func:`tensorboard_scalars` reads back a run's TensorBoard log.
+:func:`stored_split` reads the stored dataset, :func:`tensorboard_scalars` a run's
+TensorBoard log.
 """
 
 from configs import shapes
@@ -31,6 +32,20 @@ def tiny_config(data_dir: str, *, num_train: int = 32, num_test: int = 12, head_
     config.eval.every_epochs = 0  # evaluate once, after the last step
     config.eval.train_subset = 0
     return config
+
+
+def stored_split(data_config, split: str):
+    """The synthetic set's ``split`` ('train' or 'test') as stored, read with TFDS directly
+    (JPEG bytes undecoded), an independent view of what the pipeline serves."""
+    import tensorflow_datasets as tfds
+
+    from yolojax.data import synthetic_shapes
+
+    builder = synthetic_shapes.make_builder(
+        synthetic_shapes.shapes_builder_config(**data_config.synthetic.to_dict()),
+        data_dir=data_config.tfds_data_dir,
+    )
+    return builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
 
 
 def tensorboard_scalars(folder) -> list[tuple[int, str, float]]:

@@ -73,6 +73,13 @@ class NoCheckpointError(FileNotFoundError):
 LATEST_FOLDER, BEST_FOLDER = "checkpoints", "best"
 
 
+def has_saved_step(workdir: str | os.PathLike) -> bool:
+    """Whether ``workdir`` holds a saved latest checkpoint, looked up without opening it (or
+    knowing the model): a folder named by its step (orbax's unfinished saves carry a suffix)."""
+    folder = Path(workdir) / LATEST_FOLDER
+    return folder.is_dir() and any(path.name.isdigit() for path in folder.iterdir())
+
+
 def parse_which(checkpoint: str | int) -> str | int:
     """'latest', 'best' or a step number, from a step given as an int or as its digits
     (``--checkpoint 12``).
@@ -345,7 +352,7 @@ class Checkpoints:
         step = int(which)
         if step not in steps:
             raise NoCheckpointError(
-                f"No checkpoint for step {step} in {self.workdir / 'checkpoints'}; "
+                f"No checkpoint for step {step} in {self.workdir / LATEST_FOLDER}; "
                 f"available steps: {sorted(steps)}."
             )
         return self._latest, [step]

@@ -215,21 +215,20 @@ def initial_state(config, num_train_examples: int, *, fresh: bool = True):
     return model, state, schedule
 
 
-def restore_trained_state(config, workdir, which: str | int = "latest", num_train_examples=None):
+def restore_trained_state(config, workdir, which: str | int = "latest"):
     """Restores a trained state from ``workdir`` for evaluation or inference.
 
     Args:
       config: the config the run was trained with.
       workdir: the run's folder.
       which: 'latest', 'best' or a step number.
-      num_train_examples: sizes the optimizer's schedule; it does not affect the restored
-        values, so any value ≥ the batch size works (default: the batch size).
 
     Returns:
       ``(model, state, step)`` with ``state`` unreplicated on the host.
     """
-    num_train_examples = num_train_examples or config.train.batch_size
-    model, template, _ = initial_state(config, num_train_examples, fresh=False)
+    # The train split's size only sizes the optimizer's schedule, not the restored values:
+    # one batch stands in for it (evaluation may run on data without a train split).
+    model, template, _ = initial_state(config, config.train.batch_size, fresh=False)
     manager = checkpoints.Checkpoints(workdir, checkpoints.model_signature(config), read_only=True)
     try:
         state, step = manager.restore(template, which)

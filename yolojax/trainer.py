@@ -109,10 +109,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # Before any data is prepared: a batch that does not split over the devices names the
     # numbers to change.
     distributed.check_batch_size(config.train.batch_size, "config.train.batch_size")
-    # So are missing ImageNet weights, unless a checkpoint is saved (resuming restores every
-    # value; an empty folder is a run stopped before its first save).
-    saved = Path(workdir) / checkpoints.LATEST_FOLDER
-    if not (saved.is_dir() and any(path.name.isdigit() for path in saved.iterdir())):
+    # So are missing ImageNet weights, unless a checkpoint is saved: resuming restores every
+    # value (an empty checkpoints/ is a run stopped before its first save).
+    if not checkpoints.has_saved_step(workdir):
         pretrained.check_available(config.model)
     eval_batch = eval_lib.eval_batch_size(config)
     workdir = Path(workdir)

@@ -12,16 +12,21 @@ import jax
 import numpy as np
 
 
+def _is_int_at_least(value, low: int) -> bool:
+    """An integer (NumPy integers too, bools not) ``>= low``."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral) and value >= low
+
+
 def check_int(name: str, value, low: int) -> int:
     """``value`` as an ``int`` if it is an integer ``>= low`` (NumPy integers too, bools not)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+    if not _is_int_at_least(value, low):
         raise ValueError(f"{name} must be an int >= {low}; got {value!r}.")
     return int(value)
 
 
 def check_positive_int(name: str, value) -> int:
     """``value`` as an ``int`` if it is a positive integer (NumPy integers too, bools not)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+    if not _is_int_at_least(value, 1):
         raise ValueError(f"{name} must be a positive integer; got {value!r}.")
     return int(value)
 
