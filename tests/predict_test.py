@@ -137,6 +137,32 @@ def test_same_named_inputs_get_distinct_drawings(workdir, tmp_path, capsys):
     assert "Skipping" not in capsys.readouterr().err
 
 
+def test_a_reused_output_folder_holds_only_the_latest_calls_drawings(workdir, tmp_path):
+    a = _image(tmp_path / "a.jpg", 40, 30)
+    b = _image(tmp_path / "b.jpg", 50, 20, seed=1)
+    c = _image(tmp_path / "c.jpg", 30, 30, seed=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "mine.png").write_bytes(b"mine")
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(b"mine")
+    # A detections.json naming a file outside the folder: that file is not removed.
+    (out / "detections.json").write_text(json.dumps({"x": {"drawing": "../outside.png"}}))
+    assert _predict(workdir, out, a, b) == 0
+    assert outside.read_bytes() == b"mine"
+
+    assert _predict(workdir, out, b, c) == 0
+
+    drawn = sorted(p.name for p in out.iterdir())
+    assert drawn == ["b.png", "c.png", "detections.json", "mine.png", "notes.txt"]
+    assert {_record(out)[p]["drawing"] for p in (b, c)} == {"b.png", "c.png"}
+    assert (out / "notes.txt").read_text() == "mine"
+    # A call that reads nothing leaves nothing of the earlier ones to mistake for its own.
+    assert _predict(workdir, out, str(tmp_path / "missing.jpg")) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["detections.json", "mine.png", "notes.txt"]
+
+
 def test_the_command_writes_the_boxes_above_its_score_threshold_in_pixels(tmp_path, capsys):
     # A checkpoint whose output layer gives every cell of the 4×4 grid the same output: box 0
     # is the cell itself (centre offset 0.5, size 1 cell) with confidence 1, box 1 has

@@ -19,10 +19,14 @@ corrupt) does not stop the others: it is reported on stderr as ``Skipping <path>
 could not be read: ...`` on stderr and exit status 1 (also when no input could be read;
 detections.json is then written as ``{}``, so that it never lists a previous run's
 images). Otherwise it exits 0.
+
+An output folder used before keeps only this call's results: the drawings the previous
+detections.json lists are removed once the new one is written (no other file is touched).
 """
 
 import argparse
 import colorsys
+import json
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -133,13 +137,15 @@ def predict_files(
 
     ``paths`` are image files, or folders standing for the image files in them. An input that
     cannot be read is skipped (``on_skip(path, reason)`` is called as it is) and the others
-    are still processed; detections.json lists the images read (``{}`` if none). A path
-    given twice is processed once. A progress bar shows on a terminal's stderr.
+    are still processed; detections.json lists the images read (``{}`` if none), and the
+    drawings an earlier detections.json in ``out_dir`` listed are removed. A path given
+    twice is processed once. A progress bar shows on a terminal's stderr.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"The output folder {out_dir} is a file: choose another (--out).")
     out_dir.mkdir(parents=True, exist_ok=True)
+    earlier_drawings = _listed_drawings(out_dir / DETECTIONS_FILE)
     images, failed, taken = {}, {}, set()
     for key in tqdm(_image_files(paths), desc="Detecting", unit="image", disable=None):
         try:
@@ -160,7 +166,30 @@ def predict_files(
             ],
         }
     atomic_write_text(out_dir / DETECTIONS_FILE, to_json(images))
+    # Only now: a call that stops early leaves the previous results whole.
+    # Compared case-insensitively, as _drawing_name: on macOS an earlier X.png is a new x.png.
+    drawn = {image["drawing"].casefold() for image in images.values()}
+    for name in earlier_drawings:
+        if name.casefold() not in drawn:
+            (out_dir / name).unlink(missing_ok=True)
     return Predictions(images, failed)
+
+
+def _listed_drawings(record_path: Path) -> set[str]:
+    """The drawing names in an earlier detections.json: plain ``.png`` names (nothing that
+    could point outside the folder); none if there is no such file or it is not one of ours."""
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(record, dict):
+        return set()
+    names = {entry.get("drawing") for entry in record.values() if isinstance(entry, dict)}
+    return {
+        name
+        for name in names
+        if isinstance(name, str) and name.endswith(".png") and name == Path(name).name
+    }
 
 
 def _report_skip(path: str, reason: str) -> None:
