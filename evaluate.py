@@ -9,7 +9,7 @@ is the saved one, open to overrides), which must describe the same model. Writes
 <workdir>/eval/metrics.json and <workdir>/eval/pr_curves.png (precision-recall curves).
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from yolojax import cli, distributed
@@ -29,10 +29,7 @@ flags.adopt_module_key_flags(distributed)  # --help lists the multi-host flags t
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:  # orbax logs every save at INFO; --verbosity=0 shows it
-        logging.set_verbosity(logging.WARNING)
+    cli.start(argv)
     from yolojax.checkpoints import parse_which  # after cli.run's restart: it loads JAX
 
     try:

@@ -6,7 +6,7 @@
 Re-running the same command resumes from the latest checkpoint in --workdir.
 """
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from yolojax import cli, distributed
@@ -22,10 +22,7 @@ flags.adopt_module_key_flags(distributed)  # --help lists the multi-host flags t
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:  # orbax logs every save at INFO; --verbosity=0 shows it
-        logging.set_verbosity(logging.WARNING)
+    cli.start(argv)
     # A documented error prints its message alone (the traceback with --verbosity=1).
     with cli.command_errors(traceback=FLAGS.verbosity >= 1):
         from yolojax import trainer  # here, after cli.run's restart: TensorFlow loads once

@@ -20,6 +20,7 @@ import textwrap
 import traceback as traceback_lib
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from yolojax import huge_pages
 
@@ -234,6 +235,16 @@ def command_errors(*, traceback: bool = False):
             file=sys.stderr,
         )
         raise SystemExit(1) from None
+
+
+def start(argv: list[str]) -> None:
+    """The first line of an absl command's ``main``: refuses stray positional arguments,
+    and lowers the log level to WARNING unless ``--verbosity`` was given (orbax logs every
+    checkpoint save at INFO; ``--verbosity=0`` shows them)."""
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)
 
 
 def run(main) -> None:
