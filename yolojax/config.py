@@ -71,7 +71,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.train = default_train_config()
     config.eval = ml_collections.ConfigDict(
         {
-            "every_epochs": 5,  # test mAP every N epochs (and at the end); 0 = only at the end
+            "every_epochs": 5,  # eval-split mAP every N epochs (and at the end); 0 = at the end
             "batch_size": 0,  # 0 = train.batch_size
             "score_threshold": 0.005,  # low, so the precision/recall curve is complete
             "iou_threshold": 0.45,  # NMS
@@ -79,7 +79,10 @@ def default_config() -> ml_collections.ConfigDict:
             # (TFDS stores VOC's pixel boxes divided by the image size, so normalized × size
             # gives back the devkit's coordinates).
             "plus_one": False,
-            "max_detections": 100,  # per image, after NMS
+            # Per image, after NMS, the best-scored kept (as COCO's evaluation; Darknet's
+            # validate_yolo keeps all): the cap can only cut the lowest-scored tail of each
+            # image's detections, so a class's precision/recall curve may end earlier.
+            "max_detections": 100,
             # Best-scored (box, class) candidates per image that enter NMS (of S·S·B·C).
             "pre_nms_top_k": PRE_NMS_TOP_K,
             "train_subset": 256,  # train mAP on this many fixed train images; 0 disables

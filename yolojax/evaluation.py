@@ -46,8 +46,9 @@ class VOCEvaluator:
     Boxes are `[xmin, ymin, xmax, ymax]` (xyxy) in any consistent unit, pixels for VOC.
 
     Ties. Equal scores keep the order in which detections were added (images in the order of
-    the `add` calls, then the order within each image); the devkit's unstable `argsort` leaves
-    it unspecified. A detection equally close to two ground truths picks the first one given.
+    the `add` calls, then the order within each image), as VOCevaldet.m's stable `sort` keeps
+    the results file's order; voc_eval.py's unstable `argsort` leaves it unspecified. A
+    detection equally close to two ground truths picks the first one given.
 
     A class with no positives (no non-difficult ground truth) has AP NaN and is left out of
     the mean; so is a class whose only ground truths are difficult.

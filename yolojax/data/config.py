@@ -18,7 +18,7 @@ def default_augment_config() -> ml_collections.ConfigDict:
     augment = ml_collections.ConfigDict()
     # Master switch: False trains on resized images only, as evaluation sees them.
     augment.enabled = True
-    # Horizontal flip with probability 0.5.
+    # Horizontal flip with probability 0.5: Darknet's training flips; the paper does not say.
     augment.flip = True
     # Random scale in [1 - s, 1 + s] and translation of up to s of the image size per axis
     # (paper: "random scaling and translations of up to 20% of the original image size").
