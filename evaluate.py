@@ -52,7 +52,7 @@ def main(argv):
     print(results["table"])
     print(
         f"step {results['step']}: mAP@0.5 VOC07 11-point {results['mAP']:.4f}, "
-        f"area {results['mAP_area']:.4f} on {results['num_images']} images "
+        f"area {results['mAP_area']:.4f} on {results['num_images']} {results['split']} images "
         f"({results['images_per_second']:.1f} images/s)"
     )
     if results.get("saved"):

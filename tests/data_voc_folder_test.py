@@ -64,6 +64,12 @@ def test_folder_without_image_sets_gets_a_seeded_90_10_split(tmp_path):
     assert sorted(splits["train"] + splits["validation"]) == ids
     assert voc_folder.folder_splits(folder, split_seed=0) == splits
     assert voc_folder.folder_splits(folder, split_seed=1)["validation"] != splits["validation"]
+    # Evaluation then runs on it, and the training log calls its mAP so.
+    config = default_data_config()
+    config.source, config.folder = "voc_folder", folder
+    config.tfds_data_dir = str(tmp_path / "tfds")
+    info = get_dataset_info(config)
+    assert (info.num_eval_examples, info.eval_split_name) == (2, "validation")
 
 
 def test_given_class_names_set_the_label_order(tmp_path):
@@ -342,5 +348,6 @@ def test_a_test_only_export_is_described_for_evaluation_without_a_train_split(tm
     info = get_dataset_info(config, train=False)
     assert info.class_names == ("cat", "dog")
     assert (info.num_train_examples, info.num_eval_examples) == (None, 2)
+    assert info.eval_split_name == "test"
     with pytest.raises(ValueError, match=r"data\.train_split=.*one of \['test'\]"):
         get_dataset_info(config)  # training needs one

@@ -73,6 +73,7 @@ def test_default_voc_splits_combine_2007_and_2012_trainval(voc_data_dir):
     assert len(info.class_names) == 20 and info.class_names[:2] == ("aeroplane", "bicycle")
     assert info.num_train_examples == 3 + 2  # VOC2007 trainval + VOC2012 trainval
     assert info.num_eval_examples == 3  # VOC2007 test
+    assert info.eval_split_name == "test"  # what the training log calls its mAP
 
 
 def test_eval_batches_carry_exact_pixel_boxes_labels_and_difficult_flags(voc_data_dir):

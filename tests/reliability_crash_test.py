@@ -399,5 +399,5 @@ def test_evaluate_without_a_config_uses_the_one_the_run_saved(
     command = [sys.executable, "evaluate.py", f"--workdir={run_dir}", "--checkpoint=1"]
     returncode, log = _run(command, env, tmp_path / "eval.log")
     assert returncode == 0, log
-    assert "step 1: mAP@0.5 VOC07 11-point" in log and "on 12 images" in log
+    assert "step 1: mAP@0.5 VOC07 11-point" in log and "on 12 test images" in log
     assert json.loads((run_dir / "eval" / "metrics.json").read_text())["step"] == 1

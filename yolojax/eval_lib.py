@@ -150,8 +150,9 @@ def evaluate_checkpoint(config, workdir, checkpoint: str | int = "latest") -> di
     """Restores a checkpoint of ``workdir`` and evaluates it on the eval split.
 
     Writes ``workdir/eval/metrics.json``:
-    ``{"mAP", "mAP_area", "AP": {class: AP}, "AP_area": {...}, "step", "num_images",
-    "images_per_second", "checkpoint"}`` (NaN APs, of classes without positives, as null),
+    ``{"mAP", "mAP_area", "AP": {class: AP}, "AP_area": {...}, "step", "split",
+    "num_images", "images_per_second", "checkpoint"}`` (``split``: the eval split's name,
+    'test' or 'validation'; NaN APs, of classes without positives, as null),
     and each class's precision-recall curve as ``workdir/eval/pr_curves.png``.
 
     Args:
@@ -160,7 +161,7 @@ def evaluate_checkpoint(config, workdir, checkpoint: str | int = "latest") -> di
       checkpoint: 'latest', 'best' or a step number.
 
     Returns:
-      :func:`evaluate`'s results plus ``step``, and ``saved``: the paths of the files
+      :func:`evaluate`'s results plus ``step``, ``split`` and ``saved``: the paths of the files
       written (on process 0; a file that cannot be written, in a read-only or full workdir,
       only warns).
     """
@@ -179,7 +180,7 @@ def evaluate_checkpoint(config, workdir, checkpoint: str | int = "latest") -> di
         progress=f"Evaluating step {step}",
         total=info.num_eval_examples,
     )
-    results["step"] = step
+    results["step"], results["split"] = step, info.eval_split_name
     if jax.process_index() == 0:
         record = {
             "mAP": results["mAP"],
@@ -187,6 +188,7 @@ def evaluate_checkpoint(config, workdir, checkpoint: str | int = "latest") -> di
             "AP": dict(zip(info.class_names, results["AP"], strict=True)),
             "AP_area": dict(zip(info.class_names, results["AP_area"], strict=True)),
             "step": step,
+            "split": info.eval_split_name,
             "checkpoint": str(checkpoint),
             "num_images": results["num_images"],
             "images_per_second": results["images_per_second"],

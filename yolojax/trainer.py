@@ -185,7 +185,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             pipeline.make_eval_iterator(config.data, global_batch_size=eval_batch),
             config,
             info.class_names,
-            progress="Evaluating (test)",
+            progress=f"Evaluating ({info.eval_split_name})",
             total=info.num_eval_examples,
         )
         scalars = {"test_mAP": results["mAP"], "test_mAP_area": results["mAP_area"]}
@@ -210,7 +210,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     def report(step: int, results: dict) -> None:
         if is_main:
             tqdm.write(
-                f"step {step}: test mAP {results['mAP']:.4f} (area {results['mAP_area']:.4f})"
+                f"step {step}: {info.eval_split_name} mAP {results['mAP']:.4f} "
+                f"(area {results['mAP_area']:.4f})"
             )
 
     def save_if_best(step: int, on_devices, results: dict) -> None:

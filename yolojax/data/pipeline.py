@@ -47,12 +47,14 @@ Batch = dict[str, np.ndarray]
 class DatasetInfo:
     """What the training loop needs to know about the configured data (after the caps).
 
-    ``num_train_examples`` is None when the train split was not opened (evaluation only).
+    ``num_train_examples`` is None when the train split was not opened (evaluation only);
+    ``eval_split_name`` names the eval split in messages ('test', 'validation').
     """
 
     class_names: tuple[str, ...]
     num_train_examples: int | None
     num_eval_examples: int
+    eval_split_name: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +130,7 @@ def get_dataset_info(data_config, *, train: bool = True) -> DatasetInfo:
             else _num_examples(train_split, data_config.max_train_examples)
         ),
         num_eval_examples=_num_examples(evaluation, data_config.max_eval_examples),
+        eval_split_name=evaluation.split_name,
     )
 
 

@@ -77,11 +77,14 @@ class SplitSource:
 
     Attributes:
       class_names: label names, shared by all parts.
+      split_name: the parts' TFDS split names, for messages: 'test', 'validation',
+        'train+validation' (where the parts' names differ).
     """
 
-    def __init__(self, parts: list[Any], class_names: tuple[str, ...]):
+    def __init__(self, parts: list[Any], class_names: tuple[str, ...], split_name: str):
         """`parts` are TFDS data sources (images undecoded), read one after the other."""
         self.class_names = class_names
+        self.split_name = split_name
         self._sources = parts
         self._ends = list(np.cumsum([len(source) for source in self._sources]))
 
@@ -220,7 +223,8 @@ def open_split(data_config, which: str) -> SplitSource:
         skipped = (builder.info.metadata or {}).get("skipped", [])
         if skipped:
             _warn_built_without(builder.name, str(builder.data_dir), tuple(map(str, skipped)))
-    source = SplitSource(opened, class_names)
+    split_names = dict.fromkeys(part_split for _, part_split in parts)  # once each, in order
+    source = SplitSource(opened, class_names, "+".join(split_names))
     if len(source) == 0:
         raise ValueError(f"data split {split!r} of source {data_config.source!r} is empty")
     return source
