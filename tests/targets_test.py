@@ -1,5 +1,7 @@
 """Target encoding against hand-worked grids."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,7 +73,9 @@ def test_padding_and_degenerate_boxes_are_ignored():
 
 
 def test_centre_on_the_far_edge_belongs_to_the_last_cell():
-    grid = _encode([[0.8, 0.8, 1.2, 1.2]], [0])  # centre exactly 1.0
+    # Only a box past the edge centres on 1.0: under jit, where values go unchecked.
+    encode = jax.jit(functools.partial(targets.encode, grid_size=4, num_classes=C))
+    grid = encode(jnp.array([[0.8, 0.8, 1.2, 1.2]]), jnp.array([0]), jnp.array([True]))
     assert grid[3, 3, C] == 1
     np.testing.assert_allclose(grid[3, 3, C + 1 : C + 3], [1.0, 1.0])
 
@@ -112,3 +116,30 @@ def test_bad_shapes_raise_before_tracing():
         targets.encode(
             jnp.zeros((5, 4)), jnp.zeros(5, int), jnp.ones(5, bool), grid_size=0, num_classes=C
         )
+
+
+@pytest.mark.parametrize(
+    "box, problem",
+    [
+        ([11.2, 22.4, 67.2, 78.4], "outside"),  # pixels of a 112-pixel image
+        ([0.5, 0.5, 0.2, 0.3], "max < min"),  # [x, y, w, h]
+    ],
+)
+def test_boxes_in_another_format_are_refused_where_their_values_are_known(box, problem):
+    boxes = np.array([[0.1, 0.1, 0.2, 0.2], box], np.float32)
+    with pytest.raises(ValueError, match=f"normalized .* {problem}.*pixel_xyxy_to_normalized"):
+        _encode(boxes, [0, 1])
+    with pytest.raises(ValueError, match=problem):
+        targets.encode_batch(
+            boxes[None], np.array([[0, 1]]), np.ones((1, 2), bool), grid_size=4, num_classes=C
+        )
+    # As padding (mask False) the same values are ignored.
+    np.testing.assert_array_equal(_encode(boxes, [0, 1], [True, False]), _encode(boxes[:1], [0]))
+
+
+def test_class_ids_outside_the_classes_are_refused_unless_padding():
+    boxes = [[0.1, 0.1, 0.2, 0.2], [0.5, 0.5, 0.7, 0.7]]
+    for label in (C, -1):
+        with pytest.raises(ValueError, match=rf"class ids in \[0, {C}\).*\[{label}\]"):
+            _encode(boxes, [0, label])
+    np.testing.assert_array_equal(_encode(boxes, [0, -1], [True, False]), _encode(boxes[:1], [0]))

@@ -10,8 +10,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from yolojax.validation import check_positive_int
+
+# How far past [0, 1] a normalized coordinate may be (float rounding of a user's own
+# conversion) before it is taken for a pixel coordinate or another box format.
+_NORMALIZED_SLACK = 1e-3
 
 
 def target_channels(num_classes: int) -> int:
@@ -34,31 +39,68 @@ def _check_encode_args(boxes, labels, mask, grid_size, num_classes):
         raise ValueError(f"labels must be integer class ids; got dtype {labels.dtype}.")
 
 
+def _check_encode_values(boxes, labels, mask, num_classes):
+    """Refuses real boxes that cannot be normalized yxyx, and class ids outside [0, C), where
+    the values are known (outside jit and vmap; traced values pass unchecked). Such inputs
+    would encode without error into targets that teach the model nothing: pixel boxes land
+    in the last cell with offsets in the hundreds, ``[x, y, w, h]`` boxes come out inverted
+    and are dropped, and an id ≥ C gets no class."""
+    try:
+        boxes, labels, mask = np.asarray(boxes), np.asarray(labels), np.asarray(mask, bool)
+    except jax.errors.TracerArrayConversionError:
+        return
+    real_boxes, real_labels = boxes[mask], labels[mask]  # (K, 4), (K,); padding may be anything
+    outside = ~np.all(
+        (real_boxes >= -_NORMALIZED_SLACK) & (real_boxes <= 1 + _NORMALIZED_SLACK), axis=-1
+    )
+    inverted = (real_boxes[:, 2] < real_boxes[:, 0]) | (real_boxes[:, 3] < real_boxes[:, 1])
+    for problem, bad in (("outside [0, 1]", outside), ("with max < min", inverted)):
+        if bad.any():
+            raise ValueError(
+                f"boxes must be normalized [ymin, xmin, ymax, xmax] in [0, 1]; "
+                f"{int(bad.sum())} real box(es) are {problem}, such as "
+                f"{real_boxes[bad][0].tolist()}. Pixel xyxy boxes convert with "
+                "yolojax.pixel_xyxy_to_normalized_yxyx(boxes, height, width)."
+            )
+    bad_labels = (real_labels < 0) | (real_labels >= num_classes)
+    if bad_labels.any():
+        raise ValueError(
+            f"labels must be class ids in [0, {num_classes}) for real boxes (mask True); got "
+            f"{sorted(set(real_labels[bad_labels].tolist()))}. Set mask False for boxes to "
+            "leave out."
+        )
+
+
 def encode(boxes, labels, mask, *, grid_size: int, num_classes: int) -> jax.Array:
     """Encodes one image's padded boxes as a YOLOv1 target grid.
 
     A YOLOv1 cell holds at most one object. When several box centres fall into the same
     cell, the box with the largest area is kept (it is the one a detector is most expected
     to find); among boxes of equal area, the lowest index wins. Padding (``mask`` False) and
-    degenerate boxes (zero or negative width or height) are ignored. Centres exactly on the
-    right/bottom edge (1.0) belong to the last cell.
+    degenerate boxes (zero or, under jit, negative width or height) are ignored. Centres
+    exactly on the right/bottom edge (1.0) belong to the last cell.
 
     Args:
       boxes: ``(M, 4)`` float boxes, normalized ``[ymin, xmin, ymax, xmax]`` in [0, 1]. Clip
         boxes that reach past the image first (the pipeline does): a box's centre and size
         are encoded as given, so such a box gets a target outside the grid's contract.
         ``M`` may be 0 (an image without objects).
-      labels: ``(M,)`` int class ids in ``[0, num_classes)``. Out-of-range ids cannot be
-        checked under jit; they produce an all-zero class vector.
+      labels: ``(M,)`` int class ids in ``[0, num_classes)``.
       mask: ``(M,)`` bool, True for real boxes.
       grid_size: S, the grid is S×S.
       num_classes: C.
 
     Returns:
       ``(S, S, C + 5)`` float32 grid indexed ``[row (y), col (x), channel]``.
+
+    Raises:
+      ValueError: outside jit and vmap, for real boxes outside [0, 1] (pixel coordinates)
+        or inverted (another box format), and for labels outside ``[0, num_classes)``.
+        Under jit these cannot be checked: an out-of-range id gives an all-zero class vector.
     """
     boxes, labels, mask = jnp.asarray(boxes, jnp.float32), jnp.asarray(labels), jnp.asarray(mask)
     _check_encode_args(boxes, labels, mask, grid_size, num_classes)
+    _check_encode_values(boxes, labels, mask, num_classes)
     s = grid_size
     if boxes.shape[0] == 0:  # no object in any cell (argmax below needs a box)
         return jnp.zeros((s, s, target_channels(num_classes)), jnp.float32)
@@ -103,5 +145,6 @@ def encode_batch(boxes, labels, mask, *, grid_size: int, num_classes: int) -> ja
             )
     check_positive_int("grid_size", grid_size)
     check_positive_int("num_classes", num_classes)
+    _check_encode_values(boxes, labels, mask, num_classes)  # vmap would trace them
     encode_one = functools.partial(encode, grid_size=grid_size, num_classes=num_classes)
     return jax.vmap(encode_one)(boxes, labels, mask)
