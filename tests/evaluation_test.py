@@ -301,6 +301,9 @@ def test_add_normalized_batch_converts_to_pixels_and_skips_padding(image_size, e
         (4, np.zeros(2), "pred_scores"),
         (5, np.array([3]), "pred_labels"),  # num_classes is 3
         (5, np.array([-1]), "pred_labels"),
+        # [x, y, w, h] boxes: a max below its min, which would score 0 unnoticed.
+        (0, np.array([[50.0, 10.0, 10.0, 50.0]]), r"gt_boxes must be \[xmin, ymin, xmax"),
+        (3, np.array([[50.0, 10.0, 10.0, 50.0]]), r"pred_boxes .* max below their min"),
     ],
 )
 def test_add_rejects_bad_input_naming_the_argument(field, value, name):
@@ -317,6 +320,7 @@ def test_add_rejects_bad_input_naming_the_argument(field, value, name):
         ("image_size", np.zeros((1, 2, 2)), "image_size"),
         ("gt_mask", np.ones((1, 2, 3), bool), "gt_mask"),
         ("pred_labels", np.full((1, 2, 3), 7), "pred_labels"),
+        ("gt_boxes", np.tile([0.5, 0.5, 0.1, 0.2], (1, 2, 2, 1)), "gt_boxes must be normalized"),
     ],
 )
 def test_add_normalized_batch_rejects_bad_input(key, value, name):
@@ -339,6 +343,13 @@ def test_constructor_rejects_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
         VOCEvaluator(**kwargs)
     assert VOCEvaluator(2, iou_threshold=np.float32(0.5)).iou_threshold == 0.5  # a number
+
+
+def test_perfect_detections_score_exactly_one():
+    # The devkit's running sum of 11 precisions of 1, each divided by 11, is 1 + 2e-16.
+    assert sum([1 / 11] * 11) > 1
+    results = evaluate([image(gts=[(A, 0)], dets=[(A, 0.9, 0)])])
+    assert results["mAP_11point"] == 1.0 and results["mAP_area"] == 1.0
 
 
 def test_summary_lists_classes_by_name():

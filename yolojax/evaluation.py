@@ -104,15 +104,17 @@ class VOCEvaluator:
         """Adds one image.
 
         Args:
-          gt_boxes: (G, 4) ground-truth xyxy boxes; G may be 0.
+          gt_boxes: (G, 4) ground-truth xyxy boxes (each min ≤ its max); G may be 0.
           gt_labels: (G,) integer class ids in [0, num_classes).
           gt_difficult: (G,) bool (or 0/1 integer) VOC difficult flags.
-          pred_boxes: (P, 4) detected xyxy boxes; P may be 0.
+          pred_boxes: (P, 4) detected xyxy boxes (each min ≤ its max); P may be 0.
           pred_scores: (P,) finite confidence scores, higher is more confident.
           pred_labels: (P,) integer class ids in [0, num_classes).
         """
-        gt_boxes = _finite("gt_boxes", _shaped("gt_boxes", gt_boxes, (None, 4), "(G, 4)"))
-        pred_boxes = _finite("pred_boxes", _shaped("pred_boxes", pred_boxes, (None, 4), "(P, 4)"))
+        gt_boxes = _boxes("gt_boxes", _shaped("gt_boxes", gt_boxes, (None, 4), "(G, 4)"), XYXY)
+        pred_boxes = _boxes(
+            "pred_boxes", _shaped("pred_boxes", pred_boxes, (None, 4), "(P, 4)"), XYXY
+        )
         per_gt, per_pred = (len(gt_boxes),), (len(pred_boxes),)
         image_id = self._num_images
         self._append(
@@ -185,8 +187,8 @@ class VOCEvaluator:
         if np.any(sizes <= 0):
             raise ValueError("image_size must hold positive (height, width) for valid examples")
 
-        gt_boxes = _finite("gt_boxes", pick(gt_boxes)[gt_rows])
-        pred_boxes = _finite("pred_boxes", pick(pred_boxes)[pred_rows])
+        gt_boxes = _boxes("gt_boxes", pick(gt_boxes)[gt_rows], YXYX)
+        pred_boxes = _boxes("pred_boxes", pick(pred_boxes)[pred_rows], YXYX)
         self._append(
             (
                 _to_pixels(gt_boxes, sizes[gt_rows[0]]),
@@ -359,8 +361,9 @@ def _ap_11point(recall, precision):
     # position with recall >= t sees the best precision over all of them (0 if none).
     envelope = precision_envelope(recall, precision)[1][1:]  # (D + 1,): 0 past the end
     points = envelope[np.searchsorted(recall, _VOC07_RECALL_THRESHOLDS, side="left")]
-    # cumsum adds left to right like the devkit's loop (np.sum would pair terms up).
-    return float(np.cumsum(points / 11.0)[-1])
+    # cumsum adds left to right like the devkit's loop (np.sum would pair terms up); its
+    # rounding makes 11 precisions of 1 sum to 1 + 2e-16, which the min takes back to 1.
+    return min(float(np.cumsum(points / 11.0)[-1]), 1.0)
 
 
 def precision_envelope(recall, precision) -> tuple[np.ndarray, np.ndarray]:
@@ -414,6 +417,23 @@ def _shaped(name, value, shape, description):
         want is not None and got != want for got, want in zip(array.shape, shape, strict=True)
     ):
         raise ValueError(f"{name} must have shape {description}, got {array.shape}")
+    return array
+
+
+XYXY, YXYX = "[xmin, ymin, xmax, ymax]", "normalized [ymin, xmin, ymax, xmax]"
+
+
+def _boxes(name, array, box_format: str):
+    """`array` of (K, 4) boxes in `box_format` (XYXY or YXYX: both put each min before its
+    max) as float64, else ValueError for a value that is not finite or a max below its min
+    (boxes in another format, such as [x, y, w, h], which would silently score 0)."""
+    array = _finite(name, array)
+    inverted = (array[:, 2] < array[:, 0]) | (array[:, 3] < array[:, 1])
+    if inverted.any():
+        raise ValueError(
+            f"{name} must be {box_format} boxes; {int(inverted.sum())} have a max below their "
+            f"min, such as {array[inverted][0].tolist()}"
+        )
     return array
 
 
