@@ -158,3 +158,10 @@ def test_the_step_trains_on_the_batch_boxes_with_the_configured_loss(loss_settin
     )
     for name, value in expected.items():
         np.testing.assert_allclose(metrics[name], value, rtol=2e-5, err_msg=name)
+
+
+def test_a_flat_batch_is_refused_naming_the_layout_the_step_takes():
+    config = _config()
+    flat = {key: value[0] for key, value in _batch(config).items()}  # [batch, ...]
+    with pytest.raises(ValueError, match=r"\[local_devices=1, per_device, \.\.\.\].*image \(4, "):
+        distributed.shard_batch(flat, distributed.mesh(jax.local_devices()[:1]))

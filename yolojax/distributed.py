@@ -206,7 +206,23 @@ def replicate(tree, on: Mesh):
 def shard_batch(batch: dict, on: Mesh) -> dict:
     """This process's share of a global batch, from the input pipeline's NumPy arrays shaped
     ``[local_devices, per_device, ...]``, as global arrays ``[global_batch, ...]`` split over
-    the devices of ``on`` (device ``d`` of this process gets row block ``d``)."""
+    the devices of ``on`` (device ``d`` of this process gets row block ``d``).
+
+    Raises:
+      ValueError: an array not shaped ``[local_devices, per_device, ...]`` like the others
+        (a flat ``[batch, ...]`` batch would otherwise be split along the wrong axis).
+    """
+    devices = len(on.local_devices)
+    leading = {key: value.shape[:2] for key, value in batch.items()}
+    if any(len(dims) < 2 or dims[0] != devices for dims in leading.values()) or (
+        len(set(leading.values())) > 1
+    ):
+        shapes = ", ".join(f"{key} {value.shape}" for key, value in batch.items())
+        raise ValueError(
+            f"shard_batch takes arrays shaped [local_devices={devices}, per_device, ...], as "
+            f"the input pipeline makes them; got {shapes}. Reshape a [batch, ...] array "
+            f"with x.reshape({devices}, -1, *x.shape[1:])."
+        )
     sharding = NamedSharding(on, PartitionSpec(AXIS))
     return {
         key: jax.make_array_from_process_local_data(sharding, value.reshape(-1, *value.shape[2:]))
