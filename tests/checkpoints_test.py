@@ -147,9 +147,12 @@ def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
     _save_steps(tmp_path, [1])
     other = {**SIGNATURE, "backbone": "resnet18", "num_classes": 20}
     manager = checkpoints.Checkpoints(tmp_path, other)
-    with pytest.raises(checkpoints.CheckpointMismatchError, match=r"backbone.*resnet18"):
+    with pytest.raises(checkpoints.CheckpointMismatchError, match=r"backbone.*resnet18") as error:
         manager.restore(_state(0))
     manager.close()
+    # What to do, from the command line and from Python.
+    assert f"--config configs/run.py:{tmp_path}" in str(error.value)
+    assert "yolojax.config.load_run_config(workdir)" in str(error.value)
 
 
 def test_a_checkpoint_trained_on_other_pixel_values_is_refused_by_name(tmp_path):

@@ -52,3 +52,8 @@ def test_an_array_of_another_layout_is_refused_by_shape():
         images.to_rgb(np.zeros((4, 5, 2), np.uint8))
     with pytest.raises(ValueError, match=r"got an array of shape \(\)"):
         images.to_rgb(np.asarray("photo.jpg"))
+    # A batch, or a list of paths, is not one image: the message says to call per image.
+    with pytest.raises(ValueError, match=r"\(2, 4, 5, 3\)\. One image per call"):
+        images.to_rgb(np.zeros((2, 4, 5, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"\(1,\)\. One image per call"):
+        images.to_rgb(["photo.jpg"])

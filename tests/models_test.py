@@ -157,6 +157,12 @@ def test_report_group_count_is_rejected_with_the_reason():
         models.get_model(_model_config(backbone="darknet_gn", num_groups=9))
 
 
+def test_an_unresolved_class_count_says_how_to_resolve_it():
+    # configs' num_classes=0 means "as many as the dataset has": a number the model needs.
+    with pytest.raises(ValueError, match=r"num_classes is 0 .*resolve_num_classes"):
+        models.get_model(_model_config(num_classes=0))
+
+
 def test_unknown_names_list_the_valid_ones():
     with pytest.raises(ValueError, match="resnet152"):
         models.get_model(_model_config(backbone="resnet200"))

@@ -402,7 +402,8 @@ class Checkpoints:
         return (
             "Use the config the run was trained with, which it saved: --config "
             f"configs/run.py:{self.workdir} (evaluate.py reads it when --config is left "
-            "out), or another --workdir."
+            "out; in Python, yolojax.config.load_run_config(workdir), which "
+            "Detector.from_workdir uses when config is left out), or another --workdir."
         )
 
     def restore(self, template, which: str | int = "latest"):

@@ -182,6 +182,12 @@ def get_model(model_config: Any, *, axis_name: str | None = None) -> YOLO:
         raise ValueError(
             f"model_config.dtype must be one of {tuple(_DTYPES)}, got {fields['dtype']!r}"
         )
+    if fields["num_classes"] == 0:  # a config's "as many as the dataset has", unresolved
+        raise ValueError(
+            "model_config.num_classes is 0 (as many as the dataset has): the model needs the "
+            "number. Set it, or resolve it from the class names first with "
+            "yolojax.config.resolve_num_classes(config, class_names)."
+        )
     for name in ("num_classes", "grid_size", "num_boxes", "fc_hidden", "num_groups"):
         fields[name] = check_positive_int(f"model_config.{name}", fields[name])
     if not isinstance(fields["head_conv_layers"], int) or fields["head_conv_layers"] < 0:
