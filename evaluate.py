@@ -7,6 +7,13 @@ Without --config it evaluates with the config the run saved (<workdir>/config.js
 run's command-line overrides need not be repeated; --config gives another (configs/run.py
 is the saved one, open to overrides), which must describe the same model. Writes
 <workdir>/eval/metrics.json and <workdir>/eval/pr_curves.png (precision-recall curves).
+
+    python evaluate.py --workdir W --config configs/run.py:W \
+        --config.data.eval_split=voc/2012:test --voc_results results/VOC2012/Main
+
+also writes the detections as the VOC devkit's results files, one per class
+(comp4_det_test_<class>.txt), for the evaluation server: VOC2012 test's annotations are
+not public, so its mAP comes from there (docs/data.md).
 """
 
 from absl import app, flags
@@ -23,6 +30,12 @@ config_flags.DEFINE_config_file(
 )
 flags.DEFINE_string("workdir", None, "The training run's folder.")
 flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or a step number.")
+flags.DEFINE_string(
+    "voc_results",
+    None,
+    "A folder to also write the detections to as the VOC devkit's results files "
+    "(comp4_det_<test set>_<class>.txt), for the VOC evaluation server.",
+)
 flags.mark_flags_as_required(["workdir"])
 distributed.define_flags()
 flags.adopt_module_key_flags(distributed)  # --help lists the multi-host flags too
@@ -48,13 +61,21 @@ def main(argv):
             config = load_run_config(
                 FLAGS.workdir, otherwise="give the config it was trained with: --config FILE.py"
             )
-        results = eval_lib.evaluate_checkpoint(config, FLAGS.workdir, checkpoint)
+        results = eval_lib.evaluate_checkpoint(
+            config, FLAGS.workdir, checkpoint, voc_results_folder=FLAGS.voc_results
+        )
     print(results["table"])
     print(
         f"step {results['step']}: mAP@0.5 VOC07 11-point {results['mAP']:.4f}, "
         f"area {results['mAP_area']:.4f} on {results['num_images']} {results['split']} images "
         f"({results['images_per_second']:.1f} images/s)"
     )
+    if not sum(results["num_positives"]):
+        print(
+            f"The {results['split']} images have no ground truth, so no mAP: for VOC2012 "
+            "test, whose annotations are not public, submit --voc_results files to the "
+            "VOC evaluation server."
+        )
     if results.get("saved"):
         print(f"Saved {' and '.join(map(str, results['saved']))}.")
 

@@ -78,8 +78,13 @@ def test_mock_data_batches_follow_the_contract(config):
     }
     assert {key: (value.shape, value.dtype) for key, value in train.items()} == expected
     expected["valid"] = ((1, 4), np.bool_)
+    expected["index"] = ((1, 4), np.int32)
     assert {key: (value.shape, value.dtype) for key, value in second.items()} == expected
     assert first["valid"].all() and second["valid"].tolist() == [[True, True, False, False]]
+    # Each example's place in the split, which names it (-1: padding).
+    assert first["index"].tolist() == [[0, 1, 2, 3]] and second["index"].tolist() == [
+        [4, 5, -1, -1]
+    ]
     assert (train["image_size"] == SIZE).all()
 
 
@@ -89,6 +94,7 @@ def test_eval_reads_every_example_once_and_pads_the_last_batch(config):
     rows = _rows(batches[0]) + _rows(batches[1])[:3]
     assert _same(rows, _stored_boxes(config, "test"))
     padded = {key: value[0, 3] for key, value in batches[1].items()}
+    assert padded.pop("index") == -1
     assert not padded["valid"] and all(not value.any() for value in padded.values())
 
 
@@ -98,11 +104,12 @@ def _as_process(monkeypatch, index: int, count: int) -> None:
 
 
 def test_eval_shards_processes_evenly_with_equal_batch_counts(config, monkeypatch):
-    shards = []
+    shards, indices = [], []
     for index in range(2):
         _as_process(monkeypatch, index, 2)
         batches = list(make_eval_iterator(config, global_batch_size=4))  # 2 per process
         assert len(batches) == 2  # shards of 4 and 3 examples
+        indices += [i for batch in batches for i in batch["index"].ravel() if i >= 0]
         shards.append(
             [
                 row
@@ -113,6 +120,7 @@ def test_eval_shards_processes_evenly_with_equal_batch_counts(config, monkeypatc
         )
     assert [len(shard) for shard in shards] == [4, 3]
     assert _same(shards[0] + shards[1], _stored_boxes(config, "test"))
+    assert indices == list(range(7))  # in the split's order, as the rows above
 
 
 def test_processes_take_slices_of_the_same_global_batch(config, monkeypatch):

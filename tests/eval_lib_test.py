@@ -8,14 +8,20 @@ A mix-up anywhere between the two (labels, box coordinate order, pixel scaling, 
 examples, difficult flags) changes the mAP.
 """
 
+import collections
+import io
+from pathlib import Path
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from benchmarks.voc_reference import voc_eval_all
 from tests import tiny
-from yolojax import distributed, eval_lib, train_lib
+from yolojax import checkpoints, distributed, eval_lib, train_lib
 from yolojax.config import resolve_num_classes
 from yolojax.data import pipeline
+from yolojax.detector import Detector
 
 GRID, SIZE, NUM_TEST = 4, 64, 20
 
@@ -36,7 +42,9 @@ def _stored_test_examples(data_config) -> list[tuple[np.ndarray, np.ndarray, np.
     return examples
 
 
-def test_the_reported_map_is_that_of_the_models_boxes_on_the_stored_annotations(tmp_path):
+def _known_output_model(tmp_path):
+    """``(config, model, state, detections)``: a model whose every image's detections are
+    ``detections``, ``[(pixel xyxy box, score, label)]`` by score, as NMS returns them."""
     config = tiny.tiny_config(str(tmp_path / "tfds"), num_test=NUM_TEST)
     config.model.head = "seed"  # one Dense to the S·S·(C + 5B) outputs: a bias per cell
     config.eval.batch_size = 8  # 20 images: the last batch is padded with 4
@@ -66,14 +74,6 @@ def test_the_reported_map_is_that_of_the_models_boxes_on_the_stored_annotations(
             "head": {"kernel": np.zeros_like(head["kernel"]), "bias": bias.reshape(-1)},
         }
     )
-    mesh = distributed.mesh()
-    results = eval_lib.evaluate(
-        eval_lib.make_eval_step(model, config, mesh),
-        distributed.replicate(state, mesh),
-        pipeline.make_eval_iterator(config.data, global_batch_size=8),
-        config,
-    )
-
     cell = SIZE / GRID
     detections = []
     for row, col, b in np.ndindex(GRID, GRID, num_boxes):
@@ -83,16 +83,105 @@ def test_the_reported_map_is_that_of_the_models_boxes_on_the_stored_annotations(
         detections += [(box, score, label) for label, score in enumerate(scores)]
     # As NMS returns them: by score, the first max_detections.
     detections = sorted(detections, key=lambda detection: -detection[1])
-    detections = detections[: config.eval.max_detections]
+    return config, model, state, detections[: config.eval.max_detections]
+
+
+def test_the_reported_map_is_that_of_the_models_boxes_on_the_stored_annotations(tmp_path):
+    config, model, state, detections = _known_output_model(tmp_path)
+    mesh = distributed.mesh()
+    results = eval_lib.evaluate(
+        eval_lib.make_eval_step(model, config, mesh),
+        distributed.replicate(state, mesh),
+        pipeline.make_eval_iterator(config.data, global_batch_size=8),
+        config,
+    )
+
     boxes, scores, labels = (np.array(column) for column in zip(*detections, strict=True))
     images = [
         (gt_boxes, gt_labels, difficult, boxes, scores, labels)
         for gt_boxes, gt_labels, difficult in _stored_test_examples(config.data)
     ]
     assert len(images) == NUM_TEST and results["num_images"] == NUM_TEST
-    ap_07, ap_area = voc_eval_all(images, num_classes, plus_one=False)
+    ap_07, ap_area = voc_eval_all(images, config.model.num_classes, plus_one=False)
     assert np.nanmean(ap_area) > 0.005  # some boxes fit objects (most do not: 100 an image)
     assert results["mAP"] == pytest.approx(np.nanmean(ap_07), abs=1e-6)
     assert results["mAP_area"] == pytest.approx(np.nanmean(ap_area), abs=1e-6)
     np.testing.assert_allclose(results["AP_area"], ap_area, atol=1e-6)
     assert results["num_detections"] == NUM_TEST * config.eval.max_detections
+
+
+def _write_voc_results(config, state, tmp_path):
+    """(evaluate_checkpoint's results, the files' detections ``{image id: [(pixel xyxy box,
+    score, label)]}``, the test split's image ids in stored order) for ``state`` saved as
+    a run's checkpoint."""
+    workdir, folder = tmp_path / "run", tmp_path / "results"
+    manager = checkpoints.Checkpoints(workdir, checkpoints.model_signature(config))
+    manager.save(0, state)
+    manager.wait()
+    manager.close()
+
+    results = eval_lib.evaluate_checkpoint(config, workdir, voc_results_folder=folder)
+
+    class_names = pipeline.get_dataset_info(config.data).class_names
+    assert sorted(path.name for path in folder.iterdir()) == sorted(
+        f"comp4_det_test_{name}.txt" for name in class_names
+    )
+    # The devkit's lines: <image id> <score> <xmin> <ymin> <xmax> <ymax>, in pixels.
+    written = collections.defaultdict(list)
+    for label, name in enumerate(class_names):
+        for line in (folder / f"comp4_det_test_{name}.txt").read_text().splitlines():
+            image_id, score, *box = line.split()
+            written[image_id].append((np.array(box, float), float(score), label))
+    stored = tiny.stored_split(config.data, "test")
+    ids = [Path(example["image/filename"].decode()).stem for example in stored]
+    assert set(written) <= set(ids) and len(ids) == NUM_TEST  # images without any: no line
+    return results, written, ids
+
+
+def test_voc_results_files_score_as_reported_under_the_devkit_loop(tmp_path):
+    config, _, state, detections = _known_output_model(tmp_path)
+    results, written, ids = _write_voc_results(config, state, tmp_path)
+    assert sorted(written) == sorted(ids)  # the same boxes in every image
+    expected = sorted((tuple(box), label) for box, _, label in detections)
+    for image_id in ids:  # every image gets the model's boxes, to the files' precision
+        got = sorted(written[image_id], key=lambda d: (tuple(np.round(d[0], 2)), d[2]))
+        assert len(got) == len(expected)
+        np.testing.assert_allclose([d[0] for d in got], [box for box, _ in expected], atol=1e-3)
+    # And scored by the devkit-style loop under those names, they give the reported mAP.
+    images = [
+        (gt_boxes, gt_labels, difficult, *map(np.array, zip(*written[image_id], strict=True)))
+        for image_id, (gt_boxes, gt_labels, difficult) in zip(
+            ids, _stored_test_examples(config.data), strict=True
+        )
+    ]
+    ap_07, _ = voc_eval_all(images, config.model.num_classes, plus_one=False)
+    assert results["mAP"] == pytest.approx(np.nanmean(ap_07), abs=1e-4)
+
+
+def test_voc_results_files_name_each_image_by_its_file(tmp_path):
+    # A model whose detections differ per image: each file line must be under the name of
+    # the image the Detector, given that image alone, finds the box in.
+    config = tiny.tiny_config(str(tmp_path / "tfds"), num_test=NUM_TEST)
+    info = pipeline.get_dataset_info(config.data)
+    resolve_num_classes(config, info.class_names)
+    model, state, _ = train_lib.initial_state(config, config.train.batch_size)
+    _, written, ids = _write_voc_results(config, state, tmp_path)
+    assert 5 <= len(written) < len(ids)  # some images have detections, not all: they differ
+
+    detector = Detector(
+        model,
+        train_lib.model_variables(state),
+        config,
+        info.class_names,
+        score_threshold=config.eval.score_threshold,
+    )
+    for image_id, example in zip(ids, tiny.stored_split(config.data, "test"), strict=True):
+        found = detector(np.asarray(Image.open(io.BytesIO(example["image"])).convert("RGB")))
+        lines = sorted(written.get(image_id, []), key=lambda line: -line[1])
+        order = np.argsort(-found.scores, kind="stable")
+        assert len(lines) == len(order)
+        if not lines:
+            continue
+        np.testing.assert_allclose([line[1] for line in lines], found.scores[order], atol=2e-6)
+        np.testing.assert_allclose([line[0] for line in lines], found.boxes[order], atol=2e-3)
+        assert [line[2] for line in lines] == found.labels[order].tolist()

@@ -16,9 +16,10 @@ from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 from tqdm import tqdm
 
-from yolojax import distributed, plots, postprocess, train_lib
+from yolojax import distributed, plots, postprocess, train_lib, voc_results
+from yolojax.boxes import normalized_yxyx_to_pixel_xyxy
 from yolojax.config import resolve_num_classes, validate_config
-from yolojax.data import pipeline
+from yolojax.data import pipeline, sources
 from yolojax.evaluation import VOCEvaluator
 from yolojax.workdir import EVAL_FOLDER, atomic_write_text, to_json
 
@@ -72,7 +73,15 @@ def _gather(arrays: dict) -> dict:
 
 
 def evaluate(
-    detect, state, batches, config, class_names=None, *, progress: str = "", total: int = 0
+    detect,
+    state,
+    batches,
+    config,
+    class_names=None,
+    *,
+    progress: str = "",
+    total: int = 0,
+    keep_detections: bool = False,
 ) -> dict:
     """Runs detection over ``batches`` and computes VOC mAP.
 
@@ -84,6 +93,8 @@ def evaluate(
       class_names: names for the per-class table; default: the class ids.
       progress: a progress bar's label, shown by process 0 on a terminal ('' for none).
       total: the number of images the batches hold, for the progress bar.
+      keep_detections: also return each image's detections, as ``'detections'``:
+        ``{index in the split: (boxes (K, 4) pixel xyxy, scores (K,), labels (K,))}``.
 
     Returns:
       ``{'mAP', 'mAP_area', 'AP', 'AP_area', 'num_positives', 'num_images',
@@ -99,7 +110,7 @@ def evaluate(
         plus_one=config.eval.plus_one,
         class_names=class_names,
     )
-    start, num_images, num_detections = time.perf_counter(), 0, 0
+    start, num_images, num_detections, kept = time.perf_counter(), 0, 0, {}
     bar = tqdm(
         total=total or None,
         desc=progress,
@@ -122,8 +133,12 @@ def evaluate(
             "pred_valid": detections.valid,
             "image_size": examples["image_size"],
             "valid": examples["valid"],
+            "index": examples["index"],
         }
         arrays = _gather(arrays)
+        index = arrays.pop("index")
+        if keep_detections:
+            kept.update(_image_detections(arrays, index))
         num_images += int(np.sum(arrays["valid"]))
         num_detections += int(np.sum(arrays["pred_valid"] & arrays["valid"][:, None]))
         evaluator.add_normalized_batch(**arrays)
@@ -143,10 +158,30 @@ def evaluate(
         "table": evaluator.summary(results),
         "precision": results["precision"],
         "recall": results["recall"],
-    }
+    } | ({"detections": kept} if keep_detections else {})
 
 
-def evaluate_checkpoint(config, workdir, checkpoint: str | int = "latest") -> dict:
+def _image_detections(
+    arrays: dict, index: np.ndarray
+) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``{index in the split: (pixel xyxy boxes, scores, labels)}`` of a gathered batch's
+    real examples (``index``: each one's in the split), their real detections only."""
+    height, width = (arrays["image_size"][:, i, None].astype(np.float64) for i in (0, 1))
+    boxes = normalized_yxyx_to_pixel_xyxy(arrays["pred_boxes"].astype(np.float64), height, width)
+    images = {}
+    for row in np.flatnonzero(arrays["valid"]):
+        keep = arrays["pred_valid"][row]
+        images[int(index[row])] = (
+            boxes[row][keep],
+            arrays["pred_scores"][row][keep],
+            arrays["pred_labels"][row][keep],
+        )
+    return images
+
+
+def evaluate_checkpoint(
+    config, workdir, checkpoint: str | int = "latest", *, voc_results_folder=None
+) -> dict:
     """Restores a checkpoint of ``workdir`` and evaluates it on the eval split.
 
     Writes ``workdir/eval/metrics.json``:
@@ -159,6 +194,8 @@ def evaluate_checkpoint(config, workdir, checkpoint: str | int = "latest") -> di
       config: the config the run was trained with.
       workdir: the run's folder.
       checkpoint: 'latest', 'best' or a step number.
+      voc_results_folder: also write the detections there as the VOC devkit's results
+        files (:mod:`yolojax.voc_results`), for the evaluation server.
 
     Returns:
       :func:`evaluate`'s results plus ``step``, ``split`` and ``saved``: the paths of the files
@@ -179,6 +216,7 @@ def evaluate_checkpoint(config, workdir, checkpoint: str | int = "latest") -> di
         info.class_names,
         progress=f"Evaluating step {step}",
         total=info.num_eval_examples,
+        keep_detections=voc_results_folder is not None,
     )
     results["step"], results["split"] = step, info.eval_split_name
     if jax.process_index() == 0:
@@ -200,6 +238,10 @@ def evaluate_checkpoint(config, workdir, checkpoint: str | int = "latest") -> di
                 results, info.class_names, path, step=step
             ),
         }
+        if voc_results_folder is not None:
+            writers[Path(voc_results_folder)] = lambda folder: _write_voc_results(
+                folder, results.pop("detections"), config, info
+            )
         results["saved"] = []
         for path, write in writers.items():
             try:
@@ -208,3 +250,15 @@ def evaluate_checkpoint(config, workdir, checkpoint: str | int = "latest") -> di
             except OSError as error:  # a read-only or full workdir: the results still return
                 warnings.warn(f"Could not save {path}: {error}", stacklevel=2)
     return results
+
+
+def _write_voc_results(folder, detections: dict, config, info) -> None:
+    """The devkit's results files of :func:`evaluate`'s ``detections``, each image named by
+    its file in the eval split."""
+    split = sources.open_split(config.data, "eval")
+    named = {
+        voc_results.image_id(split[index].filename, index): image
+        for index, image in detections.items()
+    }
+    test_set = {"validation": "val"}.get(info.eval_split_name, info.eval_split_name)
+    voc_results.write_voc_results(folder, named, info.class_names, test_set=test_set)

@@ -345,8 +345,10 @@ def make_eval_iterator(
         for that split, data.max_eval_examples or data.max_train_examples).
 
     Yields:
-      Batches per the contract plus `valid` (D, B) bool; padding examples are all zeros with
-      valid=False. Every process yields ceil(ceil(N / processes) / per_process) batches.
+      Batches per the contract plus `valid` (D, B) bool and `index` (D, B) int32, each
+      example's index in the split (what names it, through the split's `image/filename`;
+      -1 for padding); padding examples are otherwise all zeros with valid=False. Every
+      process yields ceil(ceil(N / processes) / per_process) batches.
     """
     validate_data_config(data_config)
     layout = _layout(global_batch_size)
@@ -375,11 +377,12 @@ def make_eval_iterator(
     dataset = _dataset(
         records, data_config, seed=None, batch_size=layout.per_process, drop_remainder=False
     )
-    return _padded_batches(dataset, layout, num_batches)
+    return _padded_batches(dataset, layout, num_batches, first_index=start)
 
 
-def _padded_batches(dataset: tf.data.Dataset, layout: _Layout, num_batches: int):
-    """Pads the last batch with valid=False examples, then adds all-padding batches."""
+def _padded_batches(dataset: tf.data.Dataset, layout: _Layout, num_batches: int, first_index: int):
+    """Pads the last batch with valid=False examples, then adds all-padding batches; numbers
+    the examples from ``first_index`` (the dataset keeps the records' order)."""
     padding = {
         key: np.zeros((layout.per_process, *spec.shape[1:]), spec.dtype.as_numpy_dtype)
         for key, spec in dataset.element_spec.items()
@@ -392,9 +395,14 @@ def _padded_batches(dataset: tf.data.Dataset, layout: _Layout, num_batches: int)
                 key: np.concatenate([value, padding[key][size:]]) for key, value in batch.items()
             }
         batch["valid"] = np.arange(layout.per_process) < size
+        first = first_index + batches * layout.per_process
+        batch["index"] = np.where(batch["valid"], first + np.arange(layout.per_process), -1)
+        batch["index"] = batch["index"].astype(np.int32)
         batches += 1
         yield _to_devices(batch, layout.local_devices)
     for _ in range(batches, num_batches):
-        yield _to_devices(
-            {**padding, "valid": np.zeros(layout.per_process, bool)}, layout.local_devices
-        )
+        empty = {
+            "valid": np.zeros(layout.per_process, bool),
+            "index": np.full(layout.per_process, -1, np.int32),
+        }
+        yield _to_devices({**padding, **empty}, layout.local_devices)

@@ -1,0 +1,76 @@
+"""Detections as PASCAL VOC devkit results files, for the VOC evaluation server.
+
+VOC2012 test's annotations are not public: its mAP (the paper's Table 3) comes from the
+evaluation server, which takes the devkit's results files, one per class, named
+``<competition>_det_<test set>_<class>.txt``, each line a detection::
+
+    <image id> <confidence> <xmin> <ymin> <xmax> <ymax>
+
+with the image id the image file's name without extension (``2008_000001``) and the box in
+the devkit's pixel coordinates. Those are the coordinates the TFDS ``voc`` annotations hold
+(divided by the image size, without moving VOC's 1-based origin), so a detection's pixel box
+is written as it is. ``comp4`` is the competition for methods trained on data beyond VOC
+(ImageNet-pretrained backbones); ``comp3`` is for VOC data alone. The server wants the files
+under ``results/VOC2012/Main/`` in a tar archive: ``evaluate.py --voc_results DIR`` writes
+them into ``DIR`` as they are, and docs/data.md shows the archive command.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from yolojax.workdir import atomic_write_text
+
+
+def image_id(filename: str, index: int) -> str:
+    """The devkit's id of an image: its file name without extension (``000001.jpg`` →
+    ``000001``), or the example's index in the split, zero-padded, for data without
+    file names."""
+    stem = Path(filename).stem
+    return stem if stem else f"{index:06d}"
+
+
+def results_file_name(competition: str, test_set: str, class_name: str) -> str:
+    """The devkit's results file name: ``comp4_det_test_aeroplane.txt``."""
+    return f"{competition}_det_{test_set}_{class_name}.txt"
+
+
+def write_voc_results(
+    folder,
+    detections: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    class_names,
+    *,
+    competition: str = "comp4",
+    test_set: str = "test",
+) -> list[Path]:
+    """Writes one devkit results file per class into ``folder`` (made if needed).
+
+    Args:
+      folder: the output folder.
+      detections: ``{image id: (boxes, scores, labels)}``, boxes ``(K, 4)`` pixel
+        ``[xmin, ymin, xmax, ymax]``, scores ``(K,)``, labels ``(K,)`` class ids; images
+        without detections may be left out.
+      class_names: the class of each id, which names its file.
+      competition: 'comp4' (trained with outside data, such as ImageNet weights) or
+        'comp3' (VOC data only).
+      test_set: the image set's name in the file names ('test').
+
+    Returns:
+      The files written, in class order (a class without detections gets an empty file:
+      the server expects all of them).
+    """
+    lines = {label: [] for label in range(len(class_names))}
+    for name, (boxes, scores, labels) in detections.items():
+        for box, score, label in zip(np.asarray(boxes), scores, labels, strict=True):
+            xmin, ymin, xmax, ymax = (float(value) for value in box)
+            lines[int(label)].append(
+                f"{name} {float(score):.6f} {xmin:.3f} {ymin:.3f} {xmax:.3f} {ymax:.3f}\n"
+            )
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for label, class_name in enumerate(class_names):
+        path = folder / results_file_name(competition, test_set, class_name)
+        atomic_write_text(path, "".join(lines[label]))
+        written.append(path)
+    return written
