@@ -6,7 +6,7 @@ The library raises documented errors whose messages say what is wrong and what t
 ``FloatingPointError`` for a non-finite loss). A traceback of those adds nothing but buries
 the message, so ``train.py``, ``evaluate.py`` and ``python -m yolojax.predict`` print the
 message alone. Set ``YOLOJAX_TRACEBACK=1`` (or pass ``--verbosity=1`` to train.py or
-evaluate.py) to get the traceback as well. docs/troubleshooting.md lists every such error.
+evaluate.py) to get the traceback as well. docs/troubleshooting.md lists the common ones.
 
 A mistyped config field (``--config.train.bach_size=8``) is reported like any other bad flag
 by :func:`parse_flags`, with ml_collections' suggestion of the field meant.
