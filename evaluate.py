@@ -77,7 +77,8 @@ def main(argv):
             "VOC evaluation server."
         )
     if results.get("saved"):
-        print(f"Saved {' and '.join(map(str, results['saved']))}.")
+        *others, last = map(str, results["saved"])
+        print(f"Saved {', '.join(others)}{' and ' if others else ''}{last}.")
 
 
 if __name__ == "__main__":
