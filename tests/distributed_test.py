@@ -304,6 +304,19 @@ def _assert_same_evaluation(actual: dict, expected: dict) -> None:
         assert actual[key] == pytest.approx(expected[key], abs=1e-6, nan_ok=True), key
 
 
+def _voc_results(folder: Path) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """``{file name: [(image id, [score, xmin, ymin, xmax, ymax])]}`` sorted by id, then
+    box (one image's order would follow scores, which rounding can swap)."""
+    files = {}
+    for path in sorted(folder.iterdir()):
+        lines = [line.split() for line in path.read_text().splitlines()]
+        files[path.name] = sorted(
+            ((image_id, np.array(numbers, float)) for image_id, *numbers in lines),
+            key=lambda line: (line[0], *np.round(line[1][1:], 1)),
+        )
+    return files
+
+
 def _check_evaluation(root: Path, records: list[dict], single: dict) -> None:
     """Both processes computed one result over the whole test set, each image once."""
     # The loop's evaluation after the last step, and evaluate.py's after both processes
@@ -317,8 +330,20 @@ def _check_evaluation(root: Path, records: list[dict], single: dict) -> None:
 
     # The same checkpoint evaluated here, by one process on one device.
     config = worker.tiny_config(str(root / "tfds"))
-    reference = eval_lib.evaluate_checkpoint(config, str(root / "multi_run"))
+    reference = eval_lib.evaluate_checkpoint(
+        config, str(root / "multi_run"), voc_results_folder=root / "voc_results"
+    )
     _assert_same_evaluation(multi, reference)
+    # evaluate.py --voc_results: the job's process 0 wrote each image's detections under
+    # its name, as one process does (scores and boxes to rounding).
+    multi_files = _voc_results(root / "multi" / "voc_results")
+    assert multi_files.keys() == _voc_results(root / "voc_results").keys()
+    assert sum(map(len, multi_files.values())) == multi["num_detections"] > 0
+    for name, single_lines in _voc_results(root / "voc_results").items():
+        assert [line[0] for line in multi_files[name]] == [line[0] for line in single_lines]
+        np.testing.assert_allclose(
+            [line[1] for line in multi_files[name]], [line[1] for line in single_lines], atol=1e-4
+        )
     # The trained model scores 0 (its boxes are too small to match anything): the same
     # checkpoint with boxes that do match, evaluated by both processes and by this one.
     assert records[0]["known"] == records[1]["known"]

@@ -157,7 +157,9 @@ def train_and_evaluate(config, args) -> None:
         raise SystemExit(stop.exit_status) from None
     record["trained"] = {k: trained[k] for k in RESULT_KEYS}
     if args.evaluate:
-        evaluated = eval_lib.evaluate_checkpoint(config, args.workdir)
+        evaluated = eval_lib.evaluate_checkpoint(
+            config, args.workdir, voc_results_folder=args.out / "voc_results"
+        )
         record["evaluated"] = {k: evaluated[k] for k in RESULT_KEYS}
         _, state, _ = train_lib.restore_trained_state(config, args.workdir)
         known = evaluate_known_outputs(config, state)
