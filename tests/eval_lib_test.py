@@ -10,6 +10,7 @@ examples, difficult flags) changes the mAP.
 
 import collections
 import io
+import types
 from pathlib import Path
 
 import numpy as np
@@ -185,3 +186,19 @@ def test_voc_results_files_name_each_image_by_its_file(tmp_path):
         np.testing.assert_allclose([line[1] for line in lines], found.scores[order], atol=2e-6)
         np.testing.assert_allclose([line[0] for line in lines], found.boxes[order], atol=2e-3)
         assert [line[2] for line in lines] == found.labels[order].tolist()
+
+
+def test_two_eval_images_of_one_name_are_refused_for_voc_results(tmp_path, monkeypatch):
+    # Results lines name images by file name without extension: a/x.jpg and b/x.png clash.
+    class Split:
+        def __getitem__(self, index):
+            return types.SimpleNamespace(filename=("a/x.jpg", "b/x.png")[index])
+
+    monkeypatch.setattr(eval_lib.sources, "open_split", lambda data_config, which: Split())
+    info = types.SimpleNamespace(class_names=("cat",), eval_split_name="test")
+    nothing = (np.zeros((0, 4)), np.zeros(0), np.zeros(0, int))
+    with pytest.raises(ValueError, match="both named 'x'"):
+        eval_lib._write_voc_results(
+            tmp_path, {0: nothing, 1: nothing}, types.SimpleNamespace(data=None), info
+        )
+    assert not list(tmp_path.iterdir())  # nothing half-written

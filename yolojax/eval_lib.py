@@ -255,10 +255,14 @@ def evaluate_checkpoint(
 def _write_voc_results(folder, detections: dict, config, info) -> None:
     """The devkit's results files of :func:`evaluate`'s ``detections``, each image named by
     its file in the eval split."""
-    split = sources.open_split(config.data, "eval")
-    named = {
-        voc_results.image_id(split[index].filename, index): image
-        for index, image in detections.items()
-    }
+    split, named = sources.open_split(config.data, "eval"), {}
+    for index, image in detections.items():
+        name = voc_results.image_id(split[index].filename, index)
+        if name in named:  # one results line per box: two images cannot share a name
+            raise ValueError(
+                f"Two images of the eval split are both named {name!r} (by file name "
+                "without extension), which VOC results files cannot tell apart: rename one."
+            )
+        named[name] = image
     test_set = {"validation": "val"}.get(info.eval_split_name, info.eval_split_name)
     voc_results.write_voc_results(folder, named, info.class_names, test_set=test_set)

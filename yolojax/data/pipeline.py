@@ -395,9 +395,8 @@ def _padded_batches(dataset: tf.data.Dataset, layout: _Layout, num_batches: int,
                 key: np.concatenate([value, padding[key][size:]]) for key, value in batch.items()
             }
         batch["valid"] = np.arange(layout.per_process) < size
-        first = first_index + batches * layout.per_process
-        batch["index"] = np.where(batch["valid"], first + np.arange(layout.per_process), -1)
-        batch["index"] = batch["index"].astype(np.int32)
+        index = first_index + batches * layout.per_process + np.arange(layout.per_process)
+        batch["index"] = np.where(batch["valid"], index, -1).astype(np.int32)
         batches += 1
         yield _to_devices(batch, layout.local_devices)
     for _ in range(batches, num_batches):
