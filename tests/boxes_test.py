@@ -39,6 +39,12 @@ def test_area_of_an_inverted_box_is_zero():
     )
 
 
+def test_inverted_flags_a_max_below_its_min_on_either_axis():
+    boxes = [[0, 0, 2, 2], [0, 0, 0, 0], [3, 0, 1, 2], [0, 3, 2, 1], [50, 10, 10, 50]]
+    assert box_ops.inverted(boxes).tolist() == [False, False, True, True, True]
+    assert box_ops.inverted(jnp.array(boxes)).tolist() == [False, False, True, True, True]
+
+
 def test_iou_of_empty_boxes_is_zero_not_nan():
     empty = np.zeros((1, 4))
     assert box_ops.pairwise_iou(empty, empty)[0, 0] == 0.0

@@ -84,6 +84,14 @@ def cxcywh_to_yxyx(boxes):
     return xnp.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], axis=-1)
 
 
+def inverted(boxes):
+    """``[..., 4]`` corner boxes, xyxy or yxyx (each puts a min before its max) → ``[...]``
+    bool, True where a max lies below its min: boxes in another format, such as
+    ``[x, y, w, h]``."""
+    boxes = _boxes(boxes, "boxes")
+    return (boxes[..., 2] < boxes[..., 0]) | (boxes[..., 3] < boxes[..., 1])
+
+
 def box_area(boxes):
     """Area of ``[..., 4]`` boxes in yxyx or xyxy (the formula is the same); ``[...]``.
 

@@ -428,7 +428,7 @@ def _boxes(name, array, box_format: str):
     max) as float64, else ValueError for a value that is not finite or a max below its min
     (boxes in another format, such as [x, y, w, h], which would silently score 0)."""
     array = _finite(name, array)
-    inverted = (array[:, 2] < array[:, 0]) | (array[:, 3] < array[:, 1])
+    inverted = box_ops.inverted(array)
     if inverted.any():
         raise ValueError(
             f"{name} must be {box_format} boxes; {int(inverted.sum())} have a max below their "

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from yolojax import boxes as box_ops
 from yolojax.validation import check_positive_int
 
 # How far past [0, 1] a normalized coordinate may be (float rounding of a user's own
@@ -53,7 +54,7 @@ def _check_encode_values(boxes, labels, mask, num_classes):
     outside = ~np.all(
         (real_boxes >= -_NORMALIZED_SLACK) & (real_boxes <= 1 + _NORMALIZED_SLACK), axis=-1
     )
-    inverted = (real_boxes[:, 2] < real_boxes[:, 0]) | (real_boxes[:, 3] < real_boxes[:, 1])
+    inverted = box_ops.inverted(real_boxes)
     for problem, bad in (("outside [0, 1]", outside), ("with max < min", inverted)):
         if bad.any():
             raise ValueError(
