@@ -64,18 +64,7 @@ def main(argv):
         results = eval_lib.evaluate_checkpoint(
             config, FLAGS.workdir, checkpoint, voc_results_folder=FLAGS.voc_results
         )
-    print(results["table"])
-    print(
-        f"step {results['step']}: mAP@0.5 VOC07 11-point {results['mAP']:.4f}, "
-        f"area {results['mAP_area']:.4f} on {results['num_images']} {results['split']} images "
-        f"({results['images_per_second']:.1f} images/s)"
-    )
-    if not sum(results["num_positives"]):
-        print(
-            f"The {results['split']} images have no ground truth, so no mAP: for VOC2012 "
-            "test, whose annotations are not public, submit --voc_results files to the "
-            "VOC evaluation server."
-        )
+    print(eval_lib.report(results))
     if results.get("saved"):
         *others, last = map(str, results["saved"])
         print(f"Saved {', '.join(others)}{' and ' if others else ''}{last}.")

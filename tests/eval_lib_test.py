@@ -10,6 +10,7 @@ examples, difficult flags) changes the mAP.
 
 import collections
 import io
+import json
 import types
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from tests import tiny
 from yolojax import checkpoints, distributed, eval_lib, train_lib
 from yolojax.config import resolve_num_classes
 from yolojax.data import pipeline
+from yolojax.data.testing import VocImage, VocObject, write_voc_folder
 from yolojax.detector import Detector
 
 GRID, SIZE, NUM_TEST = 4, 64, 20
@@ -202,3 +204,32 @@ def test_two_eval_images_of_one_name_are_refused_for_voc_results(tmp_path, monke
             tmp_path, {0: nothing, 1: nothing}, types.SimpleNamespace(data=None), info
         )
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_a_split_without_ground_truth_reports_its_detections_and_why_there_is_no_map(tmp_path):
+    # As VOC2012 test in TFDS: images without objects. A table and a mAP of NaNs tell nothing.
+    config, _, state, detections = _known_output_model(tmp_path)
+    class_names = pipeline.get_dataset_info(config.data).class_names
+    images = [
+        VocImage(f"train{i}", SIZE, SIZE, [VocObject(class_names[0], (8, 8, 40, 40))])
+        for i in range(4)
+    ]
+    images += [VocImage(f"test{i}", SIZE, SIZE, []) for i in range(3)]
+    ids = [image.image_id for image in images]
+    config.data.source, config.data.class_names = "voc_folder", class_names
+    config.data.folder = write_voc_folder(
+        str(tmp_path / "voc"), images, image_sets={"train": ids[:4], "test": ids[4:]}
+    )
+    workdir = tmp_path / "run"
+    manager = checkpoints.Checkpoints(workdir, checkpoints.model_signature(config))
+    manager.save(0, state)
+    manager.wait()
+    manager.close()
+
+    results = eval_lib.evaluate_checkpoint(config, workdir)
+
+    report = eval_lib.report(results)
+    assert f"step 0: {3 * len(detections)} detections on 3 test images" in report
+    assert "no ground truth, so no mAP" in report and "--voc_results" in report
+    assert "nan" not in report.lower()
+    assert json.loads((workdir / "eval" / "metrics.json").read_text())["mAP"] is None

@@ -252,6 +252,28 @@ def evaluate_checkpoint(
     return results
 
 
+def report(results: dict) -> str:
+    """What evaluate.py prints of :func:`evaluate_checkpoint`'s ``results``: the per-class
+    AP table and a line with the step, mAP, split and speed; for a split without ground
+    truth (VOC2012 test), the detections counted and why there is no mAP instead."""
+    where = (
+        f"on {results['num_images']} {results['split']} images "
+        f"({results['images_per_second']:.1f} images/s)"
+    )
+    if not sum(results["num_positives"]):  # every AP is NaN: a table of them tells nothing
+        return (
+            f"step {results['step']}: {results['num_detections']} detections {where}. "
+            f"The {results['split']} images have no ground truth, so no mAP: for VOC2012 "
+            "test, whose annotations are not public, submit --voc_results files to the VOC "
+            "evaluation server."
+        )
+    return (
+        f"{results['table']}\n"
+        f"step {results['step']}: mAP@0.5 VOC07 11-point {results['mAP']:.4f}, "
+        f"area {results['mAP_area']:.4f} {where}"
+    )
+
+
 def _write_voc_results(folder, detections: dict, config, info) -> None:
     """The devkit's results files of :func:`evaluate`'s ``detections``, each image named by
     its file in the eval split."""
