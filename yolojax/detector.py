@@ -29,8 +29,8 @@ class ImageDetections(NamedTuple):
 
     Attributes:
       boxes: ``(K, 4)`` float ``[xmin, ymin, xmax, ymax]`` in pixels of the input image.
-      scores: ``(K,)`` confidence × class score.
-      labels: ``(K,)`` int class ids.
+      scores: ``(K,)`` float32 confidence × class score.
+      labels: ``(K,)`` int32 class ids.
       class_names: ``K`` names.
     """
 
@@ -53,6 +53,16 @@ class Detector:
 
     Images are resized to the model's square input (as in training), and the boxes are
     mapped back to the input image's pixels.
+
+    Args:
+      model: the YOLO module (:func:`yolojax.get_model`).
+      variables: its ``{'params': ..., 'batch_stats': ...}`` (no batch_stats for GroupNorm
+        models; :func:`yolojax.train_lib.model_variables` of a train state).
+      config: the run config: the grid and classes (``config.model``), the input size and
+        normalization (``config.data``), NMS's settings (``config.eval``).
+      class_names: ``config.model.num_classes`` names, in label order.
+      score_threshold: detections scored below it are dropped; higher than evaluation's
+        0.005, which keeps the long tail that mAP needs.
     """
 
     def __init__(self, model, variables, config, class_names, *, score_threshold: float = 0.25):
@@ -79,7 +89,11 @@ class Detector:
         cls, workdir, *, config=None, checkpoint: str | int = "latest", score_threshold=0.25
     ):
         """Restores ``checkpoint`` ('latest', 'best' or a step, also as text) of a training
-        workdir."""
+        workdir.
+
+        ``config``: the run's config; by default the one it saved (``workdir/config.json``).
+        ``score_threshold``: as in the constructor.
+        """
         checkpoint = checkpoints.parse_which(checkpoint)  # before the restore, which is slow
         check_threshold("score_threshold", score_threshold)
         config = config if config is not None else load_run_config(workdir)

@@ -9,8 +9,9 @@ from yolojax import boxes as box_ops
 from yolojax.outputs import split_predictions
 from yolojax.validation import check_positive_int, check_threshold
 
-# Candidates that enter NMS per image by default: a quarter of VOC's S·S·B·C = 1960 (box,
-# class) pairs. NMS builds a K × K IoU matrix per image, so K bounds its memory and time.
+# Candidates that enter NMS per image by default: about a quarter of VOC's S·S·B·C = 1960
+# (box, class) pairs, rounded up to a power of two. NMS builds a K × K IoU matrix per image,
+# so K bounds its memory and time.
 PRE_NMS_TOP_K = 512
 
 
@@ -190,6 +191,20 @@ def detect(
 
     :func:`decode` then :func:`nms` per image (vmapped); jit-able with the keyword
     arguments static.
+
+    Args:
+      outputs: the model's raw outputs ``(N, S, S, C + 5B)``.
+      num_classes, num_boxes: C and B.
+      score_threshold: (box, class) pairs scored below it are dropped (evaluation uses
+        ``config.eval.score_threshold``, 0.005; the Detector 0.25).
+      iou_threshold: same-class boxes overlapping a better one by more are suppressed.
+      max_detections: K, the fixed number of detections per image (padding has
+        ``valid`` False).
+      pre_nms_top_k: the best-scored pairs per image that enter NMS (:func:`nms`).
+
+    Returns:
+      :class:`Detections`: boxes ``(N, K, 4)`` normalized yxyx, scores ``(N, K)``,
+      labels ``(N, K)`` int32, valid ``(N, K)`` bool; best first per image.
     """
     _check_nms_args(score_threshold, iou_threshold, max_detections, pre_nms_top_k)
     boxes, scores = decode(outputs, num_classes=num_classes, num_boxes=num_boxes)

@@ -54,7 +54,9 @@ def default_synthetic_config() -> ml_collections.ConfigDict:
     synthetic.num_train = 4000  # images in the 'train' split
     synthetic.num_test = 500  # images in the 'test' split
     synthetic.image_size = 128  # stored images are image_size x image_size pixels
-    synthetic.max_objects = 4  # 1..max_objects regular (non-difficult) objects per image
+    # 1..max_objects shapes per image (fewer where one finds no free place), at times one tiny
+    # extra; the tiny and the mostly hidden ones are flagged difficult.
+    synthetic.max_objects = 4
     # Longer side of a regular object as a fraction of the image side.
     synthetic.min_object_size = 0.15
     synthetic.max_object_size = 0.6

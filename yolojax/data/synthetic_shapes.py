@@ -1,12 +1,13 @@
 """`synthetic_shapes`: an embedded detection dataset, generated procedurally (no download).
 
-Each image holds 1..`max_objects` coloured shapes (ellipse, rectangle, triangle, star, cross)
-of varied size, aspect ratio and small rotation, on a textured, noisy background. Colours are
-random and not tied to the class, so a detector must learn shape. Objects overlap a little
-(IoU <= 0.3, centres apart); some images get one tiny extra object, and an object mostly hidden
-by others is possible: both are flagged `is_difficult`, as VOC does, and VOC evaluation
-ignores them. The features mirror TFDS `voc` (`image`, `image/filename`, `objects/{label,
-bbox, is_difficult, is_truncated}`), so the same pipeline reads both.
+Each image holds 1..`max_objects` coloured shapes (ellipse, rectangle, triangle, star, cross;
+fewer where one finds no free place) of varied size, aspect ratio and small rotation, on a
+textured, noisy background. Colours are random and not tied to the class, so a detector must
+learn shape. Objects overlap a little (IoU <= 0.3, centres apart); some images get one tiny
+extra object, and an object mostly hidden by others is possible: both are flagged
+`is_difficult`, as VOC does, and VOC evaluation ignores them. The features mirror TFDS `voc`
+(`image`, `image/filename`, `objects/{label, bbox, is_difficult, is_truncated}`), so the same
+pipeline reads both.
 
 The dataset is a pure function of its builder config (and the builder version): example `i`
 of a split is drawn from `np.random.default_rng([seed, split_index, i])`.

@@ -118,7 +118,8 @@ def get_classifier(
       dtype: compute dtype, 'float32' or 'bfloat16' (parameters stay float32).
       axis_name: BatchNorm's cross-device axis (the mesh axis 'batch' of the train step),
         None otherwise.
-      num_groups: GroupNorm groups, used by 'darknet_gn' only.
+      num_groups: GroupNorm groups, used by 'darknet_gn' only (but checked to be a positive
+        integer for every Darknet arch).
       conv_impl: 'auto', 'xla' or 'dot' (see `yolojax.models.conv`).
 
     Raises:

@@ -33,11 +33,12 @@ import jax.numpy as jnp
 from jax import lax
 
 CONV_IMPLS = ("auto", "xla", "dot")
-# Rows of the matrix product (N·H'·W', per device): 7×7 maps at batch 8, as in YOLO's heads
-# and ResNet's last stage at 224 px. Measured layer by layer on the CPU (3×3, 64-2048
-# channels, 5²-14² maps, batch 8-32), the matrix product wins up to about 800 rows, ties
-# around 800 and loses from 1,568 (14×14 at batch 8, 7×7 at batch 32), the im2col copy
-# growing with the batch; whole train steps agree (BENCHMARKS.md, "Train step", item 1).
+# The most rows of the matrix product (N·H'·W', per device) for which 'auto' picks it: 7×7 maps
+# at batch 8 (392 rows), as in YOLO's heads and ResNet's last stage at 224 px, are below it.
+# Measured layer by layer on the CPU (3×3, 64-2048 channels, 5²-14² maps, batch 8-32), the
+# matrix product wins up to about 800 rows, ties around 800 and loses from 1,568 (14×14 at
+# batch 8, 7×7 at batch 32), the im2col copy growing with the batch; whole train steps agree
+# (BENCHMARKS.md, "Train step", item 1).
 MAX_DOT_ROWS = 512
 
 

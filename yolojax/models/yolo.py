@@ -9,7 +9,8 @@ Heads:
            `fc_hidden` → Dropout → LeakyReLU(0.1) → Dense S·S·(C+5B) (the report's order).
   'seed' — the report's ResNet/VGG choice: the backbone's own penultimate vector (ResNet:
            global-average-pooled 512·expansion; VGG: its classifier up to the second 4096
-           layer; Darknet: global-average-pooled 1024) → one Dense S·S·(C+5B).
+           layer; Darknet: its last layer global-average-pooled, 1024 wide, darknet_tiny's
+           256) → one Dense S·S·(C+5B).
   'conv' — beyond the report, what the strongest YOLOv1 reproductions use: keep the feature
            map, bring it to S×S, `head_conv_layers` 3×3 conv + norm + LeakyReLU layers of
            `head_channels`, and a 1×1 conv to C+5B per cell. A map of exactly 2S×2S (ResNet
