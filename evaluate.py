@@ -8,7 +8,7 @@ run's command-line overrides need not be repeated; --config gives another (confi
 is the saved one, open to overrides), which must describe the same model. Writes
 <workdir>/eval/metrics.json and <workdir>/eval/pr_curves.png (precision-recall curves).
 
-    python evaluate.py --workdir W --config configs/run.py:W \
+    python evaluate.py --workdir W --config configs/run.py:W \\
         --config.data.eval_split=voc/2012:test --voc_results results/VOC2012/Main
 
 also writes the detections as the VOC devkit's results files, one per class

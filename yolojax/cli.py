@@ -18,6 +18,7 @@ import os
 import sys
 import textwrap
 import traceback as traceback_lib
+from pathlib import Path
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -33,6 +34,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 # The base classes of every error the library documents as the user's to fix.
 USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 TRACEBACK_ENV = "YOLOJAX_TRACEBACK"
+# The repository's configs/ (not installed with the package: absent from a wheel install).
+BUNDLED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 class _FailedRestoreNoise(logging.Filter):
@@ -103,6 +106,15 @@ def _config_argument(argv: list[str]) -> str | None:
         if arg == "--config" and index + 1 < len(argv):
             return argv[index + 1]
     return None
+
+
+def _overrides_of(argv: list[str], field: str) -> list[str]:
+    """The ``--config.<key>=...`` arguments of ``argv`` whose key has ``field`` as a part."""
+    return [
+        arg
+        for arg in argv
+        if arg.startswith("--config.") and field in arg[len("--config.") :].split("=")[0].split(".")
+    ]
 
 
 def _flag_error_report(error: Exception, argv: list[str]) -> str:
@@ -176,13 +188,33 @@ def parse_flags(argv: list[str]) -> list[str]:
             )
         if "get_config" in str(message):
             _flags_error(f"the --config file has no get_config() function ({message}).")
+        field, _, advice = str(message).partition("\n")  # "'batchsize'", 'Did you mean ...'
+        given = _overrides_of(argv, field.strip("'"))
         _flags_error(
-            f"no such config field {message}\nThe fields and their defaults are in "
+            f"no such config field {field}{' in ' + ', '.join(given) if given else ''}\n"
+            f"{advice + chr(10) if advice else ''}The fields and their defaults are in "
             "yolojax/config.py and yolojax/data/config.py."
         )
     except OSError as error:
-        # ml_collections re-raises the file's error as a generic 'not available' OSError.
-        _flags_error(f"cannot load the --config file: {error.__cause__ or error}")
+        config_file = (_config_argument(argv) or "").split(":", 1)[0]
+        if config_file and not os.path.exists(config_file):
+            bundled = sorted(BUNDLED_CONFIGS.glob("[!_]*.py"))
+            _flags_error(
+                f"cannot load the --config file: No such file or directory: {config_file!r}"
+                + (
+                    f". The bundled configs: {', '.join(f'configs/{p.name}' for p in bundled)}"
+                    " (from the repository root)."
+                    if bundled
+                    else "."
+                )
+            )
+        # ml_collections re-raises the file's error as a generic 'not available' OSError,
+        # whose first line names its flag's internal name ('config_config').
+        lines = str(error.__cause__ or error).splitlines()
+        _flags_error(
+            "cannot load the --config file: "
+            + "\n".join(line for line in lines if "Failed loading config file" not in line)
+        )
     except SyntaxError as error:
         _flags_error(
             f"the --config file is not valid Python: {error.filename}, line {error.lineno}: "
