@@ -5,6 +5,7 @@ each test puts recording handlers in place first, so that a signal that gets pas
 ``StopSignals`` is seen, not fatal to pytest.
 """
 
+import os
 import signal
 import threading
 
@@ -97,6 +98,20 @@ def test_a_signal_the_process_ignores_stays_ignored(previous):
         signal.raise_signal(signal.SIGTERM)
         assert not stop.should_stop(1)
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+
+
+def test_an_ignored_ctrl_c_is_warned_of_and_sigterm_named(previous, recwarn):
+    with preemption.StopSignals():  # both handled: nothing to say
+        pass
+    # A script's background job: `python train.py ... &` starts with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    warning = rf"ignores Ctrl-C .* kill -TERM {os.getpid()}\."
+    with pytest.warns(UserWarning, match=warning), preemption.StopSignals():
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # both ignored: naming SIGTERM would mislead
+    with preemption.StopSignals():
+        pass
+    assert not recwarn.list  # (pytest.warns takes the one it matched)
 
 
 def test_outside_the_main_thread_nothing_changes(previous):

@@ -281,6 +281,7 @@ def test_ctrl_c_saves_the_step_reached_and_the_rerun_trains_as_if_uninterrupted(
     stop = _stopped_by(signal.SIGINT, 3, config, stopped, monkeypatch)
     assert (stop.step, stop.exit_status) == (3, 130)
     assert _checkpoint_steps(stopped) == ["3"]
+    assert (stopped / "loss.png").exists()  # the curves so far
     assert "SIGINT received: training stops after the current step" in capfd.readouterr().err
     assert signal.getsignal(signal.SIGINT) is handler
 

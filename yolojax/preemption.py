@@ -9,8 +9,9 @@ for SIGTERM, 130 for Ctrl-C), as a process killed by that signal would.
 
 * One process: SIGTERM and the first Ctrl-C only set a flag, and say so on stderr. The same
   signal again acts at once, with the handler that was there before (a second Ctrl-C raises
-  ``KeyboardInterrupt``, a second SIGTERM terminates). A signal the process ignores
-  (``nohup``) stays ignored.
+  ``KeyboardInterrupt``, a second SIGTERM terminates). A signal the process ignores stays
+  ignored: a background job that a script (a non-interactive shell) starts ignores SIGINT,
+  so ``kill -INT`` does nothing there; :class:`StopSignals` warns of it and names SIGTERM.
 * Several processes (``jax.distributed``): every process takes part in a save, so all must
   stop after the same step. JAX's preemption service already catches SIGTERM in each process
   (for the whole job: a second SIGTERM does nothing, only SIGKILL ends a process at once) and
@@ -26,6 +27,7 @@ for SIGTERM, 130 for Ctrl-C), as a process killed by that signal would.
 import os
 import signal
 import threading
+import warnings
 
 import jax
 from jax.experimental import multihost_utils
@@ -103,6 +105,12 @@ class StopSignals:
             if previous is not signal.SIG_IGN:
                 self._previous[signal_number] = previous
                 signal.signal(signal_number, self._handle)
+        if signal.SIGINT not in self._previous and signal.SIGTERM in self._previous:
+            warnings.warn(
+                "This process ignores Ctrl-C (SIGINT), as a background job started by a script "
+                f"does: to stop training with a checkpoint, use kill -TERM {os.getpid()}.",
+                stacklevel=2,
+            )
         return self
 
     def __exit__(self, *exc_info) -> None:

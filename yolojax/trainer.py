@@ -225,6 +225,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         ckpt.wait()
         record(step, scalars)
         report(step, results)
+        if is_main:  # the curves so far, to watch a long run by
+            plots.plot_training_curves(workdir)
         return {**results, "step": step}
 
     on_devices = distributed.replicate(state, mesh)
@@ -262,7 +264,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             if is_main:
                 tqdm.write(f"Evaluating step {start_step}, which was saved but not evaluated.")
             results = run_evaluation(start_step, on_devices)
-        with preemption.StopSignals() as stop_signals, _warnings_above_progress_bars():
+        with _warnings_above_progress_bars(), preemption.StopSignals() as stop_signals:
             for step in range(start_step + 1, total_steps + 1):
                 batch = distributed.shard_batch(next(train_iter), mesh)
                 on_devices, metrics = train_step(on_devices, batch)
@@ -340,8 +342,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         ckpt.close()
         if is_main:
             tensorboard.close()
+            # Also for a stopped or failed run: its curves up to there.
+            plots.plot_training_curves(workdir)
     if is_main:
-        plots.plot_training_curves(workdir)
         print(
             f"Saved in {workdir}: checkpoints/ (the last {config.train.keep_checkpoints}), best/ "
             "(the best test mAP), metrics.jsonl, loss.png, mAP.png, tensorboard/. Evaluate "
