@@ -255,6 +255,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         disable=not is_main,
         unit="step",
         dynamic_ncols=True,
+        # The rate over the whole run: steps are dispatched ahead of the device and the loop
+        # waits at each log step, so a recent-steps rate swings between both extremes.
+        smoothing=0,
     )
 
     try:
