@@ -243,6 +243,15 @@ def _on_step(number, action):
     return make_step
 
 
+@pytest.fixture(name="ctrl_c")
+def fixture_ctrl_c():
+    """Ctrl-C as in a terminal (Python's KeyboardInterrupt handler) for the test, also where
+    pytest started ignoring SIGINT (run as a script's background job, which trainer warns of)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _stopped_by(signal_number, at_step, config, workdir, monkeypatch) -> preemption.TrainingStopped:
     """Trains with `signal_number` raised during step `at_step`; the stop it causes.
 
@@ -269,6 +278,7 @@ def _evaluated_steps(workdir) -> list[int]:
     return [step for step, _ in _logged(workdir, "test_mAP")]
 
 
+@pytest.mark.usefixtures("ctrl_c")
 def test_ctrl_c_saves_the_step_reached_and_the_rerun_trains_as_if_uninterrupted(
     tmp_path, data_dir, monkeypatch, capfd
 ):
@@ -298,6 +308,7 @@ def test_ctrl_c_saves_the_step_reached_and_the_rerun_trains_as_if_uninterrupted(
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.usefixtures("ctrl_c")
 def test_ctrl_c_during_an_evaluation_stops_at_that_step(tmp_path, data_dir, monkeypatch):
     config = tiny_config(data_dir)  # 8 steps, evaluated and saved at 4 and 8
     evaluate, calls = eval_lib.evaluate, []
@@ -348,6 +359,7 @@ def test_a_crash_during_an_evaluation_loses_no_evaluation(tmp_path, data_dir, mo
     assert (tmp_path / "best").is_dir()
 
 
+@pytest.mark.usefixtures("ctrl_c")
 def test_a_second_ctrl_c_interrupts_at_once_and_says_where_to_resume_from(
     tmp_path, data_dir, monkeypatch
 ):
