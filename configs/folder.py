@@ -3,7 +3,7 @@ Wearing and MakeML traffic-sign datasets: in VOC layout (Annotations/*.xml, JPEG
 optional ImageSets/Main/*.txt), or each XML beside its image as Roboflow's "Pascal VOC"
 export writes them (in train/, valid/, test/ folders, or all in one).
 
-    python train.py --config configs/folder.py:resnet152 --config.data.folder=/data/masks \
+    python train.py --config configs/folder.py:resnet152 --config.data.folder=/data/masks \\
         --workdir runs/masks
 
 Variants name the backbone as in configs/voc.py (default resnet152). The class count comes

@@ -105,7 +105,7 @@ def test_bad_inputs_are_skipped_named_and_make_the_command_fail(workdir, tmp_pat
     assert "not an image" in reasons[str(not_image)]
     assert "no such file" in reasons[str(missing)]
     assert "folder" in reasons[str(folder)]
-    assert lines[-1].startswith("4 of 6 inputs could not be read: ")
+    assert lines[-1].startswith("4 inputs could not be read (2 images were): ")
     assert all(p in lines[-1] for p in bad)
     assert "Traceback" not in "\n".join(lines)
 
@@ -117,7 +117,7 @@ def test_no_readable_input_still_fails_with_the_summary(workdir, tmp_path, capsy
     assert _record(out) == {}
     err = capsys.readouterr().err
     assert err.count("Skipping ") == 2
-    assert "2 of 2 inputs could not be read" in err
+    assert "2 inputs could not be read (0 images were)" in err
 
 
 def test_same_named_inputs_get_distinct_drawings(workdir, tmp_path, capsys):

@@ -93,7 +93,7 @@ def test_the_previous_handlers_come_back_after_a_block_without_signals(previous)
 
 
 def test_a_signal_the_process_ignores_stays_ignored(previous):
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as under nohup
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as a parent that ignores it leaves it
     with preemption.StopSignals() as stop:
         signal.raise_signal(signal.SIGTERM)
         assert not stop.should_stop(1)

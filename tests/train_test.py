@@ -343,6 +343,23 @@ def test_a_stop_skips_the_evaluation_of_its_step_and_the_rerun_does_it_first(
     assert _evaluated_steps(tmp_path) == [4, 8]
 
 
+def test_curves_are_drawn_at_each_evaluation_and_a_failure_to_draw_only_warns(
+    tmp_path, data_dir, monkeypatch
+):
+    config = tiny_config(data_dir)  # 8 steps, evaluated at 4 and 8, logged every 2
+    drawn = []  # the last logged step at each drawing
+
+    def full_disk(workdir):
+        drawn.append(max(record["step"] for record in workdir_io.read_metrics(workdir)))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(trainer.plots, "plot_training_curves", full_disk)
+    with pytest.warns(UserWarning, match="Could not draw the training curves: .*No space left"):
+        stop = _stopped_by(signal.SIGTERM, 6, config, tmp_path, monkeypatch)
+    assert (stop.step, stop.exit_status) == (6, 143)  # the stop reaches the caller, not OSError
+    assert drawn == [4, 6]  # after the evaluation of step 4, and at the stop
+
+
 def test_a_crash_during_an_evaluation_loses_no_evaluation(tmp_path, data_dir, monkeypatch):
     config = tiny_config(data_dir)
 

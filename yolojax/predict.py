@@ -15,8 +15,8 @@ sideways); the boxes are in the pixels of the upright image.
 
 An input that cannot be read (missing, a folder without images, not an image, truncated or
 corrupt) does not stop the others: it is reported on stderr as ``Skipping <path>:
-<reason>`` and left out of detections.json. The command then ends with ``N of M inputs
-could not be read: ...`` on stderr and exit status 1 (also when no input could be read;
+<reason>`` and left out of detections.json. The command then ends with ``N inputs could
+not be read (M images were): ...`` on stderr and exit status 1 (also when no input could be read;
 detections.json is then written as ``{}``, so that it never lists a previous run's
 images). Otherwise it exits 0.
 
@@ -227,8 +227,11 @@ def main(argv=None) -> None:
     print(f"{total} detections in {len(images)} images → {Path(args.out) / DETECTIONS_FILE}")
     if failed:
         listed = ", ".join(list(failed)[:5]) + (", ..." if len(failed) > 5 else "")
-        count = len(images) + len(failed)
-        print(f"{len(failed)} of {count} inputs could not be read: {listed}", file=sys.stderr)
+        print(
+            f"{len(failed)} input{'s' * (len(failed) != 1)} could not be read "
+            f"({len(images)} images were): {listed}",
+            file=sys.stderr,
+        )
         raise SystemExit(1)
 
 

@@ -166,12 +166,27 @@ def train_and_evaluate(config, workdir: str) -> dict:
         workdir_io.truncate_metrics(workdir, start_step)
         tensorboard = workdir_io.TensorBoardWriter(workdir, start_step)
 
+    curves_drawn = True  # whether loss.png and mAP.png show every record logged so far
+
     def record(step: int, scalars: dict) -> None:
+        nonlocal curves_drawn
         if is_main:
             workdir_io.append_metrics(
                 workdir, {"step": step, "epoch": step / steps_per_epoch, **scalars}
             )
             tensorboard.write(step, scalars)
+            curves_drawn = False
+
+    def draw_curves() -> None:
+        """loss.png and mAP.png of the records so far; a failure (a full disk) only warns:
+        the plots are for watching, and training (or the error on its way out) goes on."""
+        nonlocal curves_drawn
+        if is_main and not curves_drawn:
+            try:
+                plots.plot_training_curves(workdir)
+                curves_drawn = True
+            except OSError as error:
+                warnings.warn(f"Could not draw the training curves: {error}", stacklevel=2)
 
     mesh = distributed.mesh()
     train_step = train_lib.make_train_step(model, config, schedule, mesh)
@@ -225,8 +240,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         ckpt.wait()
         record(step, scalars)
         report(step, results)
-        if is_main:  # the curves so far, to watch a long run by
-            plots.plot_training_curves(workdir)
+        draw_curves()  # the curves so far, to watch a long run by
         return {**results, "step": step}
 
     on_devices = distributed.replicate(state, mesh)
@@ -345,8 +359,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         ckpt.close()
         if is_main:
             tensorboard.close()
-            # Also for a stopped or failed run: its curves up to there.
-            plots.plot_training_curves(workdir)
+        draw_curves()  # also for a stopped or failed run: its curves up to there
     if is_main:
         print(
             f"Saved in {workdir}: checkpoints/ (the last {config.train.keep_checkpoints}), best/ "
