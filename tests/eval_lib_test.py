@@ -230,6 +230,9 @@ def test_a_split_without_ground_truth_reports_its_detections_and_why_there_is_no
 
     report = eval_lib.report(results)
     assert f"step 0: {3 * len(detections)} detections on 3 test images" in report
-    assert "no ground truth, so no mAP" in report and "--voc_results" in report
+    assert (
+        "no ground truth (no objects, or only difficult ones), so no mAP" in report
+        and "--voc_results" in report
+    )
     assert "nan" not in report.lower()
     assert json.loads((workdir / "eval" / "metrics.json").read_text())["mAP"] is None

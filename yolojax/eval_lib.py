@@ -263,9 +263,9 @@ def report(results: dict) -> str:
     if not sum(results["num_positives"]):  # every AP is NaN: a table of them tells nothing
         return (
             f"step {results['step']}: {results['num_detections']} detections {where}. "
-            f"The {results['split']} images have no ground truth, so no mAP: for VOC2012 "
-            "test, whose annotations are not public, submit --voc_results files to the VOC "
-            "evaluation server."
+            f"The {results['split']} images have no ground truth (no objects, or only "
+            "difficult ones), so no mAP: for VOC2012 test, whose annotations are not public, "
+            "submit --voc_results files to the VOC evaluation server."
         )
     return (
         f"{results['table']}\n"
