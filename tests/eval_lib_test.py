@@ -20,7 +20,7 @@ from PIL import Image
 
 from benchmarks.voc_reference import voc_eval_all
 from tests import tiny
-from yolojax import checkpoints, distributed, eval_lib, train_lib
+from yolojax import distributed, eval_lib, train_lib
 from yolojax.config import resolve_num_classes
 from yolojax.data import pipeline
 from yolojax.data.testing import VocImage, VocObject, write_voc_folder
@@ -118,10 +118,7 @@ def _write_voc_results(config, state, tmp_path):
     score, label)]}``, the test split's image ids in stored order) for ``state`` saved as
     a run's checkpoint."""
     workdir, folder = tmp_path / "run", tmp_path / "results"
-    manager = checkpoints.Checkpoints(workdir, checkpoints.model_signature(config))
-    manager.save(0, state)
-    manager.wait()
-    manager.close()
+    tiny.save_checkpoint(config, state, workdir)
 
     results = eval_lib.evaluate_checkpoint(config, workdir, voc_results_folder=folder)
 
@@ -221,10 +218,7 @@ def test_a_split_without_ground_truth_reports_its_detections_and_why_there_is_no
         str(tmp_path / "voc"), images, image_sets={"train": ids[:4], "test": ids[4:]}
     )
     workdir = tmp_path / "run"
-    manager = checkpoints.Checkpoints(workdir, checkpoints.model_signature(config))
-    manager.save(0, state)
-    manager.wait()
-    manager.close()
+    tiny.save_checkpoint(config, state, workdir)
 
     results = eval_lib.evaluate_checkpoint(config, workdir)
 

@@ -30,10 +30,7 @@ def workdir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
     config = tiny.tiny_config(str(workdir / "tfds"))  # no data is read
     _, state, _ = train_lib.initial_state(config, config.train.batch_size)
-    manager = checkpoints.Checkpoints(workdir, checkpoints.model_signature(config))
-    manager.save(0, state)
-    manager.wait()
-    manager.close()
+    tiny.save_checkpoint(config, state, workdir)
     atomic_write_text(workdir / CONFIG_FILE, config.to_json_best_effort(indent=2))
 
     # Restoring takes ~10 s on two cores: each (workdir, settings) is restored once here.
@@ -175,10 +172,7 @@ def test_the_command_writes_the_boxes_above_its_score_threshold_in_pixels(tmp_pa
     out_layer = state.params["head"]["out"]
     params = jax.tree.map(lambda x: x, state.params)  # a copy to edit
     params["head"]["out"] = {"kernel": np.zeros_like(out_layer["kernel"]), "bias": bias}
-    manager = checkpoints.Checkpoints(workdir, checkpoints.model_signature(config))
-    manager.save(0, state.replace(params=params))
-    manager.wait()
-    manager.close()
+    tiny.save_checkpoint(config, state.replace(params=params), workdir)
     atomic_write_text(workdir / CONFIG_FILE, config.to_json_best_effort(indent=2))
     atomic_write_text(workdir / CLASSES_FILE, json.dumps(synthetic_shapes.CLASS_NAMES))
     image = _image(tmp_path / "street.png", 80, 48)  # cells of 20 × 12 pixels

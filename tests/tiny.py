@@ -4,7 +4,7 @@ configs/shapes.py shrunk to 64 px inputs, a 4×4 grid, one 1×1-deep conv head a
 dozen images, so that a step compiles and runs in seconds on two CPU cores. Tests that
 need more (epochs, evaluations, checkpoints) set those fields on the returned config.
 :func:`stored_split` reads the stored dataset, :func:`tensorboard_scalars` a run's
-TensorBoard log.
+TensorBoard log, :func:`save_checkpoint` makes a run's checkpoint of a state.
 """
 
 from configs import shapes
@@ -32,6 +32,17 @@ def tiny_config(data_dir: str, *, num_train: int = 32, num_test: int = 12, head_
     config.eval.every_epochs = 0  # evaluate once, after the last step
     config.eval.train_subset = 0
     return config
+
+
+def save_checkpoint(config, state, workdir, step: int = 0) -> None:
+    """Saves ``state`` as the checkpoint of ``step`` in the run folder ``workdir``, as
+    training would for ``config``'s model."""
+    from yolojax import checkpoints
+
+    manager = checkpoints.Checkpoints(workdir, checkpoints.model_signature(config))
+    manager.save(step, state)
+    manager.wait()
+    manager.close()
 
 
 def stored_split(data_config, split: str):

@@ -108,6 +108,11 @@ def _config_argument(argv: list[str]) -> str | None:
     return None
 
 
+def _config_file(argv: list[str]) -> str:
+    """The ``--config`` file's path in ``argv``, without its ``:variant``; '' if none."""
+    return (_config_argument(argv) or "").split(":", 1)[0]
+
+
 def _overrides_of(argv: list[str], field: str) -> list[str]:
     """The ``--config.<key>=...`` arguments of ``argv`` whose key has ``field`` as a part."""
     return [
@@ -177,7 +182,7 @@ def parse_flags(argv: list[str]) -> list[str]:
         message = error
         while isinstance(message, BaseException) and message.args:  # KeyError in AttributeError
             message = message.args[0]
-        config_file = (_config_argument(argv) or "").split(":", 1)[0]
+        config_file = _config_file(argv)
         line = _config_file_line(error, config_file) if config_file else None
         if line is not None:  # the file's own code, such as a field it reads that is not there
             # ConfigDict's message quotes the field already; a dict's KeyError holds the key.
@@ -196,7 +201,7 @@ def parse_flags(argv: list[str]) -> list[str]:
             "yolojax/config.py and yolojax/data/config.py."
         )
     except OSError as error:
-        config_file = (_config_argument(argv) or "").split(":", 1)[0]
+        config_file = _config_file(argv)
         if config_file and not os.path.exists(config_file):
             bundled = sorted(BUNDLED_CONFIGS.glob("[!_]*.py"))
             _flags_error(

@@ -16,9 +16,9 @@ sideways); the boxes are in the pixels of the upright image.
 An input that cannot be read (missing, a folder without images, not an image, truncated or
 corrupt) does not stop the others: it is reported on stderr as ``Skipping <path>:
 <reason>`` and left out of detections.json. The command then ends with ``N inputs could
-not be read (M images were): ...`` on stderr and exit status 1 (also when no input could be read;
-detections.json is then written as ``{}``, so that it never lists a previous run's
-images). Otherwise it exits 0.
+not be read (M images were): ...`` on stderr and exit status 1 (also when no input could
+be read; detections.json is then written as ``{}``, so that it never lists a previous
+run's images). Otherwise it exits 0.
 
 An output folder used before keeps only this call's results: the drawings the previous
 detections.json lists are removed once the new one is written (no other file is touched).
