@@ -20,6 +20,10 @@ weights), on random images and boxes already on the device:
   with the JAX step (a round of JAX steps, then a round of each variant, repeated; each
   turn's first step untimed, since it pays for the memory the previous turn used) so a
   noisy machine slows all alike. The ratio is JAX images/s over the best variant's.
+* `--profile DIR`: the JAX step's kernels, traced with `jax.profiler` over one round of steps
+  before the timing (trace files in DIR/<backbone>) and summed by kind
+  (`benchmarks/kernel_profile.py`): convolutions, fusions, copies, GPU idle time; on a GPU
+  each PyTorch variant's too, with `torch.profiler` (DIR/<backbone>/<variant>.trace.json.gz).
 * decode + NMS: `jax.jit(yolojax.postprocess.detect_with_config)` (as evaluation runs it,
   with the config's `eval` settings) on random outputs of one batch.
 
@@ -64,7 +68,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from benchmarks import common
+from benchmarks import common, kernel_profile
 from configs import shapes, voc
 from yolojax import distributed, errors, huge_pages, models, postprocess, train_lib
 from yolojax.outputs import output_channels
@@ -267,6 +271,8 @@ def _torch_steps(config, batch: dict, args, torch_device, backbone: str) -> tupl
             if torch_device.type == "cuda":
                 torch.cuda.empty_cache()  # what the failed variant allocated
             continue
+        if args.profile and torch_device.type == "cuda":
+            _profile_torch(built[variant]["run"], args, backbone, variant)
         memory = built[variant].get("memory")
         _progress(
             backbone,
@@ -274,6 +280,35 @@ def _torch_steps(config, batch: dict, args, torch_device, backbone: str) -> tupl
             + (f", peak {memory / 2**30:.2f} GiB" if memory is not None else ""),
         )
     return built, failed
+
+
+def _profile(jax_step: dict, args, backbone: str, num_devices: int) -> None:
+    """Traces one round of JAX steps into `args.profile`/backbone and prints where the
+    first device's time went."""
+    directory = os.path.join(args.profile, backbone)
+    xplane, wall_ms = kernel_profile.trace(jax_step["run"], args.steps_per_round, directory)
+    summary = kernel_profile.summarize(
+        kernel_profile.gpu_kernels(xplane),
+        steps=args.steps_per_round,
+        wall_ms=wall_ms,
+        flops_per_step=jax_step["flops_per_step"] / num_devices,
+    )
+    _progress(backbone, f"profile written to {xplane}\n{summary}")
+
+
+def _profile_torch(run, args, backbone: str, variant: str) -> None:
+    """Traces one round of a PyTorch variant's steps into
+    `args.profile`/backbone/variant.trace.json.gz and prints where the time went; a profiler
+    failure is printed, not raised (the timing still runs)."""
+    path = os.path.join(args.profile, backbone, f"{variant}.trace.json.gz")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        kernels, wall_ms = kernel_profile.torch_trace(run, args.steps_per_round, path)
+    except Exception as error:
+        _progress(backbone, f"PyTorch {variant}: profile failed, {_one_line(error)}")
+        return
+    summary = kernel_profile.summarize(kernels, steps=args.steps_per_round, wall_ms=wall_ms)
+    _progress(backbone, f"PyTorch {variant}: profile written to {path}\n{summary}")
 
 
 def benchmark(backbone: str, args, devices: list, torch_device, peak: float) -> dict:
@@ -291,6 +326,8 @@ def benchmark(backbone: str, args, devices: list, torch_device, peak: float) -> 
         f"per image, memory {_jax_memory(devices[0], jax_step)}, "
         f"{jax_step['all_reduces']} all-reduce ops in the compiled step",
     )
+    if args.profile:  # before PyTorch's turn: a run cut short by a time limit still has it
+        _profile(jax_step, args, backbone, len(devices))
     steps = {"jax": jax_step["run"], "jax_host": jax_step["run_host_batch"]}
     if args.compare_conv_impl:  # the same step with other convolutions, timed in turn
         other_config = config.copy_and_resolve_references()
@@ -404,6 +441,12 @@ def parse_args(on_cpu: bool) -> argparse.Namespace:
         "--torch-variants",
         default="eager,eager_cl" if on_cpu else "compile_cl,eager_cl",
         help=f"comma-separated from {', '.join(TORCH_VARIANTS)}, or 'none'",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="trace the JAX step's (and on a GPU, PyTorch's) kernels into DIR/<backbone> "
+        "and print where the time went",
     )
     parser.add_argument(
         "--torch-threads",

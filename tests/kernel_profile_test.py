@@ -1,0 +1,143 @@
+"""benchmarks/kernel_profile.py sorts a trace's GPU kernels into kinds and adds up their time
+correctly: what BENCHMARKS.md says about where a GPU step's time goes rests on it."""
+
+import gzip
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from benchmarks import kernel_profile
+from benchmarks.kernel_profile import Kernel
+
+
+@pytest.mark.parametrize(
+    "name, op, kind",
+    [
+        # cuDNN's Hopper convolution kernels: forward, input and filter gradients.
+        (
+            "sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64",
+            "",
+            "convolution",
+        ),
+        ("sm90_xmma_dgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nchw", "", "convolution"),
+        ("sm80_xmma_wgrad_implicit_gemm_indexed_bf16bf16_bf16f32_f32", "", "convolution"),
+        ("cutlass__5x_cudnn::Kernel<cutlass_tensorop_bf16_s16816fprop>", "", "convolution"),
+        # A kernel named for nothing, placed by the XLA op it runs.
+        ("kernel_17", "cudnn-conv-bw-filter.3", "convolution"),
+        # cuBLAS on Hopper, and a GEMM fusion.
+        ("nvjet_hsh_128x256_64x4_2x1_v_bz_coopA_NNT", "", "matmul"),
+        ("gemm_fusion_dot_3", "", "matmul"),
+        # XLA's own fusions: a dtype cast is not a convolution.
+        ("loop_convert_fusion_2", "", "elementwise/other"),
+        ("loop_multiply_fusion_14", "", "elementwise/other"),
+        ("input_reduce_fusion_7", "", "reduction fusion"),
+        ("loop_transpose_fusion", "", "transpose/copy"),
+        ("MemcpyD2D", "", "transpose/copy"),
+        ("ncclDevKernel_AllReduce_Sum_f32_RING_LL", "", "collective"),
+    ],
+)
+def test_kernels_are_sorted_by_name_and_op(name, op, kind):
+    assert kernel_profile.kind_of(Kernel(name, op, 0.0, 1.0)) == kind
+
+
+def test_busy_time_counts_overlapping_kernels_once():
+    kernels = [
+        Kernel("a", "", 0, 10),  # [0, 10)
+        Kernel("b", "", 5, 10),  # [5, 15): 5 more
+        Kernel("c", "", 20, 5),  # [20, 25): 5 more
+        Kernel("d", "", 21, 1),  # inside c
+    ]
+    assert kernel_profile.busy_ns(kernels) == 20
+
+
+def test_summary_gives_each_kinds_time_per_step_and_the_idle_time():
+    ms = 1e6  # ns
+    kernels = [  # two steps of 50 ms each; per step 30 ms of convolution, 10 ms of fusion
+        Kernel("sm90_xmma_fprop_implicit_gemm", "", 0, 30 * ms),
+        Kernel("loop_add_fusion", "", 30 * ms, 10 * ms),
+        Kernel("sm90_xmma_fprop_implicit_gemm", "", 50 * ms, 30 * ms),
+        Kernel("loop_add_fusion", "", 80 * ms, 10 * ms),
+    ]
+    text = kernel_profile.summarize(kernels, steps=2, wall_ms=100, flops_per_step=3e12)
+    assert "50.00 ms per step, kernels running 40.00 ms (80%), GPU idle 10.00 ms" in text
+    assert "| convolution | 30.00 | 75.0% | 1 |" in text
+    assert "| elementwise/other | 10.00 | 25.0% | 1 |" in text
+    assert "Convolutions alone: 100.0 TFLOP/s" in text  # 3 TFLOP in 30 ms
+    # Without a measured wall time: the kernels' span, 0 to 90 ms.
+    text = kernel_profile.summarize(kernels, steps=2)
+    assert "45.00 ms per step, kernels running 40.00 ms (89%), GPU idle 5.00 ms" in text
+
+
+def test_kernels_are_read_from_the_gpu_streams_of_a_trace_file(tmp_path):
+    # An XSpace as the profiler writes it: kernels on a stream line, the same time again on a
+    # derived "XLA Ops" line, and a host plane; times in picoseconds from the line's start.
+    xspace = """
+    planes {
+      id: 1 name: "/device:GPU:0"
+      lines { id: 1 name: "Stream #13(compute)" timestamp_ns: 1000
+        events { metadata_id: 1 offset_ps: 0 duration_ps: 5000000
+                 stats { metadata_id: 1 str_value: "cudnn-conv.3" } }
+        events { metadata_id: 2 offset_ps: 6000000 duration_ps: 1000000 } }
+      lines { id: 2 name: "XLA Ops" timestamp_ns: 1000
+        events { metadata_id: 1 offset_ps: 0 duration_ps: 5000000 } }
+      event_metadata { key: 1 value { id: 1 name: "sm90_xmma_fprop" } }
+      event_metadata { key: 2 value { id: 2 name: "loop_add_fusion" } }
+      stat_metadata { key: 1 value { id: 1 name: "hlo_op" } }
+    }
+    planes { id: 2 name: "/host:CPU" }
+    """
+    path = tmp_path / "host.xplane.pb"
+    path.write_bytes(jax.profiler.ProfileData.text_proto_to_serialized_xspace(xspace))
+    assert kernel_profile.gpu_kernels(str(path)) == [
+        Kernel("sm90_xmma_fprop", "cudnn-conv.3", 1000.0, 5000.0),
+        Kernel("loop_add_fusion", "", 7000.0, 1000.0),
+    ]
+
+
+def test_a_cpu_trace_is_written_and_said_to_hold_no_gpu_kernels(tmp_path):
+    square = jax.jit(lambda x: jnp.tanh(x @ x))
+    x = jnp.ones((64, 64))
+
+    def run():
+        square(x).block_until_ready()
+
+    run()
+    xplane, wall_ms = kernel_profile.trace(run, steps=2, directory=str(tmp_path))
+    assert xplane.endswith(".xplane.pb") and wall_ms > 0
+    assert kernel_profile.latest_xplane(str(tmp_path)) == kernel_profile.latest_xplane(xplane)
+    assert kernel_profile.gpu_kernels(xplane) == []
+    assert "no GPU kernels" in kernel_profile.summarize([], steps=2, wall_ms=wall_ms)
+
+
+def test_kernels_are_read_from_a_pytorch_chrome_trace(tmp_path):
+    # Kineto's Chrome trace: CPU ops and runtime calls beside the GPU's kernels and copies,
+    # times in microseconds.
+    trace = {
+        "traceEvents": [
+            {"ph": "X", "cat": "cpu_op", "name": "aten::conv2d", "ts": 1.0, "dur": 50.0},
+            {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 2.0, "dur": 3.0},
+            {"ph": "X", "cat": "kernel", "name": "sm90_xmma_fprop", "ts": 10.0, "dur": 4.5},
+            {"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy HtoD", "ts": 20.0, "dur": 1.0},
+            {"ph": "M", "cat": "kernel", "name": "process_name", "ts": 0.0},
+        ]
+    }
+    path = tmp_path / "trace.json.gz"
+    with gzip.open(path, "wt") as file:
+        json.dump(trace, file)
+    assert kernel_profile.chrome_trace_kernels(str(path)) == [
+        Kernel("sm90_xmma_fprop", "", 10_000.0, 4_500.0),
+        Kernel("Memcpy HtoD", "", 20_000.0, 1_000.0),
+    ]
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available")  # the point of this test
+def test_a_pytorch_cpu_trace_is_written_and_holds_no_gpu_kernels(tmp_path):
+    torch = pytest.importorskip("torch")
+    x = torch.ones(64, 64)
+    path = tmp_path / "step.trace.json.gz"
+    kernels, wall_ms = kernel_profile.torch_trace(lambda: (x @ x).sum(), 2, str(path))
+    assert kernels == [] and wall_ms > 0
+    with gzip.open(path, "rt") as file:  # the CPU ops are there: the trace is complete
+        assert any(event.get("name") == "aten::matmul" for event in json.load(file)["traceEvents"])
