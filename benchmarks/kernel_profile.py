@@ -2,14 +2,17 @@
 
     python -m benchmarks.train_step --profile /tmp/trace ...   # traces the JAX step on a GPU
     python -m benchmarks.kernel_profile /tmp/trace/resnet152 --steps 3 --gflop 18157
+    python -m benchmarks.kernel_profile /tmp/trace/resnet152/compile_cl.trace.json.gz --steps 3
 
-The trace's kernels (each stream of each `/device:GPU:N` plane) are sorted by their name and
-XLA op into convolutions (cuDNN), matrix products, XLA's reduction and elementwise fusions
-(BatchNorm statistics, activations, the loss, the optimizer), transposes and copies, and
-collectives. The table gives each kind's time per step and share of the busy time, the busy
-time against the measured wall time (the rest is the GPU waiting: launch gaps, the host), and,
-given the step's FLOPs, the rate the convolutions alone reach: the MFU that making everything
-else free would leave.
+The trace's kernels (each stream of each `/device:GPU:N` plane; for PyTorch, a Chrome trace's
+GPU events) are sorted by their name and XLA op into convolutions (cuDNN's kernels, and the
+cuBLAS matrix products XLA runs 1×1 convolutions as), other matrix products (for PyTorch,
+also its 1×1 convolutions: its trace names no op), reductions and elementwise kernels
+(BatchNorm statistics and normalization, activations, residual adds, the loss, the
+optimizer), transposes and copies, and collectives. The table gives each kind's time per
+step and share of the kernel time; the busy time (some kernel running) against the measured
+wall time (the rest is the GPU waiting: launch gaps, the host); and, given the step's FLOPs,
+the rate the convolutions alone reach: the MFU that making everything else free would leave.
 """
 
 import argparse
@@ -31,7 +34,8 @@ KINDS = (
     ("matmul", re.compile(r"gemm|nvjet|cublas|cutlass|\bdot", re.I)),
     ("collective", re.compile(r"nccl|all-?reduce|all-?gather", re.I)),
     ("transpose/copy", re.compile(r"transpose|memcpy|memset|copy", re.I)),
-    ("reduction fusion", re.compile(r"reduce", re.I)),
+    # XLA's "input_reduce_fusion", Inductor's "triton_red_fused_...".
+    ("reduction", re.compile(r"reduce|triton_red_", re.I)),
 )
 OTHER_KIND = "elementwise/other"
 
@@ -52,15 +56,22 @@ def kind_of(kernel: Kernel) -> str:
     return next((kind for kind, pattern in KINDS if pattern.search(text)), OTHER_KIND)
 
 
-def trace(run: Callable[[], None], steps: int, directory: str) -> tuple[str, float]:
-    """Runs `run` (one step, waiting for its result) `steps` times under `jax.profiler.trace`
-    into `directory`; returns the trace file (`*.xplane.pb`) and the steps' wall time in ms."""
-    with jax.profiler.trace(directory):
+def _timed(run: Callable[[], None], steps: int) -> list[float]:
+    """Wall time of each of `steps` calls of `run`, in ms."""
+    times = []
+    for _ in range(steps):
         start = time.perf_counter()
-        for _ in range(steps):
-            run()
-        wall_ms = (time.perf_counter() - start) * 1e3
-    return str(latest_xplane(directory)), wall_ms
+        run()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def trace(run: Callable[[], None], steps: int, directory: str) -> tuple[str, list[float]]:
+    """Runs `run` (one step, waiting for its result) `steps` times under `jax.profiler.trace`
+    into `directory`; returns the trace file (`*.xplane.pb`) and each step's wall time in ms."""
+    with jax.profiler.trace(directory):
+        step_ms = _timed(run, steps)
+    return str(latest_xplane(directory)), step_ms
 
 
 def latest_xplane(directory: str) -> pathlib.Path:
@@ -92,20 +103,17 @@ def gpu_kernels(xplane_path: str) -> list[Kernel]:
     return kernels
 
 
-def torch_trace(run: Callable[[], None], steps: int, path: str) -> tuple[list[Kernel], float]:
+def torch_trace(run: Callable[[], None], steps: int, path: str) -> tuple[list[Kernel], list]:
     """Runs `run` (one PyTorch step, synchronizing) `steps` times under `torch.profiler`;
     writes the Chrome trace to `path` (gzipped if it ends in ".gz"); returns its GPU kernels
-    and the steps' wall time in ms."""
+    and each step's wall time in ms."""
     import torch.profiler  # only here: the JAX side must not need torch
 
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=activities) as profile:
-        start = time.perf_counter()
-        for _ in range(steps):
-            run()
-        wall_ms = (time.perf_counter() - start) * 1e3
+        step_ms = _timed(run, steps)
     profile.export_chrome_trace(path)  # gzipped, by the name's ".gz"
-    return chrome_trace_kernels(path), wall_ms
+    return chrome_trace_kernels(path), step_ms
 
 
 def chrome_trace_kernels(path: str) -> list[Kernel]:
@@ -136,17 +144,22 @@ def summarize(
     kernels: list[Kernel],
     *,
     steps: int,
-    wall_ms: float | None = None,
+    step_ms: list[float] | None = None,
     flops_per_step: float | None = None,
     top: int = 8,
 ) -> str:
-    """A text report of `kernels` traced over `steps` steps that took `wall_ms` in all
-    (default: from the first kernel's start to the last one's end)."""
+    """A text report of `kernels` traced over `steps` steps, whose wall times were `step_ms`
+    (default: their total is the span from the first kernel's start to the last one's end).
+    Figures per step are means over the steps: the step times show an outlier."""
     if not kernels:
         return "The trace holds no GPU kernels (not a GPU run, or the profiler saw no device)."
-    if wall_ms is None:
+    if step_ms is None:
         first = min(kernel.start_ns for kernel in kernels)
         wall_ms = (max(kernel.start_ns + kernel.duration_ns for kernel in kernels) - first) / 1e6
+        times = "the kernels' span"
+    else:
+        wall_ms = sum(step_ms)
+        times = "steps of " + ", ".join(f"{ms:.1f}" for ms in step_ms) + " ms"
     per_kind = collections.defaultdict(lambda: [0.0, 0])
     per_name = collections.defaultdict(lambda: [0.0, 0])
     for kernel in kernels:
@@ -156,8 +169,8 @@ def summarize(
     busy_ms = busy_ns(kernels) / 1e6 / steps
     step_ms = wall_ms / steps
     lines = [
-        f"GPU profile of {steps} steps: {step_ms:.2f} ms per step, kernels running "
-        f"{busy_ms:.2f} ms ({busy_ms / step_ms:.0%}), GPU idle {step_ms - busy_ms:.2f} ms",
+        f"GPU profile of {steps} steps ({times}): {step_ms:.2f} ms per step, kernels "
+        f"running {busy_ms:.2f} ms ({busy_ms / step_ms:.0%}), GPU idle {step_ms - busy_ms:.2f} ms",
         "| kernel kind | ms/step | share of kernel time | kernels/step |",
         "| --- | --- | --- | --- |",
     ]
@@ -182,16 +195,26 @@ def summarize(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("trace", help="jax.profiler.trace's directory, or an *.xplane.pb in it")
+    parser.add_argument(
+        "trace",
+        help="jax.profiler.trace's directory or an *.xplane.pb in it; or a PyTorch Chrome "
+        "trace (*.json, *.json.gz)",
+    )
     parser.add_argument("--steps", type=int, required=True, help="steps the trace covers")
     parser.add_argument(
-        "--wall-ms", type=float, help="their measured wall time (default: the kernels' span)"
+        "--step-ms",
+        type=float,
+        nargs="+",
+        help="each step's measured wall time (default: their sum is the kernels' span)",
     )
     parser.add_argument("--gflop", type=float, help="one step's GFLOP (train_step prints it)")
     args = parser.parse_args()
-    kernels = gpu_kernels(latest_xplane(args.trace))
+    if args.trace.endswith((".json", ".json.gz")):
+        kernels = chrome_trace_kernels(args.trace)
+    else:
+        kernels = gpu_kernels(latest_xplane(args.trace))
     flops = args.gflop * 1e9 if args.gflop else None
-    print(summarize(kernels, steps=args.steps, wall_ms=args.wall_ms, flops_per_step=flops))
+    print(summarize(kernels, steps=args.steps, step_ms=args.step_ms, flops_per_step=flops))
 
 
 if __name__ == "__main__":

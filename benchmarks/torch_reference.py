@@ -305,11 +305,12 @@ class TrainStep:
       device: a `torch.device`.
       dtype: 'float32' or 'bfloat16' (autocast compute; parameters stay float32).
       channels_last: PyTorch's NHWC memory format for the model and its inputs.
-      compile: wrap the forward + loss in `torch.compile`.
+      compile: None (eager), or the `torch.compile` mode ('default', 'reduce-overhead':
+        CUDA graphs, 'max-autotune') in which the forward + loss are compiled.
     """
 
     def __init__(
-        self, config, image_size, device, *, dtype="float32", channels_last=False, compile=False
+        self, config, image_size, device, *, dtype="float32", channels_last=False, compile=None
     ):
         self.config, self.device = config, device
         self.model = YOLO(config.model, image_size).to(device).train()
@@ -321,7 +322,7 @@ class TrainStep:
         self.autocast = torch.autocast(
             device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16"
         )
-        self.loss_fn = torch.compile(self._loss) if compile else self._loss
+        self.loss_fn = torch.compile(self._loss, mode=compile) if compile else self._loss
 
     def _loss(self, images, boxes, labels, mask):
         model_config = self.config.model

@@ -16,7 +16,8 @@ weights), on random images and boxes already on the device:
   (`--conv-impl` does not change the count), hence achieved TFLOP/s and, on a known
   accelerator, MFU; peak device memory (on a CPU: the compiled step's buffer plan).
 * PyTorch: `benchmarks/torch_reference.py`, the same model, targets, loss and optimizer,
-  in each requested variant (eager or `torch.compile`, NCHW or channels-last); timed in turns
+  in each requested variant (eager or `torch.compile`, NCHW or channels-last; on a GPU
+  also `torch.compile` with CUDA graphs, `compile_cl_graphs`); timed in turns
   with the JAX step (a round of JAX steps, then a round of each variant, repeated; each
   turn's first step untimed, since it pays for the memory the previous turn used) so a
   noisy machine slows all alike. The ratio is JAX images/s over the best variant's.
@@ -75,12 +76,14 @@ from yolojax.outputs import output_channels
 
 CPU_DEFAULTS = {"backbone": "darknet_tiny,resnet18", "batch": 8, "image_size": 160}
 ACCELERATOR_DEFAULTS = {"backbone": "resnet152", "batch": 64, "image_size": 448}
-# (channels_last, torch.compile) per variant name.
+# (channels_last, torch.compile's mode or None for eager) per variant name.
 TORCH_VARIANTS = {
-    "eager": (False, False),
-    "eager_cl": (True, False),
-    "compile": (False, True),
-    "compile_cl": (True, True),
+    "eager": (False, None),
+    "eager_cl": (True, None),
+    "compile": (False, "default"),
+    "compile_cl": (True, "default"),
+    # CUDA graphs: the compiled forward and backward replayed with one launch each.
+    "compile_cl_graphs": (True, "reduce-overhead"),
 }
 WARMUP_STEPS = 2
 
@@ -186,7 +189,7 @@ def jax_train_step(config, host_batch: dict, devices: list) -> dict:
 def torch_train_step(config, batch: dict, variant: str, device) -> dict:
     """Builds the PyTorch reference step and runs its warm-up calls (where `torch.compile`
     compiles), timed; on CUDA also its peak memory."""
-    channels_last, compile_model = TORCH_VARIANTS[variant]
+    channels_last, compile_mode = TORCH_VARIANTS[variant]
     if device.type == "cuda":  # this variant's peak, without what earlier variants still hold
         memory_before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
@@ -196,7 +199,7 @@ def torch_train_step(config, batch: dict, variant: str, device) -> dict:
         device,
         dtype=config.model.dtype,
         channels_last=channels_last,
-        compile=compile_model,
+        compile=compile_mode,
     )
     tensors = step.to_device(batch)
 
@@ -286,11 +289,11 @@ def _profile(jax_step: dict, args, backbone: str, num_devices: int) -> None:
     """Traces one round of JAX steps into `args.profile`/backbone and prints where the
     first device's time went."""
     directory = os.path.join(args.profile, backbone)
-    xplane, wall_ms = kernel_profile.trace(jax_step["run"], args.steps_per_round, directory)
+    xplane, step_ms = kernel_profile.trace(jax_step["run"], args.steps_per_round, directory)
     summary = kernel_profile.summarize(
         kernel_profile.gpu_kernels(xplane),
         steps=args.steps_per_round,
-        wall_ms=wall_ms,
+        step_ms=step_ms,
         flops_per_step=jax_step["flops_per_step"] / num_devices,
     )
     _progress(backbone, f"profile written to {xplane}\n{summary}")
@@ -303,11 +306,11 @@ def _profile_torch(run, args, backbone: str, variant: str) -> None:
     path = os.path.join(args.profile, backbone, f"{variant}.trace.json.gz")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
-        kernels, wall_ms = kernel_profile.torch_trace(run, args.steps_per_round, path)
+        kernels, step_ms = kernel_profile.torch_trace(run, args.steps_per_round, path)
     except Exception as error:
         _progress(backbone, f"PyTorch {variant}: profile failed, {_one_line(error)}")
         return
-    summary = kernel_profile.summarize(kernels, steps=args.steps_per_round, wall_ms=wall_ms)
+    summary = kernel_profile.summarize(kernels, steps=args.steps_per_round, step_ms=step_ms)
     _progress(backbone, f"PyTorch {variant}: profile written to {path}\n{summary}")
 
 
@@ -439,7 +442,7 @@ def parse_args(on_cpu: bool) -> argparse.Namespace:
     )
     parser.add_argument(
         "--torch-variants",
-        default="eager,eager_cl" if on_cpu else "compile_cl,eager_cl",
+        default="eager,eager_cl" if on_cpu else "compile_cl_graphs,compile_cl,eager_cl",
         help=f"comma-separated from {', '.join(TORCH_VARIANTS)}, or 'none'",
     )
     parser.add_argument(

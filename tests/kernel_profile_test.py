@@ -32,7 +32,8 @@ from benchmarks.kernel_profile import Kernel
         # XLA's own fusions: a dtype cast is not a convolution.
         ("loop_convert_fusion_2", "", "elementwise/other"),
         ("loop_multiply_fusion_14", "", "elementwise/other"),
-        ("input_reduce_fusion_7", "", "reduction fusion"),
+        ("input_reduce_fusion_7", "", "reduction"),
+        ("triton_red_fused__native_batch_norm_legit_functional_3", "", "reduction"),
         ("loop_transpose_fusion", "", "transpose/copy"),
         ("MemcpyD2D", "", "transpose/copy"),
         ("ncclDevKernel_AllReduce_Sum_f32_RING_LL", "", "collective"),
@@ -60,14 +61,15 @@ def test_summary_gives_each_kinds_time_per_step_and_the_idle_time():
         Kernel("sm90_xmma_fprop_implicit_gemm", "", 50 * ms, 30 * ms),
         Kernel("loop_add_fusion", "", 80 * ms, 10 * ms),
     ]
-    text = kernel_profile.summarize(kernels, steps=2, wall_ms=100, flops_per_step=3e12)
-    assert "50.00 ms per step, kernels running 40.00 ms (80%), GPU idle 10.00 ms" in text
+    text = kernel_profile.summarize(kernels, steps=2, step_ms=[45, 55], flops_per_step=3e12)
+    assert "2 steps (steps of 45.0, 55.0 ms): 50.00 ms per step" in text
+    assert "kernels running 40.00 ms (80%), GPU idle 10.00 ms" in text
     assert "| convolution | 30.00 | 75.0% | 1 |" in text
     assert "| elementwise/other | 10.00 | 25.0% | 1 |" in text
     assert "Convolutions alone: 100.0 TFLOP/s" in text  # 3 TFLOP in 30 ms
     # Without a measured wall time: the kernels' span, 0 to 90 ms.
     text = kernel_profile.summarize(kernels, steps=2)
-    assert "45.00 ms per step, kernels running 40.00 ms (89%), GPU idle 5.00 ms" in text
+    assert "(the kernels' span): 45.00 ms per step, kernels running 40.00 ms (89%)" in text
 
 
 def test_kernels_are_read_from_the_gpu_streams_of_a_trace_file(tmp_path):
@@ -104,11 +106,11 @@ def test_a_cpu_trace_is_written_and_said_to_hold_no_gpu_kernels(tmp_path):
         square(x).block_until_ready()
 
     run()
-    xplane, wall_ms = kernel_profile.trace(run, steps=2, directory=str(tmp_path))
-    assert xplane.endswith(".xplane.pb") and wall_ms > 0
+    xplane, step_ms = kernel_profile.trace(run, steps=2, directory=str(tmp_path))
+    assert xplane.endswith(".xplane.pb") and len(step_ms) == 2 and min(step_ms) > 0
     assert kernel_profile.latest_xplane(str(tmp_path)) == kernel_profile.latest_xplane(xplane)
     assert kernel_profile.gpu_kernels(xplane) == []
-    assert "no GPU kernels" in kernel_profile.summarize([], steps=2, wall_ms=wall_ms)
+    assert "no GPU kernels" in kernel_profile.summarize([], steps=2, step_ms=step_ms)
 
 
 def test_kernels_are_read_from_a_pytorch_chrome_trace(tmp_path):
@@ -137,7 +139,17 @@ def test_a_pytorch_cpu_trace_is_written_and_holds_no_gpu_kernels(tmp_path):
     torch = pytest.importorskip("torch")
     x = torch.ones(64, 64)
     path = tmp_path / "step.trace.json.gz"
-    kernels, wall_ms = kernel_profile.torch_trace(lambda: (x @ x).sum(), 2, str(path))
-    assert kernels == [] and wall_ms > 0
+    kernels, step_ms = kernel_profile.torch_trace(lambda: (x @ x).sum(), 2, str(path))
+    assert kernels == [] and len(step_ms) == 2
     with gzip.open(path, "rt") as file:  # the CPU ops are there: the trace is complete
         assert any(event.get("name") == "aten::matmul" for event in json.load(file)["traceEvents"])
+
+
+def test_command_line_summarizes_a_saved_pytorch_trace(tmp_path, monkeypatch, capsys):
+    trace = {"traceEvents": [{"ph": "X", "cat": "kernel", "name": "gemm", "ts": 0, "dur": 8e3}]}
+    path = tmp_path / "eager_cl.trace.json.gz"
+    with gzip.open(path, "wt") as file:
+        json.dump(trace, file)
+    monkeypatch.setattr("sys.argv", ["kernel_profile", str(path), "--steps", "2"])
+    kernel_profile.main()
+    assert "| matmul | 4.00 | 100.0% | 0 |" in capsys.readouterr().out  # 8 ms over 2 steps
