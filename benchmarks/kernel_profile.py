@@ -5,20 +5,22 @@
     python -m benchmarks.kernel_profile /tmp/trace/resnet152/compile_cl.trace.json.gz --steps 3
 
 The trace's kernels (each stream of each `/device:GPU:N` plane; for PyTorch, a Chrome trace's
-GPU events) are sorted by their name and XLA op into convolutions (cuDNN's kernels, and the
-cuBLAS matrix products XLA runs 1×1 convolutions as), other matrix products (for PyTorch,
-also its 1×1 convolutions: its trace names no op), reductions and elementwise kernels
-(BatchNorm statistics and normalization, activations, residual adds, the loss, the
-optimizer), transposes and copies, and collectives. The table gives each kind's time per
-step and share of the kernel time; the busy time (some kernel running) against the measured
-wall time (the rest is the GPU waiting: launch gaps, the host); and, given the step's FLOPs,
-the rate the convolutions alone reach: the MFU that making everything else free would leave.
+GPU events) are sorted by their name and XLA op into convolutions (cuDNN's kernels, among
+them the `nvjet` matrix-product kernels it picks for 1×1 convolutions), other matrix
+products (for PyTorch also those `nvjet` kernels: its trace names no op), reductions and
+elementwise kernels (BatchNorm statistics and normalization, activations, residual adds,
+the loss, the optimizer), transposes and copies, and collectives. The report gives each
+kind's time per step and share of the kernel time; the busy time (some kernel running)
+against the measured wall time, and the longest gaps (the GPU waiting: between steps, for
+the host; inside a step, launch gaps); and, given the step's FLOPs, the rate the
+convolutions alone reach: the MFU that making everything else free would leave.
 """
 
 import argparse
 import collections
 import dataclasses
 import gzip
+import itertools
 import json
 import pathlib
 import re
@@ -27,17 +29,21 @@ from collections.abc import Callable
 
 import jax
 
-# First match wins: a cuDNN kernel's name can also contain "gemm" (implicit GEMM). Not "conv"
-# alone: XLA names its dtype-cast fusions "loop_convert_fusion".
+OTHER_KIND = "elementwise/other"
+# First match wins. Inductor's Triton kernels first, by their prefix: their names list the ops
+# they fuse ("triton_poi_fused__to_copy_convolution_72" is elementwise). A cuDNN kernel's name
+# can contain "gemm" (implicit GEMM). Not "conv" alone: XLA names its dtype-cast fusions
+# "loop_convert_fusion".
 KINDS = (
+    ("reduction", re.compile(r"^triton_(red|per)_")),
+    (OTHER_KIND, re.compile(r"^triton_")),
     ("convolution", re.compile(r"conv(?!ert)|fprop|dgrad|wgrad|implicit_gemm|cudnn", re.I)),
     ("matmul", re.compile(r"gemm|nvjet|cublas|cutlass|\bdot", re.I)),
     ("collective", re.compile(r"nccl|all-?reduce|all-?gather", re.I)),
     ("transpose/copy", re.compile(r"transpose|memcpy|memset|copy", re.I)),
-    # XLA's "input_reduce_fusion", Inductor's "triton_red_fused_...".
-    ("reduction", re.compile(r"reduce|triton_red_", re.I)),
+    # XLA's "input_reduce_fusion"; PyTorch's "batch_norm_collect_statistics_..._kernel".
+    ("reduction", re.compile(r"reduce|collect_statistics", re.I)),
 )
-OTHER_KIND = "elementwise/other"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,15 +135,22 @@ def chrome_trace_kernels(path: str) -> list[Kernel]:
     ]
 
 
+def busy_intervals(kernels: list[Kernel]) -> list[tuple[float, float]]:
+    """The (start, end) ns of the stretches in which at least one kernel runs, in order:
+    kernels that overlap (concurrent streams) or touch make one stretch."""
+    stretches = []
+    for kernel in sorted(kernels, key=lambda k: k.start_ns):
+        start, end = kernel.start_ns, kernel.start_ns + kernel.duration_ns
+        if stretches and start <= stretches[-1][1]:
+            stretches[-1] = (stretches[-1][0], max(end, stretches[-1][1]))
+        else:
+            stretches.append((start, end))
+    return stretches
+
+
 def busy_ns(kernels: list[Kernel]) -> float:
     """Time during which at least one kernel runs: kernels on concurrent streams count once."""
-    total, end = 0.0, float("-inf")
-    for kernel in sorted(kernels, key=lambda k: k.start_ns):
-        start, stop = kernel.start_ns, kernel.start_ns + kernel.duration_ns
-        if stop > end:
-            total += stop - max(start, end)
-            end = stop
-    return total
+    return sum(end - start for start, end in busy_intervals(kernels))
 
 
 def summarize(
@@ -150,34 +163,41 @@ def summarize(
 ) -> str:
     """A text report of `kernels` traced over `steps` steps, whose wall times were `step_ms`
     (default: their total is the span from the first kernel's start to the last one's end).
-    Figures per step are means over the steps: the step times show an outlier."""
+    Figures per step are means over the steps; each step's time is printed, so that one slow
+    step, which raises the mean idle time, can be seen."""
     if not kernels:
         return "The trace holds no GPU kernels (not a GPU run, or the profiler saw no device)."
+    stretches = busy_intervals(kernels)
     if step_ms is None:
-        first = min(kernel.start_ns for kernel in kernels)
-        wall_ms = (max(kernel.start_ns + kernel.duration_ns for kernel in kernels) - first) / 1e6
+        wall_ms = (stretches[-1][1] - stretches[0][0]) / 1e6
         times = "the kernels' span"
     else:
         wall_ms = sum(step_ms)
         times = "steps of " + ", ".join(f"{ms:.1f}" for ms in step_ms) + " ms"
+    gaps = sorted((b[0] - a[1] for a, b in itertools.pairwise(stretches)), reverse=True)
     per_kind = collections.defaultdict(lambda: [0.0, 0])
     per_name = collections.defaultdict(lambda: [0.0, 0])
     for kernel in kernels:
         for table, key in ((per_kind, kind_of(kernel)), (per_name, kernel.name)):
             table[key][0] += kernel.duration_ns
             table[key][1] += 1
-    busy_ms = busy_ns(kernels) / 1e6 / steps
-    step_ms = wall_ms / steps
+    busy_ms = sum(end - start for start, end in stretches) / 1e6 / steps
+    mean_ms = wall_ms / steps
     lines = [
-        f"GPU profile of {steps} steps ({times}): {step_ms:.2f} ms per step, kernels "
-        f"running {busy_ms:.2f} ms ({busy_ms / step_ms:.0%}), GPU idle {step_ms - busy_ms:.2f} ms",
+        f"GPU profile of {steps} steps ({times}): {mean_ms:.2f} ms per step, kernels "
+        f"running {busy_ms:.2f} ms ({busy_ms / mean_ms:.0%}), GPU idle {mean_ms - busy_ms:.2f} ms",
+        # Between steps, the host's turn (waiting for the result, dispatching the next step)
+        # shows as the longest gaps; the gaps inside a step are the rest.
+        f"Longest gaps between kernels: {', '.join(f'{gap / 1e6:.2f}' for gap in gaps[:steps])} "
+        f"ms; all gaps between the first kernel and the last: {sum(gaps) / 1e6 / steps:.2f} ms "
+        "per step",
         "| kernel kind | ms/step | share of kernel time | kernels/step |",
         "| --- | --- | --- | --- |",
     ]
     kernel_ns = sum(kernel.duration_ns for kernel in kernels)
     for kind, (ns, count) in sorted(per_kind.items(), key=lambda item: -item[1][0]):
         lines.append(
-            f"| {kind} | {ns / 1e6 / steps:.2f} | {ns / kernel_ns:.1%} | {count / steps:.0f} |"
+            f"| {kind} | {ns / 1e6 / steps:.2f} | {ns / kernel_ns:.1%} | {count / steps:.1f} |"
         )
     if flops_per_step and "convolution" in per_kind:
         conv_s = per_kind["convolution"][0] / 1e9 / steps
@@ -189,7 +209,7 @@ def summarize(
     lines.append(f"The {top} kernels that take longest in all:")
     for name, (ns, count) in sorted(per_name.items(), key=lambda item: -item[1][0])[:top]:
         shown = name if len(name) <= 90 else name[:87] + "..."
-        lines.append(f"  {ns / 1e6 / steps:7.2f} ms/step  {count / steps:4.0f}×  {shown}")
+        lines.append(f"  {ns / 1e6 / steps:7.2f} ms/step  {count / steps:5.1f}×  {shown}")
     return "\n".join(lines)
 
 

@@ -33,7 +33,16 @@ from benchmarks.kernel_profile import Kernel
         ("loop_convert_fusion_2", "", "elementwise/other"),
         ("loop_multiply_fusion_14", "", "elementwise/other"),
         ("input_reduce_fusion_7", "", "reduction"),
-        ("triton_red_fused__native_batch_norm_legit_functional_3", "", "reduction"),
+        # Inductor's kernels by their prefix, whatever ops their names list.
+        (
+            "triton_red_fused__native_batch_norm_legit_functional_convolution_backward_3",
+            "",
+            "reduction",
+        ),
+        ("triton_per_fused_add_mean_4", "", "reduction"),
+        ("triton_poi_fused__to_copy_convolution_72", "", "elementwise/other"),
+        # PyTorch eager's BatchNorm statistics.
+        ("void at::native::batch_norm_collect_statistics_channels_last_kernel", "", "reduction"),
         ("loop_transpose_fusion", "", "transpose/copy"),
         ("MemcpyD2D", "", "transpose/copy"),
         ("ncclDevKernel_AllReduce_Sum_f32_RING_LL", "", "collective"),
@@ -51,6 +60,7 @@ def test_busy_time_counts_overlapping_kernels_once():
         Kernel("d", "", 21, 1),  # inside c
     ]
     assert kernel_profile.busy_ns(kernels) == 20
+    assert kernel_profile.busy_intervals(kernels) == [(0, 15), (20, 25)]
 
 
 def test_summary_gives_each_kinds_time_per_step_and_the_idle_time():
@@ -64,8 +74,11 @@ def test_summary_gives_each_kinds_time_per_step_and_the_idle_time():
     text = kernel_profile.summarize(kernels, steps=2, step_ms=[45, 55], flops_per_step=3e12)
     assert "2 steps (steps of 45.0, 55.0 ms): 50.00 ms per step" in text
     assert "kernels running 40.00 ms (80%), GPU idle 10.00 ms" in text
-    assert "| convolution | 30.00 | 75.0% | 1 |" in text
-    assert "| elementwise/other | 10.00 | 25.0% | 1 |" in text
+    assert "| convolution | 30.00 | 75.0% | 1.0 |" in text
+    assert "| elementwise/other | 10.00 | 25.0% | 1.0 |" in text
+    # The gaps: 30-30 (touching: none), 40-50 between the steps, 80-80 (none).
+    assert "Longest gaps between kernels: 10.00 ms; all gaps between the first kernel" in text
+    assert "and the last: 5.00 ms per step" in text
     assert "Convolutions alone: 100.0 TFLOP/s" in text  # 3 TFLOP in 30 ms
     # Without a measured wall time: the kernels' span, 0 to 90 ms.
     text = kernel_profile.summarize(kernels, steps=2)
@@ -147,9 +160,12 @@ def test_a_pytorch_cpu_trace_is_written_and_holds_no_gpu_kernels(tmp_path):
 
 def test_command_line_summarizes_a_saved_pytorch_trace(tmp_path, monkeypatch, capsys):
     trace = {"traceEvents": [{"ph": "X", "cat": "kernel", "name": "gemm", "ts": 0, "dur": 8e3}]}
-    path = tmp_path / "eager_cl.trace.json.gz"
-    with gzip.open(path, "wt") as file:
-        json.dump(trace, file)
-    monkeypatch.setattr("sys.argv", ["kernel_profile", str(path), "--steps", "2"])
+    path = tmp_path / "eager_cl.trace.json"
+    path.write_text(json.dumps(trace))
+    argv = ["kernel_profile", str(path), "--steps", "2", "--step-ms", "5", "7"]
+    monkeypatch.setattr("sys.argv", argv)
     kernel_profile.main()
-    assert "| matmul | 4.00 | 100.0% | 0 |" in capsys.readouterr().out  # 8 ms over 2 steps
+    out = capsys.readouterr().out
+    # One 8 ms kernel over 2 steps that took 12 ms: 4 ms per step of 6.
+    assert "(steps of 5.0, 7.0 ms): 6.00 ms per step, kernels running 4.00 ms (67%)" in out
+    assert "| matmul | 4.00 | 100.0% | 0.5 |" in out
