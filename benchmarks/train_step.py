@@ -21,6 +21,10 @@ weights), on random images and boxes already on the device:
   with the JAX step (a round of JAX steps, then a round of each variant, repeated; each
   turn's first step untimed, since it pays for the memory the previous turn used) so a
   noisy machine slows all alike. The ratio is JAX images/s over the best variant's.
+* `--back-to-back`: also JAX's and each PyTorch variant's images/s with a round's steps
+  dispatched one after the other and one wait at the end, as the trainer runs them (the main
+  figures wait for each step's result): on a GPU the host's turn between steps then
+  overlaps the previous step's kernels.
 * `--profile DIR`: the JAX step's kernels, traced with `jax.profiler` over one round of steps
   before the timing (trace files in DIR/<backbone>) and summed by kind
   (`benchmarks/kernel_profile.py`): convolutions, fusions, copies, GPU idle time; on a GPU
@@ -87,6 +91,7 @@ TORCH_VARIANTS = {
     "compile_cl_graphs": (True, "reduce-overhead"),
 }
 WARMUP_STEPS = 2
+AHEAD = "_ahead"  # the name suffix of a step function timed back to back (--back-to-back)
 
 
 def benchmark_config(
@@ -168,9 +173,12 @@ def jax_train_step(config, host_batch: dict, devices: list) -> dict:
     all_reduces = len(re.findall(r" all-reduce(?:-start)?\(", compiled.as_text() or ""))
     holder = [state]
 
-    def run(images_on_host: bool = False) -> None:
-        step_batch = distributed.shard_batch(host_batch, mesh) if images_on_host else batch
-        holder[0], metrics = compiled(holder[0], step_batch)
+    def run(count: int = 1, images_on_host: bool = False) -> None:
+        """`count` steps, each dispatched without waiting for the one before (as the trainer
+        runs them), then one wait for the last."""
+        for _ in range(count):
+            step_batch = distributed.shard_batch(host_batch, mesh) if images_on_host else batch
+            holder[0], metrics = compiled(holder[0], step_batch)
         jax.block_until_ready((holder[0], metrics))
 
     return {
@@ -204,8 +212,10 @@ def torch_train_step(config, batch: dict, variant: str, device) -> dict:
     )
     tensors = step.to_device(batch)
 
-    def run() -> None:
-        step(*tensors)
+    def run(count: int = 1) -> None:
+        """`count` steps, then one wait (CUDA launches are asynchronous; a CPU's are not)."""
+        for _ in range(count):
+            step(*tensors)
         if device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -344,13 +354,22 @@ def benchmark(backbone: str, args, devices: list, torch_device, peak: float) -> 
     if torch_device is not None:
         torch_steps, torch_failed = _torch_steps(config, batch, args, torch_device, backbone)
         steps.update({variant: step["run"] for variant, step in torch_steps.items()})
+    # Back to back: a round's steps as one call, one wait at the end (no per-step wait).
+    ahead = {
+        f"{name}{AHEAD}": functools.partial(run, args.steps_per_round)
+        for name, run in steps.items()
+        if args.back_to_back and name in ("jax", *torch_steps)
+    }
     times = common.time_alternating(
-        steps,
+        {**steps, **ahead},
         rounds=args.rounds,
         steps_per_round=args.steps_per_round,
         untimed_per_round=args.untimed_per_round,
     )
-    images_per_s = {name: args.batch / common.median(values) for name, values in times.items()}
+    images_per_s = {
+        name: args.batch * (args.steps_per_round if name in ahead else 1) / common.median(values)
+        for name, values in times.items()
+    }
     _progress(
         backbone,
         "images/s: " + ", ".join(f"{name} {value:.2f}" for name, value in images_per_s.items()),
@@ -385,6 +404,11 @@ def benchmark(backbone: str, args, devices: list, torch_device, peak: float) -> 
         row["ratio"] = f"{images_per_s['jax'] / images_per_s[best]:.2f}"
         if "memory" in torch_steps[best]:
             row["torch_memory"] = f"{torch_steps[best]['memory'] / 2**30:.2f} GiB"
+    if ahead:
+        row["jax_ahead"] = f"{images_per_s['jax' + AHEAD]:.2f}"
+        if torch_steps:
+            best = max(torch_steps, key=lambda name: images_per_s[name + AHEAD])
+            row["torch_ahead"] = f"{images_per_s[best + AHEAD]:.2f} ({best})"
     return row
 
 
@@ -397,6 +421,8 @@ COLUMNS = (
     ("torch", "PyTorch img/s (best variant)"),
     ("ratio", "JAX / PyTorch"),
     ("jax_host", "JAX img/s, NumPy batch"),
+    ("jax_ahead", "JAX img/s, back to back"),
+    ("torch_ahead", "PyTorch img/s, back to back"),
     ("jax_other", "JAX img/s, --compare-conv-impl"),
     ("compile", "JAX compile s"),
     ("gflop", "train GFLOP/img"),
@@ -434,6 +460,12 @@ def parse_args(on_cpu: bool) -> argparse.Namespace:
     parser.add_argument("--devices", type=int, default=1, help="local devices to train on")
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
     parser.add_argument("--steps-per-round", type=int, default=3)
+    parser.add_argument(
+        "--back-to-back",
+        action="store_true",
+        help="also time each round's steps dispatched back to back with one wait at the end, "
+        "as the trainer runs them (the main figures wait for each step)",
+    )
     parser.add_argument(
         "--untimed-per-round",
         type=int,
