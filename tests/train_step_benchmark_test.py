@@ -1,0 +1,42 @@
+"""`python -m benchmarks.train_step` runs end to end at a tiny size and prints a table whose
+figures agree with each other (the acceptance of the performance work rests on this script)."""
+
+import pytest
+
+pytest.importorskip("torch")
+
+from benchmarks import train_step
+
+
+def _table_row(output: str) -> dict[str, str]:
+    """The last Markdown table of `output` as {header: cell} for its one row."""
+    lines = [line for line in output.splitlines() if line.startswith("|")]
+    header, row = lines[-3], lines[-1]
+
+    def cells(line):
+        return [cell.strip() for cell in line.strip("|").split("|")]
+
+    return dict(zip(cells(header), cells(row), strict=True))
+
+
+def test_the_train_step_benchmark_prints_consistent_figures(tmp_path, monkeypatch, capsys):
+    argv = "train_step --backbone darknet_tiny --image-size 64 --batch 2 --rounds 1"
+    argv += f" --steps-per-round 2 --torch-variants eager_cl --back-to-back --profile {tmp_path}"
+    monkeypatch.setattr("sys.argv", argv.split())
+    train_step.main()
+    output = capsys.readouterr().out
+    row = _table_row(output)
+    jax_rate = float(row["JAX img/s"])
+    torch_rate = float(row["PyTorch img/s (best variant)"].removesuffix(" (eager_cl)"))
+    assert jax_rate > 0 and torch_rate > 0
+    assert float(row["JAX / PyTorch"]) == pytest.approx(jax_rate / torch_rate, abs=0.006)
+    assert float(row["JAX img/s, back to back"]) > 0
+    assert row["PyTorch img/s, back to back"].endswith("(eager_cl)")
+    # Achieved FLOP/s is the FLOPs per image times the images per second (the GFLOP shown
+    # rounded to 2 decimals: 0.26 can be 2% off).
+    flops = float(row["train GFLOP/img"]) * 1e9 * jax_rate
+    assert float(row["JAX TFLOP/s"]) == pytest.approx(flops / 1e12, rel=0.03)
+    # On a CPU the profile is taken and says it holds no GPU kernels.
+    assert "[darknet_tiny] profile written to" in output
+    assert "The trace holds no GPU kernels" in output
+    assert list(tmp_path.glob("darknet_tiny/plugins/profile/*/*.xplane.pb"))
