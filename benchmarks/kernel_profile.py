@@ -91,7 +91,7 @@ def latest_xplane(directory: str) -> pathlib.Path:
     return found[-1]
 
 
-def gpu_kernels(xplane_path: str) -> list[Kernel]:
+def gpu_kernels(xplane_path: str | pathlib.Path) -> list[Kernel]:
     """Every kernel and copy on the GPU streams of a trace (`*.xplane.pb`, as
     `jax.profiler.trace` writes it). Empty when the trace has no GPU (a CPU run)."""
     data = jax.profiler.ProfileData.from_file(str(xplane_path))
@@ -109,7 +109,7 @@ def gpu_kernels(xplane_path: str) -> list[Kernel]:
     return kernels
 
 
-def torch_trace(run: Callable[[], None], steps: int, path: str) -> tuple[list[Kernel], list]:
+def torch_trace(run: Callable[[], None], steps: int, path: str) -> tuple[list[Kernel], list[float]]:
     """Runs `run` (one PyTorch step, synchronizing) `steps` times under `torch.profiler`;
     writes the Chrome trace to `path` (gzipped if it ends in ".gz"); returns its GPU kernels
     and each step's wall time in ms."""
