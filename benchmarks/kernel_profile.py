@@ -24,10 +24,11 @@ import itertools
 import json
 import pathlib
 import re
-import time
 from collections.abc import Callable
 
 import jax
+
+from benchmarks import common
 
 OTHER_KIND = "elementwise/other"
 # First match wins. Inductor's Triton kernels first, by their prefix: their names list the ops
@@ -62,21 +63,17 @@ def kind_of(kernel: Kernel) -> str:
     return next((kind for kind, pattern in KINDS if pattern.search(text)), OTHER_KIND)
 
 
-def _timed(run: Callable[[], None], steps: int) -> list[float]:
+def _step_ms(run: Callable[[], None], steps: int) -> list[float]:
     """Wall time of each of `steps` calls of `run`, in ms."""
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
+    seconds = common.time_alternating({"step": run}, rounds=1, steps_per_round=steps)["step"]
+    return [value * 1e3 for value in seconds]
 
 
 def trace(run: Callable[[], None], steps: int, directory: str) -> tuple[str, list[float]]:
     """Runs `run` (one step, waiting for its result) `steps` times under `jax.profiler.trace`
     into `directory`; returns the trace file (`*.xplane.pb`) and each step's wall time in ms."""
     with jax.profiler.trace(directory):
-        step_ms = _timed(run, steps)
+        step_ms = _step_ms(run, steps)
     return str(latest_xplane(directory)), step_ms
 
 
@@ -117,7 +114,7 @@ def torch_trace(run: Callable[[], None], steps: int, path: str) -> tuple[list[Ke
 
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=activities) as profile:
-        step_ms = _timed(run, steps)
+        step_ms = _step_ms(run, steps)
     profile.export_chrome_trace(path)  # gzipped, by the name's ".gz"
     return chrome_trace_kernels(path), step_ms
 
@@ -148,9 +145,10 @@ def busy_intervals(kernels: list[Kernel]) -> list[tuple[float, float]]:
     return stretches
 
 
-def busy_ns(kernels: list[Kernel]) -> float:
-    """Time during which at least one kernel runs: kernels on concurrent streams count once."""
-    return sum(end - start for start, end in busy_intervals(kernels))
+def busy_ns(stretches: list[tuple[float, float]]) -> float:
+    """Time during which at least one kernel runs, from `busy_intervals`: kernels on
+    concurrent streams count once."""
+    return sum(end - start for start, end in stretches)
 
 
 def summarize(
@@ -181,7 +179,7 @@ def summarize(
         for table, key in ((per_kind, kind_of(kernel)), (per_name, kernel.name)):
             table[key][0] += kernel.duration_ns
             table[key][1] += 1
-    busy_ms = sum(end - start for start, end in stretches) / 1e6 / steps
+    busy_ms = busy_ns(stretches) / 1e6 / steps
     mean_ms = wall_ms / steps
     lines = [
         f"GPU profile of {steps} steps ({times}): {mean_ms:.2f} ms per step, kernels "
