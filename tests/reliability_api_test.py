@@ -453,6 +453,16 @@ def test_a_bad_flag_beside_config_overrides_is_named_once(command, named, tmp_pa
     assert "defined twice" not in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "command, flag", [("train.py", "--help"), ("evaluate.py", "-h"), ("train.py", "--helpfull")]
+)
+def test_help_is_printed_and_exits_0(command, flag):
+    result = _run_command(command, flag)
+    assert result.returncode == 0, result.stderr
+    assert "--workdir" in result.stdout and "--config" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
 def test_too_few_train_images_suggest_only_what_can_help():
     config = shapes.get_config()
     with pytest.raises(ValueError, match=r"batch_size=16: lower the batch size\.$"):

@@ -167,9 +167,15 @@ def parse_flags(argv: list[str]) -> list[str]:
     other bad flags. An error of the file's ``get_config()`` (an unknown variant) is its
     one line, not the traceback ml_collections wraps it in.
     """
+    # The usual short form of absl's -? (absl would call it an unknown flag 'h').
+    argv = [argv[0], *("--help" if arg == "-h" else arg for arg in argv[1:])]
     try:
         try:
             remaining = flags.FLAGS(argv)
+        except SystemExit as exit_request:
+            # absl's --help/--helpshort/--helpfull: the help was printed, as asked, but absl
+            # exits 1, which a script reads as a failure.
+            raise SystemExit(0) from exit_request
         except flags.Error as error:  # reported here: parsing again would define flags twice
             failure = _get_config_failure(error)
             if failure is not None:
