@@ -21,7 +21,7 @@ from tests import tiny
 from yolojax import eval_lib, models, predict, preemption, pretrained, train_lib, trainer
 from yolojax import workdir as workdir_io
 from yolojax.data import pipeline
-from yolojax.data.testing import valid_box_data_source
+from yolojax.data.testing import VocImage, VocObject, valid_box_data_source, write_voc_folder
 from yolojax.detector import Detector
 
 STEPS_PER_EPOCH = 4  # 32 train images / batch 8
@@ -427,6 +427,26 @@ def test_dataset_class_count_mismatch_is_named(tmp_path, data_dir):
     config.model.num_classes = 20
     with pytest.raises(ValueError, match="num_classes=5"):
         trainer.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_an_eval_split_without_ground_truth_says_why_there_is_no_map(tmp_path, capsys):
+    # As VOC2012 test: images without objects. Every AP is NaN; "mAP nan" said nothing.
+    class_names = ("cat", "dog")
+    train = [VocImage(f"a{i}", 64, 64, [VocObject("cat", (8, 8, 40, 40))]) for i in range(8)]
+    test = [VocImage(f"b{i}", 64, 64, []) for i in range(4)]
+    config = tiny.tiny_config(str(tmp_path / "tfds"))
+    config.data.source, config.data.class_names = "voc_folder", class_names
+    config.model.num_classes = len(class_names)
+    config.data.folder = write_voc_folder(
+        str(tmp_path / "voc"),
+        train + test,
+        image_sets={"train": [i.image_id for i in train], "test": [i.image_id for i in test]},
+    )
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    out = capsys.readouterr().out
+    assert "step 1: The test images have no ground truth" in out
+    assert "set config.data.eval_split to a split with annotations" in out
+    assert "mAP nan" not in out
 
 
 def test_one_training_step_on_mocked_voc(tmp_path, monkeypatch):

@@ -252,6 +252,19 @@ def evaluate_checkpoint(
     return results
 
 
+def has_ground_truth(results: dict) -> bool:
+    """Whether :func:`evaluate`'s ``results`` counted any (non-difficult) ground-truth box:
+    without one every AP, and the mAP, is NaN."""
+    return sum(results["num_positives"]) > 0
+
+
+def no_ground_truth(split: str) -> str:
+    """Why a split without ground truth has no mAP, as a sentence without its full stop."""
+    return (
+        f"The {split} images have no ground truth (no objects, or only difficult ones), so no mAP"
+    )
+
+
 def report(results: dict) -> str:
     """What evaluate.py prints of :func:`evaluate_checkpoint`'s ``results``: the per-class
     AP table and a line with the step, mAP, split and speed; for a split without ground
@@ -260,12 +273,11 @@ def report(results: dict) -> str:
         f"on {results['num_images']} {results['split']} images "
         f"({results['images_per_second']:.1f} images/s)"
     )
-    if not sum(results["num_positives"]):  # every AP is NaN: a table of them tells nothing
+    if not has_ground_truth(results):  # every AP is NaN: a table of them tells nothing
         return (
             f"step {results['step']}: {results['num_detections']} detections {where}. "
-            f"The {results['split']} images have no ground truth (no objects, or only "
-            "difficult ones), so no mAP: for VOC2012 test, whose annotations are not public, "
-            "submit --voc_results files to the VOC evaluation server."
+            f"{no_ground_truth(results['split'])}: for VOC2012 test, whose annotations are "
+            "not public, submit --voc_results files to the VOC evaluation server."
         )
     return (
         f"{results['table']}\n"

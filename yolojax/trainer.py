@@ -223,10 +223,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
         return results, scalars
 
     def report(step: int, results: dict) -> None:
-        if is_main:
+        if not is_main:
+            return
+        if eval_lib.has_ground_truth(results):
             tqdm.write(
                 f"step {step}: {info.eval_split_name} mAP {results['mAP']:.4f} "
                 f"(area {results['mAP_area']:.4f})"
+            )
+        else:  # "mAP nan" said nothing of why, or of what best/ then holds
+            tqdm.write(
+                f"step {step}: {eval_lib.no_ground_truth(info.eval_split_name)}, and best/ "
+                "keeps the first evaluated checkpoint: set config.data.eval_split to a split "
+                "with annotations (for VOC 2012, 'voc/2012:validation')."
             )
 
     def save_if_best(step: int, on_devices, results: dict) -> None:
