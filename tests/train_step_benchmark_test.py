@@ -32,10 +32,12 @@ def test_the_train_step_benchmark_prints_consistent_figures(tmp_path, monkeypatc
     assert float(row["JAX / PyTorch"]) == pytest.approx(jax_rate / torch_rate, abs=0.006)
     assert float(row["JAX img/s, back to back"]) > 0
     assert row["PyTorch img/s, back to back"].endswith("(eager_cl)")
-    # Achieved FLOP/s is the FLOPs per image times the images per second (the GFLOP shown
-    # rounded to 2 decimals: 0.26 can be 2% off).
+    # Achieved FLOP/s is the FLOPs per image times the images per second: both shown
+    # rounded, the GFLOP to 2 decimals (0.26 can be 2% off), the TFLOP/s to 3 (0.015 for
+    # 0.0145 on a loaded machine).
     flops = float(row["train GFLOP/img"]) * 1e9 * jax_rate
-    assert float(row["JAX TFLOP/s"]) == pytest.approx(flops / 1e12, rel=0.03)
+    tflops = float(row["JAX TFLOP/s"])
+    assert abs(tflops - flops / 1e12) <= 0.03 * flops / 1e12 + 0.0005
     # On a CPU the profile is taken and says it holds no GPU kernels.
     assert "[darknet_tiny] profile written to" in output
     assert "The trace holds no GPU kernels" in output
