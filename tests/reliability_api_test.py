@@ -463,6 +463,13 @@ def test_help_is_printed_and_exits_0(command, flag):
     assert "Traceback" not in result.stderr
 
 
+def test_h_as_a_flag_value_is_that_value_not_a_help_request():
+    result = _run_command("evaluate.py", "--workdir", "-h")
+    assert result.returncode == 1
+    assert "The workdir -h does not exist" in result.stderr
+    assert "--helpfull" not in result.stdout
+
+
 def test_too_few_train_images_suggest_only_what_can_help():
     config = shapes.get_config()
     with pytest.raises(ValueError, match=r"batch_size=16: lower the batch size\.$"):

@@ -77,6 +77,7 @@ def test_skip_nonfinite_keeps_the_state_but_advances_the_step():
     before, after, metrics = _one_step(config, _batch(config, poison=True))
     assert metrics["finite"] == 0.0
     assert not any(_changed(before.params, after.params))
+    assert not any(_changed(before.opt_state, after.opt_state))
     assert not any(_changed(before.batch_stats, after.batch_stats))
     assert int(after.step) == 1  # so the data order stays that of an uninterrupted run
 

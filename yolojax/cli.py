@@ -157,6 +157,10 @@ def _config_file_line(error: BaseException, config_file: str) -> int | None:
     return lines[-1] if lines else None
 
 
+# absl's flags that print help and exit, and the alias -h.
+HELP_FLAGS = {"help", "helpshort", "helpfull", "helpxml", "?", "h"}
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, for ``app.run(main, flags_parser=parse_flags)``.
 
@@ -167,15 +171,19 @@ def parse_flags(argv: list[str]) -> list[str]:
     other bad flags. An error of the file's ``get_config()`` (an unknown variant) is its
     one line, not the traceback ml_collections wraps it in.
     """
-    # The usual short form of absl's -? (absl would call it an unknown flag 'h').
-    argv = [argv[0], *("--help" if arg == "-h" else arg for arg in argv[1:])]
+    # -h, the usual short form of absl's -? (else an unknown flag); app.run defined --help.
+    if "help" in flags.FLAGS and "h" not in flags.FLAGS:
+        flags.DEFINE_alias("h", "help", flag_values=flags.FLAGS)
     try:
         try:
             remaining = flags.FLAGS(argv)
         except SystemExit as exit_request:
-            # absl's --help/--helpshort/--helpfull: the help was printed, as asked, but absl
-            # exits 1, which a script reads as a failure.
-            raise SystemExit(0) from exit_request
+            # absl's --help and its kin exit 1 once the help is printed, as asked, which a
+            # script reads as a failure. (A --config file may exit too: left as it is.)
+            asked = {arg.lstrip("-").split("=")[0] for arg in argv[1:]} & HELP_FLAGS
+            if asked and exit_request.code == 1:
+                raise SystemExit(0) from exit_request
+            raise
         except flags.Error as error:  # reported here: parsing again would define flags twice
             failure = _get_config_failure(error)
             if failure is not None:

@@ -234,7 +234,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             tqdm.write(
                 f"step {step}: {eval_lib.no_ground_truth(info.eval_split_name)}, and best/ "
                 "keeps the first evaluated checkpoint: set config.data.eval_split to a split "
-                "with annotations (for VOC 2012, 'voc/2012:validation')."
+                "with annotations (for TFDS VOC 2012, 'voc/2012:validation')."
             )
 
     def save_if_best(step: int, on_devices, results: dict) -> None:
