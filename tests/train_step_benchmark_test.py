@@ -29,7 +29,11 @@ def test_the_train_step_benchmark_prints_consistent_figures(tmp_path, monkeypatc
     jax_rate = float(row["JAX img/s"])
     torch_rate = float(row["PyTorch img/s (best variant)"].removesuffix(" (eager_cl)"))
     assert jax_rate > 0 and torch_rate > 0
-    assert float(row["JAX / PyTorch"]) == pytest.approx(jax_rate / torch_rate, abs=0.006)
+    # The ratio of the unrounded rates, shown to 2 decimals like the rates it is checked
+    # with here (a rate of 1.97 can be 0.25% off: 0.13 on a ratio of 53 on a loaded CI).
+    ratio = jax_rate / torch_rate
+    rounding = ratio * (0.005 / jax_rate + 0.005 / torch_rate) + 0.005
+    assert abs(float(row["JAX / PyTorch"]) - ratio) <= rounding + 1e-9
     assert float(row["JAX img/s, back to back"]) > 0
     assert row["PyTorch img/s, back to back"].endswith("(eager_cl)")
     # Achieved FLOP/s is the FLOPs per image times the images per second: both shown
