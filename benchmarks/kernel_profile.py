@@ -181,6 +181,9 @@ def summarize(
             table[key][1] += 1
     busy_ms = busy_ns(stretches) / 1e6 / steps
     mean_ms = wall_ms / steps
+    # Of `steps` traced steps, steps - 1 longest gaps fall between them; the rest of the idle
+    # time (those gaps, and before the first kernel and after the last) is around the steps.
+    inside_ms = sum(gaps[steps - 1 :]) / 1e6 / steps
     lines = [
         f"GPU profile of {steps} steps ({times}): {mean_ms:.2f} ms per step, kernels "
         f"running {busy_ms:.2f} ms ({busy_ms / mean_ms:.0%}), GPU idle {mean_ms - busy_ms:.2f} ms",
@@ -189,6 +192,8 @@ def summarize(
         f"Longest gaps between kernels: {', '.join(f'{gap / 1e6:.2f}' for gap in gaps[:steps])} "
         f"ms; all gaps between the first kernel and the last: {sum(gaps) / 1e6 / steps:.2f} ms "
         "per step",
+        f"GPU idle inside a step (all gaps but the {steps - 1} longest): {inside_ms:.2f} ms; "
+        f"around it (the host's turn): {mean_ms - busy_ms - inside_ms:.2f} ms",
         "| kernel kind | ms/step | share of kernel time | kernels/step |",
         "| --- | --- | --- | --- |",
     ]

@@ -79,6 +79,9 @@ def test_summary_gives_each_kinds_time_per_step_and_the_idle_time():
     # The gaps: 30-30 (touching: none), 40-50 between the steps, 80-80 (none).
     assert "Longest gaps between kernels: 10.00 ms; all gaps between the first kernel" in text
     assert "and the last: 5.00 ms per step" in text
+    # That one gap is the step boundary: no idle time inside a step, all 10 ms around it.
+    assert "inside a step (all gaps but the 1 longest): 0.00 ms; around it" in text
+    assert "(the host's turn): 10.00 ms" in text
     assert "Convolutions alone: 100.0 TFLOP/s" in text  # 3 TFLOP in 30 ms
     # Without a measured wall time: the kernels' span, 0 to 90 ms.
     text = kernel_profile.summarize(kernels, steps=2)
