@@ -155,17 +155,52 @@ def train_step_flops(config, schedule, state, batch, compiled, num_devices: int)
     return common.xla_flops(lowered)
 
 
-def jax_train_step(config, host_batch: dict, devices: list) -> dict:
-    """Compiles the train step; returns its step functions (batch already on the devices,
-    or NumPy as the input pipeline yields it) and compile-time facts."""
+def _compile_with_auto_layout(config, schedule, mesh, state, batch):
+    """(the train step compiled with the state in the layouts XLA picks for it, `state` put
+    in them, a line on which layouts those are).
+
+    `jax.jit` with `Layout.AUTO` formats for the donated state: on a GPU XLA may then keep
+    convolution kernels in cuDNN's layout between steps instead of transposing them into it
+    (and their gradients out of it) at each step, as with Flax's (kh, kw, in, out) row-major
+    arrays."""
+    from jax.experimental.layout import Format, Layout
+
+    replicated = NamedSharding(mesh, PartitionSpec())
+    auto = Format(Layout.AUTO, replicated)
+    step = jax.jit(
+        train_lib.sharded_train_step(train_lib.build_model(config), config, schedule, mesh),
+        in_shardings=(auto, NamedSharding(mesh, PartitionSpec(distributed.AXIS))),
+        out_shardings=(auto, replicated),
+        donate_argnums=(0,),
+    )
+    compiled = step.lower(common.abstract_on(state, replicated), batch).compile()
+    formats = compiled.input_formats[0][0]
+    layouts = [f.layout.major_to_minor for f in jax.tree.leaves(formats)]
+    out_layouts = [f.layout.major_to_minor for f in jax.tree.leaves(compiled.output_formats[0])]
+    relaid = sum(layout != tuple(range(len(layout))) for layout in layouts)
+    note = f"{relaid} of {len(layouts)} state arrays not row-major; the output state " + (
+        "in the same layouts" if out_layouts == layouts else "in OTHER layouts"
+    )
+    return compiled, jax.device_put(state, formats), note
+
+
+def jax_train_step(config, host_batch: dict, devices: list, auto_layout: bool = False) -> dict:
+    """Compiles the train step (`auto_layout`: see `_compile_with_auto_layout`); returns
+    its step functions (batch already on the devices, or NumPy as the input pipeline yields
+    it) and compile-time facts."""
     _, state, schedule = train_lib.initial_state(config, config.train.batch_size)
     mesh = distributed.mesh(devices)
-    step = _train_step(config, schedule, mesh)
     state = distributed.replicate(state, mesh)
     host_batch = jax.tree.map(lambda x: x.reshape(len(devices), -1, *x.shape[1:]), host_batch)
     batch = distributed.shard_batch(host_batch, mesh)
     start = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
+    layout_note = ""
+    if auto_layout:
+        compiled, state, layout_note = _compile_with_auto_layout(
+            config, schedule, mesh, state, batch
+        )
+    else:
+        compiled = _train_step(config, schedule, mesh).lower(state, batch).compile()
     compile_seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()
     # On one device BatchNorm's cross-device means stay in the step as all-reduces over one
@@ -185,6 +220,7 @@ def jax_train_step(config, host_batch: dict, devices: list) -> dict:
         "run": run,
         "run_host_batch": functools.partial(run, images_on_host=True),
         "compile_s": compile_seconds,
+        "layout_note": layout_note,
         "all_reduces": all_reduces,
         "flops_per_step": train_step_flops(config, schedule, state, batch, compiled, len(devices)),
         "plan_bytes": memory.temp_size_in_bytes
@@ -325,6 +361,14 @@ def _profile_torch(run, args, backbone: str, variant: str) -> None:
     _progress(backbone, f"PyTorch {variant}: profile written to {path}\n{summary}")
 
 
+def _per_step_and_ahead(images_per_s: dict, name: str) -> str:
+    """A compared JAX step's images/s, and back to back after a slash if timed so."""
+    if name not in images_per_s:
+        return ""
+    ahead = images_per_s.get(name + AHEAD)
+    return f"{images_per_s[name]:.2f}" + (f" / {ahead:.2f}" if ahead is not None else "")
+
+
 def benchmark(backbone: str, args, devices: list, torch_device, peak: float) -> dict:
     """One table row: JAX and PyTorch figures for `backbone`; each figure is also printed as
     soon as it is measured."""
@@ -350,6 +394,16 @@ def benchmark(backbone: str, args, devices: list, torch_device, peak: float) -> 
         for _ in range(WARMUP_STEPS):
             other_step["run"]()
         steps["jax_other"] = other_step["run"]
+    if args.compare_auto_layout:  # the same step with the state in XLA's layouts, in turn
+        auto_step = jax_train_step(config, batch, devices, auto_layout=True)
+        for _ in range(WARMUP_STEPS):
+            auto_step["run"]()
+        _progress(
+            backbone,
+            f"JAX, state in XLA's layouts: compiled in {auto_step['compile_s']:.1f} s, "
+            + auto_step["layout_note"],
+        )
+        steps["jax_auto_layout"] = auto_step["run"]
     torch_steps, torch_failed = {}, {}
     if torch_device is not None:
         torch_steps, torch_failed = _torch_steps(config, batch, args, torch_device, backbone)
@@ -358,7 +412,7 @@ def benchmark(backbone: str, args, devices: list, torch_device, peak: float) -> 
     ahead = {
         f"{name}{AHEAD}": functools.partial(run, args.steps_per_round)
         for name, run in steps.items()
-        if args.back_to_back and name in ("jax", *torch_steps)
+        if args.back_to_back and name != "jax_host"
     }
     times = common.time_alternating(
         {**steps, **ahead},
@@ -383,7 +437,10 @@ def benchmark(backbone: str, args, devices: list, torch_device, peak: float) -> 
         "params": f"{jax_step['num_params'] / 1e6:.1f}M",
         "jax": f"{images_per_s['jax']:.2f}",
         "jax_host": f"{images_per_s['jax_host']:.2f}",
-        "jax_other": f"{images_per_s['jax_other']:.2f}" if "jax_other" in images_per_s else "",
+        **{
+            name: _per_step_and_ahead(images_per_s, name)
+            for name in ("jax_other", "jax_auto_layout")
+        },
         "compile": f"{jax_step['compile_s']:.1f}",
         "gflop": f"{flops_per_image / 1e9:.2f}",
         "tflops": f"{achieved / 1e12:.3f}",
@@ -424,6 +481,7 @@ COLUMNS = (
     ("jax_ahead", "JAX img/s, back to back"),
     ("torch_ahead", "PyTorch img/s, back to back"),
     ("jax_other", "JAX img/s, --compare-conv-impl"),
+    ("jax_auto_layout", "JAX img/s, --compare-auto-layout"),
     ("compile", "JAX compile s"),
     ("gflop", "train GFLOP/img"),
     ("tflops", "JAX TFLOP/s"),
@@ -456,6 +514,12 @@ def parse_args(on_cpu: bool) -> argparse.Namespace:
         "--compare-conv-impl",
         choices=models.CONV_IMPLS,
         help="also time the JAX step with this conv_impl, in turn with the others",
+    )
+    parser.add_argument(
+        "--compare-auto-layout",
+        action="store_true",
+        help="also time the JAX step with the train state in the layouts XLA picks for it "
+        "(jax.jit with Layout.AUTO formats), in turn with the others",
     )
     parser.add_argument("--devices", type=int, default=1, help="local devices to train on")
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")

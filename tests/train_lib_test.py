@@ -1,5 +1,7 @@
 """The compiled train step: frozen backbone, non-finite steps, mixed precision."""
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -126,6 +128,21 @@ def test_step_updates_the_donated_state_in_place(skip_nonfinite):
     assert momentum >= params > 10e6  # the fc weight dominates
     assert memory.alias_size_in_bytes >= params + momentum
     assert memory.temp_size_in_bytes < params + momentum
+
+
+def test_no_parameter_is_copied_before_its_update():
+    # Without clipping, each update needs only its own gradient, so XLA may run it before
+    # the backward pass's last read of the parameter and then copies the parameter first:
+    # before the updates waited for the gradients' norm, 18 of this model's state arrays
+    # (its BatchNorm scales and kernels), one copy kernel each per step on a GPU.
+    # The step counters (read by the metrics) and the output bias (read by the loss
+    # metrics, which no gradient needs) may still be copied: a few bytes.
+    config = _config(grad_clip_norm=0.0)
+    _, step, on_devices, batch = _compiled_step(config, _batch(config))
+    hlo = step.lower(on_devices, batch).compile().as_text()
+    copied = set(re.findall(r" copy\(%(state_[\w.]+)\)", hlo))
+    assert len(jax.tree.leaves(on_devices)) > 40
+    assert len(copied) <= 3, sorted(copied)
 
 
 @pytest.mark.parametrize(

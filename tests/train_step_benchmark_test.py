@@ -22,6 +22,7 @@ def _table_row(output: str) -> dict[str, str]:
 def test_the_train_step_benchmark_prints_consistent_figures(tmp_path, monkeypatch, capsys):
     argv = "train_step --backbone darknet_tiny --image-size 64 --batch 2 --rounds 1"
     argv += f" --steps-per-round 2 --torch-variants eager_cl --back-to-back --profile {tmp_path}"
+    argv += " --compare-auto-layout"
     monkeypatch.setattr("sys.argv", argv.split())
     train_step.main()
     output = capsys.readouterr().out
@@ -36,6 +37,11 @@ def test_the_train_step_benchmark_prints_consistent_figures(tmp_path, monkeypatc
     assert abs(float(row["JAX / PyTorch"]) - ratio) <= rounding + 1e-9
     assert float(row["JAX img/s, back to back"]) > 0
     assert row["PyTorch img/s, back to back"].endswith("(eager_cl)")
+    # The step with the state in XLA's layouts, per step and back to back; on a CPU XLA
+    # keeps the row-major layouts (the output's as the input's, or it could not be donated).
+    per_step, ahead = row["JAX img/s, --compare-auto-layout"].split(" / ")
+    assert float(per_step) > 0 and float(ahead) > 0
+    assert "not row-major; the output state in the same layouts" in output
     # Achieved FLOP/s is the FLOPs per image times the images per second: both shown
     # rounded, the GFLOP to 2 decimals (0.26 can be 2% off), the TFLOP/s to 3 (0.015 for
     # 0.0145 on a loaded machine).

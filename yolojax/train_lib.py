@@ -94,6 +94,23 @@ def _mean_over_devices(tree):
     return jax.lax.pmean(tree, AXIS)
 
 
+def _after_every_gradient(updates, grad_norm):
+    """The optimizer's ``updates`` unchanged, but computed from ``grad_norm``, so that XLA
+    updates a parameter only once the whole backward pass is done.
+
+    The update writes a donated parameter in place. When it depends on its own gradient
+    only, XLA may schedule it before the backward pass's last read of the parameter (a
+    BatchNorm scale is read again for its input's gradient), so it copies each such
+    parameter first: 476 copies, 0.95 ms of a 84 ms ResNet-152 step on an H200
+    (BENCHMARKS.md, "Train step"). ``jax.lax.optimization_barrier`` does not order them;
+    a data dependency does. The factor is 1.0 for every norm, NaN and infinity included
+    (a norm is never negative), so no value changes; XLA cannot prove that and keeps it,
+    fused into the update (on the gradients instead, it cost Darknet a copy of them all).
+    """
+    one = jnp.where(grad_norm < 0, 0.0, 1.0).astype(grad_norm.dtype)
+    return jax.tree.map(lambda update: update * one.astype(update.dtype), updates)
+
+
 def train_step(state: TrainState, batch: dict, *, model, config, schedule):
     """One optimization step on one device's share of the global batch.
 
@@ -145,10 +162,18 @@ def train_step(state: TrainState, batch: dict, *, model, config, schedule):
     batch_stats = _mean_over_devices(batch_stats)
     # The gradient norm is finite exactly when every gradient is (or it overflows float32,
     # an update no run survives either), and a reduction writes no mask of every gradient.
-    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(optax.tree.norm(grads))
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
 
     def update():
-        return state.apply_gradients(grads=grads, batch_stats=batch_stats)
+        updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+        updates = _after_every_gradient(updates, grad_norm)
+        return state.replace(
+            step=state.step + 1,
+            params=optax.apply_updates(state.params, updates),
+            opt_state=opt_state,
+            batch_stats=batch_stats,
+        )
 
     def keep():  # the previous parameters and statistics, the step advanced all the same
         return state.replace(step=state.step + 1)
@@ -173,14 +198,31 @@ def train_step(state: TrainState, batch: dict, *, model, config, schedule):
     return new_state, metrics
 
 
+def sharded_train_step(model, config, schedule, mesh: Mesh):
+    """:func:`train_step` over every device of ``mesh`` (``jax.shard_map``, data parallel),
+    not yet compiled: the state replicated, the batch split over mesh axis ``'batch'``."""
+    step = functools.partial(train_step, model=model, config=config, schedule=schedule)
+    replicated, split = PartitionSpec(), PartitionSpec(AXIS)
+    # check_vma=False: on one device the step skips the (no-op) cross-device mean, so JAX
+    # cannot infer that the outputs are replicated; they are on any device count.
+    return jax.shard_map(
+        step,
+        mesh=mesh,
+        in_specs=(replicated, split),
+        out_specs=(replicated, replicated),
+        check_vma=False,
+    )
+
+
 def make_train_step(model, config, schedule, mesh: Mesh):
     """:func:`train_step` compiled over every device of ``mesh`` (data parallel).
 
-    ``jax.jit`` of a ``jax.shard_map``: the state is replicated (no per-device axis) and
-    donated, so XLA updates the parameters and optimizer state in place. (Under ``jax.pmap``
-    each leaf has a leading device axis; XLA:CPU then copies every parameter and optimizer
-    buffer at each step and keeps the clipped gradient as one more buffer: 2.3 GiB more
-    temporaries and 1.5x the step time for the paper's Darknet. BENCHMARKS.md, "Train step".)
+    ``jax.jit`` of :func:`sharded_train_step`: the state is replicated (no per-device axis)
+    and donated, so XLA updates the parameters and optimizer state in place. (Under
+    ``jax.pmap`` each leaf has a leading device axis; XLA:CPU then copies every parameter
+    and optimizer buffer at each step and keeps the clipped gradient as one more buffer:
+    2.3 GiB more temporaries and 1.5x the step time for the paper's Darknet. BENCHMARKS.md,
+    "Train step".)
 
     Returns:
       ``step(state, batch) -> (state, metrics)``: ``state`` from
@@ -188,18 +230,7 @@ def make_train_step(model, config, schedule, mesh: Mesh):
       :func:`yolojax.distributed.shard_batch` (global ``[batch, ...]`` arrays), metrics
       replicated scalars.
     """
-    step = functools.partial(train_step, model=model, config=config, schedule=schedule)
-    replicated, split = PartitionSpec(), PartitionSpec(AXIS)
-    # check_vma=False: on one device the step skips the (no-op) cross-device mean, so JAX
-    # cannot infer that the outputs are replicated; they are on any device count.
-    sharded = jax.shard_map(
-        step,
-        mesh=mesh,
-        in_specs=(replicated, split),
-        out_specs=(replicated, replicated),
-        check_vma=False,
-    )
-    return jax.jit(sharded, donate_argnums=(0,))
+    return jax.jit(sharded_train_step(model, config, schedule, mesh), donate_argnums=(0,))
 
 
 def steps_for(config, num_train_examples: int) -> tuple[int, int]:
