@@ -26,9 +26,10 @@ weights), on random images and boxes already on the device:
   figures wait for each step's result): on a GPU the host's turn between steps then
   overlaps the previous step's kernels.
 * `--profile DIR`: the JAX step's kernels, traced with `jax.profiler` over one round of steps
-  before the timing (trace files in DIR/<backbone>) and summed by kind
-  (`benchmarks/kernel_profile.py`): convolutions, fusions, copies, GPU idle time; on a GPU
-  each PyTorch variant's too, with `torch.profiler` (DIR/<backbone>/<variant>.trace.json.gz).
+  before the timing (trace files and the compiled step's HLO text in DIR/<backbone>) and
+  summed by kind (`benchmarks/kernel_profile.py`): convolutions, fusions, copies, GPU idle
+  time; on a GPU each PyTorch variant's too, with `torch.profiler`
+  (DIR/<backbone>/<variant>.trace.json.gz).
 * decode + NMS: `jax.jit(yolojax.postprocess.detect_with_config)` (as evaluation runs it,
   with the config's `eval` settings) on random outputs of one batch.
 
@@ -205,7 +206,8 @@ def jax_train_step(config, host_batch: dict, devices: list, auto_layout: bool = 
     memory = compiled.memory_analysis()
     # On one device BatchNorm's cross-device means stay in the step as all-reduces over one
     # device: free on a CPU (measured), on a GPU possibly a collective launch each.
-    all_reduces = len(re.findall(r" all-reduce(?:-start)?\(", compiled.as_text() or ""))
+    hlo = compiled.as_text() or ""
+    all_reduces = len(re.findall(r" all-reduce(?:-start)?\(", hlo))
     holder = [state]
 
     def run(count: int = 1, images_on_host: bool = False) -> None:
@@ -222,6 +224,10 @@ def jax_train_step(config, host_batch: dict, devices: list, auto_layout: bool = 
         "compile_s": compile_seconds,
         "layout_note": layout_note,
         "all_reduces": all_reduces,
+        # State arrays XLA copies before overwriting them in place (see
+        # yolojax.train_lib._after_every_gradient): one copy kernel each per step on a GPU.
+        "state_copies": len(set(re.findall(r" copy\(%(state_[\w.]+)\)", hlo))),
+        "hlo": hlo,
         "flops_per_step": train_step_flops(config, schedule, state, batch, compiled, len(devices)),
         "plan_bytes": memory.temp_size_in_bytes
         + memory.argument_size_in_bytes
@@ -337,6 +343,8 @@ def _profile(jax_step: dict, args, backbone: str, num_devices: int) -> None:
     first device's time went."""
     directory = os.path.join(args.profile, backbone)
     xplane, step_ms = kernel_profile.trace(jax_step["run"], args.steps_per_round, directory)
+    with open(os.path.join(directory, "train_step.hlo.txt"), "w") as hlo_file:
+        hlo_file.write(jax_step["hlo"])  # to tell the trace's kernels apart by their HLO ops
     summary = kernel_profile.summarize(
         kernel_profile.gpu_kernels(xplane),
         steps=args.steps_per_round,
@@ -382,7 +390,8 @@ def benchmark(backbone: str, args, devices: list, torch_device, peak: float) -> 
         backbone,
         f"JAX: compiled in {jax_step['compile_s']:.1f} s, {flops_per_image / 1e9:.2f} GFLOP "
         f"per image, memory {_jax_memory(devices[0], jax_step)}, "
-        f"{jax_step['all_reduces']} all-reduce ops in the compiled step",
+        f"{jax_step['all_reduces']} all-reduce ops and {jax_step['state_copies']} copied state "
+        "arrays in the compiled step",
     )
     if args.profile:  # before PyTorch's turn: a run cut short by a time limit still has it
         _profile(jax_step, args, backbone, len(devices))
@@ -401,7 +410,7 @@ def benchmark(backbone: str, args, devices: list, torch_device, peak: float) -> 
         _progress(
             backbone,
             f"JAX, state in XLA's layouts: compiled in {auto_step['compile_s']:.1f} s, "
-            + auto_step["layout_note"],
+            f"{auto_step['layout_note']}, {auto_step['state_copies']} copied state arrays",
         )
         steps["jax_auto_layout"] = auto_step["run"]
     torch_steps, torch_failed = {}, {}

@@ -328,6 +328,12 @@ def _parse_train_flags(monkeypatch, *overrides, config="configs/shapes.py"):
             "The bundled configs: .*configs/shapes.py",
         ),
         ("{tmp}", [], "cannot load the --config file: [^\n]*Is a directory"),
+        (
+            "configs/shapes.py",
+            ["--config", "configs/voc.py:resnet50"],
+            r"--config is given 2 times \(configs/shapes.py, configs/voc.py:resnet50\); a run "
+            r"takes one config file: keep one, and change its fields with --config.<field>=",
+        ),
         ("{tmp}/broken.py", [], r"not valid Python: .*broken.py, line 1: .*\n    def get_config\("),
         (
             "configs/voc.py:vgg15",

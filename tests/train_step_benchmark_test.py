@@ -1,6 +1,8 @@
 """`python -m benchmarks.train_step` runs end to end at a tiny size and prints a table whose
 figures agree with each other (the acceptance of the performance work rests on this script)."""
 
+import re
+
 import pytest
 
 pytest.importorskip("torch")
@@ -52,3 +54,5 @@ def test_the_train_step_benchmark_prints_consistent_figures(tmp_path, monkeypatc
     assert "[darknet_tiny] profile written to" in output
     assert "The trace holds no GPU kernels" in output
     assert list(tmp_path.glob("darknet_tiny/plugins/profile/*/*.xplane.pb"))
+    assert "ENTRY" in (tmp_path / "darknet_tiny" / "train_step.hlo.txt").read_text()
+    assert re.search(r"all-reduce ops and \d+ copied state arrays in the compiled step", output)

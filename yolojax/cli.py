@@ -98,14 +98,21 @@ def _flags_error(message: str) -> None:
     raise SystemExit(1)
 
 
-def _config_argument(argv: list[str]) -> str | None:
-    """The value given to ``--config`` in ``argv`` (``--config=X`` or ``--config X``)."""
+def _config_arguments(argv: list[str]) -> list[str]:
+    """The values given to ``--config`` in ``argv`` (``--config=X`` or ``--config X``)."""
+    values = []
     for index, arg in enumerate(argv):
         if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-        if arg == "--config" and index + 1 < len(argv):
-            return argv[index + 1]
-    return None
+            values.append(arg.split("=", 1)[1])
+        elif arg == "--config" and index + 1 < len(argv):
+            values.append(argv[index + 1])
+    return values
+
+
+def _config_argument(argv: list[str]) -> str | None:
+    """The value given to ``--config`` in ``argv``, or None."""
+    given = _config_arguments(argv)
+    return given[0] if given else None
 
 
 def _config_file(argv: list[str]) -> str:
@@ -174,6 +181,12 @@ def parse_flags(argv: list[str]) -> list[str]:
     # -h, the usual short form of absl's -? (else an unknown flag); app.run defined --help.
     if "help" in flags.FLAGS and "h" not in flags.FLAGS:
         flags.DEFINE_alias("h", "help", flag_values=flags.FLAGS)
+    given = _config_arguments(argv)
+    if len(given) > 1:  # absl would load the last one and drop the others without a word
+        _flags_error(
+            f"--config is given {len(given)} times ({', '.join(given)}); a run takes one "
+            "config file: keep one, and change its fields with --config.<field>=VALUE."
+        )
     try:
         try:
             remaining = flags.FLAGS(argv)
