@@ -13,7 +13,10 @@ the loss, the optimizer), transposes and copies, and collectives. The report giv
 kind's time per step and share of the kernel time; the busy time (some kernel running)
 against the measured wall time, and the longest gaps (the GPU waiting: between steps, for
 the host; inside a step, launch gaps); and, given the step's FLOPs, the rate the
-convolutions alone reach: the MFU that making everything else free would leave.
+convolutions alone reach: the MFU that making everything else free would leave. Given the
+compiled step's HLO text as well (`copies_by_source`; `train_step --profile` passes it), the
+transposes and copies are sorted by what their HLO instruction does: a copy of a donated
+argument, a copy into another layout, a copy of a computed value, a transpose.
 """
 
 import argparse
@@ -214,6 +217,57 @@ def summarize(
         shown = name if len(name) <= 90 else name[:87] + "..."
         lines.append(f"  {ns / 1e6 / steps:7.2f} ms/step  {count / steps:5.1f}×  {shown}")
     return "\n".join(lines)
+
+
+def _entry_instructions(hlo_text: str) -> dict[str, tuple[str, str, list[str]]]:
+    """{name: (opcode, shape with its layout, operand names)} of the instructions of an HLO
+    module's ENTRY computation, as `Compiled.as_text()` prints them (the parameters, and the
+    instructions a GPU runs as kernels of their own)."""
+    entry = hlo_text.partition("\nENTRY ")[2].partition("\n}")[0]
+    pattern = r"^\s*(?:ROOT )?%([\w.-]+) = (\S+) ([a-z][\w-]*)\((.*?)\)"
+    return {
+        name: (opcode, shape, re.findall(r"%([\w.-]+)", operands))
+        for name, shape, opcode, operands in re.findall(pattern, entry, re.M)
+    }
+
+
+def _copy_source(kernel: Kernel, instructions: dict) -> str:
+    """What the HLO instruction behind a transpose or copy kernel does."""
+    opcode, shape, operands = instructions.get(kernel.op, ("", "", []))
+    if opcode == "transpose" or (opcode != "copy" and "transpose" in kernel.op):
+        return "transposes"
+    if opcode != "copy":
+        return f"other ({opcode or 'not in the HLO'})"
+    source_opcode, source_shape, _ = instructions.get(operands[0] if operands else "", ("", "", []))
+    if source_shape and source_shape != shape:  # the same array in another layout
+        return "copies into another layout"
+    if source_opcode == "parameter":  # a donated argument saved before it is overwritten
+        return "copies of an argument"
+    return "copies of a computed value"
+
+
+def copies_by_source(kernels: list[Kernel], hlo_text: str, *, steps: int) -> str:
+    """The transposes and copies of a traced JAX step sorted by what their HLO instruction
+    does, from the compiled step's HLO text: a copy of one of the step's arguments (a donated
+    state array XLA saves before it overwrites it in place), a copy into another layout, a
+    copy of a computed value, a transpose, or another instruction. One line of counts and
+    ms per step; '' if the trace has none."""
+    instructions = _entry_instructions(hlo_text)
+    sources = collections.defaultdict(lambda: [0.0, 0])
+    for kernel in kernels:
+        if kind_of(kernel) == "transpose/copy":
+            source = sources[_copy_source(kernel, instructions)]
+            source[0] += kernel.duration_ns
+            source[1] += 1
+    parts = [
+        f"{source} {count / steps:.1f} ({ns / 1e6 / steps:.2f} ms)"
+        for source, (ns, count) in sorted(sources.items(), key=lambda item: -item[1][1])
+    ]
+    return (
+        "Transposes and copies per step, by their HLO instruction: " + "; ".join(parts)
+        if parts
+        else ""
+    )
 
 
 def main() -> None:

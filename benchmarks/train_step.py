@@ -25,6 +25,10 @@ weights), on random images and boxes already on the device:
   dispatched one after the other and one wait at the end, as the trainer runs them (the main
   figures wait for each step's result): on a GPU the host's turn between steps then
   overlaps the previous step's kernels.
+* `--compare-conv-impl IMPL`, `--compare-auto-layout`: also the JAX step with other
+  convolutions, or with the train state in the layouts XLA picks for it (`jax.jit` with
+  `Layout.AUTO` formats), timed in turn with the others (and back to back, after a slash,
+  with `--back-to-back`).
 * `--profile DIR`: the JAX step's kernels, traced with `jax.profiler` over one round of steps
   before the timing (trace files and the compiled step's HLO text in DIR/<backbone>) and
   summed by kind (`benchmarks/kernel_profile.py`): convolutions, fusions, copies, GPU idle
@@ -224,8 +228,8 @@ def jax_train_step(config, host_batch: dict, devices: list, auto_layout: bool = 
         "compile_s": compile_seconds,
         "layout_note": layout_note,
         "all_reduces": all_reduces,
-        # State arrays XLA copies before overwriting them in place (see
-        # yolojax.train_lib._after_every_gradient): one copy kernel each per step on a GPU.
+        # State arrays XLA copies (straight from the argument) before overwriting them in
+        # place: see yolojax.train_lib._after_every_gradient.
         "state_copies": len(set(re.findall(r" copy\(%(state_[\w.]+)\)", hlo))),
         "hlo": hlo,
         "flops_per_step": train_step_flops(config, schedule, state, batch, compiled, len(devices)),
@@ -345,13 +349,17 @@ def _profile(jax_step: dict, args, backbone: str, num_devices: int) -> None:
     xplane, step_ms = kernel_profile.trace(jax_step["run"], args.steps_per_round, directory)
     with open(os.path.join(directory, "train_step.hlo.txt"), "w") as hlo_file:
         hlo_file.write(jax_step["hlo"])  # to tell the trace's kernels apart by their HLO ops
+    kernels = kernel_profile.gpu_kernels(xplane)
     summary = kernel_profile.summarize(
-        kernel_profile.gpu_kernels(xplane),
+        kernels,
         steps=args.steps_per_round,
         step_ms=step_ms,
         flops_per_step=jax_step["flops_per_step"] / num_devices,
     )
-    _progress(backbone, f"profile written to {xplane}\n{summary}")
+    copies = kernel_profile.copies_by_source(kernels, jax_step["hlo"], steps=args.steps_per_round)
+    _progress(
+        backbone, f"profile written to {xplane}\n{summary}" + (f"\n{copies}" if copies else "")
+    )
 
 
 def _profile_torch(run, args, backbone: str, variant: str) -> None:
@@ -386,10 +394,11 @@ def benchmark(backbone: str, args, devices: list, torch_device, peak: float) -> 
     for _ in range(WARMUP_STEPS):
         jax_step["run"]()
     flops_per_image = jax_step["flops_per_step"] / args.batch
+    memory = _jax_memory(devices[0], jax_step)  # before any other step adds to the peak
     _progress(
         backbone,
         f"JAX: compiled in {jax_step['compile_s']:.1f} s, {flops_per_image / 1e9:.2f} GFLOP "
-        f"per image, memory {_jax_memory(devices[0], jax_step)}, "
+        f"per image, memory {memory}, "
         f"{jax_step['all_reduces']} all-reduce ops and {jax_step['state_copies']} copied state "
         "arrays in the compiled step",
     )
@@ -454,7 +463,7 @@ def benchmark(backbone: str, args, devices: list, torch_device, peak: float) -> 
         "gflop": f"{flops_per_image / 1e9:.2f}",
         "tflops": f"{achieved / 1e12:.3f}",
         "mfu": f"{achieved / peak:.1%}",
-        "memory": _jax_memory(devices[0], jax_step),
+        "memory": memory,
         "decode": f"{decode_nms_seconds(config, args.batch // len(devices)) * 1e3:.2f}",
     }
     row["torch_all"] = ", ".join(
@@ -489,8 +498,8 @@ COLUMNS = (
     ("jax_host", "JAX img/s, NumPy batch"),
     ("jax_ahead", "JAX img/s, back to back"),
     ("torch_ahead", "PyTorch img/s, back to back"),
-    ("jax_other", "JAX img/s, --compare-conv-impl"),
-    ("jax_auto_layout", "JAX img/s, --compare-auto-layout"),
+    ("jax_other", "JAX img/s, --compare-conv-impl (/ back to back)"),
+    ("jax_auto_layout", "JAX img/s, --compare-auto-layout (/ back to back)"),
     ("compile", "JAX compile s"),
     ("gflop", "train GFLOP/img"),
     ("tflops", "JAX TFLOP/s"),

@@ -172,3 +172,71 @@ def test_command_line_summarizes_a_saved_pytorch_trace(tmp_path, monkeypatch, ca
     # One 8 ms kernel over 2 steps that took 12 ms: 4 ms per step of 6.
     assert "(steps of 5.0, 7.0 ms): 6.00 ms per step, kernels running 4.00 ms (67%)" in out
     assert "| matmul | 4.00 | 100.0% | 0.5 |" in out
+
+
+HLO = """HloModule step
+
+%fused_transpose (p: f32[2,3]) -> f32[3,2] {
+  %p = f32[2,3]{1,0} parameter(0)
+  ROOT %copy.9 = f32[3,2]{1,0} transpose(%p), dimensions={1,0}
+}
+
+ENTRY %main (a: f32[4], b: f32[2,3]) -> (f32[4], f32[2,3], f32[3,2], f32[3,2]) {
+  %a = f32[4]{0} parameter(0)
+  %b = f32[2,3]{1,0} parameter(1)
+  %copy.1 = f32[4]{0} copy(%a)
+  %add = f32[4]{0} add(%copy.1, %copy.1)
+  %copy.2 = f32[4]{0} copy(%add)
+  %copy.3 = f32[2,3]{0,1} copy(%b)
+  %transpose.4 = f32[3,2]{1,0} transpose(%b), dimensions={1,0}
+  %loop_transpose_fusion = f32[3,2]{1,0} fusion(%b), kind=kLoop, calls=%fused_transpose
+  ROOT %tuple = (f32[4]{0}, f32[2,3]{0,1}) tuple(%copy.2, %copy.3)
+}
+"""
+
+
+def test_copies_are_sorted_by_what_their_hlo_instruction_copies():
+    ms = 1e6  # ns
+    kernels = [  # two steps of the HLO above, each kernel 1 ms (the memset 2 ms)
+        Kernel(name, op, 0, duration * ms)
+        for _ in range(2)
+        for name, op, duration in [
+            ("MemcpyD2D", "copy.1", 1),  # the argument %a, saved before it is overwritten
+            ("MemcpyD2D", "copy.2", 1),  # a computed value
+            ("copy_kernel", "copy.3", 1),  # %b into a column-major layout
+            ("transpose_kernel", "transpose.4", 1),
+            ("loop_transpose_fusion", "loop_transpose_fusion", 1),
+            ("Memset", "", 2),  # no instruction: what the HLO does not name
+            ("sm90_xmma_fprop_implicit_gemm", "convolution.5", 7),  # not a copy: left out
+        ]
+    ]
+    line = kernel_profile.copies_by_source(kernels, HLO, steps=2)
+    assert line.startswith("Transposes and copies per step, by their HLO instruction: ")
+    assert "transposes 2.0 (2.00 ms)" in line
+    assert "copies of an argument 1.0 (1.00 ms)" in line
+    assert "copies of a computed value 1.0 (1.00 ms)" in line
+    assert "copies into another layout 1.0 (1.00 ms)" in line
+    assert "other (not in the HLO) 1.0 (2.00 ms)" in line
+    assert kernel_profile.copies_by_source(kernels[-1:], HLO, steps=2) == ""
+
+
+def test_copies_of_donated_arguments_are_found_in_a_compiled_step():
+    # Each update needs only its own gradient, so XLA:CPU copies the scale it may overwrite
+    # before the backward pass's last read of it: real HLO text, as the benchmark reads it.
+    def step(params, x):
+        def loss(params):
+            return jnp.sum(jnp.tanh(x @ params["w"]) * params["s"]) ** 2
+
+        grads = jax.grad(loss)(params)
+        return jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
+
+    params = {"w": jnp.ones((8, 8)), "s": jnp.ones((8,))}
+    hlo = jax.jit(step, donate_argnums=0).lower(params, jnp.ones((2, 8))).compile().as_text()
+    copies = [
+        name
+        for name, (opcode, _, operands) in kernel_profile._entry_instructions(hlo).items()
+        if opcode == "copy" and operands[0].startswith("params")
+    ]
+    assert copies, hlo
+    line = kernel_profile.copies_by_source([Kernel("MemcpyD2D", copies[0], 0, 1e6)], hlo, steps=1)
+    assert "copies of an argument 1.0 (1.00 ms)" in line

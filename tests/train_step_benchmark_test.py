@@ -41,7 +41,7 @@ def test_the_train_step_benchmark_prints_consistent_figures(tmp_path, monkeypatc
     assert row["PyTorch img/s, back to back"].endswith("(eager_cl)")
     # The step with the state in XLA's layouts, per step and back to back; on a CPU XLA
     # keeps the row-major layouts (the output's as the input's, or it could not be donated).
-    per_step, ahead = row["JAX img/s, --compare-auto-layout"].split(" / ")
+    per_step, ahead = row["JAX img/s, --compare-auto-layout (/ back to back)"].split(" / ")
     assert float(per_step) > 0 and float(ahead) > 0
     assert "not row-major; the output state in the same layouts" in output
     # Achieved FLOP/s is the FLOPs per image times the images per second: both shown
