@@ -76,6 +76,7 @@ except Exception as error:  # JAX figures only, and the header says why.
 
 import jax
 import numpy as np
+from jax.experimental.layout import Format, Layout
 from jax.sharding import NamedSharding, PartitionSpec
 
 from benchmarks import common, kernel_profile
@@ -168,8 +169,6 @@ def _compile_with_auto_layout(config, schedule, mesh, state, batch):
     convolution kernels in cuDNN's layout between steps instead of transposing them into it
     (and their gradients out of it) at each step, as with Flax's (kh, kw, in, out) row-major
     arrays."""
-    from jax.experimental.layout import Format, Layout
-
     replicated = NamedSharding(mesh, PartitionSpec())
     auto = Format(Layout.AUTO, replicated)
     step = jax.jit(

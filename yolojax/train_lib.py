@@ -101,7 +101,7 @@ def _after_every_gradient(new_params, params, grad_norm):
     The update writes a donated parameter in place. When it depends on its own gradient
     only, XLA may schedule it before the backward pass's last read of the parameter (a
     BatchNorm scale is read again for its input's gradient), so it copies the parameter
-    first: 146 copies in ResNet-50's CPU step (7% of its time), 476 in ResNet-152's on an
+    first: 146 copies in ResNet-50's CPU step (3.5-5% of its time), 476 in ResNet-152's on an
     H200 (BENCHMARKS.md, "Train step"). ``jax.lax.optimization_barrier`` does not order
     them; a data dependency does. The selection never picks the old value (a norm is never
     negative, and NaN compares false), and being a selection it leaves the update's
