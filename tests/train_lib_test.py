@@ -146,13 +146,13 @@ def test_no_parameter_is_copied_before_its_update():
     assert len(copied) <= 3, sorted(copied)
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_ordering_the_updates_changes_no_bit_of_them(optimizer, monkeypatch):
+def test_ordering_the_updates_changes_no_bit_of_them(monkeypatch):
     # The selection that orders the updates after the backward pass must leave the
     # optimizer's arithmetic alone: a factor of 1 in the update instead made XLA:CPU round
     # the learning-rate product separately (no fused multiply-add), and after these three
-    # steps 27% of the parameters differed in their last bits with SGD, 17% with Adam.
-    config = _config(optimizer=optimizer, warmup_epochs=1.0)
+    # steps 27% of the parameters differed in their last bits with SGD (17% with Adam,
+    # checked once by hand, as were AdamW, a frozen backbone and clipping: 26 s each here).
+    config = _config(optimizer="sgd", warmup_epochs=1.0)
 
     def three_steps():
         _, step, state, batch = _compiled_step(config, _batch(config))
