@@ -89,8 +89,11 @@ def _known_output_model(tmp_path):
     return config, model, state, detections[: config.eval.max_detections]
 
 
-def test_the_reported_map_is_that_of_the_models_boxes_on_the_stored_annotations(tmp_path):
+@pytest.mark.parametrize("given", ["train state", "variables"])
+def test_the_reported_map_is_that_of_the_models_boxes_on_the_stored_annotations(given, tmp_path):
     config, model, state, detections = _known_output_model(tmp_path)
+    if given == "variables":  # as model.init gives them, without an optimizer
+        state = {"params": state.params, "batch_stats": state.batch_stats}
     mesh = distributed.mesh()
     results = eval_lib.evaluate(
         eval_lib.make_eval_step(model, config, mesh),

@@ -8,6 +8,7 @@ the results are gathered so every process computes the same mAP over the whole s
 import functools
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import jax
@@ -35,8 +36,13 @@ def eval_batch_size(config) -> int:
 
 
 def eval_step(state, images, *, model, config) -> postprocess.Detections:
-    """Detections for one per-device batch: ``images (B, H, W, 3)`` → ``(B, K)`` detections."""
-    outputs = model.apply(train_lib.model_variables(state), images, train=False)
+    """Detections for one per-device batch: ``images (B, H, W, 3)`` → ``(B, K)`` detections.
+
+    ``state``: a train state, or the model's variables as ``model.init`` gives them
+    (``{'params': ..., 'batch_stats': ...}``; no ``'batch_stats'`` for GroupNorm models).
+    """
+    variables = state if isinstance(state, Mapping) else train_lib.model_variables(state)
+    outputs = model.apply(variables, images, train=False)
     return postprocess.detect_with_config(outputs, config)
 
 
@@ -45,10 +51,11 @@ def make_eval_step(model, config, mesh):
     (:func:`yolojax.distributed.mesh`).
 
     Returns:
-      ``detect(state, images) -> Detections``: ``state`` from
-      :func:`yolojax.distributed.replicate` on ``mesh``, ``images`` this process's NumPy
-      batch ``(local_devices, per_device, H, W, 3)``; the detections of those images as
-      NumPy arrays ``(local_devices * per_device, K, ...)``.
+      ``detect(state, images) -> Detections``: ``state`` (a train state or the model's
+      variables, :func:`eval_step`) from :func:`yolojax.distributed.replicate` on
+      ``mesh``, ``images`` this process's NumPy batch ``(local_devices, per_device, H, W,
+      3)``; the detections of those images as NumPy arrays
+      ``(local_devices * per_device, K, ...)``.
     """
     sharded = jax.shard_map(
         functools.partial(eval_step, model=model, config=config),
@@ -87,7 +94,8 @@ def evaluate(
 
     Args:
       detect: from :func:`make_eval_step`.
-      state: the train state on the devices (:func:`yolojax.distributed.replicate`).
+      state: the train state, or the model's variables (``{'params': ...,
+        'batch_stats': ...}``), on the devices (:func:`yolojax.distributed.replicate`).
       batches: an iterable of eval batches (``yolojax.data.pipeline.make_eval_iterator``).
       config: the run config.
       class_names: names for the per-class table; default: the class ids.
