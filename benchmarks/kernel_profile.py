@@ -154,6 +154,16 @@ def busy_ns(stretches: list[tuple[float, float]]) -> float:
     return sum(end - start for start, end in stretches)
 
 
+def _time_and_count(kernels: list[Kernel], key_of: Callable[[Kernel], str]) -> dict:
+    """{key: [total ns, number of kernels]} of `kernels` grouped by `key_of(kernel)`."""
+    totals = collections.defaultdict(lambda: [0.0, 0])
+    for kernel in kernels:
+        total = totals[key_of(kernel)]
+        total[0] += kernel.duration_ns
+        total[1] += 1
+    return totals
+
+
 def summarize(
     kernels: list[Kernel],
     *,
@@ -176,12 +186,8 @@ def summarize(
         wall_ms = sum(step_ms)
         times = "steps of " + ", ".join(f"{ms:.1f}" for ms in step_ms) + " ms"
     gaps = sorted((b[0] - a[1] for a, b in itertools.pairwise(stretches)), reverse=True)
-    per_kind = collections.defaultdict(lambda: [0.0, 0])
-    per_name = collections.defaultdict(lambda: [0.0, 0])
-    for kernel in kernels:
-        for table, key in ((per_kind, kind_of(kernel)), (per_name, kernel.name)):
-            table[key][0] += kernel.duration_ns
-            table[key][1] += 1
+    per_kind = _time_and_count(kernels, kind_of)
+    per_name = _time_and_count(kernels, lambda kernel: kernel.name)
     busy_ms = busy_ns(stretches) / 1e6 / steps
     mean_ms = wall_ms / steps
     # Of `steps` traced steps, steps - 1 longest gaps fall between them; the rest of the idle
@@ -253,12 +259,10 @@ def copies_by_source(kernels: list[Kernel], hlo_text: str, *, steps: int) -> str
     copy of a computed value, a transpose, or another instruction. One line of counts and
     ms per step; '' if the trace has none."""
     instructions = _entry_instructions(hlo_text)
-    sources = collections.defaultdict(lambda: [0.0, 0])
-    for kernel in kernels:
-        if kind_of(kernel) == "transpose/copy":
-            source = sources[_copy_source(kernel, instructions)]
-            source[0] += kernel.duration_ns
-            source[1] += 1
+    sources = _time_and_count(
+        [kernel for kernel in kernels if kind_of(kernel) == "transpose/copy"],
+        lambda kernel: _copy_source(kernel, instructions),
+    )
     parts = [
         f"{source} {count / steps:.1f} ({ns / 1e6 / steps:.2f} ms)"
         for source, (ns, count) in sorted(sources.items(), key=lambda item: -item[1][1])
