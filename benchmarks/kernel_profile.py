@@ -237,6 +237,18 @@ def _entry_instructions(hlo_text: str) -> dict[str, tuple[str, str, list[str]]]:
     }
 
 
+def copied_arguments(hlo_text: str) -> set[str]:
+    """The parameters of an HLO module's ENTRY computation (the compiled function's arguments,
+    named after them) that one of its copy instructions reads: for a donated argument, XLA
+    saving it before it overwrites it in place (or putting it in another layout)."""
+    instructions = _entry_instructions(hlo_text)
+    return {
+        operands[0]
+        for opcode, _, operands in instructions.values()
+        if opcode == "copy" and operands and instructions.get(operands[0], ("",))[0] == "parameter"
+    }
+
+
 def _copy_source(kernel: Kernel, instructions: dict) -> str:
     """What the HLO instruction behind a transpose or copy kernel does."""
     opcode, shape, operands = instructions.get(kernel.op, ("", "", []))

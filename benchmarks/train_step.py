@@ -229,7 +229,9 @@ def jax_train_step(config, host_batch: dict, devices: list, auto_layout: bool = 
         "all_reduces": all_reduces,
         # State arrays XLA copies (straight from the argument) before overwriting them in
         # place: see yolojax.train_lib._after_every_gradient.
-        "state_copies": len(set(re.findall(r" copy\(%(state_[\w.]+)\)", hlo))),
+        "state_copies": sum(
+            name.startswith("state_") for name in kernel_profile.copied_arguments(hlo)
+        ),
         "hlo": hlo,
         "flops_per_step": train_step_flops(config, schedule, state, batch, compiled, len(devices)),
         "plan_bytes": memory.temp_size_in_bytes
