@@ -224,6 +224,20 @@ def test_yolo_built_directly_checks_its_sizes():
         ("eval", "pre_nms_top_k", -1, "eval.pre_nms_top_k"),
         ("model", "dropout_rate", 1.5, "dropout_rate must be in"),
         ("train", "lr_drop_factors", (0.1,), "lr_drop_epochs and .*lr_drop_factors"),
+        # Real-valued fields: a sign or a range that no recipe has, and NaN.
+        ("train", "learning_rate", -1.0, r"train.learning_rate must be a finite number > 0"),
+        ("train", "learning_rate", float("nan"), r"train.learning_rate .*; got nan"),
+        ("train", "num_epochs", float("inf"), r"train.num_epochs .*; got inf"),
+        ("train", "momentum", 1.0, r"train.momentum must be a finite number >= 0 and < 1"),
+        ("train", "weight_decay", -5e-4, r"train.weight_decay must be a finite number >= 0"),
+        ("train", "warmup_start_factor", 2.0, r"warmup_start_factor .* and <= 1; got 2.0"),
+        ("train", "lr_drop_epochs", (-1.0, 10.0), r"train.lr_drop_epochs\[0\] .* >= 0"),
+        ("train", "lr_drop_factors", (0.1, 0.0), r"train.lr_drop_factors\[1\] .* > 0"),
+        ("train", "grad_clip_norm", -1.0, "train.grad_clip_norm"),
+        ("train", "keep_checkpoints", 0, "train.keep_checkpoints must be a positive integer"),
+        ("eval", "every_epochs", -5, "eval.every_epochs"),
+        ("eval", "train_subset", -1, "eval.train_subset must be an int >= 0"),
+        ("loss", "lambda_noobj", -0.5, "loss.lambda_noobj"),
     ],
 )
 def test_config_values_are_checked_by_name(section, field, value, name):

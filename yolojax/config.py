@@ -14,7 +14,13 @@ from yolojax.data.config import default_data_config
 from yolojax.models import BACKBONES, CONV_IMPLS, DTYPES, HEADS, MODEL_DEFAULTS, get_model
 from yolojax.optim import OPTIMIZERS, SCHEDULES, learning_rate_schedule
 from yolojax.postprocess import PRE_NMS_TOP_K
-from yolojax.validation import check_choice, check_positive_int, check_threshold
+from yolojax.validation import (
+    check_choice,
+    check_int,
+    check_number,
+    check_positive_int,
+    check_threshold,
+)
 from yolojax.workdir import CONFIG_FILE
 
 
@@ -91,6 +97,21 @@ def default_config() -> ml_collections.ConfigDict:
     return config
 
 
+# The config's real-valued fields and the values they may take (validation.check_number).
+_NUMBER_BOUNDS = {
+    "train.num_epochs": {"above": 0},
+    "train.learning_rate": {"above": 0},
+    "train.momentum": {"at_least": 0, "below": 1},
+    "train.weight_decay": {"at_least": 0},
+    "train.warmup_epochs": {"at_least": 0},
+    "train.warmup_start_factor": {"at_least": 0, "at_most": 1},
+    "train.grad_clip_norm": {"at_least": 0},  # 0: no clipping
+    "eval.every_epochs": {"at_least": 0},  # 0: at the end only
+    "loss.lambda_coord": {"at_least": 0},
+    "loss.lambda_noobj": {"at_least": 0},
+}
+
+
 def validate_config(config) -> None:
     """Checks values that a locked ConfigDict cannot: names, ranges, divisibility.
 
@@ -119,10 +140,17 @@ def validate_config(config) -> None:
     ):
         section, key = name.split(".")
         check_positive_int(f"config.{name}", config[section][key])
-    if config.train.num_epochs <= 0:
-        raise ValueError(
-            f"config.train.num_epochs must be positive; got {config.train.num_epochs}."
-        )
+    for name, bounds in _NUMBER_BOUNDS.items():
+        section, key = name.split(".")
+        check_number(f"config.{name}", config[section][key], **bounds)
+    for index, epoch in enumerate(config.train.lr_drop_epochs):
+        check_number(f"config.train.lr_drop_epochs[{index}]", epoch, at_least=0)
+    for index, factor in enumerate(config.train.lr_drop_factors):
+        check_number(f"config.train.lr_drop_factors[{index}]", factor, above=0)
+    check_positive_int("config.train.keep_checkpoints", config.train.keep_checkpoints)
+    for name in ("eval.batch_size", "eval.train_subset"):  # 0: the train batch; none
+        section, key = name.split(".")
+        check_int(f"config.{name}", config[section][key], 0)
     if config.data.image_size < config.model.grid_size:
         raise ValueError(
             f"config.data.image_size ({config.data.image_size}) must be at least "

@@ -7,6 +7,7 @@ anything is traced or computed (sizes are static under ``jit``).
 import contextlib
 import math
 import numbers
+import operator
 
 import jax
 import numpy as np
@@ -37,10 +38,30 @@ def check_choice(name: str, value, choices) -> None:
         raise ValueError(f"{name} must be one of {tuple(choices)}; got {value!r}.")
 
 
-def check_range(name: str, value, low: float, high: float) -> None:
-    """Raises unless ``value`` is a Python int or float in ``[low, high]``."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise ValueError(f"{name} must be a number in [{low}, {high}]; got {value!r}.")
+# check_number's bounds, in its keyword order.
+_COMPARISONS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+
+
+def check_number(name: str, value, *, above=None, at_least=None, below=None, at_most=None) -> None:
+    """Raises unless ``value`` is a finite Python int or float (bools not) within the bounds
+    given: ``value > above``, ``value >= at_least``, ``value < below``, ``value <= at_most``.
+
+    The message names ``name`` and the bounds: ``config.train.learning_rate must be a finite
+    number > 0; got -1.0.``
+    """
+    bounds = [
+        (sign, bound)
+        for sign, bound in zip(_COMPARISONS, (above, at_least, below, at_most), strict=True)
+        if bound is not None
+    ]
+    is_number = not isinstance(value, bool) and isinstance(value, int | float)
+    if not (
+        is_number
+        and math.isfinite(value)
+        and all(_COMPARISONS[sign](value, bound) for sign, bound in bounds)
+    ):
+        wanted = " and ".join(f"{sign} {bound}" for sign, bound in bounds)
+        raise ValueError(f"{name} must be a finite number {wanted}".rstrip() + f"; got {value!r}.")
 
 
 def check_threshold(name: str, value) -> None:

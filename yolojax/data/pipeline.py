@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from yolojax import distributed
 from yolojax.data import augment, config, malloc_thresholds, sources
-from yolojax.validation import check_choice, check_int, check_range
+from yolojax.validation import check_choice, check_int, check_number
 
 try:  # tf.data runs on the host CPU; the accelerators belong to JAX.
     tf.config.set_visible_devices([], "GPU")
@@ -73,6 +73,18 @@ def _layout(global_batch_size: int) -> _Layout:
     return _Layout(jax.process_index(), per_process, jax.local_device_count())
 
 
+# The augmentation's settings and the [low, high] range each may take.
+_AUGMENT_RANGES = {
+    "scale_translate": (0.0, 0.9),
+    "exposure": (1.0, 10.0),
+    "saturation": (1.0, 10.0),
+    "hue": (0.0, 0.5),
+    "blur_probability": (0.0, 1.0),
+    "blur_max_sigma": (1e-3, 20.0),
+    "min_visible_fraction": (0.0, 1.0),
+}
+
+
 def validate_data_config(data_config) -> None:
     """Raises ValueError naming the first `config.data` field with an unusable value."""
     check_choice("data.source", data_config.source, config.SOURCES)
@@ -90,13 +102,8 @@ def validate_data_config(data_config) -> None:
             check_int(f"data.{name} (or None)", data_config[name], 1)
     augment_config = data_config.augment
     check_choice("data.augment.color_space", augment_config.color_space, config.COLOR_SPACES)
-    check_range("data.augment.scale_translate", augment_config.scale_translate, 0.0, 0.9)
-    check_range("data.augment.exposure", augment_config.exposure, 1.0, 10.0)
-    check_range("data.augment.saturation", augment_config.saturation, 1.0, 10.0)
-    check_range("data.augment.hue", augment_config.hue, 0.0, 0.5)
-    check_range("data.augment.blur_probability", augment_config.blur_probability, 0.0, 1.0)
-    check_range("data.augment.blur_max_sigma", augment_config.blur_max_sigma, 1e-3, 20.0)
-    check_range("data.augment.min_visible_fraction", augment_config.min_visible_fraction, 0.0, 1.0)
+    for name, (low, high) in _AUGMENT_RANGES.items():
+        check_number(f"data.augment.{name}", augment_config[name], at_least=low, at_most=high)
     reach = math.ceil(3 * augment_config.blur_max_sigma)  # the blur's reflect padding
     blurs = augment_config.enabled and augment_config.blur_probability > 0
     if blurs and reach >= data_config.image_size:
