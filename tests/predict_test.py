@@ -160,6 +160,31 @@ def test_a_reused_output_folder_holds_only_the_latest_calls_drawings(workdir, tm
     assert sorted(p.name for p in out.iterdir()) == ["detections.json", "mine.png", "notes.txt"]
 
 
+def test_files_already_in_the_output_folder_are_never_overwritten(workdir, tmp_path):
+    out = tmp_path / "out"
+    photo = _image(out / "photo.png", 40, 30)  # an input in the output folder itself
+    (out / "other.png").write_bytes(b"the user's")  # a file an input's drawing would be named
+    other = _image(tmp_path / "elsewhere" / "other.jpg", 50, 20, seed=1)
+    before = (out / "photo.png").read_bytes()
+
+    for _ in range(2):  # the second call replaces the first call's drawings, nothing else
+        assert _predict(workdir, out, photo, other) == 0
+        record = _record(out)
+        assert record[photo]["drawing"] == "photo_1.png"
+        assert record[other]["drawing"] == "other_1.png"
+        assert (out / "photo.png").read_bytes() == before
+        assert (out / "other.png").read_bytes() == b"the user's"
+        assert Image.open(out / "photo_1.png").size == (40, 30)
+        assert Image.open(out / "other_1.png").size == (50, 20)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "detections.json",
+        "other.png",
+        "other_1.png",
+        "photo.png",
+        "photo_1.png",
+    ]
+
+
 def test_the_command_writes_the_boxes_above_its_score_threshold_in_pixels(tmp_path, capsys):
     # A checkpoint whose output layer gives every cell of the 4×4 grid the same output: box 0
     # is the cell itself (centre offset 0.5, size 1 cell) with confidence 1, box 1 has
@@ -191,7 +216,7 @@ def test_the_command_writes_the_boxes_above_its_score_threshold_in_pixels(tmp_pa
     assert all((d["label"], d["score"]) == expected[d["class"]] for d in found)
     assert len(detections("0.25")) == 3 * 16  # the ellipse (0.3) too
     assert detections("0.95") == []
-    assert "0 detections in 1 images" in capsys.readouterr().out
+    assert "0 detections in 1 image →" in capsys.readouterr().out
 
 
 def test_a_workdir_without_config_json_gets_advice_that_applies(tmp_path, capsys, monkeypatch):

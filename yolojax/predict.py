@@ -6,8 +6,9 @@
 A folder stands for the image files in it (by extension: .jpg, .png, ...; not its
 subfolders), in name order. For each input image ``name.ext`` it writes the drawing
 ``out/name.png`` with labelled boxes (``name_1.png``, ``name_2.png``, ... for later inputs
-of the same name, in input order), and ``out/detections.json``: ``{image path:
-{"drawing": "name.png", "detections": [{"box": [xmin, ymin, xmax, ymax] (pixels),
+of the same name, in input order, and where the folder already holds a file of that name
+that is not an earlier call's drawing: an input image, say), and ``out/detections.json``:
+``{image path: {"drawing": "name.png", "detections": [{"box": [xmin, ymin, xmax, ymax] (pixels),
 "score": s, "label": id, "class": name}, ...]}}``, with the image paths as given.
 
 Images are read upright, as their EXIF orientation says (a phone's portrait photo is stored
@@ -146,7 +147,11 @@ def predict_files(
         raise ValueError(f"The output folder {out_dir} is a file: choose another (--out).")
     out_dir.mkdir(parents=True, exist_ok=True)
     earlier_drawings = _listed_drawings(out_dir / DETECTIONS_FILE)
-    images, failed, taken = {}, {}, set()
+    # Names of files that are not an earlier call's drawings are taken: a drawing never
+    # replaces them (an input image in the output folder, a file of the user's).
+    ours = {name.casefold() for name in earlier_drawings}
+    taken = {p.name.casefold() for p in out_dir.iterdir()} - ours
+    images, failed = {}, {}
     for key in tqdm(_image_files(paths), desc="Detecting", unit="image", disable=None):
         try:
             image = read_image(key)
@@ -192,6 +197,11 @@ def _listed_drawings(record_path: Path) -> set[str]:
     }
 
 
+def _count(number: int, noun: str) -> str:
+    """``1 image``, ``3 images``."""
+    return f"{number} {noun}{'s' * (number != 1)}"
+
+
 def _report_skip(path: str, reason: str) -> None:
     tqdm.write(f"Skipping {path}: {reason}", file=sys.stderr)  # above the progress bar
 
@@ -204,7 +214,10 @@ def main(argv=None) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("images", nargs="+", help="image files (jpg, png, ...) or folders of them")
-    parser.add_argument("--workdir", required=True, help="the training run's folder")
+    # No default to show: SUPPRESS keeps the help from reading "(default: None)".
+    parser.add_argument(
+        "--workdir", required=True, default=argparse.SUPPRESS, help="the training run's folder"
+    )
     parser.add_argument("--out", default="predictions", help="output folder")
     parser.add_argument("--checkpoint", default="latest", help="'latest', 'best' or a step")
     # Also spelled with underscores, as train.py's and evaluate.py's flags are.
@@ -224,12 +237,15 @@ def main(argv=None) -> None:
         )
         images, failed = predict_files(detector, args.images, args.out, on_skip=_report_skip)
     total = sum(len(image["detections"]) for image in images.values())
-    print(f"{total} detections in {len(images)} images → {Path(args.out) / DETECTIONS_FILE}")
+    print(
+        f"{_count(total, 'detection')} in {_count(len(images), 'image')} → "
+        f"{Path(args.out) / DETECTIONS_FILE}"
+    )
     if failed:
         listed = ", ".join(list(failed)[:5]) + (", ..." if len(failed) > 5 else "")
         print(
-            f"{len(failed)} input{'s' * (len(failed) != 1)} could not be read "
-            f"({len(images)} images were): {listed}",
+            f"{_count(len(failed), 'input')} could not be read "
+            f"({_count(len(images), 'image')} {'was' if len(images) == 1 else 'were'}): {listed}",
             file=sys.stderr,
         )
         raise SystemExit(1)
