@@ -170,24 +170,45 @@ def test_resume_gives_the_same_parameters(tmp_path, data_dir, capsys):
     assert "already trained to step 8" in capsys.readouterr().out
     assert not list(full.glob("config.before_step_*"))  # the same config: nothing kept
 
-    # Rerun with another setting: the change is named, and the run's config it replaces kept.
+    # Rerun with fewer epochs than it trained: nothing is left to train, so config.json stays
+    # the config that the checkpoint was trained with; the change is named.
+    shorter = config.copy_and_resolve_references()
+    shorter.train.num_epochs = 1.0
+    saved = (full / "config.json").read_text()
+    trainer.train_and_evaluate(shorter, str(full))
+    out = capsys.readouterr().out
+    assert "train.num_epochs: 2.0 -> 1.0. The run has already trained to step 8, at or past" in out
+    assert "config.json is left as it was" in out and "Training goes on" not in out
+    assert (full / "config.json").read_text() == saved
+    assert not list(full.glob("config.before_step_*"))
+
+    # Rerun with more epochs and another setting: the changes are named, training goes on
+    # with them, and the run's config they replace is kept.
     changed = config.copy_and_resolve_references()
+    changed.train.num_epochs = 3.0
     changed.train.log_every_steps = config.train.log_every_steps + 1
-    trainer.train_and_evaluate(changed, str(full))
+    assert trainer.train_and_evaluate(changed, str(full))["step"] == 12
     change = (
         f"train.log_every_steps: {config.train.log_every_steps} -> {changed.train.log_every_steps}"
+        "; train.num_epochs: 2.0 -> 3.0. Training goes on"
     )
-    assert f"differs from the one saved in this workdir: {change}. Training goes on" in (
-        capsys.readouterr().out
-    )
-    kept = json.loads((full / "config.before_step_8.json").read_text())
-    assert kept["train"]["log_every_steps"] == config.train.log_every_steps
+    assert f"differs from the one saved in this workdir: {change}" in capsys.readouterr().out
+    assert (full / "config.before_step_8.json").read_text() == saved
     saved = json.loads((full / "config.json").read_text())
     assert saved["train"]["log_every_steps"] == changed.train.log_every_steps
-    # Changed once more at the same step: the first kept config stays, the second joins it.
-    trainer.train_and_evaluate(config, str(full))
-    assert json.loads((full / "config.before_step_8.json").read_text()) == kept
-    assert json.loads((full / "config.before_step_8.json.1").read_text()) == saved
+    assert saved["train"]["num_epochs"] == 3.0
+
+
+def test_a_config_changed_twice_at_one_step_keeps_both_earlier_ones(tmp_path):
+    first, second, third = (json.dumps({"seed": seed}) for seed in range(3))
+    assert workdir_io.save_config(tmp_path, first, 5) == ([], None)
+    changes, kept = workdir_io.save_config(tmp_path, second, 5)
+    assert changes == ["seed: 0 -> 1"] and kept == tmp_path / "config.before_step_5.json"
+    changes, kept = workdir_io.save_config(tmp_path, third, 5)
+    assert changes == ["seed: 1 -> 2"] and kept == tmp_path / "config.before_step_5.json.1"
+    assert (tmp_path / "config.before_step_5.json").read_text() == first
+    assert (tmp_path / "config.before_step_5.json.1").read_text() == second
+    assert (tmp_path / "config.json").read_text() == third
 
 
 def test_a_run_from_imagenet_weights_needs_them_only_to_start(

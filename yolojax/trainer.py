@@ -151,14 +151,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
         config_json = config.to_json_best_effort(indent=2)
-        changes, kept = workdir_io.save_config(workdir, config_json, start_step)
+        if start_step < total_steps:
+            changes, kept = workdir_io.save_config(workdir, config_json, start_step)
+            outcome = f"Training goes on with the new values; the previous config is kept as {kept}"
+        else:  # config.json stays the config the checkpoint was trained with
+            changes = workdir_io.config_changes(workdir, config_json)
+            outcome = (
+                f"The run has already trained to step {start_step}, at or past the "
+                f"{total_steps} steps this config asks for: no step is left to train with "
+                "it, so config.json is left as it was"
+            )
         if changes:
             tqdm.write(
                 "The config differs from the one saved in this workdir: "
                 + "; ".join(changes[:8])
                 + ("; ..." if len(changes) > 8 else "")
-                + f". Training goes on with the new values; the previous config is kept as "
-                f"{kept.name}."
+                + f". {outcome}."
             )
         workdir_io.atomic_write_text(
             workdir / workdir_io.CLASSES_FILE, workdir_io.to_json(list(info.class_names))

@@ -123,6 +123,22 @@ def _flat(tree: Mapping, prefix: str = "") -> dict:
     return flat
 
 
+def config_changes(workdir: str | os.PathLike, config_json: str) -> list[str]:
+    """How ``config_json`` differs from the run's saved ``config.json``, field by field:
+    ``'train.batch_size: 16 -> 32'``; empty when nothing changed or none is saved (or it
+    cannot be read)."""
+    try:
+        previous = _flat(json.loads((Path(workdir) / CONFIG_FILE).read_text()))
+    except (OSError, ValueError, AttributeError):  # none yet, or unreadable: nothing to keep
+        return []
+    current = _flat(json.loads(config_json))
+    return [
+        f"{key}: {previous.get(key, '(absent)')} -> {current.get(key, '(absent)')}"
+        for key in sorted(previous.keys() | current.keys())
+        if previous.get(key) != current.get(key)
+    ]
+
+
 def save_config(
     workdir: str | os.PathLike, config_json: str, step: int
 ) -> tuple[list[str], Path | None]:
@@ -130,22 +146,12 @@ def save_config(
     keeps it as ``config.before_step_<step>.json`` first (``.1``, ... if that is taken).
 
     Returns:
-      The differences, ``'train.batch_size: 16 -> 32'``, empty when nothing changed, and
-      where the previous config was kept (None if it was not).
+      The differences (:func:`config_changes`) and where the previous config was kept (None
+      if it was not).
     """
     path = Path(workdir) / CONFIG_FILE
-    try:
-        previous = _flat(json.loads(path.read_text()))
-    except (OSError, ValueError, AttributeError):  # none yet, or unreadable: nothing to keep
-        previous = None
-    current = _flat(json.loads(config_json))
-    changes, kept = [], None
-    if previous is not None and previous != current:
-        changes = [
-            f"{key}: {previous.get(key, '(absent)')} -> {current.get(key, '(absent)')}"
-            for key in sorted(previous.keys() | current.keys())
-            if previous.get(key) != current.get(key)
-        ]
+    changes, kept = config_changes(workdir, config_json), None
+    if changes:
         kept = free_path(path.with_name(f"config.before_step_{step}.json"))
         atomic_write_text(kept, path.read_text())
     atomic_write_text(path, config_json)
