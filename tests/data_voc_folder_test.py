@@ -141,6 +141,16 @@ def test_bad_data_raises_naming_the_file_and_the_problem(tmp_path, problem):
     assert str(error.value).endswith("(--config.data.on_bad_data=skip leaves such images out.)")
 
 
+def test_a_malformed_annotation_found_while_collecting_class_names_says_what_to_do(tmp_path):
+    # Without class names in the config, the first read of every .xml is the scan for them.
+    folder, bad_file = _folder_with_one_bad_image(tmp_path, "malformed XML")
+    with pytest.raises(voc_folder.BadDataError) as error:
+        voc_folder.scan_class_names(folder)
+    assert bad_file in str(error.value) and "malformed XML" in str(error.value)
+    assert str(error.value).endswith("(--config.data.on_bad_data=skip leaves such images out.)")
+    assert voc_folder.scan_class_names(folder, on_bad_data="skip") == ("dog",)
+
+
 @pytest.mark.parametrize("problem", ["corrupt or unreadable image", "lies outside the 20x10 image"])
 def test_bad_data_skipped_with_a_warning_and_the_count(tmp_path, caplog, problem):
     folder, bad_file = _folder_with_one_bad_image(tmp_path, problem)

@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import jax
@@ -275,6 +276,33 @@ def test_commands_print_a_documented_error_alone_and_exit_1(capsys, monkeypatch)
     monkeypatch.setenv(cli.TRACEBACK_ENV, "1")
     with pytest.raises(checkpoints.NoCheckpointError), cli.command_errors():
         raise checkpoints.NoCheckpointError("again")
+
+
+def test_commands_print_yolojax_warnings_as_a_plain_line():
+    # Python shows a warning as warnings.formatwarning formats it (pytest records them, so
+    # the format is checked directly).
+    ours = ("Moved the checkpoint aside.", UserWarning, checkpoints.__file__, 9)
+    theirs = ("from elsewhere", UserWarning, np.__file__, 7, "")
+    python_format = warnings.formatwarning(*theirs)
+    with cli.command_errors():
+        assert warnings.formatwarning(*ours) == "Warning: Moved the checkpoint aside.\n"
+        assert warnings.formatwarning(*theirs) == python_format  # other packages' as Python's
+    assert warnings.formatwarning(*ours).startswith(f"{checkpoints.__file__}:9: UserWarning")
+
+
+def test_a_finished_command_exits_0_on_a_signal_during_shutdown():
+    # What cli.run does once a command's work is done: SIGTERM during the interpreter's
+    # shutdown ends the process with status 0, not 143 (a preemption to a scheduler).
+    code = (
+        "import os, signal, time\n"
+        "from yolojax import cli\n"
+        "cli._exit_at_once_on_signals(status=0)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "time.sleep(30)\n"
+        "raise SystemExit(3)\n"
+    )
+    finished = subprocess.run([sys.executable, "-c", code], timeout=60, cwd=REPO)
+    assert finished.returncode == 0
 
 
 def test_ctrl_c_exits_130_without_a_traceback(capsys):

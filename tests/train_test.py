@@ -18,7 +18,16 @@ from PIL import Image
 
 from configs import voc
 from tests import tiny
-from yolojax import eval_lib, models, predict, preemption, pretrained, train_lib, trainer
+from yolojax import (
+    checkpoints,
+    eval_lib,
+    models,
+    predict,
+    preemption,
+    pretrained,
+    train_lib,
+    trainer,
+)
 from yolojax import workdir as workdir_io
 from yolojax.data import pipeline
 from yolojax.data.testing import VocImage, VocObject, valid_box_data_source, write_voc_folder
@@ -346,6 +355,28 @@ def test_ctrl_c_during_an_evaluation_stops_at_that_step(tmp_path, data_dir, monk
     assert stop.value.step == 4  # not one step more
     assert _checkpoint_steps(tmp_path) == ["4"]
     assert _evaluated_steps(tmp_path) == [4]  # the evaluation finished
+
+
+def test_a_sigterm_after_the_last_step_lets_the_run_finish(tmp_path, data_dir, monkeypatch, capfd):
+    config = tiny_config(data_dir)  # 8 steps
+    config.eval.train_subset = 0
+    # A scheduler's SIGTERM while the run closes its checkpoints, after the last step: the
+    # run finishes (exit status 0 in train.py) instead of dying with the final save pending.
+    close, received = checkpoints.Checkpoints.close, []
+
+    def close_under_sigterm(self):
+        signal.raise_signal(signal.SIGTERM)
+        close(self)
+
+    monkeypatch.setattr(checkpoints.Checkpoints, "close", close_under_sigterm)
+    previous = signal.signal(signal.SIGTERM, lambda number, frame: received.append(number))
+    try:
+        results = trainer.train_and_evaluate(config, str(tmp_path))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert received == []  # caught by the trainer, not left to the process's handler
+    assert results["step"] == 8 and _checkpoint_steps(tmp_path) == ["4", "8"]
+    assert "SIGTERM received" in capfd.readouterr().err
 
 
 def test_a_stop_skips_the_evaluation_of_its_step_and_the_rerun_does_it_first(

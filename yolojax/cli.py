@@ -15,9 +15,11 @@ by :func:`parse_flags`, with ml_collections' suggestion of the field meant.
 import contextlib
 import logging
 import os
+import signal
 import sys
 import textwrap
 import traceback as traceback_lib
+import warnings
 from pathlib import Path
 
 from absl import app, flags
@@ -36,6 +38,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 TRACEBACK_ENV = "YOLOJAX_TRACEBACK"
 # The repository's configs/ (not installed with the package: absent from a wheel install).
 BUNDLED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+_PACKAGE = Path(__file__).resolve().parent
 
 
 class _FailedRestoreNoise(logging.Filter):
@@ -264,6 +267,28 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
+def _plain_library_warnings():
+    """Prints yolojax's own warnings as ``Warning: <message>``.
+
+    They are notices for the user (a checkpoint set aside, Ctrl-C ignored by a background
+    job); the file, line number and source line that Python adds would read as a fault in
+    the code. Other packages' warnings keep Python's format.
+    """
+    default = warnings.formatwarning
+
+    def formatwarning(message, category, filename, lineno, line=None):
+        if Path(filename).resolve().is_relative_to(_PACKAGE):
+            return f"Warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatwarning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = default
+
+
+@contextlib.contextmanager
 def command_errors(*, traceback: bool = False):
     """Runs a command's body, reporting errors as a command-line tool should.
 
@@ -280,7 +305,7 @@ def command_errors(*, traceback: bool = False):
     from yolojax.preemption import TrainingStopped
 
     try:
-        with _quiet_failed_restores():
+        with _quiet_failed_restores(), _plain_library_warnings():
             yield
     except TrainingStopped as stop:
         print(stop, file=sys.stderr)
@@ -311,6 +336,24 @@ def start(argv: list[str]) -> None:
         absl_logging.set_verbosity(absl_logging.WARNING)
 
 
+def _exit_at_once_on_signals(status: int) -> None:
+    """From here on SIGTERM and Ctrl-C end the process at once with ``status``.
+
+    For a command whose work is done and saved: the interpreter's shutdown with JAX and
+    TensorFlow loaded takes a second or more, and a scheduler's SIGTERM then would otherwise
+    end it with status 143, which reads as a preempted job.
+    """
+
+    def exit_at_once(*_):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signal_number) is not signal.SIG_IGN:
+            signal.signal(signal_number, exit_at_once)
+
+
 def run(main) -> None:
     """``absl.app.run(main)`` with :func:`parse_flags`, for the command-line tools.
 
@@ -328,6 +371,7 @@ def run(main) -> None:
         app.run(main, flags_parser=parse_flags)
     except SystemExit as exit_request:
         if exit_request.code in (0, None):
+            _exit_at_once_on_signals(status=0)
             raise
         sys.stdout.flush()
         sys.stderr.flush()

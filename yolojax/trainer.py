@@ -290,14 +290,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
         smoothing=0,
     )
 
-    try:
-        logged = {r["step"] for r in workdir_io.read_metrics(workdir) if "test_mAP" in r}
-        if start_step and due_for_evaluation(start_step) and start_step not in logged:
-            # Saved, but its evaluation was cut short (a crash, or a stop that skipped it).
-            if is_main:
-                tqdm.write(f"Evaluating step {start_step}, which was saved but not evaluated.")
-            results = run_evaluation(start_step, on_devices)
-        with _warnings_above_progress_bars(), preemption.StopSignals() as stop_signals:
+    # Signals stay caught until the last checkpoint is written: one that comes after the last
+    # step (its evaluation, the final save) lets the run finish, with exit status 0.
+    with _warnings_above_progress_bars(), preemption.StopSignals() as stop_signals:
+        try:
+            logged = {r["step"] for r in workdir_io.read_metrics(workdir) if "test_mAP" in r}
+            if start_step and due_for_evaluation(start_step) and start_step not in logged:
+                # Saved, but its evaluation was cut short (a crash, or a stop that skipped it).
+                if is_main:
+                    tqdm.write(f"Evaluating step {start_step}, which was saved but not evaluated.")
+                results = run_evaluation(start_step, on_devices)
             for step in range(start_step + 1, total_steps + 1):
                 batch = distributed.shard_batch(next(train_iter), mesh)
                 on_devices, metrics = train_step(on_devices, batch)
@@ -329,57 +331,57 @@ def train_and_evaluate(config, workdir: str) -> dict:
                     raise preemption.TrainingStopped(
                         stop_signals.received, step, workdir / checkpoints.LATEST_FOLDER
                     )
-        if results is None:  # the run had finished: report its final checkpoint again
-            if is_main:
-                tqdm.write(
-                    f"The run has already trained to step {start_step}; evaluating that "
-                    "checkpoint (its results are logged already)."
-                )
-            results, _ = evaluate_model(on_devices)
-            results["step"] = start_step
-            save_if_best(start_step, on_devices, results)  # one a kill may have left unsaved
-            report(start_step, results)
-    except KeyboardInterrupt as interrupt:
-        ckpt.wait()
-        last, folder = ckpt.latest_step(), workdir / checkpoints.LATEST_FOLDER
-        # The message travels with the exception (train.py prints it as its last line), and
-        # the cause keeps where the interrupt came.
-        raise KeyboardInterrupt(
-            f"Interrupted. The last checkpoint, step {last}, is in {folder}: "
-            "rerun the same command to resume from it."
-            if last is not None
-            else "Interrupted before the first checkpoint: rerunning starts over."
-        ) from interrupt
-    except NonFiniteLossError as error:
-        bad_step, loss = error.args
-        ckpt.wait()
-        last, folder = ckpt.latest_step(), workdir / checkpoints.LATEST_FOLDER
-        raise NonFiniteLossError(
-            "Training stopped: "
-            + (
-                f"the loss of step {bad_step} is {loss} (not finite). "
-                if not math.isfinite(loss)  # else the gradients' norm overflowed
-                else f"the gradients of step {bad_step} are not finite (its loss: {loss:.4g}). "
-            )
-            + (
-                f"The last good checkpoint (step {last}) in {folder} is intact. "
+            if results is None:  # the run had finished: report its final checkpoint again
+                if is_main:
+                    tqdm.write(
+                        f"The run has already trained to step {start_step}; evaluating that "
+                        "checkpoint (its results are logged already)."
+                    )
+                results, _ = evaluate_model(on_devices)
+                results["step"] = start_step
+                save_if_best(start_step, on_devices, results)  # one a kill may have left unsaved
+                report(start_step, results)
+        except KeyboardInterrupt as interrupt:
+            ckpt.wait()
+            last, folder = ckpt.latest_step(), workdir / checkpoints.LATEST_FOLDER
+            # The message travels with the exception (train.py prints it as its last line), and
+            # the cause keeps where the interrupt came.
+            raise KeyboardInterrupt(
+                f"Interrupted. The last checkpoint, step {last}, is in {folder}: "
+                "rerun the same command to resume from it."
                 if last is not None
-                else "It came before the first checkpoint: rerunning starts over. "
-            )
-            + "Lower config.train.learning_rate, set config.train.grad_clip_norm (e.g. 10), "
-            "or set config.train.skip_nonfinite=True to skip such steps."
-        ) from None
-    finally:
-        progress.close()
-        ckpt.wait()
-        ckpt.close()
-        if is_main:
-            tensorboard.close()
-        draw_curves()  # also for a stopped or failed run: its curves up to there
+                else "Interrupted before the first checkpoint: rerunning starts over."
+            ) from interrupt
+        except NonFiniteLossError as error:
+            bad_step, loss = error.args
+            ckpt.wait()
+            last, folder = ckpt.latest_step(), workdir / checkpoints.LATEST_FOLDER
+            raise NonFiniteLossError(
+                "Training stopped: "
+                + (
+                    f"the loss of step {bad_step} is {loss} (not finite). "
+                    if not math.isfinite(loss)  # else the gradients' norm overflowed
+                    else f"the gradients of step {bad_step} are not finite (its loss: {loss:.4g}). "
+                )
+                + (
+                    f"The last good checkpoint (step {last}) in {folder} is intact. "
+                    if last is not None
+                    else "It came before the first checkpoint: rerunning starts over. "
+                )
+                + "Lower config.train.learning_rate, set config.train.grad_clip_norm (e.g. 10), "
+                "or set config.train.skip_nonfinite=True to skip such steps."
+            ) from None
+        finally:
+            progress.close()
+            ckpt.wait()
+            ckpt.close()
+            if is_main:
+                tensorboard.close()
+            draw_curves()  # also for a stopped or failed run: its curves up to there
     if is_main:
         print(
             f"Saved in {workdir}: checkpoints/ (the last {config.train.keep_checkpoints}), best/ "
-            "(the best test mAP), metrics.jsonl, loss.png, mAP.png, tensorboard/. Evaluate "
-            f"with: python evaluate.py --workdir {workdir}"
+            f"(the best {info.eval_split_name} mAP), metrics.jsonl, loss.png, mAP.png, "
+            f"tensorboard/. Evaluate with: python evaluate.py --workdir {workdir}"
         )
     return results

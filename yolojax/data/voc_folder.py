@@ -332,15 +332,20 @@ def _fingerprint(folder: str, *parts) -> str:
     return digest.hexdigest()[:16]
 
 
+def _with_skip_hint(error: BadDataError) -> BadDataError:
+    """``error`` with what to do about it when the file cannot be fixed."""
+    return BadDataError(f"{error}\n(--config.data.on_bad_data=skip leaves such images out.)")
+
+
 def scan_class_names(folder: str, on_bad_data: str = "error") -> tuple[str, ...]:
     """Sorted names of every object class in the folder's XML files."""
     names = set()
     for image_id in _annotation_ids(folder):
         try:
             annotation = parse_annotation(_xml_path(folder, image_id))
-        except BadDataError:
+        except BadDataError as error:
             if on_bad_data == "error":
-                raise
+                raise _with_skip_hint(error) from None
             continue  # Counted and reported when the examples are generated.
         names.update(obj.name for obj in annotation.objects)
     if not names:
@@ -455,9 +460,7 @@ class VocFolder(tfds.core.GeneratorBasedBuilder):
                 example = _example(config.folder, image_id, config.class_names)
             except BadDataError as error:
                 if config.on_bad_data == "error":
-                    raise BadDataError(
-                        f"{error}\n(--config.data.on_bad_data=skip leaves such images out.)"
-                    ) from None
+                    raise _with_skip_hint(error) from None
                 problems.append(str(error))
                 continue
             yield image_id, example
