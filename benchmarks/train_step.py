@@ -25,10 +25,11 @@ weights), on random images and boxes already on the device:
   dispatched one after the other and one wait at the end, as the trainer runs them (the main
   figures wait for each step's result): on a GPU the host's turn between steps then
   overlaps the previous step's kernels.
-* `--compare-conv-impl IMPL`, `--compare-auto-layout`: also the JAX step with other
-  convolutions, or with the train state in the layouts XLA picks for it (`jax.jit` with
-  `Layout.AUTO` formats), timed in turn with the others (and back to back, after a slash,
-  with `--back-to-back`).
+* `--compare-config KEY=VALUE` (repeatable; `--compare-conv-impl IMPL` is short for
+  `--compare-config model.conv_impl=IMPL`), `--compare-auto-layout`: also the JAX step with
+  those config fields changed (`train.skip_nonfinite=True`, say), or with the train state in
+  the layouts XLA picks for it (`jax.jit` with `Layout.AUTO` formats), timed in turn with
+  the others (and back to back, after a slash, with `--back-to-back`).
 * `--profile DIR`: the JAX step's kernels, traced with `jax.profiler` over one round of steps
   before the timing (trace files and the compiled step's HLO text in DIR/<backbone>) and
   summed by kind (`benchmarks/kernel_profile.py`): convolutions, fusions, copies, GPU idle
@@ -51,6 +52,7 @@ and the others run; a backbone that fails later prints its traceback and the nex
 """
 
 import argparse
+import ast
 import functools
 import os
 import re
@@ -82,6 +84,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from benchmarks import common, kernel_profile
 from configs import shapes, voc
 from yolojax import distributed, errors, huge_pages, models, postprocess, train_lib
+from yolojax.config import validate_config
 from yolojax.outputs import output_channels
 
 CPU_DEFAULTS = {"backbone": "darknet_tiny,resnet18", "batch": 8, "image_size": 160}
@@ -406,12 +409,17 @@ def benchmark(backbone: str, args, devices: list, torch_device, peak: float) -> 
     if args.profile:  # before PyTorch's turn: a run cut short by a time limit still has it
         _profile(jax_step, args, backbone, len(devices))
     steps = {"jax": jax_step["run"], "jax_host": jax_step["run_host_batch"]}
-    if args.compare_conv_impl:  # the same step with other convolutions, timed in turn
-        other_config = config.copy_and_resolve_references()
-        other_config.model.conv_impl = args.compare_conv_impl
+    if args.compare_config:  # the same step with other config values, timed in turn
+        other_config = with_overrides(config, args.compare_config)
         other_step = jax_train_step(other_config, batch, devices)
         for _ in range(WARMUP_STEPS):
             other_step["run"]()
+        changed = ", ".join(f"{key}={value!r}" for key, value in args.compare_config.items())
+        _progress(
+            backbone,
+            f"JAX with {changed}: compiled in {other_step['compile_s']:.1f} s, "
+            f"{other_step['state_copies']} copied state arrays",
+        )
         steps["jax_other"] = other_step["run"]
     if args.compare_auto_layout:  # the same step with the state in XLA's layouts, in turn
         auto_step = jax_train_step(config, batch, devices, auto_layout=True)
@@ -499,7 +507,7 @@ COLUMNS = (
     ("jax_host", "JAX img/s, NumPy batch"),
     ("jax_ahead", "JAX img/s, back to back"),
     ("torch_ahead", "PyTorch img/s, back to back"),
-    ("jax_other", "JAX img/s, --compare-conv-impl (/ back to back)"),
+    ("jax_other", "JAX img/s, --compare-config (/ back to back)"),
     ("jax_auto_layout", "JAX img/s, --compare-auto-layout (/ back to back)"),
     ("compile", "JAX compile s"),
     ("gflop", "train GFLOP/img"),
@@ -530,9 +538,18 @@ def parse_args(on_cpu: bool) -> argparse.Namespace:
         help="config.model.conv_impl of the JAX model (see yolojax.models.conv)",
     )
     parser.add_argument(
+        "--compare-config",
+        action="append",
+        type=_override,
+        default=[],
+        metavar="KEY=VALUE",
+        help="also time the JAX step with this config field changed (e.g. "
+        "train.skip_nonfinite=True; repeat for several), in turn with the others",
+    )
+    parser.add_argument(
         "--compare-conv-impl",
         choices=models.CONV_IMPLS,
-        help="also time the JAX step with this conv_impl, in turn with the others",
+        help="short for --compare-config model.conv_impl=IMPL",
     )
     parser.add_argument(
         "--compare-auto-layout",
@@ -574,6 +591,9 @@ def parse_args(on_cpu: bool) -> argparse.Namespace:
         help="torch.set_num_threads on CPU (XLA's CPU client uses every core it may run on)",
     )
     args = parser.parse_args()
+    if args.compare_conv_impl:
+        args.compare_config.append(("model.conv_impl", args.compare_conv_impl))
+    args.compare_config = dict(args.compare_config)
     args.backbone = args.backbone.split(",")
     args.torch_variants = [] if args.torch_variants == "none" else args.torch_variants.split(",")
     for name in args.backbone:
@@ -586,7 +606,41 @@ def parse_args(on_cpu: bool) -> argparse.Namespace:
         parser.error(f"--devices must be in [1, {jax.local_device_count()}]")
     if args.batch % args.devices:
         parser.error("--batch must be a multiple of --devices")
+    try:  # a mistyped key fails now, not after minutes of compiling the first step
+        config = benchmark_config(
+            args.backbone[0], args.image_size, args.batch, args.dtype, args.conv_impl
+        )
+        with_overrides(config, args.compare_config)
+    except (KeyError, AttributeError, TypeError, ValueError) as error:
+        parser.error(f"--compare-config: {error}")
     return args
+
+
+def _override(text: str) -> tuple[str, object]:
+    """``'train.skip_nonfinite=True'`` → ``('train.skip_nonfinite', True)``: the value as a
+    Python literal where it is one, else as text (``model.conv_impl=xla``)."""
+    key, equals, value = text.partition("=")
+    if not equals or not key:
+        raise argparse.ArgumentTypeError(f"wants KEY=VALUE, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def with_overrides(config, overrides: dict):
+    """A copy of ``config`` with each dotted ``key`` set to its value (checked as the trainer
+    checks a config: an unknown key or a value of the wrong type or range raises)."""
+    config = config.copy_and_resolve_references()
+    config.lock()  # a mistyped key raises rather than adds a field
+    for key, value in overrides.items():
+        *sections, field = key.split(".")
+        node = config
+        for section in sections:
+            node = node[section]
+        node[field] = value
+    validate_config(config)
+    return config
 
 
 def _torch_device(args, on_cpu: bool):

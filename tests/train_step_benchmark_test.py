@@ -24,7 +24,7 @@ def _table_row(output: str) -> dict[str, str]:
 def test_the_train_step_benchmark_prints_consistent_figures(tmp_path, monkeypatch, capsys):
     argv = "train_step --backbone darknet_tiny --image-size 64 --batch 2 --rounds 1"
     argv += f" --steps-per-round 2 --torch-variants eager_cl --back-to-back --profile {tmp_path}"
-    argv += " --compare-auto-layout"
+    argv += " --compare-auto-layout --compare-config train.skip_nonfinite=True"
     monkeypatch.setattr("sys.argv", argv.split())
     train_step.main()
     output = capsys.readouterr().out
@@ -44,6 +44,10 @@ def test_the_train_step_benchmark_prints_consistent_figures(tmp_path, monkeypatc
     per_step, ahead = row["JAX img/s, --compare-auto-layout (/ back to back)"].split(" / ")
     assert float(per_step) > 0 and float(ahead) > 0
     assert "not row-major; the output state in the same layouts" in output
+    # The step with a config field changed, the same way.
+    per_step, ahead = row["JAX img/s, --compare-config (/ back to back)"].split(" / ")
+    assert float(per_step) > 0 and float(ahead) > 0
+    assert "[darknet_tiny] JAX with train.skip_nonfinite=True: compiled in" in output
     # Achieved FLOP/s is the FLOPs per image times the images per second: both shown
     # rounded, the GFLOP to 2 decimals (0.26 can be 2% off), the TFLOP/s to 3 (0.015 for
     # 0.0145 on a loaded machine).
@@ -56,3 +60,18 @@ def test_the_train_step_benchmark_prints_consistent_figures(tmp_path, monkeypatc
     assert list(tmp_path.glob("darknet_tiny/plugins/profile/*/*.xplane.pb"))
     assert "ENTRY" in (tmp_path / "darknet_tiny" / "train_step.hlo.txt").read_text()
     assert re.search(r"all-reduce ops and \d+ copied state arrays in the compiled step", output)
+
+
+def test_compared_config_values_are_read_as_literals_and_checked():
+    config = train_step.benchmark_config("darknet_tiny", 64, 2, "float32")
+    overrides = dict(
+        map(train_step._override, ["train.skip_nonfinite=True", "model.conv_impl=xla"])
+    )
+    assert overrides == {"train.skip_nonfinite": True, "model.conv_impl": "xla"}
+    changed = train_step.with_overrides(config, overrides)
+    assert changed.train.skip_nonfinite is True and changed.model.conv_impl == "xla"
+    assert config.train.skip_nonfinite is False  # the benchmark's own config is left alone
+    with pytest.raises(KeyError, match="skip_nonfinit"):
+        train_step.with_overrides(config, {"train.skip_nonfinit": True})
+    with pytest.raises(ValueError, match="conv_impl"):
+        train_step.with_overrides(config, {"model.conv_impl": "fast"})
