@@ -185,6 +185,19 @@ def test_files_already_in_the_output_folder_are_never_overwritten(workdir, tmp_p
     ]
 
 
+def test_drawings_of_a_call_stopped_before_its_record_are_still_replaced(workdir, tmp_path):
+    a = _image(tmp_path / "a.jpg", 40, 30)
+    b = _image(tmp_path / "b.jpg", 50, 20, seed=1)
+    out = tmp_path / "out"
+    assert _predict(workdir, out, a) == 0
+    (out / "detections.json").unlink()  # as a call stopped after drawing a.png leaves it
+    assert _predict(workdir, out, a) == 0
+    assert _record(out)[a]["drawing"] == "a.png"  # its own name again, not a_1.png
+    (out / "detections.json").unlink()
+    assert _predict(workdir, out, b) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["b.png", "detections.json"]
+
+
 def test_the_command_writes_the_boxes_above_its_score_threshold_in_pixels(tmp_path, capsys):
     # A checkpoint whose output layer gives every cell of the 4×4 grid the same output: box 0
     # is the cell itself (centre offset 0.5, size 1 cell) with confidence 1, box 1 has

@@ -287,6 +287,9 @@ def test_commands_print_yolojax_warnings_as_a_plain_line():
     with cli.command_errors():
         assert warnings.formatwarning(*ours) == "Warning: Moved the checkpoint aside.\n"
         assert warnings.formatwarning(*theirs) == python_format  # other packages' as Python's
+        # NumPy's or JAX's warnings raised in yolojax's code point at a line worth seeing.
+        numpy_in_ours = ("invalid value", RuntimeWarning, checkpoints.__file__, 9, "")
+        assert warnings.formatwarning(*numpy_in_ours).startswith(f"{checkpoints.__file__}:9:")
     assert warnings.formatwarning(*ours).startswith(f"{checkpoints.__file__}:9: UserWarning")
 
 

@@ -389,6 +389,23 @@ def test_a_stop_skips_the_evaluation_of_its_step_and_the_rerun_does_it_first(
     assert _checkpoint_steps(tmp_path) == ["4"]
     assert _evaluated_steps(tmp_path) == []
 
+    # Ctrl-C during that evaluation, before any step: it stops at once, nothing to save.
+    evaluate = eval_lib.evaluate
+
+    def interrupted_evaluation(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+        return evaluate(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(eval_lib, "evaluate", interrupted_evaluation)
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            with pytest.raises(KeyboardInterrupt, match="The last checkpoint, step 4"):
+                trainer.train_and_evaluate(config, str(tmp_path))
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    assert _checkpoint_steps(tmp_path) == ["4"] and _evaluated_steps(tmp_path) == []
+
     capsys.readouterr()
     assert trainer.train_and_evaluate(config, str(tmp_path))["step"] == 8
     assert "Evaluating step 4, which was saved but not evaluated." in capsys.readouterr().out

@@ -272,12 +272,14 @@ def _plain_library_warnings():
 
     They are notices for the user (a checkpoint set aside, Ctrl-C ignored by a background
     job); the file, line number and source line that Python adds would read as a fault in
-    the code. Other packages' warnings keep Python's format.
+    the code. Other warnings (other packages', and NumPy's or JAX's raised in yolojax's
+    code, such as a RuntimeWarning or a FutureWarning) keep Python's format.
     """
     default = warnings.formatwarning
 
     def formatwarning(message, category, filename, lineno, line=None):
-        if Path(filename).resolve().is_relative_to(_PACKAGE):
+        ours = Path(filename).resolve().is_relative_to(_PACKAGE)
+        if ours and issubclass(category, UserWarning):  # not a NumPy or JAX warning of ours
             return f"Warning: {message}\n"
         return default(message, category, filename, lineno, line)
 

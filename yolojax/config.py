@@ -135,6 +135,7 @@ def validate_config(config) -> None:
         "train.batch_size",
         "train.log_every_steps",
         "train.checkpoint_every_steps",
+        "train.keep_checkpoints",
         "eval.max_detections",
         "eval.pre_nms_top_k",
     ):
@@ -147,7 +148,6 @@ def validate_config(config) -> None:
         check_number(f"config.train.lr_drop_epochs[{index}]", epoch, at_least=0)
     for index, factor in enumerate(config.train.lr_drop_factors):
         check_number(f"config.train.lr_drop_factors[{index}]", factor, above=0)
-    check_positive_int("config.train.keep_checkpoints", config.train.keep_checkpoints)
     for name in ("eval.batch_size", "eval.train_subset"):  # 0: the train batch; none
         section, key = name.split(".")
         check_int(f"config.{name}", config[section][key], 0)

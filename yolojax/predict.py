@@ -21,8 +21,10 @@ not be read (M images were): ...`` on stderr and exit status 1 (also when no inp
 be read; detections.json is then written as ``{}``, so that it never lists a previous
 run's images). Otherwise it exits 0.
 
-An output folder used before keeps only this call's results: the drawings the previous
-detections.json lists are removed once the new one is written (no other file is touched).
+An output folder used before keeps only this call's results: earlier calls' drawings (those
+the previous detections.json lists, and any PNG marked as this command's drawing, as a call
+that stopped before writing detections.json leaves them) are removed once the new
+detections.json is written; no other file is touched.
 """
 
 import argparse
@@ -35,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, PngImagePlugin
 from tqdm import tqdm
 
 from yolojax import cli, huge_pages
@@ -46,6 +48,9 @@ if TYPE_CHECKING:  # imported when used: it loads TensorFlow, which a restart wo
     from yolojax.detector import Detector, ImageDetections
 
 DETECTIONS_FILE = "detections.json"
+# A PNG text chunk that marks a drawing as this command's: another call may replace it, and a
+# file without it is never written over.
+DRAWING_MARK = ("Software", "yolojax.predict")
 
 
 class Predictions(NamedTuple):
@@ -146,11 +151,11 @@ def predict_files(
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"The output folder {out_dir} is a file: choose another (--out).")
     out_dir.mkdir(parents=True, exist_ok=True)
-    earlier_drawings = _listed_drawings(out_dir / DETECTIONS_FILE)
-    # Names of files that are not an earlier call's drawings are taken: a drawing never
-    # replaces them (an input image in the output folder, a file of the user's).
-    ours = {name.casefold() for name in earlier_drawings}
-    taken = {p.name.casefold() for p in out_dir.iterdir()} - ours
+    # Earlier calls' drawings: listed in detections.json, or marked (one a call stopped
+    # before writing it). Any other file's name is taken: a drawing never replaces an input
+    # image in the output folder, or a file of the user's.
+    earlier_drawings = _listed_drawings(out_dir / DETECTIONS_FILE) | _marked_drawings(out_dir)
+    taken = {p.name.casefold() for p in out_dir.iterdir() if p.name not in earlier_drawings}
     images, failed = {}, {}
     for key in tqdm(_image_files(paths), desc="Detecting", unit="image", disable=None):
         try:
@@ -162,7 +167,9 @@ def predict_files(
             continue
         detections = detector(image)
         drawing = _drawing_name(Path(key), taken)
-        draw_detections(image, detections).save(out_dir / drawing)
+        mark = PngImagePlugin.PngInfo()
+        mark.add_text(*DRAWING_MARK)
+        draw_detections(image, detections).save(out_dir / drawing, pnginfo=mark)
         images[key] = {
             "drawing": drawing,
             "detections": [
@@ -200,6 +207,19 @@ def _listed_drawings(record_path: Path) -> set[str]:
 def _count(number: int, noun: str) -> str:
     """``1 image``, ``3 images``."""
     return f"{number} {noun}{'s' * (number != 1)}"
+
+
+def _marked_drawings(folder: Path) -> set[str]:
+    """The names of the PNG files in ``folder`` that carry `DRAWING_MARK`."""
+    marked = set()
+    for path in folder.glob("*.png"):
+        try:
+            with Image.open(path) as png:  # reads the chunks before the pixels only
+                if png.info.get(DRAWING_MARK[0]) == DRAWING_MARK[1]:
+                    marked.add(path.name)
+        except (OSError, ValueError):  # not a PNG Pillow can open: not ours
+            continue
+    return marked
 
 
 def _report_skip(path: str, reason: str) -> None:

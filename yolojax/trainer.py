@@ -151,10 +151,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
         config_json = config.to_json_best_effort(indent=2)
-        if start_step < total_steps:
+        # A finished run's config.json stays the config its checkpoint was trained with (if
+        # it was lost, this config is the best there is).
+        if start_step < total_steps or not (workdir / workdir_io.CONFIG_FILE).exists():
             changes, kept = workdir_io.save_config(workdir, config_json, start_step)
             outcome = f"Training goes on with the new values; the previous config is kept as {kept}"
-        else:  # config.json stays the config the checkpoint was trained with
+        else:
             changes = workdir_io.config_changes(workdir, config_json)
             outcome = (
                 f"The run has already trained to step {start_step}, at or past the "
@@ -290,16 +292,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
         smoothing=0,
     )
 
-    # Signals stay caught until the last checkpoint is written: one that comes after the last
-    # step (its evaluation, the final save) lets the run finish, with exit status 0.
-    with _warnings_above_progress_bars(), preemption.StopSignals() as stop_signals:
+    with _warnings_above_progress_bars(), contextlib.ExitStack() as signals_caught:
         try:
             logged = {r["step"] for r in workdir_io.read_metrics(workdir) if "test_mAP" in r}
             if start_step and due_for_evaluation(start_step) and start_step not in logged:
                 # Saved, but its evaluation was cut short (a crash, or a stop that skipped it).
+                # A signal during it stops at once: nothing is left to save.
                 if is_main:
                     tqdm.write(f"Evaluating step {start_step}, which was saved but not evaluated.")
                 results = run_evaluation(start_step, on_devices)
+            if start_step < total_steps:
+                # From the first step until the last checkpoint is written: a signal after the
+                # last step (its evaluation, the final save) lets the run finish, exit status 0.
+                stop_signals = signals_caught.enter_context(preemption.StopSignals())
             for step in range(start_step + 1, total_steps + 1):
                 batch = distributed.shard_batch(next(train_iter), mesh)
                 on_devices, metrics = train_step(on_devices, batch)
