@@ -292,7 +292,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         smoothing=0,
     )
 
-    with _warnings_above_progress_bars(), contextlib.ExitStack() as signals_caught:
+    with contextlib.ExitStack() as signals_caught:
         try:
             logged = {r["step"] for r in workdir_io.read_metrics(workdir) if "test_mAP" in r}
             if start_step and due_for_evaluation(start_step) and start_step not in logged:
@@ -301,41 +301,42 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 if is_main:
                     tqdm.write(f"Evaluating step {start_step}, which was saved but not evaluated.")
                 results = run_evaluation(start_step, on_devices)
-            if start_step < total_steps:
-                # From the first step until the last checkpoint is written: a signal after the
-                # last step (its evaluation, the final save) lets the run finish, exit status 0.
-                stop_signals = signals_caught.enter_context(preemption.StopSignals())
-            for step in range(start_step + 1, total_steps + 1):
-                batch = distributed.shard_batch(next(train_iter), mesh)
-                on_devices, metrics = train_step(on_devices, batch)
-                window.add(step, metrics)
-                progress.update(1)
-                if step % steps_per_epoch == 0:
-                    progress.set_description(epoch_label(step + 1), refresh=False)
-                last = step == total_steps
-                evaluate_now = due_for_evaluation(step)
-                save_now = evaluate_now or step % config.train.checkpoint_every_steps == 0
-                # Before the evaluation: a preempted job should not spend its grace period
-                # evaluating (the resumed run evaluates this step first).
-                stop_now = stop_signals.should_stop(step) and not last
-                if last or save_now or stop_now or step % config.train.log_every_steps == 0:
-                    # Fetching the window checks every step's loss before anything is saved,
-                    # so a non-finite state never reaches a checkpoint.
-                    means = window.flush(config.train.batch_size)
-                    record(step, means)
-                    progress.set_postfix(
-                        loss=f"{means['loss']:.3f}", img_s=f"{means['images_per_second']:.1f}"
-                    )
-                if save_now or stop_now:  # before the evaluation, which may be cut short
-                    ckpt.save(step, distributed.first_replica(on_devices))
-                if evaluate_now and not stop_now:
-                    results = run_evaluation(step, on_devices)
-                    # A signal during the evaluation stops at this step, already saved.
+            with _warnings_above_progress_bars():
+                if start_step < total_steps:
+                    # From the first step until the last checkpoint is written: a signal after the
+                    # last step (its evaluation, the final save) lets the run finish, exit status 0.
+                    stop_signals = signals_caught.enter_context(preemption.StopSignals())
+                for step in range(start_step + 1, total_steps + 1):
+                    batch = distributed.shard_batch(next(train_iter), mesh)
+                    on_devices, metrics = train_step(on_devices, batch)
+                    window.add(step, metrics)
+                    progress.update(1)
+                    if step % steps_per_epoch == 0:
+                        progress.set_description(epoch_label(step + 1), refresh=False)
+                    last = step == total_steps
+                    evaluate_now = due_for_evaluation(step)
+                    save_now = evaluate_now or step % config.train.checkpoint_every_steps == 0
+                    # Before the evaluation: a preempted job should not spend its grace period
+                    # evaluating (the resumed run evaluates this step first).
                     stop_now = stop_signals.should_stop(step) and not last
-                if stop_now:  # the save completes in `finally`, before this reaches the caller
-                    raise preemption.TrainingStopped(
-                        stop_signals.received, step, workdir / checkpoints.LATEST_FOLDER
-                    )
+                    if last or save_now or stop_now or step % config.train.log_every_steps == 0:
+                        # Fetching the window checks every step's loss before anything is saved,
+                        # so a non-finite state never reaches a checkpoint.
+                        means = window.flush(config.train.batch_size)
+                        record(step, means)
+                        progress.set_postfix(
+                            loss=f"{means['loss']:.3f}", img_s=f"{means['images_per_second']:.1f}"
+                        )
+                    if save_now or stop_now:  # before the evaluation, which may be cut short
+                        ckpt.save(step, distributed.first_replica(on_devices))
+                    if evaluate_now and not stop_now:
+                        results = run_evaluation(step, on_devices)
+                        # A signal during the evaluation stops at this step, already saved.
+                        stop_now = stop_signals.should_stop(step) and not last
+                    if stop_now:  # the save completes in `finally`, before this reaches the caller
+                        raise preemption.TrainingStopped(
+                            stop_signals.received, step, workdir / checkpoints.LATEST_FOLDER
+                        )
             if results is None:  # the run had finished: report its final checkpoint again
                 if is_main:
                     tqdm.write(
