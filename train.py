@@ -29,6 +29,8 @@ def main(argv):
 
         distributed.initialize_from_flags()
         trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    # Trained and saved: a signal from here on must not make the exit status a preemption's.
+    cli.ignore_stop_signals()
 
 
 if __name__ == "__main__":

@@ -198,6 +198,26 @@ def test_drawings_of_a_call_stopped_before_its_record_are_still_replaced(workdir
     assert sorted(p.name for p in out.iterdir()) == ["b.png", "detections.json"]
 
 
+def test_the_output_folder_as_input_and_a_drawing_copied_from_elsewhere(workdir, tmp_path):
+    folder = tmp_path / "photos"
+    photo = _image(folder / "a.png", 40, 30)
+    for _ in range(3):  # its own drawings are not inputs the next time
+        assert _predict(workdir, folder, str(folder)) == 0
+        assert list(_record(folder)) == [photo]
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png", "a_1.png", "detections.json"]
+
+    # A drawing copied into another output folder is the user's file there: kept, and not
+    # written over by the drawing that would take its name.
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(folder / "a_1.png", other / "a.png")
+    copied = (other / "a.png").read_bytes()
+    assert _predict(workdir, other, photo) == 0
+    assert _record(other)[photo]["drawing"] == "a_1.png"
+    assert (other / "a.png").read_bytes() == copied
+    assert not [p for p in other.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_the_command_writes_the_boxes_above_its_score_threshold_in_pixels(tmp_path, capsys):
     # A checkpoint whose output layer gives every cell of the 4×4 grid the same output: box 0
     # is the cell itself (centre offset 0.5, size 1 cell) with confidence 1, box 1 has

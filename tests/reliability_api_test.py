@@ -9,6 +9,7 @@ tools report such errors.
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import types
@@ -28,9 +29,11 @@ from yolojax import (
     boxes,
     checkpoints,
     cli,
+    errors,
     losses,
     models,
     postprocess,
+    preemption,
     targets,
     train_lib,
     trainer,
@@ -278,31 +281,42 @@ def test_commands_print_a_documented_error_alone_and_exit_1(capsys, monkeypatch)
         raise checkpoints.NoCheckpointError("again")
 
 
-def test_commands_print_yolojax_warnings_as_a_plain_line():
+def test_commands_print_yolojax_notices_as_a_plain_line(recwarn):
     # Python shows a warning as warnings.formatwarning formats it (pytest records them, so
     # the format is checked directly).
-    ours = ("Moved the checkpoint aside.", UserWarning, checkpoints.__file__, 9)
+    ours = ("Moved the checkpoint aside.", errors.Notice, "/anywhere/contextlib.py", 9)
     theirs = ("from elsewhere", UserWarning, np.__file__, 7, "")
     python_format = warnings.formatwarning(*theirs)
     with cli.command_errors():
+        # Whatever line the warning points at (the stack level can land in contextlib).
         assert warnings.formatwarning(*ours) == "Warning: Moved the checkpoint aside.\n"
-        assert warnings.formatwarning(*theirs) == python_format  # other packages' as Python's
-        # NumPy's or JAX's warnings raised in yolojax's code point at a line worth seeing.
+        assert warnings.formatwarning(*theirs) == python_format  # other warnings as Python's
         numpy_in_ours = ("invalid value", RuntimeWarning, checkpoints.__file__, 9, "")
         assert warnings.formatwarning(*numpy_in_ours).startswith(f"{checkpoints.__file__}:9:")
-    assert warnings.formatwarning(*ours).startswith(f"{checkpoints.__file__}:9: UserWarning")
+    assert warnings.formatwarning(*ours).startswith("/anywhere/contextlib.py:9: Notice")
+    # The library's notices are of that category: here, a background job's ignored Ctrl-C.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with preemption.StopSignals():
+            pass
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert [w.category for w in recwarn] == [errors.Notice]
 
 
 def test_a_finished_command_exits_0_on_a_signal_during_shutdown():
-    # What cli.run does once a command's work is done: SIGTERM during the interpreter's
-    # shutdown ends the process with status 0, not 143 (a preemption to a scheduler).
+    # What train.py and cli.run do once a command's work is done: SIGTERM and Ctrl-C during
+    # the rest, the interpreter's shutdown included, leave the exit status 0, not 143 (a
+    # preemption to a scheduler). They are ignored, not handled: Python puts back the
+    # default action of every signal it handles early in its shutdown.
     code = (
-        "import os, signal, time\n"
+        "import os, signal\n"
         "from yolojax import cli\n"
-        "cli._exit_at_once_on_signals(status=0)\n"
+        "cli.ignore_stop_signals()\n"
+        "assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN\n"
+        "assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN\n"
         "os.kill(os.getpid(), signal.SIGTERM)\n"
-        "time.sleep(30)\n"
-        "raise SystemExit(3)\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
     )
     finished = subprocess.run([sys.executable, "-c", code], timeout=60, cwd=REPO)
     assert finished.returncode == 0

@@ -270,7 +270,7 @@ class Checkpoints:
             target.parent.mkdir(exist_ok=True)
             source.rename(target)
             message = f"Moved the existing checkpoint {source} to {target}: {why}"
-            warnings.warn(message, stacklevel=3)
+            warnings.warn(message, errors.Notice, stacklevel=3)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"yolojax set aside {manager.directory} {step}")
         manager.reload()
@@ -439,6 +439,7 @@ class Checkpoints:
                 warnings.warn(
                     f"Skipping damaged checkpoint {manager.directory / str(step)}: "
                     f"{type(error).__name__}: {str(error)[:300]}",
+                    errors.Notice,
                     stacklevel=2,
                 )
                 continue

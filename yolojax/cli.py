@@ -25,7 +25,7 @@ from pathlib import Path
 from absl import app, flags
 from absl import logging as absl_logging
 
-from yolojax import huge_pages
+from yolojax import errors, huge_pages
 
 # TensorFlow (tf.data only) logs at INFO level when it is imported; that is noise in a
 # command's progress output. Warnings and errors still show. TF 2.21 prints its "oneDNN
@@ -38,7 +38,6 @@ USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 TRACEBACK_ENV = "YOLOJAX_TRACEBACK"
 # The repository's configs/ (not installed with the package: absent from a wheel install).
 BUNDLED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-_PACKAGE = Path(__file__).resolve().parent
 
 
 class _FailedRestoreNoise(logging.Filter):
@@ -270,16 +269,15 @@ def parse_flags(argv: list[str]) -> list[str]:
 def _plain_library_warnings():
     """Prints yolojax's own warnings as ``Warning: <message>``.
 
-    They are notices for the user (a checkpoint set aside, Ctrl-C ignored by a background
-    job); the file, line number and source line that Python adds would read as a fault in
-    the code. Other warnings (other packages', and NumPy's or JAX's raised in yolojax's
-    code, such as a RuntimeWarning or a FutureWarning) keep Python's format.
+    They are notices for the user (`yolojax.errors.Notice`: a checkpoint set aside, Ctrl-C
+    ignored by a background job); the file, line number and source line that Python adds
+    would read as a fault in the code. Other warnings (other packages', and NumPy's or
+    JAX's raised in yolojax's code) keep Python's format.
     """
     default = warnings.formatwarning
 
     def formatwarning(message, category, filename, lineno, line=None):
-        ours = Path(filename).resolve().is_relative_to(_PACKAGE)
-        if ours and issubclass(category, UserWarning):  # not a NumPy or JAX warning of ours
+        if issubclass(category, errors.Notice):
             return f"Warning: {message}\n"
         return default(message, category, filename, lineno, line)
 
@@ -338,22 +336,17 @@ def start(argv: list[str]) -> None:
         absl_logging.set_verbosity(absl_logging.WARNING)
 
 
-def _exit_at_once_on_signals(status: int) -> None:
-    """From here on SIGTERM and Ctrl-C end the process at once with ``status``.
+def ignore_stop_signals() -> None:
+    """From here on the process ignores SIGTERM and Ctrl-C, until it exits.
 
     For a command whose work is done and saved: the interpreter's shutdown with JAX and
-    TensorFlow loaded takes a second or more, and a scheduler's SIGTERM then would otherwise
-    end it with status 143, which reads as a preempted job.
+    TensorFlow loaded takes a second or more, and a scheduler's SIGTERM then would end it
+    with status 143, which reads as a preempted job. A Python handler would not do:
+    Python puts back the default action of each signal it handled early in its shutdown,
+    while an ignored signal stays ignored. (A shutdown that hangs still ends on SIGKILL.)
     """
-
-    def exit_at_once(*_):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
-
     for signal_number in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(signal_number) is not signal.SIG_IGN:
-            signal.signal(signal_number, exit_at_once)
+        signal.signal(signal_number, signal.SIG_IGN)
 
 
 def run(main) -> None:
@@ -373,7 +366,7 @@ def run(main) -> None:
         app.run(main, flags_parser=parse_flags)
     except SystemExit as exit_request:
         if exit_request.code in (0, None):
-            _exit_at_once_on_signals(status=0)
+            ignore_stop_signals()
             raise
         sys.stdout.flush()
         sys.stderr.flush()

@@ -1,4 +1,10 @@
-"""Wording shared by the library's error messages."""
+"""Wording shared by the library's error messages, and the category of its notices."""
+
+
+class Notice(UserWarning):
+    """A warning that is a notice for the user (a checkpoint set aside, a damaged one skipped,
+    Ctrl-C ignored by a background job), not a fault in the code: the command-line tools
+    print it as ``Warning: <message>`` (`yolojax.cli`)."""
 
 
 def first_line(error: BaseException, limit: int = 300) -> str:

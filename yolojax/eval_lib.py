@@ -17,7 +17,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 from tqdm import tqdm
 
-from yolojax import distributed, plots, postprocess, train_lib, voc_results
+from yolojax import distributed, errors, plots, postprocess, train_lib, voc_results
 from yolojax.boxes import normalized_yxyx_to_pixel_xyxy
 from yolojax.config import resolve_num_classes, validate_config
 from yolojax.data import pipeline, sources
@@ -256,7 +256,7 @@ def evaluate_checkpoint(
                 write(path)
                 results["saved"].append(path)
             except OSError as error:  # a read-only or full workdir: the results still return
-                warnings.warn(f"Could not save {path}: {error}", stacklevel=2)
+                warnings.warn(f"Could not save {path}: {error}", errors.Notice, stacklevel=2)
     return results
 
 

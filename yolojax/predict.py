@@ -4,7 +4,8 @@
     python -m yolojax.predict --workdir runs/shapes images/ --out out/
 
 A folder stands for the image files in it (by extension: .jpg, .png, ...; not its
-subfolders), in name order. For each input image ``name.ext`` it writes the drawing
+subfolders), in name order; the output folder given as an input stands for its images
+without this command's drawings. For each input image ``name.ext`` it writes the drawing
 ``out/name.png`` with labelled boxes (``name_1.png``, ``name_2.png``, ... for later inputs
 of the same name, in input order, and where the folder already holds a file of that name
 that is not an earlier call's drawing: an input image, say), and ``out/detections.json``:
@@ -22,13 +23,15 @@ be read; detections.json is then written as ``{}``, so that it never lists a pre
 run's images). Otherwise it exits 0.
 
 An output folder used before keeps only this call's results: earlier calls' drawings (those
-the previous detections.json lists, and any PNG marked as this command's drawing, as a call
-that stopped before writing detections.json leaves them) are removed once the new
+the previous detections.json lists, and any PNG marked as this command's drawing in this
+folder, as a call that stopped before writing detections.json leaves them; each is written
+whole or not at all) are removed once the new
 detections.json is written; no other file is touched.
 """
 
 import argparse
 import colorsys
+import io
 import json
 import os
 import sys
@@ -42,15 +45,16 @@ from tqdm import tqdm
 
 from yolojax import cli, huge_pages
 from yolojax.images import IMAGE_EXTENSIONS, UnreadableImageError, read_image
-from yolojax.workdir import atomic_write_text, to_json
+from yolojax.workdir import atomic_write_bytes, atomic_write_text, to_json
 
 if TYPE_CHECKING:  # imported when used: it loads TensorFlow, which a restart would load twice
     from yolojax.detector import Detector, ImageDetections
 
 DETECTIONS_FILE = "detections.json"
-# A PNG text chunk that marks a drawing as this command's: another call may replace it, and a
-# file without it is never written over.
-DRAWING_MARK = ("Software", "yolojax.predict")
+# The PNG text chunk that marks a drawing as this command's, for one output folder (its
+# absolute path follows): a later call into that folder may replace it; a file without it,
+# or a drawing copied from another folder, is never written over.
+DRAWING_MARK_KEY, DRAWING_MARK = "Software", "yolojax.predict drawing in {folder}"
 
 
 class Predictions(NamedTuple):
@@ -154,10 +158,16 @@ def predict_files(
     # Earlier calls' drawings: listed in detections.json, or marked (one a call stopped
     # before writing it). Any other file's name is taken: a drawing never replaces an input
     # image in the output folder, or a file of the user's.
-    earlier_drawings = _listed_drawings(out_dir / DETECTIONS_FILE) | _marked_drawings(out_dir)
+    marked = _marked_drawings(out_dir)
+    earlier_drawings = _listed_drawings(out_dir / DETECTIONS_FILE) | marked
     taken = {p.name.casefold() for p in out_dir.iterdir() if p.name not in earlier_drawings}
     images, failed = {}, {}
-    for key in tqdm(_image_files(paths), desc="Detecting", unit="image", disable=None):
+    # An output folder given as an input too: its drawings are not inputs.
+    drawings = {os.path.realpath(out_dir / name) for name in marked}
+    inputs = [path for path in _image_files(paths) if os.path.realpath(path) not in drawings]
+    mark = PngImagePlugin.PngInfo()
+    mark.add_text(DRAWING_MARK_KEY, _mark_of(out_dir))
+    for key in tqdm(inputs, desc="Detecting", unit="image", disable=None):
         try:
             image = read_image(key)
         except UnreadableImageError as error:
@@ -167,9 +177,9 @@ def predict_files(
             continue
         detections = detector(image)
         drawing = _drawing_name(Path(key), taken)
-        mark = PngImagePlugin.PngInfo()
-        mark.add_text(*DRAWING_MARK)
-        draw_detections(image, detections).save(out_dir / drawing, pnginfo=mark)
+        png = io.BytesIO()
+        draw_detections(image, detections).save(png, format="PNG", pnginfo=mark)
+        atomic_write_bytes(out_dir / drawing, png.getvalue())  # never a half-written drawing
         images[key] = {
             "drawing": drawing,
             "detections": [
@@ -209,13 +219,17 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'s' * (number != 1)}"
 
 
+def _mark_of(folder: Path) -> str:
+    return DRAWING_MARK.format(folder=Path(folder).resolve())
+
+
 def _marked_drawings(folder: Path) -> set[str]:
-    """The names of the PNG files in ``folder`` that carry `DRAWING_MARK`."""
-    marked = set()
+    """The names of the PNG files in ``folder`` marked as this command's drawings there."""
+    marked, mark = set(), _mark_of(folder)
     for path in folder.glob("*.png"):
         try:
             with Image.open(path) as png:  # reads the chunks before the pixels only
-                if png.info.get(DRAWING_MARK[0]) == DRAWING_MARK[1]:
+                if png.info.get(DRAWING_MARK_KEY) == mark:
                     marked.add(path.name)
         except (OSError, ValueError):  # not a PNG Pillow can open: not ours
             continue

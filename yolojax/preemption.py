@@ -32,6 +32,8 @@ import warnings
 import jax
 from jax.experimental import multihost_utils
 
+from yolojax import errors
+
 # Where the first signal is acted on; the handler cannot know the step.
 _FIRST_SIGNAL = "\n{name} received: training stops after the current step, with a checkpoint of it."
 _AGAIN = {
@@ -109,6 +111,7 @@ class StopSignals:
             warnings.warn(
                 "This process ignores Ctrl-C (SIGINT), as a background job started by a script "
                 f"does: to stop training with a checkpoint, use kill -TERM {os.getpid()}.",
+                errors.Notice,
                 stacklevel=2,
             )
         return self

@@ -24,7 +24,16 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from yolojax import checkpoints, distributed, eval_lib, plots, preemption, pretrained, train_lib
+from yolojax import (
+    checkpoints,
+    distributed,
+    errors,
+    eval_lib,
+    plots,
+    preemption,
+    pretrained,
+    train_lib,
+)
 from yolojax import workdir as workdir_io
 from yolojax.config import resolve_num_classes, validate_config
 from yolojax.data import pipeline
@@ -196,7 +205,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 plots.plot_training_curves(workdir)
                 curves_drawn = True
             except OSError as error:
-                warnings.warn(f"Could not draw the training curves: {error}", stacklevel=2)
+                warnings.warn(
+                    f"Could not draw the training curves: {error}", errors.Notice, stacklevel=2
+                )
 
     mesh = distributed.mesh()
     train_step = train_lib.make_train_step(model, config, schedule, mesh)
