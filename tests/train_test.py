@@ -338,9 +338,9 @@ def test_ctrl_c_saves_the_step_reached_and_the_rerun_trains_as_if_uninterrupted(
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.usefixtures("ctrl_c")
-def test_ctrl_c_during_an_evaluation_stops_at_that_step(tmp_path, data_dir, monkeypatch):
-    config = tiny_config(data_dir)  # 8 steps, evaluated and saved at 4 and 8
+def _ctrl_c_in_the_first_evaluation(patch) -> None:
+    """Patches eval_lib.evaluate (with `patch`, a MonkeyPatch) so that its first call gets
+    one Ctrl-C (SIGINT) as it starts."""
     evaluate, calls = eval_lib.evaluate, []
 
     def interrupted_evaluation(*args, **kwargs):
@@ -349,7 +349,13 @@ def test_ctrl_c_during_an_evaluation_stops_at_that_step(tmp_path, data_dir, monk
             signal.raise_signal(signal.SIGINT)
         return evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(eval_lib, "evaluate", interrupted_evaluation)
+    patch.setattr(eval_lib, "evaluate", interrupted_evaluation)
+
+
+@pytest.mark.usefixtures("ctrl_c")
+def test_ctrl_c_during_an_evaluation_stops_at_that_step(tmp_path, data_dir, monkeypatch):
+    config = tiny_config(data_dir)  # 8 steps, evaluated and saved at 4 and 8
+    _ctrl_c_in_the_first_evaluation(monkeypatch)
     with pytest.raises(preemption.TrainingStopped) as stop:
         trainer.train_and_evaluate(config, str(tmp_path))
     assert stop.value.step == 4  # not one step more
@@ -390,16 +396,8 @@ def test_a_stop_skips_the_evaluation_of_its_step_and_the_rerun_does_it_first(
     assert _evaluated_steps(tmp_path) == []
 
     # One Ctrl-C during that evaluation, before any step: it stops at once, nothing to save.
-    evaluate, calls = eval_lib.evaluate, []
-
-    def interrupted_evaluation(*args, **kwargs):
-        calls.append(None)
-        if len(calls) == 1:
-            signal.raise_signal(signal.SIGINT)
-        return evaluate(*args, **kwargs)
-
     with monkeypatch.context() as patch:
-        patch.setattr(eval_lib, "evaluate", interrupted_evaluation)
+        _ctrl_c_in_the_first_evaluation(patch)
         previous = signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             with pytest.raises(KeyboardInterrupt, match="The last checkpoint, step 4"):
