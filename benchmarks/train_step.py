@@ -80,6 +80,7 @@ import jax
 import numpy as np
 from jax.experimental.layout import Format, Layout
 from jax.sharding import NamedSharding, PartitionSpec
+from ml_collections.config_flags import config_path
 
 from benchmarks import common, kernel_profile
 from configs import shapes, voc
@@ -632,13 +633,8 @@ def with_overrides(config, overrides: dict):
     """A copy of ``config`` with each dotted ``key`` set to its value (checked as the trainer
     checks a config: an unknown key or a value of the wrong type or range raises)."""
     config = config.copy_and_resolve_references()
-    config.lock()  # a mistyped key raises rather than adds a field
-    for key, value in overrides.items():
-        *sections, field = key.split(".")
-        node = config
-        for section in sections:
-            node = node[section]
-        node[field] = value
+    for key, value in overrides.items():  # as ml_collections sets a --config.KEY=VALUE flag
+        config_path.set_value(key, config, value)
     validate_config(config)
     return config
 

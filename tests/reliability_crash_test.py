@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from ml_collections.config_flags import config_path
 
 from configs import shapes
 from tests.tiny import tensorboard_scalars
@@ -73,11 +74,7 @@ def _config(data_dir):
     """The in-process twin of the command line's config (to restore what it saved)."""
     config = shapes.get_config()
     for key, value in {**OVERRIDES, "data.tfds_data_dir": data_dir}.items():
-        *sections, field = key.split(".")
-        node = config
-        for section in sections:
-            node = node[section]
-        node[field] = value
+        config_path.set_value(key, config, value)  # as the command line's flag sets it
     return config
 
 
