@@ -25,8 +25,8 @@ run's images). Otherwise it exits 0.
 An output folder used before keeps only this call's results: earlier calls' drawings (those
 the previous detections.json lists, and any PNG marked as this command's drawing in this
 folder, as a call that stopped before writing detections.json leaves them; each is written
-whole or not at all) are removed once the new
-detections.json is written; no other file is touched.
+whole or not at all) are removed once the new detections.json is written; no other file is
+touched.
 """
 
 import argparse
