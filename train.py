@@ -28,9 +28,8 @@ def main(argv):
         from yolojax import trainer  # here, after cli.run's restart: TensorFlow loads once
 
         distributed.initialize_from_flags()
-        trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    # Trained and saved: a signal from here on must not make the exit status a preemption's.
-    cli.ignore_stop_signals()
+        # Trained and saved: a signal from then on must not make the exit status a preemption's.
+        trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir, on_finished=cli.ignore_stop_signals)
 
 
 if __name__ == "__main__":

@@ -92,6 +92,15 @@ def test_the_previous_handlers_come_back_after_a_block_without_signals(previous)
     assert stop.received is None
 
 
+def test_a_handler_set_inside_the_block_is_left_in_place(previous):
+    # The trainer's on_finished (train.py: ignore both signals) runs before the block ends.
+    with preemption.StopSignals():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    signal.raise_signal(signal.SIGINT)  # the other one has its previous handler back
+    assert previous == [signal.SIGINT]
+
+
 def test_a_signal_the_process_ignores_stays_ignored(previous):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as a parent that ignores it leaves it
     with preemption.StopSignals() as stop:

@@ -20,6 +20,7 @@ from configs import voc
 from tests import tiny
 from yolojax import (
     checkpoints,
+    cli,
     eval_lib,
     models,
     predict,
@@ -383,6 +384,34 @@ def test_a_sigterm_after_the_last_step_lets_the_run_finish(tmp_path, data_dir, m
     assert received == []  # caught by the trainer, not left to the process's handler
     assert results["step"] == 8 and _checkpoint_steps(tmp_path) == ["4", "8"]
     assert "SIGTERM received" in capfd.readouterr().err
+
+
+def test_on_finished_is_called_while_the_signals_are_held_and_its_handlers_stay(tmp_path, data_dir):
+    # train.py passes cli.ignore_stop_signals: between the trainer letting go of SIGTERM and
+    # a call after it returned, a scheduler's SIGTERM would end the finished run with 143.
+    config = tiny_config(data_dir)
+    config.eval.train_subset = 0
+    handlers_seen = []
+
+    def on_finished():
+        handlers_seen.append(signal.getsignal(signal.SIGTERM))
+        cli.ignore_stop_signals()
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        trainer.train_and_evaluate(config, str(tmp_path), on_finished=on_finished)
+        [held] = handlers_seen
+        assert isinstance(getattr(held, "__self__", None), preemption.StopSignals)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        # A finished run rerun (no StopSignals: nothing to save) calls it too.
+        for signal_number, handler in previous.items():
+            signal.signal(signal_number, handler)
+        trainer.train_and_evaluate(config, str(tmp_path), on_finished=on_finished)
+        assert len(handlers_seen) == 2 and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        for signal_number, handler in previous.items():
+            signal.signal(signal_number, handler)
 
 
 def test_a_stop_skips_the_evaluation_of_its_step_and_the_rerun_does_it_first(

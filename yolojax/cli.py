@@ -339,11 +339,13 @@ def start(argv: list[str]) -> None:
 def ignore_stop_signals() -> None:
     """From here on the process ignores SIGTERM and Ctrl-C, until it exits.
 
-    For a command whose work is done and saved: the interpreter's shutdown with JAX and
-    TensorFlow loaded takes a second or more, and a scheduler's SIGTERM then would end it
-    with status 143, which reads as a preempted job. A Python handler would not do:
-    Python puts back the default action of each signal it handled early in its shutdown,
-    while an ignored signal stays ignored. (A shutdown that hangs still ends on SIGKILL.)
+    For a command whose work is done and saved (``train.py`` passes it to the trainer as
+    ``on_finished``, which calls it before letting go of the signals): the interpreter's
+    shutdown with JAX and TensorFlow loaded takes a second or more, and a scheduler's
+    SIGTERM then would end it with status 143, which reads as a preempted job. A Python
+    handler would not do: Python puts back the default action of each signal it handled
+    early in its shutdown, while an ignored signal stays ignored. (A shutdown that hangs
+    still ends on SIGKILL.)
     """
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signal_number, signal.SIG_IGN)

@@ -118,7 +118,9 @@ class StopSignals:
 
     def __exit__(self, *exc_info) -> None:
         for signal_number, previous in self._previous.items():
-            signal.signal(signal_number, previous)
+            # A handler set meanwhile (the trainer's ``on_finished``) is left in place.
+            if signal.getsignal(signal_number) == self._handle:
+                signal.signal(signal_number, previous)
         self._previous = {}
 
     def _handle(self, signal_number: int, frame) -> None:

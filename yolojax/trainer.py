@@ -95,11 +95,20 @@ def _warnings_above_progress_bars():
         warnings.showwarning = show
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def train_and_evaluate(config, workdir: str, *, on_finished=None) -> dict:
     """Trains and evaluates the model described by ``config`` in ``workdir``.
 
     Re-running with the same ``workdir`` resumes from its latest checkpoint. SIGTERM or a
     first Ctrl-C during the steps saves the step reached and stops (:mod:`yolojax.preemption`).
+
+    Args:
+      config: the run's config (``configs/*.py``'s ``get_config()``), validated here.
+      workdir: the run's folder: checkpoints, metrics, curves.
+      on_finished: called with no arguments once the run has finished and everything is
+        saved, while the trainer still holds SIGTERM and Ctrl-C; not called on a stop or an
+        error. ``train.py`` passes :func:`yolojax.cli.ignore_stop_signals`, so that a
+        scheduler's SIGTERM from then on, its shutdown included, cannot end the process
+        with a preemption's exit status.
 
     Returns:
       The last evaluation's results (see :func:`yolojax.eval_lib.evaluate`), plus ``step``.
@@ -395,6 +404,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
             if is_main:
                 tensorboard.close()
             draw_curves()  # also for a stopped or failed run: its curves up to there
+        if on_finished is not None:  # before StopSignals lets go: no moment without either
+            on_finished()
     if is_main:
         print(
             f"Saved in {workdir}: checkpoints/ (the last {config.train.keep_checkpoints}), best/ "
