@@ -2,7 +2,11 @@
 
 import io
 import itertools
+import json
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -304,3 +308,32 @@ def test_opening_a_synthetic_dataset_logs_no_tfds_notices_but_other_warnings_pas
     out = capsys.readouterr().out
     assert out.count("Generating the synthetic shapes dataset (4 train and 2 test images") == 1
     assert "Downloading" not in out and "downloaded" not in out
+
+
+def test_a_script_that_leaves_iterators_unfinished_still_exits(config):
+    # A user's script that reads a few batches and ends: tf.data iterators over
+    # from_generator freed during the interpreter's shutdown made it hang there for good.
+    script = (
+        "import sys\n"
+        "import json\n"
+        "from ml_collections import ConfigDict\n"
+        "from yolojax.data import make_eval_iterator, make_train_iterator\n"
+        "config = ConfigDict(json.loads(sys.argv[1]))\n"
+        "train = make_train_iterator(config, global_batch_size=2, seed=0)\n"
+        "evaluation = make_eval_iterator(config, global_batch_size=2)\n"
+        "next(train), next(evaluation)\n"
+        "print('read')\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        finished = subprocess.run(
+            [sys.executable, "-c", script, json.dumps(config.to_dict())],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the script read its batches but did not exit")
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert finished.stdout.splitlines()[-1] == "read", finished.stdout

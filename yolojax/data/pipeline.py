@@ -17,9 +17,11 @@ Evaluation reads every example exactly once: process p takes an even contiguous 
 yields the same number of batches so that a multi-host gather lines up.
 """
 
+import atexit
 import dataclasses
 import logging
 import math
+import weakref
 from collections.abc import Iterator
 
 import jax
@@ -278,6 +280,25 @@ def _dataset(records, data_config, *, seed: int | None, batch_size: int, drop_re
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
+# The iterators handed out and not yet finished, closed when the interpreter exits.
+_open_iterators = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_iterators() -> None:
+    """Closes the iterators still open, while Python still runs: a tf.data iterator over
+    ``from_generator`` freed during the interpreter's shutdown waits for a thread that can no
+    longer run Python, and the process hangs (measured: a script that read one eval batch
+    and ended hung 3 times in 3; a train iterator, 2 times in 4)."""
+    for batches in list(_open_iterators):
+        batches.close()
+
+
+def _closed_at_exit(batches: Iterator[Batch]) -> Iterator[Batch]:
+    _open_iterators.add(batches)
+    return batches
+
+
 def _numpy_batches(dataset: tf.data.Dataset) -> Iterator[Batch]:
     """`dataset.as_numpy_iterator()`. Making it runs TensorFlow's `from_generator` kernel,
     which pins glibc's mmap threshold at 128 KiB; `malloc_thresholds.restore` undoes that,
@@ -336,7 +357,9 @@ def make_train_iterator(
     dataset = _dataset(
         records, data_config, seed=seed, batch_size=layout.per_process, drop_remainder=True
     )
-    return (_to_devices(batch, layout.local_devices) for batch in _numpy_batches(dataset))
+    return _closed_at_exit(
+        _to_devices(batch, layout.local_devices) for batch in _numpy_batches(dataset)
+    )
 
 
 def make_eval_iterator(
@@ -384,7 +407,7 @@ def make_eval_iterator(
     dataset = _dataset(
         records, data_config, seed=None, batch_size=layout.per_process, drop_remainder=False
     )
-    return _padded_batches(dataset, layout, num_batches, first_index=start)
+    return _closed_at_exit(_padded_batches(dataset, layout, num_batches, first_index=start))
 
 
 def _padded_batches(dataset: tf.data.Dataset, layout: _Layout, num_batches: int, first_index: int):
