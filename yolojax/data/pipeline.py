@@ -270,10 +270,13 @@ def _preprocess(record, *, data_config, seed: int | None) -> dict[str, tf.Tensor
 
 def _dataset(records, data_config, *, seed: int | None, batch_size: int, drop_remainder: bool):
     dataset = tf.data.Dataset.from_generator(records, output_signature=_RECORD_SIGNATURE)
-    dataset = dataset.map(
-        lambda record: _preprocess(record, data_config=data_config, seed=seed),
-        num_parallel_calls=tf.data.AUTOTUNE,
+    # Graph code as written (tf.cond, no Python branches on tensors): AutoGraph's rewrite is
+    # not needed, and it leaves its generated files in /tmp whenever a process ends without
+    # running its atexit handlers (a command that fails, a kill).
+    preprocess = tf.autograph.experimental.do_not_convert(
+        lambda record: _preprocess(record, data_config=data_config, seed=seed)
     )
+    dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     options = tf.data.Options()
     options.deterministic = True  # Same batches in the same order, every run.
