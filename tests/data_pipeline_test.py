@@ -4,6 +4,7 @@ import io
 import itertools
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -310,30 +311,44 @@ def test_opening_a_synthetic_dataset_logs_no_tfds_notices_but_other_warnings_pas
     assert "Downloading" not in out and "downloaded" not in out
 
 
-def test_a_script_that_leaves_iterators_unfinished_still_exits(config):
-    # A user's script that reads a few batches and ends: tf.data iterators over
-    # from_generator freed during the interpreter's shutdown made it hang there for good.
+def _read_a_batch_of_each_in_a_script(
+    config, *, ending: str, tmp_dir
+) -> subprocess.CompletedProcess:
+    """Runs a script that reads one train and one eval batch, prints 'read', then `ending`."""
     script = (
-        "import sys\n"
-        "import json\n"
+        "import json, os, sys\n"
         "from ml_collections import ConfigDict\n"
         "from yolojax.data import make_eval_iterator, make_train_iterator\n"
         "config = ConfigDict(json.loads(sys.argv[1]))\n"
         "train = make_train_iterator(config, global_batch_size=2, seed=0)\n"
         "evaluation = make_eval_iterator(config, global_batch_size=2)\n"
         "next(train), next(evaluation)\n"
-        "print('read')\n"
-    )
-    repo = Path(__file__).resolve().parents[1]
+        "print('read', flush=True)\n"
+    ) + ending
     try:
-        finished = subprocess.run(
+        return subprocess.run(
             [sys.executable, "-c", script, json.dumps(config.to_dict())],
-            cwd=repo,
+            cwd=Path(__file__).resolve().parents[1],
+            env={**os.environ, "TMPDIR": str(tmp_dir)},
             capture_output=True,
             text=True,
             timeout=120,
         )
     except subprocess.TimeoutExpired:
         pytest.fail("the script read its batches but did not exit")
+
+
+def test_a_script_that_leaves_iterators_unfinished_still_exits(config, tmp_path):
+    # A user's script that reads a few batches and ends: tf.data iterators over
+    # from_generator freed during the interpreter's shutdown made it hang there for good.
+    finished = _read_a_batch_of_each_in_a_script(config, ending="", tmp_dir=tmp_path)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert finished.stdout.splitlines()[-1] == "read", finished.stdout
+
+
+def test_a_process_that_ends_abruptly_leaves_no_files_in_tmp(config, tmp_path):
+    # A failed command ends with os._exit (no atexit handlers), as does a killed one: the
+    # pipeline's AutoGraph rewrite used to leave its generated modules in $TMPDIR then.
+    finished = _read_a_batch_of_each_in_a_script(config, ending="os._exit(3)\n", tmp_dir=tmp_path)
+    assert finished.returncode == 3 and "read" in finished.stdout, finished.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
