@@ -16,7 +16,7 @@ also writes the detections as the VOC devkit's results files, one per class
 not public, so its mAP comes from there (docs/data.md).
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from yolojax import cli, distributed
@@ -43,14 +43,11 @@ flags.adopt_module_key_flags(distributed)  # --help lists the multi-host flags t
 
 def main(argv):
     cli.start(argv)
-    from yolojax.checkpoints import parse_which  # after cli.run's restart: it loads JAX
-
-    try:
-        checkpoint = parse_which(FLAGS.checkpoint)
-    except ValueError as error:
-        raise app.UsageError(f"--{error}") from None
     # A documented error prints its message alone (the traceback with --verbosity=1).
     with cli.command_errors(traceback=FLAGS.verbosity >= 1):
+        from yolojax.checkpoints import parse_which  # after cli.run's restart: it loads JAX
+
+        checkpoint = parse_which(FLAGS.checkpoint)  # before the slow imports
         # Here, after cli.run's restart: TensorFlow loads once.
         from yolojax import eval_lib
         from yolojax.config import load_run_config

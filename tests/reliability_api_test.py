@@ -518,6 +518,15 @@ def test_a_bad_flag_beside_config_overrides_is_named_once(command, named, tmp_pa
     assert "defined twice" not in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("command", [["evaluate.py"], ["-m", "yolojax.predict", "image.png"]])
+def test_a_bad_checkpoint_value_is_one_paragraph_not_the_help(command, tmp_path):
+    result = _run_command(*command, f"--workdir={tmp_path}", "--checkpoint=foo")
+    assert result.returncode == 1
+    assert "checkpoint must be 'latest', 'best' or a step number; got 'foo'" in result.stderr
+    assert "docs/troubleshooting.md" in result.stderr  # what to do, as for every such error
+    assert "--helpfull" not in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize(
     "command, flag", [("train.py", "--help"), ("evaluate.py", "-h"), ("train.py", "--helpfull")]
 )
