@@ -216,6 +216,10 @@ def test_the_output_folder_as_input_and_a_drawing_copied_from_elsewhere(workdir,
     assert _record(other)[photo]["drawing"] == "a_1.png"
     assert (other / "a.png").read_bytes() == copied
     assert not [p for p in other.iterdir() if p.name.endswith(".tmp")]
+    # So is one copied under another name in the same folder: the next call keeps it.
+    shutil.copy(other / "a_1.png", other / "mine.png")
+    assert _predict(workdir, other, photo) == 0
+    assert (other / "mine.png").exists() and (other / "a.png").read_bytes() == copied
 
 
 def test_the_command_writes_the_boxes_above_its_score_threshold_in_pixels(tmp_path, capsys):

@@ -23,10 +23,10 @@ be read; detections.json is then written as ``{}``, so that it never lists a pre
 run's images). Otherwise it exits 0.
 
 An output folder used before keeps only this call's results: earlier calls' drawings (those
-the previous detections.json lists, and any PNG marked as this command's drawing in this
-folder, as a call that stopped before writing detections.json leaves them; each is written
-whole or not at all) are removed once the new detections.json is written; no other file is
-touched.
+the previous detections.json lists, and any PNG marked as this command's drawing of that
+name in this folder, as a call that stopped before writing detections.json leaves them;
+each is written whole or not at all) are removed once the new detections.json is written;
+no other file is touched.
 """
 
 import argparse
@@ -54,7 +54,7 @@ DETECTIONS_FILE = "detections.json"
 # The PNG text chunk that marks a drawing as this command's, for one output folder (its
 # absolute path follows): a later call into that folder may replace it; a file without it,
 # or a drawing copied from another folder, is never written over.
-DRAWING_MARK_KEY, DRAWING_MARK = "Software", "yolojax.predict drawing in {folder}"
+DRAWING_MARK_KEY, DRAWING_MARK = "Software", "yolojax.predict drawing {path}"
 
 
 class Predictions(NamedTuple):
@@ -165,8 +165,6 @@ def predict_files(
     # An output folder given as an input too: its drawings are not inputs.
     drawings = {os.path.realpath(out_dir / name) for name in marked}
     inputs = [path for path in _image_files(paths) if os.path.realpath(path) not in drawings]
-    mark = PngImagePlugin.PngInfo()
-    mark.add_text(DRAWING_MARK_KEY, _mark_of(out_dir))
     for key in tqdm(inputs, desc="Detecting", unit="image", disable=None):
         try:
             image = read_image(key)
@@ -177,6 +175,8 @@ def predict_files(
             continue
         detections = detector(image)
         drawing = _drawing_name(Path(key), taken)
+        mark = PngImagePlugin.PngInfo()
+        mark.add_text(DRAWING_MARK_KEY, _mark_of(out_dir / drawing))
         png = io.BytesIO()
         draw_detections(image, detections).save(png, format="PNG", pnginfo=mark)
         atomic_write_bytes(out_dir / drawing, png.getvalue())  # never a half-written drawing
@@ -219,17 +219,19 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'s' * (number != 1)}"
 
 
-def _mark_of(folder: Path) -> str:
-    return DRAWING_MARK.format(folder=Path(folder).resolve())
+def _mark_of(drawing: Path) -> str:
+    """The mark of the drawing at ``drawing``: its own absolute path, so that a copy, in
+    another folder or under another name, is the user's file."""
+    return DRAWING_MARK.format(path=Path(drawing).resolve())
 
 
 def _marked_drawings(folder: Path) -> set[str]:
-    """The names of the PNG files in ``folder`` marked as this command's drawings there."""
-    marked, mark = set(), _mark_of(folder)
+    """The names of the PNG files in ``folder`` marked as this command's drawing there."""
+    marked = set()
     for path in folder.glob("*.png"):
         try:
             with Image.open(path) as png:  # reads the chunks before the pixels only
-                if png.info.get(DRAWING_MARK_KEY) == mark:
+                if png.info.get(DRAWING_MARK_KEY) == _mark_of(path):
                     marked.add(path.name)
         except (OSError, ValueError):  # not a PNG Pillow can open: not ours
             continue
