@@ -321,6 +321,9 @@ def test_add_rejects_bad_input_naming_the_argument(field, value, name):
         ("gt_mask", np.ones((1, 2, 3), bool), "gt_mask"),
         ("pred_labels", np.full((1, 2, 3), 7), "pred_labels"),
         ("gt_boxes", np.tile([0.5, 0.5, 0.1, 0.2], (1, 2, 2, 1)), "gt_boxes must be normalized"),
+        # Pixel boxes (here of a 40 × 4 image) would be scaled again: mAP 0, without a word.
+        ("gt_boxes", np.tile([0.0, 0.0, 3.0, 3.0], (1, 2, 2, 1)), "gt_boxes .* outside"),
+        ("pred_boxes", np.tile([1.0, 0.0, 4.0, 3.0], (1, 2, 3, 1)), "pred_boxes .* outside"),
     ],
 )
 def test_add_normalized_batch_rejects_bad_input(key, value, name):

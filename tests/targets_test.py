@@ -119,16 +119,19 @@ def test_bad_shapes_raise_before_tracing():
 
 
 @pytest.mark.parametrize(
-    "box, problem",
+    "box, problem, advice",
     [
-        ([11.2, 22.4, 67.2, 78.4], "outside"),  # pixels of a 112-pixel image
-        ([0.5, 0.5, 0.2, 0.3], "max < min"),  # [x, y, w, h]
+        ([11.2, 22.4, 67.2, 78.4], "outside", "pixel_xyxy_to_normalized"),  # a 112-px image's
+        ([0.5, 0.5, 0.2, 0.3], "max below its min", "cxcywh_to_yxyx"),  # [x, y, w, h]
+        ([0.1, np.nan, 0.2, 0.3], "not finite", ""),
     ],
 )
-def test_boxes_in_another_format_are_refused_where_their_values_are_known(box, problem):
+def test_boxes_in_another_format_are_refused_where_their_values_are_known(box, problem, advice):
     boxes = np.array([[0.1, 0.1, 0.2, 0.2], box], np.float32)
-    with pytest.raises(ValueError, match=f"normalized .* {problem}.*pixel_xyxy_to_normalized"):
+    with pytest.raises(ValueError, match=f"normalized .* {problem}.*, such as .*{advice}") as error:
         _encode(boxes, [0, 1])
+    if not advice:  # a NaN box is none of the formats: no conversion would help
+        assert "convert" not in str(error.value)
     with pytest.raises(ValueError, match=problem):
         targets.encode_batch(
             boxes[None], np.array([[0, 1]]), np.ones((1, 2), bool), grid_size=4, num_classes=C

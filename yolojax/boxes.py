@@ -92,6 +92,44 @@ def inverted(boxes):
     return (boxes[..., 2] < boxes[..., 0]) | (boxes[..., 3] < boxes[..., 1])
 
 
+# How far past [0, 1] a normalized coordinate may be (float rounding of a user's own
+# conversion) before it is taken for a pixel coordinate.
+NORMALIZED_SLACK = 1e-3
+
+
+def check_normalized_yxyx(name: str, boxes) -> None:
+    """Raises ValueError unless each of the ``(..., 4)`` boxes (NumPy, or values a NumPy
+    array can hold) is a finite normalized ``[ymin, xmin, ymax, xmax]``, naming the first
+    problem found and what to do: a value not finite; one outside [0, 1] (pixel
+    coordinates); a max below its min (another format, such as ``[x, y, w, h]``).
+
+    A box in another corner order (``xyxy``) passes: its values alone cannot tell.
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    problems = (
+        ("a value that is not finite", ~np.isfinite(boxes).all(axis=-1), ""),
+        (
+            "a value outside [0, 1]",
+            ~((boxes >= -NORMALIZED_SLACK) & (boxes <= 1 + NORMALIZED_SLACK)).all(axis=-1),
+            " Pixel xyxy boxes convert with "
+            "yolojax.pixel_xyxy_to_normalized_yxyx(boxes, height, width).",
+        ),
+        (
+            "a max below its min",
+            inverted(boxes),
+            " Boxes of another format, such as [x, y, w, h], need converting to corners "
+            "(centre-size boxes: yolojax.cxcywh_to_yxyx).",
+        ),
+    )
+    for problem, bad, advice in problems:
+        if bad.any():
+            raise ValueError(
+                f"{name} must be normalized [ymin, xmin, ymax, xmax] in [0, 1]; "
+                f"{int(bad.sum())} box(es) have {problem}, such as "
+                f"{[float(f'{value:.6g}') for value in boxes[bad][0].tolist()]}." + advice
+            )
+
+
 def box_area(boxes):
     """Area of ``[..., 4]`` boxes in yxyx or xyxy (the formula is the same); ``[...]``.
 

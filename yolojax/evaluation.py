@@ -111,9 +111,9 @@ class VOCEvaluator:
           pred_scores: (P,) finite confidence scores, higher is more confident.
           pred_labels: (P,) integer class ids in [0, num_classes).
         """
-        gt_boxes = _boxes("gt_boxes", _shaped("gt_boxes", gt_boxes, (None, 4), "(G, 4)"), XYXY)
-        pred_boxes = _boxes(
-            "pred_boxes", _shaped("pred_boxes", pred_boxes, (None, 4), "(P, 4)"), XYXY
+        gt_boxes = _pixel_boxes("gt_boxes", _shaped("gt_boxes", gt_boxes, (None, 4), "(G, 4)"))
+        pred_boxes = _pixel_boxes(
+            "pred_boxes", _shaped("pred_boxes", pred_boxes, (None, 4), "(P, 4)")
         )
         per_gt, per_pred = (len(gt_boxes),), (len(pred_boxes),)
         image_id = self._num_images
@@ -187,8 +187,11 @@ class VOCEvaluator:
         if np.any(sizes <= 0):
             raise ValueError("image_size must hold positive (height, width) for valid examples")
 
-        gt_boxes = _boxes("gt_boxes", pick(gt_boxes)[gt_rows], YXYX)
-        pred_boxes = _boxes("pred_boxes", pick(pred_boxes)[pred_rows], YXYX)
+        gt_boxes, pred_boxes = pick(gt_boxes)[gt_rows], pick(pred_boxes)[pred_rows]
+        # Pixel boxes here would be scaled again and score a wrong mAP without a word.
+        box_ops.check_normalized_yxyx("gt_boxes", gt_boxes)
+        box_ops.check_normalized_yxyx("pred_boxes", pred_boxes)
+        gt_boxes, pred_boxes = _finite("gt_boxes", gt_boxes), _finite("pred_boxes", pred_boxes)
         self._append(
             (
                 _to_pixels(gt_boxes, sizes[gt_rows[0]]),
@@ -420,19 +423,16 @@ def _shaped(name, value, shape, description):
     return array
 
 
-XYXY, YXYX = "[xmin, ymin, xmax, ymax]", "normalized [ymin, xmin, ymax, xmax]"
-
-
-def _boxes(name, array, box_format: str):
-    """`array` of (K, 4) boxes in `box_format` (XYXY or YXYX: both put each min before its
-    max) as float64, else ValueError for a value that is not finite or a max below its min
-    (boxes in another format, such as [x, y, w, h], which would silently score 0)."""
+def _pixel_boxes(name, array):
+    """`array` of (K, 4) pixel [xmin, ymin, xmax, ymax] boxes as float64, else ValueError for
+    a value that is not finite or a max below its min (boxes in another format, such as
+    [x, y, w, h], which would silently score 0)."""
     array = _finite(name, array)
     inverted = box_ops.inverted(array)
     if inverted.any():
         raise ValueError(
-            f"{name} must be {box_format} boxes; {int(inverted.sum())} have a max below their "
-            f"min, such as {array[inverted][0].tolist()}"
+            f"{name} must be [xmin, ymin, xmax, ymax] boxes; {int(inverted.sum())} have a max "
+            f"below their min, such as {array[inverted][0].tolist()}"
         )
     return array
 

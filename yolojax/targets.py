@@ -15,10 +15,6 @@ import numpy as np
 from yolojax import boxes as box_ops
 from yolojax.validation import check_positive_int
 
-# How far past [0, 1] a normalized coordinate may be (float rounding of a user's own
-# conversion) before it is taken for a pixel coordinate or another box format.
-_NORMALIZED_SLACK = 1e-3
-
 
 def target_channels(num_classes: int) -> int:
     """Channels of a target grid cell: C one-hot classes + objectness + x, y, w, h."""
@@ -51,18 +47,7 @@ def _check_encode_values(boxes, labels, mask, num_classes):
     except jax.errors.TracerArrayConversionError:
         return
     real_boxes, real_labels = boxes[mask], labels[mask]  # (K, 4), (K,); padding may be anything
-    outside = ~np.all(
-        (real_boxes >= -_NORMALIZED_SLACK) & (real_boxes <= 1 + _NORMALIZED_SLACK), axis=-1
-    )
-    inverted = box_ops.inverted(real_boxes)
-    for problem, bad in (("outside [0, 1]", outside), ("with max < min", inverted)):
-        if bad.any():
-            raise ValueError(
-                f"boxes must be normalized [ymin, xmin, ymax, xmax] in [0, 1]; "
-                f"{int(bad.sum())} real box(es) are {problem}, such as "
-                f"{real_boxes[bad][0].tolist()}. Pixel xyxy boxes convert with "
-                "yolojax.pixel_xyxy_to_normalized_yxyx(boxes, height, width)."
-            )
+    box_ops.check_normalized_yxyx("boxes (real, mask True)", real_boxes)
     bad_labels = (real_labels < 0) | (real_labels >= num_classes)
     if bad_labels.any():
         raise ValueError(
