@@ -3,6 +3,7 @@
 import re
 import sys
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -223,9 +224,35 @@ def test_weights_of_another_architecture_are_rejected(tmp_path):
     pretrained.save_variables(path, "resnet18", _random_classifier_variables("resnet18"))
     with pytest.raises(ValueError, match=r"holds 'resnet18' weights.*'resnet34'"):
         pretrained.load_pretrained({}, path, arch="resnet34")
-    # Without the arch check, the strict key comparison still names ResNet-34's extra blocks.
-    with pytest.raises(ValueError, match="layer1_2"):
+    # Without the arch check, the strict key comparison names ResNet-34's extra blocks, and
+    # the file's own arch.
+    with pytest.raises(ValueError, match=r"a file of 'resnet18' weights: (.|\n)*layer1_2"):
         pretrained.load_pretrained(_yolo_variables("resnet34", "conv"), path)
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        ("cut", "cannot be read as msgpack"),  # a copy cut short
+        ("junk", "cannot be read as msgpack"),  # another kind of file
+        ("model", "is msgpack, but not a dict of 'arch' and 'variables'"),  # saved by hand
+    ],
+)
+def test_a_file_that_is_no_weights_file_is_named_with_what_to_do(tmp_path, damage, problem):
+    path = tmp_path / "resnet18.msgpack"
+    weights = _random_classifier_variables("resnet18")
+    pretrained.save_variables(str(path), "resnet18", weights)
+    data = {
+        "cut": path.read_bytes()[: path.stat().st_size // 2],
+        "junk": b"not weights" * 3,
+        "model": flax.serialization.msgpack_serialize(weights),
+    }[damage]
+    path.write_bytes(data)
+    with pytest.raises(ValueError) as error:
+        pretrained.load_pretrained(_yolo_variables("resnet18", "conv"), str(path))
+    message = str(error.value)
+    assert f"{str(path)!r} is not a yolojax pretrained-weights file: it {problem}" in message
+    assert "python -m yolojax.pretrained --arch <" in message  # how to make it again
 
 
 def test_a_missing_weight_file_says_how_to_make_it(tmp_path):

@@ -35,6 +35,7 @@ from flax import traverse_util
 
 from yolojax import errors, models
 from yolojax.models import resnet, vgg
+from yolojax.workdir import atomic_write_bytes
 
 RESNETS = tuple(resnet.RESNETS)
 ARCHS = (*RESNETS, "vgg16", "vgg16_bn")
@@ -218,11 +219,10 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any]) -> dict:
 
 
 def save_variables(path: str, arch: str, variables: Mapping) -> None:
-    """Writes `variables` of `get_classifier(arch)` to `path` as flax msgpack."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """Writes `variables` of `get_classifier(arch)` to `path` as flax msgpack, whole or not
+    at all (a conversion stopped midway leaves no cut-off file)."""
     payload = {"arch": arch, "variables": flax.core.unfreeze(variables)}
-    with open(path, "wb") as f:
-        f.write(flax.serialization.msgpack_serialize(payload))
+    atomic_write_bytes(path, flax.serialization.msgpack_serialize(payload))
 
 
 def _how_to_make(path: str, arch: str | None) -> str:
@@ -244,6 +244,34 @@ def _check_exists(path: str, arch: str | None) -> None:
         )
 
 
+def _read_weights(path: str, arch: str | None) -> dict:
+    """The ``{'arch': name, 'variables': arrays}`` that :func:`save_variables` wrote to
+    ``path``; ValueError naming the file if it holds anything else."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        payload = flax.serialization.msgpack_restore(data)
+    except ValueError as error:  # msgpack's: cut short, extra data, not msgpack at all
+        payload, problem = None, f"it cannot be read as msgpack ({error})"
+    else:
+        problem = "it is msgpack, but not a dict of 'arch' and 'variables'"
+    if (
+        isinstance(payload, dict)
+        and isinstance(payload.get("arch"), str)
+        and isinstance(payload.get("variables"), dict)
+        and all(
+            isinstance(value, np.ndarray)
+            for value in traverse_util.flatten_dict(payload["variables"]).values()
+        )
+    ):
+        return payload
+    raise ValueError(
+        f"{path!r} is not a yolojax pretrained-weights file: {problem}. A file cut short "
+        f"(a copy or a conversion stopped midway) or another kind of file: "
+        f"{_how_to_make(path, arch)}"
+    )
+
+
 def load_pretrained(variables: Mapping, path: str, *, arch: str | None = None) -> dict:
     """Replaces a model's backbone variables by the ported weights in `path`.
 
@@ -258,13 +286,13 @@ def load_pretrained(variables: Mapping, path: str, *, arch: str | None = None) -
 
     Raises:
       FileNotFoundError: `path` does not exist (the message says how to make it).
-      ValueError: the file is for another arch, or (one error listing them all) the model
+      ValueError: the file is not one `save_variables` wrote (damaged, or another kind of
+        file), it is for another arch, or (one error listing them all) the model
         has variables the file lacks, the file has backbone variables the model lacks
         (a classifier layer the model's head does not use is fine), or shapes differ.
     """
     _check_exists(path, arch)
-    with open(path, "rb") as f:
-        payload = flax.serialization.msgpack_restore(f.read())
+    payload = _read_weights(path, arch)
     file_arch = payload["arch"]
     if arch is not None and file_arch != arch:
         raise ValueError(
@@ -292,7 +320,12 @@ def load_pretrained(variables: Mapping, path: str, *, arch: str | None = None) -
         for key in model
         if key in weights and weights[key].shape != model[key].shape
     ]
-    _raise_mismatches(f"load_pretrained({path!r})", missing, unexpected, mismatched)
+    _raise_mismatches(
+        f"load_pretrained({path!r}), a file of {file_arch!r} weights",
+        missing,
+        unexpected,
+        mismatched,
+    )
     flat = traverse_util.flatten_dict(variables)
     for key, value in model.items():
         flat[key] = jnp.asarray(weights[key], dtype=value.dtype)
