@@ -397,6 +397,33 @@ def test_a_config_counting_the_datasets_classes_takes_the_runs_class_names(workd
     assert detector.config.model.num_classes == len(names) and config.model.num_classes == 0
 
 
+def test_the_constructor_names_a_config_that_is_none_and_variables_of_another_model(workdir):
+    detector = Detector.from_workdir(workdir)
+    config, names = detector.config, detector.class_names
+    model, state, _ = train_lib.restore_trained_state(config, workdir)
+    variables = train_lib.model_variables(state)
+    for not_a_config in (config.to_dict(), "configs/shapes.py"):
+        with pytest.raises(TypeError, match=r"config must be an ml_collections\.ConfigDict"):
+            Detector(model, variables, not_a_config, names)
+        with pytest.raises(TypeError, match="load_run_config"):
+            _UNCACHED_FROM_WORKDIR(Detector, workdir, config=not_a_config)
+    # A config counting the dataset's classes takes the names given.
+    counting = config.copy_and_resolve_references()
+    counting.model.num_classes = 0
+    assert Detector(model, variables, counting, names).config.model.num_classes == len(names)
+    # Variables of another model, or params without their batch statistics: named as such
+    # at the first call, with what to pass instead (were flax's scope errors).
+    other = config.copy_and_resolve_references()
+    other.model.num_classes = len(names) + 2
+    _, other_state, _ = train_lib.initial_state(other, other.train.batch_size)
+    image = np.zeros((24, 40, 3), np.uint8)
+    wrong = [train_lib.model_variables(other_state), {"params": variables["params"]}]
+    for variables_of_another_model in wrong:
+        detector = Detector(model, variables_of_another_model, config, names)
+        with pytest.raises(ValueError, match=r"variables do not fit its model .*model_variables"):
+            detector(image)
+
+
 def test_an_output_path_that_is_a_file_is_named(workdir, tmp_path, capsys):
     (tmp_path / "out").write_text("")
     assert _predict(workdir, tmp_path / "out", _image(tmp_path / "a.jpg", 8, 8)) == 1

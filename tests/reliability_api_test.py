@@ -458,10 +458,31 @@ def test_commands_name_a_mistyped_config_field_without_a_traceback(capsys, monke
 
 
 def test_an_image_without_pixels_is_refused_by_name():
-    with pytest.raises(ValueError, match=r"image must be \(H, W, 3\) uint8 RGB with H, W >= 1"):
+    with pytest.raises(ValueError, match=r"image must be \(H, W, 3\) RGB with H, W >= 1"):
         pipeline.preprocess_image(
             np.zeros((0, 5, 3), np.uint8), image_size=32, normalization="imagenet"
         )
+
+
+@pytest.mark.parametrize(
+    "image, advice",
+    [
+        (np.full((4, 5, 3), 0.5, np.float32), "(image * 255).round().astype(np.uint8)"),
+        (np.full((4, 5, 3), 128.0), "np.clip(image, 0, 255).round().astype(np.uint8)"),
+        (np.full((4, 5, 3), 128, np.int64), "np.clip(image, 0, 255).round().astype(np.uint8)"),
+        (np.full((4, 5, 3), 40000, np.uint16), "(image >> 8).astype(np.uint8)"),
+        (np.ones((4, 5, 3), bool), "image.astype(np.uint8) * 255"),
+    ],
+)
+def test_an_image_of_another_dtype_is_refused_with_its_conversion(image, advice):
+    # A float image in [0, 1] is many users' first input; the advice must give what the
+    # pipeline would have read from the file.
+    with pytest.raises(ValueError, match="image must be uint8") as error:
+        pipeline.preprocess_image(image, image_size=8, normalization="unit")
+    assert advice in str(error.value)
+    converted = eval(advice, {"np": np, "image": image})  # the advice, as given
+    expected = {np.float32: 128, np.float64: 128, np.int64: 128, np.uint16: 156, np.bool_: 255}
+    assert converted.dtype == np.uint8 and (converted == expected[image.dtype.type]).all()
 
 
 def test_configs_run_py_is_a_saved_run_config_that_takes_overrides(tmp_path, monkeypatch):

@@ -116,8 +116,10 @@ def validate_config(config) -> None:
     """Checks values that a locked ConfigDict cannot: names, ranges, divisibility.
 
     Raises:
+      TypeError: ``config`` is not a ConfigDict.
       ValueError: naming the config key and what was expected.
     """
+    check_config_dict(config)
     check_choice("config.model.backbone", config.model.backbone, BACKBONES)
     check_choice("config.model.head", config.model.head, HEADS)
     check_choice("config.model.dtype", config.model.dtype, DTYPES)
@@ -166,6 +168,17 @@ def validate_config(config) -> None:
     model_config = config.model.copy_and_resolve_references()
     model_config.num_classes = model_config.num_classes or 1
     get_model(model_config)
+
+
+def check_config_dict(config) -> None:
+    """Raises TypeError, saying where a config comes from, unless ``config`` is a
+    ConfigDict (a dict, or a config file's path, would fail later on an attribute)."""
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise TypeError(
+            "config must be an ml_collections.ConfigDict: a config file's get_config() (such "
+            "as configs.shapes.get_config()), or yolojax.config.load_run_config(workdir) for a "
+            f"run's own; got {type(config).__name__} {str(config)[:80]!r}."
+        )
 
 
 def resolve_num_classes(config, class_names) -> None:

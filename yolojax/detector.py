@@ -11,12 +11,13 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+import flax
 import jax
 import numpy as np
 
 from yolojax import boxes as box_ops
 from yolojax import checkpoints, train_lib
-from yolojax.config import load_run_config, resolve_num_classes
+from yolojax.config import check_config_dict, load_run_config, resolve_num_classes
 from yolojax.data import pipeline
 from yolojax.images import read_image, to_rgb
 from yolojax.postprocess import detect_with_config
@@ -60,14 +61,24 @@ class Detector:
         models; :func:`yolojax.train_lib.model_variables` of a train state).
       config: the run config: the grid and classes (``config.model``), the input size and
         normalization (``config.data``), NMS's settings (``config.eval``).
-      class_names: ``config.model.num_classes`` names, in label order.
+      class_names: ``config.model.num_classes`` names, in label order (any number for a
+        config's ``num_classes=0``, "as many as the dataset has").
       score_threshold: detections scored below it are dropped; higher than evaluation's
         0.005, which keeps the long tail that mAP needs.
+
+    Raises:
+      TypeError: ``config`` is not a ConfigDict.
+      ValueError: a bad ``score_threshold``, or ``class_names`` not as many as the config's
+        classes. Variables of another model are named at the first call (ValueError).
     """
 
     def __init__(self, model, variables, config, class_names, *, score_threshold: float = 0.25):
         check_threshold("score_threshold", score_threshold)
-        if len(class_names) != config.model.num_classes:
+        check_config_dict(config)
+        if config.model.num_classes == 0:  # a config file's "as many as the dataset has"
+            config = config.copy_and_resolve_references()  # the caller's stays as it was
+            config.model.num_classes = len(class_names)
+        elif len(class_names) != config.model.num_classes:
             raise ValueError(
                 f"class_names must have config.model.num_classes={config.model.num_classes} "
                 f"names; got {len(class_names)}."
@@ -96,6 +107,8 @@ class Detector:
         """
         checkpoint = checkpoints.parse_which(checkpoint)  # before the restore, which is slow
         check_threshold("score_threshold", score_threshold)
+        if config is not None:
+            check_config_dict(config)
         config = config if config is not None else load_run_config(workdir)
         if config.model.num_classes == 0:  # a config file's "as many as the dataset has"
             if not (Path(workdir) / CLASSES_FILE).exists():
@@ -132,7 +145,15 @@ class Detector:
             normalization=self.config.data.normalization,
         )
         model_input = jax.device_put(model_input[None])
-        detections = jax.device_get(self._detect(self._variables, model_input))
+        try:
+            detections = jax.device_get(self._detect(self._variables, model_input))
+        except flax.errors.FlaxError as error:  # the variables of another model
+            raise ValueError(
+                "The Detector's variables do not fit its model and config "
+                f"({type(error).__name__}: {str(error).splitlines()[0]}). Pass the "
+                "{'params': ..., 'batch_stats': ...} of a state trained with this config "
+                "(yolojax.train_lib.model_variables(state)), or use Detector.from_workdir."
+            ) from error
         valid = detections.valid[0]
         boxes = box_ops.normalized_yxyx_to_pixel_xyxy(detections.boxes[0][valid], height, width)
         labels = detections.labels[0][valid]

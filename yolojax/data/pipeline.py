@@ -203,14 +203,28 @@ def preprocess_image(image: np.ndarray, *, image_size: int, normalization: str) 
       (image_size, image_size, 3) float32.
     """
     image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3 or 0 in image.shape:
+    if image.ndim != 3 or image.shape[-1] != 3 or 0 in image.shape:
+        raise ValueError(f"image must be (H, W, 3) RGB with H, W >= 1, got {image.shape}")
+    if image.dtype != np.uint8:
         raise ValueError(
-            f"image must be (H, W, 3) uint8 RGB with H, W >= 1, got {image.shape} {image.dtype}"
+            f"image must be uint8 (0-255, as image files hold), got {image.dtype}: "
+            + _to_uint8_advice(image)
         )
     image_size = check_int("image_size", image_size, 1)
     check_choice("data.normalization", normalization, config.NORMALIZATIONS)
     model_input = _to_model_input(tf.cast(image, tf.float32) / 255.0, image_size, normalization)
     return model_input.numpy()
+
+
+def _to_uint8_advice(image: np.ndarray) -> str:
+    """How to turn ``image``, an array of another dtype, into the uint8 one asked for."""
+    if image.dtype == np.uint16:
+        return "for 16 bits a channel, pass (image >> 8).astype(np.uint8)."
+    if image.dtype == bool:
+        return "pass image.astype(np.uint8) * 255."
+    if image.dtype.kind == "f" and np.nanmax(image) <= 1:
+        return "for values in [0, 1], pass (image * 255).round().astype(np.uint8)."
+    return "for values in [0, 255], pass np.clip(image, 0, 255).round().astype(np.uint8)."
 
 
 def decode_image(encoded: tf.Tensor) -> tf.Tensor:
