@@ -333,6 +333,16 @@ def test_add_normalized_batch_rejects_bad_input(key, value, name):
         VOCEvaluator(1).add_normalized_batch(**batch)
 
 
+def test_add_normalized_batch_takes_detections_reaching_past_the_image():
+    # Another detector's unclipped boxes: normalized, a little past the image's edges.
+    batch = normalized_batch((40, 4))
+    batch["pred_boxes"][0, 0, 0] = [-0.0125, -0.25, 0.075, 0.75]  # -> xyxy [-1, -0.5, 3, 3]
+    evaluator = VOCEvaluator(1, plus_one=False)
+    evaluator.add_normalized_batch(**batch)
+    # IoU with the gt [0, 0, 3, 3]: 9 / (4 × 3.5) = 0.64 ≥ 0.5, the only detection: AP 1.
+    assert evaluator.compute()["mAP"] == 1.0
+
+
 @pytest.mark.parametrize(
     "kwargs, name",
     [

@@ -7,8 +7,10 @@ config.json, not a trained model. The workdir's detector is restored once for th
 
 import json
 import shutil
+import unicodedata
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -222,6 +224,20 @@ def test_the_output_folder_as_input_and_a_drawing_copied_from_elsewhere(workdir,
     assert (other / "mine.png").exists() and (other / "a.png").read_bytes() == copied
 
 
+def test_a_drawing_whose_name_the_file_system_respells_is_still_recognised(workdir, tmp_path):
+    # macOS's HFS+ gives names back in decomposed Unicode; a case-insensitive file system
+    # keeps an earlier file's case: our drawing there must not become the user's file.
+    composed = "caf\u00e9"  # é as one code point
+    photo = _image(tmp_path / "in" / f"{composed}.png", 40, 30)
+    out = tmp_path / "out"
+    assert _predict(workdir, out, photo) == 0
+    respelled = unicodedata.normalize("NFD", composed).upper() + ".png"
+    (out / f"{composed}.png").rename(out / respelled)
+    (out / "detections.json").unlink()  # as a call stopped before writing it leaves them
+    assert _predict(workdir, out, photo) == 0
+    assert sorted(p.name for p in out.iterdir()) == [f"{composed}.png", "detections.json"]
+
+
 def test_the_command_writes_the_boxes_above_its_score_threshold_in_pixels(tmp_path, capsys):
     # A checkpoint whose output layer gives every cell of the 4×4 grid the same output: box 0
     # is the cell itself (centre offset 0.5, size 1 cell) with confidence 1, box 1 has
@@ -407,10 +423,13 @@ def test_the_constructor_names_a_config_that_is_none_and_variables_of_another_mo
             Detector(model, variables, not_a_config, names)
         with pytest.raises(TypeError, match="load_run_config"):
             _UNCACHED_FROM_WORKDIR(Detector, workdir, config=not_a_config)
-    # A config counting the dataset's classes takes the names given.
+    # A config counting the dataset's classes takes the names given, also a frozen one.
     counting = config.copy_and_resolve_references()
     counting.model.num_classes = 0
-    assert Detector(model, variables, counting, names).config.model.num_classes == len(names)
+    for given in (counting, ml_collections.FrozenConfigDict(counting)):
+        assert Detector(model, variables, given, names).config.model.num_classes == len(names)
+    with pytest.raises(ValueError, match="class_names must name the model's classes"):
+        Detector(model, variables, counting, [])
     # Variables of another model, or params without their batch statistics: named as such
     # at the first call, with what to pass instead (were flax's scope errors).
     other = config.copy_and_resolve_references()

@@ -236,6 +236,7 @@ def test_weights_of_another_architecture_are_rejected(tmp_path):
         ("cut", "cannot be read as msgpack"),  # a copy cut short
         ("junk", "cannot be read as msgpack"),  # another kind of file
         ("model", "is msgpack, but not a dict of 'arch' and 'variables'"),  # saved by hand
+        ("dtype", "cannot be read as msgpack"),  # a damaged array header (flax's TypeError)
     ],
 )
 def test_a_file_that_is_no_weights_file_is_named_with_what_to_do(tmp_path, damage, problem):
@@ -246,6 +247,7 @@ def test_a_file_that_is_no_weights_file_is_named_with_what_to_do(tmp_path, damag
         "cut": path.read_bytes()[: path.stat().st_size // 2],
         "junk": b"not weights" * 3,
         "model": flax.serialization.msgpack_serialize(weights),
+        "dtype": path.read_bytes().replace(b"float32", b"floaz32"),
     }[damage]
     path.write_bytes(data)
     with pytest.raises(ValueError) as error:

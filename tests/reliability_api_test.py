@@ -468,6 +468,10 @@ def test_an_image_without_pixels_is_refused_by_name():
     "image, advice",
     [
         (np.full((4, 5, 3), 0.5, np.float32), "(image * 255).round().astype(np.uint8)"),
+        (
+            np.full((4, 5, 3), 0.0, np.float32) - [[[1, 0, 1]]],
+            "((image + 1) * 127.5).round().astype(np.uint8)",
+        ),
         (np.full((4, 5, 3), 128.0), "np.clip(image, 0, 255).round().astype(np.uint8)"),
         (np.full((4, 5, 3), 128, np.int64), "np.clip(image, 0, 255).round().astype(np.uint8)"),
         (np.full((4, 5, 3), 40000, np.uint16), "(image >> 8).astype(np.uint8)"),
@@ -481,8 +485,12 @@ def test_an_image_of_another_dtype_is_refused_with_its_conversion(image, advice)
         pipeline.preprocess_image(image, image_size=8, normalization="unit")
     assert advice in str(error.value)
     converted = eval(advice, {"np": np, "image": image})  # the advice, as given
-    expected = {np.float32: 128, np.float64: 128, np.int64: 128, np.uint16: 156, np.bool_: 255}
-    assert converted.dtype == np.uint8 and (converted == expected[image.dtype.type]).all()
+    assert converted.dtype == np.uint8 and converted.shape == image.shape
+    if image.min() < 0:  # [-1, 1]: -1 is black, 0 mid-grey
+        assert converted[..., 0].max() == 0 and converted[..., 1].min() == 128
+    else:
+        expected = {np.float32: 128, np.float64: 128, np.int64: 128, np.uint16: 156, np.bool_: 255}
+        assert (converted == expected[image.dtype.type]).all()
 
 
 def test_configs_run_py_is_a_saved_run_config_that_takes_overrides(tmp_path, monkeypatch):

@@ -97,20 +97,22 @@ def inverted(boxes):
 NORMALIZED_SLACK = 1e-3
 
 
-def check_normalized_yxyx(name: str, boxes) -> None:
+def check_normalized_yxyx(name: str, boxes, *, slack: float = NORMALIZED_SLACK) -> None:
     """Raises ValueError unless each of the ``(..., 4)`` boxes (NumPy, or values a NumPy
     array can hold) is a finite normalized ``[ymin, xmin, ymax, xmax]``, naming the first
-    problem found and what to do: a value not finite; one outside [0, 1] (pixel
-    coordinates); a max below its min (another format, such as ``[x, y, w, h]``).
+    problem found and what to do: a value not finite; one outside [0, 1] by more than
+    ``slack`` (pixel coordinates); a max below its min (another format, such as
+    ``[x, y, w, h]``).
 
     A box in another corner order (``xyxy``) passes: its values alone cannot tell.
     """
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    outside = "outside [0, 1]" + (f" by more than {slack:g}" if slack >= 0.01 else "")
     problems = (
         ("a value that is not finite", ~np.isfinite(boxes).all(axis=-1), ""),
         (
-            "a value outside [0, 1]",
-            ~((boxes >= -NORMALIZED_SLACK) & (boxes <= 1 + NORMALIZED_SLACK)).all(axis=-1),
+            f"a value {outside}",
+            ~((boxes >= -slack) & (boxes <= 1 + slack)).all(axis=-1),
             " Pixel xyxy boxes convert with "
             "yolojax.pixel_xyxy_to_normalized_yxyx(boxes, height, width).",
         ),

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import flax
 import jax
+import ml_collections
 import numpy as np
 
 from yolojax import boxes as box_ops
@@ -49,6 +50,13 @@ def load_class_names(workdir, num_classes: int) -> list[str]:
     return [f"class_{i}" for i in range(num_classes)]
 
 
+def _editable_copy(config) -> ml_collections.ConfigDict:
+    """A copy of ``config`` whose fields can be set (also of a FrozenConfigDict)."""
+    if isinstance(config, ml_collections.FrozenConfigDict):
+        return config.as_configdict()
+    return config.copy_and_resolve_references()
+
+
 class Detector:
     """Runs a trained YOLO model on images of any size.
 
@@ -75,8 +83,10 @@ class Detector:
     def __init__(self, model, variables, config, class_names, *, score_threshold: float = 0.25):
         check_threshold("score_threshold", score_threshold)
         check_config_dict(config)
+        if not class_names:
+            raise ValueError("class_names must name the model's classes; got none.")
         if config.model.num_classes == 0:  # a config file's "as many as the dataset has"
-            config = config.copy_and_resolve_references()  # the caller's stays as it was
+            config = _editable_copy(config)  # the caller's stays as it was
             config.model.num_classes = len(class_names)
         elif len(class_names) != config.model.num_classes:
             raise ValueError(
@@ -117,7 +127,7 @@ class Detector:
                     f"has no {CLASSES_FILE} to count them: set config.model.num_classes, or "
                     "leave config out to use the run's own."
                 )
-            config = config.copy_and_resolve_references()  # the caller's stays as it was
+            config = _editable_copy(config)  # the caller's stays as it was
             resolve_num_classes(config, load_class_names(workdir, 0))
         model, state, _ = train_lib.restore_trained_state(config, workdir, checkpoint)
         class_names = load_class_names(workdir, config.model.num_classes)
@@ -151,8 +161,9 @@ class Detector:
             raise ValueError(
                 "The Detector's variables do not fit its model and config "
                 f"({type(error).__name__}: {str(error).splitlines()[0]}). Pass the "
-                "{'params': ..., 'batch_stats': ...} of a state trained with this config "
-                "(yolojax.train_lib.model_variables(state)), or use Detector.from_workdir."
+                "variables of a state trained with this config "
+                "(yolojax.train_lib.model_variables(state): params, and batch_stats for "
+                "BatchNorm models), or use Detector.from_workdir."
             ) from error
         valid = detections.valid[0]
         boxes = box_ops.normalized_yxyx_to_pixel_xyxy(detections.boxes[0][valid], height, width)

@@ -39,6 +39,10 @@ from yolojax import boxes as box_ops
 # values: on such a class the two devkits' APs can differ by 1/11 of a precision.
 _VOC07_RECALL_THRESHOLDS = np.arange(0.0, 1.1, 0.1)
 
+# How far past [0, 1] a normalized detection may reach (an unclipped detector's boxes) before
+# add_normalized_batch takes it for a pixel box, which would be scaled to pixels twice.
+PRED_BOX_SLACK = 0.5
+
 
 class VOCEvaluator:
     """Accumulates detections and ground truth image by image; computes per-class AP and mAP.
@@ -154,11 +158,14 @@ class VOCEvaluator:
         of the examples whose `valid` is True, are read: padding may hold anything.
 
         Args (`...` is the batch shape, taken from `valid`: (N,) or (devices, per_device)):
-          gt_boxes: (..., M, 4) normalized [ymin, xmin, ymax, xmax] ground truth.
+          gt_boxes: (..., M, 4) normalized [ymin, xmin, ymax, xmax] ground truth, finite,
+            in [0, 1] (± 1e-3 for rounding).
           gt_labels: (..., M) integer class ids.
           gt_difficult: (..., M) bool difficult flags.
           gt_mask: (..., M) bool, True for real ground-truth boxes.
-          pred_boxes: (..., K, 4) normalized [ymin, xmin, ymax, xmax] detections.
+          pred_boxes: (..., K, 4) normalized [ymin, xmin, ymax, xmax] detections, finite,
+            in [-0.5, 1.5] (past the image by up to half its size; beyond, they are taken
+            for pixel boxes).
           pred_scores: (..., K) scores.
           pred_labels: (..., K) integer class ids.
           pred_valid: (..., K) bool, True for real detections.
@@ -188,10 +195,11 @@ class VOCEvaluator:
             raise ValueError("image_size must hold positive (height, width) for valid examples")
 
         gt_boxes, pred_boxes = pick(gt_boxes)[gt_rows], pick(pred_boxes)[pred_rows]
-        # Pixel boxes here would be scaled again and score a wrong mAP without a word.
+        # Pixel boxes here would be scaled again and score a wrong mAP without a word. A
+        # detector's own boxes may reach past the image (this library's are clipped).
         box_ops.check_normalized_yxyx("gt_boxes", gt_boxes)
-        box_ops.check_normalized_yxyx("pred_boxes", pred_boxes)
-        gt_boxes, pred_boxes = _finite("gt_boxes", gt_boxes), _finite("pred_boxes", pred_boxes)
+        box_ops.check_normalized_yxyx("pred_boxes", pred_boxes, slack=PRED_BOX_SLACK)
+        gt_boxes, pred_boxes = gt_boxes.astype(np.float64), pred_boxes.astype(np.float64)
         self._append(
             (
                 _to_pixels(gt_boxes, sizes[gt_rows[0]]),

@@ -35,6 +35,7 @@ import io
 import json
 import os
 import sys
+import unicodedata
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -54,7 +55,7 @@ DETECTIONS_FILE = "detections.json"
 # The PNG text chunk that marks a drawing as this command's, for one output folder (its
 # absolute path follows): a later call into that folder may replace it; a file without it,
 # or a drawing copied from another folder, is never written over.
-DRAWING_MARK_KEY, DRAWING_MARK = "Software", "yolojax.predict drawing {path}"
+DRAWING_MARK_KEY, DRAWING_MARK = "Software", "yolojax.predict drawing {name} in {folder}"
 
 
 class Predictions(NamedTuple):
@@ -220,9 +221,13 @@ def _count(number: int, noun: str) -> str:
 
 
 def _mark_of(drawing: Path) -> str:
-    """The mark of the drawing at ``drawing``: its own absolute path, so that a copy, in
-    another folder or under another name, is the user's file."""
-    return DRAWING_MARK.format(path=Path(drawing).resolve())
+    """The mark of the drawing at ``drawing``: its name and folder, so that a copy, in
+    another folder or under another name, is the user's file. The name as a file system
+    may give it back: case-insensitive ones keep an earlier file's case, and macOS's HFS+
+    stores decomposed Unicode."""
+    drawing = Path(drawing)
+    name = unicodedata.normalize("NFC", drawing.name).casefold()
+    return DRAWING_MARK.format(name=name, folder=drawing.parent.resolve())
 
 
 def _marked_drawings(folder: Path) -> set[str]:

@@ -251,7 +251,7 @@ def _read_weights(path: str, arch: str | None) -> dict:
         data = f.read()
     try:
         payload = flax.serialization.msgpack_restore(data)
-    except ValueError as error:  # msgpack's: cut short, extra data, not msgpack at all
+    except (ValueError, TypeError) as error:  # cut short, extra data, a damaged dtype name
         payload, problem = None, f"it cannot be read as msgpack ({error})"
     else:
         problem = "it is msgpack, but not a dict of 'arch' and 'variables'"

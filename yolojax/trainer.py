@@ -18,6 +18,7 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -95,7 +96,9 @@ def _warnings_above_progress_bars():
         warnings.showwarning = show
 
 
-def train_and_evaluate(config, workdir: str, *, on_finished=None) -> dict:
+def train_and_evaluate(
+    config, workdir: str, *, on_finished: Callable[[], None] | None = None
+) -> dict:
     """Trains and evaluates the model described by ``config`` in ``workdir``.
 
     Re-running with the same ``workdir`` resumes from its latest checkpoint. SIGTERM or a
