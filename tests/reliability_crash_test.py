@@ -366,9 +366,38 @@ def test_a_checkpoint_of_another_train_state_is_a_mismatch_not_damage(
     run_dir = _two_checkpoints(tmp_path / "run", data_dir, initial_state)
     config = _config(data_dir)
     config[section][field] = value
-    with pytest.raises(checkpoints.CheckpointMismatchError, match="holds another train state"):
-        train_lib.restore_trained_state(config, run_dir)
+    # Resuming needs the whole train state to fit.
+    _, template, _ = train_lib.initial_state(config, num_train_examples=32)
+    manager = checkpoints.Checkpoints(run_dir, checkpoints.model_signature(config))
+    try:
+        with pytest.raises(checkpoints.CheckpointMismatchError, match="another train state"):
+            manager.restore(template)
+    finally:
+        manager.close()
     assert _complete_steps(run_dir) == [1, 2]
+
+
+def test_evaluation_restores_the_model_of_a_run_trained_with_another_optimizer(
+    tmp_path, data_dir, initial_state
+):
+    # evaluate.py --config, Detector.from_workdir(config=...): a config file that differs
+    # from the run in train fields only (here Adam against SGD) must still give its model;
+    # the optimizer's state plays no part there.
+    run_dir = _two_checkpoints(tmp_path / "run", data_dir, initial_state)
+    config = _config(data_dir)
+    config.train.optimizer = "sgd"
+    _, state, step = train_lib.restore_trained_state(config, run_dir)
+    assert step == 2
+    for collection in ("params", "batch_stats"):
+        jax.tree.map(
+            np.testing.assert_array_equal,
+            getattr(state, collection),
+            jax.device_get(getattr(initial_state, collection)),
+        )
+    # A model of another size is still refused.
+    config.model.head_channels = 32
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="another train state"):
+        train_lib.restore_trained_state(config, run_dir)
 
 
 def test_evaluate_with_every_checkpoint_damaged_says_what_to_do(

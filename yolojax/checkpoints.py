@@ -120,12 +120,14 @@ def _named_leaves(tree) -> dict[str, Any]:
     return {_leaf_name(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+def _shape_of(leaf) -> tuple[int, ...]:
+    """The shape of a train state's leaf (a Python scalar too), or of orbax's metadata of one."""
+    return tuple(np.shape(leaf) if np.isscalar(leaf) else leaf.shape)
+
+
 def _array_shapes(tree) -> dict[str, tuple[int, ...]]:
     """Leaf name → shape, for a train state or orbax's metadata of a saved one."""
-    return {
-        name: tuple(np.shape(leaf) if np.isscalar(leaf) else leaf.shape)
-        for name, leaf in _named_leaves(tree).items()
-    }
+    return {name: _shape_of(leaf) for name, leaf in _named_leaves(tree).items()}
 
 
 def _checksums(tree) -> dict[str, list]:
@@ -137,16 +139,25 @@ def _checksums(tree) -> dict[str, list]:
     return checksums
 
 
-def _check_checksums(saved: dict[str, list] | None, state) -> None:
+# The arrays of a train state that evaluation and inference use; the optimizer's state (and
+# the step) only training does.
+_MODEL_ARRAYS = ("params/", "batch_stats/")
+
+
+def _check_checksums(saved: dict[str, list] | None, state, *, model_only: bool = False) -> None:
     """Raises DamagedCheckpointError for any array of ``state`` whose bytes differ from
-    those saved (``saved`` None: a checkpoint from before checksums were recorded)."""
+    those saved (``saved`` None: a checkpoint from before checksums were recorded); with
+    ``model_only``, of the model's arrays only."""
     if not saved:
         return
     restored = _checksums(state)
     changed = sorted(
         name
         for name, (crc, dtype) in saved.items()
-        if name in restored and restored[name][1] == dtype and restored[name][0] != crc
+        if name in restored
+        and restored[name][1] == dtype
+        and restored[name][0] != crc
+        and (not model_only or name.startswith(_MODEL_ARRAYS))
     )
     if changed:
         raise DamagedCheckpointError(
@@ -155,7 +166,7 @@ def _check_checksums(saved: dict[str, list] | None, state) -> None:
         )
 
 
-def _restore_by_name(manager, step: int, metadata, abstract):
+def _restore_by_name(manager, step: int, metadata, abstract, *, model_only: bool = False):
     """The saved arrays of ``step``, placed in ``abstract``'s tree by name.
 
     ``metadata`` is orbax's metadata of the saved state, which has the saved containers.
@@ -163,19 +174,36 @@ def _restore_by_name(manager, step: int, metadata, abstract):
     The saved tree may differ from the template in nodes without arrays, which orbax would
     report as a structure mismatch that looks like damage: an optax state that became
     ``MaskedState(EmptyState())`` from ``EmptyState()``, a NamedTuple that became a dict.
-    The arrays themselves have been checked to match by name and shape.
+    The arrays themselves have been checked to match by name and shape; with ``model_only``,
+    the model's only, and an array that the checkpoint lacks or holds in another shape
+    (another optimizer's state) comes back as zeros.
     """
     wanted = _named_leaves(abstract)
-    request = jax.tree_util.tree_map_with_path(
-        lambda path, _: wanted[_leaf_name(path)], metadata.tree
-    )
+
+    def request(path, saved):
+        name = _leaf_name(path)
+        if name in wanted and _shape_of(wanted[name]) == _shape_of(saved):
+            return wanted[name]
+        return jax.ShapeDtypeStruct(saved.shape, saved.dtype)  # read as saved, left out
+
     restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(request))
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(jax.tree_util.tree_map_with_path(request, metadata.tree))
+        ),
     )
     arrays = _named_leaves(restored["state"])
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: np.asarray(arrays[_leaf_name(path)]), abstract
-    )
+
+    def value(path, leaf):
+        name = _leaf_name(path)
+        if name in arrays and np.shape(arrays[name]) == _shape_of(leaf):
+            return np.asarray(arrays[name])
+        assert model_only, name  # the layout was checked in full otherwise
+        return np.zeros(
+            _shape_of(leaf), np.asarray(leaf).dtype if np.isscalar(leaf) else leaf.dtype
+        )
+
+    return jax.tree_util.tree_map_with_path(value, abstract)
 
 
 def _best_metric(metrics: dict[str, float]) -> float:
@@ -378,12 +406,17 @@ class Checkpoints:
                 f"({details}). {self._what_to_do()}"
             )
 
-    def _check_layout(self, manager, step: int, metadata, abstract) -> None:
-        """Raises CheckpointMismatchError unless the saved arrays are the template's, by name
-        and shape (orbax would restore arrays of another shape as saved: a crash at the first
-        step)."""
+    def _check_layout(self, manager, step: int, metadata, abstract, model_only: bool) -> None:
+        """Raises CheckpointMismatchError unless the saved arrays are the template's (with
+        ``model_only``, its model's), by name and shape (orbax would restore arrays of
+        another shape as saved: a crash at the first step)."""
         saved = _array_shapes(metadata)
         wanted = _array_shapes(abstract)
+        if model_only:
+            saved, wanted = (
+                {name: shape for name, shape in shapes.items() if name.startswith(_MODEL_ARRAYS)}
+                for shapes in (saved, wanted)
+            )
         if saved == wanted:
             return
         differences = [
@@ -391,11 +424,13 @@ class Checkpoints:
             for name in sorted(saved.keys() | wanted.keys())
             if saved.get(name) != wanted.get(name)
         ]
+        suspects = "a model size" + (
+            "" if model_only else ", train.optimizer or train.freeze_backbone"
+        )
         raise CheckpointMismatchError(
             f"The checkpoint {manager.directory / str(step)} holds another train state than "
             f"the config builds ({len(differences)} arrays differ: "
-            f"{'; '.join(differences[:3])}). Did a model size, train.optimizer or "
-            f"train.freeze_backbone change? {self._what_to_do()}"
+            f"{'; '.join(differences[:3])}). Did {suspects} change? {self._what_to_do()}"
         )
 
     def _what_to_do(self) -> str:
@@ -406,12 +441,16 @@ class Checkpoints:
             "Detector.from_workdir uses when config is left out), or another --workdir."
         )
 
-    def restore(self, template, which: str | int = "latest"):
+    def restore(self, template, which: str | int = "latest", *, model_only: bool = False):
         """Restores the newest usable checkpoint of the kind asked for.
 
         Args:
           template: an unreplicated state with the right structure, shapes and dtypes.
           which: 'latest', 'best' or a step number.
+          model_only: for evaluation and inference: only the model's arrays (params,
+            batch_stats) must fit ``template``; the rest (the optimizer's state) is restored
+            where it fits and zeros otherwise, so that a config with other train fields than
+            the run's (another optimizer) still restores its model.
 
         Returns:
           ``(state, step)``.
@@ -429,9 +468,9 @@ class Checkpoints:
                 record = self._read_record(manager, step)
                 self._check_signature(manager, step, record)
                 metadata = manager.item_metadata(step)["state"]  # read once, for both
-                self._check_layout(manager, step, metadata, abstract)
-                state = _restore_by_name(manager, step, metadata, abstract)
-                _check_checksums(record.get("checksums"), state)
+                self._check_layout(manager, step, metadata, abstract, model_only)
+                state = _restore_by_name(manager, step, metadata, abstract, model_only=model_only)
+                _check_checksums(record.get("checksums"), state, model_only=model_only)
             except CheckpointMismatchError:
                 raise
             except Exception as error:

@@ -262,19 +262,22 @@ def restore_trained_state(config, workdir, which: str | int = "latest"):
     """Restores a trained state from ``workdir`` for evaluation or inference.
 
     Args:
-      config: the config the run was trained with.
+      config: the config the run was trained with; its train fields may differ (another
+        optimizer): only the model's arrays must fit the checkpoint.
       workdir: the run's folder.
       which: 'latest', 'best' or a step number.
 
     Returns:
-      ``(model, state, step)`` with ``state`` unreplicated on the host.
+      ``(model, state, step)`` with ``state`` unreplicated on the host. Its optimizer state is
+      the checkpoint's where it fits ``config``'s optimizer, else zeros: evaluation and
+      inference do not use it.
     """
     # The train split's size only sizes the optimizer's schedule, not the restored values:
     # one batch stands in for it (evaluation may run on data without a train split).
     model, template, _ = initial_state(config, config.train.batch_size, fresh=False)
     manager = checkpoints.Checkpoints(workdir, checkpoints.model_signature(config), read_only=True)
     try:
-        state, step = manager.restore(template, which)
+        state, step = manager.restore(template, which, model_only=True)
     finally:
         manager.close()
     return model, state.replace(step=step), step
