@@ -139,9 +139,10 @@ def _checksums(tree) -> dict[str, list]:
     return checksums
 
 
-# The arrays of a train state that evaluation and inference use; the optimizer's state (and
-# the step) only training does.
-_MODEL_ARRAYS = ("params/", "batch_stats/")
+def _is_model_array(name: str) -> bool:
+    """Whether the train state's array ``name`` is one evaluation and inference use; the
+    optimizer's state (and the step) only training does."""
+    return name.startswith(("params/", "batch_stats/"))
 
 
 def _check_checksums(saved: dict[str, list] | None, state, *, model_only: bool = False) -> None:
@@ -157,7 +158,7 @@ def _check_checksums(saved: dict[str, list] | None, state, *, model_only: bool =
         if name in restored
         and restored[name][1] == dtype
         and restored[name][0] != crc
-        and (not model_only or name.startswith(_MODEL_ARRAYS))
+        and (not model_only or _is_model_array(name))
     )
     if changed:
         raise DamagedCheckpointError(
@@ -414,7 +415,7 @@ class Checkpoints:
         wanted = _array_shapes(abstract)
         if model_only:
             saved, wanted = (
-                {name: shape for name, shape in shapes.items() if name.startswith(_MODEL_ARRAYS)}
+                {name: shape for name, shape in shapes.items() if _is_model_array(name)}
                 for shapes in (saved, wanted)
             )
         if saved == wanted:

@@ -52,9 +52,9 @@ if TYPE_CHECKING:  # imported when used: it loads TensorFlow, which a restart wo
     from yolojax.detector import Detector, ImageDetections
 
 DETECTIONS_FILE = "detections.json"
-# The PNG text chunk that marks a drawing as this command's, for one output folder (its
-# absolute path follows): a later call into that folder may replace it; a file without it,
-# or a drawing copied from another folder, is never written over.
+# The PNG text chunk that marks a drawing as this command's, naming the drawing and its
+# output folder (`_mark_of`): a later call into that folder may replace it; a file without
+# it, or a drawing copied to another folder or name, is never written over.
 DRAWING_MARK_KEY, DRAWING_MARK = "Software", "yolojax.predict drawing {name} in {folder}"
 
 

@@ -222,11 +222,11 @@ def _to_uint8_advice(image: np.ndarray) -> str:
         return "for 16 bits a channel, pass (image >> 8).astype(np.uint8)."
     if image.dtype == bool:
         return "pass image.astype(np.uint8) * 255."
-    finite = image[np.isfinite(image)] if image.dtype.kind == "f" else image
-    if finite.size and image.dtype.kind == "f" and finite.max() <= 1:
-        if finite.min() >= 0:
+    if image.dtype.kind == "f":
+        finite = image[np.isfinite(image)]
+        if finite.size and finite.min() >= 0 and finite.max() <= 1:
             return "for values in [0, 1], pass (image * 255).round().astype(np.uint8)."
-        if finite.min() >= -1:
+        if finite.size and finite.min() >= -1 and finite.max() <= 1:
             return "for values in [-1, 1], pass ((image + 1) * 127.5).round().astype(np.uint8)."
     return "for values in [0, 255], pass np.clip(image, 0, 255).round().astype(np.uint8)."
 
