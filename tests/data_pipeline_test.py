@@ -231,21 +231,24 @@ def test_caps_select_the_first_examples_and_train_subset_eval_is_unaugmented(con
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("source", "coco", "data.source"),
-        ("normalization", "zscore", "data.normalization"),
-        ("image_size", 8, "data.image_size"),
-        ("max_eval_examples", 0, "data.max_eval_examples"),
+        # Named as the user sets them: --config.data.<field>.
+        ("source", "coco", r"^config\.data\.source"),
+        ("normalization", "zscore", r"^config\.data\.normalization"),
+        ("image_size", 8, r"^config\.data\.image_size"),
+        ("max_eval_examples", 0, r"^config\.data\.max_eval_examples"),
+        ("synthetic.num_train", 0, r"^config\.data\.synthetic\.num_train must be an int >= 1"),
     ],
 )
 def test_bad_config_values_are_named(config, field, value, message):
-    config[field] = value
+    section, _, field = field.rpartition(".")
+    (config[section] if section else config)[field] = value
     with pytest.raises(ValueError, match=message):
         get_dataset_info(config)
 
 
 def test_bad_augment_values_are_named(config):
     config.augment.hue = 0.9
-    with pytest.raises(ValueError, match=r"data\.augment\.hue"):
+    with pytest.raises(ValueError, match=r"^config\.data\.augment\.hue"):
         make_train_iterator(config, global_batch_size=2, seed=0)
 
 

@@ -316,6 +316,19 @@ def test_a_missing_image_beside_its_xml_is_named(tmp_path):
         _prepare(folder, tmp_path / "data")
 
 
+def test_images_are_found_whatever_the_case_of_their_extension(tmp_path):
+    # Cameras and exports write a.JPG, a.Jpg, b.PNG; training reads JPEG, PNG, BMP, GIF, WebP.
+    images = [VocImage(name, 16, 16, [VocObject("x", (1, 1, 9, 9))]) for name in "abc"]
+    voc = write_voc_folder(str(tmp_path / "voc"), images)
+    folder = _beside(voc, tmp_path / "export", {"a": "train", "b": "train", "c": "valid"})
+    os.rename(os.path.join(folder, "train", "a.jpg"), os.path.join(folder, "train", "a.Jpg"))
+    Image.open(os.path.join(folder, "train", "b.jpg")).save(os.path.join(folder, "train", "b.PNG"))
+    os.remove(os.path.join(folder, "train", "b.jpg"))
+    builder = _prepare(folder, tmp_path / "data")
+    assert sorted(_examples(builder, "train")) == ["a.Jpg", "b.PNG"]
+    assert builder.info.splits["validation"].num_examples == 1
+
+
 def test_a_train_folder_alone_is_split_90_10_and_stray_xml_files_are_named(tmp_path):
     ids = [f"img{index:02d}" for index in range(10)]
     images = [VocImage(image_id, 16, 16, [VocObject("x", (1, 1, 9, 9))]) for image_id in ids]

@@ -296,6 +296,7 @@ def test_add_normalized_batch_converts_to_pixels_and_skips_padding(image_size, e
         (1, np.zeros(2, int), "gt_labels"),
         (1, np.zeros(1), "gt_labels"),  # float class ids
         (2, np.zeros(3, bool), "gt_difficult"),
+        (2, np.array([2]), r"gt_difficult must be bool or 0/1, got values \[2\]"),  # a count
         (3, np.zeros((1, 5)), "pred_boxes"),
         (4, np.array([np.nan]), "pred_scores"),
         (4, np.zeros(2), "pred_scores"),
@@ -319,6 +320,7 @@ def test_add_rejects_bad_input_naming_the_argument(field, value, name):
         ("image_size", np.ones((1, 2, 3)), "image_size"),
         ("image_size", np.zeros((1, 2, 2)), "image_size"),
         ("gt_mask", np.ones((1, 2, 3), bool), "gt_mask"),
+        ("gt_mask", np.array([[[1, 0], [1, -1]]]), r"gt_mask must be bool or 0/1"),
         ("pred_labels", np.full((1, 2, 3), 7), "pred_labels"),
         ("gt_boxes", np.tile([0.5, 0.5, 0.1, 0.2], (1, 2, 2, 1)), "gt_boxes must be normalized"),
         # Pixel boxes (here of a 40 × 4 image) would be scaled again: mAP 0, without a word.

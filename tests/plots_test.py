@@ -1,4 +1,5 @@
-"""The evaluation's precision-recall plot draws the curve whose area is each class's AP."""
+"""The evaluation's precision-recall plot draws the curve whose area is each class's AP;
+the training curves name the split they evaluate."""
 
 import os
 import subprocess
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image
 
 from yolojax import plots
+from yolojax import workdir as workdir_io
 from yolojax.evaluation import VOCEvaluator
 
 A, B, FAR = [0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]
@@ -75,3 +77,21 @@ print(matplotlib.get_backend())
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["svg"]
     assert Image.open(tmp_path / "pr.png").size == (700, 500)
+
+
+def test_training_curves_name_the_split_the_run_evaluates(tmp_path, monkeypatch):
+    for epoch, value in ((1, 0.2), (2, 0.4)):
+        record = {"step": epoch, "epoch": epoch, "loss": 1 / epoch, "test_mAP": value}
+        workdir_io.append_metrics(tmp_path, record)
+    saved = {}
+    save = plots.Figure.savefig
+    monkeypatch.setattr(
+        plots.Figure,
+        "savefig",
+        lambda self, path, **kwargs: (saved.__setitem__(path.name, self), save(self, path)),
+    )
+    plots.plot_training_curves(tmp_path, eval_split="validation")
+    (curve,) = saved["mAP.png"].axes[0].get_lines()
+    assert curve.get_label() == "validation mAP (VOC07)"
+    np.testing.assert_allclose(curve.get_ydata(), [0.2, 0.4])
+    assert Image.open(tmp_path / "mAP.png").size == (600, 400)

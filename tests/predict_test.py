@@ -103,7 +103,7 @@ def test_bad_inputs_are_skipped_named_and_make_the_command_fail(workdir, tmp_pat
     assert "corrupt or unreadable image" in reasons[str(truncated)]
     assert "not an image" in reasons[str(not_image)]
     assert "no such file" in reasons[str(missing)]
-    assert "folder" in reasons[str(folder)]
+    assert reasons[str(folder)].startswith("a folder without image files (.jpg, .jpeg")
     assert lines[-1].startswith("4 inputs could not be read (2 images were): ")
     assert all(p in lines[-1] for p in bad)
     assert "Traceback" not in "\n".join(lines)
@@ -365,6 +365,7 @@ def test_the_detector_reads_paths_pil_images_rgba_and_greyscale_as_their_rgb(wor
     expected = detector(rgb)
     assert len(expected.boxes) > 0
     Image.fromarray(rgb).save(tmp_path / "a.png")
+    (tmp_path / "folder").mkdir()
     rgba = np.concatenate([rgb, np.full((24, 40, 1), 7, np.uint8)], axis=-1)
     for image in (
         tmp_path / "a.png",
@@ -379,6 +380,8 @@ def test_the_detector_reads_paths_pil_images_rgba_and_greyscale_as_their_rgb(wor
     )
     with pytest.raises(ValueError, match=r"got an array of shape \(24, 40, 2\)"):
         detector(rgb[..., :2])
+    with pytest.raises(ValueError, match=r"folder.*: a folder, not an image file"):
+        detector(tmp_path / "folder")
 
 
 def test_the_detector_copies_its_weights_to_the_device_once(workdir):

@@ -265,13 +265,32 @@ def test_a_missing_weight_file_says_how_to_make_it(tmp_path):
         pretrained.load_for_config({}, config)
 
 
-def test_config_without_weights_or_with_darknet(tmp_path):
+def test_config_without_weights(tmp_path):
     variables = {"params": {"backbone": {"w": np.ones(2)}}}
     no_weights = ml_collections.ConfigDict({"backbone": "resnet18", "pretrained": ""})
     assert pretrained.load_for_config(variables, no_weights) is variables
-    darknet = ml_collections.ConfigDict({"backbone": "darknet", "pretrained": "x.msgpack"})
-    with pytest.raises(ValueError, match="trains from scratch"):
-        pretrained.load_for_config(variables, darknet)
+
+
+def test_darknet_weights_of_ones_own_load_through_the_config(tmp_path):
+    # Darknet has no torchvision port; the documented extension point is a file written by
+    # save_variables with get_classifier's layout, then config.model.pretrained.
+    config = ml_collections.ConfigDict(
+        {"backbone": "darknet_tiny", "pretrained": str(tmp_path / "darknet_tiny.msgpack")}
+    )
+    with pytest.raises(FileNotFoundError, match="'darknet_tiny' has no torchvision weights"):
+        pretrained.check_available(config)
+    weights = _random_classifier_variables("darknet_tiny", seed=3)
+    pretrained.save_variables(config.pretrained, "darknet_tiny", weights)
+    pretrained.check_available(config)
+    variables = _yolo_variables("darknet_tiny", "conv")
+    loaded = traverse_util.flatten_dict(pretrained.load_for_config(variables, config))
+    for key, value in traverse_util.flatten_dict(weights).items():
+        if key[1] != "fc":  # the classifier layer, which the YOLO head does not use
+            np.testing.assert_array_equal(loaded[(key[0], "backbone", *key[1:])], value)
+    head = [key for key in loaded if key[1] == "head"]
+    assert head and all(
+        np.array_equal(loaded[key], traverse_util.flatten_dict(variables)[key]) for key in head
+    )
 
 
 def test_every_ported_architecture_is_a_voc_config_variant_that_loads_its_weights(

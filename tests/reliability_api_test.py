@@ -142,10 +142,11 @@ def _model_config(**fields):
 @pytest.mark.parametrize(
     "fields, name",
     [
-        ({"num_groups": 0, "backbone": "darknet_gn"}, "num_groups"),
-        ({"dropout_rate": "0.5"}, "dropout_rate must be a number"),
-        ({"grid_size": -7}, "grid_size"),
-        ({"num_boxes": 2.0}, "num_boxes"),
+        ({"num_groups": 0, "backbone": "darknet_gn"}, r"^model_config\.num_groups"),
+        ({"dropout_rate": "0.5"}, r"^model_config\.dropout_rate must be a finite number"),
+        ({"grid_size": -7}, r"^model_config\.grid_size"),
+        ({"num_boxes": 2.0}, r"^model_config\.num_boxes"),
+        ({"head": "mlp"}, r"^model_config\.head must be one of \('fc', 'seed', 'conv'\)"),
     ],
 )
 def test_get_model_names_a_bad_field(fields, name):
@@ -213,9 +214,13 @@ def test_yolo_built_directly_checks_its_sizes():
 @pytest.mark.parametrize(
     "section, field, value, name",
     [
-        ("model", "backbone", "resnet200", "model.backbone"),
-        ("model", "grid_size", -7, "model.grid_size"),
-        ("model", "grid_size", True, "model.grid_size"),  # a bool is no size
+        # The model's fields are named as the user sets them: config.model.<field>.
+        ("model", "backbone", "resnet200", r"^config\.model\.backbone must be one of"),
+        ("model", "grid_size", -7, r"^config\.model\.grid_size"),
+        ("model", "grid_size", True, r"^config\.model\.grid_size"),  # a bool is no size
+        ("model", "fc_hidden", 0, r"^config\.model\.fc_hidden must be a positive integer"),
+        ("model", "head_conv_layers", True, r"^config\.model\.head_conv_layers must be an int"),
+        ("model", "num_classes", True, r"^config\.model\.num_classes"),
         ("eval", "score_threshold", -0.01, r"config.eval.score_threshold must be in \[0, 1\]"),
         ("model", "num_classes", -1, "model.num_classes"),
         ("train", "batch_size", 0, "train.batch_size"),
@@ -226,7 +231,7 @@ def test_yolo_built_directly_checks_its_sizes():
         ("train", "log_every_steps", 0, "train.log_every_steps"),
         ("eval", "max_detections", 0, "eval.max_detections"),
         ("eval", "pre_nms_top_k", -1, "eval.pre_nms_top_k"),
-        ("model", "dropout_rate", 1.5, "dropout_rate must be in"),
+        ("model", "dropout_rate", 1.5, r"^config\.model\.dropout_rate must be .* < 1; got 1.5"),
         ("train", "lr_drop_factors", (0.1,), "lr_drop_epochs and .*lr_drop_factors"),
         # Real-valued fields: a sign or a range that no recipe has, and NaN.
         ("train", "learning_rate", -1.0, r"train.learning_rate must be a finite number > 0"),
@@ -618,7 +623,7 @@ def test_the_model_summary_command_names_a_bad_model_field_without_a_traceback()
         "-m", "yolojax.models", "--config=configs/shapes.py", "--config.model.backbone=resnet200"
     )
     assert result.returncode == 1
-    assert (
-        "model_config.backbone must be one of" in result.stderr and "'resnet200'" in result.stderr
-    )
+    # Named as the user set it, --config.model.backbone.
+    assert "Error: ValueError: config.model.backbone must be one of" in result.stderr
+    assert "got 'resnet200'" in result.stderr
     assert "Traceback" not in result.stderr

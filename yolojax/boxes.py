@@ -45,8 +45,7 @@ def yxyx_to_xyxy(boxes):
 
 def xyxy_to_yxyx(boxes):
     """``[..., 4]`` xyxy → ``[..., 4]`` yxyx (a coordinate swap, unit unchanged)."""
-    boxes = _boxes(boxes, "boxes")
-    return boxes[..., [1, 0, 3, 2]]
+    return yxyx_to_xyxy(boxes)  # the same swap undoes itself
 
 
 def normalized_yxyx_to_pixel_xyxy(boxes, height, width):
@@ -62,7 +61,12 @@ def normalized_yxyx_to_pixel_xyxy(boxes, height, width):
 
 
 def pixel_xyxy_to_normalized_yxyx(boxes, height, width):
-    """Inverse of :func:`normalized_yxyx_to_pixel_xyxy`: pixel xyxy → normalized yxyx."""
+    """``[..., 4]`` xyxy in pixels of a ``height × width`` image → ``[..., 4]`` normalized
+    yxyx (the inverse of :func:`normalized_yxyx_to_pixel_xyxy`).
+
+    ``height`` and ``width`` are numbers, or arrays broadcastable to ``boxes[..., 0]`` (one
+    image size per box). Integer boxes become float64 (NumPy) or float32 (JAX).
+    """
     boxes = _boxes(boxes, "boxes", real=True)
     xnp = _xnp(boxes, height, width)
     return xyxy_to_yxyx(boxes) / xnp.stack(xnp.broadcast_arrays(height, width, height, width), -1)

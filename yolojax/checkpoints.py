@@ -362,6 +362,7 @@ class Checkpoints:
         self._save(self._best, step, state, metrics={"mAP": _best_metric(metrics)})
 
     def latest_step(self) -> int | None:
+        """The step of the newest checkpoint in ``checkpoints/``, or None if there is none."""
         return self._latest.latest_step()
 
     def set_aside_best(self) -> None:
@@ -513,5 +514,6 @@ class Checkpoints:
             self._best.wait_until_finished()
 
     def close(self) -> None:
+        """Finishes asynchronous saves and lets go of orbax's managers."""
         self._latest.close()
         self._best.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 import ml_collections
 
 from yolojax.data.config import default_data_config
-from yolojax.models import BACKBONES, CONV_IMPLS, DTYPES, HEADS, MODEL_DEFAULTS, get_model
+from yolojax.models import MODEL_DEFAULTS, get_model
 from yolojax.optim import OPTIMIZERS, SCHEDULES, learning_rate_schedule
 from yolojax.postprocess import PRE_NMS_TOP_K
 from yolojax.validation import (
@@ -120,20 +120,21 @@ def validate_config(config) -> None:
       ValueError: naming the config key and what was expected.
     """
     check_config_dict(config)
-    check_choice("config.model.backbone", config.model.backbone, BACKBONES)
-    check_choice("config.model.head", config.model.head, HEADS)
-    check_choice("config.model.dtype", config.model.dtype, DTYPES)
-    check_choice("config.model.conv_impl", config.model.conv_impl, CONV_IMPLS)
     check_choice("config.train.optimizer", config.train.optimizer, OPTIMIZERS)
     check_choice("config.train.schedule", config.train.schedule, SCHEDULES)
-    if not isinstance(config.model.num_classes, int) or config.model.num_classes < 0:
+    num_classes = config.model.num_classes
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
         raise ValueError(
             "config.model.num_classes must be a positive integer, or 0 for as many as the "
-            f"dataset has; got {config.model.num_classes!r}."
+            f"dataset has; got {num_classes!r}."
         )
+    # The model's fields, as get_model checks them when it builds the model after the
+    # dataset is prepared (minutes for VOC). num_classes 0, the dataset's count, is not
+    # known yet: any count checks the others.
+    model_config = config.model.copy_and_resolve_references()
+    model_config.num_classes = num_classes or 1
+    get_model(model_config, name="config.model")
     for name in (
-        "model.grid_size",
-        "model.num_boxes",
         "train.batch_size",
         "train.log_every_steps",
         "train.checkpoint_every_steps",
@@ -161,13 +162,8 @@ def validate_config(config) -> None:
     # Checked by detect too, but only at the first evaluation, epochs into training.
     for name in ("score_threshold", "iou_threshold"):
         check_threshold(f"config.eval.{name}", config.eval[name])
-    # Checked where they are used, after the dataset is prepared (minutes for VOC): the
-    # schedule's fields, and the model's (num_classes 0, the dataset's count, is not known
-    # yet: any count checks the others).
+    # Checked where it is used too, after the dataset is prepared (minutes for VOC).
     learning_rate_schedule(config.train, steps_per_epoch=1, total_steps=1)
-    model_config = config.model.copy_and_resolve_references()
-    model_config.num_classes = model_config.num_classes or 1
-    get_model(model_config)
 
 
 def check_config_dict(config) -> None:
@@ -198,10 +194,9 @@ def resolve_num_classes(config, class_names) -> None:
         )
 
 
-_PASS_THE_CONFIG = "pass the training config in Python: Detector.from_workdir(workdir, config=...)"
-
-
-def load_run_config(workdir, *, otherwise: str = _PASS_THE_CONFIG) -> ml_collections.ConfigDict:
+def load_run_config(
+    workdir, *, otherwise: str = "use the config the run was trained with (its get_config())"
+) -> ml_collections.ConfigDict:
     """The config a run saved as ``workdir/config.json`` (locked, like a loaded config file).
 
     The saved values are laid over :func:`default_config`, so that a field

@@ -119,18 +119,23 @@ class Detector:
         check_threshold("score_threshold", score_threshold)
         if config is not None:
             check_config_dict(config)
-        config = config if config is not None else load_run_config(workdir)
-        if config.model.num_classes == 0:  # a config file's "as many as the dataset has"
-            if not (Path(workdir) / CLASSES_FILE).exists():
-                raise ValueError(
-                    f"config.model.num_classes is 0 (as many as the dataset has) and {workdir} "
-                    f"has no {CLASSES_FILE} to count them: set config.model.num_classes, or "
-                    "leave config out to use the run's own."
-                )
-            config = _editable_copy(config)  # the caller's stays as it was
-            resolve_num_classes(config, load_class_names(workdir, 0))
-        model, state, _ = train_lib.restore_trained_state(config, workdir, checkpoint)
+        if config is None:
+            config = load_run_config(
+                workdir,
+                otherwise="pass the training config in Python: "
+                "Detector.from_workdir(workdir, config=...)",
+            )
         class_names = load_class_names(workdir, config.model.num_classes)
+        if not class_names:  # a config file's num_classes 0, "as many as the dataset has"
+            raise ValueError(
+                f"config.model.num_classes is 0 (as many as the dataset has) and {workdir} "
+                f"has no {CLASSES_FILE} to count them: set config.model.num_classes, or "
+                "leave config out to use the run's own."
+            )
+        if config.model.num_classes == 0:  # the restore builds the model: it needs the count
+            config = _editable_copy(config)  # the caller's stays as it was
+            resolve_num_classes(config, class_names)
+        model, state, _ = train_lib.restore_trained_state(config, workdir, checkpoint)
         variables = train_lib.model_variables(state)
         return cls(model, variables, config, class_names, score_threshold=score_threshold)
 

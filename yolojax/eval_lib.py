@@ -118,7 +118,7 @@ def evaluate(
         plus_one=config.eval.plus_one,
         class_names=class_names,
     )
-    start, num_images, num_detections, kept = time.perf_counter(), 0, 0, {}
+    start, num_detections, kept = time.perf_counter(), 0, {}
     bar = tqdm(
         total=total or None,
         desc=progress,
@@ -147,10 +147,10 @@ def evaluate(
         index = arrays.pop("index")
         if keep_detections:
             kept.update(_image_detections(arrays, index))
-        num_images += int(np.sum(arrays["valid"]))
         num_detections += int(np.sum(arrays["pred_valid"] & arrays["valid"][:, None]))
+        added = evaluator.num_images
         evaluator.add_normalized_batch(**arrays)
-        bar.update(int(np.sum(arrays["valid"])))
+        bar.update(evaluator.num_images - added)
     bar.close()
     elapsed = time.perf_counter() - start
     results = evaluator.compute()
@@ -160,9 +160,9 @@ def evaluate(
         "AP": [float(v) for v in results["AP"]],
         "AP_area": [float(v) for v in results["AP_area"]],
         "num_positives": [int(n) for n in results["num_positives"]],
-        "num_images": num_images,
+        "num_images": evaluator.num_images,
         "num_detections": num_detections,
-        "images_per_second": num_images / max(elapsed, 1e-9),
+        "images_per_second": evaluator.num_images / max(elapsed, 1e-9),
         "table": evaluator.summary(results),
         "precision": results["precision"],
         "recall": results["recall"],

@@ -457,4 +457,7 @@ def _bools(name, array):
     """`array` of bool or 0/1 integers as bool."""
     if array.size and array.dtype.kind not in "biu":
         raise ValueError(f"{name} must be bool, got dtype {array.dtype}")
+    if array.dtype.kind != "b" and np.any((array != 0) & (array != 1)):
+        # A count or an index passed by mistake would silently become True.
+        raise ValueError(f"{name} must be bool or 0/1, got values {np.unique(array)[:5]}")
     return array.astype(bool)

@@ -88,8 +88,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if not path.exists():
         raise UnreadableImageError(path, "no such file")
     if path.is_dir():
-        extensions = ", ".join(IMAGE_EXTENSIONS)
-        raise UnreadableImageError(path, f"a folder without image files ({extensions})")
+        raise UnreadableImageError(path, "a folder, not an image file")
     if path.stat().st_size == 0:
         raise UnreadableImageError(path, "an empty file")
     try:

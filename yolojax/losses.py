@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 
 from yolojax import boxes as box_ops
-from yolojax.outputs import split_predictions
+from yolojax.outputs import check_grid_layout, split_predictions
 from yolojax.targets import target_channels
 from yolojax.validation import check_positive_int
 
@@ -25,8 +25,7 @@ def signed_sqrt(values):
 def _check_loss_args(predictions, targets, num_classes, num_boxes):
     check_positive_int("num_classes", num_classes)
     check_positive_int("num_boxes", num_boxes)
-    if predictions.ndim != 4 or predictions.shape[1] != predictions.shape[2]:
-        raise ValueError(f"predictions must have shape (N, S, S, C + 5B); got {predictions.shape}.")
+    check_grid_layout(predictions, "predictions")
     if predictions.shape[0] == 0:  # the loss is a mean over images
         raise ValueError("predictions must hold at least one image; got a batch of 0.")
     expected = (*predictions.shape[:3], target_channels(num_classes))

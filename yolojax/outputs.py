@@ -15,6 +15,12 @@ def output_channels(num_classes: int, num_boxes: int) -> int:
     return num_classes + 5 * num_boxes
 
 
+def check_grid_layout(outputs, name: str) -> None:
+    """Raises unless ``outputs`` is ``(N, S, S, channels)``: a batch of square grids."""
+    if outputs.ndim != 4 or outputs.shape[1] != outputs.shape[2]:
+        raise ValueError(f"{name} must have shape (N, S, S, C + 5B); got {outputs.shape}.")
+
+
 def split_predictions(predictions, *, num_classes: int, num_boxes: int, name="predictions"):
     """Splits raw network outputs into class scores and per-box fields.
 

@@ -12,7 +12,6 @@ from yolojax import workdir as workdir_io
 from yolojax.evaluation import precision_envelope
 
 LOSS_TERMS = ("loss", "coord", "object", "noobj", "class")
-MAP_CURVES = (("test_mAP", "test mAP (VOC07)"), ("train_mAP", "train mAP (VOC07)"))
 
 
 def _series(records, key):
@@ -20,14 +19,19 @@ def _series(records, key):
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def plot_training_curves(workdir) -> list[Path]:
-    """Writes ``loss.png`` and ``mAP.png`` into ``workdir``; returns the paths written."""
+def plot_training_curves(workdir, *, eval_split: str = "test") -> list[Path]:
+    """Writes ``loss.png`` and ``mAP.png`` into ``workdir``; returns the paths written.
+
+    ``eval_split`` names the split whose mAP metrics.jsonl logs as ``test_mAP`` (a VOC
+    folder's is 'validation'), for the legend.
+    """
     workdir = Path(workdir)
     records = workdir_io.read_metrics(workdir)
+    map_curves = [("test_mAP", f"{eval_split} mAP (VOC07)"), ("train_mAP", "train mAP (VOC07)")]
     written = []
     for filename, curves, ylabel in (
         ("loss.png", [(k, k) for k in LOSS_TERMS], "loss per image"),
-        ("mAP.png", MAP_CURVES, "mAP@0.5"),
+        ("mAP.png", map_curves, "mAP@0.5"),
     ):
         # A Figure without pyplot: nothing global (backend, open figures) changes for the
         # caller, who may be plotting in a notebook.

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from yolojax import boxes as box_ops
-from yolojax.outputs import split_predictions
+from yolojax.outputs import check_grid_layout, split_predictions
 from yolojax.validation import check_positive_int, check_threshold
 
 # Candidates that enter NMS per image by default: about a quarter of VOC's S·S·B·C = 1960
@@ -50,8 +50,7 @@ def decode(outputs, *, num_classes: int, num_boxes: int):
       ``(row, col, box)``, and ``scores (N, S·S·B, C)``.
     """
     outputs = jnp.asarray(outputs, jnp.float32)
-    if outputs.ndim != 4 or outputs.shape[1] != outputs.shape[2]:
-        raise ValueError(f"outputs must have shape (N, S, S, C + 5B); got {outputs.shape}.")
+    check_grid_layout(outputs, "outputs")
     batch_size, s = outputs.shape[0], outputs.shape[1]
     class_scores, box_fields = split_predictions(
         outputs, num_classes=num_classes, num_boxes=num_boxes, name="outputs"

@@ -136,6 +136,15 @@ def _image_files(paths: Iterable) -> list[str]:
     return list(files.values())
 
 
+def _read_input(path: str) -> np.ndarray:
+    """:func:`read_image`, for an input that :func:`_image_files` left as given: a folder
+    there is one without image files."""
+    if os.path.isdir(path):
+        extensions = ", ".join(IMAGE_EXTENSIONS)
+        raise UnreadableImageError(path, f"a folder without image files ({extensions})")
+    return read_image(path)
+
+
 def predict_files(
     detector: "Detector",
     paths: Iterable,
@@ -168,7 +177,7 @@ def predict_files(
     inputs = [path for path in _image_files(paths) if os.path.realpath(path) not in drawings]
     for key in tqdm(inputs, desc="Detecting", unit="image", disable=None):
         try:
-            image = read_image(key)
+            image = _read_input(key)
         except UnreadableImageError as error:
             failed[key] = error.reason
             if on_skip is not None:

@@ -16,8 +16,9 @@ classifier layer also reorders its 25088 inputs from torch's (c, h, w) flatten o
 
 Darknet has no torchvision weights and trains from scratch here. To add another source
 (e.g. Darknet's `.weights`), write a function returning variables with the layout of
-`get_classifier('darknet')` and save them with `save_variables`; `load_pretrained` and the
-strict key check then work unchanged.
+`get_classifier('darknet')` and save them with `save_variables(path, 'darknet', variables)`;
+`config.model.pretrained=path`, `load_pretrained` and the strict key check then work
+unchanged.
 """
 
 import argparse
@@ -226,14 +227,23 @@ def save_variables(path: str, arch: str, variables: Mapping) -> None:
 
 
 def _how_to_make(path: str, arch: str | None) -> str:
+    from_scratch = (
+        "set config.model.pretrained='' to train from scratch, with "
+        "config.train.learning_rate=1e-3 and config.train.grad_clip_norm=10 as configs/voc.py "
+        "does for Darknet (the 1e-2 meant for ImageNet weights diverges from scratch)"
+    )
+    if arch is not None and _family(arch) == "darknet":
+        return (
+            f"{arch!r} has no torchvision weights to port; a file of Darknet weights is one "
+            f"you write with yolojax.pretrained.save_variables(path, {arch!r}, variables) "
+            f"from variables with the layout of get_classifier({arch!r}). Or {from_scratch}"
+        )
     arch = arch if arch in ARCHS else "<" + "|".join(ARCHS) + ">"
     return (
         f"make it with `python -m yolojax.pretrained --arch {arch} --out {path}` "
         f"(downloads through torchvision) or add `--state-dict PATH.pth` to convert a "
         "torchvision state_dict offline (both need the `port` extra: pip install -e "
-        "'.[port]'); or set config.model.pretrained='' to train from scratch, with "
-        "config.train.learning_rate=1e-3 and config.train.grad_clip_norm=10 as configs/voc.py "
-        "does for Darknet (the 1e-2 meant for ImageNet weights diverges from scratch)"
+        f"'.[port]'); or {from_scratch}"
     )
 
 
@@ -333,28 +343,20 @@ def load_pretrained(variables: Mapping, path: str, *, arch: str | None = None) -
 
 
 def check_available(model_config: Any) -> None:
-    """Raises what :func:`load_for_config` would for a missing weights file or a Darknet
-    backbone, without reading any weights: a run checks it at start, before it prepares a
-    dataset (minutes for VOC)."""
+    """Raises what :func:`load_for_config` would for a missing weights file, without
+    reading any weights: a run checks it at start, before it prepares a dataset (minutes
+    for VOC)."""
     path = getattr(model_config, "pretrained", "")
-    if not path:
-        return
-    if _family(model_config.backbone) == "darknet":
-        raise ValueError(
-            f"model_config.pretrained={path!r}, but {model_config.backbone!r} has no "
-            "torchvision weights and trains from scratch: set pretrained=''"
-        )
-    _check_exists(path, model_config.backbone)
+    if path:
+        _check_exists(path, model_config.backbone)
 
 
 def load_for_config(variables: Mapping, model_config: Any) -> dict:
     """Applies `model_config.pretrained` to initialized YOLO variables ('' → unchanged).
 
     Raises:
-      FileNotFoundError / ValueError: see `load_pretrained`; ValueError also for a Darknet
-      backbone, which has no ported weights.
+      FileNotFoundError / ValueError: see `load_pretrained`.
     """
-    check_available(model_config)
     path = getattr(model_config, "pretrained", "")
     return load_pretrained(variables, path, arch=model_config.backbone) if path else variables
 

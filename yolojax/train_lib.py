@@ -39,7 +39,7 @@ class NonFiniteLossError(FloatingPointError):
 
 def build_model(config, *, axis_name: str | None = AXIS):
     """The YOLO module for ``config`` (BatchNorm statistics averaged over ``axis_name``)."""
-    model = get_model(config.model, axis_name=axis_name)
+    model = get_model(config.model, axis_name=axis_name, name="config.model")
     if config.train.freeze_backbone:
         model = model.clone(freeze_backbone=True)
     return model

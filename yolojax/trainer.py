@@ -214,7 +214,7 @@ def train_and_evaluate(
         nonlocal curves_drawn
         if is_main and not curves_drawn:
             try:
-                plots.plot_training_curves(workdir)
+                plots.plot_training_curves(workdir, eval_split=info.eval_split_name)
                 curves_drawn = True
             except OSError as error:
                 warnings.warn(

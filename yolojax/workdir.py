@@ -260,6 +260,7 @@ class TensorBoardWriter:
         self._writer = tf.summary.create_file_writer(str(folder))
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        """Logs each scalar at ``step`` (None values are left out) and flushes the file."""
         with self._writer.as_default():
             for name, value in scalars.items():
                 if value is not None:
@@ -267,4 +268,5 @@ class TensorBoardWriter:
         self._writer.flush()
 
     def close(self) -> None:
+        """Flushes and closes the event file."""
         self._writer.close()

@@ -252,6 +252,11 @@ def gaussian_blur(image: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor:
     return blurred[0]
 
 
+def blur_radius(max_sigma: float) -> int:
+    """The pixels a blur of up to ``max_sigma`` reaches on each side (3 sigma, at least 1)."""
+    return max(1, math.ceil(3 * max_sigma))
+
+
 def random_blur(
     image: tf.Tensor, seed: tf.Tensor, *, probability: float, max_sigma: float
 ) -> tf.Tensor:
@@ -261,7 +266,7 @@ def random_blur(
     sigma = tf.random.stateless_uniform([], sigma_seed, 0.05 * max_sigma, max_sigma)
     return tf.cond(
         tf.random.stateless_uniform([], apply_seed) < probability,
-        lambda: gaussian_blur(image, sigma, radius=max(1, math.ceil(3 * max_sigma))),
+        lambda: gaussian_blur(image, sigma, radius=blur_radius(max_sigma)),
         lambda: image,
     )
 
@@ -291,8 +296,10 @@ def augment(
     boxes, keep = clip_boxes(
         window_boxes(boxes, window, height, width), config.min_visible_fraction
     )
-    # Colour at the stored resolution, before the resize: per pixel, so it commutes with it,
-    # and cheaper for inputs smaller than the model's (the synthetic set's 128 px).
+    # Colour at the stored resolution, before the resize: cheaper for inputs smaller than
+    # the model's (the synthetic set's 128 px). Per pixel but not linear (hue, the clips), so
+    # it does not commute with the resize exactly; at edges the mix of two shifted colours
+    # differs from the shifted mix, which an augmentation's randomness does not mind.
     image = random_color(
         tf.cast(crop_window(image, window), tf.float32) / 255.0,
         color_seed,

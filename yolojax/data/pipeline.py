@@ -89,30 +89,32 @@ _AUGMENT_RANGES = {
 
 def validate_data_config(data_config) -> None:
     """Raises ValueError naming the first `config.data` field with an unusable value."""
-    check_choice("data.source", data_config.source, config.SOURCES)
-    check_choice("data.normalization", data_config.normalization, config.NORMALIZATIONS)
-    check_choice("data.on_bad_data", data_config.on_bad_data, config.BAD_DATA_POLICIES)
+    check_choice("config.data.source", data_config.source, config.SOURCES)
+    check_choice("config.data.normalization", data_config.normalization, config.NORMALIZATIONS)
+    check_choice("config.data.on_bad_data", data_config.on_bad_data, config.BAD_DATA_POLICIES)
     if data_config.source == "voc_folder" and not data_config.folder:
         raise ValueError(
-            "data.folder must name a folder of images with VOC XML files when "
-            "data.source='voc_folder'"
+            "config.data.folder must name a folder of images with VOC XML files when "
+            "config.data.source='voc_folder'"
         )
     for name, low in [("image_size", 16), ("max_boxes", 1)]:
-        check_int(f"data.{name}", data_config[name], low)
+        check_int(f"config.data.{name}", data_config[name], low)
     for name in ("max_train_examples", "max_eval_examples"):
         if data_config[name] is not None:
-            check_int(f"data.{name} (or None)", data_config[name], 1)
+            check_int(f"config.data.{name} (or None)", data_config[name], 1)
     augment_config = data_config.augment
-    check_choice("data.augment.color_space", augment_config.color_space, config.COLOR_SPACES)
+    check_choice("config.data.augment.color_space", augment_config.color_space, config.COLOR_SPACES)
     for name, (low, high) in _AUGMENT_RANGES.items():
-        check_number(f"data.augment.{name}", augment_config[name], at_least=low, at_most=high)
-    reach = math.ceil(3 * augment_config.blur_max_sigma)  # the blur's reflect padding
+        check_number(
+            f"config.data.augment.{name}", augment_config[name], at_least=low, at_most=high
+        )
+    reach = augment.blur_radius(augment_config.blur_max_sigma)  # the blur's reflect padding
     blurs = augment_config.enabled and augment_config.blur_probability > 0
     if blurs and reach >= data_config.image_size:
         raise ValueError(
-            f"augment.blur_max_sigma={augment_config.blur_max_sigma} blurs {reach} pixels "
-            f"around each one, as far as data.image_size={data_config.image_size}: lower it "
-            f"below {data_config.image_size / 3:g}"
+            f"config.data.augment.blur_max_sigma={augment_config.blur_max_sigma} blurs {reach} "
+            f"pixels around each one, as far as config.data.image_size={data_config.image_size}: "
+            f"lower it below {data_config.image_size / 3:g}"
         )
 
 
@@ -211,7 +213,7 @@ def preprocess_image(image: np.ndarray, *, image_size: int, normalization: str) 
             + _to_uint8_advice(image)
         )
     image_size = check_int("image_size", image_size, 1)
-    check_choice("data.normalization", normalization, config.NORMALIZATIONS)
+    check_choice("normalization", normalization, config.NORMALIZATIONS)
     model_input = _to_model_input(tf.cast(image, tf.float32) / 255.0, image_size, normalization)
     return model_input.numpy()
 

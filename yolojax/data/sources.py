@@ -49,7 +49,8 @@ logging.getLogger("absl").addFilter(_DropTfdsNotices())  # TFDS logs through abs
 @functools.cache  # once per prepared dataset and process: a run opens its splits many times
 def _warn_built_without(name: str, data_dir: str, skipped: tuple[str, ...]) -> None:
     _logger.warning(
-        "%s in %s was built without %d bad images (data.on_bad_data='skip'); first problems:\n  %s",
+        "%s in %s was built without %d bad images (config.data.on_bad_data='skip'); "
+        "first problems:\n  %s",
         name,
         data_dir,
         len(skipped),

@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image, ImageDraw
 
+from yolojax.data.config import default_synthetic_config
 from yolojax.validation import check_int
 
 CLASS_NAMES = ("ellipse", "rectangle", "triangle", "star", "cross")
@@ -223,17 +224,21 @@ def render_example(
     )
 
 
+# The defaults, and what each field means: config.data.synthetic's.
+_DEFAULTS = default_synthetic_config()
+
+
 @dataclasses.dataclass(eq=False)
 class SyntheticShapesConfig(tfds.core.BuilderConfig):
     """Size and content of a `synthetic_shapes` variant; build one with shapes_builder_config."""
 
-    num_train: int = 4000
-    num_test: int = 500
-    image_size: int = 128
-    max_objects: int = 4
-    min_object_size: float = 0.15
-    max_object_size: float = 0.6
-    seed: int = 0
+    num_train: int = _DEFAULTS.num_train
+    num_test: int = _DEFAULTS.num_test
+    image_size: int = _DEFAULTS.image_size
+    max_objects: int = _DEFAULTS.max_objects
+    min_object_size: float = _DEFAULTS.min_object_size
+    max_object_size: float = _DEFAULTS.max_object_size
+    seed: int = _DEFAULTS.seed
 
 
 # The variant's fields and their defaults, as SyntheticShapesConfig declares them.
@@ -256,14 +261,16 @@ def shapes_builder_config(**fields) -> SyntheticShapesConfig:
     """
     unknown = sorted(set(fields) - set(_FIELDS))
     if unknown:
-        raise ValueError(f"synthetic has no field(s) {unknown}; its fields: {list(_FIELDS)}.")
+        raise ValueError(
+            f"config.data.synthetic has no field(s) {unknown}; its fields: {list(_FIELDS)}."
+        )
     values = {**_FIELDS, **fields}
     for name, low in [("num_train", 1), ("num_test", 1), ("image_size", 16), ("max_objects", 1)]:
-        check_int(f"synthetic.{name}", values[name], low)
+        check_int(f"config.data.synthetic.{name}", values[name], low)
     smallest, largest = values["min_object_size"], values["max_object_size"]
     if not 0.0 < smallest <= largest <= 1.0:
         raise ValueError(
-            "synthetic.min_object_size and max_object_size must satisfy "
+            "config.data.synthetic.min_object_size and max_object_size must satisfy "
             f"0 < min <= max <= 1, got {smallest} and {largest}"
         )
     name = (

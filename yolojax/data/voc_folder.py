@@ -43,7 +43,9 @@ from yolojax import boxes as box_ops
 from yolojax.data.config import BAD_DATA_POLICIES
 from yolojax.validation import check_choice
 
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+# The extensions of _DECODABLE_FORMATS' files, looked for in lower, upper and title case
+# (a.jpg, a.JPG, a.Jpg) where an XML's image is found by its stem.
+_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "gif", "webp")
 _SPLIT_FILE_NAMES = {"train": "train", "val": "validation", "trainval": "trainval", "test": "test"}
 # Split folders of the XML-beside-image layout (Roboflow names its validation split 'valid').
 _SPLIT_FOLDER_NAMES = {
@@ -139,16 +141,23 @@ def _find_image(folder: str, image_id: str, annotation: _Annotation) -> str:
         images, stem = os.path.join(folder, "JPEGImages"), image_id
     else:  # beside its XML
         images, stem = os.path.split(os.path.join(folder, image_id))
-    candidates = [os.path.join(images, stem + ext) for ext in _IMAGE_EXTENSIONS]
+    candidates = [
+        os.path.join(images, f"{stem}.{spelling}")
+        for ext in _IMAGE_EXTENSIONS
+        for spelling in (ext, ext.upper(), ext.title())
+    ]
     if annotation.filename:
         candidates.append(os.path.join(images, annotation.filename))
     for path in candidates:
         if os.path.isfile(path):
             return path
     where = os.path.relpath(images, folder)
+    first, *others, last = (f".{ext}" for ext in _IMAGE_EXTENSIONS)
+    named = f", and its <filename> {annotation.filename}" if annotation.filename else ""
     raise BadDataError(
         f"{_xml_path(folder, image_id)}: image not found (looked for "
-        f"{os.path.join(where, stem) if where != '.' else stem}.jpg, .jpeg or .png)"
+        f"{os.path.join(where, stem) if where != '.' else stem}{first}, {', '.join(others)} "
+        f"or {last}, in lower, upper or title case{named})"
     )
 
 
@@ -257,9 +266,9 @@ def _annotation_ids(folder: str) -> list[str]:
     )
     if not ids:
         raise ValueError(
-            f"data.folder={folder!r} has neither an Annotations/ directory (PASCAL VOC layout) "
-            "nor .xml files beside its images, in it or in train/, valid/ and test/ folders "
-            "(Roboflow's Pascal VOC export)"
+            f"config.data.folder={folder!r} has neither an Annotations/ directory (PASCAL VOC "
+            "layout) nor .xml files beside its images, in it or in train/, valid/ and test/ "
+            "folders (Roboflow's Pascal VOC export)"
         )
     return ids
 
@@ -268,7 +277,7 @@ def _random_split(folder: str, ids: list[str], split_seed: int) -> dict[str, lis
     """'train' and 'validation' ids, 90:10 by a seeded random permutation of ``ids``."""
     if len(ids) < 2:
         raise ValueError(
-            f"data.folder={folder!r}: need at least 2 annotated images, got {len(ids)}"
+            f"config.data.folder={folder!r}: need at least 2 annotated images, got {len(ids)}"
         )
     order = np.random.default_rng(split_seed).permutation(len(ids))
     num_validation = max(1, round(_VALIDATION_FRACTION * len(ids)))
@@ -287,7 +296,7 @@ def _split_folder_splits(folder: str, split_seed: int) -> dict[str, list[str]] |
     stray = _xml_stems(folder)
     if stray:  # they would be in no split
         raise ValueError(
-            f"data.folder={folder!r} has .xml files both in split folders and beside them "
+            f"config.data.folder={folder!r} has .xml files both in split folders and beside them "
             f"({', '.join(stray[:3])}{', ...' if len(stray) > 3 else ''}.xml): move those into "
             "train/, valid/ or test/"
         )
@@ -349,15 +358,15 @@ def scan_class_names(folder: str, on_bad_data: str = "error") -> tuple[str, ...]
             continue  # Counted and reported when the examples are generated.
         names.update(obj.name for obj in annotation.objects)
     if not names:
-        raise ValueError(f"data.folder={folder!r}: no object found in its .xml files")
+        raise ValueError(f"config.data.folder={folder!r}: no object found in its .xml files")
     spellings = {}
     for name in sorted(names):
         spellings.setdefault(name.casefold(), []).append(name)
     for same in spellings.values():
         if len(same) > 1:  # 'Dog' and 'dog' would be two classes, each with half the dogs
             raise ValueError(
-                f"data.folder={folder!r}: the class names {same} differ only in case and would "
-                "be separate classes; use one spelling in the .xml files"
+                f"config.data.folder={folder!r}: the class names {same} differ only in case and "
+                "would be separate classes; use one spelling in the .xml files"
             )
     return tuple(sorted(names))
 
@@ -381,19 +390,21 @@ def voc_folder_config(
 ) -> VocFolderConfig:
     """Returns a config named after the folder and a fingerprint of its files and options."""
     if not folder or not os.path.isdir(folder):
-        raise ValueError(f"data.folder must be an existing directory, got {folder!r}")
-    check_choice("data.on_bad_data", on_bad_data, BAD_DATA_POLICIES)
+        raise ValueError(f"config.data.folder must be an existing directory, got {folder!r}")
+    check_choice("config.data.on_bad_data", on_bad_data, BAD_DATA_POLICIES)
     folder = os.path.abspath(folder)
     if class_names is None:
         class_names = scan_class_names(folder, on_bad_data)
     if isinstance(class_names, str) or any("," in name for name in class_names):
         raise ValueError(
-            f"data.class_names={class_names!r} holds one name with commas: give a list of "
+            f"config.data.class_names={class_names!r} holds one name with commas: give a list of "
             """names, on the command line --config.data.class_names="('mask','no-mask')"."""
         )
     class_names = tuple(class_names)
     if len(set(class_names)) != len(class_names) or not class_names:
-        raise ValueError(f"data.class_names must be distinct and non-empty, got {class_names}")
+        raise ValueError(
+            f"config.data.class_names must be distinct and non-empty, got {class_names}"
+        )
     stem = re.sub(r"[^A-Za-z0-9_]", "_", os.path.basename(folder.rstrip(os.sep)))[:40]
     fingerprint = _fingerprint(folder, folder, class_names, on_bad_data, split_seed)
     return VocFolderConfig(

@@ -30,12 +30,12 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from yolojax.models.conv import CONV_IMPLS, check_conv_impl
+from yolojax.models.conv import CONV_IMPLS
 from yolojax.models.darknet import DARKNET24, DARKNET_TINY, MAXPOOL, Darknet
 from yolojax.models.resnet import RESNETS
 from yolojax.models.vgg import VGG16, VGG16BN
 from yolojax.models.yolo import HEADS, YOLO
-from yolojax.validation import check_positive_int
+from yolojax.validation import check_choice, check_int, check_number, check_positive_int
 
 _BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "darknet": functools.partial(Darknet, layers=DARKNET24, norm="batch"),
@@ -76,16 +76,14 @@ __all__ = [
 ]
 
 
-def _check_known_fields(names) -> None:
+def _check_known_fields(fields, name: str) -> None:
     """A misspelled field would silently leave its default in effect: name it instead."""
     known = {"backbone", "pretrained", *MODEL_DEFAULTS}
-    for name in names:
-        if name not in known and not name.startswith("_"):
-            close = difflib.get_close_matches(name, known, n=1)
+    for field in fields:
+        if field not in known and not field.startswith("_"):
+            close = difflib.get_close_matches(field, known, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(
-                f"model_config has no field {name!r}.{hint} Its fields: {sorted(known)}."
-            )
+            raise ValueError(f"{name} has no field {field!r}.{hint} Its fields: {sorted(known)}.")
 
 
 def _check_group_widths(arch: str, num_groups: int, widths: set[int]) -> None:
@@ -126,12 +124,10 @@ def get_classifier(
       ValueError: unknown arch, dtype or conv_impl, or num_groups not dividing the channel
         widths.
     """
-    if arch not in _BACKBONES:
-        raise ValueError(f"arch must be one of {BACKBONES}, got {arch!r}")
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(_DTYPES)}, got {dtype!r}")
+    check_choice("arch", arch, BACKBONES)
+    check_choice("dtype", dtype, DTYPES)
+    check_choice("conv_impl", conv_impl, CONV_IMPLS)
     num_classes = check_positive_int("num_classes", num_classes)
-    check_conv_impl(conv_impl, "get_classifier")
     kwargs = {
         "num_classes": num_classes,
         "dtype": _DTYPES[dtype],
@@ -148,13 +144,17 @@ def get_classifier(
     return build(**kwargs)
 
 
-def get_model(model_config: Any, *, axis_name: str | None = None) -> YOLO:
+def get_model(
+    model_config: Any, *, axis_name: str | None = None, name: str = "model_config"
+) -> YOLO:
     """Builds the YOLO detector described by `model_config` (fields: module docstring).
 
     Args:
       model_config: `config.model`: a ConfigDict, a dict or any object with those fields.
       axis_name: the mesh axis over which every BatchNorm averages batch statistics in
         training (the train step's 'batch'); None for single-device use.
+      name: what error messages call `model_config` (a run's config passes
+        'config.model', the key a user sets).
 
     Returns:
       An uninitialized `YOLO` module: `apply(variables, images, train=...)` maps
@@ -166,44 +166,35 @@ def get_model(model_config: Any, *, axis_name: str | None = None) -> YOLO:
         misspelling, with the closest field named).
     """
     if hasattr(model_config, "keys"):  # a dict or a ConfigDict
-        _check_known_fields(list(model_config.keys()))
+        _check_known_fields(list(model_config.keys()), name)
     elif hasattr(model_config, "__dict__"):  # a SimpleNamespace, a dataclass instance...
-        _check_known_fields(vars(model_config))
+        _check_known_fields(vars(model_config), name)
     if isinstance(model_config, Mapping):  # a plain dict reads like a ConfigDict
         model_config = types.SimpleNamespace(**model_config)
     backbone = getattr(model_config, "backbone", None)
-    if backbone not in _BACKBONES:
-        raise ValueError(f"model_config.backbone must be one of {BACKBONES}, got {backbone!r}")
+    check_choice(f"{name}.backbone", backbone, BACKBONES)
     fields = {
-        name: getattr(model_config, name, default) for name, default in MODEL_DEFAULTS.items()
+        field: getattr(model_config, field, default) for field, default in MODEL_DEFAULTS.items()
     }
-    if fields["head"] not in HEADS:
-        raise ValueError(f"model_config.head must be one of {HEADS}, got {fields['head']!r}")
-    if fields["dtype"] not in _DTYPES:
-        raise ValueError(
-            f"model_config.dtype must be one of {tuple(_DTYPES)}, got {fields['dtype']!r}"
-        )
+    check_choice(f"{name}.head", fields["head"], HEADS)
+    check_choice(f"{name}.dtype", fields["dtype"], DTYPES)
+    check_choice(f"{name}.conv_impl", fields["conv_impl"], CONV_IMPLS)
     if fields["num_classes"] == 0:  # a config's "as many as the dataset has", unresolved
         raise ValueError(
-            "model_config.num_classes is 0 (as many as the dataset has): the model needs the "
+            f"{name}.num_classes is 0 (as many as the dataset has): the model needs the "
             "number. Set it, or resolve it from the class names first with "
             "yolojax.config.resolve_num_classes(config, class_names)."
         )
-    for name in ("num_classes", "grid_size", "num_boxes", "fc_hidden", "num_groups"):
-        fields[name] = check_positive_int(f"model_config.{name}", fields[name])
-    if not isinstance(fields["head_conv_layers"], int) or fields["head_conv_layers"] < 0:
-        raise ValueError(
-            f"model_config.head_conv_layers must be an int >= 0, got {fields['head_conv_layers']!r}"
-        )
+    for field in ("num_classes", "grid_size", "num_boxes", "fc_hidden", "num_groups"):
+        fields[field] = check_positive_int(f"{name}.{field}", fields[field])
+    fields["head_conv_layers"] = check_int(
+        f"{name}.head_conv_layers", fields["head_conv_layers"], 0
+    )
     head_channels = fields["head_channels"] or None
     if head_channels is not None:
-        head_channels = check_positive_int("model_config.head_channels", head_channels)
+        head_channels = check_positive_int(f"{name}.head_channels", head_channels)
     dropout_rate = fields["dropout_rate"]
-    if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, int | float):
-        raise ValueError(f"model_config.dropout_rate must be a number, got {dropout_rate!r}")
-    if not 0.0 <= dropout_rate < 1.0:
-        raise ValueError(f"model_config.dropout_rate must be in [0, 1), got {dropout_rate}")
-    check_conv_impl(fields["conv_impl"], "model_config")
+    check_number(f"{name}.dropout_rate", dropout_rate, at_least=0, below=1)
     head_norm = "group" if backbone == "darknet_gn" else "batch"
     if head_norm == "group" and fields["head"] == "conv" and head_channels is not None:
         _check_group_widths(backbone, fields["num_groups"], {head_channels})

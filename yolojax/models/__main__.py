@@ -12,11 +12,12 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from yolojax import cli
 from yolojax.models import get_model
+from yolojax.validation import check_positive_int
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "config file defining get_config(); `path:arg` selects a variant"
@@ -35,9 +36,8 @@ def summarize(model_config: Any, image_size: int, *, depth: int = 2) -> str:
       image_size: square input size in pixels.
       depth: how many levels of submodules get their own row.
     """
-    if image_size < 1:
-        raise ValueError(f"image_size must be a positive int, got {image_size}")
-    model = get_model(model_config)
+    image_size = check_positive_int("image_size", image_size)
+    model = get_model(model_config, name="config.model")
     images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
     table = nn.tabulate(
         model,
@@ -51,8 +51,7 @@ def summarize(model_config: Any, image_size: int, *, depth: int = 2) -> str:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.start(argv)
     config = _CONFIG.value
     image_size = _IMAGE_SIZE.value or config.data.image_size
     with cli.command_errors():  # a bad model field is its message, as in train.py

@@ -42,12 +42,6 @@ CONV_IMPLS = ("auto", "xla", "dot")
 MAX_DOT_ROWS = 512
 
 
-def check_conv_impl(conv_impl: str, who: str) -> None:
-    """Raises ValueError unless `conv_impl` is one of CONV_IMPLS."""
-    if conv_impl not in CONV_IMPLS:
-        raise ValueError(f"{who}: conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
-
-
 def _output_size(size: int, kernel: int, stride: int, pad: tuple[int, int]) -> int:
     return (size + pad[0] + pad[1] - kernel) // stride + 1
 

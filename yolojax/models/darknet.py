@@ -5,9 +5,10 @@ stride)` and `MAXPOOL`), so the tiny network reuses the exact conv block of the 
 
 Darknet has no torchvision ImageNet weights: here it trains from scratch (as in the report,
 section 4.2). The paper instead pre-trained its first 20 convolutions on ImageNet for a week;
-the extension point for such weights is `yolojax.pretrained` (add a converter that fills the
+the extension point for such weights is `yolojax.pretrained` (a converter that fills the
 `conv_<i>` variables below, e.g. from Darknet's `.weights` stream, which stores per layer the
-norm bias, scale, running mean, running variance and then the OIHW kernel).
+norm bias, scale, running mean, running variance and then the OIHW kernel, and saves them
+with `save_variables`).
 """
 
 from typing import Any, NamedTuple
