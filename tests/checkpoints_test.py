@@ -9,6 +9,7 @@ import optax
 import pytest
 from jax.experimental import multihost_utils
 
+from configs import shapes
 from tests.tiny import tensorboard_scalars
 from yolojax import checkpoints, workdir
 
@@ -74,7 +75,8 @@ def test_keeps_only_the_last_k(tmp_path):
 
 def test_best_keeps_the_highest_map(tmp_path):
     manager = checkpoints.Checkpoints(tmp_path, SIGNATURE)
-    for step, value in ((1, 0.3), (2, 0.5), (3, 0.4), (4, float("nan"))):
+    # A tie (step 5) keeps the earlier, less trained of the two: what was best stays best.
+    for step, value in ((1, 0.3), (2, 0.5), (3, 0.4), (4, float("nan")), (5, 0.5)):
         manager.save_if_best(step, _state(step), {"mAP": value})
     manager.wait()
     state, step = manager.restore(_state(0), which="best")
@@ -153,6 +155,29 @@ def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
     # What to do, from the command line and from Python.
     assert f"--config configs/run.py:{tmp_path}" in str(error.value)
     assert "yolojax.config.load_run_config(workdir)" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "section, field, value",
+    [
+        # Each would load the weights of a convolutional head without an error: another
+        # input size or grid evaluates at a resolution the model never saw.
+        ("data", "image_size", 128),
+        ("model", "grid_size", 4),
+        ("data", "normalization", "imagenet"),
+        ("model", "num_boxes", 3),
+    ],
+)
+def test_a_run_config_differing_in_what_the_weights_mean_is_refused(
+    tmp_path, section, field, value
+):
+    config = shapes.get_config()
+    _save_steps(tmp_path, [1], signature=checkpoints.model_signature(config))
+    config[section][field] = value
+    manager = checkpoints.Checkpoints(tmp_path, checkpoints.model_signature(config))
+    with pytest.raises(checkpoints.CheckpointMismatchError, match=rf"{field}: checkpoint .* vs"):
+        manager.restore(_state(0))
+    manager.close()
 
 
 def test_a_checkpoint_trained_on_other_pixel_values_is_refused_by_name(tmp_path):

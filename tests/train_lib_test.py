@@ -167,44 +167,91 @@ def test_ordering_the_updates_changes_no_bit_of_them(monkeypatch):
         np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
 
 
-@pytest.mark.parametrize(
-    "loss_settings", [{}, {"lambda_coord": 0.0, "lambda_noobj": 2.0, "rescore": False}]
-)
-def test_the_step_trains_on_the_batch_boxes_with_the_configured_loss(loss_settings):
-    # One box per image, wider than tall, off the grid's diagonal: a mix-up of its
-    # coordinates (xyxy for yxyx, rows for columns) or of its label moves it to another
-    # cell or gives it another target, and the step's loss differs from this one.
-    config = _config(warmup_epochs=0.0)
-    config.loss.update(loss_settings)
+def _one_box_batch(config):
+    """A batch of one box per image, wider than tall, off the grid's diagonal: a mix-up of
+    its coordinates (xyxy for yxyx, rows for columns) or of its label moves it to another
+    cell or gives it another target."""
     batch = _batch(config)
     batch["boxes"][:, :, 0] = [0.1, 0.2, 0.3, 0.9]  # yxyx: 0.2 tall, 0.7 wide
     batch["labels"][:, :, 0] = 3
-    _, _, metrics = _one_step(config, batch)
+    return batch
 
-    # The target grid by hand (tests/targets_test.py checks the encoding itself): the centre
-    # (y, x) = (0.2, 0.55) falls in row 0, column 2 of the 4×4 grid, at offsets (x, y) =
-    # (0.2, 0.8) within that cell; in cell units the box is 2.8 wide and 0.8 tall.
+
+def _hand_grid(config):
+    """:func:`_one_box_batch`'s target grid by hand (tests/targets_test.py checks the encoding
+    itself): the centre (y, x) = (0.2, 0.55) falls in row 0, column 2 of the 4×4 grid, at
+    offsets (x, y) = (0.2, 0.8) within that cell; in cell units the box is 2.8 wide and 0.8
+    tall."""
     num_classes, n = config.model.num_classes, config.train.batch_size
     grid = np.zeros((n, 4, 4, num_classes + 5), np.float32)
     grid[:, 0, 2, 3] = 1.0
     grid[:, 0, 2, num_classes:] = [1.0, 0.2, 0.8, 2.8, 0.8]
+    return grid
+
+
+def _reference_loss(config, state, images):
+    """The YOLO loss of the model (train mode, the batch's own statistics) on the hand grid,
+    as a function of the parameters: what the step should minimize."""
     model = train_lib.build_model(config, axis_name=None)  # one device: the same statistics
-    state = train_lib.initial_state(config, num_train_examples=64)[1]
-    outputs, _ = model.apply(
-        {"params": state.params, "batch_stats": state.batch_stats},
-        batch["image"][0],
-        train=True,
-        mutable=["batch_stats"],
-    )
-    _, expected = losses.yolo_loss(
-        outputs,
-        grid,
-        num_classes=num_classes,
-        num_boxes=config.model.num_boxes,
-        **config.loss,
-    )
+
+    def loss(params):
+        outputs, _ = model.apply(
+            {"params": params, "batch_stats": state.batch_stats},
+            images,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        return losses.yolo_loss(
+            outputs,
+            _hand_grid(config),
+            num_classes=config.model.num_classes,
+            num_boxes=config.model.num_boxes,
+            **config.loss,
+        )
+
+    return loss
+
+
+@pytest.mark.parametrize(
+    "loss_settings", [{}, {"lambda_coord": 0.0, "lambda_noobj": 2.0, "rescore": False}]
+)
+def test_the_step_trains_on_the_batch_boxes_with_the_configured_loss(loss_settings):
+    config = _config(warmup_epochs=0.0)
+    config.loss.update(loss_settings)
+    batch = _one_box_batch(config)
+    before, _, metrics = _one_step(config, batch)
+    _, expected = _reference_loss(config, before, batch["image"][0])(before.params)
     for name, value in expected.items():
         np.testing.assert_allclose(metrics[name], value, rtol=2e-5, err_msg=name)
+
+
+def test_a_plain_sgd_step_moves_every_parameter_down_its_gradient():
+    # SGD without momentum, decay, clipping or warm-up: params - learning_rate * gradient,
+    # the gradient of the loss above taken by jax.grad outside the step. A sign or a scale
+    # wrong in the step (its gradient, its mean over devices, the optimizer's wiring) shows.
+    learning_rate = 0.05
+    config = _config(
+        optimizer="sgd",
+        schedule="constant",
+        learning_rate=learning_rate,
+        momentum=0.0,
+        weight_decay=0.0,
+        grad_clip_norm=0.0,
+        warmup_epochs=0.0,
+    )
+    batch = _one_box_batch(config)
+    before, after, _ = _one_step(config, batch)
+    loss = _reference_loss(config, before, batch["image"][0])
+    gradients = jax.grad(lambda params: loss(params)[0])(before.params)
+    moved = jax.tree.map(lambda b, a: (b - a) / learning_rate, before.params, after.params)
+    for (path, step), gradient in zip(
+        jax.tree_util.tree_leaves_with_path(moved), jax.tree.leaves(gradients), strict=True
+    ):
+        scale = np.abs(gradient).max()
+        assert scale > 0, jax.tree_util.keystr(path)
+        np.testing.assert_allclose(
+            step, gradient, atol=1e-3 * scale, rtol=1e-3, err_msg=jax.tree_util.keystr(path)
+        )
 
 
 def test_a_flat_batch_is_refused_naming_the_layout_the_step_takes():
@@ -212,3 +259,23 @@ def test_a_flat_batch_is_refused_naming_the_layout_the_step_takes():
     flat = {key: value[0] for key, value in _batch(config).items()}  # [batch, ...]
     with pytest.raises(ValueError, match=r"\[local_devices=1, per_device, \.\.\.\].*image \(4, "):
         distributed.shard_batch(flat, distributed.mesh(jax.local_devices()[:1]))
+
+
+def test_each_step_draws_new_dropout_masks():
+    # The fc head's dropout key follows the step: the same parameters and batch at step 0
+    # and at step 1 give other losses; without dropout, the same.
+    def loss_at_steps(dropout_rate):
+        config = _config(warmup_epochs=0.0)
+        config.model.update(head="fc", fc_hidden=64, dropout_rate=dropout_rate)
+        state, step, _, batch = _compiled_step(config, _batch(config))
+        mesh = distributed.mesh(jax.local_devices()[:1])
+        return [
+            float(step(distributed.replicate(state.replace(step=at), mesh), batch)[1]["loss"])
+            for at in (0, 1, 0)
+        ]
+
+    first, second, again = loss_at_steps(0.5)
+    assert first == again  # a pure function of the step
+    assert abs(first - second) > 1e-4 * abs(first)
+    first, second, _ = loss_at_steps(0.0)
+    assert first == second
