@@ -192,7 +192,11 @@ def test_normalizations(config):
         config.normalization = normalization
         images[normalization] = next(make_eval_iterator(config, global_batch_size=2))["image"]
     unit = images["unit"]
-    assert unit.min() >= 0 and unit.max() <= 1 and unit.max() > 0.5
+    # At the stored size, 'unit' is the stored image itself / 255: RGB, upright, decoded as
+    # Pillow decodes it (a channel or axis order mixed up would show).
+    source = tiny.stored_split(config, "test")
+    stored = [Image.open(io.BytesIO(source[index]["image"])).convert("RGB") for index in (0, 1)]
+    np.testing.assert_allclose(unit[0], np.stack(stored) / 255.0, atol=1e-6)
     np.testing.assert_allclose(images["symmetric"], 2 * unit - 1, atol=1e-5)
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     np.testing.assert_allclose(images["imagenet"], (unit - mean) / std, atol=1e-4)

@@ -89,9 +89,12 @@ def _known_output_model(tmp_path):
     return config, model, state, detections[: config.eval.max_detections]
 
 
-@pytest.mark.parametrize("given", ["train state", "variables"])
-def test_the_reported_map_is_that_of_the_models_boxes_on_the_stored_annotations(given, tmp_path):
+@pytest.mark.parametrize(("given", "plus_one"), [("train state", False), ("variables", True)])
+def test_the_reported_map_is_that_of_the_models_boxes_on_the_stored_annotations(
+    given, plus_one, tmp_path
+):
     config, model, state, detections = _known_output_model(tmp_path)
+    config.eval.plus_one = plus_one  # VOC's own setting: the devkit's +1 pixel in sizes
     if given == "variables":  # as model.init gives them, without an optimizer
         state = {"params": state.params, "batch_stats": state.batch_stats}
     mesh = distributed.mesh()
@@ -108,8 +111,10 @@ def test_the_reported_map_is_that_of_the_models_boxes_on_the_stored_annotations(
         for gt_boxes, gt_labels, difficult in _stored_test_examples(config.data)
     ]
     assert len(images) == NUM_TEST and results["num_images"] == NUM_TEST
-    ap_07, ap_area = voc_eval_all(images, config.model.num_classes, plus_one=False)
+    ap_07, ap_area = voc_eval_all(images, config.model.num_classes, plus_one=plus_one)
     assert np.nanmean(ap_area) > 0.005  # some boxes fit objects (most do not: 100 an image)
+    _, other_area = voc_eval_all(images, config.model.num_classes, plus_one=not plus_one)
+    assert abs(np.nanmean(other_area) - np.nanmean(ap_area)) > 1e-4  # the setting matters
     assert results["mAP"] == pytest.approx(np.nanmean(ap_07), abs=1e-6)
     assert results["mAP_area"] == pytest.approx(np.nanmean(ap_area), abs=1e-6)
     np.testing.assert_allclose(results["AP_area"], ap_area, atol=1e-6)

@@ -183,6 +183,28 @@ def test_invalid_arguments():
         postprocess.detect(jnp.zeros((1, S, S, 13)), num_classes=C, num_boxes=B, iou_threshold=2)
 
 
+def test_config_eval_settings_are_the_ones_detection_applies():
+    # Two 2×2-cell boxes of class 0 a shift of t = 0.712 cells apart: IoU (4 - 2t) / (4 + 2t)
+    # = 0.475, between the default NMS threshold 0.45 and 0.5. A in cell (1, 1) at the
+    # cell's centre scores 1.0 × 0.9; B in cell (1, 2) at x offset 0.212 scores 0.8 × 0.9.
+    outputs = np.zeros((1, S, S, C + 5 * B), np.float32)
+    outputs[0, 1, 1, :C] = outputs[0, 1, 2, :C] = [0.9, 0.0, 0.0]
+    outputs[0, 1, 1, C : C + 5] = [1.0, 0.5, 0.5, 2.0, 2.0]
+    outputs[0, 1, 2, C : C + 5] = [0.8, 0.212, 0.5, 2.0, 2.0]
+    config = default_config()
+    config.model.update(grid_size=S, num_classes=C, num_boxes=B)
+
+    def scores_found(**settings):
+        config.eval.update(settings)
+        detections = postprocess.detect_with_config(outputs, config)
+        return [round(float(score), 4) for score in detections.scores[detections.valid]]
+
+    assert scores_found(iou_threshold=0.45) == [0.9]  # B overlaps A by more: suppressed
+    assert scores_found(iou_threshold=0.5) == [0.9, 0.72]
+    assert scores_found(score_threshold=0.75) == [0.9]
+    assert scores_found(score_threshold=0.005, max_detections=1) == [0.9]
+
+
 def test_config_pre_nms_top_k_bounds_the_candidates_nms_sees(tmp_path):
     # Every box covers the whole image (2S × 2S cells, clipped) with confidence 1, and every
     # cell scores the classes .9 / .5 / .3: the S·S·B class-0 candidates outrank all others.
