@@ -286,6 +286,12 @@ def test_roboflow_export_with_xml_beside_images_in_split_folders(tmp_path):
         np.stack(_examples(builder, "validation")["c.jpg"]["objects"]["bbox"]),
         [[0.1, 0.1, 0.5, 0.5]],
     )
+    # Training evaluates (and picks its best checkpoint) on valid/; test/ stays unseen.
+    config = default_data_config()
+    config.source, config.folder = "voc_folder", folder
+    config.tfds_data_dir = str(tmp_path / "data")
+    info = get_dataset_info(config)
+    assert (info.num_eval_examples, info.eval_split_name) == (1, "validation")
 
 
 def test_xml_beside_images_in_one_folder_gets_the_90_10_split(tmp_path):

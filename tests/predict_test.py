@@ -285,7 +285,14 @@ def test_a_workdir_without_config_json_gets_advice_that_applies(tmp_path, capsys
 
 @pytest.mark.parametrize(
     "config_file, arg",
-    [(shapes, None), (voc, None), (voc, "vgg16"), (voc, "darknet,report"), (folder, "resnet50")],
+    [
+        (shapes, None),
+        (voc, None),
+        (voc, "vgg16"),
+        (voc, "darknet,report"),
+        (folder, "resnet50"),
+        (folder, "tiny"),
+    ],
 )
 def test_every_shipped_config_comes_back_from_config_json_unchanged(tmp_path, config_file, arg):
     config = config_file.get_config(arg)

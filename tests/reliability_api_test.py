@@ -405,6 +405,12 @@ def _parse_train_flags(monkeypatch, *overrides, config="configs/shapes.py"):
             r"get_config\(\) failed: ValueError: Unknown configs/voc.py variant 'vgg15'",
         ),
         (
+            "configs/folder.py:tiy",
+            [],
+            r"get_config\(\) failed: ValueError: Unknown configs/folder.py variant 'tiy'; "
+            r"choose 'tiny' or a backbone of configs/voc.py",
+        ),
+        (
             "configs/shapes.py:resnet50",
             [],
             r"get_config\(\) failed: ValueError: configs/shapes.py has no variants \(got "

@@ -30,7 +30,7 @@ from yolojax import (
     trainer,
 )
 from yolojax import workdir as workdir_io
-from yolojax.data import pipeline
+from yolojax.data import pipeline, synthetic_shapes
 from yolojax.data.testing import VocImage, VocObject, valid_box_data_source, write_voc_folder
 from yolojax.detector import Detector
 
@@ -89,7 +89,17 @@ def test_train_evaluate_predict(tmp_path, data_dir, monkeypatch, capsys):
     assert "epoch 1/2: " in progress and "epoch 2/2: " in progress
     assert progress.count("Evaluating (test):   0%|          | 0/12") == 2
     assert progress.count("Evaluating (train subset):   0%|          | 0/8") == 2
-    assert f"Saved in {workdir}: checkpoints/" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"Saved in {workdir}: checkpoints/" in out
+    # First, what it trains: the model and its size, the data, the devices, the schedule.
+    num_params = sum(np.size(leaf) for leaf in jax.tree.leaves(_params(workdir, config)[0]))
+    assert (
+        f"Training darknet_tiny with the conv head ({num_params / 1e6:.2f} M parameters, "
+        "float32) on synthetic_shapes: 32 train and 12 test images of 5 classes "
+        f"({', '.join(synthetic_shapes.CLASS_NAMES)}) at 64×64. Batch 8 over 1 CPU device: "
+        "4 steps an epoch, 8 steps in all; evaluation on the test split every 4 steps and at "
+        "the end.\n"
+    ) in out
     # Warnings get lines of their own above the bar, not the end of the bar's line.
     warned = re.findall(r"(.)\S+:\d+: UserWarning: the disk is nearly full\n", progress)
     assert warned and set(warned) <= {"\r", "\n"}, warned

@@ -96,6 +96,29 @@ def _warnings_above_progress_bars():
         warnings.showwarning = show
 
 
+def run_summary(config, info, params, *, steps_per_epoch: int, total_steps: int) -> str:
+    """What a run is about to train, in one paragraph: the model and its size, the data and
+    its classes (a class misspelled in one annotation shows up here as one more class), the
+    devices, and the schedule of steps and evaluations."""
+    model, data = config.model, config.data
+    num_params = sum(np.size(leaf) for leaf in jax.tree.leaves(params))
+    source = f"{data.source} ({data.folder})" if data.source == "voc_folder" else data.source
+    names = ", ".join(info.class_names[:10]) + (", ..." if len(info.class_names) > 10 else "")
+    devices = jax.devices()
+    eval_every = round(config.eval.every_epochs * steps_per_epoch)
+    evaluations = f"every {eval_every} steps and at the end" if eval_every else "at the end"
+    return (
+        f"Training {model.backbone} with the {model.head} head ({num_params / 1e6:.2f} M "
+        f"parameters, {model.dtype}) on {source}: {info.num_train_examples} train and "
+        f"{info.num_eval_examples} {info.eval_split_name} images of {len(info.class_names)} "
+        f"classes ({names}) at {data.image_size}×{data.image_size}. Batch "
+        f"{config.train.batch_size} over {len(devices)} {devices[0].platform.upper()} "
+        f"device{'s' if len(devices) > 1 else ''}: {steps_per_epoch} steps an epoch, "
+        f"{total_steps} steps in all; "
+        f"evaluation on the {info.eval_split_name} split {evaluations}."
+    )
+
+
 def train_and_evaluate(
     config, workdir: str, *, on_finished: Callable[[], None] | None = None
 ) -> dict:
@@ -284,6 +307,11 @@ def train_and_evaluate(
         draw_curves()  # the curves so far, to watch a long run by
         return {**results, "step": step}
 
+    if is_main:
+        summary = run_summary(
+            config, info, state.params, steps_per_epoch=steps_per_epoch, total_steps=total_steps
+        )
+        tqdm.write(summary)
     on_devices = distributed.replicate(state, mesh)
     train_iter = pipeline.make_train_iterator(
         config.data,

@@ -78,7 +78,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     #   voc:              train 'voc/2007:train+validation,voc/2012:train+validation',
     #                     eval 'voc/2007:test' (comma-separated '<dataset>:<split>' parts)
     #   synthetic_shapes: train 'train', eval 'test'
-    #   voc_folder:       train 'train', eval 'test' if the folder defines it, else 'validation'
+    #   voc_folder:       train 'train', eval 'validation' if the folder defines it, else
+    #                     'test' (the best checkpoint is chosen on the eval split)
     # Any TFDS expression works, e.g. 'train[:80%]' or 'voc/2012:validation[:500]'.
     data.train_split = config_dict.placeholder(str)
     data.eval_split = config_dict.placeholder(str)

@@ -20,7 +20,9 @@ from yolojax.data import synthetic_shapes, voc_folder
 _DEFAULT_SPLITS = {
     "voc": ("voc/2007:train+validation,voc/2012:train+validation", "voc/2007:test"),
     "synthetic_shapes": ("train", "test"),
-    "voc_folder": ("train", None),  # eval: 'test' if the folder defines it, else 'validation'
+    # eval: 'validation' if the folder defines it (the best checkpoint is chosen on the eval
+    # split: the test split stays unseen until asked for), else 'test'.
+    "voc_folder": ("train", None),
 }
 _FILE_FORMAT = "array_record"  # random access
 
@@ -158,8 +160,8 @@ def _parts(data_config, split: str | None) -> list[tuple[tfds.core.DatasetBuilde
                 voc_folder.VocFolder, config=config, data_dir=data_config.tfds_data_dir
             )
         )
-        if split is None:  # Whichever held-out split the folder has.
-            split = "test" if "test" in builder.info.splits else "validation"
+        if split is None:  # Whichever held-out split the folder has, validation first.
+            split = "validation" if "validation" in builder.info.splits else "test"
         return [(builder, split)]
     parts = []
     for part in split.split(","):
