@@ -18,6 +18,9 @@ loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "ten
 print("loaded:", loaded)
 from yolojax.data import make_train_iterator  # the pipeline: now TensorFlow is imported
 print("after pipeline:", "tensorflow" in sys.modules)
+from yolojax import Detector
+import yolojax.detector
+print("Detector:", Detector is yolojax.detector.Detector)
 """
 
 
@@ -27,3 +30,4 @@ def test_configs_models_and_train_step_import_without_tensorflow_and_pipeline_im
     )
     assert "loaded: []" in result.stdout, result.stdout
     assert "after pipeline: True" in result.stdout, result.stdout
+    assert "Detector: True" in result.stdout, result.stdout  # yolojax.Detector, on first use

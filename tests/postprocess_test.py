@@ -183,6 +183,19 @@ def test_invalid_arguments():
         postprocess.detect(jnp.zeros((1, S, S, 13)), num_classes=C, num_boxes=B, iou_threshold=2)
 
 
+def test_detect_with_its_defaults_finds_what_evaluation_finds():
+    # The README's library example calls detect with its defaults: its detections are the
+    # ones evaluate.py scores (config.eval's settings).
+    outputs = np.random.default_rng(0).uniform(-0.2, 1.2, (2, S, S, C + 5 * B))
+    config = default_config()
+    config.model.update(grid_size=S, num_classes=C, num_boxes=B)
+    expected = postprocess.detect_with_config(outputs, config)
+    found = postprocess.detect(outputs, num_classes=C, num_boxes=B)
+    assert int(expected.valid.sum()) > 2 * 10  # many candidates, some suppressed or capped
+    for name in ("boxes", "scores", "labels", "valid"):
+        np.testing.assert_array_equal(getattr(found, name), getattr(expected, name))
+
+
 def test_config_eval_settings_are_the_ones_detection_applies():
     # Two 2×2-cell boxes of class 0 a shift of t = 0.712 cells apart: IoU (4 - 2t) / (4 + 2t)
     # = 0.475, between the default NMS threshold 0.45 and 0.5. A in cell (1, 1) at the

@@ -453,10 +453,24 @@ def test_the_constructor_names_a_config_that_is_none_and_variables_of_another_mo
             detector(image)
 
 
-def test_an_output_path_that_is_a_file_is_named(workdir, tmp_path, capsys):
+def test_bad_arguments_are_refused_before_any_model_is_read(tmp_path, capsys):
+    # The workdir does not exist: the arguments are checked before it is looked at (before
+    # the seconds TensorFlow's import and the restore take).
+    image, missing = _image(tmp_path / "a.jpg", 8, 8), tmp_path / "no-run"
     (tmp_path / "out").write_text("")
-    assert _predict(workdir, tmp_path / "out", _image(tmp_path / "a.jpg", 8, 8)) == 1
-    assert f"The output folder {tmp_path / 'out'} is a file" in capsys.readouterr().err
+    assert _predict(missing, tmp_path / "out", image) == 2
+    assert f"--out {tmp_path / 'out'} is a file: choose another" in capsys.readouterr().err
+    argv = ["--workdir", str(missing), "--score-threshold", "25", image]
+    with pytest.raises(SystemExit) as exit_request:
+        predict.main(argv)
+    assert exit_request.value.code == 2
+    assert "--score-threshold must be in [0, 1]; got 25.0" in capsys.readouterr().err
+
+
+def test_an_output_path_that_is_a_file_is_named(workdir, tmp_path):
+    (tmp_path / "out").write_text("")
+    with pytest.raises(ValueError, match=f"The output folder {tmp_path / 'out'} is a file"):
+        predict.predict_files(Detector.from_workdir(workdir), [], tmp_path / "out")
 
 
 def test_a_label_at_the_right_edge_is_drawn_inside_the_image():

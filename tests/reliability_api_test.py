@@ -632,4 +632,9 @@ def test_the_model_summary_command_names_a_bad_model_field_without_a_traceback()
     # Named as the user set it, --config.model.backbone.
     assert "Error: ValueError: config.model.backbone must be one of" in result.stderr
     assert "got 'resnet200'" in result.stderr
+    # A folder's config counts its classes from the data: the command says what to set.
+    result = _run_command("-m", "yolojax.models", "--config=configs/folder.py:tiny")
+    assert result.returncode == 1
+    assert "config.model.num_classes is 0" in result.stderr
+    assert "Set --config.model.num_classes=N." in result.stderr
     assert "Traceback" not in result.stderr

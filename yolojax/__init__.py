@@ -2,7 +2,8 @@
 
 The public API of the detection core (no TensorFlow import): models, target encoding, the
 loss, decoding + NMS, box utilities and the VOC evaluator. Training, data and inference live
-in their modules (``yolojax.trainer``, ``yolojax.data``, ``yolojax.detector``).
+in their modules (``yolojax.trainer``, ``yolojax.data``, ``yolojax.detector``);
+``yolojax.Detector`` is inference's, imported (with TensorFlow) when first used.
 """
 
 from yolojax import cpu_backend
@@ -28,6 +29,17 @@ from yolojax.targets import encode, encode_batch
 cpu_backend.configure()
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # The Detector resizes with the input pipeline's TensorFlow: imported on first use only,
+    # so that the core above stays free of it.
+    if name == "Detector":
+        from yolojax.detector import Detector
+
+        return Detector
+    raise AttributeError(f"module 'yolojax' has no attribute {name!r}")
+
 
 __all__ = [
     "BACKBONES",

@@ -13,7 +13,7 @@ import ml_collections
 from yolojax.data.config import default_data_config
 from yolojax.models import MODEL_DEFAULTS, get_model
 from yolojax.optim import OPTIMIZERS, SCHEDULES, learning_rate_schedule
-from yolojax.postprocess import PRE_NMS_TOP_K
+from yolojax.postprocess import IOU_THRESHOLD, MAX_DETECTIONS, PRE_NMS_TOP_K, SCORE_THRESHOLD
 from yolojax.validation import (
     check_choice,
     check_int,
@@ -79,8 +79,8 @@ def default_config() -> ml_collections.ConfigDict:
         {
             "every_epochs": 5,  # eval-split mAP every N epochs (and at the end); 0 = at the end
             "batch_size": 0,  # 0 = train.batch_size
-            "score_threshold": 0.005,  # low, so the precision/recall curve is complete
-            "iou_threshold": 0.45,  # NMS
+            "score_threshold": SCORE_THRESHOLD,  # low, so the precision/recall curve is complete
+            "iou_threshold": IOU_THRESHOLD,  # NMS
             # The VOC devkit's +1 pixel box widths/heights; True for comparable VOC numbers
             # (TFDS stores VOC's pixel boxes divided by the image size, so normalized × size
             # gives back the devkit's coordinates).
@@ -88,7 +88,7 @@ def default_config() -> ml_collections.ConfigDict:
             # Per image, after NMS, the best-scored kept (as COCO's evaluation; Darknet's
             # validate_yolo keeps all): the cap can only cut the lowest-scored tail of each
             # image's detections, so a class's precision/recall curve may end earlier.
-            "max_detections": 100,
+            "max_detections": MAX_DETECTIONS,
             # Best-scored (box, class) candidates per image that enter NMS (of S·S·B·C).
             "pre_nms_top_k": PRE_NMS_TOP_K,
             "train_subset": 256,  # train mAP on this many fixed train images; 0 disables

@@ -13,6 +13,12 @@ from yolojax.validation import check_positive_int, check_threshold
 # (box, class) pairs, rounded up to a power of two. NMS builds a K × K IoU matrix per image,
 # so K bounds its memory and time.
 PRE_NMS_TOP_K = 512
+# detect's defaults, config.eval's too (so the library's detections are evaluate.py's):
+# a low score threshold, so the precision/recall curve is complete; NMS at IoU 0.45; the
+# best 100 kept per image (COCO's cap).
+SCORE_THRESHOLD = 0.005
+IOU_THRESHOLD = 0.45
+MAX_DETECTIONS = 100
 
 
 class Detections(NamedTuple):
@@ -181,9 +187,9 @@ def detect(
     *,
     num_classes: int,
     num_boxes: int,
-    score_threshold: float = 0.01,
-    iou_threshold: float = 0.5,
-    max_detections: int = 100,
+    score_threshold: float = SCORE_THRESHOLD,
+    iou_threshold: float = IOU_THRESHOLD,
+    max_detections: int = MAX_DETECTIONS,
     pre_nms_top_k: int = PRE_NMS_TOP_K,
 ) -> Detections:
     """Raw outputs ``(N, S, S, C + 5B)`` → :class:`Detections` with leading shape ``(N, K)``.
@@ -194,8 +200,8 @@ def detect(
     Args:
       outputs: the model's raw outputs ``(N, S, S, C + 5B)``.
       num_classes, num_boxes: C and B.
-      score_threshold: (box, class) pairs scored below it are dropped (evaluation uses
-        ``config.eval.score_threshold``, 0.005; the Detector 0.25).
+      score_threshold: (box, class) pairs scored below it are dropped (the default is
+        evaluation's, ``config.eval.score_threshold``; the Detector's is 0.25).
       iou_threshold: same-class boxes overlapping a better one by more are suppressed.
       max_detections: K, the fixed number of detections per image (padding has
         ``valid`` False).

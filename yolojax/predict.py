@@ -279,6 +279,11 @@ def main(argv=None) -> None:
         help="the lowest score (confidence x class probability) drawn, in [0, 1]",
     )
     args = parser.parse_args(argv)
+    # Before the seconds TensorFlow's import and the restore take.
+    if not 0.0 <= args.score_threshold <= 1.0:
+        parser.error(f"--score-threshold must be in [0, 1]; got {args.score_threshold}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a file: choose another output folder")
     from yolojax.detector import Detector  # after the restart (TensorFlow)
 
     with cli.command_errors():

@@ -180,10 +180,15 @@ def get_model(
     check_choice(f"{name}.dtype", fields["dtype"], DTYPES)
     check_choice(f"{name}.conv_impl", fields["conv_impl"], CONV_IMPLS)
     if fields["num_classes"] == 0:  # a config's "as many as the dataset has", unresolved
+        how = (
+            "--config.model.num_classes=N"
+            if name == "config.model"
+            else "it, or resolve it from the class names first with "
+            "yolojax.config.resolve_num_classes(config, class_names)"
+        )
         raise ValueError(
             f"{name}.num_classes is 0 (as many as the dataset has): the model needs the "
-            "number. Set it, or resolve it from the class names first with "
-            "yolojax.config.resolve_num_classes(config, class_names)."
+            f"number. Set {how}."
         )
     for field in ("num_classes", "grid_size", "num_boxes", "fc_hidden", "num_groups"):
         fields[field] = check_positive_int(f"{name}.{field}", fields[field])
