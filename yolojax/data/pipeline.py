@@ -149,8 +149,9 @@ def _record(example: sources.Example, position: int, max_boxes: int, keep_diffic
     """The tf.data generator's element for one example (NumPy), dropping unused objects."""
     if len(example.labels) > max_boxes:
         raise ValueError(
-            f"{example.filename}: {len(example.labels)} objects, more than data.max_boxes="
-            f"{max_boxes}; raise data.max_boxes (boxes are never dropped silently)"
+            f"{example.filename}: {len(example.labels)} objects, more than "
+            f"config.data.max_boxes={max_boxes}: set --config.data.max_boxes="
+            f"{len(example.labels)} or more (boxes are never dropped silently)"
         )
     keep = np.ones_like(example.difficult) if keep_difficult else ~example.difficult
     return {
@@ -288,8 +289,22 @@ def _preprocess(record, *, data_config, seed: int | None) -> dict[str, tf.Tensor
     }
 
 
-def _dataset(records, data_config, *, seed: int | None, batch_size: int, drop_remainder: bool):
-    dataset = tf.data.Dataset.from_generator(records, output_signature=_RECORD_SIGNATURE)
+def _dataset(
+    records, data_config, *, seed: int | None, batch_size: int, drop_remainder: bool
+) -> tuple[tf.data.Dataset, list[Exception]]:
+    """The batches of ``records()``'s examples, and the list that receives the error that
+    ends them early (for :func:`_numpy_batches` to raise)."""
+    failures = []
+
+    def until_an_error():
+        try:
+            yield from records()
+        except Exception as error:
+            # Raised by _numpy_batches, after the batches before it. Raised here, TensorFlow
+            # would log its traceback and raise its own error with the traceback as text.
+            failures.append(error)
+
+    dataset = tf.data.Dataset.from_generator(until_an_error, output_signature=_RECORD_SIGNATURE)
     # Graph code as written (tf.cond, no Python branches on tensors): AutoGraph's rewrite is
     # not needed, and it leaves its generated files in /tmp whenever a process ends without
     # running its atexit handlers (a command that fails, a kill).
@@ -300,7 +315,7 @@ def _dataset(records, data_config, *, seed: int | None, batch_size: int, drop_re
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     options = tf.data.Options()
     options.deterministic = True  # Same batches in the same order, every run.
-    return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(options), failures
 
 
 # The iterators handed out and still referenced, closed when the interpreter exits.
@@ -326,13 +341,19 @@ def _closed_at_exit(batches: Iterator[Batch]) -> Iterator[Batch]:
     return batches
 
 
-def _numpy_batches(dataset: tf.data.Dataset) -> Iterator[Batch]:
-    """`dataset.as_numpy_iterator()`. Making it runs TensorFlow's `from_generator` kernel,
-    which pins glibc's mmap threshold at 128 KiB; `malloc_thresholds.restore` undoes that,
-    or XLA:CPU faults in fresh pages for its scratch buffers at every step."""
+def _numpy_batches(dataset: tf.data.Dataset, failures: list[Exception]) -> Iterator[Batch]:
+    """`dataset.as_numpy_iterator()`, then the error that ended its records early, if any
+    (``failures``, from :func:`_dataset`), raised as it was: an image with more objects than
+    max_boxes is its ValueError, not TensorFlow's error holding a traceback as text.
+
+    Making the iterator runs TensorFlow's `from_generator` kernel, which pins glibc's mmap
+    threshold at 128 KiB; `malloc_thresholds.restore` undoes that, or XLA:CPU faults in fresh
+    pages for its scratch buffers at every step."""
     batches = dataset.as_numpy_iterator()
     malloc_thresholds.restore()
-    return batches
+    yield from batches
+    if failures:
+        raise failures[0]
 
 
 def _to_devices(batch: Batch, local_devices: int) -> Batch:
@@ -381,11 +402,11 @@ def make_train_iterator(
                 )
             step += 1
 
-    dataset = _dataset(
+    dataset, failures = _dataset(
         records, data_config, seed=seed, batch_size=layout.per_process, drop_remainder=True
     )
     return _closed_at_exit(
-        _to_devices(batch, layout.local_devices) for batch in _numpy_batches(dataset)
+        _to_devices(batch, layout.local_devices) for batch in _numpy_batches(dataset, failures)
     )
 
 
@@ -431,13 +452,21 @@ def make_eval_iterator(
         for index in range(start, stop):
             yield _record(source[index], index, data_config.max_boxes, keep_difficult=True)
 
-    dataset = _dataset(
+    dataset, failures = _dataset(
         records, data_config, seed=None, batch_size=layout.per_process, drop_remainder=False
     )
-    return _closed_at_exit(_padded_batches(dataset, layout, num_batches, first_index=start))
+    return _closed_at_exit(
+        _padded_batches(dataset, failures, layout, num_batches, first_index=start)
+    )
 
 
-def _padded_batches(dataset: tf.data.Dataset, layout: _Layout, num_batches: int, first_index: int):
+def _padded_batches(
+    dataset: tf.data.Dataset,
+    failures: list[Exception],
+    layout: _Layout,
+    num_batches: int,
+    first_index: int,
+):
     """Pads the last batch with valid=False examples, then adds all-padding batches; numbers
     the examples from ``first_index`` (the dataset keeps the records' order)."""
     padding = {
@@ -445,7 +474,7 @@ def _padded_batches(dataset: tf.data.Dataset, layout: _Layout, num_batches: int,
         for key, spec in dataset.element_spec.items()
     }
     batches = 0
-    for batch in _numpy_batches(dataset):
+    for batch in _numpy_batches(dataset, failures):
         size = len(batch["image"])
         if size < layout.per_process:
             batch = {
