@@ -373,3 +373,16 @@ def test_a_process_that_ends_abruptly_leaves_no_files_in_tmp(config, tmp_path):
     finished = _read_a_batch_in_a_script(config, ending="os._exit(3)\n", tmp_dir=tmp_path)
     assert finished.returncode == 3 and "read" in finished.stdout, finished.stderr[-2000:]
     assert list(tmp_path.glob("__autograph_generated_file*")) == []
+
+
+def test_a_split_that_selects_nothing_names_the_key(config):
+    config.train_split = "train[:0]"
+    with pytest.raises(ValueError, match=r"^config\.data\.train_split='train\[:0\]' selects no"):
+        get_dataset_info(config)
+
+
+def test_a_data_folder_that_cannot_be_written_names_the_setting(config, tmp_path):
+    config.tfds_data_dir = str(tmp_path / "a_file")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(OSError, match=r"a_file.*Set --config\.data\.tfds_data_dir to a folder"):
+        get_dataset_info(config)

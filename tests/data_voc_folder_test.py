@@ -3,6 +3,8 @@
 import logging
 import os
 import re
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -93,6 +95,20 @@ def _break(folder: str, problem: str) -> str:
         with open(jpeg, "w") as file:
             file.write("a text file named .jpg")
         return jpeg
+    if problem == "an image too large to read":  # a PNG of 20000 × 20000 pixels, no data
+
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            return (
+                struct.pack(">I", len(data))
+                + kind
+                + data
+                + struct.pack(">I", zlib.crc32(kind + data))
+            )
+
+        header = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+        with open(jpeg, "wb") as file:
+            file.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b""))
+        return jpeg
     if problem == "image not found":
         os.remove(jpeg)
         return xml
@@ -113,6 +129,7 @@ def _break(folder: str, problem: str) -> str:
 
 BAD_DATA = [
     "corrupt or unreadable image",
+    "an image too large to read",
     "not an image file Pillow can read",
     "image not found",
     "malformed XML",
@@ -151,7 +168,10 @@ def test_a_malformed_annotation_found_while_collecting_class_names_says_what_to_
     assert voc_folder.scan_class_names(folder, on_bad_data="skip") == ("dog",)
 
 
-@pytest.mark.parametrize("problem", ["corrupt or unreadable image", "lies outside the 20x10 image"])
+@pytest.mark.parametrize(
+    "problem",
+    ["corrupt or unreadable image", "an image too large to read", "lies outside the 20x10 image"],
+)
 def test_bad_data_skipped_with_a_warning_and_the_count(tmp_path, caplog, problem):
     folder, bad_file = _folder_with_one_bad_image(tmp_path, problem)
     with caplog.at_level(logging.WARNING):

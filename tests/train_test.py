@@ -627,3 +627,19 @@ def test_starting_over_keeps_the_earlier_runs_best_and_log_aside(tmp_path, data_
         f"training starts over. What an earlier run logged there is kept in {superseded}: " in out
     )
     assert "config.before_step_0.json" in out  # num_epochs changed: the earlier config kept
+
+
+def test_a_workdir_that_cannot_be_written_at_start_is_named_with_what_to_do(
+    tmp_path, data_dir, monkeypatch
+):
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(workdir_io, "save_config", full_disk)
+    with pytest.raises(OSError) as error:
+        trainer.train_and_evaluate(tiny.tiny_config(data_dir), str(tmp_path / "run"))
+    assert str(error.value) == (
+        f"Cannot write the run's files in {tmp_path / 'run'} (OSError: No space left on "
+        "device): free space (or choose another --workdir); the same command then starts "
+        "the run."
+    )

@@ -96,6 +96,52 @@ def _warnings_above_progress_bars():
         warnings.showwarning = show
 
 
+def _prepare_workdir(config, info, workdir: Path, start_step: int, total_steps: int):
+    """Writes the run's config and class names into ``workdir``, drops what a crashed run
+    logged after ``start_step``, and opens its TensorBoard log (process 0's part)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_json = config.to_json_best_effort(indent=2)
+    # A finished run's config.json stays the config its checkpoint was trained with (if
+    # it was lost, this config is the best there is).
+    if start_step < total_steps or not (workdir / workdir_io.CONFIG_FILE).exists():
+        changes, kept = workdir_io.save_config(workdir, config_json, start_step)
+        outcome = f"Training goes on with the new values; the previous config is kept as {kept}"
+    else:
+        changes = workdir_io.config_changes(workdir, config_json)
+        outcome = (
+            f"The run has already trained to step {start_step}, at or past the "
+            f"{total_steps} steps this config asks for: no step is left to train with "
+            "it, so config.json is left as it was"
+        )
+    if changes:
+        tqdm.write(
+            "The config differs from the one saved in this workdir: "
+            + "; ".join(changes[:8])
+            + ("; ..." if len(changes) > 8 else "")
+            + f". {outcome}."
+        )
+    workdir_io.atomic_write_text(
+        workdir / workdir_io.CLASSES_FILE, workdir_io.to_json(list(info.class_names))
+    )
+    workdir_io.truncate_metrics(workdir, start_step)
+    return workdir_io.TensorBoardWriter(workdir, start_step)
+
+
+@contextlib.contextmanager
+def _workdir_write_errors(workdir: Path, start_step: int):
+    """A run's first writes into its workdir that fail (a full disk, a read-only mount) as
+    one error that names the workdir and says what a rerun does."""
+    try:
+        yield
+    except OSError as error:
+        rerun = f"resumes from step {start_step}" if start_step else "starts the run"
+        raise OSError(
+            f"Cannot write the run's files in {workdir} ({type(error).__name__}: "
+            f"{error.strerror or error}): free space (or choose another --workdir); the same "
+            f"command then {rerun}."
+        ) from error
+
+
 def run_summary(config, info, params, *, steps_per_epoch: int, total_steps: int) -> str:
     """What a run is about to train, in one paragraph: the model and its size, the data and
     its classes (a class misspelled in one annotation shows up here as one more class), the
@@ -193,32 +239,8 @@ def train_and_evaluate(
                 + "."
             )
     if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        config_json = config.to_json_best_effort(indent=2)
-        # A finished run's config.json stays the config its checkpoint was trained with (if
-        # it was lost, this config is the best there is).
-        if start_step < total_steps or not (workdir / workdir_io.CONFIG_FILE).exists():
-            changes, kept = workdir_io.save_config(workdir, config_json, start_step)
-            outcome = f"Training goes on with the new values; the previous config is kept as {kept}"
-        else:
-            changes = workdir_io.config_changes(workdir, config_json)
-            outcome = (
-                f"The run has already trained to step {start_step}, at or past the "
-                f"{total_steps} steps this config asks for: no step is left to train with "
-                "it, so config.json is left as it was"
-            )
-        if changes:
-            tqdm.write(
-                "The config differs from the one saved in this workdir: "
-                + "; ".join(changes[:8])
-                + ("; ..." if len(changes) > 8 else "")
-                + f". {outcome}."
-            )
-        workdir_io.atomic_write_text(
-            workdir / workdir_io.CLASSES_FILE, workdir_io.to_json(list(info.class_names))
-        )
-        workdir_io.truncate_metrics(workdir, start_step)
-        tensorboard = workdir_io.TensorBoardWriter(workdir, start_step)
+        with _workdir_write_errors(workdir, start_step):
+            tensorboard = _prepare_workdir(config, info, workdir, start_step, total_steps)
 
     curves_drawn = True  # whether loss.png and mAP.png show every record logged so far
 

@@ -111,10 +111,18 @@ class SplitSource:
 
 def _prepared(make_builder) -> tfds.core.DatasetBuilder:
     """The builder `make_builder(**kwargs)` makes, generated locally as ArrayRecord if needed."""
-    builder = make_builder()  # Reads an existing preparation, whatever its file format.
-    if not builder.is_prepared():
-        builder = make_builder(file_format=_FILE_FORMAT)
-        builder.download_and_prepare()
+    try:
+        builder = make_builder()  # Reads an existing preparation, whatever its file format.
+        if not builder.is_prepared():
+            builder = make_builder(file_format=_FILE_FORMAT)
+            builder.download_and_prepare()
+    except OSError as error:  # a data dir that is a file, read-only, or a full disk
+        where = getattr(error, "filename", None) or "config.data.tfds_data_dir"
+        raise OSError(
+            f"Cannot prepare the dataset in its TFDS data folder ({where}): "
+            f"{type(error).__name__}: {error.strerror or error}. Set "
+            "--config.data.tfds_data_dir to a folder you can write, with free space."
+        ) from error
     return builder
 
 
@@ -204,9 +212,14 @@ def open_split(data_config, which: str) -> SplitSource:
                 part_split, decoders={"image": tfds.decode.SkipDecoding()}
             )
         except ValueError as error:  # TFDS: "Unknown split 'test'. Should be one of [...]."
+            key = "train_split" if which == "train" else "eval_split"
+            if "can not be of 0 length" in str(error):  # ArrayRecord's, for 'train[:0]'
+                raise ValueError(
+                    f"config.data.{key}={split_expression(data_config, which)!r} selects no "
+                    f"examples of {builder.name}: widen it."
+                ) from None
             if not str(error).startswith("Unknown split"):
                 raise
-            key = "train_split" if which == "train" else "eval_split"
             raise ValueError(
                 f"config.data.{key}={split_expression(data_config, which)!r}: {error} "
                 f"({builder.name} in "

@@ -174,6 +174,8 @@ def _read_image(path: str) -> tuple[bytes, int, int]:
         raise BadDataError(
             f"{path}: corrupt or unreadable image (not an image file Pillow can read)"
         ) from None
+    except Image.DecompressionBombError as error:  # Pillow's guard: over 179 megapixels
+        raise BadDataError(f"{path}: an image too large to read ({error}): shrink it") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise BadDataError(f"{path}: corrupt or unreadable image ({error})") from error
     if image_format not in _DECODABLE_FORMATS:
