@@ -139,9 +139,17 @@ def test_every_checkpoint_damaged_is_a_clear_error(tmp_path):
     manager = checkpoints.Checkpoints(tmp_path, SIGNATURE)
     with (
         pytest.warns(UserWarning),
-        pytest.raises(checkpoints.NoCheckpointError, match="damaged"),
+        pytest.raises(checkpoints.NoCheckpointError, match="damaged") as error,
     ):
         manager.restore(_state(0))
+    assert "best" not in str(error.value)  # there is none to point to
+    # With a best checkpoint saved, the error points to it.
+    manager.save_if_best(1, _state(1), {"mAP": 0.5})
+    manager.wait()
+    with pytest.warns(UserWarning) as warned, pytest.raises(checkpoints.NoCheckpointError) as error:
+        manager.restore(_state(0))
+    assert "--checkpoint best (evaluate.py, predict) or checkpoint='best'" in str(error.value)
+    assert all(len(str(warning.message)) < 400 for warning in warned)  # a line, not a page
     manager.close()
 
 

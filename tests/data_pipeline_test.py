@@ -245,6 +245,9 @@ def test_caps_select_the_first_examples_and_train_subset_eval_is_unaugmented(con
         ("image_size", 8, r"^config\.data\.image_size"),
         ("max_eval_examples", 0, r"^config\.data\.max_eval_examples"),
         ("synthetic.num_train", 0, r"^config\.data\.synthetic\.num_train must be an int >= 1"),
+        # Settings of another source would be ignored without a word.
+        ("class_names", ("a", "b"), r"^config\.data\.class_names applies to source 'voc_folder'"),
+        ("folder", "/data/masks", r"^config\.data\.folder applies to .* 'synthetic_shapes'"),
     ],
 )
 def test_bad_config_values_are_named(config, field, value, message):

@@ -6,6 +6,7 @@ config.json, not a trained model. The workdir's detector is restored once for th
 """
 
 import json
+import re
 import shutil
 import unicodedata
 
@@ -21,7 +22,7 @@ from tests import tiny
 from yolojax import checkpoints, predict, train_lib
 from yolojax.config import load_run_config
 from yolojax.data import synthetic_shapes
-from yolojax.detector import Detector, ImageDetections
+from yolojax.detector import Detector, ImageDetections, load_class_names
 from yolojax.workdir import CLASSES_FILE, CONFIG_FILE, atomic_write_text
 
 _UNCACHED_FROM_WORKDIR = Detector.from_workdir.__func__  # before the fixture's stand-in
@@ -469,8 +470,12 @@ def test_bad_arguments_are_refused_before_any_model_is_read(tmp_path, capsys):
 
 def test_an_output_path_that_is_a_file_is_named(workdir, tmp_path):
     (tmp_path / "out").write_text("")
+    detector = Detector.from_workdir(workdir)
     with pytest.raises(ValueError, match=f"The output folder {tmp_path / 'out'} is a file"):
-        predict.predict_files(Detector.from_workdir(workdir), [], tmp_path / "out")
+        predict.predict_files(detector, [], tmp_path / "out")
+    # One that cannot be made (here under a file; a read-only mount, a full disk alike).
+    with pytest.raises(OSError, match=r"Cannot make the output folder .*out/sub \(.*\): choose"):
+        predict.predict_files(detector, [], tmp_path / "out" / "sub")
 
 
 def test_a_label_at_the_right_edge_is_drawn_inside_the_image():
@@ -484,3 +489,14 @@ def test_a_label_at_the_right_edge_is_drawn_inside_the_image():
     # The label's box ("cat 0.50", filled with the class colour) started at the box's left
     # edge, x = 90, and was cut off at 100; now it ends there.
     assert canvas.getpixel((99, 4)) == canvas.getpixel((70, 4)) == predict.class_color(0)
+
+
+def test_a_classes_json_that_does_not_fit_the_run_is_named(tmp_path):
+    path = tmp_path / CLASSES_FILE
+    assert load_class_names(tmp_path, 2) == ["class_0", "class_1"]  # none saved
+    path.write_text('["cat", "dog"]')
+    assert load_class_names(tmp_path, 2) == load_class_names(tmp_path, 0) == ["cat", "dog"]
+    for text in ('["cat", "dog"]', '{"cat": 0}', "[cat, dog"):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(path))} is not the run's list"):
+            load_class_names(tmp_path, 5 if text.startswith('["') else 2)

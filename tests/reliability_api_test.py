@@ -276,6 +276,13 @@ def test_commands_print_a_documented_error_alone_and_exit_1(capsys, monkeypatch)
     stderr = capsys.readouterr().err
     assert stderr.startswith("Error: NoCheckpointError: No checkpoint in runs/x/checkpoints")
     assert "Traceback" not in stderr and "docs/troubleshooting.md" in stderr
+    # What the machine refused (a full disk, a read-only folder) is one with the path.
+    with pytest.raises(SystemExit) as exit_info, cli.command_errors():
+        raise OSError(28, "No space left on device", "runs/x/config.json")
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.startswith(
+        "Error: OSError: [Errno 28] No space left on device: 'runs/x/config.json'\n"
+    )
 
     # An error that is a bug, not the user's, goes through with its traceback; so does any
     # error on request.

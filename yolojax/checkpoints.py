@@ -479,7 +479,7 @@ class Checkpoints:
                 skipped.append(step)
                 warnings.warn(
                     f"Skipping damaged checkpoint {manager.directory / str(step)}: "
-                    f"{type(error).__name__}: {str(error)[:300]}",
+                    f"{type(error).__name__}: {errors.first_line(error, limit=160)}",
                     errors.Notice,
                     stacklevel=2,
                 )
@@ -487,9 +487,15 @@ class Checkpoints:
             return state, step
         where = manager.directory
         if skipped:
+            best = (
+                " For evaluation or inference, the best checkpoint is another copy: "
+                "--checkpoint best (evaluate.py, predict) or checkpoint='best'."
+                if manager is self._latest and self._best.all_steps()
+                else ""
+            )
             raise NoCheckpointError(
                 f"Every checkpoint in {where} is damaged (steps {skipped}): restore them from "
-                "a backup, or move the folder aside to start over."
+                f"a backup, or move the folder aside to start over.{best}"
             )
         if manager is self._best and self._latest.all_steps():
             raise NoCheckpointError(

@@ -164,7 +164,13 @@ def predict_files(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"The output folder {out_dir} is a file: choose another (--out).")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a read-only mount, a full disk
+        raise OSError(
+            f"Cannot make the output folder {out_dir} ({error.strerror or error}): choose "
+            "another (--out)."
+        ) from error
     # Earlier calls' drawings: listed in detections.json, or marked (one a call stopped
     # before writing it). Any other file's name is taken: a drawing never replaces an input
     # image in the output folder, or a file of the user's.

@@ -92,6 +92,13 @@ def validate_data_config(data_config) -> None:
     check_choice("config.data.source", data_config.source, config.SOURCES)
     check_choice("config.data.normalization", data_config.normalization, config.NORMALIZATIONS)
     check_choice("config.data.on_bad_data", data_config.on_bad_data, config.BAD_DATA_POLICIES)
+    for key in ("folder", "class_names"):  # a setting that would be ignored without a word
+        if data_config[key] is not None and data_config.source != "voc_folder":
+            raise ValueError(
+                f"config.data.{key} applies to source 'voc_folder' only, and the source is "
+                f"{data_config.source!r}: leave it unset, or set "
+                "--config.data.source=voc_folder (configs/folder.py does)."
+            )
     if data_config.source == "voc_folder" and not data_config.folder:
         raise ValueError(
             "config.data.folder must name a folder of images with VOC XML files when "
