@@ -238,3 +238,18 @@ def test_a_split_without_ground_truth_reports_its_detections_and_why_there_is_no
     )
     assert "nan" not in report.lower()
     assert json.loads((workdir / "eval" / "metrics.json").read_text())["mAP"] is None
+
+
+def test_data_whose_classes_changed_since_training_is_refused_with_the_runs_classes(tmp_path):
+    # Same count, other order (a folder that gained one class and lost another): evaluated,
+    # every label id would score the model's classes against other ones.
+    config, _, state, _ = _known_output_model(tmp_path)
+    names = pipeline.get_dataset_info(config.data).class_names
+    workdir = tmp_path / "run"
+    tiny.save_checkpoint(config, state, workdir)
+    trained = (names[1], names[0], *names[2:])
+    (workdir / "classes.json").write_text(json.dumps(trained))
+    with pytest.raises(ValueError) as error:
+        eval_lib.evaluate_checkpoint(config, workdir)
+    assert str(error.value).startswith(f"The data's classes {names} are not the ones the run in")
+    assert f'--config.data.class_names="{trained}"' in str(error.value)

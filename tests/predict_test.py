@@ -22,8 +22,8 @@ from tests import tiny
 from yolojax import checkpoints, predict, train_lib
 from yolojax.config import load_run_config
 from yolojax.data import synthetic_shapes
-from yolojax.detector import Detector, ImageDetections, load_class_names
-from yolojax.workdir import CLASSES_FILE, CONFIG_FILE, atomic_write_text
+from yolojax.detector import Detector, ImageDetections
+from yolojax.workdir import CLASSES_FILE, CONFIG_FILE, atomic_write_text, load_class_names
 
 _UNCACHED_FROM_WORKDIR = Detector.from_workdir.__func__  # before the fixture's stand-in
 

@@ -6,9 +6,7 @@ result = detector(image)           # image: (H, W, 3) uint8, a PIL image or a fi
 result.boxes, result.scores, result.class_names
 """
 
-import json
 import os
-from pathlib import Path
 from typing import NamedTuple
 
 import flax
@@ -23,7 +21,7 @@ from yolojax.data import pipeline
 from yolojax.images import read_image, to_rgb
 from yolojax.postprocess import detect_with_config
 from yolojax.validation import check_threshold
-from yolojax.workdir import CLASSES_FILE
+from yolojax.workdir import CLASSES_FILE, load_class_names
 
 
 class ImageDetections(NamedTuple):
@@ -40,29 +38,6 @@ class ImageDetections(NamedTuple):
     scores: np.ndarray
     labels: np.ndarray
     class_names: list[str]
-
-
-def load_class_names(workdir, num_classes: int) -> list[str]:
-    """Class names saved by the trainer; ``class_<i>`` when the run saved none.
-
-    Raises:
-      ValueError: the file is not a list of ``num_classes`` names (0: any number).
-    """
-    path = Path(workdir) / CLASSES_FILE
-    if not path.exists():
-        return [f"class_{i}" for i in range(num_classes)]
-    try:
-        names = json.loads(path.read_text())
-    except ValueError:
-        names = None
-    if not (isinstance(names, list) and all(isinstance(name, str) for name in names)) or (
-        num_classes and len(names) != num_classes
-    ):
-        raise ValueError(
-            f"{path} is not the run's list of {num_classes or 'its'} class names: train.py "
-            "writes it; restore it, or delete it to name the classes class_<i>."
-        )
-    return names
 
 
 def _editable_copy(config) -> ml_collections.ConfigDict:

@@ -22,7 +22,7 @@ from yolojax.boxes import normalized_yxyx_to_pixel_xyxy
 from yolojax.config import resolve_num_classes, validate_config
 from yolojax.data import pipeline, sources
 from yolojax.evaluation import VOCEvaluator
-from yolojax.workdir import EVAL_FOLDER, atomic_write_text, to_json
+from yolojax.workdir import CLASSES_FILE, EVAL_FOLDER, atomic_write_text, load_class_names, to_json
 
 
 def eval_batch_size(config) -> int:
@@ -187,6 +187,23 @@ def _image_detections(
     return images
 
 
+def _check_same_classes(workdir, class_names) -> None:
+    """Raises unless the data's classes are the ones the run saved (if it saved them): a
+    VOC folder whose annotations gained, lost or renamed a class since training has other
+    label ids, and its mAP would score the model's classes against other ones."""
+    if not (Path(workdir) / CLASSES_FILE).exists():
+        return
+    trained = load_class_names(workdir, 0)
+    if tuple(trained) != tuple(class_names):
+        raise ValueError(
+            f"The data's classes {tuple(class_names)} are not the ones the run in {workdir} was "
+            f"trained on ({CLASSES_FILE}: {tuple(trained)}): its annotations changed since. "
+            "Evaluate on the data the run was trained with, or name the run's classes, "
+            f'--config.data.class_names="{tuple(trained)}", with '
+            "--config.data.on_bad_data=skip to leave out the images of other classes."
+        )
+
+
 def evaluate_checkpoint(
     config, workdir, checkpoint: str | int = "latest", *, voc_results_folder=None
 ) -> dict:
@@ -213,6 +230,7 @@ def evaluate_checkpoint(
     validate_config(config)
     batch_size = eval_batch_size(config)
     info = pipeline.get_dataset_info(config.data, train=False)
+    _check_same_classes(workdir, info.class_names)
     resolve_num_classes(config, info.class_names)
     model, state, step = train_lib.restore_trained_state(config, workdir, checkpoint)
     mesh = distributed.mesh()
