@@ -11,7 +11,13 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from yolojax.data import default_data_config, get_dataset_info, make_eval_iterator, voc_folder
+from yolojax.data import (
+    default_data_config,
+    get_dataset_info,
+    make_eval_iterator,
+    sources,
+    voc_folder,
+)
 from yolojax.data.testing import VocImage, VocObject, write_voc_folder
 
 
@@ -180,7 +186,9 @@ def test_bad_data_skipped_with_a_warning_and_the_count(tmp_path, caplog, problem
     assert "skipped 1 of 2 images" in caplog.text and bad_file in caplog.text
 
 
-def test_pipeline_reads_a_folder_and_warns_about_skipped_images(tmp_path, caplog, capsys):
+def test_pipeline_reads_a_folder_and_warns_about_skipped_images(
+    tmp_path, caplog, capsys, monkeypatch
+):
     folder, _ = _folder_with_one_bad_image(tmp_path, "has zero area")
     config = default_data_config()
     config.source = "voc_folder"
@@ -192,7 +200,15 @@ def test_pipeline_reads_a_folder_and_warns_about_skipped_images(tmp_path, caplog
     with caplog.at_level(logging.WARNING):
         info = get_dataset_info(config)
     assert info.class_names == ("dog",) and info.num_train_examples == 1
-    assert "built without 1 bad images" in caplog.text
+    assert caplog.text.count("skipped 1 of 2 images") == 1 and "built without" not in caplog.text
+    # A later process, which reads the prepared copy, says so once.
+    caplog.clear()
+    monkeypatch.setattr(sources, "_built_here", set())
+    sources._warn_built_without.cache_clear()
+    with caplog.at_level(logging.WARNING):
+        get_dataset_info(config)
+        get_dataset_info(config)
+    assert caplog.text.count("was built without 1 bad images") == 1
     assert f"Reading the VOC-format folder {folder} into" in capsys.readouterr().out
     (batch,) = list(make_eval_iterator(config, global_batch_size=1))
     np.testing.assert_allclose(batch["boxes"][0, 0, 0], [0.1, 0.1, 0.8, 0.45], atol=1e-6)

@@ -79,7 +79,7 @@ print(matplotlib.get_backend())
     assert Image.open(tmp_path / "pr.png").size == (700, 500)
 
 
-def test_training_curves_name_the_split_the_run_evaluates(tmp_path, monkeypatch):
+def test_training_curves_name_the_split_and_show_the_loss_on_a_log_scale(tmp_path, monkeypatch):
     for epoch, value in ((1, 0.2), (2, 0.4)):
         record = {"step": epoch, "epoch": epoch, "loss": 1 / epoch, "test_mAP": value}
         workdir_io.append_metrics(tmp_path, record)
@@ -95,3 +95,6 @@ def test_training_curves_name_the_split_the_run_evaluates(tmp_path, monkeypatch)
     assert curve.get_label() == "validation mAP (VOC07)"
     np.testing.assert_allclose(curve.get_ydata(), [0.2, 0.4])
     assert Image.open(tmp_path / "mAP.png").size == (600, 400)
+    # The loss on a log scale: the first steps' loss would flatten the rest.
+    (loss,) = saved["loss.png"].axes[0].get_lines()
+    assert saved["loss.png"].axes[0].get_yscale() == "log" and loss.get_label() == "loss"

@@ -189,7 +189,8 @@ def test_training_on_a_folder_with_bad_files(tmp_path, caplog):
         results = trainer.train_and_evaluate(config, run_dir)
     assert "skipped 5 of 15 images of split 'train'" in caplog.text
     assert "skipped 1 of 5 images of split 'test'" in caplog.text
-    assert caplog.text.count("built without 6 bad images") == 1  # not once per split opened
+    # Said once, by the preparation: not again as each split is opened.
+    assert "built without" not in caplog.text
     assert results["step"] == 2  # 10 good train images in batches of 5
     assert results["num_images"] == 4  # every good test image, once
     losses = [r["loss"] for r in workdir.read_metrics(run_dir) if "loss" in r]

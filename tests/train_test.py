@@ -256,8 +256,12 @@ def test_a_run_from_imagenet_weights_needs_them_only_to_start(
     assert evaluated["mAP"] == pytest.approx(results["mAP"], nan_ok=True)
     detector = Detector.from_workdir(str(workdir))  # with the config saved in the workdir
     assert len(detector(np.zeros((40, 60, 3), np.uint8)).boxes) <= config.eval.max_detections
+    capsys.readouterr()
     again = trainer.train_and_evaluate(config, str(workdir))
-    assert again["step"] == 4 and "already trained to step 4" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert again["step"] == 4 and "already trained to step 4" in out
+    assert f"Nothing left to train; the run is in {workdir}: checkpoints/" in out
+    assert "Saved in" not in out  # nothing was
     # A fresh run still needs them, and says so before it prepares any data; so does one
     # stopped before its first checkpoint (an empty checkpoints/ folder).
     (tmp_path / "fresh" / "checkpoints").mkdir(parents=True)

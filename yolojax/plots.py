@@ -29,9 +29,10 @@ def plot_training_curves(workdir, *, eval_split: str = "test") -> list[Path]:
     records = workdir_io.read_metrics(workdir)
     map_curves = [("test_mAP", f"{eval_split} mAP (VOC07)"), ("train_mAP", "train mAP (VOC07)")]
     written = []
-    for filename, curves, ylabel in (
-        ("loss.png", [(k, k) for k in LOSS_TERMS], "loss per image"),
-        ("mAP.png", map_curves, "mAP@0.5"),
+    for filename, curves, ylabel, yscale in (
+        # Log scale: the first steps' loss is ten times the rest, which would flatten them.
+        ("loss.png", [(k, k) for k in LOSS_TERMS], "loss per image", "log"),
+        ("mAP.png", map_curves, "mAP@0.5", "linear"),
     ):
         # A Figure without pyplot: nothing global (backend, open figures) changes for the
         # caller, who may be plotting in a notebook.
@@ -43,6 +44,7 @@ def plot_training_curves(workdir, *, eval_split: str = "test") -> list[Path]:
                 ax.plot(epochs, values, label=label, marker="." if len(values) < 30 else None)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
+        ax.set_yscale(yscale)
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend()

@@ -460,8 +460,9 @@ def train_and_evaluate(
         if on_finished is not None:  # before StopSignals lets go: no moment without either
             on_finished()
     if is_main:
+        saved = "Saved in" if start_step < total_steps else "Nothing left to train; the run is in"
         print(
-            f"Saved in {workdir}: checkpoints/ (the last {config.train.keep_checkpoints}), best/ "
+            f"{saved} {workdir}: checkpoints/ (the last {config.train.keep_checkpoints}), best/ "
             f"(the best {info.eval_split_name} mAP), metrics.jsonl, loss.png, mAP.png, "
             f"tensorboard/. Evaluate with: python evaluate.py --workdir {workdir}"
         )

@@ -48,6 +48,10 @@ class _DropTfdsNotices(logging.Filter):
 logging.getLogger("absl").addFilter(_DropTfdsNotices())  # TFDS logs through absl's logger
 
 
+# The datasets this process prepared: their builders warned of the images they left out.
+_built_here = set()
+
+
 @functools.cache  # once per prepared dataset and process: a run opens its splits many times
 def _warn_built_without(name: str, data_dir: str, skipped: tuple[str, ...]) -> None:
     _logger.warning(
@@ -116,6 +120,7 @@ def _prepared(make_builder) -> tfds.core.DatasetBuilder:
         if not builder.is_prepared():
             builder = make_builder(file_format=_FILE_FORMAT)
             builder.download_and_prepare()
+            _built_here.add(str(builder.data_dir))
     except OSError as error:  # a data dir that is a file, read-only, or a full disk
         where = getattr(error, "filename", None) or "config.data.tfds_data_dir"
         raise OSError(
@@ -237,7 +242,7 @@ def open_split(data_config, which: str) -> SplitSource:
             ) from error
         opened.append(data_source)
         skipped = (builder.info.metadata or {}).get("skipped", [])
-        if skipped:
+        if skipped and str(builder.data_dir) not in _built_here:
             _warn_built_without(builder.name, str(builder.data_dir), tuple(map(str, skipped)))
     split_names = dict.fromkeys(part_split for _, part_split in parts)  # once each, in order
     source = SplitSource(opened, class_names, "+".join(split_names))
