@@ -461,7 +461,7 @@ def test_curves_are_drawn_at_each_evaluation_and_a_failure_to_draw_only_warns(
     config = tiny_config(data_dir)  # 8 steps, evaluated at 4 and 8, logged every 2
     drawn = []  # the last logged step at each drawing
 
-    def full_disk(workdir):
+    def full_disk(workdir, **kwargs):
         drawn.append(max(record["step"] for record in workdir_io.read_metrics(workdir)))
         raise OSError(28, "No space left on device")
 
