@@ -108,6 +108,23 @@ def test_train_evaluate_predict(tmp_path, data_dir, monkeypatch, capsys):
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [2, 4, 6, 8]
     assert [r["step"] for r in records if "test_mAP" in r] == [4, 8]
+    # Each evaluation's line, with the train subset's mAP.
+    for r in records:
+        if "test_mAP" in r:
+            assert (
+                f"step {r['step']}: test mAP {r['test_mAP']:.4f} (area {r['test_mAP_area']:.4f}); "
+                f"train subset mAP {r['train_mAP']:.4f}\n"
+            ) in out
+    # A line per epoch, for a log without the bar: the means of its steps' logged terms.
+    for epoch, steps in ((1, (2, 4)), (2, (6, 8))):
+        mean = {
+            name: np.mean([r[name] for r in records if r.get("loss") and r["step"] in steps])
+            for name in ("loss", "coord", "object", "noobj", "class")
+        }
+        assert (
+            f"epoch {epoch}/2: loss {mean['loss']:.3f} (coord {mean['coord']:.3f}, object "
+            f"{mean['object']:.3f}, noobj {mean['noobj']:.3f}, class {mean['class']:.3f}), "
+        ) in out
     assert all("train_mAP" in r for r in records if "test_mAP" in r)
     for name in ("loss.png", "mAP.png", "config.json", "classes.json"):
         assert (workdir / name).stat().st_size > 0, name

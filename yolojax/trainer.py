@@ -79,6 +79,32 @@ class _MetricWindow:
         return means
 
 
+class _EpochMeans:
+    """The means of an epoch's logged windows, weighted by their steps, for its summary line
+    (windows of skipped steps only, with NaN means, left out)."""
+
+    def __init__(self):
+        self.sums, self.steps = {}, 0
+
+    def add(self, means: dict, steps: int) -> None:
+        if math.isfinite(means["loss"]):
+            for name in (*plots.LOSS_TERMS, "images_per_second"):
+                self.sums[name] = self.sums.get(name, 0.0) + means[name] * steps
+            self.steps += steps
+
+    def line(self, label: str) -> str:
+        """``epoch 3/10: loss 2.310 (coord ..., object ..., noobj ..., class ...), 172
+        images/s``; then starts the next epoch's means."""
+        if not self.steps:
+            return f"{label}: no finite step (each was skipped)"
+        mean = {name: total / self.steps for name, total in self.sums.items()}
+        terms = ", ".join(f"{name} {mean[name]:.3f}" for name in plots.LOSS_TERMS[1:])
+        self.sums, self.steps = {}, 0
+        return (
+            f"{label}: loss {mean['loss']:.3f} ({terms}), {mean['images_per_second']:.0f} images/s"
+        )
+
+
 @contextlib.contextmanager
 def _warnings_above_progress_bars():
     """Prints Python warnings with ``tqdm.write``, on a line of their own above the progress
@@ -300,13 +326,14 @@ def train_and_evaluate(
             scalars["train_mAP"] = train_results["mAP"]
         return results, scalars
 
-    def report(step: int, results: dict) -> None:
+    def report(step: int, results: dict, train_map: float | None) -> None:
         if not is_main:
             return
         if eval_lib.has_ground_truth(results):
+            train = f"; train subset mAP {train_map:.4f}" if train_map is not None else ""
             tqdm.write(
                 f"step {step}: {info.eval_split_name} mAP {results['mAP']:.4f} "
-                f"(area {results['mAP_area']:.4f})"
+                f"(area {results['mAP_area']:.4f}){train}"
             )
         else:  # "mAP nan" said nothing of why, or of what best/ then holds
             tqdm.write(
@@ -325,7 +352,7 @@ def train_and_evaluate(
         save_if_best(step, on_devices, results)
         ckpt.wait()
         record(step, scalars)
-        report(step, results)
+        report(step, results, scalars.get("train_mAP"))
         draw_curves()  # the curves so far, to watch a long run by
         return {**results, "step": step}
 
@@ -347,6 +374,7 @@ def train_and_evaluate(
         return step == total_steps or (eval_every > 0 and step % eval_every == 0)
 
     window = _MetricWindow(stop_on_nonfinite=not config.train.skip_nonfinite)
+    epoch_means = _EpochMeans()
     results = None
     num_epochs = -(-total_steps // steps_per_epoch)  # the last may be partial
 
@@ -384,22 +412,28 @@ def train_and_evaluate(
                     on_devices, metrics = train_step(on_devices, batch)
                     window.add(step, metrics)
                     progress.update(1)
-                    if step % steps_per_epoch == 0:
-                        progress.set_description(epoch_label(step + 1), refresh=False)
+                    epoch_ends = step % steps_per_epoch == 0
                     last = step == total_steps
                     evaluate_now = due_for_evaluation(step)
                     save_now = evaluate_now or step % config.train.checkpoint_every_steps == 0
                     # Before the evaluation: a preempted job should not spend its grace period
                     # evaluating (the resumed run evaluates this step first).
                     stop_now = stop_signals.should_stop(step) and not last
-                    if last or save_now or stop_now or step % config.train.log_every_steps == 0:
+                    logs = step % config.train.log_every_steps == 0
+                    if last or save_now or stop_now or epoch_ends or logs:
                         # Fetching the window checks every step's loss before anything is saved,
                         # so a non-finite state never reaches a checkpoint.
+                        steps_in_window = len(window.steps)
                         means = window.flush(config.train.batch_size)
                         record(step, means)
+                        epoch_means.add(means, steps_in_window)
                         progress.set_postfix(
                             loss=f"{means['loss']:.3f}", img_s=f"{means['images_per_second']:.1f}"
                         )
+                    if epoch_ends or last:  # a line per epoch, for logs without the bar
+                        if is_main:
+                            tqdm.write(epoch_means.line(epoch_label(step)))
+                        progress.set_description(epoch_label(step + 1), refresh=False)
                     if save_now or stop_now:  # before the evaluation, which may be cut short
                         ckpt.save(step, distributed.first_replica(on_devices))
                     if evaluate_now and not stop_now:
@@ -416,10 +450,10 @@ def train_and_evaluate(
                         f"The run has already trained to step {start_step}; evaluating that "
                         "checkpoint (its results are logged already)."
                     )
-                results, _ = evaluate_model(on_devices)
+                results, scalars = evaluate_model(on_devices)
                 results["step"] = start_step
                 save_if_best(start_step, on_devices, results)  # one a kill may have left unsaved
-                report(start_step, results)
+                report(start_step, results, scalars.get("train_mAP"))
         except KeyboardInterrupt as interrupt:
             ckpt.wait()
             last, folder = ckpt.latest_step(), workdir / checkpoints.LATEST_FOLDER
