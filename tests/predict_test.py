@@ -239,21 +239,27 @@ def test_a_drawing_whose_name_the_file_system_respells_is_still_recognised(workd
     assert sorted(p.name for p in out.iterdir()) == [f"{composed}.png", "detections.json"]
 
 
-def test_the_command_writes_the_boxes_above_its_score_threshold_in_pixels(tmp_path, capsys):
-    # A checkpoint whose output layer gives every cell of the 4×4 grid the same output: box 0
-    # is the cell itself (centre offset 0.5, size 1 cell) with confidence 1, box 1 has
-    # confidence 0, and the five classes score 0.3, 0.6, 0.1, 0.2 and 0.9.
+def _uniform_output_run(tmp_path, box_size: float = 1.0):
+    """A run whose checkpoint's output layer gives every cell of the 4×4 grid the same
+    output: box 0 centred on its cell, ``box_size`` cells wide and tall, with confidence 1;
+    box 1 with confidence 0; the five classes scoring 0.3, 0.6, 0.1, 0.2 and 0.9."""
     workdir = tmp_path / "run"
     config = tiny.tiny_config(str(tmp_path / "tfds"))
     _, state, _ = train_lib.initial_state(config, config.train.batch_size)
     class_scores = [0.3, 0.6, 0.1, 0.2, 0.9]
-    bias = np.array(class_scores + [1.0, 0.5, 0.5, 1.0, 1.0] + [0.0] * 5, np.float32)
+    box = [1.0, 0.5, 0.5, box_size, box_size]
+    bias = np.array(class_scores + box + [0.0] * 5, np.float32)
     out_layer = state.params["head"]["out"]
     params = jax.tree.map(lambda x: x, state.params)  # a copy to edit
     params["head"]["out"] = {"kernel": np.zeros_like(out_layer["kernel"]), "bias": bias}
     tiny.save_checkpoint(config, state.replace(params=params), workdir)
     atomic_write_text(workdir / CONFIG_FILE, config.to_json_best_effort(indent=2))
     atomic_write_text(workdir / CLASSES_FILE, json.dumps(synthetic_shapes.CLASS_NAMES))
+    return workdir
+
+
+def test_the_command_writes_the_boxes_above_its_score_threshold_in_pixels(tmp_path, capsys):
+    workdir = _uniform_output_run(tmp_path)  # each cell's box is the cell itself
     image = _image(tmp_path / "street.png", 80, 48)  # cells of 20 × 12 pixels
     cells = [[c * 20, r * 12, c * 20 + 20, r * 12 + 12] for r in range(4) for c in range(4)]
 
@@ -271,6 +277,24 @@ def test_the_command_writes_the_boxes_above_its_score_threshold_in_pixels(tmp_pa
     assert len(detections("0.25")) == 3 * 16  # the ellipse (0.3) too
     assert detections("0.95") == []
     assert "0 detections in 1 image →" in capsys.readouterr().out
+
+
+def test_the_command_takes_nms_settings_of_its_own(tmp_path):
+    # Boxes of 2 × 2 cells: a box and its row's or column's neighbour overlap by IoU 1/3
+    # (0.4 where the image's edge clips one), under the run's NMS threshold of 0.45.
+    workdir = _uniform_output_run(tmp_path, box_size=2.0)
+    image = _image(tmp_path / "street.png", 80, 48)
+
+    def classes_found(*flags: str) -> list[str]:
+        out = tmp_path / "_".join(flags)
+        argv = ["--workdir", str(workdir), "--out", str(out), "--score-threshold", "0.5"]
+        predict.main([*argv, *flags, image])
+        return [d["class"] for d in _record(out)[image]["detections"]]
+
+    assert sorted(classes_found()) == ["cross"] * 16 + ["rectangle"] * 16
+    suppressed = classes_found("--iou-threshold", "0.2")
+    assert 0 < suppressed.count("cross") < 16 and len(suppressed) < 32
+    assert classes_found("--max-detections", "5") == ["cross"] * 5  # the best five
 
 
 def test_a_workdir_without_config_json_gets_advice_that_applies(tmp_path, capsys, monkeypatch):
@@ -461,11 +485,15 @@ def test_bad_arguments_are_refused_before_any_model_is_read(tmp_path, capsys):
     (tmp_path / "out").write_text("")
     assert _predict(missing, tmp_path / "out", image) == 2
     assert f"--out {tmp_path / 'out'} is a file: choose another" in capsys.readouterr().err
-    argv = ["--workdir", str(missing), "--score-threshold", "25", image]
-    with pytest.raises(SystemExit) as exit_request:
-        predict.main(argv)
-    assert exit_request.value.code == 2
-    assert "--score-threshold must be in [0, 1]; got 25.0" in capsys.readouterr().err
+    for flags, message in (
+        (["--score-threshold", "25"], "--score-threshold must be in [0, 1]; got 25.0"),
+        (["--iou-threshold", "-1"], "--iou-threshold must be in [0, 1]; got -1.0"),
+        (["--max-detections", "0"], "--max-detections must be at least 1; got 0"),
+    ):
+        with pytest.raises(SystemExit) as exit_request:
+            predict.main(["--workdir", str(missing), *flags, image])
+        assert exit_request.value.code == 2
+        assert message in capsys.readouterr().err
 
 
 def test_an_output_path_that_is_a_file_is_named(workdir, tmp_path):

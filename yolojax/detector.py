@@ -20,7 +20,7 @@ from yolojax.config import check_config_dict, load_run_config, resolve_num_class
 from yolojax.data import pipeline
 from yolojax.images import read_image, to_rgb
 from yolojax.postprocess import detect_with_config
-from yolojax.validation import check_threshold
+from yolojax.validation import check_positive_int, check_threshold
 from yolojax.workdir import CLASSES_FILE, load_class_names
 
 
@@ -63,20 +63,41 @@ class Detector:
         config's ``num_classes=0``, "as many as the dataset has").
       score_threshold: detections scored below it are dropped; higher than evaluation's
         0.005, which keeps the long tail that mAP needs.
+      iou_threshold: NMS's: a box overlapping a better one of its class by more is dropped;
+        None: ``config.eval.iou_threshold`` (0.45).
+      max_detections: the most kept per image; None: ``config.eval.max_detections`` (100).
 
     Raises:
       TypeError: ``config`` is not a ConfigDict.
-      ValueError: a bad ``score_threshold``, or ``class_names`` not as many as the config's
-        classes. Variables of another model are named at the first call (ValueError).
+      ValueError: a bad threshold or ``max_detections``, or ``class_names`` not as many as
+        the config's classes. Variables of another model are named at the first call.
     """
 
-    def __init__(self, model, variables, config, class_names, *, score_threshold: float = 0.25):
+    def __init__(
+        self,
+        model,
+        variables,
+        config,
+        class_names,
+        *,
+        score_threshold: float = 0.25,
+        iou_threshold: float | None = None,
+        max_detections: int | None = None,
+    ):
         check_threshold("score_threshold", score_threshold)
         check_config_dict(config)
         if not class_names:
             raise ValueError("class_names must name the model's classes; got none.")
-        if config.model.num_classes == 0:  # a config file's "as many as the dataset has"
+        nms = {"iou_threshold": iou_threshold, "max_detections": max_detections}
+        if iou_threshold is not None:
+            check_threshold("iou_threshold", iou_threshold)
+        if max_detections is not None:
+            nms["max_detections"] = check_positive_int("max_detections", max_detections)
+        nms = {key: value for key, value in nms.items() if value is not None}
+        if config.model.num_classes == 0 or nms:
             config = _editable_copy(config)  # the caller's stays as it was
+            config.eval.update(nms)
+        if config.model.num_classes == 0:  # a config file's "as many as the dataset has"
             config.model.num_classes = len(class_names)
         elif len(class_names) != config.model.num_classes:
             raise ValueError(
@@ -97,13 +118,20 @@ class Detector:
 
     @classmethod
     def from_workdir(
-        cls, workdir, *, config=None, checkpoint: str | int = "latest", score_threshold=0.25
+        cls,
+        workdir,
+        *,
+        config=None,
+        checkpoint: str | int = "latest",
+        score_threshold=0.25,
+        iou_threshold=None,
+        max_detections=None,
     ):
         """Restores ``checkpoint`` ('latest', 'best' or a step, also as text) of a training
         workdir.
 
         ``config``: the run's config; by default the one it saved (``workdir/config.json``).
-        ``score_threshold``: as in the constructor.
+        ``score_threshold``, ``iou_threshold``, ``max_detections``: as in the constructor.
         """
         checkpoint = checkpoints.parse_which(checkpoint)  # before the restore, which is slow
         check_threshold("score_threshold", score_threshold)
@@ -127,7 +155,15 @@ class Detector:
             resolve_num_classes(config, class_names)
         model, state, _ = train_lib.restore_trained_state(config, workdir, checkpoint)
         variables = train_lib.model_variables(state)
-        return cls(model, variables, config, class_names, score_threshold=score_threshold)
+        return cls(
+            model,
+            variables,
+            config,
+            class_names,
+            score_threshold=score_threshold,
+            iou_threshold=iou_threshold,
+            max_detections=max_detections,
+        )
 
     def __call__(self, image) -> ImageDetections:
         """Detects objects in one image.

@@ -284,17 +284,39 @@ def main(argv=None) -> None:
         default=0.25,
         help="the lowest score (confidence x class probability) drawn, in [0, 1]",
     )
+    parser.add_argument(
+        "--iou-threshold",
+        "--iou_threshold",
+        type=float,
+        default=argparse.SUPPRESS,
+        help="NMS: a box overlapping a better one of its class by more is dropped, in [0, 1] "
+        "(default: the run's config.eval.iou_threshold)",
+    )
+    parser.add_argument(
+        "--max-detections",
+        "--max_detections",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="the most detections kept per image (default: the run's config.eval.max_detections)",
+    )
     args = parser.parse_args(argv)
+    nms = {key: getattr(args, key, None) for key in ("iou_threshold", "max_detections")}
     # Before the seconds TensorFlow's import and the restore take.
-    if not 0.0 <= args.score_threshold <= 1.0:
-        parser.error(f"--score-threshold must be in [0, 1]; got {args.score_threshold}")
+    for flag, value in (
+        ("score-threshold", args.score_threshold),
+        ("iou-threshold", nms["iou_threshold"]),
+    ):
+        if value is not None and not 0.0 <= value <= 1.0:
+            parser.error(f"--{flag} must be in [0, 1]; got {value}")
+    if nms["max_detections"] is not None and nms["max_detections"] < 1:
+        parser.error(f"--max-detections must be at least 1; got {nms['max_detections']}")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         parser.error(f"--out {args.out} is a file: choose another output folder")
     from yolojax.detector import Detector  # after the restart (TensorFlow)
 
     with cli.command_errors():
         detector = Detector.from_workdir(
-            args.workdir, checkpoint=args.checkpoint, score_threshold=args.score_threshold
+            args.workdir, checkpoint=args.checkpoint, score_threshold=args.score_threshold, **nms
         )
         images, failed = predict_files(detector, args.images, args.out, on_skip=_report_skip)
     total = sum(len(image["detections"]) for image in images.values())
