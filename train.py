@@ -2,11 +2,12 @@
 
     python train.py --config configs/shapes.py --workdir runs/shapes
     python train.py --config configs/voc.py:vgg16 --workdir runs/vgg16 --config.train.batch_size=32
+    python train.py --config configs/shapes.py --print_config   # every field, to override
 
 Re-running the same command resumes from the latest checkpoint in --workdir.
 """
 
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 from yolojax import cli, distributed
@@ -16,13 +17,24 @@ config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/voc.py or configs/voc.py:vgg16.", lock_config=True
 )
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and plots.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.DEFINE_bool(
+    "print_config",
+    False,
+    "Print the config, overrides applied: every field a --config.<field>=VALUE can set. "
+    "Then exit, without training.",
+)
+flags.mark_flags_as_required(["config"])
 distributed.define_flags()
 flags.adopt_module_key_flags(distributed)  # --help lists the multi-host flags too
 
 
 def main(argv):
     cli.start(argv)
+    if FLAGS.print_config:
+        print(FLAGS.config)
+        return
+    if FLAGS.workdir is None:
+        raise app.UsageError("--workdir is required: the folder for the run's checkpoints.")
     # A documented error prints its message alone (the traceback with --verbosity=1).
     with cli.command_errors(traceback=FLAGS.verbosity >= 1):
         from yolojax import trainer  # here, after cli.run's restart: TensorFlow loads once

@@ -645,3 +645,16 @@ def test_the_model_summary_command_names_a_bad_model_field_without_a_traceback()
     assert "config.model.num_classes is 0" in result.stderr
     assert "Set --config.model.num_classes=N." in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_train_prints_the_config_with_its_overrides_and_needs_a_workdir_to_train():
+    result = _run_command(
+        "train.py", "--config", "configs/shapes.py", "--print_config", "--config.train.batch_size=8"
+    )
+    assert result.returncode == 0, result.stderr
+    # Every section and field, as a --config.<section>.<field> override names it.
+    assert "train:\n" in result.stdout and "\n  batch_size: 8\n" in result.stdout
+    assert "\n    num_train: 4000\n" in result.stdout  # data.synthetic.num_train
+    result = _run_command("train.py", "--config", "configs/shapes.py")
+    assert result.returncode == 1
+    assert "--workdir is required: the folder for the run's checkpoints." in result.stderr
