@@ -80,7 +80,7 @@ def default_config() -> ml_collections.ConfigDict:
             "every_epochs": 5,  # eval-split mAP every N epochs (and at the end); 0 = at the end
             "batch_size": 0,  # 0 = train.batch_size
             "score_threshold": SCORE_THRESHOLD,  # low, so the precision/recall curve is complete
-            "iou_threshold": IOU_THRESHOLD,  # NMS
+            "iou_threshold": IOU_THRESHOLD,  # NMS's; matching a ground truth takes VOC's 0.5
             # The VOC devkit's +1 pixel box widths/heights; True for comparable VOC numbers
             # (TFDS stores VOC's pixel boxes divided by the image size, so normalized × size
             # gives back the devkit's coordinates).
