@@ -21,13 +21,15 @@ from yolojax.config import default_config
 
 
 def get_config(arg=None):
-    variant = (arg or "resnet152").split(",")[0]
+    variant, *options = (arg or "resnet152").split(",")
     if variant not in ("tiny", *voc.PRETRAINED, *voc.FROM_SCRATCH):
         raise ValueError(
             f"Unknown configs/folder.py variant {variant!r}; choose 'tiny' or a backbone of "
             f"configs/voc.py: {voc.PRETRAINED + voc.FROM_SCRATCH}."
         )
-    if arg == "tiny":
+    if variant == "tiny" and options:
+        raise ValueError(f"configs/folder.py:tiny takes no options; got {options}.")
+    if variant == "tiny":
         config = default_config()
         recipe = shapes.get_config()  # its data section is the synthetic set's: not taken
         config.model, config.train = recipe.model, recipe.train

@@ -17,6 +17,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from tests import tiny
+from yolojax import errors
 from yolojax.data import (
     default_data_config,
     get_dataset_info,
@@ -387,5 +388,16 @@ def test_a_split_that_selects_nothing_names_the_key(config):
 def test_a_data_folder_that_cannot_be_written_names_the_setting(config, tmp_path):
     config.tfds_data_dir = str(tmp_path / "a_file")
     (tmp_path / "a_file").write_text("")
-    with pytest.raises(OSError, match=r"a_file.*Set --config\.data\.tfds_data_dir to a folder"):
+    with pytest.raises(
+        errors.MachineError, match=r"a_file.*Set --config\.data\.tfds_data_dir to a folder"
+    ):
         get_dataset_info(config)
+
+
+def test_an_error_outside_the_data_folder_is_not_blamed_on_it(tmp_path):
+    # Preparing a VOC folder also reads the user's folder: an error there is its own.
+    def unreadable_annotations(**kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "masks" / "a.xml"))
+
+    with pytest.raises(PermissionError, match="Permission denied"):
+        sources._prepared(unreadable_annotations, str(tmp_path / "tfds"))

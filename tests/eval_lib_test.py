@@ -252,4 +252,7 @@ def test_data_whose_classes_changed_since_training_is_refused_with_the_runs_clas
     with pytest.raises(ValueError) as error:
         eval_lib.evaluate_checkpoint(config, workdir)
     assert str(error.value).startswith(f"The data's classes {names} are not the ones the run in")
-    assert f'--config.data.class_names="{trained}"' in str(error.value)
+    assert (
+        f'--config configs/run.py:{workdir} --config.data.class_names="{trained}" '
+        "--config.data.on_bad_data=skip"
+    ) in str(error.value)

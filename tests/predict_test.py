@@ -19,7 +19,7 @@ from PIL import Image
 
 from configs import folder, shapes, voc
 from tests import tiny
-from yolojax import checkpoints, predict, train_lib
+from yolojax import checkpoints, errors, predict, train_lib
 from yolojax.config import load_run_config
 from yolojax.data import synthetic_shapes
 from yolojax.detector import Detector, ImageDetections
@@ -416,6 +416,12 @@ def test_the_detector_reads_paths_pil_images_rgba_and_greyscale_as_their_rgb(wor
         detector(tmp_path / "folder")
 
 
+def test_the_detectors_nms_settings_take_numpy_numbers(workdir):
+    detector = Detector.from_workdir(workdir, iou_threshold=np.float32(0.25))
+    assert detector.config.eval.iou_threshold == pytest.approx(0.25)
+    assert load_run_config(workdir).eval.iou_threshold == 0.45  # the run's own is unchanged
+
+
 def test_the_detector_copies_its_weights_to_the_device_once(workdir):
     detector = Detector.from_workdir(workdir, score_threshold=0.0)
     image = np.zeros((24, 40, 3), np.uint8)
@@ -502,7 +508,7 @@ def test_an_output_path_that_is_a_file_is_named(workdir, tmp_path):
     with pytest.raises(ValueError, match=f"The output folder {tmp_path / 'out'} is a file"):
         predict.predict_files(detector, [], tmp_path / "out")
     # One that cannot be made (here under a file; a read-only mount, a full disk alike).
-    with pytest.raises(OSError, match=r"Cannot make the output folder .*out/sub \(.*\): choose"):
+    with pytest.raises(errors.MachineError, match=r"Cannot write into the output folder .*out/sub"):
         predict.predict_files(detector, [], tmp_path / "out" / "sub")
 
 
@@ -519,12 +525,26 @@ def test_a_label_at_the_right_edge_is_drawn_inside_the_image():
     assert canvas.getpixel((99, 4)) == canvas.getpixel((70, 4)) == predict.class_color(0)
 
 
-def test_a_classes_json_that_does_not_fit_the_run_is_named(tmp_path):
+def test_a_classes_json_that_is_no_list_of_names_is_named(tmp_path):
     path = tmp_path / CLASSES_FILE
-    assert load_class_names(tmp_path, 2) == ["class_0", "class_1"]  # none saved
+    assert load_class_names(tmp_path) is None  # none saved
     path.write_text('["cat", "dog"]')
-    assert load_class_names(tmp_path, 2) == load_class_names(tmp_path, 0) == ["cat", "dog"]
-    for text in ('["cat", "dog"]', '{"cat": 0}', "[cat, dog"):
+    assert load_class_names(tmp_path) == ["cat", "dog"]
+    for text in ('{"cat": 0}', "[cat, dog", "[]", "[1, 2]"):
         path.write_text(text)
-        with pytest.raises(ValueError, match=rf"^{re.escape(str(path))} is not the run's list"):
-            load_class_names(tmp_path, 5 if text.startswith('["') else 2)
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(path))} is not a list of class"):
+            load_class_names(tmp_path)
+
+
+def test_a_config_of_another_class_count_than_the_run_is_named_not_its_classes_json(tmp_path):
+    workdir = tmp_path  # the run's classes.json (checked before any checkpoint is read)
+    atomic_write_text(workdir / CLASSES_FILE, json.dumps(synthetic_shapes.CLASS_NAMES))
+    config = tiny.tiny_config(str(tmp_path / "tfds"))
+    config.model.num_classes = 3  # the run has 5
+    with pytest.raises(ValueError) as error:
+        Detector.from_workdir(workdir, config=config)
+    assert str(error.value) == (
+        f"The run in {workdir} has 5 classes (classes.json), but the config has "
+        "config.model.num_classes=3: pass the config the run was trained with, or leave "
+        "config out to use the run's own."
+    )

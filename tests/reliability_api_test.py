@@ -276,13 +276,16 @@ def test_commands_print_a_documented_error_alone_and_exit_1(capsys, monkeypatch)
     stderr = capsys.readouterr().err
     assert stderr.startswith("Error: NoCheckpointError: No checkpoint in runs/x/checkpoints")
     assert "Traceback" not in stderr and "docs/troubleshooting.md" in stderr
-    # What the machine refused (a full disk, a read-only folder) is one with the path.
+    # What the machine refused where yolojax writes (a full disk, a read-only folder) too.
     with pytest.raises(SystemExit) as exit_info, cli.command_errors():
-        raise OSError(28, "No space left on device", "runs/x/config.json")
+        raise errors.MachineError("Cannot write the run's files in runs/x (No space left)")
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.startswith(
-        "Error: OSError: [Errno 28] No space left on device: 'runs/x/config.json'\n"
+        "Error: MachineError: Cannot write the run's files in runs/x (No space left)\n"
     )
+    # Another OSError (a connection, a library that does not load) keeps its traceback.
+    with pytest.raises(ConnectionResetError), cli.command_errors():
+        raise ConnectionResetError("the coordinator went away")
 
     # An error that is a bug, not the user's, goes through with its traceback; so does any
     # error on request.
@@ -410,6 +413,12 @@ def _parse_train_flags(monkeypatch, *overrides, config="configs/shapes.py"):
             "configs/voc.py:vgg15",
             [],
             r"get_config\(\) failed: ValueError: Unknown configs/voc.py variant 'vgg15'",
+        ),
+        (
+            "configs/folder.py:tiny,report",
+            [],
+            r"get_config\(\) failed: ValueError: configs/folder.py:tiny takes no options; got "
+            r"\['report'\]",
         ),
         (
             "configs/folder.py:tiy",

@@ -5,6 +5,7 @@ classes, boxes outside the image or of zero area, and wrong <size>s one by one. 
 remaining kinds of bad file, and whole training runs on a folder holding several of them.
 """
 
+import json
 import logging
 import math
 import os
@@ -191,6 +192,8 @@ def test_training_on_a_folder_with_bad_files(tmp_path, caplog):
     assert "skipped 1 of 5 images of split 'test'" in caplog.text
     # Said once, by the preparation: not again as each split is opened.
     assert "built without" not in caplog.text
+    # The held-out split it evaluated on is recorded: a later default cannot move it.
+    assert json.loads((run_dir / "config.json").read_text())["data"]["eval_split"] == "test"
     assert results["step"] == 2  # 10 good train images in batches of 5
     assert results["num_images"] == 4  # every good test image, once
     losses = [r["loss"] for r in workdir.read_metrics(run_dir) if "loss" in r]

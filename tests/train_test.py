@@ -2,6 +2,7 @@
 
 import io
 import json
+import math
 import re
 import shutil
 import signal
@@ -21,6 +22,7 @@ from tests import tiny
 from yolojax import (
     checkpoints,
     cli,
+    errors,
     eval_lib,
     models,
     predict,
@@ -358,7 +360,10 @@ def test_ctrl_c_saves_the_step_reached_and_the_rerun_trains_as_if_uninterrupted(
     assert signal.getsignal(signal.SIGINT) is handler
 
     assert trainer.train_and_evaluate(config, str(stopped))["step"] == 8
-    assert "Resuming from the checkpoint of step 3" in capfd.readouterr().out
+    out = capfd.readouterr().out
+    assert "Resuming from the checkpoint of step 3" in out
+    # The first epoch's line covers the steps trained since the resume only, and says so.
+    assert "\nepoch 1/2 (steps 4-4, resumed): loss " in out and "\nepoch 2/2: loss " in out
 
     assert _logged(stopped, "loss") == _logged(tmp_path / "full", "loss")
     assert [step for step, _ in _logged(stopped, "loss")] == list(range(1, 9))
@@ -657,10 +662,27 @@ def test_a_workdir_that_cannot_be_written_at_start_is_named_with_what_to_do(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(workdir_io, "save_config", full_disk)
-    with pytest.raises(OSError) as error:
+    with pytest.raises(errors.MachineError) as error:
         trainer.train_and_evaluate(tiny.tiny_config(data_dir), str(tmp_path / "run"))
     assert str(error.value) == (
         f"Cannot write the run's files in {tmp_path / 'run'} (OSError: No space left on "
         "device): free space (or choose another --workdir); the same command then starts "
         "the run."
+    )
+
+
+def test_an_epochs_line_averages_over_its_finite_steps_and_its_time():
+    # Two windows of 2 steps of 10 images: 1 s at 20 images/s (one step skipped: its loss
+    # is the other step's), then 0.1 s at 200 images/s. The epoch: 40 images in 1.1 s, and
+    # loss (1 × 4.0 + 2 × 1.0) / 3 finite steps.
+    epoch = trainer._EpochMeans()
+    terms = dict.fromkeys(("coord", "object", "noobj", "class"), 0.5)
+    epoch.add({"loss": 4.0, **terms, "images_per_second": 20.0, "skipped_steps": 1.0}, 2, 10)
+    epoch.add({"loss": 1.0, **terms, "images_per_second": 200.0, "skipped_steps": 0.0}, 2, 10)
+    assert epoch.line("epoch 1/3") == (
+        "epoch 1/3: loss 2.000 (coord 0.500, object 0.500, noobj 0.500, class 0.500), 36 images/s"
+    )
+    epoch.add({"loss": math.nan, **terms, "images_per_second": 10.0, "skipped_steps": 1.0}, 1, 10)
+    assert epoch.line("epoch 2/3") == (
+        "epoch 2/3: every step skipped (a loss that was not finite), 10 images/s"
     )

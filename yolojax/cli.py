@@ -34,9 +34,9 @@ from yolojax import errors, huge_pages
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 # The base classes of every error the library documents as the user's to fix.
-# What a command reports as one paragraph: bad input, and what the machine refused (OSError:
-# a full disk, a read-only or missing folder, with the path), not a bug's traceback.
-USER_ERRORS = (ValueError, OSError, FloatingPointError)
+# What a command reports as one paragraph: bad input, a missing file, and what the machine
+# refused where yolojax writes (errors.MachineError), not a bug's traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, errors.MachineError)
 TRACEBACK_ENV = "YOLOJAX_TRACEBACK"
 # The repository's configs/ (not installed with the package: absent from a wheel install).
 BUNDLED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -89,8 +89,9 @@ class Detector:
         if not class_names:
             raise ValueError("class_names must name the model's classes; got none.")
         nms = {"iou_threshold": iou_threshold, "max_detections": max_detections}
-        if iou_threshold is not None:
+        if iou_threshold is not None:  # a NumPy number too; the config's field is a float
             check_threshold("iou_threshold", iou_threshold)
+            nms["iou_threshold"] = float(iou_threshold)
         if max_detections is not None:
             nms["max_detections"] = check_positive_int("max_detections", max_detections)
         nms = {key: value for key, value in nms.items() if value is not None}
@@ -143,12 +144,20 @@ class Detector:
                 otherwise="pass the training config in Python: "
                 "Detector.from_workdir(workdir, config=...)",
             )
-        class_names = load_class_names(workdir, config.model.num_classes)
-        if not class_names:  # a config file's num_classes 0, "as many as the dataset has"
+        num_classes, class_names = config.model.num_classes, load_class_names(workdir)
+        if class_names is None:
+            if not num_classes:  # a config file's num_classes 0, "as many as the dataset has"
+                raise ValueError(
+                    f"config.model.num_classes is 0 (as many as the dataset has) and {workdir} "
+                    f"has no {CLASSES_FILE} to count them: set config.model.num_classes, or "
+                    "leave config out to use the run's own."
+                )
+            class_names = [f"class_{i}" for i in range(num_classes)]
+        elif num_classes and len(class_names) != num_classes:
             raise ValueError(
-                f"config.model.num_classes is 0 (as many as the dataset has) and {workdir} "
-                f"has no {CLASSES_FILE} to count them: set config.model.num_classes, or "
-                "leave config out to use the run's own."
+                f"The run in {workdir} has {len(class_names)} classes ({CLASSES_FILE}), but the "
+                f"config has config.model.num_classes={num_classes}: pass the config the run "
+                "was trained with, or leave config out to use the run's own."
             )
         if config.model.num_classes == 0:  # the restore builds the model: it needs the count
             config = _editable_copy(config)  # the caller's stays as it was

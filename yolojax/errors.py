@@ -7,6 +7,12 @@ class Notice(UserWarning):
     print it as ``Warning: <message>`` (`yolojax.cli`)."""
 
 
+class MachineError(OSError):
+    """What the machine refused where yolojax writes (a full disk, a read-only or unusable
+    folder), named with the folder and what to do: the command-line tools print it as one
+    paragraph, as they print bad input. Other OSErrors keep their traceback."""
+
+
 def first_line(error: BaseException, limit: int = 300) -> str:
     """The first line of ``error``'s message (its type's name if it has none), for a one-line
     report of an error from another library, whose messages can run to pages. Longer than

@@ -191,16 +191,15 @@ def _check_same_classes(workdir, class_names) -> None:
     """Raises unless the data's classes are the ones the run saved (if it saved them): a
     VOC folder whose annotations gained, lost or renamed a class since training has other
     label ids, and its mAP would score the model's classes against other ones."""
-    if not (Path(workdir) / CLASSES_FILE).exists():
-        return
-    trained = load_class_names(workdir, 0)
-    if tuple(trained) != tuple(class_names):
+    trained = load_class_names(workdir)
+    if trained is not None and tuple(trained) != tuple(class_names):
         raise ValueError(
             f"The data's classes {tuple(class_names)} are not the ones the run in {workdir} was "
             f"trained on ({CLASSES_FILE}: {tuple(trained)}): its annotations changed since. "
-            "Evaluate on the data the run was trained with, or name the run's classes, "
-            f'--config.data.class_names="{tuple(trained)}", with '
-            "--config.data.on_bad_data=skip to leave out the images of other classes."
+            "Evaluate on the data the run was trained with, or name the run's classes: "
+            f"--config configs/run.py:{workdir} "
+            f'--config.data.class_names="{tuple(trained)}" '
+            "--config.data.on_bad_data=skip leaves out the images of other classes."
         )
 
 

@@ -31,6 +31,7 @@ no other file is touched.
 
 import argparse
 import colorsys
+import contextlib
 import io
 import json
 import os
@@ -44,7 +45,7 @@ import numpy as np
 from PIL import Image, ImageDraw, PngImagePlugin
 from tqdm import tqdm
 
-from yolojax import cli, huge_pages
+from yolojax import cli, errors, huge_pages
 from yolojax.images import IMAGE_EXTENSIONS, UnreadableImageError, read_image
 from yolojax.workdir import atomic_write_bytes, atomic_write_text, to_json
 
@@ -136,6 +137,19 @@ def _image_files(paths: Iterable) -> list[str]:
     return list(files.values())
 
 
+@contextlib.contextmanager
+def _output_errors(out_dir: Path):
+    """A write into the output folder that fails (a read-only mount, a full disk) as one
+    error naming the folder: an earlier call's results there are left as they were."""
+    try:
+        yield
+    except OSError as error:
+        raise errors.MachineError(
+            f"Cannot write into the output folder {out_dir} ({error.strerror or error}): free "
+            "space, or choose another (--out)."
+        ) from error
+
+
 def _read_input(path: str) -> np.ndarray:
     """:func:`read_image`, for an input that :func:`_image_files` left as given: a folder
     there is one without image files."""
@@ -164,13 +178,8 @@ def predict_files(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"The output folder {out_dir} is a file: choose another (--out).")
-    try:
+    with _output_errors(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:  # a read-only mount, a full disk
-        raise OSError(
-            f"Cannot make the output folder {out_dir} ({error.strerror or error}): choose "
-            "another (--out)."
-        ) from error
     # Earlier calls' drawings: listed in detections.json, or marked (one a call stopped
     # before writing it). Any other file's name is taken: a drawing never replaces an input
     # image in the output folder, or a file of the user's.
@@ -195,7 +204,8 @@ def predict_files(
         mark.add_text(DRAWING_MARK_KEY, _mark_of(out_dir / drawing))
         png = io.BytesIO()
         draw_detections(image, detections).save(png, format="PNG", pnginfo=mark)
-        atomic_write_bytes(out_dir / drawing, png.getvalue())  # never a half-written drawing
+        with _output_errors(out_dir):
+            atomic_write_bytes(out_dir / drawing, png.getvalue())  # never a half-written one
         images[key] = {
             "drawing": drawing,
             "detections": [
@@ -203,7 +213,8 @@ def predict_files(
                 for box, score, label, name in zip(*detections, strict=True)
             ],
         }
-    atomic_write_text(out_dir / DETECTIONS_FILE, to_json(images))
+    with _output_errors(out_dir):
+        atomic_write_text(out_dir / DETECTIONS_FILE, to_json(images))
     # Only now: a call that stops early leaves the previous results whole.
     # Compared case-insensitively, as _drawing_name: on macOS an earlier X.png is a new x.png.
     drawn = {image["drawing"].casefold() for image in images.values()}

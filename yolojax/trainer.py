@@ -80,29 +80,34 @@ class _MetricWindow:
 
 
 class _EpochMeans:
-    """The means of an epoch's logged windows, weighted by their steps, for its summary line
-    (windows of skipped steps only, with NaN means, left out)."""
+    """An epoch's loss terms (the means of its logged windows, weighted by their finite
+    steps: a skipped step has no loss) and its images/s (images over time), for its line."""
 
     def __init__(self):
-        self.sums, self.steps = {}, 0
+        self.sums, self.finite_steps, self.images, self.seconds = {}, 0, 0, 0.0
 
-    def add(self, means: dict, steps: int) -> None:
-        if math.isfinite(means["loss"]):
-            for name in (*plots.LOSS_TERMS, "images_per_second"):
-                self.sums[name] = self.sums.get(name, 0.0) + means[name] * steps
-            self.steps += steps
+    def add(self, means: dict, steps: int, batch_size: int) -> None:
+        images = batch_size * steps
+        self.images += images
+        self.seconds += images / max(means["images_per_second"], 1e-9)
+        finite = steps - int(means["skipped_steps"])
+        if finite:
+            for name in plots.LOSS_TERMS:
+                self.sums[name] = self.sums.get(name, 0.0) + means[name] * finite
+            self.finite_steps += finite
 
     def line(self, label: str) -> str:
         """``epoch 3/10: loss 2.310 (coord ..., object ..., noobj ..., class ...), 172
-        images/s``; then starts the next epoch's means."""
-        if not self.steps:
-            return f"{label}: no finite step (each was skipped)"
-        mean = {name: total / self.steps for name, total in self.sums.items()}
-        terms = ", ".join(f"{name} {mean[name]:.3f}" for name in plots.LOSS_TERMS[1:])
-        self.sums, self.steps = {}, 0
-        return (
-            f"{label}: loss {mean['loss']:.3f} ({terms}), {mean['images_per_second']:.0f} images/s"
-        )
+        images/s``; then starts the next epoch's."""
+        speed = f"{self.images / max(self.seconds, 1e-9):.0f} images/s"
+        if self.finite_steps:
+            mean = {name: total / self.finite_steps for name, total in self.sums.items()}
+            terms = ", ".join(f"{name} {mean[name]:.3f}" for name in plots.LOSS_TERMS[1:])
+            line = f"{label}: loss {mean['loss']:.3f} ({terms}), {speed}"
+        else:
+            line = f"{label}: every step skipped (a loss that was not finite), {speed}"
+        self.__init__()
+        return line
 
 
 @contextlib.contextmanager
@@ -161,7 +166,7 @@ def _workdir_write_errors(workdir: Path, start_step: int):
         yield
     except OSError as error:
         rerun = f"resumes from step {start_step}" if start_step else "starts the run"
-        raise OSError(
+        raise errors.MachineError(
             f"Cannot write the run's files in {workdir} ({type(error).__name__}: "
             f"{error.strerror or error}): free space (or choose another --workdir); the same "
             f"command then {rerun}."
@@ -233,6 +238,10 @@ def train_and_evaluate(
     workdir = Path(workdir)
     info = pipeline.get_dataset_info(config.data)
     resolve_num_classes(config, info.class_names)
+    if config.data.source == "voc_folder" and config.data.eval_split is None:
+        # The folder's held-out split, recorded in config.json: a resume or evaluate.py keeps
+        # evaluating on it whatever a later version's default.
+        config.data.eval_split = info.eval_split_name
     # Before the checkpoint folders are made: a split smaller than a batch leaves nothing.
     steps_per_epoch, total_steps = train_lib.steps_for(config, info.num_train_examples)
     ckpt = checkpoints.Checkpoints(
@@ -426,13 +435,16 @@ def train_and_evaluate(
                         steps_in_window = len(window.steps)
                         means = window.flush(config.train.batch_size)
                         record(step, means)
-                        epoch_means.add(means, steps_in_window)
+                        epoch_means.add(means, steps_in_window, config.train.batch_size)
                         progress.set_postfix(
                             loss=f"{means['loss']:.3f}", img_s=f"{means['images_per_second']:.1f}"
                         )
                     if epoch_ends or last:  # a line per epoch, for logs without the bar
+                        label = epoch_label(step)
+                        if step - start_step <= (step - 1) % steps_per_epoch:  # resumed in it
+                            label += f" (steps {start_step + 1}-{step}, resumed)"
                         if is_main:
-                            tqdm.write(epoch_means.line(epoch_label(step)))
+                            tqdm.write(epoch_means.line(label))
                         progress.set_description(epoch_label(step + 1), refresh=False)
                     if save_now or stop_now:  # before the evaluation, which may be cut short
                         ckpt.save(step, distributed.first_replica(on_devices))

@@ -272,24 +272,22 @@ class TensorBoardWriter:
         self._writer.close()
 
 
-def load_class_names(workdir, num_classes: int) -> list[str]:
-    """Class names saved by the trainer; ``class_<i>`` when the run saved none.
+def load_class_names(workdir) -> list[str] | None:
+    """The class names the trainer saved in ``workdir/classes.json``; None if it saved none.
 
     Raises:
-      ValueError: the file is not a list of ``num_classes`` names (0: any number).
+      ValueError: the file is not a list of names.
     """
     path = Path(workdir) / CLASSES_FILE
     if not path.exists():
-        return [f"class_{i}" for i in range(num_classes)]
+        return None
     try:
         names = json.loads(path.read_text())
     except ValueError:
         names = None
-    if not (isinstance(names, list) and all(isinstance(name, str) for name in names)) or (
-        num_classes and len(names) != num_classes
-    ):
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
         raise ValueError(
-            f"{path} is not the run's list of {num_classes or 'its'} class names: train.py "
-            "writes it; restore it, or delete it to name the classes class_<i>."
+            f"{path} is not a list of class names: train.py writes the run's; restore it, or "
+            "delete it to name the classes class_<i>."
         )
     return names

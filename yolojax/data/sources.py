@@ -10,11 +10,13 @@ import bisect
 import dataclasses
 import functools
 import logging
+import os
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from yolojax import errors
 from yolojax.data import synthetic_shapes, voc_folder
 
 _DEFAULT_SPLITS = {
@@ -113,17 +115,22 @@ class SplitSource:
         )
 
 
-def _prepared(make_builder) -> tfds.core.DatasetBuilder:
-    """The builder `make_builder(**kwargs)` makes, generated locally as ArrayRecord if needed."""
+def _prepared(make_builder, data_dir: str | None) -> tfds.core.DatasetBuilder:
+    """The builder `make_builder(**kwargs)` makes, generated locally as ArrayRecord if needed
+    in ``data_dir`` (``config.data.tfds_data_dir``; None: TFDS's default)."""
     try:
         builder = make_builder()  # Reads an existing preparation, whatever its file format.
         if not builder.is_prepared():
             builder = make_builder(file_format=_FILE_FORMAT)
             builder.download_and_prepare()
             _built_here.add(str(builder.data_dir))
-    except OSError as error:  # a data dir that is a file, read-only, or a full disk
-        where = getattr(error, "filename", None) or "config.data.tfds_data_dir"
-        raise OSError(
+    except OSError as error:  # the data folder is a file, read-only, or on a full disk
+        default = os.environ.get("TFDS_DATA_DIR", tfds.core.constants.DATA_DIR)
+        root = os.path.abspath(os.path.expanduser(data_dir or default))
+        where = os.path.abspath(str(getattr(error, "filename", None) or root))
+        if os.path.commonpath([root, where]) != root:  # not the data folder's (a VOC folder's)
+            raise
+        raise errors.MachineError(
             f"Cannot prepare the dataset in its TFDS data folder ({where}): "
             f"{type(error).__name__}: {error.strerror or error}. Set "
             "--config.data.tfds_data_dir to a folder you can write, with free space."
@@ -159,7 +166,8 @@ def _parts(data_config, split: str | None) -> list[tuple[tfds.core.DatasetBuilde
         builder = _prepared(
             functools.partial(
                 synthetic_shapes.make_builder, config, data_dir=data_config.tfds_data_dir
-            )
+            ),
+            data_config.tfds_data_dir,
         )
         return [(builder, split)]
     if source == "voc_folder":
@@ -171,7 +179,8 @@ def _parts(data_config, split: str | None) -> list[tuple[tfds.core.DatasetBuilde
         builder = _prepared(
             functools.partial(
                 voc_folder.VocFolder, config=config, data_dir=data_config.tfds_data_dir
-            )
+            ),
+            data_config.tfds_data_dir,
         )
         if split is None:  # Whichever held-out split the folder has, validation first.
             split = "validation" if "validation" in builder.info.splits else "test"
