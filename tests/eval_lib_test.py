@@ -20,7 +20,7 @@ from PIL import Image
 
 from benchmarks.voc_reference import voc_eval_all
 from tests import tiny
-from yolojax import distributed, eval_lib, train_lib
+from yolojax import checkpoints, distributed, eval_lib, train_lib
 from yolojax.config import resolve_num_classes
 from yolojax.data import pipeline
 from yolojax.data.testing import VocImage, VocObject, write_voc_folder
@@ -256,3 +256,23 @@ def test_data_whose_classes_changed_since_training_is_refused_with_the_runs_clas
         f'--config configs/run.py:{workdir} --config.data.class_names="{trained}" '
         "--config.data.on_bad_data=skip"
     ) in str(error.value)
+
+
+def test_a_config_of_another_model_is_refused_before_the_dataset_is_prepared(tmp_path, monkeypatch):
+    config, _, state, _ = _known_output_model(tmp_path)
+    workdir = tmp_path / "run"
+    tiny.save_checkpoint(config, state, workdir)
+    other = config.copy_and_resolve_references()
+    other.model.num_classes = 0  # a folder config's: the run's count comes from classes.json
+    other.data.image_size = 2 * config.data.image_size
+
+    def prepare(*args, **kwargs):
+        raise AssertionError("the dataset was prepared first")
+
+    monkeypatch.setattr(eval_lib.pipeline, "get_dataset_info", prepare)
+    num_classes = config.model.num_classes
+    (workdir / "classes.json").write_text(json.dumps([f"c{i}" for i in range(num_classes)]))
+    with pytest.raises(checkpoints.CheckpointMismatchError, match=r"image_size: checkpoint"):
+        eval_lib.evaluate_checkpoint(other, workdir)
+    with pytest.raises(AssertionError, match="prepared first"):  # the same model: goes on
+        eval_lib.evaluate_checkpoint(config, workdir)

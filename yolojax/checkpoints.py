@@ -372,6 +372,25 @@ class Checkpoints:
         for step in self._best.all_steps():
             self._set_aside(self._best, step, "no checkpoint to resume from: training starts over.")
 
+    def check_model(self, which: str | int = "latest") -> None:
+        """Raises what :meth:`restore` would for a checkpoint of another model (by the
+        signature it saved), reading no arrays: evaluation checks it before it prepares a
+        dataset (minutes for VOC). A checkpoint that cannot be read is left to the restore,
+        which skips it or names it.
+
+        Raises:
+          NoCheckpointError: no checkpoint of the kind asked for.
+          CheckpointMismatchError: the newest one belongs to another model.
+        """
+        manager, steps = self._resolve(which)
+        if not steps:
+            return  # the restore says what to do
+        try:
+            record = self._read_record(manager, steps[0])
+        except Exception:  # damaged: the restore skips it, with a warning
+            return
+        self._check_signature(manager, steps[0], record)
+
     def _resolve(self, which: str | int):
         """(manager, candidate steps newest first) for 'latest', 'best' or a step number."""
         if which == "best":

@@ -17,7 +17,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 from tqdm import tqdm
 
-from yolojax import distributed, errors, plots, postprocess, train_lib, voc_results
+from yolojax import checkpoints, distributed, errors, plots, postprocess, train_lib, voc_results
 from yolojax.boxes import normalized_yxyx_to_pixel_xyxy
 from yolojax.config import resolve_num_classes, validate_config
 from yolojax.data import pipeline, sources
@@ -187,6 +187,21 @@ def _image_detections(
     return images
 
 
+def _check_same_model(config, workdir, checkpoint) -> None:
+    """The checkpoint's model against the config's, before the dataset is prepared (minutes
+    for VOC): a config file of another run fails at once. A config counting the dataset's
+    classes (0) takes the run's count from classes.json, if it saved one."""
+    num_classes = config.model.num_classes or len(load_class_names(workdir) or [])
+    if not num_classes:
+        return  # checked by the restore, once the dataset's classes are known
+    signature = checkpoints.model_signature(config) | {"num_classes": num_classes}
+    manager = checkpoints.Checkpoints(workdir, signature, read_only=True)
+    try:
+        manager.check_model(checkpoints.parse_which(checkpoint))
+    finally:
+        manager.close()
+
+
 def _check_same_classes(workdir, class_names) -> None:
     """Raises unless the data's classes are the ones the run saved (if it saved them): a
     VOC folder whose annotations gained, lost or renamed a class since training has other
@@ -228,6 +243,7 @@ def evaluate_checkpoint(
     """
     validate_config(config)
     batch_size = eval_batch_size(config)
+    _check_same_model(config, workdir, checkpoint)
     info = pipeline.get_dataset_info(config.data, train=False)
     _check_same_classes(workdir, info.class_names)
     resolve_num_classes(config, info.class_names)
