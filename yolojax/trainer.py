@@ -394,7 +394,9 @@ def train_and_evaluate(
         total=total_steps,
         initial=start_step,
         desc=epoch_label(start_step + 1),
-        disable=not is_main,
+        # On a terminal only (None): in a log file its redraws are noise, which the lines per
+        # epoch and per evaluation replace, and other lines would land inside it.
+        disable=None if is_main else True,
         unit="step",
         dynamic_ncols=True,
         # The rate over the whole run: steps are dispatched ahead of the device and the loop
