@@ -25,6 +25,7 @@ from yolojax import (
     errors,
     eval_lib,
     models,
+    optim,
     predict,
     preemption,
     pretrained,
@@ -110,6 +111,13 @@ def test_train_evaluate_predict(tmp_path, data_dir, monkeypatch, capsys):
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [2, 4, 6, 8]
     assert [r["step"] for r in records if "test_mAP" in r] == [4, 8]
+    # The learning rate logged is the one each step applied: the window's mean of the
+    # schedule at the steps' counts before their update (0 and 1 for the record of step 2).
+    _, schedule = optim.create_optimizer(config.train, STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH)
+    for r in (r for r in records if "loss" in r):
+        expected = np.mean([schedule(r["step"] - 2), schedule(r["step"] - 1)])
+        assert r["learning_rate"] == pytest.approx(expected, rel=1e-6), r["step"]
+    assert len({round(r["learning_rate"], 9) for r in records if "loss" in r}) == 4  # it moves
     # Each evaluation's line, with the train subset's mAP.
     for r in records:
         if "test_mAP" in r:
@@ -689,3 +697,21 @@ def test_an_epochs_line_averages_over_its_finite_steps_and_its_time():
     assert epoch.line("epoch 2/3") == (
         "epoch 2/3: every step skipped (a loss that was not finite), 10 images/s"
     )
+
+
+def test_a_damaged_latest_checkpoint_resumes_from_the_one_before_and_says_which(
+    tmp_path, data_dir, capsys
+):
+    config = tiny_config(data_dir)  # 8 steps, checkpoints at 4 and 8
+    trainer.train_and_evaluate(config, str(tmp_path))
+    for path in (tmp_path / "checkpoints" / "8" / "state").rglob("*"):
+        if path.is_file() and path.parent.name == "d":  # the arrays' data, cut short
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    config.train.num_epochs = 3  # 12 steps: there is training left to resume
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match=rf"Skipping damaged checkpoint {tmp_path}/checkpoints/8"):
+        results = trainer.train_and_evaluate(config, str(tmp_path))
+    assert "Resuming from the checkpoint of step 4 in" in capsys.readouterr().out
+    assert results["step"] == 12
+    # What the first run logged after step 4 is replaced by the steps trained again: each once.
+    assert [step for step, _ in _logged(tmp_path, "loss")] == [2, 4, 6, 8, 10, 12]
