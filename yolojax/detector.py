@@ -88,13 +88,12 @@ class Detector:
         check_config_dict(config)
         if not class_names:
             raise ValueError("class_names must name the model's classes; got none.")
-        nms = {"iou_threshold": iou_threshold, "max_detections": max_detections}
+        nms = {}  # the config.eval fields given
         if iou_threshold is not None:  # a NumPy number too; the config's field is a float
             check_threshold("iou_threshold", iou_threshold)
             nms["iou_threshold"] = float(iou_threshold)
         if max_detections is not None:
             nms["max_detections"] = check_positive_int("max_detections", max_detections)
-        nms = {key: value for key, value in nms.items() if value is not None}
         if config.model.num_classes == 0 or nms:
             config = _editable_copy(config)  # the caller's stays as it was
             config.eval.update(nms)

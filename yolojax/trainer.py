@@ -173,7 +173,9 @@ def _workdir_write_errors(workdir: Path, start_step: int):
         ) from error
 
 
-def run_summary(config, info, params, *, steps_per_epoch: int, total_steps: int) -> str:
+def run_summary(
+    config, info, params, *, steps_per_epoch: int, total_steps: int, eval_every: int
+) -> str:
     """What a run is about to train, in one paragraph: the model and its size, the data and
     its classes (a class misspelled in one annotation shows up here as one more class), the
     devices, and the schedule of steps and evaluations."""
@@ -182,7 +184,6 @@ def run_summary(config, info, params, *, steps_per_epoch: int, total_steps: int)
     source = f"{data.source} ({data.folder})" if data.source == "voc_folder" else data.source
     names = ", ".join(info.class_names[:10]) + (", ..." if len(info.class_names) > 10 else "")
     devices = jax.devices()
-    eval_every = round(config.eval.every_epochs * steps_per_epoch)
     evaluations = f"every {eval_every} steps and at the end" if eval_every else "at the end"
     return (
         f"Training {model.backbone} with the {model.head} head ({num_params / 1e6:.2f} M "
@@ -365,9 +366,15 @@ def train_and_evaluate(
         draw_curves()  # the curves so far, to watch a long run by
         return {**results, "step": step}
 
+    eval_every = round(config.eval.every_epochs * steps_per_epoch)
     if is_main:
         summary = run_summary(
-            config, info, state.params, steps_per_epoch=steps_per_epoch, total_steps=total_steps
+            config,
+            info,
+            state.params,
+            steps_per_epoch=steps_per_epoch,
+            total_steps=total_steps,
+            eval_every=eval_every,
         )
         tqdm.write(summary)
     on_devices = distributed.replicate(state, mesh)
@@ -377,7 +384,6 @@ def train_and_evaluate(
         seed=config.seed,
         start_step=start_step,
     )
-    eval_every = round(config.eval.every_epochs * steps_per_epoch)
 
     def due_for_evaluation(step: int) -> bool:
         return step == total_steps or (eval_every > 0 and step % eval_every == 0)
