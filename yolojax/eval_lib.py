@@ -187,11 +187,11 @@ def _image_detections(
     return images
 
 
-def _check_same_model(config, workdir, checkpoint) -> None:
+def _check_same_model(config, workdir, checkpoint, trained_classes) -> None:
     """The checkpoint's model against the config's, before the dataset is prepared (minutes
     for VOC): a config file of another run fails at once. A config counting the dataset's
-    classes (0) takes the run's count from classes.json, if it saved one."""
-    num_classes = config.model.num_classes or len(load_class_names(workdir) or [])
+    classes (0) takes the run's count from its classes.json (``trained_classes``), if any."""
+    num_classes = config.model.num_classes or len(trained_classes or [])
     if not num_classes:
         return  # checked by the restore, once the dataset's classes are known
     signature = checkpoints.model_signature(config) | {"num_classes": num_classes}
@@ -202,11 +202,11 @@ def _check_same_model(config, workdir, checkpoint) -> None:
         manager.close()
 
 
-def _check_same_classes(workdir, class_names) -> None:
-    """Raises unless the data's classes are the ones the run saved (if it saved them): a
-    VOC folder whose annotations gained, lost or renamed a class since training has other
-    label ids, and its mAP would score the model's classes against other ones."""
-    trained = load_class_names(workdir)
+def _check_same_classes(workdir, trained, class_names) -> None:
+    """Raises unless the data's classes are the ones the run saved (``trained``; None if it
+    saved none): a VOC folder whose annotations gained, lost or renamed a class since
+    training has other label ids, and its mAP would score the model's classes against
+    other ones."""
     if trained is not None and tuple(trained) != tuple(class_names):
         raise ValueError(
             f"The data's classes {tuple(class_names)} are not the ones the run in {workdir} was "
@@ -243,9 +243,10 @@ def evaluate_checkpoint(
     """
     validate_config(config)
     batch_size = eval_batch_size(config)
-    _check_same_model(config, workdir, checkpoint)
+    trained_classes = load_class_names(workdir)
+    _check_same_model(config, workdir, checkpoint, trained_classes)
     info = pipeline.get_dataset_info(config.data, train=False)
-    _check_same_classes(workdir, info.class_names)
+    _check_same_classes(workdir, trained_classes, info.class_names)
     resolve_num_classes(config, info.class_names)
     model, state, step = train_lib.restore_trained_state(config, workdir, checkpoint)
     mesh = distributed.mesh()
