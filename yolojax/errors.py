@@ -13,6 +13,14 @@ class MachineError(OSError):
     paragraph, as they print bad input. Other OSErrors keep their traceback."""
 
 
+def machine_error(action: str, error: OSError, advice: str) -> MachineError:
+    """``error`` (what the machine refused) as a `MachineError` worded "Cannot ``action``
+    (its type: its reason): ``advice``", for ``raise ... from error``."""
+    return MachineError(
+        f"Cannot {action} ({type(error).__name__}: {error.strerror or error}): {advice}"
+    )
+
+
 def first_line(error: BaseException, limit: int = 300) -> str:
     """The first line of ``error``'s message (its type's name if it has none), for a one-line
     report of an error from another library, whose messages can run to pages. Longer than

@@ -144,9 +144,10 @@ def _output_errors(out_dir: Path):
     try:
         yield
     except OSError as error:
-        raise errors.MachineError(
-            f"Cannot write into the output folder {out_dir} ({error.strerror or error}): free "
-            "space, or choose another (--out)."
+        raise errors.machine_error(
+            f"write into the output folder {out_dir}",
+            error,
+            "free space, or choose another (--out).",
         ) from error
 
 

@@ -166,10 +166,10 @@ def _workdir_write_errors(workdir: Path, start_step: int):
         yield
     except OSError as error:
         rerun = f"resumes from step {start_step}" if start_step else "starts the run"
-        raise errors.MachineError(
-            f"Cannot write the run's files in {workdir} ({type(error).__name__}: "
-            f"{error.strerror or error}): free space (or choose another --workdir); the same "
-            f"command then {rerun}."
+        raise errors.machine_error(
+            f"write the run's files in {workdir}",
+            error,
+            f"free space (or choose another --workdir); the same command then {rerun}.",
         ) from error
 
 

@@ -130,10 +130,10 @@ def _prepared(make_builder, data_dir: str | None) -> tfds.core.DatasetBuilder:
         where = os.path.abspath(str(getattr(error, "filename", None) or root))
         if os.path.commonpath([root, where]) != root:  # not the data folder's (a VOC folder's)
             raise
-        raise errors.MachineError(
-            f"Cannot prepare the dataset in its TFDS data folder ({where}): "
-            f"{type(error).__name__}: {error.strerror or error}. Set "
-            "--config.data.tfds_data_dir to a folder you can write, with free space."
+        raise errors.machine_error(
+            f"prepare the dataset in its TFDS data folder {where}",
+            error,
+            "set --config.data.tfds_data_dir to a folder you can write, with free space.",
         ) from error
     return builder
 
