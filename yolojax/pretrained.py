@@ -107,8 +107,8 @@ def _vgg_layers(batch_norm: bool) -> dict[str, tuple[tuple[str, ...], str]]:
     """torch module prefix → (flax module path, kind) for a torchvision VGG16(-BN)."""
     table = {}
     torch_index, conv_index = 0, 0
-    for width in vgg.VGG16_CONVS:
-        if width == vgg.MAXPOOL:
+    for layer in vgg.VGG16_CONVS:
+        if layer == vgg.MAXPOOL:
             torch_index += 1
             continue
         table[f"features.{torch_index}"] = ((f"conv_{conv_index}", "conv"), "conv")

@@ -31,7 +31,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from yolojax.models.conv import CONV_IMPLS
-from yolojax.models.darknet import DARKNET24, DARKNET_TINY, MAXPOOL, Darknet
+from yolojax.models.darknet import DARKNET24, DARKNET_TINY, Darknet
+from yolojax.models.layers import MAXPOOL
 from yolojax.models.resnet import RESNETS
 from yolojax.models.vgg import VGG16, VGG16BN
 from yolojax.models.yolo import HEADS, YOLO

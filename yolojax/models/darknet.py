@@ -1,7 +1,8 @@
 """Darknet backbones: the YOLOv1 paper's 24-convolution network and a small "tiny" variant.
 
 Both are one `Darknet` module driven by a layer spec (a tuple of `Conv(kernel, features,
-stride)` and `MAXPOOL`), so the tiny network reuses the exact conv block of the full one.
+stride)` and `MAXPOOL`, from `yolojax.models.layers`), so the tiny network reuses the exact
+conv block of the full one.
 
 Darknet has no torchvision ImageNet weights: here it trains from scratch (as in the report,
 section 4.2). The paper instead pre-trained its first 20 convolutions on ImageNet for a week;
@@ -11,23 +12,13 @@ norm bias, scale, running mean, running variance and then the OIHW kernel, and s
 with `save_variables`).
 """
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from yolojax.models import layers
-
-
-class Conv(NamedTuple):
-    """One conv + norm + LeakyReLU(0.1) layer of a Darknet spec."""
-
-    kernel: int
-    features: int
-    stride: int = 1
-
-
-MAXPOOL = "maxpool"  # 2×2 max-pool, stride 2.
+from yolojax.models.layers import MAXPOOL, Conv
 
 # Figure 3 of Redmon et al., "You Only Look Once" (2016): 24 convolutions, 4 max-pools;
 # 448×448 input → 7×7×1024 feature map.
@@ -133,29 +124,8 @@ class Darknet(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
-        x = x.astype(self.dtype)
-        conv_index = 0
-        for layer in self.layers:
-            if layer == MAXPOOL:
-                x = layers.max_pool(x, 2, strides=2)
-                continue
-            x = layers.ConvBlock(
-                layer.features,
-                layer.kernel,
-                strides=layer.stride,
-                norm=norm,
-                activation=layers.leaky_relu,
-                conv_impl=self.conv_impl,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name=f"conv_{conv_index}",
-            )(x)
-            conv_index += 1
-        if output == "features":
-            return x
-        x = layers.global_avg_pool(x)
-        if output == "pre_logits":
-            return x
-        return nn.Dense(
-            self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc"
-        )(x)
+        block = layers.conv_block(self, norm, activation=layers.leaky_relu)
+        x = layers.conv_stack(x.astype(self.dtype), self.layers, block)
+        return layers.pooled_classifier(
+            x, output, self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype
+        )

@@ -6,7 +6,7 @@ All tensors are NHWC. `dtype` is the compute dtype (e.g. bfloat16); parameters a
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -17,6 +17,17 @@ from yolojax.models import conv
 
 ModuleDef = Any
 NORM_KINDS = ("batch", "group", "none")
+
+
+class Conv(NamedTuple):
+    """One conv + norm + activation layer of a plain stack's spec (see `conv_stack`)."""
+
+    kernel: int
+    features: int
+    stride: int = 1
+
+
+MAXPOOL = "maxpool"  # A 2×2 max-pool, stride 2, in a plain stack's spec.
 
 # torchvision initializes every conv of ResNet and VGG with kaiming_normal_(mode="fan_out",
 # nonlinearity="relu"); using the same scale keeps from-scratch training comparable to theirs.
@@ -118,6 +129,49 @@ class ConvBlock(nn.Module):
         if self.activation is not None:
             x = self.activation(x)
         return x
+
+
+def conv_block(owner: nn.Module, norm: ModuleDef | None, **fixed) -> Callable[..., ConvBlock]:
+    """A `ConvBlock` constructor with ``norm``, ``owner``'s ``conv_impl``, ``dtype`` and
+    ``param_dtype``, and the fields in ``fixed`` (e.g. ``activation``); call it as
+    ``ConvBlock`` with the rest (``features``, ``kernel_size``, ``strides``, ``name``)."""
+    return functools.partial(
+        ConvBlock,
+        norm=norm,
+        conv_impl=owner.conv_impl,
+        dtype=owner.dtype,
+        param_dtype=owner.param_dtype,
+        **fixed,
+    )
+
+
+def conv_stack(x: jnp.ndarray, spec: tuple, block: Callable[..., ConvBlock]) -> jnp.ndarray:
+    """Darknet's and VGG's plain stack: each `Conv` of ``spec`` a ``block(features, kernel,
+    strides=stride)`` named ``conv_<i>`` (the i-th convolution, 0-based), each `MAXPOOL` a
+    2×2/2 max-pool. Call it inside the owning module's compact method, so the blocks are
+    its submodules. (N, H, W, C) → (N, H', W', features of the last `Conv`)."""
+    conv_index = 0
+    for layer in spec:
+        if layer == MAXPOOL:
+            x = max_pool(x, 2, strides=2)
+            continue
+        x = block(layer.features, layer.kernel, strides=layer.stride, name=f"conv_{conv_index}")(x)
+        conv_index += 1
+    return x
+
+
+def pooled_classifier(
+    x: jnp.ndarray, output: str, num_classes: int, *, dtype: Any, param_dtype: Any
+) -> jnp.ndarray:
+    """Darknet's and ResNet's tail, inside the owning module's compact method: the (N, H, W,
+    C) features as they are (``output='features'``), their global average (N, C)
+    ('pre_logits'), or a Dense named ``fc`` of that average (N, num_classes) ('logits')."""
+    if output == "features":
+        return x
+    x = global_avg_pool(x)
+    if output == "pre_logits":
+        return x
+    return nn.Dense(num_classes, dtype=dtype, param_dtype=param_dtype, name="fc")(x)
 
 
 def leaky_relu(x: jnp.ndarray) -> jnp.ndarray:

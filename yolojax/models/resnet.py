@@ -17,8 +17,9 @@ from yolojax.models import layers
 MIN_INPUT_SIZE = 32
 
 
-class BasicBlock(nn.Module):
-    """Two 3×3 convs (ResNet-18/34). Output channels = `features`."""
+class _ResidualBlock(nn.Module):
+    """The fields of `BasicBlock` and `Bottleneck`: output channels = `features` ·
+    `expansion`; the first 3×3 convolution (and the shortcut) downsample by `strides`."""
 
     features: int
     strides: int
@@ -26,44 +27,31 @@ class BasicBlock(nn.Module):
     conv_impl: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+
+
+class BasicBlock(_ResidualBlock):
+    """Two 3×3 convs (ResNet-18/34). Output channels = `features`."""
+
     expansion = 1
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         """(N, H, W, C_in) → (N, H / strides, W / strides, features)."""
-        conv = functools.partial(
-            layers.ConvBlock,
-            norm=self.norm,
-            conv_impl=self.conv_impl,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
+        conv = layers.conv_block(self, self.norm)
         y = conv(self.features, 3, strides=self.strides, activation=nn.relu, name="conv1")(x)
         y = conv(self.features, 3, name="conv2")(y)
         return nn.relu(y + _shortcut(x, self.features, self.strides, conv))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_ResidualBlock):
     """1×1 reduce, 3×3 (strided, v1.5), 1×1 expand ×4 (ResNet-50/101/152)."""
 
-    features: int
-    strides: int
-    norm: Any
-    conv_impl: str = "auto"
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
     expansion = 4
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         """(N, H, W, C_in) → (N, H / strides, W / strides, 4 · features)."""
-        conv = functools.partial(
-            layers.ConvBlock,
-            norm=self.norm,
-            conv_impl=self.conv_impl,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
+        conv = layers.conv_block(self, self.norm)
         out_features = self.features * self.expansion
         y = conv(self.features, 1, activation=nn.relu, name="conv1")(x)
         y = conv(self.features, 3, strides=self.strides, activation=nn.relu, name="conv2")(y)
@@ -122,18 +110,8 @@ class ResNet(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
-        x = x.astype(self.dtype)
-        x = layers.ConvBlock(
-            64,
-            7,
-            strides=2,
-            norm=norm,
-            activation=nn.relu,
-            conv_impl=self.conv_impl,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="stem",
-        )(x)
+        stem = layers.conv_block(self, norm, activation=nn.relu)
+        x = stem(64, 7, strides=2, name="stem")(x.astype(self.dtype))
         x = layers.max_pool(x, 3, strides=2, padding=1)
         for stage, num_blocks in enumerate(self.stage_sizes):
             for block in range(num_blocks):
@@ -146,14 +124,9 @@ class ResNet(nn.Module):
                     param_dtype=self.param_dtype,
                     name=f"layer{stage + 1}_{block}",
                 )(x)
-        if output == "features":
-            return x
-        x = layers.global_avg_pool(x)
-        if output == "pre_logits":
-            return x
-        return nn.Dense(
-            self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc"
-        )(x)
+        return layers.pooled_classifier(
+            x, output, self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype
+        )
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)

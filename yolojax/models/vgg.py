@@ -12,10 +12,12 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from yolojax.models import layers
+from yolojax.models.layers import MAXPOOL, Conv
 
-MAXPOOL = "M"
-VGG16_CONVS = (64, 64, MAXPOOL, 128, 128, MAXPOOL, 256, 256, 256, MAXPOOL)
-VGG16_CONVS += (512, 512, 512, MAXPOOL, 512, 512, 512, MAXPOOL)
+# torchvision's `features`: 3×3 convolutions of these widths, and 2×2 max-pools.
+_WIDTHS = (64, 64, MAXPOOL, 128, 128, MAXPOOL, 256, 256, 256, MAXPOOL)
+_WIDTHS += (512, 512, 512, MAXPOOL, 512, 512, 512, MAXPOOL)
+VGG16_CONVS = tuple(MAXPOOL if width == MAXPOOL else Conv(3, width) for width in _WIDTHS)
 
 # Five VALID 2×2 max-pools need at least 2**5 pixels.
 MIN_INPUT_SIZE = 32
@@ -29,7 +31,7 @@ class VGG(nn.Module):
 
     Attributes:
       batch_norm: BatchNorm after each conv (VGG16-BN).
-      convs: channel widths and `MAXPOOL`s of `features`.
+      convs: `features`' spec, `Conv`s and `MAXPOOL`s (see `layers.conv_stack`).
       dropout_rate: classifier dropout (torchvision: 0.5); needs a 'dropout' rng in training.
       axis_name: BatchNorm's cross-device axis (see `layers.make_norm`).
       num_classes: classifier classes for `output='logits'`.
@@ -70,24 +72,8 @@ class VGG(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
-        x = x.astype(self.dtype)
-        conv_index = 0
-        for width in self.convs:
-            if width == MAXPOOL:
-                x = layers.max_pool(x, 2, strides=2)
-                continue
-            x = layers.ConvBlock(
-                width,
-                3,
-                use_bias=True,
-                norm=norm,
-                activation=nn.relu,
-                conv_impl=self.conv_impl,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name=f"conv_{conv_index}",
-            )(x)
-            conv_index += 1
+        block = layers.conv_block(self, norm, activation=nn.relu, use_bias=True)
+        x = layers.conv_stack(x.astype(self.dtype), self.convs, block)
         if output == "features":
             return x
         x = layers.adaptive_avg_pool(x, 7)

@@ -86,18 +86,10 @@ class ConvHead(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
+        block = layers.conv_block(self, norm, activation=layers.leaky_relu)
         for index in range(self.num_layers):
-            x = layers.ConvBlock(
-                self.channels,
-                3,
-                strides=first_stride if index == 0 else 1,
-                norm=norm,
-                activation=layers.leaky_relu,
-                conv_impl=self.conv_impl,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name=f"conv_{index}",
-            )(x)
+            stride = first_stride if index == 0 else 1
+            x = block(self.channels, 3, strides=stride, name=f"conv_{index}")(x)
         return nn.Conv(
             self.out_features,
             (1, 1),
