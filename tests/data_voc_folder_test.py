@@ -1,5 +1,6 @@
 """VOC-format folders: layouts, splits, class names, bad data, and the pipeline on top."""
 
+import itertools
 import logging
 import os
 import re
@@ -15,6 +16,7 @@ from yolojax.data import (
     default_data_config,
     get_dataset_info,
     make_eval_iterator,
+    make_train_iterator,
     sources,
     voc_folder,
 )
@@ -416,3 +418,60 @@ def test_a_test_only_export_is_described_for_evaluation_without_a_train_split(tm
     assert info.eval_split_name == "test"
     with pytest.raises(ValueError, match=r"data\.train_split=.*one of \['test'\]"):
         get_dataset_info(config)  # training needs one
+
+
+def _lit_rectangles(rng, height, width, colours) -> tuple[np.ndarray, list[VocObject]]:
+    """A black image with one rectangle per colour name (pure red or green), at whole-pixel
+    edges, and their VOC objects (a box's edges are its rectangle's pixel edges)."""
+    pixels = np.zeros((height, width, 3), np.uint8)
+    objects = []
+    for name in colours:
+        top, left = rng.integers(0, height // 2), rng.integers(0, width // 2)
+        bottom = top + rng.integers(height // 4, height // 2)
+        right = left + rng.integers(width // 4, width // 2)
+        pixels[top:bottom, left:right, ("red", "green").index(name)] = 255
+        objects.append(VocObject(name, (left, top, right, bottom)))
+    return pixels, objects
+
+
+def test_augmented_training_batches_keep_each_box_on_its_object_pixels(tmp_path):
+    # The whole training pipeline (XML → stored boxes → scale, translate, flip → resize →
+    # batch): each box in a batch must still bound the pixels of its object, whatever the
+    # augmentation did, and carry its object's label.
+    rng = np.random.default_rng(0)
+    images = []
+    for index in range(8):
+        pixels, objects = _lit_rectangles(rng, 60, 80, ["red", "green"][: 1 + index % 2])
+        images.append(VocImage(f"i{index}", 80, 60, objects, pixels=pixels, extension=".png"))
+    ids = [image.image_id for image in images]
+    config = default_data_config()
+    config.source = "voc_folder"
+    config.folder = write_voc_folder(str(tmp_path / "f"), images, image_sets={"train": ids})
+    config.tfds_data_dir = str(tmp_path / "tfds")
+    config.train_split = config.eval_split = "train"
+    config.image_size, config.normalization = 64, "unit"
+    config.augment.update(exposure=1.0, saturation=1.0, hue=0.0, blur_probability=0.0)
+    class_names = get_dataset_info(config).class_names
+    batches = make_train_iterator(config, global_batch_size=8, seed=3)
+    checked, moved = 0, 0
+    for batch in itertools.islice(batches, 4):  # four epochs, four augmentations of each
+        for image, boxes, labels, mask in zip(
+            *(
+                batch[key].reshape(8, *batch[key].shape[2:])
+                for key in ("image", "boxes", "labels", "mask")
+            ),
+            strict=True,
+        ):
+            for box, label in zip(boxes[mask], labels[mask], strict=True):
+                channel = ("red", "green").index(class_names[label])
+                rows, cols = np.nonzero(image[..., channel] > 0.75)
+                # The resize's bilinear edges light a pixel a quarter inside the box's edge.
+                np.testing.assert_allclose(
+                    [rows.min(), cols.min(), rows.max() + 1, cols.max() + 1],
+                    np.clip(box * 64, 0, 64),
+                    atol=1.0,
+                )
+                checked += 1
+                in_stored_pixels = box * [60, 80, 60, 80]  # whole pixels unless moved
+                moved += not np.allclose(in_stored_pixels, np.round(in_stored_pixels), atol=1e-3)
+    assert checked >= 40 and moved >= checked // 2  # boxes were checked, and most moved
