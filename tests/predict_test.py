@@ -281,6 +281,57 @@ def test_the_command_writes_the_boxes_above_its_score_threshold_in_pixels(tmp_pa
     assert "0 detections in 1 image →" in capsys.readouterr().out
 
 
+def _cells(width: int, height: int, grid: int = 4) -> list[list[float]]:
+    """The pixel boxes of a ``grid``×``grid`` image's cells, row by row."""
+    w, h = width / grid, height / grid
+    return [[c * w, r * h, (c + 1) * w, (r + 1) * h] for r in range(grid) for c in range(grid)]
+
+
+def test_images_detected_in_batches_each_get_their_own_pixels(tmp_path):
+    workdir = _uniform_output_run(tmp_path)  # each cell's box is the cell itself
+    sizes = [(80, 48), (40, 24), (64, 64), (20, 100), (48, 80)]
+    rng = np.random.default_rng(0)
+    pixels = [rng.integers(0, 256, (h, w, 3), np.uint8) for w, h in sizes]
+    detector = Detector.from_workdir(workdir, score_threshold=0.85)  # the cross alone
+    # Batches of 2, 2 and 1; one batch of 5, padded to 8; one image at a time.
+    for found in (
+        detector.detect_batch(pixels, batch_size=2),
+        detector.detect_batch(pixels),
+        [detector(image) for image in pixels],
+    ):
+        assert len(found) == len(sizes)
+        for detections, (width, height) in zip(found, sizes, strict=True):
+            assert set(detections.class_names) == {"cross"}
+            np.testing.assert_allclose(
+                sorted(detections.boxes.tolist()), sorted(_cells(width, height)), atol=1e-3
+            )
+    with pytest.raises(ValueError, match=r"a list of images; for one image, call the detector"):
+        detector.detect_batch(pixels[0])
+    with pytest.raises(ValueError, match=r"batch_size must be .*got 0"):
+        detector.detect_batch(pixels, batch_size=0)
+
+
+def test_the_command_gives_the_same_record_whatever_its_batch_size(tmp_path):
+    workdir = _uniform_output_run(tmp_path)
+    images = [_image(tmp_path / f"in/{i}.png", 20 + 12 * i, 60 - 8 * i, seed=i) for i in range(5)]
+    (tmp_path / "in/2.png").write_bytes(b"not an image")  # a failure inside a batch
+    records = {}
+    for batch_size in ("1", "2", "8"):
+        out = tmp_path / f"out{batch_size}"
+        argv = ["--workdir", str(workdir), "--out", str(out), "--batch-size", batch_size]
+        with pytest.raises(SystemExit):
+            predict.main([*argv, "--score-threshold", "0.85", *images])
+        records[batch_size] = _record(out)
+        assert sorted(p.name for p in out.glob("*.png")) == ["0.png", "1.png", "3.png", "4.png"]
+    assert records["2"] == records["1"] == records["8"]
+    assert list(records["1"]) == [images[i] for i in (0, 1, 3, 4)]
+    for i in (0, 1, 3, 4):
+        boxes = [d["box"] for d in records["1"][images[i]]["detections"]]
+        np.testing.assert_allclose(
+            sorted(boxes), sorted(_cells(20 + 12 * i, 60 - 8 * i)), atol=1e-3
+        )
+
+
 def test_the_command_takes_nms_settings_of_its_own(tmp_path):
     # Boxes of 2 × 2 cells: a box and its row's or column's neighbour overlap by IoU 1/3
     # (0.4 where the image's edge clips one), under the run's NMS threshold of 0.45.
@@ -497,6 +548,7 @@ def test_bad_arguments_are_refused_before_any_model_is_read(tmp_path, capsys):
         (["--score-threshold", "25"], "--score-threshold must be in [0, 1]; got 25.0"),
         (["--iou-threshold", "-1"], "--iou-threshold must be in [0, 1]; got -1.0"),
         (["--max-detections", "0"], "--max-detections must be at least 1; got 0"),
+        (["--batch-size", "0"], "--batch-size must be at least 1; got 0"),
     ):
         with pytest.raises(SystemExit) as exit_request:
             predict.main(["--workdir", str(missing), *flags, image])

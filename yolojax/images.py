@@ -61,7 +61,7 @@ def to_rgb(image) -> np.ndarray:
     raise ValueError(
         "image must be (H, W, 3) RGB, (H, W, 4) RGBA or (H, W) greyscale, a PIL image or an "
         f"image file's path; got an array of shape {array.shape}. One image per call: for "
-        "a batch or a list of images, call once per image."
+        "a batch or a list of images, Detector.detect_batch(images)."
     )
 
 
