@@ -314,6 +314,19 @@ def test_add_rejects_bad_input_naming_the_argument(field, value, name):
         VOCEvaluator(3).add(*args)
 
 
+def test_add_refuses_ground_truth_and_detections_in_different_units():
+    # A detector's pixel boxes against normalized ground truth would score 0 without a word.
+    normalized, pixels = [0.0, 0.0, 0.25, 0.25], [0, 0, 100, 100]
+    with pytest.raises(ValueError, match=r"gt_boxes are within \[0, 1\] .* pred_boxes reach 100"):
+        VOCEvaluator(1).add(*image(gts=[(normalized, 0)], dets=[(pixels, 0.9, 0)]))
+    with pytest.raises(ValueError, match=r"pred_boxes are within \[0, 1\] .* gt_boxes reach 100"):
+        VOCEvaluator(1).add(*image(gts=[(pixels, 0)], dets=[(normalized, 0.9, 0)]))
+    for box in (normalized, pixels):  # either unit, the same on both sides
+        evaluator = VOCEvaluator(1)
+        evaluator.add(*image(gts=[(box, 0)], dets=[(box, 0.9, 0)]))
+        assert evaluator.compute()["mAP"] == 1.0
+
+
 @pytest.mark.parametrize(
     "key, value, name",
     [

@@ -535,6 +535,10 @@ def test_the_constructor_names_a_config_that_is_none_and_variables_of_another_mo
         detector = Detector(model, variables_of_another_model, config, names)
         with pytest.raises(ValueError, match=r"variables do not fit its model .*model_variables"):
             detector(image)
+    # A model built from another config: named at once, with the field that differs.
+    other_model, _, _ = train_lib.initial_state(other, other.train.batch_size)
+    with pytest.raises(ValueError, match=rf"The model has num_classes={len(names) + 2} but"):
+        Detector(other_model, variables, config, names)
 
 
 def test_bad_arguments_are_refused_before_any_model_is_read(tmp_path, capsys):

@@ -197,12 +197,47 @@ def test_decode_names_its_own_argument_and_the_loss_needs_an_image():
     [
         (jnp.zeros((64, 64, 3)), r"\(N, H, W, 3\) NHWC"),  # one image without its batch axis
         (jnp.zeros((1, 64, 64, 3), jnp.uint8), "normalized floats"),  # raw pixels
+        # Raw pixels as floats, and pixels gone bad: known outside jit, so refused.
+        (jnp.full((1, 64, 64, 3), 200.0), r"normalized as in training, got values up to 200 "),
+        (jnp.full((1, 64, 64, 3), jnp.nan), "images hold NaN or infinite values"),
     ],
 )
 def test_model_rejects_images_it_cannot_take(images, message):
     model = models.get_model(_model_config())
     with pytest.raises(ValueError, match=message):
         model.init(jax.random.key(0), images, train=False)
+
+
+def test_normalized_images_pass_and_values_under_jit_are_taken_as_given():
+    model = models.get_model(_model_config())
+    imagenet_white = jnp.full((1, 64, 64, 3), (1 - 0.406) / 0.225)  # the largest normalized
+    variables = model.init(jax.random.key(0), imagenet_white, train=False)
+    raw = jnp.full((1, 64, 64, 3), 200.0)
+    outputs = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, raw)
+    assert outputs.shape == (1, 7, 7, 20 + 5 * 2) and jnp.isfinite(outputs).all()
+
+
+@pytest.mark.parametrize(
+    "box, advice",
+    [
+        ([-0.2, 0.1, 0.5, 0.5], r"Clip boxes that reach past the image: np\.clip\(boxes, 0, 1\)"),
+        ([10.0, 20.0, 200.0, 300.0], r"Pixel xyxy boxes convert with yolojax\.pixel_xyxy"),
+    ],
+)
+def test_encode_advice_follows_how_far_boxes_are_outside(box, advice):
+    with pytest.raises(ValueError, match=r"value outside \[0, 1\].*" + advice):
+        targets.encode(
+            jnp.array([box]), jnp.array([1]), jnp.ones(1, bool), grid_size=S, num_classes=C
+        )
+
+
+def test_encode_refuses_a_mask_of_other_numbers_than_0_and_1():
+    boxes, labels = jnp.array([[0.1, 0.1, 0.5, 0.5]] * 2), jnp.array([1, 2])
+    with pytest.raises(ValueError, match=r"mask must be bool or 0/1, got values \[0 2\]"):
+        targets.encode(boxes, labels, jnp.array([2, 0]), grid_size=S, num_classes=C)
+    as_ints = targets.encode(boxes, labels, jnp.array([1, 0]), grid_size=S, num_classes=C)
+    as_bools = targets.encode(boxes, labels, jnp.array([True, False]), grid_size=S, num_classes=C)
+    np.testing.assert_array_equal(as_ints, as_bools)
 
 
 def test_yolo_built_directly_checks_its_sizes():
@@ -503,6 +538,8 @@ def test_an_image_without_pixels_is_refused_by_name():
         (np.full((4, 5, 3), 128, np.int64), "np.clip(image, 0, 255).round().astype(np.uint8)"),
         (np.full((4, 5, 3), 40000, np.uint16), "(image >> 8).astype(np.uint8)"),
         (np.ones((4, 5, 3), bool), "image.astype(np.uint8) * 255"),
+        # No conversion brings NaN back: np.clip would make it black without a word.
+        (np.full((4, 5, 3), np.nan, np.float32), "it holds NaN or infinite values"),
     ],
 )
 def test_an_image_of_another_dtype_is_refused_with_its_conversion(image, advice):
@@ -511,6 +548,8 @@ def test_an_image_of_another_dtype_is_refused_with_its_conversion(image, advice)
     with pytest.raises(ValueError, match="image must be uint8") as error:
         pipeline.preprocess_image(image, image_size=8, normalization="unit")
     assert advice in str(error.value)
+    if np.isnan(image).any():
+        return
     converted = eval(advice, {"np": np, "image": image})  # the advice, as given
     assert converted.dtype == np.uint8 and converted.shape == image.shape
     if image.min() < 0:  # [-1, 1]: -1 is black, 0 mid-grey

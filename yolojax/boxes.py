@@ -112,13 +112,20 @@ def check_normalized_yxyx(name: str, boxes, *, slack: float = NORMALIZED_SLACK) 
     """
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     outside = "outside [0, 1]" + (f" by more than {slack:g}" if slack >= 0.01 else "")
+    finite = boxes[np.isfinite(boxes)]
+    if finite.size and finite.min() >= -1 and finite.max() <= 2:  # past the image's edge
+        outside_advice = " Clip boxes that reach past the image: np.clip(boxes, 0, 1)."
+    else:
+        outside_advice = (
+            " Pixel xyxy boxes convert with "
+            "yolojax.pixel_xyxy_to_normalized_yxyx(boxes, height, width)."
+        )
     problems = (
         ("a value that is not finite", ~np.isfinite(boxes).all(axis=-1), ""),
         (
             f"a value {outside}",
             ~((boxes >= -slack) & (boxes <= 1 + slack)).all(axis=-1),
-            " Pixel xyxy boxes convert with "
-            "yolojax.pixel_xyxy_to_normalized_yxyx(boxes, height, width).",
+            outside_advice,
         ),
         (
             "a max below its min",

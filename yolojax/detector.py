@@ -72,8 +72,9 @@ class Detector:
 
     Raises:
       TypeError: ``config`` is not a ConfigDict.
-      ValueError: a bad threshold or ``max_detections``, or ``class_names`` not as many as
-        the config's classes. Variables of another model are named at the first call.
+      ValueError: a bad threshold or ``max_detections``, ``class_names`` not as many as
+        the config's classes, or a model of other classes, grid or boxes than the config's.
+        Variables of another model are named at the first call.
     """
 
     def __init__(
@@ -107,6 +108,14 @@ class Detector:
                 f"class_names must have config.model.num_classes={config.model.num_classes} "
                 f"names; got {len(class_names)}."
             )
+        for field in ("num_classes", "grid_size", "num_boxes"):  # a YOLO module's own
+            if getattr(model, field, config.model[field]) != config.model[field]:
+                raise ValueError(
+                    f"The model has {field}={getattr(model, field)} but the config has "
+                    f"config.model.{field}={config.model[field]}: pass the config the model "
+                    "was built from (yolojax.get_model(config.model)), or use "
+                    "Detector.from_workdir."
+                )
         self.config = config
         self.class_names = list(class_names)
         self.score_threshold = score_threshold

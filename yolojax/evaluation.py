@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from yolojax import boxes as box_ops
+from yolojax.validation import check_flags
 
 # `voc_eval.py`'s thresholds, `np.arange(0., 1.1, 0.1)`, as in the Python reproductions most
 # published numbers come from. Some are a hair above the decimal value (0.30000000000000004,
@@ -119,13 +120,14 @@ class VOCEvaluator:
         pred_boxes = _pixel_boxes(
             "pred_boxes", _shaped("pred_boxes", pred_boxes, (None, 4), "(P, 4)")
         )
+        _check_same_units(gt_boxes, pred_boxes)
         per_gt, per_pred = (len(gt_boxes),), (len(pred_boxes),)
         image_id = self._num_images
         self._append(
             (
                 gt_boxes,
                 self._labels("gt_labels", _shaped("gt_labels", gt_labels, per_gt, "(G,)")),
-                _bools("gt_difficult", _shaped("gt_difficult", gt_difficult, per_gt, "(G,)")),
+                check_flags("gt_difficult", _shaped("gt_difficult", gt_difficult, per_gt, "(G,)")),
                 np.full(per_gt, image_id),
             ),
             (
@@ -172,7 +174,7 @@ class VOCEvaluator:
           image_size: (..., 2) original (height, width) in pixels.
           valid: (...) bool, False for the examples that only pad the batch.
         """
-        valid = _bools("valid", np.asarray(valid))
+        valid = check_flags("valid", np.asarray(valid))
         batch = valid.shape
         image_size = _shaped("image_size", image_size, (*batch, 2), "(..., 2) like valid")
         gt_boxes = _shaped("gt_boxes", gt_boxes, (*batch, None, 4), "(..., M, 4)")
@@ -180,10 +182,12 @@ class VOCEvaluator:
         per_gt, per_pred = (*batch, gt_boxes.shape[-2]), (*batch, pred_boxes.shape[-2])
         gt_labels = _shaped("gt_labels", gt_labels, per_gt, "(..., M) like gt_boxes")
         gt_difficult = _shaped("gt_difficult", gt_difficult, per_gt, "(..., M) like gt_boxes")
-        gt_mask = _bools("gt_mask", _shaped("gt_mask", gt_mask, per_gt, "(..., M)"))
+        gt_mask = check_flags("gt_mask", _shaped("gt_mask", gt_mask, per_gt, "(..., M)"))
         pred_scores = _shaped("pred_scores", pred_scores, per_pred, "(..., K) like pred_boxes")
         pred_labels = _shaped("pred_labels", pred_labels, per_pred, "(..., K) like pred_boxes")
-        pred_valid = _bools("pred_valid", _shaped("pred_valid", pred_valid, per_pred, "(..., K)"))
+        pred_valid = check_flags(
+            "pred_valid", _shaped("pred_valid", pred_valid, per_pred, "(..., K)")
+        )
 
         # Flatten the batch dimensions and keep the real examples, then their real entries.
         example_ids = np.flatnonzero(valid.reshape(-1))
@@ -204,7 +208,7 @@ class VOCEvaluator:
             (
                 _to_pixels(gt_boxes, sizes[gt_rows[0]]),
                 self._labels("gt_labels", pick(gt_labels)[gt_rows]),
-                _bools("gt_difficult", pick(gt_difficult)[gt_rows]),
+                check_flags("gt_difficult", pick(gt_difficult)[gt_rows]),
                 self._num_images + gt_rows[0],
             ),
             (
@@ -445,19 +449,25 @@ def _pixel_boxes(name, array):
     return array
 
 
+def _check_same_units(gt_boxes, pred_boxes) -> None:
+    """Refuses one image's ground truth and detections in different units, one side within
+    [0, 1] (normalized) and the other well past it (pixels), which would score 0 silently."""
+    if not (gt_boxes.size and pred_boxes.size):
+        return
+    largest = {"gt_boxes": gt_boxes.max(), "pred_boxes": pred_boxes.max()}
+    for small, large in (("gt_boxes", "pred_boxes"), ("pred_boxes", "gt_boxes")):
+        if largest[small] <= 1.0 + box_ops.NORMALIZED_SLACK and largest[large] > 2.0:
+            raise ValueError(
+                f"{small} are within [0, 1] (normalized) but {large} reach {largest[large]:g} "
+                "(pixels): give both in the same units, such as pixels "
+                "(yolojax.normalized_yxyx_to_pixel_xyxy(boxes, height, width) converts "
+                "normalized yxyx boxes)."
+            )
+
+
 def _finite(name, array):
     """`array` as float64, else ValueError if any value is NaN or infinite."""
     array = array.astype(np.float64)  # a copy: the caller may reuse its buffers
     if not np.isfinite(array).all():
         raise ValueError(f"{name} must be finite, got NaN or infinity")
     return array
-
-
-def _bools(name, array):
-    """`array` of bool or 0/1 integers as bool."""
-    if array.size and array.dtype.kind not in "biu":
-        raise ValueError(f"{name} must be bool, got dtype {array.dtype}")
-    if array.dtype.kind != "b" and np.any((array != 0) & (array != 1)):
-        # A count or an index passed by mistake would silently become True.
-        raise ValueError(f"{name} must be bool or 0/1, got values {np.unique(array)[:5]}")
-    return array.astype(bool)

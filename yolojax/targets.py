@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from yolojax import boxes as box_ops
-from yolojax.validation import check_positive_int
+from yolojax.validation import check_flags, check_positive_int
 
 
 def target_channels(num_classes: int) -> int:
@@ -43,9 +43,10 @@ def _check_encode_values(boxes, labels, mask, num_classes):
     in the last cell with offsets in the hundreds, ``[x, y, w, h]`` boxes come out inverted
     and are dropped, and an id ≥ C gets no class."""
     try:
-        boxes, labels, mask = np.asarray(boxes), np.asarray(labels), np.asarray(mask, bool)
+        boxes, labels, mask = np.asarray(boxes), np.asarray(labels), np.asarray(mask)
     except jax.errors.TracerArrayConversionError:
         return
+    mask = check_flags("mask", mask)
     real_boxes, real_labels = boxes[mask], labels[mask]  # (K, 4), (K,); padding may be anything
     box_ops.check_normalized_yxyx("boxes (real, mask True)", real_boxes)
     bad_labels = (real_labels < 0) | (real_labels >= num_classes)
@@ -68,11 +69,12 @@ def encode(boxes, labels, mask, *, grid_size: int, num_classes: int) -> jax.Arra
 
     Args:
       boxes: ``(M, 4)`` float boxes, normalized ``[ymin, xmin, ymax, xmax]`` in [0, 1]. Clip
-        boxes that reach past the image first (the pipeline does): a box's centre and size
-        are encoded as given, so such a box gets a target outside the grid's contract.
-        ``M`` may be 0 (an image without objects).
+        boxes that reach past the image first (the pipeline does; ``np.clip(boxes, 0, 1)``):
+        outside jit such a box is refused; under jit its centre and size are encoded as
+        given, a target outside the grid's contract. ``M`` may be 0 (an image without
+        objects).
       labels: ``(M,)`` int class ids in ``[0, num_classes)``.
-      mask: ``(M,)`` bool, True for real boxes.
+      mask: ``(M,)`` bool (or 0/1 integers), True for real boxes.
       grid_size: S, the grid is S×S.
       num_classes: C.
 
@@ -80,8 +82,9 @@ def encode(boxes, labels, mask, *, grid_size: int, num_classes: int) -> jax.Arra
       ``(S, S, C + 5)`` float32 grid indexed ``[row (y), col (x), channel]``.
 
     Raises:
-      ValueError: outside jit and vmap, for real boxes outside [0, 1] (pixel coordinates)
-        or inverted (another box format), and for labels outside ``[0, num_classes)``.
+      ValueError: outside jit and vmap, for real boxes outside [0, 1] (pixel coordinates, or
+        boxes reaching past the image) or inverted (another box format), for labels outside
+        ``[0, num_classes)``, and for a mask holding other values than 0 and 1.
         Under jit these cannot be checked: an out-of-range id gives an all-zero class vector.
     """
     boxes, labels, mask = jnp.asarray(boxes, jnp.float32), jnp.asarray(labels), jnp.asarray(mask)

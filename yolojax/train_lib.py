@@ -123,7 +123,11 @@ def train_step(state: TrainState, batch: dict, *, model, config, schedule):
     Args:
       state: the train state (the same on every device).
       batch: this device's arrays (see the data contract): ``image (B, H, W, 3)``,
-        ``boxes (B, M, 4)`` normalized yxyx, ``labels (B, M)``, ``mask (B, M)``.
+        ``boxes (B, M, 4)`` normalized yxyx, ``labels (B, M)``, ``mask (B, M)``. Under jit
+        the values cannot be checked: a label outside ``[0, config.model.num_classes)``
+        trains as no class at all (:func:`yolojax.targets.encode`). The trainer checks the
+        dataset's classes against the config before the first step; a loop of one's own
+        should too (``yolojax.config.resolve_num_classes(config, class_names)``).
 
     Returns:
       ``(new_state, metrics)``; metrics are averaged over devices.
@@ -225,7 +229,7 @@ def make_train_step(model, config, schedule, mesh: Mesh):
       ``step(state, batch) -> (state, metrics)``: ``state`` from
       :func:`yolojax.distributed.replicate`, ``batch`` from
       :func:`yolojax.distributed.shard_batch` (global ``[batch, ...]`` arrays), metrics
-      replicated scalars.
+      replicated scalars. The batch's labels are not checked (see :func:`train_step`).
     """
     return jax.jit(sharded_train_step(model, config, schedule, mesh), donate_argnums=(0,))
 

@@ -64,6 +64,16 @@ def check_number(name: str, value, *, above=None, at_least=None, below=None, at_
         raise ValueError(f"{name} must be a finite number {wanted}".rstrip() + f"; got {value!r}.")
 
 
+def check_flags(name: str, array: np.ndarray) -> np.ndarray:
+    """``array`` of bool or 0/1 integers as bool; a count or an index passed by mistake,
+    which would silently become True, is refused."""
+    if array.size and array.dtype.kind not in "biu":
+        raise ValueError(f"{name} must be bool, got dtype {array.dtype}")
+    if array.dtype.kind != "b" and np.any((array != 0) & (array != 1)):
+        raise ValueError(f"{name} must be bool or 0/1, got values {np.unique(array)[:5]}")
+    return array.astype(bool)
+
+
 def check_threshold(name: str, value) -> None:
     """Raises unless ``value`` is a number in [0, 1]: a Python or NumPy number, a 0-d array,
     or a traced value under jit (a dynamic threshold, which cannot be checked)."""

@@ -233,10 +233,11 @@ def _to_uint8_advice(image: np.ndarray) -> str:
     if image.dtype == bool:
         return "pass image.astype(np.uint8) * 255."
     if image.dtype.kind == "f":
-        finite = image[np.isfinite(image)]
-        if finite.size and finite.min() >= 0 and finite.max() <= 1:
+        if not np.isfinite(image).all():  # no conversion brings such pixels back
+            return "it holds NaN or infinite values: check how the image was made."
+        if image.min() >= 0 and image.max() <= 1:
             return "for values in [0, 1], pass (image * 255).round().astype(np.uint8)."
-        if finite.size and finite.min() >= -1 and finite.max() <= 1:
+        if image.min() >= -1 and image.max() <= 1:
             return "for values in [-1, 1], pass ((image + 1) * 127.5).round().astype(np.uint8)."
     return "for values in [0, 255], pass np.clip(image, 0, 255).round().astype(np.uint8)."
 

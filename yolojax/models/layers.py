@@ -277,8 +277,14 @@ def global_avg_pool(x: jnp.ndarray) -> jnp.ndarray:
     return x.mean(axis=(1, 2))
 
 
+# The largest magnitude of a normalized image: 2.64 for 'imagenet' (255's), 1 for the others.
+# Beyond this, the values are taken for raw pixel values.
+_NORMALIZED_LIMIT = 10.0
+
+
 def check_image_batch(images: jnp.ndarray, min_size: int, who: str) -> None:
-    """Raises ValueError unless `images` is floating (N, H, W, 3) with H, W ≥ `min_size`."""
+    """Raises ValueError unless `images` is floating (N, H, W, 3) with H, W ≥ `min_size` and,
+    where its values are known (outside jit), finite and normalized (no raw 0-255 pixels)."""
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"{who}: images must be (N, H, W, 3) NHWC, got shape {images.shape}")
     if not jnp.issubdtype(images.dtype, jnp.floating):
@@ -286,12 +292,25 @@ def check_image_batch(images: jnp.ndarray, min_size: int, who: str) -> None:
         # yolojax.data.pipeline.preprocess_image).
         raise ValueError(
             f"{who}: images must be normalized floats, got dtype {images.dtype}; use "
-            "yolojax.data.pipeline.preprocess_image"
+            "yolojax.data.pipeline.preprocess_image (one image at a time)"
         )
     if min(images.shape[1:3]) < min_size:
         raise ValueError(
             f"{who}: images must be at least {min_size}×{min_size} pixels so the feature map "
             f"is not empty, got {images.shape[1]}×{images.shape[2]}"
+        )
+    try:
+        largest = float(np.abs(np.asarray(images, np.float32)).max(initial=0.0))
+    except jax.errors.TracerArrayConversionError:  # under jit: the values are not known
+        return
+    if not np.isfinite(largest):
+        raise ValueError(f"{who}: images hold NaN or infinite values")
+    if largest > _NORMALIZED_LIMIT:
+        raise ValueError(
+            f"{who}: images must be normalized as in training, got values up to {largest:g} "
+            "(raw pixels?): config.data.normalization 'unit' is pixels / 255, 'symmetric' "
+            "pixels / 127.5 - 1, 'imagenet' (pixels / 255 - mean) / std; "
+            "yolojax.data.pipeline.preprocess_image does it for one uint8 image"
         )
 
 
