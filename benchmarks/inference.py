@@ -1,4 +1,6 @@
-"""Inference speed of each backbone with its YOLO head: batch-1 latency and batch-N throughput.
+"""Inference speed of each backbone with its YOLO head: batch-1 latency and batch-N throughput
+of the model, and of the whole `Detector` on photos (resize and normalization on the host,
+the model, decoding and NMS, boxes back to the host): one call per image, and `detect_batch`.
 
     python -m benchmarks.inference                                  # quick defaults
     python -m benchmarks.inference --image-size 448 --batch 16 --backbones darknet,resnet152
@@ -17,10 +19,15 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from benchmarks import common
 from configs import shapes, voc
 from yolojax import models
+from yolojax.config import default_config
+from yolojax.detector import Detector
+
+PHOTO_SIZE = (480, 640)  # (height, width) of the photos the Detector is timed on: VGA
 
 
 def default_head(backbone: str) -> str:
@@ -74,7 +81,24 @@ def benchmark(
         result["latency_ms" if size == 1 else "throughput"] = (
             seconds * 1e3 if size == 1 else size / seconds
         )
+    result |= _time_detector(model, variables, config, image_size, batch, min_seconds)
     return result
+
+
+def _time_detector(model, variables, model_config, image_size, batch, min_seconds) -> dict:
+    """The whole Detector on random VGA photos: ms per photo called one at a time, and
+    photos/s through `detect_batch` in batches of `batch`."""
+    run_config = default_config()
+    run_config.model.update(model_config)
+    run_config.data.image_size = image_size
+    class_names = [f"class_{i}" for i in range(model_config.num_classes)]
+    detector = Detector(model, variables, run_config, class_names)
+    rng = np.random.default_rng(0)
+    photos = [rng.integers(0, 256, (*PHOTO_SIZE, 3), np.uint8) for _ in range(batch)]
+    detector(photos[0]), detector.detect_batch(photos, batch_size=batch)  # compile
+    one = _time_calls(detector, photos[0], min_seconds=min_seconds)
+    together = _time_calls(detector.detect_batch, photos, min_seconds=min_seconds)
+    return {"detector_ms": one * 1e3, "detector_throughput": batch / together}
 
 
 def main() -> None:
@@ -103,9 +127,10 @@ def main() -> None:
     )
     print(
         f"| backbone | head | params (M) | GFLOPs/img | batch 1: ms (FPS) | "
-        f"batch {args.batch}: img/s |"
+        f"batch {args.batch}: img/s | Detector, one photo: ms | "
+        f"Detector, detect_batch({args.batch}): photos/s |"
     )
-    print("|---|---|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for backbone in backbones:
         r = benchmark(
             backbone,
@@ -117,7 +142,8 @@ def main() -> None:
         )
         print(
             f"| {r['backbone']} | {r['head']} | {r['params'] / 1e6:.1f} | {r['gflops']:.1f} | "
-            f"{r['latency_ms']:.1f} ({1e3 / r['latency_ms']:.1f}) | {r['throughput']:.1f} |",
+            f"{r['latency_ms']:.1f} ({1e3 / r['latency_ms']:.1f}) | {r['throughput']:.1f} | "
+            f"{r['detector_ms']:.1f} | {r['detector_throughput']:.1f} |",
             flush=True,
         )
     print("references: " + "; ".join(REFERENCES))

@@ -298,12 +298,14 @@ def test_a_dataset_prepared_without_random_access_is_explained(config, tmp_path)
     )
 
 
-def test_preprocess_image_matches_evaluation_input(config):
+@pytest.mark.parametrize("image_size", [SIZE, 20, 45])  # as stored, shrunk, enlarged
+def test_preprocess_image_matches_evaluation_input(config, image_size):
+    config.image_size = image_size
     batch = next(make_eval_iterator(config, global_batch_size=1))
     source = tiny.stored_split(config, "test")
     # Decoded by Pillow, as a user's own code (or Detector) reads a JPEG.
     first = np.asarray(Image.open(io.BytesIO(source[0]["image"])).convert("RGB"))
-    model_input = pipeline.preprocess_image(first, image_size=SIZE, normalization="imagenet")
+    model_input = pipeline.preprocess_image(first, image_size=image_size, normalization="imagenet")
     np.testing.assert_allclose(model_input, batch["image"][0, 0], atol=1e-5)
     with pytest.raises(ValueError, match="uint8"):
         pipeline.preprocess_image(first / 255.0, image_size=SIZE, normalization="imagenet")
