@@ -29,6 +29,7 @@ from yolojax import (
     predict,
     preemption,
     pretrained,
+    progress,
     train_lib,
     trainer,
 )
@@ -498,7 +499,7 @@ def test_curves_are_drawn_at_each_evaluation_and_a_failure_to_draw_only_warns(
         drawn.append(max(record["step"] for record in workdir_io.read_metrics(workdir)))
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(trainer.plots, "plot_training_curves", full_disk)
+    monkeypatch.setattr("yolojax.plots.plot_training_curves", full_disk)
     with pytest.warns(UserWarning, match="Could not draw the training curves: .*No space left"):
         stop = _stopped_by(signal.SIGTERM, 6, config, tmp_path, monkeypatch)
     assert (stop.step, stop.exit_status) == (6, 143)  # the stop reaches the caller, not OSError
@@ -686,7 +687,7 @@ def test_an_epochs_line_averages_over_its_finite_steps_and_its_time():
     # Two windows of 2 steps of 10 images: 1 s at 20 images/s (one step skipped: its loss
     # is the other step's), then 0.1 s at 200 images/s. The epoch: 40 images in 1.1 s, and
     # loss (1 × 4.0 + 2 × 1.0) / 3 finite steps.
-    epoch = trainer._EpochMeans()
+    epoch = progress.EpochMeans()
     terms = dict.fromkeys(("coord", "object", "noobj", "class"), 0.5)
     epoch.add({"loss": 4.0, **terms, "images_per_second": 20.0, "skipped_steps": 1.0}, 2, 10)
     epoch.add({"loss": 1.0, **terms, "images_per_second": 200.0, "skipped_steps": 0.0}, 2, 10)

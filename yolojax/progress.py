@@ -1,0 +1,186 @@
+"""What a training run shows as it goes: the summary before its first step, the progress
+bar, the means of the metrics it logs, and a line per epoch for logs without the bar.
+
+Only process 0 prints (`yolojax.trainer`).
+"""
+
+import contextlib
+import math
+import sys
+import time
+import warnings
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from yolojax import distributed, plots
+from yolojax.train_lib import NonFiniteLossError
+
+
+def run_summary(
+    config, info, params, *, steps_per_epoch: int, total_steps: int, eval_every: int
+) -> str:
+    """What a run is about to train, in one paragraph: the model and its size, the data and
+    its classes (a class misspelled in one annotation shows up here as one more class), the
+    devices, and the schedule of steps and evaluations."""
+    model, data = config.model, config.data
+    num_params = sum(np.size(leaf) for leaf in jax.tree.leaves(params))
+    source = f"{data.source} ({data.folder})" if data.source == "voc_folder" else data.source
+    names = ", ".join(info.class_names[:10]) + (", ..." if len(info.class_names) > 10 else "")
+    devices = jax.devices()
+    evaluations = f"every {eval_every} steps and at the end" if eval_every else "at the end"
+    return (
+        f"Training {model.backbone} with the {model.head} head ({num_params / 1e6:.2f} M "
+        f"parameters, {model.dtype}) on {source}: {info.num_train_examples} train and "
+        f"{info.num_eval_examples} {info.eval_split_name} images of {len(info.class_names)} "
+        f"classes ({names}) at {data.image_size}×{data.image_size}. Batch "
+        f"{config.train.batch_size} over {len(devices)} {devices[0].platform.upper()} "
+        f"device{'s' if len(devices) > 1 else ''}: {steps_per_epoch} steps an epoch, "
+        f"{total_steps} steps in all; "
+        f"evaluation on the {info.eval_split_name} split {evaluations}."
+    )
+
+
+class MetricWindow:
+    """Collects per-step device metrics between two log points; fetched in one transfer.
+
+    Args:
+      stop_on_nonfinite: raise for a non-finite step (else it was skipped: count it).
+    """
+
+    def __init__(self, stop_on_nonfinite: bool):
+        self.stop_on_nonfinite = stop_on_nonfinite
+        self.steps, self.metrics, self.start = [], [], time.perf_counter()
+
+    def add(self, step: int, metrics) -> None:
+        self.steps.append(step)
+        self.metrics.append(metrics)
+
+    def flush(self, images_per_step: int) -> dict | None:
+        """Means of the window as floats (with throughput); None for an empty window.
+
+        Raises:
+          NonFiniteLossError: a step in the window was not finite (naming the first).
+        """
+        if not self.steps:
+            return None
+        fetched = distributed.first_replica(self.metrics)
+        elapsed = time.perf_counter() - self.start
+        for step, metrics in zip(self.steps, fetched, strict=True):
+            if self.stop_on_nonfinite and not metrics["finite"]:
+                raise NonFiniteLossError(step, float(metrics["loss"]))
+        # Skipped steps changed nothing: the means are over the others (NaN if none).
+        kept = [m for m in fetched if m["finite"]]
+        means = {k: float(np.mean([m[k] for m in kept])) if kept else math.nan for k in fetched[0]}
+        means["skipped_steps"] = float(len(fetched) - sum(m["finite"] for m in fetched))
+        means.pop("finite")
+        means["images_per_second"] = images_per_step * len(fetched) / max(elapsed, 1e-9)
+        self.steps, self.metrics, self.start = [], [], time.perf_counter()
+        return means
+
+
+class EpochMeans:
+    """An epoch's loss terms (the means of its logged windows, weighted by their finite
+    steps: a skipped step has no loss) and its images/s (images over time), for its line."""
+
+    def __init__(self):
+        self.sums, self.finite_steps, self.images, self.seconds = {}, 0, 0, 0.0
+
+    def add(self, means: dict, steps: int, batch_size: int) -> None:
+        images = batch_size * steps
+        self.images += images
+        self.seconds += images / max(means["images_per_second"], 1e-9)
+        finite = steps - int(means["skipped_steps"])
+        if finite:
+            for name in plots.LOSS_TERMS:
+                self.sums[name] = self.sums.get(name, 0.0) + means[name] * finite
+            self.finite_steps += finite
+
+    def line(self, label: str) -> str:
+        """``epoch 3/10: loss 2.310 (coord ..., object ..., noobj ..., class ...), 172
+        images/s``; then starts the next epoch's."""
+        speed = f"{self.images / max(self.seconds, 1e-9):.0f} images/s"
+        if self.finite_steps:
+            mean = {name: total / self.finite_steps for name, total in self.sums.items()}
+            terms = ", ".join(f"{name} {mean[name]:.3f}" for name in plots.LOSS_TERMS[1:])
+            line = f"{label}: loss {mean['loss']:.3f} ({terms}), {speed}"
+        else:
+            line = f"{label}: every step skipped (a loss that was not finite), {speed}"
+        self.__init__()
+        return line
+
+
+@contextlib.contextmanager
+def warnings_above_progress_bars():
+    """Prints Python warnings with ``tqdm.write``, on a line of their own above the progress
+    bar (printed plainly, they would continue the bar's line)."""
+    show = warnings.showwarning
+
+    def above(message, category, filename, lineno, file=None, line=None):
+        text = warnings.formatwarning(message, category, filename, lineno, line)
+        tqdm.write(text.rstrip("\n"), file=file or sys.stderr)
+
+    warnings.showwarning = above
+    try:
+        yield
+    finally:
+        warnings.showwarning = show
+
+
+class TrainingProgress:
+    """The progress bar, the means of the logged metrics (over the steps since the last log,
+    and over each epoch), and a line per epoch, for logs without the bar.
+
+    Args:
+      config: the run's config.
+      plan: the run's steps.
+      start_step: the step the run resumes from (0 for a new run).
+      is_main: whether this is process 0, which alone prints.
+    """
+
+    def __init__(self, config, plan, start_step: int, *, is_main: bool):
+        self.plan, self.start_step, self.is_main = plan, start_step, is_main
+        self.batch_size = config.train.batch_size
+        self.window = MetricWindow(stop_on_nonfinite=not config.train.skip_nonfinite)
+        self.epoch_means = EpochMeans()
+        self.bar = tqdm(
+            total=plan.total_steps,
+            initial=start_step,
+            desc=plan.epoch_label(start_step + 1),
+            # On a terminal only (None): in a log file its redraws are noise, which the lines
+            # per epoch and per evaluation replace, and other lines would land inside it.
+            disable=None if is_main else True,
+            unit="step",
+            dynamic_ncols=True,
+            # The rate over the whole run: steps are dispatched ahead of the device and the
+            # loop waits at each log step, so a recent-steps rate swings between both extremes.
+            smoothing=0,
+        )
+
+    def add(self, step: int, metrics) -> None:
+        """Counts ``step`` done; its ``metrics`` (on the devices) wait for the next log."""
+        self.window.add(step, metrics)
+        self.bar.update(1)
+
+    def flush(self) -> dict:
+        """The means of the steps since the last flush (see :meth:`MetricWindow.flush`),
+        added to the epoch's and shown on the bar."""
+        steps_in_window = len(self.window.steps)
+        means = self.window.flush(self.batch_size)
+        self.epoch_means.add(means, steps_in_window, self.batch_size)
+        self.bar.set_postfix(loss=f"{means['loss']:.3f}", img_s=f"{means['images_per_second']:.1f}")
+        return means
+
+    def end_epoch(self, step: int) -> None:
+        """Writes the line of the epoch that ``step`` ends, and names the next on the bar."""
+        label = self.plan.epoch_label(step)
+        if step - self.start_step <= (step - 1) % self.plan.steps_per_epoch:  # resumed in it
+            label += f" (steps {self.start_step + 1}-{step}, resumed)"
+        if self.is_main:
+            tqdm.write(self.epoch_means.line(label))
+        self.bar.set_description(self.plan.epoch_label(step + 1), refresh=False)
+
+    def close(self) -> None:
+        """Closes the progress bar."""
+        self.bar.close()

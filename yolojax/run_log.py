@@ -1,0 +1,115 @@
+"""The files a training run writes into its workdir as it goes (process 0's): config.json
+and classes.json at the start, then ``metrics.jsonl``, TensorBoard and the curves drawn
+from them (``loss.png``, ``mAP.png``). Checkpoints are `yolojax.checkpoints`'.
+"""
+
+import contextlib
+import warnings
+from pathlib import Path
+
+from tqdm import tqdm
+
+from yolojax import errors, plots
+from yolojax import workdir as workdir_io
+
+
+def prepare_workdir(config, info, workdir: Path, start_step: int, total_steps: int):
+    """Writes the run's config and class names into ``workdir``, drops what a crashed run
+    logged after ``start_step``, and opens its TensorBoard log (process 0's part)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_json = config.to_json_best_effort(indent=2)
+    # A finished run's config.json stays the config its checkpoint was trained with (if
+    # it was lost, this config is the best there is).
+    if start_step < total_steps or not (workdir / workdir_io.CONFIG_FILE).exists():
+        changes, kept = workdir_io.save_config(workdir, config_json, start_step)
+        outcome = f"Training goes on with the new values; the previous config is kept as {kept}"
+    else:
+        changes = workdir_io.config_changes(workdir, config_json)
+        outcome = (
+            f"The run has already trained to step {start_step}, at or past the "
+            f"{total_steps} steps this config asks for: no step is left to train with "
+            "it, so config.json is left as it was"
+        )
+    if changes:
+        tqdm.write(
+            "The config differs from the one saved in this workdir: "
+            + "; ".join(changes[:8])
+            + ("; ..." if len(changes) > 8 else "")
+            + f". {outcome}."
+        )
+    workdir_io.atomic_write_text(
+        workdir / workdir_io.CLASSES_FILE, workdir_io.to_json(list(info.class_names))
+    )
+    workdir_io.truncate_metrics(workdir, start_step)
+    return workdir_io.TensorBoardWriter(workdir, start_step)
+
+
+@contextlib.contextmanager
+def workdir_write_errors(workdir: Path, start_step: int):
+    """A run's first writes into its workdir that fail (a full disk, a read-only mount) as
+    one error that names the workdir and says what a rerun does."""
+    try:
+        yield
+    except OSError as error:
+        rerun = f"resumes from step {start_step}" if start_step else "starts the run"
+        raise errors.machine_error(
+            f"write the run's files in {workdir}",
+            error,
+            f"free space (or choose another --workdir); the same command then {rerun}.",
+        ) from error
+
+
+class RunLog:
+    """What process 0 logs of the run: ``metrics.jsonl``, TensorBoard, and the curves drawn
+    from them (``loss.png``, ``mAP.png``); the other processes write none of it.
+
+    Args:
+      workdir: the run's folder.
+      tensorboard: the run's TensorBoard log; None in the other processes.
+      steps_per_epoch: to log each record's epoch.
+      eval_split: the eval split's name, for the mAP curve.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        tensorboard: workdir_io.TensorBoardWriter | None,
+        *,
+        steps_per_epoch: int,
+        eval_split: str,
+    ):
+        self.workdir, self.tensorboard = workdir, tensorboard
+        self.steps_per_epoch, self.eval_split = steps_per_epoch, eval_split
+        self.curves_drawn = True  # whether loss.png and mAP.png show every record logged so far
+
+    def evaluated_steps(self) -> set[int]:
+        """The steps whose evaluation ``metrics.jsonl`` holds (read by every process)."""
+        return {r["step"] for r in workdir_io.read_metrics(self.workdir) if "test_mAP" in r}
+
+    def record(self, step: int, scalars: dict) -> None:
+        """Logs ``scalars`` of ``step`` to ``metrics.jsonl`` and TensorBoard."""
+        if self.tensorboard is not None:
+            workdir_io.append_metrics(
+                self.workdir, {"step": step, "epoch": step / self.steps_per_epoch, **scalars}
+            )
+            self.tensorboard.write(step, scalars)
+            self.curves_drawn = False
+
+    def draw_curves(self) -> None:
+        """loss.png and mAP.png of the records so far; a failure (a full disk) only warns:
+        the plots are for watching, and training (or the error on its way out) goes on."""
+        if self.tensorboard is not None and not self.curves_drawn:
+            try:
+                plots.plot_training_curves(self.workdir, eval_split=self.eval_split)
+                self.curves_drawn = True
+            except OSError as error:
+                warnings.warn(
+                    f"Could not draw the training curves: {error}", errors.Notice, stacklevel=2
+                )
+
+    def close(self) -> None:
+        """Closes the TensorBoard log and draws the curves of every record (for a stopped or
+        failed run too: its curves up to there)."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        self.draw_curves()
