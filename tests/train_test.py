@@ -541,6 +541,27 @@ def test_a_second_ctrl_c_interrupts_at_once_and_says_where_to_resume_from(
     )
 
 
+def test_a_ctrl_c_while_the_data_opens_also_says_where_to_resume_from(
+    tmp_path, data_dir, monkeypatch
+):
+    config = tiny_config(data_dir)  # saved every 4 steps
+
+    def crash():
+        raise RuntimeError("the machine went away")
+
+    monkeypatch.setattr(train_lib, "make_train_step", _on_step(6, crash))
+    with pytest.raises(RuntimeError, match="went away"):
+        trainer.train_and_evaluate(config, str(tmp_path))
+    monkeypatch.undo()
+
+    def ctrl_c(*args, **kwargs):  # the resumed run's data pipeline is being opened
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "make_train_iterator", ctrl_c)
+    with pytest.raises(KeyboardInterrupt, match=r"^Interrupted\. The last checkpoint, step 4, is"):
+        trainer.train_and_evaluate(config, str(tmp_path))
+
+
 def test_a_short_run_learns(tmp_path, data_dir):
     config = tiny_config(data_dir, num_epochs=10, checkpoint_every_steps=1000)
     config.eval.every_epochs = 0

@@ -368,6 +368,71 @@ def _stopped_by_nonfinite(error: NonFiniteLossError, run: _Run) -> NonFiniteLoss
     )
 
 
+def _steps_and_evaluations(config, run: _Run, signals_caught, closing) -> dict:
+    """Compiles the steps, trains from ``run.start_step`` to the end and evaluates: the
+    last evaluation's results (see :meth:`_Evaluator.evaluate`). A resumed run first
+    evaluates its step if that evaluation was cut short; a finished run evaluates its last
+    checkpoint again.
+
+    Args:
+      signals_caught: holds SIGTERM and Ctrl-C (:class:`yolojax.preemption.StopSignals`)
+        from the first step on.
+      closing: closes the progress bar on the way out.
+    """
+    start_step, total_steps = run.start_step, run.plan.total_steps
+    mesh = distributed.mesh()
+    train_step = train_lib.make_train_step(run.model, config, run.lr_schedule, mesh)
+    evaluator = _Evaluator(config, run, eval_lib.make_eval_step(run.model, config, mesh))
+    if run.is_main:
+        summary = run_summary(
+            config,
+            run.info,
+            run.state.params,
+            steps_per_epoch=run.plan.steps_per_epoch,
+            total_steps=total_steps,
+            eval_every=run.plan.eval_every,
+        )
+        tqdm.write(summary)
+    on_devices = distributed.replicate(run.state, mesh)
+    train_iter = pipeline.make_train_iterator(
+        config.data,
+        global_batch_size=config.train.batch_size,
+        seed=config.seed,
+        start_step=start_step,
+    )
+    batches = (distributed.shard_batch(batch, mesh) for batch in train_iter)
+    progress = TrainingProgress(config, run.plan, start_step, is_main=run.is_main)
+    closing.callback(progress.close)
+    results = None
+    if (
+        start_step
+        and run.plan.due_for_evaluation(start_step)
+        and start_step not in run.log.evaluated_steps()
+    ):
+        # Saved, but its evaluation was cut short (a crash, or a stop that skipped it).
+        # A signal during it stops at once: nothing is left to save.
+        if run.is_main:
+            tqdm.write(f"Evaluating step {start_step}, which was saved but not evaluated.")
+        results = evaluator.evaluate(start_step, on_devices)
+    with warnings_above_progress_bars():
+        if start_step < total_steps:
+            # From the first step until the last checkpoint is written: a signal after the
+            # last step (its evaluation, the final save) lets the run finish, exit status 0.
+            stop_signals = signals_caught.enter_context(preemption.StopSignals())
+            results = _train_steps(
+                run,
+                on_devices,
+                batches,
+                train_step,
+                progress=progress,
+                evaluator=evaluator,
+                stop_signals=stop_signals,
+            )
+    if results is None:  # the run had finished: report its final checkpoint again
+        results = evaluator.evaluate_again(start_step, on_devices)
+    return results
+
+
 def train_and_evaluate(
     config, workdir: str, *, on_finished: Callable[[], None] | None = None
 ) -> dict:
@@ -395,74 +460,25 @@ def train_and_evaluate(
       NonFiniteLossError: a step's loss was not finite (and ``train.skip_nonfinite`` is off).
     """
     run = _set_up(config, workdir)
-    start_step, total_steps = run.start_step, run.plan.total_steps
-    mesh = distributed.mesh()
-    train_step = train_lib.make_train_step(run.model, config, run.lr_schedule, mesh)
-    evaluator = _Evaluator(config, run, eval_lib.make_eval_step(run.model, config, mesh))
-    if run.is_main:
-        summary = run_summary(
-            config,
-            run.info,
-            run.state.params,
-            steps_per_epoch=run.plan.steps_per_epoch,
-            total_steps=total_steps,
-            eval_every=run.plan.eval_every,
-        )
-        tqdm.write(summary)
-    on_devices = distributed.replicate(run.state, mesh)
-    train_iter = pipeline.make_train_iterator(
-        config.data,
-        global_batch_size=config.train.batch_size,
-        seed=config.seed,
-        start_step=start_step,
-    )
-    batches = (distributed.shard_batch(batch, mesh) for batch in train_iter)
-    progress = TrainingProgress(config, run.plan, start_step, is_main=run.is_main)
-
     with contextlib.ExitStack() as signals_caught:
-        try:
-            results = None
-            if (
-                start_step
-                and run.plan.due_for_evaluation(start_step)
-                and start_step not in run.log.evaluated_steps()
-            ):
-                # Saved, but its evaluation was cut short (a crash, or a stop that skipped it).
-                # A signal during it stops at once: nothing is left to save.
-                if run.is_main:
-                    tqdm.write(f"Evaluating step {start_step}, which was saved but not evaluated.")
-                results = evaluator.evaluate(start_step, on_devices)
-            with warnings_above_progress_bars():
-                if start_step < total_steps:
-                    # From the first step until the last checkpoint is written: a signal after the
-                    # last step (its evaluation, the final save) lets the run finish, exit status 0.
-                    stop_signals = signals_caught.enter_context(preemption.StopSignals())
-                    results = _train_steps(
-                        run,
-                        on_devices,
-                        batches,
-                        train_step,
-                        progress=progress,
-                        evaluator=evaluator,
-                        stop_signals=stop_signals,
-                    )
-            if results is None:  # the run had finished: report its final checkpoint again
-                results = evaluator.evaluate_again(start_step, on_devices)
-        except KeyboardInterrupt as interrupt:
-            # The message travels with the exception (train.py prints it as its last line), and
-            # the cause keeps where the interrupt came.
-            raise _interrupted(run) from interrupt
-        except NonFiniteLossError as error:
-            raise _stopped_by_nonfinite(error, run) from None
-        finally:
-            progress.close()
-            run.ckpt.wait()
-            run.ckpt.close()
-            run.log.close()
+        # Closed on the way out, an error's or a Ctrl-C's too (the last first).
+        with contextlib.ExitStack() as closing:
+            closing.callback(run.log.close)
+            closing.callback(run.ckpt.close)
+            closing.callback(run.ckpt.wait)  # the saves under way are written
+            try:
+                results = _steps_and_evaluations(config, run, signals_caught, closing)
+            except KeyboardInterrupt as interrupt:
+                # The message travels with the exception (train.py prints it as its last
+                # line), and the cause keeps where the interrupt came.
+                raise _interrupted(run) from interrupt
+            except NonFiniteLossError as error:
+                raise _stopped_by_nonfinite(error, run) from None
         if on_finished is not None:  # before StopSignals lets go: no moment without either
             on_finished()
     if run.is_main:
-        saved = "Saved in" if start_step < total_steps else "Nothing left to train; the run is in"
+        finished_before = run.start_step >= run.plan.total_steps
+        saved = "Nothing left to train; the run is in" if finished_before else "Saved in"
         print(
             f"{saved} {run.workdir}: checkpoints/ (the last {config.train.keep_checkpoints}), "
             f"best/ (the best {run.info.eval_split_name} mAP), metrics.jsonl, loss.png, "
