@@ -391,7 +391,7 @@ def test_a_data_folder_that_cannot_be_written_names_the_setting(config, tmp_path
     config.tfds_data_dir = str(tmp_path / "a_file")
     (tmp_path / "a_file").write_text("")
     with pytest.raises(
-        errors.MachineError, match=r"a_file.*set --config\.data\.tfds_data_dir to a folder"
+        errors.MachineError, match=r"a_file.*another data folder \(--config\.data\.tfds_data_dir"
     ):
         get_dataset_info(config)
 

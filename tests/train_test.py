@@ -699,9 +699,16 @@ def test_a_workdir_that_cannot_be_written_at_start_is_named_with_what_to_do(
         trainer.train_and_evaluate(tiny.tiny_config(data_dir), str(tmp_path / "run"))
     assert str(error.value) == (
         f"Cannot write the run's files in {tmp_path / 'run'} (OSError: No space left on "
-        "device): free space (or choose another --workdir); the same command then starts "
+        "device): free space, or choose another --workdir. The same command then starts "
         "the run."
     )
+
+    def read_only(*args, **kwargs):  # freeing space would not help
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(workdir_io, "save_config", read_only)
+    with pytest.raises(errors.MachineError, match=r"choose another --workdir, one you can write"):
+        trainer.train_and_evaluate(tiny.tiny_config(data_dir), str(tmp_path / "run"))
 
 
 def test_an_epochs_line_averages_over_its_finite_steps_and_its_time():

@@ -1,5 +1,7 @@
 """Wording shared by the library's error messages, and the category of its notices."""
 
+import errno
+
 
 class Notice(UserWarning):
     """A warning that is a notice for the user (a checkpoint set aside, a damaged one skipped,
@@ -13,11 +15,22 @@ class MachineError(OSError):
     paragraph, as they print bad input. Other OSErrors keep their traceback."""
 
 
-def machine_error(action: str, error: OSError, advice: str) -> MachineError:
+# The errors of a full disk (or quota), where freeing space is the remedy.
+_OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def machine_error(action: str, error: OSError, setting: str, then: str = "") -> MachineError:
     """``error`` (what the machine refused) as a `MachineError` worded "Cannot ``action``
-    (its type: its reason): ``advice``", for ``raise ... from error``."""
+    (its type: its reason): free space, or choose another ``setting``." for a full disk,
+    else "choose another ``setting``, one you can write.", followed by ``then``; for
+    ``raise ... from error``."""
+    if error.errno in _OUT_OF_SPACE:
+        advice = f"free space, or choose another {setting}."
+    else:
+        advice = f"choose another {setting}, one you can write."
     return MachineError(
         f"Cannot {action} ({type(error).__name__}: {error.strerror or error}): {advice}"
+        + (f" {then}" if then else "")
     )
 
 

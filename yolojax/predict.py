@@ -146,9 +146,7 @@ def _output_errors(out_dir: Path):
         yield
     except OSError as error:
         raise errors.machine_error(
-            f"write into the output folder {out_dir}",
-            error,
-            "free space, or choose another (--out).",
+            f"write into the output folder {out_dir}", error, "output folder (--out)"
         ) from error
 
 

@@ -55,7 +55,8 @@ def workdir_write_errors(workdir: Path, start_step: int):
         raise errors.machine_error(
             f"write the run's files in {workdir}",
             error,
-            f"free space (or choose another --workdir); the same command then {rerun}.",
+            "--workdir",
+            f"The same command then {rerun}.",
         ) from error
 
 

@@ -133,7 +133,7 @@ def _prepared(make_builder, data_dir: str | None) -> tfds.core.DatasetBuilder:
         raise errors.machine_error(
             f"prepare the dataset in its TFDS data folder {where}",
             error,
-            "set --config.data.tfds_data_dir to a folder you can write, with free space.",
+            "data folder (--config.data.tfds_data_dir)",
         ) from error
     return builder
 
