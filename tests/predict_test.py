@@ -241,19 +241,23 @@ def test_a_drawing_whose_name_the_file_system_respells_is_still_recognised(workd
     assert sorted(p.name for p in out.iterdir()) == [f"{composed}.png", "detections.json"]
 
 
-def _uniform_output_run(tmp_path, box_size: float = 1.0):
+def _uniform_output_run(
+    tmp_path, box_size: float = 1.0, kernel_scale: float = 0.0, confidence: float = 1.0
+):
     """A run whose checkpoint's output layer gives every cell of the 4×4 grid the same
-    output: box 0 centred on its cell, ``box_size`` cells wide and tall, with confidence 1;
-    box 1 with confidence 0; the five classes scoring 0.3, 0.6, 0.1, 0.2 and 0.9."""
+    output: box 0 centred on its cell, ``box_size`` cells wide and tall, with ``confidence``;
+    box 1 with confidence 0; the five classes scoring 0.3, 0.6, 0.1, 0.2 and 0.9. With a
+    ``kernel_scale``, the layer's random kernel times it adds what the image holds."""
     workdir = tmp_path / "run"
     config = tiny.tiny_config(str(tmp_path / "tfds"))
     _, state, _ = train_lib.initial_state(config, config.train.batch_size)
     class_scores = [0.3, 0.6, 0.1, 0.2, 0.9]
-    box = [1.0, 0.5, 0.5, box_size, box_size]
+    box = [confidence, 0.5, 0.5, box_size, box_size]
     bias = np.array(class_scores + box + [0.0] * 5, np.float32)
     out_layer = state.params["head"]["out"]
     params = jax.tree.map(lambda x: x, state.params)  # a copy to edit
-    params["head"]["out"] = {"kernel": np.zeros_like(out_layer["kernel"]), "bias": bias}
+    kernel = np.asarray(out_layer["kernel"]) * kernel_scale
+    params["head"]["out"] = {"kernel": kernel, "bias": bias}
     tiny.save_checkpoint(config, state.replace(params=params), workdir)
     atomic_write_text(workdir / CONFIG_FILE, config.to_json_best_effort(indent=2))
     atomic_write_text(workdir / CLASSES_FILE, json.dumps(synthetic_shapes.CLASS_NAMES))
@@ -305,10 +309,37 @@ def test_images_detected_in_batches_each_get_their_own_pixels(tmp_path):
             np.testing.assert_allclose(
                 sorted(detections.boxes.tolist()), sorted(_cells(width, height)), atol=1e-3
             )
-    with pytest.raises(ValueError, match=r"a list of images; for one image, call the detector"):
-        detector.detect_batch(pixels[0])
+    for one_image in (pixels[0], pixels[0][..., 0], Image.fromarray(pixels[0]), "a.jpg"):
+        with pytest.raises(ValueError, match=r"a list of images; for one image, call the detector"):
+            detector.detect_batch(one_image)
+    # Any iterable, or an (N, H, W) stack of greyscale images; a bad one is named by index.
+    same_size = [image[:24, :20] for image in pixels]
+    from_generator = detector.detect_batch(image for image in same_size)
+    from_stack = detector.detect_batch(np.stack(same_size)[..., 0])
+    assert len(from_generator) == len(from_stack) == len(sizes)
+    with pytest.raises(ValueError, match=r"^images\[1\]: image must be .*shape \(24, 20, 2\)\.$"):
+        detector.detect_batch([same_size[0], same_size[1][..., :2]])
     with pytest.raises(ValueError, match=r"batch_size must be .*got 0"):
         detector.detect_batch(pixels, batch_size=0)
+
+
+def test_batched_detections_are_each_images_own_in_its_order(tmp_path):
+    # Each image's detections depend on its content, so a mix-up of rows, or of a row with
+    # the padding, shows.
+    workdir = _uniform_output_run(tmp_path, kernel_scale=0.2, confidence=0.5)
+    detector = Detector.from_workdir(workdir, score_threshold=0.0)
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (24 + 8 * i, 40 - 4 * i, 3), np.uint8) for i in range(5)]
+    one_by_one = [detector(image) for image in images]
+    assert len({tuple(d.scores[:3].round(4)) for d in one_by_one}) == len(images)  # distinct
+    assert all(d.scores[9] < 0.99 for d in one_by_one)  # no ties at the clip to 1
+    for batch_size in (2, 3, 16):  # batches padded to 2 and 4, or one padded to 8
+        batched = detector.detect_batch(images, batch_size=batch_size)
+        for alone, together in zip(one_by_one, batched, strict=True):
+            # The best ten: further down, scores within float rounding may swap places.
+            np.testing.assert_allclose(together.scores[:10], alone.scores[:10], atol=1e-5)
+            np.testing.assert_allclose(together.boxes[:10], alone.boxes[:10], atol=1e-3)
+            assert together.class_names[:10] == alone.class_names[:10]
 
 
 def test_the_command_gives_the_same_record_whatever_its_batch_size(tmp_path):
@@ -323,8 +354,22 @@ def test_the_command_gives_the_same_record_whatever_its_batch_size(tmp_path):
             predict.main([*argv, "--score-threshold", "0.85", *images])
         records[batch_size] = _record(out)
         assert sorted(p.name for p in out.glob("*.png")) == ["0.png", "1.png", "3.png", "4.png"]
-    assert records["2"] == records["1"] == records["8"]
+    for record in (records["2"], records["8"]):  # the same, to float rounding
+        assert record.keys() == records["1"].keys()
+        for key, entry in record.items():
+            assert entry["drawing"] == records["1"][key]["drawing"]
+            found, alone = entry["detections"], records["1"][key]["detections"]
+            assert [d["class"] for d in found] == [d["class"] for d in alone]
+            np.testing.assert_allclose(
+                [d["box"] + [d["score"]] for d in found],
+                [d["box"] + [d["score"]] for d in alone],
+                atol=1e-3,
+            )
     assert list(records["1"]) == [images[i] for i in (0, 1, 3, 4)]
+    # In Python, one folder given alone is one path, not its characters.
+    detector = Detector.from_workdir(workdir, score_threshold=0.85)
+    alone = predict.predict_files(detector, str(tmp_path / "in"), tmp_path / "alone")
+    assert list(alone.images) == list(records["1"]) and list(alone.failed) == [images[2]]
     for i in (0, 1, 3, 4):
         boxes = [d["box"] for d in records["1"][images[i]]["detections"]]
         np.testing.assert_allclose(
@@ -581,6 +626,19 @@ def test_a_label_at_the_right_edge_is_drawn_inside_the_image():
     # The label's box ("cat 0.50", filled with the class colour) started at the box's left
     # edge, x = 90, and was cut off at 100; now it ends there.
     assert canvas.getpixel((99, 4)) == canvas.getpixel((70, 4)) == predict.class_color(0)
+
+
+def test_of_two_classes_found_on_one_box_the_better_is_drawn_on_top():
+    # NMS is per class: one object may come back as two classes with the same box.
+    detections = ImageDetections(
+        boxes=np.array([[10.0, 30.0, 90.0, 60.0]] * 2, np.float32),
+        scores=np.array([0.4, 0.3], np.float32),  # best first, as the Detector gives them
+        labels=np.array([3, 1]),
+        class_names=["star", "rectangle"],
+    )
+    canvas = predict.draw_detections(np.zeros((60, 100, 3), np.uint8), detections)
+    # The label's box above the detection's top edge, and the edge itself.
+    assert canvas.getpixel((12, 20)) == canvas.getpixel((50, 30)) == predict.class_color(3)
 
 
 def test_a_classes_json_that_is_no_list_of_names_is_named(tmp_path):

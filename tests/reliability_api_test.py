@@ -235,9 +235,12 @@ def test_encode_refuses_a_mask_of_other_numbers_than_0_and_1():
     boxes, labels = jnp.array([[0.1, 0.1, 0.5, 0.5]] * 2), jnp.array([1, 2])
     with pytest.raises(ValueError, match=r"mask must be bool or 0/1, got values \[0 2\]"):
         targets.encode(boxes, labels, jnp.array([2, 0]), grid_size=S, num_classes=C)
-    as_ints = targets.encode(boxes, labels, jnp.array([1, 0]), grid_size=S, num_classes=C)
     as_bools = targets.encode(boxes, labels, jnp.array([True, False]), grid_size=S, num_classes=C)
-    np.testing.assert_array_equal(as_ints, as_bools)
+    for numbers in (jnp.array([1, 0]), jnp.array([1.0, 0.0])):  # as encode took them before
+        as_numbers = targets.encode(boxes, labels, numbers, grid_size=S, num_classes=C)
+        np.testing.assert_array_equal(as_numbers, as_bools)
+    with pytest.raises(ValueError, match=r"mask must be bool or 0/1, got values \[0\. +0\.5\]"):
+        targets.encode(boxes, labels, jnp.array([0.5, 0.0]), grid_size=S, num_classes=C)
 
 
 def test_yolo_built_directly_checks_its_sizes():

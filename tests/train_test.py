@@ -2,7 +2,6 @@
 
 import io
 import json
-import math
 import re
 import shutil
 import signal
@@ -29,7 +28,6 @@ from yolojax import (
     predict,
     preemption,
     pretrained,
-    progress,
     train_lib,
     trainer,
 )
@@ -709,23 +707,6 @@ def test_a_workdir_that_cannot_be_written_at_start_is_named_with_what_to_do(
     monkeypatch.setattr(workdir_io, "save_config", read_only)
     with pytest.raises(errors.MachineError, match=r"choose another --workdir, one you can write"):
         trainer.train_and_evaluate(tiny.tiny_config(data_dir), str(tmp_path / "run"))
-
-
-def test_an_epochs_line_averages_over_its_finite_steps_and_its_time():
-    # Two windows of 2 steps of 10 images: 1 s at 20 images/s (one step skipped: its loss
-    # is the other step's), then 0.1 s at 200 images/s. The epoch: 40 images in 1.1 s, and
-    # loss (1 × 4.0 + 2 × 1.0) / 3 finite steps.
-    epoch = progress.EpochMeans()
-    terms = dict.fromkeys(("coord", "object", "noobj", "class"), 0.5)
-    epoch.add({"loss": 4.0, **terms, "images_per_second": 20.0, "skipped_steps": 1.0}, 2, 10)
-    epoch.add({"loss": 1.0, **terms, "images_per_second": 200.0, "skipped_steps": 0.0}, 2, 10)
-    assert epoch.line("epoch 1/3") == (
-        "epoch 1/3: loss 2.000 (coord 0.500, object 0.500, noobj 0.500, class 0.500), 36 images/s"
-    )
-    epoch.add({"loss": math.nan, **terms, "images_per_second": 10.0, "skipped_steps": 1.0}, 1, 10)
-    assert epoch.line("epoch 2/3") == (
-        "epoch 2/3: every step skipped (a loss that was not finite), 10 images/s"
-    )
 
 
 def test_a_damaged_latest_checkpoint_resumes_from_the_one_before_and_says_which(

@@ -8,7 +8,7 @@ results = detector.detect_batch(images)  # several at once: faster on an acceler
 """
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import flax
@@ -197,14 +197,17 @@ class Detector:
         Returns:
           The detections, boxes in pixels of that image.
         """
-        return self.detect_batch([image])[0]
+        return self._detect_together([_as_rgb(image)], batch_size=1)[0]
 
-    def detect_batch(self, images: Sequence, *, batch_size: int = 16) -> list[ImageDetections]:
+    def detect_batch(self, images: Iterable, *, batch_size: int = 16) -> list[ImageDetections]:
         """Detects objects in several images, up to ``batch_size`` of them in one call of the
-        model: on an accelerator, far faster than one call per image.
+        model: on an accelerator, far faster than one call per image. The detections are
+        those of one call per image, to float rounding (the model runs on other batch
+        shapes): a score within about 1e-6 of the threshold may fall on the other side.
 
         Args:
-          images: what :meth:`__call__` takes, each of any size.
+          images: a list (or any iterable, or an ``(N, H, W, 3)`` array) of what
+            :meth:`__call__` takes, each of any size.
           batch_size: the most images the model runs on at once (device memory). A shorter
             batch is padded to the next power of two (1, 2, 4, ...), so that the model
             compiles for a few batch sizes only.
@@ -213,19 +216,24 @@ class Detector:
           The detections of each image, in order, boxes in pixels of that image.
         """
         check_positive_int("batch_size", batch_size)
-        if isinstance(images, str | os.PathLike | Image.Image) or getattr(images, "ndim", 0) == 3:
+        if _is_one_image(images):
             raise ValueError(
                 "detect_batch takes a list of images; for one image, call the detector: "
                 "detector(image)."
             )
+        rgb = []
+        for index, image in enumerate(images):
+            try:
+                rgb.append(_as_rgb(image))
+            except ValueError as error:  # which of the images
+                raise ValueError(f"images[{index}]: {error}") from error
         results = []
-        for start in range(0, len(images), batch_size):
-            results += self._detect_together(images[start : start + batch_size], batch_size)
+        for start in range(0, len(rgb), batch_size):
+            results += self._detect_together(rgb[start : start + batch_size], batch_size)
         return results
 
-    def _detect_together(self, images: Sequence, batch_size: int) -> list[ImageDetections]:
-        """:meth:`detect_batch` of at most ``batch_size`` images, in one call of the model."""
-        images = [to_rgb(read_image(i) if isinstance(i, str | os.PathLike) else i) for i in images]
+    def _detect_together(self, images: list[np.ndarray], batch_size: int) -> list[ImageDetections]:
+        """The detections of at most ``batch_size`` RGB images, in one call of the model."""
         model_input = np.zeros(
             (min(1 << (len(images) - 1).bit_length(), batch_size), *self._input_shape), np.float32
         )
@@ -261,3 +269,18 @@ class Detector:
                 )
             )
         return results
+
+
+def _as_rgb(image) -> np.ndarray:
+    """An image as :meth:`Detector.__call__` takes it (an array, a PIL image, a path), as its
+    ``(H, W, 3)`` uint8 RGB array."""
+    return to_rgb(read_image(image) if isinstance(image, str | os.PathLike) else image)
+
+
+def _is_one_image(images) -> bool:
+    """Whether ``images``, given for a list of images, is one image: a path, a PIL image, or
+    an ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or ``(H, W, 4)`` array."""
+    if isinstance(images, str | os.PathLike | Image.Image):
+        return True
+    shape = getattr(images, "shape", ())
+    return len(shape) == 2 or (len(shape) == 3 and shape[-1] in (1, 3, 4))

@@ -58,10 +58,15 @@ def to_rgb(image) -> np.ndarray:
         return np.repeat(array, 3, axis=-1)
     if array.ndim == 3 and array.shape[-1] in (3, 4):
         return array[..., :3]
+    several = array.ndim == 4 or array.dtype.kind in "OU"  # a batch, or a list of paths
     raise ValueError(
         "image must be (H, W, 3) RGB, (H, W, 4) RGBA or (H, W) greyscale, a PIL image or an "
-        f"image file's path; got an array of shape {array.shape}. One image per call: for "
-        "a batch or a list of images, Detector.detect_batch(images)."
+        f"image file's path; got an array of shape {array.shape}."
+        + (
+            " One image per call: for a batch or a list of images, Detector.detect_batch(images)."
+            if several
+            else ""
+        )
     )
 
 

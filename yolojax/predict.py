@@ -80,12 +80,15 @@ def class_color(label: int) -> tuple[int, int, int]:
 
 
 def draw_detections(image: np.ndarray, detections: "ImageDetections") -> Image.Image:
-    """``(H, W, 3)`` uint8 image → a PIL image with each box and "class score" drawn."""
+    """``(H, W, 3)`` uint8 image → a PIL image with each box and "class score" drawn, the
+    best last: on top where boxes overlap (NMS is per class, so one object may be found as
+    two classes, with the same box)."""
     canvas = Image.fromarray(image)
     draw = ImageDraw.Draw(canvas)
-    for box, score, label, name in zip(
+    best_last = zip(
         detections.boxes, detections.scores, detections.labels, detections.class_names, strict=True
-    ):
+    )
+    for box, score, label, name in sorted(best_last, key=lambda detection: detection[1]):
         color = class_color(int(label))
         draw.rectangle([float(v) for v in box], outline=color, width=2)
         text = f"{name} {score:.2f}"
@@ -170,7 +173,8 @@ def predict_files(
     """Runs ``detector`` on image files, writing a drawing of each and detections.json
     (see the module docstring) to ``out_dir``.
 
-    ``paths`` are image files, or folders standing for the image files in them. An input that
+    ``paths`` are image files, or folders standing for the image files in them (one path:
+    a str or ``os.PathLike`` alone). An input that
     cannot be read is skipped (``on_skip(path, reason)`` is called as it is) and the others
     are still processed; detections.json lists the images read (``{}`` if none), and the
     drawings an earlier detections.json in ``out_dir`` listed are removed. A path given
@@ -178,6 +182,8 @@ def predict_files(
     (:meth:`Detector.detect_batch`). A progress bar shows on a terminal's stderr.
     """
     check_positive_int("batch_size", batch_size)
+    if isinstance(paths, str | os.PathLike):  # not its characters, one by one
+        paths = [paths]
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"The output folder {out_dir} is a file: choose another (--out).")

@@ -65,10 +65,10 @@ def check_number(name: str, value, *, above=None, at_least=None, below=None, at_
 
 
 def check_flags(name: str, array: np.ndarray) -> np.ndarray:
-    """``array`` of bool or 0/1 integers as bool; a count or an index passed by mistake,
-    which would silently become True, is refused."""
-    if array.size and array.dtype.kind not in "biu":
-        raise ValueError(f"{name} must be bool, got dtype {array.dtype}")
+    """``array`` of bool or of numbers 0 and 1 as bool; any other number (a count or an
+    index passed by mistake), which would silently become True, is refused."""
+    if array.size and array.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be bool or 0/1, got dtype {array.dtype}")
     if array.dtype.kind != "b" and np.any((array != 0) & (array != 1)):
         raise ValueError(f"{name} must be bool or 0/1, got values {np.unique(array)[:5]}")
     return array.astype(bool)

@@ -299,11 +299,14 @@ def check_image_batch(images: jnp.ndarray, min_size: int, who: str) -> None:
             f"{who}: images must be at least {min_size}×{min_size} pixels so the feature map "
             f"is not empty, got {images.shape[1]}×{images.shape[2]}"
         )
-    try:
-        largest = float(np.abs(np.asarray(images, np.float32)).max(initial=0.0))
-    except jax.errors.TracerArrayConversionError:  # under jit: the values are not known
+    if isinstance(images, jax.core.Tracer):  # under jit: the values are not known
         return
-    if not np.isfinite(largest):
+    # On the device, two numbers back; computed now, also inside another transformation
+    # (nn.tabulate's), where an operation on a known value would otherwise be traced.
+    with jax.ensure_compile_time_eval():
+        finite = bool(jnp.isfinite(images).all())
+        largest = float(jnp.abs(images).max()) if finite and images.size else 0.0
+    if not finite:
         raise ValueError(f"{who}: images hold NaN or infinite values")
     if largest > _NORMALIZED_LIMIT:
         raise ValueError(

@@ -1,0 +1,23 @@
+"""What a training run prints: the epoch lines' means (the trainer's output is tested
+whole in tests/train_test.py)."""
+
+import math
+
+from yolojax import progress
+
+
+def test_an_epochs_line_averages_over_its_finite_steps_and_its_time():
+    # Two windows of 2 steps of 10 images: 1 s at 20 images/s (one step skipped: its loss
+    # is the other step's), then 0.1 s at 200 images/s. The epoch: 40 images in 1.1 s, and
+    # loss (1 × 4.0 + 2 × 1.0) / 3 finite steps.
+    epoch = progress.EpochMeans()
+    terms = dict.fromkeys(("coord", "object", "noobj", "class"), 0.5)
+    epoch.add({"loss": 4.0, **terms, "images_per_second": 20.0, "skipped_steps": 1.0}, 2, 10)
+    epoch.add({"loss": 1.0, **terms, "images_per_second": 200.0, "skipped_steps": 0.0}, 2, 10)
+    assert epoch.line("epoch 1/3") == (
+        "epoch 1/3: loss 2.000 (coord 0.500, object 0.500, noobj 0.500, class 0.500), 36 images/s"
+    )
+    epoch.add({"loss": math.nan, **terms, "images_per_second": 10.0, "skipped_steps": 1.0}, 1, 10)
+    assert epoch.line("epoch 2/3") == (
+        "epoch 2/3: every step skipped (a loss that was not finite), 10 images/s"
+    )
