@@ -542,12 +542,13 @@ def test_a_second_ctrl_c_interrupts_at_once_and_says_where_to_resume_from(
 def test_a_ctrl_c_while_the_data_opens_also_says_where_to_resume_from(
     tmp_path, data_dir, monkeypatch
 ):
-    config = tiny_config(data_dir)  # saved every 4 steps
+    config = tiny_config(data_dir, checkpoint_every_steps=2)
+    config.eval.every_epochs = 0  # at the end only: the first run is not evaluated
 
     def crash():
         raise RuntimeError("the machine went away")
 
-    monkeypatch.setattr(train_lib, "make_train_step", _on_step(6, crash))
+    monkeypatch.setattr(train_lib, "make_train_step", _on_step(4, crash))
     with pytest.raises(RuntimeError, match="went away"):
         trainer.train_and_evaluate(config, str(tmp_path))
     monkeypatch.undo()
@@ -556,7 +557,7 @@ def test_a_ctrl_c_while_the_data_opens_also_says_where_to_resume_from(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pipeline, "make_train_iterator", ctrl_c)
-    with pytest.raises(KeyboardInterrupt, match=r"^Interrupted\. The last checkpoint, step 4, is"):
+    with pytest.raises(KeyboardInterrupt, match=r"^Interrupted\. The last checkpoint, step 2, is"):
         trainer.train_and_evaluate(config, str(tmp_path))
 
 
@@ -700,13 +701,12 @@ def test_a_workdir_that_cannot_be_written_at_start_is_named_with_what_to_do(
         "device): free space, or choose another --workdir. The same command then starts "
         "the run."
     )
-
-    def read_only(*args, **kwargs):  # freeing space would not help
-        raise PermissionError(13, "Permission denied")
-
-    monkeypatch.setattr(workdir_io, "save_config", read_only)
-    with pytest.raises(errors.MachineError, match=r"choose another --workdir, one you can write"):
-        trainer.train_and_evaluate(tiny.tiny_config(data_dir), str(tmp_path / "run"))
+    # A folder one may not write: freeing space would not help.
+    read_only = errors.machine_error("write x", PermissionError(13, "Permission denied"), "--out")
+    assert str(read_only) == (
+        "Cannot write x (PermissionError: Permission denied): choose another --out, one you "
+        "can write."
+    )
 
 
 def test_a_damaged_latest_checkpoint_resumes_from_the_one_before_and_says_which(
