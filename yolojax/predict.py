@@ -234,7 +234,9 @@ def _write_drawing(image: np.ndarray, detections: "ImageDetections", out_dir: Pa
     mark = PngImagePlugin.PngInfo()
     mark.add_text(DRAWING_MARK_KEY, _mark_of(out_dir / drawing))
     png = io.BytesIO()
-    draw_detections(image, detections).save(png, format="PNG", pnginfo=mark)
+    # zlib's fastest level: PNG's default (6) took 53 of the 86 ms predict spent on a
+    # 640×480 photo, level 1 takes 20 ms for a file 13% larger (BENCHMARKS.md, "Inference").
+    draw_detections(image, detections).save(png, format="PNG", pnginfo=mark, compress_level=1)
     with _output_errors(out_dir):
         atomic_write_bytes(out_dir / drawing, png.getvalue())  # never a half-written one
     return {
