@@ -127,7 +127,6 @@ class Detector:
         # On the device once: NumPy arrays would be copied to the accelerator at every call.
         self._variables = jax.device_put(variables)
         self._detect = jax.jit(detect)
-        self._input_shape = (config.data.image_size, config.data.image_size, 3)
 
     @classmethod
     def from_workdir(
@@ -234,14 +233,12 @@ class Detector:
 
     def _detect_together(self, images: list[np.ndarray], batch_size: int) -> list[ImageDetections]:
         """The detections of at most ``batch_size`` RGB images, in one call of the model."""
-        model_input = np.zeros(
-            (min(1 << (len(images) - 1).bit_length(), batch_size), *self._input_shape), np.float32
-        )
+        size = self.config.data.image_size
+        rows = min(1 << (len(images) - 1).bit_length(), batch_size)  # padded: few shapes
+        model_input = np.zeros((rows, size, size, 3), np.float32)
         for row, image in enumerate(images):
             model_input[row] = pipeline.preprocess_image(
-                image,
-                image_size=self.config.data.image_size,
-                normalization=self.config.data.normalization,
+                image, image_size=size, normalization=self.config.data.normalization
             )
         try:
             detections = jax.device_get(self._detect(self._variables, jax.device_put(model_input)))

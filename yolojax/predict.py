@@ -199,24 +199,23 @@ def predict_files(
     # An output folder given as an input too: its drawings are not inputs.
     drawings = {os.path.realpath(out_dir / name) for name in marked}
     inputs = [path for path in _image_files(paths) if os.path.realpath(path) not in drawings]
-    progress = tqdm(total=len(inputs), desc="Detecting", unit="image", disable=None)
-    for start in range(0, len(inputs), batch_size):
-        read = {}  # the batch's inputs that could be read: {path: image}
-        for key in inputs[start : start + batch_size]:
-            try:
-                read[key] = _read_input(key)
-            except UnreadableImageError as error:
-                failed[key] = error.reason
-                if on_skip is not None:
-                    on_skip(key, error.reason)
+    with tqdm(total=len(inputs), desc="Detecting", unit="image", disable=None) as progress:
+        for start in range(0, len(inputs), batch_size):
+            read = {}  # the batch's inputs that could be read: {path: image}
+            for key in inputs[start : start + batch_size]:
+                try:
+                    read[key] = _read_input(key)
+                except UnreadableImageError as error:
+                    failed[key] = error.reason
+                    if on_skip is not None:
+                        on_skip(key, error.reason)
+                    progress.update(1)
+            found = detector.detect_batch(list(read.values()), batch_size=batch_size)
+            for (key, image), detections in zip(read.items(), found, strict=True):
+                images[key] = _write_drawing(
+                    image, detections, out_dir, _drawing_name(Path(key), taken)
+                )
                 progress.update(1)
-        found = detector.detect_batch(list(read.values()), batch_size=batch_size)
-        for (key, image), detections in zip(read.items(), found, strict=True):
-            images[key] = _write_drawing(
-                image, detections, out_dir, _drawing_name(Path(key), taken)
-            )
-            progress.update(1)
-    progress.close()
     with _output_errors(out_dir):
         atomic_write_text(out_dir / DETECTIONS_FILE, to_json(images))
     # Only now: a call that stops early leaves the previous results whole.
