@@ -61,14 +61,8 @@ def benchmark(
     backbone: str, head: str, image_size: int, batch: int, dtype: str, min_seconds: float
 ) -> dict:
     """Times one YOLO model; returns params, GFLOPs/image, latency and throughput."""
-    config = ml_collections.ConfigDict(
-        {"backbone": backbone, "head": head, "num_classes": 20, "dtype": dtype}
-    )
-    model = models.get_model(config)
+    model, variables, config = random_model(backbone, head, image_size, dtype)
     forward = jax.jit(lambda variables, images: model.apply(variables, images, train=False))
-    variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(
-        jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    )
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(variables["params"]))
     result = {"backbone": backbone, "head": head, "params": num_params}
     for size in (1, batch):
@@ -85,14 +79,33 @@ def benchmark(
     return result
 
 
-def _time_detector(model, variables, model_config, image_size, batch, min_seconds) -> dict:
-    """The whole Detector on random VGA photos: ms per photo called one at a time, and
-    photos/s through `detect_batch` in batches of `batch`."""
+def random_model(backbone: str, head: str, image_size: int, dtype: str):
+    """A 20-class YOLO model of randomly initialized weights: (model, variables, its
+    config.model)."""
+    config = ml_collections.ConfigDict(
+        {"backbone": backbone, "head": head, "num_classes": 20, "dtype": dtype}
+    )
+    model = models.get_model(config)
+    variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(
+        jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    )
+    return model, variables, config
+
+
+def make_detector(model, variables, model_config, image_size: int, **settings) -> Detector:
+    """A Detector of `model` at `image_size`, with the default config's other settings;
+    `settings`: the Detector's thresholds."""
     run_config = default_config()
     run_config.model.update(model_config)
     run_config.data.image_size = image_size
     class_names = [f"class_{i}" for i in range(model_config.num_classes)]
-    detector = Detector(model, variables, run_config, class_names)
+    return Detector(model, variables, run_config, class_names, **settings)
+
+
+def _time_detector(model, variables, model_config, image_size, batch, min_seconds) -> dict:
+    """The whole Detector on random VGA photos: ms per photo called one at a time, and
+    photos/s through `detect_batch` in batches of `batch`."""
+    detector = make_detector(model, variables, model_config, image_size)
     rng = np.random.default_rng(0)
     photos = [rng.integers(0, 256, (*PHOTO_SIZE, 3), np.uint8) for _ in range(batch)]
     detector(photos[0]), detector.detect_batch(photos, batch_size=batch)  # compile

@@ -5,9 +5,12 @@ initialised checkpoint of tests/tiny.py's model: predict needs a restorable chec
 config.json, not a trained model. The workdir's detector is restored once for the module.
 """
 
+import errno
 import json
+import os
 import re
 import shutil
+import time
 import unicodedata
 
 import jax
@@ -15,7 +18,7 @@ import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from configs import folder, shapes, voc
 from tests import tiny
@@ -380,6 +383,59 @@ def test_the_command_gives_the_same_record_whatever_its_batch_size(tmp_path):
         )
 
 
+@pytest.mark.usefixtures("workdir")  # its stand-in restores the run once for both calls
+def test_drawings_made_on_threads_are_those_made_in_turn_in_input_order(tmp_path):
+    # 32 boxes an image, of two classes: each cell's, as in the tests above.
+    detector = Detector.from_workdir(_uniform_output_run(tmp_path), score_threshold=0.5)
+    # Named against their input order, of other sizes: what finishes first is no guide.
+    names = ["f", "a", "e", "b", "d", "c"]
+    images = [
+        _image(tmp_path / f"in/{name}.png", 64 - 6 * i, 24 + 6 * i, seed=i)
+        for i, name in enumerate(names)
+    ]
+    runs = {}
+    for threads in (0, 3):
+        out = tmp_path / f"threads{threads}"
+        runs[threads] = predict.predict_files(
+            detector, images, out, batch_size=4, drawing_threads=threads
+        )
+        assert list(runs[threads].images) == images
+        assert list(_record(out)) == images
+    assert runs[3].images == runs[0].images
+    for image, entry in runs[0].images.items():
+        in_turn = np.asarray(Image.open(tmp_path / "threads0" / entry["drawing"]))
+        threaded = np.asarray(Image.open(tmp_path / "threads3" / entry["drawing"]))
+        np.testing.assert_array_equal(threaded, in_turn)
+        assert (in_turn != np.asarray(Image.open(image))).any()
+
+
+def test_a_drawing_that_cannot_be_written_stops_the_call_and_its_threads(
+    workdir, tmp_path, monkeypatch
+):
+    detector = Detector.from_workdir(workdir, score_threshold=0.0)
+    images = [_image(tmp_path / f"in/{i}.png", 32, 32, seed=i) for i in range(10)]
+    out = tmp_path / "out"
+    earlier = predict.predict_files(detector, images[:2], out).images
+    write, writes = predict.atomic_write_bytes, []
+
+    def disk_full_at_the_third(path, data):
+        writes.append(path)
+        if len(writes) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        time.sleep(0.05)  # a write still running when the call raised would land later
+        write(path, data)
+
+    monkeypatch.setattr(predict, "atomic_write_bytes", disk_full_at_the_third)
+    with pytest.raises(errors.MachineError, match=r"Cannot write into the output folder .*out"):
+        predict.predict_files(detector, images, out, batch_size=2, drawing_threads=3)
+    files = sorted(os.listdir(out))
+    time.sleep(0.3)
+    assert sorted(os.listdir(out)) == files  # no drawing is written after the call
+    assert len(writes) < len(images)  # the drawings not yet started were cancelled
+    assert _record(out) == earlier  # the earlier call's results are left as they were
+    assert all((out / entry["drawing"]).is_file() for entry in earlier.values())
+
+
 def test_the_command_takes_nms_settings_of_its_own(tmp_path):
     # Boxes of 2 × 2 cells: a box and its row's or column's neighbour overlap by IoU 1/3
     # (0.4 where the image's edge clips one), under the run's NMS threshold of 0.45.
@@ -629,6 +685,38 @@ def test_a_label_at_the_right_edge_is_drawn_inside_the_image():
     # The label's box ("cat 0.50", filled with the class colour) started at the box's left
     # edge, x = 90, and was cut off at 100; now it ends there.
     assert canvas.getpixel((99, 4)) == canvas.getpixel((70, 4)) == predict.class_color(0)
+
+
+def test_labels_are_the_pixels_pillow_draws_in_place():
+    # The labels are pasted from tiles rendered once: they must be what drawing each one in
+    # place, over the boxes drawn before it, gives (at whole pixels, where labels are put).
+    rng = np.random.default_rng(0)
+    corners = rng.integers(-5, 150, (30, 2))
+    boxes = np.concatenate([corners, corners + rng.integers(5, 60, (30, 2))], axis=1)
+    labels = rng.integers(0, 4, 30)
+    detections = ImageDetections(
+        boxes=boxes.astype(np.float32),  # some past each edge, many overlapping
+        scores=np.sort(rng.uniform(0, 1, 30)).astype(np.float32)[::-1],
+        labels=labels,
+        class_names=[["cat", "dog", "traffic light", "x"][label] for label in labels],
+    )
+    image = rng.integers(0, 256, (120, 160, 3), np.uint8)
+    in_place = Image.fromarray(image)
+    draw = ImageDraw.Draw(in_place)
+    for box, score, label, name in reversed(list(zip(*detections, strict=True))):
+        color = predict.class_color(int(label))
+        draw.rectangle(box.tolist(), outline=color, width=2)
+        left, top = box[0], max(box[1] - 12, 0)
+        text_box = draw.textbbox((left, top), f"{name} {score:.2f}")
+        if text_box[2] > in_place.width:  # the label moves in from the right edge
+            left = max(left - (text_box[2] - in_place.width), 0)
+            text_box = draw.textbbox((left, top), f"{name} {score:.2f}")
+        draw.rectangle(text_box, fill=color)
+        draw.text((left, top), f"{name} {score:.2f}", fill=(0, 0, 0))
+    drawn = predict.draw_detections(image, detections)
+    for _ in range(2):  # the tiles rendered now, then reused
+        np.testing.assert_array_equal(np.asarray(drawn), np.asarray(in_place))
+        drawn = predict.draw_detections(image, detections)
 
 
 def test_of_two_classes_found_on_one_box_the_better_is_drawn_on_top():

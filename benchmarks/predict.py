@@ -1,0 +1,114 @@
+"""End-to-end speed of `python -m yolojax.predict` (`predict_files`) on a folder of photos:
+reading the JPEGs, detecting them in batches, drawing the boxes and writing the PNGs, with
+several counts of drawing threads side by side, against reading and detecting alone.
+
+    python -m benchmarks.predict                                   # darknet_tiny at 224, 32 photos
+    python -m benchmarks.predict --threads 0,2 --photos 64 --batch 16
+
+The photos are 640×480 JPEGs of smooth random colour fields (they compress as photos do,
+unlike noise); the model has random weights and a score threshold of 0, so each photo gets
+its full 100 boxes drawn, the most the default NMS keeps. The settings take turns within
+each round, and each row is the median over the rounds.
+"""
+
+import argparse
+import functools
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+from PIL import Image
+
+from benchmarks import common
+from benchmarks.inference import PHOTO_SIZE, default_head, make_detector, random_model
+from yolojax import models, predict
+from yolojax.images import read_image
+
+
+def write_photos(folder: Path, count: int, seed: int = 0) -> list[Path]:
+    """`count` 640×480 JPEGs of smooth colour fields (low-resolution noise, upsampled)."""
+    rng = np.random.default_rng(seed)
+    height, width = PHOTO_SIZE
+    paths = []
+    for i in range(count):
+        coarse = Image.fromarray(rng.integers(0, 256, (height // 40, width // 40, 3), np.uint8))
+        photo = np.asarray(coarse.resize((width, height), Image.Resampling.BICUBIC))
+        grain = rng.integers(-8, 9, photo.shape)  # a camera's noise
+        path = folder / f"photo_{i:04d}.jpg"
+        Image.fromarray(np.clip(photo + grain, 0, 255).astype(np.uint8)).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def _read_and_detect(detector, paths: list[Path], batch: int) -> None:
+    """predict's work without the drawings: each batch read, then detected."""
+    for start in range(0, len(paths), batch):
+        images = [read_image(path) for path in paths[start : start + batch]]
+        detector.detect_batch(images, batch_size=batch)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backbone", default="darknet_tiny", choices=models.BACKBONES)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=8, help="predict's --batch-size")
+    parser.add_argument("--photos", type=int, default=32)
+    parser.add_argument(
+        "--threads", default="0,1,2,4", help="drawing thread counts; the first is the baseline"
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    thread_counts = [int(n) for n in args.threads.split(",")]
+
+    model, variables, model_config = random_model(
+        args.backbone, default_head(args.backbone), args.image_size, "float32"
+    )
+    detector = make_detector(model, variables, model_config, args.image_size, score_threshold=0.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        photos_dir = Path(tmp, "photos")
+        photos_dir.mkdir()
+        photos = write_photos(photos_dir, args.photos)
+        runs = {
+            "read": lambda: [read_image(p) for p in photos],
+            "read + detect_batch": lambda: _read_and_detect(detector, photos, args.batch),
+        }
+        for threads in thread_counts:
+            runs[f"predict_files, {threads} drawing threads"] = functools.partial(
+                predict.predict_files,
+                detector,
+                photos_dir,
+                Path(tmp, f"out{threads}"),
+                batch_size=args.batch,
+                drawing_threads=threads,
+            )
+        drawn = runs[f"predict_files, {thread_counts[0]} drawing threads"]()  # compiles
+        seconds = common.time_alternating(runs, rounds=args.rounds, steps_per_round=1)
+    boxes = statistics.mean(len(image["detections"]) for image in drawn.images.values())
+    print(
+        f"{jax.devices()[0].device_kind} ({common.cpu_model()}, {os.cpu_count()} CPUs), "
+        f"load {common.load_average()}; {common.versions(['jax', 'pillow'])}"
+    )
+    print(
+        f"{args.photos} photos of {PHOTO_SIZE[1]}×{PHOTO_SIZE[0]}, {args.backbone} at "
+        f"{args.image_size}, batch {args.batch}, {boxes:.0f} boxes drawn a photo, "
+        f"median of {args.rounds} rounds"
+    )
+    baseline = common.median(seconds[f"predict_files, {thread_counts[0]} drawing threads"])
+    rows = []
+    for name, times in seconds.items():
+        run = common.median(times)
+        row = {"work": name, "ms": f"{run / args.photos * 1e3:.1f}"}
+        row["rate"] = f"{args.photos / run:.1f}"
+        if name.startswith("predict_files"):
+            row["speedup"] = f"{baseline / run:.2f}x"
+        rows.append(row)
+    columns = [("work", "work"), ("ms", "ms a photo"), ("rate", "photos/s")]
+    speedup = ("speedup", f"vs {thread_counts[0]} drawing threads")
+    print(common.markdown_table(rows, [*columns, speedup]))
+
+
+if __name__ == "__main__":
+    main()
