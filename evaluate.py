@@ -1,4 +1,4 @@
-"""Evaluates a checkpoint: per-class AP table, VOC07 11-point and area mAP, images/s.
+"""Evaluates a checkpoint: per-class AP table, VOC07 11-point and area mAP, loss, images/s.
 
     python evaluate.py --workdir runs/shapes [--checkpoint best]
     python evaluate.py --workdir W --config configs/run.py:W --config.eval.score_threshold=0.05

@@ -121,6 +121,53 @@ def test_the_reported_map_is_that_of_the_models_boxes_on_the_stored_annotations(
     assert results["num_detections"] == NUM_TEST * config.eval.max_detections
 
 
+@pytest.mark.parametrize("train_on_difficult", [False, True])
+def test_the_reported_loss_is_the_reference_loss_of_the_real_images(train_on_difficult, tmp_path):
+    torch = pytest.importorskip("torch")
+    from benchmarks import torch_reference  # needs torch
+
+    config, model, state, _ = _known_output_model(tmp_path)
+    config.data.train_on_difficult = train_on_difficult  # which objects the loss counts
+    mesh = distributed.mesh()
+    results = eval_lib.evaluate(  # 20 images in batches of 8: the last one padded with 4
+        eval_lib.make_eval_step(model, config, mesh),
+        distributed.replicate(state, mesh),
+        pipeline.make_eval_iterator(config.data, global_batch_size=8),
+        config,
+    )
+
+    # The PyTorch reference's loss of all 20 at once (a mean over them), on the stored
+    # annotations: the model's output is its head's bias, for every image.
+    examples = _stored_test_examples(config.data)
+    most = max(len(labels) for _, labels, _ in examples)
+    boxes, labels = np.zeros((NUM_TEST, most, 4)), np.zeros((NUM_TEST, most), np.int64)
+    counted = np.zeros((NUM_TEST, most), bool)
+    for i, (xyxy, image_labels, difficult) in enumerate(examples):
+        n = len(image_labels)
+        boxes[i, :n] = xyxy[:, [1, 0, 3, 2]] / SIZE  # pixel xyxy → normalized yxyx
+        labels[i, :n] = image_labels
+        counted[i, :n] = True if train_on_difficult else ~difficult
+    assert not counted.all() and counted.any()  # difficult objects and padding to leave out
+    grid = torch_reference.encode_targets(
+        torch.tensor(boxes, dtype=torch.float32),
+        torch.tensor(labels),
+        torch.tensor(counted),
+        grid_size=GRID,
+        num_classes=config.model.num_classes,
+    )
+    output = torch.tensor(state.params["head"]["bias"]).reshape(1, GRID, GRID, -1)
+    _, expected = torch_reference.yolo_loss(
+        output.expand(NUM_TEST, -1, -1, -1),
+        grid,
+        num_classes=config.model.num_classes,
+        num_boxes=config.model.num_boxes,
+        **config.loss,
+    )
+    assert set(results["loss"]) == {"loss", "coord", "object", "noobj", "class"}
+    for term, value in results["loss"].items():
+        assert value == pytest.approx(float(expected[term]), rel=1e-5), term
+
+
 def _write_voc_results(config, state, tmp_path):
     """(evaluate_checkpoint's results, the files' detections ``{image id: [(pixel xyxy box,
     score, label)]}``, the test split's image ids in stored order) for ``state`` saved as
@@ -237,7 +284,8 @@ def test_a_split_without_ground_truth_reports_its_detections_and_why_there_is_no
         and "--voc_results" in report
     )
     assert "nan" not in report.lower()
-    assert json.loads((workdir / "eval" / "metrics.json").read_text())["mAP"] is None
+    saved = json.loads((workdir / "eval" / "metrics.json").read_text())
+    assert saved["mAP"] is None and saved["loss"] is None  # nothing to learn from either
 
 
 def test_data_whose_classes_changed_since_training_is_refused_with_the_runs_classes(tmp_path):

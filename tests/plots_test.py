@@ -82,7 +82,7 @@ print(matplotlib.get_backend())
 def test_training_curves_name_the_split_and_show_the_loss_on_a_log_scale(tmp_path, monkeypatch):
     for epoch, value in ((1, 0.2), (2, 0.4)):
         record = {"step": epoch, "epoch": epoch, "loss": 1 / epoch, "test_mAP": value}
-        workdir_io.append_metrics(tmp_path, record)
+        workdir_io.append_metrics(tmp_path, record | {"test_loss": 3 / epoch})
     saved = {}
     save = plots.Figure.savefig
     monkeypatch.setattr(
@@ -96,5 +96,10 @@ def test_training_curves_name_the_split_and_show_the_loss_on_a_log_scale(tmp_pat
     np.testing.assert_allclose(curve.get_ydata(), [0.2, 0.4])
     assert Image.open(tmp_path / "mAP.png").size == (600, 400)
     # The loss on a log scale: the first steps' loss would flatten the rest.
-    (loss,) = saved["loss.png"].axes[0].get_lines()
-    assert saved["loss.png"].axes[0].get_yscale() == "log" and loss.get_label() == "loss"
+    train, test = saved["loss.png"].axes[0].get_lines()
+    assert saved["loss.png"].axes[0].get_yscale() == "log"
+    assert train.get_label() == "train loss" and test.get_label() == "validation loss"
+    np.testing.assert_allclose(train.get_ydata(), [1, 0.5])
+    np.testing.assert_allclose(test.get_ydata(), [3, 1.5])
+    # The evaluated loss dashed, in its training curve's colour.
+    assert test.get_color() == train.get_color() and test.get_linestyle() == "--"

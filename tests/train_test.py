@@ -121,9 +121,11 @@ def test_train_evaluate_predict(tmp_path, data_dir, monkeypatch, capsys):
     for r in records:
         if "test_mAP" in r:
             assert (
-                f"step {r['step']}: test mAP {r['test_mAP']:.4f} (area {r['test_mAP_area']:.4f}); "
-                f"train subset mAP {r['train_mAP']:.4f}\n"
+                f"step {r['step']}: test mAP {r['test_mAP']:.4f} (area {r['test_mAP_area']:.4f}), "
+                f"loss {r['test_loss']:.3f}; train subset mAP {r['train_mAP']:.4f}\n"
             ) in out
+            terms = [r[f"test_{name}"] for name in ("coord", "object", "noobj", "class")]
+            assert sum(terms) == pytest.approx(r["test_loss"], rel=1e-5)
     # A line per epoch, for a log without the bar: the means of its steps' logged terms.
     for epoch, steps in ((1, (2, 4)), (2, (6, 8))):
         mean = {
@@ -147,6 +149,10 @@ def test_train_evaluate_predict(tmp_path, data_dir, monkeypatch, capsys):
     saved = json.loads((workdir / "eval" / "metrics.json").read_text())
     assert set(saved["AP"]) == set(json.loads((workdir / "classes.json").read_text()))
     assert saved["step"] == 8
+    # The loss of the last evaluation, the same checkpoint on the same images.
+    assert saved["loss"] == pytest.approx(evaluated["loss"])
+    last_evaluation = [r for r in records if "test_mAP" in r][-1]
+    assert saved["loss"]["loss"] == pytest.approx(last_evaluation["test_loss"], rel=1e-5)
     # A workdir it cannot write to (read-only; here eval/ is a file) still gets the results.
     (workdir / "eval").rename(workdir / "eval_saved")
     (workdir / "eval").write_text("")

@@ -17,7 +17,17 @@ from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 from tqdm import tqdm
 
-from yolojax import checkpoints, distributed, errors, plots, postprocess, train_lib, voc_results
+from yolojax import (
+    checkpoints,
+    distributed,
+    errors,
+    losses,
+    plots,
+    postprocess,
+    targets,
+    train_lib,
+    voc_results,
+)
 from yolojax.boxes import normalized_yxyx_to_pixel_xyxy
 from yolojax.config import resolve_num_classes, validate_config
 from yolojax.data import pipeline, sources
@@ -35,15 +45,59 @@ def eval_batch_size(config) -> int:
     return config.train.batch_size
 
 
-def eval_step(state, images, *, model, config) -> postprocess.Detections:
-    """Detections for one per-device batch: ``images (B, H, W, 3)`` → ``(B, K)`` detections.
+def image_losses(outputs, batch, config) -> dict:
+    """Each image's YOLO loss, as training weighs it, but of the model in inference mode.
+
+    Args:
+      outputs: ``(B, S, S, C + 5B)`` the model's outputs for ``batch["image"]``.
+      batch: ``boxes (B, M, 4)`` normalized yxyx, ``labels (B, M)``, ``mask (B, M)``,
+        ``difficult (B, M)``: difficult objects count as training counts them
+        (``config.data.train_on_difficult``).
+      config: the run config (``config.model``'s grid and classes, ``config.loss``).
+
+    Returns:
+      ``{term: (B,)}`` for each of :data:`yolojax.losses.LOSS_TERMS`.
+    """
+    mask = batch["mask"]
+    if not config.data.train_on_difficult:
+        mask = mask & ~batch["difficult"]
+    grid = targets.encode_batch(
+        batch["boxes"],
+        batch["labels"],
+        mask,
+        grid_size=config.model.grid_size,
+        num_classes=config.model.num_classes,
+    )
+
+    def one_image(prediction, target):  # yolo_loss averages over its batch: one image
+        _, terms = losses.yolo_loss(
+            prediction[None],
+            target[None],
+            num_classes=config.model.num_classes,
+            num_boxes=config.model.num_boxes,
+            **config.loss,
+        )
+        return {term: terms[term] for term in losses.LOSS_TERMS}
+
+    return jax.vmap(one_image)(outputs, grid)
+
+
+def eval_step(state, batch, *, model, config) -> tuple[postprocess.Detections, dict]:
+    """Detections and loss for one per-device batch: ``batch["image"] (B, H, W, 3)`` →
+    ``(B, K)`` detections, and each image's loss terms (:func:`image_losses`, which says
+    what else ``batch`` holds).
 
     ``state``: a train state, or the model's variables as ``model.init`` gives them
     (``{'params': ..., 'batch_stats': ...}``; no ``'batch_stats'`` for GroupNorm models).
     """
     variables = state if isinstance(state, Mapping) else train_lib.model_variables(state)
-    outputs = model.apply(variables, images, train=False)
-    return postprocess.detect_with_config(outputs, config)
+    outputs = model.apply(variables, batch["image"], train=False)
+    detections = postprocess.detect_with_config(outputs, config)
+    return detections, image_losses(outputs, batch, config)
+
+
+# What the eval step reads of a pipeline batch.
+_STEP_INPUTS = ("image", "boxes", "labels", "mask", "difficult")
 
 
 def make_eval_step(model, config, mesh):
@@ -51,11 +105,11 @@ def make_eval_step(model, config, mesh):
     (:func:`yolojax.distributed.mesh`).
 
     Returns:
-      ``detect(state, images) -> Detections``: ``state`` (a train state or the model's
-      variables, :func:`eval_step`) from :func:`yolojax.distributed.replicate` on
-      ``mesh``, ``images`` this process's NumPy batch ``(local_devices, per_device, H, W,
-      3)``; the detections of those images as NumPy arrays
-      ``(local_devices * per_device, K, ...)``.
+      ``evaluate_batch(state, batch) -> (Detections, losses)``: ``state`` (a train state or
+      the model's variables, :func:`eval_step`) from :func:`yolojax.distributed.replicate`
+      on ``mesh``, ``batch`` this process's eval batch from the pipeline (NumPy arrays
+      ``(local_devices, per_device, ...)``); the detections and loss terms of those images
+      as NumPy arrays ``(local_devices * per_device, ...)``.
     """
     sharded = jax.shard_map(
         functools.partial(eval_step, model=model, config=config),
@@ -65,11 +119,11 @@ def make_eval_step(model, config, mesh):
     )
     compiled = jax.jit(sharded)
 
-    def detect(state, images: np.ndarray) -> postprocess.Detections:
-        images = distributed.shard_batch({"image": images}, mesh)["image"]
-        return distributed.local_rows(compiled(state, images), mesh)
+    def evaluate_batch(state, batch: dict) -> tuple[postprocess.Detections, dict]:
+        inputs = distributed.shard_batch({key: batch[key] for key in _STEP_INPUTS}, mesh)
+        return distributed.local_rows(compiled(state, inputs), mesh)
 
-    return detect
+    return evaluate_batch
 
 
 def _gather(arrays: dict) -> dict:
@@ -80,7 +134,7 @@ def _gather(arrays: dict) -> dict:
 
 
 def evaluate(
-    detect,
+    evaluate_batch,
     state,
     batches,
     config,
@@ -90,10 +144,10 @@ def evaluate(
     total: int = 0,
     keep_detections: bool = False,
 ) -> dict:
-    """Runs detection over ``batches`` and computes VOC mAP.
+    """Runs detection over ``batches`` and computes VOC mAP and the mean loss.
 
     Args:
-      detect: from :func:`make_eval_step`.
+      evaluate_batch: from :func:`make_eval_step`.
       state: the train state, or the model's variables (``{'params': ...,
         'batch_stats': ...}``), on the devices (:func:`yolojax.distributed.replicate`).
       batches: an iterable of eval batches (``yolojax.data.pipeline.make_eval_iterator``).
@@ -105,9 +159,11 @@ def evaluate(
         ``{index in the split: (boxes (K, 4) pixel xyxy, scores (K,), labels (K,))}``.
 
     Returns:
-      ``{'mAP', 'mAP_area', 'AP', 'AP_area', 'num_positives', 'num_images',
+      ``{'mAP', 'mAP_area', 'AP', 'AP_area', 'num_positives', 'loss', 'num_images',
       'num_detections', 'images_per_second', 'table'}``: VOC07 11-point mAP and area mAP
       (NaN classes left out), per-class APs and non-difficult ground-truth counts as lists,
+      the mean loss per image and its terms (``{term: value}`` for each of
+      :data:`yolojax.losses.LOSS_TERMS`, of the model in inference mode: :func:`image_losses`),
       the number of images and of detections evaluated (over every process), the detection
       throughput, a printable table, and per class the 'precision' and 'recall' arrays
       after each counted detection (:meth:`yolojax.evaluation.VOCEvaluator.compute`).
@@ -126,11 +182,13 @@ def evaluate(
         leave=False,  # the result line that follows says it all
         disable=None if progress and jax.process_index() == 0 else True,
     )
+    loss_sums = dict.fromkeys(losses.LOSS_TERMS, 0.0)
     for batch in batches:
-        detections = detect(state, batch["image"])
+        detections, image_loss = evaluate_batch(state, batch)
         # Flatten [devices, per_device] so the gather concatenates whole examples.
         examples = {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items()}
         arrays = {
+            **{f"loss_{term}": value for term, value in image_loss.items()},
             "gt_boxes": examples["boxes"],
             "gt_labels": examples["labels"],
             "gt_difficult": examples["difficult"],
@@ -145,6 +203,8 @@ def evaluate(
         }
         arrays = _gather(arrays)
         index = arrays.pop("index")
+        for term in losses.LOSS_TERMS:  # of the real examples, not the padding's
+            loss_sums[term] += float(np.sum(arrays.pop(f"loss_{term}"), where=arrays["valid"]))
         if keep_detections:
             kept.update(_image_detections(arrays, index))
         num_detections += int(np.sum(arrays["pred_valid"] & arrays["valid"][:, None]))
@@ -160,6 +220,7 @@ def evaluate(
         "AP": [float(v) for v in results["AP"]],
         "AP_area": [float(v) for v in results["AP_area"]],
         "num_positives": [int(n) for n in results["num_positives"]],
+        "loss": {term: total / max(evaluator.num_images, 1) for term, total in loss_sums.items()},
         "num_images": evaluator.num_images,
         "num_detections": num_detections,
         "images_per_second": evaluator.num_images / max(elapsed, 1e-9),
@@ -267,6 +328,7 @@ def evaluate_checkpoint(
             "mAP_area": results["mAP_area"],
             "AP": dict(zip(info.class_names, results["AP"], strict=True)),
             "AP_area": dict(zip(info.class_names, results["AP_area"], strict=True)),
+            "loss": results["loss"] if has_ground_truth(results) else None,
             "step": step,
             "split": info.eval_split_name,
             "checkpoint": str(checkpoint),
@@ -324,7 +386,7 @@ def report(results: dict) -> str:
     return (
         f"{results['table']}\n"
         f"step {results['step']}: mAP@0.5 VOC07 11-point {results['mAP']:.4f}, "
-        f"area {results['mAP_area']:.4f} {where}"
+        f"area {results['mAP_area']:.4f}, loss {results['loss']['loss']:.3f} {where}"
     )
 
 

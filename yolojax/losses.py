@@ -10,6 +10,8 @@ from yolojax.validation import check_positive_int
 
 # Bounds the slope of the signed square root of a predicted width/height near 0 (1/√ε).
 SQRT_EPSILON = 1e-6
+# The loss and its weighted terms, as yolo_loss's metrics name them: the terms sum to the loss.
+LOSS_TERMS = ("loss", "coord", "object", "noobj", "class")
 
 
 def signed_sqrt(values):

@@ -10,8 +10,7 @@ from matplotlib.figure import Figure
 
 from yolojax import workdir as workdir_io
 from yolojax.evaluation import precision_envelope
-
-LOSS_TERMS = ("loss", "coord", "object", "noobj", "class")
+from yolojax.losses import LOSS_TERMS
 
 
 def _series(records, key):
@@ -22,26 +21,35 @@ def _series(records, key):
 def plot_training_curves(workdir, *, eval_split: str = "test") -> list[Path]:
     """Writes ``loss.png`` and ``mAP.png`` into ``workdir``; returns the paths written.
 
-    ``eval_split`` names the split whose mAP metrics.jsonl logs as ``test_mAP`` (a VOC
-    folder's is 'validation'), for the legend.
+    ``eval_split`` names the split whose metrics metrics.jsonl logs as ``test_mAP``,
+    ``test_loss``, ... (a VOC folder's is 'validation'), for the legend. Each loss term
+    evaluated on it is drawn dashed, in its training curve's colour.
     """
     workdir = Path(workdir)
     records = workdir_io.read_metrics(workdir)
-    map_curves = [("test_mAP", f"{eval_split} mAP (VOC07)"), ("train_mAP", "train mAP (VOC07)")]
+    loss_curves = []
+    for i, term in enumerate(LOSS_TERMS):
+        loss_curves.append((term, f"train {term}", {"color": f"C{i}"}))
+        loss_curves.append((f"test_{term}", f"{eval_split} {term}", {"color": f"C{i}", "ls": "--"}))
+    map_curves = [
+        ("test_mAP", f"{eval_split} mAP (VOC07)", {}),
+        ("train_mAP", "train mAP (VOC07)", {}),
+    ]
     written = []
     for filename, curves, ylabel, yscale in (
         # Log scale: the first steps' loss is ten times the rest, which would flatten them.
-        ("loss.png", [(k, k) for k in LOSS_TERMS], "loss per image", "log"),
+        ("loss.png", loss_curves, "loss per image", "log"),
         ("mAP.png", map_curves, "mAP@0.5", "linear"),
     ):
         # A Figure without pyplot: nothing global (backend, open figures) changes for the
         # caller, who may be plotting in a notebook.
         fig = Figure(figsize=(6, 4), dpi=100)
         ax = fig.subplots()
-        for key, label in curves:
+        for key, label, style in curves:
             epochs, values = _series(records, key)
             if values:
-                ax.plot(epochs, values, label=label, marker="." if len(values) < 30 else None)
+                marker = "." if len(values) < 30 else None
+                ax.plot(epochs, values, label=label, marker=marker, **style)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.set_yscale(yscale)

@@ -14,7 +14,8 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from yolojax import distributed, plots
+from yolojax import distributed
+from yolojax.losses import LOSS_TERMS
 from yolojax.train_lib import NonFiniteLossError
 
 
@@ -93,7 +94,7 @@ class EpochMeans:
         self.seconds += images / max(means["images_per_second"], 1e-9)
         finite = steps - int(means["skipped_steps"])
         if finite:
-            for name in plots.LOSS_TERMS:
+            for name in LOSS_TERMS:
                 self.sums[name] = self.sums.get(name, 0.0) + means[name] * finite
             self.finite_steps += finite
 
@@ -103,7 +104,7 @@ class EpochMeans:
         speed = f"{self.images / max(self.seconds, 1e-9):.0f} images/s"
         if self.finite_steps:
             mean = {name: total / self.finite_steps for name, total in self.sums.items()}
-            terms = ", ".join(f"{name} {mean[name]:.3f}" for name in plots.LOSS_TERMS[1:])
+            terms = ", ".join(f"{name} {mean[name]:.3f}" for name in LOSS_TERMS[1:])
             line = f"{label}: loss {mean['loss']:.3f} ({terms}), {speed}"
         else:
             line = f"{label}: every step skipped (a loss that was not finite), {speed}"

@@ -206,11 +206,11 @@ class _Evaluator:
     Args:
       config: the run's config.
       run: the run's setup (:func:`_set_up`).
-      detect: the compiled detection step (:func:`yolojax.eval_lib.make_eval_step`).
+      evaluate_batch: the compiled evaluation step (:func:`yolojax.eval_lib.make_eval_step`).
     """
 
-    def __init__(self, config, run: _Run, detect):
-        self.config, self.run, self.detect = config, run, detect
+    def __init__(self, config, run: _Run, evaluate_batch):
+        self.config, self.run, self.evaluate_batch = config, run, evaluate_batch
 
     def evaluate(self, step: int, on_devices) -> dict:
         """Evaluates the saved ``step`` (the model ``on_devices``): keeps it as best/ if it is,
@@ -241,9 +241,9 @@ class _Evaluator:
 
     def _results(self, on_devices) -> tuple[dict, dict]:
         """(test set results, the scalars to log) for the model on the devices."""
-        config, info, detect = self.config, self.run.info, self.detect
+        config, info, evaluate_batch = self.config, self.run.info, self.evaluate_batch
         results = eval_lib.evaluate(
-            detect,
+            evaluate_batch,
             on_devices,
             pipeline.make_eval_iterator(config.data, global_batch_size=self.run.eval_batch),
             config,
@@ -252,9 +252,11 @@ class _Evaluator:
             total=info.num_eval_examples,
         )
         scalars = {"test_mAP": results["mAP"], "test_mAP_area": results["mAP_area"]}
+        if eval_lib.has_ground_truth(results):  # else the loss of finding nothing, anywhere
+            scalars |= {f"test_{term}": value for term, value in results["loss"].items()}
         if config.eval.train_subset:
             train_results = eval_lib.evaluate(
-                detect,
+                evaluate_batch,
                 on_devices,
                 pipeline.make_eval_iterator(
                     config.data,
@@ -284,7 +286,7 @@ class _Evaluator:
             train = f"; train subset mAP {train_map:.4f}" if train_map is not None else ""
             tqdm.write(
                 f"step {step}: {split} mAP {results['mAP']:.4f} "
-                f"(area {results['mAP_area']:.4f}){train}"
+                f"(area {results['mAP_area']:.4f}), loss {results['loss']['loss']:.3f}{train}"
             )
         else:  # "mAP nan" said nothing of why, or of what best/ then holds
             tqdm.write(
