@@ -50,6 +50,10 @@ def _read_and_detect(detector, paths: list[Path], batch: int) -> None:
         detector.detect_batch(images, batch_size=batch)
 
 
+def _predict_row(threads: int) -> str:
+    return f"predict_files, {threads} drawing thread{'s' * (threads != 1)}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backbone", default="darknet_tiny", choices=models.BACKBONES)
@@ -76,7 +80,7 @@ def main() -> None:
             "read + detect_batch": lambda: _read_and_detect(detector, photos, args.batch),
         }
         for threads in thread_counts:
-            runs[f"predict_files, {threads} drawing threads"] = functools.partial(
+            runs[_predict_row(threads)] = functools.partial(
                 predict.predict_files,
                 detector,
                 photos_dir,
@@ -84,7 +88,7 @@ def main() -> None:
                 batch_size=args.batch,
                 drawing_threads=threads,
             )
-        drawn = runs[f"predict_files, {thread_counts[0]} drawing threads"]()  # compiles
+        drawn = runs[_predict_row(thread_counts[0])]()  # compiles
         seconds = common.time_alternating(runs, rounds=args.rounds, steps_per_round=1)
     boxes = statistics.mean(len(image["detections"]) for image in drawn.images.values())
     print(
@@ -96,7 +100,7 @@ def main() -> None:
         f"{args.image_size}, batch {args.batch}, {boxes:.0f} boxes drawn a photo, "
         f"median of {args.rounds} rounds"
     )
-    baseline = common.median(seconds[f"predict_files, {thread_counts[0]} drawing threads"])
+    baseline = common.median(seconds[_predict_row(thread_counts[0])])
     rows = []
     for name, times in seconds.items():
         run = common.median(times)
@@ -106,7 +110,7 @@ def main() -> None:
             row["speedup"] = f"{baseline / run:.2f}x"
         rows.append(row)
     columns = [("work", "work"), ("ms", "ms a photo"), ("rate", "photos/s")]
-    speedup = ("speedup", f"vs {thread_counts[0]} drawing threads")
+    speedup = ("speedup", f"vs {_predict_row(thread_counts[0]).removeprefix('predict_files, ')}")
     print(common.markdown_table(rows, [*columns, speedup]))
 
 

@@ -387,6 +387,71 @@ def test_a_train_folder_alone_is_split_90_10_and_stray_xml_files_are_named(tmp_p
     assert sorted(splits["train"] + splits["validation"]) == [f"train/{i}" for i in ids]
 
 
+def test_an_emptied_valid_folder_says_train_is_split_instead(tmp_path, caplog):
+    ids = [f"img{index:02d}" for index in range(10)]
+    images = [VocImage(image_id, 16, 16, [VocObject("x", (1, 1, 9, 9))]) for image_id in ids]
+    voc = write_voc_folder(str(tmp_path / "voc"), images)
+    folder = _beside(voc, tmp_path / "export", dict.fromkeys(ids, "train"))
+    os.makedirs(os.path.join(folder, "valid"))  # an export whose validation files are gone
+    with caplog.at_level(logging.WARNING):
+        splits = voc_folder.folder_splits(folder)
+    assert len(splits["validation"]) == 1
+    assert "valid/ holds no .xml files: 10% of train/ is held out for validation" in caplog.text
+
+
+def test_an_empty_split_file_is_named(tmp_path):
+    images = [VocImage(name, 16, 16, [VocObject("x", (1, 1, 9, 9))]) for name in "abc"]
+    folder = write_voc_folder(str(tmp_path / "f"), images, image_sets={"train": ["a", "b"]})
+    main = os.path.join(folder, "ImageSets", "Main")
+    # Was TFDS's "No examples were yielded" under a traceback.
+    open(os.path.join(main, "val.txt"), "w").close()
+    config = default_data_config()
+    config.source, config.folder = "voc_folder", folder
+    config.tfds_data_dir = str(tmp_path / "tfds")
+    with pytest.raises(ValueError, match=rf"^{re.escape(main)}/val.txt lists no image: list"):
+        get_dataset_info(config)
+
+
+def test_split_files_without_a_held_out_split_say_how_to_get_one(tmp_path):
+    images = [VocImage(name, 16, 16, [VocObject("x", (1, 1, 9, 9))]) for name in "abc"]
+    config = default_data_config()
+    config.source = "voc_folder"
+    config.folder = write_voc_folder(str(tmp_path / "f"), images, image_sets={"train": ["a", "b"]})
+    config.tfds_data_dir = str(tmp_path / "tfds")
+    # Was "config.data.eval_split=None: Unknown split 'test'. Should be one of ['train']".
+    with pytest.raises(ValueError, match=r"has no validation or test split to evaluate on \(its"):
+        get_dataset_info(config)
+    config.eval_split = "train[50%:]"  # or a slice of the one it has
+    assert get_dataset_info(config).num_eval_examples == 1
+
+
+def test_images_both_trained_and_evaluated_on_are_warned_of(tmp_path, caplog):
+    images = [VocImage(name, 16, 16, [VocObject("x", (1, 1, 9, 9))]) for name in "abcd"]
+    # VOC's own trainval.txt is train.txt and val.txt together: no warning for it.
+    sets = {"train": ["a", "b"], "val": ["b", "c"], "trainval": ["a", "b", "c"], "test": ["d"]}
+    folder = write_voc_folder(str(tmp_path / "f"), images, image_sets=sets)
+    with caplog.at_level(logging.WARNING):
+        voc_folder.folder_splits(folder)
+    assert len(caplog.records) == 1
+    assert "1 images of" in caplog.text and "are in both train.txt and val.txt (b)" in caplog.text
+
+
+def test_a_class_the_train_split_lacks_is_warned_of(tmp_path, caplog):
+    # A typo in a validation file makes a class of its own, which training never sees.
+    images = [
+        VocImage("a", 16, 16, [VocObject("dog", (1, 1, 9, 9))]),
+        VocImage("b", 16, 16, [VocObject("cat", (1, 1, 9, 9))]),
+        VocImage("c", 16, 16, [VocObject("dgo", (1, 1, 9, 9)), VocObject("cat", (2, 2, 9, 9))]),
+    ]
+    sets = {"train": ["a", "b"], "val": ["c"]}
+    folder = write_voc_folder(str(tmp_path / "f"), images, image_sets=sets)
+    with caplog.at_level(logging.WARNING):
+        _prepare(folder, tmp_path / "tfds")
+    assert "the train split of" in caplog.text
+    assert "has no object of class 'dgo': the model cannot learn it" in caplog.text
+    assert "'cat'" not in caplog.text and "'dog'" not in caplog.text
+
+
 def test_editing_a_split_file_beside_xml_files_prepares_the_folder_anew(tmp_path):
     images = [VocImage(name, 16, 16, [VocObject("x", (1, 1, 9, 9))]) for name in "abc"]
     voc = write_voc_folder(str(tmp_path / "voc"), images)

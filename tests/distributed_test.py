@@ -302,6 +302,7 @@ def _assert_same_evaluation(actual: dict, expected: dict) -> None:
         assert actual[key] == expected[key], key
     for key in ("mAP", "mAP_area", "AP", "AP_area"):
         assert actual[key] == pytest.approx(expected[key], abs=1e-6, nan_ok=True), key
+    assert actual["loss"] == pytest.approx(expected["loss"], rel=1e-5)  # of the same images
 
 
 def _voc_results(folder: Path) -> dict[str, list[tuple[str, np.ndarray]]]:

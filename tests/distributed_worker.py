@@ -44,7 +44,7 @@ NUM_TRAIN = 2 * GLOBAL_BATCH  # one epoch = 2 steps
 NUM_TEST = 12
 # What the test compares of each evaluation.
 RESULT_KEYS = ("mAP", "mAP_area", "AP", "AP_area", "num_positives", "num_images")
-RESULT_KEYS += ("num_detections", "step")
+RESULT_KEYS += ("num_detections", "loss", "step")
 
 
 def tiny_config(data_dir: str):

@@ -95,6 +95,7 @@ def test_training_curves_name_the_split_and_show_the_loss_on_a_log_scale(tmp_pat
     assert curve.get_label() == "validation mAP (VOC07)"
     np.testing.assert_allclose(curve.get_ydata(), [0.2, 0.4])
     assert Image.open(tmp_path / "mAP.png").size == (600, 400)
+    assert saved["mAP.png"].axes[0].get_ylim()[0] == 0  # an mAP is never below 0
     # The loss on a log scale: the first steps' loss would flatten the rest.
     train, test = saved["loss.png"].axes[0].get_lines()
     assert saved["loss.png"].axes[0].get_yscale() == "log"

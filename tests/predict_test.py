@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 import unicodedata
 
@@ -409,8 +410,9 @@ def test_drawings_made_on_threads_are_those_made_in_turn_in_input_order(tmp_path
         assert (in_turn != np.asarray(Image.open(image))).any()
 
 
+@pytest.mark.parametrize("threads", [0, 3])
 def test_a_drawing_that_cannot_be_written_stops_the_call_and_its_threads(
-    workdir, tmp_path, monkeypatch
+    workdir, tmp_path, monkeypatch, threads
 ):
     detector = Detector.from_workdir(workdir, score_threshold=0.0)
     images = [_image(tmp_path / f"in/{i}.png", 32, 32, seed=i) for i in range(10)]
@@ -427,13 +429,52 @@ def test_a_drawing_that_cannot_be_written_stops_the_call_and_its_threads(
 
     monkeypatch.setattr(predict, "atomic_write_bytes", disk_full_at_the_third)
     with pytest.raises(errors.MachineError, match=r"Cannot write into the output folder .*out"):
-        predict.predict_files(detector, images, out, batch_size=2, drawing_threads=3)
+        predict.predict_files(detector, images, out, batch_size=2, drawing_threads=threads)
     files = sorted(os.listdir(out))
     time.sleep(0.3)
     assert sorted(os.listdir(out)) == files  # no drawing is written after the call
     assert len(writes) < len(images)  # the drawings not yet started were cancelled
+    if not threads:
+        assert len(writes) == 3  # in turn: nothing drawn after the failed write
     assert _record(out) == earlier  # the earlier call's results are left as they were
     assert all((out / entry["drawing"]).is_file() for entry in earlier.values())
+
+
+def test_the_main_thread_waits_for_slow_drawings_holding_a_bounded_number(
+    workdir, tmp_path, monkeypatch
+):
+    # A folder of photos is not read into memory while the drawings lag behind.
+    detector = Detector.from_workdir(workdir, score_threshold=0.0)
+    images = [_image(tmp_path / f"in/{i}.png", 32, 32, seed=i) for i in range(40)]
+    detect, detected, go = detector.detect_batch, [], threading.Event()
+
+    def counted(batch, **kwargs):
+        detected.extend(batch)
+        return detect(batch, **kwargs)
+
+    write = predict._write_drawing
+
+    def held(*args):
+        go.wait(10)
+        return write(*args)
+
+    monkeypatch.setattr(detector, "detect_batch", counted)
+    monkeypatch.setattr(predict, "_write_drawing", held)
+    call = threading.Thread(
+        target=predict.predict_files,
+        args=(detector, images, tmp_path / "out"),
+        kwargs={"batch_size": 4, "drawing_threads": 2},
+    )
+    call.start()
+    most = 4 + 2 * 2 + 4  # a batch and two a thread waiting, and the batch that overflowed
+    deadline = time.monotonic() + 60
+    while len(detected) < most and time.monotonic() < deadline:  # the first batch compiles
+        time.sleep(0.05)
+    time.sleep(1.0)  # time for a few batches more, were the main thread not waiting
+    assert len(detected) == most
+    go.set()
+    call.join()
+    assert len(detected) == len(images)
 
 
 def test_the_command_takes_nms_settings_of_its_own(tmp_path):

@@ -71,7 +71,7 @@ class _Terminal(io.StringIO):
 
 
 def test_train_evaluate_predict(tmp_path, data_dir, monkeypatch, capsys):
-    workdir = tmp_path / "run"
+    workdir = tmp_path / "my run"  # a space: the commands printed must still paste
     config = tiny_config(data_dir)
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
@@ -93,6 +93,7 @@ def test_train_evaluate_predict(tmp_path, data_dir, monkeypatch, capsys):
     assert progress.count("Evaluating (train subset):   0%|          | 0/8") == 2
     out = capsys.readouterr().out
     assert f"Saved in {workdir}: checkpoints/" in out
+    assert f"Evaluate with: python evaluate.py --workdir '{workdir}'\n" in out
     # First, what it trains: the model and its size, the data, the devices, the schedule.
     num_params = sum(np.size(leaf) for leaf in jax.tree.leaves(_params(workdir, config)[0]))
     assert (
@@ -244,7 +245,9 @@ def test_resume_gives_the_same_parameters(tmp_path, data_dir, capsys):
         f"train.log_every_steps: {config.train.log_every_steps} -> {changed.train.log_every_steps}"
         "; train.num_epochs: 2.0 -> 3.0. Training goes on"
     )
-    assert f"differs from the one saved in this workdir: {change}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"differs from the one saved in this workdir: {change}" in out
+    assert "The learning-rate schedule now spans 12 steps: from step 8 the rate follows" in out
     assert (full / "config.before_step_8.json").read_text() == saved
     saved = json.loads((full / "config.json").read_text())
     assert saved["train"]["log_every_steps"] == changed.train.log_every_steps

@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import warnings
 import zlib
 from pathlib import Path
@@ -457,7 +458,8 @@ class Checkpoints:
     def _what_to_do(self) -> str:
         return (
             "Use the config the run was trained with, which it saved: --config "
-            f"configs/run.py:{self.workdir} (evaluate.py reads it when --config is left "
+            f"{shlex.quote(f'configs/run.py:{self.workdir}')} (evaluate.py reads it when "
+            "--config is left "
             "out; in Python, yolojax.config.load_run_config(workdir), which "
             "Detector.from_workdir uses when config is left out), or another --workdir."
         )

@@ -6,6 +6,7 @@ the results are gathered so every process computes the same mAP over the whole s
 """
 
 import functools
+import shlex
 import time
 import warnings
 from collections.abc import Mapping
@@ -164,9 +165,10 @@ def evaluate(
       (NaN classes left out), per-class APs and non-difficult ground-truth counts as lists,
       the mean loss per image and its terms (``{term: value}`` for each of
       :data:`yolojax.losses.LOSS_TERMS`, of the model in inference mode: :func:`image_losses`),
-      the number of images and of detections evaluated (over every process), the detection
-      throughput, a printable table, and per class the 'precision' and 'recall' arrays
-      after each counted detection (:meth:`yolojax.evaluation.VOCEvaluator.compute`).
+      the number of images and of detections evaluated (over every process), the evaluation
+      throughput (detection and loss), a printable table, and per class the 'precision' and
+      'recall' arrays after each counted detection
+      (:meth:`yolojax.evaluation.VOCEvaluator.compute`).
     """
     evaluator = VOCEvaluator(
         config.model.num_classes,
@@ -273,7 +275,7 @@ def _check_same_classes(workdir, trained, class_names) -> None:
             f"The data's classes {tuple(class_names)} are not the ones the run in {workdir} was "
             f"trained on ({CLASSES_FILE}: {tuple(trained)}): its annotations changed since. "
             "Evaluate on the data the run was trained with, or name the run's classes: "
-            f"--config configs/run.py:{workdir} "
+            f"--config {shlex.quote(f'configs/run.py:{workdir}')} "
             f'--config.data.class_names="{tuple(trained)}" '
             "--config.data.on_bad_data=skip leaves out the images of other classes."
         )
@@ -285,9 +287,10 @@ def evaluate_checkpoint(
     """Restores a checkpoint of ``workdir`` and evaluates it on the eval split.
 
     Writes ``workdir/eval/metrics.json``:
-    ``{"mAP", "mAP_area", "AP": {class: AP}, "AP_area": {...}, "step", "split",
-    "num_images", "images_per_second", "checkpoint"}`` (``split``: the eval split's name,
-    'test' or 'validation'; NaN APs, of classes without positives, as null),
+    ``{"mAP", "mAP_area", "AP": {class: AP}, "AP_area": {...}, "loss": {term: mean}, "step",
+    "split", "num_images", "images_per_second", "checkpoint"}`` (``split``: the eval split's
+    name, 'test' or 'validation'; NaN APs, of classes without positives, as null; ``loss``
+    null for a split without ground truth),
     and each class's precision-recall curve as ``workdir/eval/pr_curves.png``.
 
     Args:

@@ -39,7 +39,7 @@ def plot_training_curves(workdir, *, eval_split: str = "test") -> list[Path]:
     for filename, curves, ylabel, yscale in (
         # Log scale: the first steps' loss is ten times the rest, which would flatten them.
         ("loss.png", loss_curves, "loss per image", "log"),
-        ("mAP.png", map_curves, "mAP@0.5", "linear"),
+        ("mAP.png", map_curves, "mAP@0.5", "linear"),  # from 0 (not -0.04 for all zeros)
     ):
         # A Figure without pyplot: nothing global (backend, open figures) changes for the
         # caller, who may be plotting in a notebook.
@@ -53,9 +53,11 @@ def plot_training_curves(workdir, *, eval_split: str = "test") -> list[Path]:
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.set_yscale(yscale)
+        if yscale == "linear":
+            ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend()
+        if ax.lines:  # up to ten loss curves: in two columns, to hide less of them
+            ax.legend(fontsize="small", ncol=2 if len(ax.lines) > 4 else 1)
         fig.tight_layout()
         fig.savefig(workdir / filename)
         written.append(workdir / filename)

@@ -26,7 +26,8 @@ An output folder used before keeps only this call's results: earlier calls' draw
 the previous detections.json lists, and any PNG marked as this command's drawing of that
 name in this folder, as a call that stopped before writing detections.json leaves them;
 each is written whole or not at all) are removed once the new detections.json is written;
-no other file is touched.
+no other file is touched. A call that stops early (a full disk, Ctrl-C) leaves the previous
+detections.json as it was, but the drawings it wrote already replace those of the same name.
 """
 
 import argparse
@@ -38,6 +39,7 @@ import io
 import json
 import os
 import sys
+import threading
 import unicodedata
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -108,12 +110,19 @@ def _label(text: str, color: tuple[int, int, int]) -> tuple[Image.Image, tuple[i
     """``text`` in black on ``color``, as Pillow's default font draws it at (0, 0): the tile,
     and its box there (left, top, right, bottom; the tile covers both ends). Rendering the
     text was 12 of the 17 ms that drawing 100 labels took; a photo's labels repeat (a score
-    has 101 values), and the tile is the same pixels as drawing in place."""
+    has 101 values), and the tile is the same pixels as drawing the label in place at the
+    same whole-pixel position (labels are put at whole pixels)."""
     font = _default_font()
-    left, top, right, bottom = font.getbbox(text)
-    tile = Image.new("RGB", (right - left + 1, bottom - top + 1), color)
-    ImageDraw.Draw(tile).text((-left, -top), text, fill=(0, 0, 0), font=font)
+    with _FONT_LOCK:  # one FreeType face, shared by the drawing threads: one user at a time
+        left, top, right, bottom = font.getbbox(text)
+        tile = Image.new("RGB", (right - left + 1, bottom - top + 1), color)
+        ImageDraw.Draw(tile).text((-left, -top), text, fill=(0, 0, 0), font=font)
     return tile, (left, top, right, bottom)
+
+
+# FreeType's FT_Face is not thread-safe; the GIL serializes Pillow's calls into it, but a
+# free-threaded Python before Pillow 12.2 does not (python-pillow/Pillow#9497).
+_FONT_LOCK = threading.Lock()
 
 
 @functools.cache
@@ -163,7 +172,7 @@ def _image_files(paths: Iterable) -> list[str]:
 @contextlib.contextmanager
 def _output_errors(out_dir: Path):
     """A write into the output folder that fails (a read-only mount, a full disk) as one
-    error naming the folder: an earlier call's results there are left as they were."""
+    error naming the folder."""
     try:
         yield
     except OSError as error:
@@ -205,7 +214,7 @@ def predict_files(
     """
     check_positive_int("batch_size", batch_size)
     if drawing_threads is None:
-        drawing_threads = min(os.cpu_count() or 1, 4)
+        drawing_threads = min(_usable_cpus(), 4)
     elif drawing_threads != 0:
         check_positive_int("drawing_threads", drawing_threads)
     if isinstance(paths, str | os.PathLike):  # not its characters, one by one
@@ -226,9 +235,10 @@ def predict_files(
     drawings = {os.path.realpath(out_dir / name) for name in marked}
     inputs = [path for path in _image_files(paths) if os.path.realpath(path) not in drawings]
     # The drawings being drawn and written, in input order: {path: its future record}. At
-    # most a batch and two per thread wait, so that a folder of photos is not held in memory.
+    # most a batch and two per thread wait, so that a folder of photos is not held in memory;
+    # none in turn: a drawing that cannot be written stops the call at once.
     being_drawn = collections.OrderedDict()
-    most_drawn_at_once = batch_size + 2 * drawing_threads
+    most_drawn_at_once = batch_size + 2 * drawing_threads if drawing_threads else 0
 
     def record_drawn(key: str, entry: Future) -> None:
         images[key] = entry.result()  # raises what the drawing or its writing raised
@@ -252,19 +262,28 @@ def predict_files(
             for (key, image), detections in zip(read.items(), found, strict=True):
                 name = _drawing_name(Path(key), taken)  # here: in input order
                 being_drawn[key] = submit(_write_drawing, image, detections, out_dir, name)
-            while len(being_drawn) > most_drawn_at_once:
-                record_drawn(*being_drawn.popitem(last=False))
+                while len(being_drawn) > most_drawn_at_once:
+                    record_drawn(*being_drawn.popitem(last=False))
         while being_drawn:
             record_drawn(*being_drawn.popitem(last=False))
     with _output_errors(out_dir):
         atomic_write_text(out_dir / DETECTIONS_FILE, to_json(images))
-    # Only now: a call that stops early leaves the previous results whole.
+    # Only now: a call that stops early leaves the previous detections.json, and the earlier
+    # drawings it did not write over (a drawing of the same name replaces one as it is written).
     # Compared case-insensitively, as _drawing_name: on macOS an earlier X.png is a new x.png.
     drawn = {image["drawing"].casefold() for image in images.values()}
     for name in earlier_drawings:
         if name.casefold() not in drawn:
             (out_dir / name).unlink(missing_ok=True)
     return Predictions(images, failed)
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (a container's or ``taskset``'s share, where the
+    system says), not the machine's."""
+    if hasattr(os, "sched_getaffinity"):  # Linux
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 @contextlib.contextmanager

@@ -23,6 +23,12 @@ def prepare_workdir(config, info, workdir: Path, start_step: int, total_steps: i
     if start_step < total_steps or not (workdir / workdir_io.CONFIG_FILE).exists():
         changes, kept = workdir_io.save_config(workdir, config_json, start_step)
         outcome = f"Training goes on with the new values; the previous config is kept as {kept}"
+        if any(change.startswith("train.num_epochs:") for change in changes):
+            # A cosine schedule stretched over more steps is higher at this step than it was.
+            outcome += (
+                f". The learning-rate schedule now spans {total_steps} steps: from step "
+                f"{start_step} the rate follows it, not the old one"
+            )
     else:
         changes = workdir_io.config_changes(workdir, config_json)
         outcome = (

@@ -16,6 +16,7 @@ every process after the same step, saved (:mod:`yolojax.preemption`).
 import contextlib
 import dataclasses
 import math
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -484,6 +485,7 @@ def train_and_evaluate(
         print(
             f"{saved} {run.workdir}: checkpoints/ (the last {config.train.keep_checkpoints}), "
             f"best/ (the best {run.info.eval_split_name} mAP), metrics.jsonl, loss.png, "
-            f"mAP.png, tensorboard/. Evaluate with: python evaluate.py --workdir {run.workdir}"
+            f"mAP.png, tensorboard/. Evaluate with: python evaluate.py --workdir "
+            f"{shlex.quote(str(run.workdir))}"
         )
     return results

@@ -183,7 +183,16 @@ def _parts(data_config, split: str | None) -> list[tuple[tfds.core.DatasetBuilde
             data_config.tfds_data_dir,
         )
         if split is None:  # Whichever held-out split the folder has, validation first.
-            split = "validation" if "validation" in builder.info.splits else "test"
+            held_out = [name for name in ("validation", "test") if name in builder.info.splits]
+            if not held_out:
+                raise ValueError(
+                    f"config.data.folder={data_config.folder!r} has no validation or test "
+                    f"split to evaluate on (its splits: {', '.join(builder.info.splits)}): "
+                    "add ImageSets/Main/val.txt (or a valid/ folder), remove ImageSets/Main "
+                    "to hold out 10% of the images at random, or name one with "
+                    "--config.data.eval_split (e.g. 'train[90%:]')."
+                )
+            split = held_out[0]
         return [(builder, split)]
     parts = []
     for part in split.split(","):

@@ -303,6 +303,14 @@ def _split_folder_splits(folder: str, split_seed: int) -> dict[str, list[str]] |
             "train/, valid/ or test/"
         )
     if set(splits) == {"train"}:
+        empty = [name for name in _split_folders(folder) if name != "train"]
+        if empty:  # an export's valid/ or test/ that lost its files, say
+            _logger.warning(
+                "%s: %s/ holds no .xml files: %.0f%% of train/ is held out for validation instead.",
+                folder,
+                "/, ".join(empty),
+                100 * _VALIDATION_FRACTION,
+            )
         return _random_split(folder, splits["train"], split_seed)
     return splits
 
@@ -319,12 +327,41 @@ def folder_splits(folder: str, split_seed: int = 0) -> dict[str, list[str]]:
             with open(path, encoding="utf-8", errors="surrogateescape") as file:
                 splits[split] = [line.split()[0] for line in file if line.strip()]
     if splits:
+        _check_split_files(main, splits)
         return splits
     if not _is_voc_layout(folder):
         from_folders = _split_folder_splits(folder, split_seed)
         if from_folders is not None:
             return from_folders
     return _random_split(folder, _annotation_ids(folder), split_seed)
+
+
+def _check_split_files(main: str, splits: dict[str, list[str]]) -> None:
+    """Refuses an empty split file (TFDS failed on one with a traceback); warns of images
+    both trained on and evaluated on."""
+    files = {split: f"{file_name}.txt" for file_name, split in _SPLIT_FILE_NAMES.items()}
+    for split, ids in splits.items():
+        if not ids:
+            raise ValueError(
+                f"{os.path.join(main, files[split])} lists no image: list the split's image "
+                "ids in it, one a line, or delete it."
+            )
+    # (VOC's trainval.txt is train.txt and val.txt together: that pair is meant to overlap.)
+    for trained, evaluated in (("train", "validation"), ("train", "test"), ("trainval", "test")):
+        both = sorted(set(splits.get(trained, ())) & set(splits.get(evaluated, ())))
+        if both:
+            _logger.warning(
+                "%d images of %s are in both %s and %s (%s%s): evaluated on %s after training "
+                "on %s, their mAP measures images the model was trained on.",
+                len(both),
+                main,
+                files[trained],
+                files[evaluated],
+                ", ".join(both[:3]),
+                ", ..." if len(both) > 3 else "",
+                evaluated,
+                trained,
+            )
 
 
 def _fingerprint(folder: str, *parts) -> str:
@@ -467,7 +504,7 @@ class VocFolder(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, split: str, image_ids: list[str]):
         config = self.builder_config
-        problems = []
+        problems, labels_seen = [], set()
         for image_id in image_ids:
             try:
                 example = _example(config.folder, image_id, config.class_names)
@@ -476,7 +513,20 @@ class VocFolder(tfds.core.GeneratorBasedBuilder):
                     raise _with_skip_hint(error) from None
                 problems.append(str(error))
                 continue
+            labels_seen.update(example["objects"]["label"])
             yield image_id, example
+        unseen = [name for i, name in enumerate(config.class_names) if i not in labels_seen]
+        if split == "train" and unseen:
+            # A class named only in the evaluation split's files (a typo, most often): it
+            # is never learned, and its AP of 0 lowers the mAP by a class's share.
+            _logger.warning(
+                "voc_folder: the train split of %s has no object of class %s: the model "
+                "cannot learn it, and its AP of 0 counts in the mAP. A misspelt name in the "
+                ".xml files? Classes: %s.",
+                config.folder,
+                ", ".join(repr(name) for name in unseen),
+                ", ".join(config.class_names),
+            )
         if problems:
             self.info.metadata["skipped"].extend(problems)
             _logger.warning(
