@@ -452,6 +452,22 @@ def test_a_class_the_train_split_lacks_is_warned_of(tmp_path, caplog):
     assert "'cat'" not in caplog.text and "'dog'" not in caplog.text
 
 
+def test_a_rare_class_named_almost_as_a_common_one_is_warned_of(tmp_path, caplog):
+    def box(name):
+        return VocObject(name, (1, 1, 9, 9))
+
+    images = [VocImage(f"a{i}", 16, 16, [box("redbox"), box("cat")]) for i in range(5)]
+    images.append(VocImage("b", 16, 16, [box("redbx"), box("car")]))  # a typo; a real class
+    folder = write_voc_folder(str(tmp_path / "f"), images)
+    with caplog.at_level(logging.WARNING):
+        names = voc_folder.scan_class_names(folder)
+        voc_folder.scan_class_names(folder)  # once a folder, however often read
+    assert names == ("car", "cat", "redbox", "redbx")  # still a class: a warning, not an error
+    assert len(caplog.records) == 1
+    assert "class 'redbx' of" in caplog.text
+    assert "(1 object) is named almost as 'redbox' (5 objects): a typo" in caplog.text
+
+
 def test_editing_a_split_file_beside_xml_files_prepares_the_folder_anew(tmp_path):
     images = [VocImage(name, 16, 16, [VocObject("x", (1, 1, 9, 9))]) for name in "abc"]
     voc = write_voc_folder(str(tmp_path / "voc"), images)

@@ -25,7 +25,10 @@ count. A skipped image is never kept with some of its boxes dropped.
     builder.download_and_prepare()
 """
 
+import collections
 import dataclasses
+import difflib
+import functools
 import hashlib
 import io
 import logging
@@ -387,7 +390,7 @@ def _with_skip_hint(error: BadDataError) -> BadDataError:
 
 def scan_class_names(folder: str, on_bad_data: str = "error") -> tuple[str, ...]:
     """Sorted names of every object class in the folder's XML files."""
-    names = set()
+    counts = collections.Counter()
     for image_id in _annotation_ids(folder):
         try:
             annotation = parse_annotation(_xml_path(folder, image_id))
@@ -395,7 +398,8 @@ def scan_class_names(folder: str, on_bad_data: str = "error") -> tuple[str, ...]
             if on_bad_data == "error":
                 raise _with_skip_hint(error) from None
             continue  # Counted and reported when the examples are generated.
-        names.update(obj.name for obj in annotation.objects)
+        counts.update(obj.name for obj in annotation.objects)
+    names = set(counts)
     if not names:
         raise ValueError(f"config.data.folder={folder!r}: no object found in its .xml files")
     spellings = {}
@@ -407,7 +411,29 @@ def scan_class_names(folder: str, on_bad_data: str = "error") -> tuple[str, ...]
                 f"config.data.folder={folder!r}: the class names {same} differ only in case and "
                 "would be separate classes; use one spelling in the .xml files"
             )
+    _warn_of_misspelt_classes(folder, tuple(sorted(counts.items())))
     return tuple(sorted(names))
+
+
+@functools.cache  # once per folder and process: a run reads its class names several times
+def _warn_of_misspelt_classes(folder: str, counts: tuple[tuple[str, int], ...]) -> None:
+    """Warns of a class of a few objects named almost as a class of many ('redbx' beside
+    'redbox'): most likely a typo, which makes a class the model can hardly learn."""
+    objects = dict(counts)
+    for name, count in counts:
+        common = [other for other in objects if objects[other] >= max(5 * count, 5)]
+        for like in difflib.get_close_matches(name, common, n=1, cutoff=0.8):
+            _logger.warning(
+                "voc_folder: class %r of %s (%d object%s) is named almost as %r (%d objects): "
+                "a typo in the .xml files? Fix it there, or give config.data.class_names, "
+                "which refuses other names.",
+                name,
+                folder,
+                count,
+                "s" * (count != 1),
+                like,
+                objects[like],
+            )
 
 
 @dataclasses.dataclass(eq=False)
