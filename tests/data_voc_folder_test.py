@@ -433,7 +433,7 @@ def test_images_both_trained_and_evaluated_on_are_warned_of(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         voc_folder.folder_splits(folder)
     assert len(caplog.records) == 1
-    assert "1 images of" in caplog.text and "are in both train.txt and val.txt (b)" in caplog.text
+    assert "1 image is in both train.txt and val.txt (b): evaluated on" in caplog.text
 
 
 def test_a_class_the_train_split_lacks_is_warned_of(tmp_path, caplog):
@@ -556,3 +556,42 @@ def test_augmented_training_batches_keep_each_box_on_its_object_pixels(tmp_path)
                 in_stored_pixels = box * [60, 80, 60, 80]  # whole pixels unless moved
                 moved += not np.allclose(in_stored_pixels, np.round(in_stored_pixels), atol=1e-3)
     assert checked >= 40 and moved >= checked // 2  # boxes were checked, and most moved
+
+
+def test_images_in_train_and_test_files_are_warned_of(tmp_path, caplog):
+    images = [VocImage(name, 16, 16, [VocObject("x", (1, 1, 9, 9))]) for name in "abc"]
+    sets = {"train": ["a"], "trainval": ["a", "b"], "test": ["b", "c"]}
+    folder = write_voc_folder(str(tmp_path / "f"), images, image_sets=sets)
+    with caplog.at_level(logging.WARNING):
+        voc_folder.folder_splits(folder)
+    assert "1 image is in both trainval.txt and test.txt (b)" in caplog.text
+    assert "train.txt and test.txt" not in caplog.text
+
+
+def test_classes_apart_by_a_word_or_a_digit_are_not_taken_for_typos(tmp_path, caplog):
+    names = [("with_mask", "without_mask"), ("red_light", "green_light"), ("class_1", "class_2")]
+    images = [
+        VocImage(f"{i}{j}", 16, 16, [VocObject(common, (1, 1, 9, 9))])
+        for i, (common, _) in enumerate(names)
+        for j in range(5)
+    ]
+    images += [
+        VocImage(f"r{i}", 16, 16, [VocObject(rare, (1, 1, 9, 9))])
+        for i, (_, rare) in enumerate(names)
+    ]
+    folder = write_voc_folder(str(tmp_path / "f"), images)
+    with caplog.at_level(logging.WARNING):
+        voc_folder.scan_class_names(folder)
+    assert not caplog.records
+
+
+def test_a_run_trained_on_trainval_is_evaluated_on_test(tmp_path):
+    images = [VocImage(name, 16, 16, [VocObject("x", (1, 1, 9, 9))]) for name in "abcd"]
+    sets = {"train": ["a"], "val": ["b"], "trainval": ["a", "b"], "test": ["c", "d"]}
+    config = default_data_config()
+    config.source = "voc_folder"
+    config.folder = write_voc_folder(str(tmp_path / "f"), images, image_sets=sets)
+    config.tfds_data_dir = str(tmp_path / "tfds")
+    assert get_dataset_info(config).num_eval_examples == 1  # validation
+    config.train_split = "trainval"
+    assert get_dataset_info(config).num_eval_examples == 2  # test, not val.txt's images

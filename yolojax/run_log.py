@@ -23,8 +23,13 @@ def prepare_workdir(config, info, workdir: Path, start_step: int, total_steps: i
     if start_step < total_steps or not (workdir / workdir_io.CONFIG_FILE).exists():
         changes, kept = workdir_io.save_config(workdir, config_json, start_step)
         outcome = f"Training goes on with the new values; the previous config is kept as {kept}"
-        if any(change.startswith("train.num_epochs:") for change in changes):
-            # A cosine schedule stretched over more steps is higher at this step than it was.
+        # A cosine schedule spans the run's steps: stretched over more, it is higher at this
+        # step than it was. Piecewise drops and the warm-up are in epochs, counted in steps
+        # of a batch: a new batch size moves them.
+        changed = {change.split(":")[0] for change in changes}
+        if "train.batch_size" in changed or (
+            config.train.schedule == "cosine" and "train.num_epochs" in changed
+        ):
             outcome += (
                 f". The learning-rate schedule now spans {total_steps} steps: from step "
                 f"{start_step} the rate follows it, not the old one"

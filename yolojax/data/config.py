@@ -79,7 +79,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     #                     eval 'voc/2007:test' (comma-separated '<dataset>:<split>' parts)
     #   synthetic_shapes: train 'train', eval 'test'
     #   voc_folder:       train 'train', eval 'validation' if the folder defines it, else
-    #                     'test' (the best checkpoint is chosen on the eval split)
+    #                     'test' (the best checkpoint is chosen on the eval split); 'test'
+    #                     for a train split of trainval or validation (VOC's trainval.txt
+    #                     holds val.txt's images)
     # Any TFDS expression works, e.g. 'train[:80%]' or 'voc/2012:validation[:500]'.
     data.train_split = config_dict.placeholder(str)
     data.eval_split = config_dict.placeholder(str)

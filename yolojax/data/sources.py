@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import logging
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,8 @@ _DEFAULT_SPLITS = {
     "voc": ("voc/2007:train+validation,voc/2012:train+validation", "voc/2007:test"),
     "synthetic_shapes": ("train", "test"),
     # eval: 'validation' if the folder defines it (the best checkpoint is chosen on the eval
-    # split: the test split stays unseen until asked for), else 'test'.
+    # split: the test split stays unseen until asked for), else 'test'; 'test' for a run
+    # trained on trainval or validation (see _parts).
     "voc_folder": ("train", None),
 }
 _FILE_FORMAT = "array_record"  # random access
@@ -183,12 +185,20 @@ def _parts(data_config, split: str | None) -> list[tuple[tfds.core.DatasetBuilde
             data_config.tfds_data_dir,
         )
         if split is None:  # Whichever held-out split the folder has, validation first.
-            held_out = [name for name in ("validation", "test") if name in builder.info.splits]
+            # VOC's trainval.txt holds val.txt's images: a run trained on them is tested.
+            trained = data_config.train_split or "train"
+            candidates = (
+                ("test",) if re.search("trainval|validation", trained) else ("validation", "test")
+            )
+            held_out = [name for name in candidates if name in builder.info.splits]
             if not held_out:
+                lacks = " or ".join(candidates)
+                if len(candidates) == 1:  # validation's images are trained on
+                    lacks += f" split (trained on {trained!r}, it is not tested on validation)"
                 raise ValueError(
-                    f"config.data.folder={data_config.folder!r} has no validation or test "
-                    f"split to evaluate on (its splits: {', '.join(builder.info.splits)}): "
-                    "add ImageSets/Main/val.txt (or a valid/ folder), remove ImageSets/Main "
+                    f"config.data.folder={data_config.folder!r} has no {lacks} split to "
+                    f"evaluate on (its splits: {', '.join(builder.info.splits)}): "
+                    "add ImageSets/Main/val.txt or test.txt, remove ImageSets/Main "
                     "to hold out 10% of the images at random, or name one with "
                     "--config.data.eval_split (e.g. 'train[90%:]')."
                 )

@@ -309,9 +309,10 @@ def _split_folder_splits(folder: str, split_seed: int) -> dict[str, list[str]] |
         empty = [name for name in _split_folders(folder) if name != "train"]
         if empty:  # an export's valid/ or test/ that lost its files, say
             _logger.warning(
-                "%s: %s/ holds no .xml files: %.0f%% of train/ is held out for validation instead.",
+                "%s: %s hold%s no .xml files: %.0f%% of train/ is held out for validation instead.",
                 folder,
-                "/, ".join(empty),
+                " and ".join(f"{name}/" for name in empty),
+                "s" * (len(empty) == 1),
                 100 * _VALIDATION_FRACTION,
             )
         return _random_split(folder, splits["train"], split_seed)
@@ -354,10 +355,11 @@ def _check_split_files(main: str, splits: dict[str, list[str]]) -> None:
         both = sorted(set(splits.get(trained, ())) & set(splits.get(evaluated, ())))
         if both:
             _logger.warning(
-                "%d images of %s are in both %s and %s (%s%s): evaluated on %s after training "
-                "on %s, their mAP measures images the model was trained on.",
-                len(both),
+                "%s: %d image%s in both %s and %s (%s%s): evaluated on %s after training "
+                "on %s, the mAP measures images the model was trained on.",
                 main,
+                len(both),
+                " is" if len(both) == 1 else "s are",
                 files[trained],
                 files[evaluated],
                 ", ".join(both[:3]),
@@ -423,6 +425,8 @@ def _warn_of_misspelt_classes(folder: str, counts: tuple[tuple[str, int], ...]) 
     for name, count in counts:
         common = [other for other in objects if objects[other] >= max(5 * count, 5)]
         for like in difflib.get_close_matches(name, common, n=1, cutoff=0.8):
+            if not _likely_typo(name, like):
+                continue
             _logger.warning(
                 "voc_folder: class %r of %s (%d object%s) is named almost as %r (%d objects): "
                 "a typo in the .xml files? Fix it there, or give config.data.class_names, "
@@ -434,6 +438,15 @@ def _warn_of_misspelt_classes(folder: str, counts: tuple[tuple[str, int], ...]) 
                 like,
                 objects[like],
             )
+
+
+def _likely_typo(rare: str, common: str) -> bool:
+    """At most two letters apart, and not only in digits: 'redbx' of 'redbox', not
+    'without_mask' of 'with_mask', 'green_light' of 'red_light' or 'class_2' of 'class_1'."""
+    if re.sub(r"[0-9]", "", rare) == re.sub(r"[0-9]", "", common):
+        return False
+    blocks = difflib.SequenceMatcher(None, rare, common).get_matching_blocks()
+    return max(len(rare), len(common)) - sum(block.size for block in blocks) <= 2
 
 
 @dataclasses.dataclass(eq=False)
@@ -547,7 +560,8 @@ class VocFolder(tfds.core.GeneratorBasedBuilder):
             # is never learned, and its AP of 0 lowers the mAP by a class's share.
             _logger.warning(
                 "voc_folder: the train split of %s has no object of class %s: the model "
-                "cannot learn it, and its AP of 0 counts in the mAP. A misspelt name in the "
+                "cannot learn it, and where the evaluation split has it, its AP of 0 counts in "
+                "the mAP. A misspelt name in the "
                 ".xml files? Classes: %s.",
                 config.folder,
                 ", ".join(repr(name) for name in unseen),
