@@ -55,7 +55,7 @@ def _predict_row(threads: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--backbone", default="darknet_tiny", choices=models.BACKBONES)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=8, help="predict's --batch-size")

@@ -374,7 +374,7 @@ def no_ground_truth(split: str) -> str:
 
 def report(results: dict) -> str:
     """What evaluate.py prints of :func:`evaluate_checkpoint`'s ``results``: the per-class
-    AP table and a line with the step, mAP, split and speed; for a split without ground
+    AP table and a line with the step, mAP, loss, split and speed; for a split without ground
     truth (VOC2012 test), the detections counted and why there is no mAP instead."""
     where = (
         f"on {results['num_images']} {results['split']} images "
