@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import re
-import shlex
 import warnings
 import zlib
 from pathlib import Path
@@ -39,7 +38,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from yolojax import errors
-from yolojax.workdir import SUPERSEDED_FOLDER, check_workdir, free_path
+from yolojax.workdir import SUPERSEDED_FOLDER, check_workdir, free_path, run_config_flag
 
 logger = logging.getLogger(__name__)
 
@@ -457,9 +456,8 @@ class Checkpoints:
 
     def _what_to_do(self) -> str:
         return (
-            "Use the config the run was trained with, which it saved: --config "
-            f"{shlex.quote(f'configs/run.py:{self.workdir}')} (evaluate.py reads it when "
-            "--config is left "
+            "Use the config the run was trained with, which it saved: "
+            f"{run_config_flag(self.workdir)} (evaluate.py reads it when --config is left "
             "out; in Python, yolojax.config.load_run_config(workdir), which "
             "Detector.from_workdir uses when config is left out), or another --workdir."
         )

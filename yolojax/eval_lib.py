@@ -6,7 +6,6 @@ the results are gathered so every process computes the same mAP over the whole s
 """
 
 import functools
-import shlex
 import time
 import warnings
 from collections.abc import Mapping
@@ -25,7 +24,6 @@ from yolojax import (
     losses,
     plots,
     postprocess,
-    targets,
     train_lib,
     voc_results,
 )
@@ -33,7 +31,14 @@ from yolojax.boxes import normalized_yxyx_to_pixel_xyxy
 from yolojax.config import resolve_num_classes, validate_config
 from yolojax.data import pipeline, sources
 from yolojax.evaluation import VOCEvaluator
-from yolojax.workdir import CLASSES_FILE, EVAL_FOLDER, atomic_write_text, load_class_names, to_json
+from yolojax.workdir import (
+    CLASSES_FILE,
+    EVAL_FOLDER,
+    atomic_write_text,
+    load_class_names,
+    run_config_flag,
+    to_json,
+)
 
 
 def eval_batch_size(config) -> int:
@@ -62,22 +67,10 @@ def image_losses(outputs, batch, config) -> dict:
     mask = batch["mask"]
     if not config.data.train_on_difficult:
         mask = mask & ~batch["difficult"]
-    grid = targets.encode_batch(
-        batch["boxes"],
-        batch["labels"],
-        mask,
-        grid_size=config.model.grid_size,
-        num_classes=config.model.num_classes,
-    )
+    grid = train_lib.target_grids(batch["boxes"], batch["labels"], mask, config)
 
-    def one_image(prediction, target):  # yolo_loss averages over its batch: one image
-        _, terms = losses.yolo_loss(
-            prediction[None],
-            target[None],
-            num_classes=config.model.num_classes,
-            num_boxes=config.model.num_boxes,
-            **config.loss,
-        )
+    def one_image(prediction, target):  # the loss averages over its batch: one image
+        _, terms = train_lib.loss_with_config(prediction[None], target[None], config)
         return {term: terms[term] for term in losses.LOSS_TERMS}
 
     return jax.vmap(one_image)(outputs, grid)
@@ -275,7 +268,7 @@ def _check_same_classes(workdir, trained, class_names) -> None:
             f"The data's classes {tuple(class_names)} are not the ones the run in {workdir} was "
             f"trained on ({CLASSES_FILE}: {tuple(trained)}): its annotations changed since. "
             "Evaluate on the data the run was trained with, or name the run's classes: "
-            f"--config {shlex.quote(f'configs/run.py:{workdir}')} "
+            f"{run_config_flag(workdir)} "
             f'--config.data.class_names="{tuple(trained)}" '
             "--config.data.on_bad_data=skip leaves out the images of other classes."
         )

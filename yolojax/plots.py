@@ -36,10 +36,10 @@ def plot_training_curves(workdir, *, eval_split: str = "test") -> list[Path]:
         ("train_mAP", "train mAP (VOC07)", {}),
     ]
     written = []
-    for filename, curves, ylabel, yscale in (
+    for filename, curves, ylabel, yscale, bottom in (
         # Log scale: the first steps' loss is ten times the rest, which would flatten them.
-        ("loss.png", loss_curves, "loss per image", "log"),
-        ("mAP.png", map_curves, "mAP@0.5", "linear"),  # from 0 (not -0.04 for all zeros)
+        ("loss.png", loss_curves, "loss per image", "log", None),
+        ("mAP.png", map_curves, "mAP@0.5", "linear", 0),  # not -0.04 for all-zero mAPs
     ):
         # A Figure without pyplot: nothing global (backend, open figures) changes for the
         # caller, who may be plotting in a notebook.
@@ -53,8 +53,7 @@ def plot_training_curves(workdir, *, eval_split: str = "test") -> list[Path]:
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.set_yscale(yscale)
-        if yscale == "linear":
-            ax.set_ylim(bottom=0)
+        ax.set_ylim(bottom=bottom)  # None: matplotlib's own
         ax.grid(alpha=0.3)
         if ax.lines:  # up to ten loss curves: in two columns, to hide less of them
             ax.legend(fontsize="small", ncol=2 if len(ax.lines) > 4 else 1)

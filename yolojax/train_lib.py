@@ -112,6 +112,31 @@ def _after_every_gradient(new_params, params, grad_norm):
     return jax.tree.map(lambda new, old: jnp.where(never, old, new), new_params, params)
 
 
+def target_grids(boxes, labels, mask, config) -> jax.Array:
+    """:func:`yolojax.targets.encode_batch` of ``boxes (B, M, 4)`` normalized yxyx, ``labels
+    (B, M)`` and ``mask (B, M)`` on the grid of ``config.model``: ``(B, S, S, C + 5)``."""
+    return targets.encode_batch(
+        boxes,
+        labels,
+        mask,
+        grid_size=config.model.grid_size,
+        num_classes=config.model.num_classes,
+    )
+
+
+def loss_with_config(outputs, grid, config):
+    """:func:`yolojax.losses.yolo_loss` of outputs ``(N, S, S, C + 5B)`` against
+    :func:`target_grids` with the boxes of ``config.model`` and the weights of
+    ``config.loss``: ``(loss, metrics)``, the loss a mean over the N images."""
+    return losses.yolo_loss(
+        outputs,
+        grid,
+        num_classes=config.model.num_classes,
+        num_boxes=config.model.num_boxes,
+        **config.loss,
+    )
+
+
 def train_step(state: TrainState, batch: dict, *, model, config, schedule):
     """One optimization step on one device's share of the global batch.
 
@@ -134,13 +159,7 @@ def train_step(state: TrainState, batch: dict, *, model, config, schedule):
     """
     key = jax.random.fold_in(jax.random.key(config.seed), state.step)
     dropout_key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))
-    grid = targets.encode_batch(
-        batch["boxes"],
-        batch["labels"],
-        batch["mask"],
-        grid_size=config.model.grid_size,
-        num_classes=config.model.num_classes,
-    )
+    grid = target_grids(batch["boxes"], batch["labels"], batch["mask"], config)
 
     def loss_fn(params):
         outputs, updates = model.apply(
@@ -150,13 +169,7 @@ def train_step(state: TrainState, batch: dict, *, model, config, schedule):
             mutable=["batch_stats"],
             rngs={"dropout": dropout_key},
         )
-        loss, metrics = losses.yolo_loss(
-            outputs,
-            grid,
-            num_classes=config.model.num_classes,
-            num_boxes=config.model.num_boxes,
-            **config.loss,
-        )
+        loss, metrics = loss_with_config(outputs, grid, config)
         return loss, (metrics, updates.get("batch_stats", {}))
 
     (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

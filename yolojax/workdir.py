@@ -16,6 +16,7 @@
 import json
 import math
 import os
+import shlex
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -142,6 +143,12 @@ def config_changes(workdir: str | os.PathLike, config_json: str) -> list[str]:
         for key in sorted(previous.keys() | current.keys())
         if previous.get(key) != current.get(key)
     ]
+
+
+def run_config_flag(workdir: str | os.PathLike) -> str:
+    """``--config configs/run.py:WORKDIR``, the flag that gives a command the config the run
+    in ``workdir`` saved, shell-quoted so that it pastes whatever the path holds."""
+    return f"--config {shlex.quote(f'configs/run.py:{workdir}')}"
 
 
 def save_config(
