@@ -7,15 +7,29 @@ optional `port` extra is installed) fixes the order for every test module.
 The tests that compare with torch and torchvision (the weight port, the PyTorch reference
 loss, adaptive pooling) skip without the extra. CI installs it and sets
 ``YOLOJAX_REQUIRE_PORT=1``, which makes its absence an error instead of silent skips.
+
+Dozens of tests train, evaluate and restore the same tiny models, and compiling their
+steps took about a third of the suite's time: a persistent JAX compilation cache, fresh for
+each pytest process (each xdist worker) and removed at its end, serves them and the
+processes the tests start (set before JAX is imported, in the environment they inherit).
+One a process, not one for the run: JAX writes an entry in place, and a worker reading
+the other's half-written entry would warn and compile again.
 """
 
 import logging
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Assigned, not defaulted: an xdist worker inherits its controller's folder, and a cache
+# of the user's would make the suite depend on what ran before.
+_JAX_CACHE = os.path.join(tempfile.gettempdir(), f"yolojax-tests-jax-cache-{os.getpid()}")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _JAX_CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 # Optional dependency (the `port` extra); see the module docstring for why it is here.
 try:
@@ -26,6 +40,10 @@ except ImportError as error:
             f"YOLOJAX_REQUIRE_PORT=1, but torchvision cannot be imported ({error}): install "
             'the `port` extra (pip install -e ".[test,port]").'
         ) from error
+
+
+def pytest_sessionfinish(session):
+    shutil.rmtree(_JAX_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
