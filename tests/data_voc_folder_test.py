@@ -595,3 +595,21 @@ def test_a_run_trained_on_trainval_is_evaluated_on_test(tmp_path):
     assert get_dataset_info(config).num_eval_examples == 1  # validation
     config.train_split = "trainval"
     assert get_dataset_info(config).num_eval_examples == 2  # test, not val.txt's images
+
+
+def test_annotated_images_in_no_split_file_are_warned_of(tmp_path, caplog):
+    # Images added to Annotations/ and JPEGImages/ but not to train.txt were silently unused.
+    images = [VocImage(name, 16, 16, [VocObject("x", (1, 1, 9, 9))]) for name in "abcde"]
+    sets = {"train": ["a", "b"], "val": ["c"]}
+    folder = write_voc_folder(str(tmp_path / "f"), images, image_sets=sets)
+    with caplog.at_level(logging.WARNING):
+        voc_folder.folder_splits(folder)
+    assert len(caplog.records) == 1
+    assert "2 of the 5 images in Annotations/ are in no split file of ImageSets/Main (d, e)" in (
+        caplog.text
+    )
+    caplog.clear()
+    write_voc_folder(str(tmp_path / "g"), images, image_sets={**sets, "test": ["d", "e"]})
+    with caplog.at_level(logging.WARNING):
+        voc_folder.folder_splits(str(tmp_path / "g"))
+    assert not caplog.records

@@ -332,6 +332,7 @@ def folder_splits(folder: str, split_seed: int = 0) -> dict[str, list[str]]:
                 splits[split] = [line.split()[0] for line in file if line.strip()]
     if splits:
         _check_split_files(main, splits)
+        _warn_of_unlisted_images(folder, splits)
         return splits
     if not _is_voc_layout(folder):
         from_folders = _split_folder_splits(folder, split_seed)
@@ -367,6 +368,28 @@ def _check_split_files(main: str, splits: dict[str, list[str]]) -> None:
                 evaluated,
                 trained,
             )
+
+
+def _warn_of_unlisted_images(folder: str, splits: dict[str, list[str]]) -> None:
+    """Warns of annotated images that no split file lists: images added to Annotations/ and
+    JPEGImages/ but not to train.txt were left out without a word. (VOC2012's Annotations/
+    also holds its other tasks' images, which Main/'s files rightly leave out.)"""
+    if not _is_voc_layout(folder):
+        return
+    listed = set().union(*splits.values())
+    annotated = _xml_stems(os.path.join(folder, "Annotations"))
+    unlisted = [image_id for image_id in annotated if image_id not in listed]
+    if unlisted:
+        _logger.warning(
+            "%s: %d of the %d images in Annotations/ are in no split file of ImageSets/Main "
+            "(%s%s): they are not used. To train or evaluate on them, add their ids to "
+            "train.txt or another split's file.",
+            folder,
+            len(unlisted),
+            len(annotated),
+            ", ".join(unlisted[:3]),
+            ", ..." if len(unlisted) > 3 else "",
+        )
 
 
 def _fingerprint(folder: str, *parts) -> str:
