@@ -96,10 +96,10 @@ def test_bad_inputs_are_skipped_named_and_make_the_command_fail(workdir, tmp_pat
 
     # Every good image is drawn and recorded, those after the bad ones too.
     assert Image.open(out / "first.png").size == (40, 30)
-    assert Image.open(out / "last.png").size == (50, 20)
+    assert Image.open(out / "last.jpg").size == (50, 20)  # a JPEG photo's drawing is a JPEG
     record = _record(out)
     assert list(record) == [first, last]
-    assert [record[p]["drawing"] for p in (first, last)] == ["first.png", "last.png"]
+    assert [record[p]["drawing"] for p in (first, last)] == ["first.png", "last.jpg"]
     assert all(isinstance(record[p]["detections"], list) for p in (first, last))
 
     # One line per bad input, naming it and why, then the summary.
@@ -129,17 +129,24 @@ def test_no_readable_input_still_fails_with_the_summary(workdir, tmp_path, capsy
 def test_same_named_inputs_get_distinct_drawings(workdir, tmp_path, capsys):
     a = _image(tmp_path / "a" / "x.jpg", 40, 30)
     b = _image(tmp_path / "b" / "x.jpg", 50, 20, seed=1)
-    c = _image(tmp_path / "c" / "X.png", 30, 30, seed=2)  # the same name on macOS/Windows
+    c = _image(tmp_path / "c" / "X.jpeg", 30, 30, seed=2)  # X.jpg: x.jpg on macOS/Windows
+    d = _image(tmp_path / "d" / "x.png", 20, 20, seed=3)  # another format: another name
     out = tmp_path / "out"
 
-    assert _predict(workdir, out, a, b, c) == 0
+    assert _predict(workdir, out, a, b, c, d) == 0
 
     record = _record(out)
-    assert {p: record[p]["drawing"] for p in record} == {a: "x.png", b: "x_1.png", c: "X_2.png"}
+    assert {p: record[p]["drawing"] for p in record} == {
+        a: "x.jpg",
+        b: "x_1.jpg",
+        c: "X_2.jpg",
+        d: "x.png",
+    }
     # Each drawing is of its own input.
-    assert Image.open(out / "x.png").size == (40, 30)
-    assert Image.open(out / "x_1.png").size == (50, 20)
-    assert Image.open(out / "X_2.png").size == (30, 30)
+    assert Image.open(out / "x.jpg").size == (40, 30)
+    assert Image.open(out / "x_1.jpg").size == (50, 20)
+    assert Image.open(out / "X_2.jpg").size == (30, 30)
+    assert Image.open(out / "x.png").size == (20, 20)
     assert "Skipping" not in capsys.readouterr().err
 
 
@@ -150,7 +157,7 @@ def test_a_reused_output_folder_holds_only_the_latest_calls_drawings(workdir, tm
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    (out / "mine.png").write_bytes(b"mine")
+    (out / "mine.jpg").write_bytes(b"mine")
     outside = tmp_path / "outside.png"
     outside.write_bytes(b"mine")
     # A detections.json naming a file outside the folder: that file is not removed.
@@ -161,18 +168,18 @@ def test_a_reused_output_folder_holds_only_the_latest_calls_drawings(workdir, tm
     assert _predict(workdir, out, b, c) == 0
 
     drawn = sorted(p.name for p in out.iterdir())
-    assert drawn == ["b.png", "c.png", "detections.json", "mine.png", "notes.txt"]
-    assert {_record(out)[p]["drawing"] for p in (b, c)} == {"b.png", "c.png"}
+    assert drawn == ["b.jpg", "c.jpg", "detections.json", "mine.jpg", "notes.txt"]
+    assert {_record(out)[p]["drawing"] for p in (b, c)} == {"b.jpg", "c.jpg"}
     assert (out / "notes.txt").read_text() == "mine"
     # A call that reads nothing leaves nothing of the earlier ones to mistake for its own.
     assert _predict(workdir, out, str(tmp_path / "missing.jpg")) == 1
-    assert sorted(p.name for p in out.iterdir()) == ["detections.json", "mine.png", "notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["detections.json", "mine.jpg", "notes.txt"]
 
 
 def test_files_already_in_the_output_folder_are_never_overwritten(workdir, tmp_path):
     out = tmp_path / "out"
     photo = _image(out / "photo.png", 40, 30)  # an input in the output folder itself
-    (out / "other.png").write_bytes(b"the user's")  # a file an input's drawing would be named
+    (out / "other.jpg").write_bytes(b"the user's")  # a file an input's drawing would be named
     other = _image(tmp_path / "elsewhere" / "other.jpg", 50, 20, seed=1)
     before = (out / "photo.png").read_bytes()
 
@@ -180,15 +187,15 @@ def test_files_already_in_the_output_folder_are_never_overwritten(workdir, tmp_p
         assert _predict(workdir, out, photo, other) == 0
         record = _record(out)
         assert record[photo]["drawing"] == "photo_1.png"
-        assert record[other]["drawing"] == "other_1.png"
+        assert record[other]["drawing"] == "other_1.jpg"
         assert (out / "photo.png").read_bytes() == before
-        assert (out / "other.png").read_bytes() == b"the user's"
+        assert (out / "other.jpg").read_bytes() == b"the user's"
         assert Image.open(out / "photo_1.png").size == (40, 30)
-        assert Image.open(out / "other_1.png").size == (50, 20)
+        assert Image.open(out / "other_1.jpg").size == (50, 20)
     assert sorted(p.name for p in out.iterdir()) == [
         "detections.json",
-        "other.png",
-        "other_1.png",
+        "other.jpg",
+        "other_1.jpg",
         "photo.png",
         "photo_1.png",
     ]
@@ -199,12 +206,12 @@ def test_drawings_of_a_call_stopped_before_its_record_are_still_replaced(workdir
     b = _image(tmp_path / "b.jpg", 50, 20, seed=1)
     out = tmp_path / "out"
     assert _predict(workdir, out, a) == 0
-    (out / "detections.json").unlink()  # as a call stopped after drawing a.png leaves it
+    (out / "detections.json").unlink()  # as a call stopped after drawing a.jpg leaves it
     assert _predict(workdir, out, a) == 0
-    assert _record(out)[a]["drawing"] == "a.png"  # its own name again, not a_1.png
+    assert _record(out)[a]["drawing"] == "a.jpg"  # its own name again, not a_1.jpg
     (out / "detections.json").unlink()
     assert _predict(workdir, out, b) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["b.png", "detections.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["b.jpg", "detections.json"]
 
 
 def test_the_output_folder_as_input_and_a_drawing_copied_from_elsewhere(workdir, tmp_path):
@@ -287,6 +294,29 @@ def test_the_command_writes_the_boxes_above_its_score_threshold_in_pixels(tmp_pa
     assert len(detections("0.25")) == 3 * 16  # the ellipse (0.3) too
     assert detections("0.95") == []
     assert "0 detections in 1 image →" in capsys.readouterr().out
+
+
+def test_a_jpeg_photos_drawing_is_a_sharp_jpeg_and_any_other_images_a_lossless_png(tmp_path):
+    detector = Detector.from_workdir(_uniform_output_run(tmp_path), score_threshold=0.5)
+    y, x = np.mgrid[0:96, 0:160]  # a smooth photo: JPEG's own error is small on it
+    smooth = np.stack([x * 1.5, y * 2.5, (x + y) % 256], axis=-1).astype(np.uint8)
+    for name in ("photo.jpg", "scan.png"):
+        Image.fromarray(smooth).save(tmp_path / name)
+    paths = [str(tmp_path / name) for name in ("photo.jpg", "scan.png")]
+    record, _ = predict.predict_files(detector, paths, tmp_path / "out")
+    assert [record[path]["drawing"] for path in paths] == ["photo.jpg", "scan.png"]
+    for path, fmt in zip(paths, ("JPEG", "PNG"), strict=True):
+        image = predict.read_image(path)
+        expected = np.asarray(predict.draw_detections(image, detector(image)), np.float32)
+        with Image.open(tmp_path / "out" / record[path]["drawing"]) as written:
+            assert written.format == fmt
+            error = np.abs(np.asarray(written, np.float32) - expected)
+        if fmt == "PNG":
+            assert error.max() == 0
+        else:  # sharp: 2.3 and 2.9 levels; with colour subsampling 11 and 15; quality 75: 8, 10
+            lines = np.any(expected != np.asarray(image, np.float32), axis=-1)
+            assert lines.mean() > 0.1  # 32 boxes and their labels are drawn
+            assert error.mean() < 4 and error[lines].mean() < 5, (error.mean(), error[lines].mean())
 
 
 def _cells(width: int, height: int, grid: int = 4) -> list[list[float]]:
@@ -570,7 +600,7 @@ def test_a_folder_stands_for_its_image_files_in_name_order(workdir, tmp_path, ca
 
     record = _record(out)
     assert list(record) == [a, b]
-    assert [record[p]["drawing"] for p in (a, b)] == ["a.png", "b.png"]
+    assert [record[p]["drawing"] for p in (a, b)] == ["a.jpg", "b.png"]
     assert Image.open(out / "b.png").size == (30, 20)
     assert "Skipping" not in capsys.readouterr().err
 

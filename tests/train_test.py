@@ -180,7 +180,7 @@ def test_train_evaluate_predict(tmp_path, data_dir, monkeypatch, capsys):
     Image.fromarray(image).save(tmp_path / "street.jpg")
     record, failed = predict.predict_files(detector, [tmp_path / "street.jpg"], tmp_path / "out")
     assert not failed
-    assert Image.open(tmp_path / "out" / "street.png").size == (80, 48)
+    assert Image.open(tmp_path / "out" / "street.jpg").size == (80, 48)
     detections = record[str(tmp_path / "street.jpg")]["detections"]
     # 4 × 4 cells of 20 × 12 pixels, each detected once per class (its two boxes are one).
     cells = {(c * 20, r * 12, c * 20 + 20, r * 12 + 12) for r in range(4) for c in range(4)}

@@ -6,11 +6,13 @@
 A folder stands for the image files in it (by extension: .jpg, .png, ...; not its
 subfolders), in name order; the output folder given as an input stands for its images
 without this command's drawings. For each input image ``name.ext`` it writes the drawing
-``out/name.png`` with labelled boxes (``name_1.png``, ``name_2.png``, ... for later inputs
-of the same name, in input order, and where the folder already holds a file of that name
-that is not an earlier call's drawing: an input image, say), and ``out/detections.json``:
-``{image path: {"drawing": "name.png", "detections": [{"box": [xmin, ymin, xmax, ymax] (pixels),
-"score": s, "label": id, "class": name}, ...]}}``, with the image paths as given.
+``out/name.jpg`` (a JPEG photo, ``.jpg`` or ``.jpeg``, at quality 95) or ``out/name.png``
+(any other image) with labelled boxes (``name_1.jpg``, ``name_2.jpg``, ... for later
+inputs of the same name, in input order, and where the folder already holds a file of that
+name that is not an earlier call's drawing: an input image, say), and
+``out/detections.json``: ``{image path: {"drawing": "name.jpg", "detections": [{"box":
+[xmin, ymin, xmax, ymax] (pixels), "score": s, "label": id, "class": name}, ...]}}``, with
+the image paths as given.
 
 Images are read upright, as their EXIF orientation says (a phone's portrait photo is stored
 sideways); the boxes are in the pixels of the upright image.
@@ -23,7 +25,7 @@ be read; detections.json is then written as ``{}``, so that it never lists a pre
 run's images). Otherwise it exits 0.
 
 An output folder used before keeps only this call's results: earlier calls' drawings (those
-the previous detections.json lists, and any PNG marked as this command's drawing of that
+the previous detections.json lists, and any file marked as this command's drawing of that
 name in this folder, as a call that stopped before writing detections.json leaves them;
 each is written whole or not at all) are removed once the new detections.json is written;
 no other file is touched. A call that stops early (a full disk, Ctrl-C) leaves the previous
@@ -59,10 +61,17 @@ if TYPE_CHECKING:  # imported when used: it loads TensorFlow, which a restart wo
     from yolojax.detector import Detector, ImageDetections
 
 DETECTIONS_FILE = "detections.json"
-# The PNG text chunk that marks a drawing as this command's, naming the drawing and its
-# output folder (`_mark_of`): a later call into that folder may replace it; a file without
-# it, or a drawing copied to another folder or name, is never written over.
-DRAWING_MARK_KEY, DRAWING_MARK = "Software", "yolojax.predict drawing {name} in {folder}"
+# The mark of a drawing as this command's, naming the drawing and its output folder
+# (`_mark_of`), in a PNG's text chunk or a JPEG's comment: a later call into that folder may
+# replace it; a file without it, or a drawing copied to another folder or name, is never
+# written over.
+DRAWING_MARK = "yolojax.predict drawing {name} in {folder}"
+PNG_MARK_KEY = "Software"
+# A drawing keeps a JPEG photo's format: Pillow encodes a 640×480 drawing as a JPEG in
+# 2.5 ms, as a PNG (zlib level 1) in 20-30 ms, which was the largest part of predict's time
+# a photo, for a file twice as large. Other inputs (PNG, BMP, ...) get lossless PNGs.
+_JPEG_SUFFIXES = (".jpg", ".jpeg")
+_DRAWING_SUFFIXES = (".jpg", ".png")
 
 
 class Predictions(NamedTuple):
@@ -132,12 +141,14 @@ def _default_font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 
 def _drawing_name(path: Path, taken: set[str]) -> str:
-    """``<stem>.png``, or ``<stem>_<k>.png`` with the smallest k not yet ``taken``
-    (compared case-insensitively, for case-insensitive file systems)."""
-    name, k = f"{path.stem}.png", 0
+    """``<stem>.jpg`` for a JPEG input, else ``<stem>.png``; or ``<stem>_<k>`` with that
+    suffix and the smallest k not yet ``taken`` (compared case-insensitively, for
+    case-insensitive file systems)."""
+    suffix = ".jpg" if path.suffix.lower() in _JPEG_SUFFIXES else ".png"
+    name, k = f"{path.stem}{suffix}", 0
     while name.casefold() in taken:
         k += 1
-        name = f"{path.stem}_{k}.png"
+        name = f"{path.stem}_{k}{suffix}"
     taken.add(name.casefold())
     return name
 
@@ -270,7 +281,7 @@ def predict_files(
         atomic_write_text(out_dir / DETECTIONS_FILE, to_json(images))
     # Only now: a call that stops early leaves the previous detections.json, and the earlier
     # drawings it did not write over (a drawing of the same name replaces one as it is written).
-    # Compared case-insensitively, as _drawing_name: on macOS an earlier X.png is a new x.png.
+    # Compared case-insensitively, as _drawing_name: on macOS an earlier X.jpg is a new x.jpg.
     drawn = {image["drawing"].casefold() for image in images.values()}
     for name in earlier_drawings:
         if name.casefold() not in drawn:
@@ -294,8 +305,8 @@ def _drawing_pool(threads: int):
     if threads == 0:
         yield _run_now
         return
-    # Pillow's drawing of many boxes holds the GIL, but its PNG encoding and the file's
-    # writing release it: on two cores the drawings overlap the next batch's detection.
+    # Pillow's drawing of many boxes holds the GIL, but its encoding and the file's writing
+    # release it: on two cores the drawings overlap the next batch's detection.
     pool = ThreadPoolExecutor(threads, thread_name_prefix="yolojax-predict-drawing")
     try:
         yield pool.submit
@@ -314,16 +325,23 @@ def _run_now(fn: Callable, *args) -> Future:
 
 
 def _write_drawing(image: np.ndarray, detections: "ImageDetections", out_dir: Path, drawing: str):
-    """Writes ``image`` with ``detections`` drawn to ``out_dir / drawing``, marked as this
-    command's; returns the image's detections.json entry."""
-    mark = PngImagePlugin.PngInfo()
-    mark.add_text(DRAWING_MARK_KEY, _mark_of(out_dir / drawing))
-    png = io.BytesIO()
-    # zlib's fastest level: PNG's default (6) took 53 of the 86 ms predict spent on a
-    # 640×480 photo, level 1 takes 20 ms for a file 13% larger (BENCHMARKS.md, "Inference").
-    draw_detections(image, detections).save(png, format="PNG", pnginfo=mark, compress_level=1)
+    """Writes ``image`` with ``detections`` drawn to ``out_dir / drawing`` (a .jpg or .png
+    name), marked as this command's; returns the image's detections.json entry."""
+    mark = _mark_of(out_dir / drawing)
+    encoded = io.BytesIO()
+    canvas = draw_detections(image, detections)
+    if drawing.endswith(".jpg"):
+        # Colour at full resolution (4:4:4): JPEG's default halving blurs the boxes' thin
+        # coloured lines into the photo (a mean error of 13 levels against 3).
+        canvas.save(encoded, format="JPEG", quality=95, subsampling=0, comment=mark)
+    else:
+        text = PngImagePlugin.PngInfo()
+        text.add_text(PNG_MARK_KEY, mark)
+        # zlib's fastest level: PNG's default (6) took 53 of the 86 ms predict spent on a
+        # 640×480 photo, level 1 takes 20 ms for a file 13% larger (BENCHMARKS.md).
+        canvas.save(encoded, format="PNG", pnginfo=text, compress_level=1)
     with _output_errors(out_dir):
-        atomic_write_bytes(out_dir / drawing, png.getvalue())  # never a half-written one
+        atomic_write_bytes(out_dir / drawing, encoded.getvalue())  # never a half-written one
     return {
         "drawing": drawing,
         "detections": [
@@ -334,8 +352,9 @@ def _write_drawing(image: np.ndarray, detections: "ImageDetections", out_dir: Pa
 
 
 def _listed_drawings(record_path: Path) -> set[str]:
-    """The drawing names in an earlier detections.json: plain ``.png`` names (nothing that
-    could point outside the folder); none if there is no such file or it is not one of ours."""
+    """The drawing names in an earlier detections.json: plain ``.jpg`` and ``.png`` names
+    (nothing that could point outside the folder); none if there is no such file or it is
+    not one of ours."""
     try:
         record = json.loads(record_path.read_text())
     except (OSError, ValueError):
@@ -346,7 +365,7 @@ def _listed_drawings(record_path: Path) -> set[str]:
     return {
         name
         for name in names
-        if isinstance(name, str) and name.endswith(".png") and name == Path(name).name
+        if isinstance(name, str) and name.endswith(_DRAWING_SUFFIXES) and name == Path(name).name
     }
 
 
@@ -366,15 +385,21 @@ def _mark_of(drawing: Path) -> str:
 
 
 def _marked_drawings(folder: Path) -> set[str]:
-    """The names of the PNG files in ``folder`` marked as this command's drawing there."""
+    """The names of the .jpg and .png files in ``folder`` marked as this command's drawing
+    there."""
     marked = set()
-    for path in folder.glob("*.png"):
-        try:
-            with Image.open(path) as png:  # reads the chunks before the pixels only
-                if png.info.get(DRAWING_MARK_KEY) == _mark_of(path):
-                    marked.add(path.name)
-        except (OSError, ValueError):  # not a PNG Pillow can open: not ours
+    for path in folder.iterdir():
+        if not path.name.endswith(_DRAWING_SUFFIXES):
             continue
+        try:
+            with Image.open(path) as drawing:  # reads the headers before the pixels only
+                mark = drawing.info.get("comment" if drawing.format == "JPEG" else PNG_MARK_KEY)
+        except (OSError, ValueError):  # not an image Pillow can open: not ours
+            continue
+        if isinstance(mark, bytes):  # a JPEG comment
+            mark = mark.decode("utf-8", errors="replace")
+        if mark == _mark_of(path):
+            marked.add(path.name)
     return marked
 
 
