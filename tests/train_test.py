@@ -32,7 +32,7 @@ from yolojax import (
     trainer,
 )
 from yolojax import workdir as workdir_io
-from yolojax.data import pipeline, synthetic_shapes
+from yolojax.data import pipeline, synthetic_shapes, voc_folder
 from yolojax.data.testing import VocImage, VocObject, valid_box_data_source, write_voc_folder
 from yolojax.detector import Detector
 
@@ -604,24 +604,31 @@ def test_dataset_class_count_mismatch_is_named(tmp_path, data_dir):
         trainer.train_and_evaluate(config, str(tmp_path / "run"))
 
 
-def test_an_eval_split_without_ground_truth_says_why_there_is_no_map(tmp_path, capsys):
+def test_an_eval_split_without_ground_truth_says_why_there_is_no_map(tmp_path, capsys, monkeypatch):
     # As VOC2012 test: images without objects. Every AP is NaN; "mAP nan" said nothing.
-    class_names = ("cat", "dog")
-    train = [VocImage(f"a{i}", 64, 64, [VocObject("cat", (8, 8, 40, 40))]) for i in range(8)]
+    names = ["cat"] * 7 + ["dog"]
+    train = [VocImage(f"a{i}", 64, 64, [VocObject(n, (8, 8, 40, 40))]) for i, n in enumerate(names)]
     test = [VocImage(f"b{i}", 64, 64, []) for i in range(4)]
     config = tiny.tiny_config(str(tmp_path / "tfds"))
-    config.data.source, config.data.class_names = "voc_folder", class_names
-    config.model.num_classes = len(class_names)
+    config.data.source, config.model.num_classes = "voc_folder", 0  # the classes found
     config.data.folder = write_voc_folder(
         str(tmp_path / "voc"),
         train + test,
         image_sets={"train": [i.image_id for i in train], "test": [i.image_id for i in test]},
     )
+    scans = []
+    scan = voc_folder.scan_class_names
+    monkeypatch.setattr(voc_folder, "scan_class_names", lambda *a: scans.append(a) or scan(*a))
     trainer.train_and_evaluate(config, str(tmp_path / "run"))
     out = capsys.readouterr().out
     assert "step 1: The test images have no ground truth" in out
     assert "set config.data.eval_split to a split with annotations" in out
     assert "mAP nan" not in out
+    # The classes are read from the .xml files once and kept for the run: the splits and
+    # each evaluation opened later do not read them again, and a resume reads them saved.
+    assert len(scans) == 1
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
+    assert saved["class_names"] == ["cat", "dog"]
 
 
 def test_one_training_step_on_mocked_voc(tmp_path, monkeypatch):

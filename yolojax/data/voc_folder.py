@@ -392,9 +392,9 @@ def _warn_of_unlisted_images(folder: str, splits: dict[str, list[str]]) -> None:
         )
 
 
-def _fingerprint(folder: str, *parts) -> str:
-    """Hash of the folder's file names, sizes and times plus `parts`: a new cache on change."""
-    digest = hashlib.sha256(repr(parts).encode())
+def _folder_state(folder: str) -> str:
+    """Hash of the folder's file names, sizes and times: another on any change."""
+    digest = hashlib.sha256()
     subs = ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main"))
     if not _is_voc_layout(folder):  # split files apply to this layout too
         subs = (".", *_split_folders(folder), os.path.join("ImageSets", "Main"))
@@ -438,6 +438,15 @@ def scan_class_names(folder: str, on_bad_data: str = "error") -> tuple[str, ...]
             )
     _warn_of_misspelt_classes(folder, tuple(sorted(counts.items())))
     return tuple(sorted(names))
+
+
+@functools.lru_cache(maxsize=16)
+def _class_names_in(folder: str, on_bad_data: str, state: str) -> tuple[str, ...]:
+    """:func:`scan_class_names` once per folder ``state`` (:func:`_folder_state`) and
+    process: each split a run opens, and each of its evaluations, names the folder again,
+    and parsing every .xml file anew took seconds for a VOC-sized folder."""
+    del state  # the cache's key: the folder as it is now
+    return scan_class_names(folder, on_bad_data)
 
 
 @functools.cache  # once per folder and process: a run reads its class names several times
@@ -494,8 +503,9 @@ def voc_folder_config(
         raise ValueError(f"config.data.folder must be an existing directory, got {folder!r}")
     check_choice("config.data.on_bad_data", on_bad_data, BAD_DATA_POLICIES)
     folder = os.path.abspath(folder)
+    state = _folder_state(folder)
     if class_names is None:
-        class_names = scan_class_names(folder, on_bad_data)
+        class_names = _class_names_in(folder, on_bad_data, state)
     if isinstance(class_names, str) or any("," in name for name in class_names):
         raise ValueError(
             f"config.data.class_names={class_names!r} holds one name with commas: give a list of "
@@ -507,7 +517,8 @@ def voc_folder_config(
             f"config.data.class_names must be distinct and non-empty, got {class_names}"
         )
     stem = re.sub(r"[^A-Za-z0-9_]", "_", os.path.basename(folder.rstrip(os.sep)))[:40]
-    fingerprint = _fingerprint(folder, folder, class_names, on_bad_data, split_seed)
+    parts = (folder, class_names, on_bad_data, split_seed, state)
+    fingerprint = hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
     return VocFolderConfig(
         name=f"{stem}_{fingerprint}",
         description=f"VOC-format folder {folder}",
