@@ -11,7 +11,7 @@ from jax.experimental import multihost_utils
 
 from configs import shapes
 from tests.tiny import tensorboard_scalars
-from yolojax import checkpoints, workdir
+from yolojax import checkpoints, errors, workdir
 
 SIGNATURE = {
     "backbone": "darknet_tiny",
@@ -411,3 +411,36 @@ def test_a_checkpoint_saved_without_checksums_still_restores(tmp_path, monkeypat
     state, step = manager.restore(_state(0))
     assert step == 1 and state["params"]["w"][0, 0] == 1.0
     manager.close()
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        MemoryError("host out of memory"),
+        PermissionError(13, "Permission denied"),
+        ValueError('PERMISSION_DENIED: Error reading "params.w/.zarray"'),  # tensorstore's
+    ],
+)
+def test_a_checkpoint_the_machine_refuses_to_read_is_not_skipped_as_damaged(
+    tmp_path, monkeypatch, refusal
+):
+    # Skipped, the good checkpoint 2 gave way to 1, and the resumed run set it aside as it
+    # saved step 2 again: its steps were lost to a full memory or a permissions problem.
+    _save_steps(tmp_path, [1, 2])
+    restore = checkpoints._restore_by_name
+
+    def refuse_step_2(manager, step, *args, **kwargs):
+        if step == 2:
+            raise refusal
+        return restore(manager, step, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoints, "_restore_by_name", refuse_step_2)
+    manager = checkpoints.Checkpoints(tmp_path, SIGNATURE)
+    with pytest.raises(errors.MachineError) as error:
+        manager.restore(_state(0))
+    manager.close()
+    assert str(error.value).startswith(
+        f"Cannot read the checkpoint {tmp_path}/checkpoints/2 ({type(refusal).__name__}: "
+    )
+    assert "it is left as it is: fix that and rerun" in str(error.value)
+    assert (tmp_path / "checkpoints" / "2").is_dir()

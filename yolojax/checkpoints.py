@@ -56,6 +56,22 @@ _IO_STATUS = re.compile(
 )
 
 
+# Tensorstore's read errors that name what the machine refused, not what the files hold.
+_MACHINE_STATUS = re.compile(r"(RESOURCE_EXHAUSTED|PERMISSION_DENIED|UNAVAILABLE): ")
+
+
+def _is_damage(error: Exception) -> bool:
+    """Whether ``error`` says a checkpoint's files are damaged (cut short, missing, their
+    bytes changed: an older checkpoint is restored instead), not that the machine refused to
+    read them (memory, permissions: skipping a good checkpoint for an older one, which the
+    resumed run then saves over, would lose its steps) or a bug. Tensorstore's errors on
+    reading damaged arrays are ValueErrors (DATA_LOSS, OUT_OF_RANGE), as is a record that is
+    not JSON; orbax's for a missing item is a KeyError."""
+    if isinstance(error, DamagedCheckpointError | KeyError | FileNotFoundError | EOFError):
+        return True
+    return isinstance(error, ValueError) and not _MACHINE_STATUS.match(str(error))
+
+
 class CheckpointSaveError(ValueError):
     """A checkpoint could not be written (a full disk, a folder removed or made read-only);
     the message names the last complete checkpoint, from which a rerun resumes."""
@@ -480,6 +496,8 @@ class Checkpoints:
           NoCheckpointError: nothing usable to restore.
           CheckpointMismatchError: the checkpoint belongs to another model, or holds a train
             state of another layout (another optimizer, other layer sizes).
+          errors.MachineError: the machine refused to read a checkpoint (memory,
+            permissions), which is not skipped as a damaged one is.
         """
         manager, steps = self._resolve(which)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, jax.device_get(template))
@@ -495,6 +513,15 @@ class Checkpoints:
             except CheckpointMismatchError:
                 raise
             except Exception as error:
+                if not _is_damage(error):
+                    if not isinstance(error, OSError | MemoryError | ValueError):
+                        raise  # a bug: its traceback
+                    raise errors.MachineError(
+                        f"Cannot read the checkpoint {manager.directory / str(step)} "
+                        f"({type(error).__name__}: {errors.first_line(error, limit=160)}): the "
+                        "machine refused it (memory, permissions, a network file system), "
+                        "and it is left as it is: fix that and rerun."
+                    ) from error
                 skipped.append(step)
                 warnings.warn(
                     f"Skipping damaged checkpoint {manager.directory / str(step)}: "
