@@ -165,6 +165,11 @@ def test_get_model_names_a_misspelled_field_instead_of_leaving_its_default():
     with pytest.raises(ValueError, match=r"no field 'num_boxs'\. Did you mean 'num_boxes'"):
         models.get_model({"backbone": "darknet_tiny", "num_boxs": 3})
     config = shapes.get_config()
+    # A config is locked: the misspelt field fails where it is set, in Python too (it was a
+    # field of its own, which training ignored and a run's saved config.json then refused).
+    with pytest.raises(AttributeError, match=r'Did you mean "batch_size" instead of "bach_'):
+        config.train.bach_size = 8
+    config.model.unlock()  # and an unlocked one fails when the model is built
     config.model.grid = 5
     with pytest.raises(ValueError, match=r"no field 'grid'\. Did you mean 'grid_size'"):
         models.get_model(config.model)

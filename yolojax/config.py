@@ -2,7 +2,8 @@
 
 A config is an ``ml_collections.ConfigDict`` with sections ``model``, ``data``, ``loss``,
 ``train`` and ``eval`` plus a top-level ``seed``. The dict is locked, so a mistyped key
-(``--config.train.bach_size=8``) fails at start with the key named.
+(``--config.train.bach_size=8``, or ``config.train.bach_size = 8`` in Python) fails at once
+with the key named.
 """
 
 import json
@@ -94,6 +95,10 @@ def default_config() -> ml_collections.ConfigDict:
             "train_subset": 256,  # train mAP on this many fixed train images; 0 disables
         }
     )
+    # Locked in Python too, not only by the command line's flags: `config.train.bach_size = 8`
+    # was a field of its own, ignored by training and refused by everything reading the
+    # run's config.json afterwards.
+    config.lock()
     return config
 
 
@@ -234,7 +239,6 @@ def load_run_config(
             f"{path} is not a config this version of yolojax can read ({error}); was it edited "
             f"by hand, or saved by a newer yolojax? Fix the file, or {otherwise}."
         ) from None
-    config.lock()
     return config
 
 
