@@ -79,9 +79,24 @@ def test_skip_nonfinite_keeps_the_state_but_advances_the_step():
     before, after, metrics = _one_step(config, _batch(config, poison=True))
     assert metrics["finite"] == 0.0
     assert not any(_changed(before.params, after.params))
-    assert not any(_changed(before.opt_state, after.opt_state))
     assert not any(_changed(before.batch_stats, after.batch_stats))
     assert int(after.step) == 1  # so the data order stays that of an uninterrupted run
+    # The optimizer's moments are kept, but its step counts move on with the step: the
+    # learning rate applied next is the schedule's at the step logged (it lagged by one).
+    counts_before, moments_before = _counts_and_moments(before.opt_state)
+    counts_after, moments_after = _counts_and_moments(after.opt_state)
+    assert counts_after and counts_after == [count + 1 for count in counts_before]
+    assert moments_before and not any(_changed(moments_before, moments_after))
+
+
+def _counts_and_moments(opt_state):
+    """The optimizer state's step counts (optax's ``count`` fields), and its other leaves."""
+    leaves = jax.tree_util.tree_leaves_with_path(opt_state)
+    is_count = [jax.tree_util.keystr(path).endswith(".count") for path, _ in leaves]
+    return (
+        [int(leaf) for (_, leaf), count in zip(leaves, is_count, strict=True) if count],
+        [leaf for (_, leaf), count in zip(leaves, is_count, strict=True) if not count],
+    )
 
 
 def test_nonfinite_step_is_flagged_without_skip():

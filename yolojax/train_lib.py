@@ -94,6 +94,18 @@ def _mean_over_devices(tree):
     return jax.lax.pmean(tree, AXIS)
 
 
+def _counted(opt_state):
+    """``opt_state`` with each of optax's step counts one on, as an update leaves them, its
+    moments as they were: a skipped step is a step of the learning-rate schedule, which
+    then stays on ``state.step`` (the logged rate, the data order), as PyTorch's schedulers
+    step past a step its gradient scaler skips. Adam's bias correction moves on with it."""
+
+    def count_on(path, leaf):
+        return leaf + 1 if getattr(path[-1], "name", None) == "count" else leaf
+
+    return jax.tree_util.tree_map_with_path(count_on, opt_state)
+
+
 def _after_every_gradient(new_params, params, grad_norm):
     """``new_params`` as they are, but selected on ``grad_norm``, so that XLA writes each
     parameter only once the whole backward pass is done.
@@ -190,7 +202,7 @@ def train_step(state: TrainState, batch: dict, *, model, config, schedule):
         )
 
     def keep():  # the previous parameters and statistics, the step advanced all the same
-        return state.replace(step=state.step + 1)
+        return state.replace(step=state.step + 1, opt_state=_counted(state.opt_state))
 
     def select_by_leaf():  # both states computed, each leaf chosen on the device
         return jax.tree.map(lambda new, old: jnp.where(finite, new, old), update(), keep())
