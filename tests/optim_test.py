@@ -39,6 +39,19 @@ def test_report_table1_schedule():
         assert float(schedule(step)) == pytest.approx(expected), step
 
 
+def test_drops_that_fall_on_one_step_all_apply():
+    # 2 steps an epoch: epochs 10 and 10.2 are both step 20; the first drop was lost.
+    config = _train_config(
+        learning_rate=1.0,
+        warmup_epochs=0.0,
+        lr_drop_epochs=(10.0, 10.2, 20.0),
+        lr_drop_factors=(0.1, 0.5, 0.1),
+    )
+    schedule = optim.learning_rate_schedule(config, steps_per_epoch=2, total_steps=60)
+    for step, expected in ((19, 1.0), (20, 0.05), (39, 0.05), (40, 0.005)):
+        assert float(schedule(step)) == pytest.approx(expected), step
+
+
 def test_cosine_schedule_ends_at_zero():
     config = _train_config(schedule="cosine", warmup_epochs=1.0, learning_rate=0.1)
     schedule = optim.learning_rate_schedule(config, steps_per_epoch=10, total_steps=110)

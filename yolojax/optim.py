@@ -36,13 +36,14 @@ def learning_rate_schedule(train_config, steps_per_epoch: int, total_steps: int)
             )
         # Boundaries are absolute epochs (counted from the start of training, warm-up
         # included), as in the paper's recipe; the schedule after warm-up starts at
-        # step `warmup_steps`, so shift them.
-        boundaries = {
-            round(epoch * steps_per_epoch) - warmup_steps: factor
-            for epoch, factor in zip(
-                train_config.lr_drop_epochs, train_config.lr_drop_factors, strict=True
-            )
-        }
+        # step `warmup_steps`, so shift them. Drops that round to one step (short epochs)
+        # multiply there: as dict keys, the last alone was applied.
+        boundaries = {}
+        for epoch, factor in zip(
+            train_config.lr_drop_epochs, train_config.lr_drop_factors, strict=True
+        ):
+            step = round(epoch * steps_per_epoch) - warmup_steps
+            boundaries[step] = boundaries.get(step, 1.0) * factor
         main = optax.piecewise_constant_schedule(peak, boundaries)
     elif train_config.schedule == "cosine":
         main = optax.cosine_decay_schedule(peak, max(total_steps - warmup_steps, 1))
