@@ -27,6 +27,7 @@ from yolojax.data import (
     sources,
     synthetic_shapes,
 )
+from yolojax.data.config import validate_data_config
 from yolojax.data.testing import valid_box_data_source
 
 NUM_TRAIN, NUM_TEST, SIZE = 10, 7, 32
@@ -268,9 +269,9 @@ def test_a_blur_wider_than_the_model_input_is_refused_at_start(config):
     config.image_size = 32
     config.augment.blur_max_sigma = 11.0  # reflect-pads 33 pixels: tf.pad failed mid-epoch
     with pytest.raises(ValueError, match=r"blur_max_sigma=11.0 blurs 33 pixels .* below 10.6"):
-        pipeline.validate_data_config(config)
+        validate_data_config(config)
     config.augment.blur_max_sigma = 10.0
-    pipeline.validate_data_config(config)
+    validate_data_config(config)
 
 
 def test_shrinking_a_large_photo_averages_its_pixels_instead_of_skipping_them():

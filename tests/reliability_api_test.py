@@ -268,7 +268,10 @@ def test_yolo_built_directly_checks_its_sizes():
         ("model", "num_classes", -1, "model.num_classes"),
         ("train", "batch_size", 0, "train.batch_size"),
         ("train", "num_epochs", 0, "train.num_epochs"),
-        ("data", "image_size", 4, r"data.image_size \(4\) must be at least"),
+        # The data's fields too (refused only as the data opened, after the model's checks).
+        ("data", "image_size", 8, r"^config\.data\.image_size must be an int >= 16; got 8"),
+        ("model", "grid_size", 200, r"data.image_size \(112\) must be at least"),
+        ("data", "max_boxes", 0, r"^config\.data\.max_boxes must be an int >= 1"),
         # Used only after the dataset is prepared, or epochs into training: checked at start.
         ("train", "checkpoint_every_steps", 0, "train.checkpoint_every_steps"),
         ("train", "log_every_steps", 0, "train.log_every_steps"),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import ml_collections
 
-from yolojax.data.config import default_data_config
+from yolojax.data.config import default_data_config, validate_data_config
 from yolojax.models import MODEL_DEFAULTS, get_model
 from yolojax.optim import OPTIMIZERS, SCHEDULES, learning_rate_schedule
 from yolojax.postprocess import IOU_THRESHOLD, MAX_DETECTIONS, PRE_NMS_TOP_K, SCORE_THRESHOLD
@@ -136,6 +136,7 @@ def validate_config(config) -> None:
     # The model's fields, as get_model checks them when it builds the model after the
     # dataset is prepared (minutes for VOC). num_classes 0, the dataset's count, is not
     # known yet: any count checks the others.
+    validate_data_config(config.data)  # before the data is prepared, as the model's fields
     model_config = config.model.copy_and_resolve_references()
     model_config.num_classes = num_classes or 1
     get_model(model_config, name="config.model")

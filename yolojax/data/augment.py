@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from yolojax.data.config import blur_radius
+
 # Grey shown where scaling down or translating uncovers the outside of the image (uint8).
 FILL_VALUE = 128
 
@@ -250,11 +252,6 @@ def gaussian_blur(image: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor:
     blurred = tf.nn.depthwise_conv2d(padded, vertical, [1, 1, 1, 1], "VALID")
     blurred = tf.nn.depthwise_conv2d(blurred, horizontal, [1, 1, 1, 1], "VALID")
     return blurred[0]
-
-
-def blur_radius(max_sigma: float) -> int:
-    """The pixels a blur of up to ``max_sigma`` reaches on each side (3 sigma, at least 1)."""
-    return max(1, math.ceil(3 * max_sigma))
 
 
 def random_blur(

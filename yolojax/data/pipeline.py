@@ -31,7 +31,8 @@ import tensorflow as tf
 
 from yolojax import distributed
 from yolojax.data import augment, config, malloc_thresholds, sources
-from yolojax.validation import check_choice, check_int, check_number
+from yolojax.data.config import validate_data_config
+from yolojax.validation import check_choice, check_int
 
 try:  # tf.data runs on the host CPU; the accelerators belong to JAX.
     tf.config.set_visible_devices([], "GPU")
@@ -74,56 +75,6 @@ def _layout(global_batch_size: int) -> _Layout:
     distributed.check_batch_size(global_batch_size, "global_batch_size")
     per_process = global_batch_size // jax.process_count()
     return _Layout(jax.process_index(), per_process, jax.local_device_count())
-
-
-# The augmentation's settings and the [low, high] range each may take.
-_AUGMENT_RANGES = {
-    "scale_translate": (0.0, 0.9),
-    "exposure": (1.0, 10.0),
-    "saturation": (1.0, 10.0),
-    "hue": (0.0, 0.5),
-    "blur_probability": (0.0, 1.0),
-    "blur_max_sigma": (1e-3, 20.0),
-    "min_visible_fraction": (0.0, 1.0),
-}
-
-
-def validate_data_config(data_config) -> None:
-    """Raises ValueError naming the first `config.data` field with an unusable value."""
-    check_choice("config.data.source", data_config.source, config.SOURCES)
-    check_choice("config.data.normalization", data_config.normalization, config.NORMALIZATIONS)
-    check_choice("config.data.on_bad_data", data_config.on_bad_data, config.BAD_DATA_POLICIES)
-    for key in ("folder", "class_names"):  # a setting that would be ignored without a word
-        if data_config[key] is not None and data_config.source != "voc_folder":
-            raise ValueError(
-                f"config.data.{key} applies to source 'voc_folder' only, and the source is "
-                f"{data_config.source!r}: leave it unset, or set "
-                "--config.data.source=voc_folder (configs/folder.py does)."
-            )
-    if data_config.source == "voc_folder" and not data_config.folder:
-        raise ValueError(
-            "config.data.folder must name a folder of images with VOC XML files when "
-            "config.data.source='voc_folder'"
-        )
-    for name, low in [("image_size", 16), ("max_boxes", 1)]:
-        check_int(f"config.data.{name}", data_config[name], low)
-    for name in ("max_train_examples", "max_eval_examples"):
-        if data_config[name] is not None:
-            check_int(f"config.data.{name} (or None)", data_config[name], 1)
-    augment_config = data_config.augment
-    check_choice("config.data.augment.color_space", augment_config.color_space, config.COLOR_SPACES)
-    for name, (low, high) in _AUGMENT_RANGES.items():
-        check_number(
-            f"config.data.augment.{name}", augment_config[name], at_least=low, at_most=high
-        )
-    reach = augment.blur_radius(augment_config.blur_max_sigma)  # the blur's reflect padding
-    blurs = augment_config.enabled and augment_config.blur_probability > 0
-    if blurs and reach >= data_config.image_size:
-        raise ValueError(
-            f"config.data.augment.blur_max_sigma={augment_config.blur_max_sigma} blurs {reach} "
-            f"pixels around each one, as far as config.data.image_size={data_config.image_size}: "
-            f"lower it below {data_config.image_size / 3:g}"
-        )
 
 
 def _num_examples(source: sources.SplitSource, cap: int | None) -> int:
