@@ -549,6 +549,8 @@ def test_a_workdir_without_config_json_gets_advice_that_applies(tmp_path, capsys
 )
 def test_every_shipped_config_comes_back_from_config_json_unchanged(tmp_path, config_file, arg):
     config = config_file.get_config(arg)
+    if config_file is folder:  # as a run of it has one
+        config.data.folder = "/data/masks"
     atomic_write_text(tmp_path / CONFIG_FILE, config.to_json_best_effort(indent=2))
     loaded = load_run_config(tmp_path)
     assert json.loads(loaded.to_json_best_effort()) == json.loads(config.to_json_best_effort())
@@ -650,6 +652,25 @@ def test_the_detectors_nms_settings_take_numpy_numbers(workdir):
     assert load_run_config(workdir).eval.iou_threshold == 0.45  # the run's own is unchanged
 
 
+def test_a_detectors_settings_stay_those_it_was_built_with(workdir):
+    # Compiled per batch shape, a setting changed afterwards applied to some shapes only.
+    config = load_run_config(workdir)
+    model, state, _ = train_lib.restore_trained_state(config, workdir)
+    names = [f"shape{i}" for i in range(config.model.num_classes)]
+    detector = Detector(model, train_lib.model_variables(state), config, names, score_threshold=0)
+    image = np.random.default_rng(0).integers(0, 256, (24, 40, 3), np.uint8)
+    found = len(detector(image).boxes)
+    assert found > 1
+    config.eval.max_detections = 1  # the caller's config, edited afterwards
+    assert [len(d.boxes) for d in detector.detect_batch([image] * 3)] == [found] * 3
+    detector.config.eval.max_detections = 1  # a copy
+    assert [len(d.boxes) for d in detector.detect_batch([image] * 2)] == [found] * 2
+    with pytest.raises(AttributeError):
+        detector.score_threshold = 0.5
+    with pytest.raises(TypeError, match="class_names must be a list of names, not one string"):
+        Detector(model, train_lib.model_variables(state), config, "abcde")
+
+
 def test_the_detector_copies_its_weights_to_the_device_once(workdir):
     detector = Detector.from_workdir(workdir, score_threshold=0.0)
     image = np.zeros((24, 40, 3), np.uint8)
@@ -697,6 +718,8 @@ def test_the_constructor_names_a_config_that_is_none_and_variables_of_another_mo
     counting.model.num_classes = 0
     for given in (counting, ml_collections.FrozenConfigDict(counting)):
         assert Detector(model, variables, given, names).config.model.num_classes == len(names)
+        assert given.model.num_classes == 0  # the caller's stays as it was, a frozen one's
+        assert ml_collections.ConfigDict(given).model.num_classes == 0  # copies too
     with pytest.raises(ValueError, match="class_names must name the model's classes"):
         Detector(model, variables, counting, [])
     # Variables of another model, or params without their batch statistics: named as such

@@ -46,7 +46,9 @@ class ImageDetections(NamedTuple):
 def _editable_copy(config) -> ml_collections.ConfigDict:
     """A copy of ``config`` whose fields can be set (also of a FrozenConfigDict)."""
     if isinstance(config, ml_collections.FrozenConfigDict):
-        return config.as_configdict()
+        # as_configdict() is the frozen dict's one cached ConfigDict: edits to it would show
+        # in every later as_configdict() of the caller's.
+        return config.as_configdict().copy_and_resolve_references()
     return config.copy_and_resolve_references()
 
 
@@ -71,7 +73,7 @@ class Detector:
       max_detections: the most kept per image; None: ``config.eval.max_detections`` (100).
 
     Raises:
-      TypeError: ``config`` is not a ConfigDict.
+      TypeError: ``config`` is not a ConfigDict, or ``class_names`` is one string.
       ValueError: a bad threshold or ``max_detections``, ``class_names`` not as many as
         the config's classes, or a model of other classes, grid or boxes than the config's.
         Variables of another model are named at the first call.
@@ -90,6 +92,8 @@ class Detector:
     ):
         check_threshold("score_threshold", score_threshold)
         check_config_dict(config)
+        if isinstance(class_names, str):  # its letters would be taken for the names
+            raise TypeError(f"class_names must be a list of names, not one string: {class_names!r}")
         if not class_names:
             raise ValueError("class_names must name the model's classes; got none.")
         nms = {}  # the config.eval fields given
@@ -98,9 +102,8 @@ class Detector:
             nms["iou_threshold"] = float(iou_threshold)
         if max_detections is not None:
             nms["max_detections"] = check_positive_int("max_detections", max_detections)
-        if config.model.num_classes == 0 or nms:
-            config = _editable_copy(config)  # the caller's stays as it was
-            config.eval.update(nms)
+        config = _editable_copy(config)  # the caller's stays as it was, and edits to it stay out
+        config.eval.update(nms)
         if config.model.num_classes == 0:  # a config file's "as many as the dataset has"
             config.model.num_classes = len(class_names)
         elif len(class_names) != config.model.num_classes:
@@ -116,9 +119,12 @@ class Detector:
                     "was built from (yolojax.get_model(config.model)), or use "
                     "Detector.from_workdir."
                 )
-        self.config = config
+        # Its own copy, never handed out: the detection is compiled per batch shape with the
+        # settings of the time, so a setting changed afterwards applied to some batch
+        # shapes and not others.
+        self._config = config
+        self._score_threshold = score_threshold
         self.class_names = list(class_names)
-        self.score_threshold = score_threshold
 
         def detect(variables, images):
             outputs = model.apply(variables, images, train=False)
@@ -127,6 +133,18 @@ class Detector:
         # On the device once: NumPy arrays would be copied to the accelerator at every call.
         self._variables = jax.device_put(variables)
         self._detect = jax.jit(detect)
+
+    @property
+    def config(self) -> ml_collections.ConfigDict:
+        """A copy of the run config it detects with: editing it changes nothing (for other
+        settings, build another Detector, with ``score_threshold=``, ``iou_threshold=`` or
+        ``max_detections=``)."""
+        return self._config.copy_and_resolve_references()
+
+    @property
+    def score_threshold(self) -> float:
+        """The lowest score kept (read-only: build another Detector for another)."""
+        return self._score_threshold
 
     @classmethod
     def from_workdir(
