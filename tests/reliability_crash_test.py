@@ -24,7 +24,7 @@ from ml_collections.config_flags import config_path
 
 from configs import shapes
 from tests.tiny import tensorboard_scalars
-from yolojax import checkpoints, train_lib, workdir
+from yolojax import checkpoints, train_lib, trainer, workdir
 
 pytestmark = pytest.mark.slow
 
@@ -375,6 +375,22 @@ def test_a_checkpoint_of_another_train_state_is_a_mismatch_not_damage(
     finally:
         manager.close()
     assert _complete_steps(run_dir) == [1, 2]
+
+
+def test_a_run_that_cannot_resume_closes_its_checkpoints(
+    tmp_path, data_dir, initial_state, monkeypatch
+):
+    # A notebook's failed start left the orbax managers (and their threads) open.
+    run_dir = _two_checkpoints(tmp_path / "run", data_dir, initial_state)
+    config = _config(data_dir)
+    config.train.optimizer = "sgd"  # another train state: the resume is refused
+    closed, close = [], checkpoints.Checkpoints.close
+    monkeypatch.setattr(
+        checkpoints.Checkpoints, "close", lambda self: closed.append(self) or close(self)
+    )
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="another train state"):
+        trainer.train_and_evaluate(config, str(run_dir))
+    assert len(closed) == 1
 
 
 def test_evaluation_restores_the_model_of_a_run_trained_with_another_optimizer(

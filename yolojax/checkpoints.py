@@ -1,4 +1,4 @@
-"""Orbax checkpoints in a workdir: the last K by step, and the best by test mAP.
+"""Orbax checkpoints in a workdir: the last K by step, and the best by the eval split's mAP.
 
 Layout::
 

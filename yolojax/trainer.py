@@ -2,9 +2,10 @@
 
 It restores the latest checkpoint of ``workdir`` if there is one (same step, same data
 order), trains with :func:`yolojax.train_lib.train_step` compiled over every device of the
-job (data parallel), evaluates VOC mAP periodically (test split, and a fixed train subset to watch
-overfitting), keeps the last checkpoints and the best by test mAP, and writes metrics (JSON
-lines + TensorBoard) and loss/mAP plots into ``workdir``.
+job (data parallel), evaluates VOC mAP periodically (on the eval split, ``test`` or a
+folder's ``validation``, and a fixed train subset to watch overfitting), keeps the last
+checkpoints and the best by the eval split's mAP, and writes metrics (JSON lines +
+TensorBoard) and loss/mAP plots into ``workdir``.
 
 In a multi-process job (``yolojax.distributed``) every process runs this same loop on its
 share of each global batch, and the step's collectives span every process's devices. Every
@@ -178,13 +179,19 @@ def _set_up(config, workdir: str) -> _Run:
     ckpt = checkpoints.Checkpoints(
         workdir, checkpoints.model_signature(config), keep=config.train.keep_checkpoints
     )
-    model, state, lr_schedule, start_step = _restore_or_start_over(
-        config, info, ckpt, workdir, is_main
-    )
-    tensorboard = None
-    if is_main:
-        with run_log.workdir_write_errors(workdir, start_step):
-            tensorboard = run_log.prepare_workdir(config, info, workdir, start_step, total_steps)
+    try:
+        model, state, lr_schedule, start_step = _restore_or_start_over(
+            config, info, ckpt, workdir, is_main
+        )
+        tensorboard = None
+        if is_main:
+            with run_log.workdir_write_errors(workdir, start_step):
+                tensorboard = run_log.prepare_workdir(
+                    config, info, workdir, start_step, total_steps
+                )
+    except BaseException:  # a checkpoint of another model, an unwritable workdir: no run
+        ckpt.close()  # its orbax managers' threads, which train_and_evaluate would close
+        raise
     return _Run(
         workdir=workdir,
         is_main=is_main,
@@ -465,7 +472,8 @@ def train_and_evaluate(
       yolojax.preemption.TrainingStopped: SIGTERM or Ctrl-C stopped training; its checkpoint
         is saved.
       KeyboardInterrupt: a second Ctrl-C (or one in a multi-process job) interrupted at once.
-      NonFiniteLossError: a step's loss was not finite (and ``train.skip_nonfinite`` is off).
+      NonFiniteLossError: a step's loss or gradients were not finite (and
+        ``train.skip_nonfinite`` is off).
     """
     run = _set_up(config, workdir)
     with contextlib.ExitStack() as signals_caught:

@@ -3,7 +3,8 @@
 Every batch is a dict of NumPy arrays shaped [local_devices, per_device, ...] (the "Data element
 contract" of docs/architecture.md): `image` float32 (D, B, H, W, 3) normalized, `boxes` (D, B,
 max_boxes, 4) normalized yxyx, `labels` int32, `difficult` bool, `mask` bool (True for real
-boxes), `image_size` int32 (D, B, 2) original (height, width); eval batches add `valid` (D, B).
+boxes), `image_size` int32 (D, B, 2) original (height, width); eval batches add `valid` (D, B)
+(False for padding) and `index` int32 (D, B) (the example's index in the split, -1 for padding).
 
 Training reads a stream of example positions g = 0, 1, 2, ...: global batch t holds positions
 [t * G, (t + 1) * G), process p takes its contiguous slice of each, and position g is example
