@@ -130,6 +130,18 @@ def test_mismatched_shapes_name_the_problem():
         losses.yolo_loss(pred, target, num_classes=C, num_boxes=3)
 
 
+def test_a_negative_weight_is_refused_as_the_configs_is():
+    # A negative weight rewards the error it weighs: the config refused it, the call did not.
+    pred, target = _hand_case()
+    for weight in ("lambda_coord", "lambda_noobj"):
+        with pytest.raises(ValueError, match=rf"^{weight} must be a finite number >= 0; got -1"):
+            losses.yolo_loss(pred, target, num_classes=C, **{weight: -1.0})
+    # A traced weight (a sweep under vmap) is taken as given.
+    weights = jnp.array([0.0, 5.0])
+    swept = jax.vmap(lambda w: losses.yolo_loss(pred, target, num_classes=C, lambda_coord=w)[0])
+    np.testing.assert_allclose(swept(weights)[1] - swept(weights)[0], HAND["coord"], rtol=1e-5)
+
+
 def _sizes_case():
     """An object off the diagonal and off-centre, with width ≠ height, and predicted sizes
     ≠ 1, so that square roots, x/y order and the IoU's gradient all show.

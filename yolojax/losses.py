@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from yolojax import boxes as box_ops
 from yolojax.outputs import check_grid_layout, split_predictions
 from yolojax.targets import target_channels
-from yolojax.validation import check_positive_int
+from yolojax.validation import check_number, check_positive_int
 
 # Bounds the slope of the signed square root of a predicted width/height near 0 (1/√ε).
 SQRT_EPSILON = 1e-6
@@ -24,9 +24,12 @@ def signed_sqrt(values):
     return values * jax.lax.rsqrt(jnp.abs(values) + SQRT_EPSILON)
 
 
-def _check_loss_args(predictions, targets, num_classes, num_boxes):
+def _check_loss_args(predictions, targets, num_classes, num_boxes, weights):
     check_positive_int("num_classes", num_classes)
     check_positive_int("num_boxes", num_boxes)
+    for name, weight in weights.items():  # as config.loss's are checked
+        if isinstance(weight, int | float):  # a traced weight (a sweep under vmap): as given
+            check_number(name, weight, at_least=0)
     check_grid_layout(predictions, "predictions")
     if predictions.shape[0] == 0:  # the loss is a mean over images
         raise ValueError("predictions must hold at least one image; got a batch of 0.")
@@ -84,7 +87,8 @@ def yolo_loss(
     """
     predictions = jnp.asarray(predictions, jnp.float32)
     targets = jnp.asarray(targets, jnp.float32)
-    _check_loss_args(predictions, targets, num_classes, num_boxes)
+    weights = {"lambda_coord": lambda_coord, "lambda_noobj": lambda_noobj}
+    _check_loss_args(predictions, targets, num_classes, num_boxes, weights)
     batch_size = predictions.shape[0]
 
     class_scores, box_fields = split_predictions(
