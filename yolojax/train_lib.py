@@ -95,15 +95,18 @@ def _mean_over_devices(tree):
 
 
 def _counted(opt_state):
-    """``opt_state`` with each of optax's step counts one on, as an update leaves them, its
-    moments as they were: a skipped step is a step of the learning-rate schedule, which
-    then stays on ``state.step`` (the logged rate, the data order), as PyTorch's schedulers
-    step past a step its gradient scaler skips. Adam's bias correction moves on with it."""
+    """``opt_state`` with the learning-rate schedule's step count one on, as an update
+    leaves it, and all else as it was: a skipped step is a step of the schedule, which then
+    stays on ``state.step`` (the logged rate, the data order), as PyTorch's schedulers step
+    past a step its gradient scaler skips while Adam's own count and moments stay."""
 
-    def count_on(path, leaf):
-        return leaf + 1 if getattr(path[-1], "name", None) == "count" else leaf
+    def is_schedule(node) -> bool:
+        return isinstance(node, optax.ScaleByScheduleState)
 
-    return jax.tree_util.tree_map_with_path(count_on, opt_state)
+    def count_on(node):
+        return node._replace(count=node.count + 1) if is_schedule(node) else node
+
+    return jax.tree.map(count_on, opt_state, is_leaf=is_schedule)
 
 
 def _after_every_gradient(new_params, params, grad_norm):
