@@ -201,6 +201,21 @@ def test_files_already_in_the_output_folder_are_never_overwritten(workdir, tmp_p
     ]
 
 
+def test_a_photo_too_large_for_pillow_in_the_output_folder_is_left_alone(
+    workdir, tmp_path, monkeypatch
+):
+    # Looking for earlier drawings opened it, and Pillow's decompression-bomb error stopped
+    # the command before anything was detected.
+    out = tmp_path / "out"
+    panorama = _image(out / "panorama.jpg", 300, 300)
+    before = (out / "panorama.jpg").read_bytes()
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)  # 300 × 300 is then a "bomb"
+    assert _predict(workdir, out, _image(tmp_path / "a.jpg", 40, 30)) == 0
+    assert (out / "panorama.jpg").read_bytes() == before
+    assert _record(out)[str(tmp_path / "a.jpg")]["drawing"] == "a.jpg"
+    assert panorama not in _record(out)
+
+
 def test_drawings_of_a_call_stopped_before_its_record_are_still_replaced(workdir, tmp_path):
     a = _image(tmp_path / "a.jpg", 40, 30)
     b = _image(tmp_path / "b.jpg", 50, 20, seed=1)

@@ -394,7 +394,8 @@ def _marked_drawings(folder: Path) -> set[str]:
         try:
             with Image.open(path) as drawing:  # reads the headers before the pixels only
                 mark = drawing.info.get("comment" if drawing.format == "JPEG" else PNG_MARK_KEY)
-        except (OSError, ValueError):  # not an image Pillow can open: not ours
+        # Not an image Pillow can open, or one too large to (a panorama): not ours.
+        except (OSError, ValueError, Image.DecompressionBombError):
             continue
         if isinstance(mark, bytes):  # a JPEG comment
             mark = mark.decode("utf-8", errors="replace")
