@@ -63,7 +63,6 @@ def _worker_env(root: Path, **extra) -> dict:
         "TF_CPP_MIN_LOG_LEVEL": "2",
         # Shared by a test's workers: they compile the same model initialization.
         "JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache"),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         **extra,
     }
 

@@ -165,15 +165,16 @@ def _set_up(config, workdir: str) -> _Run:
     workdir = Path(workdir)
     info = pipeline.get_dataset_info(config.data)
     resolve_num_classes(config, info.class_names)
-    if config.data.source == "voc_folder" and config.data.eval_split is None:
-        # The folder's held-out split, recorded in config.json: a resume or evaluate.py keeps
-        # evaluating on it whatever a later version's default.
-        config.data.eval_split = info.eval_split_name
-    if config.data.source == "voc_folder" and config.data.class_names is None:
-        # The classes found in its .xml files, fixed for the run and recorded in config.json:
-        # each evaluation opens the folder again, and read anew they were every .xml file
-        # parsed again, and a class added or renamed mid-run renumbered the model's classes.
-        config.data.class_names = tuple(info.class_names)
+    if config.data.source == "voc_folder":  # what the folder gave, recorded in config.json
+        # Its held-out split: a resume or evaluate.py keeps evaluating on it whatever a
+        # later version's default.
+        if config.data.eval_split is None:
+            config.data.eval_split = info.eval_split_name
+        # The classes found in its .xml files, fixed for the run: each evaluation opens the
+        # folder again, and read anew they were every .xml file parsed again, and a class
+        # added or renamed mid-run renumbered the model's classes.
+        if config.data.class_names is None:
+            config.data.class_names = tuple(info.class_names)
     # Before the checkpoint folders are made: a split smaller than a batch leaves nothing.
     steps_per_epoch, total_steps = train_lib.steps_for(config, info.num_train_examples)
     ckpt = checkpoints.Checkpoints(
