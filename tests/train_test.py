@@ -725,6 +725,33 @@ def test_a_workdir_that_cannot_be_written_at_start_is_named_with_what_to_do(
     )
 
 
+def test_training_into_a_folder_of_someone_elses_files_writes_over_none_of_them(tmp_path, data_dir):
+    folder = tmp_path / "my_project"
+    folder.mkdir()
+    (folder / "loss.png").write_bytes(b"my own plot")
+    (folder / "config.json").write_text('{"lr": 0.1}')  # another tool's config
+    with pytest.raises(workdir_io.NotAFolderError) as error:
+        trainer.train_and_evaluate(tiny_config(data_dir), str(folder))
+    assert str(error.value) == (
+        f"The workdir {folder} holds config.json, loss.png, which a training run writes "
+        "over, but it is not a yolojax run's folder (it has no checkpoints/, nor a config.json "
+        "of a run). Pass a new or empty folder as --workdir, or move those files elsewhere "
+        "first."
+    )
+    assert sorted(path.name for path in folder.iterdir()) == ["config.json", "loss.png"]
+    assert (folder / "loss.png").read_bytes() == b"my own plot"
+    # A run's folder is one: its config.json, even edited into something else, and its
+    # curves are its own.
+    (folder / "checkpoints").mkdir()
+    workdir_io.check_workdir(folder, writable=True)
+    # Other files are no obstacle: a run writes none of them over.
+    (folder / "checkpoints").rmdir()
+    (folder / "config.json").unlink()
+    (folder / "loss.png").unlink()
+    (folder / "notes.txt").write_text("mine")
+    workdir_io.check_workdir(folder, writable=True)
+
+
 def test_a_damaged_latest_checkpoint_resumes_from_the_one_before_and_says_which(
     tmp_path, data_dir, capsys
 ):

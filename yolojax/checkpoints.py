@@ -38,7 +38,14 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from yolojax import errors
-from yolojax.workdir import SUPERSEDED_FOLDER, check_workdir, free_path, run_config_flag
+from yolojax.workdir import (
+    BEST_FOLDER,
+    LATEST_FOLDER,
+    SUPERSEDED_FOLDER,
+    check_workdir,
+    free_path,
+    run_config_flag,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -83,10 +90,6 @@ class DamagedCheckpointError(Exception):
 
 class NoCheckpointError(FileNotFoundError):
     """The workdir holds no (usable) checkpoint of the kind asked for."""
-
-
-# The workdir's folders of the latest checkpoints and of the best one.
-LATEST_FOLDER, BEST_FOLDER = "checkpoints", "best"
 
 
 def has_saved_step(workdir: str | os.PathLike) -> bool:

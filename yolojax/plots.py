@@ -36,10 +36,11 @@ def plot_training_curves(workdir, *, eval_split: str = "test") -> list[Path]:
         ("train_mAP", "train mAP (VOC07)", {}),
     ]
     written = []
+    loss_file, map_file = workdir_io.CURVE_FILES
     for filename, curves, ylabel, yscale, bottom in (
         # Log scale: the first steps' loss is ten times the rest, which would flatten them.
-        ("loss.png", loss_curves, "loss per image", "log", None),
-        ("mAP.png", map_curves, "mAP@0.5", "linear", 0),  # not -0.04 for all-zero mAPs
+        (loss_file, loss_curves, "loss per image", "log", None),
+        (map_file, map_curves, "mAP@0.5", "linear", 0),  # not -0.04 for all-zero mAPs
     ):
         # A Figure without pyplot: nothing global (backend, open figures) changes for the
         # caller, who may be plotting in a notebook.

@@ -24,12 +24,16 @@ from pathlib import Path
 CONFIG_FILE = "config.json"
 CLASSES_FILE = "classes.json"
 METRICS_FILE = "metrics.jsonl"
+CURVE_FILES = ("loss.png", "mAP.png")  # the training curves, drawn anew from metrics.jsonl
+# The folders of the latest checkpoints and of the best one (yolojax.checkpoints').
+LATEST_FOLDER, BEST_FOLDER = "checkpoints", "best"
 TENSORBOARD_FOLDER = "tensorboard"
 EVAL_FOLDER = "eval"  # evaluate.py's results
 
 
 class NotAFolderError(ValueError):
-    """The workdir given is a file, or (for training) cannot be written."""
+    """The workdir given is a file, or (for training) cannot be written or holds files of
+    its own that a run would write over."""
 
 
 # What a run sets aside: a checkpoint a resumed run saves anew (checkpoints.Checkpoints), an
@@ -42,10 +46,14 @@ def check_workdir(workdir: str | os.PathLike, *, writable: bool = False) -> Path
 
     Args:
       workdir: the run's folder.
-      writable: also check that it can be written (created: its nearest existing parent).
+      writable: for training: also check that it can be written (created: its nearest
+        existing parent), and that it holds none of the files a run writes over
+        (``config.json``, ``classes.json``, ``loss.png``, ``mAP.png``) unless it is a
+        run's folder (it has ``checkpoints/``, or its ``config.json`` is a run's).
 
     Raises:
-      NotAFolderError: it is a file, or ``writable`` and it cannot be written.
+      NotAFolderError: it is a file, or ``writable`` and it cannot be written or holds
+        such files of its own.
     """
     workdir = Path(workdir).absolute()
     if workdir.exists() and not workdir.is_dir():
@@ -61,7 +69,36 @@ def check_workdir(workdir: str | os.PathLike, *, writable: bool = False) -> Path
                 "user): a run saves its checkpoints there. Pass another --workdir, or copy "
                 "the run to a writable folder to resume it."
             )
+        if workdir.is_dir() and not _is_run_folder(workdir):
+            _refuse_files_written_over(workdir)
     return workdir
+
+
+def _is_run_folder(workdir: Path) -> bool:
+    """Whether ``workdir`` has a run's checkpoints/ or config.json (a JSON object with a
+    config's sections). A run's config.json edited into something else is still a run's."""
+    if (workdir / LATEST_FOLDER).is_dir():
+        return True
+    try:
+        config = json.loads((workdir / CONFIG_FILE).read_text())
+    except (OSError, ValueError):  # none, unreadable, or not JSON
+        return False
+    return isinstance(config, dict) and {"model", "data", "train"} <= config.keys()
+
+
+def _refuse_files_written_over(workdir: Path) -> None:
+    """Raises NotAFolderError naming the files of ``workdir`` (not a run's folder) that a
+    training run would write over: they are someone else's."""
+    taken = [
+        name for name in (CONFIG_FILE, CLASSES_FILE, *CURVE_FILES) if (workdir / name).exists()
+    ]
+    if taken:
+        raise NotAFolderError(
+            f"The workdir {workdir} holds {', '.join(taken)}, which a training run writes "
+            f"over, but it is not a yolojax run's folder (it has no {LATEST_FOLDER}/, nor a "
+            f"{CONFIG_FILE} of a run). "
+            "Pass a new or empty folder as --workdir, or move those files elsewhere first."
+        )
 
 
 def _process_umask() -> int:
