@@ -175,12 +175,25 @@ def test_detect_output_is_fixed_size_even_when_few_candidates():
 
 
 def test_invalid_arguments():
-    with pytest.raises(ValueError, match="outputs"):
-        postprocess.detect(jnp.zeros((S, S, C + 5 * B)), num_classes=C, num_boxes=B)
+    one_grid = jnp.zeros((S, S, C + 5 * B))
+    with pytest.raises(ValueError, match=r"For one image's grid, pass outputs\[None\]\.$"):
+        postprocess.detect(one_grid, num_classes=C, num_boxes=B)
+    with pytest.raises(ValueError, match=r"shape \(N, S, S, C \+ 5B\); got \(2, 3, 4, 13\)\.$"):
+        postprocess.detect(jnp.zeros((2, 3, 4, 13)), num_classes=C, num_boxes=B)  # no hint
     with pytest.raises(ValueError, match="C \\+ 5B"):
         postprocess.detect(jnp.zeros((1, S, S, C + 5 * B)), num_classes=C + 1, num_boxes=B)
     with pytest.raises(ValueError, match="iou_threshold"):
         postprocess.detect(jnp.zeros((1, S, S, 13)), num_classes=C, num_boxes=B, iou_threshold=2)
+
+
+def test_nms_refuses_logits_for_scores():
+    boxes = jnp.array([[0.1, 0.1, 0.5, 0.5], [0.2, 0.2, 0.6, 0.6]])
+    kwargs = dict(score_threshold=0.5, iou_threshold=0.5, max_detections=4)
+    with pytest.raises(ValueError, match=r"probabilities in \[0, 1\].*up to 2\.5\. Pass"):
+        postprocess.nms(boxes, jnp.array([[2.5, -1.0], [0.3, 0.9]]), **kwargs)
+    # A score of exactly 1 is a probability.
+    kept = postprocess.nms(boxes, jnp.array([[1.0, 0.0], [0.0, 0.9]]), **kwargs)
+    assert kept.valid.sum() == 2
 
 
 def test_detect_with_its_defaults_finds_what_evaluation_finds():

@@ -13,8 +13,8 @@ C = 3  # classes in these tests; the grid layout is [class one-hot (3), obj, x, 
 
 
 def _encode(boxes, labels, mask=None, grid_size=4):
+    """``mask`` None: left to encode's default, every box real."""
     boxes = np.asarray(boxes, np.float32)
-    mask = np.ones(len(boxes), bool) if mask is None else np.asarray(mask)
     return np.asarray(
         targets.encode(boxes, np.asarray(labels), mask, grid_size=grid_size, num_classes=C)
     )
@@ -91,6 +91,10 @@ def test_batch_encoding_matches_per_image_encoding_under_jit():
     )(boxes, labels, mask)
     for i in range(3):
         np.testing.assert_allclose(batched[i], _encode(boxes[i], labels[i], mask[i]), atol=1e-6)
+    # Without a mask every box is real, as in encode.
+    unmasked = targets.encode_batch(boxes, labels, grid_size=4, num_classes=C)
+    for i in range(3):
+        np.testing.assert_allclose(unmasked[i], _encode(boxes[i], labels[i]), atol=1e-6)
 
 
 def test_an_image_without_boxes_encodes_to_an_empty_grid():

@@ -18,7 +18,9 @@ def output_channels(num_classes: int, num_boxes: int) -> int:
 def check_grid_layout(outputs, name: str) -> None:
     """Raises unless ``outputs`` is ``(N, S, S, channels)``: a batch of square grids."""
     if outputs.ndim != 4 or outputs.shape[1] != outputs.shape[2]:
-        raise ValueError(f"{name} must have shape (N, S, S, C + 5B); got {outputs.shape}.")
+        one_grid = outputs.ndim == 3 and outputs.shape[0] == outputs.shape[1]
+        hint = f" For one image's grid, pass {name}[None]." if one_grid else ""
+        raise ValueError(f"{name} must have shape (N, S, S, C + 5B); got {outputs.shape}.{hint}")
 
 
 def split_predictions(predictions, *, num_classes: int, num_boxes: int, name="predictions"):

@@ -4,6 +4,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from yolojax import boxes as box_ops
 from yolojax.outputs import check_grid_layout, split_predictions
@@ -101,6 +102,20 @@ def _greedy_nms(boxes, labels, eligible, iou_threshold):
     return jax.lax.fori_loop(0, boxes.shape[0], visit, jnp.zeros_like(eligible))
 
 
+def _check_probabilities(scores) -> None:
+    """Refuses scores above 1 where they are known (outside jit and vmap): logits, whose
+    positive values would all pass the threshold as near-certain detections."""
+    try:
+        scores = np.asarray(scores)
+    except jax.errors.TracerArrayConversionError:
+        return
+    if scores.size and scores.max() > 1:
+        raise ValueError(
+            f"scores must be probabilities in [0, 1] (decode's); got values up to "
+            f"{scores.max():g}. Pass probabilities, not logits."
+        )
+
+
 def _check_nms_args(score_threshold, iou_threshold, max_detections, pre_nms_top_k) -> None:
     check_threshold("score_threshold", score_threshold)
     check_threshold("iou_threshold", iou_threshold)
@@ -151,6 +166,7 @@ def nms(
             f"scores must have one row per box, shape ({boxes.shape[0]}, C); got {scores.shape}."
         )
     _check_nms_args(score_threshold, iou_threshold, max_detections, pre_nms_top_k)
+    _check_probabilities(scores)
     num_candidates = scores.shape[0] * scores.shape[1]
     if num_candidates == 0:  # no boxes: no detections (top_k needs at least one)
         return Detections(  # the dtypes of the general case's jnp.where(..., 0.0)

@@ -21,6 +21,13 @@ def target_channels(num_classes: int) -> int:
     return num_classes + 5
 
 
+def _as_arrays(boxes, labels, mask):
+    """``boxes`` (float32), ``labels`` and ``mask`` as arrays; a None mask is all True."""
+    boxes = jnp.asarray(boxes, jnp.float32)
+    mask = jnp.ones(boxes.shape[:-1], bool) if mask is None else jnp.asarray(mask)
+    return boxes, jnp.asarray(labels), mask
+
+
 def _check_encode_args(boxes, labels, mask, grid_size, num_classes):
     check_positive_int("grid_size", grid_size)
     check_positive_int("num_classes", num_classes)
@@ -58,7 +65,7 @@ def _check_encode_values(boxes, labels, mask, num_classes):
         )
 
 
-def encode(boxes, labels, mask, *, grid_size: int, num_classes: int) -> jax.Array:
+def encode(boxes, labels, mask=None, *, grid_size: int, num_classes: int) -> jax.Array:
     """Encodes one image's padded boxes as a YOLOv1 target grid.
 
     A YOLOv1 cell holds at most one object. When several box centres fall into the same
@@ -74,7 +81,7 @@ def encode(boxes, labels, mask, *, grid_size: int, num_classes: int) -> jax.Arra
         given, a target outside the grid's contract. ``M`` may be 0 (an image without
         objects).
       labels: ``(M,)`` int class ids in ``[0, num_classes)``.
-      mask: ``(M,)`` bool (or 0/1 integers), True for real boxes.
+      mask: ``(M,)`` bool (or 0/1 integers), True for real boxes; None: all are real.
       grid_size: S, the grid is S×S.
       num_classes: C.
 
@@ -87,7 +94,7 @@ def encode(boxes, labels, mask, *, grid_size: int, num_classes: int) -> jax.Arra
         ``[0, num_classes)``, and for a mask holding other values than 0 and 1.
         Under jit these cannot be checked: an out-of-range id gives an all-zero class vector.
     """
-    boxes, labels, mask = jnp.asarray(boxes, jnp.float32), jnp.asarray(labels), jnp.asarray(mask)
+    boxes, labels, mask = _as_arrays(boxes, labels, mask)
     _check_encode_args(boxes, labels, mask, grid_size, num_classes)
     _check_encode_values(boxes, labels, mask, num_classes)
     s = grid_size
@@ -120,9 +127,11 @@ def encode(boxes, labels, mask, *, grid_size: int, num_classes: int) -> jax.Arra
     return grid.reshape(s, s, target_channels(num_classes))
 
 
-def encode_batch(boxes, labels, mask, *, grid_size: int, num_classes: int) -> jax.Array:
-    """:func:`encode` over a batch: ``(N, M, 4), (N, M), (N, M)`` → ``(N, S, S, C + 5)``."""
-    boxes, labels, mask = jnp.asarray(boxes, jnp.float32), jnp.asarray(labels), jnp.asarray(mask)
+def encode_batch(boxes, labels, mask=None, *, grid_size: int, num_classes: int) -> jax.Array:
+    """:func:`encode` over a batch: ``(N, M, 4), (N, M), (N, M)`` → ``(N, S, S, C + 5)``.
+
+    ``mask`` None: every box is real."""
+    boxes, labels, mask = _as_arrays(boxes, labels, mask)
     if boxes.ndim != 3 or boxes.shape[-1] != 4:
         raise ValueError(f"boxes must have shape (N, max_boxes, 4); got {boxes.shape}.")
     # Checked here so that a mismatch is named, not reported by vmap as inconsistent sizes.
