@@ -737,6 +737,12 @@ def test_the_constructor_names_a_config_that_is_none_and_variables_of_another_mo
         assert ml_collections.ConfigDict(given).model.num_classes == 0  # copies too
     with pytest.raises(ValueError, match="class_names must name the model's classes"):
         Detector(model, variables, counting, [])
+    with pytest.raises(ValueError) as error:  # one name short
+        Detector(model, variables, config, names[:-1])
+    assert str(error.value).startswith(
+        f"config.model.num_classes={len(names)} but class_names has {len(names) - 1} classes "
+        f"{tuple(names[:-1])}: set config.model.num_classes={len(names) - 1} "
+    )
     # Variables of another model, or params without their batch statistics: named as such
     # at the first call, with what to pass instead (were flax's scope errors).
     other = config.copy_and_resolve_references()

@@ -752,6 +752,22 @@ def test_training_into_a_folder_of_someone_elses_files_writes_over_none_of_them(
     workdir_io.check_workdir(folder, writable=True)
 
 
+def test_a_model_of_another_class_count_than_the_dataset_is_named_before_training(
+    tmp_path, data_dir
+):
+    config = tiny_config(data_dir)
+    config.model.num_classes = 7
+    with pytest.raises(ValueError) as error:
+        trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    names = tuple(synthetic_shapes.CLASS_NAMES)  # the shapes dataset's five
+    assert str(error.value) == (
+        f"config.model.num_classes=7 but the dataset has 5 classes {names}: set "
+        "config.model.num_classes=5 (--config.model.num_classes=5 on the command line), or 0 "
+        "to follow the dataset."
+    )
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_damaged_latest_checkpoint_resumes_from_the_one_before_and_says_which(
     tmp_path, data_dir, capsys
 ):

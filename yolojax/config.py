@@ -183,20 +183,22 @@ def check_config_dict(config) -> None:
         )
 
 
-def resolve_num_classes(config, class_names) -> None:
-    """Sets ``config.model.num_classes`` from the dataset when it is 0; otherwise checks that
-    the two agree.
+def resolve_num_classes(config, class_names, *, source: str = "the dataset") -> None:
+    """Sets ``config.model.num_classes`` from ``class_names`` (``source``'s) when it is 0;
+    otherwise checks that the two agree.
 
     Raises:
-      ValueError: the config and the dataset disagree (the message says what to set).
+      ValueError: the config and ``source`` disagree (the message says what to set).
     """
     if config.model.num_classes == 0:
         config.model.num_classes = len(class_names)
     elif config.model.num_classes != len(class_names):
+        count = len(class_names)
         raise ValueError(
-            f"config.model.num_classes={config.model.num_classes} but the dataset has "
-            f"{len(class_names)} classes {tuple(class_names)}; set "
-            f"--config.model.num_classes={len(class_names)} (or 0 to follow the dataset)."
+            f"config.model.num_classes={config.model.num_classes} but {source} has {count} "
+            f"classes {tuple(class_names)}: set config.model.num_classes={count} "
+            f"(--config.model.num_classes={count} on the command line), or 0 to follow "
+            f"{source}."
         )
 
 

@@ -104,13 +104,8 @@ class Detector:
             nms["max_detections"] = check_positive_int("max_detections", max_detections)
         config = _editable_copy(config)  # the caller's stays as it was, and edits to it stay out
         config.eval.update(nms)
-        if config.model.num_classes == 0:  # a config file's "as many as the dataset has"
-            config.model.num_classes = len(class_names)
-        elif len(class_names) != config.model.num_classes:
-            raise ValueError(
-                f"class_names must have config.model.num_classes={config.model.num_classes} "
-                f"names; got {len(class_names)}."
-            )
+        # A config file's num_classes 0, "as many as the dataset has", counts class_names.
+        resolve_num_classes(config, class_names, source="class_names")
         for field in ("num_classes", "grid_size", "num_boxes"):  # a YOLO module's own
             if getattr(model, field, config.model[field]) != config.model[field]:
                 raise ValueError(
