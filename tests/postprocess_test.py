@@ -186,6 +186,27 @@ def test_invalid_arguments():
         postprocess.detect(jnp.zeros((1, S, S, 13)), num_classes=C, num_boxes=B, iou_threshold=2)
 
 
+def test_pixel_detections_are_each_images_valid_ones_in_its_pixels():
+    detections = postprocess.Detections(
+        boxes=np.array(
+            [[[0.1, 0.2, 0.5, 1.0], [0.0, 0.0, 0.3, 0.3]], [[0.5, 0.25, 1.0, 0.75], [0, 0, 0, 0]]],
+            np.float32,
+        ),
+        scores=np.array([[0.9, 0.4], [0.7, 0.0]], np.float32),
+        labels=np.array([[2, 0], [1, 0]], np.int32),
+        valid=np.array([[True, True], [True, False]]),
+    )
+    # Image 0 is 100 high, 200 wide; image 1 is 50 high, 40 wide.
+    first, second = postprocess.pixel_detections(detections, [100, 50], [200, 40])
+    # yxyx [0.1, 0.2, 0.5, 1.0] → xyxy [0.2·200, 0.1·100, 1.0·200, 0.5·100].
+    np.testing.assert_allclose(first[0], [[40, 10, 200, 50], [0, 0, 60, 30]], atol=1e-5)
+    np.testing.assert_allclose(first[1], [0.9, 0.4])
+    assert first[2].tolist() == [2, 0]
+    np.testing.assert_allclose(second[0], [[10, 25, 30, 50]], atol=1e-5)  # the padding is out
+    np.testing.assert_allclose(second[1], [0.7])
+    assert second[2].tolist() == [1]
+
+
 def test_nms_refuses_logits_for_scores():
     boxes = jnp.array([[0.1, 0.1, 0.5, 0.5], [0.2, 0.2, 0.6, 0.6]])
     kwargs = dict(score_threshold=0.5, iou_threshold=0.5, max_detections=4)

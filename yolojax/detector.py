@@ -17,12 +17,11 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from yolojax import boxes as box_ops
 from yolojax import checkpoints, train_lib
 from yolojax.config import check_config_dict, load_run_config, resolve_num_classes
 from yolojax.data import pipeline
 from yolojax.images import read_image, to_rgb
-from yolojax.postprocess import detect_with_config
+from yolojax.postprocess import Detections, detect_with_config, pixel_detections
 from yolojax.validation import check_positive_int, check_threshold
 from yolojax.workdir import CLASSES_FILE, load_class_names
 
@@ -263,22 +262,17 @@ class Detector:
                 "(yolojax.train_lib.model_variables(state): params, and batch_stats for "
                 "BatchNorm models), or use Detector.from_workdir."
             ) from error
-        results = []
-        for row, image in enumerate(images):
-            valid = detections.valid[row]
-            boxes = box_ops.normalized_yxyx_to_pixel_xyxy(
-                detections.boxes[row][valid], *image.shape[:2]
+        real = Detections(*(field[: len(images)] for field in detections))  # not the padding
+        heights, widths = zip(*(image.shape[:2] for image in images), strict=True)
+        return [
+            ImageDetections(
+                boxes=boxes.astype(np.float32),
+                scores=scores,
+                labels=labels,
+                class_names=[self.class_names[i] for i in labels],
             )
-            labels = detections.labels[row][valid]
-            results.append(
-                ImageDetections(
-                    boxes=boxes.astype(np.float32),
-                    scores=detections.scores[row][valid],
-                    labels=labels,
-                    class_names=[self.class_names[i] for i in labels],
-                )
-            )
-        return results
+            for boxes, scores, labels in pixel_detections(real, heights, widths)
+        ]
 
 
 def _as_rgb(image) -> np.ndarray:

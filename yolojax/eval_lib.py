@@ -27,7 +27,6 @@ from yolojax import (
     train_lib,
     voc_results,
 )
-from yolojax.boxes import normalized_yxyx_to_pixel_xyxy
 from yolojax.config import resolve_num_classes, validate_config
 from yolojax.data import pipeline, sources
 from yolojax.evaluation import VOCEvaluator
@@ -230,17 +229,12 @@ def _image_detections(
 ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """``{index in the split: (pixel xyxy boxes, scores, labels)}`` of a gathered batch's
     real examples (``index``: each one's in the split), their real detections only."""
-    height, width = (arrays["image_size"][:, i, None].astype(np.float64) for i in (0, 1))
-    boxes = normalized_yxyx_to_pixel_xyxy(arrays["pred_boxes"].astype(np.float64), height, width)
-    images = {}
-    for row in np.flatnonzero(arrays["valid"]):
-        keep = arrays["pred_valid"][row]
-        images[int(index[row])] = (
-            boxes[row][keep],
-            arrays["pred_scores"][row][keep],
-            arrays["pred_labels"][row][keep],
-        )
-    return images
+    detections = postprocess.Detections(
+        arrays["pred_boxes"], arrays["pred_scores"], arrays["pred_labels"], arrays["pred_valid"]
+    )
+    heights, widths = arrays["image_size"][:, 0], arrays["image_size"][:, 1]
+    per_image = postprocess.pixel_detections(detections, heights, widths)
+    return {int(index[row]): per_image[row] for row in np.flatnonzero(arrays["valid"])}
 
 
 def _check_same_model(config, workdir, checkpoint, trained_classes) -> None:

@@ -241,6 +241,30 @@ def detect(
     )(boxes, scores)
 
 
+def pixel_detections(
+    detections: Detections, heights, widths
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Each image's real detections, their boxes in its pixels.
+
+    Args:
+      detections: a batch's :class:`Detections` (leading shape ``(N, K)``), on the host
+        (``jax.device_get``).
+      heights, widths: ``(N,)`` each image's size in pixels.
+
+    Returns:
+      N tuples ``(boxes, scores, labels)``, only where ``valid``, best first: boxes
+      ``(K_i, 4)`` float64 xyxy in pixels, scores ``(K_i,)``, labels ``(K_i,)``.
+    """
+    heights, widths = (np.asarray(size, np.float64)[:, None] for size in (heights, widths))
+    boxes = box_ops.normalized_yxyx_to_pixel_xyxy(
+        np.asarray(detections.boxes, np.float64), heights, widths
+    )
+    return [
+        (boxes[row][valid], detections.scores[row][valid], detections.labels[row][valid])
+        for row, valid in enumerate(np.asarray(detections.valid))
+    ]
+
+
 def detect_with_config(outputs, config, *, score_threshold=None) -> Detections:
     """:func:`detect` of raw outputs ``(N, S, S, C + 5B)`` with the grid of
     ``config.model`` and the settings of ``config.eval`` (``score_threshold`` overrides its
