@@ -522,6 +522,31 @@ def test_the_main_thread_waits_for_slow_drawings_holding_a_bounded_number(
     assert len(detected) == len(images)
 
 
+def test_the_next_batch_is_read_while_one_is_detected(workdir, tmp_path, monkeypatch):
+    detector = Detector.from_workdir(workdir, score_threshold=0.0)
+    images = [_image(tmp_path / f"in/{i}.png", 32, 32, seed=i) for i in range(4)]
+    read_input, second_batch_read = predict._read_input, threading.Event()
+
+    def noted(path):
+        image = read_input(path)
+        if os.fspath(path) == images[2]:
+            second_batch_read.set()
+        return image
+
+    detect, read_during_detection = detector.detect_batch, []
+
+    def detect_waiting(batch, **kwargs):
+        # The second batch's first image is read during the first detection.
+        read_during_detection.append(second_batch_read.wait(10))
+        return detect(batch, **kwargs)
+
+    monkeypatch.setattr(predict, "_read_input", noted)
+    monkeypatch.setattr(detector, "detect_batch", detect_waiting)
+    run = predict.predict_files(detector, images, tmp_path / "out", batch_size=2, drawing_threads=1)
+    assert read_during_detection == [True, True]
+    assert list(run.images) == images
+
+
 def test_the_command_takes_nms_settings_of_its_own(tmp_path):
     # Boxes of 2 × 2 cells: a box and its row's or column's neighbour overlap by IoU 1/3
     # (0.4 where the image's edge clips one), under the run's NMS threshold of 0.45.

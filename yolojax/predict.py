@@ -201,6 +201,18 @@ def _read_input(path: str) -> np.ndarray:
     return read_image(path)
 
 
+def _read_batch(paths: list[str]) -> list[tuple[str, np.ndarray | UnreadableImageError]]:
+    """Each of ``paths`` with its image (:func:`_read_input`), or the error that says why it
+    could not be read."""
+    batch = []
+    for path in paths:
+        try:
+            batch.append((path, _read_input(path)))
+        except UnreadableImageError as error:
+            batch.append((path, error))
+    return batch
+
+
 def predict_files(
     detector: "Detector",
     paths: Iterable,
@@ -219,9 +231,10 @@ def predict_files(
     are still processed; detections.json lists the images read (``{}`` if none), and the
     drawings an earlier detections.json in ``out_dir`` listed are removed. A path given
     twice is processed once. The images are read and detected ``batch_size`` at a time
-    (:meth:`Detector.detect_batch`). ``drawing_threads`` threads draw the detections and
-    write the drawings while the next batch is read and detected (None: one a CPU, up to
-    4; 0: each in turn, in the calling thread). A progress bar shows on a terminal's stderr.
+    (:meth:`Detector.detect_batch`). While a batch is detected, a thread reads the next
+    one and ``drawing_threads`` threads draw the detections and write the drawings (None:
+    one a CPU, up to 4; 0: each in turn, in the calling thread). A progress bar shows on a
+    terminal's stderr.
     """
     check_positive_int("batch_size", batch_size)
     if drawing_threads is None:
@@ -246,8 +259,9 @@ def predict_files(
     drawings = {os.path.realpath(out_dir / name) for name in marked}
     inputs = [path for path in _image_files(paths) if os.path.realpath(path) not in drawings]
     # The drawings being drawn and written, in input order: {path: its future record}. At
-    # most a batch and two per thread wait, so that a folder of photos is not held in memory;
-    # none in turn: a drawing that cannot be written stops the call at once.
+    # most a batch and two per thread wait (and the next batch, read ahead), so that a folder
+    # of photos is not held in memory; none in turn: a drawing that cannot be written stops
+    # the call at once.
     being_drawn = collections.OrderedDict()
     most_drawn_at_once = batch_size + 2 * drawing_threads if drawing_threads else 0
 
@@ -257,22 +271,31 @@ def predict_files(
 
     with (
         tqdm(total=len(inputs), desc="Detecting", unit="image", disable=None) as progress,
-        _drawing_pool(drawing_threads) as submit,
+        _thread_pool(drawing_threads, "drawing") as submit_drawing,
+        # Its own thread: behind a queue of drawings the next batch would not be read ahead.
+        _thread_pool(min(drawing_threads, 1), "reading") as submit_reading,
     ):
-        for start in range(0, len(inputs), batch_size):
+        batches = [
+            inputs[start : start + batch_size] for start in range(0, len(inputs), batch_size)
+        ]
+        next_batch = submit_reading(_read_batch, batches[0]) if batches else None
+        for index in range(len(batches)):
+            batch = next_batch.result()
+            if index + 1 < len(batches):  # read while this one is detected and drawn
+                next_batch = submit_reading(_read_batch, batches[index + 1])
             read = {}  # the batch's inputs that could be read: {path: image}
-            for key in inputs[start : start + batch_size]:
-                try:
-                    read[key] = _read_input(key)
-                except UnreadableImageError as error:
-                    failed[key] = error.reason
+            for key, image in batch:
+                if isinstance(image, UnreadableImageError):
+                    failed[key] = image.reason
                     if on_skip is not None:
-                        on_skip(key, error.reason)
+                        on_skip(key, image.reason)
                     progress.update(1)
+                else:
+                    read[key] = image
             found = detector.detect_batch(list(read.values()), batch_size=batch_size)
             for (key, image), detections in zip(read.items(), found, strict=True):
                 name = _drawing_name(Path(key), taken)  # here: in input order
-                being_drawn[key] = submit(_write_drawing, image, detections, out_dir, name)
+                being_drawn[key] = submit_drawing(_write_drawing, image, detections, out_dir, name)
                 while len(being_drawn) > most_drawn_at_once:
                     record_drawn(*being_drawn.popitem(last=False))
         while being_drawn:
@@ -298,16 +321,17 @@ def _usable_cpus() -> int:
 
 
 @contextlib.contextmanager
-def _drawing_pool(threads: int):
-    """``submit(fn, *args) -> Future`` running ``fn`` on ``threads`` threads, or at once in
-    the calling thread for 0. Leaving it cancels what has not started and waits for the rest:
-    no drawing is written after :func:`predict_files` returns or raises."""
+def _thread_pool(threads: int, work: str):
+    """``submit(fn, *args) -> Future`` running ``fn`` on ``threads`` threads (named for
+    their ``work``), or at once in the calling thread for 0. Leaving it cancels what has not
+    started and waits for the rest: no drawing is written after :func:`predict_files`
+    returns or raises."""
     if threads == 0:
         yield _run_now
         return
-    # Pillow's drawing of many boxes holds the GIL, but its encoding and the file's writing
-    # release it: on two cores the drawings overlap the next batch's detection.
-    pool = ThreadPoolExecutor(threads, thread_name_prefix="yolojax-predict-drawing")
+    # Pillow's drawing of many boxes holds the GIL, but its decoding, encoding and the files'
+    # reading and writing release it: on two cores they overlap the batch's detection.
+    pool = ThreadPoolExecutor(threads, thread_name_prefix=f"yolojax-predict-{work}")
     try:
         yield pool.submit
     finally:
