@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import warnings
 
 import jax
 import numpy as np
@@ -73,15 +74,23 @@ def test_keeps_only_the_last_k(tmp_path):
     manager.close()
 
 
-def test_best_keeps_the_highest_map(tmp_path):
+def test_best_keeps_the_highest_map_and_of_equal_ones_the_later(tmp_path):
     manager = checkpoints.Checkpoints(tmp_path, SIGNATURE)
-    # A tie (step 5) keeps the earlier, less trained of the two: what was best stays best.
-    for step, value in ((1, 0.3), (2, 0.5), (3, 0.4), (4, float("nan")), (5, 0.5)):
+    # A tie (step 5) keeps the later, more trained of the two; a lower mAP (6) does not.
+    for step, value in ((1, 0.3), (2, 0.5), (3, 0.4), (4, float("nan")), (5, 0.5), (6, 0.49)):
         manager.save_if_best(step, _state(step), {"mAP": value})
     manager.wait()
     state, step = manager.restore(_state(0), which="best")
-    assert step == 2
-    np.testing.assert_array_equal(state["params"]["w"], 2.0)
+    assert step == 5
+    np.testing.assert_array_equal(state["params"]["w"], 5.0)
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["5"]
+    # Step 5 evaluated again (a resumed run's catch-up evaluation): nothing is saved anew.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Moved the existing checkpoint ..." were it saved
+        manager.save_if_best(5, _state(7), {"mAP": 0.5})
+    manager.wait()
+    np.testing.assert_array_equal(manager.restore(_state(0), which="best")[0]["params"]["w"], 5.0)
+    assert not (tmp_path / "superseded").exists()
     manager.close()
 
 

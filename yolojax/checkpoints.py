@@ -372,11 +372,13 @@ class Checkpoints:
         self._save(self._latest, step, state)
 
     def save_if_best(self, step: int, state, metrics: dict[str, float]) -> None:
-        """Saves ``state`` under ``best/`` if its ``metrics['mAP']`` is the best so far."""
+        """Saves ``state`` under ``best/`` if its ``metrics['mAP']`` is the best so far, or
+        equals it: of equal mAPs (all 0 early on) the later, more trained one is kept."""
         best = self._best.best_step()
         if best is not None:
-            best_value = _best_metric(self._best.metrics(best) or {})
-            if _best_metric(metrics) <= best_value:
+            value, best_value = _best_metric(metrics), _best_metric(self._best.metrics(best) or {})
+            # The same step evaluated again (a resumed run's catch-up) is kept as it is.
+            if value < best_value or (value == best_value and step == best):
                 return
         self._save(self._best, step, state, metrics={"mAP": _best_metric(metrics)})
 
