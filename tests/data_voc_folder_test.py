@@ -425,6 +425,23 @@ def test_split_files_without_a_held_out_split_say_how_to_get_one(tmp_path):
     assert get_dataset_info(config).num_eval_examples == 1
 
 
+def test_a_run_on_trainval_without_a_test_split_is_told_to_add_test_txt(tmp_path):
+    images = [VocImage(name, 16, 16, [VocObject("x", (1, 1, 9, 9))]) for name in "abc"]
+    sets = {"trainval": ["a", "b", "c"], "val": ["c"]}  # no test.txt
+    config = default_data_config()
+    config.source, config.train_split = "voc_folder", "trainval"
+    config.folder = write_voc_folder(str(tmp_path / "f"), images, image_sets=sets)
+    config.tfds_data_dir = str(tmp_path / "tfds")
+    with pytest.raises(ValueError) as error:
+        get_dataset_info(config)
+    # val.txt is there: adding it would not help, since trainval.txt holds its images.
+    assert str(error.value) == (
+        f"config.data.folder={config.folder!r} has no test split to evaluate on: the run trains "
+        "on 'trainval', which holds the validation split's images (its splits: validation, "
+        "trainval). Add ImageSets/Main/test.txt, or name a split with --config.data.eval_split."
+    )
+
+
 def test_images_both_trained_and_evaluated_on_are_warned_of(tmp_path, caplog):
     images = [VocImage(name, 16, 16, [VocObject("x", (1, 1, 9, 9))]) for name in "abcd"]
     # VOC's own trainval.txt is train.txt and val.txt together: no warning for it.

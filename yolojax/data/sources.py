@@ -192,15 +192,20 @@ def _parts(data_config, split: str | None) -> list[tuple[tfds.core.DatasetBuilde
             )
             held_out = [name for name in candidates if name in builder.info.splits]
             if not held_out:
-                lacks = " or ".join(candidates)
+                splits = ", ".join(builder.info.splits)
                 if len(candidates) == 1:  # validation's images are trained on
-                    lacks += f" split (trained on {trained!r}, it is not tested on validation)"
+                    raise ValueError(
+                        f"config.data.folder={data_config.folder!r} has no test split to "
+                        f"evaluate on: the run trains on {trained!r}, which holds the "
+                        f"validation split's images (its splits: {splits}). Add "
+                        "ImageSets/Main/test.txt, or name a split with "
+                        "--config.data.eval_split."
+                    )
                 raise ValueError(
-                    f"config.data.folder={data_config.folder!r} has no {lacks} split to "
-                    f"evaluate on (its splits: {', '.join(builder.info.splits)}): "
-                    "add ImageSets/Main/val.txt or test.txt, remove ImageSets/Main "
-                    "to hold out 10% of the images at random, or name one with "
-                    "--config.data.eval_split (e.g. 'train[90%:]')."
+                    f"config.data.folder={data_config.folder!r} has no validation or test "
+                    f"split to evaluate on (its splits: {splits}): add ImageSets/Main/val.txt "
+                    "or test.txt, remove ImageSets/Main to hold out 10% of the images at "
+                    "random, or name one with --config.data.eval_split (e.g. 'train[90%:]')."
                 )
             split = held_out[0]
         return [(builder, split)]
