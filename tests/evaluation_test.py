@@ -348,6 +348,20 @@ def test_add_normalized_batch_rejects_bad_input(key, value, name):
         VOCEvaluator(1).add_normalized_batch(**batch)
 
 
+def test_padding_given_as_ground_truth_is_refused_not_scored():
+    # Padding read as objects: positives no detection can match (AP 0.36 instead of 1).
+    evaluator = VOCEvaluator(1)
+    boxes = [[10, 10, 50, 50], [0, 0, 0, 0], [0, 0, 0, 0]]
+    with pytest.raises(ValueError, match=r"2 all-zero box\(es\).*pass only the image's real"):
+        evaluator.add(boxes, [0, 0, 0], [0, 0, 0], [[10, 10, 50, 50]], [0.9], [0])
+    evaluator.add(boxes[:1], [0], [0], [[10, 10, 50, 50]], [0.9], [0])
+    assert evaluator.compute()["mAP"] == 1.0
+    batch = normalized_batch((40, 4))
+    batch["gt_mask"] = np.ones_like(batch["gt_mask"])  # the padding slot marked real
+    with pytest.raises(ValueError, match=r"1 all-zero box\(es\).*mark the real boxes with gt_m"):
+        VOCEvaluator(1).add_normalized_batch(**batch)
+
+
 def test_add_normalized_batch_takes_detections_reaching_past_the_image():
     # Another detector's unclipped boxes: normalized, a little past the image's edges.
     batch = normalized_batch((40, 4))

@@ -117,6 +117,7 @@ class VOCEvaluator:
           pred_labels: (P,) integer class ids in [0, num_classes).
         """
         gt_boxes = _pixel_boxes("gt_boxes", _shaped("gt_boxes", gt_boxes, (None, 4), "(G, 4)"))
+        _check_no_padding(gt_boxes, "pass only the image's real boxes")
         pred_boxes = _pixel_boxes(
             "pred_boxes", _shaped("pred_boxes", pred_boxes, (None, 4), "(P, 4)")
         )
@@ -202,6 +203,7 @@ class VOCEvaluator:
         # Pixel boxes here would be scaled again and score a wrong mAP without a word. A
         # detector's own boxes may reach past the image (this library's are clipped).
         box_ops.check_normalized_yxyx("gt_boxes", gt_boxes)
+        _check_no_padding(gt_boxes, "mark the real boxes with gt_mask")
         box_ops.check_normalized_yxyx("pred_boxes", pred_boxes, slack=PRED_BOX_SLACK)
         gt_boxes, pred_boxes = gt_boxes.astype(np.float64), pred_boxes.astype(np.float64)
         self._append(
@@ -447,6 +449,17 @@ def _pixel_boxes(name, array):
             f"below their min, such as {array[inverted][0].tolist()}"
         )
     return array
+
+
+def _check_no_padding(gt_boxes, what_to_do: str) -> None:
+    """Refuses all-zero ground-truth boxes: a padded batch's filler, not objects. Counted as
+    positives that no detection can match, they would lower their class's AP silently."""
+    padding = ~gt_boxes.any(axis=-1)
+    if padding.any():
+        raise ValueError(
+            f"gt_boxes holds {int(padding.sum())} all-zero box(es), [0, 0, 0, 0]: padding, "
+            f"not objects? As ground truth no detection could match them: {what_to_do}."
+        )
 
 
 def _check_same_units(gt_boxes, pred_boxes) -> None:
