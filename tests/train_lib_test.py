@@ -1,5 +1,6 @@
 """The compiled train step: frozen backbone, non-finite steps, mixed precision."""
 
+import functools
 import re
 
 import jax
@@ -298,3 +299,24 @@ def test_each_step_draws_new_dropout_masks():
     assert abs(first - second) > 1e-4 * abs(first)
     first, second, _ = loss_at_steps(0.0)
     assert first == second
+
+
+def test_a_restored_model_trains_in_a_loop_of_ones_own(tmp_path):
+    # Fine-tuning a run's checkpoint with one's own jitted step, outside the train step's
+    # shard_map: its BatchNorm had averaged over the unbound mesh axis ("unbound axis name").
+    from tests.tiny import save_checkpoint
+
+    config = _config()
+    _, trained, _ = train_lib.initial_state(config, num_train_examples=64)
+    save_checkpoint(config, trained, tmp_path)
+    restored_model, restored, step = train_lib.restore_trained_state(config, tmp_path)
+    # A fresh state for a loop of one's own, likewise.
+    fresh_model, fresh, _ = train_lib.initial_state(config, num_train_examples=64, axis_name=None)
+    images = _batch(config)["image"][0]
+    for apply in (restored_model.apply, restored.apply_fn, fresh_model.apply, fresh.apply_fn):
+        variables = train_lib.model_variables(restored)
+        _, updates = jax.jit(functools.partial(apply, train=True, mutable=["batch_stats"]))(
+            variables, images
+        )
+        assert any(_changed(variables["batch_stats"], updates["batch_stats"]))
+    assert step == 0

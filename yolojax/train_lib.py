@@ -276,11 +276,18 @@ def steps_for(config, num_train_examples: int) -> tuple[int, int]:
     return steps_per_epoch, max(1, round(config.train.num_epochs * steps_per_epoch))
 
 
-def initial_state(config, num_train_examples: int, *, fresh: bool = True):
-    """``(model, state, schedule)`` for ``config``: the model with cross-device BatchNorm and
-    an unreplicated train state at step 0: freshly initialized (with the config's ImageNet
-    weights), or with ``fresh=False`` its :func:`train_state_shapes`, to restore into."""
-    model = build_model(config)
+def initial_state(
+    config, num_train_examples: int, *, fresh: bool = True, axis_name: str | None = AXIS
+):
+    """``(model, state, schedule)`` for ``config``: the model and an unreplicated train
+    state at step 0: freshly initialized (with the config's ImageNet weights), or with
+    ``fresh=False`` its :func:`train_state_shapes`, to restore into.
+
+    ``axis_name``: the axis over which BatchNorm averages batch statistics in training, the
+    train step's mesh axis by default. A training loop of one's own that does not run under
+    ``shard_map`` (or ``pmap``) over that axis passes None: its ``apply(..., train=True)``
+    would fail with "unbound axis name"."""
+    model = build_model(config, axis_name=axis_name)
     steps_per_epoch, total_steps = steps_for(config, num_train_examples)
     tx, schedule = optim.create_optimizer(config.train, steps_per_epoch, total_steps)
     if fresh:
@@ -302,11 +309,12 @@ def restore_trained_state(config, workdir, which: str | int = "latest"):
     Returns:
       ``(model, state, step)`` with ``state`` unreplicated on the host. Its optimizer state is
       the checkpoint's where it fits ``config``'s optimizer, else zeros: evaluation and
-      inference do not use it.
+      inference do not use it. The model (``state.apply_fn`` too) has no cross-device axis,
+      so that it also trains in a loop of one's own (``train=True``) without ``shard_map``.
     """
     # The train split's size only sizes the optimizer's schedule, not the restored values:
     # one batch stands in for it (evaluation may run on data without a train split).
-    model, template, _ = initial_state(config, config.train.batch_size, fresh=False)
+    model, template, _ = initial_state(config, config.train.batch_size, fresh=False, axis_name=None)
     manager = checkpoints.Checkpoints(workdir, checkpoints.model_signature(config), read_only=True)
     try:
         state, step = manager.restore(template, which, model_only=True)
