@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from yolojax import models
+from yolojax.config import default_config
 from yolojax.models import layers
 from yolojax.models.darknet import DARKNET_TINY, Darknet
 
@@ -163,6 +164,11 @@ def test_an_unresolved_class_count_says_how_to_resolve_it():
         models.get_model(_model_config(num_classes=0))
 
 
+def test_a_whole_run_config_for_the_model_config_is_named_as_such():
+    with pytest.raises(ValueError, match=r"^model_config is a whole run config: pass its model se"):
+        models.get_model(default_config())
+
+
 def test_unknown_names_list_the_valid_ones():
     with pytest.raises(ValueError, match="resnet152"):
         models.get_model(_model_config(backbone="resnet200"))
@@ -174,8 +180,12 @@ def test_unknown_names_list_the_valid_ones():
 
 def test_bad_images_are_rejected_naming_the_expected_layout():
     model = models.get_model(_model_config(backbone="resnet18"))
-    with pytest.raises(ValueError, match="NHWC"):
+    with pytest.raises(ValueError, match=r"NHWC, got shape \(1, 3, 64, 64\)") as error:
         model.init(jax.random.key(0), jnp.zeros((1, 3, 64, 64)), train=False)
+    assert "per_device" not in str(error.value)  # NCHW: no device axis to point to
+    # A training batch of the input pipeline, with its leading device axis.
+    with pytest.raises(ValueError, match=r"\(devices, per_device, \.\.\.\): pass images\[0\]"):
+        model.init(jax.random.key(0), jnp.zeros((1, 2, 64, 64, 3)), train=False)
     with pytest.raises(ValueError, match="at least 32"):
         model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False)
 

@@ -709,6 +709,8 @@ def test_a_detectors_settings_stay_those_it_was_built_with(workdir):
         detector.score_threshold = 0.5
     with pytest.raises(TypeError, match="class_names must be a list of names, not one string"):
         Detector(model, train_lib.model_variables(state), config, "abcde")
+    with pytest.raises(TypeError, match=r"got a TrainState\. For a train state, pass yolojax\."):
+        Detector(model, state, config, ["a", "b", "c", "d", "e"])
 
 
 def test_the_detector_copies_its_weights_to_the_device_once(workdir):

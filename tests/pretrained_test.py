@@ -91,6 +91,18 @@ def test_port_gives_torchvision_logits(torch, arch):
     assert np.abs(actual - expected).max() <= 1e-4 * np.abs(expected).max()
 
 
+def test_a_data_parallel_models_keys_convert_and_a_module_is_named(torch):
+    model = _random_torchvision_model(torch, "resnet18")
+    wrapped = torch.nn.DataParallel(model).state_dict()  # 'module.conv1.weight', ...
+    assert all(key.startswith("module.") for key in wrapped)
+    plain = pretrained.convert_state_dict("resnet18", model.state_dict())
+    converted = pretrained.convert_state_dict("resnet18", wrapped)
+    for key, value in traverse_util.flatten_dict(plain).items():
+        np.testing.assert_array_equal(traverse_util.flatten_dict(converted)[key], value)
+    with pytest.raises(TypeError, match=r"got a ResNet \(a torch module: pass model\.state_dict"):
+        pretrained.convert_state_dict("resnet18", model)
+
+
 def test_conversion_lists_every_bad_torch_key_in_one_error(torch):
     state_dict = _random_torchvision_model(torch, "resnet18").state_dict()
     del state_dict["layer1.0.conv1.weight"]

@@ -144,6 +144,14 @@ def test_boxes_in_another_format_are_refused_where_their_values_are_known(box, p
     np.testing.assert_array_equal(_encode(boxes, [0, 1], [True, False]), _encode(boxes[:1], [0]))
 
 
+def test_a_pipeline_batch_with_its_device_axis_is_named_as_such():
+    boxes, labels = np.zeros((1, 2, 3, 4), np.float32), np.zeros((1, 2, 3), np.int32)
+    with pytest.raises(ValueError, match=r"per_device, \.\.\.\): pass boxes\[0\] \(the first"):
+        targets.encode_batch(boxes, labels, grid_size=4, num_classes=C)
+    grids = targets.encode_batch(boxes[0], labels[0], grid_size=4, num_classes=C)
+    assert grids.shape == (2, 4, 4, C + 5)
+
+
 def test_class_ids_outside_the_classes_are_refused_unless_padding():
     boxes = [[0.1, 0.1, 0.2, 0.2], [0.5, 0.5, 0.7, 0.7]]
     for label in (C, -1):

@@ -8,7 +8,7 @@ results = detector.detect_batch(images)  # several at once: faster on an acceler
 """
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 import flax
@@ -72,7 +72,8 @@ class Detector:
       max_detections: the most kept per image; None: ``config.eval.max_detections`` (100).
 
     Raises:
-      TypeError: ``config`` is not a ConfigDict, or ``class_names`` is one string.
+      TypeError: ``config`` is not a ConfigDict, ``class_names`` is one string, or
+        ``variables`` is no mapping (a train state).
       ValueError: a bad threshold or ``max_detections``, ``class_names`` not as many as
         the config's classes, or a model of other classes, grid or boxes than the config's.
         Variables of another model are named at the first call.
@@ -95,6 +96,12 @@ class Detector:
             raise TypeError(f"class_names must be a list of names, not one string: {class_names!r}")
         if not class_names:
             raise ValueError("class_names must name the model's classes; got none.")
+        if not isinstance(variables, Mapping):  # a train state: flax's error would not say
+            raise TypeError(
+                f"variables must be the model's {{'params': ..., 'batch_stats': ...}}; got a "
+                f"{type(variables).__name__}. For a train state, pass "
+                "yolojax.train_lib.model_variables(state)."
+            )
         nms = {}  # the config.eval fields given
         if iou_threshold is not None:  # a NumPy number too; the config's field is a float
             check_threshold("iou_threshold", iou_threshold)

@@ -181,7 +181,8 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any]) -> dict:
 
     Args:
       arch: one of ARCHS, the torchvision model the state_dict comes from.
-      state_dict: torch parameter name → tensor (torch tensors or NumPy arrays).
+      state_dict: torch parameter name → tensor (torch tensors or NumPy arrays); the keys
+        of a DataParallel-wrapped model (``module.`` before each) are taken too.
 
     Returns:
       {'params': ..., 'batch_stats': ...} (no 'batch_stats' for vgg16) of NumPy float32
@@ -190,12 +191,23 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any]) -> dict:
     Raises:
       ValueError: unknown arch, or (one error listing them all) torch keys that map to
         nothing, model variables left unfilled, or shapes that do not match.
+      TypeError: ``state_dict`` is no mapping (a torch module, say).
     """
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    if not isinstance(state_dict, Mapping):
+        hint = (
+            " (a torch module: pass model.state_dict())"
+            if hasattr(state_dict, "state_dict")
+            else ""
+        )
+        raise TypeError(
+            f"state_dict must map parameter names to tensors; got a "
+            f"{type(state_dict).__name__}{hint}."
+        )
     table = _torch_layers(arch)
     flat, unexpected = {}, []
-    for torch_key, tensor in state_dict.items():
+    for torch_key, tensor in _without_wrapper_prefix(state_dict).items():
         prefix, _, leaf = torch_key.rpartition(".")
         if prefix not in table or leaf not in _LEAVES[table[prefix][1]]:
             unexpected.append((torch_key,))
@@ -217,6 +229,15 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any]) -> dict:
     unexpected += [key for key in flat if key not in expected]
     _raise_mismatches(f"convert_state_dict({arch!r})", missing, unexpected, mismatched)
     return traverse_util.unflatten_dict(flat)
+
+
+def _without_wrapper_prefix(state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``state_dict`` without the ``module.`` that torch's DataParallel and
+    DistributedDataParallel put before every key of the model they wrap."""
+    wrapper = "module."
+    if state_dict and all(key.startswith(wrapper) for key in state_dict):
+        return {key[len(wrapper) :]: tensor for key, tensor in state_dict.items()}
+    return state_dict
 
 
 def save_variables(path: str, arch: str, variables: Mapping) -> None:

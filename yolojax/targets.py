@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from yolojax import boxes as box_ops
-from yolojax.validation import check_flags, check_positive_int
+from yolojax.validation import check_flags, check_positive_int, device_axis_hint
 
 
 def target_channels(num_classes: int) -> int:
@@ -133,7 +133,8 @@ def encode_batch(boxes, labels, mask=None, *, grid_size: int, num_classes: int) 
     ``mask`` None: every box is real."""
     boxes, labels, mask = _as_arrays(boxes, labels, mask)
     if boxes.ndim != 3 or boxes.shape[-1] != 4:
-        raise ValueError(f"boxes must have shape (N, max_boxes, 4); got {boxes.shape}.")
+        hint = device_axis_hint("boxes", boxes.ndim, 3)
+        raise ValueError(f"boxes must have shape (N, max_boxes, 4); got {boxes.shape}.{hint}")
     # Checked here so that a mismatch is named, not reported by vmap as inconsistent sizes.
     for name, array in (("labels", labels), ("mask", mask)):
         if array.shape != boxes.shape[:2]:

@@ -87,3 +87,14 @@ def check_threshold(name: str, value) -> None:
         raise ValueError(f"{name} must be a number in [0, 1]; got {value!r}.")
     if math.isnan(number) or not 0.0 <= number <= 1.0:
         raise ValueError(f"{name} must be in [0, 1]; got {value}.")
+
+
+def device_axis_hint(name: str, ndim: int, expected_ndim: int) -> str:
+    """For an array of one axis more than expected, most likely a pipeline batch's leading
+    device axis: what to pass instead (else "")."""
+    if ndim != expected_ndim + 1:
+        return ""
+    return (
+        " The input pipeline's batches are (devices, per_device, ...): pass "
+        f"{name}[0] (the first device's) or {name}.reshape(-1, *{name}.shape[2:])."
+    )

@@ -80,6 +80,8 @@ __all__ = [
 def _check_known_fields(fields, name: str) -> None:
     """A misspelled field would silently leave its default in effect: name it instead."""
     known = {"backbone", "pretrained", *MODEL_DEFAULTS}
+    if "model" in fields and not known & set(fields):  # the whole run config
+        raise ValueError(f"{name} is a whole run config: pass its model section, config.model.")
     for field in fields:
         if field not in known and not field.startswith("_"):
             close = difflib.get_close_matches(field, known, n=1)

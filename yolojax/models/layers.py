@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from yolojax.models import conv
+from yolojax.validation import device_axis_hint
 
 ModuleDef = Any
 NORM_KINDS = ("batch", "group", "none")
@@ -286,7 +287,10 @@ def check_image_batch(images: jnp.ndarray, min_size: int, who: str) -> None:
     """Raises ValueError unless `images` is floating (N, H, W, 3) with H, W ≥ `min_size` and,
     where its values are known (outside jit), finite and normalized (no raw 0-255 pixels)."""
     if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"{who}: images must be (N, H, W, 3) NHWC, got shape {images.shape}")
+        hint = device_axis_hint("images", images.ndim, 4)
+        raise ValueError(
+            f"{who}: images must be (N, H, W, 3) NHWC, got shape {images.shape}.{hint}"
+        )
     if not jnp.issubdtype(images.dtype, jnp.floating):
         # Most likely raw uint8 pixels: the model expects them normalized (see
         # yolojax.data.pipeline.preprocess_image).
