@@ -142,3 +142,16 @@ def test_normalized_yxyx_to_pixel_xyxy_and_back(xnp):
     np.testing.assert_allclose(
         box_ops.pixel_xyxy_to_normalized_yxyx(pixels, heights, widths), normalized
     )
+
+
+def test_a_size_per_image_of_a_batch_of_boxes_is_named_and_a_zero_size_refused():
+    boxes = np.tile([0.0, 0.0, 0.5, 0.25], (2, 3, 1))  # (N=2 images, M=3 boxes, 4)
+    heights, widths = np.array([100, 40]), np.array([200, 80])
+    with pytest.raises(ValueError, match=r"pass heights\[:, None\] and widths\[:, None\]"):
+        box_ops.normalized_yxyx_to_pixel_xyxy(boxes, heights, widths)
+    pixels = box_ops.normalized_yxyx_to_pixel_xyxy(boxes, heights[:, None], widths[:, None])
+    # [ymin, xmin, ymax, xmax] [0, 0, .5, .25] of 100 × 200 → xyxy [0, 0, 50, 50]; of 40 × 80
+    # → [0, 0, 20, 20].
+    np.testing.assert_allclose(pixels[:, 0], [[0, 0, 50, 50], [0, 0, 20, 20]])
+    with pytest.raises(ValueError, match="must be positive image sizes"):
+        box_ops.pixel_xyxy_to_normalized_yxyx([[1, 2, 3, 4]], 0, 10)  # was inf

@@ -50,6 +50,15 @@ def test_11point_and_area_ap_hand_computed():
     assert evaluate(images, use_07_metric=False)["mAP"] == pytest.approx(5 / 6)
 
 
+def test_without_difficult_flags_no_ground_truth_is_difficult():
+    gt_boxes, gt_labels, _, *detections = image(
+        gts=[(A, 0), (B, 0)], dets=[(A, 0.9, 0), (FAR, 0.8, 0), (B, 0.7, 0)]
+    )
+    evaluator = VOCEvaluator(1)
+    evaluator.add(gt_boxes, gt_labels, None, *detections)
+    assert evaluator.compute()["mAP"] == pytest.approx(28 / 33)  # as the case above
+
+
 def test_precision_envelope_hand_computed():
     # The case above: recall [.5, .5, 1], precision [1, .5, 2/3], framed by recall 0 and 1.
     # Best precision at each recall or beyond: [1, 1, 2/3, 2/3, 0].

@@ -207,6 +207,13 @@ def test_pixel_detections_are_each_images_valid_ones_in_its_pixels():
     assert second[2].tolist() == [1]
 
 
+def test_nms_has_the_defaults_of_detect():
+    boxes = jnp.array([[0.1, 0.1, 0.5, 0.5], [0.6, 0.6, 0.9, 0.9]])
+    kept = postprocess.nms(boxes, jnp.array([[0.004, 0.0], [0.0, 0.9]]))
+    assert kept.valid.shape == (100,)  # MAX_DETECTIONS slots
+    assert kept.valid.sum() == 1 and kept.labels[0] == 1  # 0.004 is below the 0.005 kept
+
+
 def test_nms_refuses_logits_for_scores():
     boxes = jnp.array([[0.1, 0.1, 0.5, 0.5], [0.2, 0.2, 0.6, 0.6]])
     kwargs = dict(score_threshold=0.5, iou_threshold=0.5, max_detections=4)

@@ -48,28 +48,50 @@ def xyxy_to_yxyx(boxes):
     return yxyx_to_xyxy(boxes)  # the same swap undoes itself
 
 
+def _image_sizes(xnp, boxes, height, width, order: str):
+    """``(..., 4)`` image sizes in ``order`` ('hwhw' or 'whwh') for each of ``boxes``.
+
+    Raises:
+      ValueError: ``height`` or ``width`` does not broadcast to ``boxes[..., 0]``, or, where
+        the values are known (NumPy), is not positive.
+    """
+    try:
+        height, width, _ = xnp.broadcast_arrays(height, width, boxes[..., 0])
+    except ValueError as error:
+        raise ValueError(
+            f"height {xnp.shape(height)} and width {xnp.shape(width)} must broadcast to the "
+            f"boxes' {tuple(boxes.shape[:-1])} (boxes {tuple(boxes.shape)}): for one size per "
+            "image of (N, M, 4) boxes, pass heights[:, None] and widths[:, None]."
+        ) from error
+    if xnp is np and np.any(np.minimum(height, width) <= 0):
+        raise ValueError("height and width must be positive image sizes in pixels.")
+    sizes = (height, width) if order == "hwhw" else (width, height)
+    return xnp.stack([*sizes, *sizes], -1)
+
+
 def normalized_yxyx_to_pixel_xyxy(boxes, height, width):
     """``[..., 4]`` normalized yxyx → ``[..., 4]`` xyxy in pixels of a ``height × width`` image.
 
-    ``height`` and ``width`` are numbers, or arrays broadcastable to ``boxes[..., 0]`` (one
-    image size per box). The result has the dtype the product promotes to (float32 boxes
-    times Python ints are float64 in NumPy).
+    ``height`` and ``width`` are positive numbers, or arrays broadcastable to
+    ``boxes[..., 0]`` (one image size per box). The result has the dtype the product
+    promotes to (float32 boxes times Python ints are float64 in NumPy).
     """
     boxes = _boxes(boxes, "boxes")
     xnp = _xnp(boxes, height, width)
-    return yxyx_to_xyxy(boxes) * xnp.stack(xnp.broadcast_arrays(width, height, width, height), -1)
+    return yxyx_to_xyxy(boxes) * _image_sizes(xnp, boxes, height, width, "whwh")
 
 
 def pixel_xyxy_to_normalized_yxyx(boxes, height, width):
     """``[..., 4]`` xyxy in pixels of a ``height × width`` image → ``[..., 4]`` normalized
     yxyx (the inverse of :func:`normalized_yxyx_to_pixel_xyxy`).
 
-    ``height`` and ``width`` are numbers, or arrays broadcastable to ``boxes[..., 0]`` (one
-    image size per box). Integer boxes become float64 (NumPy) or float32 (JAX).
+    ``height`` and ``width`` are positive numbers, or arrays broadcastable to
+    ``boxes[..., 0]`` (one image size per box). Integer boxes become float64 (NumPy) or
+    float32 (JAX).
     """
     boxes = _boxes(boxes, "boxes", real=True)
     xnp = _xnp(boxes, height, width)
-    return xyxy_to_yxyx(boxes) / xnp.stack(xnp.broadcast_arrays(height, width, height, width), -1)
+    return xyxy_to_yxyx(boxes) / _image_sizes(xnp, boxes, height, width, "hwhw")
 
 
 def yxyx_to_cxcywh(boxes):

@@ -111,7 +111,7 @@ class VOCEvaluator:
         Args:
           gt_boxes: (G, 4) ground-truth xyxy boxes (each min ≤ its max); G may be 0.
           gt_labels: (G,) integer class ids in [0, num_classes).
-          gt_difficult: (G,) bool (or 0/1 integer) VOC difficult flags.
+          gt_difficult: (G,) bool (or 0/1 integer) VOC difficult flags; None: none is.
           pred_boxes: (P, 4) detected xyxy boxes (each min ≤ its max); P may be 0.
           pred_scores: (P,) finite confidence scores, higher is more confident.
           pred_labels: (P,) integer class ids in [0, num_classes).
@@ -123,6 +123,8 @@ class VOCEvaluator:
         )
         _check_same_units(gt_boxes, pred_boxes)
         per_gt, per_pred = (len(gt_boxes),), (len(pred_boxes),)
+        if gt_difficult is None:
+            gt_difficult = np.zeros(per_gt, bool)
         image_id = self._num_images
         self._append(
             (

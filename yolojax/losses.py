@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from yolojax import boxes as box_ops
 from yolojax.outputs import check_grid_layout, split_predictions
@@ -28,8 +29,12 @@ def _check_loss_args(predictions, targets, num_classes, num_boxes, weights):
     check_positive_int("num_classes", num_classes)
     check_positive_int("num_boxes", num_boxes)
     for name, weight in weights.items():  # as config.loss's are checked
-        if isinstance(weight, int | float):  # a traced weight (a sweep under vmap): as given
-            check_number(name, weight, at_least=0)
+        try:
+            value = np.asarray(weight)
+        except jax.errors.TracerArrayConversionError:  # a sweep under vmap: as given
+            continue
+        if value.shape == ():  # a number, or a NumPy or JAX scalar
+            check_number(name, float(value), at_least=0)
     check_grid_layout(predictions, "predictions")
     if predictions.shape[0] == 0:  # the loss is a mean over images
         raise ValueError("predictions must hold at least one image; got a batch of 0.")

@@ -127,12 +127,12 @@ def nms(
     boxes,
     scores,
     *,
-    score_threshold: float,
-    iou_threshold: float,
-    max_detections: int,
+    score_threshold: float = SCORE_THRESHOLD,
+    iou_threshold: float = IOU_THRESHOLD,
+    max_detections: int = MAX_DETECTIONS,
     pre_nms_top_k: int = PRE_NMS_TOP_K,
 ) -> Detections:
-    """Class-aware non-maximum suppression for one image.
+    """Class-aware non-maximum suppression for one image (with :func:`detect`'s defaults).
 
     Every (box, class) pair with a score above 0 and at or above ``score_threshold`` is a
     candidate (so a threshold of 0 keeps every scored pair but no empty box); candidates of
