@@ -55,8 +55,8 @@ def _image_sizes(xnp, boxes, height, width, order: str):
       ValueError: ``height`` or ``width`` does not broadcast to ``boxes[..., 0]``, or, where
         the values are known (NumPy), is not positive.
     """
-    try:
-        height, width, _ = xnp.broadcast_arrays(height, width, boxes[..., 0])
+    try:  # broadcast_to: a (N,) size against (N, 1, 4) boxes is no (N, N) of sizes
+        height, width = (xnp.broadcast_to(size, boxes.shape[:-1]) for size in (height, width))
     except ValueError as error:
         raise ValueError(
             f"height {xnp.shape(height)} and width {xnp.shape(width)} must broadcast to the "

@@ -229,12 +229,12 @@ def _image_detections(
 ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """``{index in the split: (pixel xyxy boxes, scores, labels)}`` of a gathered batch's
     real examples (``index``: each one's in the split), their real detections only."""
-    detections = postprocess.Detections(
-        arrays["pred_boxes"], arrays["pred_scores"], arrays["pred_labels"], arrays["pred_valid"]
-    )
-    heights, widths = arrays["image_size"][:, 0], arrays["image_size"][:, 1]
-    per_image = postprocess.pixel_detections(detections, heights, widths)
-    return {int(index[row]): per_image[row] for row in np.flatnonzero(arrays["valid"])}
+    rows = np.flatnonzero(arrays["valid"])  # the padding's image sizes are 0
+    fields = ("pred_boxes", "pred_scores", "pred_labels", "pred_valid")
+    detections = postprocess.Detections(*(arrays[field][rows] for field in fields))
+    sizes = arrays["image_size"][rows]
+    per_image = postprocess.pixel_detections(detections, sizes[:, 0], sizes[:, 1])
+    return {int(index[row]): found for row, found in zip(rows, per_image, strict=True)}
 
 
 def _check_same_model(config, workdir, checkpoint, trained_classes) -> None:
