@@ -91,6 +91,20 @@ def test_best_keeps_the_highest_map_and_of_equal_ones_the_later(tmp_path):
     manager.wait()
     np.testing.assert_array_equal(manager.restore(_state(0), which="best")[0]["params"]["w"], 5.0)
     assert not (tmp_path / "superseded").exists()
+    # An equal mAP at an earlier step (a run resumed from an older checkpoint) is no better.
+    manager.save_if_best(3, _state(3), {"mAP": 0.5})
+    manager.wait()
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["5"]
+    manager.close()
+
+
+def test_without_an_map_best_keeps_the_first_evaluated(tmp_path):
+    # No ground truth: every mAP NaN. The first stays, not each evaluation saved anew.
+    manager = checkpoints.Checkpoints(tmp_path, SIGNATURE)
+    for step in (2, 4, 6):
+        manager.save_if_best(step, _state(step), {"mAP": float("nan")})
+    manager.wait()
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["2"]
     manager.close()
 
 

@@ -373,12 +373,15 @@ class Checkpoints:
 
     def save_if_best(self, step: int, state, metrics: dict[str, float]) -> None:
         """Saves ``state`` under ``best/`` if its ``metrics['mAP']`` is the best so far, or
-        equals it: of equal mAPs (all 0 early on) the later, more trained one is kept."""
+        equals it at a later step: of equal mAPs (all 0 early on) the more trained is kept.
+        Without an mAP (NaN: no ground truth) the first evaluated stays."""
         best = self._best.best_step()
         if best is not None:
             value, best_value = _best_metric(metrics), _best_metric(self._best.metrics(best) or {})
-            # The same step evaluated again (a resumed run's catch-up) is kept as it is.
-            if value < best_value or (value == best_value and step == best):
+            # Not the same step again (a resumed run's catch-up evaluation), nor an earlier one
+            # (a resume from an older checkpoint); orbax keeps the last saved of equal ones.
+            later_tie = value == best_value > -math.inf and step > best
+            if not (value > best_value or later_tie):
                 return
         self._save(self._best, step, state, metrics={"mAP": _best_metric(metrics)})
 
