@@ -5,6 +5,8 @@ imported as the `benchmarks` package from the repository root, which `python -m 
 on sys.path.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -357,17 +359,26 @@ def test_add_normalized_batch_rejects_bad_input(key, value, name):
         VOCEvaluator(1).add_normalized_batch(**batch)
 
 
-def test_padding_given_as_ground_truth_is_refused_not_scored():
+def test_padding_given_as_ground_truth_is_warned_of():
     # Padding read as objects: positives no detection can match (AP 0.36 instead of 1).
-    evaluator = VOCEvaluator(1)
     boxes = [[10, 10, 50, 50], [0, 0, 0, 0], [0, 0, 0, 0]]
-    with pytest.raises(ValueError, match=r"2 all-zero box\(es\).*pass only the image's real"):
-        evaluator.add(boxes, [0, 0, 0], [0, 0, 0], [[10, 10, 50, 50]], [0.9], [0])
-    evaluator.add(boxes[:1], [0], [0], [[10, 10, 50, 50]], [0.9], [0])
-    assert evaluator.compute()["mAP"] == 1.0
+    detections = [[10, 10, 50, 50]], [0.9], [0]
+    evaluator = VOCEvaluator(1)
+    with pytest.warns(UserWarning, match=r"2 all-zero box\(es\).*pass only the image's real"):
+        evaluator.add(boxes, [0, 0, 0], None, *detections)
+    assert evaluator.compute()["num_positives"].tolist() == [3]  # counted, as warned
+    # The real boxes alone: nothing to warn of, and a perfect AP.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluator = VOCEvaluator(1)
+        evaluator.add(boxes[:1], [0], None, *detections)
+        assert evaluator.compute()["mAP"] == 1.0
+        # In the devkit's pixel convention an all-zero box is a 1×1 box at the corner.
+        VOCEvaluator(1, plus_one=True).add(boxes[1:2], [0], None, [], [], [])
     batch = normalized_batch((40, 4))
     batch["gt_mask"] = np.ones_like(batch["gt_mask"])  # the padding slot marked real
-    with pytest.raises(ValueError, match=r"1 all-zero box\(es\).*mark the real boxes with gt_m"):
+    batch["gt_labels"] = np.zeros_like(batch["gt_labels"])  # with a class id of 0, as padded
+    with pytest.warns(UserWarning, match=r"1 all-zero box\(es\).*mark the real boxes with gt_m"):
         VOCEvaluator(1).add_normalized_batch(**batch)
 
 

@@ -136,7 +136,7 @@ def test_a_negative_weight_is_refused_as_the_configs_is():
     for weight in ("lambda_coord", "lambda_noobj"):
         with pytest.raises(ValueError, match=rf"^{weight} must be a finite number >= 0; got -1"):
             losses.yolo_loss(pred, target, num_classes=C, **{weight: -1.0})
-        for scalar in (np.float32(-1), jnp.float32(-1)):  # known values, as a float's
+        for scalar in (np.float32(-1), jnp.float32(-1), True, None, "5"):  # known values
             with pytest.raises(ValueError, match=rf"^{weight} must be a finite number >= 0"):
                 losses.yolo_loss(pred, target, num_classes=C, **{weight: scalar})
     # A traced weight (a sweep under vmap) is taken as given.

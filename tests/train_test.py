@@ -734,18 +734,24 @@ def test_training_into_a_folder_of_someone_elses_files_writes_over_none_of_them(
         trainer.train_and_evaluate(tiny_config(data_dir), str(folder))
     assert str(error.value) == (
         f"The workdir {folder} holds config.json, loss.png, which a training run writes "
-        "over, but it is not a yolojax run's folder (it has no checkpoints/, nor a config.json "
-        "of a run). Pass a new or empty folder as --workdir, or move those files elsewhere "
-        "first."
+        "over, but it is not a yolojax run's folder (it has neither a run's checkpoints/ nor a "
+        "run's config.json). Pass a new or empty folder as --workdir, or move those files "
+        "elsewhere first."
     )
     assert sorted(path.name for path in folder.iterdir()) == ["config.json", "loss.png"]
     assert (folder / "loss.png").read_bytes() == b"my own plot"
-    # A run's folder is one: its config.json, even edited into something else, and its
-    # curves are its own.
+    # Another project's checkpoints/ does not make it a run's folder.
     (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "model_epoch3.pt").write_bytes(b"weights")
+    with pytest.raises(workdir_io.NotAFolderError, match=r"holds config\.json, loss\.png"):
+        workdir_io.check_workdir(folder, writable=True)
+    # A run's folder is one (its checkpoints/ holds steps, or nothing yet): its config.json,
+    # even edited into something else, and its curves are its own.
+    shutil.rmtree(folder / "checkpoints")
+    (folder / "checkpoints" / "8").mkdir(parents=True)
     workdir_io.check_workdir(folder, writable=True)
     # Other files are no obstacle: a run writes none of them over.
-    (folder / "checkpoints").rmdir()
+    shutil.rmtree(folder / "checkpoints")
     (folder / "config.json").unlink()
     (folder / "loss.png").unlink()
     (folder / "notes.txt").write_text("mine")

@@ -183,22 +183,28 @@ def check_config_dict(config) -> None:
         )
 
 
-def resolve_num_classes(config, class_names, *, source: str = "the dataset") -> None:
+def resolve_num_classes(
+    config, class_names, *, source: str = "the dataset", remedy: str | None = None
+) -> None:
     """Sets ``config.model.num_classes`` from ``class_names`` (``source``'s) when it is 0;
     otherwise checks that the two agree.
 
     Raises:
-      ValueError: the config and ``source`` disagree (the message says what to set).
+      ValueError: the config and ``source`` disagree; the message ends with ``remedy``
+        (by default: set config.model.num_classes to the count, or to 0).
     """
     if config.model.num_classes == 0:
         config.model.num_classes = len(class_names)
     elif config.model.num_classes != len(class_names):
         count = len(class_names)
+        if remedy is None:
+            remedy = (
+                f"set config.model.num_classes={count} (--config.model.num_classes={count} on "
+                f"the command line), or 0 to follow {source}"
+            )
         raise ValueError(
             f"config.model.num_classes={config.model.num_classes} but {source} has {count} "
-            f"classes {tuple(class_names)}: set config.model.num_classes={count} "
-            f"(--config.model.num_classes={count} on the command line), or 0 to follow "
-            f"{source}."
+            f"classes {tuple(class_names)}: {remedy}."
         )
 
 

@@ -111,7 +111,12 @@ class Detector:
         config = _editable_copy(config)  # the caller's stays as it was, and edits to it stay out
         config.eval.update(nms)
         # A config file's num_classes 0, "as many as the dataset has", counts class_names.
-        resolve_num_classes(config, class_names, source="class_names")
+        resolve_num_classes(
+            config,
+            class_names,
+            source="class_names",
+            remedy=f"pass the model's {config.model.num_classes} class names, in label order",
+        )
         for field in ("num_classes", "grid_size", "num_boxes"):  # a YOLO module's own
             if getattr(model, field, config.model[field]) != config.model[field]:
                 raise ValueError(

@@ -25,6 +25,7 @@ duplicates. Everything is array work; the only Python loop is over classes.
 """
 
 import numbers
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -117,7 +118,7 @@ class VOCEvaluator:
           pred_labels: (P,) integer class ids in [0, num_classes).
         """
         gt_boxes = _pixel_boxes("gt_boxes", _shaped("gt_boxes", gt_boxes, (None, 4), "(G, 4)"))
-        _check_no_padding(gt_boxes, "pass only the image's real boxes")
+        self._warn_of_padding(gt_boxes, "pass only the image's real boxes")
         pred_boxes = _pixel_boxes(
             "pred_boxes", _shaped("pred_boxes", pred_boxes, (None, 4), "(P, 4)")
         )
@@ -205,7 +206,7 @@ class VOCEvaluator:
         # Pixel boxes here would be scaled again and score a wrong mAP without a word. A
         # detector's own boxes may reach past the image (this library's are clipped).
         box_ops.check_normalized_yxyx("gt_boxes", gt_boxes)
-        _check_no_padding(gt_boxes, "mark the real boxes with gt_mask")
+        self._warn_of_padding(gt_boxes, "mark the real boxes with gt_mask")
         box_ops.check_normalized_yxyx("pred_boxes", pred_boxes, slack=PRED_BOX_SLACK)
         gt_boxes, pred_boxes = gt_boxes.astype(np.float64), pred_boxes.astype(np.float64)
         self._append(
@@ -302,6 +303,20 @@ class VOCEvaluator:
             lines.append(f"{name:<{width}}  {ap07:9.4f}  {ap:7.4f}  {positives:9d}")
         lines.append(f"{'mAP':<{width}}  {results['mAP_11point']:9.4f}  {results['mAP_area']:7.4f}")
         return "\n".join(lines)
+
+    def _warn_of_padding(self, gt_boxes: np.ndarray, what_to_do: str) -> None:
+        """Warns of all-zero ground-truth boxes, most likely a padded batch's filler: as
+        positives that no detection can match, they lower their class's AP. (A warning, not
+        an error: an annotation of a point at the corner is one too. With ``plus_one`` it is
+        a 1×1 box.)"""
+        padding = ~gt_boxes.any(axis=-1)
+        if padding.any() and not self.plus_one:
+            warnings.warn(
+                f"gt_boxes holds {int(padding.sum())} all-zero box(es), [0, 0, 0, 0]: padding, "
+                "not objects? They count as objects that no detection can match, which "
+                f"lowers their class's AP: {what_to_do}.",
+                stacklevel=3,
+            )
 
     def _labels(self, name: str, labels: np.ndarray) -> np.ndarray:
         """Checks integer class ids in [0, num_classes); returns them as int64."""
@@ -451,17 +466,6 @@ def _pixel_boxes(name, array):
             f"below their min, such as {array[inverted][0].tolist()}"
         )
     return array
-
-
-def _check_no_padding(gt_boxes, what_to_do: str) -> None:
-    """Refuses all-zero ground-truth boxes: a padded batch's filler, not objects. Counted as
-    positives that no detection can match, they would lower their class's AP silently."""
-    padding = ~gt_boxes.any(axis=-1)
-    if padding.any():
-        raise ValueError(
-            f"gt_boxes holds {int(padding.sum())} all-zero box(es), [0, 0, 0, 0]: padding, "
-            f"not objects? As ground truth no detection could match them: {what_to_do}."
-        )
 
 
 def _check_same_units(gt_boxes, pred_boxes) -> None:

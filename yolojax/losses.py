@@ -33,8 +33,10 @@ def _check_loss_args(predictions, targets, num_classes, num_boxes, weights):
             value = np.asarray(weight)
         except jax.errors.TracerArrayConversionError:  # a sweep under vmap: as given
             continue
-        if value.shape == ():  # a number, or a NumPy or JAX scalar
-            check_number(name, float(value), at_least=0)
+        # A number, or a NumPy or JAX scalar, as a float; anything else (True, None, "5")
+        # is refused by check_number as it is.
+        is_number = value.shape == () and value.dtype.kind in "iuf"
+        check_number(name, value.item() if is_number else weight, at_least=0)
     check_grid_layout(predictions, "predictions")
     if predictions.shape[0] == 0:  # the loss is a mean over images
         raise ValueError("predictions must hold at least one image; got a batch of 0.")

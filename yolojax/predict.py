@@ -278,10 +278,11 @@ def predict_files(
         batches = [
             inputs[start : start + batch_size] for start in range(0, len(inputs), batch_size)
         ]
-        next_batch = submit_reading(_read_batch, batches[0]) if batches else None
-        for index in range(len(batches)):
-            batch = next_batch.result()
-            if index + 1 < len(batches):  # read while this one is detected and drawn
+        next_batch = None  # the next batch being read, with threads
+        for index, paths in enumerate(batches):
+            batch = _read_batch(paths) if next_batch is None else next_batch.result()
+            next_batch = None
+            if drawing_threads and index + 1 < len(batches):  # read while this one is detected
                 next_batch = submit_reading(_read_batch, batches[index + 1])
             read = {}  # the batch's inputs that could be read: {path: image}
             for key, image in batch:

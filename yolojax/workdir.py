@@ -16,6 +16,7 @@
 import json
 import math
 import os
+import re
 import shlex
 import tempfile
 from collections.abc import Mapping
@@ -77,7 +78,12 @@ def check_workdir(workdir: str | os.PathLike, *, writable: bool = False) -> Path
 def _is_run_folder(workdir: Path) -> bool:
     """Whether ``workdir`` has a run's checkpoints/ or config.json (a JSON object with a
     config's sections). A run's config.json edited into something else is still a run's."""
-    if (workdir / LATEST_FOLDER).is_dir():
+    checkpoints = workdir / LATEST_FOLDER
+    # A run's holds only folders named by their step (orbax's unfinished saves: a suffix
+    # after it), or nothing yet; another project's checkpoints/ holds files of its own.
+    if checkpoints.is_dir() and all(
+        re.match(r"\d+(\.|$)", path.name) for path in checkpoints.iterdir()
+    ):
         return True
     try:
         config = json.loads((workdir / CONFIG_FILE).read_text())
@@ -95,8 +101,8 @@ def _refuse_files_written_over(workdir: Path) -> None:
     if taken:
         raise NotAFolderError(
             f"The workdir {workdir} holds {', '.join(taken)}, which a training run writes "
-            f"over, but it is not a yolojax run's folder (it has no {LATEST_FOLDER}/, nor a "
-            f"{CONFIG_FILE} of a run). "
+            f"over, but it is not a yolojax run's folder (it has neither a run's "
+            f"{LATEST_FOLDER}/ nor a run's {CONFIG_FILE}). "
             "Pass a new or empty folder as --workdir, or move those files elsewhere first."
         )
 
