@@ -320,3 +320,7 @@ def test_a_restored_model_trains_in_a_loop_of_ones_own(tmp_path):
         )
         assert any(_changed(variables["batch_stats"], updates["batch_stats"]))
     assert step == 0
+    # Not for the data-parallel step, where it would keep each device's statistics apart.
+    mesh = distributed.mesh(jax.local_devices()[:1])
+    with pytest.raises(ValueError, match=r"axis_name=None, not the train step's mesh axis"):
+        train_lib.make_train_step(restored_model, config, lambda step: 0.1, mesh)

@@ -230,6 +230,13 @@ def train_step(state: TrainState, batch: dict, *, model, config, schedule):
 def sharded_train_step(model, config, schedule, mesh: Mesh):
     """:func:`train_step` over every device of ``mesh`` (``jax.shard_map``, data parallel),
     not yet compiled: the state replicated, the batch split over mesh axis ``'batch'``."""
+    if model.axis_name != AXIS:  # BatchNorm would keep each device's statistics apart
+        raise ValueError(
+            f"The model's BatchNorm averages over axis_name={model.axis_name!r}, not the "
+            f"train step's mesh axis {AXIS!r}: build it with "
+            "yolojax.train_lib.build_model(config) (restore_trained_state's model is for a "
+            "loop of one's own)."
+        )
     step = functools.partial(train_step, model=model, config=config, schedule=schedule)
     replicated, split = PartitionSpec(), PartitionSpec(AXIS)
     # check_vma=False: on one device the step skips the (no-op) cross-device mean, so JAX
