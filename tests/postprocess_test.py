@@ -212,6 +212,12 @@ def test_nms_has_the_defaults_of_detect():
     kept = postprocess.nms(boxes, jnp.array([[0.004, 0.0], [0.0, 0.9]]))
     assert kept.valid.shape == (100,)  # MAX_DETECTIONS slots
     assert kept.valid.sum() == 1 and kept.labels[0] == 1  # 0.004 is below the 0.005 kept
+    # NMS at IoU 0.45: a box nested in another of its class with IoU 0.475 is suppressed,
+    # one with IoU 0.425 is not.
+    for width, expected in ((0.475, 1), (0.425, 2)):
+        nested = jnp.array([[0.0, 0.0, 0.5, 1.0], [0.0, 0.0, 0.5, width]])
+        kept = postprocess.nms(nested, jnp.array([[0.9], [0.8]]))
+        assert int(kept.valid.sum()) == expected, width
 
 
 def test_nms_refuses_logits_for_scores():

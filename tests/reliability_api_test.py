@@ -109,12 +109,20 @@ def test_detect_and_nms_name_a_bad_setting(name, value):
 
 
 def test_a_threshold_traced_under_jit_is_taken_as_given():
+    # Two one-cell boxes of class 0 in cells (0, 0) and (1, 1) (touching at a corner: IoU 0),
+    # scored 0.3 and 0.6: confidence × class probability 1. Layout [C classes, B × (conf,
+    # x, y, w, h)].
+    outputs = np.zeros((1, S, S, C + 5 * B), np.float32)
+    for cell, confidence in (((0, 0), 0.3), ((1, 1), 0.6)):
+        outputs[(0, *cell, 0)] = 1.0
+        outputs[(0, *cell)][C : C + 5] = [confidence, 0.5, 0.5, 1.0, 1.0]
+
     def count(threshold):
         return postprocess.detect(
-            _outputs(), num_classes=C, num_boxes=B, score_threshold=threshold
+            outputs, num_classes=C, num_boxes=B, score_threshold=threshold
         ).valid.sum()
 
-    assert int(jax.jit(count)(0.1)) == 0  # all-zero outputs: nothing scores
+    assert [int(jax.jit(count)(t)) for t in (0.1, 0.5, 0.7)] == [2, 1, 0]
 
 
 def test_nms_takes_one_image_with_a_score_row_per_box():
