@@ -259,3 +259,36 @@ def test_each_augmentation_can_be_turned_off():
     np.testing.assert_allclose(augmented, image.numpy() / 255.0, atol=1e-5)
     np.testing.assert_allclose(moved, boxes, atol=1e-6)
     assert keep.numpy().all()
+
+
+def test_the_window_zooms_and_shifts_by_up_to_the_configured_fraction():
+    # The paper's "random scaling and translations of up to 20% of the original image size":
+    # the window shows the image zoomed by z in [0.8, 1.2] and shifted by t in [-0.2, 0.2]
+    # image sizes; its start is 0.5 - (0.5 + t) / z and its extent 1 / z (in image sizes).
+    size = 1000
+    zooms, shifts = [], []
+    for seed in range(400):
+        window = augment.sample_window(
+            tf.constant([seed, 7]), size, size, scale_translate=0.2, flip=False
+        )
+        for start, extent in ((window.top, window.height), (window.left, window.width)):
+            zoom = size / int(extent)
+            zooms.append(zoom)
+            shifts.append((0.5 - int(start) / size) * zoom - 0.5)
+    assert 0.8 - 1e-3 <= min(zooms) < 0.82 and 1.18 < max(zooms) <= 1.2 + 1e-3
+    assert -0.2 - 2e-3 <= min(shifts) < -0.18 and 0.18 < max(shifts) <= 0.2 + 2e-3
+
+
+def test_blur_happens_to_the_configured_fraction_with_sigma_up_to_its_maximum():
+    impulse = np.zeros((21, 21, 1), np.float32)
+    impulse[10, 10] = 1.0
+    spreads = []
+    for seed in range(400):
+        blurred = augment.random_blur(
+            tf.constant(impulse), tf.constant([seed, 5]), probability=0.1, max_sigma=1.5
+        ).numpy()[..., 0]
+        if not np.array_equal(blurred, impulse[..., 0]):
+            offsets = np.arange(21) - 10  # the impulse's spread along y: about its sigma
+            spreads.append(np.sqrt(np.sum(blurred.sum(axis=1) * offsets**2) / blurred.sum()))
+    assert 0.05 < len(spreads) / 400 < 0.15  # blur_probability 0.1
+    assert max(spreads) <= 1.5 * 1.05 and max(spreads) > 1.0  # sigma up to max_sigma
