@@ -104,3 +104,31 @@ def test_training_curves_name_the_split_and_show_the_loss_on_a_log_scale(tmp_pat
     np.testing.assert_allclose(test.get_ydata(), [3, 1.5])
     # The evaluated loss dashed, in its training curve's colour.
     assert test.get_color() == train.get_color() and test.get_linestyle() == "--"
+
+
+def test_every_loss_term_is_drawn_for_training_and_evaluation_in_pairs(tmp_path, monkeypatch):
+    terms = ("loss", "coord", "object", "noobj", "class")  # the README's curves
+    for epoch in (1, 2):
+        record = {"step": epoch, "epoch": epoch, "test_mAP": 0.1}
+        for i, term in enumerate(terms):
+            record |= {term: (i + 1) / epoch, f"test_{term}": (i + 1) * 2 / epoch}
+        workdir_io.append_metrics(tmp_path, record)
+    saved = {}
+    save = plots.Figure.savefig
+    monkeypatch.setattr(
+        plots.Figure,
+        "savefig",
+        lambda self, path, **kwargs: (saved.__setitem__(path.name, self), save(self, path)),
+    )
+    plots.plot_training_curves(tmp_path)
+    lines = {line.get_label(): line for line in saved["loss.png"].axes[0].get_lines()}
+    assert sorted(lines) == sorted([f"train {t}" for t in terms] + [f"test {t}" for t in terms])
+    colours = set()
+    for i, term in enumerate(terms):
+        train, test = lines[f"train {term}"], lines[f"test {term}"]
+        np.testing.assert_allclose(train.get_ydata(), [i + 1, (i + 1) / 2])
+        np.testing.assert_allclose(test.get_ydata(), [(i + 1) * 2, i + 1])
+        assert test.get_color() == train.get_color() and test.get_linestyle() == "--"
+        assert train.get_linestyle() == "-"
+        colours.add(train.get_color())
+    assert len(colours) == len(terms)  # each term its own colour

@@ -716,8 +716,12 @@ def test_starting_over_keeps_the_earlier_runs_best_and_log_aside(tmp_path, data_
     earlier_events = sorted(p.name for p in (tmp_path / "tensorboard").iterdir())
     # "Move the folder aside to start over" (every checkpoint damaged): a new, shorter run.
     shutil.rmtree(tmp_path / "checkpoints")
+    (tmp_path / "eval").mkdir()  # what evaluate.py wrote of the earlier run
+    (tmp_path / "eval" / "metrics.json").write_text('{"step": 8}')
     config.train.num_epochs = 1
     trainer.train_and_evaluate(config, str(tmp_path))
+    assert not (tmp_path / "eval").exists()
+    assert (tmp_path / "superseded" / "eval" / "metrics.json").read_text() == '{"step": 8}'
 
     assert [p.name for p in (tmp_path / "best").iterdir()] == ["4"]  # the new run's own
     superseded = tmp_path / "superseded"
