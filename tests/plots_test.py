@@ -79,17 +79,22 @@ print(matplotlib.get_backend())
     assert Image.open(tmp_path / "pr.png").size == (700, 500)
 
 
-def test_training_curves_name_the_split_and_show_the_loss_on_a_log_scale(tmp_path, monkeypatch):
-    for epoch, value in ((1, 0.2), (2, 0.4)):
-        record = {"step": epoch, "epoch": epoch, "loss": 1 / epoch, "test_mAP": value}
-        workdir_io.append_metrics(tmp_path, record | {"test_loss": 3 / epoch})
-    saved = {}
-    save = plots.Figure.savefig
+@pytest.fixture(name="saved")
+def fixture_saved(monkeypatch):
+    """``{file name: Figure}`` of each figure saved, which is also written as usual."""
+    saved, save = {}, plots.Figure.savefig
     monkeypatch.setattr(
         plots.Figure,
         "savefig",
         lambda self, path, **kwargs: (saved.__setitem__(path.name, self), save(self, path)),
     )
+    return saved
+
+
+def test_training_curves_name_the_split_and_show_the_loss_on_a_log_scale(tmp_path, saved):
+    for epoch, value in ((1, 0.2), (2, 0.4)):
+        record = {"step": epoch, "epoch": epoch, "loss": 1 / epoch, "test_mAP": value}
+        workdir_io.append_metrics(tmp_path, record | {"test_loss": 3 / epoch})
     plots.plot_training_curves(tmp_path, eval_split="validation")
     (curve,) = saved["mAP.png"].axes[0].get_lines()
     assert curve.get_label() == "validation mAP (VOC07)"
@@ -106,20 +111,13 @@ def test_training_curves_name_the_split_and_show_the_loss_on_a_log_scale(tmp_pat
     assert test.get_color() == train.get_color() and test.get_linestyle() == "--"
 
 
-def test_every_loss_term_is_drawn_for_training_and_evaluation_in_pairs(tmp_path, monkeypatch):
+def test_every_loss_term_is_drawn_for_training_and_evaluation_in_pairs(tmp_path, saved):
     terms = ("loss", "coord", "object", "noobj", "class")  # the README's curves
     for epoch in (1, 2):
         record = {"step": epoch, "epoch": epoch, "test_mAP": 0.1}
         for i, term in enumerate(terms):
             record |= {term: (i + 1) / epoch, f"test_{term}": (i + 1) * 2 / epoch}
         workdir_io.append_metrics(tmp_path, record)
-    saved = {}
-    save = plots.Figure.savefig
-    monkeypatch.setattr(
-        plots.Figure,
-        "savefig",
-        lambda self, path, **kwargs: (saved.__setitem__(path.name, self), save(self, path)),
-    )
     plots.plot_training_curves(tmp_path)
     lines = {line.get_label(): line for line in saved["loss.png"].axes[0].get_lines()}
     assert sorted(lines) == sorted([f"train {t}" for t in terms] + [f"test {t}" for t in terms])
