@@ -10,6 +10,8 @@ import pytest
 
 from yolojax import huge_pages
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 # Restarts (or not), then mallocs and touches 256 MiB as XLA:CPU does its temporaries (not
 # NumPy, which asks for huge pages itself) and reports how much of it the kernel backs with
 # huge pages, read from the mapping's AnonHugePages in /proc/self/smaps.
@@ -138,3 +140,39 @@ def test_restart_environment_adds_only_the_tunable():
 )
 def test_jax_platforms_decides_whether_xla_runs_on_the_cpu(platforms, on_cpu):
     assert huge_pages._xla_on_cpu({"JAX_PLATFORMS": platforms}) is on_cpu
+
+
+# Runs a command with the restart replaced by an exit of status 7, in a process of its own
+# (the commands define absl flags, which are global).
+_FIRST_STEP = textwrap.dedent(
+    """
+    import runpy, sys
+    from yolojax import huge_pages
+
+    def restart():
+        sys.exit(7)
+
+    huge_pages.restart_with_huge_pages = restart
+    command = sys.argv[1]
+    sys.argv = [command, "--help"]  # --help would end the command before any work
+    if command.endswith(".py"):
+        runpy.run_path(command, run_name="__main__")
+    else:
+        runpy.run_module(command, run_name="__main__")
+    """
+)
+
+
+@pytest.mark.parametrize("command", ["train.py", "evaluate.py", "yolojax.predict"])
+def test_each_command_restarts_first(command):
+    # The restart must come first (before TensorFlow is imported, or it would load twice):
+    # a command that skipped it ran with glibc's default malloc, and only slower.
+    done = subprocess.run(
+        [sys.executable, "-c", _FIRST_STEP, command],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert done.returncode == 7, done.stdout[-1000:] + done.stderr[-2000:]
+    assert "usage" not in done.stdout.lower()  # no help printed: the restart came first
