@@ -151,6 +151,26 @@ def test_colour_factors_are_log_uniform_in_both_directions():
     assert 0.35 < (factors < 1).mean() < 0.65
 
 
+def test_saturation_and_hue_draws_span_their_ranges_in_both_directions():
+    # RGB (0.5, 0.25, 0.25): hue 0, saturation 0.5, value 0.5 (colorsys). No exposure change.
+    red = tf.constant([[[0.5, 0.25, 0.25]]])
+    saturations, hue_shifts = [], []
+    for seed in range(300):
+        rgb = augment.random_color(
+            red, tf.constant([seed, 9]), exposure=1.0, saturation=1.5, hue=0.1
+        ).numpy()[0, 0]
+        hue, saturation, value = colorsys.rgb_to_hsv(*rgb)
+        assert value == pytest.approx(0.5, abs=1e-5)
+        saturations.append(saturation / 0.5)
+        hue_shifts.append((hue + 0.5) % 1.0 - 0.5)  # the shift from hue 0, in [-0.5, 0.5)
+    saturations, hue_shifts = np.array(saturations), np.array(hue_shifts)
+    # Saturation factor log-uniform in [1/1.5, 1.5]; hue shift uniform in [-0.1, 0.1].
+    assert 1 / 1.5 - 1e-4 <= saturations.min() < 0.7 and 1.45 < saturations.max() <= 1.5 + 1e-4
+    assert 0.35 < (saturations < 1).mean() < 0.65
+    assert -0.1 - 1e-4 <= hue_shifts.min() < -0.09 and 0.09 < hue_shifts.max() <= 0.1 + 1e-4
+    assert 0.35 < (hue_shifts < 0).mean() < 0.65
+
+
 def test_flip_happens_half_the_time():
     mirrors = [
         bool(
