@@ -290,7 +290,9 @@ def _uniform_output_run(
     return workdir
 
 
-def test_the_command_writes_the_boxes_above_its_score_threshold_in_pixels(tmp_path, capsys):
+def test_the_command_writes_the_boxes_above_its_score_threshold_in_pixels(
+    tmp_path, capsys, monkeypatch
+):
     workdir = _uniform_output_run(tmp_path)  # each cell's box is the cell itself
     image = _image(tmp_path / "street.png", 80, 48)  # cells of 20 × 12 pixels
     cells = [[c * 20, r * 12, c * 20 + 20, r * 12 + 12] for r in range(4) for c in range(4)]
@@ -309,6 +311,19 @@ def test_the_command_writes_the_boxes_above_its_score_threshold_in_pixels(tmp_pa
     assert len(detections("0.25")) == 3 * 16  # the ellipse (0.3) too
     assert detections("0.95") == []
     assert "0 detections in 1 image →" in capsys.readouterr().out
+    # --drawing-threads reaches predict_files (None, its own default, when not given).
+    predict_files, given = predict.predict_files, []
+
+    def noted(*args, drawing_threads, **kwargs):
+        given.append(drawing_threads)
+        return predict_files(*args, drawing_threads=drawing_threads, **kwargs)
+
+    monkeypatch.setattr(predict, "predict_files", noted)
+    argv = ["--workdir", str(workdir), "--out", str(tmp_path / "in_turn"), image]
+    predict.main([*argv, "--drawing-threads", "0"])
+    predict.main(argv)
+    assert given == [0, None]
+    assert _record(tmp_path / "in_turn")[image]["detections"] == detections("0.25")
 
 
 def test_a_jpeg_photos_drawing_is_a_sharp_jpeg_and_any_other_images_a_lossless_png(tmp_path):
@@ -799,6 +814,7 @@ def test_bad_arguments_are_refused_before_any_model_is_read(tmp_path, capsys):
         (["--iou-threshold", "-1"], "--iou-threshold must be in [0, 1]; got -1.0"),
         (["--max-detections", "0"], "--max-detections must be at least 1; got 0"),
         (["--batch-size", "0"], "--batch-size must be at least 1; got 0"),
+        (["--drawing-threads", "-1"], "--drawing-threads must be at least 0; got -1"),
     ):
         with pytest.raises(SystemExit) as exit_request:
             predict.main(["--workdir", str(missing), *flags, image])

@@ -477,6 +477,14 @@ def main(argv=None) -> None:
         default=8,
         help="images detected at once: more is faster on an accelerator, up to its memory",
     )
+    parser.add_argument(
+        "--drawing-threads",
+        "--drawing_threads",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="threads that draw and write the drawings while the next batch is read and "
+        "detected; 0: each in turn (default: one a CPU, up to 4)",
+    )
     args = parser.parse_args(argv)
     nms = {key: getattr(args, key, None) for key in ("iou_threshold", "max_detections")}
     # Before the seconds TensorFlow's import and the restore take.
@@ -489,6 +497,9 @@ def main(argv=None) -> None:
     for flag, value in (("max-detections", nms["max_detections"]), ("batch-size", args.batch_size)):
         if value is not None and value < 1:
             parser.error(f"--{flag} must be at least 1; got {value}")
+    drawing_threads = getattr(args, "drawing_threads", None)
+    if drawing_threads is not None and drawing_threads < 0:
+        parser.error(f"--drawing-threads must be at least 0; got {drawing_threads}")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         parser.error(f"--out {args.out} is a file: choose another output folder")
     from yolojax.detector import Detector  # after the restart (TensorFlow)
@@ -498,7 +509,12 @@ def main(argv=None) -> None:
             args.workdir, checkpoint=args.checkpoint, score_threshold=args.score_threshold, **nms
         )
         images, failed = predict_files(
-            detector, args.images, args.out, batch_size=args.batch_size, on_skip=_report_skip
+            detector,
+            args.images,
+            args.out,
+            batch_size=args.batch_size,
+            drawing_threads=drawing_threads,
+            on_skip=_report_skip,
         )
     total = sum(len(image["detections"]) for image in images.values())
     print(
