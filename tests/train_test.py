@@ -680,6 +680,24 @@ def test_best_is_on_disk_before_the_log_says_its_step_was_evaluated(
     assert [p.name for p in (tmp_path / "best").iterdir()] == ["8"]
 
 
+def test_a_quiet_run_prints_nothing_and_logs_everything(tmp_path, data_dir, capsys):
+    # verbose=False (a sweep in a notebook): no summary, progress, evaluation or outcome.
+    config = tiny_config(data_dir)  # 8 steps, evaluated at 4 and 8
+    pipeline.get_dataset_info(config.data)  # prepared once, which the first run would say
+    capsys.readouterr()
+    results = trainer.train_and_evaluate(config, str(tmp_path), verbose=False)
+    assert capsys.readouterr() == ("", "")
+    assert results["step"] == 8
+    logged = workdir_io.read_metrics(tmp_path)
+    assert [r["step"] for r in logged if "test_mAP" in r] == [4, 8]
+    assert [r["step"] for r in logged if "loss" in r] == [2, 4, 6, 8]
+    # Resumed with nothing left to train: still silent. Verbose, it says so.
+    trainer.train_and_evaluate(config, str(tmp_path), verbose=False)
+    assert capsys.readouterr() == ("", "")
+    trainer.train_and_evaluate(config, str(tmp_path))
+    assert "already trained to step 8" in capsys.readouterr().out
+
+
 def test_best_is_the_checkpoint_of_the_best_eval_split_map(tmp_path, data_dir, monkeypatch):
     # The tiny runs score mAP 0 at every evaluation: scripted mAPs show which one best/ keeps,
     # the eval split's (not the train subset's, which rises instead).

@@ -137,11 +137,11 @@ class TrainingProgress:
       config: the run's config.
       plan: the run's steps.
       start_step: the step the run resumes from (0 for a new run).
-      is_main: whether this is process 0, which alone prints.
+      shows: whether it prints (process 0 alone, of a verbose run).
     """
 
-    def __init__(self, config, plan, start_step: int, *, is_main: bool):
-        self.plan, self.start_step, self.is_main = plan, start_step, is_main
+    def __init__(self, config, plan, start_step: int, *, shows: bool):
+        self.plan, self.start_step, self.shows = plan, start_step, shows
         self.batch_size = config.train.batch_size
         self.window = MetricWindow(stop_on_nonfinite=not config.train.skip_nonfinite)
         self.epoch_means = EpochMeans()
@@ -151,7 +151,7 @@ class TrainingProgress:
             desc=plan.epoch_label(start_step + 1),
             # On a terminal only (None): in a log file its redraws are noise, which the lines
             # per epoch and per evaluation replace, and other lines would land inside it.
-            disable=None if is_main else True,
+            disable=None if shows else True,
             unit="step",
             dynamic_ncols=True,
             # The rate over the whole run: steps are dispatched ahead of the device and the
@@ -178,7 +178,7 @@ class TrainingProgress:
         label = self.plan.epoch_label(step)
         if step - self.start_step <= (step - 1) % self.plan.steps_per_epoch:  # resumed in it
             label += f" (steps {self.start_step + 1}-{step}, resumed)"
-        if self.is_main:
+        if self.shows:
             tqdm.write(self.epoch_means.line(label))
         self.bar.set_description(self.plan.epoch_label(step + 1), refresh=False)
 

@@ -102,7 +102,7 @@ class _Run:
     """What :func:`_set_up` prepared for the steps."""
 
     workdir: Path
-    is_main: bool  # process 0: it alone writes the workdir's files besides checkpoints
+    reports: bool  # process 0 of a verbose run: it prints the progress
     info: pipeline.DatasetInfo
     eval_batch: int  # the global evaluation batch
     plan: _StepPlan
@@ -114,9 +114,10 @@ class _Run:
     log: run_log.RunLog
 
 
-def _restore_or_start_over(config, info, ckpt, workdir: Path, is_main: bool):
+def _restore_or_start_over(config, info, ckpt, workdir: Path, is_main: bool, reports: bool):
     """``(model, state, lr_schedule, start_step)``: the state of the latest checkpoint, or a
-    fresh one (step 0) with what an earlier run left in ``workdir`` set aside."""
+    fresh one (step 0) with what an earlier run left in ``workdir`` set aside (process 0;
+    ``reports``: it says so)."""
     # As early as the step is known: a preemption notice from here on is acted on, including
     # one during the model's initialization (long for big models), restore and compile.
     # Again after a restore that fell back to an older, undamaged checkpoint.
@@ -131,12 +132,12 @@ def _restore_or_start_over(config, info, ckpt, workdir: Path, is_main: bool):
         state = state.replace(step=start_step)
         if start_step != latest_step:
             preemption.report_resumed_step(start_step)
-        if is_main:
+        if reports:
             tqdm.write(f"Resuming from the checkpoint of step {start_step} in {workdir}.")
     else:  # starting over: what an earlier run in this workdir left is kept aside, not mixed in
         ckpt.set_aside_best()
         moved = workdir_io.set_aside_logs(workdir) if is_main else []
-        if moved:
+        if moved and reports:
             tqdm.write(
                 f"No checkpoint to resume from in {workdir}: training starts over. What an "
                 f"earlier run logged there is kept in {moved[0].parent}: "
@@ -146,11 +147,12 @@ def _restore_or_start_over(config, info, ckpt, workdir: Path, is_main: bool):
     return model, state, lr_schedule, start_step
 
 
-def _set_up(config, workdir: str) -> _Run:
+def _set_up(config, workdir: str, verbose: bool) -> _Run:
     """Checks ``config`` and ``workdir``, reads the dataset's info, restores the latest
     checkpoint (or starts over) and writes the run's config and class names."""
     validate_config(config)
     is_main = jax.process_index() == 0
+    reports = is_main and verbose
     # Only process 0 writes: a check that failed in another process alone would leave
     # process 0 waiting at the first barrier.
     workdir_io.check_workdir(workdir, writable=is_main)
@@ -182,7 +184,7 @@ def _set_up(config, workdir: str) -> _Run:
     )
     try:
         model, state, lr_schedule, start_step = _restore_or_start_over(
-            config, info, ckpt, workdir, is_main
+            config, info, ckpt, workdir, is_main, reports
         )
         tensorboard = None
         if is_main:
@@ -195,7 +197,7 @@ def _set_up(config, workdir: str) -> _Run:
         raise
     return _Run(
         workdir=workdir,
-        is_main=is_main,
+        reports=reports,
         info=info,
         eval_batch=eval_batch,
         plan=_StepPlan(config, steps_per_epoch, total_steps),
@@ -242,7 +244,7 @@ class _Evaluator:
     def evaluate_again(self, step: int, on_devices) -> dict:
         """Evaluates a finished run's final checkpoint, ``step``, once more: best/ and the
         report, not the log (its results are there already). Returns them plus ``step``."""
-        if self.run.is_main:
+        if self.run.reports:
             tqdm.write(
                 f"The run has already trained to step {step}; evaluating that "
                 "checkpoint (its results are logged already)."
@@ -262,7 +264,7 @@ class _Evaluator:
             pipeline.make_eval_iterator(config.data, global_batch_size=self.run.eval_batch),
             config,
             info.class_names,
-            progress=f"Evaluating ({info.eval_split_name})",
+            progress=f"Evaluating ({info.eval_split_name})" if self.run.reports else "",
             total=info.num_eval_examples,
         )
         scalars = {"test_mAP": results["mAP"], "test_mAP_area": results["mAP_area"]}
@@ -280,7 +282,7 @@ class _Evaluator:
                 ),
                 config,
                 info.class_names,
-                progress="Evaluating (train subset)",
+                progress="Evaluating (train subset)" if self.run.reports else "",
                 total=min(config.eval.train_subset, info.num_train_examples),
             )
             scalars["train_mAP"] = train_results["mAP"]
@@ -292,8 +294,8 @@ class _Evaluator:
         self.run.ckpt.save_if_best(step, state, {"mAP": results["mAP"]})
 
     def _report(self, step: int, results: dict, train_map: float | None) -> None:
-        """Prints the evaluation's line (process 0)."""
-        if not self.run.is_main:
+        """Prints the evaluation's line (process 0, when verbose)."""
+        if not self.run.reports:
             return
         split = self.run.info.eval_split_name
         if eval_lib.has_ground_truth(results):
@@ -399,7 +401,7 @@ def _steps_and_evaluations(config, run: _Run, signals_caught, closing) -> dict:
     mesh = distributed.mesh()
     train_step = train_lib.make_train_step(run.model, config, run.lr_schedule, mesh)
     evaluator = _Evaluator(config, run, eval_lib.make_eval_step(run.model, config, mesh))
-    if run.is_main:
+    if run.reports:
         summary = run_summary(
             config,
             run.info,
@@ -417,7 +419,7 @@ def _steps_and_evaluations(config, run: _Run, signals_caught, closing) -> dict:
         start_step=start_step,
     )
     batches = (distributed.shard_batch(batch, mesh) for batch in train_iter)
-    progress = TrainingProgress(config, run.plan, start_step, is_main=run.is_main)
+    progress = TrainingProgress(config, run.plan, start_step, shows=run.reports)
     closing.callback(progress.close)
     results = None
     if (
@@ -427,7 +429,7 @@ def _steps_and_evaluations(config, run: _Run, signals_caught, closing) -> dict:
     ):
         # Saved, but its evaluation was cut short (a crash, or a stop that skipped it).
         # A signal during it stops at once: nothing is left to save.
-        if run.is_main:
+        if run.reports:
             tqdm.write(f"Evaluating step {start_step}, which was saved but not evaluated.")
         results = evaluator.evaluate(start_step, on_devices)
     with warnings_above_progress_bars():
@@ -450,7 +452,7 @@ def _steps_and_evaluations(config, run: _Run, signals_caught, closing) -> dict:
 
 
 def train_and_evaluate(
-    config, workdir: str, *, on_finished: Callable[[], None] | None = None
+    config, workdir: str, *, on_finished: Callable[[], None] | None = None, verbose: bool = True
 ) -> dict:
     """Trains and evaluates the model described by ``config`` in ``workdir``.
 
@@ -465,6 +467,10 @@ def train_and_evaluate(
         error. ``train.py`` passes :func:`yolojax.cli.ignore_stop_signals`, so that a
         scheduler's SIGTERM from then on, its shutdown included, cannot end the process
         with a preemption's exit status.
+      verbose: print the run's summary, progress (a bar on a terminal, else a line per
+        epoch), evaluations and outcome; False prints none of it (a sweep in a notebook):
+        the same is in ``metrics.jsonl``. Warnings are still shown, and so is a dataset's
+        preparation, the first time.
 
     Returns:
       The last evaluation's results (see :func:`yolojax.eval_lib.evaluate`), plus ``step``.
@@ -476,7 +482,7 @@ def train_and_evaluate(
       NonFiniteLossError: a step's loss or gradients were not finite (and
         ``train.skip_nonfinite`` is off).
     """
-    run = _set_up(config, workdir)
+    run = _set_up(config, workdir, verbose)
     with contextlib.ExitStack() as signals_caught:
         # Closed on the way out, an error's or a Ctrl-C's too (the last first).
         with contextlib.ExitStack() as closing:
@@ -493,7 +499,7 @@ def train_and_evaluate(
                 raise _stopped_by_nonfinite(error, run) from None
         if on_finished is not None:  # before StopSignals lets go: no moment without either
             on_finished()
-    if run.is_main:
+    if run.reports:
         finished_before = run.start_step >= run.plan.total_steps
         saved = "Nothing left to train; the run is in" if finished_before else "Saved in"
         print(
