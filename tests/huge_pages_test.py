@@ -149,8 +149,8 @@ _FIRST_STEP = textwrap.dedent(
     import runpy, sys
     from yolojax import huge_pages
 
-    def restart():
-        sys.exit(7)
+    def restart():  # first: before TensorFlow is imported, which would then load twice
+        sys.exit(7 if "tensorflow" not in sys.modules else 8)
 
     huge_pages.restart_with_huge_pages = restart
     command = sys.argv[1]

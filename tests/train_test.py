@@ -680,22 +680,40 @@ def test_best_is_on_disk_before_the_log_says_its_step_was_evaluated(
     assert [p.name for p in (tmp_path / "best").iterdir()] == ["8"]
 
 
-def test_a_quiet_run_prints_nothing_and_logs_everything(tmp_path, data_dir, capsys):
-    # verbose=False (a sweep in a notebook): no summary, progress, evaluation or outcome.
+def test_a_quiet_run_prints_nothing_and_logs_everything(tmp_path, data_dir, capsys, monkeypatch):
+    # verbose=False (a sweep in a notebook): no summary, progress bar (on a terminal too),
+    # evaluation or outcome; what one is to know either way comes as a warning.
     config = tiny_config(data_dir)  # 8 steps, evaluated at 4 and 8
     pipeline.get_dataset_info(config.data)  # prepared once, which the first run would say
     capsys.readouterr()
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
     results = trainer.train_and_evaluate(config, str(tmp_path), verbose=False)
-    assert capsys.readouterr() == ("", "")
+    assert capsys.readouterr().out == "" and terminal.getvalue() == ""
     assert results["step"] == 8
     logged = workdir_io.read_metrics(tmp_path)
     assert [r["step"] for r in logged if "test_mAP" in r] == [4, 8]
     assert [r["step"] for r in logged if "loss" in r] == [2, 4, 6, 8]
     # Resumed with nothing left to train: still silent. Verbose, it says so.
     trainer.train_and_evaluate(config, str(tmp_path), verbose=False)
-    assert capsys.readouterr() == ("", "")
+    assert capsys.readouterr().out == "" and terminal.getvalue() == ""
     trainer.train_and_evaluate(config, str(tmp_path))
     assert "already trained to step 8" in capsys.readouterr().out
+    terminal.seek(0)
+    terminal.truncate()
+    # Started over with another config: the earlier logs set aside and the config's change
+    # are warned of.
+    shutil.rmtree(tmp_path / "checkpoints")
+    config.train.num_epochs = 1
+    with pytest.warns(errors.Notice) as notices:
+        trainer.train_and_evaluate(config, str(tmp_path), verbose=False)
+    told = " ".join(str(notice.message) for notice in notices)
+    assert "training starts over. What an earlier run logged there is kept in" in told
+    assert (
+        "The config differs from the one saved in this workdir: train.num_epochs: 2.0 -> 1.0"
+        in told
+    )
+    assert capsys.readouterr().out == "" and terminal.getvalue() == ""
 
 
 def test_best_is_the_checkpoint_of_the_best_eval_split_map(tmp_path, data_dir, monkeypatch):
@@ -703,9 +721,10 @@ def test_best_is_the_checkpoint_of_the_best_eval_split_map(tmp_path, data_dir, m
     # the eval split's (not the train subset's, which rises instead).
     evaluate, scripted = eval_lib.evaluate, {"test": [0.6, 0.3], "train subset": [0.1, 0.9]}
 
-    def scripted_evaluate(*args, progress, **kwargs):
-        results = evaluate(*args, progress=progress, **kwargs)
-        results["mAP"] = scripted["train subset" if "train subset" in progress else "test"].pop(0)
+    def scripted_evaluate(*args, **kwargs):
+        results = evaluate(*args, **kwargs)
+        # The train subset's 8 images, or the test split's 12.
+        results["mAP"] = scripted["train subset" if kwargs["total"] == 8 else "test"].pop(0)
         return results
 
     monkeypatch.setattr(eval_lib, "evaluate", scripted_evaluate)

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from yolojax import distributed
+from yolojax import distributed, errors
 from yolojax.losses import LOSS_TERMS
 from yolojax.train_lib import NonFiniteLossError
 
@@ -110,6 +110,15 @@ class EpochMeans:
             line = f"{label}: every step skipped (a loss that was not finite), {speed}"
         self.__init__()
         return line
+
+
+def tell(message: str, *, printed: bool) -> None:
+    """What the user is to know in a quiet run too: printed (above the progress bar) where
+    the run prints its progress, else shown as a :class:`yolojax.errors.Notice` warning."""
+    if printed:
+        tqdm.write(message)
+    else:
+        warnings.warn(message, errors.Notice, stacklevel=2)
 
 
 @contextlib.contextmanager

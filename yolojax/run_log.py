@@ -7,15 +7,17 @@ import contextlib
 import warnings
 from pathlib import Path
 
-from tqdm import tqdm
-
 from yolojax import errors, plots
 from yolojax import workdir as workdir_io
+from yolojax.progress import tell
 
 
-def prepare_workdir(config, info, workdir: Path, start_step: int, total_steps: int):
+def prepare_workdir(
+    config, info, workdir: Path, start_step: int, total_steps: int, *, verbose: bool = True
+):
     """Writes the run's config and class names into ``workdir``, drops what a crashed run
-    logged after ``start_step``, and opens its TensorBoard log (process 0's part)."""
+    logged after ``start_step``, and opens its TensorBoard log (process 0's part). A config
+    that differs from the saved one is said (``verbose`` False: as a warning)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_json = config.to_json_best_effort(indent=2)
     # A finished run's config.json stays the config its checkpoint was trained with (if
@@ -42,11 +44,12 @@ def prepare_workdir(config, info, workdir: Path, start_step: int, total_steps: i
             "it, so config.json is left as it was"
         )
     if changes:
-        tqdm.write(
+        tell(
             "The config differs from the one saved in this workdir: "
             + "; ".join(changes[:8])
             + ("; ..." if len(changes) > 8 else "")
-            + f". {outcome}."
+            + f". {outcome}.",
+            printed=verbose,
         )
     workdir_io.atomic_write_text(
         workdir / workdir_io.CLASSES_FILE, workdir_io.to_json(list(info.class_names))

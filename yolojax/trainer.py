@@ -37,7 +37,7 @@ from yolojax import (
 from yolojax import workdir as workdir_io
 from yolojax.config import resolve_num_classes, validate_config
 from yolojax.data import pipeline
-from yolojax.progress import TrainingProgress, run_summary, warnings_above_progress_bars
+from yolojax.progress import TrainingProgress, run_summary, tell, warnings_above_progress_bars
 from yolojax.train_lib import NonFiniteLossError
 
 
@@ -137,12 +137,13 @@ def _restore_or_start_over(config, info, ckpt, workdir: Path, is_main: bool, rep
     else:  # starting over: what an earlier run in this workdir left is kept aside, not mixed in
         ckpt.set_aside_best()
         moved = workdir_io.set_aside_logs(workdir) if is_main else []
-        if moved and reports:
-            tqdm.write(
+        if moved:  # process 0's
+            tell(
                 f"No checkpoint to resume from in {workdir}: training starts over. What an "
                 f"earlier run logged there is kept in {moved[0].parent}: "
                 + ", ".join(path.name for path in moved)
-                + "."
+                + ".",
+                printed=reports,
             )
     return model, state, lr_schedule, start_step
 
@@ -190,7 +191,7 @@ def _set_up(config, workdir: str, verbose: bool) -> _Run:
         if is_main:
             with run_log.workdir_write_errors(workdir, start_step):
                 tensorboard = run_log.prepare_workdir(
-                    config, info, workdir, start_step, total_steps
+                    config, info, workdir, start_step, total_steps, verbose=verbose
                 )
     except BaseException:  # a checkpoint of another model, an unwritable workdir: no run
         ckpt.close()  # its orbax managers' threads, which train_and_evaluate would close
@@ -432,7 +433,8 @@ def _steps_and_evaluations(config, run: _Run, signals_caught, closing) -> dict:
         if run.reports:
             tqdm.write(f"Evaluating step {start_step}, which was saved but not evaluated.")
         results = evaluator.evaluate(start_step, on_devices)
-    with warnings_above_progress_bars():
+    # Above the progress bar where there is one; a quiet run leaves warnings as they are.
+    with warnings_above_progress_bars() if run.reports else contextlib.nullcontext():
         if start_step < total_steps:
             # From the first step until the last checkpoint is written: a signal after the
             # last step (its evaluation, the final save) lets the run finish, exit status 0.
@@ -467,10 +469,11 @@ def train_and_evaluate(
         error. ``train.py`` passes :func:`yolojax.cli.ignore_stop_signals`, so that a
         scheduler's SIGTERM from then on, its shutdown included, cannot end the process
         with a preemption's exit status.
-      verbose: print the run's summary, progress (a bar on a terminal, else a line per
+      verbose: print the run's summary, progress (a bar on a terminal, and a line per
         epoch), evaluations and outcome; False prints none of it (a sweep in a notebook):
-        the same is in ``metrics.jsonl``. Warnings are still shown, and so is a dataset's
-        preparation, the first time.
+        the same is in ``metrics.jsonl``. Warnings are still shown, among them what a
+        user is to know either way (a changed config, an earlier run's logs set aside), and
+        so is a dataset's preparation, the first time.
 
     Returns:
       The last evaluation's results (see :func:`yolojax.eval_lib.evaluate`), plus ``step``.
