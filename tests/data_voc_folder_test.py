@@ -19,6 +19,8 @@ from yolojax.data import (
     make_train_iterator,
     sources,
     voc_folder,
+    voc_layout,
+    voc_xml,
 )
 from yolojax.data.testing import VocImage, VocObject, write_voc_folder
 
@@ -69,11 +71,11 @@ def test_folder_without_image_sets_gets_a_seeded_90_10_split(tmp_path):
     ids = [f"img{index:02d}" for index in range(20)]
     images = [VocImage(image_id, 16, 16, [VocObject("x", (1, 1, 9, 9))]) for image_id in ids]
     folder = write_voc_folder(str(tmp_path / "f"), images)
-    splits = voc_folder.folder_splits(folder, split_seed=0)
+    splits = voc_layout.folder_splits(folder, split_seed=0)
     assert len(splits["train"]) == 18 and len(splits["validation"]) == 2
     assert sorted(splits["train"] + splits["validation"]) == ids
-    assert voc_folder.folder_splits(folder, split_seed=0) == splits
-    assert voc_folder.folder_splits(folder, split_seed=1)["validation"] != splits["validation"]
+    assert voc_layout.folder_splits(folder, split_seed=0) == splits
+    assert voc_layout.folder_splits(folder, split_seed=1)["validation"] != splits["validation"]
     # Evaluation then runs on it, and the training log calls its mAP so.
     config = default_data_config()
     config.source, config.folder = "voc_folder", folder
@@ -249,11 +251,11 @@ def test_difficult_and_truncated_read_true_and_yes_and_refuse_other_words(tmp_pa
         ("no", False),
     ]:
         annotate(word)
-        (obj,) = voc_folder.parse_annotation(xml).objects
+        (obj,) = voc_xml.parse_annotation(xml).objects
         assert (obj.difficult, obj.truncated) == (difficult, True), word
     annotate("maybe")  # was read as not difficult, silently
     with pytest.raises(voc_folder.BadDataError, match=r"<difficult> is 'maybe', not 0 or 1"):
-        voc_folder.parse_annotation(xml)
+        voc_xml.parse_annotation(xml)
 
 
 @pytest.mark.parametrize("names", ["mask,no-mask", ("mask,no-mask",)])
@@ -337,7 +339,7 @@ def test_xml_beside_images_in_one_folder_gets_the_90_10_split(tmp_path):
     images = [VocImage(image_id, 16, 16, [VocObject("x", (1, 1, 9, 9))]) for image_id in ids]
     voc = write_voc_folder(str(tmp_path / "voc"), images)
     folder = _beside(voc, tmp_path / "flat", dict.fromkeys(ids, ""))
-    splits = voc_folder.folder_splits(folder, split_seed=0)
+    splits = voc_layout.folder_splits(folder, split_seed=0)
     assert len(splits["train"]) == 18 and sorted(splits["train"] + splits["validation"]) == ids
     builder = _prepare(folder, tmp_path / "data")
     assert builder.info.splits["train"].num_examples == 18
@@ -379,10 +381,10 @@ def test_a_train_folder_alone_is_split_90_10_and_stray_xml_files_are_named(tmp_p
     voc = write_voc_folder(str(tmp_path / "voc"), images)
     folder = _beside(voc, tmp_path / "export", {**dict.fromkeys(ids[:9], "train"), ids[9]: ""})
     with pytest.raises(ValueError, match=r"both in split folders and beside them \(img09.xml\)"):
-        voc_folder.folder_splits(folder)
+        voc_layout.folder_splits(folder)
     os.rename(os.path.join(folder, "img09.xml"), os.path.join(folder, "train", "img09.xml"))
     os.rename(os.path.join(folder, "img09.jpg"), os.path.join(folder, "train", "img09.jpg"))
-    splits = voc_folder.folder_splits(folder)  # something to evaluate on
+    splits = voc_layout.folder_splits(folder)  # something to evaluate on
     assert len(splits["train"]) == 9 and len(splits["validation"]) == 1
     assert sorted(splits["train"] + splits["validation"]) == [f"train/{i}" for i in ids]
 
@@ -394,7 +396,7 @@ def test_an_emptied_valid_folder_says_train_is_split_instead(tmp_path, caplog):
     folder = _beside(voc, tmp_path / "export", dict.fromkeys(ids, "train"))
     os.makedirs(os.path.join(folder, "valid"))  # an export whose validation files are gone
     with caplog.at_level(logging.WARNING):
-        splits = voc_folder.folder_splits(folder)
+        splits = voc_layout.folder_splits(folder)
     assert len(splits["validation"]) == 1
     assert "valid/ holds no .xml files: 10% of train/ is held out for validation" in caplog.text
 
@@ -448,7 +450,7 @@ def test_images_both_trained_and_evaluated_on_are_warned_of(tmp_path, caplog):
     sets = {"train": ["a", "b"], "val": ["b", "c"], "trainval": ["a", "b", "c"], "test": ["d"]}
     folder = write_voc_folder(str(tmp_path / "f"), images, image_sets=sets)
     with caplog.at_level(logging.WARNING):
-        voc_folder.folder_splits(folder)
+        voc_layout.folder_splits(folder)
     assert len(caplog.records) == 1
     assert "1 image is in both train.txt and val.txt (b): evaluated on" in caplog.text
 
@@ -580,7 +582,7 @@ def test_images_in_train_and_test_files_are_warned_of(tmp_path, caplog):
     sets = {"train": ["a"], "trainval": ["a", "b"], "test": ["b", "c"]}
     folder = write_voc_folder(str(tmp_path / "f"), images, image_sets=sets)
     with caplog.at_level(logging.WARNING):
-        voc_folder.folder_splits(folder)
+        voc_layout.folder_splits(folder)
     assert "1 image is in both trainval.txt and test.txt (b)" in caplog.text
     assert "train.txt and test.txt" not in caplog.text
 
@@ -620,7 +622,7 @@ def test_annotated_images_in_no_split_file_are_warned_of(tmp_path, caplog):
     sets = {"train": ["a", "b"], "val": ["c"]}
     folder = write_voc_folder(str(tmp_path / "f"), images, image_sets=sets)
     with caplog.at_level(logging.WARNING):
-        voc_folder.folder_splits(folder)
+        voc_layout.folder_splits(folder)
     assert len(caplog.records) == 1
     assert "2 of the 5 images in Annotations/ are in no split file of ImageSets/Main (d, e)" in (
         caplog.text
@@ -628,5 +630,5 @@ def test_annotated_images_in_no_split_file_are_warned_of(tmp_path, caplog):
     caplog.clear()
     write_voc_folder(str(tmp_path / "g"), images, image_sets={**sets, "test": ["d", "e"]})
     with caplog.at_level(logging.WARNING):
-        voc_folder.folder_splits(str(tmp_path / "g"))
+        voc_layout.folder_splits(str(tmp_path / "g"))
     assert not caplog.records

@@ -12,7 +12,9 @@ folder itself or in split folders:
     folder/[train|valid|validation|val|test/]<name>.xml and <name>.jpg|.jpeg|.png
 
 Without split files or folders, the ids are split 90:10 into 'train' and 'validation' with a
-seeded random permutation (as the report did for its own datasets). Class names come from the XML
+seeded random permutation (as the report did for its own datasets): `voc_layout` finds the
+files and the splits, `voc_xml` reads each XML file, and this module checks each image against
+its annotation and builds the dataset. Class names come from the XML
 files (all names found, sorted) or from a given list. Boxes are stored normalized yxyx, VOC
 pixel coordinates divided by the image size, as TFDS `voc` does.
 
@@ -32,11 +34,8 @@ import functools
 import hashlib
 import io
 import logging
-import math
 import os
 import re
-import xml.etree.ElementTree as ElementTree
-from typing import NamedTuple
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -44,124 +43,21 @@ from PIL import Image, UnidentifiedImageError
 
 from yolojax import boxes as box_ops
 from yolojax.data.config import BAD_DATA_POLICIES
+from yolojax.data.voc_layout import (
+    annotation_ids,
+    find_image,
+    folder_splits,
+    folder_state,
+    xml_path_of,
+)
+from yolojax.data.voc_xml import BadDataError, ParsedObject, parse_annotation
 from yolojax.validation import check_choice
 
-# The extensions of _DECODABLE_FORMATS' files, looked for in lower, upper and title case
-# (a.jpg, a.JPG, a.Jpg) where an XML's image is found by its stem.
-_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "gif", "webp")
-_SPLIT_FILE_NAMES = {"train": "train", "val": "validation", "trainval": "trainval", "test": "test"}
-# Split folders of the XML-beside-image layout (Roboflow names its validation split 'valid').
-_SPLIT_FOLDER_NAMES = {
-    "train": "train",
-    "valid": "validation",
-    "validation": "validation",
-    "val": "validation",
-    "test": "test",
-}
-_VALIDATION_FRACTION = 0.1
 # Pillow's names for the formats tf.io.decode_image reads (MPO: multi-picture camera JPEGs).
 _DECODABLE_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP")
 _MAX_REPORTED_PROBLEMS = 5
 
 _logger = logging.getLogger(__name__)
-
-
-class BadDataError(ValueError):
-    """A file of a VOC-format folder is unusable; the message names the file and the problem."""
-
-
-class _Object(NamedTuple):
-    name: str
-    box: tuple[float, float, float, float]  # xmin, ymin, xmax, ymax in pixels
-    difficult: bool
-    truncated: bool
-
-
-class _Annotation(NamedTuple):
-    filename: str | None  # the <filename> element, if any
-    size: tuple[int, int] | None  # (width, height) from <size>, if any
-    objects: list[_Object]
-
-
-_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no", "")
-
-
-def _flag(xml_path: str, element: ElementTree.Element, tag: str) -> bool:
-    """``<difficult>`` or ``<truncated>``: 1/true/yes or 0/false/no (any case), else bad data."""
-    text = (element.findtext(tag) or "").strip().lower()
-    if text not in _TRUE + _FALSE:
-        raise BadDataError(f"{xml_path}: malformed XML (<{tag}> is {text!r}, not 0 or 1)")
-    return text in _TRUE
-
-
-def parse_annotation(xml_path: str) -> _Annotation:
-    """Reads one VOC XML file; raises BadDataError for anything unparseable."""
-    try:
-        root = ElementTree.parse(xml_path).getroot()
-    except (ElementTree.ParseError, OSError) as error:
-        raise BadDataError(f"{xml_path}: malformed XML ({error})") from error
-    size = None
-    if root.find("size") is not None:
-        try:
-            size = (int(root.findtext("size/width")), int(root.findtext("size/height")))
-        except (TypeError, ValueError) as error:
-            raise BadDataError(f"{xml_path}: malformed XML (<size> is not two integers)") from error
-    objects = []
-    for index, element in enumerate(root.findall("object")):
-        name = (element.findtext("name") or "").strip()
-        if not name:
-            raise BadDataError(f"{xml_path}: malformed XML (object {index} has no <name>)")
-        try:
-            box = tuple(
-                float(element.findtext(f"bndbox/{tag}")) for tag in ("xmin", "ymin", "xmax", "ymax")
-            )
-            if not all(map(math.isfinite, box)):  # 'nan' and 'inf' parse as floats
-                raise ValueError(box)
-        except (TypeError, ValueError) as error:
-            raise BadDataError(
-                f"{xml_path}: malformed XML (object {index} '{name}' lacks a finite numeric "
-                "<bndbox> xmin/ymin/xmax/ymax)"
-            ) from error
-        flags = (_flag(xml_path, element, tag) for tag in ("difficult", "truncated"))
-        objects.append(_Object(name, box, *flags))
-    filename = root.findtext("filename")
-    return _Annotation(filename.strip() if filename else None, size, objects)
-
-
-def _is_voc_layout(folder: str) -> bool:
-    return os.path.isdir(os.path.join(folder, "Annotations"))
-
-
-def _xml_path(folder: str, image_id: str) -> str:
-    """The XML file of ``image_id``: ``Annotations/<id>.xml``, or ``<id>.xml`` where the XML
-    lies beside its image (the id then includes a split folder: ``train/a``)."""
-    annotations = os.path.join(folder, "Annotations") if _is_voc_layout(folder) else folder
-    return os.path.join(annotations, image_id + ".xml")
-
-
-def _find_image(folder: str, image_id: str, annotation: _Annotation) -> str:
-    if _is_voc_layout(folder):
-        images, stem = os.path.join(folder, "JPEGImages"), image_id
-    else:  # beside its XML
-        images, stem = os.path.split(os.path.join(folder, image_id))
-    candidates = [
-        os.path.join(images, f"{stem}.{spelling}")
-        for ext in _IMAGE_EXTENSIONS
-        for spelling in (ext, ext.upper(), ext.title())
-    ]
-    if annotation.filename:
-        candidates.append(os.path.join(images, annotation.filename))
-    for path in candidates:
-        if os.path.isfile(path):
-            return path
-    where = os.path.relpath(images, folder)
-    first, *others, last = (f".{ext}" for ext in _IMAGE_EXTENSIONS)
-    named = f", and its <filename> {annotation.filename}" if annotation.filename else ""
-    raise BadDataError(
-        f"{_xml_path(folder, image_id)}: image not found (looked for "
-        f"{os.path.join(where, stem) if where != '.' else stem}{first}, {', '.join(others)} "
-        f"or {last}, in lower, upper or title case{named})"
-    )
 
 
 def _read_image(path: str) -> tuple[bytes, int, int]:
@@ -193,7 +89,7 @@ def _read_image(path: str) -> tuple[bytes, int, int]:
     return encoded, width, height
 
 
-def _check_object(xml_path: str, obj: _Object, width: int, height: int, class_names) -> None:
+def _check_object(xml_path: str, obj: ParsedObject, width: int, height: int, class_names) -> None:
     xmin, ymin, xmax, ymax = obj.box
     where = f"{xml_path}: object '{obj.name}' box (xmin={xmin:g}, ymin={ymin:g}, xmax={xmax:g}, "
     where += f"ymax={ymax:g})"
@@ -207,7 +103,7 @@ def _check_object(xml_path: str, obj: _Object, width: int, height: int, class_na
 
 def _example(folder: str, image_id: str, class_names: tuple[str, ...]) -> dict:
     """Builds one TFDS example; raises BadDataError for any problem with its files."""
-    xml_path = _xml_path(folder, image_id)
+    xml_path = xml_path_of(folder, image_id)
     try:
         image_id.encode("utf-8")
     except UnicodeEncodeError:
@@ -216,7 +112,7 @@ def _example(folder: str, image_id: str, class_names: tuple[str, ...]) -> dict:
     if not os.path.isfile(xml_path):
         raise BadDataError(f"{xml_path}: annotation file not found")
     annotation = parse_annotation(xml_path)
-    image_path = _find_image(folder, image_id, annotation)
+    image_path = find_image(folder, image_id, annotation)
     encoded, width, height = _read_image(image_path)
     if annotation.size is not None and annotation.size != (width, height):
         raise BadDataError(
@@ -240,174 +136,6 @@ def _example(folder: str, image_id: str, class_names: tuple[str, ...]) -> dict:
     }
 
 
-def _xml_stems(directory: str) -> list[str]:
-    return sorted(name[: -len(".xml")] for name in os.listdir(directory) if name.endswith(".xml"))
-
-
-def _split_folders(folder: str) -> dict[str, str]:
-    """Split folder name → split, for the XML-beside-image layout's split folders present."""
-    return {
-        name: split
-        for name, split in _SPLIT_FOLDER_NAMES.items()
-        if os.path.isdir(os.path.join(folder, name))
-    }
-
-
-def _split_folder_ids(folder: str) -> dict[str, list[str]]:
-    """Split → ids (``<split folder>/<stem>``) of the split folders' XML files."""
-    splits = {}
-    for name, split in _split_folders(folder).items():
-        splits.setdefault(split, []).extend(
-            f"{name}/{stem}" for stem in _xml_stems(os.path.join(folder, name))
-        )
-    return {split: ids for split, ids in splits.items() if ids}
-
-
-def _annotation_ids(folder: str) -> list[str]:
-    if _is_voc_layout(folder):
-        return _xml_stems(os.path.join(folder, "Annotations"))
-    ids = _xml_stems(folder) + sorted(
-        id_ for ids in _split_folder_ids(folder).values() for id_ in ids
-    )
-    if not ids:
-        raise ValueError(
-            f"config.data.folder={folder!r} has neither an Annotations/ directory (PASCAL VOC "
-            "layout) nor .xml files beside its images, in it or in train/, valid/ and test/ "
-            "folders (Roboflow's Pascal VOC export)"
-        )
-    return ids
-
-
-def _random_split(folder: str, ids: list[str], split_seed: int) -> dict[str, list[str]]:
-    """'train' and 'validation' ids, 90:10 by a seeded random permutation of ``ids``."""
-    if len(ids) < 2:
-        raise ValueError(
-            f"config.data.folder={folder!r}: need at least 2 annotated images, got {len(ids)}"
-        )
-    order = np.random.default_rng(split_seed).permutation(len(ids))
-    num_validation = max(1, round(_VALIDATION_FRACTION * len(ids)))
-    return {
-        "train": sorted(ids[i] for i in order[num_validation:]),
-        "validation": sorted(ids[i] for i in order[:num_validation]),
-    }
-
-
-def _split_folder_splits(folder: str, split_seed: int) -> dict[str, list[str]] | None:
-    """The split folders' splits (None without any); a train/ alone is split 90:10, so that
-    there is something to evaluate on."""
-    splits = _split_folder_ids(folder)
-    if not splits:
-        return None
-    stray = _xml_stems(folder)
-    if stray:  # they would be in no split
-        raise ValueError(
-            f"config.data.folder={folder!r} has .xml files both in split folders and beside them "
-            f"({', '.join(stray[:3])}{', ...' if len(stray) > 3 else ''}.xml): move those into "
-            "train/, valid/ or test/"
-        )
-    if set(splits) == {"train"}:
-        empty = [name for name in _split_folders(folder) if name != "train"]
-        if empty:  # an export's valid/ or test/ that lost its files, say
-            _logger.warning(
-                "%s: %s hold%s no .xml files: %.0f%% of train/ is held out for validation instead.",
-                folder,
-                " and ".join(f"{name}/" for name in empty),
-                "s" * (len(empty) == 1),
-                100 * _VALIDATION_FRACTION,
-            )
-        return _random_split(folder, splits["train"], split_seed)
-    return splits
-
-
-def folder_splits(folder: str, split_seed: int = 0) -> dict[str, list[str]]:
-    """Split name -> image ids: from ImageSets/Main/*.txt, else from split folders (train/,
-    valid/, test/), else a seeded 90:10 random split."""
-    main = os.path.join(folder, "ImageSets", "Main")
-    splits = {}
-    for file_name, split in _SPLIT_FILE_NAMES.items():
-        path = os.path.join(main, file_name + ".txt")
-        if os.path.isfile(path):
-            # surrogateescape: ids that are not UTF-8 stay equal to os.listdir's names.
-            with open(path, encoding="utf-8", errors="surrogateescape") as file:
-                splits[split] = [line.split()[0] for line in file if line.strip()]
-    if splits:
-        _check_split_files(main, splits)
-        _warn_of_unlisted_images(folder, splits)
-        return splits
-    if not _is_voc_layout(folder):
-        from_folders = _split_folder_splits(folder, split_seed)
-        if from_folders is not None:
-            return from_folders
-    return _random_split(folder, _annotation_ids(folder), split_seed)
-
-
-def _check_split_files(main: str, splits: dict[str, list[str]]) -> None:
-    """Refuses an empty split file (TFDS failed on one with a traceback); warns of images
-    both trained on and evaluated on."""
-    files = {split: f"{file_name}.txt" for file_name, split in _SPLIT_FILE_NAMES.items()}
-    for split, ids in splits.items():
-        if not ids:
-            raise ValueError(
-                f"{os.path.join(main, files[split])} lists no image: list the split's image "
-                "ids in it, one a line, or delete it."
-            )
-    # (VOC's trainval.txt is train.txt and val.txt together: that pair is meant to overlap.)
-    for trained, evaluated in (("train", "validation"), ("train", "test"), ("trainval", "test")):
-        both = sorted(set(splits.get(trained, ())) & set(splits.get(evaluated, ())))
-        if both:
-            _logger.warning(
-                "%s: %d image%s in both %s and %s (%s%s): evaluated on %s after training "
-                "on %s, the mAP measures images the model was trained on.",
-                main,
-                len(both),
-                " is" if len(both) == 1 else "s are",
-                files[trained],
-                files[evaluated],
-                ", ".join(both[:3]),
-                ", ..." if len(both) > 3 else "",
-                evaluated,
-                trained,
-            )
-
-
-def _warn_of_unlisted_images(folder: str, splits: dict[str, list[str]]) -> None:
-    """Warns of annotated images that no split file lists: images added to Annotations/ and
-    JPEGImages/ but not to train.txt were left out without a word. (VOC2012's Annotations/
-    also holds its other tasks' images, which Main/'s files rightly leave out.)"""
-    if not _is_voc_layout(folder):
-        return
-    listed = set().union(*splits.values())
-    annotated = _xml_stems(os.path.join(folder, "Annotations"))
-    unlisted = [image_id for image_id in annotated if image_id not in listed]
-    if unlisted:
-        _logger.warning(
-            "%s: %d of the %d images in Annotations/ are in no split file of ImageSets/Main "
-            "(%s%s): they are not used. To train or evaluate on them, add their ids to "
-            "train.txt or another split's file.",
-            folder,
-            len(unlisted),
-            len(annotated),
-            ", ".join(unlisted[:3]),
-            ", ..." if len(unlisted) > 3 else "",
-        )
-
-
-def _folder_state(folder: str) -> str:
-    """Hash of the folder's file names, sizes and times: another on any change."""
-    digest = hashlib.sha256()
-    subs = ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main"))
-    if not _is_voc_layout(folder):  # split files apply to this layout too
-        subs = (".", *_split_folders(folder), os.path.join("ImageSets", "Main"))
-    for sub in subs:
-        directory = os.path.join(folder, sub)
-        if os.path.isdir(directory):
-            for entry in sorted(os.scandir(directory), key=lambda entry: entry.name):
-                stat = entry.stat()
-                # fsencode: a name that is not UTF-8 still hashes (it is bad data later).
-                digest.update(os.fsencode(f"{sub}/{entry.name}:{stat.st_size}:{stat.st_mtime_ns};"))
-    return digest.hexdigest()[:16]
-
-
 def _with_skip_hint(error: BadDataError) -> BadDataError:
     """``error`` with what to do about it when the file cannot be fixed."""
     return BadDataError(f"{error}\n(--config.data.on_bad_data=skip leaves such images out.)")
@@ -416,9 +144,9 @@ def _with_skip_hint(error: BadDataError) -> BadDataError:
 def scan_class_names(folder: str, on_bad_data: str = "error") -> tuple[str, ...]:
     """Sorted names of every object class in the folder's XML files."""
     counts = collections.Counter()
-    for image_id in _annotation_ids(folder):
+    for image_id in annotation_ids(folder):
         try:
-            annotation = parse_annotation(_xml_path(folder, image_id))
+            annotation = parse_annotation(xml_path_of(folder, image_id))
         except BadDataError as error:
             if on_bad_data == "error":
                 raise _with_skip_hint(error) from None
@@ -442,7 +170,7 @@ def scan_class_names(folder: str, on_bad_data: str = "error") -> tuple[str, ...]
 
 @functools.lru_cache(maxsize=16)
 def _class_names_in(folder: str, on_bad_data: str, state: str) -> tuple[str, ...]:
-    """:func:`scan_class_names` once per folder ``state`` (:func:`_folder_state`) and
+    """:func:`scan_class_names` once per folder ``state`` (:func:`folder_state`) and
     process: each split a run opens, and each of its evaluations, names the folder again,
     and parsing every .xml file anew took seconds for a VOC-sized folder."""
     del state  # the cache's key: the folder as it is now
@@ -503,7 +231,7 @@ def voc_folder_config(
         raise ValueError(f"config.data.folder must be an existing directory, got {folder!r}")
     check_choice("config.data.on_bad_data", on_bad_data, BAD_DATA_POLICIES)
     folder = os.path.abspath(folder)
-    state = _folder_state(folder)
+    state = folder_state(folder)
     if class_names is None:
         class_names = _class_names_in(folder, on_bad_data, state)
     if isinstance(class_names, str) or any("," in name for name in class_names):

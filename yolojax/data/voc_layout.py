@@ -1,0 +1,237 @@
+"""Where a VOC-format folder's files lie, and which images make up each split.
+
+The layouts (docs/data.md): PASCAL VOC's own (Annotations/, JPEGImages/, ImageSets/Main/),
+or each XML beside its image, in the folder itself or in split folders (train/, valid/,
+test/). Splits come from ImageSets/Main/*.txt, else from the split folders, else from a
+seeded 90:10 random split of the annotated images.
+"""
+
+import hashlib
+import logging
+import os
+
+import numpy as np
+
+from yolojax.data.voc_xml import BadDataError, ParsedAnnotation
+
+# The extensions of the formats voc_folder reads (its _DECODABLE_FORMATS), looked for in
+# lower, upper and title case (a.jpg, a.JPG, a.Jpg) where an XML's image is found by its stem.
+_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "gif", "webp")
+_SPLIT_FILE_NAMES = {"train": "train", "val": "validation", "trainval": "trainval", "test": "test"}
+# Split folders of the XML-beside-image layout (Roboflow names its validation split 'valid').
+_SPLIT_FOLDER_NAMES = {
+    "train": "train",
+    "valid": "validation",
+    "validation": "validation",
+    "val": "validation",
+    "test": "test",
+}
+_VALIDATION_FRACTION = 0.1
+
+_logger = logging.getLogger(__name__)
+
+
+def _is_voc_layout(folder: str) -> bool:
+    return os.path.isdir(os.path.join(folder, "Annotations"))
+
+
+def xml_path_of(folder: str, image_id: str) -> str:
+    """The XML file of ``image_id``: ``Annotations/<id>.xml``, or ``<id>.xml`` where the XML
+    lies beside its image (the id then includes a split folder: ``train/a``)."""
+    annotations = os.path.join(folder, "Annotations") if _is_voc_layout(folder) else folder
+    return os.path.join(annotations, image_id + ".xml")
+
+
+def find_image(folder: str, image_id: str, annotation: ParsedAnnotation) -> str:
+    """The path of ``image_id``'s image: its stem with any image extension, in any case, or
+    the XML's ``<filename>``; raises BadDataError naming what was looked for."""
+    if _is_voc_layout(folder):
+        images, stem = os.path.join(folder, "JPEGImages"), image_id
+    else:  # beside its XML
+        images, stem = os.path.split(os.path.join(folder, image_id))
+    candidates = [
+        os.path.join(images, f"{stem}.{spelling}")
+        for ext in _IMAGE_EXTENSIONS
+        for spelling in (ext, ext.upper(), ext.title())
+    ]
+    if annotation.filename:
+        candidates.append(os.path.join(images, annotation.filename))
+    for path in candidates:
+        if os.path.isfile(path):
+            return path
+    where = os.path.relpath(images, folder)
+    first, *others, last = (f".{ext}" for ext in _IMAGE_EXTENSIONS)
+    named = f", and its <filename> {annotation.filename}" if annotation.filename else ""
+    raise BadDataError(
+        f"{xml_path_of(folder, image_id)}: image not found (looked for "
+        f"{os.path.join(where, stem) if where != '.' else stem}{first}, {', '.join(others)} "
+        f"or {last}, in lower, upper or title case{named})"
+    )
+
+
+def _xml_stems(directory: str) -> list[str]:
+    return sorted(name[: -len(".xml")] for name in os.listdir(directory) if name.endswith(".xml"))
+
+
+def _split_folders(folder: str) -> dict[str, str]:
+    """Split folder name → split, for the XML-beside-image layout's split folders present."""
+    return {
+        name: split
+        for name, split in _SPLIT_FOLDER_NAMES.items()
+        if os.path.isdir(os.path.join(folder, name))
+    }
+
+
+def _split_folder_ids(folder: str) -> dict[str, list[str]]:
+    """Split → ids (``<split folder>/<stem>``) of the split folders' XML files."""
+    splits = {}
+    for name, split in _split_folders(folder).items():
+        splits.setdefault(split, []).extend(
+            f"{name}/{stem}" for stem in _xml_stems(os.path.join(folder, name))
+        )
+    return {split: ids for split, ids in splits.items() if ids}
+
+
+def annotation_ids(folder: str) -> list[str]:
+    if _is_voc_layout(folder):
+        return _xml_stems(os.path.join(folder, "Annotations"))
+    ids = _xml_stems(folder) + sorted(
+        id_ for ids in _split_folder_ids(folder).values() for id_ in ids
+    )
+    if not ids:
+        raise ValueError(
+            f"config.data.folder={folder!r} has neither an Annotations/ directory (PASCAL VOC "
+            "layout) nor .xml files beside its images, in it or in train/, valid/ and test/ "
+            "folders (Roboflow's Pascal VOC export)"
+        )
+    return ids
+
+
+def _random_split(folder: str, ids: list[str], split_seed: int) -> dict[str, list[str]]:
+    """'train' and 'validation' ids, 90:10 by a seeded random permutation of ``ids``."""
+    if len(ids) < 2:
+        raise ValueError(
+            f"config.data.folder={folder!r}: need at least 2 annotated images, got {len(ids)}"
+        )
+    order = np.random.default_rng(split_seed).permutation(len(ids))
+    num_validation = max(1, round(_VALIDATION_FRACTION * len(ids)))
+    return {
+        "train": sorted(ids[i] for i in order[num_validation:]),
+        "validation": sorted(ids[i] for i in order[:num_validation]),
+    }
+
+
+def _split_folder_splits(folder: str, split_seed: int) -> dict[str, list[str]] | None:
+    """The split folders' splits (None without any); a train/ alone is split 90:10, so that
+    there is something to evaluate on."""
+    splits = _split_folder_ids(folder)
+    if not splits:
+        return None
+    stray = _xml_stems(folder)
+    if stray:  # they would be in no split
+        raise ValueError(
+            f"config.data.folder={folder!r} has .xml files both in split folders and beside them "
+            f"({', '.join(stray[:3])}{', ...' if len(stray) > 3 else ''}.xml): move those into "
+            "train/, valid/ or test/"
+        )
+    if set(splits) == {"train"}:
+        empty = [name for name in _split_folders(folder) if name != "train"]
+        if empty:  # an export's valid/ or test/ that lost its files, say
+            _logger.warning(
+                "%s: %s hold%s no .xml files: %.0f%% of train/ is held out for validation instead.",
+                folder,
+                " and ".join(f"{name}/" for name in empty),
+                "s" * (len(empty) == 1),
+                100 * _VALIDATION_FRACTION,
+            )
+        return _random_split(folder, splits["train"], split_seed)
+    return splits
+
+
+def folder_splits(folder: str, split_seed: int = 0) -> dict[str, list[str]]:
+    """Split name -> image ids: from ImageSets/Main/*.txt, else from split folders (train/,
+    valid/, test/), else a seeded 90:10 random split."""
+    main = os.path.join(folder, "ImageSets", "Main")
+    splits = {}
+    for file_name, split in _SPLIT_FILE_NAMES.items():
+        path = os.path.join(main, file_name + ".txt")
+        if os.path.isfile(path):
+            # surrogateescape: ids that are not UTF-8 stay equal to os.listdir's names.
+            with open(path, encoding="utf-8", errors="surrogateescape") as file:
+                splits[split] = [line.split()[0] for line in file if line.strip()]
+    if splits:
+        _check_split_files(main, splits)
+        _warn_of_unlisted_images(folder, splits)
+        return splits
+    if not _is_voc_layout(folder):
+        from_folders = _split_folder_splits(folder, split_seed)
+        if from_folders is not None:
+            return from_folders
+    return _random_split(folder, annotation_ids(folder), split_seed)
+
+
+def _check_split_files(main: str, splits: dict[str, list[str]]) -> None:
+    """Refuses an empty split file (TFDS failed on one with a traceback); warns of images
+    both trained on and evaluated on."""
+    files = {split: f"{file_name}.txt" for file_name, split in _SPLIT_FILE_NAMES.items()}
+    for split, ids in splits.items():
+        if not ids:
+            raise ValueError(
+                f"{os.path.join(main, files[split])} lists no image: list the split's image "
+                "ids in it, one a line, or delete it."
+            )
+    # (VOC's trainval.txt is train.txt and val.txt together: that pair is meant to overlap.)
+    for trained, evaluated in (("train", "validation"), ("train", "test"), ("trainval", "test")):
+        both = sorted(set(splits.get(trained, ())) & set(splits.get(evaluated, ())))
+        if both:
+            _logger.warning(
+                "%s: %d image%s in both %s and %s (%s%s): evaluated on %s after training "
+                "on %s, the mAP measures images the model was trained on.",
+                main,
+                len(both),
+                " is" if len(both) == 1 else "s are",
+                files[trained],
+                files[evaluated],
+                ", ".join(both[:3]),
+                ", ..." if len(both) > 3 else "",
+                evaluated,
+                trained,
+            )
+
+
+def _warn_of_unlisted_images(folder: str, splits: dict[str, list[str]]) -> None:
+    """Warns of annotated images that no split file lists: images added to Annotations/ and
+    JPEGImages/ but not to train.txt were left out without a word. (VOC2012's Annotations/
+    also holds its other tasks' images, which Main/'s files rightly leave out.)"""
+    if not _is_voc_layout(folder):
+        return
+    listed = set().union(*splits.values())
+    annotated = _xml_stems(os.path.join(folder, "Annotations"))
+    unlisted = [image_id for image_id in annotated if image_id not in listed]
+    if unlisted:
+        _logger.warning(
+            "%s: %d of the %d images in Annotations/ are in no split file of ImageSets/Main "
+            "(%s%s): they are not used. To train or evaluate on them, add their ids to "
+            "train.txt or another split's file.",
+            folder,
+            len(unlisted),
+            len(annotated),
+            ", ".join(unlisted[:3]),
+            ", ..." if len(unlisted) > 3 else "",
+        )
+
+
+def folder_state(folder: str) -> str:
+    """Hash of the folder's file names, sizes and times: another on any change."""
+    digest = hashlib.sha256()
+    subs = ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main"))
+    if not _is_voc_layout(folder):  # split files apply to this layout too
+        subs = (".", *_split_folders(folder), os.path.join("ImageSets", "Main"))
+    for sub in subs:
+        directory = os.path.join(folder, sub)
+        if os.path.isdir(directory):
+            for entry in sorted(os.scandir(directory), key=lambda entry: entry.name):
+                stat = entry.stat()
+                # fsencode: a name that is not UTF-8 still hashes (it is bad data later).
+                digest.update(os.fsencode(f"{sub}/{entry.name}:{stat.st_size}:{stat.st_mtime_ns};"))
+    return digest.hexdigest()[:16]
