@@ -427,7 +427,7 @@ def test_a_bug_in_a_save_is_not_reported_as_a_full_disk(tmp_path, monkeypatch):
 
 
 def test_a_checkpoint_saved_without_checksums_still_restores(tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpoints, "_checksums", lambda tree: {})  # as before they existed
+    monkeypatch.setattr(checkpoints, "array_checksums", lambda tree: {})  # as before they existed
     _save_steps(tmp_path, [1])
     monkeypatch.undo()
     manager = checkpoints.Checkpoints(tmp_path, SIGNATURE)
@@ -450,14 +450,14 @@ def test_a_checkpoint_the_machine_refuses_to_read_is_not_skipped_as_damaged(
     # Skipped, the good checkpoint 2 gave way to 1, and the resumed run set it aside as it
     # saved step 2 again: its steps were lost to a full memory or a permissions problem.
     _save_steps(tmp_path, [1, 2])
-    restore = checkpoints._restore_by_name
+    restore = checkpoints.restore_by_name
 
     def refuse_step_2(manager, step, *args, **kwargs):
         if step == 2:
             raise refusal
         return restore(manager, step, *args, **kwargs)
 
-    monkeypatch.setattr(checkpoints, "_restore_by_name", refuse_step_2)
+    monkeypatch.setattr(checkpoints, "restore_by_name", refuse_step_2)
     manager = checkpoints.Checkpoints(tmp_path, SIGNATURE)
     with pytest.raises(errors.MachineError) as error:
         manager.restore(_state(0))
