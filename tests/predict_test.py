@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 
 from configs import folder, shapes, voc
 from tests import tiny
-from yolojax import checkpoints, errors, predict, train_lib
+from yolojax import checkpoints, drawings, errors, predict, train_lib
 from yolojax.config import load_run_config
 from yolojax.data import synthetic_shapes
 from yolojax.detector import Detector, ImageDetections
@@ -337,7 +337,7 @@ def test_a_jpeg_photos_drawing_is_a_sharp_jpeg_and_any_other_images_a_lossless_p
     assert [record[path]["drawing"] for path in paths] == ["photo.jpg", "scan.png"]
     for path, fmt in zip(paths, ("JPEG", "PNG"), strict=True):
         image = predict.read_image(path)
-        expected = np.asarray(predict.draw_detections(image, detector(image)), np.float32)
+        expected = np.asarray(drawings.draw_detections(image, detector(image)), np.float32)
         with Image.open(tmp_path / "out" / record[path]["drawing"]) as written:
             assert written.format == fmt
             error = np.abs(np.asarray(written, np.float32) - expected)
@@ -839,10 +839,10 @@ def test_a_label_at_the_right_edge_is_drawn_inside_the_image():
         labels=np.array([0]),
         class_names=["cat"],
     )
-    canvas = predict.draw_detections(np.zeros((20, 100, 3), np.uint8), detections)
+    canvas = drawings.draw_detections(np.zeros((20, 100, 3), np.uint8), detections)
     # The label's box ("cat 0.50", filled with the class colour) started at the box's left
     # edge, x = 90, and was cut off at 100; now it ends there.
-    assert canvas.getpixel((99, 4)) == canvas.getpixel((70, 4)) == predict.class_color(0)
+    assert canvas.getpixel((99, 4)) == canvas.getpixel((70, 4)) == drawings.class_color(0)
 
 
 def test_labels_are_the_pixels_pillow_draws_in_place():
@@ -862,7 +862,7 @@ def test_labels_are_the_pixels_pillow_draws_in_place():
     in_place = Image.fromarray(image)
     draw = ImageDraw.Draw(in_place)
     for box, score, label, name in reversed(list(zip(*detections, strict=True))):
-        color = predict.class_color(int(label))
+        color = drawings.class_color(int(label))
         draw.rectangle(box.tolist(), outline=color, width=2)
         left, top = box[0], max(box[1] - 12, 0)
         text_box = draw.textbbox((left, top), f"{name} {score:.2f}")
@@ -871,10 +871,10 @@ def test_labels_are_the_pixels_pillow_draws_in_place():
             text_box = draw.textbbox((left, top), f"{name} {score:.2f}")
         draw.rectangle(text_box, fill=color)
         draw.text((left, top), f"{name} {score:.2f}", fill=(0, 0, 0))
-    drawn = predict.draw_detections(image, detections)
+    drawn = drawings.draw_detections(image, detections)
     for _ in range(2):  # the tiles rendered now, then reused
         np.testing.assert_array_equal(np.asarray(drawn), np.asarray(in_place))
-        drawn = predict.draw_detections(image, detections)
+        drawn = drawings.draw_detections(image, detections)
 
 
 def test_of_two_classes_found_on_one_box_the_better_is_drawn_on_top():
@@ -885,9 +885,9 @@ def test_of_two_classes_found_on_one_box_the_better_is_drawn_on_top():
         labels=np.array([3, 1]),
         class_names=["star", "rectangle"],
     )
-    canvas = predict.draw_detections(np.zeros((60, 100, 3), np.uint8), detections)
+    canvas = drawings.draw_detections(np.zeros((60, 100, 3), np.uint8), detections)
     # The label's box above the detection's top edge, and the edge itself.
-    assert canvas.getpixel((12, 20)) == canvas.getpixel((50, 30)) == predict.class_color(3)
+    assert canvas.getpixel((12, 20)) == canvas.getpixel((50, 30)) == drawings.class_color(3)
 
 
 def test_a_classes_json_that_is_no_list_of_names_is_named(tmp_path):
