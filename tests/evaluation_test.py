@@ -150,6 +150,23 @@ def test_at_a_threshold_of_zero_only_overlapping_boxes_match(det, plus_one, expe
     assert results["AP_area"][0] == pytest.approx(expected_ap)
 
 
+def test_plus_one_refuses_normalized_boxes():
+    # Boxes 0.02 apart: with a pixel added to each width (0.2 + 1) they overlap by 0.98 a
+    # side, IoU 0.98**2 / (2 * 1.2**2 - 0.98**2) = 0.5003, an mAP of 1 for a miss.
+    evaluator = VOCEvaluator(1, plus_one=True)
+    with pytest.raises(ValueError, match=r"plus_one=True takes pixel boxes.*normalized_yxyx_to_p"):
+        evaluator.add([[0.1, 0.1, 0.3, 0.3]], [0], None, [[0.32, 0.32, 0.52, 0.52]], [0.9], [0])
+    assert evaluator.num_images == 0
+    # Without plus_one they are scored as they are: no overlap, AP 0.
+    evaluator = VOCEvaluator(1, plus_one=False)
+    evaluator.add([[0.1, 0.1, 0.3, 0.3]], [0], None, [[0.32, 0.32, 0.52, 0.52]], [0.9], [0])
+    assert evaluator.compute()["mAP"] == 0.0
+    # Whole pixel coordinates within [0, 1] are pixels: a point annotated at the corner.
+    evaluator = VOCEvaluator(1, plus_one=True)
+    evaluator.add([[0, 0, 1, 1]], [0], None, [[0, 0, 1, 1]], [0.9], [0])
+    assert evaluator.compute()["mAP"] == 1.0
+
+
 @pytest.mark.parametrize("plus_one, expected_ap", [(False, 0.0), (True, 1.0)])
 def test_plus_one_pixel_convention(plus_one, expected_ap):
     # gt [0,0,5,5], det [2,0,7,5]. Without +1: 3*5 / (25 + 25 - 15) = .43 -> not a match.

@@ -230,6 +230,20 @@ def test_nms_refuses_logits_for_scores():
     assert kept.valid.sum() == 2
 
 
+def test_nms_refuses_boxes_in_another_format():
+    # [x, y, w, h] boxes of two near-duplicates: as corners they have no area and no IoU,
+    # so both were kept, with no suppression and no word.
+    xywh = np.array([[100.0, 100.0, 50.0, 50.0], [102.0, 101.0, 50.0, 50.0]])
+    scores = np.array([[0.9], [0.8]])
+    with pytest.raises(ValueError, match=r"2 have a max below their min.*\[x, y, w, h\]"):
+        postprocess.nms(xywh, scores)
+    # The same boxes as corners: one suppresses the other.
+    corners = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+    assert int(postprocess.nms(corners, scores).valid.sum()) == 1
+    # Under jit the boxes are not known: nothing to check, and nothing fails.
+    assert int(jax.jit(postprocess.nms)(corners, scores).valid.sum()) == 1
+
+
 def test_detect_with_its_defaults_finds_what_evaluation_finds():
     # The README's library example calls detect with its defaults: its detections are the
     # ones evaluate.py scores (config.eval's settings).

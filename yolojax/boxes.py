@@ -198,7 +198,9 @@ def elementwise_iou(boxes1, boxes2):
       boxes2: ``[..., 4]`` boxes broadcastable against ``boxes1``.
 
     Returns:
-      ``[...]`` IoU in [0, 1]; 0 where both boxes are empty.
+      ``[...]`` IoU in [0, 1]; 0 where both boxes are empty. An inverted box (a max below
+      its min: another format, such as [x, y, w, h]; :func:`inverted` finds them) has area
+      0 and IoU 0 with every box.
     """
     boxes1 = _boxes(boxes1, "boxes1", real=True)
     boxes2 = _boxes(boxes2, "boxes2", real=True)
@@ -220,7 +222,8 @@ def pairwise_iou(boxes1, boxes2):
       boxes2: ``[M, 4]`` boxes in the same format and unit.
 
     Returns:
-      ``[N, M]`` IoU matrix in [0, 1].
+      ``[N, M]`` IoU matrix in [0, 1]; an inverted box's row or column is 0, as in
+      :func:`elementwise_iou`.
     """
     boxes1 = _boxes(boxes1, "boxes1", real=True)
     boxes2 = _boxes(boxes2, "boxes2", real=True)

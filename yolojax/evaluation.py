@@ -49,7 +49,8 @@ PRED_BOX_SLACK = 0.5
 class VOCEvaluator:
     """Accumulates detections and ground truth image by image; computes per-class AP and mAP.
 
-    Boxes are `[xmin, ymin, xmax, ymax]` (xyxy) in any consistent unit, pixels for VOC.
+    Boxes are `[xmin, ymin, xmax, ymax]` (xyxy) in any consistent unit, pixels for VOC (and
+    with `plus_one`, which adds a pixel to each width and height).
 
     Ties. Equal scores keep the order in which detections were added (images in the order of
     the `add` calls, then the order within each image), as VOCevaldet.m's stable `sort` keeps
@@ -123,6 +124,8 @@ class VOCEvaluator:
             "pred_boxes", _shaped("pred_boxes", pred_boxes, (None, 4), "(P, 4)")
         )
         _check_same_units(gt_boxes, pred_boxes)
+        if self.plus_one:
+            _check_pixels_for_plus_one(gt_boxes, pred_boxes)
         per_gt, per_pred = (len(gt_boxes),), (len(pred_boxes),)
         if gt_difficult is None:
             gt_difficult = np.zeros(per_gt, bool)
@@ -482,6 +485,24 @@ def _check_same_units(gt_boxes, pred_boxes) -> None:
                 "(yolojax.normalized_yxyx_to_pixel_xyxy(boxes, height, width) converts "
                 "normalized yxyx boxes)."
             )
+
+
+def _check_pixels_for_plus_one(gt_boxes, pred_boxes) -> None:
+    """Refuses normalized boxes with ``plus_one``: a pixel added to each width and height of
+    boxes within [0, 1] makes every pair overlap (boxes 0.6 apart at IoU 0.14), which would
+    inflate the mAP silently. Boxes within [0, 1] whose coordinates are all whole numbers
+    are pixel boxes at the corner (an annotated point), which the convention is for."""
+    boxes = np.concatenate([gt_boxes, pred_boxes])
+    if not gt_boxes.size or boxes.max() > 1.0 + box_ops.NORMALIZED_SLACK:
+        return
+    if (boxes != np.round(boxes)).any():
+        raise ValueError(
+            "plus_one=True takes pixel boxes (it adds a pixel to each width and height, the "
+            "devkit's convention for integer pixel coordinates), but these boxes are all "
+            "within [0, 1] (normalized), where every pair would overlap: convert them with "
+            "yolojax.normalized_yxyx_to_pixel_xyxy(boxes, height, width), or pass "
+            "plus_one=False."
+        )
 
 
 def _finite(name, array):

@@ -116,6 +116,23 @@ def _check_probabilities(scores) -> None:
         )
 
 
+def _check_corners(boxes) -> None:
+    """Refuses boxes with a max below their min where they are known (outside jit and vmap):
+    boxes in another format, such as [x, y, w, h], have no area, so no box would suppress
+    another."""
+    try:
+        boxes = np.asarray(boxes)
+    except jax.errors.TracerArrayConversionError:
+        return
+    inverted = box_ops.inverted(boxes)
+    if inverted.any():
+        raise ValueError(
+            f"boxes must be [ymin, xmin, ymax, xmax] corners; {int(inverted.sum())} have a max "
+            f"below their min, such as {boxes[inverted][0].tolist()}: boxes in another format, "
+            "such as [x, y, w, h]? Convert them to corners first."
+        )
+
+
 def _check_nms_args(score_threshold, iou_threshold, max_detections, pre_nms_top_k) -> None:
     check_threshold("score_threshold", score_threshold)
     check_threshold("iou_threshold", iou_threshold)
@@ -167,6 +184,7 @@ def nms(
         )
     _check_nms_args(score_threshold, iou_threshold, max_detections, pre_nms_top_k)
     _check_probabilities(scores)
+    _check_corners(boxes)
     num_candidates = scores.shape[0] * scores.shape[1]
     if num_candidates == 0:  # no boxes: no detections (top_k needs at least one)
         return Detections(  # the dtypes of the general case's jnp.where(..., 0.0)
