@@ -31,3 +31,30 @@ def test_configs_models_and_train_step_import_without_tensorflow_and_pipeline_im
     assert "loaded: []" in result.stdout, result.stdout
     assert "after pipeline: True" in result.stdout, result.stdout
     assert "Detector: True" in result.stdout, result.stdout  # yolojax.Detector, on first use
+
+
+_NAMED = """
+import sys
+import yolojax
+loaded = lambda: ("yolojax.train_lib" in sys.modules, "tensorflow" in sys.modules)
+print("after import:", loaded())
+restore = yolojax.train_lib.restore_trained_state  # as the README and messages name it
+print("after naming:", loaded(), restore.__module__)
+print("listed:", {"Detector", "train_lib", "config"} <= set(dir(yolojax)))
+try:
+    yolojax.no_such_module
+except AttributeError as error:
+    print("unknown:", error)
+"""
+
+
+def test_the_modules_the_docs_name_load_when_first_named():
+    # `import yolojax` then `yolojax.train_lib....` (the README, error messages) raised
+    # AttributeError unless something had imported the module first.
+    result = subprocess.run(
+        [sys.executable, "-c", _NAMED], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert "after import: (False, False)" in result.stdout, result.stdout
+    assert "after naming: (True, False) yolojax.train_lib" in result.stdout, result.stdout
+    assert "listed: True" in result.stdout, result.stdout
+    assert "unknown: module 'yolojax' has no attribute 'no_such_module'" in result.stdout

@@ -6,6 +6,10 @@ in their modules (``yolojax.trainer``, ``yolojax.data``, ``yolojax.detector``);
 ``yolojax.Detector`` is inference's, imported (with TensorFlow) when first used.
 """
 
+import importlib
+import importlib.util
+import pkgutil
+
 from yolojax import cpu_backend
 from yolojax.boxes import (
     box_area,
@@ -21,7 +25,7 @@ from yolojax.boxes import (
 from yolojax.evaluation import VOCEvaluator
 from yolojax.losses import yolo_loss
 from yolojax.models import BACKBONES, HEADS, YOLO, get_classifier, get_model
-from yolojax.postprocess import Detections, decode, detect, nms
+from yolojax.postprocess import Detections, decode, detect, nms, pixel_detections
 from yolojax.targets import encode, encode_batch
 
 # XLA reads its flags once, when JAX first starts a backend; importing the modules above
@@ -38,7 +42,16 @@ def __getattr__(name: str):
         from yolojax.detector import Detector
 
         return Detector
+    # The other modules the docs name as yolojax.train_lib, yolojax.config, ...: imported
+    # when first named, for the same reason.
+    if not name.startswith("_") and importlib.util.find_spec(f"yolojax.{name}") is not None:
+        return importlib.import_module(f"yolojax.{name}")
     raise AttributeError(f"module 'yolojax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    modules = (module.name for module in pkgutil.iter_modules(__path__))
+    return sorted({*globals(), "Detector", *(name for name in modules if name[0] != "_")})
 
 
 __all__ = [
@@ -59,6 +72,7 @@ __all__ = [
     "nms",
     "normalized_yxyx_to_pixel_xyxy",
     "pairwise_iou",
+    "pixel_detections",
     "pixel_xyxy_to_normalized_yxyx",
     "xyxy_to_yxyx",
     "yolo_loss",

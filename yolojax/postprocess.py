@@ -265,8 +265,8 @@ def pixel_detections(
     """Each image's real detections, their boxes in its pixels.
 
     Args:
-      detections: a batch's :class:`Detections` (leading shape ``(N, K)``), on the host
-        (``jax.device_get``).
+      detections: a batch's :class:`Detections` (leading shape ``(N, K)``), as
+        :func:`detect` gives them (on the device or the host).
       heights, widths: ``(N,)`` each image's size in pixels.
 
     Returns:
@@ -277,8 +277,9 @@ def pixel_detections(
     boxes = box_ops.normalized_yxyx_to_pixel_xyxy(
         np.asarray(detections.boxes, np.float64), heights, widths
     )
+    scores, labels = np.asarray(detections.scores), np.asarray(detections.labels)
     return [
-        (boxes[row][valid], detections.scores[row][valid], detections.labels[row][valid])
+        (boxes[row][valid], scores[row][valid], labels[row][valid])
         for row, valid in enumerate(np.asarray(detections.valid))
     ]
 
