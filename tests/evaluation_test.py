@@ -435,6 +435,22 @@ def test_perfect_detections_score_exactly_one():
     assert results["mAP_11point"] == 1.0 and results["mAP_area"] == 1.0
 
 
+def test_add_normalized_batch_takes_no_difficult_flags_as_add_does():
+    batch = normalized_batch((40, 4))
+    evaluator = VOCEvaluator(1, iou_threshold=0.55, plus_one=True)
+    evaluator.add_normalized_batch(**{**batch, "gt_difficult": None})
+    # The one real ground truth counts as a positive, matched as with explicit flags.
+    assert evaluator.compute()["num_positives"].tolist() == [1]
+    assert evaluator.compute()["mAP"] == 1.0
+
+
+def test_summary_of_another_evaluators_results_is_refused():
+    three = VOCEvaluator(3)
+    three.add(*image(gts=[(A, 2)], dets=[(A, 0.9, 2)]))
+    with pytest.raises(ValueError, match=r"results hold 3 classes, but this evaluator has num_"):
+        VOCEvaluator(2).summary(three.compute())
+
+
 def test_summary_lists_classes_by_name():
     evaluator = VOCEvaluator(2, class_names=["cat", "dog"])
     evaluator.add(*image(gts=[(A, 0)], dets=[(A, 0.9, 0)]))

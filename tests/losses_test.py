@@ -128,6 +128,9 @@ def test_mismatched_shapes_name_the_problem():
         losses.yolo_loss(pred, target[..., :-1], num_classes=C)
     with pytest.raises(ValueError, match="C \\+ 5B"):
         losses.yolo_loss(pred, target, num_classes=C, num_boxes=3)
+    # The arguments swapped: the targets' channels are a model's, and the message says so.
+    with pytest.raises(ValueError, match=r"Swapped\? yolo_loss takes the model's outputs first"):
+        losses.yolo_loss(target, pred, num_classes=C)
 
 
 def test_a_negative_weight_is_refused_as_the_configs_is():

@@ -169,6 +169,11 @@ def test_a_whole_run_config_for_the_model_config_is_named_as_such():
         models.get_model(default_config())
 
 
+def test_a_backbone_name_for_the_model_config_says_what_to_pass():
+    with pytest.raises(ValueError, match=r"such as \{'backbone': 'resnet18'\} or config.model"):
+        models.get_model("resnet18")
+
+
 def test_unknown_names_list_the_valid_ones():
     with pytest.raises(ValueError, match="resnet152"):
         models.get_model(_model_config(backbone="resnet200"))

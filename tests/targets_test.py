@@ -105,6 +105,9 @@ def test_an_image_without_boxes_encodes_to_an_empty_grid():
         np.zeros((2, 0, 4)), np.zeros((2, 0), int), np.zeros((2, 0), bool), **kwargs
     )
     assert batch.shape == (2, 4, 4, 8) and not np.any(batch)
+    # Plain empty lists, as for an image without boxes in VOCEvaluator.add: [] has no type,
+    # and was refused as float class ids.
+    assert not np.any(targets.encode([], [], grid_size=4, num_classes=3))
 
 
 def test_bad_shapes_raise_before_tracing():

@@ -73,7 +73,8 @@ def normalized_yxyx_to_pixel_xyxy(boxes, height, width):
     """``[..., 4]`` normalized yxyx → ``[..., 4]`` xyxy in pixels of a ``height × width`` image.
 
     ``height`` and ``width`` are positive numbers, or arrays broadcastable to
-    ``boxes[..., 0]`` (one image size per box). The result has the dtype the product
+    ``boxes[..., 0]`` (one image size per box); NumPy sizes are
+    checked, JAX ones (which may be traced) are not. The result has the dtype the product
     promotes to (float32 boxes times Python ints are float64 in NumPy).
     """
     boxes = _boxes(boxes, "boxes")
@@ -86,7 +87,8 @@ def pixel_xyxy_to_normalized_yxyx(boxes, height, width):
     yxyx (the inverse of :func:`normalized_yxyx_to_pixel_xyxy`).
 
     ``height`` and ``width`` are positive numbers, or arrays broadcastable to
-    ``boxes[..., 0]`` (one image size per box). Integer boxes become float64 (NumPy) or
+    ``boxes[..., 0]`` (one image size per box); NumPy sizes are
+    checked, JAX ones (which may be traced) are not. Integer boxes become float64 (NumPy) or
     float32 (JAX).
     """
     boxes = _boxes(boxes, "boxes", real=True)

@@ -62,7 +62,10 @@ class Detector:
       variables: its ``{'params': ..., 'batch_stats': ...}`` (no batch_stats for GroupNorm
         models; :func:`yolojax.train_lib.model_variables` of a train state).
       config: the run config: the grid and classes (``config.model``), the input size and
-        normalization (``config.data``), NMS's settings (``config.eval``).
+        normalization (``config.data``), NMS's settings (``config.eval``). The run's own
+        (:func:`yolojax.config.load_run_config`): the variables cannot tell the input size
+        or normalization they were trained with, and another detects worse without an
+        error. :meth:`from_workdir` checks them against the checkpoint.
       class_names: ``config.model.num_classes`` names, in label order (any number for a
         config's ``num_classes=0``, "as many as the dataset has").
       score_threshold: detections scored below it are dropped; higher than evaluation's

@@ -63,6 +63,7 @@ class VOCEvaluator:
     Args:
       num_classes: number of classes C; labels are in [0, C).
       iou_threshold: a detection matches when its IoU is at least this (as `VOCevaldet.m`).
+        Not `config.eval.iou_threshold`, which is NMS's (0.45); VOC's matching is at 0.5.
       use_07_metric: which AP `compute()` reports as 'AP' / 'mAP': the VOC2007 11-point
         average (True) or the VOC2010+ area under the precision envelope (False). Both are
         always returned under their own keys as well.
@@ -170,7 +171,7 @@ class VOCEvaluator:
           gt_boxes: (..., M, 4) normalized [ymin, xmin, ymax, xmax] ground truth, finite,
             in [0, 1] (± 1e-3 for rounding).
           gt_labels: (..., M) integer class ids.
-          gt_difficult: (..., M) bool difficult flags.
+          gt_difficult: (..., M) bool difficult flags; None: none is.
           gt_mask: (..., M) bool, True for real ground-truth boxes.
           pred_boxes: (..., K, 4) normalized [ymin, xmin, ymax, xmax] detections, finite,
             in [-0.5, 1.5] (past the image by up to half its size; beyond, they are taken
@@ -188,6 +189,8 @@ class VOCEvaluator:
         pred_boxes = _shaped("pred_boxes", pred_boxes, (*batch, None, 4), "(..., K, 4)")
         per_gt, per_pred = (*batch, gt_boxes.shape[-2]), (*batch, pred_boxes.shape[-2])
         gt_labels = _shaped("gt_labels", gt_labels, per_gt, "(..., M) like gt_boxes")
+        if gt_difficult is None:
+            gt_difficult = np.zeros(per_gt, bool)
         gt_difficult = _shaped("gt_difficult", gt_difficult, per_gt, "(..., M) like gt_boxes")
         gt_mask = check_flags("gt_mask", _shaped("gt_mask", gt_mask, per_gt, "(..., M)"))
         pred_scores = _shaped("pred_scores", pred_scores, per_pred, "(..., K) like pred_boxes")
@@ -297,6 +300,11 @@ class VOCEvaluator:
         """A text table of per-class AP (both metrics) and positives, from ``results`` of
         `compute()` (computed now when not given)."""
         results = self.compute() if results is None else results
+        if len(results["AP_area"]) != self.num_classes:
+            raise ValueError(
+                f"results hold {len(results['AP_area'])} classes, but this evaluator has "
+                f"num_classes={self.num_classes}: pass the results of its own compute()."
+            )
         names = self.class_names or [str(label) for label in range(self.num_classes)]
         width = max(len(name) for name in [*names, "mAP"])
         lines = [f"{'class':<{width}}  AP07-11pt  AP-area  positives"]

@@ -42,9 +42,17 @@ def _check_loss_args(predictions, targets, num_classes, num_boxes, weights):
         raise ValueError("predictions must hold at least one image; got a batch of 0.")
     expected = (*predictions.shape[:3], target_channels(num_classes))
     if targets.shape != expected:
+        swapped = targets.shape[-1] == num_classes + 5 * num_boxes and predictions.shape[
+            -1
+        ] == target_channels(num_classes)
+        hint = (
+            " Swapped? yolo_loss takes the model's outputs first, then encode_batch's targets."
+            if swapped
+            else " Check grid_size and num_classes."
+        )
         raise ValueError(
             f"targets must have shape (N, S, S, C + 5) = {expected} to match predictions "
-            f"{predictions.shape}; got {targets.shape}. Check grid_size and num_classes."
+            f"{predictions.shape}; got {targets.shape}.{hint}"
         )
 
 

@@ -24,8 +24,13 @@ def target_channels(num_classes: int) -> int:
 def _as_arrays(boxes, labels, mask):
     """``boxes`` (float32), ``labels`` and ``mask`` as arrays; a None mask is all True."""
     boxes = jnp.asarray(boxes, jnp.float32)
+    if boxes.shape == (0,):  # `[]` for an image without boxes
+        boxes = boxes.reshape(0, 4)
     mask = jnp.ones(boxes.shape[:-1], bool) if mask is None else jnp.asarray(mask)
-    return boxes, jnp.asarray(labels), mask
+    labels = jnp.asarray(labels)
+    if labels.size == 0:  # no ids, of no type: `[]` is float
+        labels = labels.astype(jnp.int32)
+    return boxes, labels, mask
 
 
 def _check_encode_args(boxes, labels, mask, grid_size, num_classes):
@@ -130,7 +135,8 @@ def encode(boxes, labels, mask=None, *, grid_size: int, num_classes: int) -> jax
 def encode_batch(boxes, labels, mask=None, *, grid_size: int, num_classes: int) -> jax.Array:
     """:func:`encode` over a batch: ``(N, M, 4), (N, M), (N, M)`` → ``(N, S, S, C + 5)``.
 
-    ``mask`` None: every box is real."""
+    Boxes are normalized ``[ymin, xmin, ymax, xmax]``, each image's padded to the same M
+    boxes; ``mask`` marks the real ones (None: every box is real)."""
     boxes, labels, mask = _as_arrays(boxes, labels, mask)
     if boxes.ndim != 3 or boxes.shape[-1] != 4:
         hint = device_axis_hint("boxes", boxes.ndim, 3)

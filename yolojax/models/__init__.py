@@ -161,13 +161,20 @@ def get_model(
 
     Returns:
       An uninitialized `YOLO` module: `apply(variables, images, train=...)` maps
-      (N, H, W, 3) images to (N, S, S, C + 5B) float32.
+      (N, H, W, 3) images to (N, S, S, C + 5B) float32. Its `init` gives random weights;
+      the `pretrained` field is not read here: `yolojax.pretrained.load_for_config(variables,
+      model_config)` (which training calls) puts its ported ImageNet weights into them.
 
     Raises:
       ValueError: a missing backbone, an unknown backbone/head/dtype name, an invalid
         number (listing what is expected), or a field that a model config does not have (a
         misspelling, with the closest field named).
     """
+    if isinstance(model_config, str):
+        raise ValueError(
+            f"get_model takes a model config, such as {{'backbone': {model_config!r}}} or "
+            f"config.model; got the string {model_config!r}."
+        )
     if hasattr(model_config, "keys"):  # a dict or a ConfigDict
         _check_known_fields(list(model_config.keys()), name)
     elif hasattr(model_config, "__dict__"):  # a SimpleNamespace, a dataclass instance...
