@@ -1,6 +1,9 @@
 """Augmentation invariants: boxes follow pixels, stay in [0, 1]; colour matches HSV math."""
 
+import ast
 import colorsys
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -312,3 +315,18 @@ def test_blur_happens_to_the_configured_fraction_with_sigma_up_to_its_maximum():
             spreads.append(np.sqrt(np.sum(blurred.sum(axis=1) * offsets**2) / blurred.sum()))
     assert 0.05 < len(spreads) / 400 < 0.15  # blur_probability 0.1
     assert max(spreads) <= 1.5 * 1.05 and max(spreads) > 1.0  # sigma up to max_sigma
+
+
+def test_the_documented_defaults_are_the_configs():
+    # docs/data.md's table is where users read the ranges the tests above check; a default
+    # changed in one place only would leave it wrong without a word.
+    table = Path(__file__).resolve().parents[1] / "docs" / "data.md"
+    section = table.read_text().split("## Augmentation (`config.data.augment`")[1].split("\n## ")[0]
+    documented = {}
+    for row in re.findall(r"^\| (`.+?) \| (`.+?) \|", section, flags=re.MULTILINE):
+        fields = re.findall(r"`(\w+)`", row[0])
+        values = [ast.literal_eval(value) for value in re.findall(r"`([^`]+)`", row[1])]
+        if len(values) == 1:  # one default for several fields
+            values *= len(fields)
+        documented.update(zip(fields, values, strict=True))
+    assert documented == default_augment_config().to_dict()
