@@ -316,3 +316,16 @@ def test_summary_cli_prints_every_module_for_a_config_file(tmp_path):
         assert expected in result.stdout
     # First conv: 3×3×3×16 kernel + BatchNorm scale and bias.
     assert "464 (1.9 KB)" in result.stdout
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, np.dtype("bfloat16")])
+def test_a_jax_or_numpy_dtype_is_taken_as_its_name(dtype):
+    config = {"backbone": "darknet_tiny", "head": "conv", "num_classes": 3}
+    assert models.get_model({**config, "dtype": dtype}) == models.get_model(
+        {**config, "dtype": "bfloat16"}
+    )
+    assert models.get_classifier("resnet18", dtype=dtype) == models.get_classifier(
+        "resnet18", dtype="bfloat16"
+    )
+    with pytest.raises(ValueError, match=r"dtype must be one of .*; got 'float16'"):
+        models.get_model({**config, "dtype": jnp.float16})

@@ -8,8 +8,8 @@ ConfigDict, a dict or any object with attributes); all but `backbone` may be omi
   num_classes       C (default 20)
   grid_size         S (default 7)
   num_boxes         B (default 2)
-  dtype             compute dtype, 'float32' | 'bfloat16' (default 'float32'); params and
-                    the output stay float32
+  dtype             compute dtype, 'float32' | 'bfloat16' (or jnp.bfloat16; default
+                    'float32'); params and the output stay float32
   num_groups        GroupNorm groups for 'darknet_gn' and its conv head (default 32)
   dropout_rate      'fc' head dropout (default 0.5)
   fc_hidden         'fc' head hidden width (default 4096)
@@ -29,6 +29,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from yolojax.models.conv import CONV_IMPLS
 from yolojax.models.darknet import DARKNET24, DARKNET_TINY, Darknet
@@ -116,7 +117,8 @@ def get_classifier(
     Args:
       arch: one of BACKBONES.
       num_classes: classifier outputs.
-      dtype: compute dtype, 'float32' or 'bfloat16' (parameters stay float32).
+      dtype: compute dtype, 'float32' or 'bfloat16' (or jnp.bfloat16; parameters stay
+        float32).
       axis_name: BatchNorm's cross-device axis (the mesh axis 'batch' of the train step),
         None otherwise.
       num_groups: GroupNorm groups, used by 'darknet_gn' only (but checked to be a positive
@@ -128,6 +130,7 @@ def get_classifier(
         widths.
     """
     check_choice("arch", arch, BACKBONES)
+    dtype = _dtype_name(dtype)
     check_choice("dtype", dtype, DTYPES)
     check_choice("conv_impl", conv_impl, CONV_IMPLS)
     num_classes = check_positive_int("num_classes", num_classes)
@@ -145,6 +148,16 @@ def get_classifier(
             _check_group_widths(arch, num_groups, widths)
         kwargs["num_groups"] = num_groups
     return build(**kwargs)
+
+
+def _dtype_name(dtype: Any) -> Any:
+    """'bfloat16' for jnp.bfloat16 or np.dtype('bfloat16') too; anything else as given."""
+    if isinstance(dtype, str):
+        return dtype
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return dtype
 
 
 def get_model(
@@ -187,6 +200,7 @@ def get_model(
         field: getattr(model_config, field, default) for field, default in MODEL_DEFAULTS.items()
     }
     check_choice(f"{name}.head", fields["head"], HEADS)
+    fields["dtype"] = _dtype_name(fields["dtype"])
     check_choice(f"{name}.dtype", fields["dtype"], DTYPES)
     check_choice(f"{name}.conv_impl", fields["conv_impl"], CONV_IMPLS)
     if fields["num_classes"] == 0:  # a config's "as many as the dataset has", unresolved
