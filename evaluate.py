@@ -19,7 +19,13 @@ not public, so its mAP comes from there (docs/data.md).
 from absl import flags
 from ml_collections import config_flags
 
-from yolojax import cli, distributed
+from yolojax import cli
+
+if __name__ == "__main__":
+    cli.launch()  # first, before JAX is imported: the huge-pages restart, and Ctrl-C exits
+
+from yolojax import distributed  # it imports JAX
+from yolojax.checkpoints import parse_which
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -45,10 +51,8 @@ def main(argv):
     cli.start(argv)
     # A documented error prints its message alone (the traceback with --verbosity=1).
     with cli.command_errors(traceback=FLAGS.verbosity >= 1):
-        from yolojax.checkpoints import parse_which  # after cli.run's restart: it loads JAX
-
         checkpoint = parse_which(FLAGS.checkpoint)  # before the slow imports
-        # Here, after cli.run's restart: TensorFlow loads once.
+        # Here, not above: --help and a bad flag are answered before TensorFlow loads.
         from yolojax import eval_lib
         from yolojax.config import load_run_config
 
@@ -58,6 +62,7 @@ def main(argv):
             config = load_run_config(
                 FLAGS.workdir, otherwise="give the config it was trained with: --config FILE.py"
             )
+        cli.work_starts()
         results = eval_lib.evaluate_checkpoint(
             config, FLAGS.workdir, checkpoint, voc_results_folder=FLAGS.voc_results
         )

@@ -10,7 +10,12 @@ Re-running the same command resumes from the latest checkpoint in --workdir.
 from absl import app, flags
 from ml_collections import config_flags
 
-from yolojax import cli, distributed
+from yolojax import cli
+
+if __name__ == "__main__":
+    cli.launch()  # first, before JAX is imported: the huge-pages restart, and Ctrl-C exits
+
+from yolojax import distributed  # it imports JAX
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -37,9 +42,10 @@ def main(argv):
         raise app.UsageError("--workdir is required: the folder for the run's checkpoints.")
     # A documented error prints its message alone (the traceback with --verbosity=1).
     with cli.command_errors(traceback=FLAGS.verbosity >= 1):
-        from yolojax import trainer  # here, after cli.run's restart: TensorFlow loads once
+        from yolojax import trainer  # here, not above: --help comes before TensorFlow loads
 
         distributed.initialize_from_flags()
+        cli.work_starts()
         # Trained and saved: a signal from then on must not make the exit status a preemption's.
         trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir, on_finished=cli.ignore_stop_signals)
 

@@ -149,8 +149,8 @@ _FIRST_STEP = textwrap.dedent(
     import runpy, sys
     from yolojax import huge_pages
 
-    def restart():  # first: before TensorFlow is imported, which would then load twice
-        sys.exit(7 if "tensorflow" not in sys.modules else 8)
+    def restart():  # first: before JAX is imported, which would then load twice
+        sys.exit(7 if "jax" not in sys.modules else 8)
 
     huge_pages.restart_with_huge_pages = restart
     command = sys.argv[1]
@@ -165,8 +165,8 @@ _FIRST_STEP = textwrap.dedent(
 
 @pytest.mark.parametrize("command", ["train.py", "evaluate.py", "yolojax.predict"])
 def test_each_command_restarts_first(command):
-    # The restart must come first (before TensorFlow is imported, or it would load twice):
-    # a command that skipped it ran with glibc's default malloc, and only slower.
+    # The restart must come first (before JAX is imported, or it would load twice, a second
+    # more): a command that skipped it ran with glibc's default malloc, and only slower.
     done = subprocess.run(
         [sys.executable, "-c", _FIRST_STEP, command],
         cwd=REPO_ROOT,

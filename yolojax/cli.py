@@ -303,7 +303,7 @@ def command_errors(*, traceback: bool = False):
       traceback: re-raise user errors instead (as does a ``$YOLOJAX_TRACEBACK`` other than
         '' or '0').
     """
-    # Imported here, inside a command's main (after cli.run's restart): it loads JAX.
+    # Imported here: it loads JAX, which a command imports only after launch().
     from yolojax.preemption import TrainingStopped
 
     try:
@@ -353,19 +353,52 @@ def ignore_stop_signals() -> None:
         signal.signal(signal_number, signal.SIG_IGN)
 
 
-def run(main) -> None:
-    """``absl.app.run(main)`` with :func:`parse_flags`, for the command-line tools.
+# Whether the command has begun its work (:func:`work_starts`); until then a Ctrl-C exits.
+_working = False
 
-    First the command restarts itself with huge pages for malloc where that makes XLA:CPU
-    faster (:func:`yolojax.huge_pages.restart_with_huge_pages`): a command should import
-    the modules it needs only for its work (TensorFlow's data pipeline) inside ``main``,
-    so that they are not loaded twice.
+
+def launch() -> None:
+    """The first thing a command does, before it imports JAX (``import yolojax`` does not).
+
+    It restarts the command with huge pages for malloc where that makes XLA:CPU faster
+    (:func:`yolojax.huge_pages.restart_with_huge_pages`), before loading JAX twice would
+    cost a second, and until :func:`work_starts` a Ctrl-C ends it at once with status 130:
+    while a command starts (imports, flags, restoring a checkpoint to read) it has nothing
+    to save or clean up, and the KeyboardInterrupt Python would raise can be lost there.
+    JAX runs a garbage-collection callback of its own; an exception raised inside one is
+    only printed ("Exception ignored in: <function _xla_gc_callback ...>"), and the command
+    went on, as if Ctrl-C had not been pressed. (A command that started with Ctrl-C
+    ignored, a background job, keeps ignoring it.)
+    """
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt)
+    huge_pages.restart_with_huge_pages()
+
+
+def _interrupt(signal_number, frame) -> None:
+    if _working:
+        raise KeyboardInterrupt  # as Python's own handler: the command reports it
+    sys.stderr.write("Interrupted.\n")
+    sys.stderr.flush()
+    os._exit(130)  # no exception that a callback could swallow
+
+
+def work_starts() -> None:
+    """From here on a Ctrl-C is a KeyboardInterrupt (see :func:`launch`): the command's
+    work (training, evaluating, writing drawings) stops as it has to, saving or cleaning up
+    what it must, and :func:`command_errors` reports it."""
+    global _working
+    _working = True
+
+
+def run(main) -> None:
+    """``absl.app.run(main)`` with :func:`parse_flags`, for the command-line tools (which
+    call :func:`launch` first).
 
     A command that fails exits at once with its status: the reader threads of a failed
     checkpoint restore may still be running, and would otherwise print their closed-event-
     loop tracebacks while the interpreter shuts down, after the error message.
     """
-    huge_pages.restart_with_huge_pages()
     try:
         app.run(main, flags_parser=parse_flags)
     except SystemExit as exit_request:

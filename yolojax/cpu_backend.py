@@ -19,8 +19,7 @@ the process at start on a flag it does not know.
 import importlib.metadata
 import logging
 import os
-
-import jax
+import sys
 
 XLA_CONVOLUTIONS_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 # jaxlib releases whose XLA has the flag and was measured with it (major.minor).
@@ -59,10 +58,12 @@ def _jaxlib_measured() -> bool:
 
 
 def _cpu_backend_started() -> bool:
+    if "jax" not in sys.modules:  # not imported: no backend started (and none imported here)
+        return False
     try:  # jax's internal registry of started backends (present in the measured jax)
         from jax._src import xla_bridge
 
         started = xla_bridge.backends_are_initialized()
     except (ImportError, AttributeError):
         return False
-    return started and jax.default_backend() == "cpu"
+    return started and sys.modules["jax"].default_backend() == "cpu"

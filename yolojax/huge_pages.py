@@ -11,9 +11,9 @@ what it maps, and that step runs about 20% faster: 2.1 s against 2.6-2.8 s (BENC
 glibc reads its tunables once, when the process starts, so a running Python cannot turn
 this on. :func:`restart_with_huge_pages` re-executes the command (the same interpreter,
 arguments and process id) with the tunable added to ``GLIBC_TUNABLES``; ``train.py``,
-``evaluate.py``, ``python -m yolojax.predict`` and ``benchmarks/train_step.py`` call it
-first thing. It leaves the process alone where the setting would change nothing or is not
-wanted:
+``evaluate.py`` and ``python -m yolojax.predict`` call it first thing, before they import
+JAX (:func:`yolojax.cli.launch`), and ``benchmarks/train_step.py`` before its work. It
+leaves the process alone where the setting would change nothing or is not wanted:
 
 * ``YOLOJAX_HUGE_PAGES=0`` (the opt-out);
 * ``GLIBC_TUNABLES`` already sets ``glibc.malloc.hugetlb`` (yours wins, whatever its value);

@@ -42,15 +42,20 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from yolojax import cli
+
+if __name__ == "__main__":
+    cli.launch()  # first, before JAX is imported: the huge-pages restart, and Ctrl-C exits
+
 import numpy as np
 from tqdm import tqdm
 
-from yolojax import cli, drawings, errors, huge_pages
+from yolojax import drawings, errors
 from yolojax.images import IMAGE_EXTENSIONS, UnreadableImageError, read_image
 from yolojax.validation import check_positive_int
 from yolojax.workdir import atomic_write_bytes, atomic_write_text, to_json
 
-if TYPE_CHECKING:  # imported when used: it loads TensorFlow, which a restart would load twice
+if TYPE_CHECKING:  # imported when used: it loads TensorFlow
     from yolojax.detector import Detector, ImageDetections
 
 DETECTIONS_FILE = "detections.json"
@@ -359,12 +364,13 @@ def main(argv=None) -> None:
         parser.error(f"--drawing-threads must be at least 0; got {drawing_threads}")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         parser.error(f"--out {args.out} is a file: choose another output folder")
-    from yolojax.detector import Detector  # after the restart (TensorFlow)
+    from yolojax.detector import Detector  # here: --help and bad flags before TensorFlow
 
     with cli.command_errors():
         detector = Detector.from_workdir(
             args.workdir, checkpoint=args.checkpoint, score_threshold=args.score_threshold, **nms
         )
+        cli.work_starts()
         images, failed = predict_files(
             detector,
             args.images,
@@ -389,5 +395,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    huge_pages.restart_with_huge_pages()
     main()
