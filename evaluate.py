@@ -16,6 +16,9 @@ also writes the detections as the VOC devkit's results files, one per class
 not public, so its mAP comes from there (docs/data.md).
 """
 
+import sys
+from pathlib import Path
+
 from absl import flags
 from ml_collections import config_flags
 
@@ -70,6 +73,10 @@ def main(argv):
     if results.get("saved"):
         *others, last = map(str, results["saved"])
         print(f"Saved {', '.join(others)}{' and ' if others else ''}{last}.")
+    if FLAGS.voc_results is not None and Path(FLAGS.voc_results) not in results.get("saved", ()):
+        # Asked for (a submission to the evaluation server): not a success without them.
+        print("Error: the VOC results files were not written (see above).", file=sys.stderr)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ the training curves name the split they evaluate."""
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,13 +82,21 @@ print(matplotlib.get_backend())
 
 @pytest.fixture(name="saved")
 def fixture_saved(monkeypatch):
-    """``{file name: Figure}`` of each figure saved, which is also written as usual."""
-    saved, save = {}, plots.Figure.savefig
-    monkeypatch.setattr(
-        plots.Figure,
-        "savefig",
-        lambda self, path, **kwargs: (saved.__setitem__(path.name, self), save(self, path)),
-    )
+    """``{file name: Figure}`` of each figure saved, which is also written as usual (each
+    figure is encoded, then its file written)."""
+    saved, encoded = {}, []
+    save, write = plots.Figure.savefig, workdir_io.atomic_write_bytes
+
+    def encode(self, *args, **kwargs):
+        encoded.append(self)
+        return save(self, *args, **kwargs)
+
+    def write_file(path, data):
+        saved[Path(path).name] = encoded[-1]
+        return write(path, data)
+
+    monkeypatch.setattr(plots.Figure, "savefig", encode)
+    monkeypatch.setattr(workdir_io, "atomic_write_bytes", write_file)
     return saved
 
 

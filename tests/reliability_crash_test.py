@@ -442,3 +442,32 @@ def test_evaluate_without_a_config_uses_the_one_the_run_saved(
     assert returncode == 0, log
     assert "step 1: mAP@0.5 VOC07 11-point" in log and "on 12 test images" in log
     assert json.loads((run_dir / "eval" / "metrics.json").read_text())["step"] == 1
+
+
+def test_evaluate_fails_when_the_voc_results_asked_for_are_not_written(
+    tmp_path, data_dir, env, initial_state
+):
+    # A submission script read exit status 0 and the warning went unseen.
+    run_dir = _two_checkpoints(tmp_path / "run", data_dir, initial_state)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    # A file given for the folder: refused before anything is evaluated or written.
+    command = _command("evaluate.py", run_dir, data_dir, f"--voc_results={notes}")
+    returncode, log = _run(command, env, tmp_path / "eval.log")
+    assert returncode == 1
+    assert f"The VOC results folder {notes} is a file: name a folder" in log
+    assert not (run_dir / "eval").exists() and notes.read_text() == "mine"
+    # A folder that cannot be made (under that file): evaluated and reported, then status 1.
+    command = _command(
+        "evaluate.py",
+        run_dir,
+        data_dir,
+        f"--voc_results={notes}/results",
+        overrides={"eval.score_threshold": 0.05},
+    )
+    returncode, log = _run(command, env, tmp_path / "eval2.log")
+    assert returncode == 1
+    assert "mAP@0.5 VOC07 11-point" in log and f"Could not save {notes}/results" in log
+    assert log.rstrip().endswith("Error: the VOC results files were not written (see above).")
+    saved = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert saved["settings"]["score_threshold"] == 0.05  # which settings gave that mAP

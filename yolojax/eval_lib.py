@@ -33,7 +33,7 @@ from yolojax.evaluation import VOCEvaluator
 from yolojax.workdir import (
     CLASSES_FILE,
     EVAL_FOLDER,
-    atomic_write_text,
+    atomic_write_bytes,
     load_class_names,
     run_config_flag,
     to_json,
@@ -268,6 +268,16 @@ def _check_same_classes(workdir, trained, class_names) -> None:
         )
 
 
+# config.eval's fields that decide which detections are scored, and how.
+_DETECTION_SETTINGS = (
+    "score_threshold",
+    "iou_threshold",
+    "max_detections",
+    "pre_nms_top_k",
+    "plus_one",
+)
+
+
 def evaluate_checkpoint(
     config, workdir, checkpoint: str | int = "latest", *, voc_results_folder=None
 ) -> dict:
@@ -275,7 +285,9 @@ def evaluate_checkpoint(
 
     Writes ``workdir/eval/metrics.json``:
     ``{"mAP", "mAP_area", "AP": {class: AP}, "AP_area": {...}, "loss": {term: mean}, "step",
-    "split", "num_images", "images_per_second", "checkpoint"}`` (``split``: the eval split's
+    "split", "num_images", "images_per_second", "checkpoint", "settings"}`` (``settings``:
+    ``config.eval``'s score and NMS thresholds, detection limits and ``plus_one``;
+    ``split``: the eval split's
     name, 'test' or 'validation'; NaN APs, of classes without positives, as null; ``loss``
     null for a split without ground truth),
     and each class's precision-recall curve as ``workdir/eval/pr_curves.png``.
@@ -293,6 +305,11 @@ def evaluate_checkpoint(
       only warns).
     """
     validate_config(config)
+    if voc_results_folder is not None and Path(voc_results_folder).is_file():
+        raise ValueError(
+            f"The VOC results folder {voc_results_folder} is a file: name a folder (created "
+            "if missing) for the results files (--voc_results)."
+        )
     batch_size = eval_batch_size(config)
     trained_classes = load_class_names(workdir)
     _check_same_model(config, workdir, checkpoint, trained_classes)
@@ -322,28 +339,39 @@ def evaluate_checkpoint(
             "step": step,
             "split": info.eval_split_name,
             "checkpoint": str(checkpoint),
+            # What decided the detections, which evaluate.py's --config can change.
+            "settings": {key: config.eval[key] for key in _DETECTION_SETTINGS},
             "num_images": results["num_images"],
             "images_per_second": results["images_per_second"],
         }
         eval_dir = Path(workdir) / EVAL_FOLDER
-        writers = {
-            eval_dir / "metrics.json": lambda path: atomic_write_text(path, to_json(record)),
-            eval_dir / "pr_curves.png": lambda path: plots.plot_precision_recall(
-                results, info.class_names, path, step=step
+        # Both made first, then written one right after the other: a Ctrl-C leaves the two
+        # files of one evaluation (as far as two renames can), not a new metrics.json
+        # beside an earlier evaluation's curves.
+        files = {
+            eval_dir / "metrics.json": to_json(record).encode(),
+            eval_dir / "pr_curves.png": plots.precision_recall_png(
+                results, info.class_names, step=step
             ),
         }
+        saves = [(path, functools.partial(_write_file, path, data)) for path, data in files.items()]
         if voc_results_folder is not None:
-            writers[Path(voc_results_folder)] = lambda folder: _write_voc_results(
-                folder, results.pop("detections"), config, info
-            )
+            folder = Path(voc_results_folder)
+            detections = results.pop("detections")
+            saves.append((folder, lambda: _write_voc_results(folder, detections, config, info)))
         results["saved"] = []
-        for path, write in writers.items():
+        for path, save in saves:
             try:
-                write(path)
+                save()
                 results["saved"].append(path)
             except OSError as error:  # a read-only or full workdir: the results still return
                 warnings.warn(f"Could not save {path}: {error}", errors.Notice, stacklevel=2)
     return results
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, data)
 
 
 def has_ground_truth(results: dict) -> bool:

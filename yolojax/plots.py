@@ -2,6 +2,7 @@
 and 5: loss terms and train/test mAP against epochs), and an evaluation's precision-recall
 curves."""
 
+import io
 import math
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def plot_training_curves(workdir, *, eval_split: str = "test") -> list[Path]:
         if ax.lines:  # up to ten loss curves: in two columns, to hide less of them
             ax.legend(fontsize="small", ncol=2 if len(ax.lines) > 4 else 1)
         fig.tight_layout()
-        fig.savefig(workdir / filename)
+        workdir_io.atomic_write_bytes(workdir / filename, _png(fig))  # never half a PNG
         written.append(workdir / filename)
     return written
 
@@ -101,9 +102,21 @@ def precision_recall_figure(results: dict, class_names, *, step: int | None = No
     return fig
 
 
+def _png(fig: Figure) -> bytes:
+    """``fig`` encoded as a PNG file."""
+    encoded = io.BytesIO()
+    fig.savefig(encoded, format="png")
+    return encoded.getvalue()
+
+
+def precision_recall_png(results: dict, class_names, *, step: int | None = None) -> bytes:
+    """:func:`precision_recall_figure` encoded as a PNG file."""
+    return _png(precision_recall_figure(results, class_names, step=step))
+
+
 def plot_precision_recall(results: dict, class_names, path, *, step: int | None = None) -> Path:
     """Writes :func:`precision_recall_figure` as a PNG at ``path``; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    precision_recall_figure(results, class_names, step=step).savefig(path)
+    workdir_io.atomic_write_bytes(path, precision_recall_png(results, class_names, step=step))
     return path
