@@ -877,6 +877,38 @@ def test_labels_are_the_pixels_pillow_draws_in_place():
         drawn = drawings.draw_detections(image, detections)
 
 
+def test_boxes_and_labels_are_drawn_larger_on_large_photos():
+    # Seen shrunk to a screen, a 12-megapixel photo's 2-pixel lines and 10-pixel labels
+    # were faint hairlines and dots.
+    assert [drawings.drawing_scale(*size) for size in ((640, 480), (959, 959), (4000, 3000))] == [
+        1,
+        1,
+        6,
+    ]
+    detections = ImageDetections(
+        boxes=np.array([[400.0, 1000.0, 2000.0, 2000.0]], np.float32),
+        scores=np.array([0.5], np.float32),
+        labels=np.array([2]),
+        class_names=["cat"],
+    )
+    for (height, width), scale in (((480, 640), 1), ((2400, 3200), 5)):
+        boxes = detections.boxes * (1 if scale == 5 else 0.2)
+        canvas = np.asarray(
+            drawings.draw_detections(
+                np.zeros((height, width, 3), np.uint8), detections._replace(boxes=boxes)
+            )
+        )
+        left, top = int(boxes[0, 0]), int(boxes[0, 1])
+        color = drawings.class_color(2)
+        # The box's left edge: 2 pixels a scale wide (inside the box, as Pillow draws it).
+        row = canvas[top + 50 * scale, left : left + 12 * scale]
+        assert (row == color).all(axis=-1).sum() == 2 * scale, scale
+        # The label above the box, its tile filled with the class colour: its rows.
+        band = canvas[max(top - 14 * scale, 0) : top, left : left + 20 * scale]
+        rows = (band == color).all(axis=-1).any(axis=-1).sum()
+        assert 6 * scale <= rows <= 12 * scale, (scale, rows)
+
+
 def test_of_two_classes_found_on_one_box_the_better_is_drawn_on_top():
     # NMS is per class: one object may come back as two classes with the same box.
     detections = ImageDetections(

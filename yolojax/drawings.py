@@ -40,21 +40,31 @@ def class_color(label: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
+def drawing_scale(width: int, height: int) -> int:
+    """How many times thicker the boxes and larger the labels are drawn on a ``width ×
+    height`` image than on a 640×480 photo (1 up to about 900 pixels a side): a 12-megapixel
+    photo's drawing is seen shrunk to a screen, where 2-pixel lines and 10-pixel labels
+    vanish."""
+    return max(1, round(max(width, height) / 640))
+
+
 def draw_detections(image: np.ndarray, detections: "ImageDetections") -> Image.Image:
     """``(H, W, 3)`` uint8 image → a PIL image with each box and "class score" drawn, the
     best last: on top where boxes overlap (NMS is per class, so one object may be found as
-    two classes, with the same box)."""
+    two classes, with the same box). Lines are 2 pixels wide and labels 10 pixels high,
+    times :func:`drawing_scale` on large images."""
     canvas = Image.fromarray(image)
     draw = ImageDraw.Draw(canvas)
+    scale = drawing_scale(canvas.width, canvas.height)
     best_last = zip(
         detections.boxes, detections.scores, detections.labels, detections.class_names, strict=True
     )
     for box, score, label, name in sorted(best_last, key=lambda detection: detection[1]):
         color = class_color(int(label))
-        draw.rectangle([float(v) for v in box], outline=color, width=2)
-        tile, (left, top, right, _) = _label(f"{name} {score:.2f}", color)
+        draw.rectangle([float(v) for v in box], outline=color, width=2 * scale)
+        tile, (left, top, right, _) = _label(f"{name} {score:.2f}", color, 10 * scale)
         # Above the box, at whole pixels; a box at the right edge: the label moves in.
-        x, y = round(float(box[0])), max(round(float(box[1])) - 12, 0)
+        x, y = round(float(box[0])), max(round(float(box[1])) - 12 * scale, 0)
         if x + right > canvas.width:
             x = max(canvas.width - right, 0)
         canvas.paste(tile, (x + left, y + top))
@@ -62,13 +72,16 @@ def draw_detections(image: np.ndarray, detections: "ImageDetections") -> Image.I
 
 
 @functools.lru_cache(maxsize=4096)
-def _label(text: str, color: tuple[int, int, int]) -> tuple[Image.Image, tuple[int, ...]]:
-    """``text`` in black on ``color``, as Pillow's default font draws it at (0, 0): the tile,
+def _label(
+    text: str, color: tuple[int, int, int], size: int
+) -> tuple[Image.Image, tuple[int, ...]]:
+    """``text`` in black on ``color``, as Pillow's default font of ``size`` pixels draws it
+    at (0, 0): the tile,
     and its box there (left, top, right, bottom; the tile covers both ends). Rendering the
     text was 12 of the 17 ms that drawing 100 labels took; a photo's labels repeat (a score
     has 101 values), and the tile is the same pixels as drawing the label in place at the
     same whole-pixel position (labels are put at whole pixels)."""
-    font = _default_font()
+    font = _default_font(size)
     with _FONT_LOCK:  # one FreeType face, shared by the drawing threads: one user at a time
         left, top, right, bottom = font.getbbox(text)
         tile = Image.new("RGB", (right - left + 1, bottom - top + 1), color)
@@ -82,9 +95,10 @@ _FONT_LOCK = threading.Lock()
 
 
 @functools.cache
-def _default_font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """Pillow's default font, which ImageDraw would decode again for each new drawing."""
-    return ImageFont.load_default()
+def _default_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's default font at ``size`` pixels (10 is ImageDraw's own), which ImageDraw
+    would decode again for each new drawing."""
+    return ImageFont.load_default(size)
 
 
 def encode_drawing(image: np.ndarray, detections: "ImageDetections", path: Path) -> bytes:
