@@ -5,6 +5,8 @@ import logging
 import os
 import re
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -632,3 +634,23 @@ def test_annotated_images_in_no_split_file_are_warned_of(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         voc_layout.folder_splits(str(tmp_path / "g"))
     assert not caplog.records
+
+
+def test_preparing_a_folder_with_stderr_in_a_file_draws_no_progress_bars(tmp_path):
+    # TFDS's bars in a log file were lines of carriage returns and cursor moves, and a
+    # warning printed while one was drawn landed on its line. (A process of its own: the
+    # setting is TFDS's, for the whole process.)
+    images = [VocImage(f"i{k}", 32, 32, [VocObject("dog", (2, 2, 20, 20))]) for k in range(12)]
+    folder = write_voc_folder(str(tmp_path / "f"), images)
+    script = (
+        "from yolojax.data import default_data_config, get_dataset_info\n"
+        "config = default_data_config()\n"
+        f"config.source, config.folder = 'voc_folder', {folder!r}\n"
+        f"config.tfds_data_dir = {str(tmp_path / 'tfds')!r}\n"
+        "print(get_dataset_info(config).num_train_examples)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert done.stdout.splitlines()[-1] == "11"  # prepared: 90% of 12 for training
+    assert "\r" not in done.stderr and "examples" not in done.stderr, done.stderr[-500:]

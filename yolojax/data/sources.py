@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import re
+import sys
 from typing import Any
 
 import numpy as np
@@ -124,6 +125,11 @@ def _prepared(make_builder, data_dir: str | None) -> tfds.core.DatasetBuilder:
         builder = make_builder()  # Reads an existing preparation, whatever its file format.
         if not builder.is_prepared():
             builder = make_builder(file_format=_FILE_FORMAT)
+            if not sys.stderr.isatty():
+                # As yolojax's own, TFDS's bars on a terminal only: in a log file they are
+                # lines of carriage returns and cursor moves, and a warning printed while
+                # one is drawn lands on its line.
+                tfds.disable_progress_bar()
             builder.download_and_prepare()
             _built_here.add(str(builder.data_dir))
     except OSError as error:  # the data folder is a file, read-only, or on a full disk
