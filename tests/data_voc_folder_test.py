@@ -260,6 +260,27 @@ def test_difficult_and_truncated_read_true_and_yes_and_refuse_other_words(tmp_pa
         voc_xml.parse_annotation(xml)
 
 
+@pytest.mark.parametrize(
+    ("width", "height", "size"),
+    [("320", "240", (320, 240)), ("320.0", "240.0", (320, 240)), ("0", "0", None)],
+)
+def test_a_size_written_as_floats_or_as_zero_is_read(tmp_path, width, height, size):
+    # Some exporters write '320.0', or 0 × 0 where they did not record the size: both were
+    # refused as malformed, or as disagreeing with the image.
+    xml = tmp_path / "a.xml"
+    xml.write_text(
+        f"<annotation><size><width>{width}</width><height>{height}</height></size></annotation>"
+    )
+    assert voc_xml.parse_annotation(xml).size == size
+
+
+def test_a_size_that_is_no_whole_number_is_refused(tmp_path):
+    xml = tmp_path / "a.xml"
+    xml.write_text("<annotation><size><width>320.5</width><height>240</height></size></annotation>")
+    with pytest.raises(voc_folder.BadDataError, match=r"<size> is not two integers"):
+        voc_xml.parse_annotation(xml)
+
+
 @pytest.mark.parametrize("names", ["mask,no-mask", ("mask,no-mask",)])
 def test_class_names_given_as_one_comma_separated_name_are_refused(tmp_path, names):
     folder = write_voc_folder(

@@ -2,8 +2,12 @@
 whole in tests/train_test.py)."""
 
 import math
+import types
+
+import numpy as np
 
 from yolojax import progress
+from yolojax.config import default_config
 
 
 def test_an_epochs_line_averages_over_its_finite_steps_and_its_time():
@@ -21,3 +25,23 @@ def test_an_epochs_line_averages_over_its_finite_steps_and_its_time():
     assert epoch.line("epoch 2/3") == (
         "epoch 2/3: every step skipped (a loss that was not finite), 10 images/s"
     )
+
+
+def test_the_run_summary_of_a_short_run_counts_in_words():
+    # A run of one step that its evaluation interval (in epochs) does not reach was said
+    # to be evaluated "every 1250 steps and at the end", in "1 steps an epoch, 1 steps".
+    config = default_config()
+    config.model.update(backbone="darknet_tiny", head="conv", num_classes=1)
+    info = types.SimpleNamespace(
+        num_train_examples=16, num_eval_examples=4, eval_split_name="test", class_names=["box"]
+    )
+    params = {"w": np.zeros((10, 100))}
+    summary = progress.run_summary(
+        config, info, params, steps_per_epoch=1, total_steps=1, eval_every=5
+    )
+    assert "images of 1 class (box)" in summary
+    assert ": 1 step an epoch, 1 step in all; evaluation on the test split at the end." in summary
+    many = progress.run_summary(
+        config, info, params, steps_per_epoch=4, total_steps=40, eval_every=8
+    )
+    assert "4 steps an epoch, 40 steps in all; evaluation on the test split every 8 steps" in many

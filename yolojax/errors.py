@@ -1,4 +1,4 @@
-"""Wording shared by the library's error messages, and the category of its notices."""
+"""Wording shared by the library's messages, and the category of its notices."""
 
 import errno
 
@@ -41,3 +41,8 @@ def first_line(error: BaseException, limit: int = 300) -> str:
     device")."""
     line = (str(error).strip().splitlines() or [type(error).__name__])[0]
     return line if len(line) <= limit else "..." + line[-limit:]
+
+
+def count(number: int, noun: str, plural: str | None = None) -> str:
+    """``1 image``, ``3 images`` (``plural``: for a noun that does not take an s)."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"

@@ -241,7 +241,7 @@ def _usable_cpus() -> int:
     system says), not the machine's."""
     if hasattr(os, "sched_getaffinity"):  # Linux
         return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    return os.cpuerrors.count() or 1
 
 
 @contextlib.contextmanager
@@ -285,11 +285,6 @@ def _write_drawing(image: np.ndarray, detections: "ImageDetections", out_dir: Pa
             for box, score, label, name in zip(*detections, strict=True)
         ],
     }
-
-
-def _count(number: int, noun: str) -> str:
-    """``1 image``, ``3 images``."""
-    return f"{number} {noun}{'s' * (number != 1)}"
 
 
 def _report_skip(path: str, reason: str) -> None:
@@ -382,14 +377,15 @@ def main(argv=None) -> None:
         )
     total = sum(len(image["detections"]) for image in images.values())
     print(
-        f"{_count(total, 'detection')} in {_count(len(images), 'image')} → "
+        f"{errors.count(total, 'detection')} in {errors.count(len(images), 'image')} → "
         f"{Path(args.out) / DETECTIONS_FILE}"
     )
     if failed:
         listed = ", ".join(list(failed)[:5]) + (", ..." if len(failed) > 5 else "")
         print(
-            f"{_count(len(failed), 'input')} could not be read "
-            f"({_count(len(images), 'image')} {'was' if len(images) == 1 else 'were'}): {listed}",
+            f"{errors.count(len(failed), 'input')} could not be read ("
+            f"{errors.count(len(images), 'image')} {'was' if len(images) == 1 else 'were'}): "
+            f"{listed}",
             file=sys.stderr,
         )
         raise SystemExit(1)

@@ -30,16 +30,18 @@ def run_summary(
     source = f"{data.source} ({data.folder})" if data.source == "voc_folder" else data.source
     names = ", ".join(info.class_names[:10]) + (", ..." if len(info.class_names) > 10 else "")
     devices = jax.devices()
-    evaluations = f"every {eval_every} steps and at the end" if eval_every else "at the end"
+    evaluations = "at the end"
+    if 0 < eval_every < total_steps:
+        evaluations = f"every {errors.count(eval_every, 'step')} and at the end"
     return (
         f"Training {model.backbone} with the {model.head} head ({num_params / 1e6:.2f} M "
         f"parameters, {model.dtype}) on {source}: {info.num_train_examples} train and "
-        f"{info.num_eval_examples} {info.eval_split_name} images of {len(info.class_names)} "
-        f"classes ({names}) at {data.image_size}×{data.image_size}. Batch "
-        f"{config.train.batch_size} over {len(devices)} {devices[0].platform.upper()} "
-        f"device{'s' if len(devices) > 1 else ''}: {steps_per_epoch} steps an epoch, "
-        f"{total_steps} steps in all; "
-        f"evaluation on the {info.eval_split_name} split {evaluations}."
+        f"{info.num_eval_examples} {info.eval_split_name} images of "
+        f"{errors.count(len(info.class_names), 'class', 'classes')} ({names}) at "
+        f"{data.image_size}×{data.image_size}. Batch {config.train.batch_size} over "
+        f"{errors.count(len(devices), devices[0].platform.upper() + ' device')}: "
+        f"{errors.count(steps_per_epoch, 'step')} an epoch, {errors.count(total_steps, 'step')} "
+        f"in all; evaluation on the {info.eval_split_name} split {evaluations}."
     )
 
 

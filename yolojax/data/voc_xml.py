@@ -49,9 +49,14 @@ def parse_annotation(xml_path: str) -> ParsedAnnotation:
     size = None
     if root.find("size") is not None:
         try:
-            size = (int(root.findtext("size/width")), int(root.findtext("size/height")))
+            # Some tools write '320.0'; a whole number either way.
+            width, height = (float(root.findtext(f"size/{tag}")) for tag in ("width", "height"))
+            if not (width.is_integer() and height.is_integer()):
+                raise ValueError((width, height))
         except (TypeError, ValueError) as error:
             raise BadDataError(f"{xml_path}: malformed XML (<size> is not two integers)") from error
+        # 0 × 0: an exporter that did not record the size: as if there were no <size>.
+        size = (int(width), int(height)) if (width, height) != (0, 0) else None
     objects = []
     for index, element in enumerate(root.findall("object")):
         name = (element.findtext("name") or "").strip()
