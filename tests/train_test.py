@@ -593,7 +593,8 @@ def test_mistyped_config_key_is_named():
 
 def test_a_train_split_smaller_than_a_batch_is_named_and_leaves_no_folders(tmp_path, data_dir):
     config = tiny_config(data_dir, batch_size=64)  # 32 train images
-    with pytest.raises(ValueError, match=r"32 examples, fewer than config\.train\.batch_size=64"):
+    fewer = r"32 examples, fewer than config\.train\.batch_size=64: lower the batch size to 32 "
+    with pytest.raises(ValueError, match=fewer):
         trainer.train_and_evaluate(config, str(tmp_path / "run"))
     assert not (tmp_path / "run" / "checkpoints").exists()
     assert not (tmp_path / "run" / "best").exists()

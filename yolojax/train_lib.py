@@ -276,7 +276,8 @@ def steps_for(config, num_train_examples: int) -> tuple[int, int]:
         cap = config.data.get("max_train_examples")
         raise ValueError(
             f"The train split has {num_train_examples} examples, fewer than "
-            f"config.train.batch_size={batch_size}: lower the batch size"
+            f"config.train.batch_size={batch_size}: lower the batch size to "
+            f"{num_train_examples} or less"
             + (f" or raise config.data.max_train_examples={cap}." if cap else ".")
         )
     steps_per_epoch = num_train_examples // batch_size
