@@ -70,10 +70,11 @@ def main(argv):
             config, FLAGS.workdir, checkpoint, voc_results_folder=FLAGS.voc_results
         )
     print(eval_lib.report(results))
-    if results.get("saved"):
-        *others, last = map(str, results["saved"])
+    saved = results.get("saved")  # only where files are written: process 0 of a job
+    if saved:
+        *others, last = map(str, saved)
         print(f"Saved {', '.join(others)}{' and ' if others else ''}{last}.")
-    if FLAGS.voc_results is not None and Path(FLAGS.voc_results) not in results.get("saved", ()):
+    if FLAGS.voc_results is not None and saved is not None and Path(FLAGS.voc_results) not in saved:
         # Asked for (a submission to the evaluation server): not a success without them.
         print("Error: the VOC results files were not written (see above).", file=sys.stderr)
         raise SystemExit(1)

@@ -157,6 +157,9 @@ def test_plus_one_refuses_normalized_boxes():
     with pytest.raises(ValueError, match=r"plus_one=True takes pixel boxes.*normalized_yxyx_to_p"):
         evaluator.add([[0.1, 0.1, 0.3, 0.3]], [0], None, [[0.32, 0.32, 0.52, 0.52]], [0.9], [0])
     assert evaluator.num_images == 0
+    # Also beside a detector's unclipped detection reaching past the image's edge.
+    with pytest.raises(ValueError, match=r"plus_one=True takes pixel boxes"):
+        evaluator.add([[0.1, 0.1, 0.3, 0.3]], [0], None, [[0.9, 0.9, 1.01, 1.01]], [0.9], [0])
     # Without plus_one they are scored as they are: no overlap, AP 0.
     evaluator = VOCEvaluator(1, plus_one=False)
     evaluator.add([[0.1, 0.1, 0.3, 0.3]], [0], None, [[0.32, 0.32, 0.52, 0.52]], [0.9], [0])

@@ -5,11 +5,14 @@ A GPU machine may have JAX and PyTorch but no TensorFlow (the benchmark images d
 with its pipeline.
 """
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 _CHECK = """
 import sys
+from pathlib import Path
 import configs.voc, configs.shapes
 import yolojax, yolojax.data, yolojax.train_lib
 from yolojax.data import default_data_config
@@ -35,6 +38,7 @@ def test_configs_models_and_train_step_import_without_tensorflow_and_pipeline_im
 
 _NAMED = """
 import sys
+from pathlib import Path
 import yolojax
 loaded = lambda: ("yolojax.train_lib" in sys.modules, "tensorflow" in sys.modules)
 print("after import:", loaded())
@@ -58,3 +62,22 @@ def test_the_modules_the_docs_name_load_when_first_named():
     assert "after naming: (True, False) yolojax.train_lib" in result.stdout, result.stdout
     assert "listed: True" in result.stdout, result.stdout
     assert "unknown: module 'yolojax' has no attribute 'no_such_module'" in result.stdout
+
+
+def test_the_names_type_checkers_read_are_the_ones_that_load():
+    # Editors and type checkers read the TYPE_CHECKING imports; __getattr__ loads _EXPORTS.
+    import yolojax
+
+    tree = ast.parse(Path(yolojax.__file__).read_text())
+    (block,) = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+    ]
+    declared = {
+        alias.name: node.module.removeprefix("yolojax.")
+        for node in block.body
+        for alias in node.names
+    }
+    assert declared == yolojax._EXPORTS
+    assert sorted(yolojax.__all__) == sorted(set(declared) - {"Detector"})

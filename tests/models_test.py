@@ -329,3 +329,5 @@ def test_a_jax_or_numpy_dtype_is_taken_as_its_name(dtype):
     )
     with pytest.raises(ValueError, match=r"dtype must be one of .*; got 'float16'"):
         models.get_model({**config, "dtype": jnp.float16})
+    with pytest.raises(ValueError, match=r"dtype must be one of .*; got None\.$"):
+        models.get_model({**config, "dtype": None})  # not NumPy's float64 for None

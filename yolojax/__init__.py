@@ -15,6 +15,7 @@ while they start (:func:`yolojax.cli.launch`).
 import importlib
 import importlib.util
 import pkgutil
+from typing import TYPE_CHECKING
 
 from yolojax import cpu_backend
 
@@ -49,7 +50,51 @@ _EXPORTS = {
     "Detector": "detector",
 }
 
-__all__ = sorted(name for name in _EXPORTS if name != "Detector")  # `import *`: no TensorFlow
+# Every name but the Detector: `from yolojax import *` loads no TensorFlow.
+__all__ = [
+    "BACKBONES",
+    "HEADS",
+    "YOLO",
+    "Detections",
+    "VOCEvaluator",
+    "box_area",
+    "cxcywh_to_yxyx",
+    "decode",
+    "detect",
+    "elementwise_iou",
+    "encode",
+    "encode_batch",
+    "get_classifier",
+    "get_model",
+    "nms",
+    "normalized_yxyx_to_pixel_xyxy",
+    "pairwise_iou",
+    "pixel_detections",
+    "pixel_xyxy_to_normalized_yxyx",
+    "xyxy_to_yxyx",
+    "yolo_loss",
+    "yxyx_to_cxcywh",
+    "yxyx_to_xyxy",
+]
+
+if TYPE_CHECKING:  # for type checkers and editors, which do not run __getattr__
+    from yolojax.boxes import (
+        box_area,
+        cxcywh_to_yxyx,
+        elementwise_iou,
+        normalized_yxyx_to_pixel_xyxy,
+        pairwise_iou,
+        pixel_xyxy_to_normalized_yxyx,
+        xyxy_to_yxyx,
+        yxyx_to_cxcywh,
+        yxyx_to_xyxy,
+    )
+    from yolojax.detector import Detector  # noqa: F401 (not in __all__: TensorFlow)
+    from yolojax.evaluation import VOCEvaluator
+    from yolojax.losses import yolo_loss
+    from yolojax.models import BACKBONES, HEADS, YOLO, get_classifier, get_model
+    from yolojax.postprocess import Detections, decode, detect, nms, pixel_detections
+    from yolojax.targets import encode, encode_batch
 
 
 def __getattr__(name: str):

@@ -364,11 +364,13 @@ def launch() -> None:
     (:func:`yolojax.huge_pages.restart_with_huge_pages`), before loading JAX twice would
     cost a second, and until :func:`work_starts` a Ctrl-C ends it at once with status 130:
     while a command starts (imports, flags, restoring a checkpoint to read) it has nothing
-    to save or clean up, and the KeyboardInterrupt Python would raise can be lost there.
+    to save or clean up, and the KeyboardInterrupt Python would raise is easily lost there.
     JAX runs a garbage-collection callback of its own; an exception raised inside one is
     only printed ("Exception ignored in: <function _xla_gc_callback ...>"), and the command
-    went on, as if Ctrl-C had not been pressed. (A command that started with Ctrl-C
-    ignored, a background job, keeps ignoring it.)
+    went on, as if Ctrl-C had not been pressed: imports run it often. (During the work, a
+    KeyboardInterrupt can still land there, far more rarely; training catches Ctrl-C with
+    a handler of its own, :mod:`yolojax.preemption`.) A command that started with Ctrl-C
+    ignored, a background job, keeps ignoring it.
     """
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _interrupt)
@@ -378,8 +380,9 @@ def launch() -> None:
 def _interrupt(signal_number, frame) -> None:
     if _working:
         raise KeyboardInterrupt  # as Python's own handler: the command reports it
-    sys.stderr.write("Interrupted.\n")
-    sys.stderr.flush()
+    # os.write: the handler may run while the main thread is inside a write to sys.stderr,
+    # where another would raise "reentrant call".
+    os.write(2, b"Interrupted.\n")
     os._exit(130)  # no exception that a callback could swallow
 
 

@@ -42,7 +42,7 @@ def class_color(label: int) -> tuple[int, int, int]:
 
 def drawing_scale(width: int, height: int) -> int:
     """How many times thicker the boxes and larger the labels are drawn on a ``width ×
-    height`` image than on a 640×480 photo (1 up to about 900 pixels a side): a 12-megapixel
+    height`` image than on a 640×480 photo (1 below 960 pixels a side): a 12-megapixel
     photo's drawing is seen shrunk to a screen, where 2-pixel lines and 10-pixel labels
     vanish."""
     return max(1, round(max(width, height) / 640))

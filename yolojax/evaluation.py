@@ -500,9 +500,10 @@ def _check_pixels_for_plus_one(gt_boxes, pred_boxes) -> None:
     boxes within [0, 1] makes every pair overlap (boxes 0.6 apart at IoU 0.14), which would
     inflate the mAP silently. Boxes within [0, 1] whose coordinates are all whole numbers
     are pixel boxes at the corner (an annotated point), which the convention is for."""
-    boxes = np.concatenate([gt_boxes, pred_boxes])
-    if not gt_boxes.size or boxes.max() > 1.0 + box_ops.NORMALIZED_SLACK:
+    # Within [0, 1]: the ground truth (a detector's unclipped boxes may reach past it).
+    if not gt_boxes.size or gt_boxes.max() > 1.0 + box_ops.NORMALIZED_SLACK:
         return
+    boxes = np.concatenate([gt_boxes, pred_boxes])
     if (boxes != np.round(boxes)).any():
         raise ValueError(
             "plus_one=True takes pixel boxes (it adds a pixel to each width and height, the "

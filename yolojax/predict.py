@@ -241,7 +241,7 @@ def _usable_cpus() -> int:
     system says), not the machine's."""
     if hasattr(os, "sched_getaffinity"):  # Linux
         return len(os.sched_getaffinity(0))
-    return os.cpuerrors.count() or 1
+    return os.cpu_count() or 1
 
 
 @contextlib.contextmanager

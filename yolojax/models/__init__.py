@@ -8,8 +8,8 @@ ConfigDict, a dict or any object with attributes); all but `backbone` may be omi
   num_classes       C (default 20)
   grid_size         S (default 7)
   num_boxes         B (default 2)
-  dtype             compute dtype, 'float32' | 'bfloat16' (or jnp.bfloat16; default
-                    'float32'); params and the output stay float32
+  dtype             compute dtype, 'float32' | 'bfloat16' (default 'float32'); params and
+                    the output stay float32
   num_groups        GroupNorm groups for 'darknet_gn' and its conv head (default 32)
   dropout_rate      'fc' head dropout (default 0.5)
   fc_hidden         'fc' head hidden width (default 4096)
@@ -151,8 +151,9 @@ def get_classifier(
 
 
 def _dtype_name(dtype: Any) -> Any:
-    """'bfloat16' for jnp.bfloat16 or np.dtype('bfloat16') too; anything else as given."""
-    if isinstance(dtype, str):
+    """'bfloat16' for jnp.bfloat16 or np.dtype('bfloat16') too; anything else as given, for
+    the error to name (None is no dtype, though NumPy reads it as float64)."""
+    if isinstance(dtype, str) or dtype is None:
         return dtype
     try:
         return np.dtype(dtype).name
