@@ -660,7 +660,7 @@ def test_h_as_a_flag_value_is_that_value_not_a_help_request():
 
 def test_too_few_train_images_suggest_only_what_can_help():
     config = shapes.get_config()
-    with pytest.raises(ValueError, match=r"batch_size=16: lower the batch size\.$"):
+    with pytest.raises(ValueError, match=r"batch_size=16: lower the batch size to 10 or less\.$"):
         train_lib.steps_for(config, 10)
     config.data.max_train_examples = 10  # a cap: raising it is the other way
     with pytest.raises(ValueError, match=r"or raise config.data.max_train_examples=10\.$"):
