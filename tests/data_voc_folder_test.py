@@ -260,6 +260,20 @@ def test_difficult_and_truncated_read_true_and_yes_and_refuse_other_words(tmp_pa
         voc_xml.parse_annotation(xml)
 
 
+def test_a_listed_id_without_its_xml_names_the_split_file_that_lists_it(tmp_path):
+    images = [VocImage(image_id, 20, 10, [VocObject("dog", (2, 1, 9, 8))]) for image_id in "ab"]
+    folder = write_voc_folder(
+        str(tmp_path / "f"), images, image_sets={"train": ["a"], "val": ["b", "c"]}
+    )
+    with pytest.raises(voc_folder.BadDataError) as error:
+        _prepare(folder, tmp_path, class_names=("dog",))
+    listing = os.path.join(folder, "ImageSets", "Main", "val.txt")
+    assert str(error.value).startswith(
+        f"{os.path.join(folder, 'Annotations', 'c.xml')}: annotation file not found, for the "
+        f"id 'c' that {listing} lists: add the file, or remove the id from the list"
+    )
+
+
 @pytest.mark.parametrize(
     ("width", "height", "size"),
     [("320", "240", (320, 240)), ("320.0", "240.0", (320, 240)), ("0", "0", None)],

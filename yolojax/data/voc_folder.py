@@ -48,6 +48,7 @@ from yolojax.data.voc_layout import (
     find_image,
     folder_splits,
     folder_state,
+    split_file,
     xml_path_of,
 )
 from yolojax.data.voc_xml import BadDataError, ParsedObject, parse_annotation
@@ -101,16 +102,20 @@ def _check_object(xml_path: str, obj: ParsedObject, width: int, height: int, cla
         raise BadDataError(f"{where} lies outside the {width}x{height} image")
 
 
-def _example(folder: str, image_id: str, class_names: tuple[str, ...]) -> dict:
-    """Builds one TFDS example; raises BadDataError for any problem with its files."""
+def _example(folder: str, image_id: str, class_names: tuple[str, ...], split: str) -> dict:
+    """Builds one TFDS example of ``split``; raises BadDataError for any problem with its
+    files."""
     xml_path = xml_path_of(folder, image_id)
     try:
         image_id.encode("utf-8")
     except UnicodeEncodeError:
         # TFDS stores names as UTF-8 text; !a (ascii) keeps the message printable.
         raise BadDataError(f"{xml_path!a}: file name is not valid UTF-8") from None
-    if not os.path.isfile(xml_path):
-        raise BadDataError(f"{xml_path}: annotation file not found")
+    if not os.path.isfile(xml_path):  # the ids of the other layouts are the XML files'
+        raise BadDataError(
+            f"{xml_path}: annotation file not found, for the id {image_id!r} that "
+            f"{split_file(folder, split)} lists: add the file, or remove the id from the list"
+        )
     annotation = parse_annotation(xml_path)
     image_path = find_image(folder, image_id, annotation)
     encoded, width, height = _read_image(image_path)
@@ -308,7 +313,7 @@ class VocFolder(tfds.core.GeneratorBasedBuilder):
         problems, labels_seen = [], set()
         for image_id in image_ids:
             try:
-                example = _example(config.folder, image_id, config.class_names)
+                example = _example(config.folder, image_id, config.class_names, split)
             except BadDataError as error:
                 if config.on_bad_data == "error":
                     raise _with_skip_hint(error) from None

@@ -170,6 +170,12 @@ def folder_splits(folder: str, split_seed: int = 0) -> dict[str, list[str]]:
     return _random_split(folder, annotation_ids(folder), split_seed)
 
 
+def split_file(folder: str, split: str) -> str:
+    """The path of ``split``'s file in ``ImageSets/Main`` ('validation': val.txt)."""
+    names = {split: file_name for file_name, split in _SPLIT_FILE_NAMES.items()}
+    return os.path.join(folder, "ImageSets", "Main", f"{names[split]}.txt")
+
+
 def _check_split_files(main: str, splits: dict[str, list[str]]) -> None:
     """Refuses an empty split file (TFDS failed on one with a traceback); warns of images
     both trained on and evaluated on."""
