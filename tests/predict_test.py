@@ -13,6 +13,7 @@ import shutil
 import threading
 import time
 import unicodedata
+import warnings
 
 import jax
 import ml_collections
@@ -954,3 +955,17 @@ def test_the_default_drawing_threads_count_the_cpus_without_sched_getaffinity(mo
     assert predict._usable_cpus() == 3
     monkeypatch.setattr(os, "cpu_count", lambda: None)  # "cannot be determined"
     assert predict._usable_cpus() == 1
+
+
+def test_a_panorama_over_pillows_warning_size_is_drawn_without_its_warning(
+    workdir, tmp_path, monkeypatch
+):
+    # Pillow warns of a "decompression bomb" from 89.5 megapixels (refusing from twice
+    # that): a panorama's drawing came with that warning and a library path.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 40 × 40 is 1.6 times the limit
+    image = _image(tmp_path / "panorama.png", 40, 40)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _predict(workdir, tmp_path / "out", image) == 0
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert list(_record(tmp_path / "out")) == [image]

@@ -38,6 +38,7 @@ import collections
 import contextlib
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -49,6 +50,7 @@ if __name__ == "__main__":
     cli.launch()  # first, before JAX is imported: the huge-pages restart, and Ctrl-C exits
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from yolojax import drawings, errors
@@ -362,7 +364,11 @@ def main(argv=None) -> None:
         parser.error(f"--out {args.out} is a file: choose another output folder")
     from yolojax.detector import Detector  # here: --help and bad flags before TensorFlow
 
-    with cli.command_errors():
+    with cli.command_errors(), warnings.catch_warnings():
+        # A panorama of 90-179 megapixels is read as any photo; Pillow's warning of a
+        # "decompression bomb", for servers reading untrusted uploads, says nothing to do.
+        # (Larger ones are refused by Pillow, and reported as unreadable.)
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         detector = Detector.from_workdir(
             args.workdir, checkpoint=args.checkpoint, score_threshold=args.score_threshold, **nms
         )
