@@ -725,3 +725,26 @@ def test_train_prints_the_config_with_its_overrides_and_needs_a_workdir_to_train
     result = _run_command("train.py", "--config", "configs/shapes.py")
     assert result.returncode == 1
     assert "--workdir is required: the folder for the run's checkpoints." in result.stderr
+
+
+_LOGGED_WARNINGS = """
+import logging
+from absl import logging as absl_logging
+from yolojax import cli
+
+absl_logging.use_absl_handler()  # as absl.app.run does
+with cli.command_errors():
+    logging.getLogger("yolojax.data.voc_folder").warning("voc_folder: class %r is rare", "redbx")
+    logging.getLogger("elsewhere").warning("another package's warning")
+"""
+
+
+def test_the_warnings_yolojax_logs_print_as_its_other_warnings_in_a_command():
+    # A VOC folder's warnings (skipped images, a likely misspelt class) came in absl's
+    # format, "W1205 18:20:06.997812 140231961832320 voc_folder.py:462] ...".
+    done = subprocess.run(
+        [sys.executable, "-c", _LOGGED_WARNINGS], capture_output=True, text=True, timeout=120
+    )
+    assert "Warning: voc_folder: class 'redbx' is rare\n" in done.stderr
+    assert "] voc_folder" not in done.stderr  # not in absl's format as well
+    assert re.search(r"\] another package's warning", done.stderr)  # others as they were

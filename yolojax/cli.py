@@ -274,7 +274,9 @@ def _plain_library_warnings():
     They are notices for the user (`yolojax.errors.Notice`: a checkpoint set aside, Ctrl-C
     ignored by a background job); the file, line number and source line that Python adds
     would read as a fault in the code. Other warnings (other packages', and NumPy's or
-    JAX's raised in yolojax's code) keep Python's format.
+    JAX's raised in yolojax's code) keep Python's format. So do the warnings yolojax's
+    modules log (a VOC folder's skipped images, a likely misspelt class), which absl's
+    handler would print as ``W1205 18:22:00.054 140231961832320 voc_folder.py:334] ...``.
     """
     default = warnings.formatwarning
 
@@ -284,10 +286,24 @@ def _plain_library_warnings():
         return default(message, category, filename, lineno, line)
 
     warnings.formatwarning = formatwarning
+    plain_logs = _PlainLoggedWarnings()
+    absl_logging.get_absl_handler().addFilter(plain_logs)
     try:
         yield
     finally:
         warnings.formatwarning = default
+        absl_logging.get_absl_handler().removeFilter(plain_logs)
+
+
+class _PlainLoggedWarnings(logging.Filter):
+    """On absl's log handler: prints the warnings that yolojax's own loggers log as
+    ``Warning: <message>`` in place of absl's line; all else passes as it is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or not record.name.startswith("yolojax"):
+            return True
+        print(f"Warning: {record.getMessage()}", file=sys.stderr)
+        return False
 
 
 @contextlib.contextmanager
