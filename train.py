@@ -36,7 +36,7 @@ flags.adopt_module_key_flags(distributed)  # --help lists the multi-host flags t
 def main(argv):
     cli.start(argv)
     if FLAGS.print_config:
-        print(FLAGS.config)
+        print(cli.config_text(FLAGS.config), end="")
         return
     if FLAGS.workdir is None:
         raise app.UsageError("--workdir is required: the folder for the run's checkpoints.")

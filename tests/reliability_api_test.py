@@ -722,6 +722,9 @@ def test_train_prints_the_config_with_its_overrides_and_needs_a_workdir_to_train
     # Every section and field, as a --config.<section>.<field> override names it.
     assert "train:\n" in result.stdout and "\n  batch_size: 8\n" in result.stdout
     assert "\n    num_train: 4000\n" in result.stdout  # data.synthetic.num_train
+    # Tuples as plain lists: ml_collections' text tags them !!python/tuple.
+    assert "\n  lr_drop_epochs:\n  - 75.0\n  - 105.0\n" in result.stdout
+    assert "!!python" not in result.stdout
     result = _run_command("train.py", "--config", "configs/shapes.py")
     assert result.returncode == 1
     assert "--workdir is required: the folder for the run's checkpoints." in result.stderr

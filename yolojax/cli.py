@@ -22,6 +22,7 @@ import traceback as traceback_lib
 import warnings
 from pathlib import Path
 
+import yaml
 from absl import app, flags
 from absl import logging as absl_logging
 
@@ -170,6 +171,20 @@ def _config_file_line(error: BaseException, config_file: str) -> int | None:
 
 # absl's flags that print help and exit, and the alias -h.
 HELP_FLAGS = {"help", "helpshort", "helpfull", "helpxml", "?", "h"}
+
+
+def config_text(config) -> str:
+    """``config`` as YAML, every section and field in order (``--print_config``), tuples as
+    plain lists: ml_collections' own text tags them ``!!python/tuple``."""
+
+    def plain(value):
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(item) for item in value]
+        return value
+
+    return yaml.safe_dump(plain(config.to_dict()), sort_keys=False, allow_unicode=True)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
