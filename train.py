@@ -7,7 +7,7 @@
 Re-running the same command resumes from the latest checkpoint in --workdir.
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from yolojax import cli
@@ -39,7 +39,7 @@ def main(argv):
         print(cli.config_text(FLAGS.config), end="")
         return
     if FLAGS.workdir is None:
-        raise app.UsageError("--workdir is required: the folder for the run's checkpoints.")
+        cli.usage_error("--workdir is required: the folder for the run's checkpoints.")
     # A documented error prints its message alone (the traceback with --verbosity=1).
     with cli.command_errors(traceback=FLAGS.verbosity >= 1):
         from yolojax import trainer  # here, not above: --help comes before TensorFlow loads

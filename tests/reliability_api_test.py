@@ -728,6 +728,8 @@ def test_train_prints_the_config_with_its_overrides_and_needs_a_workdir_to_train
     result = _run_command("train.py", "--config", "configs/shapes.py")
     assert result.returncode == 1
     assert "--workdir is required: the folder for the run's checkpoints." in result.stderr
+    # The message and where the help is, not absl's 30 lines of help before it.
+    assert result.stdout == "" and result.stderr.count("\n") == 2, result.stderr
 
 
 _LOGGED_WARNINGS = """

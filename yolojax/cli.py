@@ -103,6 +103,12 @@ def _flags_error(message: str) -> None:
     raise SystemExit(1)
 
 
+def usage_error(message: str) -> None:
+    """Ends a command whose flags are wrong as absl ends it for a bad flag: the message and
+    where the help is, not the 30 lines of help that ``app.UsageError`` prints first."""
+    _flags_error(f"{message}\nPass --help to see the flags.")
+
+
 def _config_arguments(argv: list[str]) -> list[str]:
     """The values given to ``--config`` in ``argv`` (``--config=X`` or ``--config X``)."""
     values = []
@@ -364,7 +370,7 @@ def start(argv: list[str]) -> None:
     and lowers the log level to WARNING unless ``--verbosity`` was given (orbax logs every
     checkpoint save at INFO; ``--verbosity=0`` shows them)."""
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        usage_error(f"unexpected arguments {argv[1:]}: every setting is a --flag.")
     if not flags.FLAGS["verbosity"].present:
         absl_logging.set_verbosity(absl_logging.WARNING)
 
