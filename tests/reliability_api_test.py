@@ -641,6 +641,21 @@ def test_a_bad_checkpoint_value_is_one_paragraph_not_the_help(command, tmp_path)
     assert "--helpfull" not in result.stderr and "Traceback" not in result.stderr
 
 
+def test_an_error_names_the_troubleshooting_page_by_a_path_that_holds_anywhere(tmp_path):
+    # Run from another folder, "docs/troubleshooting.md" named no file there.
+    result = subprocess.run(
+        [sys.executable, str(REPO / "evaluate.py"), f"--workdir={tmp_path}", "--checkpoint=x"],
+        cwd=tmp_path,
+        env={**os.environ, "YOLOJAX_HUGE_PAGES": "0", "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    page = re.search(r"What to do about each error: (\S+)\. For", result.stderr).group(1)
+    assert Path(page).is_absolute() and Path(page).is_file(), result.stderr
+
+
 @pytest.mark.parametrize(
     "command, flag", [("train.py", "--help"), ("evaluate.py", "-h"), ("train.py", "--helpfull")]
 )

@@ -41,6 +41,9 @@ USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, errors.Machine
 TRACEBACK_ENV = "YOLOJAX_TRACEBACK"
 # The repository's configs/ (not installed with the package: absent from a wheel install).
 BUNDLED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# Where error messages send the user: the checkout's page by its path, which holds from any
+# working folder (docs/ too is not installed with the package).
+TROUBLESHOOTING_PAGE = Path(__file__).resolve().parents[1] / "docs" / "troubleshooting.md"
 
 
 class _FailedRestoreNoise(logging.Filter):
@@ -327,6 +330,15 @@ class _PlainLoggedWarnings(logging.Filter):
         return False
 
 
+def _troubleshooting() -> str:
+    """The troubleshooting page, by a path that holds from any working folder."""
+    return (
+        str(TROUBLESHOOTING_PAGE)
+        if TROUBLESHOOTING_PAGE.is_file()
+        else ("docs/troubleshooting.md of yolojax")
+    )
+
+
 @contextlib.contextmanager
 def command_errors(*, traceback: bool = False):
     """Runs a command's body, reporting errors as a command-line tool should.
@@ -359,7 +371,7 @@ def command_errors(*, traceback: bool = False):
             raise
         print(
             f"Error: {type(error).__name__}: {error}\n(What to do about each error: "
-            f"docs/troubleshooting.md. For the traceback, set {TRACEBACK_ENV}=1.)",
+            f"{_troubleshooting()}. For the traceback, set {TRACEBACK_ENV}=1.)",
             file=sys.stderr,
         )
         raise SystemExit(1) from None
