@@ -170,6 +170,34 @@ def test_bad_data_raises_naming_the_file_and_the_problem(tmp_path, problem):
     assert str(error.value).endswith("(--config.data.on_bad_data=skip leaves such images out.)")
 
 
+def test_every_bad_file_of_a_split_is_named_at_once(tmp_path):
+    # Only the first was: a user fixed a folder one run a file.
+    ids = ["ok", "b1", "b2", "b3"]
+    images = [VocImage(image_id, 20, 10, [VocObject("dog", (2, 1, 9, 8))]) for image_id in ids]
+    folder = write_voc_folder(str(tmp_path / "f"), images, image_sets={"train": ids})
+    annotations = os.path.join(folder, "Annotations")
+    os.remove(os.path.join(folder, "JPEGImages", "b1.jpg"))  # image not found
+    for image_id, old, new in (
+        ("b2", "<xmax>9</xmax>", "<xmax>2</xmax>"),
+        ("b3", "</annotation>", ""),
+    ):
+        path = os.path.join(annotations, f"{image_id}.xml")
+        with open(path) as file:
+            text = file.read()
+        with open(path, "w") as file:
+            file.write(text.replace(old, new))
+    with pytest.raises(voc_folder.BadDataError) as error:
+        _prepare(folder, tmp_path, class_names=("dog",))
+    lines = str(error.value).splitlines()
+    assert lines[0] == f"3 of the 4 images of split 'train' in {folder} are unusable:"
+    assert [line.split(": ", 1)[1].split(" (")[0] for line in lines[1:4]] == [
+        "image not found",
+        "object 'dog' box",
+        "malformed XML",
+    ]
+    assert lines[-1] == "(--config.data.on_bad_data=skip leaves such images out.)"
+
+
 def test_a_malformed_annotation_found_while_collecting_class_names_says_what_to_do(tmp_path):
     # Without class names in the config, the first read of every .xml is the scan for them.
     folder, bad_file = _folder_with_one_bad_image(tmp_path, "malformed XML")

@@ -94,7 +94,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     # voc_folder only: class names in label order; None = every name found in the XML files,
     # sorted. With a list, an object of another class is bad data.
     data.class_names = config_dict.placeholder(tuple)
-    # voc_folder only: 'error' stops at the first bad file (naming it and the problem);
+    # voc_folder only: 'error' stops at a split's bad files (naming each and its problem);
     # 'skip' leaves out every image with a problem and warns with the count.
     data.on_bad_data = "error"
     # Square model input size in pixels.

@@ -314,13 +314,24 @@ class VocFolder(tfds.core.GeneratorBasedBuilder):
         for image_id in image_ids:
             try:
                 example = _example(config.folder, image_id, config.class_names, split)
-            except BadDataError as error:
-                if config.on_bad_data == "error":
-                    raise _with_skip_hint(error) from None
+            except BadDataError as error:  # with on_bad_data='error' too: all named at once
                 problems.append(str(error))
                 continue
             labels_seen.update(example["objects"]["label"])
             yield image_id, example
+        if problems and config.on_bad_data == "error":
+            # Every bad file of the split, not the first alone: one fix, not one run a file.
+            listed = "\n  ".join(problems[:_MAX_REPORTED_PROBLEMS])
+            more = len(problems) - _MAX_REPORTED_PROBLEMS
+            raise _with_skip_hint(
+                BadDataError(problems[0])
+                if len(problems) == 1
+                else BadDataError(
+                    f"{len(problems)} of the {len(image_ids)} images of split '{split}' in "
+                    f"{config.folder} are unusable:\n  {listed}"
+                    + (f"\n  ... and {more} more" if more > 0 else "")
+                )
+            )
         unseen = [name for i, name in enumerate(config.class_names) if i not in labels_seen]
         if split == "train" and unseen:
             # A class named only in the evaluation split's files (a typo, most often): it
