@@ -26,7 +26,7 @@ flags.DEFINE_bool(
     "print_config",
     False,
     "Print the config, overrides applied: every field a --config.<field>=VALUE can set. "
-    "Then exit, without training.",
+    "Then check it and exit, without training.",
 )
 flags.mark_flags_as_required(["config"])
 distributed.define_flags()
@@ -37,6 +37,10 @@ def main(argv):
     cli.start(argv)
     if FLAGS.print_config:
         print(cli.config_text(FLAGS.config), end="")
+        with cli.command_errors(traceback=FLAGS.verbosity >= 1):
+            from yolojax.config import validate_config
+
+            validate_config(FLAGS.config)  # what training would refuse, said now
         return
     if FLAGS.workdir is None:
         cli.usage_error("--workdir is required: the folder for the run's checkpoints.")

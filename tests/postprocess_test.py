@@ -57,7 +57,9 @@ def test_decode_hand_computed_box_and_score():
     # half sizes 0.25 × 0.125 → yxyx [0.4375, 0.125, 0.6875, 0.625].
     outputs[0, 2, 1, :C] = [0.1, 0.5, -0.3]
     outputs[0, 2, 1, C + 5 :] = [0.8, 0.5, 0.25, 2.0, 1.0]
-    boxes, scores = postprocess.decode(outputs, num_classes=C, num_boxes=B)
+    candidates = postprocess.decode(outputs, num_classes=C, num_boxes=B)
+    boxes, scores = candidates  # a pair, and named: the two are the same arrays
+    assert candidates.boxes is boxes and candidates.scores is scores
     index = (2 * S + 1) * B + 1  # (row, col, box) order
     np.testing.assert_allclose(boxes[0, index], [0.4375, 0.125, 0.6875, 0.625], atol=1e-6)
     # Scores = conf × class score, the negative class score clipped to 0.

@@ -740,6 +740,12 @@ def test_train_prints_the_config_with_its_overrides_and_needs_a_workdir_to_train
     # Tuples as plain lists: ml_collections' text tags them !!python/tuple.
     assert "\n  lr_drop_epochs:\n  - 75.0\n  - 105.0\n" in result.stdout
     assert "!!python" not in result.stdout
+    # A value training would refuse: printed, then named (it was refused only by train.py).
+    result = _run_command(
+        "train.py", "--config", "configs/shapes.py", "--print_config", "--config.model.dtype=bf16"
+    )
+    assert result.returncode == 1 and "\n  dtype: bf16\n" in result.stdout
+    assert "config.model.dtype must be one of ('float32', 'bfloat16'); got 'bf16'" in result.stderr
     result = _run_command("train.py", "--config", "configs/shapes.py")
     assert result.returncode == 1
     assert "--workdir is required: the folder for the run's checkpoints." in result.stderr

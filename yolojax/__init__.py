@@ -44,7 +44,9 @@ _EXPORTS = {
     "VOCEvaluator": "evaluation",
     "yolo_loss": "losses",
     **dict.fromkeys(("BACKBONES", "HEADS", "YOLO", "get_classifier", "get_model"), "models"),
-    **dict.fromkeys(("Detections", "decode", "detect", "nms", "pixel_detections"), "postprocess"),
+    **dict.fromkeys(
+        ("Candidates", "Detections", "decode", "detect", "nms", "pixel_detections"), "postprocess"
+    ),
     **dict.fromkeys(("encode", "encode_batch"), "targets"),
     # The Detector resizes with the input pipeline's TensorFlow.
     "Detector": "detector",
@@ -55,6 +57,7 @@ __all__ = [
     "BACKBONES",
     "HEADS",
     "YOLO",
+    "Candidates",
     "Detections",
     "VOCEvaluator",
     "box_area",
@@ -93,7 +96,14 @@ if TYPE_CHECKING:  # for type checkers and editors, which do not run __getattr__
     from yolojax.evaluation import VOCEvaluator
     from yolojax.losses import yolo_loss
     from yolojax.models import BACKBONES, HEADS, YOLO, get_classifier, get_model
-    from yolojax.postprocess import Detections, decode, detect, nms, pixel_detections
+    from yolojax.postprocess import (
+        Candidates,
+        Detections,
+        decode,
+        detect,
+        nms,
+        pixel_detections,
+    )
     from yolojax.targets import encode, encode_batch
 
 

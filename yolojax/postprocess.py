@@ -38,7 +38,20 @@ class Detections(NamedTuple):
     valid: jax.Array
 
 
-def decode(outputs, *, num_classes: int, num_boxes: int):
+class Candidates(NamedTuple):
+    """Every predicted box of a batch with its per-class scores, before NMS (:func:`decode`).
+
+    Attributes:
+      boxes: ``(N, S·S·B, 4)`` normalized ``[ymin, xmin, ymax, xmax]`` clipped to [0, 1],
+        ordered by ``(row, col, box)``.
+      scores: ``(N, S·S·B, C)`` confidence × class probability.
+    """
+
+    boxes: jax.Array
+    scores: jax.Array
+
+
+def decode(outputs, *, num_classes: int, num_boxes: int) -> Candidates:
     """Turns raw outputs into image-space boxes and per-class scores.
 
     The score of box ``b`` for class ``c`` is ``confidence_b × p(c)`` (the paper's
@@ -53,8 +66,9 @@ def decode(outputs, *, num_classes: int, num_boxes: int):
       num_boxes: B.
 
     Returns:
-      ``boxes (N, S·S·B, 4)`` normalized yxyx clipped to [0, 1], ordered by
-      ``(row, col, box)``, and ``scores (N, S·S·B, C)``.
+      :class:`Candidates`: ``boxes (N, S·S·B, 4)`` normalized yxyx clipped to [0, 1],
+      ordered by ``(row, col, box)``, and ``scores (N, S·S·B, C)`` (a pair: ``boxes, scores
+      = decode(...)`` unpacks it).
     """
     outputs = jnp.asarray(outputs, jnp.float32)
     check_grid_layout(outputs, "outputs")
@@ -74,9 +88,9 @@ def decode(outputs, *, num_classes: int, num_boxes: int):
     # An empty box can neither match nor suppress anything: it is no detection.
     scores = jnp.where(box_ops.box_area(boxes)[..., None] > 0, scores, 0.0)
     num_predictions = s * s * num_boxes  # not -1: a batch of 0 would leave it undefined
-    return (
-        boxes.reshape(batch_size, num_predictions, 4),
-        scores.reshape(batch_size, num_predictions, num_classes),
+    return Candidates(
+        boxes=boxes.reshape(batch_size, num_predictions, 4),
+        scores=scores.reshape(batch_size, num_predictions, num_classes),
     )
 
 

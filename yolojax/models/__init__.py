@@ -110,9 +110,11 @@ def get_classifier(
 ) -> nn.Module:
     """Builds backbone `arch` as a classifier (its ImageNet build with num_classes=1000).
 
-    Call it as `module.apply(variables, images, train=False)` → (N, num_classes) logits, or
-    with `output='features'` / `'pre_logits'` (see each backbone's docstring). Its variables
-    have the layout of a YOLO model's 'backbone' subtree.
+    Call it as `module.apply(variables, images, train=False)` on (N, H, W, 3) float images
+    (normalized as the config's `data.normalization` says) → (N, num_classes) logits, or with
+    `output='features'` (the last feature map, (N, H', W', channels)) / `'pre_logits'`
+    (its global average, (N, channels)); each backbone's docstring gives the sizes. Its
+    variables have the layout of a YOLO model's 'backbone' subtree.
 
     Args:
       arch: one of BACKBONES.
