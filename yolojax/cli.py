@@ -332,11 +332,9 @@ class _PlainLoggedWarnings(logging.Filter):
 
 def _troubleshooting() -> str:
     """The troubleshooting page, by a path that holds from any working folder."""
-    return (
-        str(TROUBLESHOOTING_PAGE)
-        if TROUBLESHOOTING_PAGE.is_file()
-        else ("docs/troubleshooting.md of yolojax")
-    )
+    if TROUBLESHOOTING_PAGE.is_file():
+        return str(TROUBLESHOOTING_PAGE)
+    return "docs/troubleshooting.md of yolojax"
 
 
 @contextlib.contextmanager

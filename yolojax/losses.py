@@ -2,12 +2,11 @@
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from yolojax import boxes as box_ops
 from yolojax.outputs import check_grid_layout, split_predictions
 from yolojax.targets import target_channels
-from yolojax.validation import check_number, check_positive_int
+from yolojax.validation import check_number, check_positive_int, known_values
 
 # Bounds the slope of the signed square root of a predicted width/height near 0 (1/√ε).
 SQRT_EPSILON = 1e-6
@@ -29,9 +28,8 @@ def _check_loss_args(predictions, targets, num_classes, num_boxes, weights):
     check_positive_int("num_classes", num_classes)
     check_positive_int("num_boxes", num_boxes)
     for name, weight in weights.items():  # as config.loss's are checked
-        try:
-            value = np.asarray(weight)
-        except jax.errors.TracerArrayConversionError:  # a sweep under vmap: as given
+        value = known_values(weight)
+        if value is None:  # a sweep under vmap: as given
             continue
         # A number, or a NumPy or JAX scalar, as a float; anything else (True, None, "5")
         # is refused by check_number as it is.

@@ -8,7 +8,7 @@ import numpy as np
 
 from yolojax import boxes as box_ops
 from yolojax.outputs import check_grid_layout, split_predictions
-from yolojax.validation import check_positive_int, check_threshold
+from yolojax.validation import check_positive_int, check_threshold, known_values
 
 # Candidates that enter NMS per image by default: about a quarter of VOC's S·S·B·C = 1960
 # (box, class) pairs, rounded up to a power of two. NMS builds a K × K IoU matrix per image,
@@ -119,11 +119,8 @@ def _greedy_nms(boxes, labels, eligible, iou_threshold):
 def _check_probabilities(scores) -> None:
     """Refuses scores above 1 where they are known (outside jit and vmap): logits, whose
     positive values would all pass the threshold as near-certain detections."""
-    try:
-        scores = np.asarray(scores)
-    except jax.errors.TracerArrayConversionError:
-        return
-    if scores.size and scores.max() > 1:
+    scores = known_values(scores)
+    if scores is not None and scores.size and scores.max() > 1:
         raise ValueError(
             f"scores must be probabilities in [0, 1] (decode's); got values up to "
             f"{scores.max():g}. Pass probabilities, not logits."
@@ -134,9 +131,8 @@ def _check_corners(boxes) -> None:
     """Refuses boxes with a max below their min where they are known (outside jit and vmap):
     boxes in another format, such as [x, y, w, h], have no area, so no box would suppress
     another."""
-    try:
-        boxes = np.asarray(boxes)
-    except jax.errors.TracerArrayConversionError:
+    boxes = known_values(boxes)
+    if boxes is None:
         return
     inverted = box_ops.inverted(boxes)
     if inverted.any():

@@ -10,10 +10,9 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from yolojax import boxes as box_ops
-from yolojax.validation import check_flags, check_positive_int, device_axis_hint
+from yolojax.validation import check_flags, check_positive_int, device_axis_hint, known_values
 
 
 def target_channels(num_classes: int) -> int:
@@ -54,9 +53,8 @@ def _check_encode_values(boxes, labels, mask, num_classes):
     would encode without error into targets that teach the model nothing: pixel boxes land
     in the last cell with offsets in the hundreds, ``[x, y, w, h]`` boxes come out inverted
     and are dropped, and an id ≥ C gets no class."""
-    try:
-        boxes, labels, mask = np.asarray(boxes), np.asarray(labels), np.asarray(mask)
-    except jax.errors.TracerArrayConversionError:
+    boxes, labels, mask = (known_values(array) for array in (boxes, labels, mask))
+    if boxes is None or labels is None or mask is None:
         return
     mask = check_flags("mask", mask)
     real_boxes, real_labels = boxes[mask], labels[mask]  # (K, 4), (K,); padding may be anything

@@ -89,6 +89,15 @@ def check_threshold(name: str, value) -> None:
         raise ValueError(f"{name} must be in [0, 1]; got {value}.")
 
 
+def known_values(array) -> np.ndarray | None:
+    """``array`` as NumPy where its values are known, None where they are traced (under
+    jit or vmap): the value checks of the public functions run outside traces only."""
+    try:
+        return np.asarray(array)
+    except jax.errors.TracerArrayConversionError:
+        return None
+
+
 def device_axis_hint(name: str, ndim: int, expected_ndim: int) -> str:
     """For an array of one axis more than expected, most likely a pipeline batch's leading
     device axis: what to pass instead (else "")."""
