@@ -354,7 +354,9 @@ def evaluate_checkpoint(
                 results, info.class_names, step=step
             ),
         }
-        saves = [(path, functools.partial(_write_file, path, data)) for path, data in files.items()]
+        saves = []
+        for path, data in files.items():
+            saves.append((path, functools.partial(atomic_write_bytes, path, data)))
         if voc_results_folder is not None:
             folder = Path(voc_results_folder)
             detections = results.pop("detections")
@@ -367,11 +369,6 @@ def evaluate_checkpoint(
             except OSError as error:  # a read-only or full workdir: the results still return
                 warnings.warn(f"Could not save {path}: {error}", errors.Notice, stacklevel=2)
     return results
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, data)
 
 
 def has_ground_truth(results: dict) -> bool:
