@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from benchmarks.voc_reference import voc_ap, voc_eval
-from yolojax.evaluation import VOCEvaluator, precision_envelope
+from yolojax.average_precision import precision_envelope
+from yolojax.evaluation import VOCEvaluator
 
 A = [0, 0, 10, 10]
 B = [20, 20, 30, 30]

@@ -10,7 +10,7 @@ import matplotlib
 from matplotlib.figure import Figure
 
 from yolojax import workdir as workdir_io
-from yolojax.evaluation import precision_envelope
+from yolojax.average_precision import precision_envelope
 from yolojax.losses import LOSS_TERMS
 
 
@@ -70,7 +70,7 @@ def precision_recall_figure(results: dict, class_names, *, step: int | None = No
     against recall.
 
     The curve is the one whose area is the class's area AP
-    (:func:`yolojax.evaluation.precision_envelope`), drawn as steps; classes without
+    (:func:`yolojax.average_precision.precision_envelope`), drawn as steps; classes without
     positives are left out.
 
     Args:
