@@ -122,3 +122,15 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> 
     for row in rows:
         lines.append("| " + " | ".join(str(row.get(key, "")) for key, _ in columns) + " |")
     return "\n".join(lines)
+
+
+def matmul_flops_per_second(device, dtype: str, size: int = 2048, calls: int = 5) -> float:
+    """Achieved FLOP/s of one large square matmul: the practical compute ceiling of a device
+    without a datasheet peak (a CPU), against which the train step's FLOP/s is compared."""
+    a = jax.device_put(jax.random.normal(jax.random.key(0), (size, size), dtype), device)
+    matmul = jax.jit(lambda x: x @ x)
+    jax.block_until_ready(matmul(a))
+    times = time_alternating(
+        {"matmul": lambda: jax.block_until_ready(matmul(a))}, rounds=1, steps_per_round=calls
+    )
+    return 2 * size**3 / median(times["matmul"])

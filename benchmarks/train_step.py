@@ -55,9 +55,7 @@ import argparse
 import ast
 import functools
 import os
-import re
 import sys
-import time
 import traceback
 
 # JAX must not take 75% of the GPU up front: the PyTorch reference runs in the same process.
@@ -65,218 +63,18 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # XLA's warnings stay (1): on a GPU they explain a slow compile (a ptxas or driver fallback).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-try:  # torch before anything that may import TensorFlow.
-    import torch
-
-    from benchmarks import torch_reference
-
-    TORCH_MISSING = ""
-# Any error, not just ImportError: a torchvision built for another torch raises RuntimeError.
-except Exception as error:  # JAX figures only, and the header says why.
-    torch = torch_reference = None
-    TORCH_MISSING = f"{type(error).__name__}: {error}"
-
 import jax
-import numpy as np
-from jax.experimental.layout import Format, Layout
-from jax.sharding import NamedSharding, PartitionSpec
-from ml_collections.config_flags import config_path
 
-from benchmarks import common, kernel_profile
-from configs import shapes, voc
-from yolojax import distributed, errors, huge_pages, models, postprocess, train_lib
-from yolojax.config import validate_config
+# torch_train_step imports torch and torchvision, which must come before anything that
+# imports TensorFlow (nothing this script imports does: tests/imports_test.py).
+from benchmarks import common, jax_train_step, kernel_profile, torch_train_step
+from yolojax import errors, huge_pages, models, postprocess
 from yolojax.outputs import output_channels
 
 CPU_DEFAULTS = {"backbone": "darknet_tiny,resnet18", "batch": 8, "image_size": 160}
 ACCELERATOR_DEFAULTS = {"backbone": "resnet152", "batch": 64, "image_size": 448}
-# (channels_last, torch.compile's mode or None for eager) per variant name.
-TORCH_VARIANTS = {
-    "eager": (False, None),
-    "eager_cl": (True, None),
-    "compile": (False, "default"),
-    "compile_cl": (True, "default"),
-    # The compiled forward + loss and its backward replayed as CUDA graphs (the optimizer
-    # step stays eager): PyTorch's fastest variant on an H200 (BENCHMARKS.md).
-    "compile_cl_graphs": (True, "reduce-overhead"),
-}
 WARMUP_STEPS = 2
 AHEAD = "_ahead"  # the name suffix of a step function timed back to back (--back-to-back)
-
-
-def benchmark_config(
-    backbone: str, image_size: int, batch_size: int, dtype: str, conv_impl: str = "auto"
-):
-    """The config a user trains `backbone` with, at the benchmark's size, from scratch."""
-    config = shapes.get_config() if backbone == "darknet_tiny" else voc.get_config(backbone)
-    config.model.pretrained = ""
-    config.model.dtype = dtype
-    config.model.conv_impl = conv_impl
-    config.data.image_size = image_size
-    config.train.batch_size = batch_size
-    return config
-
-
-def random_batch(config, batch_size: int, seed: int = 0) -> dict:
-    """A batch as the input pipeline yields it (one device): NHWC float32 images, 1-6 boxes
-    per image padded to `max_boxes` (normalized yxyx), labels, mask."""
-    rng = np.random.default_rng(seed)
-    size, max_boxes = config.data.image_size, config.data.max_boxes
-    centre = rng.uniform(0.1, 0.9, (batch_size, max_boxes, 2))
-    extent = rng.uniform(0.05, 0.5, (batch_size, max_boxes, 2))
-    boxes = np.clip(np.concatenate([centre - extent / 2, centre + extent / 2], -1), 0, 1)
-    mask = np.arange(max_boxes) < rng.integers(1, 7, (batch_size, 1))
-    return {
-        "image": rng.standard_normal((batch_size, size, size, 3), np.float32),
-        "boxes": (boxes * mask[..., None]).astype(np.float32),
-        "labels": (rng.integers(0, config.model.num_classes, mask.shape) * mask).astype(np.int32),
-        "mask": mask,
-    }
-
-
-def _train_step(config, schedule, mesh):
-    return train_lib.make_train_step(train_lib.build_model(config), config, schedule, mesh)
-
-
-def train_step_flops(config, schedule, state, batch, compiled, num_devices: int) -> float:
-    """FLOPs of one train step on the global batch, from XLA's cost analysis of the step
-    lowered (not compiled) for one CPU device with XLA's own convolutions.
-
-    The model's FLOPs, whatever kernels a backend picks later (a matrix-product convolution
-    on a small padded map also counts the products with the padding's zeros; `--conv-impl`
-    does not change the count). For the CPU because through a PJRT plugin, as on CUDA,
-    JAX gives no cost analysis of a lowered step. Nothing is compiled or allocated. Without
-    a CPU backend (JAX_PLATFORMS=cuda): the cost analysis of ``compiled``, the step as each
-    of its ``num_devices`` devices runs it, times their number.
-    """
-    try:
-        cpu = jax.devices("cpu")[:1]
-    except RuntimeError:
-        print("No CPU backend: FLOPs from the compiled step's cost analysis.", flush=True)
-        return common.xla_flops(compiled) * num_devices
-    xla_config = config.copy_and_resolve_references()
-    xla_config.model.conv_impl = "xla"
-    cpu_mesh = distributed.mesh(cpu)
-    replicated = NamedSharding(cpu_mesh, PartitionSpec())
-    split = NamedSharding(cpu_mesh, PartitionSpec(distributed.AXIS))
-    lowered = _train_step(xla_config, schedule, cpu_mesh).lower(
-        common.abstract_on(state, replicated), common.abstract_on(batch, split)
-    )
-    return common.xla_flops(lowered)
-
-
-def _compile_with_auto_layout(config, schedule, mesh, state, batch):
-    """(the train step compiled with the state in the layouts XLA picks for it, `state` put
-    in them, a line on which layouts those are).
-
-    `jax.jit` with `Layout.AUTO` formats for the donated state: on a GPU XLA may then keep
-    convolution kernels in cuDNN's layout between steps instead of transposing them into it
-    (and their gradients out of it) at each step, as with Flax's (kh, kw, in, out) row-major
-    arrays."""
-    replicated = NamedSharding(mesh, PartitionSpec())
-    auto = Format(Layout.AUTO, replicated)
-    step = jax.jit(
-        train_lib.sharded_train_step(train_lib.build_model(config), config, schedule, mesh),
-        in_shardings=(auto, NamedSharding(mesh, PartitionSpec(distributed.AXIS))),
-        out_shardings=(auto, replicated),
-        donate_argnums=(0,),
-    )
-    compiled = step.lower(common.abstract_on(state, replicated), batch).compile()
-    formats = compiled.input_formats[0][0]
-    layouts = [f.layout.major_to_minor for f in jax.tree.leaves(formats)]
-    out_layouts = [f.layout.major_to_minor for f in jax.tree.leaves(compiled.output_formats[0])]
-    relaid = sum(layout != tuple(range(len(layout))) for layout in layouts)
-    note = f"{relaid} of {len(layouts)} state arrays not row-major; the output state " + (
-        "in the same layouts" if out_layouts == layouts else "in OTHER layouts"
-    )
-    return compiled, jax.device_put(state, formats), note
-
-
-def jax_train_step(config, host_batch: dict, devices: list, auto_layout: bool = False) -> dict:
-    """Compiles the train step (`auto_layout`: see `_compile_with_auto_layout`); returns
-    its step functions (batch already on the devices, or NumPy as the input pipeline yields
-    it) and compile-time facts."""
-    _, state, schedule = train_lib.initial_state(config, config.train.batch_size)
-    mesh = distributed.mesh(devices)
-    state = distributed.replicate(state, mesh)
-    host_batch = jax.tree.map(lambda x: x.reshape(len(devices), -1, *x.shape[1:]), host_batch)
-    batch = distributed.shard_batch(host_batch, mesh)
-    start = time.perf_counter()
-    layout_note = ""
-    if auto_layout:
-        compiled, state, layout_note = _compile_with_auto_layout(
-            config, schedule, mesh, state, batch
-        )
-    else:
-        compiled = _train_step(config, schedule, mesh).lower(state, batch).compile()
-    compile_seconds = time.perf_counter() - start
-    memory = compiled.memory_analysis()
-    # On one device BatchNorm's cross-device means stay in the step as all-reduces over one
-    # device: free on a CPU (measured), on a GPU possibly a collective launch each.
-    hlo = compiled.as_text() or ""
-    all_reduces = len(re.findall(r" all-reduce(?:-start)?\(", hlo))
-    holder = [state]
-
-    def run(count: int = 1, images_on_host: bool = False) -> None:
-        """`count` steps, each dispatched without waiting for the one before (as the trainer
-        runs them), then one wait for the last."""
-        for _ in range(count):
-            step_batch = distributed.shard_batch(host_batch, mesh) if images_on_host else batch
-            holder[0], metrics = compiled(holder[0], step_batch)
-        jax.block_until_ready((holder[0], metrics))
-
-    return {
-        "run": run,
-        "run_host_batch": functools.partial(run, images_on_host=True),
-        "compile_s": compile_seconds,
-        "layout_note": layout_note,
-        "all_reduces": all_reduces,
-        # State arrays XLA copies (straight from the argument) before overwriting them in
-        # place: see yolojax.train_lib._after_every_gradient.
-        "state_copies": sum(
-            name.startswith("state_") for name in kernel_profile.copied_arguments(hlo)
-        ),
-        "hlo": hlo,
-        "flops_per_step": train_step_flops(config, schedule, state, batch, compiled, len(devices)),
-        "plan_bytes": memory.temp_size_in_bytes
-        + memory.argument_size_in_bytes
-        + memory.output_size_in_bytes
-        - memory.alias_size_in_bytes,
-        "num_params": sum(x.size for x in jax.tree.leaves(state.params)) // len(devices),
-    }
-
-
-def torch_train_step(config, batch: dict, variant: str, device) -> dict:
-    """Builds the PyTorch reference step and runs its warm-up calls (where `torch.compile`
-    compiles), timed; on CUDA also its peak memory."""
-    channels_last, compile_mode = TORCH_VARIANTS[variant]
-    if device.type == "cuda":  # this variant's peak, without what earlier variants still hold
-        memory_before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    step = torch_reference.TrainStep(
-        config,
-        config.data.image_size,
-        device,
-        dtype=config.model.dtype,
-        channels_last=channels_last,
-        compile=compile_mode,
-    )
-    tensors = step.to_device(batch)
-
-    def run(count: int = 1) -> None:
-        """`count` steps, then one wait (CUDA launches are asynchronous; a CPU's are not)."""
-        for _ in range(count):
-            step(*tensors)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    start = time.perf_counter()
-    for _ in range(WARMUP_STEPS):
-        run()
-    result = {"run": run, "warmup_s": time.perf_counter() - start}
-    if device.type == "cuda":
-        result["memory"] = torch.cuda.max_memory_allocated() - memory_before
-    return result
 
 
 def decode_nms_seconds(config, batch_size: int, calls: int = 10) -> float:
@@ -292,18 +90,6 @@ def decode_nms_seconds(config, batch_size: int, calls: int = 10) -> float:
         {"detect": lambda: jax.block_until_ready(detect(outputs))}, rounds=1, steps_per_round=calls
     )
     return common.median(times["detect"])
-
-
-def matmul_flops_per_second(device, dtype: str, size: int = 2048, calls: int = 5) -> float:
-    """Achieved FLOP/s of one large square matmul: the practical compute ceiling of a device
-    without a datasheet peak (a CPU), against which the train step's FLOP/s is compared."""
-    a = jax.device_put(jax.random.normal(jax.random.key(0), (size, size), dtype), device)
-    matmul = jax.jit(lambda x: x @ x)
-    jax.block_until_ready(matmul(a))
-    times = common.time_alternating(
-        {"matmul": lambda: jax.block_until_ready(matmul(a))}, rounds=1, steps_per_round=calls
-    )
-    return 2 * size**3 / common.median(times["matmul"])
 
 
 def _progress(backbone: str, message: str) -> None:
@@ -329,12 +115,12 @@ def _torch_steps(config, batch: dict, args, torch_device, backbone: str) -> tupl
     built, failed = {}, {}
     for variant in args.torch_variants:
         try:
-            built[variant] = torch_train_step(config, batch, variant, torch_device)
+            built[variant] = torch_train_step.build_step(
+                config, batch, variant, torch_device, WARMUP_STEPS
+            )
         except Exception as error:
             failed[variant] = _one_line(error)
             _progress(backbone, f"PyTorch {variant}: failed, {failed[variant]}")
-            if torch_device.type == "cuda":
-                torch.cuda.empty_cache()  # what the failed variant allocated
             continue
         if args.profile and torch_device.type == "cuda":
             _profile_torch(built[variant]["run"], args, backbone, variant)
@@ -393,9 +179,11 @@ def _per_step_and_ahead(images_per_s: dict, name: str) -> str:
 def benchmark(backbone: str, args, devices: list, torch_device, peak: float) -> dict:
     """One table row: JAX and PyTorch figures for `backbone`; each figure is also printed as
     soon as it is measured."""
-    config = benchmark_config(backbone, args.image_size, args.batch, args.dtype, args.conv_impl)
-    batch = random_batch(config, args.batch)
-    jax_step = jax_train_step(config, batch, devices)
+    config = jax_train_step.benchmark_config(
+        backbone, args.image_size, args.batch, args.dtype, args.conv_impl
+    )
+    batch = jax_train_step.random_batch(config, args.batch)
+    jax_step = jax_train_step.build_step(config, batch, devices)
     for _ in range(WARMUP_STEPS):
         jax_step["run"]()
     flops_per_image = jax_step["flops_per_step"] / args.batch
@@ -411,8 +199,8 @@ def benchmark(backbone: str, args, devices: list, torch_device, peak: float) -> 
         _profile(jax_step, args, backbone, len(devices))
     steps = {"jax": jax_step["run"], "jax_host": jax_step["run_host_batch"]}
     if args.compare_config:  # the same step with other config values, timed in turn
-        other_config = with_overrides(config, args.compare_config)
-        other_step = jax_train_step(other_config, batch, devices)
+        other_config = jax_train_step.with_overrides(config, args.compare_config)
+        other_step = jax_train_step.build_step(other_config, batch, devices)
         for _ in range(WARMUP_STEPS):
             other_step["run"]()
         changed = ", ".join(f"{key}={value!r}" for key, value in args.compare_config.items())
@@ -423,7 +211,7 @@ def benchmark(backbone: str, args, devices: list, torch_device, peak: float) -> 
         )
         steps["jax_other"] = other_step["run"]
     if args.compare_auto_layout:  # the same step with the state in XLA's layouts, in turn
-        auto_step = jax_train_step(config, batch, devices, auto_layout=True)
+        auto_step = jax_train_step.build_step(config, batch, devices, auto_layout=True)
         for _ in range(WARMUP_STEPS):
             auto_step["run"]()
         _progress(
@@ -577,7 +365,7 @@ def parse_args(on_cpu: bool) -> argparse.Namespace:
     parser.add_argument(
         "--torch-variants",
         default="eager,eager_cl" if on_cpu else "compile_cl_graphs,compile_cl,eager_cl",
-        help=f"comma-separated from {', '.join(TORCH_VARIANTS)}, or 'none'",
+        help=f"comma-separated from {', '.join(torch_train_step.VARIANTS)}, or 'none'",
     )
     parser.add_argument(
         "--profile",
@@ -601,17 +389,19 @@ def parse_args(on_cpu: bool) -> argparse.Namespace:
         if name not in models.BACKBONES:
             parser.error(f"--backbone {name!r} is not one of {models.BACKBONES}")
     for name in args.torch_variants:
-        if name not in TORCH_VARIANTS:
-            parser.error(f"--torch-variants {name!r} is not one of {tuple(TORCH_VARIANTS)}")
+        if name not in torch_train_step.VARIANTS:
+            parser.error(
+                f"--torch-variants {name!r} is not one of {tuple(torch_train_step.VARIANTS)}"
+            )
     if args.devices < 1 or args.devices > jax.local_device_count():
         parser.error(f"--devices must be in [1, {jax.local_device_count()}]")
     if args.batch % args.devices:
         parser.error("--batch must be a multiple of --devices")
     try:  # a mistyped key fails now, not after minutes of compiling the first step
-        config = benchmark_config(
+        config = jax_train_step.benchmark_config(
             args.backbone[0], args.image_size, args.batch, args.dtype, args.conv_impl
         )
-        with_overrides(config, args.compare_config)
+        jax_train_step.with_overrides(config, args.compare_config)
     except (KeyError, AttributeError, TypeError, ValueError) as error:
         parser.error(f"--compare-config: {error}")
     return args
@@ -629,39 +419,11 @@ def _override(text: str) -> tuple[str, object]:
         return key, value
 
 
-def with_overrides(config, overrides: dict):
-    """A copy of ``config`` with each dotted ``key`` set to its value (checked as the trainer
-    checks a config: an unknown key or a value of the wrong type or range raises)."""
-    config = config.copy_and_resolve_references()
-    for key, value in overrides.items():  # as ml_collections sets a --config.KEY=VALUE flag
-        config_path.set_value(key, config, value)
-    validate_config(config)
-    return config
-
-
-def _torch_device(args, on_cpu: bool):
-    """(the device of the PyTorch reference, None) or (None, why it does not run)."""
-    if torch is None:
-        return None, f"not installed or not importable ({TORCH_MISSING})"
-    if not args.torch_variants:
-        return None, "--torch-variants none"
-    if args.devices != 1:
-        return None, "the reference is single-device; run with --devices 1"
-    if on_cpu:
-        torch.set_num_threads(args.torch_threads)
-        return torch.device("cpu"), None
-    if not torch.cuda.is_available():
-        return None, f"PyTorch {torch.__version__} sees no CUDA device"
-    torch.backends.cudnn.benchmark = True
-    torch.set_float32_matmul_precision("high")  # TF32, as XLA's default precision on GPU
-    return torch.device("cuda"), None
-
-
 def main() -> None:
     on_cpu = jax.default_backend() == "cpu"
     args = parse_args(on_cpu)
     devices = jax.local_devices()[: args.devices]
-    torch_device, torch_skipped = _torch_device(args, on_cpu)
+    torch_device, torch_skipped = torch_train_step.reference_device(args, on_cpu)
     # The run's facts first, so that a run cut short still says what it ran on.
     threads = f"; PyTorch threads {args.torch_threads}" if torch_device and on_cpu else ""
     print(
@@ -685,7 +447,7 @@ def main() -> None:
         print(f"PyTorch reference: not run, {torch_skipped}")
     peak = common.peak_flops(devices[0].device_kind, args.dtype)
     if peak is None:  # no datasheet figure (a CPU): compare with what a big matmul achieves
-        peak = matmul_flops_per_second(devices[0], args.dtype)
+        peak = common.matmul_flops_per_second(devices[0], args.dtype)
         print(f"Peak per device: {peak / 1e12:.3f} TFLOP/s measured by a 2048² {args.dtype} matmul")
     else:
         print(f"Peak per device: {peak / 1e12:.1f} TFLOP/s dense {args.dtype} datasheet peak")

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 import configs.voc, configs.shapes
 import yolojax, yolojax.data, yolojax.train_lib
+import benchmarks.train_step
 from yolojax.data import default_data_config
 default_data_config()
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tensorflow_datasets"))

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from benchmarks import train_step
+from benchmarks import jax_train_step, train_step
 
 
 def _table_row(output: str) -> dict[str, str]:
@@ -63,15 +63,15 @@ def test_the_train_step_benchmark_prints_consistent_figures(tmp_path, monkeypatc
 
 
 def test_compared_config_values_are_read_as_literals_and_checked():
-    config = train_step.benchmark_config("darknet_tiny", 64, 2, "float32")
+    config = jax_train_step.benchmark_config("darknet_tiny", 64, 2, "float32")
     overrides = dict(
         map(train_step._override, ["train.skip_nonfinite=True", "model.conv_impl=xla"])
     )
     assert overrides == {"train.skip_nonfinite": True, "model.conv_impl": "xla"}
-    changed = train_step.with_overrides(config, overrides)
+    changed = jax_train_step.with_overrides(config, overrides)
     assert changed.train.skip_nonfinite is True and changed.model.conv_impl == "xla"
     assert config.train.skip_nonfinite is False  # the benchmark's own config is left alone
     with pytest.raises(KeyError, match="skip_nonfinit"):
-        train_step.with_overrides(config, {"train.skip_nonfinit": True})
+        jax_train_step.with_overrides(config, {"train.skip_nonfinit": True})
     with pytest.raises(ValueError, match="conv_impl"):
-        train_step.with_overrides(config, {"model.conv_impl": "fast"})
+        jax_train_step.with_overrides(config, {"model.conv_impl": "fast"})
