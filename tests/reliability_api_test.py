@@ -632,6 +632,23 @@ def test_a_bad_flag_beside_config_overrides_is_named_once(command, named, tmp_pa
     assert "defined twice" not in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "command, named",
+    [
+        ("train.py", "--config is required: Config file, e.g. configs/voc.py"),
+        ("evaluate.py", "--workdir is required: The training run's folder."),
+    ],
+)
+def test_a_required_flag_left_out_is_named_with_what_it_is_for(command, named):
+    # absl said "flag --config=None: Flag --config must have a value other than None." and
+    # pointed to --helpshort, as no other message of the commands does.
+    result = _run_command(command)
+    assert result.returncode == 1
+    first, second = result.stderr.splitlines()
+    assert first.startswith(f"FATAL Flags parsing error: {named}")
+    assert second == "Pass --help to see the flags."
+
+
 @pytest.mark.parametrize("command", [["evaluate.py"], ["-m", "yolojax.predict", "image.png"]])
 def test_a_bad_checkpoint_value_is_one_paragraph_not_the_help(command, tmp_path):
     result = _run_command(*command, f"--workdir={tmp_path}", "--checkpoint=foo")

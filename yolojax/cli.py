@@ -15,6 +15,7 @@ by :func:`parse_flags`, with ml_collections' suggestion of the field meant.
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 import textwrap
@@ -144,8 +145,13 @@ def _overrides_of(argv: list[str], field: str) -> list[str]:
 
 
 def _flag_error_report(error: Exception, argv: list[str]) -> str:
-    """absl's report of a bad flag, with a hint for an override given without --config."""
+    """absl's report of a bad flag, with a hint for an override given without --config; a
+    required flag left out is named with what it is for."""
     message = str(error)
+    missing = _REQUIRED_FLAG_MISSING.fullmatch(message)
+    if missing and missing.group(1) in flags.FLAGS:
+        name = missing.group(1)
+        return f"--{name} is required: {flags.FLAGS[name].help}\nPass --help to see the flags."
     if "\n" in message:
         message = "\n" + textwrap.indent(message, "  ")
     name = getattr(error, "flagname", "")
@@ -154,7 +160,13 @@ def _flag_error_report(error: Exception, argv: list[str]) -> str:
             f"\n--{name} overrides a field of the --config file, and there is none: for a run's "
             "own config, add --config configs/run.py:WORKDIR."
         )
-    return message + "\nPass --helpshort or --helpfull to see help on flags."
+    return message + "\nPass --help to see the flags."
+
+
+# absl's validator of flags.mark_flag_as_required, whose error names the flag in its text only.
+_REQUIRED_FLAG_MISSING = re.compile(
+    r"flag --(\S+)=None: Flag --\1 must have a value other than None\."
+)
 
 
 def _get_config_failure(error: Exception) -> str | None:
