@@ -13,7 +13,7 @@ import textwrap
 # while a command imports it; Python only prints an exception raised there.
 _CTRL_C_IN_GC_CALLBACK = textwrap.dedent(
     """
-    import gc, os, signal, sys
+    import gc, os, signal, sys, time
     from yolojax import cli
 
     if sys.argv[1] != "no launch":
@@ -29,6 +29,8 @@ _CTRL_C_IN_GC_CALLBACK = textwrap.dedent(
     gc.callbacks.append(callback)
     try:
         gc.collect()
+        if sys.argv[1] == "working":
+            time.sleep(60)  # where a Ctrl-C sent again lands
     except KeyboardInterrupt:
         print("KeyboardInterrupt")
     print("ran on")
@@ -69,6 +71,15 @@ def test_once_the_work_starts_a_ctrl_c_is_a_keyboard_interrupt():
     done = _run("working", source)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "KeyboardInterrupt\nran on\n"
+
+
+def test_a_ctrl_c_dropped_in_a_callback_during_the_work_is_sent_again():
+    # After work_starts a Ctrl-C raises KeyboardInterrupt, which Python drops where it lands
+    # in JAX's garbage-collection callback: evaluate.py went on evaluating.
+    done = _run("working")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "KeyboardInterrupt\nran on\n"
+    assert "Exception ignored" not in done.stderr
 
 
 def test_a_command_started_with_ctrl_c_ignored_keeps_ignoring_it():

@@ -12,6 +12,7 @@ A mistyped config field (``--config.train.bach_size=8``) is reported like any ot
 by :func:`parse_flags`, with ml_collections' suggestion of the field meant.
 """
 
+import _thread
 import contextlib
 import logging
 import os
@@ -19,6 +20,8 @@ import re
 import signal
 import sys
 import textwrap
+import threading
+import time
 import traceback as traceback_lib
 import warnings
 from pathlib import Path
@@ -426,10 +429,9 @@ def launch() -> None:
     to save or clean up, and the KeyboardInterrupt Python would raise is easily lost there.
     JAX runs a garbage-collection callback of its own; an exception raised inside one is
     only printed ("Exception ignored in: <function _xla_gc_callback ...>"), and the command
-    went on, as if Ctrl-C had not been pressed: imports run it often. (During the work, a
-    KeyboardInterrupt can still land there, far more rarely; training catches Ctrl-C with
-    a handler of its own, :mod:`yolojax.preemption`.) A command that started with Ctrl-C
-    ignored, a background job, keeps ignoring it.
+    went on, as if Ctrl-C had not been pressed: imports run it often. (During the work, where
+    one lands there far more rarely, :func:`work_starts` delivers it again.) A command that
+    started with Ctrl-C ignored, a background job, keeps ignoring it.
     """
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _interrupt)
@@ -448,9 +450,28 @@ def _interrupt(signal_number, frame) -> None:
 def work_starts() -> None:
     """From here on a Ctrl-C is a KeyboardInterrupt (see :func:`launch`): the command's
     work (training, evaluating, writing drawings) stops as it has to, saving or cleaning up
-    what it must, and :func:`command_errors` reports it."""
+    what it must, and :func:`command_errors` reports it. One raised where Python drops it,
+    in a garbage-collection callback (JAX runs one), is sent again, to land in the work."""
     global _working
+    if _working:
+        return
     _working = True
+    previous_hook, main_thread = sys.unraisablehook, threading.get_ident()
+
+    def send_again() -> None:
+        time.sleep(0.01)  # until the hook has returned: raised in the hook, it is dropped too
+        signal.pthread_kill(main_thread, signal.SIGINT)
+
+    def unraisable_hook(unraisable):
+        # A KeyboardInterrupt raised inside a garbage-collection callback (JAX runs one) is
+        # dropped there: the Ctrl-C is sent again, to land in the work's own code. From
+        # another thread: the handler would run as soon as the hook (Python code) went on.
+        if issubclass(unraisable.exc_type, KeyboardInterrupt):
+            _thread.start_new_thread(send_again, ())  # (threading's start() waits for it)
+        else:
+            previous_hook(unraisable)
+
+    sys.unraisablehook = unraisable_hook
 
 
 def run(main) -> None:
