@@ -1,4 +1,5 @@
-"""A Ctrl-C while a command starts ends it at once (`cli.launch`), whatever it is running.
+"""A Ctrl-C while a command starts ends it at once (`cli.launch`), whatever it is running;
+during its work it is a KeyboardInterrupt (`cli.work_starts`), never dropped.
 
 Each case runs in a process of its own: the handler is process-wide. The restart is turned
 off (YOLOJAX_HUGE_PAGES=0) so that the process is the one the test started.
