@@ -1,6 +1,7 @@
-"""Shared helpers for the benchmarks: machine description, alternating timing, peak FLOP/s,
-Markdown tables."""
+"""Shared helpers for the benchmarks: command-line parsing, machine description, alternating
+timing, peak FLOP/s, Markdown tables."""
 
+import argparse
 import os
 import platform
 import statistics
@@ -69,6 +70,42 @@ def versions(packages: Sequence[str]) -> str:
         except metadata.PackageNotFoundError:
             continue
     return ", ".join(found)
+
+
+def argument_parser(module_doc: str) -> argparse.ArgumentParser:
+    """A benchmark's parser: its docstring's first paragraph as the description, and each
+    flag's default in its help."""
+    return argparse.ArgumentParser(
+        description=" ".join(module_doc.split("\n\n")[0].split()),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (a count, a size, a batch)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"wants a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def busy_machine_warning() -> str | None:
+    """A warning line when other work keeps the cores busy (a 1-minute load average of half
+    a core or more per core this process may use), else None. CPU figures measured then
+    say more about the other work than about the code, ratios included: under contention
+    PyTorch's CPU threads slow down far more than XLA's."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = os.getloadavg()[0]
+    if load < 0.5 * cores:
+        return None
+    return (
+        f"Warning: the load average is {load:.2f} on {cores} cores before the run: other "
+        "work shares the CPU, and its figures (ratios too) will say more about that work "
+        "than about the code. Measure on an idle machine."
+    )
 
 
 def load_average() -> str:

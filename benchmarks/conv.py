@@ -11,7 +11,6 @@ case is `sum(conv(x, w)²)` with its gradients for the input and the kernel, jit
 or eager in channels-last memory format (PyTorch), timed in turns, median of the calls.
 """
 
-import argparse
 import os
 
 import jax
@@ -129,15 +128,25 @@ def benchmark(name, size, c_in, c_out, kernel, stride, batch, rounds) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", choices=("resnet50", "darknet_tiny"), default="resnet50")
+    parser = common.argument_parser(__doc__)
+    parser.add_argument(
+        "--model",
+        choices=("resnet50", "darknet_tiny"),
+        default="resnet50",
+        help="whose layer shapes",
+    )
     parser.add_argument(
         "--image-size", type=int, default=None, help="darknet_tiny only (default 112)"
     )
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch", type=common.positive_int, default=8, help="batch")
     parser.add_argument(
-        "--torch-threads", type=int, default=len(os.sched_getaffinity(0)), help="CPU threads"
+        "--rounds", type=common.positive_int, default=3, help="rounds of 3 calls each, in turns"
+    )
+    parser.add_argument(
+        "--torch-threads",
+        type=common.positive_int,
+        default=len(os.sched_getaffinity(0)),
+        help="PyTorch's CPU threads",
     )
     args = parser.parse_args()
     if args.model == "resnet50":

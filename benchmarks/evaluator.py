@@ -14,13 +14,13 @@ every thread NumPy might start shares that core. Ours is timed end to end (4,952
 and `compute`), median of `--repeats` runs; the reference loop once. Prints a Markdown table.
 """
 
-import argparse
 import os
 import statistics
 import time
 
 import numpy as np
 
+from benchmarks import common
 from benchmarks.voc_reference import voc_eval_all
 from yolojax.evaluation import VOCEvaluator
 
@@ -83,11 +83,16 @@ def timed(function, *args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser = common.argument_parser(__doc__)
+    parser.add_argument("--seed", type=int, default=0, help="of the synthetic data")
+    parser.add_argument(
+        "--repeats", type=common.positive_int, default=5, help="VOCEvaluator runs (median)"
+    )
     parser.add_argument("--cpu", type=int, default=0, help="the one core to run on")
     args = parser.parse_args()
+    allowed = sorted(os.sched_getaffinity(0))
+    if args.cpu not in allowed:
+        parser.error(f"--cpu {args.cpu} is not a core this process may run on: {allowed}")
     os.sched_setaffinity(0, {args.cpu})
 
     images = synthetic_voc_test(args.seed)

@@ -12,7 +12,6 @@ waiting for the result (`block_until_ready`). References: the YOLOv1 paper runs 
 a Titan X (448×448, Darknet), the report's implementation at 56 FPS on a GTX 1060m.
 """
 
-import argparse
 import importlib.util
 import statistics
 import time
@@ -77,7 +76,7 @@ def benchmark(
         images = jax.random.normal(jax.random.key(1), (size, image_size, image_size, 3))
         compiled = forward.lower(variables, images).compile()
         if size == 1:
-            result["gflops"] = common.xla_flops(compiled) / 1e9
+            result["gflops"] = forward_flops(config, variables, images, compiled) / 1e9
         jax.block_until_ready(compiled(variables, images))  # warm-up
         seconds = _time_calls(compiled, variables, images, min_seconds=min_seconds)
         result["latency_ms" if size == 1 else "throughput"] = (
@@ -86,6 +85,23 @@ def benchmark(
     if HAS_TENSORFLOW:
         result |= _time_detector(model, variables, config, image_size, batch, min_seconds)
     return result
+
+
+def forward_flops(model_config, variables, images, compiled) -> float:
+    """FLOPs of the forward pass on ``images`` from XLA's cost analysis of the model with
+    XLA's own convolutions, lowered (not compiled) for the CPU: the model's count, whatever
+    kernels a backend picks (on a CPU, 'auto' computes small convolutions as padded matrix
+    products, which count their products with the padding's zeros), as `train_step` counts.
+    Without a CPU backend (JAX_PLATFORMS=cuda): the cost analysis of ``compiled``."""
+    try:
+        cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    except RuntimeError:
+        return common.xla_flops(compiled)
+    xla_model = models.get_model({**model_config, "conv_impl": "xla"})
+    forward = jax.jit(lambda variables, images: xla_model.apply(variables, images, train=False))
+    return common.xla_flops(
+        forward.lower(common.abstract_on(variables, cpu), common.abstract_on(images, cpu))
+    )
 
 
 def random_model(backbone: str, head: str, image_size: int, dtype: str):
@@ -127,17 +143,31 @@ def _time_detector(model, variables, model_config, image_size, batch, min_second
 
 def main() -> None:
     on_cpu = jax.default_backend() == "cpu"
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.argument_parser(__doc__)
     parser.add_argument(
         "--backbones",
         default=",".join(CPU_BACKBONES if on_cpu else models.BACKBONES),
         help="comma-separated backbone names",
     )
     parser.add_argument("--head", choices=models.HEADS, help="head for all (default per backbone)")
-    parser.add_argument("--image-size", type=int, default=224 if on_cpu else 448)
-    parser.add_argument("--batch", type=int, default=4 if on_cpu else 16)
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--min-seconds", type=float, default=2.0 if on_cpu else 5.0)
+    parser.add_argument(
+        "--image-size",
+        type=common.positive_int,
+        default=224 if on_cpu else 448,
+        help="input side, pixels",
+    )
+    parser.add_argument(
+        "--batch", type=common.positive_int, default=4 if on_cpu else 16, help="batch N"
+    )
+    parser.add_argument(
+        "--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype"
+    )
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=2.0 if on_cpu else 5.0,
+        help="time each figure over at least this long (and 3 calls)",
+    )
     args = parser.parse_args()
     backbones = [name.strip() for name in args.backbones.split(",") if name.strip()]
     unknown = sorted(set(backbones) - set(models.BACKBONES))
@@ -156,14 +186,12 @@ def main() -> None:
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for backbone in backbones:
-        r = benchmark(
-            backbone,
-            args.head or default_head(backbone),
-            args.image_size,
-            args.batch,
-            args.dtype,
-            args.min_seconds,
-        )
+        head = args.head or default_head(backbone)
+        try:
+            r = benchmark(backbone, head, args.image_size, args.batch, args.dtype, args.min_seconds)
+        except Exception as error:  # one model's failure (too small an input) keeps the others
+            print(f"| {backbone} | {head} | failed: {type(error).__name__}: {error} |", flush=True)
+            continue
         print(
             f"| {r['backbone']} | {r['head']} | {r['params'] / 1e6:.1f} | {r['gflops']:.1f} | "
             f"{r['latency_ms']:.1f} ({1e3 / r['latency_ms']:.1f}) | {r['throughput']:.1f} | "

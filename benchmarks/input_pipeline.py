@@ -17,9 +17,14 @@ run warms up, then times `--batches` batches (train, full augmentation) or all b
 warm-up batches of the test split (eval, no augmentation). Besides wall-clock images/s the
 table gives the CPU time per image summed over all threads, and cores / that time: the rate
 on otherwise idle cores, since other processes may share them (the load average is printed).
+The train iterator is dropped before the eval one is timed: its prefetching would count.
+
+Is training input-bound? Give `--step-images-per-s` the train step's images/s at the same
+image size and batch (`python -m benchmarks.train_step`, its "JAX img/s"): the table adds how
+many times that each train pipeline delivers (below 1: the step waits for its input).
 """
 
-import argparse
+import gc
 import itertools
 import os
 import tempfile
@@ -28,10 +33,12 @@ import time
 import numpy as np
 from PIL import Image
 
+from benchmarks import common
 from yolojax.data import default_data_config, make_eval_iterator, make_train_iterator
 from yolojax.data.testing import VocImage, VocObject, write_voc_folder
 from yolojax.data.voc_offline import prepare_voc_offline
 
+EVAL_WARMUP = 2  # untimed batches of the test split before its timed ones
 _VOC_CLASSES = ("aeroplane", "bicycle", "bird", "car", "cat", "dog", "person", "train")
 
 
@@ -87,19 +94,46 @@ def throughput(iterator, batch_size: int, warmup: int, batches: int | None) -> t
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--cores", type=int, default=0, help="pin to this many cores (0: all)")
-    parser.add_argument("--image-size", type=int, default=448)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--batches", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--voc-images", type=int, default=256)
+    parser.add_argument(
+        "--image-size", type=common.positive_int, default=448, help="model input side, pixels"
+    )
+    parser.add_argument("--batch-size", type=common.positive_int, default=32, help="batch")
+    parser.add_argument(
+        "--batches", type=common.positive_int, default=30, help="timed train batches"
+    )
+    parser.add_argument("--warmup", type=int, default=5, help="untimed train batches first")
+    parser.add_argument(
+        "--voc-images",
+        type=common.positive_int,
+        default=256,
+        help="VOC-like JPEGs written (the train and the test split)",
+    )
     parser.add_argument(
         "--color-space",
         default=default_data_config().augment.color_space,  # what training uses: 'hsv'
         choices=("yiq", "hsv"),
+        help="of the colour jitter",
+    )
+    parser.add_argument(
+        "--step-images-per-s",
+        type=float,
+        help="the train step's images/s at this image size and batch "
+        "(python -m benchmarks.train_step): adds how many times that the pipeline delivers",
     )
     args = parser.parse_args()
+    available = len(os.sched_getaffinity(0))
+    if not 0 <= args.cores <= available:
+        parser.error(f"--cores must be in [0, {available}] (0: all), got {args.cores}")
+    if args.warmup < 0:
+        parser.error(f"--warmup must be 0 or more, got {args.warmup}")
+    if args.voc_images < (EVAL_WARMUP + 1) * args.batch_size:
+        parser.error(
+            f"--voc-images {args.voc_images}: the evaluation times the test split's batches "
+            f"after {EVAL_WARMUP} untimed ones; give at least "
+            f"{(EVAL_WARMUP + 1) * args.batch_size} for --batch-size {args.batch_size}"
+        )
     if args.cores:
         os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.cores]))
     cores = len(os.sched_getaffinity(0))
@@ -115,25 +149,45 @@ def main() -> None:
             config.image_size = args.image_size
             config.augment.color_space = args.color_space
             config.train_split = "voc/2007:train+validation" if source == "voc" else None
-            config.synthetic.num_train = config.synthetic.num_test = 512
+            # Enough test images for a timed evaluation batch at any batch size.
+            config.synthetic.num_train = config.synthetic.num_test = max(
+                512, (EVAL_WARMUP + 1) * args.batch_size
+            )
             train = make_train_iterator(config, global_batch_size=args.batch_size, seed=0)
             rows.append(
                 (source, "train", *throughput(train, args.batch_size, args.warmup, args.batches))
             )
+            # Its prefetching threads would still run, and count, while eval is timed.
+            del train
+            gc.collect()
             evaluation = make_eval_iterator(config, global_batch_size=args.batch_size)
-            rows.append((source, "eval", *throughput(evaluation, args.batch_size, 2, None)))
+            rows.append(
+                (source, "eval", *throughput(evaluation, args.batch_size, EVAL_WARMUP, None))
+            )
 
     print(
         f"\n{cores} cores, image size {args.image_size}, batch {args.batch_size}, colour "
         f"{args.color_space}, VOC-like JPEG {mean_bytes / 1e3:.0f} KB, load average "
         f"{os.getloadavg()[0]:.1f}\n"
     )
-    print(
-        "| source | iterator | images/s (wall) | CPU ms / image | images/s if the cores were idle |"
-    )
-    print("|---|---|---|---|---|")
+    table = []
     for source, kind, rate, cpu_ms in rows:
-        print(f"| {source} | {kind} | {rate:.0f} | {cpu_ms:.1f} | {cores * 1e3 / cpu_ms:.0f} |")
+        row = {"source": source, "kind": kind, "rate": f"{rate:.0f}", "cpu_ms": f"{cpu_ms:.1f}"}
+        row["idle_rate"] = f"{cores * 1e3 / cpu_ms:.0f}"
+        if args.step_images_per_s and kind == "train":
+            times = rate / args.step_images_per_s
+            row["demand"] = f"{times:.2f}× ({'not ' if times >= 1 else ''}input-bound)"
+        table.append(row)
+    columns = [
+        ("source", "source"),
+        ("kind", "iterator"),
+        ("rate", "images/s (wall)"),
+        ("cpu_ms", "CPU ms / image"),
+        ("idle_rate", "images/s if the cores were idle"),
+    ]
+    if args.step_images_per_s:
+        columns.append(("demand", f"× the step's {args.step_images_per_s:g} images/s"))
+    print(common.markdown_table(table, columns))
 
 
 if __name__ == "__main__":

@@ -157,7 +157,8 @@ def build_step(config, host_batch: dict, devices: list, auto_layout: bool = Fals
         + memory.argument_size_in_bytes
         + memory.output_size_in_bytes
         - memory.alias_size_in_bytes,
-        "num_params": sum(x.size for x in jax.tree.leaves(state.params)) // len(devices),
+        # The state is replicated as one global array per parameter: its size is the count.
+        "num_params": sum(x.size for x in jax.tree.leaves(state.params)),
     }
 
 

@@ -19,12 +19,12 @@ transposes and copies are sorted by what their HLO instruction does: a copy of a
 argument, a copy into another layout, a copy of a computed value, a transpose.
 """
 
-import argparse
 import collections
 import dataclasses
 import gzip
 import itertools
 import json
+import os
 import pathlib
 import re
 from collections.abc import Callable
@@ -287,21 +287,31 @@ def copies_by_source(kernels: list[Kernel], hlo_text: str, *, steps: int) -> str
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.argument_parser(__doc__)
     parser.add_argument(
         "trace",
         help="jax.profiler.trace's directory or an *.xplane.pb in it; or a PyTorch Chrome "
         "trace (*.json, *.json.gz)",
     )
-    parser.add_argument("--steps", type=int, required=True, help="steps the trace covers")
+    parser.add_argument(
+        "--steps", type=common.positive_int, required=True, help="steps the trace covers"
+    )
     parser.add_argument(
         "--step-ms",
         type=float,
         nargs="+",
         help="each step's measured wall time (default: their sum is the kernels' span)",
     )
-    parser.add_argument("--gflop", type=float, help="one step's GFLOP (train_step prints it)")
+    parser.add_argument(
+        "--gflop",
+        type=float,
+        help="one step's GFLOP: train_step's 'GFLOP per image' times the global batch",
+    )
     args = parser.parse_args()
+    if args.step_ms is not None and len(args.step_ms) != args.steps:
+        parser.error(f"--step-ms gives {len(args.step_ms)} times for --steps {args.steps}")
+    if not os.path.exists(args.trace):
+        parser.error(f"no such trace file or folder: {args.trace}")
     if args.trace.endswith((".json", ".json.gz")):
         kernels = chrome_trace_kernels(args.trace)
     else:

@@ -1,6 +1,7 @@
 """End-to-end speed of `python -m yolojax.predict` (`predict_files`) on a folder of photos:
-reading the JPEGs, detecting them in batches, drawing the boxes and writing the PNGs, with
-several counts of drawing threads side by side, against reading and detecting alone.
+reading the JPEGs, detecting them in batches, drawing the boxes and writing the drawings
+(JPEGs, as the photos are), with several counts of drawing threads side by side, against
+reading and detecting alone.
 
     python -m benchmarks.predict                                   # darknet_tiny at 224, 32 photos
     python -m benchmarks.predict --threads 0,2 --photos 64 --batch 16
@@ -54,18 +55,41 @@ def _predict_row(threads: int) -> str:
     return f"predict_files, {threads} drawing thread{'s' * (threads != 1)}"
 
 
+def _thread_counts(text: str) -> list[int]:
+    """``'0,2'`` → ``[0, 2]``: drawing thread counts, each 0 or more."""
+    try:
+        counts = [int(count) for count in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"wants counts such as 0,2; got {text!r}") from None
+    if min(counts) < 0:
+        raise argparse.ArgumentTypeError(f"counts must be 0 or more, got {text!r}")
+    return counts
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
-    parser.add_argument("--backbone", default="darknet_tiny", choices=models.BACKBONES)
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=8, help="predict's --batch-size")
-    parser.add_argument("--photos", type=int, default=32)
+    parser = common.argument_parser(__doc__)
     parser.add_argument(
-        "--threads", default="0,1,2,4", help="drawing thread counts; the first is the baseline"
+        "--backbone", default="darknet_tiny", choices=models.BACKBONES, help="random weights"
     )
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--image-size", type=common.positive_int, default=224, help="input side, pixels"
+    )
+    parser.add_argument(
+        "--batch", type=common.positive_int, default=8, help="predict's --batch-size"
+    )
+    parser.add_argument("--photos", type=common.positive_int, default=32, help="640×480 JPEGs")
+    parser.add_argument(
+        "--threads",
+        type=_thread_counts,
+        default="0,1,2,4",
+        help="comma-separated drawing thread counts (predict's --drawing-threads); the first "
+        "is the baseline",
+    )
+    parser.add_argument(
+        "--rounds", type=common.positive_int, default=3, help="rounds in turns (median)"
+    )
     args = parser.parse_args()
-    thread_counts = [int(n) for n in args.threads.split(",")]
+    thread_counts = args.threads
 
     model, variables, model_config = random_model(
         args.backbone, default_head(args.backbone), args.image_size, "float32"

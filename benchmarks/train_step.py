@@ -102,10 +102,18 @@ def _one_line(error: Exception) -> str:
     return f"{type(error).__name__}: {errors.first_line(error)}"
 
 
-def _jax_memory(device, jax_step: dict) -> str:
-    stats = device.memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        return f"{stats['peak_bytes_in_use'] / 2**30:.2f} GiB"
+def _device_peak(device) -> int:
+    """The device's peak bytes in use so far in this process (0 where it keeps none)."""
+    return (device.memory_stats() or {}).get("peak_bytes_in_use", 0)
+
+
+def _jax_memory(device, jax_step: dict, peak_before: int) -> str:
+    """The device's peak memory once the step has run; the compiled step's buffer plan
+    where the device keeps no peak (a CPU) or where an earlier backbone's peak was as high
+    (the device's peak is never reset, so it would be that backbone's)."""
+    peak = _device_peak(device)
+    if peak > peak_before:
+        return f"{peak / 2**30:.2f} GiB"
     return f"{jax_step['plan_bytes'] / 2**30:.2f} GiB (plan)"
 
 
@@ -183,11 +191,12 @@ def benchmark(backbone: str, args, devices: list, torch_device, peak: float) -> 
         backbone, args.image_size, args.batch, args.dtype, args.conv_impl
     )
     batch = jax_train_step.random_batch(config, args.batch)
+    peak_before = _device_peak(devices[0])
     jax_step = jax_train_step.build_step(config, batch, devices)
     for _ in range(WARMUP_STEPS):
         jax_step["run"]()
     flops_per_image = jax_step["flops_per_step"] / args.batch
-    memory = _jax_memory(devices[0], jax_step)  # before any other step adds to the peak
+    memory = _jax_memory(devices[0], jax_step, peak_before)  # before other steps add to it
     _progress(
         backbone,
         f"JAX: compiled in {jax_step['compile_s']:.1f} s, {flops_per_image / 1e9:.2f} GFLOP "
@@ -311,15 +320,27 @@ COLUMNS = (
 
 def parse_args(on_cpu: bool) -> argparse.Namespace:
     defaults = CPU_DEFAULTS if on_cpu else ACCELERATOR_DEFAULTS
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.argument_parser(__doc__)
     parser.add_argument(
         "--backbone",
         default=defaults["backbone"],
         help=f"comma-separated, from {', '.join(models.BACKBONES)}",
     )
-    parser.add_argument("--batch", type=int, default=defaults["batch"], help="global batch")
-    parser.add_argument("--image-size", type=int, default=defaults["image_size"])
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument(
+        "--batch", type=common.positive_int, default=defaults["batch"], help="global batch"
+    )
+    parser.add_argument(
+        "--image-size",
+        type=common.positive_int,
+        default=defaults["image_size"],
+        help="input side, pixels",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="compute dtype of both frameworks",
+    )
     parser.add_argument(
         "--conv-impl",
         choices=models.CONV_IMPLS,
@@ -346,9 +367,18 @@ def parse_args(on_cpu: bool) -> argparse.Namespace:
         help="also time the JAX step with the train state in the layouts XLA picks for it "
         "(jax.jit with Layout.AUTO formats), in turn with the others",
     )
-    parser.add_argument("--devices", type=int, default=1, help="local devices to train on")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
-    parser.add_argument("--steps-per-round", type=int, default=3)
+    parser.add_argument(
+        "--devices", type=common.positive_int, default=1, help="local devices to train on"
+    )
+    parser.add_argument(
+        "--rounds", type=common.positive_int, default=3, help="alternating timing rounds"
+    )
+    parser.add_argument(
+        "--steps-per-round",
+        type=common.positive_int,
+        default=3,
+        help="timed steps of each framework in each round",
+    )
     parser.add_argument(
         "--back-to-back",
         action="store_true",
@@ -397,12 +427,21 @@ def parse_args(on_cpu: bool) -> argparse.Namespace:
         parser.error(f"--devices must be in [1, {jax.local_device_count()}]")
     if args.batch % args.devices:
         parser.error("--batch must be a multiple of --devices")
+    if args.untimed_per_round < 0:
+        parser.error(f"--untimed-per-round must be at least 0, got {args.untimed_per_round}")
+    config = jax_train_step.benchmark_config(
+        args.backbone[0], args.image_size, args.batch, args.dtype, args.conv_impl
+    )
+    try:  # what the trainer would refuse, now
+        jax_train_step.with_overrides(config, {})
+    except ValueError as error:
+        parser.error(f"--batch {args.batch}, --image-size {args.image_size}: {error}")
     try:  # a mistyped key fails now, not after minutes of compiling the first step
-        config = jax_train_step.benchmark_config(
-            args.backbone[0], args.image_size, args.batch, args.dtype, args.conv_impl
-        )
         jax_train_step.with_overrides(config, args.compare_config)
-    except (KeyError, AttributeError, TypeError, ValueError) as error:
+    except (KeyError, AttributeError) as error:  # ConfigDict's message quotes the name
+        name = error.args[0] if error.args else error
+        parser.error(f"--compare-config: unknown config key: {name}")
+    except (TypeError, ValueError) as error:
         parser.error(f"--compare-config: {error}")
     return args
 
@@ -440,6 +479,9 @@ def main() -> None:
     )
     if on_cpu:  # glibc's malloc settings change both frameworks' CPU figures (BENCHMARKS.md)
         print(f"GLIBC_TUNABLES: {os.environ.get('GLIBC_TUNABLES', '(not set)')}")
+        warning = common.busy_machine_warning()
+        if warning:
+            print(warning)
     else:  # how much of the GPU JAX may take beside PyTorch
         xla_env = {k: v for k, v in os.environ.items() if k.startswith(("XLA_", "JAX_"))}
         print(f"XLA/JAX environment: {xla_env}")
@@ -447,15 +489,20 @@ def main() -> None:
         print(f"PyTorch reference: not run, {torch_skipped}")
     peak = common.peak_flops(devices[0].device_kind, args.dtype)
     if peak is None:  # no datasheet figure (a CPU): compare with what a big matmul achieves
+        # On one CPU device: its threads use every core, which all CPU devices share.
         peak = common.matmul_flops_per_second(devices[0], args.dtype)
-        print(f"Peak per device: {peak / 1e12:.3f} TFLOP/s measured by a 2048² {args.dtype} matmul")
+        print(
+            f"Peak: {peak / 1e12:.3f} TFLOP/s measured by a 2048² {args.dtype} matmul on the "
+            "CPU's cores (timed once, before the steps)"
+        )
     else:
         print(f"Peak per device: {peak / 1e12:.1f} TFLOP/s dense {args.dtype} datasheet peak")
+        peak *= len(devices)
     sys.stdout.flush()
     rows = []
     for backbone in args.backbone:
         try:
-            rows.append(benchmark(backbone, args, devices, torch_device, peak * len(devices)))
+            rows.append(benchmark(backbone, args, devices, torch_device, peak))
         except Exception as error:  # one model's failure (out of memory) keeps the others'
             traceback.print_exc()
             rows.append({"backbone": backbone, "jax": f"failed: {_one_line(error)}"})

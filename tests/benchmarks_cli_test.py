@@ -1,0 +1,93 @@
+"""The benchmark scripts refuse a setting that would print a table of nonsense (NaN rates, a
+division by zero, a traceback) with one line naming the flag, and the input pipeline's
+table says whether training would be input-bound."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import common
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _benchmark(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=REPO,
+        env={**os.environ, "YOLOJAX_HUGE_PAGES": "0", "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        # Every figure was NaN, with status 0.
+        (["train_step", "--rounds", "0"], "argument --rounds: must be at least 1, got 0"),
+        # An IndexError traceback.
+        (["inference", "--batch", "0"], "argument --batch: must be at least 1, got 0"),
+        # OSError from sched_setaffinity.
+        (["evaluator", "--cpu", "4096"], "--cpu 4096 is not a core this process may run on"),
+        (["predict", "--threads", "0,x"], "argument --threads: wants counts such as 0,2"),
+        (["kernel_profile", "no/such/trace", "--steps", "2"], "no such trace file or folder"),
+        # Per-step figures off by the ratio, without a word.
+        (["kernel_profile", "no/such/trace", "--steps", "2", "--step-ms", "1"], "gives 1 times"),
+        # A ZeroDivisionError once the dataset was prepared: 2 batches, both untimed.
+        (
+            ["input_pipeline", "--voc-images", "8", "--batch-size", "4"],
+            "--voc-images 8: the evaluation times the test split's batches after 2 untimed "
+            "ones; give at least 12",
+        ),
+    ],
+)
+def test_a_setting_without_meaning_is_one_line_naming_the_flag(args, message):
+    done = _benchmark(f"benchmarks.{args[0]}", *args[1:])
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr.splitlines()[-1], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_the_input_pipeline_says_how_many_times_the_step_it_feeds():
+    given = 40.0  # images/s of a train step, as benchmarks.train_step prints it
+    done = _benchmark(
+        "benchmarks.input_pipeline",
+        *("--voc-images", "12", "--batch-size", "4", "--batches", "3", "--warmup", "1"),
+        *("--image-size", "64", "--step-images-per-s", str(given)),
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert header[-1] == "× the step's 40 images/s"
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+    assert [row[:2] for row in rows] == [
+        ["voc", "train"],
+        ["voc", "eval"],
+        ["synthetic_shapes", "train"],
+        ["synthetic_shapes", "eval"],
+    ]
+    for _, kind, rate, *_, times in rows:
+        if kind == "eval":
+            assert times == ""
+            continue
+        ratio = float(re.fullmatch(r"([\d.]+)× \((?:not )?input-bound\)", times).group(1))
+        assert ratio == pytest.approx(float(rate) / given, abs=0.5 / given + 0.005)
+        assert times.endswith("(not input-bound)") == (ratio >= 1)
+
+
+@pytest.mark.parametrize("load, busy", [(0.2, False), (0.9, False), (1.0, True), (3.5, True)])
+def test_a_busy_cpu_is_named_before_its_figures(load, busy, monkeypatch):
+    # Under contention PyTorch's threads slow down far more than XLA's: a ratio taken then
+    # is the other work's, and the run must say so.
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, 0.0, 0.0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    warning = common.busy_machine_warning()
+    assert (warning is not None) == busy
+    if busy:
+        assert f"load average is {load:.2f} on 2 cores" in warning
