@@ -20,7 +20,9 @@ weights), on random images and boxes already on the device:
   also `compile_cl_graphs`, torch.compile with CUDA graphs); timed in turns
   with the JAX step (a round of JAX steps, then a round of each variant, repeated; each
   turn's first step untimed, since it pays for the memory the previous turn used) so a
-  noisy machine slows all alike. The ratio is JAX images/s over the best variant's.
+  slow spell of the machine hits every turn. Not so other work on a CPU: it slows
+  PyTorch's threads far more than XLA's (the header warns of a busy CPU). The ratio is JAX
+  images/s over the best variant's.
 * `--back-to-back`: also JAX's and each PyTorch variant's images/s with a round's steps
   dispatched one after the other and one wait at the end, as the trainer runs them (the main
   figures wait for each step's result): on a GPU the host's turn between steps then
