@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -315,6 +316,30 @@ def test_sigterm_saves_the_step_reached_and_exits_143(tmp_path, data_dir, env):
     assert "Traceback" not in log
 
 
+def test_a_second_run_on_a_folder_in_training_is_refused_and_the_first_trains_on(
+    tmp_path, data_dir, env
+):
+    # As a scheduler's requeued job beside the old one: the second run's start deleted the
+    # first's save in progress, and both logged every step to metrics.jsonl.
+    overrides = {"train.num_epochs": 10}  # 40 steps, each saved
+    run_dir = tmp_path / "run"
+    command = _command("train.py", run_dir, data_dir, overrides=overrides)
+    with _Process(command, env, tmp_path / "first.log") as first:
+        assert first.wait_for(lambda: len(_losses(run_dir)) >= 2), first.log()[-3000:]
+        code, log = _run(command, env, tmp_path / "second.log")
+        assert first.popen.poll() is None, "the first run ended before the second started"
+        first.wait_for(lambda: False)
+        first_log = first.log()
+    assert code == 1, log[-3000:]
+    assert f"Another training run is writing {run_dir}: two runs in one folder" in log
+    assert "Traceback" not in log
+    assert first.popen.returncode == 0, first_log[-3000:]
+    assert sorted(_losses(run_dir)) == list(range(1, 10 * TOTAL_STEPS // 3 + 1))  # each once
+    # Once the first has ended, the folder is free again.
+    code, log = _run(command, env, tmp_path / "third.log")
+    assert code == 0 and "Nothing left to train" in log, log[-3000:]
+
+
 @pytest.fixture(scope="module", name="initial_state")
 def fixture_initial_state(data_dir):
     return train_lib.initial_state(_config(data_dir), num_train_examples=32)[1]
@@ -354,6 +379,75 @@ def test_a_corrupted_latest_checkpoint_is_skipped_naming_it(tmp_path, data_dir, 
     manager.close()
     assert step == 1
     jax.tree.map(np.testing.assert_array_equal, state.params, initial_state.params)
+
+
+def test_a_damaged_checkpoint_is_named_with_the_reason_not_tensorstores_spec(
+    tmp_path, data_dir, initial_state
+):
+    # The warning kept the end of tensorstore's message: a thousand characters of JSON spec,
+    # the reason ("Requested byte range ... is not valid") cut off before it.
+    run_dir = _two_checkpoints(tmp_path / "run", data_dir, initial_state)
+    _damage(run_dir / "checkpoints" / "2", "truncate")
+    manager = checkpoints.Checkpoints(run_dir, checkpoints.model_signature(_config(data_dir)))
+    with pytest.warns(UserWarning, match="Skipping damaged checkpoint") as warned:
+        _, step = manager.restore(initial_state)
+    manager.close()
+    assert step == 1
+    [message] = [str(warning.message) for warning in warned]
+    assert "tensorstore_spec" not in message and '"driver"' not in message, message
+    # The file cut short, then why it cannot be read.
+    assert re.search(r"checkpoints/2: ValueError: .*/state/d/\w+\": \w", message), message
+
+
+def test_a_checkpoint_without_its_state_metadata_is_skipped_as_damaged(
+    tmp_path, data_dir, initial_state
+):
+    # Orbax reads a missing state/_METADATA as a state without arrays: the run's own
+    # checkpoint was called another model's, with its own config, and blocked the resume.
+    run_dir = _two_checkpoints(tmp_path / "run", data_dir, initial_state)
+    (run_dir / "checkpoints" / "2" / "state" / "_METADATA").unlink()
+    manager = checkpoints.Checkpoints(run_dir, checkpoints.model_signature(_config(data_dir)))
+    with pytest.warns(UserWarning, match=r"checkpoints/2: DamagedCheckpointError: its state/_MET"):
+        _, step = manager.restore(initial_state)
+    manager.close()
+    assert step == 1
+
+
+def test_checkpoints_the_training_run_removes_while_they_are_read_are_not_damage(
+    tmp_path, data_dir, initial_state
+):
+    # evaluate.py (or Detector.from_workdir) beside a training run: the run saves step 3 and
+    # removes 1 and 2 (it keeps the last few) between the reader's listing and its reads.
+    # They were called damaged, and with them all: "Every checkpoint ... is damaged".
+    run_dir = _two_checkpoints(tmp_path / "run", data_dir, initial_state)
+    signature = checkpoints.model_signature(_config(data_dir))
+    reader = checkpoints.Checkpoints(run_dir, signature, read_only=True)
+    writer = checkpoints.Checkpoints(run_dir, signature, keep=1)
+    writer.save(3, initial_state.replace(step=3))
+    writer.wait()
+    writer.close()
+    assert _complete_steps(run_dir) == [3]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "Skipping damaged checkpoint"
+        state, step = reader.restore(initial_state, model_only=True)
+    reader.close()
+    assert step == 3 and int(state.step) == 3
+
+
+def test_a_damaged_best_checkpoint_points_to_the_latest(tmp_path, data_dir, initial_state):
+    run_dir = _two_checkpoints(tmp_path / "run", data_dir, initial_state)
+    signature = checkpoints.model_signature(_config(data_dir))
+    manager = checkpoints.Checkpoints(run_dir, signature)
+    manager.save_if_best(2, initial_state.replace(step=2), {"mAP": 0.5})
+    manager.wait()
+    _damage(run_dir / "best" / "2", "truncate")
+    with (
+        pytest.warns(UserWarning, match="Skipping damaged checkpoint"),
+        pytest.raises(checkpoints.NoCheckpointError, match="best is damaged") as error,
+    ):
+        manager.restore(initial_state, "best", model_only=True)
+    manager.close()
+    assert "the latest checkpoints are other copies: --checkpoint latest" in str(error.value)
 
 
 @pytest.mark.parametrize(

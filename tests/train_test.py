@@ -254,6 +254,27 @@ def test_resume_gives_the_same_parameters(tmp_path, data_dir, capsys):
     assert saved["train"]["num_epochs"] == 3.0
 
 
+def test_a_resume_on_a_larger_training_set_says_the_epochs_and_schedule_move(
+    tmp_path, data_dir, capsys
+):
+    # Only train.batch_size and a cosine's num_epochs were said to move the schedule; twice
+    # the images made every epoch twice as long without a word (the rate jumped, and
+    # metrics.jsonl's epoch went back from 1.0 to 0.5).
+    config = tiny_config(data_dir, num_epochs=1.0)  # 32 images, batch 8: 4 steps
+    trainer.train_and_evaluate(config, str(tmp_path))
+    larger = config.copy_and_resolve_references()
+    larger.data.synthetic.num_train = 64
+    larger.train.num_epochs = 2.0
+    capsys.readouterr()
+    trainer.train_and_evaluate(larger, str(tmp_path))
+    out = capsys.readouterr().out
+    assert "data.synthetic.num_train: 32 -> 64" in out
+    assert (
+        "An epoch is now 8 steps, 4 before: epochs (the schedule's, metrics.jsonl's) count the "
+        "new ones. The learning-rate schedule now spans 16 steps: from step 4 the rate follows"
+    ) in out
+
+
 def test_a_config_changed_twice_at_one_step_keeps_both_earlier_ones(tmp_path):
     first, second, third = (json.dumps({"seed": seed}) for seed in range(3))
     assert workdir_io.save_config(tmp_path, first, 5) == ([], None)
@@ -795,6 +816,34 @@ def test_a_workdir_that_cannot_be_written_at_start_is_named_with_what_to_do(
         "Cannot write x (PermissionError: Permission denied): choose another --out, one you "
         "can write."
     )
+
+
+def test_a_disk_that_fills_during_training_is_one_message_and_the_rerun_resumes(
+    tmp_path, data_dir, monkeypatch
+):
+    # TensorFlow's ResourceExhaustedError from the TensorBoard log came out as 30 lines of
+    # traceback, not the one paragraph of every other full disk.
+    import tensorflow as tf
+
+    config = tiny_config(data_dir)  # 8 steps, logged every 2, saved at 4 and 8
+    scalar = tf.summary.scalar
+
+    def full_disk_from_step_6(name, value, step):
+        if step >= 6:
+            raise tf.errors.ResourceExhaustedError(None, None, "events: No space left on device")
+        return scalar(name, value, step=step)
+
+    monkeypatch.setattr(tf.summary, "scalar", full_disk_from_step_6)
+    with pytest.raises(errors.MachineError) as error:
+        trainer.train_and_evaluate(config, str(tmp_path))
+    assert str(error.value) == (
+        f"Cannot log step 6 in {tmp_path} (OSError: events: No space left on device): free "
+        "space, or choose another --workdir. Then rerun the same command: it resumes from the "
+        "last checkpoint."
+    )
+    monkeypatch.undo()
+    trainer.train_and_evaluate(config, str(tmp_path))
+    assert [step for step, _ in _logged(tmp_path, "loss")] == [2, 4, 6, 8]  # each once
 
 
 def test_training_into_a_folder_of_someone_elses_files_writes_over_none_of_them(tmp_path, data_dir):

@@ -159,22 +159,36 @@ def _manager(workdir: Path, name: str, *, read_only: bool, **options) -> ocp.Che
     which is the step for both managers. At an evaluation both managers save the same step,
     so each needs its own barrier prefix, or the two saves wait on each other's barriers.
     """
-    return _Manager(
-        workdir / name,
-        # Registered up front so that a checkpoint's metadata can be read before its arrays.
-        item_handlers={
-            "state": ocp.StandardCheckpointHandler(),
-            "model": ocp.JsonCheckpointHandler(),
-        },
-        options=ocp.CheckpointManagerOptions(
-            create=not read_only,
-            cleanup_tmp_directories=not read_only,
-            multiprocessing_options=ocp.options.MultiprocessingOptions(
-                barrier_sync_key_prefix=name
+    return _listing(
+        lambda: _Manager(
+            workdir / name,
+            # Registered up front so that a checkpoint's metadata can be read before its arrays.
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "model": ocp.JsonCheckpointHandler(),
+            },
+            options=ocp.CheckpointManagerOptions(
+                create=not read_only,
+                cleanup_tmp_directories=not read_only,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    barrier_sync_key_prefix=name
+                ),
+                **options,
             ),
-            **options,
-        ),
+        )
     )
+
+
+def _listing(read):
+    """``read()``: a manager's start or reload, which lists its step folders and reads each
+    one's details, once more if a folder vanished in between (the run training in the
+    workdir removes its older checkpoints as it saves new ones)."""
+    for attempt in range(3):
+        try:
+            return read()
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
 
 
 class Checkpoints:
@@ -410,18 +424,27 @@ class Checkpoints:
         """
         manager, steps = self._resolve(which)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, jax.device_get(template))
-        skipped = []
-        for step in steps:
+        skipped, tried = [], set()
+        while (step := next((s for s in steps if s not in tried), None)) is not None:
+            tried.add(step)
             try:
                 record = self._read_record(manager, step)
                 self._check_signature(manager, step, record)
                 metadata = manager.item_metadata(step)["state"]  # read once, for both
+                if metadata is None:  # orbax reads a missing state/_METADATA as no arrays
+                    raise DamagedCheckpointError("its state/_METADATA file is missing")
                 self._check_layout(manager, step, metadata, abstract, model_only)
                 state = restore_by_name(manager, step, metadata, abstract, model_only=model_only)
                 check_checksums(record.get("checksums"), state, model_only=model_only)
             except CheckpointMismatchError:
                 raise
             except Exception as error:
+                if not (manager.directory / str(step)).exists():
+                    # The run training in this workdir removed it meanwhile (it keeps the
+                    # last few, and one best): not damage. Its newer ones are read next.
+                    _listing(manager.reload)
+                    steps = self._resolve(which)[1]
+                    continue
                 if not _is_damage(error):
                     if not isinstance(error, OSError | MemoryError | ValueError):
                         raise  # a bug: its traceback
@@ -442,15 +465,20 @@ class Checkpoints:
             return state, step
         where = manager.directory
         if skipped:
-            best = (
-                " For evaluation or inference, the best checkpoint is another copy: "
-                "--checkpoint best (evaluate.py, predict) or checkpoint='best'."
-                if manager is self._latest and self._best.all_steps()
-                else ""
-            )
+            other_copy = ""
+            if manager is self._latest and self._best.all_steps():
+                other_copy = (
+                    " For evaluation or inference, the best checkpoint is another copy: "
+                    "--checkpoint best (evaluate.py, predict) or checkpoint='best'."
+                )
+            elif manager is self._best and self._latest.all_steps():
+                other_copy = (
+                    " For evaluation or inference, the latest checkpoints are other copies: "
+                    "--checkpoint latest (evaluate.py, predict) or checkpoint='latest'."
+                )
             raise NoCheckpointError(
                 f"Every checkpoint in {where} is damaged (steps {skipped}): restore them from "
-                f"a backup, or move the folder aside to start over.{best}"
+                f"a backup, or move the folder aside to start over.{other_copy}"
             )
         if manager is self._best and self._latest.all_steps():
             raise NoCheckpointError(

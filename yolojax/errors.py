@@ -1,6 +1,7 @@
 """Wording shared by the library's messages, and the category of its notices."""
 
 import errno
+import re
 
 
 class Notice(UserWarning):
@@ -36,11 +37,18 @@ def machine_error(action: str, error: OSError, setting: str, then: str = "") -> 
 
 def first_line(error: BaseException, limit: int = 300) -> str:
     """The first line of ``error``'s message (its type's name if it has none), for a one-line
-    report of an error from another library, whose messages can run to pages. Longer than
-    ``limit`` characters, it keeps its end, where the system's words are ("No space left on
-    device")."""
+    report of an error from another library, whose messages can run to pages. Without
+    tensorstore's annotations (its JSON spec, a thousand characters after the reason).
+    Longer than ``limit`` characters, it keeps its end, where the system's words are ("No
+    space left on device")."""
     line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    line = _TENSORSTORE_ANNOTATIONS.split(line, maxsplit=1)[0]
     return line if len(line) <= limit else "..." + line[-limit:]
+
+
+# What tensorstore appends to an error's reason: " [tensorstore_spec='{...}']",
+# " [source locations='...']".
+_TENSORSTORE_ANNOTATIONS = re.compile(r" \[(?:tensorstore_spec|source locations)=")
 
 
 def count(number: int, noun: str, plural: str | None = None) -> str:

@@ -13,11 +13,19 @@ from yolojax.progress import tell
 
 
 def prepare_workdir(
-    config, info, workdir: Path, start_step: int, total_steps: int, *, verbose: bool = True
+    config,
+    info,
+    workdir: Path,
+    start_step: int,
+    steps: tuple[int, int],
+    *,
+    verbose: bool = True,
 ):
     """Writes the run's config and class names into ``workdir``, drops what a crashed run
     logged after ``start_step``, and opens its TensorBoard log (process 0's part). A config
-    that differs from the saved one is said (``verbose`` False: as a warning)."""
+    that differs from the saved one is said (``verbose`` False: as a warning), with what
+    it does to the learning-rate schedule. ``steps``: (steps per epoch, total steps)."""
+    steps_per_epoch, total_steps = steps
     workdir.mkdir(parents=True, exist_ok=True)
     config_json = config.to_json_best_effort(indent=2)
     # A finished run's config.json stays the config its checkpoint was trained with (if
@@ -29,8 +37,19 @@ def prepare_workdir(
         # step than it was. Piecewise drops and the warm-up are in epochs, counted in steps
         # of a batch: a new batch size moves them.
         changed = {change.split(":")[0] for change in changes}
-        if "train.batch_size" in changed or (
-            config.train.schedule == "cosine" and "train.num_epochs" in changed
+        # An epoch of another length (a training set or batch size changed) moves them too.
+        logged_epoch = _logged_steps_per_epoch(workdir, start_step)
+        new_epoch = logged_epoch not in (None, steps_per_epoch)
+        if new_epoch:
+            outcome += (
+                f". An epoch is now {errors.count(steps_per_epoch, 'step')}, "
+                f"{logged_epoch} before: epochs (the schedule's, metrics.jsonl's) count "
+                "the new ones"
+            )
+        if (
+            new_epoch
+            or "train.batch_size" in changed
+            or (config.train.schedule == "cosine" and "train.num_epochs" in changed)
         ):
             outcome += (
                 f". The learning-rate schedule now spans {total_steps} steps: from step "
@@ -56,6 +75,17 @@ def prepare_workdir(
     )
     workdir_io.truncate_metrics(workdir, start_step)
     return workdir_io.TensorBoardWriter(workdir, start_step)
+
+
+def _logged_steps_per_epoch(workdir: Path, start_step: int) -> int | None:
+    """The steps per epoch of the run that logged ``metrics.jsonl`` up to ``start_step``
+    (from its last record's step and epoch), or None without such a record."""
+    records = [
+        record
+        for record in workdir_io.read_metrics(workdir)
+        if 0 < record.get("step", 0) <= start_step and record.get("epoch")
+    ]
+    return round(records[-1]["step"] / records[-1]["epoch"]) if records else None
 
 
 @contextlib.contextmanager
@@ -102,12 +132,24 @@ class RunLog:
         return {r["step"] for r in workdir_io.read_metrics(self.workdir) if "test_mAP" in r}
 
     def record(self, step: int, scalars: dict) -> None:
-        """Logs ``scalars`` of ``step`` to ``metrics.jsonl`` and TensorBoard."""
+        """Logs ``scalars`` of ``step`` to ``metrics.jsonl`` and TensorBoard.
+
+        Raises:
+          errors.MachineError: the workdir refused the write (a full disk).
+        """
         if self.tensorboard is not None:
-            workdir_io.append_metrics(
-                self.workdir, {"step": step, "epoch": step / self.steps_per_epoch, **scalars}
-            )
-            self.tensorboard.write(step, scalars)
+            try:
+                workdir_io.append_metrics(
+                    self.workdir, {"step": step, "epoch": step / self.steps_per_epoch, **scalars}
+                )
+                self.tensorboard.write(step, scalars)
+            except OSError as error:
+                raise errors.machine_error(
+                    f"log step {step} in {self.workdir}",
+                    error,
+                    "--workdir",
+                    "Then rerun the same command: it resumes from the last checkpoint.",
+                ) from error
             self.curves_drawn = False
 
     def draw_curves(self) -> None:
@@ -126,5 +168,10 @@ class RunLog:
         """Closes the TensorBoard log and draws the curves of every record (for a stopped or
         failed run too: its curves up to there)."""
         if self.tensorboard is not None:
-            self.tensorboard.close()
+            try:
+                self.tensorboard.close()
+            except OSError as error:  # a full disk: the error that stopped the run is told
+                warnings.warn(
+                    f"Could not close the TensorBoard log: {error}", errors.Notice, stacklevel=2
+                )
         self.draw_curves()

@@ -57,6 +57,7 @@ class _Run:
     lr_schedule: Callable
     start_step: int  # the step restored; 0 for a run starting over
     log: run_log.RunLog
+    lock: workdir_io.RunFolderLock  # held by process 0 until the run ends
 
 
 def _restore_or_start_over(config, info, ckpt, workdir: Path, is_main: bool, reports: bool):
@@ -125,10 +126,13 @@ def _set_up(config, workdir: str, verbose: bool) -> _Run:
             config.data.class_names = tuple(info.class_names)
     # Before the checkpoint folders are made: a split smaller than a batch leaves nothing.
     steps_per_epoch, total_steps = train_lib.steps_for(config, info.num_train_examples)
-    ckpt = checkpoints.Checkpoints(
-        workdir, checkpoints.model_signature(config), keep=config.train.keep_checkpoints
-    )
+    # Before the checkpoint managers, whose start clears the temporary folders of saves.
+    lock = workdir_io.lock_run_folder(workdir) if is_main else workdir_io.RunFolderLock(None)
+    ckpt = None
     try:
+        ckpt = checkpoints.Checkpoints(
+            workdir, checkpoints.model_signature(config), keep=config.train.keep_checkpoints
+        )
         model, state, lr_schedule, start_step = _restore_or_start_over(
             config, info, ckpt, workdir, is_main, reports
         )
@@ -136,10 +140,17 @@ def _set_up(config, workdir: str, verbose: bool) -> _Run:
         if is_main:
             with run_log.workdir_write_errors(workdir, start_step):
                 tensorboard = run_log.prepare_workdir(
-                    config, info, workdir, start_step, total_steps, verbose=verbose
+                    config,
+                    info,
+                    workdir,
+                    start_step,
+                    (steps_per_epoch, total_steps),
+                    verbose=verbose,
                 )
     except BaseException:  # a checkpoint of another model, an unwritable workdir: no run
-        ckpt.close()  # its orbax managers' threads, which train_and_evaluate would close
+        if ckpt is not None:
+            ckpt.close()  # its orbax managers' threads, which train_and_evaluate would close
+        lock.release()
         raise
     return _Run(
         workdir=workdir,
@@ -158,6 +169,7 @@ def _set_up(config, workdir: str, verbose: bool) -> _Run:
             steps_per_epoch=steps_per_epoch,
             eval_split=info.eval_split_name,
         ),
+        lock=lock,
     )
 
 
@@ -434,6 +446,7 @@ def train_and_evaluate(
     with contextlib.ExitStack() as signals_caught:
         # Closed on the way out, an error's or a Ctrl-C's too (the last first).
         with contextlib.ExitStack() as closing:
+            closing.callback(run.lock.release)  # last: once everything is written
             closing.callback(run.log.close)
             closing.callback(run.ckpt.close)
             closing.callback(run.ckpt.wait)  # the saves under way are written

@@ -10,9 +10,12 @@
 * ``superseded/``: what a run set aside rather than delete (a checkpoint saved anew, an
   earlier run's logs and best checkpoint when one starts over).
 
-:func:`check_workdir` checks a ``--workdir`` before anything is read or written there.
+:func:`check_workdir` checks a ``--workdir`` before anything is read or written there, and
+:func:`lock_run_folder` keeps a second training run out of it while one writes there.
 """
 
+import contextlib
+import errno
 import json
 import math
 import os
@@ -21,6 +24,13 @@ import shlex
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+
+from yolojax import errors
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 CONFIG_FILE = "config.json"
 CLASSES_FILE = "classes.json"
@@ -73,6 +83,53 @@ def check_workdir(workdir: str | os.PathLike, *, writable: bool = False) -> Path
         if workdir.is_dir() and not _is_run_folder(workdir):
             _refuse_files_written_over(workdir)
     return workdir
+
+
+class RunInProgressError(errors.MachineError):
+    """Another training run is writing the workdir: two would write over each other's
+    checkpoints and logs."""
+
+
+class RunFolderLock:
+    """An exclusive lock on a run folder (``flock`` on the folder itself), held by the
+    process that trains there. The kernel lets go of it when the process ends, however it
+    ends (a killed run leaves no stale lock); :meth:`release` lets go of it before."""
+
+    def __init__(self, descriptor: int | None):
+        self._descriptor = descriptor
+
+    def release(self) -> None:
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+            self._descriptor = None
+
+
+def lock_run_folder(workdir: Path) -> RunFolderLock:
+    """Creates ``workdir`` if need be and locks it for the training run of this process.
+
+    Raises:
+      RunInProgressError: another process holds the lock: a train.py on the same folder
+        (still running, or a scheduler's requeued job beside the old one). Without the
+        lock, the second run's start deleted the first one's save in progress, and both
+        appended every step to metrics.jsonl.
+    """
+    if fcntl is None:  # Windows: no flock; the folder is not guarded
+        return RunFolderLock(None)
+    workdir.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(workdir, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise RunInProgressError(
+            f"Another training run is writing {workdir}: two runs in one folder write over "
+            "each other's checkpoints and logs. Let it finish, or stop it (Ctrl-C, or kill "
+            "-TERM, saves the step it reached) and rerun to resume; or pass another --workdir."
+        ) from None
+    except OSError:  # a file system without locks (some network ones): not guarded
+        os.close(descriptor)
+        return RunFolderLock(None)
+    return RunFolderLock(descriptor)
 
 
 def _is_run_folder(workdir: Path) -> bool:
@@ -310,16 +367,32 @@ class TensorBoardWriter:
         self._writer = tf.summary.create_file_writer(str(folder))
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
-        """Logs each scalar at ``step`` (None values are left out) and flushes the file."""
-        with self._writer.as_default():
-            for name, value in scalars.items():
-                if value is not None:
-                    self._tf.summary.scalar(name, float(value), step=step)
-        self._writer.flush()
+        """Logs each scalar at ``step`` (None values are left out) and flushes the file.
+
+        Raises:
+          OSError: the file system refused the write (a full disk: ENOSPC).
+        """
+        with self._file_errors():
+            with self._writer.as_default():
+                for name, value in scalars.items():
+                    if value is not None:
+                        self._tf.summary.scalar(name, float(value), step=step)
+            self._writer.flush()
 
     def close(self) -> None:
-        """Flushes and closes the event file."""
-        self._writer.close()
+        """Flushes and closes the event file; raises OSError as :meth:`write`."""
+        with self._file_errors():
+            self._writer.close()
+
+    @contextlib.contextmanager
+    def _file_errors(self):
+        """TensorFlow's errors of the file system (``ResourceExhaustedError: ... No space
+        left on device``, 30 lines with its traceback) as the OSError they are."""
+        try:
+            yield
+        except self._tf.errors.OpError as error:
+            full = "No space left on device" in error.message
+            raise OSError(errno.ENOSPC if full else errno.EIO, error.message) from error
 
 
 def load_class_names(workdir) -> list[str] | None:
