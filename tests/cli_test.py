@@ -83,6 +83,44 @@ def test_a_ctrl_c_dropped_in_a_callback_during_the_work_is_sent_again():
     assert "Exception ignored" not in done.stderr
 
 
+_CTRL_C_IN_DEL_WITH_A_SLOW_HOOK = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    from yolojax import cli
+
+    cli.launch()
+    cli.work_starts()
+    around = sys.unraisablehook
+
+    def slow_hook(unraisable):  # as another hook around the command's (orbax's noise filter)
+        around(unraisable)
+        start = time.monotonic()
+        while time.monotonic() - start < 0.2:
+            pass
+
+    sys.unraisablehook = slow_hook
+
+    class Dropping:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    try:
+        Dropping()
+        time.sleep(60)  # where a Ctrl-C sent again lands
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt")
+    print("ran on")
+    """
+)
+
+
+def test_a_ctrl_c_sent_again_while_a_slow_hook_runs_is_sent_until_it_lands():
+    # Sent once after 10 ms, it landed in the hook that still ran, and was dropped there too.
+    done = _run("working", _CTRL_C_IN_DEL_WITH_A_SLOW_HOOK)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "KeyboardInterrupt\nran on\n"
+
+
 def test_a_command_started_with_ctrl_c_ignored_keeps_ignoring_it():
     # A background job of a script: launch() does not turn Ctrl-C back on.
     ignored = "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN)\n"

@@ -14,6 +14,7 @@ by :func:`parse_flags`, with ml_collections' suggestion of the field meant.
 
 import _thread
 import contextlib
+import gc
 import logging
 import os
 import re
@@ -417,6 +418,8 @@ def ignore_stop_signals() -> None:
 
 # Whether the command has begun its work (:func:`work_starts`); until then a Ctrl-C exits.
 _working = False
+# During the work: whether a Ctrl-C is to be sent again (see _sending_again).
+_send_again = False
 
 
 def launch() -> None:
@@ -439,7 +442,12 @@ def launch() -> None:
 
 
 def _interrupt(signal_number, frame) -> None:
+    global _send_again
     if _working:
+        if _dropped_there(frame):
+            _sending_again()
+            return
+        _send_again = False
         raise KeyboardInterrupt  # as Python's own handler: the command reports it
     # os.write: the handler may run while the main thread is inside a write to sys.stderr,
     # where another would raise "reentrant call".
@@ -456,22 +464,56 @@ def work_starts() -> None:
     if _working:
         return
     _working = True
-    previous_hook, main_thread = sys.unraisablehook, threading.get_ident()
-
-    def send_again() -> None:
-        time.sleep(0.01)  # until the hook has returned: raised in the hook, it is dropped too
-        signal.pthread_kill(main_thread, signal.SIGINT)
+    previous_hook = sys.unraisablehook
 
     def unraisable_hook(unraisable):
-        # A KeyboardInterrupt raised inside a garbage-collection callback (JAX runs one) is
-        # dropped there: the Ctrl-C is sent again, to land in the work's own code. From
-        # another thread: the handler would run as soon as the hook (Python code) went on.
+        # Where _dropped_there cannot tell (a __del__, a weakref's callback), Python hands
+        # the dropped KeyboardInterrupt here: the Ctrl-C is sent again.
         if issubclass(unraisable.exc_type, KeyboardInterrupt):
-            _thread.start_new_thread(send_again, ())  # (threading's start() waits for it)
+            _sending_again()
         else:
             previous_hook(unraisable)
 
     sys.unraisablehook = unraisable_hook
+
+
+def _dropped_there(frame) -> bool:
+    """Whether ``frame`` (where a signal interrupted the main thread) runs inside a
+    garbage-collection callback (JAX runs one) or an unraisable hook: Python only prints
+    an exception raised there, and the work would go on as if Ctrl-C had not been pressed."""
+
+    def code(function):
+        return getattr(getattr(function, "__func__", function), "__code__", None)
+
+    dropping = {code(callback) for callback in gc.callbacks} | {code(sys.unraisablehook)}
+    while frame is not None:
+        if frame.f_code in dropping:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _sending_again() -> None:
+    """Sends the main thread SIGINT every 10 ms, from another thread, until its handler has
+    raised KeyboardInterrupt where it is not dropped (which clears ``_send_again``). From
+    the main thread the handler would run at once, where it would be dropped again."""
+    global _send_again
+    if _send_again:
+        return  # a sender runs already
+    _send_again = True
+    main_thread = threading.main_thread().ident
+
+    def send() -> None:
+        global _send_again
+        while _send_again:
+            time.sleep(0.01)
+            if _send_again:
+                signal.pthread_kill(main_thread, signal.SIGINT)
+            if signal.getsignal(signal.SIGINT) is not _interrupt:
+                break  # another handler (no launch()) would not say it raised: once only
+        _send_again = False
+
+    _thread.start_new_thread(send, ())  # (threading's start() would wait for the thread)
 
 
 def run(main) -> None:
