@@ -275,6 +275,27 @@ def test_a_resume_on_a_larger_training_set_says_the_epochs_and_schedule_move(
     ) in out
 
 
+def test_the_same_config_on_a_training_set_that_grew_says_the_epochs_and_schedule_move(
+    tmp_path, data_dir, capsys, monkeypatch
+):
+    # A VOC folder that gained images, resumed with the same config: nothing was said.
+    config = tiny_config(data_dir, num_epochs=1.0)  # 32 images, batch 8: 4 steps
+    trainer.train_and_evaluate(config, str(tmp_path))
+    steps_for = train_lib.steps_for  # as if the folder now held twice the images
+    monkeypatch.setattr(
+        train_lib, "steps_for", lambda config, examples: steps_for(config, 2 * examples)
+    )
+    capsys.readouterr()
+    trainer.train_and_evaluate(config, str(tmp_path))
+    out = capsys.readouterr().out
+    assert "The config differs" not in out
+    assert (
+        "The training set has another size than when step 4 was saved. An epoch is now 8 "
+        "steps, 4 before: epochs (the schedule's, metrics.jsonl's) count the new ones. The "
+        "learning-rate schedule now spans 8 steps: from step 4 the rate follows it"
+    ) in out
+
+
 def test_a_config_changed_twice_at_one_step_keeps_both_earlier_ones(tmp_path):
     first, second, third = (json.dumps({"seed": seed}) for seed in range(3))
     assert workdir_io.save_config(tmp_path, first, 5) == ([], None)

@@ -30,31 +30,31 @@ def prepare_workdir(
     config_json = config.to_json_best_effort(indent=2)
     # A finished run's config.json stays the config its checkpoint was trained with (if
     # it was lost, this config is the best there is).
+    schedule_moves = []
     if start_step < total_steps or not (workdir / workdir_io.CONFIG_FILE).exists():
         changes, kept = workdir_io.save_config(workdir, config_json, start_step)
         outcome = f"Training goes on with the new values; the previous config is kept as {kept}"
         # A cosine schedule spans the run's steps: stretched over more, it is higher at this
         # step than it was. Piecewise drops and the warm-up are in epochs, counted in steps
-        # of a batch: a new batch size moves them.
+        # of a batch: a new batch size moves them, and so does an epoch of another length
+        # (a training set of another size: a folder that gained images, with the same config).
         changed = {change.split(":")[0] for change in changes}
-        # An epoch of another length (a training set or batch size changed) moves them too.
         logged_epoch = _logged_steps_per_epoch(workdir, start_step)
-        new_epoch = logged_epoch not in (None, steps_per_epoch)
-        if new_epoch:
-            outcome += (
-                f". An epoch is now {errors.count(steps_per_epoch, 'step')}, "
-                f"{logged_epoch} before: epochs (the schedule's, metrics.jsonl's) count "
-                "the new ones"
+        if logged_epoch not in (None, steps_per_epoch):
+            schedule_moves.append(
+                f"An epoch is now {errors.count(steps_per_epoch, 'step')}, {logged_epoch} "
+                "before: epochs (the schedule's, metrics.jsonl's) count the new ones"
             )
         if (
-            new_epoch
+            schedule_moves
             or "train.batch_size" in changed
             or (config.train.schedule == "cosine" and "train.num_epochs" in changed)
         ):
-            outcome += (
-                f". The learning-rate schedule now spans {total_steps} steps: from step "
+            schedule_moves.append(
+                f"The learning-rate schedule now spans {total_steps} steps: from step "
                 f"{start_step} the rate follows it, not the old one"
             )
+        outcome = ". ".join([outcome, *schedule_moves])
     else:
         changes = workdir_io.config_changes(workdir, config_json)
         outcome = (
@@ -68,6 +68,13 @@ def prepare_workdir(
             + "; ".join(changes[:8])
             + ("; ..." if len(changes) > 8 else "")
             + f". {outcome}.",
+            printed=verbose,
+        )
+    elif schedule_moves:  # the same config, on a training set of another size
+        tell(
+            f"The training set has another size than when step {start_step} was saved. "
+            + ". ".join(schedule_moves)
+            + ".",
             printed=verbose,
         )
     workdir_io.atomic_write_text(
