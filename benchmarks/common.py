@@ -102,9 +102,10 @@ def busy_machine_warning() -> str | None:
     if load < 0.5 * cores:
         return None
     return (
-        f"Warning: the load average is {load:.2f} on {cores} cores before the run: other "
-        "work shares the CPU, and its figures (ratios too) will say more about that work "
-        "than about the code. Measure on an idle machine."
+        f"Warning: the load average is {load:.2f} on {cores} cores before the run. If other "
+        "work shares the CPU, the figures (ratios too) will say more about that work than "
+        "about the code: measure on an idle machine (the load of a run that just ended "
+        "fades within a minute or two)."
     )
 
 

@@ -305,7 +305,8 @@ def main() -> None:
     parser.add_argument(
         "--gflop",
         type=float,
-        help="one step's GFLOP: train_step's 'GFLOP per image' times the global batch",
+        help="one device's GFLOP a step (the trace's kernels are the first device's): "
+        "train_step's 'GFLOP per image' times the batch per device",
     )
     args = parser.parse_args()
     if args.step_ms is not None and len(args.step_ms) != args.steps:

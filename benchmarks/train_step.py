@@ -407,7 +407,7 @@ def parse_args(on_cpu: bool) -> argparse.Namespace:
     )
     parser.add_argument(
         "--torch-threads",
-        type=int,
+        type=common.positive_int,
         default=len(os.sched_getaffinity(0)),
         help="torch.set_num_threads on CPU (XLA's CPU client uses every core it may run on)",
     )

@@ -29,6 +29,7 @@ from yolojax import (
     boxes,
     checkpoints,
     cli,
+    command_flags,
     errors,
     losses,
     models,
@@ -430,15 +431,15 @@ def test_a_failing_command_drops_the_noise_until_it_exits(monkeypatch, capsys):
 
 
 def _parse_train_flags(monkeypatch, *overrides, config="configs/shapes.py"):
-    """cli.parse_flags on train.py's --config flag (in its own FlagValues) and `overrides`."""
+    """command_flags.parse_flags on train.py's --config flag (own FlagValues) and `overrides`."""
     argv = ["train.py", f"--config={config}", *overrides]
     flag_values = flags.FlagValues()
     # As train.py defines it; the override flags come from argv, as they come from sys.argv.
     config_flags.DEFINE_config_file(
         "config", flag_values=flag_values, lock_config=True, sys_argv=argv
     )
-    monkeypatch.setattr(cli.flags, "FLAGS", flag_values)
-    return cli.parse_flags(argv), flag_values
+    monkeypatch.setattr(command_flags.flags, "FLAGS", flag_values)
+    return command_flags.parse_flags(argv), flag_values
 
 
 @pytest.mark.parametrize(

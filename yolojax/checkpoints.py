@@ -439,7 +439,7 @@ class Checkpoints:
             except CheckpointMismatchError:
                 raise
             except Exception as error:
-                if not (manager.directory / str(step)).exists():
+                if not os.path.lexists(manager.directory / str(step)):
                     # The run training in this workdir removed it meanwhile (it keeps the
                     # last few, and one best): not damage. Its newer ones are read next.
                     _listing(manager.reload)

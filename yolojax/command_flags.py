@@ -1,0 +1,198 @@
+"""absl's flag parsing for the command-line tools: the ``--config`` file loaded while the flags
+are parsed, and every bad flag (a mistyped config field, a missing or broken config file, a
+required flag left out) reported as one message, as absl reports a bad flag, with what to do.
+"""
+
+import os
+import re
+import sys
+import textwrap
+import traceback as traceback_lib
+from pathlib import Path
+
+from absl import flags
+
+# The repository's configs/ (not installed with the package: absent from a wheel install).
+BUNDLED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def flags_error(message: str) -> None:
+    """Ends the command as absl ends it for a bad flag: ``message``, status 1."""
+    print(f"FATAL Flags parsing error: {message}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def _config_arguments(argv: list[str]) -> list[str]:
+    """The values given to ``--config`` in ``argv`` (``--config=X`` or ``--config X``)."""
+    values = []
+    for index, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            values.append(arg.split("=", 1)[1])
+        elif arg == "--config" and index + 1 < len(argv):
+            values.append(argv[index + 1])
+    return values
+
+
+def _config_argument(argv: list[str]) -> str | None:
+    """The value given to ``--config`` in ``argv``, or None."""
+    given = _config_arguments(argv)
+    return given[0] if given else None
+
+
+def _config_file(argv: list[str]) -> str:
+    """The ``--config`` file's path in ``argv``, without its ``:variant``; '' if none."""
+    return (_config_argument(argv) or "").split(":", 1)[0]
+
+
+def _overrides_of(argv: list[str], field: str) -> list[str]:
+    """The ``--config.<key>=...`` arguments of ``argv`` whose key has ``field`` as a part."""
+    return [
+        arg
+        for arg in argv
+        if arg.startswith("--config.") and field in arg[len("--config.") :].split("=")[0].split(".")
+    ]
+
+
+def _flag_error_report(error: Exception, argv: list[str]) -> str:
+    """absl's report of a bad flag, with a hint for an override given without --config; a
+    required flag left out is named with what it is for."""
+    message = str(error)
+    missing = _REQUIRED_FLAG_MISSING.fullmatch(message)
+    if missing and missing.group(1) in flags.FLAGS:
+        name = missing.group(1)
+        return f"--{name} is required: {flags.FLAGS[name].help}\nPass --help to see the flags."
+    if "\n" in message:
+        message = "\n" + textwrap.indent(message, "  ")
+    name = getattr(error, "flagname", "")
+    if name.startswith("config.") and _config_argument(argv) is None:
+        message += (
+            f"\n--{name} overrides a field of the --config file, and there is none: for a run's "
+            "own config, add --config configs/run.py:WORKDIR."
+        )
+    return message + "\nPass --help to see the flags."
+
+
+# absl's validator of flags.mark_flag_as_required, whose error names the flag in its text only.
+_REQUIRED_FLAG_MISSING = re.compile(
+    r"flag --(\S+)=None: Flag --\1 must have a value other than None\."
+)
+
+
+def _get_config_failure(error: Exception) -> str | None:
+    """The exception a ``--config`` file's ``get_config()`` raised (``"ValueError: ..."``),
+    which ml_collections reports as a flag error with the whole traceback; else None."""
+    message = str(error)
+    if "Error whilst parsing config file" not in message:
+        return None
+    return message.strip().splitlines()[-1].strip()
+
+
+def _config_file_line(error: BaseException, config_file: str) -> int | None:
+    """The line of the ``--config`` file where ``error`` was raised (its own code failed,
+    not an override of a field it lacks), or None."""
+    path = os.path.realpath(config_file)
+    lines = [
+        frame.lineno
+        for frame in traceback_lib.extract_tb(error.__traceback__)
+        if os.path.realpath(frame.filename) == path
+    ]
+    return lines[-1] if lines else None
+
+
+# absl's flags that print help and exit, and the alias -h.
+HELP_FLAGS = {"help", "helpshort", "helpfull", "helpxml", "?", "h"}
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, for ``app.run(main, flags_parser=parse_flags)``.
+
+    ml_collections reports an unknown ``--config.<field>`` with an AttributeError, or a
+    KeyError for an unknown section, and a traceback three exceptions deep; it loads the
+    ``--config`` file only when the config is first used, so a mistyped path surfaced as a
+    traceback mid-run. This loads the config here and prints what is wrong as absl prints
+    other bad flags. An error of the file's ``get_config()`` (an unknown variant) is its
+    one line, not the traceback ml_collections wraps it in.
+    """
+    # -h, the usual short form of absl's -? (else an unknown flag); app.run defined --help.
+    if "help" in flags.FLAGS and "h" not in flags.FLAGS:
+        flags.DEFINE_alias("h", "help", flag_values=flags.FLAGS)
+    given = _config_arguments(argv)
+    if len(given) > 1:  # absl would load the last one and drop the others without a word
+        flags_error(
+            f"--config is given {len(given)} times ({', '.join(given)}); a run takes one "
+            "config file: keep one, and change its fields with --config.<field>=VALUE."
+        )
+    try:
+        try:
+            remaining = flags.FLAGS(argv)
+        except SystemExit as exit_request:
+            # absl's --help and its kin exit 1 once the help is printed, as asked, which a
+            # script reads as a failure. (A --config file may exit too: left as it is.)
+            asked = {arg.lstrip("-").split("=")[0] for arg in argv[1:]} & HELP_FLAGS
+            if asked and exit_request.code == 1:
+                raise SystemExit(0) from exit_request
+            raise
+        except flags.Error as error:  # reported here: parsing again would define flags twice
+            failure = _get_config_failure(error)
+            if failure is not None:
+                flags_error(f"the --config file's get_config() failed: {failure}")
+            flags_error(_flag_error_report(error, argv))
+        if "config" in flags.FLAGS and flags.FLAGS["config"].present:
+            flags.FLAGS.config.keys()  # loads the file and applies the overrides
+        return remaining
+    except (AttributeError, KeyError) as error:
+        message = error
+        while isinstance(message, BaseException) and message.args:  # KeyError in AttributeError
+            message = message.args[0]
+        config_file = _config_file(argv)
+        line = _config_file_line(error, config_file) if config_file else None
+        if line is not None:  # the file's own code, such as a field it reads that is not there
+            # ConfigDict's message quotes the field already; a dict's KeyError holds the key.
+            quoted = str(message).startswith("'")
+            flags_error(
+                f"the --config file's get_config() failed: {config_file}, line {line}: "
+                f"{type(error).__name__}: {message if quoted else repr(message)}"
+            )
+        if "get_config" in str(message):
+            flags_error(f"the --config file has no get_config() function ({message}).")
+        field, _, advice = str(message).partition("\n")  # "'batchsize'", 'Did you mean ...'
+        given = _overrides_of(argv, field.strip("'"))
+        flags_error(
+            f"no such config field {field}{' in ' + ', '.join(given) if given else ''}\n"
+            f"{advice + chr(10) if advice else ''}The fields and their defaults are in "
+            "yolojax/config.py and yolojax/data/config.py."
+        )
+    except OSError as error:
+        config_file = _config_file(argv)
+        if config_file and not os.path.exists(config_file):
+            bundled = sorted(BUNDLED_CONFIGS.glob("[!_]*.py"))
+            flags_error(
+                f"cannot load the --config file: No such file or directory: {config_file!r}"
+                + (
+                    f". The bundled configs: {', '.join(f'configs/{p.name}' for p in bundled)}"
+                    " (from the repository root)."
+                    if bundled
+                    else "."
+                )
+            )
+        # ml_collections re-raises the file's error as a generic 'not available' OSError,
+        # whose first line names its flag's internal name ('config_config').
+        lines = str(error.__cause__ or error).splitlines()
+        flags_error(
+            "cannot load the --config file: "
+            + "\n".join(line for line in lines if "Failed loading config file" not in line)
+        )
+    except SyntaxError as error:
+        flags_error(
+            f"the --config file is not valid Python: {error.filename}, line {error.lineno}: "
+            f"{error.msg}\n    {(error.text or '').strip()}"
+        )
+    except Exception as error:  # the file's own code failed (a NameError, an ImportError...)
+        hint = ""
+        if (_config_argument(argv) or "").endswith(".json"):  # JSON's null: a NameError
+            hint = (
+                "\n--config takes a Python file with get_config(), such as configs/shapes.py. "
+                "A run's config.json is not one: use --config configs/run.py:WORKDIR for it "
+                "(evaluate.py reads it by itself when --config is left out)."
+            )
+        flags_error(f"cannot load the --config file: {type(error).__name__}: {error}{hint}")
