@@ -286,6 +286,29 @@ def copies_by_source(kernels: list[Kernel], hlo_text: str, *, steps: int) -> str
     )
 
 
+def jax_step_report(
+    run: Callable[[], None], hlo_text: str, steps: int, directory: str, *, flops_per_step: float
+) -> str:
+    """Traces ``steps`` calls of ``run`` (a compiled step, ``hlo_text`` its HLO) into
+    ``directory``, the HLO beside the trace (to tell its kernels apart by their ops); returns
+    where the first device's time went, and the copies by what they copy."""
+    xplane, step_ms = trace(run, steps, directory)
+    pathlib.Path(directory, "train_step.hlo.txt").write_text(hlo_text)
+    kernels = gpu_kernels(xplane)
+    summary = summarize(kernels, steps=steps, step_ms=step_ms, flops_per_step=flops_per_step)
+    copies = copies_by_source(kernels, hlo_text, steps=steps)
+    return f"profile written to {xplane}\n{summary}" + (f"\n{copies}" if copies else "")
+
+
+def torch_step_report(run: Callable[[], None], steps: int, path: str) -> str:
+    """Traces ``steps`` calls of ``run`` (a PyTorch step) into the Chrome trace ``path``;
+    returns where the time went."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    kernels, step_ms = torch_trace(run, steps, path)
+    summary = summarize(kernels, steps=steps, step_ms=step_ms)
+    return f"profile written to {path}\n{summary}"
+
+
 def main() -> None:
     parser = common.argument_parser(__doc__)
     parser.add_argument(

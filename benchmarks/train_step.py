@@ -132,8 +132,15 @@ def _torch_steps(config, batch: dict, args, torch_device, backbone: str) -> tupl
             failed[variant] = _one_line(error)
             _progress(backbone, f"PyTorch {variant}: failed, {failed[variant]}")
             continue
-        if args.profile and torch_device.type == "cuda":
-            _profile_torch(built[variant]["run"], args, backbone, variant)
+        if args.profile and torch_device.type == "cuda":  # a failure here is printed, not raised
+            path = os.path.join(args.profile, backbone, f"{variant}.trace.json.gz")
+            try:
+                report = kernel_profile.torch_step_report(
+                    built[variant]["run"], args.steps_per_round, path
+                )
+            except Exception as error:
+                report = f"profile failed, {_one_line(error)}"
+            _progress(backbone, f"PyTorch {variant}: {report}")
         memory = built[variant].get("memory")
         _progress(
             backbone,
@@ -141,41 +148,6 @@ def _torch_steps(config, batch: dict, args, torch_device, backbone: str) -> tupl
             + (f", peak {memory / 2**30:.2f} GiB" if memory is not None else ""),
         )
     return built, failed
-
-
-def _profile(jax_step: dict, args, backbone: str, num_devices: int) -> None:
-    """Traces one round of JAX steps into `args.profile`/backbone and prints where the
-    first device's time went."""
-    directory = os.path.join(args.profile, backbone)
-    xplane, step_ms = kernel_profile.trace(jax_step["run"], args.steps_per_round, directory)
-    with open(os.path.join(directory, "train_step.hlo.txt"), "w") as hlo_file:
-        hlo_file.write(jax_step["hlo"])  # to tell the trace's kernels apart by their HLO ops
-    kernels = kernel_profile.gpu_kernels(xplane)
-    summary = kernel_profile.summarize(
-        kernels,
-        steps=args.steps_per_round,
-        step_ms=step_ms,
-        flops_per_step=jax_step["flops_per_step"] / num_devices,
-    )
-    copies = kernel_profile.copies_by_source(kernels, jax_step["hlo"], steps=args.steps_per_round)
-    _progress(
-        backbone, f"profile written to {xplane}\n{summary}" + (f"\n{copies}" if copies else "")
-    )
-
-
-def _profile_torch(run, args, backbone: str, variant: str) -> None:
-    """Traces one round of a PyTorch variant's steps into
-    `args.profile`/backbone/variant.trace.json.gz and prints where the time went; a profiler
-    failure is printed, not raised (the timing still runs)."""
-    path = os.path.join(args.profile, backbone, f"{variant}.trace.json.gz")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    try:
-        kernels, step_ms = kernel_profile.torch_trace(run, args.steps_per_round, path)
-    except Exception as error:
-        _progress(backbone, f"PyTorch {variant}: profile failed, {_one_line(error)}")
-        return
-    summary = kernel_profile.summarize(kernels, steps=args.steps_per_round, step_ms=step_ms)
-    _progress(backbone, f"PyTorch {variant}: profile written to {path}\n{summary}")
 
 
 def _per_step_and_ahead(images_per_s: dict, name: str) -> str:
@@ -207,7 +179,14 @@ def benchmark(backbone: str, args, devices: list, torch_device, peak: float) -> 
         "arrays in the compiled step",
     )
     if args.profile:  # before PyTorch's turn: a run cut short by a time limit still has it
-        _profile(jax_step, args, backbone, len(devices))
+        report = kernel_profile.jax_step_report(
+            jax_step["run"],
+            jax_step["hlo"],
+            args.steps_per_round,
+            os.path.join(args.profile, backbone),
+            flops_per_step=jax_step["flops_per_step"] / len(devices),  # the first device's
+        )
+        _progress(backbone, report)
     steps = {"jax": jax_step["run"], "jax_host": jax_step["run_host_batch"]}
     if args.compare_config:  # the same step with other config values, timed in turn
         other_config = jax_train_step.with_overrides(config, args.compare_config)

@@ -12,7 +12,7 @@ from jax.experimental import multihost_utils
 
 from configs import shapes
 from tests.tiny import tensorboard_scalars
-from yolojax import checkpoints, errors, workdir
+from yolojax import checkpoints, errors, orbax_managers, workdir
 
 SIGNATURE = {
     "backbone": "darknet_tiny",
@@ -382,7 +382,7 @@ def test_a_save_that_fails_names_the_last_complete_checkpoint(tmp_path, monkeypa
             "to file 9: No space left on device [os_error_code='28']"
         )
 
-    monkeypatch.setattr(checkpoints._Manager, "save", full_disk)
+    monkeypatch.setattr(orbax_managers.Manager, "save", full_disk)
     with pytest.raises(checkpoints.CheckpointSaveError) as error:
         manager.save(2, _state(2))
     message = str(error.value)
@@ -405,7 +405,7 @@ def test_a_save_that_failed_in_the_background_is_reported_by_wait(tmp_path, monk
     def failed(self):
         raise ValueError("RESOURCE_EXHAUSTED: Failed to write: No space left on device")
 
-    monkeypatch.setattr(checkpoints._Manager, "wait_until_finished", failed)
+    monkeypatch.setattr(orbax_managers.Manager, "wait_until_finished", failed)
     with pytest.raises(checkpoints.CheckpointSaveError, match="last complete checkpoint is step 1"):
         manager.wait()
     monkeypatch.undo()
@@ -418,7 +418,7 @@ def test_a_bug_in_a_save_is_not_reported_as_a_full_disk(tmp_path, monkeypatch):
     def bug(*args, **kwargs):
         raise ValueError("Unsupported leaf type <class 'object'>")
 
-    monkeypatch.setattr(checkpoints._Manager, "save", bug)
+    monkeypatch.setattr(orbax_managers.Manager, "save", bug)
     with pytest.raises(ValueError, match="Unsupported leaf type") as error:
         manager.save(1, _state(1))
     assert not isinstance(error.value, checkpoints.CheckpointSaveError)

@@ -35,7 +35,7 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from yolojax import errors
+from yolojax import errors, orbax_managers
 from yolojax.checkpoint_arrays import (
     DamagedCheckpointError,
     array_checksums,
@@ -132,65 +132,6 @@ def _best_metric(metrics: dict[str, float]) -> float:
     return -math.inf if value is None or not math.isfinite(value) else value
 
 
-class _Manager(ocp.CheckpointManager):
-    """An orbax manager that leaves JAX's preemption service to the training loop.
-
-    Orbax asks the service whether a step reached the preemption sync point when a save
-    starts and again when an asynchronous save finishes, from its own thread. The service
-    keeps each process's last reported step: reported there after training moved on, an
-    earlier step would become the one the processes agree to stop after, and the loop, past
-    it, would never stop (:mod:`yolojax.preemption`). The trainer saves with ``force`` and
-    decides on preemption itself.
-    """
-
-    def reached_preemption(self, step: int) -> bool:
-        del step
-        return False
-
-
-def _manager(workdir: Path, name: str, *, read_only: bool, **options) -> ocp.CheckpointManager:
-    """An orbax manager of ``workdir/name``, safe to use next to the run's other manager.
-
-    A read-only manager creates no folder and leaves the temporary folders of saves in
-    progress alone (a training run may be writing while another process evaluates).
-
-    In a multi-process job every process calls save and restore; orbax writes from process 0
-    only and synchronizes the processes with barriers named after the checkpoint folder,
-    which is the step for both managers. At an evaluation both managers save the same step,
-    so each needs its own barrier prefix, or the two saves wait on each other's barriers.
-    """
-    return _listing(
-        lambda: _Manager(
-            workdir / name,
-            # Registered up front so that a checkpoint's metadata can be read before its arrays.
-            item_handlers={
-                "state": ocp.StandardCheckpointHandler(),
-                "model": ocp.JsonCheckpointHandler(),
-            },
-            options=ocp.CheckpointManagerOptions(
-                create=not read_only,
-                cleanup_tmp_directories=not read_only,
-                multiprocessing_options=ocp.options.MultiprocessingOptions(
-                    barrier_sync_key_prefix=name
-                ),
-                **options,
-            ),
-        )
-    )
-
-
-def _listing(read):
-    """``read()``: a manager's start or reload, which lists its step folders and reads each
-    one's details, once more if a folder vanished in between (the run training in the
-    workdir removes its older checkpoints as it saves new ones)."""
-    for attempt in range(3):
-        try:
-            return read()
-        except FileNotFoundError:
-            if attempt == 2:
-                raise
-
-
 class Checkpoints:
     """Saves and restores train states in ``workdir``.
 
@@ -214,8 +155,10 @@ class Checkpoints:
     ):
         self.workdir = check_workdir(workdir)
         self.signature = signature
-        self._latest = _manager(self.workdir, LATEST_FOLDER, read_only=read_only, max_to_keep=keep)
-        self._best = _manager(
+        self._latest = orbax_managers.manager(
+            self.workdir, LATEST_FOLDER, read_only=read_only, max_to_keep=keep
+        )
+        self._best = orbax_managers.manager(
             self.workdir,
             BEST_FOLDER,
             read_only=read_only,
@@ -442,7 +385,7 @@ class Checkpoints:
                 if not os.path.lexists(manager.directory / str(step)):
                     # The run training in this workdir removed it meanwhile (it keeps the
                     # last few, and one best): not damage. Its newer ones are read next.
-                    _listing(manager.reload)
+                    orbax_managers.listing(manager.reload)
                     steps = self._resolve(which)[1]
                     continue
                 if not _is_damage(error):
