@@ -43,6 +43,21 @@ def xla_flops(stage) -> float:
     return (cost or {}).get("flops", float("nan"))
 
 
+def model_flops(lower_for_cpu, compiled_flops) -> float:
+    """The model's FLOPs: XLA's cost analysis of ``lower_for_cpu(cpu)``, the computation
+    lowered (not compiled) for the CPU device ``cpu`` with XLA's own convolutions, whatever
+    kernels a backend picks later (a matrix-product convolution on a small padded map also
+    counts the products with the padding's zeros). For the CPU because through a PJRT
+    plugin, as on CUDA, JAX gives no cost analysis of a lowered computation. Nothing is
+    compiled or allocated. Without a CPU backend (JAX_PLATFORMS=cuda): ``compiled_flops()``.
+    """
+    try:
+        cpu = jax.devices("cpu")[0]
+    except RuntimeError:
+        return compiled_flops()
+    return xla_flops(lower_for_cpu(cpu))
+
+
 def abstract_on(tree, sharding):
     """``tree``'s arrays as ``jax.ShapeDtypeStruct`` placed by ``sharding``: arguments to
     lower a function for other devices (the CPU, for :func:`xla_flops`) without copying."""
@@ -97,7 +112,7 @@ def busy_machine_warning() -> str | None:
     a core or more per core this process may use), else None. CPU figures measured then
     say more about the other work than about the code, ratios included: under contention
     PyTorch's CPU threads slow down far more than XLA's."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = len(os.sched_getaffinity(0))
     load = os.getloadavg()[0]
     if load < 0.5 * cores:
         return None

@@ -88,20 +88,19 @@ def benchmark(
 
 
 def forward_flops(model_config, variables, images, compiled) -> float:
-    """FLOPs of the forward pass on ``images`` from XLA's cost analysis of the model with
-    XLA's own convolutions, lowered (not compiled) for the CPU: the model's count, whatever
-    kernels a backend picks (on a CPU, 'auto' computes small convolutions as padded matrix
-    products, which count their products with the padding's zeros), as `train_step` counts.
-    Without a CPU backend (JAX_PLATFORMS=cuda): the cost analysis of ``compiled``."""
-    try:
-        cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-    except RuntimeError:
-        return common.xla_flops(compiled)
-    xla_model = models.get_model({**model_config, "conv_impl": "xla"})
-    forward = jax.jit(lambda variables, images: xla_model.apply(variables, images, train=False))
-    return common.xla_flops(
-        forward.lower(common.abstract_on(variables, cpu), common.abstract_on(images, cpu))
-    )
+    """FLOPs of the forward pass on ``images`` (:func:`common.model_flops`, as `train_step`
+    counts: on a CPU, 'auto' computes small convolutions as padded matrix products).
+    Without a CPU backend: the cost analysis of ``compiled``."""
+
+    def lower_for_cpu(cpu):
+        sharding = jax.sharding.SingleDeviceSharding(cpu)
+        xla_model = models.get_model({**model_config, "conv_impl": "xla"})
+        forward = jax.jit(lambda variables, images: xla_model.apply(variables, images, train=False))
+        return forward.lower(
+            common.abstract_on(variables, sharding), common.abstract_on(images, sharding)
+        )
+
+    return common.model_flops(lower_for_cpu, lambda: common.xla_flops(compiled))
 
 
 def random_model(backbone: str, head: str, image_size: int, dtype: str):

@@ -54,30 +54,26 @@ def _train_step(config, schedule, mesh):
 
 
 def train_step_flops(config, schedule, state, batch, compiled, num_devices: int) -> float:
-    """FLOPs of one train step on the global batch, from XLA's cost analysis of the step
-    lowered (not compiled) for one CPU device with XLA's own convolutions.
+    """FLOPs of one train step on the global batch (:func:`common.model_flops`: the step
+    lowered for one CPU device with XLA's own convolutions; `--conv-impl` does not change
+    the count). Without a CPU backend: the cost analysis of ``compiled``, the step as each
+    of its ``num_devices`` devices runs it, times their number."""
 
-    The model's FLOPs, whatever kernels a backend picks later (a matrix-product convolution
-    on a small padded map also counts the products with the padding's zeros; `--conv-impl`
-    does not change the count). For the CPU because through a PJRT plugin, as on CUDA,
-    JAX gives no cost analysis of a lowered step. Nothing is compiled or allocated. Without
-    a CPU backend (JAX_PLATFORMS=cuda): the cost analysis of ``compiled``, the step as each
-    of its ``num_devices`` devices runs it, times their number.
-    """
-    try:
-        cpu = jax.devices("cpu")[:1]
-    except RuntimeError:
+    def lower_for_cpu(cpu):
+        xla_config = config.copy_and_resolve_references()
+        xla_config.model.conv_impl = "xla"
+        cpu_mesh = distributed.mesh([cpu])
+        replicated = NamedSharding(cpu_mesh, PartitionSpec())
+        split = NamedSharding(cpu_mesh, PartitionSpec(distributed.AXIS))
+        return _train_step(xla_config, schedule, cpu_mesh).lower(
+            common.abstract_on(state, replicated), common.abstract_on(batch, split)
+        )
+
+    def compiled_flops():
         print("No CPU backend: FLOPs from the compiled step's cost analysis.", flush=True)
         return common.xla_flops(compiled) * num_devices
-    xla_config = config.copy_and_resolve_references()
-    xla_config.model.conv_impl = "xla"
-    cpu_mesh = distributed.mesh(cpu)
-    replicated = NamedSharding(cpu_mesh, PartitionSpec())
-    split = NamedSharding(cpu_mesh, PartitionSpec(distributed.AXIS))
-    lowered = _train_step(xla_config, schedule, cpu_mesh).lower(
-        common.abstract_on(state, replicated), common.abstract_on(batch, split)
-    )
-    return common.xla_flops(lowered)
+
+    return common.model_flops(lower_for_cpu, compiled_flops)
 
 
 def _compile_with_auto_layout(config, schedule, mesh, state, batch):
