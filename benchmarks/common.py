@@ -98,12 +98,21 @@ def argument_parser(module_doc: str) -> argparse.ArgumentParser:
 
 def positive_int(text: str) -> int:
     """An argparse type: an integer of at least 1 (a count, a size, a batch)."""
+    return _int_at_least(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    """An argparse type: an integer of at least 0 (untimed warm-up steps, say)."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"wants a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
     return value
 
 

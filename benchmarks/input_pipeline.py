@@ -103,7 +103,9 @@ def main() -> None:
     parser.add_argument(
         "--batches", type=common.positive_int, default=30, help="timed train batches"
     )
-    parser.add_argument("--warmup", type=int, default=5, help="untimed train batches first")
+    parser.add_argument(
+        "--warmup", type=common.nonnegative_int, default=5, help="untimed train batches first"
+    )
     parser.add_argument(
         "--voc-images",
         type=common.positive_int,
@@ -126,13 +128,12 @@ def main() -> None:
     available = len(os.sched_getaffinity(0))
     if not 0 <= args.cores <= available:
         parser.error(f"--cores must be in [0, {available}] (0: all), got {args.cores}")
-    if args.warmup < 0:
-        parser.error(f"--warmup must be 0 or more, got {args.warmup}")
-    if args.voc_images < (EVAL_WARMUP + 1) * args.batch_size:
+    eval_images = (EVAL_WARMUP + 1) * args.batch_size  # for one timed evaluation batch
+    if args.voc_images < eval_images:
         parser.error(
             f"--voc-images {args.voc_images}: the evaluation times the test split's batches "
-            f"after {EVAL_WARMUP} untimed ones; give at least "
-            f"{(EVAL_WARMUP + 1) * args.batch_size} for --batch-size {args.batch_size}"
+            f"after {EVAL_WARMUP} untimed ones; give at least {eval_images} for --batch-size "
+            f"{args.batch_size}"
         )
     if args.cores:
         os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.cores]))
@@ -149,10 +150,7 @@ def main() -> None:
             config.image_size = args.image_size
             config.augment.color_space = args.color_space
             config.train_split = "voc/2007:train+validation" if source == "voc" else None
-            # Enough test images for a timed evaluation batch at any batch size.
-            config.synthetic.num_train = config.synthetic.num_test = max(
-                512, (EVAL_WARMUP + 1) * args.batch_size
-            )
+            config.synthetic.num_train = config.synthetic.num_test = max(512, eval_images)
             train = make_train_iterator(config, global_batch_size=args.batch_size, seed=0)
             rows.append(
                 (source, "train", *throughput(train, args.batch_size, args.warmup, args.batches))

@@ -368,7 +368,7 @@ def parse_args(on_cpu: bool) -> argparse.Namespace:
     )
     parser.add_argument(
         "--untimed-per-round",
-        type=int,
+        type=common.nonnegative_int,
         default=1,
         help="steps each framework runs untimed at the start of its turn: on a CPU the first "
         "step after the other framework's turn can be up to 2x slower (see BENCHMARKS.md)",
@@ -408,8 +408,6 @@ def parse_args(on_cpu: bool) -> argparse.Namespace:
         parser.error(f"--devices must be in [1, {jax.local_device_count()}]")
     if args.batch % args.devices:
         parser.error("--batch must be a multiple of --devices")
-    if args.untimed_per_round < 0:
-        parser.error(f"--untimed-per-round must be at least 0, got {args.untimed_per_round}")
     config = jax_train_step.benchmark_config(
         args.backbone[0], args.image_size, args.batch, args.dtype, args.conv_impl
     )
