@@ -1,5 +1,6 @@
-"""A Ctrl-C while a command starts ends it at once (`cli.launch`), whatever it is running;
-during its work it is a KeyboardInterrupt (`cli.work_starts`), never dropped.
+"""A Ctrl-C or SIGTERM while a command starts ends it at once (`cli.launch`), whatever it is
+running; during its work it is a KeyboardInterrupt (`cli.work_starts`; SIGTERM's is
+`errors.Terminated`), never dropped.
 
 Each case runs in a process of its own: the handler is process-wide. The restart is turned
 off (YOLOJAX_HUGE_PAGES=0) so that the process is the one the test started.
@@ -9,6 +10,8 @@ import os
 import subprocess
 import sys
 import textwrap
+
+import pytest
 
 # Sends the process a Ctrl-C from inside a garbage-collection callback, as JAX runs one
 # while a command imports it; Python only prints an exception raised there.
@@ -25,7 +28,7 @@ _CTRL_C_IN_GC_CALLBACK = textwrap.dedent(
     def callback(phase, info):
         if phase == "start":
             gc.callbacks.remove(callback)
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), getattr(signal, sys.argv[2]))
 
     gc.callbacks.append(callback)
     try:
@@ -39,9 +42,11 @@ _CTRL_C_IN_GC_CALLBACK = textwrap.dedent(
 )
 
 
-def _run(case: str, source: str = _CTRL_C_IN_GC_CALLBACK) -> subprocess.CompletedProcess:
+def _run(
+    case: str, source: str = _CTRL_C_IN_GC_CALLBACK, signal_name: str = "SIGINT"
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", source, case],
+        [sys.executable, "-c", source, case, signal_name],
         capture_output=True,
         text=True,
         timeout=120,
@@ -74,10 +79,12 @@ def test_once_the_work_starts_a_ctrl_c_is_a_keyboard_interrupt():
     assert done.stdout == "KeyboardInterrupt\nran on\n"
 
 
-def test_a_ctrl_c_dropped_in_a_callback_during_the_work_is_sent_again():
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_a_signal_dropped_in_a_callback_during_the_work_is_sent_again(signal_name):
     # After work_starts a Ctrl-C raises KeyboardInterrupt, which Python drops where it lands
-    # in JAX's garbage-collection callback: evaluate.py went on evaluating.
-    done = _run("working")
+    # in JAX's garbage-collection callback: evaluate.py went on evaluating. SIGTERM's
+    # errors.Terminated is one.
+    done = _run("working", signal_name=signal_name)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "KeyboardInterrupt\nran on\n"
     assert "Exception ignored" not in done.stderr
@@ -127,3 +134,46 @@ def test_a_command_started_with_ctrl_c_ignored_keeps_ignoring_it():
     done = _run("launched", ignored + _CTRL_C_IN_GC_CALLBACK)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "ran on\n" and done.stderr == ""
+
+
+# SIGTERM (a scheduler's, kill) to a command with a clean-up to do, as TFDS has while it
+# prepares a dataset (it deletes its unfinished folder).
+_SIGTERM_WITH_A_CLEAN_UP = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    from yolojax import cli
+
+    if sys.argv[1] == "ignored":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as a parent that ignores it leaves it
+    cli.launch()
+    if sys.argv[1] != "launched":
+        cli.work_starts()
+    with cli.command_errors():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(2)
+        finally:
+            print("cleaned up")
+    print("ran on")
+    """
+)
+
+
+def test_a_sigterm_while_a_command_starts_exits_143_and_says_so():
+    # Before, the process died silently, with the status -15.
+    done = _run("launched", _SIGTERM_WITH_A_CLEAN_UP)
+    assert done.returncode == 143, done.stdout + done.stderr
+    assert done.stderr == "Stopped on SIGTERM.\n" and done.stdout == ""
+
+
+def test_a_sigterm_during_the_work_cleans_up_then_exits_143():
+    # Killed outright, TFDS left its unfinished dataset folder behind (incomplete.*).
+    done = _run("working", _SIGTERM_WITH_A_CLEAN_UP)
+    assert done.returncode == 143, done.stdout + done.stderr
+    assert done.stdout == "cleaned up\n" and done.stderr == "Stopped on SIGTERM.\n"
+
+
+def test_a_command_started_with_sigterm_ignored_keeps_ignoring_it():
+    done = _run("ignored", _SIGTERM_WITH_A_CLEAN_UP)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "cleaned up\nran on\n"

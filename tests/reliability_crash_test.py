@@ -316,6 +316,24 @@ def test_sigterm_saves_the_step_reached_and_exits_143(tmp_path, data_dir, env):
     assert "Traceback" not in log
 
 
+def test_sigterm_while_the_dataset_is_generated_leaves_no_unfinished_folder(tmp_path, env):
+    # Killed outright (before, SIGTERM's default action), the process left TFDS's unfinished
+    # dataset folder behind, and said nothing. A fresh data folder: the dataset is generated.
+    data_dir = tmp_path / "tfds"
+    overrides = {"data.synthetic.num_train": 2000}  # generated in about 10 s
+    command = _command("train.py", tmp_path / "run", str(data_dir), overrides=overrides)
+    with _Process(command, env, tmp_path / "run.log") as process:
+        generating = "Generating the synthetic shapes dataset"
+        assert process.wait_for(lambda: generating in process.log()), process.log()[-3000:]
+        time.sleep(0.5)  # under way
+        process.popen.send_signal(signal.SIGTERM)
+        process.wait_for(lambda: False)
+        log = process.log()
+    assert process.popen.returncode == 128 + signal.SIGTERM, log[-3000:]
+    assert log.endswith("Stopped on SIGTERM.\n"), log[-3000:]
+    assert not list(data_dir.rglob("incomplete*")), sorted(data_dir.rglob("*"))
+
+
 def test_a_second_run_on_a_folder_in_training_is_refused_and_the_first_trains_on(
     tmp_path, data_dir, env
 ):

@@ -592,7 +592,7 @@ def test_a_second_ctrl_c_interrupts_at_once_and_says_where_to_resume_from(
     )
 
 
-def test_a_ctrl_c_while_the_data_opens_also_says_where_to_resume_from(
+def test_a_ctrl_c_or_sigterm_while_the_data_opens_also_says_where_to_resume_from(
     tmp_path, data_dir, monkeypatch
 ):
     config = tiny_config(data_dir, checkpoint_every_steps=2)
@@ -611,6 +611,13 @@ def test_a_ctrl_c_while_the_data_opens_also_says_where_to_resume_from(
 
     monkeypatch.setattr(pipeline, "make_train_iterator", ctrl_c)
     with pytest.raises(KeyboardInterrupt, match=r"^Interrupted\. The last checkpoint, step 2, is"):
+        trainer.train_and_evaluate(config, str(tmp_path))
+
+    def sigterm(*args, **kwargs):  # what train.py's handler raises before the steps
+        raise errors.Terminated
+
+    monkeypatch.setattr(pipeline, "make_train_iterator", sigterm)
+    with pytest.raises(errors.Terminated, match=r"^Stopped on SIGTERM\. The last checkpoint, step"):
         trainer.train_and_evaluate(config, str(tmp_path))
 
 

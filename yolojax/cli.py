@@ -173,9 +173,10 @@ def command_errors(*, traceback: bool = False):
     """Runs a command's body, reporting errors as a command-line tool should.
 
     A :data:`USER_ERRORS` exception becomes its message on stderr and exit status 1, Ctrl-C
-    exit status 130 without a traceback, training stopped by a signal
-    (:class:`yolojax.preemption.TrainingStopped`) its message and 128 + the signal's number,
-    and the tracebacks that a failed checkpoint restore leaves behind are not printed.
+    exit status 130 without a traceback (SIGTERM, :class:`yolojax.errors.Terminated`: 143),
+    training stopped by a signal (:class:`yolojax.preemption.TrainingStopped`) its message
+    and 128 + the signal's number, and the tracebacks that a failed checkpoint restore
+    leaves behind are not printed.
 
     Args:
       traceback: re-raise user errors instead (as does a ``$YOLOJAX_TRACEBACK`` other than
@@ -191,10 +192,11 @@ def command_errors(*, traceback: bool = False):
         print(stop, file=sys.stderr)
         raise SystemExit(stop.exit_status) from None
     except KeyboardInterrupt as interrupt:
-        # Ctrl-C is the user's own doing: no traceback, but what the trainer said of it
-        # (where the last checkpoint is).
-        print(interrupt.args[0] if interrupt.args else "Interrupted.", file=sys.stderr)
-        raise SystemExit(130) from None
+        # Ctrl-C (or SIGTERM, errors.Terminated) is the user's or the scheduler's doing: no
+        # traceback, but what the trainer said of it (where the last checkpoint is).
+        by = signal.SIGTERM if isinstance(interrupt, errors.Terminated) else signal.SIGINT
+        print(interrupt.args[0] if interrupt.args else _STOPPED[by], file=sys.stderr)
+        raise SystemExit(128 + by) from None
     except USER_ERRORS as error:
         if traceback or os.environ.get(TRACEBACK_ENV, "0") not in ("", "0"):
             raise
@@ -231,10 +233,12 @@ def ignore_stop_signals() -> None:
         signal.signal(signal_number, signal.SIG_IGN)
 
 
-# Whether the command has begun its work (:func:`work_starts`); until then a Ctrl-C exits.
+# Whether the command has begun its work (:func:`work_starts`); until then a stop signal exits.
 _working = False
-# During the work: whether a Ctrl-C is to be sent again (see _sending_again).
-_send_again = False
+# During the work: the stop signal to send again, if any (see _sending_again).
+_send_again: int | None = None
+# What a command stopped by a signal says (unless the trainer said where to resume from).
+_STOPPED = {signal.SIGINT: "Interrupted.", signal.SIGTERM: "Stopped on SIGTERM."}
 
 
 def launch() -> None:
@@ -242,39 +246,48 @@ def launch() -> None:
 
     It restarts the command with huge pages for malloc where that makes XLA:CPU faster
     (:func:`yolojax.huge_pages.restart_with_huge_pages`), before loading JAX twice would
-    cost a second, and until :func:`work_starts` a Ctrl-C ends it at once with status 130:
-    while a command starts (imports, flags, restoring a checkpoint to read) it has nothing
-    to save or clean up, and the KeyboardInterrupt Python would raise is easily lost there.
-    JAX runs a garbage-collection callback of its own; an exception raised inside one is
-    only printed ("Exception ignored in: <function _xla_gc_callback ...>"), and the command
-    went on, as if Ctrl-C had not been pressed: imports run it often. (During the work, where
-    one lands there far more rarely, :func:`work_starts` delivers it again.) A command that
-    started with Ctrl-C ignored, a background job, keeps ignoring it.
+    cost a second, and until :func:`work_starts` a Ctrl-C or SIGTERM ends it at once, with
+    status 130 or 143 and a line saying so: while a command starts (imports, flags,
+    restoring a checkpoint to read) it has nothing to save or clean up, and the
+    KeyboardInterrupt Python would raise is easily lost there. JAX runs a garbage-collection
+    callback of its own; an exception raised inside one is only printed ("Exception ignored
+    in: <function _xla_gc_callback ...>"), and the command went on, as if Ctrl-C had not
+    been pressed: imports run it often. (During the work, where one lands there far more
+    rarely, :func:`work_starts` delivers it again.) A command that started with either
+    signal ignored (Ctrl-C, in a background job) keeps ignoring it, and a handler of
+    another's is kept. In a multi-process job JAX's preemption service takes SIGTERM over
+    (``jax.distributed.initialize``), as training needs (:mod:`yolojax.preemption`).
     """
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _interrupt)
+        signal.signal(signal.SIGINT, _stop)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _stop)
     huge_pages.restart_with_huge_pages()
 
 
-def _interrupt(signal_number, frame) -> None:
+def _stop(signal_number, frame) -> None:
     global _send_again
     if _working:
         if _dropped_there(frame):
-            _sending_again()
+            _sending_again(signal_number)
             return
-        _send_again = False
-        raise KeyboardInterrupt  # as Python's own handler: the command reports it
+        _send_again = None
+        # As Python's own handler raises for Ctrl-C: the command reports it.
+        raise KeyboardInterrupt if signal_number == signal.SIGINT else errors.Terminated
     # os.write: the handler may run while the main thread is inside a write to sys.stderr,
     # where another would raise "reentrant call".
-    os.write(2, b"Interrupted.\n")
-    os._exit(130)  # no exception that a callback could swallow
+    os.write(2, f"{_STOPPED[signal_number]}\n".encode())
+    os._exit(128 + signal_number)  # no exception that a callback could swallow
 
 
 def work_starts() -> None:
-    """From here on a Ctrl-C is a KeyboardInterrupt (see :func:`launch`): the command's
-    work (training, evaluating, writing drawings) stops as it has to, saving or cleaning up
-    what it must, and :func:`command_errors` reports it. One raised where Python drops it,
-    in a garbage-collection callback (JAX runs one), is sent again, to land in the work."""
+    """From here on a Ctrl-C is a KeyboardInterrupt, and SIGTERM an
+    :class:`yolojax.errors.Terminated` (one), see :func:`launch`: the command's work
+    (training, evaluating, writing drawings) stops as it has to, saving or cleaning up what
+    it must, and :func:`command_errors` reports it. (During the training steps the trainer
+    takes both signals over, to save the step reached first.) One raised where Python drops
+    it, in a garbage-collection callback (JAX runs one), is sent again, to land in the work.
+    """
     global _working
     if _working:
         return
@@ -283,9 +296,11 @@ def work_starts() -> None:
 
     def unraisable_hook(unraisable):
         # Where _dropped_there cannot tell (a __del__, a weakref's callback), Python hands
-        # the dropped KeyboardInterrupt here: the Ctrl-C is sent again.
-        if issubclass(unraisable.exc_type, KeyboardInterrupt):
-            _sending_again()
+        # the dropped KeyboardInterrupt here: the signal is sent again.
+        if issubclass(unraisable.exc_type, errors.Terminated):
+            _sending_again(signal.SIGTERM)
+        elif issubclass(unraisable.exc_type, KeyboardInterrupt):
+            _sending_again(signal.SIGINT)
         else:
             previous_hook(unraisable)
 
@@ -308,25 +323,25 @@ def _dropped_there(frame) -> bool:
     return False
 
 
-def _sending_again() -> None:
-    """Sends the main thread SIGINT every 10 ms, from another thread, until its handler has
-    raised KeyboardInterrupt where it is not dropped (which clears ``_send_again``). From
-    the main thread the handler would run at once, where it would be dropped again."""
+def _sending_again(signal_number: int) -> None:
+    """Sends the main thread ``signal_number`` every 10 ms, from another thread, until its
+    handler has raised where the exception is not dropped (which clears ``_send_again``).
+    From the main thread the handler would run at once, where it would be dropped again."""
     global _send_again
-    if _send_again:
+    if _send_again is not None:
         return  # a sender runs already
-    _send_again = True
+    _send_again = signal_number
     main_thread = threading.main_thread().ident
 
     def send() -> None:
         global _send_again
-        while _send_again:
+        while _send_again is not None:
             time.sleep(0.01)
-            if _send_again:
-                signal.pthread_kill(main_thread, signal.SIGINT)
-            if signal.getsignal(signal.SIGINT) is not _interrupt:
+            if _send_again is not None:
+                signal.pthread_kill(main_thread, signal_number)
+            if signal.getsignal(signal_number) is not _stop:
                 break  # another handler (no launch()) would not say it raised: once only
-        _send_again = False
+        _send_again = None
 
     _thread.start_new_thread(send, ())  # (threading's start() would wait for the thread)
 

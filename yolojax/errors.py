@@ -16,6 +16,14 @@ class MachineError(OSError):
     paragraph, as they print bad input. Other OSErrors keep their traceback."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's, ``kill``) during a command's work, outside the training steps
+    (which save the step reached: :mod:`yolojax.preemption`). Raised where Ctrl-C raises
+    ``KeyboardInterrupt``, it stops the work as Ctrl-C does, cleaning up what must be (a
+    dataset's unfinished preparation, the run folder's lock), and the command exits with
+    status 143, as one killed by SIGTERM."""
+
+
 # The errors of a full disk (or quota), where freeing space is the remedy.
 _OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 

@@ -9,9 +9,11 @@ for SIGTERM, 130 for Ctrl-C), as a process killed by that signal would.
 
 * One process: SIGTERM and the first Ctrl-C only set a flag, and say so on stderr. The same
   signal again acts at once, with the handler that was there before (a second Ctrl-C raises
-  ``KeyboardInterrupt``, a second SIGTERM terminates). A signal the process ignores stays
-  ignored: a background job that a script (a non-interactive shell) starts ignores SIGINT,
-  so ``kill -INT`` does nothing there; :class:`StopSignals` warns of it and names SIGTERM.
+  ``KeyboardInterrupt``, a second SIGTERM terminates, or in a command raises
+  :class:`yolojax.errors.Terminated`, a KeyboardInterrupt: ``yolojax.cli.launch``). A signal
+  the process ignores stays ignored: a background job that a script (a non-interactive
+  shell) starts ignores SIGINT, so ``kill -INT`` does nothing there; :class:`StopSignals`
+  warns of it and names SIGTERM.
 * Several processes (``jax.distributed``): every process takes part in a save, so all must
   stop after the same step. JAX's preemption service already catches SIGTERM in each process
   (for the whole job: a second SIGTERM does nothing, only SIGKILL ends a process at once) and

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from yolojax import (
     checkpoints,
     distributed,
+    errors,
     eval_lib,
     preemption,
     pretrained,
@@ -312,14 +313,16 @@ def _latest_checkpoint(run: _Run) -> tuple[int | None, Path]:
     return run.ckpt.latest_step(), run.workdir / checkpoints.LATEST_FOLDER
 
 
-def _interrupted(run: _Run) -> KeyboardInterrupt:
-    """What a Ctrl-C that interrupted at once raises: where to resume from."""
+def _interrupted(interrupt: KeyboardInterrupt, run: _Run) -> KeyboardInterrupt:
+    """What a Ctrl-C that interrupted at once raises, or a SIGTERM before the steps
+    (:class:`yolojax.errors.Terminated`, of the same type): where to resume from."""
+    what = "Stopped on SIGTERM" if isinstance(interrupt, errors.Terminated) else "Interrupted"
     last, folder = _latest_checkpoint(run)
-    return KeyboardInterrupt(
-        f"Interrupted. The last checkpoint, step {last}, is in {folder}: "
+    return type(interrupt)(
+        f"{what}. The last checkpoint, step {last}, is in {folder}: "
         "rerun the same command to resume from it."
         if last is not None
-        else "Interrupted before the first checkpoint: rerunning starts over."
+        else f"{what} before the first checkpoint: rerunning starts over."
     )
 
 
@@ -438,7 +441,9 @@ def train_and_evaluate(
     Raises:
       yolojax.preemption.TrainingStopped: SIGTERM or Ctrl-C stopped training; its checkpoint
         is saved.
-      KeyboardInterrupt: a second Ctrl-C (or one in a multi-process job) interrupted at once.
+      KeyboardInterrupt: a second Ctrl-C (or one in a multi-process job) interrupted at once;
+        :class:`yolojax.errors.Terminated` (one) where ``cli.launch`` made SIGTERM one
+        (``train.py``), and it came before the steps or during the save it was asking for.
       NonFiniteLossError: a step's loss or gradients were not finite (and
         ``train.skip_nonfinite`` is off).
     """
@@ -455,7 +460,7 @@ def train_and_evaluate(
             except KeyboardInterrupt as interrupt:
                 # The message travels with the exception (train.py prints it as its last
                 # line), and the cause keeps where the interrupt came.
-                raise _interrupted(run) from interrupt
+                raise _interrupted(interrupt, run) from interrupt
             except NonFiniteLossError as error:
                 raise _stopped_by_nonfinite(error, run) from None
         if on_finished is not None:  # before StopSignals lets go: no moment without either
