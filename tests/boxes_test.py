@@ -155,5 +155,15 @@ def test_a_size_per_image_of_a_batch_of_boxes_is_named_and_a_zero_size_refused()
     # [ymin, xmin, ymax, xmax] [0, 0, .5, .25] of 100 × 200 → xyxy [0, 0, 50, 50]; of 40 × 80
     # → [0, 0, 20, 20].
     np.testing.assert_allclose(pixels[:, 0], [[0, 0, 50, 50], [0, 0, 20, 20]])
-    with pytest.raises(ValueError, match="must be positive image sizes"):
+    with pytest.raises(ValueError, match="must be positive image sizes in pixels; got height 0"):
         box_ops.pixel_xyxy_to_normalized_yxyx([[1, 2, 3, 4]], 0, 10)  # was inf
+    # With JAX boxes, or a NaN size, these came out inf and NaN too.
+    with pytest.raises(ValueError, match="must be positive image sizes in pixels; got height 0"):
+        box_ops.pixel_xyxy_to_normalized_yxyx(jnp.array([[1.0, 2, 3, 4]]), 0, 10)
+    with pytest.raises(ValueError, match="must be positive image sizes in pixels; got width nan"):
+        box_ops.normalized_yxyx_to_pixel_xyxy(jnp.array([[0.1, 0.2, 0.3, 0.4]]), 10, np.nan)
+    # Traced sizes (under jit) are not known: converted as given.
+    convert = jax.jit(box_ops.pixel_xyxy_to_normalized_yxyx)
+    np.testing.assert_allclose(
+        convert(jnp.array([[1.0, 2, 3, 4]]), 10, 20), [[0.2, 0.05, 0.4, 0.15]]
+    )

@@ -133,6 +133,25 @@ def test_mismatched_shapes_name_the_problem():
         losses.yolo_loss(target, pred, num_classes=C)
 
 
+def test_hand_made_targets_that_break_the_contract_are_refused_outside_jit():
+    # Each gave a loss without an error: objectness 2 a negative one, a negative size NaN.
+    pred, target = _hand_case()
+    cases = (
+        ((0, 0, 1, C), 2.0, r"objectness \(channel C = 2\) must be bool or 0/1"),
+        ((0, 0, 1, C + 3), -1.0, r"w and h \(channels C \+ 3 and C \+ 4\) must be at least 0"),
+        ((0, 1, 1, C + 1), np.nan, "targets must be finite"),
+    )
+    for index, value, message in cases:
+        bad = target.copy()
+        bad[index] = value
+        with pytest.raises(ValueError, match=message + ".*Make targets with yolojax.encode_batch"):
+            losses.yolo_loss(pred, bad, num_classes=C)
+    # Under jit the values are not known: the loss is computed as given.
+    bad = target.copy()
+    bad[0, 0, 1, C] = 2.0
+    assert np.isfinite(jax.jit(lambda t: losses.yolo_loss(pred, t, num_classes=C)[0])(bad))
+
+
 def test_a_negative_weight_is_refused_as_the_configs_is():
     # A negative weight rewards the error it weighs: the config refused it, the call did not.
     pred, target = _hand_case()

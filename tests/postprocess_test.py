@@ -161,6 +161,32 @@ def test_a_zero_score_threshold_keeps_every_scored_box_but_no_empty_one():
     np.testing.assert_allclose(found.boxes[0, 0], [0.25, 0.5, 0.5, 0.75])
 
 
+def test_nms_keeps_no_empty_box_of_ones_own():
+    # decode scores empty boxes 0; boxes given to nms directly were kept, both of two
+    # identical points (an empty box overlaps nothing, so neither suppressed the other).
+    points = np.float32([[0.2, 0.2, 0.2, 0.2]] * 2 + [[0.1, 0.1, 0.4, 0.1]])  # no area
+    found = postprocess.nms(points, np.float32([[0.5], [0.4], [0.3]]), max_detections=3)
+    assert not np.any(found.valid)
+    box = np.float32([[0.2, 0.2, 0.4, 0.4]])
+    found = jax.jit(postprocess.nms)(np.concatenate([points, box]), np.float32([[0.9]] * 4))
+    assert found.valid.tolist() == [True] + [False] * 99
+    np.testing.assert_allclose(found.boxes[0], box[0])
+
+
+def test_nms_refuses_values_that_are_not_finite():
+    boxes = np.float32([[np.nan, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]])
+    scores = np.float32([[0.9], [0.8], [0.7]])
+    # A NaN box was returned as a detection, and suppressed nothing (its IoU is NaN).
+    with pytest.raises(ValueError, match="boxes must be finite"):
+        postprocess.nms(boxes, scores)
+    with pytest.raises(ValueError, match="scores must be finite"):
+        postprocess.nms(np.nan_to_num(boxes), np.float32([[np.nan], [0.8], [0.7]]))
+    # Under jit they cannot be checked: the NaN box is no detection; the two others are.
+    found = jax.jit(postprocess.nms)(boxes, scores)
+    assert found.valid.tolist()[:3] == [True, True, False]
+    np.testing.assert_allclose(found.boxes[:2], boxes[1:])
+
+
 def test_no_boxes_and_no_images_give_no_detections():
     settings = dict(score_threshold=0.1, iou_threshold=0.5, max_detections=5)
     none = postprocess.nms(np.zeros((0, 4)), np.zeros((0, C)), **settings)
@@ -207,6 +233,18 @@ def test_pixel_detections_are_each_images_valid_ones_in_its_pixels():
     np.testing.assert_allclose(second[0], [[10, 25, 30, 50]], atol=1e-5)  # the padding is out
     np.testing.assert_allclose(second[1], [0.7])
     assert second[2].tolist() == [1]
+    # One size for every image of the batch.
+    same = postprocess.pixel_detections(detections, 100, 200)
+    np.testing.assert_allclose(same[1][0], [[50, 50, 150, 100]], atol=1e-5)
+
+
+def test_pixel_detections_name_a_wrong_batch_or_size():
+    found = postprocess.detect(np.zeros((2, S, S, C + 5 * B)), num_classes=C, num_boxes=B)
+    one_image = jax.tree.map(lambda field: field[0], found)  # as nms gives
+    with pytest.raises(ValueError, match=r"boxes \(N, K, 4\).*got boxes \(100, 4\).*field\[None\]"):
+        postprocess.pixel_detections(one_image, [100], [100])
+    with pytest.raises(ValueError, match=r"heights must have shape \(2,\).*got shape \(3,\)"):
+        postprocess.pixel_detections(found, [100, 100, 100], [100, 100])
 
 
 def test_nms_has_the_defaults_of_detect():

@@ -123,6 +123,14 @@ def test_bad_shapes_raise_before_tracing():
         targets.encode(
             jnp.zeros((5, 4)), jnp.zeros(5, int), jnp.ones(5, bool), grid_size=0, num_classes=C
         )
+    # The fix each mistake needs: one box not in a list; a batch, for encode_batch.
+    with pytest.raises(ValueError, match=r"got \(4,\)\. For one box, pass \[\[ymin, xmin"):
+        targets.encode([0.1, 0.1, 0.5, 0.5], [0], grid_size=7, num_classes=C)
+    with pytest.raises(ValueError, match=r"got \(2, 1, 4\)\. For a batch .* use encode_batch"):
+        targets.encode(jnp.zeros((2, 1, 4)), jnp.zeros((2, 1), int), grid_size=7, num_classes=C)
+    ragged = [[[0.1, 0.1, 0.5, 0.5]], [[0.1, 0.1, 0.5, 0.5], [0.2, 0.2, 0.6, 0.6]]]
+    with pytest.raises(ValueError, match=r"^boxes must be an array of boxes, each image's padded"):
+        targets.encode_batch(ragged, [[0], [0, 1]], grid_size=7, num_classes=C)
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from yolojax.validation import known_values
+
 
 def _xnp(*arrays):
     """The array namespace for the inputs: ``jnp`` if any input is a JAX array, else ``np``."""
@@ -53,7 +55,7 @@ def _image_sizes(xnp, boxes, height, width, order: str):
 
     Raises:
       ValueError: ``height`` or ``width`` does not broadcast to ``boxes[..., 0]``, or, where
-        the values are known (NumPy), is not positive.
+        the values are known (not traced under jit), is not a finite positive number.
     """
     try:  # broadcast_to: a (N,) size against (N, 1, 4) boxes is no (N, N) of sizes
         height, width = (xnp.broadcast_to(size, boxes.shape[:-1]) for size in (height, width))
@@ -63,8 +65,15 @@ def _image_sizes(xnp, boxes, height, width, order: str):
             f"boxes' {tuple(boxes.shape[:-1])} (boxes {tuple(boxes.shape)}): for one size per "
             "image of (N, M, 4) boxes, pass heights[:, None] and widths[:, None]."
         ) from error
-    if xnp is np and np.any(np.minimum(height, width) <= 0):
-        raise ValueError("height and width must be positive image sizes in pixels.")
+    for name, size in (("height", height), ("width", width)):
+        known = known_values(size)
+        if known is None:
+            continue
+        wrong = known[~(np.isfinite(known) & (known > 0))]  # NaN too
+        if wrong.size:
+            raise ValueError(
+                f"height and width must be positive image sizes in pixels; got {name} {wrong[0]}."
+            )
     sizes = (height, width) if order == "hwhw" else (width, height)
     return xnp.stack([*sizes, *sizes], -1)
 
@@ -73,8 +82,8 @@ def normalized_yxyx_to_pixel_xyxy(boxes, height, width):
     """``[..., 4]`` normalized yxyx → ``[..., 4]`` xyxy in pixels of a ``height × width`` image.
 
     ``height`` and ``width`` are positive numbers, or arrays broadcastable to
-    ``boxes[..., 0]`` (one image size per box); NumPy sizes are
-    checked, JAX ones (which may be traced) are not. The result has the dtype the product
+    ``boxes[..., 0]`` (one image size per box); sizes are checked where
+    their values are known (not traced under jit). The result has the dtype the product
     promotes to (float32 boxes times Python ints are float64 in NumPy).
     """
     boxes = _boxes(boxes, "boxes")
@@ -87,8 +96,8 @@ def pixel_xyxy_to_normalized_yxyx(boxes, height, width):
     yxyx (the inverse of :func:`normalized_yxyx_to_pixel_xyxy`).
 
     ``height`` and ``width`` are positive numbers, or arrays broadcastable to
-    ``boxes[..., 0]`` (one image size per box); NumPy sizes are
-    checked, JAX ones (which may be traced) are not. Integer boxes become float64 (NumPy) or
+    ``boxes[..., 0]`` (one image size per box); sizes are checked where
+    their values are known (not traced under jit). Integer boxes become float64 (NumPy) or
     float32 (JAX).
     """
     boxes = _boxes(boxes, "boxes", real=True)

@@ -33,7 +33,7 @@ import numpy as np
 
 from yolojax import average_precision
 from yolojax import boxes as box_ops
-from yolojax.validation import check_flags
+from yolojax.validation import check_finite, check_flags
 
 # How far past [0, 1] a normalized detection may reach (an unclipped detector's boxes) before
 # add_normalized_batch takes it for a pixel box, which would be scaled to pixels twice.
@@ -415,6 +415,5 @@ def _check_pixels_for_plus_one(gt_boxes, pred_boxes) -> None:
 def _finite(name, array):
     """`array` as float64, else ValueError if any value is NaN or infinite."""
     array = array.astype(np.float64)  # a copy: the caller may reuse its buffers
-    if not np.isfinite(array).all():
-        raise ValueError(f"{name} must be finite, got NaN or infinity")
+    check_finite(name, array)
     return array

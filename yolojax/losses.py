@@ -6,7 +6,13 @@ import jax.numpy as jnp
 from yolojax import boxes as box_ops
 from yolojax.outputs import check_grid_layout, split_predictions
 from yolojax.targets import target_channels
-from yolojax.validation import check_number, check_positive_int, known_values
+from yolojax.validation import (
+    check_finite,
+    check_flags,
+    check_number,
+    check_positive_int,
+    known_values,
+)
 
 # Bounds the slope of the signed square root of a predicted width/height near 0 (1/√ε).
 SQRT_EPSILON = 1e-6
@@ -54,6 +60,27 @@ def _check_loss_args(predictions, targets, num_classes, num_boxes, weights):
         )
 
 
+def _check_target_values(targets, num_classes):
+    """Refuses targets that break :func:`yolojax.targets.encode_batch`'s contract, where the
+    values are known (outside jit and vmap): with an objectness other than 0 or 1, or a
+    negative size, a hand-made grid gives a negative or NaN loss without an error."""
+    targets = known_values(targets)
+    if targets is None:
+        return
+    advice = " Make targets with yolojax.encode_batch."
+    try:
+        check_finite("targets", targets)
+        check_flags(f"targets' objectness (channel C = {num_classes})", targets[..., num_classes])
+    except ValueError as error:
+        raise ValueError(f"{error}.{advice}") from None
+    sizes = targets[..., num_classes + 3 :]
+    if sizes.size and sizes.min() < 0:
+        raise ValueError(
+            f"targets' w and h (channels C + 3 and C + 4) must be at least 0; got "
+            f"{sizes.min():g}.{advice}"
+        )
+
+
 def yolo_loss(
     predictions,
     targets,
@@ -84,7 +111,9 @@ def yolo_loss(
 
     Args:
       predictions: ``(N, S, S, C + 5B)`` raw network outputs.
-      targets: ``(N, S, S, C + 5)`` grids from :func:`yolojax.targets.encode`.
+      targets: ``(N, S, S, C + 5)`` grids from :func:`yolojax.targets.encode_batch`;
+        outside jit, values that are not finite, an objectness other than 0 and 1 and a
+        negative size are refused.
       num_classes: C.
       num_boxes: B.
       lambda_coord: weight of the coordinate term.
@@ -102,6 +131,7 @@ def yolo_loss(
     targets = jnp.asarray(targets, jnp.float32)
     weights = {"lambda_coord": lambda_coord, "lambda_noobj": lambda_noobj}
     _check_loss_args(predictions, targets, num_classes, num_boxes, weights)
+    _check_target_values(targets, num_classes)
     batch_size = predictions.shape[0]
 
     class_scores, box_fields = split_predictions(

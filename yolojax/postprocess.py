@@ -8,7 +8,7 @@ import numpy as np
 
 from yolojax import boxes as box_ops
 from yolojax.outputs import check_grid_layout, split_predictions
-from yolojax.validation import check_positive_int, check_threshold, known_values
+from yolojax.validation import check_finite, check_positive_int, check_threshold, known_values
 
 # Candidates that enter NMS per image by default: about a quarter of VOC's S·S·B·C = 1960
 # (box, class) pairs, rounded up to a power of two. NMS builds a K × K IoU matrix per image,
@@ -118,9 +118,13 @@ def _greedy_nms(boxes, labels, eligible, iou_threshold):
 
 def _check_probabilities(scores) -> None:
     """Refuses scores above 1 where they are known (outside jit and vmap): logits, whose
-    positive values would all pass the threshold as near-certain detections."""
+    positive values would all pass the threshold as near-certain detections; and scores
+    that are not finite."""
     scores = known_values(scores)
-    if scores is not None and scores.size and scores.max() > 1:
+    if scores is None:
+        return
+    check_finite("scores", scores)  # a NaN score would be dropped silently
+    if scores.size and scores.max() > 1:
         raise ValueError(
             f"scores must be probabilities in [0, 1] (decode's); got values up to "
             f"{scores.max():g}. Pass probabilities, not logits."
@@ -130,10 +134,11 @@ def _check_probabilities(scores) -> None:
 def _check_corners(boxes) -> None:
     """Refuses boxes with a max below their min where they are known (outside jit and vmap):
     boxes in another format, such as [x, y, w, h], have no area, so no box would suppress
-    another."""
+    another; and boxes that are not finite."""
     boxes = known_values(boxes)
     if boxes is None:
         return
+    check_finite("boxes", boxes)  # a NaN box would be kept, and suppress nothing
     inverted = box_ops.inverted(boxes)
     if inverted.any():
         raise ValueError(
@@ -161,16 +166,18 @@ def nms(
 ) -> Detections:
     """Class-aware non-maximum suppression for one image (with :func:`detect`'s defaults).
 
-    Every (box, class) pair with a score above 0 and at or above ``score_threshold`` is a
-    candidate (so a threshold of 0 keeps every scored pair but no empty box); candidates of
-    different classes never suppress each other. Only the ``pre_nms_top_k``
-    best candidates enter NMS (a bound that keeps the work static). With a very low
-    ``score_threshold`` and crowded images, candidates beyond it that NMS would have kept
-    are lost; ``pre_nms_top_k`` = P · C considers them all.
+    Every (box, class) pair with a score above 0 and at or above ``score_threshold``, and a
+    box of some area, is a candidate (so a threshold of 0 keeps every scored pair but no
+    empty box); candidates of different classes never suppress each other. Only the
+    ``pre_nms_top_k`` best candidates enter NMS (a bound that keeps the work static). With
+    a very low ``score_threshold`` and crowded images, candidates beyond it that NMS would
+    have kept are lost; ``pre_nms_top_k`` = P · C considers them all. Where the values are known
+    (outside ``jit`` and ``vmap``), boxes and scores that are not finite, scores above 1 and
+    boxes with a max below their min are refused.
 
     Args:
-      boxes: ``(P, 4)`` yxyx boxes, normalized (as :func:`decode` gives them) or in any
-        other unit: only their IoU matters.
+      boxes: ``(P, 4)`` finite yxyx boxes, normalized (as :func:`decode` gives them) or in
+        any other unit: only their IoU matters.
       scores: ``(P, C)`` per-class scores in [0, 1], as :func:`decode` gives them; a score of
         0 or below is never a detection (pass probabilities, not logits).
       score_threshold: candidates below it are dropped.
@@ -208,7 +215,9 @@ def nms(
     top_scores, top_index = jax.lax.top_k(flat_scores, top_k)
     box_index, labels = jnp.divmod(top_index, scores.shape[1])
     candidate_boxes = boxes[box_index]
-    eligible = (top_scores >= score_threshold) & (top_scores > 0)
+    # An empty box (decode scores those 0; boxes of one's own may be) is no detection.
+    has_area = box_ops.box_area(candidate_boxes) > 0
+    eligible = (top_scores >= score_threshold) & (top_scores > 0) & has_area
     keep = _greedy_nms(candidate_boxes, labels, eligible, iou_threshold)
 
     # Pad so there are at least max_detections slots, then put kept candidates first, in
@@ -277,13 +286,28 @@ def pixel_detections(
     Args:
       detections: a batch's :class:`Detections` (leading shape ``(N, K)``), as
         :func:`detect` gives them (on the device or the host).
-      heights, widths: ``(N,)`` each image's size in pixels.
+      heights, widths: ``(N,)`` each image's size in pixels, or one number for all.
 
     Returns:
       N tuples ``(boxes, scores, labels)``, only where ``valid``, best first: boxes
       ``(K_i, 4)`` float64 xyxy in pixels, scores ``(K_i,)``, labels ``(K_i,)``.
     """
-    heights, widths = (np.asarray(size, np.float64)[:, None] for size in (heights, widths))
+    if np.ndim(detections.boxes) != 3:
+        raise ValueError(
+            "pixel_detections takes a batch's Detections, boxes (N, K, 4) as detect gives "
+            f"them; got boxes {np.shape(detections.boxes)}. For one image's (nms's), add "
+            "the batch axis: jax.tree.map(lambda field: field[None], detections)."
+        )
+    num_images = np.shape(detections.boxes)[0]
+    sizes = {"heights": heights, "widths": widths}
+    for name, size in sizes.items():
+        sizes[name] = np.asarray(size, np.float64)
+        if sizes[name].shape not in ((), (num_images,)):
+            raise ValueError(
+                f"{name} must have shape ({num_images},), one size per image of the batch, or "
+                f"be one number; got shape {sizes[name].shape}."
+            )
+    heights, widths = (np.broadcast_to(size, num_images)[:, None] for size in sizes.values())
     boxes = box_ops.normalized_yxyx_to_pixel_xyxy(
         np.asarray(detections.boxes, np.float64), heights, widths
     )

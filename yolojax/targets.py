@@ -22,7 +22,13 @@ def target_channels(num_classes: int) -> int:
 
 def _as_arrays(boxes, labels, mask):
     """``boxes`` (float32), ``labels`` and ``mask`` as arrays; a None mask is all True."""
-    boxes = jnp.asarray(boxes, jnp.float32)
+    try:
+        boxes = jnp.asarray(boxes, jnp.float32)
+    except ValueError as error:  # NumPy's "inhomogeneous shape" names no argument
+        raise ValueError(
+            f"boxes must be an array of boxes, each image's padded to the same number (with "
+            f"mask False for the padding); got {type(boxes).__name__} ({error})."
+        ) from None
     if boxes.shape == (0,):  # `[]` for an image without boxes
         boxes = boxes.reshape(0, 4)
     mask = jnp.ones(boxes.shape[:-1], bool) if mask is None else jnp.asarray(mask)
@@ -36,9 +42,14 @@ def _check_encode_args(boxes, labels, mask, grid_size, num_classes):
     check_positive_int("grid_size", grid_size)
     check_positive_int("num_classes", num_classes)
     if boxes.ndim != 2 or boxes.shape[-1] != 4:
+        if boxes.shape == (4,):
+            hint = " For one box, pass [[ymin, xmin, ymax, xmax]]."
+        elif boxes.ndim == 3:
+            hint = " For a batch (N, max_boxes, 4), use encode_batch."
+        else:
+            hint = ""
         raise ValueError(
-            f"boxes must have shape (max_boxes, 4) in normalized yxyx; got {boxes.shape}. "
-            "Use jax.vmap(encode) for a batch."
+            f"boxes must have shape (max_boxes, 4) in normalized yxyx; got {boxes.shape}.{hint}"
         )
     for name, array in (("labels", labels), ("mask", mask)):
         if array.shape != boxes.shape[:1]:

@@ -89,6 +89,12 @@ def check_threshold(name: str, value) -> None:
         raise ValueError(f"{name} must be in [0, 1]; got {value}.")
 
 
+def check_finite(name: str, array: np.ndarray) -> None:
+    """Raises ValueError, naming ``name``, if a value of ``array`` is NaN or infinite."""
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} must be finite, got NaN or infinity")
+
+
 def known_values(array) -> np.ndarray | None:
     """``array`` as NumPy where its values are known, None where they are traced (under
     jit or vmap): the value checks of the public functions run outside traces only."""
