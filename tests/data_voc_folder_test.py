@@ -14,6 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from yolojax.config import default_config, validate_config
 from yolojax.data import (
     default_data_config,
     get_dataset_info,
@@ -412,8 +413,15 @@ def test_xml_beside_images_in_one_folder_gets_the_90_10_split(tmp_path):
 
 def test_a_folder_without_xml_files_says_which_layouts_it_reads(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "a.jpg")
-    with pytest.raises(ValueError, match=r"neither an Annotations/ directory .*Roboflow"):
+    with pytest.raises(ValueError, match=r"neither an Annotations/ directory .*Roboflow.*layouts"):
         voc_folder.voc_folder_config(str(tmp_path))
+    # What to pass, also for a path that is no folder, and for none at all.
+    with pytest.raises(ValueError, match=r"got 'nothere' \(from .*\): pass the path of the folder"):
+        voc_folder.voc_folder_config("nothere")
+    config = default_config()
+    config.data.source = "voc_folder"
+    with pytest.raises(ValueError, match=r"pass --config\.data\.folder=PATH, the folder that"):
+        validate_config(config)
 
 
 def test_a_missing_image_beside_its_xml_is_named(tmp_path):

@@ -534,6 +534,7 @@ def test_commands_name_a_mistyped_config_field_without_a_traceback(capsys, monke
         "FATAL Flags parsing error: no such config field 'bach_size' in --config.train.bach_size=8"
     )
     assert 'Did you mean "batch_size"' in stderr and "Traceback" not in stderr
+    assert "yolojax/models/__init__.py (MODEL_DEFAULTS)" in stderr  # model's fields, too
 
     argv, flag_values = _parse_train_flags(monkeypatch, "--config.train.batch_size=8")
     assert argv == ["train.py"] and flag_values.config.train.batch_size == 8

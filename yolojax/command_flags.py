@@ -160,7 +160,8 @@ def parse_flags(argv: list[str]) -> list[str]:
         flags_error(
             f"no such config field {field}{' in ' + ', '.join(given) if given else ''}\n"
             f"{advice + chr(10) if advice else ''}The fields and their defaults are in "
-            "yolojax/config.py and yolojax/data/config.py."
+            "yolojax/config.py, yolojax/data/config.py and, for model, "
+            "yolojax/models/__init__.py (MODEL_DEFAULTS); train.py --print_config lists them."
         )
     except OSError as error:
         config_file = _config_file(argv)

@@ -144,7 +144,9 @@ def validate_data_config(data_config) -> None:
     if data_config.source == "voc_folder" and not data_config.folder:
         raise ValueError(
             "config.data.folder must name a folder of images with VOC XML files when "
-            "config.data.source='voc_folder'"
+            "config.data.source='voc_folder': pass --config.data.folder=PATH, the folder "
+            "that holds Annotations/ and JPEGImages/, or the images with their .xml files "
+            "(docs/data.md, 'A VOC-format folder')."
         )
     for name, low in [("image_size", 16), ("max_boxes", 1)]:
         check_int(f"config.data.{name}", data_config[name], low)

@@ -233,7 +233,10 @@ def voc_folder_config(
 ) -> VocFolderConfig:
     """Returns a config named after the folder and a fingerprint of its files and options."""
     if not folder or not os.path.isdir(folder):
-        raise ValueError(f"config.data.folder must be an existing directory, got {folder!r}")
+        raise ValueError(
+            f"config.data.folder must be an existing directory, got {folder!r} (from "
+            f"{os.getcwd()}): pass the path of the folder of images with VOC XML files."
+        )
     check_choice("config.data.on_bad_data", on_bad_data, BAD_DATA_POLICIES)
     folder = os.path.abspath(folder)
     state = folder_state(folder)

@@ -102,7 +102,8 @@ def annotation_ids(folder: str) -> list[str]:
         raise ValueError(
             f"config.data.folder={folder!r} has neither an Annotations/ directory (PASCAL VOC "
             "layout) nor .xml files beside its images, in it or in train/, valid/ and test/ "
-            "folders (Roboflow's Pascal VOC export)"
+            "folders (Roboflow's Pascal VOC export): pass the folder that holds them, or "
+            "arrange the files in one of these layouts (docs/data.md, 'A VOC-format folder')."
         )
     return ids
 
