@@ -278,10 +278,41 @@ def test_each_augmentation_can_be_turned_off():
     )
     image = tf.constant(np.random.default_rng(3).integers(0, 256, (12, 16, 3)), tf.uint8)
     boxes = tf.constant([[0.1, 0.2, 0.6, 0.9]])
-    augmented, moved, keep = augment.augment(image, boxes, _seed(0), config)
-    np.testing.assert_allclose(augmented, image.numpy() / 255.0, atol=1e-5)
-    np.testing.assert_allclose(moved, boxes, atol=1e-6)
-    assert keep.numpy().all()
+    for seed in range(20):  # one seed could leave each alone by chance (half don't flip)
+        augmented, moved, keep = augment.augment(image, boxes, _seed(seed), config)
+        np.testing.assert_allclose(augmented, image.numpy() / 255.0, atol=1e-5)
+        np.testing.assert_allclose(moved, boxes, atol=1e-6)
+        assert keep.numpy().all()
+    # The control: with flip on, some of those seeds mirror image and box, by hand.
+    config.flip = True
+    flipped = 0
+    for seed in range(20):
+        augmented, moved, _ = augment.augment(image, boxes, _seed(seed), config)
+        if not np.allclose(moved, boxes, atol=1e-6):
+            np.testing.assert_allclose(moved, [[0.1, 1 - 0.9, 0.6, 1 - 0.2]], atol=1e-6)
+            np.testing.assert_allclose(augmented, image.numpy()[:, ::-1] / 255.0, atol=1e-5)
+            flipped += 1
+    assert 0 < flipped < 20
+
+
+def test_min_visible_fraction_decides_which_cut_boxes_are_kept():
+    # A box the window cuts is clipped to its edge (a coordinate of exactly 0 or 1). With a
+    # minimum of 1 every cut box is dropped; with 0 cut boxes are kept while any is visible.
+    rng = np.random.default_rng(2)
+    corners = rng.uniform(0.05, 0.95, (40, 2, 2))
+    boxes = tf.constant(np.concatenate([corners.min(1), corners.max(1)], axis=1), tf.float32)
+    image = tf.zeros([30, 40, 3], tf.uint8)
+    config = default_augment_config()
+    config.scale_translate = 0.5  # windows that cut many boxes
+    cut_and_kept = {}
+    for fraction in (1.0, 0.0):
+        config.min_visible_fraction = fraction
+        cut_and_kept[fraction] = 0
+        for seed in range(20):
+            _, moved, keep = augment.augment(image, boxes, _seed(seed), config)
+            on_an_edge = ((moved.numpy() == 0) | (moved.numpy() == 1)).any(axis=1)
+            cut_and_kept[fraction] += int((on_an_edge & keep.numpy()).sum())
+    assert cut_and_kept[1.0] == 0 and cut_and_kept[0.0] > 20, cut_and_kept
 
 
 def test_the_window_zooms_and_shifts_by_up_to_the_configured_fraction():
