@@ -71,10 +71,12 @@ def test_loss_is_a_mean_over_images():
     pred, target = _hand_case()
     empty_pred = np.zeros_like(pred)
     empty_target = np.zeros_like(target)
-    loss, _ = losses.yolo_loss(
+    loss, metrics = losses.yolo_loss(
         np.concatenate([pred, empty_pred]), np.concatenate([target, empty_target]), num_classes=C
     )
     assert float(loss) == pytest.approx(sum(HAND.values()) / 2, abs=1e-5)
+    # The iou metric is a mean over objects, not images: the one object's 0.6, not 0.3.
+    assert float(metrics["iou"]) == pytest.approx(0.6, abs=1e-5)
 
 
 def test_responsible_tie_goes_to_the_lower_index():
