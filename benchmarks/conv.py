@@ -136,7 +136,10 @@ def main() -> None:
         help="whose layer shapes",
     )
     parser.add_argument(
-        "--image-size", type=int, default=None, help="darknet_tiny only (default 112)"
+        "--image-size",
+        type=common.positive_int,
+        default=None,
+        help="darknet_tiny only (default 112)",
     )
     parser.add_argument("--batch", type=common.positive_int, default=8, help="batch")
     parser.add_argument(

@@ -158,9 +158,7 @@ def main() -> None:
     parser.add_argument(
         "--batch", type=common.positive_int, default=4 if on_cpu else 16, help="batch N"
     )
-    parser.add_argument(
-        "--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype"
-    )
+    parser.add_argument("--dtype", default="float32", choices=models.DTYPES, help="compute dtype")
     parser.add_argument(
         "--min-seconds",
         type=float,

@@ -35,6 +35,7 @@ from PIL import Image
 
 from benchmarks import common
 from yolojax.data import default_data_config, make_eval_iterator, make_train_iterator
+from yolojax.data.config import COLOR_SPACES
 from yolojax.data.testing import VocImage, VocObject, write_voc_folder
 from yolojax.data.voc_offline import prepare_voc_offline
 
@@ -115,7 +116,7 @@ def main() -> None:
     parser.add_argument(
         "--color-space",
         default=default_data_config().augment.color_space,  # what training uses: 'hsv'
-        choices=("yiq", "hsv"),
+        choices=COLOR_SPACES,
         help="of the colour jitter",
     )
     parser.add_argument(

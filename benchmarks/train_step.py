@@ -318,7 +318,7 @@ def parse_args(on_cpu: bool) -> argparse.Namespace:
     )
     parser.add_argument(
         "--dtype",
-        choices=("float32", "bfloat16"),
+        choices=models.DTYPES,
         default="float32",
         help="compute dtype of both frameworks",
     )

@@ -19,8 +19,8 @@ backbones, weights ported with ``python -m yolojax.pretrained --arch ARCH --out 
 """
 
 from yolojax.config import default_config
+from yolojax.pretrained import ARCHS as PRETRAINED  # the backbones with ported weights
 
-PRETRAINED = ("resnet152", "resnet101", "resnet50", "resnet34", "resnet18", "vgg16", "vgg16_bn")
 FROM_SCRATCH = ("darknet", "darknet_gn")
 
 

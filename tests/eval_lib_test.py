@@ -19,8 +19,9 @@ import pytest
 from PIL import Image
 
 from benchmarks.voc_reference import voc_eval_all
+from configs import voc
 from tests import tiny
-from yolojax import checkpoints, distributed, eval_lib, train_lib
+from yolojax import checkpoints, distributed, eval_lib, train_lib, voc_results
 from yolojax.config import resolve_num_classes
 from yolojax.data import pipeline
 from yolojax.data.testing import VocImage, VocObject, write_voc_folder
@@ -178,19 +179,27 @@ def _write_voc_results(config, state, tmp_path):
     results = eval_lib.evaluate_checkpoint(config, workdir, voc_results_folder=folder)
 
     class_names = pipeline.get_dataset_info(config.data).class_names
+    # comp3: a model trained from scratch, on the dataset's data alone.
     assert sorted(path.name for path in folder.iterdir()) == sorted(
-        f"comp4_det_test_{name}.txt" for name in class_names
+        f"comp3_det_test_{name}.txt" for name in class_names
     )
     # The devkit's lines: <image id> <score> <xmin> <ymin> <xmax> <ymax>, in pixels.
     written = collections.defaultdict(list)
     for label, name in enumerate(class_names):
-        for line in (folder / f"comp4_det_test_{name}.txt").read_text().splitlines():
+        for line in (folder / f"comp3_det_test_{name}.txt").read_text().splitlines():
             image_id, score, *box = line.split()
             written[image_id].append((np.array(box, float), float(score), label))
     stored = tiny.stored_split(config.data, "test")
     ids = [Path(example["image/filename"].decode()).stem for example in stored]
     assert set(written) <= set(ids) and len(ids) == NUM_TEST  # images without any: no line
     return results, written, ids
+
+
+def test_voc_results_enter_comp4_with_imagenet_weights_and_comp3_without():
+    # VOC's rules: comp3 for methods trained on VOC data alone, comp4 with any other data.
+    assert voc_results.competition(voc.get_config("resnet50").model) == "comp4"
+    assert voc_results.competition(voc.get_config("vgg16,report").model) == "comp4"
+    assert voc_results.competition(voc.get_config("darknet").model) == "comp3"
 
 
 def test_voc_results_files_score_as_reported_under_the_devkit_loop(tmp_path):

@@ -419,6 +419,10 @@ def test_add_normalized_batch_takes_detections_reaching_past_the_image():
         (dict(num_classes=0), "num_classes"),
         (dict(num_classes=2, iou_threshold=1.5), "iou_threshold"),
         (dict(num_classes=2, iou_threshold="0.5"), "iou_threshold"),
+        # False was taken for a threshold of 0: any overlap matched, a mAP too high.
+        (dict(num_classes=2, iou_threshold=False), "iou_threshold must be a finite number"),
+        (dict(num_classes=True), "num_classes must be a positive integer"),
+        (dict(num_classes=2, iou_threshold=1.0), r"iou_threshold .* < 1; got 1\.0"),
         (dict(num_classes=2, class_names=["cat"]), "class_names"),
     ],
 )

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 
 from benchmarks import torch_reference  # noqa: E402 (needs torch)
 from yolojax import losses, optim, targets  # noqa: E402
-from yolojax.models import get_model  # noqa: E402
+from yolojax.models import MODEL_DEFAULTS, get_model  # noqa: E402
 
 NUM_CLASSES, GRID = 3, 4
 
@@ -107,17 +107,7 @@ def test_models_have_the_same_parameter_count_and_output_shape(backbone, head, i
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
     jax_count = sum(leaf.size for leaf in jax.tree.leaves(variables["params"]))
 
-    full_config = ml_collections.ConfigDict(
-        {
-            **config,
-            "dtype": "float32",
-            "num_groups": 32,
-            "dropout_rate": 0.5,
-            "fc_hidden": 4096,
-            "head_channels": 0,
-            "head_conv_layers": 4,
-        }
-    )
+    full_config = ml_collections.ConfigDict({**MODEL_DEFAULTS, **config})  # as get_model fills it
     reference = torch_reference.YOLO(full_config, image_size)
     with torch.no_grad():
         outputs = reference.eval()(torch.zeros(2, image_size, image_size, 3))

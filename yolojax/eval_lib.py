@@ -418,4 +418,10 @@ def _write_voc_results(folder, detections: dict, config, info) -> None:
             )
         named[name] = image
     test_set = {"validation": "val"}.get(info.eval_split_name, info.eval_split_name)
-    voc_results.write_voc_results(folder, named, info.class_names, test_set=test_set)
+    voc_results.write_voc_results(
+        folder,
+        named,
+        info.class_names,
+        competition=voc_results.competition(config.model),
+        test_set=test_set,
+    )

@@ -25,7 +25,6 @@ pick the same ground truth comes first by score: that one is the true positive, 
 duplicates. Everything is array work; the only Python loop is over classes.
 """
 
-import numbers
 import warnings
 from collections.abc import Sequence
 
@@ -33,7 +32,7 @@ import numpy as np
 
 from yolojax import average_precision
 from yolojax import boxes as box_ops
-from yolojax.validation import check_finite, check_flags
+from yolojax.validation import check_finite, check_flags, check_number, check_positive_int
 
 # How far past [0, 1] a normalized detection may reach (an unclipped detector's boxes) before
 # add_normalized_batch takes it for a pixel box, which would be scaled to pixels twice.
@@ -75,12 +74,11 @@ class VOCEvaluator:
         plus_one: bool = False,
         class_names: Sequence[str] | None = None,
     ):
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int | np.integer):
-            raise ValueError(f"num_classes must be an int, got {num_classes!r}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
-        if not isinstance(iou_threshold, numbers.Real) or not 0.0 <= iou_threshold < 1.0:
-            raise ValueError(f"iou_threshold must be in [0, 1), got {iou_threshold}")
+        num_classes = check_positive_int("num_classes", num_classes)
+        # A NumPy float is a Python one (np.float64) or converts to one; True is no threshold.
+        if isinstance(iou_threshold, np.floating | np.integer):
+            iou_threshold = iou_threshold.item()
+        check_number("iou_threshold", iou_threshold, at_least=0, below=1)
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(
                 f"class_names must have num_classes={num_classes} names, got {len(class_names)}"

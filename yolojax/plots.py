@@ -112,10 +112,3 @@ def _png(fig: Figure) -> bytes:
 def precision_recall_png(results: dict, class_names, *, step: int | None = None) -> bytes:
     """:func:`precision_recall_figure` encoded as a PNG file."""
     return _png(precision_recall_figure(results, class_names, step=step))
-
-
-def plot_precision_recall(results: dict, class_names, path, *, step: int | None = None) -> Path:
-    """Writes :func:`precision_recall_figure` as a PNG at ``path``; returns the path."""
-    path = Path(path)  # its folder is made if missing, as atomic_write_bytes makes it
-    workdir_io.atomic_write_bytes(path, precision_recall_png(results, class_names, step=step))
-    return path

@@ -35,12 +35,19 @@ def results_file_name(competition: str, test_set: str, class_name: str) -> str:
     return f"{competition}_det_{test_set}_{class_name}.txt"
 
 
+def competition(model_config) -> str:
+    """The VOC competition a run's results enter: ``comp4`` for a backbone that starts from
+    ported ImageNet weights (``config.model.pretrained``: data beyond VOC), ``comp3`` for
+    one trained from scratch on VOC alone (``configs/voc.py:darknet``)."""
+    return "comp4" if model_config.pretrained else "comp3"
+
+
 def write_voc_results(
     folder,
     detections: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
     class_names,
     *,
-    competition: str = "comp4",
+    competition: str,
     test_set: str = "test",
 ) -> list[Path]:
     """Writes one devkit results file per class into ``folder`` (made if needed).
@@ -52,7 +59,7 @@ def write_voc_results(
         without detections may be left out.
       class_names: the class of each id, which names its file.
       competition: 'comp4' (trained with outside data, such as ImageNet weights) or
-        'comp3' (VOC data only).
+        'comp3' (VOC data only): :func:`competition` of the run's ``config.model``.
       test_set: the image set's name in the file names ('test').
 
     Returns:
