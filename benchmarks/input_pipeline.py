@@ -24,13 +24,16 @@ image size and batch (`python -m benchmarks.train_step`, its "JAX img/s"): the t
 many times that each train pipeline delivers (below 1: the step waits for its input).
 """
 
+import contextlib
 import gc
 import itertools
 import os
+import sys
 import tempfile
 import time
 
 import numpy as np
+import tensorflow_datasets as tfds
 from PIL import Image
 
 from benchmarks import common
@@ -140,7 +143,10 @@ def main() -> None:
         os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.cores]))
     cores = len(os.sched_getaffinity(0))
 
-    with tempfile.TemporaryDirectory() as workdir:
+    # The datasets' preparation talks (TFDS's lines, the synthetic set's, TFDS's progress
+    # bars): on stderr and without the bars, so that the output is the table.
+    tfds.disable_progress_bar()
+    with tempfile.TemporaryDirectory() as workdir, contextlib.redirect_stdout(sys.stderr):
         devkit, mean_bytes = write_voc_like_devkit(workdir, args.voc_images)
         prepare_voc_offline(devkit, "2007", data_dir=os.path.join(workdir, "tfds"))
         rows = []

@@ -62,6 +62,8 @@ def test_the_input_pipeline_says_how_many_times_the_step_it_feeds():
         *("--image-size", "64", "--step-images-per-s", str(given)),
     )
     assert done.returncode == 0, done.stderr
+    # The output is the table: the datasets' preparation lines go to stderr.
+    assert re.match(r"\d+ cores, image size 64, ", done.stdout.lstrip()), done.stdout
     lines = [line for line in done.stdout.splitlines() if line.startswith("|")]
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     assert header[-1] == "× the step's 40 images/s"
