@@ -125,6 +125,19 @@ def _break(folder: str, problem: str) -> str:
     if problem == "image not found":
         os.remove(jpeg)
         return xml
+    if problem == "an image the input pipeline cannot decode":
+        # Pillow reads a WebP with transparency; TensorFlow's decoder refused it mid-training,
+        # with a traceback naming no file (and the run often hung).
+        rgba = np.zeros((10, 20, 4), np.uint8)
+        rgba[..., 3] = 128
+        Image.fromarray(rgba, "RGBA").save(jpeg, "WEBP", lossless=True)
+        return jpeg
+    if problem == "malformed XML (multi-byte encodings":  # Python's parser reads no GBK
+        with open(xml, encoding="utf-8") as file:
+            text = file.read()
+        with open(xml, "w", encoding="gbk") as file:
+            file.write("<?xml version='1.0' encoding='GBK'?>" + text.split("?>", 1)[-1])
+        return xml
     with open(xml) as file:
         text = file.read()
     replacements = {
@@ -132,6 +145,7 @@ def _break(folder: str, problem: str) -> str:
         "unknown class 'cat'": ("<name>dog</name>", "<name>cat</name>"),
         "lies outside the 20x10 image": ("<xmax>9</xmax>", "<xmax>25</xmax>"),
         "has zero area": ("<xmax>9</xmax>", "<xmax>2</xmax>"),
+        "its corners are swapped": ("<xmax>9</xmax>", "<xmax>1</xmax>"),
         "<size> says 30x10": ("<width>20</width>", "<width>30</width>"),
     }
     old, new = replacements[problem]
@@ -149,7 +163,10 @@ BAD_DATA = [
     "unknown class 'cat'",
     "lies outside the 20x10 image",
     "has zero area",
+    "its corners are swapped",
     "<size> says 30x10",
+    "an image the input pipeline cannot decode",
+    "malformed XML (multi-byte encodings",
 ]
 
 
@@ -197,6 +214,71 @@ def test_every_bad_file_of_a_split_is_named_at_once(tmp_path):
         "malformed XML",
     ]
     assert lines[-1] == "(--config.data.on_bad_data=skip leaves such images out.)"
+
+
+def _with_exif_orientation(path: str, orientation: int) -> None:
+    """Saves the JPEG at `path` again, its pixels as they are, tagged with an EXIF
+    orientation (6: a phone's portrait photo, stored on its side)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    with Image.open(path) as image:
+        pixels = image.copy()
+    pixels.save(path, "JPEG", quality=95, exif=exif)
+
+
+def test_photos_with_an_exif_orientation_are_named(tmp_path, caplog):
+    # Boxes drawn on the upright photo (as viewers and most labelling tools show it) do not
+    # fit the stored pixels that training uses, and predict turns photos upright: silent.
+    images = [VocImage(name, 20, 10, [VocObject("dog", (2, 1, 9, 8))]) for name in "abc"]
+    folder = write_voc_folder(str(tmp_path / "f"), images, image_sets={"train": ["a", "b", "c"]})
+    _with_exif_orientation(os.path.join(folder, "JPEGImages", "b.jpg"), 6)
+    _with_exif_orientation(os.path.join(folder, "JPEGImages", "c.jpg"), 1)  # upright: no word
+    with caplog.at_level(logging.WARNING):
+        builder = _prepare(folder, tmp_path / "data", class_names=("dog",))
+    assert builder.info.splits["train"].num_examples == 3  # used as stored
+    assert "an EXIF orientation turns 1 image of split 'train' in" in caplog.text
+    assert f"{folder} (b.jpg): training and evaluation use their pixels as stored" in caplog.text
+    assert "c.jpg" not in caplog.text
+    # With the <size> of the upright photo, the size's error says why.
+    with open(os.path.join(folder, "Annotations", "b.xml")) as file:
+        text = file.read()
+    with open(os.path.join(folder, "Annotations", "b.xml"), "w") as file:
+        file.write(
+            text.replace("<width>20</width>", "<width>10</width>").replace(
+                "<height>10</height>", "<height>20</height>"
+            )
+        )
+    with pytest.raises(
+        voc_folder.BadDataError,
+        match=r"says 10x20 but .*b\.jpg is 20x10 as "
+        r"stored \(its EXIF orientation turns it .*exif_transpose",
+    ):
+        _prepare(folder, tmp_path / "data2", class_names=("dog",))
+
+
+def test_images_without_an_xml_file_are_named_and_a_broken_link_ignored(tmp_path, caplog):
+    # LabelImg writes no .xml for an image without objects: such images were left out
+    # without a word. A broken link among the images stopped the preparation with
+    # FileNotFoundError, though no annotation names it.
+    images = [VocImage(name, 20, 10, [VocObject("dog", (2, 1, 9, 8))]) for name in "abcd"]
+    folder = write_voc_folder(str(tmp_path / "f"), images)  # no ImageSets: a random split
+    os.remove(os.path.join(folder, "Annotations", "c.xml"))
+    os.symlink("/no/such/image.jpg", os.path.join(folder, "JPEGImages", "gone.jpg"))
+    with caplog.at_level(logging.WARNING):
+        builder = _prepare(folder, tmp_path / "data", class_names=("dog",))
+    assert sum(split.num_examples for split in builder.info.splits.values()) == 3
+    assert (
+        f"{folder}: 2 images have no .xml file (JPEGImages/c.jpg, JPEGImages/gone.jpg) and are "
+        "left out." in caplog.text
+    )
+
+
+def test_class_names_that_are_not_names_are_refused_by_key(tmp_path):
+    images = [VocImage("a", 20, 10, [VocObject("dog", (2, 1, 9, 8))])]
+    folder = write_voc_folder(str(tmp_path / "f"), images)
+    # --config.data.class_names=None on a tuple field gives (None,): a TypeError traceback.
+    with pytest.raises(ValueError, match=r"config\.data\.class_names=\(None,\) must be names"):
+        voc_folder.voc_folder_config(folder, class_names=(None,))
 
 
 def test_a_malformed_annotation_found_while_collecting_class_names_says_what_to_do(tmp_path):

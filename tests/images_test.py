@@ -8,7 +8,7 @@ import tensorflow as tf
 from PIL import Image
 
 from yolojax import images
-from yolojax.data import pipeline
+from yolojax.data import decoding
 
 
 def test_a_photo_stored_sideways_reads_upright(tmp_path):
@@ -41,7 +41,7 @@ def test_jpeg_rgba_and_greyscale_read_as_the_pipeline_decodes_them(tmp_path):
         ("grey.png", rng.integers(0, 256, (4, 5), np.uint8)),
     ):
         Image.fromarray(pixels).save(tmp_path / name)
-        decoded = pipeline.decode_image(tf.constant((tmp_path / name).read_bytes())).numpy()
+        decoded = decoding.decode_image(tf.constant((tmp_path / name).read_bytes())).numpy()
         np.testing.assert_array_equal(images.read_image(tmp_path / name), decoded)
         if name.endswith(".png"):  # lossless: the array itself
             np.testing.assert_array_equal(images.to_rgb(pixels), decoded)

@@ -1,6 +1,6 @@
 """Images as the model reads them: ``(H, W, 3)`` uint8 RGB arrays, from image files, PIL
 images or arrays of other layouts, decoded as the input pipeline decodes its images
-(:func:`yolojax.data.pipeline.decode_image`: the same pixels, JPEGs included), except that a
+(:func:`yolojax.data.decoding.decode_image`: the same pixels, JPEGs included), except that a
 file is turned upright as its EXIF orientation says (the pipeline's training images are used
 as stored)."""
 

@@ -33,6 +33,7 @@ import tensorflow as tf
 from yolojax import distributed
 from yolojax.data import augment, config, malloc_thresholds, sources
 from yolojax.data.config import validate_data_config
+from yolojax.data.decoding import decode_image
 from yolojax.validation import check_choice, check_int
 
 try:  # tf.data runs on the host CPU; the accelerators belong to JAX.
@@ -206,23 +207,6 @@ def _to_uint8_advice(image: np.ndarray) -> str:
         if image.min() >= -1 and image.max() <= 1:
             return "for values in [-1, 1], pass ((image + 1) * 127.5).round().astype(np.uint8)."
     return "for values in [0, 255], pass np.clip(image, 0, 255).round().astype(np.uint8)."
-
-
-def decode_image(encoded: tf.Tensor) -> tf.Tensor:
-    """An encoded image file (JPEG, PNG, BMP, GIF; a scalar string tensor) as (H, W, 3) uint8
-    RGB: greyscale repeated, alpha dropped.
-
-    JPEGs are decoded with the accurate integer DCT, as Pillow (libjpeg's default) decodes
-    them, so that :class:`yolojax.detector.Detector`, which reads files with Pillow, sees the
-    pixels training and evaluation saw. TensorFlow's default, the fast DCT, is off by up to
-    5 levels on most pixels, and no faster here (libjpeg-turbo's SIMD: 0.93 ms for a
-    500×375 JPEG either way).
-    """
-    return tf.cond(
-        tf.io.is_jpeg(encoded),
-        lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
-        lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False),
-    )
 
 
 def _preprocess(record, *, data_config, seed: int | None) -> dict[str, tf.Tensor]:

@@ -38,11 +38,14 @@ import os
 import re
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image, UnidentifiedImageError
 
 from yolojax import boxes as box_ops
+from yolojax import errors
 from yolojax.data.config import BAD_DATA_POLICIES
+from yolojax.data.decoding import decode_image
 from yolojax.data.voc_layout import (
     annotation_ids,
     find_image,
@@ -56,13 +59,15 @@ from yolojax.validation import check_choice
 
 # Pillow's names for the formats tf.io.decode_image reads (MPO: multi-picture camera JPEGs).
 _DECODABLE_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP")
+_EXIF_ORIENTATION = 0x0112  # the tag's number; 1 is upright as stored
 _MAX_REPORTED_PROBLEMS = 5
 
 _logger = logging.getLogger(__name__)
 
 
-def _read_image(path: str) -> tuple[bytes, int, int]:
-    """Returns the file's bytes and its (width, height), decoding it fully to catch corruption."""
+def _read_image(path: str) -> tuple[bytes, int, int, int]:
+    """Returns the file's bytes, its (width, height) as stored and its EXIF orientation (1:
+    none), decoding it fully, as Pillow and as the input pipeline does, to catch corruption."""
     with open(path, "rb") as file:
         encoded = file.read()
     try:
@@ -70,6 +75,7 @@ def _read_image(path: str) -> tuple[bytes, int, int]:
             image.load()
             image_format, mode = image.format, image.mode
             width, height = image.width, image.height
+            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
     except UnidentifiedImageError:
         raise BadDataError(
             f"{path}: corrupt or unreadable image (not an image file Pillow can read)"
@@ -87,7 +93,25 @@ def _read_image(path: str) -> tuple[bytes, int, int]:
     if image_format == "BMP" and mode not in ("RGB", "RGBA", "L"):
         # TensorFlow's BMP decoder ignores the palette: the colours would become grey indices.
         raise BadDataError(f"{path}: a BMP with a colour palette ({mode}); convert it to PNG")
-    return encoded, width, height
+    try:  # what Pillow reads, TensorFlow may not (a WebP with transparency, a GIF's frame)
+        decode_image(tf.constant(encoded))
+    except tf.errors.OpError as error:
+        # Found in training instead, it stopped the run with TensorFlow's traceback.
+        raise BadDataError(
+            f"{path}: an image the input pipeline cannot decode "
+            f"({errors.first_line(error.message)}); convert it to JPEG or PNG"
+        ) from None
+    return encoded, width, height, orientation
+
+
+# EXIF orientations that turn the stored image a quarter (width and height swap).
+_TURNED_A_QUARTER = (5, 6, 7, 8)
+# For a photo whose EXIF orientation turns it: its boxes are taken in the pixels as stored.
+_UPRIGHT_ADVICE = (
+    "its EXIF orientation turns it for viewers and most labelling tools, and its boxes were "
+    "likely drawn upright; the pipeline uses the pixels as stored: save it upright, "
+    "PIL.ImageOps.exif_transpose(image).save(path)"
+)
 
 
 def _check_object(xml_path: str, obj: ParsedObject, width: int, height: int, class_names) -> None:
@@ -96,15 +120,19 @@ def _check_object(xml_path: str, obj: ParsedObject, width: int, height: int, cla
     where += f"ymax={ymax:g})"
     if obj.name not in class_names:
         raise BadDataError(f"{xml_path}: unknown class '{obj.name}' (known: {list(class_names)})")
-    if xmax <= xmin or ymax <= ymin:
+    if xmax < xmin or ymax < ymin:
+        raise BadDataError(f"{where} has a max below its min: its corners are swapped")
+    if xmax == xmin or ymax == ymin:
         raise BadDataError(f"{where} has zero area")
     if xmin < 0 or ymin < 0 or xmax > width or ymax > height:
         raise BadDataError(f"{where} lies outside the {width}x{height} image")
 
 
-def _example(folder: str, image_id: str, class_names: tuple[str, ...], split: str) -> dict:
-    """Builds one TFDS example of ``split``; raises BadDataError for any problem with its
-    files."""
+def _example(
+    folder: str, image_id: str, class_names: tuple[str, ...], split: str
+) -> tuple[dict, int]:
+    """Builds one TFDS example of ``split``, and gives its image's EXIF orientation (1:
+    none); raises BadDataError for any problem with its files."""
     xml_path = xml_path_of(folder, image_id)
     try:
         image_id.encode("utf-8")
@@ -118,18 +146,20 @@ def _example(folder: str, image_id: str, class_names: tuple[str, ...], split: st
         )
     annotation = parse_annotation(xml_path)
     image_path = find_image(folder, image_id, annotation)
-    encoded, width, height = _read_image(image_path)
+    encoded, width, height, orientation = _read_image(image_path)
     if annotation.size is not None and annotation.size != (width, height):
+        turned = orientation in _TURNED_A_QUARTER and annotation.size == (height, width)
         raise BadDataError(
             f"{xml_path}: <size> says {annotation.size[0]}x{annotation.size[1]} but "
             f"{image_path} is {width}x{height}"
+            + (f" as stored ({_UPRIGHT_ADVICE})" if turned else "")
         )
     for obj in annotation.objects:
         _check_object(xml_path, obj, width, height, class_names)
     # VOC (xmin, ymin, xmax, ymax) pixels -> normalized (ymin, xmin, ymax, xmax).
     pixels = np.array([obj.box for obj in annotation.objects], np.float64).reshape(-1, 4)
     boxes = box_ops.pixel_xyxy_to_normalized_yxyx(pixels, height, width).astype(np.float32)
-    return {
+    example = {
         "image": encoded,
         "image/filename": os.path.basename(image_path),
         "objects": {
@@ -139,6 +169,7 @@ def _example(folder: str, image_id: str, class_names: tuple[str, ...], split: st
             "is_truncated": np.array([obj.truncated for obj in annotation.objects], dtype=bool),
         },
     }
+    return example, orientation
 
 
 def _with_skip_hint(error: BadDataError) -> BadDataError:
@@ -242,6 +273,11 @@ def voc_folder_config(
     state = folder_state(folder)
     if class_names is None:
         class_names = _class_names_in(folder, on_bad_data, state)
+    if not all(isinstance(name, str) and name for name in class_names):
+        raise ValueError(
+            f"config.data.class_names={class_names!r} must be names (strings), or None to read "
+            "them from the .xml files: leave the field unset for that."
+        )
     if isinstance(class_names, str) or any("," in name for name in class_names):
         raise ValueError(
             f"config.data.class_names={class_names!r} holds one name with commas: give a list of "
@@ -313,15 +349,33 @@ class VocFolder(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, split: str, image_ids: list[str]):
         config = self.builder_config
-        problems, labels_seen = [], set()
+        problems, labels_seen, oriented = [], set(), []
         for image_id in image_ids:
             try:
-                example = _example(config.folder, image_id, config.class_names, split)
+                example, orientation = _example(config.folder, image_id, config.class_names, split)
             except BadDataError as error:  # with on_bad_data='error' too: all named at once
                 problems.append(str(error))
                 continue
             labels_seen.update(example["objects"]["label"])
+            if orientation != 1:
+                oriented.append(example["image/filename"])
             yield image_id, example
+        if oriented:
+            # Silent otherwise: boxes drawn on the upright photo fit the stored pixels only
+            # where the orientation is 1, and yolojax.predict reads photos upright.
+            _logger.warning(
+                "voc_folder: an EXIF orientation turns %s of split '%s' in %s (%s%s): "
+                "training and evaluation use their pixels as stored, with the .xml boxes in "
+                "that frame, while photo viewers, most labelling tools and yolojax.predict "
+                "turn them upright. If their boxes were drawn upright, save the images "
+                "upright (PIL.ImageOps.exif_transpose(image).save(path)): the next run "
+                "prepares the folder again.",
+                errors.count(len(oriented), "image"),
+                split,
+                config.folder,
+                ", ".join(oriented[:3]),
+                ", ..." if len(oriented) > 3 else "",
+            )
         if problems and config.on_bad_data == "error":
             # Every bad file of the split, not the first alone: one fix, not one run a file.
             listed = "\n  ".join(problems[:_MAX_REPORTED_PROBLEMS])

@@ -164,6 +164,7 @@ def folder_splits(folder: str, split_seed: int = 0) -> dict[str, list[str]]:
         _check_split_files(main, splits)
         _warn_of_unlisted_images(folder, splits)
         return splits
+    _warn_of_unannotated_images(folder)
     if not _is_voc_layout(folder):
         from_folders = _split_folder_splits(folder, split_seed)
         if from_folders is not None:
@@ -206,6 +207,38 @@ def _check_split_files(main: str, splits: dict[str, list[str]]) -> None:
             )
 
 
+def _warn_of_unannotated_images(folder: str) -> None:
+    """Warns of images without an .xml file, which are left out: LabelImg writes none for an
+    image without objects, and such background images vanished without a word. (Where split
+    files list the images, unlisted ones are another matter: VOC2012's JPEGImages/ holds
+    images of its other tasks.)"""
+    if _is_voc_layout(folder):
+        annotated = {
+            os.path.join(folder, "JPEGImages"): set(_xml_stems(os.path.join(folder, "Annotations")))
+        }
+    else:
+        places = [folder, *(os.path.join(folder, name) for name in _split_folders(folder))]
+        annotated = {place: set(_xml_stems(place)) for place in places}
+    unannotated = [
+        os.path.relpath(os.path.join(place, name), folder)
+        for place, stems in annotated.items()
+        if os.path.isdir(place)
+        for name in sorted(os.listdir(place))
+        if name.rpartition(".")[2].lower() in _IMAGE_EXTENSIONS
+        and name.rpartition(".")[0] not in stems
+    ]
+    if unannotated:
+        _logger.warning(
+            "%s: %d images have no .xml file (%s%s) and are left out. An image without objects "
+            "needs an .xml file without <object> (LabelImg writes none for it) to be trained "
+            "on as background.",
+            folder,
+            len(unannotated),
+            ", ".join(unannotated[:3]),
+            ", ..." if len(unannotated) > 3 else "",
+        )
+
+
 def _warn_of_unlisted_images(folder: str, splits: dict[str, list[str]]) -> None:
     """Warns of annotated images that no split file lists: images added to Annotations/ and
     JPEGImages/ but not to train.txt were left out without a word. (VOC2012's Annotations/
@@ -238,7 +271,10 @@ def folder_state(folder: str) -> str:
         directory = os.path.join(folder, sub)
         if os.path.isdir(directory):
             for entry in sorted(os.scandir(directory), key=lambda entry: entry.name):
-                stat = entry.stat()
+                try:
+                    stat = entry.stat()
+                except OSError:  # a broken link, or a loop: bad data if an image is it
+                    stat = entry.stat(follow_symlinks=False)
                 # fsencode: a name that is not UTF-8 still hashes (it is bad data later).
                 digest.update(os.fsencode(f"{sub}/{entry.name}:{stat.st_size}:{stat.st_mtime_ns};"))
     return digest.hexdigest()[:16]

@@ -44,7 +44,8 @@ def parse_annotation(xml_path: str) -> ParsedAnnotation:
     """Reads one VOC XML file; raises BadDataError for anything unparseable."""
     try:
         root = ElementTree.parse(xml_path).getroot()
-    except (ElementTree.ParseError, OSError) as error:
+    # ValueError, LookupError: an encoding the parser does not read (GBK), or an unknown one.
+    except (ElementTree.ParseError, OSError, ValueError, LookupError) as error:
         raise BadDataError(f"{xml_path}: malformed XML ({error})") from error
     size = None
     if root.find("size") is not None:
