@@ -273,6 +273,21 @@ def test_images_without_an_xml_file_are_named_and_a_broken_link_ignored(tmp_path
     )
 
 
+def test_a_split_whose_every_image_is_skipped_says_so(tmp_path):
+    # TFDS's "Failed to finalize writing of split ... No examples were yielded" traceback.
+    folder, bad_file = _folder_with_one_bad_image(tmp_path, "unknown class 'cat'")
+    os.remove(os.path.join(folder, "Annotations", "ok.xml"))
+    with open(os.path.join(folder, "ImageSets", "Main", "train.txt"), "w") as file:
+        file.write("bad\n")
+    with pytest.raises(
+        voc_folder.BadDataError,
+        match=r"Every image of split 'train' in .* has "
+        r"bad data: skipping them would leave the split empty\. Fix them",
+    ) as error:
+        _prepare(folder, tmp_path / "data", class_names=("dog",), on_bad_data="skip")
+    assert bad_file in str(error.value)
+
+
 def test_class_names_that_are_not_names_are_refused_by_key(tmp_path):
     images = [VocImage("a", 20, 10, [VocObject("dog", (2, 1, 9, 8))])]
     folder = write_voc_folder(str(tmp_path / "f"), images)

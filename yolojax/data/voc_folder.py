@@ -402,6 +402,13 @@ class VocFolder(tfds.core.GeneratorBasedBuilder):
                 ", ".join(repr(name) for name in unseen),
                 ", ".join(config.class_names),
             )
+        if problems and len(problems) == len(image_ids):
+            # TFDS would refuse the empty split with an AssertionError's traceback.
+            listed = "\n  ".join(problems[:_MAX_REPORTED_PROBLEMS])
+            raise BadDataError(
+                f"Every image of split '{split}' in {config.folder} has bad data: skipping "
+                f"them would leave the split empty. Fix them (the first problems):\n  {listed}"
+            )
         if problems:
             self.info.metadata["skipped"].extend(problems)
             _logger.warning(
