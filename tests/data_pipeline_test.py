@@ -1,5 +1,6 @@
 """Train/eval iterators: the element contract, exact evaluation, sharding, resuming, caps."""
 
+import dataclasses
 import io
 import itertools
 import json
@@ -215,6 +216,37 @@ def test_more_objects_than_max_boxes_is_an_error_naming_the_image_and_the_fix(co
         list(make_eval_iterator(config, global_batch_size=NUM_TEST))
     with pytest.raises(ValueError, match=expected):
         next(make_train_iterator(config, global_batch_size=2, seed=0))
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_an_image_tensorflow_cannot_decode_is_one_error_naming_the_split(
+    config, monkeypatch, capfd
+):
+    # A damaged prepared file: TensorFlow's InvalidArgumentError, a page of graph nodes
+    # naming nothing (and train.py could hang at exit on it).
+    open_split = sources.open_split
+
+    class Damaged:
+        def __init__(self, source):
+            self.source, self.split_name = source, source.split_name
+
+        def __len__(self):
+            return len(self.source)
+
+        def __getitem__(self, index):
+            example = self.source[index]
+            return dataclasses.replace(example, image=b"no image") if index == 1 else example
+
+    monkeypatch.setattr(sources, "open_split", lambda *args: Damaged(open_split(*args)))
+    expected = (
+        r"^An image of the (test|train) split of config\.data\.source='synthetic_shapes' could "
+        r"not be decoded \(.*\): the prepared dataset's files are damaged"
+    )
+    with pytest.raises(pipeline.UndecodableImageError, match=expected):
+        list(make_eval_iterator(config, global_batch_size=2))
+    config.augment.enabled = False
+    with pytest.raises(pipeline.UndecodableImageError, match=expected):
+        list(itertools.islice(make_train_iterator(config, global_batch_size=2, seed=0), 20))
     assert "Traceback" not in capfd.readouterr().err
 
 

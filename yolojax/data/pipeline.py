@@ -30,7 +30,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from yolojax import distributed
+from yolojax import distributed, errors
 from yolojax.data import augment, config, malloc_thresholds, sources
 from yolojax.data.config import validate_data_config
 from yolojax.data.decoding import decode_image
@@ -299,7 +299,14 @@ def _closed_at_exit(batches: Iterator[Batch]) -> Iterator[Batch]:
     return batches
 
 
-def _numpy_batches(dataset: tf.data.Dataset, failures: list[Exception]) -> Iterator[Batch]:
+class UndecodableImageError(ValueError):
+    """An image of a prepared dataset that TensorFlow could not decode, found while reading
+    its batches: a damaged file, or an image its preparation did not check."""
+
+
+def _numpy_batches(
+    dataset: tf.data.Dataset, failures: list[Exception], data_config, split_name: str
+) -> Iterator[Batch]:
     """`dataset.as_numpy_iterator()`, then the error that ended its records early, if any
     (``failures``, from :func:`_dataset`), raised as it was: an image with more objects than
     max_boxes is its ValueError, not TensorFlow's error holding a traceback as text.
@@ -309,7 +316,19 @@ def _numpy_batches(dataset: tf.data.Dataset, failures: list[Exception]) -> Itera
     pages for its scratch buffers at every step."""
     batches = dataset.as_numpy_iterator()
     malloc_thresholds.restore()
-    yield from batches
+    try:
+        yield from batches
+    except tf.errors.InvalidArgumentError as error:
+        # TensorFlow's own error is a page of graph nodes naming no file, and a command that
+        # ended on it could hang at exit, in tf.data's threads.
+        raise UndecodableImageError(
+            f"An image of the {split_name} split of config.data.source="
+            f"{data_config.source!r} could not be decoded ({errors.first_line(error.message)}): "
+            "the prepared dataset's files are damaged, or hold an image TensorFlow cannot "
+            "decode. Delete the dataset's folder under config.data.tfds_data_dir (for a "
+            "VOC-format folder, its prepared copy there, whose preparation names such images) "
+            "and run again to prepare it anew."
+        ) from None
     if failures:
         raise failures[0]
 
@@ -364,7 +383,8 @@ def make_train_iterator(
         records, data_config, seed=seed, batch_size=layout.per_process, drop_remainder=True
     )
     return _closed_at_exit(
-        _to_devices(batch, layout.local_devices) for batch in _numpy_batches(dataset, failures)
+        _to_devices(batch, layout.local_devices)
+        for batch in _numpy_batches(dataset, failures, data_config, source.split_name)
     )
 
 
@@ -414,13 +434,19 @@ def make_eval_iterator(
         records, data_config, seed=None, batch_size=layout.per_process, drop_remainder=False
     )
     return _closed_at_exit(
-        _padded_batches(dataset, failures, layout, num_batches, first_index=start)
+        _padded_batches(
+            _numpy_batches(dataset, failures, data_config, source.split_name),
+            dataset.element_spec,
+            layout,
+            num_batches,
+            first_index=start,
+        )
     )
 
 
 def _padded_batches(
-    dataset: tf.data.Dataset,
-    failures: list[Exception],
+    batches: Iterator[Batch],
+    element_spec: dict,
     layout: _Layout,
     num_batches: int,
     first_index: int,
@@ -429,21 +455,21 @@ def _padded_batches(
     the examples from ``first_index`` (the dataset keeps the records' order)."""
     padding = {
         key: np.zeros((layout.per_process, *spec.shape[1:]), spec.dtype.as_numpy_dtype)
-        for key, spec in dataset.element_spec.items()
+        for key, spec in element_spec.items()
     }
-    batches = 0
-    for batch in _numpy_batches(dataset, failures):
+    yielded = 0
+    for batch in batches:
         size = len(batch["image"])
         if size < layout.per_process:
             batch = {
                 key: np.concatenate([value, padding[key][size:]]) for key, value in batch.items()
             }
         batch["valid"] = np.arange(layout.per_process) < size
-        index = first_index + batches * layout.per_process + np.arange(layout.per_process)
+        index = first_index + yielded * layout.per_process + np.arange(layout.per_process)
         batch["index"] = np.where(batch["valid"], index, -1).astype(np.int32)
-        batches += 1
+        yielded += 1
         yield _to_devices(batch, layout.local_devices)
-    for _ in range(batches, num_batches):
+    for _ in range(yielded, num_batches):
         empty = {
             "valid": np.zeros(layout.per_process, bool),
             "index": np.full(layout.per_process, -1, np.int32),
