@@ -194,8 +194,8 @@ def command_errors(*, traceback: bool = False):
     except KeyboardInterrupt as interrupt:
         # Ctrl-C (or SIGTERM, errors.Terminated) is the user's or the scheduler's doing: no
         # traceback, but what the trainer said of it (where the last checkpoint is).
-        by = signal.SIGTERM if isinstance(interrupt, errors.Terminated) else signal.SIGINT
-        print(interrupt.args[0] if interrupt.args else _STOPPED[by], file=sys.stderr)
+        by = errors.stop_signal(type(interrupt))
+        print(interrupt.args[0] if interrupt.args else f"{errors.STOPPED_BY[by]}.", file=sys.stderr)
         raise SystemExit(128 + by) from None
     except USER_ERRORS as error:
         if traceback or os.environ.get(TRACEBACK_ENV, "0") not in ("", "0"):
@@ -237,8 +237,6 @@ def ignore_stop_signals() -> None:
 _working = False
 # During the work: the stop signal to send again, if any (see _sending_again).
 _send_again: int | None = None
-# What a command stopped by a signal says (unless the trainer said where to resume from).
-_STOPPED = {signal.SIGINT: "Interrupted.", signal.SIGTERM: "Stopped on SIGTERM."}
 
 
 def launch() -> None:
@@ -276,7 +274,7 @@ def _stop(signal_number, frame) -> None:
         raise KeyboardInterrupt if signal_number == signal.SIGINT else errors.Terminated
     # os.write: the handler may run while the main thread is inside a write to sys.stderr,
     # where another would raise "reentrant call".
-    os.write(2, f"{_STOPPED[signal_number]}\n".encode())
+    os.write(2, f"{errors.STOPPED_BY[signal_number]}.\n".encode())
     os._exit(128 + signal_number)  # no exception that a callback could swallow
 
 
@@ -297,10 +295,8 @@ def work_starts() -> None:
     def unraisable_hook(unraisable):
         # Where _dropped_there cannot tell (a __del__, a weakref's callback), Python hands
         # the dropped KeyboardInterrupt here: the signal is sent again.
-        if issubclass(unraisable.exc_type, errors.Terminated):
-            _sending_again(signal.SIGTERM)
-        elif issubclass(unraisable.exc_type, KeyboardInterrupt):
-            _sending_again(signal.SIGINT)
+        if issubclass(unraisable.exc_type, KeyboardInterrupt):
+            _sending_again(errors.stop_signal(unraisable.exc_type))
         else:
             previous_hook(unraisable)
 

@@ -2,6 +2,7 @@
 
 import errno
 import re
+import signal
 
 
 class Notice(UserWarning):
@@ -22,6 +23,16 @@ class Terminated(KeyboardInterrupt):
     ``KeyboardInterrupt``, it stops the work as Ctrl-C does, cleaning up what must be (a
     dataset's unfinished preparation, the run folder's lock), and the command exits with
     status 143, as one killed by SIGTERM."""
+
+
+# What a command stopped by a signal says, by the signal (then "." or where to resume from).
+STOPPED_BY = {signal.SIGINT: "Interrupted", signal.SIGTERM: "Stopped on SIGTERM"}
+
+
+def stop_signal(kind: type[KeyboardInterrupt]) -> int:
+    """The signal behind an interrupt of type ``kind``: SIGTERM for :class:`Terminated`,
+    else SIGINT (Ctrl-C)."""
+    return signal.SIGTERM if issubclass(kind, Terminated) else signal.SIGINT
 
 
 # The errors of a full disk (or quota), where freeing space is the remedy.
@@ -57,6 +68,12 @@ def first_line(error: BaseException, limit: int = 300) -> str:
 # What tensorstore appends to an error's reason: " [tensorstore_spec='{...}']",
 # " [source locations='...']".
 _TENSORSTORE_ANNOTATIONS = re.compile(r" \[(?:tensorstore_spec|source locations)=")
+
+
+def first_few(names, shown: int = 3) -> str:
+    """The first ``shown`` of ``names``, comma-separated, then ``, ...`` if there are more."""
+    names = list(names)
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 def count(number: int, noun: str, plural: str | None = None) -> str:

@@ -387,7 +387,7 @@ def main(argv=None) -> None:
         f"{Path(args.out) / DETECTIONS_FILE}"
     )
     if failed:
-        listed = ", ".join(list(failed)[:5]) + (", ..." if len(failed) > 5 else "")
+        listed = errors.first_few(failed, 5)
         print(
             f"{errors.count(len(failed), 'input')} could not be read ("
             f"{errors.count(len(images), 'image')} {'was' if len(images) == 1 else 'were'}): "

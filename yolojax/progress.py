@@ -28,7 +28,7 @@ def run_summary(
     model, data = config.model, config.data
     num_params = sum(np.size(leaf) for leaf in jax.tree.leaves(params))
     source = f"{data.source} ({data.folder})" if data.source == "voc_folder" else data.source
-    names = ", ".join(info.class_names[:10]) + (", ..." if len(info.class_names) > 10 else "")
+    names = errors.first_few(info.class_names, 10)
     devices = jax.devices()
     evaluations = "at the end"
     if 0 < eval_every < total_steps:

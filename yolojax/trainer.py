@@ -316,7 +316,7 @@ def _latest_checkpoint(run: _Run) -> tuple[int | None, Path]:
 def _interrupted(interrupt: KeyboardInterrupt, run: _Run) -> KeyboardInterrupt:
     """What a Ctrl-C that interrupted at once raises, or a SIGTERM before the steps
     (:class:`yolojax.errors.Terminated`, of the same type): where to resume from."""
-    what = "Stopped on SIGTERM" if isinstance(interrupt, errors.Terminated) else "Interrupted"
+    what = errors.STOPPED_BY[errors.stop_signal(type(interrupt))]
     last, folder = _latest_checkpoint(run)
     return type(interrupt)(
         f"{what}. The last checkpoint, step {last}, is in {folder}: "

@@ -364,7 +364,7 @@ class VocFolder(tfds.core.GeneratorBasedBuilder):
             # Silent otherwise: boxes drawn on the upright photo fit the stored pixels only
             # where the orientation is 1, and yolojax.predict reads photos upright.
             _logger.warning(
-                "voc_folder: an EXIF orientation turns %s of split '%s' in %s (%s%s): "
+                "voc_folder: an EXIF orientation turns %s of split '%s' in %s (%s): "
                 "training and evaluation use their pixels as stored, with the .xml boxes in "
                 "that frame, while photo viewers, most labelling tools and yolojax.predict "
                 "turn them upright. If their boxes were drawn upright, save the images "
@@ -373,21 +373,27 @@ class VocFolder(tfds.core.GeneratorBasedBuilder):
                 errors.count(len(oriented), "image"),
                 split,
                 config.folder,
-                ", ".join(oriented[:3]),
-                ", ..." if len(oriented) > 3 else "",
+                errors.first_few(oriented),
             )
+        first_problems = "\n  ".join(problems[:_MAX_REPORTED_PROBLEMS])
         if problems and config.on_bad_data == "error":
             # Every bad file of the split, not the first alone: one fix, not one run a file.
-            listed = "\n  ".join(problems[:_MAX_REPORTED_PROBLEMS])
             more = len(problems) - _MAX_REPORTED_PROBLEMS
             raise _with_skip_hint(
                 BadDataError(problems[0])
                 if len(problems) == 1
                 else BadDataError(
                     f"{len(problems)} of the {len(image_ids)} images of split '{split}' in "
-                    f"{config.folder} are unusable:\n  {listed}"
+                    f"{config.folder} are unusable:\n  {first_problems}"
                     + (f"\n  ... and {more} more" if more > 0 else "")
                 )
+            )
+        if problems and len(problems) == len(image_ids):
+            # TFDS would refuse the empty split with an AssertionError's traceback.
+            raise BadDataError(
+                f"Every image of split '{split}' in {config.folder} has bad data: skipping "
+                f"them would leave the split empty. Fix them (the first problems):\n  "
+                f"{first_problems}"
             )
         unseen = [name for i, name in enumerate(config.class_names) if i not in labels_seen]
         if split == "train" and unseen:
@@ -402,13 +408,6 @@ class VocFolder(tfds.core.GeneratorBasedBuilder):
                 ", ".join(repr(name) for name in unseen),
                 ", ".join(config.class_names),
             )
-        if problems and len(problems) == len(image_ids):
-            # TFDS would refuse the empty split with an AssertionError's traceback.
-            listed = "\n  ".join(problems[:_MAX_REPORTED_PROBLEMS])
-            raise BadDataError(
-                f"Every image of split '{split}' in {config.folder} has bad data: skipping "
-                f"them would leave the split empty. Fix them (the first problems):\n  {listed}"
-            )
         if problems:
             self.info.metadata["skipped"].extend(problems)
             _logger.warning(
@@ -418,5 +417,5 @@ class VocFolder(tfds.core.GeneratorBasedBuilder):
                 len(image_ids),
                 split,
                 config.folder,
-                "\n  ".join(problems[:_MAX_REPORTED_PROBLEMS]),
+                first_problems,
             )

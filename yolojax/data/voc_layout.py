@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from yolojax import errors
 from yolojax.data.voc_xml import BadDataError, ParsedAnnotation
 
 # The extensions of the formats voc_folder reads (its _DECODABLE_FORMATS), looked for in
@@ -193,15 +194,14 @@ def _check_split_files(main: str, splits: dict[str, list[str]]) -> None:
         both = sorted(set(splits.get(trained, ())) & set(splits.get(evaluated, ())))
         if both:
             _logger.warning(
-                "%s: %d image%s in both %s and %s (%s%s): evaluated on %s after training "
+                "%s: %d image%s in both %s and %s (%s): evaluated on %s after training "
                 "on %s, the mAP measures images the model was trained on.",
                 main,
                 len(both),
                 " is" if len(both) == 1 else "s are",
                 files[trained],
                 files[evaluated],
-                ", ".join(both[:3]),
-                ", ..." if len(both) > 3 else "",
+                errors.first_few(both),
                 evaluated,
                 trained,
             )
@@ -229,13 +229,12 @@ def _warn_of_unannotated_images(folder: str) -> None:
     ]
     if unannotated:
         _logger.warning(
-            "%s: %d images have no .xml file (%s%s) and are left out. An image without objects "
+            "%s: %d images have no .xml file (%s) and are left out. An image without objects "
             "needs an .xml file without <object> (LabelImg writes none for it) to be trained "
             "on as background.",
             folder,
             len(unannotated),
-            ", ".join(unannotated[:3]),
-            ", ..." if len(unannotated) > 3 else "",
+            errors.first_few(unannotated),
         )
 
 
@@ -251,13 +250,12 @@ def _warn_of_unlisted_images(folder: str, splits: dict[str, list[str]]) -> None:
     if unlisted:
         _logger.warning(
             "%s: %d of the %d images in Annotations/ are in no split file of ImageSets/Main "
-            "(%s%s): they are not used. To train or evaluate on them, add their ids to "
+            "(%s): they are not used. To train or evaluate on them, add their ids to "
             "train.txt or another split's file.",
             folder,
             len(unlisted),
             len(annotated),
-            ", ".join(unlisted[:3]),
-            ", ..." if len(unlisted) > 3 else "",
+            errors.first_few(unlisted),
         )
 
 
