@@ -98,10 +98,14 @@ def test_box_drawn_on_image_stays_on_its_pixels_after_scale_and_translate(seed):
     )
 
 
+def _random_boxes(*, seed: int, low: float, high: float) -> tf.Tensor:
+    """40 normalized yxyx boxes whose corners are drawn uniformly from [low, high)."""
+    corners = np.random.default_rng(seed).uniform(low, high, (40, 2, 2))
+    return tf.constant(np.concatenate([corners.min(1), corners.max(1)], axis=1), tf.float32)
+
+
 def test_augmented_boxes_stay_in_the_unit_square_and_kept_ones_have_area():
-    rng = np.random.default_rng(1)
-    corners = rng.uniform(0, 1, (40, 2, 2))
-    boxes = tf.constant(np.concatenate([corners.min(1), corners.max(1)], axis=1), tf.float32)
+    boxes = _random_boxes(seed=1, low=0, high=1)
     image = tf.zeros([30, 40, 3], tf.uint8)
     config = default_augment_config()
     config.scale_translate = 0.5  # more boxes pushed off the image than the default
@@ -298,9 +302,7 @@ def test_each_augmentation_can_be_turned_off():
 def test_min_visible_fraction_decides_which_cut_boxes_are_kept():
     # A box the window cuts is clipped to its edge (a coordinate of exactly 0 or 1). With a
     # minimum of 1 every cut box is dropped; with 0 cut boxes are kept while any is visible.
-    rng = np.random.default_rng(2)
-    corners = rng.uniform(0.05, 0.95, (40, 2, 2))
-    boxes = tf.constant(np.concatenate([corners.min(1), corners.max(1)], axis=1), tf.float32)
+    boxes = _random_boxes(seed=2, low=0.05, high=0.95)
     image = tf.zeros([30, 40, 3], tf.uint8)
     config = default_augment_config()
     config.scale_translate = 0.5  # windows that cut many boxes
@@ -310,7 +312,8 @@ def test_min_visible_fraction_decides_which_cut_boxes_are_kept():
         cut_and_kept[fraction] = 0
         for seed in range(20):
             _, moved, keep = augment.augment(image, boxes, _seed(seed), config)
-            on_an_edge = ((moved.numpy() == 0) | (moved.numpy() == 1)).any(axis=1)
+            moved = moved.numpy()
+            on_an_edge = ((moved == 0) | (moved == 1)).any(axis=1)
             cut_and_kept[fraction] += int((on_an_edge & keep.numpy()).sum())
     assert cut_and_kept[1.0] == 0 and cut_and_kept[0.0] > 20, cut_and_kept
 
