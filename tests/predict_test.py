@@ -663,6 +663,19 @@ def test_a_folder_stands_for_its_image_files_in_name_order(workdir, tmp_path, ca
     assert "Skipping" not in capsys.readouterr().err
 
 
+def test_a_link_in_a_folder_whose_photo_is_gone_is_named_as_such(workdir, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    a = _image(folder / "a.jpg", 40, 30)
+    gone = folder / "gone.jpg"
+    gone.symlink_to(tmp_path / "moved_away.jpg")
+    out = tmp_path / "out"
+
+    assert _predict(workdir, out, str(folder)) == 1
+
+    assert list(_record(out)) == [a]
+    assert f"Skipping {gone}: a link to a missing file" in capsys.readouterr().err
+
+
 def test_a_saved_none_that_the_field_allows_loads(tmp_path):
     config = shapes.get_config()
     config.model.head_channels = None  # documented as "0 or None"

@@ -91,7 +91,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """
     path = Path(path)
     if not path.exists():
-        raise UnreadableImageError(path, "no such file")
+        broken_link = path.is_symlink()
+        raise UnreadableImageError(
+            path, "a link to a missing file" if broken_link else "no such file"
+        )
     if path.is_dir():
         raise UnreadableImageError(path, "a folder, not an image file")
     if path.stat().st_size == 0:

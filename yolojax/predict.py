@@ -79,7 +79,8 @@ class Predictions(NamedTuple):
 
 def _folder_images(folder: Path) -> list[Path]:
     """The image files directly in ``folder``, by name; none if it cannot be listed (then
-    :func:`read_image` reports the folder). Hidden files (macOS ``._x.jpg``) are left out."""
+    :func:`read_image` reports the folder). Hidden files (macOS ``._x.jpg``) are left out;
+    a link whose target is gone stays, for :func:`read_image` to report."""
     try:
         entries = sorted(folder.iterdir())
     except OSError:
@@ -87,7 +88,9 @@ def _folder_images(folder: Path) -> list[Path]:
     return [
         p
         for p in entries
-        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and not p.name.startswith(".")
+        and (p.is_file() or p.is_symlink())
     ]
 
 
