@@ -309,6 +309,16 @@ def test_tensorboard_log_survives_a_torn_record_and_rewinds(tmp_path):
     assert len(list((tmp_path / workdir.TENSORBOARD_FOLDER).iterdir())) == 2
 
 
+def test_a_tensorboard_log_that_logged_nothing_leaves_no_folder(tmp_path):
+    # A run stopped before its first log: the next start would set the folder aside.
+    workdir.TensorBoardWriter(tmp_path, 0).close()
+    assert not (tmp_path / workdir.TENSORBOARD_FOLDER).exists()
+    writer = workdir.TensorBoardWriter(tmp_path, 0)
+    writer.write(1, {"loss": 0.5})
+    writer.close()
+    assert tensorboard_scalars(tmp_path / workdir.TENSORBOARD_FOLDER) == [(1, "loss", 0.5)]
+
+
 def test_atomic_write_replaces_whole_file(tmp_path):
     path = tmp_path / "sub" / "config.json"
     workdir.atomic_write_text(path, "old")

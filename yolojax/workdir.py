@@ -355,16 +355,20 @@ class TensorBoardWriter:
     drops the events a crashed run logged after it (it trains those steps again):
     TensorBoard would draw both, a line that doubles back. As :func:`truncate_metrics` does
     for ``metrics.jsonl``.
+
+    The event file is created at the first :meth:`write`: a run stopped before it logged
+    anything leaves no folder behind, which the next start would set aside as an earlier
+    run's log (:func:`set_aside_logs`).
     """
 
     def __init__(self, workdir: str | os.PathLike, start_step: int):
         import tensorflow as tf  # imported only where it is used
 
         self._tf = tf
-        folder = Path(workdir) / TENSORBOARD_FOLDER
-        for path in sorted(folder.glob("*tfevents*")):
+        self._folder = Path(workdir) / TENSORBOARD_FOLDER
+        for path in sorted(self._folder.glob("*tfevents*")):
             _rewind_event_file(tf, path, start_step)
-        self._writer = tf.summary.create_file_writer(str(folder))
+        self._writer = None
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         """Logs each scalar at ``step`` (None values are left out) and flushes the file.
@@ -373,6 +377,8 @@ class TensorBoardWriter:
           OSError: the file system refused the write (a full disk: ENOSPC).
         """
         with self._file_errors():
+            if self._writer is None:
+                self._writer = self._tf.summary.create_file_writer(str(self._folder))
             with self._writer.as_default():
                 for name, value in scalars.items():
                     if value is not None:
@@ -380,7 +386,9 @@ class TensorBoardWriter:
             self._writer.flush()
 
     def close(self) -> None:
-        """Flushes and closes the event file; raises OSError as :meth:`write`."""
+        """Flushes and closes the event file, if any; raises OSError as :meth:`write`."""
+        if self._writer is None:
+            return
         with self._file_errors():
             self._writer.close()
 
