@@ -97,7 +97,8 @@ def test_nms_boundaries_are_inclusive_for_scores_exclusive_for_overlap():
 
 
 def _reference_nms(boxes, scores, score_threshold, iou_threshold, max_detections):
-    """Per-class greedy NMS written plainly, detection by detection."""
+    """Per-class greedy NMS written plainly, detection by detection. Of equal scores the
+    earlier box, then the lower class, ranks first."""
 
     def iou(a, b):
         ih = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
@@ -108,24 +109,27 @@ def _reference_nms(boxes, scores, score_threshold, iou_threshold, max_detections
 
     kept = []
     for c in range(scores.shape[1]):
-        order = [i for i in np.argsort(-scores[:, c]) if scores[i, c] >= score_threshold]
+        order = sorted(range(len(boxes)), key=lambda i: -scores[i, c])  # a stable sort
+        order = [i for i in order if scores[i, c] >= score_threshold]
         chosen = []
         for i in order:
             if all(iou(boxes[i], boxes[j]) <= iou_threshold for j in chosen):
                 chosen.append(i)
         kept += [(scores[i, c], c, i) for i in chosen]
-    kept.sort(key=lambda t: -t[0])
+    kept.sort(key=lambda t: (-t[0], t[2], t[1]))
     return kept[:max_detections]
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_nms_matches_numpy_reference(seed):
+@pytest.mark.parametrize(("seed", "ties"), [(0, False), (1, False), (2, True), (3, True)])
+def test_nms_matches_numpy_reference(seed, ties):
     rng = np.random.default_rng(seed)
     n = 60
     centre = rng.uniform(0.2, 0.8, (n, 2))
     size = rng.uniform(0.05, 0.4, (n, 2))
     boxes = np.concatenate([centre - size / 2, centre + size / 2], 1).astype(np.float32)
     scores = rng.uniform(0, 1, (n, C)).astype(np.float32)
+    if ties:  # scores of one decimal: many equal, which the order between them decides
+        scores = np.round(scores, 1)
     expected = _reference_nms(boxes, scores, 0.3, 0.45, 25)
     got = jax.jit(
         lambda b, s: postprocess.nms(
@@ -171,6 +175,17 @@ def test_nms_keeps_no_empty_box_of_ones_own():
     found = jax.jit(postprocess.nms)(np.concatenate([points, box]), np.float32([[0.9]] * 4))
     assert found.valid.tolist() == [True] + [False] * 99
     np.testing.assert_allclose(found.boxes[0], box[0])
+
+
+def test_empty_boxes_of_ones_own_take_no_place_among_the_top_candidates():
+    # pre_nms_top_k bounds the candidates that enter NMS: highly scored empty boxes took
+    # those places, and the two real boxes behind them were lost.
+    empty = [[0.1, 0.1, 0.1, 0.5]] * 3
+    boxes = np.float32([*empty, [0.1, 0.1, 0.3, 0.3], [0.6, 0.6, 0.9, 0.9]])
+    scores = np.float32([[0.9], [0.9], [0.9], [0.5], [0.4]])
+    found = postprocess.nms(boxes, scores, max_detections=5, pre_nms_top_k=3)
+    assert found.valid.tolist() == [True, True, False, False, False]
+    np.testing.assert_allclose(found.boxes[:2], boxes[3:])
 
 
 def test_nms_refuses_values_that_are_not_finite():

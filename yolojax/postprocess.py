@@ -169,7 +169,8 @@ def nms(
     Every (box, class) pair with a score above 0 and at or above ``score_threshold``, and a
     box of some area, is a candidate (so a threshold of 0 keeps every scored pair but no
     empty box); candidates of different classes never suppress each other. Only the
-    ``pre_nms_top_k`` best candidates enter NMS (a bound that keeps the work static). With
+    ``pre_nms_top_k`` best candidates enter NMS (a bound that keeps the work static; of
+    equal scores, the earlier box, then the lower class, ranks first). With
     a very low ``score_threshold`` and crowded images, candidates beyond it that NMS would
     have kept are lost; ``pre_nms_top_k`` = P · C considers them all. Where the values are known
     (outside ``jit`` and ``vmap``), boxes and scores that are not finite, scores above 1 and
@@ -211,13 +212,14 @@ def nms(
             valid=jnp.zeros((max_detections,), bool),
         )
     top_k = min(pre_nms_top_k, num_candidates)
-    flat_scores = scores.reshape(-1)  # index = box * C + class
+    # An empty (or NaN) box is no candidate: scored 0 before the top k are picked, so that
+    # it takes none of their places (decode scores those 0; boxes of one's own may be).
+    has_area = box_ops.box_area(boxes) > 0
+    flat_scores = jnp.where(has_area[:, None], scores, 0).reshape(-1)  # box * C + class
     top_scores, top_index = jax.lax.top_k(flat_scores, top_k)
     box_index, labels = jnp.divmod(top_index, scores.shape[1])
     candidate_boxes = boxes[box_index]
-    # An empty box (decode scores those 0; boxes of one's own may be) is no detection.
-    has_area = box_ops.box_area(candidate_boxes) > 0
-    eligible = (top_scores >= score_threshold) & (top_scores > 0) & has_area
+    eligible = (top_scores >= score_threshold) & (top_scores > 0)
     keep = _greedy_nms(candidate_boxes, labels, eligible, iou_threshold)
 
     # Pad so there are at least max_detections slots, then put kept candidates first, in
