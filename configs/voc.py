@@ -39,7 +39,6 @@ def get_config(arg=None):
     config.model.num_classes = 20
     config.data.source = "voc"
     config.data.image_size = 448
-    config.eval.plus_one = True  # the official devkit's pixel convention
     if variant in PRETRAINED:
         config.model.head = "conv"
         config.model.pretrained = f"weights/{variant}.msgpack"

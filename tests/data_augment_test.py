@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from yolojax.data import augment
+from yolojax.data import augment, pipeline
 from yolojax.data.config import default_augment_config
 
 
@@ -71,6 +71,28 @@ def test_flipping_twice_is_the_identity():
     np.testing.assert_array_equal(augment.crop_window(once, flip), image)
     twice = augment.window_boxes(augment.window_boxes(boxes, flip, 9, 13), flip, 9, 13)
     np.testing.assert_allclose(twice, boxes, atol=1e-6)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_a_voc_box_covers_exactly_its_pixels_mirrored_or_not(flip):
+    # VOC's boxes are pixel indices from 1, inclusive: (xmin=1, xmax=10) is columns 1..10,
+    # stored by TFDS divided by the image size. Flipped as they were, they landed one pixel
+    # off their mirrored pixels; in continuous coordinates they cover them exactly.
+    height, width = 40, 50
+    xmin, ymin, xmax, ymax = 1, 3, 10, 20
+    canvas = np.zeros((height, width, 3), np.uint8)
+    canvas[ymin - 1 : ymax, xmin - 1 : xmax] = 255
+    stored = tf.constant([[ymin / height, xmin / width, ymax / height, xmax / width]])
+    boxes = pipeline.continuous_boxes(stored, tf.constant([height, width]))
+    window = _window(0, 0, height, width, flip=flip)
+    image = augment.crop_window(tf.constant(canvas), window).numpy()[..., 0]
+    rows, cols = np.nonzero(image)
+    moved = augment.window_boxes(boxes, window, height, width).numpy()[0]
+    np.testing.assert_allclose(
+        moved * [height, width, height, width],
+        [rows.min(), cols.min(), rows.max() + 1, cols.max() + 1],
+        atol=1e-4,
+    )
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -229,6 +229,7 @@ def test_an_image_tensorflow_cannot_decode_is_one_error_naming_the_split(
     class Damaged:
         def __init__(self, source):
             self.source, self.split_name = source, source.split_name
+            self.one_based_boxes = source.one_based_boxes
 
         def __len__(self):
             return len(self.source)

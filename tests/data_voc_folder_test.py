@@ -343,7 +343,8 @@ def test_pipeline_reads_a_folder_and_warns_about_skipped_images(
     assert caplog.text.count("was built without 1 bad images") == 1
     assert f"Reading the VOC-format folder {folder} into" in capsys.readouterr().out
     (batch,) = list(make_eval_iterator(config, global_batch_size=1))
-    np.testing.assert_allclose(batch["boxes"][0, 0, 0], [0.1, 0.1, 0.8, 0.45], atol=1e-6)
+    # VOC's pixels (2, 1, 9, 8) from 1, of 20 x 10, in continuous coordinates: yxyx (0, 1, 8, 9).
+    np.testing.assert_allclose(batch["boxes"][0, 0, 0], [0.0, 0.05, 0.8, 0.45], atol=1e-6)
     assert batch["image_size"][0, 0].tolist() == [10, 20]
 
 
@@ -692,7 +693,7 @@ def test_a_test_only_export_is_described_for_evaluation_without_a_train_split(tm
 
 def _lit_rectangles(rng, height, width, colours) -> tuple[np.ndarray, list[VocObject]]:
     """A black image with one rectangle per colour name (pure red or green), at whole-pixel
-    edges, and their VOC objects (a box's edges are its rectangle's pixel edges)."""
+    edges, and their VOC objects (a box's pixels, VOC's indices from 1, ends inclusive)."""
     pixels = np.zeros((height, width, 3), np.uint8)
     objects = []
     for name in colours:
@@ -700,7 +701,7 @@ def _lit_rectangles(rng, height, width, colours) -> tuple[np.ndarray, list[VocOb
         bottom = top + rng.integers(height // 4, height // 2)
         right = left + rng.integers(width // 4, width // 2)
         pixels[top:bottom, left:right, ("red", "green").index(name)] = 255
-        objects.append(VocObject(name, (left, top, right, bottom)))
+        objects.append(VocObject(name, (left + 1, top + 1, right, bottom)))
     return pixels, objects
 
 

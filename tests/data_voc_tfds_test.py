@@ -92,9 +92,10 @@ def test_eval_batches_carry_exact_pixel_boxes_labels_and_difficult_flags(voc_dat
         row = rows.pop((image.height, image.width))
         count = len(image.objects)
         assert row["mask"].sum() == count and not row["mask"][count:].any()
-        # Back to VOC pixels: (ymin, xmin, ymax, xmax) * (height, width, height, width).
+        # In pixels, (ymin, xmin, ymax, xmax) * (height, width, height, width): VOC's pixel
+        # indices from 1, inclusive, in continuous coordinates (pixel i spans [i - 1, i]).
         pixels = row["boxes"][:count] * ([image.height, image.width] * 2)
-        expected = [[obj.box[1], obj.box[0], obj.box[3], obj.box[2]] for obj in image.objects]
+        expected = [[y0 - 1, x0 - 1, y1, x1] for x0, y0, x1, y1 in (o.box for o in image.objects)]
         np.testing.assert_allclose(pixels, expected, atol=1e-4)
         assert [names[label] for label in row["labels"][:count]] == [
             obj.name for obj in image.objects
@@ -109,9 +110,10 @@ def test_train_batches_leave_out_difficult_objects(voc_data_dir):
     config.augment.enabled = False
     batch = next(make_train_iterator(config, global_batch_size=3, seed=0))
     assert batch["image"].shape == (1, 3, 32, 32, 3)
-    # Each trainval image has a cat and a difficult cow: only the cat is a target.
+    # Each trainval image has a cat and a difficult cow: only the cat is a target, its VOC
+    # pixels (4, 4, 20, 16) of 40 x 32 in continuous coordinates: yxyx (3, 3, 16, 20) / size.
     assert batch["mask"][0].sum(axis=1).tolist() == [1, 1, 1]
-    np.testing.assert_allclose(batch["boxes"][0, :, 0], [[0.125, 0.1, 0.5, 0.5]] * 3, atol=1e-6)
+    np.testing.assert_allclose(batch["boxes"][0, :, 0], [[0.09375, 0.075, 0.5, 0.5]] * 3, atol=1e-6)
 
 
 def test_unprepared_voc_raises_with_offline_instructions_for_each_year(tmp_path):

@@ -90,12 +90,15 @@ def _known_output_model(tmp_path):
     return config, model, state, detections[: config.eval.max_detections]
 
 
-@pytest.mark.parametrize(("given", "plus_one"), [("train state", False), ("variables", True)])
-def test_the_reported_map_is_that_of_the_models_boxes_on_the_stored_annotations(
-    given, plus_one, tmp_path
-):
+def _in_devkit_pixels(xyxy: np.ndarray) -> np.ndarray:
+    """Continuous pixel xyxy boxes (pixel i spans [i - 1, i]) in the VOC devkit's
+    convention: pixel indices from 1, ends inclusive."""
+    return np.asarray(xyxy, float) + np.array([1, 1, 0, 0])
+
+
+@pytest.mark.parametrize("given", ["train state", "variables"])
+def test_the_reported_map_is_that_of_the_models_boxes_on_the_stored_annotations(given, tmp_path):
     config, model, state, detections = _known_output_model(tmp_path)
-    config.eval.plus_one = plus_one  # VOC's own setting: the devkit's +1 pixel in sizes
     if given == "variables":  # as model.init gives them, without an optimizer
         state = {"params": state.params, "batch_stats": state.batch_stats}
     mesh = distributed.mesh()
@@ -106,16 +109,22 @@ def test_the_reported_map_is_that_of_the_models_boxes_on_the_stored_annotations(
         config,
     )
 
+    # The devkit's loop, on the boxes in its convention, with its +1 pixel widths.
     boxes, scores, labels = (np.array(column) for column in zip(*detections, strict=True))
     images = [
         (gt_boxes, gt_labels, difficult, boxes, scores, labels)
         for gt_boxes, gt_labels, difficult in _stored_test_examples(config.data)
     ]
+    devkit_images = [
+        (_in_devkit_pixels(gt), gt_labels, difficult, _in_devkit_pixels(found), *rest)
+        for gt, gt_labels, difficult, found, *rest in images
+    ]
     assert len(images) == NUM_TEST and results["num_images"] == NUM_TEST
-    ap_07, ap_area = voc_eval_all(images, config.model.num_classes, plus_one=plus_one)
+    ap_07, ap_area = voc_eval_all(devkit_images, config.model.num_classes, plus_one=True)
     assert np.nanmean(ap_area) > 0.005  # some boxes fit objects (most do not: 100 an image)
-    _, other_area = voc_eval_all(images, config.model.num_classes, plus_one=not plus_one)
-    assert abs(np.nanmean(other_area) - np.nanmean(ap_area)) > 1e-4  # the setting matters
+    # The +1 pixel on the continuous boxes themselves scores otherwise: the test can tell.
+    _, other_area = voc_eval_all(images, config.model.num_classes, plus_one=True)
+    assert abs(np.nanmean(other_area) - np.nanmean(ap_area)) > 1e-4
     assert results["mAP"] == pytest.approx(np.nanmean(ap_07), abs=1e-6)
     assert results["mAP_area"] == pytest.approx(np.nanmean(ap_area), abs=1e-6)
     np.testing.assert_allclose(results["AP_area"], ap_area, atol=1e-6)
@@ -206,19 +215,26 @@ def test_voc_results_files_score_as_reported_under_the_devkit_loop(tmp_path):
     config, _, state, detections = _known_output_model(tmp_path)
     results, written, ids = _write_voc_results(config, state, tmp_path)
     assert sorted(written) == sorted(ids)  # the same boxes in every image
-    expected = sorted((tuple(box), label) for box, _, label in detections)
-    for image_id in ids:  # every image gets the model's boxes, to the files' precision
+    # Every image gets the model's boxes in the devkit's pixels, to the files' precision.
+    expected = sorted((tuple(_in_devkit_pixels(box)), label) for box, _, label in detections)
+    for image_id in ids:
         got = sorted(written[image_id], key=lambda d: (tuple(np.round(d[0], 2)), d[2]))
         assert len(got) == len(expected)
         np.testing.assert_allclose([d[0] for d in got], [box for box, _ in expected], atol=1e-3)
-    # And scored by the devkit-style loop under those names, they give the reported mAP.
+    # And scored by the devkit-style loop under those names, against the annotations in
+    # its convention, they give the reported mAP.
     images = [
-        (gt_boxes, gt_labels, difficult, *map(np.array, zip(*written[image_id], strict=True)))
+        (
+            _in_devkit_pixels(gt_boxes),
+            gt_labels,
+            difficult,
+            *map(np.array, zip(*written[image_id], strict=True)),
+        )
         for image_id, (gt_boxes, gt_labels, difficult) in zip(
             ids, _stored_test_examples(config.data), strict=True
         )
     ]
-    ap_07, _ = voc_eval_all(images, config.model.num_classes, plus_one=False)
+    ap_07, _ = voc_eval_all(images, config.model.num_classes, plus_one=True)
     assert results["mAP"] == pytest.approx(np.nanmean(ap_07), abs=1e-4)
 
 
@@ -247,7 +263,9 @@ def test_voc_results_files_name_each_image_by_its_file(tmp_path):
         if not lines:
             continue
         np.testing.assert_allclose([line[1] for line in lines], found.scores[order], atol=2e-6)
-        np.testing.assert_allclose([line[0] for line in lines], found.boxes[order], atol=2e-3)
+        np.testing.assert_allclose(
+            [line[0] for line in lines], _in_devkit_pixels(found.boxes[order]), atol=2e-3
+        )
         assert [line[2] for line in lines] == found.labels[order].tolist()
 
 

@@ -632,6 +632,13 @@ def test_a_config_json_that_does_not_fit_names_the_file(tmp_path, text, named):
     assert named in str(error.value) and "edited by hand" in str(error.value)
 
 
+def test_a_config_json_with_a_field_yolojax_retired_still_loads(tmp_path):
+    # eval.plus_one: configs/voc.py runs saved True until VOC's boxes became continuous.
+    (tmp_path / CONFIG_FILE).write_text('{"eval": {"plus_one": true, "score_threshold": 0.1}}')
+    loaded = load_run_config(tmp_path)
+    assert loaded.eval.score_threshold == 0.1 and "plus_one" not in loaded.eval
+
+
 def test_a_workdir_that_is_no_folder_is_named_as_such(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"The workdir {tmp_path / 'run'} does not exist"):
         load_run_config(tmp_path / "run")

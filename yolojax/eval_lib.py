@@ -162,12 +162,9 @@ def evaluate(
       'recall' arrays after each counted detection
       (:meth:`yolojax.evaluation.VOCEvaluator.compute`).
     """
-    evaluator = VOCEvaluator(
-        config.model.num_classes,
-        use_07_metric=True,
-        plus_one=config.eval.plus_one,
-        class_names=class_names,
-    )
+    # The pipeline's boxes are continuous (VOC's moved there): the IoU without the devkit's
+    # +1 pixel is the devkit's.
+    evaluator = VOCEvaluator(config.model.num_classes, use_07_metric=True, class_names=class_names)
     start, num_detections, kept = time.perf_counter(), 0, {}
     bar = tqdm(
         total=total or None,
@@ -274,7 +271,6 @@ _DETECTION_SETTINGS = (
     "iou_threshold",
     "max_detections",
     "pre_nms_top_k",
-    "plus_one",
 )
 
 
@@ -286,9 +282,8 @@ def evaluate_checkpoint(
     Writes ``workdir/eval/metrics.json``:
     ``{"mAP", "mAP_area", "AP": {class: AP}, "AP_area": {...}, "loss": {term: mean}, "step",
     "split", "num_images", "images_per_second", "checkpoint", "settings"}`` (``settings``:
-    ``config.eval``'s score and NMS thresholds, detection limits and ``plus_one``;
-    ``split``: the eval split's
-    name, 'test' or 'validation'; NaN APs, of classes without positives, as null; ``loss``
+    ``config.eval``'s score and NMS thresholds and detection limits; ``split``: the eval
+    split's name, 'test' or 'validation'; NaN APs, of classes without positives, as null; ``loss``
     null for a split without ground truth),
     and each class's precision-recall curve as ``workdir/eval/pr_curves.png``.
 

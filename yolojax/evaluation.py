@@ -42,8 +42,10 @@ PRED_BOX_SLACK = 0.5
 class VOCEvaluator:
     """Accumulates detections and ground truth image by image; computes per-class AP and mAP.
 
-    Boxes are `[xmin, ymin, xmax, ymax]` (xyxy) in any consistent unit, pixels for VOC (and
-    with `plus_one`, which adds a pixel to each width and height).
+    Boxes are `[xmin, ymin, xmax, ymax]` (xyxy) in any consistent unit, pixels for VOC:
+    continuous ones (pixel i spans [i - 1, i], as the pipeline and the Detector give them),
+    whose IoU is the devkit's; or, with `plus_one`, the devkit's own pixel indices from 1,
+    ends inclusive, to which it adds a pixel in each width and height.
 
     Ties. Equal scores keep the order in which detections were added (images in the order of
     the `add` calls, then the order within each image), as VOCevaldet.m's stable `sort` keeps
@@ -61,7 +63,8 @@ class VOCEvaluator:
         average (True) or the VOC2010+ area under the precision envelope (False). Both are
         always returned under their own keys as well.
       plus_one: use the devkit's pixel convention, width = xmax - xmin + 1 (and likewise for
-        heights and intersections), for integer pixel coordinates of VOC annotations.
+        heights and intersections), for boxes in VOC's annotated pixel indices, from 1 and
+        inclusive (xmin one more than the continuous box's: the IoU is the same).
       class_names: optional C names, used by `summary()`.
     """
 

@@ -7,12 +7,14 @@ evaluation server, which takes the devkit's results files, one per class, named
     <image id> <confidence> <xmin> <ymin> <xmax> <ymax>
 
 with the image id the image file's name without extension (``2008_000001``) and the box in
-the devkit's pixel coordinates. Those are the coordinates the TFDS ``voc`` annotations hold
-(divided by the image size, without moving VOC's 1-based origin), so a detection's pixel box
-is written as it is. ``comp4`` is the competition for methods trained on data beyond VOC
-(ImageNet-pretrained backbones); ``comp3`` is for VOC data alone. The server wants the files
-under ``results/VOC2012/Main/`` in a tar archive: ``evaluate.py --voc_results DIR`` writes
-them into ``DIR`` as they are, and docs/data.md shows the archive command.
+the devkit's pixel coordinates: pixel indices from 1, inclusive. yolojax's boxes are
+continuous (pixel column i spans [i - 1, i]; ``data.pipeline.continuous_boxes``), so each
+detection's xmin and ymin are written one more: the devkit's IoU of those, with its +1
+pixel widths, is the IoU yolojax's evaluator reports. ``comp4`` is the competition for
+methods trained on data beyond VOC (ImageNet-pretrained backbones); ``comp3`` is for VOC
+data alone. The server wants the files under ``results/VOC2012/Main/`` in a tar archive:
+``evaluate.py --voc_results DIR`` writes them into ``DIR`` as they are, and docs/data.md
+shows the archive command.
 """
 
 from pathlib import Path
@@ -55,8 +57,9 @@ def write_voc_results(
     Args:
       folder: the output folder.
       detections: ``{image id: (boxes, scores, labels)}``, boxes ``(K, 4)`` pixel
-        ``[xmin, ymin, xmax, ymax]``, scores ``(K,)``, labels ``(K,)`` class ids; images
-        without detections may be left out.
+        ``[xmin, ymin, xmax, ymax]`` in continuous coordinates (as ``pixel_detections``
+        gives them), scores ``(K,)``, labels ``(K,)`` class ids; images without detections
+        may be left out.
       class_names: the class of each id, which names its file.
       competition: 'comp4' (trained with outside data, such as ImageNet weights) or
         'comp3' (VOC data only): :func:`competition` of the run's ``config.model``.
@@ -70,6 +73,7 @@ def write_voc_results(
     for name, (boxes, scores, labels) in detections.items():
         for box, score, label in zip(np.asarray(boxes), scores, labels, strict=True):
             xmin, ymin, xmax, ymax = (float(value) for value in box)
+            xmin, ymin = xmin + 1, ymin + 1  # the devkit's pixels: from 1, ends inclusive
             lines[int(label)].append(
                 f"{name} {float(score):.6f} {xmin:.3f} {ymin:.3f} {xmax:.3f} {ymax:.3f}\n"
             )

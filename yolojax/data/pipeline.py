@@ -2,7 +2,8 @@
 
 Every batch is a dict of NumPy arrays shaped [local_devices, per_device, ...] (the "Data element
 contract" of docs/architecture.md): `image` float32 (D, B, H, W, 3) normalized, `boxes` (D, B,
-max_boxes, 4) normalized yxyx, `labels` int32, `difficult` bool, `mask` bool (True for real
+max_boxes, 4) normalized yxyx in continuous coordinates (VOC's 1-based pixel boxes moved
+there: `continuous_boxes`), `labels` int32, `difficult` bool, `mask` bool (True for real
 boxes), `image_size` int32 (D, B, 2) original (height, width); eval batches add `valid` (D, B)
 (False for padding) and `index` int32 (D, B) (the example's index in the split, -1 for padding).
 
@@ -209,11 +210,34 @@ def _to_uint8_advice(image: np.ndarray) -> str:
     return "for values in [0, 255], pass np.clip(image, 0, 255).round().astype(np.uint8)."
 
 
-def _preprocess(record, *, data_config, seed: int | None) -> dict[str, tf.Tensor]:
+def continuous_boxes(boxes: tf.Tensor, image_size: tf.Tensor) -> tf.Tensor:
+    """VOC's boxes, pixel indices (1-based and inclusive: xmin=1 is the first pixel column)
+    divided by the image size as TFDS stores them, in continuous coordinates: each min edge
+    one pixel back, so that pixel column i spans [i - 1, i] and the whole image [0, 1].
+
+    Those are the coordinates that the augmentations transform as they transform the pixels
+    (a flip mirrors a box onto its mirrored pixels: in VOC's own it moved one pixel off), and
+    that the model learns and outputs. The box's width in pixels is then the devkit's
+    ``xmax - xmin + 1``: the evaluator's IoU without ``plus_one`` is the devkit's.
+
+    Args:
+      boxes: ``(N, 4)`` float32 normalized ``[ymin, xmin, ymax, xmax]`` of VOC's pixels.
+      image_size: ``(2,)`` the image's (height, width) in pixels.
+    """
+    height, width = tf.unstack(tf.cast(image_size, tf.float32))
+    min_edges_back = tf.stack([1 / height, 1 / width, 0.0, 0.0])
+    return tf.maximum(boxes - min_edges_back, 0.0)  # xmin=0, outside VOC's pixels: the edge
+
+
+def _preprocess(
+    record, *, data_config, seed: int | None, one_based_boxes: bool
+) -> dict[str, tf.Tensor]:
     """Decodes, augments (when `seed` is given) and pads one example to the contract."""
     image = decode_image(record["image"])
     image_size = tf.shape(image)[:2]
     boxes, augment_config = record["boxes"], data_config.augment
+    if one_based_boxes:
+        boxes = continuous_boxes(boxes, image_size)
     if seed is not None and augment_config.enabled:
         key = tf.stack([tf.constant(seed, tf.int64), record["position"]])
         augment_seed, blur_seed = tf.unstack(tf.random.experimental.stateless_split(key, num=2))
@@ -248,10 +272,17 @@ def _preprocess(record, *, data_config, seed: int | None) -> dict[str, tf.Tensor
 
 
 def _dataset(
-    records, data_config, *, seed: int | None, batch_size: int, drop_remainder: bool
+    records,
+    data_config,
+    *,
+    seed: int | None,
+    batch_size: int,
+    drop_remainder: bool,
+    one_based_boxes: bool,
 ) -> tuple[tf.data.Dataset, list[Exception]]:
     """The batches of ``records()``'s examples, and the list that receives the error that
-    ends them early (for :func:`_numpy_batches` to raise)."""
+    ends them early (for :func:`_numpy_batches` to raise). ``one_based_boxes``: the
+    source's (``sources.SplitSource.one_based_boxes``)."""
     failures = []
 
     def until_an_error():
@@ -267,7 +298,9 @@ def _dataset(
     # not needed, and it leaves its generated files in /tmp whenever a process ends without
     # running its atexit handlers (a command that fails, a kill).
     preprocess = tf.autograph.experimental.do_not_convert(
-        lambda record: _preprocess(record, data_config=data_config, seed=seed)
+        lambda record: _preprocess(
+            record, data_config=data_config, seed=seed, one_based_boxes=one_based_boxes
+        )
     )
     dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
@@ -380,7 +413,12 @@ def make_train_iterator(
             step += 1
 
     dataset, failures = _dataset(
-        records, data_config, seed=seed, batch_size=layout.per_process, drop_remainder=True
+        records,
+        data_config,
+        seed=seed,
+        batch_size=layout.per_process,
+        drop_remainder=True,
+        one_based_boxes=source.one_based_boxes,
     )
     return _closed_at_exit(
         _to_devices(batch, layout.local_devices)
@@ -431,7 +469,12 @@ def make_eval_iterator(
             yield _record(source[index], index, data_config.max_boxes, keep_difficult=True)
 
     dataset, failures = _dataset(
-        records, data_config, seed=None, batch_size=layout.per_process, drop_remainder=False
+        records,
+        data_config,
+        seed=None,
+        batch_size=layout.per_process,
+        drop_remainder=False,
+        one_based_boxes=source.one_based_boxes,
     )
     return _closed_at_exit(
         _padded_batches(

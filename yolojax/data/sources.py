@@ -30,6 +30,10 @@ _DEFAULT_SPLITS = {
     "voc_folder": ("train", None),
 }
 _FILE_FORMAT = "array_record"  # random access
+# The sources whose boxes are VOC's pixel indices, 1-based and inclusive (xmin=1 is the first
+# pixel column), divided by the image size as TFDS's voc stores them; synthetic_shapes
+# stores continuous coordinates, in which the image spans [0, 1].
+_ONE_BASED_SOURCES = ("voc", "voc_folder")
 
 _logger = logging.getLogger(__name__)
 
@@ -91,12 +95,22 @@ class SplitSource:
       class_names: label names, shared by all parts.
       split_name: the parts' TFDS split names, for messages: 'test', 'validation',
         'train+validation' (where the parts' names differ).
+      one_based_boxes: whether the boxes are VOC's 1-based pixel indices (normalized), which
+        the pipeline turns into continuous coordinates (``pipeline.continuous_boxes``).
     """
 
-    def __init__(self, parts: list[Any], class_names: tuple[str, ...], split_name: str):
+    def __init__(
+        self,
+        parts: list[Any],
+        class_names: tuple[str, ...],
+        split_name: str,
+        *,
+        one_based_boxes: bool,
+    ):
         """`parts` are TFDS data sources (images undecoded), read one after the other."""
         self.class_names = class_names
         self.split_name = split_name
+        self.one_based_boxes = one_based_boxes
         self._sources = parts
         self._ends = list(np.cumsum([len(source) for source in self._sources]))
 
@@ -284,7 +298,12 @@ def open_split(data_config, which: str) -> SplitSource:
         if skipped and str(builder.data_dir) not in _built_here:
             _warn_built_without(builder.name, str(builder.data_dir), tuple(map(str, skipped)))
     split_names = dict.fromkeys(part_split for _, part_split in parts)  # once each, in order
-    source = SplitSource(opened, class_names, "+".join(split_names))
+    source = SplitSource(
+        opened,
+        class_names,
+        "+".join(split_names),
+        one_based_boxes=data_config.source in _ONE_BASED_SOURCES,
+    )
     if len(source) == 0:
         raise ValueError(f"data split {split!r} of source {data_config.source!r} is empty")
     return source

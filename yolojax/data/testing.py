@@ -15,7 +15,8 @@ from PIL import Image
 
 @dataclasses.dataclass
 class VocObject:
-    """One annotated object; `box` is (xmin, ymin, xmax, ymax) in VOC pixel coordinates."""
+    """One annotated object; `box` is (xmin, ymin, xmax, ymax) in VOC pixel coordinates:
+    pixel indices from 1, ends inclusive (a box of the whole W x H image is (1, 1, W, H))."""
 
     name: str
     box: tuple[float, float, float, float]
