@@ -3,14 +3,13 @@
 The layouts (docs/data.md): PASCAL VOC's own (Annotations/, JPEGImages/, ImageSets/Main/),
 or each XML beside its image, in the folder itself or in split folders (train/, valid/,
 test/). Splits come from ImageSets/Main/*.txt, else from the split folders, else from a
-seeded 90:10 random split of the annotated images.
+seeded split of the annotated images, about 90:10, that keeps each image's split when
+images are added.
 """
 
 import hashlib
 import logging
 import os
-
-import numpy as np
 
 from yolojax import errors
 from yolojax.data.voc_xml import BadDataError, ParsedAnnotation
@@ -110,16 +109,28 @@ def annotation_ids(folder: str) -> list[str]:
 
 
 def _random_split(folder: str, ids: list[str], split_seed: int) -> dict[str, list[str]]:
-    """'train' and 'validation' ids, 90:10 by a seeded random permutation of ``ids``."""
+    """'train' and 'validation' ids, about 90:10: an id is for validation if a hash of
+    ``(split_seed, id)`` falls in the first tenth of its range (of a few ids where none or
+    all do, the one whose hash is least), so each image keeps its split when others are added
+    or removed. A permutation of the ids reshuffled them all: a folder grown by 2% put
+    two-thirds of its new validation images among those a run had trained on, and that run's
+    evaluation counted them."""
     if len(ids) < 2:
         raise ValueError(
             f"config.data.folder={folder!r}: need at least 2 annotated images, got {len(ids)}"
         )
-    order = np.random.default_rng(split_seed).permutation(len(ids))
-    num_validation = max(1, round(_VALIDATION_FRACTION * len(ids)))
+
+    def draw(image_id: str) -> float:  # uniform in [0, 1), fixed by the seed and the id
+        digest = hashlib.sha256(f"{split_seed}:{image_id}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+
+    draws = {image_id: draw(image_id) for image_id in ids}
+    validation = {image_id for image_id in ids if draws[image_id] < _VALIDATION_FRACTION}
+    if len(validation) in (0, len(ids)):  # something to evaluate on, and to train on
+        validation = {min(ids, key=draws.get)}
     return {
-        "train": sorted(ids[i] for i in order[num_validation:]),
-        "validation": sorted(ids[i] for i in order[:num_validation]),
+        "train": sorted(set(ids) - validation),
+        "validation": sorted(validation),
     }
 
 
