@@ -370,6 +370,9 @@ def test_a_workdir_that_is_a_file_is_a_clear_error(tmp_path):
     with pytest.raises(workdir.NotAFolderError, match=r"runs is a file, not a folder"):
         checkpoints.Checkpoints(tmp_path / "runs", SIGNATURE)
     assert (tmp_path / "runs").read_text() == "not a folder"
+    # One of its parents: that file is named as such, not as "read-only to this user".
+    with pytest.raises(workdir.NotAFolderError, match=r"cannot be created: .*runs is a file"):
+        workdir.check_workdir(tmp_path / "runs" / "a", writable=True)
 
 
 def test_a_workdir_that_cannot_be_written_is_named_before_training(tmp_path, monkeypatch):

@@ -836,6 +836,8 @@ def test_bad_arguments_are_refused_before_any_model_is_read(tmp_path, capsys):
         (["--max-detections", "0"], "--max-detections must be at least 1; got 0"),
         (["--batch-size", "0"], "--batch-size must be at least 1; got 0"),
         (["--drawing-threads", "-1"], "--drawing-threads must be at least 0; got -1"),
+        # "$OUT" unset: the drawings went into the current folder, replacing earlier ones.
+        (["--out", ""], "argument --out: is empty: give a path"),
     ):
         with pytest.raises(SystemExit) as exit_request:
             predict.main(["--workdir", str(missing), *flags, image])

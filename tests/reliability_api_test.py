@@ -772,6 +772,36 @@ def test_train_prints_the_config_with_its_overrides_and_needs_a_workdir_to_train
     assert result.stdout == "" and result.stderr.count("\n") == 2, result.stderr
 
 
+def test_paths_given_with_a_tilde_after_an_equals_sign_are_in_the_home_folder():
+    # The shell expands a word's leading ~ only: --config.data.tfds_data_dir=~/tfds was a
+    # folder named '~' beside the current one.
+    result = _run_command(
+        "train.py",
+        "--config",
+        "configs/shapes.py",
+        "--print_config",
+        "--config.data.tfds_data_dir=~/tfds",
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"\n  tfds_data_dir: {os.path.expanduser('~/tfds')}\n" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["train.py", "evaluate.py"])
+def test_an_empty_workdir_is_refused_not_taken_for_the_current_folder(command, tmp_path):
+    # --workdir="$RUN" with RUN unset: train.py trained into the current folder (here a
+    # temporary one, should it still).
+    result = subprocess.run(
+        [sys.executable, REPO / command, "--config", REPO / "configs/shapes.py", "--workdir="],
+        cwd=tmp_path,
+        env={**os.environ, "YOLOJAX_HUGE_PAGES": "0"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert "--workdir is empty: give a path" in result.stderr and "Traceback" not in result.stderr
+
+
 _LOGGED_WARNINGS = """
 import logging
 from absl import logging as absl_logging

@@ -661,13 +661,15 @@ def test_an_eval_split_without_ground_truth_says_why_there_is_no_map(tmp_path, c
     names = ["cat"] * 7 + ["dog"]
     train = [VocImage(f"a{i}", 64, 64, [VocObject(n, (8, 8, 40, 40))]) for i, n in enumerate(names)]
     test = [VocImage(f"b{i}", 64, 64, []) for i in range(4)]
-    config = tiny.tiny_config(str(tmp_path / "tfds"))
+    monkeypatch.chdir(tmp_path)  # the data's paths given relative to it
+    config = tiny.tiny_config("tfds")
     config.data.source, config.model.num_classes = "voc_folder", 0  # the classes found
-    config.data.folder = write_voc_folder(
+    write_voc_folder(
         str(tmp_path / "voc"),
         train + test,
         image_sets={"train": [i.image_id for i in train], "test": [i.image_id for i in test]},
     )
+    config.data.folder = "voc"
     scans = []
     scan = voc_folder.scan_class_names
     monkeypatch.setattr(voc_folder, "scan_class_names", lambda *a: scans.append(a) or scan(*a))
@@ -681,6 +683,11 @@ def test_an_eval_split_without_ground_truth_says_why_there_is_no_map(tmp_path, c
     assert len(scans) == 1
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
     assert saved["class_names"] == ["cat", "dog"]
+    # Absolute: evaluate.py and a resume from another folder read the same data.
+    assert (saved["folder"], saved["tfds_data_dir"]) == (
+        str(tmp_path / "voc"),
+        str(tmp_path / "tfds"),
+    )
 
 
 def test_one_training_step_on_mocked_voc(tmp_path, monkeypatch):

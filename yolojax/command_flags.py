@@ -16,6 +16,39 @@ from absl import flags
 BUNDLED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
+# The flags that name files or folders: given as --workdir=~/runs/a, the shell leaves the ~
+# as it is (it expands a word's leading ~ only), and the run went into a folder named '~'
+# beside the current one while its messages pointed to the home folder.
+PATH_FLAGS = ("workdir", "voc_results")
+
+
+def expand_path(text: str, name: str) -> str:
+    """``text``, a path given on the command line as ``name``, with a leading ``~`` expanded.
+
+    Raises:
+      ValueError: it is empty (``--workdir="$RUN"`` with RUN unset), which would be the
+        current folder.
+    """
+    if not text.strip():
+        raise ValueError(f"{name} is empty: give a path (an empty one is the current folder)")
+    return os.path.expanduser(text)
+
+
+def _expand_paths() -> None:
+    """:func:`expand_path` of every :data:`PATH_FLAGS` given, and ``~`` expanded in the
+    config's paths (``yolojax.config.PATH_FIELDS``)."""
+    for name in PATH_FLAGS:
+        if name in flags.FLAGS and flags.FLAGS[name].value is not None:
+            flags.FLAGS[name].value = expand_path(flags.FLAGS[name].value, f"--{name}")
+    if "config" in flags.FLAGS and flags.FLAGS["config"].present:
+        from yolojax.config import PATH_FIELDS  # loaded with the config file already
+
+        for section, key in PATH_FIELDS:
+            value = flags.FLAGS.config[section][key]
+            if isinstance(value, str):  # '' is a setting (pretrained: none)
+                flags.FLAGS.config[section][key] = os.path.expanduser(value)
+
+
 def flags_error(message: str) -> None:
     """Ends the command as absl ends it for a bad flag: ``message``, status 1."""
     print(f"FATAL Flags parsing error: {message}", file=sys.stderr)
@@ -139,6 +172,10 @@ def parse_flags(argv: list[str]) -> list[str]:
             flags_error(_flag_error_report(error, argv))
         if "config" in flags.FLAGS and flags.FLAGS["config"].present:
             flags.FLAGS.config.keys()  # loads the file and applies the overrides
+        try:
+            _expand_paths()
+        except ValueError as error:
+            flags_error(str(error))
         return remaining
     except (AttributeError, KeyError) as error:
         message = error

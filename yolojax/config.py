@@ -7,6 +7,7 @@ with the key named.
 """
 
 import json
+import os
 from pathlib import Path
 
 import ml_collections
@@ -59,6 +60,21 @@ def default_train_config() -> ml_collections.ConfigDict:
             "keep_checkpoints": 3,
         }
     )
+
+
+# The fields that name files or folders: a run saves them absolute (make_paths_absolute).
+PATH_FIELDS = (("data", "folder"), ("data", "tfds_data_dir"), ("model", "pretrained"))
+
+
+def make_paths_absolute(config) -> None:
+    """Makes ``config``'s :data:`PATH_FIELDS` absolute (``~`` expanded), as a run saves them
+    in its config.json: evaluate.py, predict and a resume may run from another folder, where
+    a relative path named another folder or none (a synthetic dataset was generated again
+    there, a VOC folder was not found)."""
+    for section, key in PATH_FIELDS:
+        value = config[section][key]
+        if isinstance(value, str) and value:  # '' is a setting (pretrained: none)
+            config[section][key] = os.path.abspath(os.path.expanduser(value))
 
 
 def default_config() -> ml_collections.ConfigDict:

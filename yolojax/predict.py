@@ -44,7 +44,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from yolojax import cli
+from yolojax import cli, command_flags
 
 if __name__ == "__main__":
     cli.launch()  # first, before JAX is imported: the huge-pages restart, and Ctrl-C exits
@@ -296,6 +296,19 @@ def _report_skip(path: str, reason: str) -> None:
     tqdm.write(f"Skipping {path}: {reason}", file=sys.stderr)  # above the progress bar
 
 
+def _path_argument(flag: str) -> Callable[[str], str]:
+    """An argparse ``type``: :func:`command_flags.expand_path` of the value of ``flag``."""
+
+    def path(text: str) -> str:
+        try:
+            return command_flags.expand_path(text, flag)
+        except ValueError as error:  # argparse names the flag first
+            raise argparse.ArgumentTypeError(str(error).removeprefix(f"{flag} ")) from None
+
+    path.__name__ = "path"  # argparse's message: "invalid path value: ''"
+    return path
+
+
 def main(argv=None) -> None:
     """The command; exits with status 1 (``SystemExit``) if any input could not be read."""
     parser = argparse.ArgumentParser(
@@ -306,9 +319,15 @@ def main(argv=None) -> None:
     parser.add_argument("images", nargs="+", help="image files (jpg, png, ...) or folders of them")
     # No default to show: SUPPRESS keeps the help from reading "(default: None)".
     parser.add_argument(
-        "--workdir", required=True, default=argparse.SUPPRESS, help="the training run's folder"
+        "--workdir",
+        required=True,
+        default=argparse.SUPPRESS,
+        type=_path_argument("--workdir"),
+        help="the training run's folder",
     )
-    parser.add_argument("--out", default="predictions", help="output folder")
+    parser.add_argument(
+        "--out", default="predictions", type=_path_argument("--out"), help="output folder"
+    )
     parser.add_argument("--checkpoint", default="latest", help="'latest', 'best' or a step")
     # Also spelled with underscores, as train.py's and evaluate.py's flags are.
     parser.add_argument(

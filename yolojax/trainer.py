@@ -36,7 +36,7 @@ from yolojax import (
     train_lib,
 )
 from yolojax import workdir as workdir_io
-from yolojax.config import resolve_num_classes, validate_config
+from yolojax.config import make_paths_absolute, resolve_num_classes, validate_config
 from yolojax.data import pipeline
 from yolojax.progress import TrainingProgress, run_summary, tell, warnings_above_progress_bars
 from yolojax.step_plan import StepPlan
@@ -99,6 +99,7 @@ def _set_up(config, workdir: str, verbose: bool) -> _Run:
     """Checks ``config`` and ``workdir``, reads the dataset's info, restores the latest
     checkpoint (or starts over) and writes the run's config and class names."""
     validate_config(config)
+    make_paths_absolute(config)  # as config.json keeps them
     is_main = jax.process_index() == 0
     reports = is_main and verbose
     # Only process 0 writes: a check that failed in another process alone would leave

@@ -74,6 +74,11 @@ def check_workdir(workdir: str | os.PathLike, *, writable: bool = False) -> Path
         )
     if writable:
         existing = next(folder for folder in (workdir, *workdir.parents) if folder.exists())
+        if not existing.is_dir():
+            raise NotAFolderError(
+                f"The workdir {workdir} cannot be created: {existing} is a file. Pass a "
+                "--workdir whose parents are folders."
+            )
         if not os.access(existing, os.W_OK | os.X_OK):  # also False on a read-only mount
             raise NotAFolderError(
                 f"The workdir {workdir} cannot be written ({existing} is read-only to this "
