@@ -11,9 +11,11 @@ is the saved one, open to overrides), which must describe the same model. Writes
     python evaluate.py --workdir W --config configs/run.py:W \\
         --config.data.eval_split=voc/2012:test --voc_results results/VOC2012/Main
 
-also writes the detections as the VOC devkit's results files, one per class
-(comp4_det_test_<class>.txt), for the evaluation server: VOC2012 test's annotations are
-not public, so its mAP comes from there (docs/data.md).
+also writes the detections as the VOC devkit's results files, one per class, for the
+evaluation server: comp4_det_test_<class>.txt for a backbone that started from ImageNet
+weights (config.model.pretrained, data beyond VOC), comp3_det_test_<class>.txt for one
+trained from scratch (configs/voc.py:darknet). VOC2012 test's annotations are not public,
+so its mAP comes from there (docs/data.md).
 """
 
 import sys
@@ -42,8 +44,9 @@ flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or a step number."
 flags.DEFINE_string(
     "voc_results",
     None,
-    "A folder to also write the detections to as the VOC devkit's results files "
-    "(comp4_det_<test set>_<class>.txt), for the VOC evaluation server.",
+    "A folder to also write the detections to as the VOC devkit's results files, for the VOC "
+    "evaluation server: comp4_det_<test set>_<class>.txt with ImageNet weights "
+    "(config.model.pretrained), comp3_... for a model trained from scratch.",
 )
 flags.mark_flags_as_required(["workdir"])
 distributed.define_flags()

@@ -87,12 +87,25 @@ def versions(packages: Sequence[str]) -> str:
     return ", ".join(found)
 
 
-def argument_parser(module_doc: str) -> argparse.ArgumentParser:
-    """A benchmark's parser: its docstring's first paragraph as the description, and each
-    flag's default in its help."""
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's help with each flag's default, but for a flag without one (None): its
+    help says what happens then ("(default 112)", where that depends on another flag),
+    and "(default: None)" after it would say something else."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def argument_parser(module_doc: str, module: str) -> argparse.ArgumentParser:
+    """A benchmark's parser: its usage line with the command that runs it (``python -m
+    <module>``; as a file its imports of the repository fail), its docstring's first
+    paragraph as the description, and each flag's default in its help."""
     return argparse.ArgumentParser(
+        prog=f"python -m {module}",
         description=" ".join(module_doc.split("\n\n")[0].split()),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelpFormatter,
     )
 
 

@@ -128,7 +128,7 @@ def benchmark(name, size, c_in, c_out, kernel, stride, batch, rounds) -> dict:
 
 
 def main() -> None:
-    parser = common.argument_parser(__doc__)
+    parser = common.argument_parser(__doc__, "benchmarks.conv")
     parser.add_argument(
         "--model",
         choices=("resnet50", "darknet_tiny"),
@@ -139,7 +139,7 @@ def main() -> None:
         "--image-size",
         type=common.positive_int,
         default=None,
-        help="darknet_tiny only (default 112)",
+        help="input side, pixels: darknet_tiny's layers at any (default 112), resnet50's at 224",
     )
     parser.add_argument("--batch", type=common.positive_int, default=8, help="batch")
     parser.add_argument(

@@ -83,7 +83,7 @@ def timed(function, *args):
 
 
 def main():
-    parser = common.argument_parser(__doc__)
+    parser = common.argument_parser(__doc__, "benchmarks.evaluator")
     parser.add_argument("--seed", type=int, default=0, help="of the synthetic data")
     parser.add_argument(
         "--repeats", type=common.positive_int, default=5, help="VOCEvaluator runs (median)"

@@ -142,13 +142,17 @@ def _time_detector(model, variables, model_config, image_size, batch, min_second
 
 def main() -> None:
     on_cpu = jax.default_backend() == "cpu"
-    parser = common.argument_parser(__doc__)
+    parser = common.argument_parser(__doc__, "benchmarks.inference")
     parser.add_argument(
         "--backbones",
         default=",".join(CPU_BACKBONES if on_cpu else models.BACKBONES),
         help="comma-separated backbone names",
     )
-    parser.add_argument("--head", choices=models.HEADS, help="head for all (default per backbone)")
+    parser.add_argument(
+        "--head",
+        choices=models.HEADS,
+        help="head for all (default: the one each backbone trains with)",
+    )
     parser.add_argument(
         "--image-size",
         type=common.positive_int,

@@ -98,7 +98,7 @@ def throughput(iterator, batch_size: int, warmup: int, batches: int | None) -> t
 
 
 def main() -> None:
-    parser = common.argument_parser(__doc__)
+    parser = common.argument_parser(__doc__, "benchmarks.input_pipeline")
     parser.add_argument("--cores", type=int, default=0, help="pin to this many cores (0: all)")
     parser.add_argument(
         "--image-size", type=common.positive_int, default=448, help="model input side, pixels"

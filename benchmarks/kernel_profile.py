@@ -310,7 +310,7 @@ def torch_step_report(run: Callable[[], None], steps: int, path: str) -> str:
 
 
 def main() -> None:
-    parser = common.argument_parser(__doc__)
+    parser = common.argument_parser(__doc__, "benchmarks.kernel_profile")
     parser.add_argument(
         "trace",
         help="jax.profiler.trace's directory or an *.xplane.pb in it; or a PyTorch Chrome "

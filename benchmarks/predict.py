@@ -67,7 +67,7 @@ def _thread_counts(text: str) -> list[int]:
 
 
 def main() -> None:
-    parser = common.argument_parser(__doc__)
+    parser = common.argument_parser(__doc__, "benchmarks.predict")
     parser.add_argument(
         "--backbone", default="darknet_tiny", choices=models.BACKBONES, help="random weights"
     )

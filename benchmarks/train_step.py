@@ -301,7 +301,7 @@ COLUMNS = (
 
 def parse_args(on_cpu: bool) -> argparse.Namespace:
     defaults = CPU_DEFAULTS if on_cpu else ACCELERATOR_DEFAULTS
-    parser = common.argument_parser(__doc__)
+    parser = common.argument_parser(__doc__, "benchmarks.train_step")
     parser.add_argument(
         "--backbone",
         default=defaults["backbone"],

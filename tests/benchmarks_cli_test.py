@@ -93,3 +93,26 @@ def test_a_busy_cpu_is_named_before_its_figures(load, busy, monkeypatch):
     assert (warning is not None) == busy
     if busy:
         assert f"load average is {load:.2f} on 2 cores" in warning
+
+
+@pytest.mark.parametrize(
+    "name, flag_help",
+    [
+        (
+            "conv",
+            "--image-size IMAGE_SIZE input side, pixels: darknet_tiny's layers at any "
+            "(default 112), resnet50's at 224 --batch",
+        ),
+        ("inference", "head for all (default: the one each backbone trains with) --image-size"),
+        ("kernel_profile", "wall time (default: their sum is the kernels' span) --gflop"),
+    ],
+)
+def test_a_benchmarks_help_names_its_command_and_one_default_a_flag(name, flag_help):
+    # The usage line read `conv.py`, which does not run as a file; a flag without a default
+    # said what it does then, followed by "(default: None)".
+    done = _benchmark(f"benchmarks.{name}", "--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: python -m benchmarks.{name} "), done.stdout
+    text = " ".join(done.stdout.split())
+    assert flag_help in text, text
+    assert "(default: None)" not in text

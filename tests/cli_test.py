@@ -177,3 +177,46 @@ def test_a_command_started_with_sigterm_ignored_keeps_ignoring_it():
     done = _run("ignored", _SIGTERM_WITH_A_CLEAN_UP)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "cleaned up\nran on\n"
+
+
+# A command printing `sys.argv[2]` lines, then ending with the status `sys.argv[3]`.
+_PRINTS_LINES = textwrap.dedent(
+    """
+    import sys
+    from yolojax import cli
+
+    def main(argv):
+        for line in range(int(argv[2])):
+            print(line)
+        raise SystemExit(int(argv[3]))
+
+    cli.run(main)
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "lines, status, expected",
+    [
+        (3, 0, 141),  # written at exit, as the interpreter flushes stdout
+        (100_000, 0, 141),  # written while the command prints
+        (3, 1, 1),  # a command that failed keeps its status
+    ],
+)
+def test_a_command_whose_reader_stops_reading_ends_quietly_as_piped_tools_do(
+    lines, status, expected
+):
+    # `python -m yolojax.models ... | head -3`: the reader is gone before the command's
+    # next write. It ended in a BrokenPipeError traceback (status 1, or 120 at exit).
+    process = subprocess.Popen(
+        [sys.executable, "-c", _PRINTS_LINES, "launched", str(lines), str(status)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # stdout buffered, as Python has it for a pipe: the lines wait for the next flush.
+        env={**os.environ, "YOLOJAX_HUGE_PAGES": "0", "PYTHONUNBUFFERED": ""},
+    )
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == expected, stderr
+    assert stderr == ""

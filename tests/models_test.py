@@ -286,7 +286,8 @@ def test_adaptive_avg_pool_matches_torch(in_size, out_size):
     np.testing.assert_allclose(actual, expected.transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-6)
 
 
-def test_summary_cli_prints_every_module_for_a_config_file(tmp_path):
+def _summary(tmp_path, *flags: str) -> subprocess.CompletedProcess:
+    """``python -m yolojax.models`` on a config file of darknet_tiny at 112 pixels."""
     config_file = tmp_path / "tiny_config.py"
     config_file.write_text(
         textwrap.dedent(
@@ -303,19 +304,38 @@ def test_summary_cli_prints_every_module_for_a_config_file(tmp_path):
             """
         )
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "yolojax.models", f"--config={config_file}:darknet_tiny"],
+    return subprocess.run(
+        [sys.executable, "-m", "yolojax.models", f"--config={config_file}:darknet_tiny", *flags],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+def test_summary_cli_prints_every_module_for_a_config_file(tmp_path):
+    result = _summary(tmp_path)
     assert result.returncode == 0, result.stderr
     for expected in ("backbone/conv_0", "head/out", "float32[1,112,112,3]", "float32[1,7,7,13]"):
         assert expected in result.stdout
     # First conv: 3×3×3×16 kernel + BatchNorm scale and bias.
     assert "464 (1.9 KB)" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        # Summarized the config's 112 pixels, as if the flag had not been given.
+        ("--image_size=0", "flag --image_size=0: 0 is not a positive integer"),
+        # Printed an empty table.
+        ("--depth=-1", "flag --depth=-1: -1 is not a non-negative integer"),
+    ],
+)
+def test_summary_cli_refuses_a_size_or_depth_without_meaning(tmp_path, flag, message):
+    result = _summary(tmp_path, flag)
+    assert result.returncode == 1, result.stdout
+    assert message in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, np.dtype("bfloat16")])

@@ -1,5 +1,6 @@
 """Tests for yolojax.pretrained: torchvision ports give torchvision's logits; strict loading."""
 
+import errno
 import re
 import sys
 
@@ -173,6 +174,7 @@ def test_cli_names_a_file_that_is_no_state_dict_without_a_traceback(
     stderr = capsys.readouterr().err
     assert re.search(message, stderr), stderr
     assert "Traceback" not in stderr
+    assert "\x1b[" not in stderr  # torch's bold type in its message, as terminal codes
 
 
 def test_weights_of_another_depth_are_named_as_such_in_a_short_error(torch):
@@ -323,3 +325,49 @@ def test_every_ported_architecture_is_a_voc_config_variant_that_loads_its_weight
         loaded["params"]["backbone"]["stem"]["conv"]["kernel"],
         weights["params"]["stem"]["conv"]["kernel"],
     )
+
+
+def test_cli_refuses_an_out_that_is_no_file_path_before_converting(tmp_path, capsys):
+    # Refused once the whole conversion was done, by a traceback of the final rename.
+    (tmp_path / "afile").write_text("")
+    for out, message in (
+        (
+            tmp_path,
+            f"--out {tmp_path} is a folder: give the file to write, such as "
+            f"{tmp_path / 'resnet18.msgpack'}",
+        ),
+        (tmp_path / "afile" / "x.msgpack", f"{tmp_path / 'afile'} is a file, not a folder"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:  # the state_dict is not even read
+            pretrained.main(["--arch", "resnet18", "--state-dict", "no.pth", "--out", str(out)])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_cli_refuses_weights_to_download_with_a_state_dict_to_convert(tmp_path, capsys):
+    # --weights was dropped without a word: the file was converted, whatever its weights.
+    with pytest.raises(SystemExit) as exit_info:
+        pretrained.main(
+            ["--arch", "resnet18", "--state-dict", "r18.pth", "--weights", "IMAGENET1K_V2"]
+        )
+    assert exit_info.value.code == 2
+    assert "--weights IMAGENET1K_V2 picks the weights to download" in capsys.readouterr().err
+
+
+def test_cli_names_the_out_it_cannot_write_without_a_traceback(
+    torch, tmp_path, monkeypatch, capsys
+):
+    def full_disk(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pretrained, "atomic_write_bytes", full_disk)
+    state_dict_path, out = tmp_path / "resnet18.pth", tmp_path / "resnet18.msgpack"
+    torch.save(_random_torchvision_model(torch, "resnet18").state_dict(), state_dict_path)
+    with pytest.raises(SystemExit) as exit_info:
+        pretrained.main(
+            ["--arch", "resnet18", "--state-dict", str(state_dict_path), "--out", str(out)]
+        )
+    assert exit_info.value.code == 1
+    stderr = capsys.readouterr().err
+    assert f"Cannot write {out} (OSError: No space left on device): free space, or " in stderr
+    assert "Traceback" not in stderr

@@ -342,20 +342,62 @@ def _sending_again(signal_number: int) -> None:
     _thread.start_new_thread(send, ())  # (threading's start() would wait for the thread)
 
 
+# The status of a command whose output's reader went away: a shell's tools end so, killed by
+# SIGPIPE (Python ignores the signal, and raises BrokenPipeError instead).
+CLOSED_STDOUT_STATUS = 128 + signal.SIGPIPE
+
+
+def _drop_stdout() -> None:
+    """Points stdout at /dev/null: what Python still holds of it would raise BrokenPipeError
+    again when the interpreter flushes it at exit ("Exception ignored ...")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def _stdout_flushed() -> bool:
+    """Flushes stdout; False (and it is dropped) where its reader has gone away."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _drop_stdout()
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def closed_stdout_ends_quietly():
+    """A command whose output's reader stops reading (``... | head -3``) ends as the
+    shell's own tools do then: at once, without a word, status 141 (128 + SIGPIPE), not
+    with a BrokenPipeError traceback. A command that failed keeps its own status."""
+    try:
+        yield
+    except BrokenPipeError:
+        _drop_stdout()
+        raise SystemExit(CLOSED_STDOUT_STATUS) from None
+    except SystemExit as exit_request:
+        if not _stdout_flushed() and exit_request.code in (0, None):
+            raise SystemExit(CLOSED_STDOUT_STATUS) from None
+        raise
+    if not _stdout_flushed():
+        raise SystemExit(CLOSED_STDOUT_STATUS)
+
+
 def run(main) -> None:
     """``absl.app.run(main)`` with :func:`command_flags.parse_flags`, for the command-line
     tools (which call :func:`launch` first).
 
     A command that fails exits at once with its status: the reader threads of a failed
     checkpoint restore may still be running, and would otherwise print their closed-event-
-    loop tracebacks while the interpreter shuts down, after the error message.
+    loop tracebacks while the interpreter shuts down, after the error message. One whose
+    output's reader went away (``| head``) ends quietly (:func:`closed_stdout_ends_quietly`).
     """
-    try:
-        app.run(main, flags_parser=command_flags.parse_flags)
-    except SystemExit as exit_request:
-        if exit_request.code in (0, None):
-            ignore_stop_signals()
-            raise
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(exit_request.code if isinstance(exit_request.code, int) else 1)
+    with closed_stdout_ends_quietly():
+        try:
+            app.run(main, flags_parser=command_flags.parse_flags)
+        except SystemExit as exit_request:
+            if exit_request.code in (0, None):
+                ignore_stop_signals()
+                raise
+            _stdout_flushed()
+            sys.stderr.flush()
+            os._exit(exit_request.code if isinstance(exit_request.code, int) else 1)

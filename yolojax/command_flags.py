@@ -43,10 +43,11 @@ def _expand_paths() -> None:
     if "config" in flags.FLAGS and flags.FLAGS["config"].present:
         from yolojax.config import PATH_FIELDS  # loaded with the config file already
 
-        for section, key in PATH_FIELDS:
-            value = flags.FLAGS.config[section][key]
+        config = flags.FLAGS.config
+        for section, key in PATH_FIELDS:  # a config of the model alone has no data section
+            value = config[section].get(key) if section in config else None
             if isinstance(value, str):  # '' is a setting (pretrained: none)
-                flags.FLAGS.config[section][key] = os.path.expanduser(value)
+                config[section][key] = os.path.expanduser(value)
 
 
 def flags_error(message: str) -> None:

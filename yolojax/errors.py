@@ -57,13 +57,18 @@ def machine_error(action: str, error: OSError, setting: str, then: str = "") -> 
 def first_line(error: BaseException, limit: int = 300) -> str:
     """The first line of ``error``'s message (its type's name if it has none), for a one-line
     report of an error from another library, whose messages can run to pages. Without
-    tensorstore's annotations (its JSON spec, a thousand characters after the reason).
+    tensorstore's annotations (its JSON spec, a thousand characters after the reason), nor
+    the terminal's escape codes (torch's bold type), which a log file would show as such.
     Longer than ``limit`` characters, it keeps its end, where the system's words are ("No
     space left on device")."""
-    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    message = _TERMINAL_CODES.sub("", str(error))
+    line = (message.strip().splitlines() or [type(error).__name__])[0]
     line = _TENSORSTORE_ANNOTATIONS.split(line, maxsplit=1)[0]
     return line if len(line) <= limit else "..." + line[-limit:]
 
+
+# A terminal's escape sequences (ANSI CSI: bold, colours), as in "\x1b[1mdo those steps\x1b[0m".
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
 
 # What tensorstore appends to an error's reason: " [tensorstore_spec='{...}']",
 # " [source locations='...']".

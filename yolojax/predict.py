@@ -54,6 +54,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from yolojax import drawings, errors
+from yolojax.checkpoints import parse_which
 from yolojax.images import IMAGE_EXTENSIONS, UnreadableImageError, read_image
 from yolojax.validation import check_positive_int
 from yolojax.workdir import atomic_write_bytes, atomic_write_text, to_json
@@ -384,6 +385,12 @@ def main(argv=None) -> None:
         parser.error(f"--drawing-threads must be at least 0; got {drawing_threads}")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         parser.error(f"--out {args.out} is a file: choose another output folder")
+    try:
+        checkpoint = parse_which(args.checkpoint)
+    except ValueError:
+        parser.error(
+            f"--checkpoint must be 'latest', 'best' or a step number; got {args.checkpoint!r}"
+        )
     from yolojax.detector import Detector  # here: --help and bad flags before TensorFlow
 
     with cli.command_errors(), warnings.catch_warnings():
@@ -392,7 +399,7 @@ def main(argv=None) -> None:
         # (Larger ones are refused by Pillow, and reported as unreadable.)
         warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         detector = Detector.from_workdir(
-            args.workdir, checkpoint=args.checkpoint, score_threshold=args.score_threshold, **nms
+            args.workdir, checkpoint=checkpoint, score_threshold=args.score_threshold, **nms
         )
         cli.work_starts()
         images, failed = predict_files(
@@ -420,4 +427,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with cli.closed_stdout_ends_quietly():
+        main()

@@ -416,6 +416,18 @@ def _download_state_dict(arch: str, weights: str) -> Mapping[str, Any]:
     return model.state_dict()
 
 
+def _check_out(parser: argparse.ArgumentParser, out: str, arch: str) -> None:
+    """Refuses an ``--out`` that no file can be written to: a folder, or a path under a file."""
+    if os.path.isdir(out):
+        example = os.path.join(out, f"{arch}.msgpack")
+        parser.error(f"--out {out} is a folder: give the file to write, such as {example}")
+    parent = os.path.dirname(out)
+    while parent and not os.path.exists(parent):  # a folder save_variables would make
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        parser.error(f"--out {out}: {parent} is a file, not a folder: choose another path")
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI: convert torchvision ImageNet weights into a yolojax .msgpack file."""
     parser = argparse.ArgumentParser(
@@ -424,15 +436,22 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--arch", required=True, choices=ARCHS)
-    parser.add_argument("--out", help="output .msgpack (default weights/<arch>.msgpack)")
+    parser.add_argument("--out", help="output .msgpack file (default weights/<arch>.msgpack)")
     parser.add_argument("--state-dict", help="convert this torch state_dict file (offline)")
     parser.add_argument(
         "--weights",
-        default="IMAGENET1K_V1",
-        help="torchvision weights enum to download (IMAGENET1K_V1 = the report's "
-        "`pretrained=True`; ResNets also have IMAGENET1K_V2)",
+        help="torchvision weights enum to download, not with --state-dict (default "
+        "IMAGENET1K_V1, the report's `pretrained=True`; ResNets also have IMAGENET1K_V2)",
     )
     args = parser.parse_args(argv)
+    if args.weights is not None and args.state_dict:
+        parser.error(
+            f"--weights {args.weights} picks the weights to download, and --state-dict "
+            f"{args.state_dict} converts a file instead: give one of them"
+        )
+    out = args.out or os.path.join("weights", f"{args.arch}.msgpack")
+    # Here, not at the rename once the conversion is done (a traceback then).
+    _check_out(parser, out, args.arch)
     try:
         import torch  # noqa: F401  (the `port` extra, for either way of getting weights)
         import torchvision  # noqa: F401
@@ -441,16 +460,18 @@ def main(argv: list[str] | None = None) -> None:
             f"python -m yolojax.pretrained needs torch and torchvision ({error}): install "
             "the `port` extra, pip install -e '.[port]' (see the README)."
         ) from None
-    out = args.out or os.path.join("weights", f"{args.arch}.msgpack")
     from yolojax import cli  # here: importing it sets the command-line tools' log level
 
     with cli.command_errors():
         if args.state_dict:
             state_dict = _read_state_dict(args.state_dict)
         else:
-            state_dict = _download_state_dict(args.arch, args.weights)
+            state_dict = _download_state_dict(args.arch, args.weights or "IMAGENET1K_V1")
         variables = convert_state_dict(args.arch, state_dict)
-        save_variables(out, args.arch, variables)
+        try:
+            save_variables(out, args.arch, variables)
+        except OSError as error:  # a full disk, a read-only folder
+            raise errors.machine_error(f"write {out}", error, "--out") from error
     num_params = sum(v.size for v in jax.tree_util.tree_leaves(variables["params"]))
     print(f"wrote {out}: {args.arch}, {num_params:,} parameters", file=sys.stderr)
 

@@ -22,10 +22,14 @@ from yolojax.validation import check_positive_int
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "config file defining get_config(); `path:arg` selects a variant"
 )
+# The bounds refuse 0 (which read as "not given", the config's size) and a negative depth
+# (an empty table) as bad flags.
 _IMAGE_SIZE = flags.DEFINE_integer(
-    "image_size", None, "square input size; default: config.data.image_size"
+    "image_size", None, "square input size; default: config.data.image_size", lower_bound=1
 )
-_DEPTH = flags.DEFINE_integer("depth", 2, "module nesting depth shown in the table")
+_DEPTH = flags.DEFINE_integer(
+    "depth", 2, "module nesting depth shown in the table (0: the model alone)", lower_bound=0
+)
 
 
 def summarize(model_config: Any, image_size: int, *, depth: int = 2) -> str:
@@ -53,7 +57,7 @@ def summarize(model_config: Any, image_size: int, *, depth: int = 2) -> str:
 def main(argv: list[str]) -> None:
     cli.start(argv)
     config = _CONFIG.value
-    image_size = _IMAGE_SIZE.value or config.data.image_size
+    image_size = config.data.image_size if _IMAGE_SIZE.value is None else _IMAGE_SIZE.value
     with cli.command_errors():  # a bad model field is its message, as in train.py
         print(summarize(config.model, image_size, depth=_DEPTH.value))
 
