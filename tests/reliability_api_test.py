@@ -765,6 +765,16 @@ def test_train_prints_the_config_with_its_overrides_and_needs_a_workdir_to_train
     )
     assert result.returncode == 1 and "\n  dtype: bf16\n" in result.stdout
     assert "config.model.dtype must be one of ('float32', 'bfloat16'); got 'bf16'" in result.stderr
+    # The synthetic dataset's fields too (they were refused only once training built it).
+    result = _run_command(
+        "train.py",
+        "--config",
+        "configs/shapes.py",
+        "--print_config",
+        "--config.data.synthetic.min_object_size=0.7",
+    )
+    assert result.returncode == 1
+    assert "min_object_size and max_object_size must satisfy 0 < min <= max" in result.stderr
     result = _run_command("train.py", "--config", "configs/shapes.py")
     assert result.returncode == 1
     assert "--workdir is required: the folder for the run's checkpoints." in result.stderr

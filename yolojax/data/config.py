@@ -129,6 +129,19 @@ _AUGMENT_RANGES = {
 }
 
 
+def check_synthetic_fields(synthetic) -> None:
+    """Raises ValueError naming the first field of ``synthetic`` (``config.data.synthetic``,
+    every field) out of range."""
+    for name, low in [("num_train", 1), ("num_test", 1), ("image_size", 16), ("max_objects", 1)]:
+        check_int(f"config.data.synthetic.{name}", synthetic[name], low)
+    smallest, largest = synthetic["min_object_size"], synthetic["max_object_size"]
+    if not 0.0 < smallest <= largest <= 1.0:
+        raise ValueError(
+            "config.data.synthetic.min_object_size and max_object_size must satisfy "
+            f"0 < min <= max <= 1, got {smallest} and {largest}"
+        )
+
+
 def validate_data_config(data_config) -> None:
     """Raises ValueError naming the first `config.data` field with an unusable value."""
     check_choice("config.data.source", data_config.source, SOURCES)
@@ -148,6 +161,8 @@ def validate_data_config(data_config) -> None:
             "that holds Annotations/ and JPEGImages/, or the images with their .xml files "
             "(docs/data.md, 'A VOC-format folder')."
         )
+    if data_config.source == "synthetic_shapes":  # here too for --print_config, not at the build
+        check_synthetic_fields(data_config.synthetic)
     for name, low in [("image_size", 16), ("max_boxes", 1)]:
         check_int(f"config.data.{name}", data_config[name], low)
     for name in ("max_train_examples", "max_eval_examples"):

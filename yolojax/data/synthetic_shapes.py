@@ -26,8 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image, ImageDraw
 
-from yolojax.data.config import default_synthetic_config
-from yolojax.validation import check_int
+from yolojax.data.config import check_synthetic_fields, default_synthetic_config
 
 CLASS_NAMES = ("ellipse", "rectangle", "triangle", "star", "cross")
 
@@ -265,14 +264,8 @@ def shapes_builder_config(**fields) -> SyntheticShapesConfig:
             f"config.data.synthetic has no field(s) {unknown}; its fields: {list(_FIELDS)}."
         )
     values = {**_FIELDS, **fields}
-    for name, low in [("num_train", 1), ("num_test", 1), ("image_size", 16), ("max_objects", 1)]:
-        check_int(f"config.data.synthetic.{name}", values[name], low)
+    check_synthetic_fields(values)
     smallest, largest = values["min_object_size"], values["max_object_size"]
-    if not 0.0 < smallest <= largest <= 1.0:
-        raise ValueError(
-            "config.data.synthetic.min_object_size and max_object_size must satisfy "
-            f"0 < min <= max <= 1, got {smallest} and {largest}"
-        )
     name = (
         f"train{values['num_train']}_test{values['num_test']}_size{values['image_size']}"
         f"_objects{values['max_objects']}_from{smallest:g}_to{largest:g}_seed{values['seed']}"
