@@ -796,6 +796,27 @@ def test_paths_given_with_a_tilde_after_an_equals_sign_are_in_the_home_folder():
     assert f"\n  tfds_data_dir: {os.path.expanduser('~/tfds')}\n" in result.stdout
 
 
+def test_a_field_set_to_none_on_the_command_line_is_none():
+    # A run's data cap could not be lifted (int("None") failed), and a folder field became
+    # the text 'None', a folder of that name.
+    result = _run_command(
+        "train.py",
+        "--config",
+        "configs/shapes.py",
+        "--print_config",
+        "--config.data.max_eval_examples=5",
+        "--config.data.max_eval_examples=None",
+        "--config.data.tfds_data_dir",
+        "None",
+        "--config.data.max_train_examples=null",
+        "--config.data.max_train_examples=7",  # the last one given wins
+    )
+    assert result.returncode == 0, result.stderr
+    assert "\n  max_eval_examples: null\n" in result.stdout
+    assert "\n  tfds_data_dir: null\n" in result.stdout
+    assert "\n  max_train_examples: 7\n" in result.stdout
+
+
 @pytest.mark.parametrize("command", ["train.py", "evaluate.py"])
 def test_an_empty_workdir_is_refused_not_taken_for_the_current_folder(command, tmp_path):
     # --workdir="$RUN" with RUN unset: train.py trained into the current folder (here a

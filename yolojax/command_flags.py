@@ -50,6 +50,46 @@ def _expand_paths() -> None:
                 config[section][key] = os.path.expanduser(value)
 
 
+def _without_none_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``argv`` without its ``--config.<field>=None`` overrides (also ``none``, ``null``, and
+    ``--config.<field> None``), and those fields. ml_collections parses the word as a value
+    of the field's type: an int field failed ("invalid literal for int()": a data cap could
+    not be lifted), a text field became the text 'None' (a folder of that name)."""
+    kept, unset = [], []
+    words = iter(argv)
+    for word in words:
+        match = re.fullmatch(r"--config\.([\w.]+)(=.*)?", word)
+        if not match:
+            kept.append(word)
+            continue
+        if match[2] is not None:
+            value, following = match[2][1:], []
+        else:  # the value is the next word
+            value = next(words, None)
+            following = [] if value is None else [value]
+        if value is not None and value.lower() in ("none", "null"):
+            unset.append(match[1])
+        else:
+            unset = [field for field in unset if field != match[1]]  # the last one given wins
+            kept += [word, *following]
+    return kept, unset
+
+
+def _set_none(fields: list[str]) -> None:
+    """Sets each of ``fields`` (dotted, in ``--config``) to None; an unknown one raises
+    KeyError naming it, as ml_collections does for other overrides."""
+    for field in fields:
+        *sections, key = field.split(".")
+        target = flags.FLAGS.config
+        for name in sections:
+            if name not in target:
+                raise KeyError(f"'{name}'")
+            target = target[name]
+        if key not in target:
+            raise KeyError(f"'{key}'")
+        target[key] = None
+
+
 def flags_error(message: str) -> None:
     """Ends the command as absl ends it for a bad flag: ``message``, status 1."""
     print(f"FATAL Flags parsing error: {message}", file=sys.stderr)
@@ -157,8 +197,9 @@ def parse_flags(argv: list[str]) -> list[str]:
             "config file: keep one, and change its fields with --config.<field>=VALUE."
         )
     try:
+        parsed, unset = _without_none_overrides(argv)
         try:
-            remaining = flags.FLAGS(argv)
+            remaining = flags.FLAGS(parsed)
         except SystemExit as exit_request:
             # absl's --help and its kin exit 1 once the help is printed, as asked, which a
             # script reads as a failure. (A --config file may exit too: left as it is.)
@@ -173,6 +214,9 @@ def parse_flags(argv: list[str]) -> list[str]:
             flags_error(_flag_error_report(error, argv))
         if "config" in flags.FLAGS and flags.FLAGS["config"].present:
             flags.FLAGS.config.keys()  # loads the file and applies the overrides
+            _set_none(unset)
+        elif unset:
+            flags_error(f"--config.{unset[0]}=None overrides a field of no --config file")
         try:
             _expand_paths()
         except ValueError as error:
