@@ -838,7 +838,6 @@ def test_bad_arguments_are_refused_before_any_model_is_read(tmp_path, capsys):
         (["--drawing-threads", "-1"], "--drawing-threads must be at least 0; got -1"),
         # "$OUT" unset: the drawings went into the current folder, replacing earlier ones.
         (["--out", ""], "argument --out: is empty: give a path"),
-        (["--checkpoint", "abc"], "--checkpoint must be 'latest', 'best' or a step number"),
     ):
         with pytest.raises(SystemExit) as exit_request:
             predict.main(["--workdir", str(missing), *flags, image])

@@ -385,12 +385,8 @@ def main(argv=None) -> None:
         parser.error(f"--drawing-threads must be at least 0; got {drawing_threads}")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         parser.error(f"--out {args.out} is a file: choose another output folder")
-    try:
+    with cli.command_errors():  # one paragraph, as evaluate.py says it; before TensorFlow
         checkpoint = parse_which(args.checkpoint)
-    except ValueError:
-        parser.error(
-            f"--checkpoint must be 'latest', 'best' or a step number; got {args.checkpoint!r}"
-        )
     from yolojax.detector import Detector  # here: --help and bad flags before TensorFlow
 
     with cli.command_errors(), warnings.catch_warnings():
