@@ -592,6 +592,18 @@ def test_an_emptied_valid_folder_says_train_is_split_instead(tmp_path, caplog):
     assert "valid/ holds no .xml files: 10% of train/ is held out for validation" in caplog.text
 
 
+def test_ids_with_spaces_in_split_files_are_read_whole(tmp_path):
+    # Photos named by cameras and screenshots ("IMG 0001.jpg"): the id was cut at the space.
+    names = ["IMG 0001", "IMG 0002", "c"]
+    images = [VocImage(name, 16, 16, [VocObject("x", (1, 1, 9, 9))]) for name in names]
+    folder = write_voc_folder(
+        str(tmp_path / "f"), images, image_sets={"train": names[:2], "val": ["c"]}
+    )
+    assert voc_layout.folder_splits(folder) == {"train": names[:2], "validation": ["c"]}
+    builder = _prepare(folder, tmp_path / "data")
+    assert sorted(_examples(builder, "train")) == ["IMG 0001.jpg", "IMG 0002.jpg"]
+
+
 def test_an_empty_split_file_is_named(tmp_path):
     images = [VocImage(name, 16, 16, [VocObject("x", (1, 1, 9, 9))]) for name in "abc"]
     folder = write_voc_folder(str(tmp_path / "f"), images, image_sets={"train": ["a", "b"]})

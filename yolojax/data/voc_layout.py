@@ -163,15 +163,16 @@ def _split_folder_splits(folder: str, split_seed: int) -> dict[str, list[str]] |
 
 def folder_splits(folder: str, split_seed: int = 0) -> dict[str, list[str]]:
     """Split name -> image ids: from ImageSets/Main/*.txt, else from split folders (train/,
-    valid/, test/), else a seeded 90:10 random split."""
+    valid/, test/), else a seeded split, about 90:10 (:func:`_random_split`)."""
     main = os.path.join(folder, "ImageSets", "Main")
     splits = {}
     for file_name, split in _SPLIT_FILE_NAMES.items():
         path = os.path.join(main, file_name + ".txt")
         if os.path.isfile(path):
-            # surrogateescape: ids that are not UTF-8 stay equal to os.listdir's names.
+            # surrogateescape: ids that are not UTF-8 stay equal to os.listdir's names. A
+            # line is one id, whole: "IMG 0001" (a photo's name with a space) was "IMG".
             with open(path, encoding="utf-8", errors="surrogateescape") as file:
-                splits[split] = [line.split()[0] for line in file if line.strip()]
+                splits[split] = [line.strip() for line in file if line.strip()]
     if splits:
         _check_split_files(main, splits)
         _warn_of_unlisted_images(folder, splits)
