@@ -272,17 +272,12 @@ def _preprocess(
 
 
 def _dataset(
-    records,
-    data_config,
-    *,
-    seed: int | None,
-    batch_size: int,
-    drop_remainder: bool,
-    one_based_boxes: bool,
+    records, source, data_config, *, seed: int | None, batch_size: int, drop_remainder: bool
 ) -> tuple[tf.data.Dataset, list[Exception]]:
-    """The batches of ``records()``'s examples, and the list that receives the error that
-    ends them early (for :func:`_numpy_batches` to raise). ``one_based_boxes``: the
-    source's (``sources.SplitSource.one_based_boxes``)."""
+    """The batches of ``records()``'s examples of ``source`` (a ``sources.SplitSource``),
+    and the list that receives the error that ends them early (for :func:`_numpy_batches`
+    to raise)."""
+    one_based_boxes = source.one_based_boxes
     failures = []
 
     def until_an_error():
@@ -413,12 +408,7 @@ def make_train_iterator(
             step += 1
 
     dataset, failures = _dataset(
-        records,
-        data_config,
-        seed=seed,
-        batch_size=layout.per_process,
-        drop_remainder=True,
-        one_based_boxes=source.one_based_boxes,
+        records, source, data_config, seed=seed, batch_size=layout.per_process, drop_remainder=True
     )
     return _closed_at_exit(
         _to_devices(batch, layout.local_devices)
@@ -469,12 +459,7 @@ def make_eval_iterator(
             yield _record(source[index], index, data_config.max_boxes, keep_difficult=True)
 
     dataset, failures = _dataset(
-        records,
-        data_config,
-        seed=None,
-        batch_size=layout.per_process,
-        drop_remainder=False,
-        one_based_boxes=source.one_based_boxes,
+        records, source, data_config, seed=None, batch_size=layout.per_process, drop_remainder=False
     )
     return _closed_at_exit(
         _padded_batches(
