@@ -35,19 +35,15 @@ def expand_path(text: str, name: str) -> str:
 
 
 def _expand_paths() -> None:
-    """:func:`expand_path` of every :data:`PATH_FLAGS` given, and ``~`` expanded in the
-    config's paths (``yolojax.config.PATH_FIELDS``)."""
+    """:func:`expand_path` of every :data:`PATH_FLAGS` given, and the config's paths made
+    absolute as a run saves them (``yolojax.config.make_paths_absolute``)."""
     for name in PATH_FLAGS:
         if name in flags.FLAGS and flags.FLAGS[name].value is not None:
             flags.FLAGS[name].value = expand_path(flags.FLAGS[name].value, f"--{name}")
     if "config" in flags.FLAGS and flags.FLAGS["config"].present:
-        from yolojax.config import PATH_FIELDS  # loaded with the config file already
+        from yolojax.config import make_paths_absolute  # loaded with the config file already
 
-        config = flags.FLAGS.config
-        for section, key in PATH_FIELDS:  # a config of the model alone has no data section
-            value = config[section].get(key) if section in config else None
-            if isinstance(value, str):  # '' is a setting (pretrained: none)
-                config[section][key] = os.path.expanduser(value)
+        make_paths_absolute(flags.FLAGS.config)
 
 
 def _without_none_overrides(argv: list[str]) -> tuple[list[str], list[str]]:

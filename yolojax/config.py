@@ -71,8 +71,8 @@ def make_paths_absolute(config) -> None:
     in its config.json: evaluate.py, predict and a resume may run from another folder, where
     a relative path named another folder or none (a synthetic dataset was generated again
     there, a VOC folder was not found)."""
-    for section, key in PATH_FIELDS:
-        value = config[section][key]
+    for section, key in PATH_FIELDS:  # a config of the model alone has no data section
+        value = config[section].get(key) if section in config else None
         if isinstance(value, str) and value:  # '' is a setting (pretrained: none)
             config[section][key] = os.path.abspath(os.path.expanduser(value))
 
