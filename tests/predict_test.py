@@ -855,6 +855,23 @@ def test_an_output_path_that_is_a_file_is_named(workdir, tmp_path):
         predict.predict_files(detector, [], tmp_path / "out" / "sub")
 
 
+def test_a_boxs_outline_is_drawn_on_the_pixels_the_box_covers():
+    # Continuous pixels: [14, 20, 30, 36] covers columns 14..29 and rows 20..35. The right
+    # and bottom lines were drawn a pixel outside (and off the image for a box of all of it).
+    image = np.zeros((60, 50, 3), np.uint8)
+    for box in ([14.0, 20.0, 30.0, 36.0], [0.0, 0.0, 50.0, 60.0]):
+        detections = ImageDetections(
+            boxes=np.array([box], np.float32),
+            scores=np.array([0.5], np.float32),
+            labels=np.array([0]),
+            class_names=["cat"],
+        )
+        drawn = np.asarray(drawings.draw_detections(image, detections)).any(axis=-1)
+        drawn[: max(int(box[1]) - 1, 0)] = False  # leaves out the label above the box
+        rows, cols = np.nonzero(drawn)
+        assert [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1] == box
+
+
 def test_a_label_at_the_right_edge_is_drawn_inside_the_image():
     detections = ImageDetections(
         boxes=np.array([[90.0, 14.0, 100.0, 20.0]], np.float32),
@@ -886,7 +903,8 @@ def test_labels_are_the_pixels_pillow_draws_in_place():
     draw = ImageDraw.Draw(in_place)
     for box, score, label, name in reversed(list(zip(*detections, strict=True))):
         color = drawings.class_color(int(label))
-        draw.rectangle(box.tolist(), outline=color, width=2)
+        x0, y0, x1, y1 = box.tolist()  # continuous: the last column and row are x1-1, y1-1
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=color, width=2)
         left, top = box[0], max(box[1] - 12, 0)
         text_box = draw.textbbox((left, top), f"{name} {score:.2f}")
         if text_box[2] > in_place.width:  # the label moves in from the right edge

@@ -61,7 +61,11 @@ def draw_detections(image: np.ndarray, detections: "ImageDetections") -> Image.I
     )
     for box, score, label, name in sorted(best_last, key=lambda detection: detection[1]):
         color = class_color(int(label))
-        draw.rectangle([float(v) for v in box], outline=color, width=2 * scale)
+        # Continuous pixels: the box covers columns x0 .. x1 - 1, and Pillow's corners are
+        # pixels, both drawn (its x1 was a line one pixel outside, off a whole-image box).
+        x0, y0, x1, y1 = (float(v) for v in box)
+        corners = [x0, y0, max(x1 - 1, x0), max(y1 - 1, y0)]
+        draw.rectangle(corners, outline=color, width=2 * scale)
         tile, (left, top, right, _) = _label(f"{name} {score:.2f}", color, 10 * scale)
         # Above the box, at whole pixels; a box at the right edge: the label moves in.
         x, y = round(float(box[0])), max(round(float(box[1])) - 12 * scale, 0)
