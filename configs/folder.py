@@ -12,8 +12,8 @@ Variants: ``tiny``, configs/shapes.py's small Darknet and recipe at 224 px, from
 sized for a CPU (a first model of a few hundred images in minutes); or a backbone named as
 in configs/voc.py (default resnet152, which needs ported ImageNet weights and a GPU). The
 class count comes from the folder (names found in the XML files, or
---config.data.class_names); without ImageSets or split folders the images are split 90:10
-train/validation with a fixed seed.
+--config.data.class_names); without ImageSets or split folders the images are split about
+90:10 train/validation, each by a hash of its name.
 """
 
 from configs import shapes, voc

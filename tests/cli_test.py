@@ -220,3 +220,33 @@ def test_a_command_whose_reader_stops_reading_ends_quietly_as_piped_tools_do(
     stderr = process.stderr.read()
     assert process.wait(timeout=120) == expected, stderr
     assert stderr == ""
+
+
+# A command whose own stdout is fine, writing into a pipe to a child that has ended.
+_WRITES_TO_AN_ENDED_CHILD = textwrap.dedent(
+    """
+    import subprocess
+    from yolojax import cli
+
+    def main(argv):
+        print("working", flush=True)
+        child = subprocess.Popen(["true"], stdin=subprocess.PIPE)
+        child.wait()
+        child.stdin.write(b"x" * 1_000_000)
+        child.stdin.flush()
+
+    cli.run(main)
+    """
+)
+
+
+def test_a_broken_pipe_of_anything_but_stdout_is_an_error_not_a_quiet_end():
+    done = subprocess.run(
+        [sys.executable, "-c", _WRITES_TO_AN_ENDED_CHILD],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "YOLOJAX_HUGE_PAGES": "0"},
+    )
+    assert done.stdout == "working\n"
+    assert done.returncode == 1 and "BrokenPipeError" in done.stderr

@@ -28,7 +28,13 @@ from yolojax import checkpoints, drawings, errors, predict, train_lib
 from yolojax.config import load_run_config
 from yolojax.data import synthetic_shapes
 from yolojax.detector import Detector, ImageDetections
-from yolojax.workdir import CLASSES_FILE, CONFIG_FILE, atomic_write_text, load_class_names
+from yolojax.workdir import (
+    CLASSES_FILE,
+    CONFIG_FILE,
+    atomic_write_text,
+    config_changes,
+    load_class_names,
+)
 
 _UNCACHED_FROM_WORKDIR = Detector.from_workdir.__func__  # before the fixture's stand-in
 
@@ -637,6 +643,9 @@ def test_a_config_json_with_a_field_yolojax_retired_still_loads(tmp_path):
     (tmp_path / CONFIG_FILE).write_text('{"eval": {"plus_one": true, "score_threshold": 0.1}}')
     loaded = load_run_config(tmp_path)
     assert loaded.eval.score_threshold == 0.1 and "plus_one" not in loaded.eval
+    # Nor does a resume of that run count it as a change of its config.
+    changes = config_changes(tmp_path, '{"eval": {"score_threshold": 0.2}}')
+    assert changes == ["eval.score_threshold: 0.1 -> 0.2"]
 
 
 def test_a_workdir_that_is_no_folder_is_named_as_such(tmp_path):
@@ -675,12 +684,15 @@ def test_a_link_in_a_folder_whose_photo_is_gone_is_named_as_such(workdir, tmp_pa
     a = _image(folder / "a.jpg", 40, 30)
     gone = folder / "gone.jpg"
     gone.symlink_to(tmp_path / "moved_away.jpg")
+    (tmp_path / "album").mkdir()
+    (folder / "album.jpg").symlink_to(tmp_path / "album")  # a folder, as a real one: left out
     out = tmp_path / "out"
 
     assert _predict(workdir, out, str(folder)) == 1
 
     assert list(_record(out)) == [a]
-    assert f"Skipping {gone}: a link to a missing file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"Skipping {gone}: a link to a missing file" in err and "album" not in err
 
 
 def test_a_saved_none_that_the_field_allows_loads(tmp_path):

@@ -1,6 +1,7 @@
 """Tests for yolojax.pretrained: torchvision ports give torchvision's logits; strict loading."""
 
 import errno
+import os
 import re
 import sys
 
@@ -342,6 +343,17 @@ def test_cli_refuses_an_out_that_is_no_file_path_before_converting(tmp_path, cap
             pretrained.main(["--arch", "resnet18", "--state-dict", "no.pth", "--out", str(out)])
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_cli_paths_given_after_an_equals_sign_have_their_tilde_expanded(tmp_path, capsys):
+    # The shell leaves --state-dict=~/x.pth as it is: "no such file" for a file that is there.
+    with pytest.raises(SystemExit):  # the one-paragraph error of a missing file
+        pretrained.main(["--arch", "resnet18", "--state-dict=~/no.pth", f"--out={tmp_path}/o"])
+    expanded = os.path.expanduser("~/no.pth")
+    assert f"--state-dict {expanded}: no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        pretrained.main(["--arch", "resnet18", "--state-dict", "x.pth", "--out="])
+    assert exit_info.value.code == 2 and "argument --out: is empty" in capsys.readouterr().err
 
 
 def test_cli_refuses_weights_to_download_with_a_state_dict_to_convert(tmp_path, capsys):

@@ -805,6 +805,7 @@ def test_a_field_set_to_none_on_the_command_line_is_none():
         "configs/shapes.py",
         "--print_config",
         "--config.data.max_eval_examples=5",
+        "--config.train.freeze_backbone",  # a bool field's flag takes no value
         "--config.data.max_eval_examples=None",
         "--config.data.tfds_data_dir",
         "None",
@@ -815,6 +816,11 @@ def test_a_field_set_to_none_on_the_command_line_is_none():
     assert "\n  max_eval_examples: null\n" in result.stdout
     assert "\n  tfds_data_dir: null\n" in result.stdout
     assert "\n  max_train_examples: 7\n" in result.stdout
+    assert "\n  freeze_backbone: true\n" in result.stdout
+    # A section is not a value: its fields are.
+    result = _run_command("train.py", "--config", "configs/shapes.py", "--config.data=None")
+    assert result.returncode == 1
+    assert "--config.data=None: data is a section; set its fields" in result.stderr
 
 
 @pytest.mark.parametrize("command", ["train.py", "evaluate.py"])

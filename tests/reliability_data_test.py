@@ -126,6 +126,18 @@ def test_bad_file_is_a_named_error_or_skipped_and_counted(tmp_path, caplog, prob
     assert "skipped 1 of 2 images of split 'train'" in caplog.text and words in caplog.text
 
 
+def test_a_name_that_is_no_utf8_in_a_folder_without_splits_is_skipped(tmp_path, caplog):
+    # The split drawn from a hash of each id hashed its text as UTF-8: a Latin-1 name
+    # stopped the preparation with a UnicodeEncodeError before on_bad_data could skip it.
+    images = [_image(f"ok{index}") for index in range(30)] + [_image("bad")]
+    folder = write_voc_folder(str(tmp_path / "f"), images)  # no ImageSets: a random split
+    _rename_to_latin1(folder, "bad")
+    with caplog.at_level(logging.WARNING):
+        builder = _prepare(folder, tmp_path / "tfds", "skip")
+    prepared = sum(split.num_examples for split in builder.info.splits.values())
+    assert prepared == 30 and "file name is not valid UTF-8" in caplog.text
+
+
 def _bad_folder(root) -> tuple[str, list[str]]:
     """10 good and 5 bad train images, 4 good and 1 bad test images; returns the bad files."""
     train = [_image(f"train{index}") for index in range(10)]

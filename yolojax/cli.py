@@ -18,6 +18,7 @@ import contextlib
 import gc
 import logging
 import os
+import select
 import signal
 import sys
 import threading
@@ -354,6 +355,17 @@ def _drop_stdout() -> None:
     os.dup2(devnull, sys.stdout.fileno())
 
 
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (``poll`` reports an error on the
+    writing end; a failed write may have left nothing in the buffer to fail again)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), stdout no file
+        return False
+
+
 def _stdout_flushed() -> bool:
     """Flushes stdout; False (and it is dropped) where its reader has gone away."""
     try:
@@ -372,6 +384,8 @@ def closed_stdout_ends_quietly():
     try:
         yield
     except BrokenPipeError:
+        if _stdout_flushed() and not _stdout_reader_gone():
+            raise  # another pipe's (a child process's, a socket's): an error of its own
         _drop_stdout()
         raise SystemExit(CLOSED_STDOUT_STATUS) from None
     except SystemExit as exit_request:

@@ -3,11 +3,13 @@ are parsed, and every bad flag (a mistyped config field, a missing or broken con
 required flag left out) reported as one message, as absl reports a bad flag, with what to do.
 """
 
+import argparse
 import os
 import re
 import sys
 import textwrap
 import traceback as traceback_lib
+from collections.abc import Callable
 from pathlib import Path
 
 from absl import flags
@@ -34,6 +36,18 @@ def expand_path(text: str, name: str) -> str:
     return os.path.expanduser(text)
 
 
+def path_argument(flag: str) -> Callable[[str], str]:
+    """An argparse ``type`` for the path flag ``flag``: :func:`expand_path` of its value."""
+
+    def path(text: str) -> str:
+        try:
+            return expand_path(text, flag)
+        except ValueError as error:  # argparse names the flag first
+            raise argparse.ArgumentTypeError(str(error).removeprefix(f"{flag} ")) from None
+
+    return path
+
+
 def _expand_paths() -> None:
     """:func:`expand_path` of every :data:`PATH_FLAGS` given, and the config's paths made
     absolute as a run saves them (``yolojax.config.make_paths_absolute``)."""
@@ -52,22 +66,27 @@ def _without_none_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     of the field's type: an int field failed ("invalid literal for int()": a data cap could
     not be lifted), a text field became the text 'None' (a folder of that name)."""
     kept, unset = [], []
-    words = iter(argv)
-    for word in words:
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        index += 1
         match = re.fullmatch(r"--config\.([\w.]+)(=.*)?", word)
         if not match:
             kept.append(word)
             continue
         if match[2] is not None:
-            value, following = match[2][1:], []
-        else:  # the value is the next word
-            value = next(words, None)
-            following = [] if value is None else [value]
+            value = match[2][1:]
+        elif index < len(argv) and not argv[index].startswith("-"):
+            value = argv[index]  # the value is the next word (a bool field's flag takes none)
+            if value.lower() in ("none", "null"):
+                index += 1
+        else:
+            value = None
         if value is not None and value.lower() in ("none", "null"):
             unset.append(match[1])
         else:
             unset = [field for field in unset if field != match[1]]  # the last one given wins
-            kept += [word, *following]
+            kept.append(word)  # its value, if the next word, is kept on the next turn
     return kept, unset
 
 
@@ -83,6 +102,8 @@ def _set_none(fields: list[str]) -> None:
             target = target[name]
         if key not in target:
             raise KeyError(f"'{key}'")
+        if hasattr(target[key], "keys"):  # a section: its fields, each, may be None
+            flags_error(f"--config.{field}=None: {field} is a section; set its fields")
         target[key] = None
 
 

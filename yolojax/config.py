@@ -23,7 +23,7 @@ from yolojax.validation import (
     check_positive_int,
     check_threshold,
 )
-from yolojax.workdir import CONFIG_FILE
+from yolojax.workdir import CONFIG_FILE, drop_retired_fields
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -252,7 +252,7 @@ def load_run_config(
     config = default_config()
     try:
         saved = json.loads(path.read_text())
-        _drop_retired_fields(saved)
+        drop_retired_fields(saved)
         _check_saved_fields(saved, config.to_dict())
         config.update(saved)  # nested sections field by field
         validate_config(config)  # a value edited out of range fails here, naming the file
@@ -262,23 +262,6 @@ def load_run_config(
             f"by hand, or saved by a newer yolojax? Fix the file, or {otherwise}."
         ) from None
     return config
-
-
-# Fields that a run of an earlier yolojax saved and that are gone, with why that run's
-# config.json still reads as it was meant.
-_RETIRED_FIELDS = {
-    # The devkit's +1 pixel (configs/voc.py set it): the pipeline's VOC boxes are continuous
-    # since 2026-12-06 (data.pipeline.continuous_boxes), for which the IoU without it is the
-    # devkit's. VOCEvaluator keeps plus_one, for boxes in the devkit's own convention.
-    ("eval", "plus_one"),
-}
-
-
-def _drop_retired_fields(saved) -> None:
-    """Removes the :data:`_RETIRED_FIELDS` from ``saved`` (a config.json's object)."""
-    for section, key in _RETIRED_FIELDS:
-        if isinstance(saved, dict) and isinstance(saved.get(section), dict):
-            saved[section].pop(key, None)
 
 
 def _check_saved_fields(saved, defaults: dict, section: str = "") -> None:

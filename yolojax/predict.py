@@ -91,7 +91,7 @@ def _folder_images(folder: Path) -> list[Path]:
         for p in entries
         if p.suffix.lower() in IMAGE_EXTENSIONS
         and not p.name.startswith(".")
-        and (p.is_file() or p.is_symlink())
+        and (p.is_file() or (p.is_symlink() and not p.exists()))
     ]
 
 
@@ -297,19 +297,6 @@ def _report_skip(path: str, reason: str) -> None:
     tqdm.write(f"Skipping {path}: {reason}", file=sys.stderr)  # above the progress bar
 
 
-def _path_argument(flag: str) -> Callable[[str], str]:
-    """An argparse ``type``: :func:`command_flags.expand_path` of the value of ``flag``."""
-
-    def path(text: str) -> str:
-        try:
-            return command_flags.expand_path(text, flag)
-        except ValueError as error:  # argparse names the flag first
-            raise argparse.ArgumentTypeError(str(error).removeprefix(f"{flag} ")) from None
-
-    path.__name__ = "path"  # argparse's message: "invalid path value: ''"
-    return path
-
-
 def main(argv=None) -> None:
     """The command; exits with status 1 (``SystemExit``) if any input could not be read."""
     parser = argparse.ArgumentParser(
@@ -323,11 +310,14 @@ def main(argv=None) -> None:
         "--workdir",
         required=True,
         default=argparse.SUPPRESS,
-        type=_path_argument("--workdir"),
+        type=command_flags.path_argument("--workdir"),
         help="the training run's folder",
     )
     parser.add_argument(
-        "--out", default="predictions", type=_path_argument("--out"), help="output folder"
+        "--out",
+        default="predictions",
+        type=command_flags.path_argument("--out"),
+        help="output folder",
     )
     parser.add_argument("--checkpoint", default="latest", help="'latest', 'best' or a step")
     # Also spelled with underscores, as train.py's and evaluate.py's flags are.

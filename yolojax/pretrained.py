@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from yolojax import errors, models
+from yolojax import command_flags, errors, models
 from yolojax.models import resnet, vgg
 from yolojax.workdir import atomic_write_bytes
 
@@ -436,8 +436,16 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--arch", required=True, choices=ARCHS)
-    parser.add_argument("--out", help="output .msgpack file (default weights/<arch>.msgpack)")
-    parser.add_argument("--state-dict", help="convert this torch state_dict file (offline)")
+    parser.add_argument(
+        "--out",
+        type=command_flags.path_argument("--out"),
+        help="output .msgpack file (default weights/<arch>.msgpack)",
+    )
+    parser.add_argument(
+        "--state-dict",
+        type=command_flags.path_argument("--state-dict"),
+        help="convert this torch state_dict file (offline)",
+    )
     parser.add_argument(
         "--weights",
         help="torchvision weights enum to download, not with --state-dict (default "

@@ -88,7 +88,8 @@ def encode(boxes, labels, mask=None, *, grid_size: int, num_classes: int) -> jax
     degenerate boxes (zero or, under jit, negative width or height) are ignored. Centres
     exactly on the right/bottom edge (1.0) belong to the last cell. A centre on a border
     between two cells goes to the one float32 rounding of ``centre · S`` puts it in (the
-    upper or left one with an offset of 1 - 2⁻²³, or the other with 0: the same box).
+    upper or left one with an offset a few float32 steps below 1, or the other with 0: the
+    same box).
 
     Args:
       boxes: ``(M, 4)`` float boxes, normalized ``[ymin, xmin, ymax, xmax]`` in [0, 1]. Clip

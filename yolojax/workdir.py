@@ -234,12 +234,32 @@ def _flat(tree: Mapping, prefix: str = "") -> dict:
     return flat
 
 
+# Fields that a run of an earlier yolojax saved and that are gone, with why that run's
+# config.json still reads as it was meant.
+_RETIRED_FIELDS = {
+    # The devkit's +1 pixel (configs/voc.py set it): the pipeline's VOC boxes are continuous
+    # since 2026-12-06 (data.pipeline.continuous_boxes), for which the IoU without it is the
+    # devkit's. VOCEvaluator keeps plus_one, for boxes in the devkit's own convention.
+    ("eval", "plus_one"),
+}
+
+
+def drop_retired_fields(saved) -> None:
+    """Removes the fields yolojax no longer has from ``saved``, a config.json's object (a
+    resumed run's config does not differ by them)."""
+    for section, key in _RETIRED_FIELDS:
+        if isinstance(saved, dict) and isinstance(saved.get(section), dict):
+            saved[section].pop(key, None)
+
+
 def config_changes(workdir: str | os.PathLike, config_json: str) -> list[str]:
     """How ``config_json`` differs from the run's saved ``config.json``, field by field:
     ``'train.batch_size: 16 -> 32'``; empty when nothing changed or none is saved (or it
     cannot be read)."""
     try:
-        previous = _flat(json.loads((Path(workdir) / CONFIG_FILE).read_text()))
+        saved = json.loads((Path(workdir) / CONFIG_FILE).read_text())
+        drop_retired_fields(saved)
+        previous = _flat(saved)
     except (OSError, ValueError, AttributeError):  # none yet, or unreadable: nothing to keep
         return []
     current = _flat(json.loads(config_json))

@@ -224,8 +224,8 @@ def _parts(data_config, split: str | None) -> list[tuple[tfds.core.DatasetBuilde
                 raise ValueError(
                     f"config.data.folder={data_config.folder!r} has no validation or test "
                     f"split to evaluate on (its splits: {splits}): add ImageSets/Main/val.txt "
-                    "or test.txt, remove ImageSets/Main to hold out 10% of the images at "
-                    "random, or name one with --config.data.eval_split (e.g. 'train[90%:]')."
+                    "or test.txt, remove ImageSets/Main to hold out about 10% of the images "
+                    "at random, or name one with --config.data.eval_split (e.g. 'train[90%:]')."
                 )
             split = held_out[0]
         return [(builder, split)]

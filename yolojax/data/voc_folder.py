@@ -11,8 +11,8 @@ folder itself or in split folders:
 
     folder/[train|valid|validation|val|test/]<name>.xml and <name>.jpg|.jpeg|.png
 
-Without split files or folders, the ids are split 90:10 into 'train' and 'validation' with a
-seeded random permutation (as the report did for its own datasets): `voc_layout` finds the
+Without split files or folders, the ids are split about 90:10 into 'train' and 'validation'
+by a hash of each id (as the report split its own datasets): `voc_layout` finds the
 files and the splits, `voc_xml` reads each XML file, and this module checks each image against
 its annotation and builds the dataset. Class names come from the XML
 files (all names found, sorted) or from a given list. Boxes are stored normalized yxyx, VOC

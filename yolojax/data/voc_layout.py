@@ -110,18 +110,20 @@ def annotation_ids(folder: str) -> list[str]:
 
 def _random_split(folder: str, ids: list[str], split_seed: int) -> dict[str, list[str]]:
     """'train' and 'validation' ids, about 90:10: an id is for validation if a hash of
-    ``(split_seed, id)`` falls in the first tenth of its range (of a few ids where none or
-    all do, the one whose hash is least), so each image keeps its split when others are added
-    or removed. A permutation of the ids reshuffled them all: a folder grown by 2% put
-    two-thirds of its new validation images among those a run had trained on, and that run's
-    evaluation counted them."""
+    ``(split_seed, id)`` falls in the first tenth of its range, so each image keeps its
+    split when others are added or removed (but for a few ids where none or all do: then
+    the one whose hash is least is held out, which more ids may change). A permutation of
+    the ids reshuffled them all: a folder grown by 2% put two-thirds of its new validation
+    images among those a run had trained on, and that run's evaluation counted them."""
     if len(ids) < 2:
         raise ValueError(
             f"config.data.folder={folder!r}: need at least 2 annotated images, got {len(ids)}"
         )
 
     def draw(image_id: str) -> float:  # uniform in [0, 1), fixed by the seed and the id
-        digest = hashlib.sha256(f"{split_seed}:{image_id}".encode()).digest()
+        # surrogateescape: an id that is no UTF-8 (a Latin-1 file name) is hashed as its bytes.
+        digest = hashlib.sha256(f"{split_seed}:{image_id}".encode("utf-8", "surrogateescape"))
+        digest = digest.digest()
         return int.from_bytes(digest[:8], "big") / 2**64
 
     draws = {image_id: draw(image_id) for image_id in ids}
@@ -135,8 +137,8 @@ def _random_split(folder: str, ids: list[str], split_seed: int) -> dict[str, lis
 
 
 def _split_folder_splits(folder: str, split_seed: int) -> dict[str, list[str]] | None:
-    """The split folders' splits (None without any); a train/ alone is split 90:10, so that
-    there is something to evaluate on."""
+    """The split folders' splits (None without any); a train/ alone is split about 90:10, so
+    that there is something to evaluate on."""
     splits = _split_folder_ids(folder)
     if not splits:
         return None
@@ -151,7 +153,8 @@ def _split_folder_splits(folder: str, split_seed: int) -> dict[str, list[str]] |
         empty = [name for name in _split_folders(folder) if name != "train"]
         if empty:  # an export's valid/ or test/ that lost its files, say
             _logger.warning(
-                "%s: %s hold%s no .xml files: %.0f%% of train/ is held out for validation instead.",
+                "%s: %s hold%s no .xml files: about %.0f%% of train/ is held out for "
+                "validation instead.",
                 folder,
                 " and ".join(f"{name}/" for name in empty),
                 "s" * (len(empty) == 1),
