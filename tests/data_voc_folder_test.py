@@ -147,7 +147,6 @@ def _break(folder: str, problem: str) -> str:
         "malformed XML": ("</annotation>", ""),
         "unknown class 'cat'": ("<name>dog</name>", "<name>cat</name>"),
         "lies outside the 20x10 image": ("<xmax>9</xmax>", "<xmax>25</xmax>"),
-        "has zero area": ("<xmax>9</xmax>", "<xmax>2</xmax>"),
         "its corners are swapped": ("<xmax>9</xmax>", "<xmax>1</xmax>"),
         "<size> says 30x10": ("<width>20</width>", "<width>30</width>"),
     }
@@ -165,7 +164,6 @@ BAD_DATA = [
     "malformed XML",
     "unknown class 'cat'",
     "lies outside the 20x10 image",
-    "has zero area",
     "its corners are swapped",
     "<size> says 30x10",
     "an image the input pipeline cannot decode",
@@ -179,6 +177,25 @@ def _folder_with_one_bad_image(tmp_path, problem: str) -> tuple[str, str]:
     ]
     folder = write_voc_folder(str(tmp_path / "f"), images, image_sets={"train": ["ok", "bad"]})
     return folder, _break(folder, problem)
+
+
+def test_a_box_one_pixel_wide_is_a_box_and_one_left_of_the_first_pixel_is_outside(tmp_path):
+    # VOC's pixels count from 1, ends inclusive: xmin == xmax is one pixel column, which was
+    # refused as "zero area"; xmax = 0 lies left of the first column.
+    image = VocImage("a", 20, 10, [VocObject("dog", (5, 2, 5, 8))])
+    folder = write_voc_folder(str(tmp_path / "f"), [image], image_sets={"train": ["a"]})
+    config = default_data_config()
+    config.source, config.folder = "voc_folder", folder
+    config.tfds_data_dir = str(tmp_path / "tfds")
+    config.train_split = config.eval_split = "train"
+    config.image_size = 32
+    (batch,) = list(make_eval_iterator(config, global_batch_size=1))
+    # Column 5 and rows 2..8, in continuous coordinates: x 4..5, y 1..8 (yxyx / size).
+    np.testing.assert_allclose(batch["boxes"][0, 0, 0], [0.1, 0.2, 0.8, 0.25], atol=1e-6)
+    outside = VocImage("b", 20, 10, [VocObject("dog", (0, 2, 0, 8))])
+    folder = write_voc_folder(str(tmp_path / "g"), [outside], image_sets={"train": ["b"]})
+    with pytest.raises(voc_folder.BadDataError, match=r"box .* lies outside the 20x10 image"):
+        _prepare(folder, tmp_path / "data", class_names=("dog",))
 
 
 @pytest.mark.parametrize("problem", BAD_DATA)
@@ -199,7 +216,7 @@ def test_every_bad_file_of_a_split_is_named_at_once(tmp_path):
     annotations = os.path.join(folder, "Annotations")
     os.remove(os.path.join(folder, "JPEGImages", "b1.jpg"))  # image not found
     for image_id, old, new in (
-        ("b2", "<xmax>9</xmax>", "<xmax>2</xmax>"),
+        ("b2", "<xmax>9</xmax>", "<xmax>1</xmax>"),  # corners swapped
         ("b3", "</annotation>", ""),
     ):
         path = os.path.join(annotations, f"{image_id}.xml")
@@ -324,7 +341,7 @@ def test_bad_data_skipped_with_a_warning_and_the_count(tmp_path, caplog, problem
 def test_pipeline_reads_a_folder_and_warns_about_skipped_images(
     tmp_path, caplog, capsys, monkeypatch
 ):
-    folder, _ = _folder_with_one_bad_image(tmp_path, "has zero area")
+    folder, _ = _folder_with_one_bad_image(tmp_path, "its corners are swapped")
     config = default_data_config()
     config.source = "voc_folder"
     config.folder = folder
@@ -352,7 +369,7 @@ def test_pipeline_reads_a_folder_and_warns_about_skipped_images(
 
 
 def test_a_split_the_folder_lacks_names_the_config_key_and_the_splits_it_has(tmp_path):
-    folder, _ = _folder_with_one_bad_image(tmp_path, "has zero area")
+    folder, _ = _folder_with_one_bad_image(tmp_path, "its corners are swapped")
     config = default_data_config()
     config.source, config.folder, config.on_bad_data = "voc_folder", folder, "skip"
     config.tfds_data_dir = str(tmp_path / "tfds")

@@ -1,7 +1,7 @@
 """Bad files in a VOC-format folder: a named error, or skipped and counted; never a crash.
 
 tests/data_voc_folder_test.py covers corrupt JPEGs, missing images, malformed XML, unknown
-classes, boxes outside the image or of zero area, and wrong <size>s one by one. Here: the
+classes, boxes outside the image or with swapped corners, and wrong <size>s one by one. Here: the
 remaining kinds of bad file, and whole training runs on a folder holding several of them.
 """
 
@@ -147,7 +147,7 @@ def _bad_folder(root) -> tuple[str, list[str]]:
         _image("empty_xml"),
         _image("unknown_class", name="bird"),
         _image("outside", box=(4, 3, WIDTH + 5, 25)),
-        _image("zero_area", box=(4, 3, 4, 25)),
+        _image("swapped", box=(4, 25, 20, 3)),
         _image("corrupt_png", extension=".png"),
     ]
     sets = {
@@ -160,7 +160,7 @@ def _bad_folder(root) -> tuple[str, list[str]]:
         _break(folder, "empty_xml", "empty annotation file")[1],
         _break(folder, "corrupt_png", "corrupt PNG")[1],
         *(os.path.join(folder, "Annotations", f"{i}.xml") for i in ("unknown_class", "outside")),
-        os.path.join(folder, "Annotations", "zero_area.xml"),
+        os.path.join(folder, "Annotations", "swapped.xml"),
     ]
     return folder, bad_files
 

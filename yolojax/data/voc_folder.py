@@ -19,7 +19,7 @@ files (all names found, sorted) or from a given list. Boxes are stored normalize
 pixel coordinates divided by the image size, as TFDS `voc` does.
 
 Bad data (a missing or corrupt image, malformed XML, an unknown class, a box outside the image
-or of zero area, an XML size that disagrees with the image) raises `BadDataError` naming the
+or with swapped corners, an XML size that disagrees with the image) raises `BadDataError` naming the
 file and the problem, or with `on_bad_data='skip'` leaves the image out and warns with the
 count. A skipped image is never kept with some of its boxes dropped.
 
@@ -122,9 +122,9 @@ def _check_object(xml_path: str, obj: ParsedObject, width: int, height: int, cla
         raise BadDataError(f"{xml_path}: unknown class '{obj.name}' (known: {list(class_names)})")
     if xmax < xmin or ymax < ymin:
         raise BadDataError(f"{where} has a max below its min: its corners are swapped")
-    if xmax == xmin or ymax == ymin:
-        raise BadDataError(f"{where} has zero area")
-    if xmin < 0 or ymin < 0 or xmax > width or ymax > height:
+    # VOC's pixels count from 1, ends inclusive: xmin == xmax is a box one pixel wide, and
+    # xmin = 0 (a 0-based exporter's) is taken as the image's edge; xmax = 0 is no pixel.
+    if xmin < 0 or ymin < 0 or xmax < 1 or ymax < 1 or xmax > width or ymax > height:
         raise BadDataError(f"{where} lies outside the {width}x{height} image")
 
 
