@@ -110,6 +110,8 @@ def test_a_busy_cpu_is_named_before_its_figures(load, busy, monkeypatch):
 def test_a_benchmarks_help_names_its_command_and_one_default_a_flag(name, flag_help):
     # The usage line read `conv.py`, which does not run as a file; a flag without a default
     # said what it does then, followed by "(default: None)".
+    if name == "conv":  # it times PyTorch's convolutions beside JAX's
+        pytest.importorskip("torch", reason="needs the `port` extra (torch)")
     done = _benchmark(f"benchmarks.{name}", "--help")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"usage: python -m benchmarks.{name} "), done.stdout

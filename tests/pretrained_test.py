@@ -345,7 +345,7 @@ def test_cli_refuses_an_out_that_is_no_file_path_before_converting(tmp_path, cap
         assert message in capsys.readouterr().err
 
 
-def test_cli_paths_given_after_an_equals_sign_have_their_tilde_expanded(tmp_path, capsys):
+def test_cli_paths_given_after_an_equals_sign_have_their_tilde_expanded(torch, tmp_path, capsys):
     # The shell leaves --state-dict=~/x.pth as it is: "no such file" for a file that is there.
     with pytest.raises(SystemExit):  # the one-paragraph error of a missing file
         pretrained.main(["--arch", "resnet18", "--state-dict=~/no.pth", f"--out={tmp_path}/o"])
