@@ -353,6 +353,7 @@ def _drop_stdout() -> None:
     again when the interpreter flushes it at exit ("Exception ignored ...")."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)  # stdout's descriptor holds /dev/null now
 
 
 def _stdout_reader_gone() -> bool:
@@ -384,9 +385,10 @@ def closed_stdout_ends_quietly():
     try:
         yield
     except BrokenPipeError:
-        if _stdout_flushed() and not _stdout_reader_gone():
-            raise  # another pipe's (a child process's, a socket's): an error of its own
-        _drop_stdout()
+        if _stdout_flushed():  # (a failed flush has dropped stdout)
+            if not _stdout_reader_gone():
+                raise  # another pipe's (a child process's, a socket's): an error of its own
+            _drop_stdout()
         raise SystemExit(CLOSED_STDOUT_STATUS) from None
     except SystemExit as exit_request:
         if not _stdout_flushed() and exit_request.code in (0, None):

@@ -78,12 +78,11 @@ def _without_none_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
             value = match[2][1:]
         elif index < len(argv) and not argv[index].startswith("-"):
             value = argv[index]  # the value is the next word (a bool field's flag takes none)
-            if value.lower() in ("none", "null"):
-                index += 1
         else:
             value = None
         if value is not None and value.lower() in ("none", "null"):
             unset.append(match[1])
+            index += match[2] is None  # the next word, its value, is read too
         else:
             unset = [field for field in unset if field != match[1]]  # the last one given wins
             kept.append(word)  # its value, if the next word, is kept on the next turn

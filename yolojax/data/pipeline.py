@@ -277,7 +277,6 @@ def _dataset(
     """The batches of ``records()``'s examples of ``source`` (a ``sources.SplitSource``),
     and the list that receives the error that ends them early (for :func:`_numpy_batches`
     to raise)."""
-    one_based_boxes = source.one_based_boxes
     failures = []
 
     def until_an_error():
@@ -294,7 +293,7 @@ def _dataset(
     # running its atexit handlers (a command that fails, a kill).
     preprocess = tf.autograph.experimental.do_not_convert(
         lambda record: _preprocess(
-            record, data_config=data_config, seed=seed, one_based_boxes=one_based_boxes
+            record, data_config=data_config, seed=seed, one_based_boxes=source.one_based_boxes
         )
     )
     dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
