@@ -6,6 +6,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import weakref
@@ -219,12 +220,11 @@ def test_more_objects_than_max_boxes_is_an_error_naming_the_image_and_the_fix(co
     assert "Traceback" not in capfd.readouterr().err
 
 
-def test_an_image_tensorflow_cannot_decode_is_one_error_naming_the_split(
-    config, monkeypatch, capfd
-):
+def test_an_image_tensorflow_cannot_decode_is_one_error_naming_its_file(config, monkeypatch, capfd):
     # A damaged prepared file: TensorFlow's InvalidArgumentError, a page of graph nodes
     # naming nothing (and train.py could hang at exit on it).
     open_split = sources.open_split
+    damaged_index = 5  # in the third batch of two: the batches before it are read
 
     class Damaged:
         def __init__(self, source):
@@ -236,17 +236,27 @@ def test_an_image_tensorflow_cannot_decode_is_one_error_naming_the_split(
 
         def __getitem__(self, index):
             example = self.source[index]
-            return dataclasses.replace(example, image=b"no image") if index == 1 else example
+            if index == damaged_index:
+                return dataclasses.replace(example, image=b"no image")
+            return example
 
     monkeypatch.setattr(sources, "open_split", lambda *args: Damaged(open_split(*args)))
-    expected = (
-        r"^An image of the (test|train) split of config\.data\.source='synthetic_shapes' could "
-        r"not be decoded \(.*\): the prepared dataset's files are damaged"
-    )
-    with pytest.raises(pipeline.UndecodableImageError, match=expected):
-        list(make_eval_iterator(config, global_batch_size=2))
+
+    def expected(split):
+        filename = open_split(config, split)[damaged_index].filename
+        assert filename  # synthetic_shapes names its images, as VOC does
+        return (
+            rf"^The image '{re.escape(filename)}' of the (test|train) split of "
+            r"config\.data\.source='synthetic_shapes' could not be decoded \(.*\): the "
+            "prepared dataset's files are damaged"
+        )
+
+    batches = []
+    with pytest.raises(pipeline.UndecodableImageError, match=expected("eval")):
+        batches.extend(make_eval_iterator(config, global_batch_size=2))
+    assert len(batches) == damaged_index // 2
     config.augment.enabled = False
-    with pytest.raises(pipeline.UndecodableImageError, match=expected):
+    with pytest.raises(pipeline.UndecodableImageError, match=expected("train")):
         list(itertools.islice(make_train_iterator(config, global_batch_size=2, seed=0), 20))
     assert "Traceback" not in capfd.readouterr().err
 

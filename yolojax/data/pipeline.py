@@ -22,10 +22,11 @@ yields the same number of batches so that a multi-host gather lines up.
 import atexit
 import dataclasses
 import functools
+import itertools
 import logging
 import math
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import jax
 import numpy as np
@@ -124,6 +125,10 @@ def _record(example: sources.Example, position: int, max_boxes: int, keep_diffic
         "position": np.int64(position),
     }
 
+
+# A split's examples for one process, in the order training or evaluation reads them:
+# ``examples(skip)`` yields ``(position, example)`` pairs from the ``skip``-th on.
+Examples = Callable[[int], Iterator[tuple[int, sources.Example]]]
 
 _RECORD_SIGNATURE = {
     "image": tf.TensorSpec([], tf.string),
@@ -272,16 +277,23 @@ def _preprocess(
 
 
 def _dataset(
-    records, source, data_config, *, seed: int | None, batch_size: int, drop_remainder: bool
+    examples: Examples,
+    data_config,
+    *,
+    keep_difficult: bool,
+    one_based_boxes: bool,
+    seed: int | None,
+    batch_size: int,
+    drop_remainder: bool,
 ) -> tuple[tf.data.Dataset, list[Exception]]:
-    """The batches of ``records()``'s examples of ``source`` (a ``sources.SplitSource``),
-    and the list that receives the error that ends them early (for :func:`_numpy_batches`
-    to raise)."""
+    """The batches of ``examples``, and the list that receives the error that ends them early
+    (for :func:`_numpy_batches` to raise)."""
     failures = []
 
     def until_an_error():
         try:
-            yield from records()
+            for position, example in examples(0):
+                yield _record(example, position, data_config.max_boxes, keep_difficult)
         except Exception as error:
             # Raised by _numpy_batches, after the batches before it. Raised here, TensorFlow
             # would log its traceback and raise its own error with the traceback as text.
@@ -293,7 +305,7 @@ def _dataset(
     # running its atexit handlers (a command that fails, a kill).
     preprocess = tf.autograph.experimental.do_not_convert(
         lambda record: _preprocess(
-            record, data_config=data_config, seed=seed, one_based_boxes=source.one_based_boxes
+            record, data_config=data_config, seed=seed, one_based_boxes=one_based_boxes
         )
     )
     dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
@@ -301,6 +313,38 @@ def _dataset(
     options = tf.data.Options()
     options.deterministic = True  # Same batches in the same order, every run.
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(options), failures
+
+
+def _batches(
+    examples: Examples,
+    source,
+    data_config,
+    *,
+    keep_difficult: bool,
+    seed: int | None,
+    batch_size: int,
+    drop_remainder: bool,
+) -> tuple[Iterator[Batch], dict]:
+    """The NumPy batches of ``examples`` of ``source`` (a ``sources.SplitSource``), and their
+    element spec."""
+    dataset, failures = _dataset(
+        examples,
+        data_config,
+        keep_difficult=keep_difficult,
+        one_based_boxes=source.one_based_boxes,
+        seed=seed,
+        batch_size=batch_size,
+        drop_remainder=drop_remainder,
+    )
+    batches = _numpy_batches(
+        dataset,
+        failures,
+        examples=examples,
+        batch_size=batch_size,
+        data_config=data_config,
+        split_name=source.split_name,
+    )
+    return batches, dataset.element_spec
 
 
 # The iterators handed out and still referenced, closed when the interpreter exits.
@@ -332,7 +376,13 @@ class UndecodableImageError(ValueError):
 
 
 def _numpy_batches(
-    dataset: tf.data.Dataset, failures: list[Exception], data_config, split_name: str
+    dataset: tf.data.Dataset,
+    failures: list[Exception],
+    *,
+    examples: Examples,
+    batch_size: int,
+    data_config,
+    split_name: str,
 ) -> Iterator[Batch]:
     """`dataset.as_numpy_iterator()`, then the error that ended its records early, if any
     (``failures``, from :func:`_dataset`), raised as it was: an image with more objects than
@@ -343,13 +393,21 @@ def _numpy_batches(
     pages for its scratch buffers at every step."""
     batches = dataset.as_numpy_iterator()
     malloc_thresholds.restore()
+    batches_read = 0
     try:
-        yield from batches
+        for batch in batches:
+            batches_read += 1
+            yield batch
     except tf.errors.InvalidArgumentError as error:
         # TensorFlow's own error is a page of graph nodes naming no file, and a command that
-        # ended on it could hang at exit, in tf.data's threads.
+        # ended on it could hang at exit, in tf.data's threads. The dataset keeps the
+        # examples' order, so the image is one of the next batch's: decoded again one by
+        # one, the one that fails names its file.
+        first = batches_read * batch_size
+        filename = _undecodable_filename(itertools.islice(examples(first), batch_size))
+        image = f"The image {filename!r}" if filename else "An image"
         raise UndecodableImageError(
-            f"An image of the {split_name} split of config.data.source="
+            f"{image} of the {split_name} split of config.data.source="
             f"{data_config.source!r} could not be decoded ({errors.first_line(error.message)}): "
             "the prepared dataset's files are damaged, or hold an image TensorFlow cannot "
             "decode. Delete the dataset's folder under config.data.tfds_data_dir (for a "
@@ -358,6 +416,17 @@ def _numpy_batches(
         ) from None
     if failures:
         raise failures[0]
+
+
+def _undecodable_filename(examples: Iterable[tuple[int, sources.Example]]) -> str | None:
+    """The filename of the first of the ``(position, sources.Example)`` pairs ``examples``
+    whose image the pipeline cannot decode; None if they all decode."""
+    for _, example in examples:
+        try:
+            decode_image(tf.constant(example.image))
+        except tf.errors.InvalidArgumentError:
+            return example.filename
+    return None
 
 
 def _to_devices(batch: Batch, local_devices: int) -> Batch:
@@ -391,28 +460,32 @@ def make_train_iterator(
     source = sources.open_split(data_config, "train")
     num_examples = _num_examples(source, data_config.max_train_examples)
 
-    def records():
+    def examples(skip: int):
+        """This process's examples, from the ``skip``-th on, with their positions in the
+        global stream (which seed their augmentation)."""
         epoch, order = None, None
-        step = start_step
-        while True:
-            first = step * global_batch_size + layout.process_index * layout.per_process
-            for position in range(first, first + layout.per_process):
-                if position // num_examples != epoch:
-                    epoch = position // num_examples
-                    order = _epoch_permutation(seed, epoch, num_examples)
-                example = source[int(order[position % num_examples])]
-                yield _record(
-                    example, position, data_config.max_boxes, data_config.train_on_difficult
-                )
-            step += 1
+        for read in itertools.count(skip):
+            step, slot = divmod(read, layout.per_process)
+            position = (
+                (start_step + step) * global_batch_size
+                + layout.process_index * layout.per_process
+                + slot
+            )
+            if position // num_examples != epoch:
+                epoch = position // num_examples
+                order = _epoch_permutation(seed, epoch, num_examples)
+            yield position, source[int(order[position % num_examples])]
 
-    dataset, failures = _dataset(
-        records, source, data_config, seed=seed, batch_size=layout.per_process, drop_remainder=True
+    batches, _ = _batches(
+        examples,
+        source,
+        data_config,
+        keep_difficult=data_config.train_on_difficult,
+        seed=seed,
+        batch_size=layout.per_process,
+        drop_remainder=True,
     )
-    return _closed_at_exit(
-        _to_devices(batch, layout.local_devices)
-        for batch in _numpy_batches(dataset, failures, data_config, source.split_name)
-    )
+    return _closed_at_exit(_to_devices(batch, layout.local_devices) for batch in batches)
 
 
 def make_eval_iterator(
@@ -453,21 +526,22 @@ def make_eval_iterator(
     stop = start + shard_sizes[layout.process_index]
     num_batches = math.ceil(max(shard_sizes) / layout.per_process)
 
-    def records():
-        for index in range(start, stop):
-            yield _record(source[index], index, data_config.max_boxes, keep_difficult=True)
+    def examples(skip: int):
+        """This process's examples, from the ``skip``-th on, with their indices in the split."""
+        for index in range(start + skip, stop):
+            yield index, source[index]
 
-    dataset, failures = _dataset(
-        records, source, data_config, seed=None, batch_size=layout.per_process, drop_remainder=False
+    batches, element_spec = _batches(
+        examples,
+        source,
+        data_config,
+        keep_difficult=True,
+        seed=None,
+        batch_size=layout.per_process,
+        drop_remainder=False,
     )
     return _closed_at_exit(
-        _padded_batches(
-            _numpy_batches(dataset, failures, data_config, source.split_name),
-            dataset.element_spec,
-            layout,
-            num_batches,
-            first_index=start,
-        )
+        _padded_batches(batches, element_spec, layout, num_batches, first_index=start)
     )
 
 
