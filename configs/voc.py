@@ -7,7 +7,8 @@ report's Table 1 recipe (Adam, batch 19, 1e-4 × 15 / 1e-5 × 10 / 5e-6 × 15 ep
   resnet101, resnet50, resnet34, resnet18
                        the same with a shallower ResNet     (weights/<variant>.msgpack)
   vgg16                ImageNet VGG16 + conv head          (weights/vgg16.msgpack)
-  vgg16_bn             ImageNet VGG16-BN + conv head       (weights/vgg16_bn.msgpack)
+  vgg16_bn             ImageNet VGG16-BN + conv head       (weights/vgg16_bn.msgpack);
+                       the report's VGG16 (its Table 1 row: vgg16_bn,report)
   darknet              the paper's Darknet + fc head, BatchNorm, from scratch
   darknet_gn           Darknet with GroupNorm + fc head, from scratch
 
@@ -56,6 +57,7 @@ def get_config(arg=None):
         config.train.optimizer = "adam"
         config.train.learning_rate = 1e-4
         config.train.weight_decay = 0.0
+        config.train.grad_clip_norm = 0.0  # the report clips nothing (from scratch neither)
         config.train.num_epochs = 40
         config.train.warmup_epochs = 0.0
         config.train.lr_drop_epochs = (15.0, 25.0)

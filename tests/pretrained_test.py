@@ -4,6 +4,7 @@ import errno
 import os
 import re
 import sys
+import warnings
 
 import flax
 import jax
@@ -383,3 +384,39 @@ def test_cli_names_the_out_it_cannot_write_without_a_traceback(
     stderr = capsys.readouterr().err
     assert f"Cannot write {out} (OSError: No space left on device): free space, or " in stderr
     assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("backbone", "normalization", "warned"),
+    [
+        ("resnet18", "unit", True),  # torchvision's weights learned on ImageNet's mean and std
+        ("resnet18", "imagenet", False),
+        ("vgg16_bn", "unit", True),
+        ("darknet_tiny", "unit", False),  # weights of one's own: their normalization is theirs
+    ],
+)
+def test_a_start_from_imagenet_weights_with_other_pixel_normalization_is_warned_of(
+    tmp_path, backbone, normalization, warned
+):
+    from yolojax import config as yolojax_config
+    from yolojax import errors
+
+    config = yolojax_config.default_config()
+    config.model.backbone = backbone
+    config.model.pretrained = str(tmp_path / f"{backbone}.msgpack")
+    config.data.normalization = normalization
+    pretrained.save_variables(config.model.pretrained, backbone, {"params": {}})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pretrained.check_start(config)
+    notices = [str(w.message) for w in caught if issubclass(w.category, errors.Notice)]
+    if warned:
+        assert notices == [
+            f"config.model.pretrained={config.model.pretrained!r} holds {backbone} weights, "
+            "which torchvision trained on pixels normalized by ImageNet's mean and std, but "
+            "config.data.normalization='unit': they will see other values than they learned "
+            "on. Set --config.data.normalization=imagenet (configs/voc.py's ImageNet variants "
+            "do)."
+        ]
+    else:
+        assert notices == []

@@ -946,3 +946,84 @@ def test_a_damaged_latest_checkpoint_resumes_from_the_one_before_and_says_which(
     assert results["step"] == 12
     # What the first run logged after step 4 is replaced by the steps trained again: each once.
     assert [step for step, _ in _logged(tmp_path, "loss")] == [2, 4, 6, 8, 10, 12]
+
+
+def _flat_arrays(variables) -> dict:
+    from flax import traverse_util
+
+    return {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(variables).items()}
+
+
+def _first_train_loss(workdir) -> float:
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return next(record["loss"] for record in map(json.loads, lines) if "loss" in record)
+
+
+def test_a_run_starts_from_another_runs_weights_with_fresh_outputs_for_other_classes(
+    tmp_path, data_dir
+):
+    first = tmp_path / "first"
+    trainer.train_and_evaluate(tiny.tiny_config(data_dir), str(first), verbose=False)
+    trained = _flat_arrays(
+        train_lib.model_variables(
+            train_lib.restore_trained_state(tiny.tiny_config(data_dir), first, "best")[1]
+        )
+    )
+
+    # Fine-tuning for 3 classes instead of the dataset's 5: the class outputs start fresh.
+    config = tiny.tiny_config(data_dir)
+    config.model.update(num_classes=3, pretrained=str(first))
+    model = train_lib.build_model(config, axis_name=None)
+    from_scratch = config.copy_and_resolve_references()
+    from_scratch.model.pretrained = ""
+    fresh = _flat_arrays(train_lib.initial_variables(model, from_scratch, jax.random.key(0)))
+    with pytest.warns(errors.Notice) as notices:
+        started = _flat_arrays(train_lib.initial_variables(model, config, jax.random.key(0)))
+    assert str(notices[0].message) == (
+        f"Starting from the weights of the run in {first} (its best checkpoint, step 4); 2 of "
+        f"{len(started)} arrays start fresh, the run's having another shape or none: "
+        "head/out/bias, head/out/kernel."
+    )
+    assert set(started) == set(fresh)
+    for name, value in started.items():
+        if "head/out" in name:
+            assert value.shape != trained[name].shape
+            np.testing.assert_array_equal(value, fresh[name])
+        else:
+            np.testing.assert_array_equal(value, trained[name], err_msg=name)
+            assert not np.array_equal(value, fresh[name]) or not value.any(), name
+
+    # The same classes, trained through train.py's job: it starts where the first run ended.
+    config = tiny.tiny_config(data_dir)
+    config.model.pretrained = str(first)
+    second = tmp_path / "second"
+    with pytest.warns(errors.Notice, match=r"^Starting from the weights of the run in .*\)\.$"):
+        trainer.train_and_evaluate(config, str(second), verbose=False)
+    assert _first_train_loss(second) < 0.8 * _first_train_loss(first)
+
+
+def test_a_folder_that_is_no_fitting_run_is_refused_before_the_data_is_prepared(tmp_path, data_dir):
+    unprepared = tmp_path / "tfds"  # stays absent: each error comes first
+    config = tiny.tiny_config(str(unprepared))
+    run = tmp_path / "run"
+    run.mkdir()
+    config.model.pretrained = str(run)
+    expected = rf"^config\.model\.pretrained='{run}' is a folder, but not a training run's"
+    with pytest.raises(FileNotFoundError, match=expected):
+        trainer.train_and_evaluate(config, str(tmp_path / "new"), verbose=False)
+
+    saved = tiny.tiny_config(str(unprepared))
+    saved.model.backbone = "resnet18"
+    (run / "config.json").write_text(saved.to_json())
+    expected = rf"^config\.model\.pretrained='{run}': that run has saved no checkpoint yet"
+    with pytest.raises(FileNotFoundError, match=expected):
+        trainer.train_and_evaluate(config, str(tmp_path / "new"), verbose=False)
+
+    (run / "checkpoints" / "4").mkdir(parents=True)
+    expected = (
+        rf"^config\.model\.pretrained='{run}' is a run of config\.model\.backbone="
+        r"'resnet18', this one's is 'darknet_tiny': .* Set --config\.model\.backbone='resnet18'"
+    )
+    with pytest.raises(ValueError, match=expected):
+        trainer.train_and_evaluate(config, str(tmp_path / "new"), verbose=False)
+    assert not unprepared.exists()

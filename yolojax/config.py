@@ -29,8 +29,9 @@ from yolojax.workdir import CONFIG_FILE, drop_retired_fields
 def default_model_config() -> ml_collections.ConfigDict:
     """``config.model``: ResNet-152 from scratch, and ``yolojax.models``'s defaults for the
     other fields (its docstring says what each does). ``num_classes`` may also be 0 here:
-    as many as the dataset has. ``pretrained``: ported ImageNet weights (a .msgpack file),
-    or '' to train from scratch."""
+    as many as the dataset has. ``pretrained``: ported ImageNet weights (a .msgpack file), a
+    trained run's folder (to fine-tune it: ``train_lib.with_run_weights``), or '' to train
+    from scratch."""
     return ml_collections.ConfigDict({"backbone": "resnet152", **MODEL_DEFAULTS, "pretrained": ""})
 
 

@@ -25,18 +25,21 @@ import argparse
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from yolojax import command_flags, errors, models
+from yolojax import checkpoints, command_flags, errors, models
+from yolojax.config import load_run_config
 from yolojax.models import resnet, vgg
-from yolojax.workdir import atomic_write_bytes
+from yolojax.workdir import CONFIG_FILE, atomic_write_bytes
 
 RESNETS = tuple(resnet.RESNETS)
 ARCHS = (*RESNETS, "vgg16", "vgg16_bn")
@@ -361,6 +364,64 @@ def load_pretrained(variables: Mapping, path: str, *, arch: str | None = None) -
     for key, value in model.items():
         flat[key] = jnp.asarray(weights[key], dtype=value.dtype)
     return traverse_util.unflatten_dict(flat)
+
+
+def check_start(config) -> None:
+    """Checks the weights that ``config.model.pretrained`` names, as a run starting over
+    does before it prepares its dataset (minutes for VOC): a ported weights file (see
+    :func:`check_available`), or a trained run's folder (:func:`check_trained_run`)."""
+    path = config.model.pretrained
+    if path and os.path.isdir(path):
+        check_trained_run(config)
+    elif path:
+        check_available(config.model)
+        if config.model.backbone in ARCHS and config.data.normalization != "imagenet":
+            warnings.warn(
+                f"config.model.pretrained={path!r} holds {config.model.backbone} weights, "
+                "which torchvision trained on pixels normalized by ImageNet's mean and std, "
+                f"but config.data.normalization={config.data.normalization!r}: they will see "
+                "other values than they learned on. Set --config.data.normalization=imagenet "
+                "(configs/voc.py's ImageNet variants do).",
+                errors.Notice,
+                stacklevel=2,
+            )
+
+
+def check_trained_run(config) -> ml_collections.ConfigDict:
+    """The config of the trained run whose folder ``config.model.pretrained`` names, for a run
+    of ``config`` to start from its weights (``train_lib.initial_variables``).
+
+    Raises:
+      FileNotFoundError: the folder is not a run's (no config.json), or the run saved no
+        checkpoint yet.
+      ValueError: the run's backbone or pixel normalization is not ``config``'s: its weights
+        do not fit, or would see other pixel values than they learned on.
+    """
+    folder = config.model.pretrained
+    if not os.path.exists(os.path.join(folder, CONFIG_FILE)):
+        raise FileNotFoundError(
+            f"config.model.pretrained={folder!r} is a folder, but not a training run's (it "
+            f"has no {CONFIG_FILE}): give the --workdir of a run to start from its weights, "
+            "or a weights file of `python -m yolojax.pretrained`."
+        )
+    run_config = load_run_config(
+        folder, otherwise="start from another run, or set config.model.pretrained=''"
+    )
+    if not checkpoints.has_saved_step(folder):
+        raise FileNotFoundError(
+            f"config.model.pretrained={folder!r}: that run has saved no checkpoint yet. Start "
+            "from it once it has (it saves every config.train.checkpoint_every_steps steps)."
+        )
+    for section, key in (("model", "backbone"), ("data", "normalization")):
+        theirs, ours = run_config[section][key], config[section][key]
+        if theirs != ours:
+            raise ValueError(
+                f"config.model.pretrained={folder!r} is a run of config.{section}.{key}="
+                f"{theirs!r}, this one's is {ours!r}: a run starts only from the weights of "
+                f"a run of its own backbone and normalization. Set --config.{section}.{key}="
+                f"{theirs!r}, or start from another run."
+            )
+    return run_config
 
 
 def check_available(model_config: Any) -> None:

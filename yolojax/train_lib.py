@@ -3,17 +3,21 @@ or restoring the state of a config. The loop lives in ``yolojax.trainer``.
 """
 
 import functools
+import os
+import warnings
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from flax import traverse_util
 from flax.training import train_state
 from jax.sharding import Mesh, PartitionSpec
 
-from yolojax import checkpoints, distributed, losses, optim, targets
+from yolojax import checkpoints, distributed, errors, losses, optim, targets
 from yolojax.models import get_model
-from yolojax.pretrained import load_for_config
+from yolojax.pretrained import check_trained_run, load_for_config
 
 AXIS = distributed.AXIS
 
@@ -52,12 +56,55 @@ def _init_variables(model, config, key) -> dict:
 
 
 def initial_variables(model, config, key) -> dict:
-    """Fresh variables for ``model``, with ported ImageNet weights when the config names them."""
+    """Fresh variables for ``model``, with the weights ``config.model.pretrained`` names:
+    ported ImageNet weights (a file), or a trained run's (its folder, :func:`with_run_weights`)."""
     init = jax.jit(functools.partial(_init_variables, model, config))
     variables = jax.device_get(init(key))
-    if config.model.pretrained:
+    path = config.model.pretrained
+    if path and os.path.isdir(path):
+        return with_run_weights(variables, config)
+    if path:
         variables = load_for_config(variables, config.model)
     return variables
+
+
+def with_run_weights(variables: dict, config) -> dict:
+    """``variables`` of ``config``'s model with the arrays of the trained run in the folder
+    ``config.model.pretrained`` (its best checkpoint, else its latest), for fine-tuning it:
+    on another dataset, with other classes. An array whose shape differs from the run's (the
+    class outputs, for another class count; the head, for another grid or input size) keeps
+    its fresh value, and a :class:`yolojax.errors.Notice` names those.
+
+    Raises:
+      FileNotFoundError / ValueError: see ``pretrained.check_trained_run``.
+    """
+    folder = config.model.pretrained
+    run_config = check_trained_run(config)
+    try:
+        _, state, step = restore_trained_state(run_config, folder, "best")
+        which = "best"
+    except checkpoints.NoCheckpointError:  # a run that has not evaluated yet
+        _, state, step = restore_trained_state(run_config, folder, "latest")
+        which = "latest"
+    trained = traverse_util.flatten_dict(jax.device_get(model_variables(state)))
+    flat = traverse_util.flatten_dict(variables)
+    fresh = []
+    for key, value in flat.items():
+        if key in trained and trained[key].shape == value.shape:
+            flat[key] = np.asarray(trained[key], value.dtype)
+        else:
+            fresh.append("/".join(key[1:]))
+    message = (
+        f"Starting from the weights of the run in {folder} (its {which} checkpoint, step {step})"
+    )
+    if fresh:
+        listed = ", ".join(fresh[:6]) + (f" and {len(fresh) - 6} more" if len(fresh) > 6 else "")
+        message += (
+            f"; {len(fresh)} of {len(flat)} arrays start fresh, the run's having another "
+            f"shape or none: {listed}"
+        )
+    warnings.warn(message + ".", errors.Notice, stacklevel=2)
+    return traverse_util.unflatten_dict(flat)
 
 
 def _state_of(model, variables, tx) -> TrainState:

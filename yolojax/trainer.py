@@ -108,10 +108,11 @@ def _set_up(config, workdir: str, verbose: bool) -> _Run:
     # Before any data is prepared: a batch that does not split over the devices names the
     # numbers to change.
     distributed.check_batch_size(config.train.batch_size, "config.train.batch_size")
-    # So are missing ImageNet weights, unless a checkpoint is saved: resuming restores every
-    # value (an empty checkpoints/ is a run stopped before its first save).
+    # So are the weights a run starts from (ImageNet's, another run's), unless a checkpoint is
+    # saved: resuming restores every value (an empty checkpoints/ is a run stopped before its
+    # first save).
     if not checkpoints.has_saved_step(workdir):
-        pretrained.check_available(config.model)
+        pretrained.check_start(config)
     eval_batch = eval_lib.eval_batch_size(config)
     workdir = Path(workdir)
     info = pipeline.get_dataset_info(config.data)
