@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 
 from configs import folder, shapes, voc
 from tests import tiny
-from yolojax import checkpoints, drawings, errors, predict, train_lib
+from yolojax import checkpoints, drawings, errors, get_model, predict, train_lib
 from yolojax.config import load_run_config
 from yolojax.data import synthetic_shapes
 from yolojax.detector import Detector, ImageDetections
@@ -1021,3 +1021,81 @@ def test_a_panorama_over_pillows_warning_size_is_drawn_without_its_warning(
         assert _predict(workdir, tmp_path / "out", image) == 0
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
     assert list(_record(tmp_path / "out")) == [image]
+
+
+class _CompileCounting:
+    """A model that notes the batch size of each input it is traced for (under the
+    Detector's ``jit``, each is a program compiled; a persistent cache's hit is traced too),
+    and counts its runs."""
+
+    def __init__(self, model):
+        self.model, self.compiled_for, self.runs = model, [], 0
+
+    def apply(self, variables, images, **kwargs):
+        self.compiled_for.append(images.shape[0])
+        jax.debug.callback(self._ran)
+        return self.model.apply(variables, images, **kwargs)
+
+    def _ran(self):
+        self.runs += 1
+
+
+def _compile_counting_detector(tmp_path):
+    """A Detector of tests/tiny.py's model (zero weights: no checkpoint to restore) and its
+    :class:`_CompileCounting` model."""
+    config = tiny.tiny_config(str(tmp_path / "tfds"))  # no data is read
+    model = get_model(config.model)
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jax.numpy.zeros((1, 64, 64, 3)), train=False)
+    )
+    variables = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), shapes)
+    counting = _CompileCounting(model)
+    names = list(synthetic_shapes.CLASS_NAMES)
+    return Detector(counting, variables, config, names, score_threshold=0.0), counting
+
+
+def test_the_last_short_batch_of_several_compiles_nothing_new(tmp_path):
+    detector, model = _compile_counting_detector(tmp_path)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (30 + 7 * i, 50 - 3 * i, 3), np.uint8) for i in range(9)]
+    # 4 + 4 + 1 images: the last runs padded to 4, the program the others compiled.
+    found = detector.detect_batch(images, batch_size=4)
+    assert len(found) == len(images)
+    assert model.compiled_for == [4]
+    # A call of one batch still runs at its own power of two (a small call stays fast),
+    found = detector.detect_batch(images[:1], batch_size=4)
+    assert model.compiled_for == [4, 1]
+    # and the last of several runs at it too, once it is compiled.
+    detector.detect_batch(images, batch_size=4)
+    detector.detect_batch(images[:2], batch_size=4, pad_to_batch_size=True)
+    assert model.compiled_for == [4, 1]
+    alone = detector(images[-1])
+    np.testing.assert_allclose(found[0].scores, alone.scores, atol=1e-5)
+    np.testing.assert_allclose(found[0].boxes, alone.boxes, atol=1e-3)
+
+
+def test_a_folders_last_short_batch_compiles_nothing_new(tmp_path):
+    detector, model = _compile_counting_detector(tmp_path)
+    images = [_image(tmp_path / f"in/{i}.png", 24 + 4 * i, 40, seed=i) for i in range(7)]
+    (tmp_path / "in/1.png").write_bytes(b"not an image")  # a first batch of 2 readable
+    # Batches of 3, 3 and 1 paths: 2, 3 and 1 images, each padded to 3.
+    run = predict.predict_files(detector, images, tmp_path / "out", batch_size=3)
+    assert len(run.images) == 6 and list(run.failed) == [images[1]]
+    assert model.compiled_for == [3]
+    # One batch: its own power of two.
+    predict.predict_files(detector, images[2:4], tmp_path / "out2", batch_size=3)
+    assert model.compiled_for == [3, 2]
+
+
+def test_detect_batch_reads_its_images_a_batch_at_a_time(tmp_path):
+    # A long list of paths is not decoded into memory before the first batch is detected.
+    detector, model = _compile_counting_detector(tmp_path)
+    runs_when_taken = []
+
+    def images():
+        for _ in range(10):
+            runs_when_taken.append(model.runs)
+            yield np.zeros((20, 30, 3), np.uint8)
+
+    assert len(detector.detect_batch(images(), batch_size=4)) == 10
+    assert runs_when_taken == [0] * 4 + [1] * 4 + [2] * 2

@@ -142,6 +142,7 @@ class Detector:
         # On the device once: NumPy arrays would be copied to the accelerator at every call.
         self._variables = jax.device_put(variables)
         self._detect = jax.jit(detect)
+        self._compiled_rows = set()  # the batch sizes the detection ran at: compiled already
 
     @property
     def config(self) -> ml_collections.ConfigDict:
@@ -225,7 +226,9 @@ class Detector:
         """
         return self._detect_together([_as_rgb(image)], batch_size=1)[0]
 
-    def detect_batch(self, images: Iterable, *, batch_size: int = 16) -> list[ImageDetections]:
+    def detect_batch(
+        self, images: Iterable, *, batch_size: int = 16, pad_to_batch_size: bool = False
+    ) -> list[ImageDetections]:
         """Detects objects in several images, up to ``batch_size`` of them in one call of the
         model: on an accelerator, far faster than one call per image. The detections are
         those of one call per image, to float rounding (the model runs on other batch
@@ -233,10 +236,17 @@ class Detector:
 
         Args:
           images: a list (or any iterable, or an ``(N, H, W, 3)`` array) of what
-            :meth:`__call__` takes, each of any size.
+            :meth:`__call__` takes, each of any size; read ``batch_size`` at a time, so a
+            long list of paths is not held in memory at once.
           batch_size: the most images the model runs on at once (device memory). A shorter
             batch is padded to the next power of two (1, 2, 4, ...), so that the model
-            compiles for a few batch sizes only.
+            compiles for a few batch sizes only; the last of several batches is padded to
+            ``batch_size``, which the others compiled for (unless its power of two was
+            compiled already): a compilation takes longer than a few padding rows.
+          pad_to_batch_size: pad a shorter batch to ``batch_size`` too (unless its power of
+            two was compiled already), for a pass over many images in calls of
+            ``batch_size``, as ``yolojax.predict`` makes: the last call then compiles
+            nothing new.
 
         Returns:
           The detections of each image, in order, boxes in pixels of that image.
@@ -247,21 +257,28 @@ class Detector:
                 "detect_batch takes a list of images; for one image, call the detector: "
                 "detector(image)."
             )
-        rgb = []
+        results, batch = [], []
         for index, image in enumerate(images):
             try:
-                rgb.append(_as_rgb(image))
+                batch.append(_as_rgb(image))
             except ValueError as error:  # which of the images
                 raise ValueError(f"images[{index}]: {error}") from error
-        results = []
-        for start in range(0, len(rgb), batch_size):
-            results += self._detect_together(rgb[start : start + batch_size], batch_size)
+            if len(batch) == batch_size:
+                results += self._detect_together(batch, batch_size)
+                batch = []
+        if batch:  # after a full batch: at its size, compiled already
+            results += self._detect_together(batch, batch_size, pad_to_batch_size or bool(results))
         return results
 
-    def _detect_together(self, images: list[np.ndarray], batch_size: int) -> list[ImageDetections]:
-        """The detections of at most ``batch_size`` RGB images, in one call of the model."""
+    def _detect_together(
+        self, images: list[np.ndarray], batch_size: int, pad_to_batch_size: bool = False
+    ) -> list[ImageDetections]:
+        """The detections of at most ``batch_size`` RGB images, in one call of the model,
+        padded to the next power of two (or ``batch_size``, see :meth:`detect_batch`)."""
         size = self.config.data.image_size
         rows = min(1 << (len(images) - 1).bit_length(), batch_size)  # padded: few shapes
+        if pad_to_batch_size and rows not in self._compiled_rows:
+            rows = batch_size
         model_input = np.zeros((rows, size, size, 3), np.float32)
         for row, image in enumerate(images):
             model_input[row] = pipeline.preprocess_image(
@@ -277,6 +294,7 @@ class Detector:
                 "(yolojax.train_lib.model_variables(state): params, and batch_stats for "
                 "BatchNorm models), or use Detector.from_workdir."
             ) from error
+        self._compiled_rows.add(rows)
         real = Detections(*(field[: len(images)] for field in detections))  # not the padding
         heights, widths = zip(*(image.shape[:2] for image in images), strict=True)
         return [

@@ -221,7 +221,11 @@ def predict_files(
                     progress.update(1)
                 else:
                     read[key] = image
-            found = detector.detect_batch(list(read.values()), batch_size=batch_size)
+            # A short batch (the last, or one with unreadable inputs) at the full batches'
+            # size: compiled already, where its own would compile again.
+            found = detector.detect_batch(
+                list(read.values()), batch_size=batch_size, pad_to_batch_size=len(batches) > 1
+            )
             for (key, image), detections in zip(read.items(), found, strict=True):
                 name = drawings.drawing_name(Path(key), taken)  # here: in input order
                 being_drawn[key] = submit_drawing(_write_drawing, image, detections, out_dir, name)
