@@ -38,9 +38,13 @@ def main(argv):
     if FLAGS.print_config:
         print(cli.config_text(FLAGS.config), end="")
         with cli.command_errors(traceback=FLAGS.verbosity >= 1):
+            from yolojax import checkpoints, pretrained
             from yolojax.config import validate_config
 
             validate_config(FLAGS.config)  # what training would refuse, said now
+            # And the weights a run starts from, which a resumed run does not read.
+            if not (FLAGS.workdir and checkpoints.has_saved_step(FLAGS.workdir)):
+                pretrained.check_start(FLAGS.config)
         return
     if FLAGS.workdir is None:
         cli.usage_error("--workdir is required: the folder for the run's checkpoints.")

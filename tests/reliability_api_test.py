@@ -775,6 +775,16 @@ def test_train_prints_the_config_with_its_overrides_and_needs_a_workdir_to_train
     )
     assert result.returncode == 1
     assert "min_object_size and max_object_size must satisfy 0 < min <= max" in result.stderr
+    # The weights a new run would start from (refused only once training started).
+    result = _run_command(
+        "train.py",
+        "--config",
+        "configs/shapes.py",
+        "--print_config",
+        "--config.model.pretrained=/nowhere/darknet_tiny.msgpack",
+    )
+    assert result.returncode == 1
+    assert "pretrained weights '/nowhere/darknet_tiny.msgpack' not found: " in result.stderr
     result = _run_command("train.py", "--config", "configs/shapes.py")
     assert result.returncode == 1
     assert "--workdir is required: the folder for the run's checkpoints." in result.stderr

@@ -1001,13 +1001,34 @@ def test_a_run_starts_from_another_runs_weights_with_fresh_outputs_for_other_cla
         trainer.train_and_evaluate(config, str(second), verbose=False)
     assert _first_train_loss(second) < 0.8 * _first_train_loss(first)
 
+    # Resumed with other weights named: they are not read, and the run says it keeps its own.
+    config.model.pretrained = ""
+    config.train.num_epochs = 2
+    with pytest.warns(errors.Notice) as notices:
+        trainer.train_and_evaluate(config, str(second), verbose=False)
+    said = [str(notice.message) for notice in notices]
+    assert said[0] == (
+        f"config.model.pretrained='' is left as it was, '{first}': the weights a run starts "
+        "from are read when it starts, and this one resumes from its checkpoint. To start "
+        "from other weights, use another --workdir."
+    )
+    assert said[1].startswith(
+        "The config differs from the one saved in this workdir: "
+        "train.num_epochs: 1.0 -> 2.0. Training goes on"
+    )  # alone
+    assert json.loads((second / "config.json").read_text())["model"]["pretrained"] == str(first)
+
 
 def test_a_folder_that_is_no_fitting_run_is_refused_before_the_data_is_prepared(tmp_path, data_dir):
     unprepared = tmp_path / "tfds"  # stays absent: each error comes first
     config = tiny.tiny_config(str(unprepared))
     run = tmp_path / "run"
+    config.model.pretrained = str(run)  # not there yet: mistyped, or not trained yet
+    expected = rf"^pretrained weights '{run}' not found \(nor a trained run's folder, to fine-"
+    with pytest.raises(FileNotFoundError, match=expected):
+        trainer.train_and_evaluate(config, str(tmp_path / "new"), verbose=False)
+
     run.mkdir()
-    config.model.pretrained = str(run)
     expected = rf"^config\.model\.pretrained='{run}' is a folder, but not a training run's"
     with pytest.raises(FileNotFoundError, match=expected):
         trainer.train_and_evaluate(config, str(tmp_path / "new"), verbose=False)
@@ -1027,3 +1048,93 @@ def test_a_folder_that_is_no_fitting_run_is_refused_before_the_data_is_prepared(
     with pytest.raises(ValueError, match=expected):
         trainer.train_and_evaluate(config, str(tmp_path / "new"), verbose=False)
     assert not unprepared.exists()
+
+
+def _saved_run(run, config, *, best: bool, latest: bool):
+    """A run's folder holding ``config`` and a checkpoint of its fresh state at step 4:
+    under best/, checkpoints/ or both, as a run that kept those."""
+    run.mkdir()
+    (run / "config.json").write_text(config.to_json())
+    _, state, _ = train_lib.initial_state(config, config.train.batch_size, axis_name=None)
+    manager = checkpoints.Checkpoints(run, checkpoints.model_signature(config))
+    if latest:
+        manager.save(4, state)
+    if best:
+        manager.save_if_best(4, state, {"mAP": 0.5})
+    manager.wait()
+    manager.close()
+    return train_lib.model_variables(state)
+
+
+def _started_from(config):
+    model = train_lib.build_model(config, axis_name=None)
+    with pytest.warns(errors.Notice) as notices:
+        variables = train_lib.initial_variables(model, config, jax.random.key(1))
+    return variables, [str(notice.message) for notice in notices]
+
+
+def test_a_run_that_kept_only_its_best_checkpoint_is_one_to_start_from(tmp_path):
+    config = tiny.tiny_config(str(tmp_path / "tfds"))  # no data: none is read
+    run = tmp_path / "run"
+    saved = _saved_run(run, config, best=True, latest=False)  # checkpoints/ deleted
+    config.model.pretrained = str(run)
+    pretrained.check_start(config)
+    variables, notices = _started_from(config)
+    assert notices == [
+        f"Starting from the weights of the run in {run} (its best checkpoint, step 4)."
+    ]
+    assert _flat_arrays(variables).keys() == _flat_arrays(saved).keys()
+    for name, value in _flat_arrays(variables).items():
+        np.testing.assert_array_equal(value, _flat_arrays(saved)[name], err_msg=name)
+
+
+def test_the_runs_arrays_a_smaller_model_has_no_place_for_are_named(tmp_path):
+    source = tiny.tiny_config(str(tmp_path / "tfds"))
+    source.model.head_conv_layers = 2
+    run = tmp_path / "run"
+    _saved_run(run, source, best=True, latest=True)
+    config = tiny.tiny_config(str(tmp_path / "tfds"))  # one head layer fewer
+    config.model.pretrained = str(run)
+    _, notices = _started_from(config)
+    assert notices == [
+        f"Starting from the weights of the run in {run} (its best checkpoint, step 4); 5 of "
+        "the run's 42 arrays are left out, this model having none of their name: "
+        "head/conv_1/norm/mean, head/conv_1/norm/var, head/conv_1/conv/kernel, "
+        "head/conv_1/norm/bias, head/conv_1/norm/scale."
+    ]
+
+
+@pytest.mark.parametrize("inside", ["checkpoints", "best", "best/4"])
+def test_a_folder_inside_a_run_is_refused_naming_the_run(tmp_path, inside):
+    config = tiny.tiny_config(str(tmp_path / "tfds"))
+    run = tmp_path / "run"
+    _saved_run(run, config, best=True, latest=True)
+    config.model.pretrained = str(run / inside)
+    with pytest.raises(FileNotFoundError) as error:
+        pretrained.check_start(config)
+    assert str(error.value) == (
+        f"config.model.pretrained='{run / inside}' is a folder inside the training run {run}: "
+        f"give the run's own folder, --config.model.pretrained={run} (a run starts from its "
+        "best checkpoint, else its latest)."
+    )
+
+
+def test_a_run_whose_every_checkpoint_is_damaged_is_named_as_the_pretrained_one(tmp_path):
+    config = tiny.tiny_config(str(tmp_path / "tfds"))
+    run = tmp_path / "run"
+    _saved_run(run, config, best=True, latest=True)
+    for path in run.rglob("*"):
+        if path.is_file() and path.parent.name == "d":  # the arrays' data, cut short
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    config.model.pretrained = str(run)
+    model = train_lib.build_model(config, axis_name=None)
+    with (
+        pytest.warns(errors.Notice, match="Skipping damaged checkpoint"),
+        pytest.raises(checkpoints.NoCheckpointError) as error,
+    ):
+        train_lib.initial_variables(model, config, jax.random.key(1))
+    assert str(error.value) == (
+        f"config.model.pretrained='{run}': no checkpoint of that run can be read, neither in "
+        "best/ nor in checkpoints/ (the warnings above name the damaged ones): restore them "
+        "from a backup, or start from another run."
+    )

@@ -94,10 +94,11 @@ class NoCheckpointError(FileNotFoundError):
     """The workdir holds no (usable) checkpoint of the kind asked for."""
 
 
-def has_saved_step(workdir: str | os.PathLike) -> bool:
-    """Whether ``workdir`` holds a saved latest checkpoint, looked up without opening it (or
-    knowing the model): a folder named by its step (orbax's unfinished saves carry a suffix)."""
-    folder = Path(workdir) / LATEST_FOLDER
+def has_saved_step(workdir: str | os.PathLike, which: str = LATEST_FOLDER) -> bool:
+    """Whether ``workdir`` holds a saved latest checkpoint (``which=BEST_FOLDER``: a best
+    one), looked up without opening it (or knowing the model): a folder named by its step
+    (orbax's unfinished saves carry a suffix)."""
+    folder = Path(workdir) / which
     return folder.is_dir() and any(path.name.isdigit() for path in folder.iterdir())
 
 

@@ -273,8 +273,10 @@ def _how_to_make(path: str, arch: str | None) -> str:
 
 def _check_exists(path: str, arch: str | None) -> None:
     if not os.path.exists(path):
+        # A name without the suffix may be a run's folder, mistyped or not yet there.
+        either = "" if path.endswith(".msgpack") else " (nor a trained run's folder, to fine-tune)"
         raise FileNotFoundError(
-            f"pretrained weights {path!r} not found: {_how_to_make(path, arch)}"
+            f"pretrained weights {path!r} not found{either}: {_how_to_make(path, arch)}"
         )
 
 
@@ -392,13 +394,24 @@ def check_trained_run(config) -> ml_collections.ConfigDict:
     of ``config`` to start from its weights (``train_lib.initial_variables``).
 
     Raises:
-      FileNotFoundError: the folder is not a run's (no config.json), or the run saved no
-        checkpoint yet.
+      FileNotFoundError: the folder is not a run's (no config.json; a message that names
+        the run for its checkpoints/ or best/), or the run saved no checkpoint yet (in
+        checkpoints/ or best/: either will do).
       ValueError: the run's backbone or pixel normalization is not ``config``'s: its weights
         do not fit, or would see other pixel values than they learned on.
     """
     folder = config.model.pretrained
     if not os.path.exists(os.path.join(folder, CONFIG_FILE)):
+        # A run's checkpoints/ or best/ (or one step's folder in them): the run is above.
+        above = os.path.abspath(folder)
+        for _ in range(2):
+            above = os.path.dirname(above)
+            if os.path.exists(os.path.join(above, CONFIG_FILE)):
+                raise FileNotFoundError(
+                    f"config.model.pretrained={folder!r} is a folder inside the training run "
+                    f"{above}: give the run's own folder, --config.model.pretrained={above} "
+                    "(a run starts from its best checkpoint, else its latest)."
+                )
         raise FileNotFoundError(
             f"config.model.pretrained={folder!r} is a folder, but not a training run's (it "
             f"has no {CONFIG_FILE}): give the --workdir of a run to start from its weights, "
@@ -407,7 +420,10 @@ def check_trained_run(config) -> ml_collections.ConfigDict:
     run_config = load_run_config(
         folder, otherwise="start from another run, or set config.model.pretrained=''"
     )
-    if not checkpoints.has_saved_step(folder):
+    if not (
+        checkpoints.has_saved_step(folder)
+        or checkpoints.has_saved_step(folder, checkpoints.BEST_FOLDER)
+    ):  # a run may keep its best checkpoint alone (checkpoints/ deleted)
         raise FileNotFoundError(
             f"config.model.pretrained={folder!r}: that run has saved no checkpoint yet. Start "
             "from it once it has (it saves every config.train.checkpoint_every_steps steps)."

@@ -73,18 +73,27 @@ def with_run_weights(variables: dict, config) -> dict:
     ``config.model.pretrained`` (its best checkpoint, else its latest), for fine-tuning it:
     on another dataset, with other classes. An array whose shape differs from the run's (the
     class outputs, for another class count; the head, for another grid or input size) keeps
-    its fresh value, and a :class:`yolojax.errors.Notice` names those.
+    its fresh value, and a :class:`yolojax.errors.Notice` names those, and the run's arrays
+    this model has no place for (a head layer fewer).
 
     Raises:
       FileNotFoundError / ValueError: see ``pretrained.check_trained_run``.
+      checkpoints.NoCheckpointError: no checkpoint of the run can be read (all damaged).
     """
     folder = config.model.pretrained
     run_config = check_trained_run(config)
     try:
         _, state, step = restore_trained_state(run_config, folder, "best")
         which = "best"
-    except checkpoints.NoCheckpointError:  # a run that has not evaluated yet
-        _, state, step = restore_trained_state(run_config, folder, "latest")
+    except checkpoints.NoCheckpointError:  # a run that has not evaluated yet, or damaged
+        try:
+            _, state, step = restore_trained_state(run_config, folder, "latest")
+        except checkpoints.NoCheckpointError as error:
+            raise checkpoints.NoCheckpointError(
+                f"config.model.pretrained={folder!r}: no checkpoint of that run can be read, "
+                "neither in best/ nor in checkpoints/ (the warnings above name the damaged "
+                "ones): restore them from a backup, or start from another run."
+            ) from error
         which = "latest"
     trained = traverse_util.flatten_dict(jax.device_get(model_variables(state)))
     flat = traverse_util.flatten_dict(variables)
@@ -94,17 +103,28 @@ def with_run_weights(variables: dict, config) -> dict:
             flat[key] = np.asarray(trained[key], value.dtype)
         else:
             fresh.append("/".join(key[1:]))
+    # The run's arrays that this model has no place for (a head layer fewer): not taken.
+    unused = ["/".join(key[1:]) for key in trained if key not in flat]
     message = (
         f"Starting from the weights of the run in {folder} (its {which} checkpoint, step {step})"
     )
     if fresh:
-        listed = ", ".join(fresh[:6]) + (f" and {len(fresh) - 6} more" if len(fresh) > 6 else "")
         message += (
             f"; {len(fresh)} of {len(flat)} arrays start fresh, the run's having another "
-            f"shape or none: {listed}"
+            f"shape or none: {_listed(fresh)}"
+        )
+    if unused:
+        message += (
+            f"; {len(unused)} of the run's {len(trained)} arrays are left out, this model "
+            f"having none of their name: {_listed(unused)}"
         )
     warnings.warn(message + ".", errors.Notice, stacklevel=2)
     return traverse_util.unflatten_dict(flat)
+
+
+def _listed(names: list[str], most: int = 6) -> str:
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
 
 
 def _state_of(model, variables, tx) -> TrainState:

@@ -16,6 +16,7 @@ every process after the same step, saved (:mod:`yolojax.preemption`).
 
 import contextlib
 import dataclasses
+import json
 import math
 import shlex
 from collections.abc import Callable
@@ -81,6 +82,7 @@ def _restore_or_start_over(config, info, ckpt, workdir: Path, is_main: bool, rep
             preemption.report_resumed_step(start_step)
         if reports:
             tqdm.write(f"Resuming from the checkpoint of step {start_step} in {workdir}.")
+        _keep_the_weights_started_from(config, workdir, is_main, reports)
     else:  # starting over: what an earlier run in this workdir left is kept aside, not mixed in
         ckpt.set_aside_best()
         moved = workdir_io.set_aside_logs(workdir) if is_main else []
@@ -93,6 +95,25 @@ def _restore_or_start_over(config, info, ckpt, workdir: Path, is_main: bool, rep
                 printed=reports,
             )
     return model, state, lr_schedule, start_step
+
+
+def _keep_the_weights_started_from(config, workdir: Path, is_main: bool, reports: bool) -> None:
+    """Sets ``config.model.pretrained`` back to what the resumed run started from, as its
+    config.json says (process 0 says so): the field is read when a run starts only, and
+    changed on a resume, it would be saved as weights the run never had."""
+    try:
+        saved = json.loads((workdir / workdir_io.CONFIG_FILE).read_text())["model"]["pretrained"]
+    except (OSError, ValueError, KeyError, TypeError):  # none saved, or unreadable: said later
+        return
+    if isinstance(saved, str) and saved != config.model.pretrained:
+        if is_main:
+            tell(
+                f"config.model.pretrained={config.model.pretrained!r} is left as it was, "
+                f"{saved!r}: the weights a run starts from are read when it starts, and this one "
+                "resumes from its checkpoint. To start from other weights, use another --workdir.",
+                printed=reports,
+            )
+        config.model.pretrained = saved
 
 
 def _set_up(config, workdir: str, verbose: bool) -> _Run:
