@@ -38,9 +38,10 @@ def results_file_name(competition: str, test_set: str, class_name: str) -> str:
 
 
 def competition(model_config) -> str:
-    """The VOC competition a run's results enter: ``comp4`` for a backbone that starts from
-    ported ImageNet weights (``config.model.pretrained``: data beyond VOC), ``comp3`` for
-    one trained from scratch on VOC alone (``configs/voc.py:darknet``)."""
+    """The VOC competition a run's results enter: ``comp4`` for a model that starts from
+    other weights (``config.model.pretrained``: ported ImageNet weights, data beyond VOC; or
+    another run's, taken as such too), ``comp3`` for one trained from scratch on VOC alone
+    (``configs/voc.py:darknet``)."""
     return "comp4" if model_config.pretrained else "comp3"
 
 
