@@ -160,6 +160,17 @@ def test_clip_boxes_keeps_exactly_the_minimum_fraction_and_drops_empty_boxes():
     assert augment.clip_boxes(boxes, 0.0)[1].numpy().tolist() == [True, False, False]
 
 
+@pytest.mark.parametrize("color_space", ["hsv", "yiq"])
+def test_no_colour_jitter_leaves_every_pixel_as_it_was(color_space):
+    # configs/shapes.py's factors: colours untouched to the bit (the HSV round trip of a hue
+    # shift of 0 moved them by float rounding).
+    image = tf.random.stateless_uniform([17, 23, 3], [0, 1])
+    same = augment.random_color(
+        image, tf.constant([3, 4]), exposure=1.0, saturation=1.0, hue=0.0, color_space=color_space
+    )
+    np.testing.assert_array_equal(same.numpy(), image.numpy())
+
+
 def test_colour_factors_are_log_uniform_in_both_directions():
     # A grey pixel: exposure alone scales it (saturation 1, no hue shift), unclipped below 1.
     grey = tf.fill([1, 1, 3], 0.25)
