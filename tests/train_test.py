@@ -1018,6 +1018,18 @@ def test_a_run_starts_from_another_runs_weights_with_fresh_outputs_for_other_cla
     )  # alone
     assert json.loads((second / "config.json").read_text())["model"]["pretrained"] == str(first)
 
+    # A run saved before config.json's paths were absolute: its relative path, relative to a
+    # folder unknown, is reported as any changed field is, not taken back.
+    saved = json.loads((second / "config.json").read_text())
+    saved["model"]["pretrained"] = "first"
+    (second / "config.json").write_text(json.dumps(saved))
+    config.model.pretrained = str(first)
+    config.train.num_epochs = 3
+    with pytest.warns(errors.Notice) as notices:
+        trainer.train_and_evaluate(config, str(second), verbose=False)
+    assert not [n for n in notices if "is left as it was" in str(n.message)]
+    assert f"model.pretrained: first -> {first}; " in str(notices[0].message)
+
 
 def test_a_folder_that_is_no_fitting_run_is_refused_before_the_data_is_prepared(tmp_path, data_dir):
     unprepared = tmp_path / "tfds"  # stays absent: each error comes first

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -105,7 +106,10 @@ def _keep_the_weights_started_from(config, workdir: Path, is_main: bool, reports
         saved = json.loads((workdir / workdir_io.CONFIG_FILE).read_text())["model"]["pretrained"]
     except (OSError, ValueError, KeyError, TypeError):  # none saved, or unreadable: said later
         return
-    if isinstance(saved, str) and saved != config.model.pretrained:
+    # A relative path is a run's of before 2026-12-06 (config.json's paths are absolute since):
+    # relative to a folder unknown here, it is left to the config changes' report.
+    relative = isinstance(saved, str) and saved and not os.path.isabs(saved)
+    if isinstance(saved, str) and not relative and saved != config.model.pretrained:
         if is_main:
             tell(
                 f"config.model.pretrained={config.model.pretrained!r} is left as it was, "
