@@ -16,7 +16,6 @@ every process after the same step, saved (:mod:`yolojax.preemption`).
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import shlex
@@ -103,8 +102,8 @@ def _keep_the_weights_started_from(config, workdir: Path, is_main: bool, reports
     config.json says (process 0 says so): the field is read when a run starts only, and
     changed on a resume, it would be saved as weights the run never had."""
     try:
-        saved = json.loads((workdir / workdir_io.CONFIG_FILE).read_text())["model"]["pretrained"]
-    except (OSError, ValueError, KeyError, TypeError):  # none saved, or unreadable: said later
+        saved = workdir_io.read_saved_config(workdir)["model"]["pretrained"]
+    except (KeyError, TypeError):  # none saved, or unreadable: said later
         return
     # A relative path is a run's of before 2026-12-06 (config.json's paths are absolute since):
     # relative to a folder unknown here, it is left to the config changes' report.

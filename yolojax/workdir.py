@@ -147,11 +147,8 @@ def _is_run_folder(workdir: Path) -> bool:
         re.match(r"\d+(\.|$)", path.name) for path in checkpoints.iterdir()
     ):
         return True
-    try:
-        config = json.loads((workdir / CONFIG_FILE).read_text())
-    except (OSError, ValueError):  # none, unreadable, or not JSON
-        return False
-    return isinstance(config, dict) and {"model", "data", "train"} <= config.keys()
+    config = read_saved_config(workdir)
+    return config is not None and {"model", "data", "train"} <= config.keys()
 
 
 def _refuse_files_written_over(workdir: Path) -> None:
@@ -252,16 +249,28 @@ def drop_retired_fields(saved) -> None:
             saved[section].pop(key, None)
 
 
+def read_saved_config(workdir: str | os.PathLike) -> dict | None:
+    """The run's ``config.json`` as a JSON object, less its retired fields; None when there is
+    none, or it cannot be read or is not an object (callers that must say why use
+    ``yolojax.config.load_run_config``)."""
+    try:
+        saved = json.loads((Path(workdir) / CONFIG_FILE).read_text())
+    except (OSError, ValueError):  # none, unreadable, or not JSON
+        return None
+    if not isinstance(saved, dict):
+        return None
+    drop_retired_fields(saved)
+    return saved
+
+
 def config_changes(workdir: str | os.PathLike, config_json: str) -> list[str]:
     """How ``config_json`` differs from the run's saved ``config.json``, field by field:
     ``'train.batch_size: 16 -> 32'``; empty when nothing changed or none is saved (or it
     cannot be read)."""
-    try:
-        saved = json.loads((Path(workdir) / CONFIG_FILE).read_text())
-        drop_retired_fields(saved)
-        previous = _flat(saved)
-    except (OSError, ValueError, AttributeError):  # none yet, or unreadable: nothing to keep
+    saved = read_saved_config(workdir)
+    if saved is None:  # none yet, or unreadable: nothing to keep
         return []
+    previous = _flat(saved)
     current = _flat(json.loads(config_json))
     return [
         f"{key}: {previous.get(key, '(absent)')} -> {current.get(key, '(absent)')}"
