@@ -316,14 +316,39 @@ def test_class_names_that_are_not_names_are_refused_by_key(tmp_path):
         voc_folder.voc_folder_config(folder, class_names=(None,))
 
 
-def test_a_malformed_annotation_found_while_collecting_class_names_says_what_to_do(tmp_path):
-    # Without class names in the config, the first read of every .xml is the scan for them.
-    folder, bad_file = _folder_with_one_bad_image(tmp_path, "malformed XML")
+def test_without_class_names_every_bad_file_is_named_at_once_not_the_first_xml(tmp_path):
+    # Without class names in the config, the first read of every .xml is the scan for them:
+    # it stopped at the first malformed one, and the user fixed one file a run.
+    images = [
+        VocImage(image_id, 20, 10, [VocObject("dog", (2, 1, 9, 8))])
+        for image_id in ("ok", "bad", "worse", "gone")
+    ]
+    folder = write_voc_folder(
+        str(tmp_path / "f"), images, image_sets={"train": ["ok", "bad", "worse", "gone"]}
+    )
+    for image_id in ("bad", "worse"):
+        with open(os.path.join(folder, "Annotations", f"{image_id}.xml"), "w") as file:
+            file.write("<annotation><object>")
+    os.remove(os.path.join(folder, "JPEGImages", "gone.jpg"))
     with pytest.raises(voc_folder.BadDataError) as error:
-        voc_folder.scan_class_names(folder)
-    assert bad_file in str(error.value) and "malformed XML" in str(error.value)
-    assert str(error.value).endswith("(--config.data.on_bad_data=skip leaves such images out.)")
-    assert voc_folder.scan_class_names(folder, on_bad_data="skip") == ("dog",)
+        _prepare(folder, tmp_path / "data")
+    message = str(error.value)
+    assert message.startswith("3 of the 4 images of split 'train'")
+    for name in ("bad.xml", "worse.xml", "gone.jpg"):
+        assert name in message
+    assert message.endswith("(--config.data.on_bad_data=skip leaves such images out.)")
+    skipped = _prepare(folder, tmp_path / "skipped", on_bad_data="skip")
+    assert skipped.info.features["objects"]["label"].names == ["dog"]
+    assert list(_examples(skipped, "train")) == ["ok.jpg"]
+
+
+def test_a_folder_whose_xml_files_with_objects_are_all_unreadable_names_one(tmp_path):
+    folder = write_voc_folder(str(tmp_path / "f"), [VocImage("a", 20, 10, [])])
+    with open(os.path.join(folder, "Annotations", "b.xml"), "w") as file:
+        file.write("<annotation><object>")
+    for policy in ("error", "skip"):
+        with pytest.raises(voc_folder.BadDataError, match=r"no object found .* 1 file cannot be"):
+            voc_folder.voc_folder_config(folder, on_bad_data=policy)
 
 
 @pytest.mark.parametrize(

@@ -177,18 +177,28 @@ def _with_skip_hint(error: BadDataError) -> BadDataError:
     return BadDataError(f"{error}\n(--config.data.on_bad_data=skip leaves such images out.)")
 
 
-def scan_class_names(folder: str, on_bad_data: str = "error") -> tuple[str, ...]:
-    """Sorted names of every object class in the folder's XML files."""
-    counts = collections.Counter()
+def scan_class_names(folder: str) -> tuple[str, ...]:
+    """Sorted names of every object class in the folder's readable XML files.
+
+    A file that cannot be read is passed over: the preparation that follows names it with
+    every other bad file of its split (``on_bad_data='error'``), or leaves its image out
+    (``'skip'``); raised here, it was the only one named, one fix a run.
+    """
+    counts, unreadable = collections.Counter(), []
     for image_id in annotation_ids(folder):
         try:
             annotation = parse_annotation(xml_path_of(folder, image_id))
         except BadDataError as error:
-            if on_bad_data == "error":
-                raise _with_skip_hint(error) from None
-            continue  # Counted and reported when the examples are generated.
+            unreadable.append(error)
+            continue
         counts.update(obj.name for obj in annotation.objects)
     names = set(counts)
+    if not names and unreadable:  # nothing to prepare, with either policy
+        raise BadDataError(
+            f"config.data.folder={folder!r}: no object found in the .xml files that can be "
+            f"read, and {errors.count(len(unreadable), 'file')} cannot be (the first: "
+            f"{unreadable[0]})"
+        )
     if not names:
         raise ValueError(f"config.data.folder={folder!r}: no object found in its .xml files")
     spellings = {}
@@ -205,12 +215,12 @@ def scan_class_names(folder: str, on_bad_data: str = "error") -> tuple[str, ...]
 
 
 @functools.lru_cache(maxsize=16)
-def _class_names_in(folder: str, on_bad_data: str, state: str) -> tuple[str, ...]:
+def _class_names_in(folder: str, state: str) -> tuple[str, ...]:
     """:func:`scan_class_names` once per folder ``state`` (:func:`folder_state`) and
     process: each split a run opens, and each of its evaluations, names the folder again,
     and parsing every .xml file anew took seconds for a VOC-sized folder."""
     del state  # the cache's key: the folder as it is now
-    return scan_class_names(folder, on_bad_data)
+    return scan_class_names(folder)
 
 
 @functools.cache  # once per folder and process: a run reads its class names several times
@@ -272,7 +282,7 @@ def voc_folder_config(
     folder = os.path.abspath(folder)
     state = folder_state(folder)
     if class_names is None:
-        class_names = _class_names_in(folder, on_bad_data, state)
+        class_names = _class_names_in(folder, state)
     if not all(isinstance(name, str) and name for name in class_names):
         raise ValueError(
             f"config.data.class_names={class_names!r} must be names (strings), or None to read "
