@@ -1116,6 +1116,99 @@ def test_the_runs_arrays_a_smaller_model_has_no_place_for_are_named(tmp_path):
     ]
 
 
+def _run_of_classes(run, config, class_names) -> dict:
+    """A run's folder for ``class_names`` whose output layer holds 0, 1, 2, ... (no channel
+    equal to another, or to a fresh one); returns its arrays."""
+    from flax import traverse_util
+
+    _, state, _ = train_lib.initial_state(config, config.train.batch_size, axis_name=None)
+    params = traverse_util.flatten_dict(state.params)
+    for key, value in params.items():
+        if key[:-1] == models.yolo.output_layer(config.model.head):
+            params[key] = np.arange(value.size, dtype=value.dtype).reshape(value.shape)
+    state = state.replace(params=traverse_util.unflatten_dict(params))
+    run.mkdir()
+    (run / "config.json").write_text(config.to_json())
+    (run / "classes.json").write_text(json.dumps(list(class_names)))
+    tiny.save_checkpoint(config, state, run, step=4)
+    return _flat_arrays(train_lib.model_variables(state))
+
+
+@pytest.mark.parametrize("head", ["conv", "seed"])  # one cell's channels; S·S cells' in a row
+def test_a_run_of_other_classes_passes_on_its_outputs_by_class_name(tmp_path, head):
+    source = tiny.tiny_config(str(tmp_path / "tfds"))
+    source.model.head = head
+    run_classes = synthetic_shapes.CLASS_NAMES  # ellipse, rectangle, triangle, star, cross
+    saved = _run_of_classes(tmp_path / "run", source, run_classes)
+    config = source.copy_and_resolve_references()
+    config.model.update(num_classes=3, pretrained=str(tmp_path / "run"))
+    model = train_lib.build_model(config, axis_name=None)
+    with pytest.warns(errors.Notice) as notices:
+        variables = train_lib.initial_variables(
+            model, config, jax.random.key(1), class_names=("star", "helmet", "ellipse")
+        )
+    started = _flat_arrays(variables)
+    config.model.pretrained = ""
+    fresh = _flat_arrays(train_lib.initial_variables(model, config, jax.random.key(1)))
+    assert [str(notice.message) for notice in notices] == [
+        f"Starting from the weights of the run in {tmp_path / 'run'} (its latest checkpoint, "
+        "step 4); the output layer is taken by class name: the run's box outputs and its class "
+        "outputs for star, ellipse (2 of 3 classes); fresh class outputs for helmet; the run's "
+        "classes not taken: rectangle, triangle, cross."
+    ]
+    out = "params/" + "/".join(models.yolo.output_layer(head))
+    cells = 16 if head == "seed" else 1  # the 4×4 grid, flattened row-major per cell
+    for name in (f"{out}/kernel", f"{out}/bias"):
+        ours = started[name].reshape(*started[name].shape[:-1], cells, 3 + 10)
+        theirs = saved[name].reshape(*saved[name].shape[:-1], cells, 5 + 10)
+        np.testing.assert_array_equal(ours[..., 0], theirs[..., 3])  # star
+        np.testing.assert_array_equal(ours[..., 2], theirs[..., 0])  # ellipse
+        np.testing.assert_array_equal(ours[..., 3:], theirs[..., 5:])  # the two boxes' outputs
+        np.testing.assert_array_equal(ours[..., 1], fresh[name].reshape(ours.shape)[..., 1])
+    for name, value in started.items():  # the rest of the model is the run's
+        if not name.startswith(out + "/"):
+            np.testing.assert_array_equal(value, saved[name], err_msg=name)
+
+    # The same classes in another order: all are the run's, none fresh.
+    config.model.update(num_classes=5, pretrained=str(tmp_path / "run"))
+    model = train_lib.build_model(config, axis_name=None)
+    reordered = run_classes[::-1]
+    with pytest.warns(errors.Notice, match=r"for cross, .*, ellipse \(5 of 5 classes\)\.$"):
+        variables = train_lib.initial_variables(
+            model, config, jax.random.key(1), class_names=reordered
+        )
+    ours = _flat_arrays(variables)[f"{out}/bias"].reshape(cells, 15)
+    theirs = saved[f"{out}/bias"].reshape(cells, 15)
+    np.testing.assert_array_equal(ours[:, :5], theirs[:, 4::-1])
+
+
+def test_fine_tuning_on_a_folder_of_other_classes_keeps_the_ones_the_run_knew(tmp_path):
+    run = tmp_path / "run"
+    _run_of_classes(run, tiny.tiny_config(str(tmp_path / "tfds")), synthetic_shapes.CLASS_NAMES)
+    images = [
+        VocImage(f"a{i}", 64, 64, [VocObject(name, (8, 8, 40, 40))])
+        for i, name in enumerate(["star", "helmet"] * 4)
+    ]
+    write_voc_folder(
+        str(tmp_path / "voc"),
+        images,
+        image_sets={"train": [image.image_id for image in images], "test": ["a0", "a1"]},
+    )
+    config = tiny.tiny_config(str(tmp_path / "tfds"))
+    config.data.source, config.data.folder = "voc_folder", str(tmp_path / "voc")
+    config.model.update(num_classes=0, pretrained=str(run))  # the folder's: helmet, star
+    with pytest.warns(errors.Notice) as notices:
+        trainer.train_and_evaluate(config, str(tmp_path / "tuned"), verbose=False)
+    assert [
+        str(notice.message) for notice in notices if "Starting from" in str(notice.message)
+    ] == [
+        f"Starting from the weights of the run in {run} (its latest checkpoint, step 4); the "
+        "output layer is taken by class name: the run's box outputs and its class outputs for "
+        "star (1 of 2 classes); fresh class outputs for helmet; the run's classes not taken: "
+        "ellipse, rectangle, triangle, cross."
+    ]
+
+
 @pytest.mark.parametrize("inside", ["checkpoints", "best", "best/4"])
 def test_a_folder_inside_a_run_is_refused_naming_the_run(tmp_path, inside):
     config = tiny.tiny_config(str(tmp_path / "tfds"))

@@ -5,6 +5,7 @@ or restoring the state of a config. The loop lives in ``yolojax.trainer``.
 import functools
 import os
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -16,8 +17,10 @@ from flax.training import train_state
 from jax.sharding import Mesh, PartitionSpec
 
 from yolojax import checkpoints, distributed, errors, losses, optim, targets
-from yolojax.models import get_model
+from yolojax.models import get_model, yolo
+from yolojax.outputs import output_channels
 from yolojax.pretrained import check_trained_run, load_for_config
+from yolojax.workdir import load_class_names
 
 AXIS = distributed.AXIS
 
@@ -55,26 +58,34 @@ def _init_variables(model, config, key) -> dict:
     return model.init({"params": key}, images, train=False)
 
 
-def initial_variables(model, config, key) -> dict:
+def initial_variables(model, config, key, *, class_names: Sequence[str] | None = None) -> dict:
     """Fresh variables for ``model``, with the weights ``config.model.pretrained`` names:
-    ported ImageNet weights (a file), or a trained run's (its folder, :func:`with_run_weights`)."""
+    ported ImageNet weights (a file), or a trained run's (its folder, :func:`with_run_weights`,
+    given ``class_names``, the dataset's)."""
     init = jax.jit(functools.partial(_init_variables, model, config))
     variables = jax.device_get(init(key))
     path = config.model.pretrained
     if path and os.path.isdir(path):
-        return with_run_weights(variables, config)
+        return with_run_weights(variables, config, class_names)
     if path:
         variables = load_for_config(variables, config.model)
     return variables
 
 
-def with_run_weights(variables: dict, config) -> dict:
+def with_run_weights(variables: dict, config, class_names: Sequence[str] | None = None) -> dict:
     """``variables`` of ``config``'s model with the arrays of the trained run in the folder
     ``config.model.pretrained`` (its best checkpoint, else its latest), for fine-tuning it:
     on another dataset, with other classes. An array whose shape differs from the run's (the
-    class outputs, for another class count; the head, for another grid or input size) keeps
-    its fresh value, and a :class:`yolojax.errors.Notice` names those, and the run's arrays
-    this model has no place for (a head layer fewer).
+    head, for another grid or input size) keeps its fresh value, and a
+    :class:`yolojax.errors.Notice` names those, and the run's arrays this model has no place
+    for (a head layer fewer).
+
+    ``class_names``: this model's classes, in label order. Given, and not the run's (its
+    classes.json), the output layer is taken class by class: the run's box outputs, and the
+    class outputs of each class the run has too, by name (in any order, of any count); the
+    other classes' start fresh, and the notice names both. Not given, the output layer is
+    taken whole when its shape fits: a run of as many classes passes its classes on by
+    position.
 
     Raises:
       FileNotFoundError / ValueError: see ``pretrained.check_trained_run``.
@@ -97,8 +108,18 @@ def with_run_weights(variables: dict, config) -> dict:
         which = "latest"
     trained = traverse_util.flatten_dict(jax.device_get(model_variables(state)))
     flat = traverse_util.flatten_dict(variables)
-    fresh = []
+    run_classes = load_class_names(folder) if class_names is not None else None
+    by_name = run_classes is not None and list(run_classes) != list(class_names)
+    output_layer = ("params", *yolo.output_layer(config.model.head))
+    fresh, matched = [], False
     for key, value in flat.items():
+        if by_name and key[:-1] == output_layer and key in trained:
+            outputs = _outputs_by_class_name(
+                value, trained[key], class_names, run_classes, config.model.num_boxes
+            )
+            if outputs is not None:
+                flat[key], matched = outputs, True
+                continue
         if key in trained and trained[key].shape == value.shape:
             flat[key] = np.asarray(trained[key], value.dtype)
         else:
@@ -108,6 +129,8 @@ def with_run_weights(variables: dict, config) -> dict:
     message = (
         f"Starting from the weights of the run in {folder} (its {which} checkpoint, step {step})"
     )
+    if matched:
+        message += _class_matching(class_names, run_classes)
     if fresh:
         message += (
             f"; {len(fresh)} of {len(flat)} arrays start fresh, the run's having another "
@@ -120,6 +143,47 @@ def with_run_weights(variables: dict, config) -> dict:
         )
     warnings.warn(message + ".", errors.Notice, stacklevel=2)
     return traverse_util.unflatten_dict(flat)
+
+
+def _outputs_by_class_name(
+    fresh, trained, class_names, run_classes, num_boxes: int
+) -> np.ndarray | None:
+    """``fresh``, an array of this model's output layer (last axis ``cells · (C + 5B)``, C =
+    ``len(class_names)``), with the trained run's box outputs and the class outputs of the
+    classes it has too, found by name in ``run_classes``; None when the run's array is not
+    laid out for as many cells and boxes (another grid or head)."""
+    ours, theirs = (output_channels(len(names), num_boxes) for names in (class_names, run_classes))
+    cells = fresh.shape[-1] // ours
+    if (
+        fresh.shape[:-1] != trained.shape[:-1]
+        or fresh.shape[-1] != cells * ours
+        or trained.shape[-1] != cells * theirs
+    ):
+        return None
+    mapped = np.array(fresh).reshape(*fresh.shape[:-1], cells, ours)
+    run = np.asarray(trained, fresh.dtype).reshape(*trained.shape[:-1], cells, theirs)
+    mapped[..., len(class_names) :] = run[..., len(run_classes) :]  # the boxes: any class's
+    for index, name in enumerate(class_names):
+        if name in run_classes:
+            mapped[..., index] = run[..., list(run_classes).index(name)]
+    return mapped.reshape(fresh.shape)
+
+
+def _class_matching(class_names, run_classes) -> str:
+    """How :func:`_outputs_by_class_name` took the output layer, for the notice."""
+    kept = [name for name in class_names if name in run_classes]
+    new = [name for name in class_names if name not in run_classes]
+    dropped = [name for name in run_classes if name not in class_names]
+    message = (
+        "; the output layer is taken by class name: the run's box outputs and its class "
+        f"outputs for {_listed(kept) if kept else 'none'} ({len(kept)} of "
+        f"{errors.count(len(class_names), 'class', 'classes')})"
+    )
+    if new:
+        message += f"; fresh class outputs for {_listed(new)}"
+    if dropped:
+        message += f"; the run's classes not taken: {_listed(dropped)}"
+    return message
 
 
 def _listed(names: list[str], most: int = 6) -> str:
@@ -136,9 +200,11 @@ def _state_of(model, variables, tx) -> TrainState:
     )
 
 
-def create_train_state(model, config, tx, key) -> TrainState:
-    """An unreplicated train state at step 0."""
-    return _state_of(model, initial_variables(model, config, key), tx)
+def create_train_state(
+    model, config, tx, key, *, class_names: Sequence[str] | None = None
+) -> TrainState:
+    """An unreplicated train state at step 0 (``class_names``: see :func:`initial_variables`)."""
+    return _state_of(model, initial_variables(model, config, key, class_names=class_names), tx)
 
 
 def train_state_shapes(model, config, tx) -> TrainState:
@@ -352,10 +418,16 @@ def steps_for(config, num_train_examples: int) -> tuple[int, int]:
 
 
 def initial_state(
-    config, num_train_examples: int, *, fresh: bool = True, axis_name: str | None = AXIS
+    config,
+    num_train_examples: int,
+    *,
+    fresh: bool = True,
+    axis_name: str | None = AXIS,
+    class_names: Sequence[str] | None = None,
 ):
     """``(model, state, schedule)`` for ``config``: the model and an unreplicated train
-    state at step 0: freshly initialized (with the config's ImageNet weights), or with
+    state at step 0: freshly initialized (with the config's ImageNet weights, or a trained
+    run's, taken for ``class_names``, the dataset's: :func:`with_run_weights`), or with
     ``fresh=False`` its :func:`train_state_shapes`, to restore into.
 
     ``axis_name``: the axis over which BatchNorm averages batch statistics in training, the
@@ -366,7 +438,9 @@ def initial_state(
     steps_per_epoch, total_steps = steps_for(config, num_train_examples)
     tx, schedule = optim.create_optimizer(config.train, steps_per_epoch, total_steps)
     if fresh:
-        state = create_train_state(model, config, tx, jax.random.key(config.seed))
+        state = create_train_state(
+            model, config, tx, jax.random.key(config.seed), class_names=class_names
+        )
     else:
         state = train_state_shapes(model, config, tx)
     return model, state, schedule

@@ -72,7 +72,7 @@ def _restore_or_start_over(config, info, ckpt, workdir: Path, is_main: bool, rep
     latest_step = ckpt.latest_step()
     preemption.report_resumed_step(latest_step or 0)
     model, state, lr_schedule = train_lib.initial_state(
-        config, info.num_train_examples, fresh=latest_step is None
+        config, info.num_train_examples, fresh=latest_step is None, class_names=info.class_names
     )
     start_step = 0
     if latest_step is not None:

@@ -33,6 +33,13 @@ from yolojax.validation import check_positive_int
 HEADS = ("fc", "seed", "conv")
 
 
+def output_layer(head: str) -> tuple[str, ...]:
+    """Where, in ``params``, the layer that writes the ``C + 5B`` channels of each cell keeps
+    its ``kernel`` and ``bias`` (last axis: ``S·S·(C + 5B)`` for 'fc' and 'seed', row-major
+    over (row, col, channel); ``C + 5B`` for 'conv')."""
+    return ("head",) if head == "seed" else ("head", "out")
+
+
 class FCHead(nn.Module):
     """The paper's head: (N, h, w, C_f) map → (N, S·S·out), pooled to S×S before flattening.
 
