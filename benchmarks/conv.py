@@ -20,6 +20,7 @@ import torch
 
 from benchmarks import common
 from configs import shapes
+from yolojax import cli
 from yolojax.models import conv, darknet
 
 # (name, map size, C_in, C_out, kernel, stride) of ResNet-50's distinct layers at 224 px and
@@ -176,4 +177,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with cli.closed_stdout_ends_quietly():  # `| head` ends quietly, as the shell's tools do
+        main()

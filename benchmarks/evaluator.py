@@ -22,6 +22,7 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks.voc_reference import voc_eval_all
+from yolojax import cli
 from yolojax.evaluation import VOCEvaluator
 
 NUM_IMAGES = 4952
@@ -129,4 +130,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    with cli.closed_stdout_ends_quietly():  # `| head` ends quietly, as the shell's tools do
+        main()

@@ -24,7 +24,7 @@ import numpy as np
 
 from benchmarks import common
 from configs import shapes, voc
-from yolojax import models
+from yolojax import cli, models
 from yolojax.config import default_config
 
 if TYPE_CHECKING:
@@ -209,4 +209,5 @@ def _cell(result: dict, key: str) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    with cli.closed_stdout_ends_quietly():  # `| head` ends quietly, as the shell's tools do
+        main()

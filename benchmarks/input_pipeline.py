@@ -37,6 +37,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from benchmarks import common
+from yolojax import cli
 from yolojax.data import default_data_config, make_eval_iterator, make_train_iterator
 from yolojax.data.config import COLOR_SPACES
 from yolojax.data.testing import VocImage, VocObject, write_voc_folder
@@ -196,4 +197,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with cli.closed_stdout_ends_quietly():  # `| head` ends quietly, as the shell's tools do
+        main()

@@ -32,6 +32,7 @@ from collections.abc import Callable
 import jax
 
 from benchmarks import common
+from yolojax import cli
 
 OTHER_KIND = "elementwise/other"
 # First match wins. Inductor's Triton kernels first, by their prefix: their names list the ops
@@ -345,4 +346,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with cli.closed_stdout_ends_quietly():  # `| head` ends quietly, as the shell's tools do
+        main()

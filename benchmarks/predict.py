@@ -25,7 +25,7 @@ from PIL import Image
 
 from benchmarks import common
 from benchmarks.inference import PHOTO_SIZE, default_head, make_detector, random_model
-from yolojax import models, predict
+from yolojax import cli, models, predict
 from yolojax.images import read_image
 
 
@@ -139,4 +139,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with cli.closed_stdout_ends_quietly():  # `| head` ends quietly, as the shell's tools do
+        main()

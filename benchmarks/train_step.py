@@ -70,7 +70,7 @@ import jax
 # torch_train_step imports torch and torchvision, which must come before anything that
 # imports TensorFlow (nothing this script imports does: tests/imports_test.py).
 from benchmarks import common, jax_train_step, kernel_profile, torch_train_step
-from yolojax import errors, huge_pages, models, postprocess
+from yolojax import cli, errors, huge_pages, models, postprocess
 from yolojax.outputs import output_channels
 
 CPU_DEFAULTS = {"backbone": "darknet_tiny,resnet18", "batch": 8, "image_size": 160}
@@ -491,4 +491,5 @@ def main() -> None:
 
 if __name__ == "__main__":
     huge_pages.restart_with_huge_pages()  # as train.py runs (unless YOLOJAX_HUGE_PAGES=0)
-    main()
+    with cli.closed_stdout_ends_quietly():  # `| head` ends quietly, as the shell's tools do
+        main()

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -220,6 +221,35 @@ def test_a_command_whose_reader_stops_reading_ends_quietly_as_piped_tools_do(
     stderr = process.stderr.read()
     assert process.wait(timeout=120) == expected, stderr
     assert stderr == ""
+
+
+@pytest.mark.parametrize(
+    "command, unbuffered",
+    [
+        # argparse's commands: Python's "Exception ignored in: <_io.TextIOWrapper
+        # name='<stdout>' ...> BrokenPipeError" as it flushed stdout at exit, status 120.
+        (["-m", "yolojax.pretrained", "--help"], ""),
+        (["-m", "benchmarks.evaluator", "--help"], ""),  # every benchmark, as it goes
+        # absl's, with python -u or PYTHONUNBUFFERED (containers often set it): "FATAL Flags
+        # parsing error: cannot load the --config file: [Errno 32] Broken pipe", status 1.
+        (["-m", "yolojax.models", "--help"], "1"),
+    ],
+)
+def test_the_commands_piped_into_a_reader_that_stops_reading_end_quietly(command, unbuffered):
+    # `python -m yolojax.pretrained --help | head -3`, once head has gone.
+    repo = Path(__file__).resolve().parents[1]
+    env = {"YOLOJAX_HUGE_PAGES": "0", "PYTHONPATH": str(repo), "PYTHONUNBUFFERED": unbuffered}
+    process = subprocess.Popen(
+        [sys.executable, *command],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+    )
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert (process.wait(timeout=120), stderr) == (141, "")
 
 
 # A command whose own stdout is fine, writing into a pipe to a child that has ended.

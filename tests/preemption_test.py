@@ -138,6 +138,24 @@ def test_outside_the_main_thread_nothing_changes(previous):
     assert seen == {"handlers": handlers, "should_stop": False}
 
 
+def test_once_the_run_has_finished_a_signal_says_so_and_stops_nothing(previous, capfd):
+    with preemption.StopSignals() as stop:
+        assert not stop.run_finished()  # no signal before: the run ends as planned
+        signal.raise_signal(signal.SIGTERM)  # the scheduler, while the last files are written
+        assert previous == [] and not stop.should_stop(8) and stop.received is None
+        err = capfd.readouterr().err
+        assert err == (
+            "\nSIGTERM received: the run has finished, and exits once its files are written. "
+            "A second SIGTERM stops at once.\n"
+        )
+        signal.raise_signal(signal.SIGTERM)
+        assert previous == [signal.SIGTERM]
+    with preemption.StopSignals() as stop:
+        signal.raise_signal(signal.SIGINT)  # during the last evaluation: it still stops
+        assert stop.run_finished() and stop.received == signal.SIGINT
+    assert "training stops after the current step" in capfd.readouterr().err
+
+
 def test_training_stopped_exits_as_the_signal_would_and_says_how_to_resume(tmp_path):
     stopped = preemption.TrainingStopped(signal.SIGTERM, 37, tmp_path / "checkpoints")
     assert stopped.exit_status == 143 and stopped.step == 37
@@ -146,3 +164,9 @@ def test_training_stopped_exits_as_the_signal_would_and_says_how_to_resume(tmp_p
         "same command to resume from it."
     )
     assert preemption.TrainingStopped(signal.SIGINT, 1, tmp_path).exit_status == 130
+    last = preemption.TrainingStopped(signal.SIGTERM, 8, tmp_path, last=True)
+    assert (last.exit_status, str(last)) == (
+        143,
+        f"Stopped on SIGTERM after step 8, the last, saved in {tmp_path} but not evaluated: "
+        "rerun the same command to evaluate it.",
+    )

@@ -42,19 +42,24 @@ def test_a_stop_saves_at_once_and_leaves_the_evaluation_to_the_resumed_run():
         log=True, epoch_line=False, save=True, evaluate=False, stop=True, last=False
     )
     assert plan.after(20, stop_requested=True).evaluate is False
-    # At the last step there is nothing to resume: it ends as planned, evaluated.
-    assert plan.after(45, stop_requested=True) == _plan().after(45, stop_requested=False)
+    # The last step too: its evaluation would spend a preempted job's grace period as well.
+    assert plan.after(45, stop_requested=True) == Due(
+        log=True, epoch_line=True, save=True, evaluate=False, stop=True, last=True
+    )
 
 
-def test_epochs_are_labelled_from_one_and_a_partial_last_epoch_counts():
-    plan = _plan()
+def test_epochs_are_labelled_from_one_and_a_partial_last_epoch_counts_and_says_so():
+    plan = _plan()  # num_epochs 4.5
     assert [plan.epoch_label(step) for step in (1, 10, 11, 41, 45)] == [
         "epoch 1/5",
         "epoch 1/5",
         "epoch 2/5",
-        "epoch 5/5",
-        "epoch 5/5",
+        "epoch 5/5, 5 of its 10 steps",
+        "epoch 5/5, 5 of its 10 steps",
     ]
+    # num_epochs 0.4: the bar and the epoch's line said "epoch 1/1", as of a whole epoch.
+    assert _plan(total=4).epoch_label(1) == "epoch 1/1, 4 of its 10 steps"
+    assert _plan(total=10).epoch_label(10) == "epoch 1/1"
 
 
 def test_a_fractional_evaluation_interval_and_none():

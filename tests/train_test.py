@@ -453,14 +453,50 @@ def _ctrl_c_in_the_first_evaluation(patch) -> None:
 
 
 @pytest.mark.usefixtures("ctrl_c")
-def test_ctrl_c_during_an_evaluation_stops_at_that_step(tmp_path, data_dir, monkeypatch):
+def test_ctrl_c_during_an_evaluation_cuts_it_short_and_stops_at_that_step(
+    tmp_path, data_dir, monkeypatch
+):
     config = tiny_config(data_dir)  # 8 steps, evaluated and saved at 4 and 8
     _ctrl_c_in_the_first_evaluation(monkeypatch)
     with pytest.raises(preemption.TrainingStopped) as stop:
         trainer.train_and_evaluate(config, str(tmp_path))
     assert stop.value.step == 4  # not one step more
     assert _checkpoint_steps(tmp_path) == ["4"]
-    assert _evaluated_steps(tmp_path) == [4]  # the evaluation finished
+    assert _evaluated_steps(tmp_path) == []  # left to the rerun, which evaluates it first
+
+
+@pytest.mark.parametrize("during", ["the last step", "its evaluation"])
+def test_a_sigterm_before_the_last_evaluation_is_through_stops_with_143_and_the_rerun_evaluates(
+    tmp_path, data_dir, monkeypatch, capfd, during
+):
+    config = tiny_config(data_dir, num_epochs=1)  # 4 steps, evaluated and saved at 4
+    config.eval.train_subset = 0
+    # A preempted job: SIGTERM while the last step trains, or while it is evaluated. The run
+    # went on evaluating, though it had said it stopped, and ended with status 0.
+    if during == "the last step":
+        monkeypatch.setattr(
+            train_lib, "make_train_step", _on_step(4, lambda: signal.raise_signal(signal.SIGTERM))
+        )
+    else:
+        evaluate = eval_lib.evaluate
+
+        def preempted_evaluation(*args, **kwargs):
+            signal.raise_signal(signal.SIGTERM)
+            return evaluate(*args, **kwargs)
+
+        monkeypatch.setattr(eval_lib, "evaluate", preempted_evaluation)
+    with pytest.raises(preemption.TrainingStopped) as stop:
+        trainer.train_and_evaluate(config, str(tmp_path))
+    monkeypatch.undo()
+    assert (stop.value.step, stop.value.exit_status) == (4, 143)  # train.py's exit status
+    assert str(stop.value).startswith("Stopped on SIGTERM after step 4, the last, saved in ")
+    assert "SIGTERM received: training stops after the current step" in capfd.readouterr().err
+    assert _checkpoint_steps(tmp_path) == ["4"] and _evaluated_steps(tmp_path) == []
+
+    assert trainer.train_and_evaluate(config, str(tmp_path))["step"] == 4
+    out = capfd.readouterr().out
+    assert "Evaluating step 4, which was saved but not evaluated." in out
+    assert "Nothing left to train" in out and _evaluated_steps(tmp_path) == [4]
 
 
 def test_a_sigterm_after_the_last_step_lets_the_run_finish(tmp_path, data_dir, monkeypatch, capfd):
@@ -482,7 +518,9 @@ def test_a_sigterm_after_the_last_step_lets_the_run_finish(tmp_path, data_dir, m
         signal.signal(signal.SIGTERM, previous)
     assert received == []  # caught by the trainer, not left to the process's handler
     assert results["step"] == 8 and _checkpoint_steps(tmp_path) == ["4", "8"]
-    assert "SIGTERM received" in capfd.readouterr().err
+    err = capfd.readouterr().err
+    assert "SIGTERM received: the run has finished, and exits once its files are written." in err
+    assert "training stops" not in err  # it said so, then finished with status 0
 
 
 def test_on_finished_is_called_while_the_signals_are_held_and_its_handlers_stay(tmp_path, data_dir):

@@ -261,6 +261,10 @@ def parse_flags(argv: list[str]) -> list[str]:
             "yolojax/config.py, yolojax/data/config.py and, for model, "
             "yolojax/models/__init__.py (MODEL_DEFAULTS); train.py --print_config lists them."
         )
+    except BrokenPipeError:
+        # --help's text into `| head` with unbuffered stdout (python -u, PYTHONUNBUFFERED):
+        # no fault of the config's, for cli.closed_stdout_ends_quietly to end quietly.
+        raise
     except OSError as error:
         config_file = _config_file(argv)
         if config_file and not os.path.exists(config_file):

@@ -7,6 +7,14 @@ step; once it says yes, the trainer saves a checkpoint of that step and raises
 :class:`TrainingStopped`, and ``train.py`` exits with status 128 + the signal's number (143
 for SIGTERM, 130 for Ctrl-C), as a process killed by that signal would.
 
+The last step is no exception: a scheduler's grace period is too short to spend evaluating.
+A signal during a step due for evaluation saves it and stops without evaluating it, and in
+one process a signal during an evaluation of the steps cuts it short at its next batch (its
+step is saved before it starts); the rerun evaluates that step first ("Evaluating step N,
+which was saved but not evaluated."), then trains on, or ends there after the last. Once the
+last step's evaluation is through (:meth:`StopSignals.run_finished`), the run has finished:
+a signal then only says so, and the run exits with status 0 once its files are written.
+
 * One process: SIGTERM and the first Ctrl-C only set a flag, and say so on stderr. The same
   signal again acts at once, with the handler that was there before (a second Ctrl-C raises
   ``KeyboardInterrupt``, a second SIGTERM terminates, or in a command raises
@@ -37,10 +45,19 @@ from jax.experimental import multihost_utils
 from yolojax import errors
 
 # Where the first signal is acted on; the handler cannot know the step.
-_FIRST_SIGNAL = "\n{name} received: training stops after the current step, with a checkpoint of it."
+_FIRST_SIGNAL = (
+    "\n{name} received: training stops after the current step, with a checkpoint of it; an "
+    "evaluation due or under way is left to the rerun."
+)
 _AGAIN = {
     signal.SIGINT: " Press Ctrl-C again to stop at once.",
     signal.SIGTERM: " A second SIGTERM stops at once, without that checkpoint.",
+}
+# After the run's last evaluation (StopSignals.run_finished): nothing is left to stop.
+_FINISHED = "\n{name} received: the run has finished, and exits once its files are written."
+_FINISHED_AGAIN = {
+    signal.SIGINT: " Press Ctrl-C again to stop at once.",
+    signal.SIGTERM: " A second SIGTERM stops at once.",
 }
 
 
@@ -70,15 +87,24 @@ class TrainingStopped(Exception):
       signal_number: the signal that asked for the stop (``signal.SIGTERM`` or ``SIGINT``).
       step: the step saved; rerunning the same command resumes from it.
       exit_status: 128 + ``signal_number``, the status of a process killed by that signal.
+      last: ``step`` is the run's last, saved but not evaluated: the rerun only evaluates it.
     """
 
-    def __init__(self, signal_number: int, step: int, checkpoint_dir):
-        self.signal_number, self.step = signal_number, step
+    def __init__(self, signal_number: int, step: int, checkpoint_dir, *, last: bool = False):
+        self.signal_number, self.step, self.last = signal_number, step, last
         self.exit_status = 128 + signal_number
-        super().__init__(
-            f"Stopped on {signal.Signals(signal_number).name} after step {step}, saved in "
-            f"{checkpoint_dir}: rerun the same command to resume from it."
-        )
+        name = signal.Signals(signal_number).name
+        if last:
+            message = (
+                f"Stopped on {name} after step {step}, the last, saved in {checkpoint_dir} but "
+                "not evaluated: rerun the same command to evaluate it."
+            )
+        else:
+            message = (
+                f"Stopped on {name} after step {step}, saved in {checkpoint_dir}: rerun the "
+                "same command to resume from it."
+            )
+        super().__init__(message)
 
 
 class StopSignals:
@@ -98,8 +124,9 @@ class StopSignals:
     """
 
     def __init__(self):
-        self.received: int | None = None  # the first signal's number
+        self.received: int | None = None  # the first signal's number, before run_finished
         self._previous: dict[int, object] = {}
+        self._finished = False
 
     def __enter__(self) -> "StopSignals":
         if jax.process_count() > 1 or threading.current_thread() is not threading.main_thread():
@@ -127,16 +154,27 @@ class StopSignals:
 
     def _handle(self, signal_number: int, frame) -> None:
         del frame
-        if self.received is None:
+        if self.received is None and not self._finished:
             self.received = signal_number
         previous = self._previous.pop(signal_number, None)
         if previous is None:  # the same signal again, before this handler gave way
             return
         # The same signal again acts at once; the other one still waits for the save.
         signal.signal(signal_number, previous)
-        message = _FIRST_SIGNAL.format(name=signal.Signals(signal_number).name)
+        first, again = (_FINISHED, _FINISHED_AGAIN) if self._finished else (_FIRST_SIGNAL, _AGAIN)
+        message = first.format(name=signal.Signals(signal_number).name) + again[signal_number]
         # os.write: the handler may run while the main thread is inside print().
-        os.write(2, (message + _AGAIN[signal_number] + "\n").encode())
+        os.write(2, (message + "\n").encode())
+
+    def run_finished(self) -> bool:
+        """Says that the run's last step is evaluated: a signal from here on does not stop
+        it, only says that it finishes. Returns whether a signal came before (the trainer
+        then stops all the same, leaving that evaluation to the rerun, as it said it would).
+
+        Checking and switching in one call leaves no moment between them for a signal.
+        """
+        self._finished = True
+        return self.received is not None
 
     def should_stop(self, step: int) -> bool:
         """Whether training should save ``step`` and stop; call it after every step.

@@ -562,4 +562,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from yolojax import cli  # here, as in main: importing it sets the command-line log level
+
+    with cli.closed_stdout_ends_quietly():  # `--help | head` ends quietly
+        main()

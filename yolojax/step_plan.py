@@ -40,9 +40,15 @@ class StepPlan:
         return step == self.total_steps or (self.eval_every > 0 and step % self.eval_every == 0)
 
     def epoch_label(self, step: int) -> str:
-        """``epoch 3/10``: the epoch that ``step`` belongs to."""
+        """``epoch 3/10``: the epoch that ``step`` belongs to. A partial last epoch (a
+        fractional ``train.num_epochs``) says how much of it the run trains: ``epoch 1/1, 40
+        of its 100 steps`` for 0.4, whose line would otherwise read as a whole epoch's."""
         epoch = min((step - 1) // self.steps_per_epoch + 1, self.num_epochs)
-        return f"epoch {epoch}/{self.num_epochs}"
+        label = f"epoch {epoch}/{self.num_epochs}"
+        steps_in_it = self.total_steps - (epoch - 1) * self.steps_per_epoch
+        if steps_in_it < self.steps_per_epoch:
+            label += f", {steps_in_it} of its {self.steps_per_epoch} steps"
+        return label
 
     def after(self, step: int, *, stop_requested: bool) -> Due:
         """What the loop does after ``step``; ``stop_requested``: a signal asks to stop."""
@@ -51,8 +57,8 @@ class StepPlan:
         evaluate = self.due_for_evaluation(step)
         save = evaluate or step % self.checkpoint_every == 0
         # Before the evaluation: a preempted job should not spend its grace period
-        # evaluating (the resumed run evaluates this step first).
-        stop = stop_requested and not last
+        # evaluating (the resumed run evaluates this step first, the last step's too).
+        stop = stop_requested
         return Due(
             # Fetching the window checks every step's loss before anything is saved, so a
             # non-finite state never reaches a checkpoint.

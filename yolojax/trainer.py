@@ -200,6 +200,10 @@ def _set_up(config, workdir: str, verbose: bool) -> _Run:
     )
 
 
+class _EvaluationCutShort(Exception):
+    """A stop signal came during an evaluation of the steps; its step is saved already."""
+
+
 class _Evaluator:
     """Evaluates the model on the devices: VOC mAP on the eval split (and on a fixed train
     subset, to watch overfitting), which keeps best/ and is logged and reported.
@@ -208,15 +212,27 @@ class _Evaluator:
       config: the run's config.
       run: the run's setup (:func:`_set_up`).
       evaluate_batch: the compiled evaluation step (:func:`yolojax.eval_lib.make_eval_step`).
+
+    Attributes:
+      stop_signals: while the steps run, their :class:`yolojax.preemption.StopSignals`: a
+        signal cuts an evaluation short (:class:`_EvaluationCutShort`) at its next batch.
     """
 
     def __init__(self, config, run: _Run, evaluate_batch):
         self.config, self.run, self.evaluate_batch = config, run, evaluate_batch
+        self.stop_signals: preemption.StopSignals | None = None
 
-    def evaluate(self, step: int, on_devices) -> dict:
+    def evaluate(self, step: int, on_devices, *, last: bool = False) -> dict:
         """Evaluates the saved ``step`` (the model ``on_devices``): keeps it as best/ if it is,
-        logs, reports and draws the curves. Returns the results plus ``step``."""
+        logs, reports and draws the curves. Returns the results plus ``step``.
+
+        Raises:
+          _EvaluationCutShort: a stop signal came before its last batch was through; for the
+            ``last`` step, before its results (then the run has finished).
+        """
         results, scalars = self._results(on_devices)
+        if last and self.stop_signals is not None and self.stop_signals.run_finished():
+            raise _EvaluationCutShort  # in its last batch: the signal said the rerun evaluates
         # best/ on disk before the log says the step was evaluated: a resumed run evaluates
         # again only the steps the log lacks, so a kill in between would have lost best/.
         self._save_if_best(step, on_devices, results)
@@ -246,7 +262,9 @@ class _Evaluator:
         results = eval_lib.evaluate(
             evaluate_batch,
             on_devices,
-            pipeline.make_eval_iterator(config.data, global_batch_size=self.run.eval_batch),
+            self._until_stopped(
+                pipeline.make_eval_iterator(config.data, global_batch_size=self.run.eval_batch)
+            ),
             config,
             info.class_names,
             progress=f"Evaluating ({info.eval_split_name})" if self.run.reports else "",
@@ -259,11 +277,13 @@ class _Evaluator:
             train_results = eval_lib.evaluate(
                 evaluate_batch,
                 on_devices,
-                pipeline.make_eval_iterator(
-                    config.data,
-                    global_batch_size=self.run.eval_batch,
-                    split="train",
-                    max_examples=config.eval.train_subset,
+                self._until_stopped(
+                    pipeline.make_eval_iterator(
+                        config.data,
+                        global_batch_size=self.run.eval_batch,
+                        split="train",
+                        max_examples=config.eval.train_subset,
+                    )
                 ),
                 config,
                 info.class_names,
@@ -272,6 +292,15 @@ class _Evaluator:
             )
             scalars["train_mAP"] = train_results["mAP"]
         return results, scalars
+
+    def _until_stopped(self, batches):
+        """``batches``, until a stop signal comes: a preempted job should not spend its grace
+        period evaluating. (A multi-process job's processes agree on a stop only after a step:
+        theirs evaluate to the end.)"""
+        for batch in batches:
+            if self.stop_signals is not None and self.stop_signals.received is not None:
+                raise _EvaluationCutShort
+            yield batch
 
     def _save_if_best(self, step: int, on_devices, results: dict) -> None:
         """Saves ``step`` as best/ if its mAP is the best so far."""
@@ -308,8 +337,9 @@ def _train_steps(
 
     Raises:
       yolojax.preemption.TrainingStopped: ``stop_signals`` received a signal; the step
-        reached is saved.
+        reached is saved, and its evaluation, if one was due or under way, left to the rerun.
     """
+    evaluator.stop_signals = stop_signals
     for step in range(run.start_step + 1, run.plan.total_steps + 1):
         on_devices, metrics = train_step(on_devices, next(batches))
         progress.add(step, metrics)
@@ -322,12 +352,20 @@ def _train_steps(
             run.ckpt.save(step, distributed.first_replica(on_devices))
         stop = due.stop
         if due.evaluate:
-            results = evaluator.evaluate(step, on_devices)
-            # A signal during the evaluation stops at this step, already saved.
-            stop = stop_signals.should_stop(step) and not due.last
+            try:
+                results = evaluator.evaluate(step, on_devices, last=due.last)
+            except _EvaluationCutShort:
+                stop = True
+            else:
+                # A signal once its batches were through stops at this step, evaluated; the
+                # last step's evaluation has finished the run.
+                stop = not due.last and stop_signals.should_stop(step)
         if stop:  # the save completes in `finally`, before this reaches the caller
             raise preemption.TrainingStopped(
-                stop_signals.received, step, run.workdir / checkpoints.LATEST_FOLDER
+                stop_signals.received,
+                step,
+                run.workdir / checkpoints.LATEST_FOLDER,
+                last=due.last,
             )
     return results  # the last step is always evaluated
 
@@ -422,8 +460,8 @@ def _steps_and_evaluations(config, run: _Run, signals_caught, closing) -> dict:
     # Above the progress bar where there is one; a quiet run leaves warnings as they are.
     with warnings_above_progress_bars() if run.reports else contextlib.nullcontext():
         if start_step < total_steps:
-            # From the first step until the last checkpoint is written: a signal after the
-            # last step (its evaluation, the final save) lets the run finish, exit status 0.
+            # From the first step until the last checkpoint is written: a signal once the
+            # last step is evaluated (the final save) lets the run finish, exit status 0.
             stop_signals = signals_caught.enter_context(preemption.StopSignals())
             results = _train_steps(
                 run,
@@ -445,7 +483,8 @@ def train_and_evaluate(
     """Trains and evaluates the model described by ``config`` in ``workdir``.
 
     Re-running with the same ``workdir`` resumes from its latest checkpoint. SIGTERM or a
-    first Ctrl-C during the steps saves the step reached and stops (:mod:`yolojax.preemption`).
+    first Ctrl-C during the steps or their evaluations, the last's included, saves the step
+    reached and stops, leaving its evaluation to the rerun (:mod:`yolojax.preemption`).
 
     Args:
       config: the run's config (``configs/*.py``'s ``get_config()``), validated here.
