@@ -451,6 +451,38 @@ def test_eval_iterators_let_go_of_their_data_source_once_read_or_dropped(config,
     assert [source() for source in opened] == [None] * 3
 
 
+def test_eval_batches_read_again_are_the_same_from_one_opening_let_go_once_dropped(
+    config, monkeypatch
+):
+    # A training run evaluates many times: opened at each, its splits kept memory with no
+    # end. One EvalBatches reads the same batches at each evaluation, bit for bit.
+    expected = list(make_eval_iterator(config, global_batch_size=4))  # 7 examples: padded
+    opened = []
+
+    def open_split(*args, **kwargs):
+        source = open_split.original(*args, **kwargs)
+        opened.append(weakref.ref(source))
+        return source
+
+    open_split.original = sources.open_split
+    monkeypatch.setattr(sources, "open_split", open_split)
+    evaluation = pipeline.EvalBatches(config, global_batch_size=4)
+    first = list(evaluation)
+    cut_short = iter(evaluation)  # an evaluation that a Ctrl-C or an error ended
+    next(cut_short)
+    del cut_short
+    second = list(evaluation)
+    assert len(opened) == 1
+    for batches in (first, second):
+        assert len(batches) == len(expected) == 2
+        for batch, same in zip(batches, expected, strict=True):
+            assert batch.keys() == same.keys()
+            assert all(np.array_equal(batch[key], same[key]) for key in batch)
+    del evaluation
+    gc.collect()
+    assert opened[0]() is None
+
+
 def test_a_split_that_selects_nothing_names_the_key(config):
     config.train_split = "train[:0]"
     with pytest.raises(ValueError, match=r"^config\.data\.train_split='train\[:0\]' selects no"):

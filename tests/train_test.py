@@ -32,7 +32,7 @@ from yolojax import (
     trainer,
 )
 from yolojax import workdir as workdir_io
-from yolojax.data import pipeline, synthetic_shapes, voc_folder
+from yolojax.data import pipeline, sources, synthetic_shapes, voc_folder
 from yolojax.data.testing import VocImage, VocObject, valid_box_data_source, write_voc_folder
 from yolojax.detector import Detector
 
@@ -838,6 +838,34 @@ def test_best_is_the_checkpoint_of_the_best_eval_split_map(tmp_path, data_dir, m
     assert not all(
         jax.tree.leaves(jax.tree.map(np.array_equal, best, _params(tmp_path, config)[0]))
     )
+
+
+def test_a_runs_evaluations_read_the_same_batches_from_splits_opened_once(
+    tmp_path, data_dir, monkeypatch
+):
+    # Each evaluation opened its splits anew: each time TFDS and TensorFlow kept a little
+    # more memory, with no end over a long run.
+    opened, read = [], {"test": [], "train subset": []}
+    open_split, evaluate = sources.open_split, eval_lib.evaluate
+
+    def counted_open_split(*args, **kwargs):
+        opened.append(args[1])
+        return open_split(*args, **kwargs)
+
+    def recorded_evaluate(evaluate_batch, state, batches, *args, **kwargs):
+        batches = list(batches)
+        # The train subset's 8 images, or the test split's 12.
+        read["train subset" if kwargs["total"] == 8 else "test"].append((len(opened), batches))
+        return evaluate(evaluate_batch, state, batches, *args, **kwargs)
+
+    monkeypatch.setattr(sources, "open_split", counted_open_split)
+    monkeypatch.setattr(eval_lib, "evaluate", recorded_evaluate)
+    trainer.train_and_evaluate(tiny_config(data_dir), str(tmp_path))  # evaluated at 4 and 8
+    for (opened_before, first), (opened_after, second) in read.values():
+        assert opened_after == opened_before  # no split opened again
+        assert len(first) == len(second) > 0
+        for batch, same in zip(first, second, strict=True):
+            assert all(np.array_equal(batch[key], same[key]) for key in batch)
 
 
 def test_starting_over_keeps_the_earlier_runs_best_and_log_aside(tmp_path, data_dir, capsys):

@@ -143,7 +143,8 @@ def evaluate(
       evaluate_batch: from :func:`make_eval_step`.
       state: the train state, or the model's variables (``{'params': ...,
         'batch_stats': ...}``), on the devices (:func:`yolojax.distributed.replicate`).
-      batches: an iterable of eval batches (``yolojax.data.pipeline.make_eval_iterator``).
+      batches: an iterable of eval batches (``yolojax.data.pipeline.make_eval_iterator``,
+        ``EvalBatches``).
       config: the run config.
       class_names: names for the per-class table; default: the class ids.
       progress: a progress bar's label, shown by process 0 on a terminal ('' for none).

@@ -146,9 +146,10 @@ def _set_up(config, workdir: str, verbose: bool) -> _Run:
         # later version's default.
         if config.data.eval_split is None:
             config.data.eval_split = info.eval_split_name
-        # The classes found in its .xml files, fixed for the run: each evaluation opens the
-        # folder again, and read anew they were every .xml file parsed again, and a class
-        # added or renamed mid-run renumbered the model's classes.
+        # The classes found in its .xml files, fixed for the run: the run opens the folder
+        # again (its train and eval iterators, a resume), and read anew they were every .xml
+        # file parsed again, and a class added or renamed mid-run renumbered the model's
+        # classes.
         if config.data.class_names is None:
             config.data.class_names = tuple(info.class_names)
     # Before the checkpoint folders are made: a split smaller than a batch leaves nothing.
@@ -221,6 +222,17 @@ class _Evaluator:
     def __init__(self, config, run: _Run, evaluate_batch):
         self.config, self.run, self.evaluate_batch = config, run, evaluate_batch
         self.stop_signals: preemption.StopSignals | None = None
+        # Opened once, read at every evaluation: made anew at each, the splits and their
+        # pipelines kept about 50 KiB an evaluation with no end (pipeline.EvalBatches).
+        self.eval_batches = pipeline.EvalBatches(config.data, global_batch_size=run.eval_batch)
+        self.train_subset = None
+        if config.eval.train_subset:
+            self.train_subset = pipeline.EvalBatches(
+                config.data,
+                global_batch_size=run.eval_batch,
+                split="train",
+                max_examples=config.eval.train_subset,
+            )
 
     def evaluate(self, step: int, on_devices, *, last: bool = False) -> dict:
         """Evaluates the saved ``step`` (the model ``on_devices``): keeps it as best/ if it is,
@@ -262,9 +274,7 @@ class _Evaluator:
         results = eval_lib.evaluate(
             evaluate_batch,
             on_devices,
-            self._until_stopped(
-                pipeline.make_eval_iterator(config.data, global_batch_size=self.run.eval_batch)
-            ),
+            self._until_stopped(self.eval_batches),
             config,
             info.class_names,
             progress=f"Evaluating ({info.eval_split_name})" if self.run.reports else "",
@@ -273,18 +283,11 @@ class _Evaluator:
         scalars = {"test_mAP": results["mAP"], "test_mAP_area": results["mAP_area"]}
         if eval_lib.has_ground_truth(results):  # else the loss of finding nothing, anywhere
             scalars |= {f"test_{term}": value for term, value in results["loss"].items()}
-        if config.eval.train_subset:
+        if self.train_subset is not None:
             train_results = eval_lib.evaluate(
                 evaluate_batch,
                 on_devices,
-                self._until_stopped(
-                    pipeline.make_eval_iterator(
-                        config.data,
-                        global_batch_size=self.run.eval_batch,
-                        split="train",
-                        max_examples=config.eval.train_subset,
-                    )
-                ),
+                self._until_stopped(self.train_subset),
                 config,
                 info.class_names,
                 progress="Evaluating (train subset)" if self.run.reports else "",

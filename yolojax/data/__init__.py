@@ -10,7 +10,13 @@ import importlib
 
 from yolojax.data.config import default_data_config
 
-_PIPELINE_NAMES = ("DatasetInfo", "get_dataset_info", "make_eval_iterator", "make_train_iterator")
+_PIPELINE_NAMES = (
+    "DatasetInfo",
+    "EvalBatches",
+    "get_dataset_info",
+    "make_eval_iterator",
+    "make_train_iterator",
+)
 
 __all__ = ["default_data_config", *_PIPELINE_NAMES]
 

@@ -306,71 +306,81 @@ def _preprocess(
     }
 
 
-def _batches(
-    examples: Examples,
-    source,
-    data_config,
-    *,
-    keep_difficult: bool,
-    seed: int | None,
-    batch_size: int,
-    drop_remainder: bool,
-) -> tuple[Iterator[Batch], dict]:
-    """The NumPy batches of ``examples`` of ``source`` (a ``sources.SplitSource``), and their
-    element spec.
+class _Batches:
+    """The NumPy batches of ``examples`` of ``source`` (a ``sources.SplitSource``): a tf.data
+    pipeline built once, each iteration reading them all anew, one iteration at a time.
 
     TensorFlow keeps every generator ``from_generator`` is given for as long as the process
     runs (the functions it traces stay registered with its global graph), and with it what
-    the generator refers to: the split's data source and the files it has open. A run makes
-    two eval iterators at each evaluation, and kept, they added two open files and about a
-    MiB of memory each time (measured), with no end. So the generator reaches ``examples``
-    through ``reading``, emptied once the batches are read, closed or dropped unread."""
-    failures, max_boxes = [], data_config.max_boxes
-    reading = {"examples": examples}
+    the generator refers to: the split's data source and the files it has open (eval
+    iterators made at each evaluation added two open files each time, with no end). So the
+    generator reaches ``examples`` through ``reading``, emptied once these batches and every
+    iteration of them (each keeps them) are dropped."""
 
-    def until_an_error():
-        records = []
-        try:
-            # None: the batches' reader left before TensorFlow's threads called this.
-            examples_now = reading.get("examples")
-            for position, example in examples_now(0) if examples_now else ():
-                records.append(_record(example, position, max_boxes, keep_difficult))
-                if len(records) == batch_size:
-                    yield _stacked_records(records, max_boxes)
-                    records = []
-        except Exception as error:
-            # Raised by _numpy_batches, after the batches before it. Raised here, TensorFlow
-            # would log its traceback and raise its own error with the traceback as text.
-            failures.append(error)
-        if records:  # those before the error, or the last short batch's
-            yield _stacked_records(records, max_boxes)
+    def __init__(
+        self,
+        examples: Examples,
+        source,
+        data_config,
+        *,
+        keep_difficult: bool,
+        seed: int | None,
+        batch_size: int,
+        drop_remainder: bool,
+    ):
+        failures, max_boxes = [], data_config.max_boxes
+        reading = {"examples": examples}
 
-    dataset = tf.data.Dataset.from_generator(
-        until_an_error, output_signature=_records_signature(max_boxes)
-    ).unbatch()
-    # Graph code as written (tf.cond, no Python branches on tensors): AutoGraph's rewrite is
-    # not needed, and it leaves its generated files in /tmp whenever a process ends without
-    # running its atexit handlers (a command that fails, a kill).
-    preprocess = tf.autograph.experimental.do_not_convert(
-        lambda record: _preprocess(
-            record, data_config=data_config, seed=seed, one_based_boxes=source.one_based_boxes
+        def until_an_error():
+            records = []
+            try:
+                # None: the batches were dropped before TensorFlow's threads called this.
+                examples_now = reading.get("examples")
+                for position, example in examples_now(0) if examples_now else ():
+                    records.append(_record(example, position, max_boxes, keep_difficult))
+                    if len(records) == batch_size:
+                        yield _stacked_records(records, max_boxes)
+                        records = []
+            except Exception as error:
+                # Raised by _numpy_batches, after the batches before it. Raised here,
+                # TensorFlow would log its traceback and raise its own error with the
+                # traceback as text.
+                failures.append(error)
+            if records:  # those before the error, or the last short batch's
+                yield _stacked_records(records, max_boxes)
+
+        dataset = tf.data.Dataset.from_generator(
+            until_an_error, output_signature=_records_signature(max_boxes)
+        ).unbatch()
+        # Graph code as written (tf.cond, no Python branches on tensors): AutoGraph's rewrite
+        # is not needed, and it leaves its generated files in /tmp whenever a process ends
+        # without running its atexit handlers (a command that fails, a kill).
+        preprocess = tf.autograph.experimental.do_not_convert(
+            lambda record: _preprocess(
+                record, data_config=data_config, seed=seed, one_based_boxes=source.one_based_boxes
+            )
         )
-    )
-    dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-    options = tf.data.Options()
-    options.deterministic = True  # Same batches in the same order, every run.
-    dataset = dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
-    batches = _numpy_batches(
-        dataset,
-        failures,
-        examples=examples,
-        batch_size=batch_size,
-        data_config=data_config,
-        split_name=source.split_name,
-    )
-    weakref.finalize(batches, reading.clear)
-    return batches, dataset.element_spec
+        dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+        options = tf.data.Options()
+        options.deterministic = True  # Same batches in the same order, every run.
+        dataset = dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
+        self.element_spec = dataset.element_spec
+        self._failures = failures
+        self._read = functools.partial(
+            _numpy_batches,
+            dataset,
+            failures,
+            examples=examples,
+            batch_size=batch_size,
+            data_config=data_config,
+            split_name=source.split_name,
+        )
+        weakref.finalize(self, reading.clear)
+
+    def __iter__(self) -> Iterator[Batch]:
+        self._failures.clear()  # an earlier iteration's
+        yield from self._read()
 
 
 # The iterators handed out and still referenced, closed when the interpreter exits.
@@ -411,7 +421,7 @@ def _numpy_batches(
     split_name: str,
 ) -> Iterator[Batch]:
     """`dataset.as_numpy_iterator()`, then the error that ended its records early, if any
-    (``failures``, from :func:`_batches`), raised as it was: an image with more objects than
+    (``failures``, from :class:`_Batches`), raised as it was: an image with more objects than
     max_boxes is its ValueError, not TensorFlow's error holding a traceback as text.
 
     Making the iterator runs TensorFlow's `from_generator` kernel, which pins glibc's mmap
@@ -502,7 +512,7 @@ def make_train_iterator(
                 order = _epoch_permutation(seed, epoch, num_examples)
             yield position, source[int(order[position % num_examples])]
 
-    batches, _ = _batches(
+    batches = _Batches(
         examples,
         source,
         data_config,
@@ -517,7 +527,8 @@ def make_train_iterator(
 def make_eval_iterator(
     data_config, *, global_batch_size: int, split: str = "eval", max_examples: int | None = None
 ) -> Iterator[Batch]:
-    """Finite, deterministic iterator over every example of a split, unaugmented.
+    """Finite, deterministic iterator over every example of a split, unaugmented: one
+    iteration of :class:`EvalBatches` (which reads them again at each evaluation of a run).
 
     Args:
       data_config: `config.data`.
@@ -532,48 +543,82 @@ def make_eval_iterator(
       -1 for padding); padding examples are otherwise all zeros with valid=False. Every
       process yields ceil(ceil(N / processes) / per_process) batches.
     """
-    validate_data_config(data_config)
-    layout = _layout(global_batch_size)
-    if split not in ("eval", "train"):
-        raise ValueError(f"split must be 'eval' or 'train', got {split!r}")
-    if max_examples is not None:
-        max_examples = check_int("max_examples", max_examples, 1)
-    source = sources.open_split(data_config, split)
-    cap = data_config.max_eval_examples if split == "eval" else data_config.max_train_examples
-    if max_examples is not None:
-        cap = max_examples if cap is None else min(cap, max_examples)
-    num_examples = _num_examples(source, cap)
-    processes = jax.process_count()
-    # Even contiguous shards: the first num_examples % processes get one example more.
-    shard_sizes = [
-        num_examples // processes + (p < num_examples % processes) for p in range(processes)
-    ]
-    start = sum(shard_sizes[: layout.process_index])
-    stop = start + shard_sizes[layout.process_index]
-    num_batches = math.ceil(max(shard_sizes) / layout.per_process)
+    return iter(
+        EvalBatches(
+            data_config,
+            global_batch_size=global_batch_size,
+            split=split,
+            max_examples=max_examples,
+        )
+    )
 
-    def examples(skip: int):
-        """This process's examples, from the ``skip``-th on, with their indices in the split."""
-        for index in range(start + skip, stop):
-            yield index, source[index]
 
-    batches, element_spec = _batches(
-        examples,
-        source,
+class EvalBatches:
+    """The batches of :func:`make_eval_iterator` (same arguments), all of them again at each
+    iteration, the same ones: the split opened and its pipeline built once, for every
+    evaluation of a training run. Made anew at each evaluation, they kept about 25 KiB a
+    split with no end (TFDS keeps every dataset builder, TensorFlow part of every pipeline),
+    and a VOC-format folder's files were listed and fingerprinted again.
+
+    Iterations are read one after the other, not interleaved: they share the record of the
+    error that ends one early.
+    """
+
+    def __init__(
+        self,
         data_config,
-        keep_difficult=True,
-        seed=None,
-        batch_size=layout.per_process,
-        drop_remainder=False,
-    )
-    return _closed_at_exit(
-        _padded_batches(batches, element_spec, layout, num_batches, first_index=start)
-    )
+        *,
+        global_batch_size: int,
+        split: str = "eval",
+        max_examples: int | None = None,
+    ):
+        validate_data_config(data_config)
+        layout = _layout(global_batch_size)
+        if split not in ("eval", "train"):
+            raise ValueError(f"split must be 'eval' or 'train', got {split!r}")
+        if max_examples is not None:
+            max_examples = check_int("max_examples", max_examples, 1)
+        source = sources.open_split(data_config, split)
+        cap = data_config.max_eval_examples if split == "eval" else data_config.max_train_examples
+        if max_examples is not None:
+            cap = max_examples if cap is None else min(cap, max_examples)
+        num_examples = _num_examples(source, cap)
+        processes = jax.process_count()
+        # Even contiguous shards: the first num_examples % processes get one example more.
+        shard_sizes = [
+            num_examples // processes + (p < num_examples % processes) for p in range(processes)
+        ]
+        start = sum(shard_sizes[: layout.process_index])
+        stop = start + shard_sizes[layout.process_index]
+
+        def examples(skip: int):
+            """This process's examples, from the ``skip``-th on, with their indices in the
+            split."""
+            for index in range(start + skip, stop):
+                yield index, source[index]
+
+        self._batches = _Batches(
+            examples,
+            source,
+            data_config,
+            keep_difficult=True,
+            seed=None,
+            batch_size=layout.per_process,
+            drop_remainder=False,
+        )
+        self._layout, self._first_index = layout, start
+        self._num_batches = math.ceil(max(shard_sizes) / layout.per_process)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return _closed_at_exit(
+            _padded_batches(
+                self._batches, self._layout, self._num_batches, first_index=self._first_index
+            )
+        )
 
 
 def _padded_batches(
-    batches: Iterator[Batch],
-    element_spec: dict,
+    batches: _Batches,
     layout: _Layout,
     num_batches: int,
     first_index: int,
@@ -582,7 +627,7 @@ def _padded_batches(
     the examples from ``first_index`` (the dataset keeps the records' order)."""
     padding = {
         key: np.zeros((layout.per_process, *spec.shape[1:]), spec.dtype.as_numpy_dtype)
-        for key, spec in element_spec.items()
+        for key, spec in batches.element_spec.items()
     }
     yielded = 0
     for batch in batches:
