@@ -426,19 +426,24 @@ def test_a_process_that_ends_abruptly_leaves_no_files_in_tmp(config, tmp_path):
     assert list(tmp_path.glob("__autograph_generated_file*")) == []
 
 
+def _record_opened_splits(monkeypatch) -> list:
+    """The splits ``sources.open_split`` opens from here on, as weak references."""
+    opened, original = [], sources.open_split
+
+    def open_split(*args, **kwargs):
+        source = original(*args, **kwargs)
+        opened.append(weakref.ref(source))
+        return source
+
+    monkeypatch.setattr(sources, "open_split", open_split)
+    return opened
+
+
 def test_eval_iterators_let_go_of_their_data_source_once_read_or_dropped(config, monkeypatch):
     # TensorFlow keeps every generator given to from_generator for the life of the process:
     # reachable from one, an iterator's data source stayed, and with it its open files, two
     # more files (and about a MiB) at each evaluation of a training run.
-    opened = []
-
-    def open_split(*args, **kwargs):
-        source = open_split.original(*args, **kwargs)
-        opened.append(weakref.ref(source))
-        return source
-
-    open_split.original = sources.open_split
-    monkeypatch.setattr(sources, "open_split", open_split)
+    opened = _record_opened_splits(monkeypatch)
     for _ in make_eval_iterator(config, global_batch_size=4):  # read to the end
         pass
     partly = make_eval_iterator(config, global_batch_size=4, split="train")
@@ -457,15 +462,7 @@ def test_eval_batches_read_again_are_the_same_from_one_opening_let_go_once_dropp
     # A training run evaluates many times: opened at each, its splits kept memory with no
     # end. One EvalBatches reads the same batches at each evaluation, bit for bit.
     expected = list(make_eval_iterator(config, global_batch_size=4))  # 7 examples: padded
-    opened = []
-
-    def open_split(*args, **kwargs):
-        source = open_split.original(*args, **kwargs)
-        opened.append(weakref.ref(source))
-        return source
-
-    open_split.original = sources.open_split
-    monkeypatch.setattr(sources, "open_split", open_split)
+    opened = _record_opened_splits(monkeypatch)
     evaluation = pipeline.EvalBatches(config, global_batch_size=4)
     first = list(evaluation)
     cut_short = iter(evaluation)  # an evaluation that a Ctrl-C or an error ended
