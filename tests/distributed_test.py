@@ -250,11 +250,6 @@ def test_sigterm_to_one_process_stops_the_job_after_one_step_saved_by_all(tmp_pa
     # restores the checkpoint and compiles. JAX's preemption service counts steps from 0:
     # unless the job has reported the step it resumes from by then, it agrees on step 1,
     # which the job never reaches, and the job trains on to the end.
-    if jax.__version__ == "0.12.1":
-        # Both processes agree on the step after the resumed one, then the first step's
-        # all-reduce never completes (Gloo; with JAX 0.12.0.1 the job stops there, saved).
-        # Killed by the scheduler's SIGKILL, the job still resumes from its checkpoint.
-        pytest.skip("JAX 0.12.1: a notice before a resumed job's first step hangs that step")
     log1 = tmp_path / "process1.log"
 
     def initializing():
