@@ -1047,8 +1047,8 @@ def test_a_run_starts_from_another_runs_weights_with_fresh_outputs_for_other_cla
         started = _flat_arrays(train_lib.initial_variables(model, config, jax.random.key(0)))
     assert str(notices[0].message) == (
         f"Starting from the weights of the run in {first} (its best checkpoint, step 4); 2 of "
-        f"{len(started)} arrays start fresh, the run's having another shape or none: "
-        "head/out/bias, head/out/kernel."
+        f"{len(started)} arrays start fresh, the run's having another shape or layout, or "
+        "none: head/out/bias, head/out/kernel."
     )
     assert set(started) == set(fresh)
     for name, value in started.items():
@@ -1246,6 +1246,48 @@ def test_a_run_of_other_classes_passes_on_its_outputs_by_class_name(tmp_path, he
     ours = _flat_arrays(variables)[f"{out}/bias"].reshape(cells, 15)
     theirs = saved[f"{out}/bias"].reshape(cells, 15)
     np.testing.assert_array_equal(ours[:, :5], theirs[:, 4::-1])
+
+
+def test_a_run_whose_outputs_mean_other_things_is_never_taken_by_position(tmp_path):
+    # 5 classes and 3 boxes a cell, 20 channels; 10 classes and 2 boxes: 20 channels too.
+    # The same shape, but the run's first box would have become this model's classes 5-9.
+    source = tiny.tiny_config(str(tmp_path / "tfds"))
+    source.model.num_boxes = 3
+    run = tmp_path / "run"
+    saved = _run_of_classes(run, source, synthetic_shapes.CLASS_NAMES)
+    config = tiny.tiny_config(str(tmp_path / "tfds"))
+    config.model.update(num_classes=10, pretrained=str(run))
+    model = train_lib.build_model(config, axis_name=None)
+    tens = (*synthetic_shapes.CLASS_NAMES, "a", "b", "c", "d", "e")
+    for class_names in (None, tens[::-1]):  # without the names; by name, other boxes
+        with pytest.warns(errors.Notice) as notices:
+            variables = train_lib.initial_variables(
+                model, config, jax.random.key(1), class_names=class_names
+            )
+        assert str(notices[0].message).endswith(
+            "; 2 of 37 arrays start fresh, the run's having another shape or layout, or none: "
+            "head/out/bias, head/out/kernel."
+        )
+        bias = _flat_arrays(variables)["params/head/out/bias"]
+        assert bias.shape == saved["params/head/out/bias"].shape and not bias.any()  # fresh
+
+    # Without its classes.json, a run of as many classes and boxes passes them on by
+    # position, and says so; a classes.json of another count is refused before any data.
+    run = tmp_path / "run_of_two_boxes"
+    _run_of_classes(run, tiny.tiny_config(str(tmp_path / "tfds")), synthetic_shapes.CLASS_NAMES)
+    (run / "classes.json").unlink()
+    config.model.update(num_classes=5, pretrained=str(run))
+    model = train_lib.build_model(config, axis_name=None)
+    with pytest.warns(errors.Notice, match="; the run has no classes.json: its class outputs "):
+        train_lib.initial_variables(model, config, jax.random.key(1), class_names=tens[:5])
+    (run / "classes.json").write_text(json.dumps(["cat", "dog"]))
+    with pytest.raises(ValueError) as error:
+        pretrained.check_start(config)
+    assert str(error.value) == (
+        f"config.model.pretrained='{run}': its classes.json is not the list of the run's 5 "
+        "class names, which match its class outputs to this run's by name: restore it, or "
+        "delete it to take them by position."
+    )
 
 
 def test_fine_tuning_on_a_folder_of_other_classes_keeps_the_ones_the_run_knew(tmp_path):

@@ -126,7 +126,7 @@ def initialize(
             "Cloud TPU environments; elsewhere pass --coordinator_address, --num_processes "
             "and --process_id."
         ) from error
-    _compile_afresh_on_cpu_with_jax_0_12_1()
+    _compile_afresh_on_cpu_from_jax_0_12_1()
     logger.info(
         "Process %d of %d: %d local devices of %d in the job.",
         jax.process_index(),
@@ -136,17 +136,21 @@ def initialize(
     )
 
 
-def _compile_afresh_on_cpu_with_jax_0_12_1() -> None:
+def _compile_afresh_on_cpu_from_jax_0_12_1() -> None:
     """Turns JAX's persistent compilation cache off in a multi-process job on CPUs with JAX
-    0.12.1: there a program with cross-process collectives that process 0 reads from the
-    cache hangs at its first all-reduce (gloo; JAX 0.10.2 and 0.12.0.1 run it), so every
-    rerun of a job, a resume included, hung at its first step. The job compiles afresh."""
-    if jax.__version__ != "0.12.1" or jax.process_count() < 2 or jax.default_backend() != "cpu":
+    0.12.1 and later: there a program with cross-process collectives that process 0 reads
+    from the cache hangs at its first all-reduce (gloo; JAX 0.10.2 and 0.12.0.1 run it), so
+    every rerun of a job, a resume included, hung at its first step. It compiles afresh."""
+    # Later releases too, until one is seen to run it: the SIGTERM test of
+    # tests/distributed_test.py resumes such a job with the cache of its first run.
+    affected = jax.__version_info__ >= (0, 12, 1)
+    if not affected or jax.process_count() < 2 or jax.default_backend() != "cpu":
         return
     if jax.config.jax_enable_compilation_cache and jax.config.jax_compilation_cache_dir:
         logger.warning(
-            "JAX 0.12.1 on CPU: the persistent compilation cache (%s) is not used in a "
+            "JAX %s on CPU: the persistent compilation cache (%s) is not used in a "
             "multi-process job, whose programs read from it hang at their first collective.",
+            jax.__version__,
             jax.config.jax_compilation_cache_dir,
         )
     jax.config.update("jax_enable_compilation_cache", False)

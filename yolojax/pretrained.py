@@ -39,7 +39,7 @@ from flax import traverse_util
 from yolojax import checkpoints, command_flags, errors, models
 from yolojax.config import load_run_config
 from yolojax.models import resnet, vgg
-from yolojax.workdir import CONFIG_FILE, atomic_write_bytes
+from yolojax.workdir import CLASSES_FILE, CONFIG_FILE, atomic_write_bytes, load_class_names
 
 RESNETS = tuple(resnet.RESNETS)
 ARCHS = (*RESNETS, "vgg16", "vgg16_bn")
@@ -398,7 +398,8 @@ def check_trained_run(config) -> ml_collections.ConfigDict:
         the run for its checkpoints/ or best/), or the run saved no checkpoint yet (in
         checkpoints/ or best/: either will do).
       ValueError: the run's backbone or pixel normalization is not ``config``'s: its weights
-        do not fit, or would see other pixel values than they learned on.
+        do not fit, or would see other pixel values than they learned on; or its
+        classes.json is not a list of as many class names as its model has.
     """
     folder = config.model.pretrained
     if not os.path.exists(os.path.join(folder, CONFIG_FILE)):
@@ -437,6 +438,19 @@ def check_trained_run(config) -> ml_collections.ConfigDict:
                 f"a run of its own backbone and normalization. Set --config.{section}.{key}="
                 f"{theirs!r}, or start from another run."
             )
+    # Before the data is prepared: it matches the run's class outputs to this run's by name.
+    count = run_config.model.num_classes
+    try:
+        run_classes = load_class_names(folder)
+        fits = run_classes is None or len(run_classes) == count
+    except ValueError:  # not a list of names
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"config.model.pretrained={folder!r}: its {CLASSES_FILE} is not the list of the "
+            f"run's {count} class names, which match its class outputs to this run's by "
+            "name: restore it, or delete it to take them by position."
+        )
     return run_config
 
 

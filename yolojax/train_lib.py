@@ -20,7 +20,7 @@ from yolojax import checkpoints, distributed, errors, losses, optim, targets
 from yolojax.models import get_model, yolo
 from yolojax.outputs import output_channels
 from yolojax.pretrained import check_trained_run, load_for_config
-from yolojax.workdir import load_class_names
+from yolojax.workdir import CLASSES_FILE, load_class_names
 
 AXIS = distributed.AXIS
 
@@ -83,9 +83,9 @@ def with_run_weights(variables: dict, config, class_names: Sequence[str] | None 
     ``class_names``: this model's classes, in label order. Given, and not the run's (its
     classes.json), the output layer is taken class by class: the run's box outputs, and the
     class outputs of each class the run has too, by name (in any order, of any count); the
-    other classes' start fresh, and the notice names both. Not given, the output layer is
-    taken whole when its shape fits: a run of as many classes passes its classes on by
-    position.
+    other classes' start fresh, and the notice names both. Not given (or the run has no
+    classes.json), the output layer is taken whole for a run of as many classes and boxes,
+    its classes by position; for other counts it starts fresh.
 
     Raises:
       FileNotFoundError / ValueError: see ``pretrained.check_trained_run``.
@@ -108,19 +108,29 @@ def with_run_weights(variables: dict, config, class_names: Sequence[str] | None 
         which = "latest"
     trained = traverse_util.flatten_dict(jax.device_get(model_variables(state)))
     flat = traverse_util.flatten_dict(variables)
-    run_classes = load_class_names(folder) if class_names is not None else None
-    by_name = run_classes is not None and list(run_classes) != list(class_names)
+    run_classes = load_class_names(folder)  # checked by check_trained_run
+    by_name = None not in (class_names, run_classes) and list(run_classes) != list(class_names)
+    run_model = run_config.model
+    # Taken by position only when each channel means what it meant: C + 5B may be the same
+    # number for other C and B (5 classes and 3 boxes, 10 and 2).
+    same_layout = (run_model.num_classes, run_model.num_boxes) == (
+        config.model.num_classes,
+        config.model.num_boxes,
+    )
     output_layer = ("params", *yolo.output_layer(config.model.head))
     fresh, matched = [], False
     for key, value in flat.items():
-        if by_name and key[:-1] == output_layer and key in trained:
-            outputs = _outputs_by_class_name(
-                value, trained[key], class_names, run_classes, config.model.num_boxes
-            )
-            if outputs is not None:
+        if key[:-1] == output_layer and key in trained and (by_name or not same_layout):
+            outputs = None
+            if by_name and run_model.num_boxes == config.model.num_boxes:
+                outputs = _outputs_by_class_name(
+                    value, trained[key], class_names, run_classes, config.model.num_boxes
+                )
+            if outputs is None:
+                fresh.append("/".join(key[1:]))
+            else:
                 flat[key], matched = outputs, True
-                continue
-        if key in trained and trained[key].shape == value.shape:
+        elif key in trained and trained[key].shape == value.shape:
             flat[key] = np.asarray(trained[key], value.dtype)
         else:
             fresh.append("/".join(key[1:]))
@@ -131,10 +141,12 @@ def with_run_weights(variables: dict, config, class_names: Sequence[str] | None 
     )
     if matched:
         message += _class_matching(class_names, run_classes)
+    elif class_names is not None and run_classes is None and same_layout:
+        message += f"; the run has no {CLASSES_FILE}: its class outputs are taken by position"
     if fresh:
         message += (
             f"; {len(fresh)} of {len(flat)} arrays start fresh, the run's having another "
-            f"shape or none: {_listed(fresh)}"
+            f"shape or layout, or none: {_listed(fresh)}"
         )
     if unused:
         message += (
@@ -150,8 +162,9 @@ def _outputs_by_class_name(
 ) -> np.ndarray | None:
     """``fresh``, an array of this model's output layer (last axis ``cells · (C + 5B)``, C =
     ``len(class_names)``), with the trained run's box outputs and the class outputs of the
-    classes it has too, found by name in ``run_classes``; None when the run's array is not
-    laid out for as many cells and boxes (another grid or head)."""
+    classes it has too, found by name in ``run_classes``, the run having as many boxes a
+    cell; None when the run's array is not laid out for as many cells (another grid or
+    head)."""
     ours, theirs = (output_channels(len(names), num_boxes) for names in (class_names, run_classes))
     cells = fresh.shape[-1] // ours
     if (

@@ -223,7 +223,7 @@ class _Evaluator:
         self.config, self.run, self.evaluate_batch = config, run, evaluate_batch
         self.stop_signals: preemption.StopSignals | None = None
         # Opened once, read at every evaluation: made anew at each, the splits and their
-        # pipelines kept about 50 KiB an evaluation with no end (pipeline.EvalBatches).
+        # pipelines kept about 21 KiB each an evaluation with no end (pipeline.EvalBatches).
         self.eval_batches = pipeline.EvalBatches(config.data, global_batch_size=run.eval_batch)
         self.train_subset = None
         if config.eval.train_subset:
@@ -239,8 +239,8 @@ class _Evaluator:
         logs, reports and draws the curves. Returns the results plus ``step``.
 
         Raises:
-          _EvaluationCutShort: a stop signal came before its last batch was through; for the
-            ``last`` step, before its results (then the run has finished).
+          _EvaluationCutShort: a stop signal came before its last batch was through, or, for
+            the ``last`` step, before its results were (after them, the run has finished).
         """
         results, scalars = self._results(on_devices)
         if last and self.stop_signals is not None and self.stop_signals.run_finished():

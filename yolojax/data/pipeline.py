@@ -556,7 +556,7 @@ def make_eval_iterator(
 class EvalBatches:
     """The batches of :func:`make_eval_iterator` (same arguments), all of them again at each
     iteration, the same ones: the split opened and its pipeline built once, for every
-    evaluation of a training run. Made anew at each evaluation, they kept about 25 KiB a
+    evaluation of a training run. Made anew at each evaluation, they kept about 21 KiB a
     split with no end (TFDS keeps every dataset builder, TensorFlow part of every pipeline),
     and a VOC-format folder's files were listed and fingerprinted again.
 
