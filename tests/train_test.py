@@ -438,15 +438,15 @@ def test_ctrl_c_saves_the_step_reached_and_the_rerun_trains_as_if_uninterrupted(
         np.testing.assert_array_equal(a, b)
 
 
-def _ctrl_c_in_the_first_evaluation(patch) -> None:
+def _signal_in_the_first_evaluation(patch, signal_number=signal.SIGINT) -> None:
     """Patches eval_lib.evaluate (with `patch`, a MonkeyPatch) so that its first call gets
-    one Ctrl-C (SIGINT) as it starts."""
+    one signal (a Ctrl-C's SIGINT by default) as it starts."""
     evaluate, calls = eval_lib.evaluate, []
 
     def interrupted_evaluation(*args, **kwargs):
         calls.append(None)
         if len(calls) == 1:
-            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal_number)
         return evaluate(*args, **kwargs)
 
     patch.setattr(eval_lib, "evaluate", interrupted_evaluation)
@@ -457,7 +457,7 @@ def test_ctrl_c_during_an_evaluation_cuts_it_short_and_stops_at_that_step(
     tmp_path, data_dir, monkeypatch
 ):
     config = tiny_config(data_dir)  # 8 steps, evaluated and saved at 4 and 8
-    _ctrl_c_in_the_first_evaluation(monkeypatch)
+    _signal_in_the_first_evaluation(monkeypatch)
     with pytest.raises(preemption.TrainingStopped) as stop:
         trainer.train_and_evaluate(config, str(tmp_path))
     assert stop.value.step == 4  # not one step more
@@ -478,13 +478,7 @@ def test_a_sigterm_before_the_last_evaluation_is_through_stops_with_143_and_the_
             train_lib, "make_train_step", _on_step(4, lambda: signal.raise_signal(signal.SIGTERM))
         )
     else:
-        evaluate = eval_lib.evaluate
-
-        def preempted_evaluation(*args, **kwargs):
-            signal.raise_signal(signal.SIGTERM)
-            return evaluate(*args, **kwargs)
-
-        monkeypatch.setattr(eval_lib, "evaluate", preempted_evaluation)
+        _signal_in_the_first_evaluation(monkeypatch, signal.SIGTERM)
     with pytest.raises(preemption.TrainingStopped) as stop:
         trainer.train_and_evaluate(config, str(tmp_path))
     monkeypatch.undo()
@@ -563,7 +557,7 @@ def test_a_stop_skips_the_evaluation_of_its_step_and_the_rerun_does_it_first(
 
     # One Ctrl-C during that evaluation, before any step: it stops at once, nothing to save.
     with monkeypatch.context() as patch:
-        _ctrl_c_in_the_first_evaluation(patch)
+        _signal_in_the_first_evaluation(patch)
         previous = signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             with pytest.raises(KeyboardInterrupt, match="The last checkpoint, step 4"):
@@ -1128,12 +1122,13 @@ def test_a_folder_that_is_no_fitting_run_is_refused_before_the_data_is_prepared(
     assert not unprepared.exists()
 
 
-def _saved_run(run, config, *, best: bool, latest: bool):
-    """A run's folder holding ``config`` and a checkpoint of its fresh state at step 4:
-    under best/, checkpoints/ or both, as a run that kept those."""
+def _saved_run(run, config, *, best: bool, latest: bool, state=None):
+    """A run's folder holding ``config`` and a checkpoint of ``state`` (default: its fresh
+    state) at step 4: under best/, checkpoints/ or both, as a run that kept those."""
     run.mkdir()
     (run / "config.json").write_text(config.to_json())
-    _, state, _ = train_lib.initial_state(config, config.train.batch_size, axis_name=None)
+    if state is None:
+        _, state, _ = train_lib.initial_state(config, config.train.batch_size, axis_name=None)
     manager = checkpoints.Checkpoints(run, checkpoints.model_signature(config))
     if latest:
         manager.save(4, state)
@@ -1193,11 +1188,9 @@ def _run_of_classes(run, config, class_names) -> dict:
         if key[:-1] == models.yolo.output_layer(config.model.head):
             params[key] = np.arange(value.size, dtype=value.dtype).reshape(value.shape)
     state = state.replace(params=traverse_util.unflatten_dict(params))
-    run.mkdir()
-    (run / "config.json").write_text(config.to_json())
+    saved = _saved_run(run, config, best=False, latest=True, state=state)
     (run / "classes.json").write_text(json.dumps(list(class_names)))
-    tiny.save_checkpoint(config, state, run, step=4)
-    return _flat_arrays(train_lib.model_variables(state))
+    return _flat_arrays(saved)
 
 
 @pytest.mark.parametrize("head", ["conv", "seed"])  # one cell's channels; S·S cells' in a row
