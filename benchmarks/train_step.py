@@ -60,6 +60,13 @@ import os
 import sys
 import traceback
 
+from yolojax import huge_pages
+
+if __name__ == "__main__":
+    # First, as train.py's cli.launch does: a restart after the imports below would load
+    # JAX and PyTorch twice, 4 s of every run's start (and of --help) on 2 cores.
+    huge_pages.restart_with_huge_pages()
+
 # JAX must not take 75% of the GPU up front: the PyTorch reference runs in the same process.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # XLA's warnings stay (1): on a GPU they explain a slow compile (a ptxas or driver fallback).
@@ -70,7 +77,7 @@ import jax
 # torch_train_step imports torch and torchvision, which must come before anything that
 # imports TensorFlow (nothing this script imports does: tests/imports_test.py).
 from benchmarks import common, jax_train_step, kernel_profile, torch_train_step
-from yolojax import cli, errors, huge_pages, models, postprocess
+from yolojax import cli, errors, models, postprocess
 from yolojax.outputs import output_channels
 
 CPU_DEFAULTS = {"backbone": "darknet_tiny,resnet18", "batch": 8, "image_size": 160}
@@ -490,6 +497,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    huge_pages.restart_with_huge_pages()  # as train.py runs (unless YOLOJAX_HUGE_PAGES=0)
     with cli.closed_stdout_ends_quietly():  # `| head` ends quietly, as the shell's tools do
         main()

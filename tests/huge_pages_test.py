@@ -163,7 +163,9 @@ _FIRST_STEP = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("command", ["train.py", "evaluate.py", "yolojax.predict"])
+@pytest.mark.parametrize(
+    "command", ["train.py", "evaluate.py", "yolojax.predict", "benchmarks.train_step"]
+)
 def test_each_command_restarts_first(command):
     # The restart must come first (before JAX is imported, or it would load twice, a second
     # more): a command that skipped it ran with glibc's default malloc, and only slower.
