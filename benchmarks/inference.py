@@ -93,7 +93,7 @@ def forward_flops(model_config, variables, images, compiled) -> float:
     Without a CPU backend: the cost analysis of ``compiled``."""
 
     def lower_for_cpu(cpu):
-        sharding = jax.sharding.SingleDeviceSharding(cpu)
+        sharding = jax.sharding.make_single_device_sharding(cpu)
         xla_model = models.get_model({**model_config, "conv_impl": "xla"})
         forward = jax.jit(lambda variables, images: xla_model.apply(variables, images, train=False))
         return forward.lower(

@@ -17,6 +17,12 @@ convolutions alone reach: the MFU that making everything else free would leave. 
 compiled step's HLO text as well (`copies_by_source`; `train_step --profile` passes it), the
 transposes and copies are sorted by what their HLO instruction does: a copy of a donated
 argument, a copy into another layout, a copy of a computed value, a transpose.
+
+On a GPU XLA runs its command buffers (CUDA graphs, on by default) op by op while a profiler
+traces (`--xla_enable_command_buffers_during_profiling` is off by default): a traced JAX
+step's gaps and time are then those of a step without them, unlike the timed steps' (and
+unlike a PyTorch variant's CUDA graphs, which its profiler traces as they run). The report
+says so where the trace holds XLA's event for it.
 """
 
 import collections
@@ -90,6 +96,23 @@ def latest_xplane(directory: str) -> pathlib.Path:
     if not found:
         raise FileNotFoundError(f"No plugins/profile/*/*.xplane.pb under {directory}.")
     return found[-1]
+
+
+# The host event XLA's CommandBufferThunk records when it runs its thunks op by op, because a
+# profiler is tracing (xla/backends/gpu/runtime/command_buffer_thunk.cc).
+COMMAND_BUFFERS_OFF_EVENT = "CommandBuffer disabled when profiling"
+
+
+def command_buffers_disabled(xplane_path: str | pathlib.Path) -> bool:
+    """Whether a trace (`*.xplane.pb`) holds XLA's event for command buffers (CUDA graphs) run
+    op by op while traced (`COMMAND_BUFFERS_OFF_EVENT`, on any plane)."""
+    data = jax.profiler.ProfileData.from_file(str(xplane_path))
+    return any(
+        COMMAND_BUFFERS_OFF_EVENT in event.name
+        for plane in data.planes
+        for line in plane.lines
+        for event in line.events
+    )
 
 
 def gpu_kernels(xplane_path: str | pathlib.Path) -> list[Kernel]:
@@ -298,6 +321,11 @@ def jax_step_report(
     kernels = gpu_kernels(xplane)
     summary = summarize(kernels, steps=steps, step_ms=step_ms, flops_per_step=flops_per_step)
     copies = copies_by_source(kernels, hlo_text, steps=steps)
+    if command_buffers_disabled(xplane):
+        summary += (
+            "\nXLA ran its command buffers (CUDA graphs) op by op while traced: the traced "
+            "steps' gaps and times are without them, the timed steps' with them"
+        )
     return f"profile written to {xplane}\n{summary}" + (f"\n{copies}" if copies else "")
 
 

@@ -474,15 +474,16 @@ def main() -> None:
     if torch_skipped:
         print(f"PyTorch reference: not run, {torch_skipped}")
     peak = common.peak_flops(devices[0].device_kind, args.dtype)
-    if peak is None:  # no datasheet figure (a CPU): compare with what a big matmul achieves
-        # On one CPU device: its threads use every core, which all CPU devices share.
+    if peak is None:  # no datasheet figure (a CPU, an unknown GPU): what a big matmul achieves
         peak = common.matmul_flops_per_second(devices[0], args.dtype)
+        where = "the CPU's cores" if on_cpu else f"one {devices[0].device_kind}"
         print(
-            f"Peak: {peak / 1e12:.3f} TFLOP/s measured by a 2048² {args.dtype} matmul on the "
-            "CPU's cores (timed once, before the steps)"
+            f"Peak: {peak / 1e12:.3f} TFLOP/s measured by a 2048² {args.dtype} matmul on "
+            f"{where} (timed once, before the steps)"
         )
     else:
         print(f"Peak per device: {peak / 1e12:.1f} TFLOP/s dense {args.dtype} datasheet peak")
+    if not on_cpu:  # CPU devices all share the cores, which one device's matmul used already
         peak *= len(devices)
     sys.stdout.flush()
     rows = []

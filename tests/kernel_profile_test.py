@@ -115,6 +115,33 @@ def test_kernels_are_read_from_the_gpu_streams_of_a_trace_file(tmp_path):
     ]
 
 
+def test_xlas_command_buffers_run_op_by_op_while_traced_are_noticed(tmp_path, monkeypatch):
+    # XLA's CommandBufferThunk runs its thunks one by one under a profiler and records a host
+    # event saying so: the traced JAX steps then ran without XLA's CUDA graphs.
+    xspace = """
+    planes { id: 1 name: "/host:CPU"
+      lines { id: 1 name: "XLA GPU thread" timestamp_ns: 1000
+        events { metadata_id: 1 offset_ps: 0 duration_ps: 1000 } }
+      event_metadata { key: 1 value { id: 1
+        name: "WARNING: CommandBuffer disabled when profiling" } }
+    }
+    """
+    path = tmp_path / "host.xplane.pb"
+    path.write_bytes(jax.profiler.ProfileData.text_proto_to_serialized_xspace(xspace))
+    assert kernel_profile.command_buffers_disabled(path)
+    other = tmp_path / "other.xplane.pb"
+    other.write_bytes(
+        jax.profiler.ProfileData.text_proto_to_serialized_xspace(xspace.replace("disabled", "on"))
+    )
+    assert not kernel_profile.command_buffers_disabled(other)
+    hlo = "HloModule m\n\nENTRY %main {\n  ROOT %a = f32[] parameter(0)\n}\n"
+    monkeypatch.setattr(kernel_profile, "trace", lambda run, steps, directory: (str(path), [1.0]))
+    monkeypatch.setattr(kernel_profile, "gpu_kernels", lambda xplane: [Kernel("k", "", 0, 1e5)])
+    report = kernel_profile.jax_step_report(lambda: None, hlo, 1, str(tmp_path), flops_per_step=1e9)
+    assert "XLA ran its command buffers (CUDA graphs) op by op while traced" in report
+    assert (tmp_path / "train_step.hlo.txt").read_text() == hlo
+
+
 def test_a_cpu_trace_is_written_and_said_to_hold_no_gpu_kernels(tmp_path):
     square = jax.jit(lambda x: jnp.tanh(x @ x))
     x = jnp.ones((64, 64))
