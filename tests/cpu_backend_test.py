@@ -1,10 +1,15 @@
 """Importing yolojax moves XLA:CPU's convolutions off YNNPACK, unless told otherwise."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
 from importlib import metadata
+
+import jax
+import jax.numpy as jnp
+from jax import lax
 
 from yolojax import cpu_backend
 
@@ -71,3 +76,31 @@ def test_unmeasured_jaxlib_gets_no_flag(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
     assert not cpu_backend.configure()
     assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false"
+
+
+def _operand_types(hlo_text: str, op: str) -> set[str]:
+    """The element types of the operands of every ``op`` instruction (a convolution) in a
+    compiled module's HLO text (instruction names are unique in a module)."""
+    types = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", hlo_text))
+    operands = re.findall(rf" {op}\(%([\w.\-]+), %([\w.\-]+)\)", hlo_text)
+    assert operands, f"no {op} in the compiled module"
+    return {types[name] for pair in operands for name in pair}
+
+
+def test_xla_cpu_computes_bfloat16_convolutions_in_float32():
+    # What bfloat16_notice tells a bfloat16 run on the CPU. A jaxlib that convolves in
+    # bfloat16 fails this: then the notice, and BENCHMARKS.md's bfloat16 figures, are stale.
+    # (Matrix products: float32 on jaxlib 0.10, bfloat16 operands on 0.12.)
+    images, kernel = jnp.ones((2, 14, 14, 32), jnp.bfloat16), jnp.ones((3, 3, 32, 32), jnp.bfloat16)
+    conv = jax.jit(
+        lambda x, w: lax.conv_general_dilated(
+            x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+    )
+    hlo = conv.lower(images, kernel).compile().as_text()
+    assert _operand_types(hlo, "convolution") == {"f32"}
+
+
+def test_only_bfloat16_on_the_cpu_is_told_of_it():
+    assert "use --config.model.dtype=float32" in cpu_backend.bfloat16_notice("bfloat16")
+    assert cpu_backend.bfloat16_notice("float32") is None

@@ -769,6 +769,20 @@ def test_best_is_on_disk_before_the_log_says_its_step_was_evaluated(
     assert [p.name for p in (tmp_path / "best").iterdir()] == ["8"]
 
 
+def test_a_bfloat16_run_on_the_cpu_trains_and_is_told_float32_is_faster(tmp_path, data_dir):
+    # XLA:CPU computes bfloat16 convolutions in float32 (tests/cpu_backend_test.py): the run
+    # trains all the same, in bfloat16's rounding, slower than in float32.
+    config = tiny_config(data_dir, num_epochs=1)
+    config.model.dtype = "bfloat16"
+    notice = r"^config.model.dtype='bfloat16' on the CPU: XLA:CPU computes bfloat16 convolutions"
+    with pytest.warns(errors.Notice, match=notice):
+        results = trainer.train_and_evaluate(config, str(tmp_path), verbose=False)
+    assert results["step"] == STEPS_PER_EPOCH
+    logged = workdir_io.read_metrics(tmp_path)
+    assert [r["step"] for r in logged if "loss" in r] == [2, 4]
+    assert all(np.isfinite(r["loss"]) for r in logged if "loss" in r)
+
+
 def test_a_quiet_run_prints_nothing_and_logs_everything(tmp_path, data_dir, capsys, monkeypatch):
     # verbose=False (a sweep in a notebook): no summary, progress bar (on a terminal too),
     # evaluation or outcome; what one is to know either way comes as a warning.

@@ -14,6 +14,9 @@ holds when yolojax is imported before JAX is first used (devices, arrays, jit), 
 left out when ``XLA_FLAGS`` already sets `xla_cpu_experimental_ynn_fusion_type` (yours
 wins), and for jaxlib versions other than the ones it was measured on, because XLA stops
 the process at start on a flag it does not know.
+
+`bfloat16_notice` is what a run computing in bfloat16 on the CPU is told: XLA:CPU computes
+bfloat16 convolutions in float32.
 """
 
 import importlib.metadata
@@ -67,3 +70,26 @@ def _cpu_backend_started() -> bool:
     except (ImportError, AttributeError):
         return False
     return started and sys.modules["jax"].default_backend() == "cpu"
+
+
+def bfloat16_notice(dtype: str) -> str | None:
+    """What a run that computes in ``dtype`` on JAX's CPU backend is told, or None.
+
+    XLA:CPU (jaxlib 0.10 and 0.12) has no bfloat16 convolution: it converts the operands to
+    float32, convolves in float32 and converts the result back (jaxlib 0.10 does the same
+    for matrix products). A bfloat16 model then trains slower than a float32 one on a CPU
+    (on jaxlib 0.10, 0.56× for Darknet and 0.81× for ResNet-50 at 224: BENCHMARKS.md,
+    "bfloat16 on a CPU"), with bfloat16's rounding and nothing gained; PyTorch, by
+    contrast, runs bfloat16 on the AMX units of recent Xeons.
+    """
+    import jax  # here, not above: `import yolojax` leaves JAX unimported (see `configure`)
+
+    if dtype != "bfloat16" or jax.default_backend() != "cpu":
+        return None
+    return (
+        "config.model.dtype='bfloat16' on the CPU: XLA:CPU computes bfloat16 convolutions "
+        "in float32 (converting to and from bfloat16 around each), so training runs slower "
+        "than in float32 here (0.56-0.81× its speed in BENCHMARKS.md), with bfloat16's "
+        "rounding. "
+        "On a CPU use --config.model.dtype=float32; bfloat16 is for GPUs and TPUs."
+    )

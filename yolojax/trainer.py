@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from yolojax import (
     checkpoints,
+    cpu_backend,
     distributed,
     errors,
     eval_lib,
@@ -126,6 +127,9 @@ def _set_up(config, workdir: str, verbose: bool) -> _Run:
     make_paths_absolute(config)  # as config.json keeps them
     is_main = jax.process_index() == 0
     reports = is_main and verbose
+    slow_dtype = cpu_backend.bfloat16_notice(config.model.dtype)
+    if slow_dtype and is_main:
+        tell(slow_dtype, printed=reports)
     # Only process 0 writes: a check that failed in another process alone would leave
     # process 0 waiting at the first barrier.
     workdir_io.check_workdir(workdir, writable=is_main)
