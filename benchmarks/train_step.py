@@ -17,7 +17,9 @@ weights), on random images and boxes already on the device:
   accelerator, MFU; peak device memory (on a CPU: the compiled step's buffer plan).
 * PyTorch: `benchmarks/torch_reference.py`, the same model, targets, loss and optimizer,
   in each requested variant (eager or `torch.compile`, NCHW or channels-last; for GPUs
-  also `compile_cl_graphs`, torch.compile with CUDA graphs); timed in turns
+  also `compile_cl_graphs`, torch.compile with CUDA graphs); on a CPU in a process of its
+  own (`benchmarks/torch_process.py`: in one process the two slowed each other's steps),
+  on a GPU in this one; timed in turns
   with the JAX step (a round of JAX steps, then a round of each variant, repeated; each
   turn's first step untimed, since it pays for the memory the previous turn used) so a
   slow spell of the machine hits every turn. Not so other work on a CPU: it slows
@@ -40,9 +42,9 @@ weights), on random images and boxes already on the device:
 * decode + NMS: `jax.jit(yolojax.postprocess.detect_with_config)` (as evaluation runs it,
   with the config's `eval` settings) on random outputs of one batch.
 
-Both frameworks run in one process, so with the same malloc: on Linux CPUs the script
-restarts itself with huge pages for malloc as `train.py` does (`yolojax.huge_pages`;
-`YOLOJAX_HUGE_PAGES=0` for glibc's default), and prints `GLIBC_TUNABLES`.
+On Linux CPUs the script restarts itself with huge pages for malloc as `train.py` does
+(`yolojax.huge_pages`; `YOLOJAX_HUGE_PAGES=0` for glibc's default), and prints
+`GLIBC_TUNABLES`; the PyTorch process runs with glibc's default malloc, its faster one.
 
 The images/s of the JAX step is also what the input pipeline must deliver for training not to
 be input-bound: compare it with `python -m benchmarks.input_pipeline`.
@@ -55,6 +57,7 @@ and the others run; a backbone that fails later prints its traceback and the nex
 
 import argparse
 import ast
+import contextlib
 import functools
 import os
 import sys
@@ -76,7 +79,7 @@ import jax
 
 # torch_train_step imports torch and torchvision, which must come before anything that
 # imports TensorFlow (nothing this script imports does: tests/imports_test.py).
-from benchmarks import common, jax_train_step, kernel_profile, torch_train_step
+from benchmarks import common, jax_train_step, kernel_profile, torch_process, torch_train_step
 from yolojax import cli, errors, models, postprocess
 from yolojax.outputs import output_channels
 
@@ -126,15 +129,29 @@ def _jax_memory(device, jax_step: dict, peak_before: int) -> str:
     return f"{jax_step['plan_bytes'] / 2**30:.2f} GiB (plan)"
 
 
-def _torch_steps(config, batch: dict, args, torch_device, backbone: str) -> tuple[dict, dict]:
+def _torch_steps(
+    config, batch: dict, args, torch_device, backbone: str, closing: contextlib.ExitStack
+) -> tuple[dict, dict]:
     """(variant → built and warmed-up step, variant → why it failed). A variant that fails
-    (torch.compile, out of memory) is reported and left out; the others still run."""
+    (torch.compile, out of memory) is reported and left out; the others still run. On a CPU
+    the steps run in a process of their own (`torch_process`), which `closing` ends."""
+    if torch_device.type == "cpu":
+        reference = closing.enter_context(
+            torch_process.ReferenceProcess(config, batch, threads=args.torch_threads)
+        )
+        build = functools.partial(reference.build_step, warmup_steps=WARMUP_STEPS)
+    else:
+        build = functools.partial(
+            torch_train_step.build_step,
+            config,
+            batch,
+            device=torch_device,
+            warmup_steps=WARMUP_STEPS,
+        )
     built, failed = {}, {}
     for variant in args.torch_variants:
         try:
-            built[variant] = torch_train_step.build_step(
-                config, batch, variant, torch_device, WARMUP_STEPS
-            )
+            built[variant] = build(variant)
         except Exception as error:
             failed[variant] = _one_line(error)
             _progress(backbone, f"PyTorch {variant}: failed, {failed[variant]}")
@@ -218,21 +235,24 @@ def benchmark(backbone: str, args, devices: list, torch_device, peak: float) -> 
         )
         steps["jax_auto_layout"] = auto_step["run"]
     torch_steps, torch_failed = {}, {}
-    if torch_device is not None:
-        torch_steps, torch_failed = _torch_steps(config, batch, args, torch_device, backbone)
-        steps.update({variant: step["run"] for variant, step in torch_steps.items()})
-    # Back to back: a round's steps as one call, one wait at the end (no per-step wait).
-    ahead = {
-        f"{name}{AHEAD}": functools.partial(run, args.steps_per_round)
-        for name, run in steps.items()
-        if args.back_to_back and name != "jax_host"
-    }
-    times = common.time_alternating(
-        {**steps, **ahead},
-        rounds=args.rounds,
-        steps_per_round=args.steps_per_round,
-        untimed_per_round=args.untimed_per_round,
-    )
+    with contextlib.ExitStack() as torch_processes:
+        if torch_device is not None:
+            torch_steps, torch_failed = _torch_steps(
+                config, batch, args, torch_device, backbone, torch_processes
+            )
+            steps.update({variant: step["run"] for variant, step in torch_steps.items()})
+        # Back to back: a round's steps as one call, one wait at the end (no per-step wait).
+        ahead = {
+            f"{name}{AHEAD}": functools.partial(run, args.steps_per_round)
+            for name, run in steps.items()
+            if args.back_to_back and name != "jax_host"
+        }
+        times = common.time_alternating(
+            {**steps, **ahead},
+            rounds=args.rounds,
+            steps_per_round=args.steps_per_round,
+            untimed_per_round=args.untimed_per_round,
+        )
     images_per_s = {
         name: args.batch * (args.steps_per_round if name in ahead else 1) / common.median(values)
         for name, values in times.items()

@@ -1,13 +1,15 @@
 """`python -m benchmarks.train_step` runs end to end at a tiny size and prints a table whose
 figures agree with each other (the acceptance of the performance work rests on this script)."""
 
+import os
 import re
 
 import pytest
 
 pytest.importorskip("torch")
 
-from benchmarks import jax_train_step, train_step
+from benchmarks import jax_train_step, torch_process, train_step
+from yolojax import huge_pages
 
 
 def _table_row(output: str) -> dict[str, str]:
@@ -75,3 +77,24 @@ def test_compared_config_values_are_read_as_literals_and_checked():
         jax_train_step.with_overrides(config, {"train.skip_nonfinit": True})
     with pytest.raises(ValueError, match="conv_impl"):
         jax_train_step.with_overrides(config, {"model.conv_impl": "fast"})
+
+
+def test_the_cpu_reference_trains_in_a_child_process_with_glibcs_default_malloc(monkeypatch):
+    # In one process the two frameworks slowed each other's steps (BENCHMARKS.md): on a CPU
+    # the reference's steps run in a process of their own, without the huge-page malloc.
+    config = jax_train_step.benchmark_config("darknet_tiny", 32, 2, "float32")
+    batch = jax_train_step.random_batch(config, 2)
+    tunables = f"glibc.malloc.tcache_count=3:{huge_pages.TUNABLE}"
+    monkeypatch.setenv("GLIBC_TUNABLES", tunables)
+    with torch_process.ReferenceProcess(config, batch, threads=1) as reference:
+        assert os.environ["GLIBC_TUNABLES"] == tunables  # this process's is left as it was
+        assert reference.glibc_tunables == "glibc.malloc.tcache_count=3"
+        step = reference.build_step("eager", warmup_steps=1)
+        assert step["warmup_s"] > 0
+        step["run"](2)
+        with pytest.raises(torch_process.ReferenceFailed, match=r"^KeyError: 'eager_nhwc'$"):
+            reference.build_step("eager_nhwc", warmup_steps=1)
+        step["run"]()  # the child goes on after a failed build
+        child = reference._process
+        assert child.pid != os.getpid() and child.is_alive()
+    assert child.exitcode == 0
