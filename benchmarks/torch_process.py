@@ -34,7 +34,7 @@ class ReferenceProcess:
             target=_serve, args=(child_end, config, batch, threads), daemon=True
         )
         saved = os.environ.get("GLIBC_TUNABLES")
-        without = _without_huge_pages(saved)
+        without = glibc_tunables()
         try:  # the child's environment is this process's when it starts
             _set_environ("GLIBC_TUNABLES", without)
             self._process.start()
@@ -88,9 +88,11 @@ class ReferenceFailed(RuntimeError):
     """A PyTorch reference step failed in its process (the message is the child's error)."""
 
 
-def _without_huge_pages(tunables: str | None) -> str | None:
-    """``GLIBC_TUNABLES`` without `huge_pages.TUNABLE` (None when nothing is left)."""
-    kept = [item for item in (tunables or "").split(":") if item and item != huge_pages.TUNABLE]
+def glibc_tunables() -> str | None:
+    """The ``GLIBC_TUNABLES`` a `ReferenceProcess` started now runs with: this process's
+    without `huge_pages.TUNABLE` (None when nothing is left)."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    kept = [item for item in tunables.split(":") if item and item != huge_pages.TUNABLE]
     return ":".join(kept) or None
 
 

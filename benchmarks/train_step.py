@@ -43,8 +43,9 @@ weights), on random images and boxes already on the device:
   with the config's `eval` settings) on random outputs of one batch.
 
 On Linux CPUs the script restarts itself with huge pages for malloc as `train.py` does
-(`yolojax.huge_pages`; `YOLOJAX_HUGE_PAGES=0` for glibc's default), and prints
-`GLIBC_TUNABLES`; the PyTorch process runs with glibc's default malloc, its faster one.
+(`yolojax.huge_pages`; `YOLOJAX_HUGE_PAGES=0` for glibc's default); the PyTorch process runs
+with glibc's default malloc, its faster one. The header prints each process's
+`GLIBC_TUNABLES`.
 
 The images/s of the JAX step is also what the input pipeline must deliver for training not to
 be input-bound: compare it with `python -m benchmarks.input_pipeline`.
@@ -484,7 +485,10 @@ def main() -> None:
         f"load average before {common.load_average()}"
     )
     if on_cpu:  # glibc's malloc settings change both frameworks' CPU figures (BENCHMARKS.md)
-        print(f"GLIBC_TUNABLES: {os.environ.get('GLIBC_TUNABLES', '(not set)')}")
+        tunables = f"GLIBC_TUNABLES: {os.environ.get('GLIBC_TUNABLES', '(not set)')}"
+        if torch_device:  # PyTorch's steps run in a process of their own (torch_process)
+            tunables += f" (JAX); {torch_process.glibc_tunables() or '(not set)'} (PyTorch)"
+        print(tunables)
         warning = common.busy_machine_warning()
         if warning:
             print(warning)

@@ -28,8 +28,14 @@ def test_the_train_step_benchmark_prints_consistent_figures(tmp_path, monkeypatc
     argv += f" --steps-per-round 2 --torch-variants eager_cl --back-to-back --profile {tmp_path}"
     argv += " --compare-auto-layout --compare-config train.skip_nonfinite=True"
     monkeypatch.setattr("sys.argv", argv.split())
+    monkeypatch.setenv("GLIBC_TUNABLES", f"glibc.malloc.tcache_count=3:{huge_pages.TUNABLE}")
     train_step.main()
     output = capsys.readouterr().out
+    # Each process's malloc settings: PyTorch's process drops the huge pages.
+    assert (
+        f"GLIBC_TUNABLES: glibc.malloc.tcache_count=3:{huge_pages.TUNABLE} (JAX); "
+        "glibc.malloc.tcache_count=3 (PyTorch)\n"
+    ) in output
     row = _table_row(output)
     jax_rate = float(row["JAX img/s"])
     torch_rate = float(row["PyTorch img/s (best variant)"].removesuffix(" (eager_cl)"))
