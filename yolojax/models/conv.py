@@ -16,9 +16,11 @@ matrix product:
                (k·k·C_in, C_out) ("im2col"). The copy is k·k times the input, which is
                small exactly when the batch's maps are.
 
-The matrix product's weight gradient contracts the long N·H·W axis; it is written out so
-that XLA transposes the narrower operand itself rather than the BatchNorm backward writing
-its output transposed (`_matmul_bwd`).
+The matrix product's gradients are autodiff's. Its weight gradient contracts the long N·H·W
+axis of both operands, which XLA:CPU (jaxlib 0.10 and 0.12) computes as one product of the
+two as they are; a gradient written out to keep the BatchNorm backward from writing its
+output transposed, which an earlier XLA did, now compiled to the same program and was removed
+(BENCHMARKS.md, "Train step", item 6).
 
 Everything else, and everything on GPUs and TPUs (where cuDNN and XLA's own convolution
 emitters are the fast path), stays `lax.conv_general_dilated`. Inputs stay NHWC and kernels
@@ -92,38 +94,9 @@ def conv_as_dot(lhs, rhs, window_strides, padding, precision=None):
     # [n, out_h, out_w, kh * kw * c_in], ordered (i, j, c) like the reshaped HWIO kernel.
     patches = views[0] if len(views) == 1 else lax.concatenate(views, dimension=3)
     n, out_h, out_w, k = patches.shape
-    out = _matmul(patches.reshape(n * out_h * out_w, k), rhs.reshape(k, c_out), precision)
+    kernel = rhs.reshape(k, c_out)
+    out = lax.dot(patches.reshape(n * out_h * out_w, k), kernel, precision=precision)
     return out.reshape(n, out_h, out_w, c_out)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _matmul(a, b, precision):
-    """``a (M, K) @ b (K, N)`` with the gradients written out (see `_matmul_bwd`)."""
-    return lax.dot(a, b, precision=precision)
-
-
-def _matmul_fwd(a, b, precision):
-    return _matmul(a, b, precision), (a, b)
-
-
-def _matmul_bwd(precision, residuals, grad):
-    """``grad_a = grad @ bᵀ`` and ``grad_b = aᵀ @ grad``, the latter contracting the long
-    M = N·H·W axis of both. Left to autodiff, XLA:CPU computes ``grad`` (a BatchNorm
-    backward in these models) straight into a transposed (N, M) layout inside its
-    elementwise fusion, a strided write that took 0.49 s of a 3.4 s ResNet-50 step at 224,
-    batch 8. Transposing the narrower of ``a`` and ``grad`` explicitly lets it go through
-    XLA's transpose instead: that step becomes 13% faster (BENCHMARKS.md, "Train step")."""
-    a, b = residuals
-    # Contracting both minor axes: a transposed operand YNNPACK takes as it is, no copy.
-    grad_a = lax.dot_general(grad, b, (((1,), (1,)), ((), ())), precision=precision)
-    if a.shape[1] <= grad.shape[1]:
-        grad_b = lax.dot(a.T, grad, precision=precision)
-    else:
-        grad_b = lax.dot(grad.T, a, precision=precision).T
-    return grad_a, grad_b
-
-
-_matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 def uses_dot(lhs_shape, rhs_shape, window_strides, padding, conv_impl: str) -> bool:
