@@ -15,8 +15,8 @@ left out when ``XLA_FLAGS`` already sets `xla_cpu_experimental_ynn_fusion_type` 
 wins), and for jaxlib versions other than the ones it was measured on, because XLA stops
 the process at start on a flag it does not know.
 
-`bfloat16_notice` is what a run computing in bfloat16 on the CPU is told: XLA:CPU computes
-bfloat16 convolutions in float32.
+`bfloat16_notice` is what a run computing in bfloat16 on the CPU is told where XLA:CPU
+computes bfloat16 in float32 (jaxlib 0.10), so that float32 is faster.
 """
 
 import importlib.metadata
@@ -27,6 +27,9 @@ import sys
 XLA_CONVOLUTIONS_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 # jaxlib releases whose XLA has the flag and was measured with it (major.minor).
 _MEASURED_JAXLIB = ("0.10", "0.11", "0.12")
+# jaxlib releases whose XLA:CPU converts the operands of bfloat16 matrix products to float32,
+# as it does those of convolutions (0.10 and 0.12); 0.12 gives products bfloat16 operands.
+_FLOAT32_PRODUCTS_JAXLIB = ("0.10",)
 
 
 def configure() -> bool:
@@ -39,7 +42,7 @@ def configure() -> bool:
     flags = os.environ.get("XLA_FLAGS", "")
     if XLA_CONVOLUTIONS_FLAG in flags.split():
         return True
-    if "xla_cpu_experimental_ynn_fusion_type" in flags or not _jaxlib_measured():
+    if "xla_cpu_experimental_ynn_fusion_type" in flags or _jaxlib_release() not in _MEASURED_JAXLIB:
         return False
     if _cpu_backend_started():
         logging.getLogger(__name__).warning(
@@ -52,12 +55,13 @@ def configure() -> bool:
     return True
 
 
-def _jaxlib_measured() -> bool:
+def _jaxlib_release() -> str | None:
+    """The installed jaxlib's major.minor ('0.10'), or None without jaxlib."""
     try:
         jaxlib = importlib.metadata.version("jaxlib")
     except importlib.metadata.PackageNotFoundError:
-        return False
-    return ".".join(jaxlib.split(".")[:2]) in _MEASURED_JAXLIB
+        return None
+    return ".".join(jaxlib.split(".")[:2])
 
 
 def _cpu_backend_started() -> bool:
@@ -76,20 +80,24 @@ def bfloat16_notice(dtype: str) -> str | None:
     """What a run that computes in ``dtype`` on JAX's CPU backend is told, or None.
 
     XLA:CPU (jaxlib 0.10 and 0.12) has no bfloat16 convolution: it converts the operands to
-    float32, convolves in float32 and converts the result back (jaxlib 0.10 does the same
-    for matrix products). A bfloat16 model then trains slower than a float32 one on a CPU
-    (on jaxlib 0.10, 0.56× for Darknet and 0.81× for ResNet-50 at 224: BENCHMARKS.md,
-    "bfloat16 on a CPU"), with bfloat16's rounding and nothing gained; PyTorch, by
-    contrast, runs bfloat16 on the AMX units of recent Xeons.
+    float32, convolves in float32 and converts the result back. jaxlib 0.10 does the same
+    for matrix products, and there a bfloat16 model trains slower than a float32 one
+    (0.56-0.98× at 224 px for Darknet and ResNet-50 on two hosts: BENCHMARKS.md, "bfloat16
+    on a CPU"), with bfloat16's rounding and nothing gained. jaxlib 0.12 multiplies matrices
+    in bfloat16, and there bfloat16 trained 1.03-1.38× faster than float32 on a CPU with
+    AVX-512 BF16, so nothing is said; nor for releases not measured.
     """
     import jax  # here, not above: `import yolojax` leaves JAX unimported (see `configure`)
 
     if dtype != "bfloat16" or jax.default_backend() != "cpu":
         return None
+    if _jaxlib_release() not in _FLOAT32_PRODUCTS_JAXLIB:
+        return None
     return (
-        "config.model.dtype='bfloat16' on the CPU: XLA:CPU computes bfloat16 convolutions "
-        "in float32 (converting to and from bfloat16 around each), so training runs slower "
-        "than in float32 here (0.56-0.81× its speed in BENCHMARKS.md), with bfloat16's "
-        "rounding. "
-        "On a CPU use --config.model.dtype=float32; bfloat16 is for GPUs and TPUs."
+        "config.model.dtype='bfloat16' on the CPU: this jaxlib's XLA:CPU computes bfloat16 "
+        "convolutions and matrix products in float32 (converting to and from bfloat16 around "
+        "each), so training runs slower than in float32 here (0.56-0.98× its speed in "
+        "BENCHMARKS.md), with bfloat16's rounding. "
+        "On a CPU use --config.model.dtype=float32, or jaxlib >= 0.12 (Python >= 3.12), "
+        "where bfloat16 trained faster."
     )
