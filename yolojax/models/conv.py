@@ -18,8 +18,8 @@ matrix product:
 
 The matrix product's gradients are autodiff's. Its weight gradient contracts the long N·H·W
 axis of both operands, which XLA:CPU (jaxlib 0.10 and 0.12) computes as one product of the
-two as they are; a gradient written out to keep the BatchNorm backward from writing its
-output transposed, which an earlier XLA did, now compiled to the same program and was removed
+two as they are. A gradient written out when the compiled step wrote the BatchNorm
+backward's output transposed for it compiles to the same program now, and was removed
 (BENCHMARKS.md, "Train step", item 6).
 
 Everything else, and everything on GPUs and TPUs (where cuDNN and XLA's own convolution
