@@ -84,7 +84,7 @@ def bfloat16_notice(dtype: str) -> str | None:
     for matrix products, and there a bfloat16 model trains slower than a float32 one
     (0.56-0.98× at 224 px for Darknet and ResNet-50 on two hosts: BENCHMARKS.md, "bfloat16
     on a CPU"), with bfloat16's rounding and nothing gained. jaxlib 0.12 multiplies matrices
-    in bfloat16, and there bfloat16 trained 1.03-1.38× faster than float32 on a CPU with
+    in bfloat16, and there bfloat16 trained 1.03-1.48× faster than float32 on a CPU with
     AVX-512 BF16, so nothing is said; nor for releases not measured.
     """
     import jax  # here, not above: `import yolojax` leaves JAX unimported (see `configure`)
