@@ -260,9 +260,12 @@ def test_a_plain_sgd_step_moves_every_parameter_down_its_gradient():
         warmup_epochs=0.0,
     )
     batch = _one_box_batch(config)
-    before, after, _ = _one_step(config, batch)
+    before, after, metrics = _one_step(config, batch)
     loss = _reference_loss(config, before, batch["image"][0])
     gradients = jax.grad(lambda params: loss(params)[0])(before.params)
+    # The logged gradient norm is that gradient's (what clipping would scale down).
+    norm = np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(gradients)))
+    np.testing.assert_allclose(metrics["grad_norm"], norm, rtol=1e-4)
     moved = jax.tree.map(lambda b, a: (b - a) / learning_rate, before.params, after.params)
     for (path, step), gradient in zip(
         jax.tree_util.tree_leaves_with_path(moved), jax.tree.leaves(gradients), strict=True

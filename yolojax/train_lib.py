@@ -316,7 +316,9 @@ def train_step(state: TrainState, batch: dict, *, model, config, schedule):
         should too (``yolojax.config.resolve_num_classes(config, class_names)``).
 
     Returns:
-      ``(new_state, metrics)``; metrics are averaged over devices.
+      ``(new_state, metrics)``: the loss terms and ``iou``, averaged over devices;
+      ``grad_norm``, the L2 norm of the whole (global batch) gradient before any clipping;
+      ``finite`` and ``learning_rate``.
     """
     key = jax.random.fold_in(jax.random.key(config.seed), state.step)
     dropout_key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))
@@ -369,6 +371,7 @@ def train_step(state: TrainState, batch: dict, *, model, config, schedule):
     else:
         new_state = update()
     metrics["finite"] = finite.astype(jnp.float32)
+    metrics["grad_norm"] = grad_norm
     metrics["learning_rate"] = schedule(state.step)
     return new_state, metrics
 
