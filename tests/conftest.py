@@ -19,12 +19,18 @@ the other's half-written entry would warn and compile again.
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# A script's background job (`pytest ... &`) starts with Ctrl-C ignored, and the processes
+# the tests start would inherit that: the Ctrl-C tests would see nothing arrive, and a run
+# would be told of it. Each test that wants it ignored ignores it itself.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 # Assigned, not defaulted: an xdist worker inherits its controller's folder, and a cache
 # of the user's would make the suite depend on what ran before.
 _JAX_CACHE = os.path.join(tempfile.gettempdir(), f"yolojax-tests-jax-cache-{os.getpid()}")
