@@ -180,6 +180,55 @@ def test_a_command_started_with_sigterm_ignored_keeps_ignoring_it():
     assert done.stdout == "cleaned up\nran on\n"
 
 
+# Imports TensorFlow as the commands do, between other writes to stderr (file descriptor 2
+# and Python's sys.stderr), with TF_CPP_MIN_LOG_LEVEL `sys.argv[2]`.
+_IMPORTS_TENSORFLOW = textwrap.dedent(
+    """
+    import os, sys
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = sys.argv[2]
+    from yolojax import cli
+
+    with cli.tensorflow_import_notices_dropped():
+        os.write(2, b"before\\n")
+        import tensorflow
+        print("from Python", file=sys.stderr)
+        os.write(2, b"after\\n")
+    print("imported")
+    """
+)
+
+
+def test_tensorflows_import_notices_are_dropped_and_the_rest_of_stderr_kept_in_order():
+    # Before, train.py, evaluate.py and predict began with four lines of TensorFlow's
+    # notices, whatever TF_CPP_MIN_LOG_LEVEL.
+    done = _run("", _IMPORTS_TENSORFLOW, "1")
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout, done.stderr) == ("imported\n", "before\nfrom Python\nafter\n")
+
+
+def test_tensorflows_import_notices_show_where_its_info_lines_are_asked_for():
+    done = _run("", _IMPORTS_TENSORFLOW, "0")
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0] == "before" and lines[-2:] == ["from Python", "after"]
+    assert sum("] oneDNN custom operations are on." in line for line in lines) >= 1
+
+
+def test_a_ctrl_c_while_tensorflows_notices_are_held_still_says_so():
+    source = """
+import os, signal, time
+from yolojax import cli
+
+cli.launch()
+with cli.tensorflow_import_notices_dropped():
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(60)
+"""
+    done = _run("", source)
+    assert done.returncode == 130, done.stdout + done.stderr
+    assert done.stderr == "Interrupted.\n"
+
+
 # A command printing `sys.argv[2]` lines, then ending with the status `sys.argv[3]`.
 _PRINTS_LINES = textwrap.dedent(
     """

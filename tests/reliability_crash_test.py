@@ -70,6 +70,12 @@ def fixture_env(tmp_path_factory):
     }
 
 
+def _tensorflow_import_notices(log: str) -> list[str]:
+    """The lines of TensorFlow's import notices in a command's output (none are wanted)."""
+    notices = ("absl::InitializeLog", "oneDNN custom operations")
+    return [line for line in log.splitlines() if any(notice in line for notice in notices)]
+
+
 def _config(data_dir):
     """The in-process twin of the command line's config (to restore what it saved)."""
     config = shapes.get_config()
@@ -246,6 +252,7 @@ def test_kill_9_at_random_points_then_rerun_equals_an_uninterrupted_run(tmp_path
     reference = tmp_path / "reference"
     returncode, log = _run(_command("train.py", reference, data_dir), env, tmp_path / "ref.log")
     assert returncode == 0, log[-3000:]
+    assert not _tensorflow_import_notices(log)
 
     rng = random.Random(8)
     plans = [
@@ -557,6 +564,7 @@ def test_evaluate_without_a_config_uses_the_one_the_run_saved(
     returncode, log = _run(command, env, tmp_path / "eval.log")
     assert returncode == 0, log
     assert "step 1: mAP@0.5 VOC07 11-point" in log and "on 12 test images" in log
+    assert not _tensorflow_import_notices(log)
     assert json.loads((run_dir / "eval" / "metrics.json").read_text())["step"] == 1
 
 

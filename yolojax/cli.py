@@ -21,6 +21,7 @@ import os
 import select
 import signal
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -34,9 +35,20 @@ from yolojax import command_flags, errors, huge_pages
 
 # TensorFlow (tf.data only) logs at INFO level when it is imported; that is noise in a
 # command's progress output. Warnings and errors still show. TF 2.21 prints its "oneDNN
-# custom operations are on" notice whatever the level; TF_ENABLE_ONEDNN_OPTS=0 would hide
-# it but halves the input pipeline's images/s here (its image ops use oneDNN), so it stays.
+# custom operations are on" notice whatever the level (tensorflow_import_notices_dropped);
+# TF_ENABLE_ONEDNN_OPTS=0 would hide it but halves the input pipeline's images/s here (its
+# image ops use oneDNN).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+# What `import tensorflow` (2.21) prints on stderr whatever TF_CPP_MIN_LOG_LEVEL: absl's
+# logging, which nothing has set up while TensorFlow's native libraries load, writes their
+# INFO lines there. Two libraries say each line once: four lines before every command's
+# first word of output.
+_TENSORFLOW_IMPORT_NOTICES = (
+    b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    b"] oneDNN custom operations are on.",
+)
+# Where the stop handler writes (see _stop): the real stderr while fd 2 is captured.
+_stderr_fd = 2
 
 # The base classes of every error the library documents as the user's to fix.
 # What a command reports as one paragraph: bad input, a missing file, and what the machine
@@ -209,6 +221,46 @@ def command_errors(*, traceback: bool = False):
         raise SystemExit(1) from None
 
 
+@contextlib.contextmanager
+def tensorflow_import_notices_dropped():
+    """Drops the notices TensorFlow's native libraries print on stderr as they load.
+
+    Wrap the import that loads TensorFlow (``from yolojax import trainer``): the block's
+    output on file descriptor 2 is held in a temporary file and printed when the block
+    ends, in its order, less TensorFlow's two import notices (the "oneDNN custom
+    operations are on" line and absl's warning before it, each twice). A Ctrl-C or SIGTERM
+    meanwhile still says so (:func:`launch`). Nothing is held where TensorFlow is loaded
+    already, or where ``TF_CPP_MIN_LOG_LEVEL=0`` asks for its INFO lines: set it to see
+    what a process that dies inside the block (a crash in native code) printed there.
+    """
+    global _stderr_fd
+    if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
+        yield
+        return
+    sys.stderr.flush()
+    real_stderr = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as held:
+            _stderr_fd = real_stderr  # first: a signal may come between these lines
+            os.dup2(held.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(real_stderr, 2)
+                _stderr_fd = 2
+                held.seek(0)
+                kept = b"".join(
+                    line
+                    for line in held
+                    if not any(notice in line for notice in _TENSORFLOW_IMPORT_NOTICES)
+                )
+                while kept:
+                    kept = kept[os.write(2, kept) :]
+    finally:
+        os.close(real_stderr)
+
+
 def start(argv: list[str]) -> None:
     """The first line of an absl command's ``main``: refuses stray positional arguments,
     and lowers the log level to WARNING unless ``--verbosity`` was given (orbax logs every
@@ -275,7 +327,7 @@ def _stop(signal_number, frame) -> None:
         raise KeyboardInterrupt if signal_number == signal.SIGINT else errors.Terminated
     # os.write: the handler may run while the main thread is inside a write to sys.stderr,
     # where another would raise "reentrant call".
-    os.write(2, f"{errors.STOPPED_BY[signal_number]}.\n".encode())
+    os.write(_stderr_fd, f"{errors.STOPPED_BY[signal_number]}.\n".encode())
     os._exit(128 + signal_number)  # no exception that a callback could swallow
 
 

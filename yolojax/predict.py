@@ -381,7 +381,8 @@ def main(argv=None) -> None:
         parser.error(f"--out {args.out} is a file: choose another output folder")
     with cli.command_errors():  # one paragraph, as evaluate.py says it; before TensorFlow
         checkpoint = parse_which(args.checkpoint)
-    from yolojax.detector import Detector  # here: --help and bad flags before TensorFlow
+    with cli.tensorflow_import_notices_dropped():  # here: --help and bad flags before it
+        from yolojax.detector import Detector
 
     with cli.command_errors(), warnings.catch_warnings():
         # A panorama of 90-179 megapixels is read as any photo; Pillow's warning of a
