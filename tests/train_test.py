@@ -1261,6 +1261,40 @@ def test_a_run_of_other_classes_passes_on_its_outputs_by_class_name(tmp_path, he
     np.testing.assert_array_equal(ours[:, :5], theirs[:, 4::-1])
 
 
+def test_class_names_match_a_runs_whatever_their_case_spaces_underscores_and_hyphens(tmp_path):
+    # A folder of "Person" and "potted_plant" fine-tuned from a VOC run ("person",
+    # "pottedplant") started both fresh. A run class is taken once: the same name first.
+    source = tiny.tiny_config(str(tmp_path / "tfds"))
+    run_classes = ("ellipse", "rectangle", "triangle", "star", "cross")
+    saved = _run_of_classes(tmp_path / "run", source, run_classes)
+    config = source.copy_and_resolve_references()
+    config.model.update(num_classes=5, pretrained=str(tmp_path / "run"))
+    model = train_lib.build_model(config, axis_name=None)
+    ours = ("Cross", "STAR", "rect_angle", "cross", "Tri-angle")
+    with pytest.warns(errors.Notice) as notices:
+        variables = train_lib.initial_variables(model, config, jax.random.key(1), class_names=ours)
+    assert str(notices[0].message).endswith(
+        "; the output layer is taken by class name: the run's box outputs and its class "
+        "outputs for STAR (the run's star), rect_angle (the run's rectangle), cross, Tri-angle "
+        "(the run's triangle) (4 of 5 classes); fresh class outputs for Cross; the run's "
+        "classes not taken: ellipse."
+    )
+    ours_bias = _flat_arrays(variables)["params/head/out/bias"]
+    theirs_bias = saved["params/head/out/bias"]
+    np.testing.assert_array_equal(ours_bias[1:5], theirs_bias[[3, 1, 4, 2]])
+    np.testing.assert_array_equal(ours_bias[5:], theirs_bias[5:])  # the boxes' outputs
+    assert ours_bias[0] == 0  # fresh (a zero bias), not one of the run's 0, 1, 2, ...
+
+    # Two of ours that differ only in case, neither the run's own name: neither is taken.
+    with pytest.warns(errors.Notice, match="fresh class outputs for Star, STAR; "):
+        train_lib.initial_variables(
+            model,
+            config,
+            jax.random.key(1),
+            class_names=("Star", "STAR", "ellipse", "rectangle", "triangle"),
+        )
+
+
 def test_a_run_whose_outputs_mean_other_things_is_never_taken_by_position(tmp_path):
     # 5 classes and 3 boxes a cell, 20 channels; 10 classes and 2 boxes: 20 channels too.
     # The same shape, but the run's first box would have become this model's classes 5-9.

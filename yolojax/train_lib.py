@@ -2,6 +2,7 @@
 or restoring the state of a config. The loop lives in ``yolojax.trainer``.
 """
 
+import collections
 import functools
 import os
 import warnings
@@ -82,8 +83,9 @@ def with_run_weights(variables: dict, config, class_names: Sequence[str] | None 
 
     ``class_names``: this model's classes, in label order. Given, and not the run's (its
     classes.json), the output layer is taken class by class: the run's box outputs, and the
-    class outputs of each class the run has too, by name (in any order, of any count); the
-    other classes' start fresh, and the notice names both. Not given (or the run has no
+    class outputs of each class the run has too, by name (in any order, of any count; case,
+    spaces, ``_`` and ``-`` aside: :func:`_run_class_of_each`); the other classes' start
+    fresh, and the notice names both. Not given (or the run has no
     classes.json), the output layer is taken whole for a run of as many classes and boxes,
     its classes by position; for other counts it starts fresh.
 
@@ -110,6 +112,7 @@ def with_run_weights(variables: dict, config, class_names: Sequence[str] | None 
     flat = traverse_util.flatten_dict(variables)
     run_classes = load_class_names(folder)  # checked by check_trained_run
     by_name = None not in (class_names, run_classes) and list(run_classes) != list(class_names)
+    run_class_of_ours = _run_class_of_each(class_names, run_classes) if by_name else None
     run_model = run_config.model
     # Taken by position only when each channel means what it meant: C + 5B may be the same
     # number for other C and B (5 classes and 3 boxes, 10 and 2).
@@ -124,7 +127,7 @@ def with_run_weights(variables: dict, config, class_names: Sequence[str] | None 
             outputs = None
             if by_name and run_model.num_boxes == config.model.num_boxes:
                 outputs = _outputs_by_class_name(
-                    value, trained[key], class_names, run_classes, config.model.num_boxes
+                    value, trained[key], run_class_of_ours, len(run_classes), config.model.num_boxes
                 )
             if outputs is None:
                 fresh.append("/".join(key[1:]))
@@ -140,7 +143,7 @@ def with_run_weights(variables: dict, config, class_names: Sequence[str] | None 
         f"Starting from the weights of the run in {folder} (its {which} checkpoint, step {step})"
     )
     if matched:
-        message += _class_matching(class_names, run_classes)
+        message += _class_matching(class_names, run_classes, run_class_of_ours)
     elif class_names is not None and run_classes is None and same_layout:
         message += f"; the run has no {CLASSES_FILE}: its class outputs are taken by position"
     if fresh:
@@ -157,15 +160,46 @@ def with_run_weights(variables: dict, config, class_names: Sequence[str] | None 
     return traverse_util.unflatten_dict(flat)
 
 
+def _class_key(name: str) -> str:
+    """A class name as matched against a run's: "Potted plant", "potted_plant" and
+    "pottedplant" are one class."""
+    return "".join(character for character in name.casefold() if character.isalnum())
+
+
+def _run_class_of_each(class_names: Sequence[str], run_classes: Sequence[str]) -> list[int | None]:
+    """For each of ``class_names``, the index in ``run_classes`` of the run's class of that
+    name, or None where the run has none.
+
+    The same name first; else the one run class whose name differs only in case, spaces,
+    ``_`` or ``-`` (``Person`` is the run's ``person``), where no other class on either side
+    differs from them only so. Each run class is taken for one class at most.
+    """
+    exact = {name: index for index, name in enumerate(run_classes)}
+    matched = [exact.get(name) for name in class_names]
+    unmatched_run = collections.defaultdict(list)
+    for index, name in enumerate(run_classes):
+        if index not in matched:
+            unmatched_run[_class_key(name)].append(index)
+    unmatched_ours = collections.Counter(
+        _class_key(name) for name, index in zip(class_names, matched, strict=True) if index is None
+    )
+    for position, name in enumerate(class_names):
+        candidates = unmatched_run[_class_key(name)]
+        if matched[position] is None and len(candidates) == unmatched_ours[_class_key(name)] == 1:
+            matched[position] = candidates[0]
+    return matched
+
+
 def _outputs_by_class_name(
-    fresh, trained, class_names, run_classes, num_boxes: int
+    fresh, trained, run_class_of_ours: list[int | None], num_run_classes: int, num_boxes: int
 ) -> np.ndarray | None:
     """``fresh``, an array of this model's output layer (last axis ``cells · (C + 5B)``, C =
-    ``len(class_names)``), with the trained run's box outputs and the class outputs of the
-    classes it has too, found by name in ``run_classes``, the run having as many boxes a
-    cell; None when the run's array is not laid out for as many cells (another grid or
-    head)."""
-    ours, theirs = (output_channels(len(names), num_boxes) for names in (class_names, run_classes))
+    ``len(run_class_of_ours)``), with the trained run's box outputs and the class outputs of
+    the run's classes that :func:`_run_class_of_each` matched to ours, the run having
+    ``num_run_classes`` classes and as many boxes a cell; None when the run's array is not
+    laid out for as many cells (another grid or head)."""
+    num_classes = len(run_class_of_ours)
+    ours, theirs = (output_channels(count, num_boxes) for count in (num_classes, num_run_classes))
     cells = fresh.shape[-1] // ours
     if (
         fresh.shape[:-1] != trained.shape[:-1]
@@ -175,18 +209,24 @@ def _outputs_by_class_name(
         return None
     mapped = np.array(fresh).reshape(*fresh.shape[:-1], cells, ours)
     run = np.asarray(trained, fresh.dtype).reshape(*trained.shape[:-1], cells, theirs)
-    mapped[..., len(class_names) :] = run[..., len(run_classes) :]  # the boxes: any class's
-    for index, name in enumerate(class_names):
-        if name in run_classes:
-            mapped[..., index] = run[..., list(run_classes).index(name)]
+    mapped[..., num_classes:] = run[..., num_run_classes:]  # the boxes: any class's
+    for index, run_index in enumerate(run_class_of_ours):
+        if run_index is not None:
+            mapped[..., index] = run[..., run_index]
     return mapped.reshape(fresh.shape)
 
 
-def _class_matching(class_names, run_classes) -> str:
+def _class_matching(class_names, run_classes, run_class_of_ours) -> str:
     """How :func:`_outputs_by_class_name` took the output layer, for the notice."""
-    kept = [name for name in class_names if name in run_classes]
-    new = [name for name in class_names if name not in run_classes]
-    dropped = [name for name in run_classes if name not in class_names]
+    kept = [
+        name if run_classes[index] == name else f"{name} (the run's {run_classes[index]})"
+        for name, index in zip(class_names, run_class_of_ours, strict=True)
+        if index is not None
+    ]
+    new = [
+        name for name, index in zip(class_names, run_class_of_ours, strict=True) if index is None
+    ]
+    dropped = [name for index, name in enumerate(run_classes) if index not in run_class_of_ours]
     message = (
         "; the output layer is taken by class name: the run's box outputs and its class "
         f"outputs for {_listed(kept) if kept else 'none'} ({len(kept)} of "
