@@ -59,8 +59,8 @@ def main(argv):
     with cli.command_errors(traceback=FLAGS.verbosity >= 1):
         checkpoint = parse_which(FLAGS.checkpoint)  # before the slow imports
         # Here, not above: --help and a bad flag are answered before TensorFlow loads.
-        with cli.tensorflow_import_notices_dropped():
-            from yolojax import eval_lib
+        cli.import_tensorflow()
+        from yolojax import eval_lib
         from yolojax.config import load_run_config
 
         distributed.initialize_from_flags()

@@ -50,9 +50,8 @@ def main(argv):
         cli.usage_error("--workdir is required: the folder for the run's checkpoints.")
     # A documented error prints its message alone (the traceback with --verbosity=1).
     with cli.command_errors(traceback=FLAGS.verbosity >= 1):
-        # Here, not above: --help comes before TensorFlow loads.
-        with cli.tensorflow_import_notices_dropped():
-            from yolojax import trainer
+        cli.import_tensorflow()  # here, not above: --help comes before TensorFlow loads
+        from yolojax import trainer
 
         distributed.initialize_from_flags()
         cli.work_starts()

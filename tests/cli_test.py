@@ -180,53 +180,74 @@ def test_a_command_started_with_sigterm_ignored_keeps_ignoring_it():
     assert done.stdout == "cleaned up\nran on\n"
 
 
-# Imports TensorFlow as the commands do, between other writes to stderr (file descriptor 2
-# and Python's sys.stderr), with TF_CPP_MIN_LOG_LEVEL `sys.argv[2]`.
+# What TensorFlow 2.21's native libraries print on stderr as `import tensorflow` loads
+# them, whatever TF_CPP_MIN_LOG_LEVEL (each line twice).
+_ABSL_WARNING = (
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+)
+_ONEDNN_NOTICE = (
+    "I0000 00:00:1796613831.006246   10045 port.cc:153] oneDNN custom operations are on. You "
+    "may see slightly different numerical results due to floating-point round-off errors "
+    "from different computation orders. To turn them off, set the environment variable "
+    "`TF_ENABLE_ONEDNN_OPTS=0`."
+)
+# `cli.import_tensorflow()` between two other writes to stderr, with the folder `sys.argv[1]`
+# first on the module path and TF_CPP_MIN_LOG_LEVEL `sys.argv[2]`.
 _IMPORTS_TENSORFLOW = textwrap.dedent(
     """
     import os, sys
+    sys.path.insert(0, sys.argv[1])
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = sys.argv[2]
     from yolojax import cli
 
-    with cli.tensorflow_import_notices_dropped():
-        os.write(2, b"before\\n")
-        import tensorflow
-        print("from Python", file=sys.stderr)
-        os.write(2, b"after\\n")
-    print("imported")
+    cli.launch()
+    os.write(2, b"before\\n")
+    cli.import_tensorflow()
+    os.write(2, b"after\\n")
+    print("imported", sys.modules["tensorflow"].__name__)
     """
 )
 
 
-def test_tensorflows_import_notices_are_dropped_and_the_rest_of_stderr_kept_in_order():
-    # Before, train.py, evaluate.py and predict began with four lines of TensorFlow's
-    # notices, whatever TF_CPP_MIN_LOG_LEVEL.
-    done = _run("", _IMPORTS_TENSORFLOW, "1")
+def _fake_tensorflow(folder: Path, source: str) -> str:
+    (folder / "tensorflow.py").write_text(textwrap.dedent(source))
+    return str(folder)
+
+
+def test_tensorflows_import_notices_are_dropped_and_the_rest_of_stderr_kept_in_order(tmp_path):
+    # Before, train.py, evaluate.py and predict began with those four lines.
+    fake = f"""
+        import os, sys
+        for line in ({_ABSL_WARNING!r}, {_ONEDNN_NOTICE!r}, "a native warning"):
+            os.write(2, line.encode() + b"\\n")
+        print("a Python warning", file=sys.stderr)
+        os.write(2, ({_ABSL_WARNING!r} + "\\n" + {_ONEDNN_NOTICE!r} + "\\n").encode())
+        """
+    done = _run(_fake_tensorflow(tmp_path, fake), _IMPORTS_TENSORFLOW, "1")
     assert done.returncode == 0, done.stderr
-    assert (done.stdout, done.stderr) == ("imported\n", "before\nfrom Python\nafter\n")
+    assert done.stdout == "imported tensorflow\n"
+    assert done.stderr == "before\na native warning\na Python warning\nafter\n"
 
 
-def test_tensorflows_import_notices_show_where_its_info_lines_are_asked_for():
-    done = _run("", _IMPORTS_TENSORFLOW, "0")
+@pytest.mark.parametrize("level", ["1", "0"])  # 0: TensorFlow's INFO lines asked for
+def test_tensorflow_itself_imports_without_its_notices_unless_asked(tmp_path, level):
+    done = _run(str(tmp_path), _IMPORTS_TENSORFLOW, level)  # the real one: none in tmp_path
     assert done.returncode == 0, done.stderr
     lines = done.stderr.splitlines()
-    assert lines[0] == "before" and lines[-2:] == ["from Python", "after"]
-    assert sum("] oneDNN custom operations are on." in line for line in lines) >= 1
+    assert (lines[0], lines[-1]) == ("before", "after"), done.stderr
+    told = [line for line in lines if line == _ABSL_WARNING or "] oneDNN custom op" in line]
+    assert len(told) == (0 if level == "1" else 4), done.stderr
 
 
-def test_a_ctrl_c_while_tensorflows_notices_are_held_still_says_so():
-    source = """
-import os, signal, time
-from yolojax import cli
-
-cli.launch()
-with cli.tensorflow_import_notices_dropped():
-    os.kill(os.getpid(), signal.SIGINT)
-    time.sleep(60)
-"""
-    done = _run("", source)
+def test_a_ctrl_c_while_tensorflow_is_imported_still_says_so(tmp_path):
+    fake = """
+        import os, signal, time
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(60)
+        """
+    done = _run(_fake_tensorflow(tmp_path, fake), _IMPORTS_TENSORFLOW, "1")
     assert done.returncode == 130, done.stdout + done.stderr
-    assert done.stderr == "Interrupted.\n"
+    assert done.stderr == "before\nInterrupted.\n"
 
 
 # A command printing `sys.argv[2]` lines, then ending with the status `sys.argv[3]`.

@@ -35,7 +35,7 @@ from yolojax import command_flags, errors, huge_pages
 
 # TensorFlow (tf.data only) logs at INFO level when it is imported; that is noise in a
 # command's progress output. Warnings and errors still show. TF 2.21 prints its "oneDNN
-# custom operations are on" notice whatever the level (tensorflow_import_notices_dropped);
+# custom operations are on" notice whatever the level (import_tensorflow drops it);
 # TF_ENABLE_ONEDNN_OPTS=0 would hide it but halves the input pipeline's images/s here (its
 # image ops use oneDNN).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
@@ -221,22 +221,24 @@ def command_errors(*, traceback: bool = False):
         raise SystemExit(1) from None
 
 
-@contextlib.contextmanager
-def tensorflow_import_notices_dropped():
-    """Drops the notices TensorFlow's native libraries print on stderr as they load.
-
-    Wrap the import that loads TensorFlow (``from yolojax import trainer``): the block's
-    output on file descriptor 2 is held in a temporary file and printed when the block
-    ends, in its order, less TensorFlow's two import notices (the "oneDNN custom
-    operations are on" line and absl's warning before it, each twice). A Ctrl-C or SIGTERM
-    meanwhile still says so (:func:`launch`). Nothing is held where TensorFlow is loaded
-    already, or where ``TF_CPP_MIN_LOG_LEVEL=0`` asks for its INFO lines: set it to see
-    what a process that dies inside the block (a crash in native code) printed there.
+def import_tensorflow() -> None:
+    """Imports TensorFlow without the notices its native libraries print on stderr as they
+    load: the "oneDNN custom operations are on" line and absl's warning before it, each
+    twice. The rest of what the import prints there is printed once it is done, in its
+    order, and a Ctrl-C or SIGTERM meanwhile still says so (:func:`launch`). Where
+    ``TF_CPP_MIN_LOG_LEVEL=0`` asks for TensorFlow's INFO lines nothing is held: set it to
+    see what a process that dies inside the import (a crash in native code) printed there.
     """
+    hold = "tensorflow" not in sys.modules and os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "0"
+    with _stderr_held(dropping=_TENSORFLOW_IMPORT_NOTICES) if hold else contextlib.nullcontext():
+        import tensorflow  # noqa: F401
+
+
+@contextlib.contextmanager
+def _stderr_held(dropping: tuple[bytes, ...]):
+    """Holds what is written to file descriptor 2 in a temporary file, and writes it there
+    when the block ends, less the lines that hold one of ``dropping``."""
     global _stderr_fd
-    if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
-        yield
-        return
     sys.stderr.flush()
     real_stderr = os.dup(2)
     try:
@@ -250,11 +252,7 @@ def tensorflow_import_notices_dropped():
                 os.dup2(real_stderr, 2)
                 _stderr_fd = 2
                 held.seek(0)
-                kept = b"".join(
-                    line
-                    for line in held
-                    if not any(notice in line for notice in _TENSORFLOW_IMPORT_NOTICES)
-                )
+                kept = b"".join(line for line in held if not any(text in line for text in dropping))
                 while kept:
                     kept = kept[os.write(2, kept) :]
     finally:

@@ -381,8 +381,8 @@ def main(argv=None) -> None:
         parser.error(f"--out {args.out} is a file: choose another output folder")
     with cli.command_errors():  # one paragraph, as evaluate.py says it; before TensorFlow
         checkpoint = parse_which(args.checkpoint)
-    with cli.tensorflow_import_notices_dropped():  # here: --help and bad flags before it
-        from yolojax.detector import Detector
+    cli.import_tensorflow()  # here: --help and bad flags come before TensorFlow loads
+    from yolojax.detector import Detector
 
     with cli.command_errors(), warnings.catch_warnings():
         # A panorama of 90-179 megapixels is read as any photo; Pillow's warning of a
