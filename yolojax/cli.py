@@ -34,15 +34,13 @@ from absl import logging as absl_logging
 from yolojax import command_flags, errors, huge_pages
 
 # TensorFlow (tf.data only) logs at INFO level when it is imported; that is noise in a
-# command's progress output. Warnings and errors still show. TF 2.21 prints its "oneDNN
-# custom operations are on" notice whatever the level (import_tensorflow drops it);
-# TF_ENABLE_ONEDNN_OPTS=0 would hide it but halves the input pipeline's images/s here (its
-# image ops use oneDNN).
+# command's progress output. Warnings and errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-# What `import tensorflow` (2.21) prints on stderr whatever TF_CPP_MIN_LOG_LEVEL: absl's
-# logging, which nothing has set up while TensorFlow's native libraries load, writes their
-# INFO lines there. Two libraries say each line once: four lines before every command's
-# first word of output.
+# What `import tensorflow` (2.21) prints on stderr whatever that level: absl's logging,
+# which nothing has set up while TensorFlow's native libraries load, writes their INFO lines
+# there, and two libraries say each line once: four lines before every command's first word
+# of output (import_tensorflow drops them). TF_ENABLE_ONEDNN_OPTS=0 would hide the oneDNN
+# one but halves the input pipeline's images/s here (its image ops use oneDNN).
 _TENSORFLOW_IMPORT_NOTICES = (
     b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
     b"] oneDNN custom operations are on.",

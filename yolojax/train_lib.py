@@ -85,9 +85,9 @@ def with_run_weights(variables: dict, config, class_names: Sequence[str] | None 
     classes.json), the output layer is taken class by class: the run's box outputs, and the
     class outputs of each class the run has too, by name (in any order, of any count; case,
     spaces, ``_`` and ``-`` aside: :func:`_run_class_of_each`); the other classes' start
-    fresh, and the notice names both. Not given (or the run has no
-    classes.json), the output layer is taken whole for a run of as many classes and boxes,
-    its classes by position; for other counts it starts fresh.
+    fresh, and the notice names both. Not given (or the run has no classes.json), the
+    output layer is taken whole for a run of as many classes and boxes, its classes by
+    position; for other counts it starts fresh.
 
     Raises:
       FileNotFoundError / ValueError: see ``pretrained.check_trained_run``.
