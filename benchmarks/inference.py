@@ -119,7 +119,8 @@ def random_model(backbone: str, head: str, image_size: int, dtype: str):
 def make_detector(model, variables, model_config, image_size: int, **settings) -> "Detector":
     """A Detector of `model` at `image_size`, with the default config's other settings;
     `settings`: the Detector's thresholds."""
-    from yolojax.detector import Detector  # imports TensorFlow
+    cli.import_tensorflow()  # without its start-up notices
+    from yolojax.detector import Detector
 
     run_config = default_config()
     run_config.model.update(model_config)

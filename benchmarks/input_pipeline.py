@@ -33,11 +33,14 @@ import tempfile
 import time
 
 import numpy as np
-import tensorflow_datasets as tfds
 from PIL import Image
 
 from benchmarks import common
 from yolojax import cli
+
+cli.import_tensorflow()  # before the imports below load it: without its start-up notices
+import tensorflow_datasets as tfds
+
 from yolojax.data import default_data_config, make_eval_iterator, make_train_iterator
 from yolojax.data.config import COLOR_SPACES
 from yolojax.data.testing import VocImage, VocObject, write_voc_folder
