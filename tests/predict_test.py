@@ -812,6 +812,9 @@ def test_the_constructor_names_a_config_that_is_none_and_variables_of_another_mo
         assert ml_collections.ConfigDict(given).model.num_classes == 0  # copies too
     with pytest.raises(ValueError, match="class_names must name the model's classes"):
         Detector(model, variables, counting, [])
+    # Names as a NumPy array (np.loadtxt, a dataset's metadata): taken as the list's.
+    from_array = Detector(model, variables, config, np.array(names))
+    assert from_array.class_names == names and all(type(n) is str for n in from_array.class_names)
     with pytest.raises(ValueError) as error:  # one name short
         Detector(model, variables, config, names[:-1])
     assert str(error.value) == (

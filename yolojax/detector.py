@@ -67,7 +67,8 @@ class Detector:
         or normalization they were trained with, and another detects worse without an
         error. :meth:`from_workdir` checks them against the checkpoint.
       class_names: ``config.model.num_classes`` names, in label order (any number for a
-        config's ``num_classes=0``, "as many as the dataset has").
+        config's ``num_classes=0``, "as many as the dataset has"): a list, a tuple or a
+        NumPy array of strings.
       score_threshold: detections scored below it are dropped; higher than evaluation's
         0.005, which keeps the long tail that mAP needs.
       iou_threshold: NMS's: a box overlapping a better one of its class by more is dropped;
@@ -97,6 +98,7 @@ class Detector:
         check_config_dict(config)
         if isinstance(class_names, str):  # its letters would be taken for the names
             raise TypeError(f"class_names must be a list of names, not one string: {class_names!r}")
+        class_names = [str(name) for name in class_names]  # also a NumPy array of names
         if not class_names:
             raise ValueError("class_names must name the model's classes; got none.")
         if not isinstance(variables, Mapping):  # a train state: flax's error would not say
@@ -133,7 +135,7 @@ class Detector:
         # shapes and not others.
         self._config = config
         self._score_threshold = score_threshold
-        self.class_names = list(class_names)
+        self.class_names = class_names
 
         def detect(variables, images):
             outputs = model.apply(variables, images, train=False)
