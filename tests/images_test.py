@@ -8,7 +8,7 @@ import tensorflow as tf
 from PIL import Image
 
 from yolojax import images
-from yolojax.data import decoding
+from yolojax.data import decoding, pipeline
 
 
 def test_a_photo_stored_sideways_reads_upright(tmp_path):
@@ -57,3 +57,19 @@ def test_an_array_of_another_layout_is_refused_by_shape():
         images.to_rgb(np.zeros((2, 4, 5, 3), np.uint8))
     with pytest.raises(ValueError, match=r"\(1,\)\. One image per call"):
         images.to_rgb(["photo.jpg"])
+
+
+def test_floating_point_pixels_are_refused_not_read_as_black(tmp_path):
+    # Pillow's convert('RGB') clips mode 'F' pixels: a [0, 1] image read as all black, so
+    # the detector found nothing, without an error.
+    pixels = np.random.default_rng(2).uniform(0.2, 1.0, (6, 7)).astype(np.float32)
+    with pytest.raises(images.FloatPixelsError, match=r"mode 'F'.*\(pixels \* 255\)\.round"):
+        images.to_rgb(Image.fromarray(pixels))
+    Image.fromarray(pixels).save(tmp_path / "float.tif")
+    with pytest.raises(images.UnreadableImageError) as error:
+        images.read_image(tmp_path / "float.tif")
+    assert error.value.path == tmp_path / "float.tif"
+    assert "floating point" in error.value.reason and "8 bits a channel" in error.value.reason
+    # The same pixels as an array get the same advice where the pipeline refuses them.
+    with pytest.raises(ValueError, match=r"got float32: for values in \[0, 1\], pass \(image"):
+        pipeline.preprocess_image(images.to_rgb(pixels), image_size=8, normalization="unit")

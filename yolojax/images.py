@@ -34,19 +34,49 @@ class UnreadableImageError(ValueError):
         self.reason = reason
 
 
+class FloatPixelsError(ValueError):
+    """A PIL image of floating-point pixels (mode ``F``), whose range no 8-bit reading can
+    tell."""
+
+
+def uint8_advice(pixels: np.ndarray, name: str = "image") -> str:
+    """How to turn ``pixels`` (called ``name``), an array of a dtype other than uint8, into
+    the uint8 one asked for."""
+    if pixels.dtype == np.uint16:
+        return f"for 16 bits a channel, pass ({name} >> 8).astype(np.uint8)."
+    if pixels.dtype == bool:
+        return f"pass {name}.astype(np.uint8) * 255."
+    if pixels.dtype.kind == "f":
+        if not np.isfinite(pixels).all():  # no conversion brings such pixels back
+            return "it holds NaN or infinite values: check how the image was made."
+        if pixels.min() >= 0 and pixels.max() <= 1:
+            return f"for values in [0, 1], pass ({name} * 255).round().astype(np.uint8)."
+        if pixels.min() >= -1 and pixels.max() <= 1:
+            return f"for values in [-1, 1], pass (({name} + 1) * 127.5).round().astype(np.uint8)."
+    return f"for values in [0, 255], pass np.clip({name}, 0, 255).round().astype(np.uint8)."
+
+
 def to_rgb(image) -> np.ndarray:
     """A PIL image or an array as ``(H, W, 3)`` RGB.
 
     Arrays may be ``(H, W, 3)`` RGB, ``(H, W, 4)`` RGBA (the alpha channel is dropped, as
     the pipeline's decoder drops it), or ``(H, W)`` / ``(H, W, 1)`` greyscale (repeated).
-    A PIL image of any mode is converted; 16-bit greyscale (modes ``I;16``, ``I``) keeps its
-    high byte, as the pipeline's decoder does, where Pillow's ``convert('RGB')`` would clip
-    every value above 255 to white.
+    A PIL image of any mode but ``F`` is converted; 16-bit greyscale (modes ``I;16``, ``I``)
+    keeps its high byte, as the pipeline's decoder does, where Pillow's ``convert('RGB')``
+    would clip every value above 255 to white.
 
     Raises:
+      FloatPixelsError: a PIL image of floating-point pixels (mode ``F``, such as a float
+        TIFF's): Pillow's conversion would clip them, an image in [0, 1] to black.
       ValueError: an array of another shape.
     """
     if isinstance(image, Image.Image):
+        if image.mode == "F":
+            raise FloatPixelsError(
+                "a PIL image of floating-point pixels (mode 'F') has no fixed range to read as "
+                "8-bit RGB. Pass its pixels as uint8: with pixels = np.asarray(image), "
+                + uint8_advice(np.asarray(image), name="pixels")
+            )
         if image.mode.startswith("I"):
             grey = (np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
             return np.repeat(grey[..., None], 3, axis=-1)
@@ -86,8 +116,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     (as a photo viewer shows it: a phone's portrait photo is stored sideways).
 
     Raises:
-      UnreadableImageError: the file is missing, empty, a folder, not an image or damaged;
-        its ``reason`` says which.
+      UnreadableImageError: the file is missing, empty, a folder, not an image, damaged, or
+        of floating-point pixels; its ``reason`` says which.
     """
     path = Path(path)
     if not path.exists():
@@ -102,6 +132,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as image:
             return to_rgb(_upright(image))
+    except FloatPixelsError:
+        raise UnreadableImageError(
+            path,
+            "its pixels are floating point (Pillow mode 'F', as in a 32-bit float TIFF), with "
+            "no fixed range to read as 8-bit RGB: save it with 8 bits a channel",
+        ) from None
     except UnidentifiedImageError:
         raise UnreadableImageError(path, "not an image file Pillow can read") from None
     except OSError as error:

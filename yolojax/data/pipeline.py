@@ -36,6 +36,7 @@ from yolojax import distributed, errors
 from yolojax.data import augment, config, malloc_thresholds, sources
 from yolojax.data.config import validate_data_config
 from yolojax.data.decoding import decode_image
+from yolojax.images import uint8_advice
 from yolojax.validation import check_choice, check_int
 
 try:  # tf.data runs on the host CPU; the accelerators belong to JAX.
@@ -204,7 +205,7 @@ def preprocess_image(image: np.ndarray, *, image_size: int, normalization: str) 
     if image.dtype != np.uint8:
         raise ValueError(
             f"image must be uint8 (0-255, as image files hold), got {image.dtype}: "
-            + _to_uint8_advice(image)
+            + uint8_advice(image)
         )
     image_size = check_int("image_size", image_size, 1)
     check_choice("normalization", normalization, config.NORMALIZATIONS)
@@ -223,22 +224,6 @@ def _model_input_graph(output_size: int, normalization: str):
         return _to_model_input(tf.cast(image, tf.float32) / 255.0, output_size, normalization)
 
     return model_input
-
-
-def _to_uint8_advice(image: np.ndarray) -> str:
-    """How to turn ``image``, an array of another dtype, into the uint8 one asked for."""
-    if image.dtype == np.uint16:
-        return "for 16 bits a channel, pass (image >> 8).astype(np.uint8)."
-    if image.dtype == bool:
-        return "pass image.astype(np.uint8) * 255."
-    if image.dtype.kind == "f":
-        if not np.isfinite(image).all():  # no conversion brings such pixels back
-            return "it holds NaN or infinite values: check how the image was made."
-        if image.min() >= 0 and image.max() <= 1:
-            return "for values in [0, 1], pass (image * 255).round().astype(np.uint8)."
-        if image.min() >= -1 and image.max() <= 1:
-            return "for values in [-1, 1], pass ((image + 1) * 127.5).round().astype(np.uint8)."
-    return "for values in [0, 255], pass np.clip(image, 0, 255).round().astype(np.uint8)."
 
 
 def continuous_boxes(boxes: tf.Tensor, image_size: tf.Tensor) -> tf.Tensor:
