@@ -149,8 +149,14 @@ def test_a_size_per_image_of_a_batch_of_boxes_is_named_and_a_zero_size_refused()
     heights, widths = np.array([100, 40]), np.array([200, 80])
     with pytest.raises(ValueError, match=r"pass heights\[:, None\] and widths\[:, None\]"):
         box_ops.normalized_yxyx_to_pixel_xyxy(boxes, heights, widths)
+    # As many boxes an image as images: (N,) sizes broadcast over each image's boxes, which
+    # came out scaled by every image's size in turn, without an error.
+    with pytest.raises(ValueError, match=r"pass heights\[:, None\] and widths\[:, None\]"):
+        box_ops.normalized_yxyx_to_pixel_xyxy(boxes[:, :2], heights, widths)
+    with pytest.raises(ValueError, match=r"pass heights\[:, None\] and widths\[:, None\]"):
+        box_ops.pixel_xyxy_to_normalized_yxyx(jnp.asarray(boxes[:, :2]), heights, 80)
     with pytest.raises(ValueError, match=r"must broadcast to the boxes' \(2, 1\)"):  # no (2, 2)
-        box_ops.normalized_yxyx_to_pixel_xyxy(boxes[:, :1], heights, widths)
+        box_ops.normalized_yxyx_to_pixel_xyxy(boxes[:, :1], heights[:, None, None], 80)
     pixels = box_ops.normalized_yxyx_to_pixel_xyxy(boxes, heights[:, None], widths[:, None])
     # [ymin, xmin, ymax, xmax] [0, 0, .5, .25] of 100 × 200 → xyxy [0, 0, 50, 50]; of 40 × 80
     # → [0, 0, 20, 20].

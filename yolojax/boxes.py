@@ -54,9 +54,19 @@ def _image_sizes(xnp, boxes, height, width, order: str):
     """``(..., 4)`` image sizes in ``order`` ('hwhw' or 'whwh') for each of ``boxes``.
 
     Raises:
-      ValueError: ``height`` or ``width`` does not broadcast to ``boxes[..., 0]``, or, where
-        the values are known (not traced under jit), is not a finite positive number.
+      ValueError: ``height`` or ``width`` does not broadcast to ``boxes[..., 0]``, is 1-D
+        against boxes with two or more leading axes, or, where the values are known (not
+        traced under jit), is not a finite positive number.
     """
+    if boxes.ndim >= 3 and 1 in (np.ndim(height), np.ndim(width)):
+        # (N,) sizes against (N, M, 4) boxes broadcast along M, each image's boxes scaled by
+        # every image's size in turn: that silent result when N == M, an error otherwise.
+        raise ValueError(
+            f"height {np.shape(height)} and width {np.shape(width)} against boxes "
+            f"{tuple(boxes.shape)} would line up with the boxes of each image, not the "
+            "images: for one size per image of (N, M, 4) boxes, pass heights[:, None] and "
+            f"widths[:, None]; for one per box, sizes of shape {tuple(boxes.shape[:-1])}."
+        )
     try:  # broadcast_to: a (N,) size against (N, 1, 4) boxes is no (N, N) of sizes
         height, width = (xnp.broadcast_to(size, boxes.shape[:-1]) for size in (height, width))
     except ValueError as error:
@@ -82,7 +92,8 @@ def normalized_yxyx_to_pixel_xyxy(boxes, height, width):
     """``[..., 4]`` normalized yxyx → ``[..., 4]`` xyxy in pixels of a ``height × width`` image.
 
     ``height`` and ``width`` are positive numbers, or arrays broadcastable to
-    ``boxes[..., 0]`` (one image size per box); sizes are checked where
+    ``boxes[..., 0]`` (one image size per box; for one per image of ``(N, M, 4)`` boxes,
+    ``(N, 1)`` arrays: a 1-D one is refused there); sizes are checked where
     their values are known (not traced under jit). The result has the dtype the product
     promotes to (float32 boxes times Python ints are float64 in NumPy).
     """
@@ -96,7 +107,8 @@ def pixel_xyxy_to_normalized_yxyx(boxes, height, width):
     yxyx (the inverse of :func:`normalized_yxyx_to_pixel_xyxy`).
 
     ``height`` and ``width`` are positive numbers, or arrays broadcastable to
-    ``boxes[..., 0]`` (one image size per box); sizes are checked where
+    ``boxes[..., 0]`` (one image size per box; for one per image of ``(N, M, 4)`` boxes,
+    ``(N, 1)`` arrays: a 1-D one is refused there); sizes are checked where
     their values are known (not traced under jit). Integer boxes become float64 (NumPy) or
     float32 (JAX).
     """
