@@ -50,6 +50,22 @@ def test_iou_of_empty_boxes_is_zero_not_nan():
     assert box_ops.pairwise_iou(empty, empty)[0, 0] == 0.0
 
 
+@pytest.mark.parametrize("xnp", [np, jnp])
+def test_a_nan_box_has_nan_iou_not_zero(xnp):
+    # As torchvision's box_iou: an IoU of 0 passed a NaN box off as one overlapping nothing.
+    boxes = xnp.asarray([[0.0, 0.0, 1.0, 1.0], [np.nan, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    iou = np.asarray(box_ops.pairwise_iou(boxes, boxes))
+    np.testing.assert_array_equal(np.isnan(iou), [[0, 1, 0], [1, 1, 1], [0, 1, 0]])
+    assert iou[0, 0] == 1.0 and iou[2, 2] == 0.0 and iou[0, 2] == 0.0
+    np.testing.assert_array_equal(
+        np.isnan(box_ops.elementwise_iou(boxes, boxes[:1])), [False, True, False]
+    )
+    # The gradient of two empty boxes' IoU stays finite (no 0/0 on the branch not taken).
+    empty = jnp.zeros((1, 4))
+    gradient = jax.grad(lambda b: box_ops.elementwise_iou(b, empty).sum())(empty)
+    assert np.isfinite(gradient).all()
+
+
 def test_numpy_in_numpy_out_and_jax_in_jax_out():
     a = np.array([[0.0, 0.0, 1.0, 1.0]], np.float32)
     assert isinstance(box_ops.pairwise_iou(a, a), np.ndarray)

@@ -201,16 +201,18 @@ def box_area(boxes):
 
 
 def _intersection_over_union(boxes1, boxes2, xnp):
-    """IoU of broadcastable ``[..., 4]`` boxes; 0 where the union is empty."""
+    """IoU of broadcastable ``[..., 4]`` boxes; 0 where the union is empty, NaN where a
+    coordinate is NaN."""
     low = xnp.maximum(boxes1[..., :2], boxes2[..., :2])
     high = xnp.minimum(boxes1[..., 2:], boxes2[..., 2:])
     size = xnp.maximum(high - low, 0)
     intersection = size[..., 0] * size[..., 1]
     union = box_area(boxes1) + box_area(boxes2) - intersection
     # Two empty boxes have union 0: their IoU is 0, and the guarded division keeps
-    # gradients finite under jax.grad (no 0/0 on the untaken branch).
-    safe_union = xnp.where(union > 0, union, 1)
-    return xnp.where(union > 0, intersection / safe_union, 0)
+    # gradients finite under jax.grad (no 0/0 on the untaken branch). A NaN union is not 0:
+    # its IoU stays NaN, as torchvision's box_iou gives it, where a 0 would hide a bad box.
+    empty = union == 0
+    return xnp.where(empty, 0, intersection / xnp.where(empty, 1, union))
 
 
 def elementwise_iou(boxes1, boxes2):
@@ -221,9 +223,9 @@ def elementwise_iou(boxes1, boxes2):
       boxes2: ``[..., 4]`` boxes broadcastable against ``boxes1``.
 
     Returns:
-      ``[...]`` IoU in [0, 1]; 0 where both boxes are empty. An inverted box (a max below
-      its min: another format, such as [x, y, w, h]; :func:`inverted` finds them) has area
-      0 and IoU 0 with every box.
+      ``[...]`` IoU in [0, 1]; 0 where both boxes are empty, NaN where either has a NaN
+      coordinate. An inverted box (a max below its min: another format, such as
+      [x, y, w, h]; :func:`inverted` finds them) has area 0 and IoU 0 with every box.
     """
     boxes1 = _boxes(boxes1, "boxes1", real=True)
     boxes2 = _boxes(boxes2, "boxes2", real=True)
@@ -245,8 +247,8 @@ def pairwise_iou(boxes1, boxes2):
       boxes2: ``[M, 4]`` boxes in the same format and unit.
 
     Returns:
-      ``[N, M]`` IoU matrix in [0, 1]; an inverted box's row or column is 0, as in
-      :func:`elementwise_iou`.
+      ``[N, M]`` IoU matrix in [0, 1]; an inverted box's row or column is 0, and a NaN
+      box's NaN, as in :func:`elementwise_iou`.
     """
     boxes1 = _boxes(boxes1, "boxes1", real=True)
     boxes2 = _boxes(boxes2, "boxes2", real=True)
