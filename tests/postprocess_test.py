@@ -1,5 +1,6 @@
 """Decoding and class-aware NMS against hand-made grids and a plain NumPy reference."""
 
+import functools
 import json
 
 import jax
@@ -200,6 +201,19 @@ def test_nms_refuses_values_that_are_not_finite():
     found = jax.jit(postprocess.nms)(boxes, scores)
     assert found.valid.tolist()[:3] == [True, True, False]
     np.testing.assert_allclose(found.boxes[:2], boxes[1:])
+
+
+def test_outputs_that_are_not_finite_are_refused_where_known():
+    # Clipped, NaN outputs scored 0: a diverged model's detections were none, with no error.
+    outputs = np.zeros((3, S, S, C + 5 * B), np.float32)
+    outputs[1, 0, 1, 0] = np.nan
+    outputs[2, 1, 0, C + 2] = np.inf
+    for function in (postprocess.decode, postprocess.detect):
+        with pytest.raises(ValueError, match=r"NaN or infinite for image\(s\) \[1, 2\]"):
+            function(outputs, num_classes=C, num_boxes=B)
+    # Under jit the values are not known (the Detector checks its own outputs).
+    detect = jax.jit(functools.partial(postprocess.detect, num_classes=C, num_boxes=B))
+    assert not np.asarray(detect(outputs).valid).any()
 
 
 def test_no_boxes_and_no_images_give_no_detections():

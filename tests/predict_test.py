@@ -838,6 +838,42 @@ def test_the_constructor_names_a_config_that_is_none_and_variables_of_another_mo
         Detector(other_model, variables, config, names)
 
 
+def test_outputs_that_are_not_finite_are_named_not_taken_for_no_objects(workdir):
+    # NaN outputs scored 0 once clipped: a diverged model detected nothing, without an error.
+    config = load_run_config(workdir)
+    model, state, _ = train_lib.restore_trained_state(config, workdir)
+    variables = train_lib.model_variables(state)
+    # A first kernel of 1e38s: a black image's activations stay finite (0 × 1e38), a white
+    # one's overflow to infinity and, past the next layer's mixed signs, NaN.
+    first = variables["params"]["backbone"]["conv_0"]["conv"]
+    first["kernel"] = np.full_like(first["kernel"], 1e38)
+    names = [f"shape{i}" for i in range(config.model.num_classes)]
+    detector = Detector(model, variables, config, names, score_threshold=0)
+    black, white = np.zeros((24, 40, 3), np.uint8), np.full((24, 40, 3), 255, np.uint8)
+    assert isinstance(detector(black), ImageDetections)  # finite: detected as usual
+    with pytest.raises(ValueError, match=r"NaN or infinite for image\(s\) \[0\], so nothing"):
+        detector(white)
+    # Counted across detect_batch's calls of the model (of two images each here): the call
+    # of images 2 and 3 stops it.
+    with pytest.raises(ValueError, match=r"for image\(s\) \[3\], so nothing can be"):
+        detector.detect_batch([black, black, black, white, white], batch_size=2)
+
+
+def test_the_command_names_the_files_whose_outputs_are_not_finite(tmp_path, capsys):
+    # A run whose weights are NaN (a training that diverged): once, no image found anything.
+    config = tiny.tiny_config(str(tmp_path / "tfds"))
+    _, state, _ = train_lib.initial_state(config, config.train.batch_size)
+    nan_state = state.replace(params=jax.tree.map(lambda p: np.full_like(p, np.nan), state.params))
+    run = tmp_path / "nan-run"
+    tiny.save_checkpoint(config, nan_state, run)
+    atomic_write_text(run / CONFIG_FILE, config.to_json_best_effort(indent=2))
+    first, second = _image(tmp_path / "a.png", 40, 30), _image(tmp_path / "b.jpg", 20, 20)
+    assert _predict(run, tmp_path / "out", first, second) == 1
+    error = capsys.readouterr().err
+    assert f"NaN or infinite for image(s) [{first}, {second}], so nothing" in error
+    assert not (tmp_path / "out" / "detections.json").exists()
+
+
 def test_bad_arguments_are_refused_before_any_model_is_read(tmp_path, capsys):
     # The workdir does not exist: the arguments are checked before it is looked at (before
     # the seconds TensorFlow's import and the restore take).

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import flax
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from PIL import Image
@@ -21,7 +22,12 @@ from yolojax import checkpoints, train_lib
 from yolojax.config import check_config_dict, load_run_config, resolve_num_classes
 from yolojax.data import pipeline
 from yolojax.images import read_image, to_rgb
-from yolojax.postprocess import Detections, detect_with_config, pixel_detections
+from yolojax.postprocess import (
+    Detections,
+    check_outputs_finite,
+    detect_with_config,
+    pixel_detections,
+)
 from yolojax.validation import check_positive_int, check_threshold
 from yolojax.workdir import CLASSES_FILE, load_class_names
 
@@ -139,7 +145,8 @@ class Detector:
 
         def detect(variables, images):
             outputs = model.apply(variables, images, train=False)
-            return detect_with_config(outputs, config, score_threshold=score_threshold)
+            finite = jnp.isfinite(outputs).all(axis=(1, 2, 3))  # NaN outputs detect nothing
+            return detect_with_config(outputs, config, score_threshold=score_threshold), finite
 
         # On the device once: NumPy arrays would be copied to the accelerator at every call.
         self._variables = jax.device_put(variables)
@@ -225,6 +232,10 @@ class Detector:
 
         Returns:
           The detections, boxes in pixels of that image.
+
+        Raises:
+          yolojax.postprocess.NonFiniteOutputsError: the model's outputs are NaN or
+            infinite (weights that are, or a bfloat16 overflow): no detection can be made.
         """
         return self._detect_together([_as_rgb(image)], batch_size=1)[0]
 
@@ -252,6 +263,10 @@ class Detector:
 
         Returns:
           The detections of each image, in order, boxes in pixels of that image.
+
+        Raises:
+          yolojax.postprocess.NonFiniteOutputsError: as :meth:`__call__`, naming the first
+            call's images by their index in ``images``.
         """
         check_positive_int("batch_size", batch_size)
         if _is_one_image(images):
@@ -266,17 +281,24 @@ class Detector:
             except ValueError as error:  # which of the images
                 raise ValueError(f"images[{index}]: {error}") from error
             if len(batch) == batch_size:
-                results += self._detect_together(batch, batch_size)
+                results += self._detect_together(batch, batch_size, first_index=len(results))
                 batch = []
         if batch:  # after a full batch: at its size, compiled already
-            results += self._detect_together(batch, batch_size, pad_to_batch_size or bool(results))
+            results += self._detect_together(
+                batch, batch_size, pad_to_batch_size or bool(results), first_index=len(results)
+            )
         return results
 
     def _detect_together(
-        self, images: list[np.ndarray], batch_size: int, pad_to_batch_size: bool = False
+        self,
+        images: list[np.ndarray],
+        batch_size: int,
+        pad_to_batch_size: bool = False,
+        first_index: int = 0,
     ) -> list[ImageDetections]:
         """The detections of at most ``batch_size`` RGB images, in one call of the model,
-        padded to the next power of two (or ``batch_size``, see :meth:`detect_batch`)."""
+        padded to the next power of two (or ``batch_size``, see :meth:`detect_batch`);
+        ``first_index``: the first image's index in the caller's, for errors."""
         size = self.config.data.image_size
         rows = min(1 << (len(images) - 1).bit_length(), batch_size)  # padded: few shapes
         if pad_to_batch_size and rows not in self._compiled_rows:
@@ -287,7 +309,9 @@ class Detector:
                 image, image_size=size, normalization=self.config.data.normalization
             )
         try:
-            detections = jax.device_get(self._detect(self._variables, jax.device_put(model_input)))
+            detections, finite = jax.device_get(
+                self._detect(self._variables, jax.device_put(model_input))
+            )
         except flax.errors.FlaxError as error:  # the variables of another model
             raise ValueError(
                 "The Detector's variables do not fit its model and config "
@@ -297,6 +321,7 @@ class Detector:
                 "BatchNorm models), or use Detector.from_workdir."
             ) from error
         self._compiled_rows.add(rows)
+        check_outputs_finite(finite[: len(images)], first_index)
         real = Detections(*(field[: len(images)] for field in detections))  # not the padding
         heights, widths = zip(*(image.shape[:2] for image in images), strict=True)
         return [

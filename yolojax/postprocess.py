@@ -58,7 +58,9 @@ def decode(outputs, *, num_classes: int, num_boxes: int) -> Candidates:
     class-specific confidence). Both factors are clipped to [0, 1] first: the network is
     trained with squared error, so raw outputs can leave that range, and two negative
     factors must not multiply into a positive score. Boxes that are empty after clipping
-    to the image score 0.
+    to the image score 0. Outputs that are NaN or infinite are refused where their values
+    are known (outside ``jit`` and ``vmap``): clipped, they would score 0 and detect
+    nothing, a diverged model passing for one that sees no objects.
 
     Args:
       outputs: ``(N, S, S, C + 5B)`` raw network outputs.
@@ -72,6 +74,9 @@ def decode(outputs, *, num_classes: int, num_boxes: int) -> Candidates:
     """
     outputs = jnp.asarray(outputs, jnp.float32)
     check_grid_layout(outputs, "outputs")
+    known = known_values(outputs)
+    if known is not None:
+        check_outputs_finite(np.isfinite(known).all(axis=(1, 2, 3)))
     batch_size, s = outputs.shape[0], outputs.shape[1]
     class_scores, box_fields = split_predictions(
         outputs, num_classes=num_classes, num_boxes=num_boxes, name="outputs"
@@ -92,6 +97,37 @@ def decode(outputs, *, num_classes: int, num_boxes: int) -> Candidates:
         boxes=boxes.reshape(batch_size, num_predictions, 4),
         scores=scores.reshape(batch_size, num_predictions, num_classes),
     )
+
+
+class NonFiniteOutputsError(ValueError):
+    """Model outputs that hold NaN or infinity, from which nothing can be detected.
+
+    Attributes:
+      images: the images concerned: indices among the caller's, or names (file paths).
+    """
+
+    def __init__(self, images: list):
+        self.images = list(images)
+        shown = ", ".join(str(image) for image in self.images[:10])
+        super().__init__(
+            f"The model's outputs are NaN or infinite for image(s) [{shown}"
+            f"{', ...' if len(self.images) > 10 else ''}], so nothing can be detected in "
+            "them: its weights hold NaN or infinity (from a training that diverged?), or its "
+            "bfloat16 activations overflowed (try model.dtype='float32')."
+        )
+
+
+def check_outputs_finite(finite, first_index: int = 0) -> None:
+    """Raises :class:`NonFiniteOutputsError` naming the images whose model outputs hold NaN
+    or infinity.
+
+    Args:
+      finite: ``(N,)`` bool, whether each image's outputs are all finite.
+      first_index: the index of row 0 among the caller's images.
+    """
+    bad = np.flatnonzero(~np.asarray(finite)) + first_index
+    if bad.size:
+        raise NonFiniteOutputsError(bad.tolist())
 
 
 def _greedy_nms(boxes, labels, eligible, iou_threshold):
@@ -265,6 +301,10 @@ def detect(
     Returns:
       :class:`Detections`: boxes ``(N, K, 4)`` normalized yxyx, scores ``(N, K)``,
       labels ``(N, K)`` int32, valid ``(N, K)`` bool; best first per image.
+
+    Raises:
+      NonFiniteOutputsError: outputs that are NaN or infinite, where their values are known
+        (outside ``jit``; :func:`decode`).
     """
     _check_nms_args(score_threshold, iou_threshold, max_detections, pre_nms_top_k)
     boxes, scores = decode(outputs, num_classes=num_classes, num_boxes=num_boxes)

@@ -56,6 +56,7 @@ from tqdm import tqdm
 from yolojax import drawings, errors
 from yolojax.checkpoints import parse_which
 from yolojax.images import IMAGE_EXTENSIONS, UnreadableImageError, read_image
+from yolojax.postprocess import NonFiniteOutputsError
 from yolojax.validation import check_positive_int
 from yolojax.workdir import atomic_write_bytes, atomic_write_text, to_json
 
@@ -223,9 +224,12 @@ def predict_files(
                     read[key] = image
             # A short batch (the last, or one with unreadable inputs) at the full batches'
             # size: compiled already, where its own would compile again.
-            found = detector.detect_batch(
-                list(read.values()), batch_size=batch_size, pad_to_batch_size=len(batches) > 1
-            )
+            try:
+                found = detector.detect_batch(
+                    list(read.values()), batch_size=batch_size, pad_to_batch_size=len(batches) > 1
+                )
+            except NonFiniteOutputsError as error:  # named by file, not place in the batch
+                raise NonFiniteOutputsError([list(read)[i] for i in error.images]) from None
             for (key, image), detections in zip(read.items(), found, strict=True):
                 name = drawings.drawing_name(Path(key), taken)  # here: in input order
                 being_drawn[key] = submit_drawing(_write_drawing, image, detections, out_dir, name)
