@@ -246,6 +246,36 @@ def test_weights_of_another_architecture_are_rejected(tmp_path):
         pretrained.load_pretrained(_yolo_variables("resnet34", "conv"), path)
 
 
+def test_a_run_is_told_at_start_that_its_weights_are_of_another_backbone(tmp_path, monkeypatch):
+    # Told only when the weights were loaded, after the dataset's preparation (minutes for
+    # VOC), and without what to do; --print_config said nothing.
+    path = str(tmp_path / "resnet18.msgpack")
+    pretrained.save_variables(path, "resnet18", _random_classifier_variables("resnet18"))
+    junk = tmp_path / "junk.msgpack"
+    junk.write_bytes(b"not msgpack at all")
+
+    def no_weights_read(*args):
+        raise AssertionError("the check read the weights")
+
+    monkeypatch.setattr(pretrained, "_read_weights", no_weights_read)
+    model_config = ml_collections.ConfigDict({"backbone": "resnet34", "pretrained": path})
+    with pytest.raises(ValueError) as error:
+        pretrained.check_available(model_config)
+    assert str(error.value) == (
+        f"{path!r} holds 'resnet18' weights, but the model's backbone is 'resnet34': set "
+        "--config.model.backbone=resnet18 to start from them, or point config.model.pretrained "
+        "at a file of 'resnet34' weights (python -m yolojax.pretrained --arch resnet34 --out "
+        "weights/resnet34.msgpack)."
+    )
+    model_config.backbone = "resnet18"
+    pretrained.check_available(model_config)  # its own backbone's
+    model_config.pretrained = str(junk)  # named by the load, which reads the whole file
+    pretrained.check_available(model_config)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="is not a yolojax pretrained-weights file"):
+        pretrained.load_for_config({}, model_config)
+
+
 @pytest.mark.parametrize(
     "damage, problem",
     [

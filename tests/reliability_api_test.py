@@ -35,6 +35,7 @@ from yolojax import (
     models,
     postprocess,
     preemption,
+    pretrained,
     targets,
     train_lib,
     trainer,
@@ -748,7 +749,7 @@ def test_the_model_summary_command_names_a_bad_model_field_without_a_traceback()
     assert "Traceback" not in result.stderr
 
 
-def test_train_prints_the_config_with_its_overrides_and_needs_a_workdir_to_train():
+def test_train_prints_the_config_with_its_overrides_and_needs_a_workdir_to_train(tmp_path):
     result = _run_command(
         "train.py", "--config", "configs/shapes.py", "--print_config", "--config.train.batch_size=8"
     )
@@ -785,6 +786,16 @@ def test_train_prints_the_config_with_its_overrides_and_needs_a_workdir_to_train
     )
     assert result.returncode == 1
     assert "pretrained weights '/nowhere/darknet_tiny.msgpack' not found: " in result.stderr
+    pretrained.save_variables(str(tmp_path / "r18.msgpack"), "resnet18", {})  # for another
+    result = _run_command(
+        "train.py",
+        "--config",
+        "configs/shapes.py",
+        "--print_config",
+        f"--config.model.pretrained={tmp_path / 'r18.msgpack'}",
+    )
+    assert result.returncode == 1
+    assert "holds 'resnet18' weights, but the model's backbone is 'darknet_tiny'" in result.stderr
     result = _run_command("train.py", "--config", "configs/shapes.py")
     assert result.returncode == 1
     assert "--workdir is required: the folder for the run's checkpoints." in result.stderr

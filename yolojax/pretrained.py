@@ -33,6 +33,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import msgpack
 import numpy as np
 from flax import traverse_util
 
@@ -308,6 +309,35 @@ def _read_weights(path: str, arch: str | None) -> dict:
     )
 
 
+def _check_arch(path: str, file_arch: str, arch: str | None) -> None:
+    """Raises ValueError, with what to do, if ``path``'s weights are ``file_arch``'s and the
+    model's backbone (``arch``; None: any) is another."""
+    if arch is None or file_arch == arch:
+        return
+    make = f" (python -m yolojax.pretrained --arch {arch} --out weights/{arch}.msgpack)"
+    raise ValueError(
+        f"{path!r} holds {file_arch!r} weights, but the model's backbone is {arch!r}: set "
+        f"--config.model.backbone={file_arch} to start from them, or point "
+        f"config.model.pretrained at a file of {arch!r} weights"
+        f"{make if arch in ARCHS else ''}."
+    )
+
+
+def _file_arch(path: str) -> str | None:
+    """The backbone a weights file is for, read without its weights (save_variables writes
+    the name first); None where the file does not start as one of those files do, for
+    :func:`load_pretrained` to name what it holds."""
+    with open(path, "rb") as f:
+        unpacker = msgpack.Unpacker(f, raw=False)
+        try:
+            if unpacker.read_map_header() and unpacker.unpack() == "arch":
+                arch = unpacker.unpack()
+                return arch if isinstance(arch, str) else None
+        except (ValueError, msgpack.UnpackException):  # another kind of file, or cut short
+            pass
+    return None
+
+
 def load_pretrained(variables: Mapping, path: str, *, arch: str | None = None) -> dict:
     """Replaces a model's backbone variables by the ported weights in `path`.
 
@@ -330,10 +360,7 @@ def load_pretrained(variables: Mapping, path: str, *, arch: str | None = None) -
     _check_exists(path, arch)
     payload = _read_weights(path, arch)
     file_arch = payload["arch"]
-    if arch is not None and file_arch != arch:
-        raise ValueError(
-            f"{path!r} holds {file_arch!r} weights, but the model's backbone is {arch!r}"
-        )
+    _check_arch(path, file_arch, arch)
     variables = flax.core.unfreeze(variables)
     is_yolo = "backbone" in variables.get("params", {})
     prefix = ("backbone",) if is_yolo else ()
@@ -455,12 +482,15 @@ def check_trained_run(config) -> ml_collections.ConfigDict:
 
 
 def check_available(model_config: Any) -> None:
-    """Raises what :func:`load_for_config` would for a missing weights file, without
-    reading any weights: a run checks it at start, before it prepares a dataset (minutes
-    for VOC)."""
+    """Raises what :func:`load_for_config` would for a missing weights file or one of
+    another backbone, reading the file's backbone name but no weights: a run checks it at
+    start, before it prepares a dataset (minutes for VOC), and ``--print_config`` too."""
     path = getattr(model_config, "pretrained", "")
     if path:
         _check_exists(path, model_config.backbone)
+        file_arch = _file_arch(path)
+        if file_arch is not None:
+            _check_arch(path, file_arch, model_config.backbone)
 
 
 def load_for_config(variables: Mapping, model_config: Any) -> dict:
