@@ -495,7 +495,21 @@ def _parse_train_flags(monkeypatch, *overrides, config="configs/shapes.py"):
             r"get_config\(\) failed: .*reads_a_missing_field.py, line 4: AttributeError: "
             r"'num_boxs'\nDid you mean \"num_boxes\"",
         ),
+        # It sets one: the field's name, not ConfigDict's quoted dump of the whole section.
+        (
+            "{tmp}/sets_a_missing_field.py",
+            [],
+            r"sets_a_missing_field.py, line 4: AttributeError: 'num_boxs' is no field of that "
+            r"section\nDid you mean \"num_boxes\" instead of \"num_boxs\"\?\n(?!.*backbone)",
+        ),
         ("{tmp}/missing_key.py", [], r"missing_key.py, line 2: KeyError: 'size'"),
+        # A dict for a config: it failed later, with a traceback.
+        (
+            "{tmp}/returns_a_dict.py",
+            [],
+            r"get_config\(\) returned a dict, not an ml_collections\.ConfigDict: start from a "
+            r"bundled config's",
+        ),
         # A run's config.json: JSON's null runs as a Python name.
         (
             "{tmp}/config.json",
@@ -515,7 +529,12 @@ def test_a_bad_config_file_or_section_is_one_message(
         "from configs import shapes\ndef get_config():\n    config = shapes.get_config()\n"
         "    config.model.num_boxes = config.model.num_boxs + 1\n    return config\n"
     )
+    (tmp_path / "sets_a_missing_field.py").write_text(
+        "from configs import shapes\ndef get_config():\n    config = shapes.get_config()\n"
+        "    config.model.num_boxs = 3\n    return config\n"
+    )
     (tmp_path / "missing_key.py").write_text("def get_config():\n    return {}['size']\n")
+    (tmp_path / "returns_a_dict.py").write_text("def get_config():\n    return {'model': {}}\n")
     (tmp_path / "config.json").write_text(shapes.get_config().to_json_best_effort(indent=2))
     with pytest.raises(SystemExit) as exit_info:
         _parse_train_flags(monkeypatch, *overrides, config=config.format(tmp=tmp_path))

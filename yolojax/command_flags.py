@@ -12,6 +12,7 @@ import traceback as traceback_lib
 from collections.abc import Callable
 from pathlib import Path
 
+import ml_collections
 from absl import flags
 
 # The repository's configs/ (not installed with the package: absent from a wheel install).
@@ -189,6 +190,10 @@ def _config_file_line(error: BaseException, config_file: str) -> int | None:
     return lines[-1] if lines else None
 
 
+# ConfigDict's error for setting a field a locked config lacks, which goes on to quote every
+# field of the section.
+_LOCKED_FIELD = re.compile(r'Key "([^"]+)" does not exist and cannot be added since the config')
+
 # absl's flags that print help and exit, and the alias -h.
 HELP_FLAGS = {"help", "helpshort", "helpfull", "helpxml", "?", "h"}
 
@@ -230,6 +235,14 @@ def parse_flags(argv: list[str]) -> list[str]:
             flags_error(_flag_error_report(error, argv))
         if "config" in flags.FLAGS and flags.FLAGS["config"].present:
             flags.FLAGS.config.keys()  # loads the file and applies the overrides
+            if not isinstance(flags.FLAGS.config, ml_collections.ConfigDict):
+                flags_error(
+                    "the --config file's get_config() returned a "
+                    f"{type(flags.FLAGS.config).__name__}, not an ml_collections.ConfigDict: "
+                    "start from a bundled config's (from configs import shapes; config = "
+                    "shapes.get_config()) or yolojax.config.default_config(), set the fields "
+                    "to change, and return it."
+                )
             _set_none(unset)
         elif unset:
             flags_error(f"--config.{unset[0]}=None overrides a field of no --config file")
@@ -247,9 +260,15 @@ def parse_flags(argv: list[str]) -> list[str]:
         if line is not None:  # the file's own code, such as a field it reads that is not there
             # ConfigDict's message quotes the field already; a dict's KeyError holds the key.
             quoted = str(message).startswith("'")
+            locked = _LOCKED_FIELD.match(str(message))
+            if locked:  # a field set that the section lacks: its name, not the whole section
+                advice = str(message).partition("\n")[2]  # 'Did you mean ...'
+                message = f"'{locked.group(1)}' is no field of that section" + (
+                    "\n" + advice if advice else ""
+                )
             flags_error(
                 f"the --config file's get_config() failed: {config_file}, line {line}: "
-                f"{type(error).__name__}: {message if quoted else repr(message)}"
+                f"{type(error).__name__}: {message if quoted or locked else repr(message)}"
             )
         if "get_config" in str(message):
             flags_error(f"the --config file has no get_config() function ({message}).")
