@@ -165,6 +165,16 @@ def validate_data_config(data_config) -> None:
         check_synthetic_fields(data_config.synthetic)
     for name, low in [("image_size", 16), ("max_boxes", 1)]:
         check_int(f"config.data.{name}", data_config[name], low)
+    # Known beforehand for the synthetic images only: an image of more boxes stops training
+    # when it is read, whose message's count another image could exceed again.
+    most = data_config.synthetic.max_objects + 1  # and the tiny object some images get
+    if data_config.source == "synthetic_shapes" and data_config.max_boxes < most:
+        raise ValueError(
+            f"config.data.max_boxes={data_config.max_boxes} is fewer than the synthetic images' "
+            f"objects: up to config.data.synthetic.max_objects="
+            f"{data_config.synthetic.max_objects} and a tiny one: set "
+            f"--config.data.max_boxes={most} or more."
+        )
     for name in ("max_train_examples", "max_eval_examples"):
         if data_config[name] is not None:
             check_int(f"config.data.{name} (or None)", data_config[name], 1)
