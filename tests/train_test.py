@@ -1293,6 +1293,16 @@ def test_class_names_match_a_runs_whatever_their_case_spaces_underscores_and_hyp
             jax.random.key(1),
             class_names=("Star", "STAR", "ellipse", "rectangle", "triangle"),
         )
+    # No name in common: said so, not as class outputs "for none (0 of 5 classes)".
+    with pytest.warns(errors.Notice) as notices:
+        train_lib.initial_variables(
+            model, config, jax.random.key(1), class_names=("a", "b", "c", "d", "e")
+        )
+    assert (
+        "; the output layer is taken by class name: the run's box outputs but none of its "
+        "class outputs: no class name in common; fresh class outputs for a, b, c, d, e; the "
+        "run's classes not taken: ellipse, rectangle, triangle, star, cross."
+    ) in str(notices[0].message)
 
 
 def test_a_run_whose_outputs_mean_other_things_is_never_taken_by_position(tmp_path):

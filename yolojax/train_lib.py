@@ -227,11 +227,14 @@ def _class_matching(class_names, run_classes, run_class_of_ours) -> str:
         name for name, index in zip(class_names, run_class_of_ours, strict=True) if index is None
     ]
     dropped = [name for index, name in enumerate(run_classes) if index not in run_class_of_ours]
-    message = (
-        "; the output layer is taken by class name: the run's box outputs and its class "
-        f"outputs for {_listed(kept) if kept else 'none'} ({len(kept)} of "
-        f"{errors.count(len(class_names), 'class', 'classes')})"
-    )
+    if kept:
+        classes = (
+            f"and its class outputs for {_listed(kept)} ({len(kept)} of "
+            f"{errors.count(len(class_names), 'class', 'classes')})"
+        )
+    else:
+        classes = "but none of its class outputs: no class name in common"
+    message = f"; the output layer is taken by class name: the run's box outputs {classes}"
     if new:
         message += f"; fresh class outputs for {_listed(new)}"
     if dropped:
