@@ -47,7 +47,7 @@ from yolojax import errors
 # Where the first signal is acted on; the handler cannot know the step.
 _FIRST_SIGNAL = (
     "\n{name} received: training stops after the current step, with a checkpoint of it; an "
-    "evaluation due or under way is left to the rerun."
+    "evaluation due, or still going through its images, is left to the rerun."
 )
 _AGAIN = {
     signal.SIGINT: " Press Ctrl-C again to stop at once.",

@@ -344,7 +344,8 @@ def _train_steps(
 
     Raises:
       yolojax.preemption.TrainingStopped: ``stop_signals`` received a signal; the step
-        reached is saved, and its evaluation, if one was due or under way, left to the rerun.
+        reached is saved, and its evaluation, if one was due or still going through its
+        images, left to the rerun (one past its images finishes).
     """
     evaluator.stop_signals = stop_signals
     for step in range(run.start_step + 1, run.plan.total_steps + 1):
