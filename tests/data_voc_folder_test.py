@@ -899,3 +899,70 @@ def test_preparing_a_folder_with_stderr_in_a_file_draws_no_progress_bars(tmp_pat
     )
     assert done.stdout.splitlines()[-1] == "11"  # prepared: 90% of 12 for training
     assert "\r" not in done.stderr and "examples" not in done.stderr, done.stderr[-500:]
+
+
+def test_macos_copies_upper_case_xml_and_jfif_files_are_read_as_users_name_them(tmp_path, caplog):
+    # A folder zipped on a Mac holds ._a.xml beside a.xml (AppleDouble), which stopped
+    # training as malformed XML; b.XML was "no .xml file"; c.jfif (a JPEG) "not found".
+    images = [VocImage(name, 16, 16, [VocObject("x", (1, 1, 9, 9))]) for name in "abcd"]
+    voc = write_voc_folder(str(tmp_path / "voc"), images)
+    folder = _beside(
+        voc, tmp_path / "export", {"a": "train", "b": "train", "c": "train", "d": "valid"}
+    )
+    train = os.path.join(folder, "train")
+    for name in ("._a.xml", "._a.jpg"):
+        with open(os.path.join(train, name), "wb") as file:
+            file.write(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    os.rename(os.path.join(train, "b.xml"), os.path.join(train, "b.XML"))
+    os.rename(os.path.join(train, "c.jpg"), os.path.join(train, "c.jfif"))
+    with caplog.at_level(logging.WARNING):
+        builder = _prepare(folder, tmp_path / "data")
+    assert sorted(_examples(builder, "train")) == ["a.jpg", "b.jpg", "c.jfif"]
+    np.testing.assert_allclose(
+        np.stack(_examples(builder, "train")["b.jpg"]["objects"]["bbox"]),
+        [[1 / 16, 1 / 16, 9 / 16, 9 / 16]],
+    )
+    assert "no .xml file" not in caplog.text  # not ._a.jpg, nor b.jpg
+
+
+def test_a_tiff_beside_its_xml_is_named_as_one_to_convert_not_as_missing(tmp_path):
+    images = [VocImage(name, 16, 16, [VocObject("x", (1, 1, 9, 9))]) for name in "ab"]
+    voc = write_voc_folder(str(tmp_path / "voc"), images)
+    folder = _beside(voc, tmp_path / "export", {"a": "train", "b": "valid"})
+    Image.open(os.path.join(folder, "train", "a.jpg")).save(os.path.join(folder, "train", "a.tiff"))
+    os.remove(os.path.join(folder, "train", "a.jpg"))
+    with pytest.raises(voc_folder.BadDataError, match=r"a.tiff: unsupported image format TIFF"):
+        _prepare(folder, tmp_path / "data")
+
+
+def test_an_id_listed_twice_in_a_split_file_is_taken_once_with_a_warning(tmp_path, caplog):
+    # TFDS stopped on it with a page of its log (the JPEG bytes) and a traceback.
+    images = [VocImage(name, 16, 16, [VocObject("x", (1, 1, 9, 9))]) for name in "abc"]
+    sets = {"train": ["a", "b", "a", "b", "a"], "val": ["c"]}
+    folder = write_voc_folder(str(tmp_path / "voc"), images, image_sets=sets)
+    with caplog.at_level(logging.WARNING):
+        builder = _prepare(folder, tmp_path / "data")
+    assert sorted(_examples(builder, "train")) == ["a.jpg", "b.jpg"]
+    assert "train.txt lists 2 ids more than once (a, b): each is taken once." in caplog.text
+
+
+def test_xml_files_in_folders_below_the_ones_read_are_warned_of(tmp_path, caplog):
+    images = [VocImage(name, 16, 16, [VocObject("x", (1, 1, 9, 9))]) for name in "abcd"]
+    voc = write_voc_folder(str(tmp_path / "voc"), images)
+    folder = _beside(voc, tmp_path / "export", {"a": "train", "b": "train/more", "c": "valid"})
+    _beside(voc, tmp_path / "export", {"d": "extra/deeper"})
+    with caplog.at_level(logging.WARNING):
+        splits = voc_layout.folder_splits(folder)
+    assert splits == {"train": ["train/a"], "validation": ["valid/c"]}
+    assert (
+        "2 .xml files lie in folders below the ones read (extra/deeper/d.xml, train/more/b.xml) "
+        "and are left out" in caplog.text
+    )
+
+
+def test_class_names_read_from_the_xml_files_may_hold_commas(tmp_path):
+    # Refused with advice for the command line, which could not give such a name either.
+    images = [VocImage("a", 20, 10, [VocObject("person, adult", (1, 1, 5, 5))])]
+    folder = write_voc_folder(str(tmp_path / "voc"), images, image_sets={"train": ["a"]})
+    builder = _prepare(folder, tmp_path / "data")
+    assert builder.info.features["objects"]["label"].names == ["person, adult"]

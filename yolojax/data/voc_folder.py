@@ -3,13 +3,13 @@
 Two layouts. PASCAL VOC's own:
 
     folder/Annotations/<id>.xml          one VOC XML per image
-    folder/JPEGImages/<id>.jpg|.jpeg|.png
+    folder/JPEGImages/<id>.jpg|.jpeg|.png|...
     folder/ImageSets/Main/<split>.txt    optional: one id per line ('val.txt' -> 'validation')
 
 or each XML beside its image (Roboflow's "Pascal VOC" export, LabelImg's default), in the
 folder itself or in split folders:
 
-    folder/[train|valid|validation|val|test/]<name>.xml and <name>.jpg|.jpeg|.png
+    folder/[train|valid|validation|val|test/]<name>.xml and <name>.jpg|.jpeg|.png|...
 
 Without split files or folders, the ids are split about 90:10 into 'train' and 'validation'
 by a hash of each id (as the report split its own datasets): `voc_layout` finds the
@@ -281,14 +281,17 @@ def voc_folder_config(
     check_choice("config.data.on_bad_data", on_bad_data, BAD_DATA_POLICIES)
     folder = os.path.abspath(folder)
     state = folder_state(folder)
-    if class_names is None:
+    given = class_names is not None
+    if not given:
         class_names = _class_names_in(folder, state)
     if not all(isinstance(name, str) and name for name in class_names):
         raise ValueError(
             f"config.data.class_names={class_names!r} must be names (strings), or None to read "
             "them from the .xml files: leave the field unset for that."
         )
-    if isinstance(class_names, str) or any("," in name for name in class_names):
+    # A list typed as "a,b" on the command line is one name; names read from the .xml files
+    # may hold commas ("person, adult").
+    if given and (isinstance(class_names, str) or any("," in name for name in class_names)):
         raise ValueError(
             f"config.data.class_names={class_names!r} holds one name with commas: give a list of "
             """names, on the command line --config.data.class_names="('mask','no-mask')"."""

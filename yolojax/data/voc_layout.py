@@ -7,6 +7,7 @@ seeded split of the annotated images, about 90:10, that keeps each image's split
 images are added.
 """
 
+import collections
 import hashlib
 import logging
 import os
@@ -14,9 +15,13 @@ import os
 from yolojax import errors
 from yolojax.data.voc_xml import BadDataError, ParsedAnnotation
 
-# The extensions of the formats voc_folder reads (its _DECODABLE_FORMATS), looked for in
-# lower, upper and title case (a.jpg, a.JPG, a.Jpg) where an XML's image is found by its stem.
-_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "gif", "webp")
+# The extensions an XML's image is looked for with by its stem, in lower, upper and title
+# case (a.jpg, a.JPG, a.Jpg): the formats voc_folder reads (its _DECODABLE_FORMATS; .jfif is
+# a JPEG), and TIFF, found to be named as a file to convert rather than as one not found.
+_IMAGE_EXTENSIONS = ("jpg", "jpeg", "jfif", "png", "bmp", "gif", "webp", "tif", "tiff")
+# An annotation's file name ends so (a.xml, a.XML: one of the spellings cameras and Windows
+# tools write).
+_XML_SPELLINGS = (".xml", ".XML", ".Xml")
 _SPLIT_FILE_NAMES = {"train": "train", "val": "validation", "trainval": "trainval", "test": "test"}
 # Split folders of the XML-beside-image layout (Roboflow names its validation split 'valid').
 _SPLIT_FOLDER_NAMES = {
@@ -37,9 +42,14 @@ def _is_voc_layout(folder: str) -> bool:
 
 def xml_path_of(folder: str, image_id: str) -> str:
     """The XML file of ``image_id``: ``Annotations/<id>.xml``, or ``<id>.xml`` where the XML
-    lies beside its image (the id then includes a split folder: ``train/a``)."""
+    lies beside its image (the id then includes a split folder: ``train/a``); ``.XML`` where
+    only that file is there."""
     annotations = os.path.join(folder, "Annotations") if _is_voc_layout(folder) else folder
-    return os.path.join(annotations, image_id + ".xml")
+    base = os.path.join(annotations, image_id)
+    for suffix in _XML_SPELLINGS:
+        if os.path.isfile(base + suffix):
+            return base + suffix
+    return base + ".xml"  # for the message that it is missing
 
 
 def find_image(folder: str, image_id: str, annotation: ParsedAnnotation) -> str:
@@ -69,8 +79,16 @@ def find_image(folder: str, image_id: str, annotation: ParsedAnnotation) -> str:
     )
 
 
+def _visible_files(directory: str) -> list[str]:
+    """The names in ``directory`` but hidden ones: macOS's ``._a.xml`` beside ``a.xml`` (the
+    AppleDouble file a copy to another file system, or a zip, makes) is no annotation."""
+    return [name for name in os.listdir(directory) if not name.startswith(".")]
+
+
 def _xml_stems(directory: str) -> list[str]:
-    return sorted(name[: -len(".xml")] for name in os.listdir(directory) if name.endswith(".xml"))
+    return sorted(
+        name[: -len(".xml")] for name in _visible_files(directory) if name.endswith(_XML_SPELLINGS)
+    )
 
 
 def _split_folders(folder: str) -> dict[str, str]:
@@ -175,17 +193,62 @@ def folder_splits(folder: str, split_seed: int = 0) -> dict[str, list[str]]:
             # surrogateescape: ids that are not UTF-8 stay equal to os.listdir's names. A
             # line is one id, whole: "IMG 0001" (a photo's name with a space) was "IMG".
             with open(path, encoding="utf-8", errors="surrogateescape") as file:
-                splits[split] = [line.strip() for line in file if line.strip()]
+                splits[split] = _listed_once(path, [line.strip() for line in file if line.strip()])
     if splits:
         _check_split_files(main, splits)
         _warn_of_unlisted_images(folder, splits)
         return splits
     _warn_of_unannotated_images(folder)
     if not _is_voc_layout(folder):
+        _warn_of_nested_annotations(folder)
         from_folders = _split_folder_splits(folder, split_seed)
         if from_folders is not None:
             return from_folders
     return _random_split(folder, annotation_ids(folder), split_seed)
+
+
+def _listed_once(path: str, ids: list[str]) -> list[str]:
+    """``ids``, a split file's, each once, in order; warns of those listed more than once
+    (TFDS stopped on them with a page of its own log and a traceback)."""
+    unique = list(dict.fromkeys(ids))
+    if len(unique) < len(ids):
+        repeated = [image_id for image_id, count in collections.Counter(ids).items() if count > 1]
+        _logger.warning(
+            "%s lists %d id%s more than once (%s): each is taken once.",
+            path,
+            len(repeated),
+            "s" * (len(repeated) != 1),
+            errors.first_few(repeated),
+        )
+    return unique
+
+
+def _warn_of_nested_annotations(folder: str) -> None:
+    """Warns of .xml files in folders below the ones the XML-beside-image layout reads (the
+    folder itself and its split folders): such images were left out without a word."""
+    places = [folder, *(os.path.join(folder, name) for name in _split_folders(folder))]
+    nested = []
+    for place in places:
+        for name in sorted(_visible_files(place)):
+            below = os.path.join(place, name)
+            if below in places or name == "ImageSets" or not os.path.isdir(below):
+                continue
+            for root, directories, files in os.walk(below):
+                directories[:] = sorted(d for d in directories if not d.startswith("."))
+                nested += [
+                    os.path.relpath(os.path.join(root, file), folder)
+                    for file in sorted(files)
+                    if file.endswith(_XML_SPELLINGS) and not file.startswith(".")
+                ]
+    if nested:
+        _logger.warning(
+            "%s: %d .xml files lie in folders below the ones read (%s) and are left out: "
+            "the images and their .xml files are read in the folder itself, or in its train/, "
+            "valid/ and test/ folders; move them there to use them.",
+            folder,
+            len(nested),
+            errors.first_few(nested),
+        )
 
 
 def split_file(folder: str, split: str) -> str:
@@ -238,7 +301,7 @@ def _warn_of_unannotated_images(folder: str) -> None:
         os.path.relpath(os.path.join(place, name), folder)
         for place, stems in annotated.items()
         if os.path.isdir(place)
-        for name in sorted(os.listdir(place))
+        for name in sorted(_visible_files(place))
         if name.rpartition(".")[2].lower() in _IMAGE_EXTENSIONS
         and name.rpartition(".")[0] not in stems
     ]
