@@ -269,6 +269,20 @@ def test_voc_results_files_name_each_image_by_its_file(tmp_path):
         assert [line[2] for line in lines] == found.labels[order].tolist()
 
 
+def test_a_class_name_with_a_slash_names_a_results_file_not_a_folder(tmp_path):
+    # A folder's class "car/truck" made comp3_det_test_car/truck.txt, a file in a folder.
+    detections = {"img1": (np.array([[0.0, 1.0, 10.0, 11.0]]), np.array([0.5]), np.array([1]))}
+    written = voc_results.write_voc_results(
+        tmp_path, detections, ("person", "car/truck"), competition="comp3"
+    )
+    assert [path.name for path in written] == [
+        "comp3_det_test_person.txt",
+        "comp3_det_test_car_truck.txt",
+    ]
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(p.name for p in written)
+    assert written[1].read_text() == "img1 0.500000 1.000 2.000 10.000 11.000\n"
+
+
 def test_two_eval_images_of_one_name_are_refused_for_voc_results(tmp_path, monkeypatch):
     # Results lines name images by file name without extension: a/x.jpg and b/x.png clash.
     class Split:

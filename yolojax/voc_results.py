@@ -17,6 +17,7 @@ data alone. The server wants the files under ``results/VOC2012/Main/`` in a tar 
 shows the archive command.
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +34,11 @@ def image_id(filename: str, index: int) -> str:
 
 
 def results_file_name(competition: str, test_set: str, class_name: str) -> str:
-    """The devkit's results file name: ``comp4_det_test_aeroplane.txt``."""
-    return f"{competition}_det_{test_set}_{class_name}.txt"
+    """The devkit's results file name: ``comp4_det_test_aeroplane.txt``; a class name's
+    path separators become ``_`` (a folder's class ``car/truck``: ``..._car_truck.txt``, not
+    a file in a folder ``..._car``)."""
+    safe_name = class_name.replace("/", "_").replace(os.sep, "_")
+    return f"{competition}_det_{test_set}_{safe_name}.txt"
 
 
 def competition(model_config) -> str:
