@@ -158,6 +158,11 @@ def test_clip_boxes_keeps_exactly_the_minimum_fraction_and_drops_empty_boxes():
     )
     assert augment.clip_boxes(boxes, 0.25)[1].numpy().tolist() == [True, False, False]
     assert augment.clip_boxes(boxes, 0.0)[1].numpy().tolist() == [True, False, False]
+    # A box ending on the crop's edge, mapped there with a rounding error inside it (3.4e-8
+    # of the crop, as a window's mapping made it): no object, even with no minimum. A sliver
+    # of a pixel at 448 px is one.
+    edge = tf.constant([[1.0 - 3.4e-8, 0.2, 1.4, 0.6], [1.0 - 0.25 / 448, 0.2, 1.4, 0.6]])
+    assert augment.clip_boxes(edge, 0.0)[1].numpy().tolist() == [False, True]
 
 
 @pytest.mark.parametrize("color_space", ["hsv", "yiq"])

@@ -107,12 +107,19 @@ def window_boxes(
     return tf.stack([ymin, xmin, ymax, xmax], axis=-1)
 
 
+# The least side a box keeps inside the image to be an object (normalized; a thousandth of a
+# pixel at 1,000 px): a box whose edge lay on the crop's edge can end a rounding error, about
+# 1e-8, inside it, a sliver kept with no minimum fraction.
+MIN_VISIBLE_SIDE = 1e-6
+
+
 def clip_boxes(boxes: tf.Tensor, min_visible_fraction: float) -> tuple[tf.Tensor, tf.Tensor]:
     """Clips (N, 4) yxyx boxes to [0, 1]; keeps those with enough of their area left.
 
     Returns:
       (clipped boxes (N, 4), keep (N,) bool): keep is False for boxes of which less than
-      `min_visible_fraction` of the area (or no area at all) lies inside the image.
+      `min_visible_fraction` of the area (or no area at all: a side under
+      `MIN_VISIBLE_SIDE`) lies inside the image.
     """
     clipped = tf.clip_by_value(boxes, 0.0, 1.0)
 
@@ -120,8 +127,9 @@ def clip_boxes(boxes: tf.Tensor, min_visible_fraction: float) -> tuple[tf.Tensor
         return tf.maximum(b[:, 2] - b[:, 0], 0.0) * tf.maximum(b[:, 3] - b[:, 1], 0.0)
 
     visible = area(clipped)
-    keep = (visible > 0.0) & (visible >= min_visible_fraction * area(boxes))
-    return clipped, keep
+    sides = clipped[:, 2:] - clipped[:, :2]
+    keep = tf.reduce_all(sides >= MIN_VISIBLE_SIDE, axis=-1)
+    return clipped, keep & (visible >= min_visible_fraction * area(boxes))
 
 
 # NTSC RGB -> YIQ: luma Y and the two chroma axes I, Q.
