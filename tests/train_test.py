@@ -236,6 +236,22 @@ def test_resume_gives_the_same_parameters(tmp_path, data_dir, capsys):
     assert (full / "config.json").read_text() == saved
     assert not list(full.glob("config.before_step_*"))
 
+    # Its last step's evaluation not logged (a run stopped during it), then rerun with fewer
+    # epochs, evaluated at the end only, so that step 8 is no step due for evaluation: it is
+    # evaluated and logged, not said to be "logged already" and left out of the log.
+    rows = [json.loads(line) for line in log.splitlines()]
+    unevaluated = [row for row in rows if not (row["step"] == 8 and "test_mAP" in row)]
+    (full / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in unevaluated))
+    at_the_end = shorter.copy_and_resolve_references()
+    at_the_end.eval.every_epochs = 0
+    assert trainer.train_and_evaluate(at_the_end, str(full))["step"] == 8
+    out = capsys.readouterr().out
+    assert "evaluating that checkpoint, which was saved but not evaluated" in out
+    logged = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    assert [row["test_mAP"] for row in logged if row["step"] == 8 and "test_mAP" in row] == [
+        pytest.approx(results["mAP"])
+    ]
+
     # Rerun with more epochs and another setting: the changes are named, training goes on
     # with them, and the run's config they replace is kept.
     changed = config.copy_and_resolve_references()
