@@ -29,6 +29,7 @@ from yolojax import (
     predict,
     preemption,
     pretrained,
+    run_log,
     train_lib,
     trainer,
 )
@@ -941,11 +942,24 @@ def test_a_workdir_that_cannot_be_written_at_start_is_named_with_what_to_do(
         "device): free space, or choose another --workdir. The same command then starts "
         "the run."
     )
-    # A folder one may not write: freeing space would not help.
-    read_only = errors.machine_error("write x", PermissionError(13, "Permission denied"), "--out")
-    assert str(read_only) == (
-        "Cannot write x (PermissionError: Permission denied): choose another --out, one you "
-        "can write."
+    # A folder one may not write: freeing space would not help. The file is named.
+    denied = PermissionError(13, "Permission denied", "x/metrics.jsonl")
+    assert str(errors.machine_error("write x", denied, "--out")) == (
+        "Cannot write x (PermissionError: Permission denied: x/metrics.jsonl): choose another "
+        "--out, one you can write."
+    )
+    # A run that has trained some steps: another --workdir would start over, so the advice
+    # is this folder made writable, or a copy of it (it said "choose another --workdir",
+    # then that the same command resumes).
+    with (
+        pytest.raises(errors.MachineError) as error,
+        run_log.workdir_write_errors(tmp_path / "run", start_step=36),
+    ):
+        raise denied
+    assert str(error.value) == (
+        f"Cannot write the run's files in {tmp_path / 'run'} (PermissionError: Permission "
+        f"denied: x/metrics.jsonl): make {tmp_path / 'run'} writable, or copy it to a folder "
+        "you can write and pass that as --workdir. Then rerun: it resumes from step 36."
     )
 
 
@@ -967,10 +981,10 @@ def test_a_disk_that_fills_during_training_is_one_message_and_the_rerun_resumes(
     monkeypatch.setattr(tf.summary, "scalar", full_disk_from_step_6)
     with pytest.raises(errors.MachineError) as error:
         trainer.train_and_evaluate(config, str(tmp_path))
+    # Free space: another --workdir would not resume (the checkpoints are in this one).
     assert str(error.value) == (
         f"Cannot log step 6 in {tmp_path} (OSError: events: No space left on device): free "
-        "space, or choose another --workdir. Then rerun the same command: it resumes from the "
-        "last checkpoint."
+        "space. Then rerun: it resumes from the last checkpoint."
     )
     monkeypatch.undo()
     trainer.train_and_evaluate(config, str(tmp_path))

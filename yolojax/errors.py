@@ -39,17 +39,33 @@ def stop_signal(kind: type[KeyboardInterrupt]) -> int:
 _OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
-def machine_error(action: str, error: OSError, setting: str, then: str = "") -> MachineError:
+def machine_error(
+    action: str, error: OSError, setting: str, then: str = "", *, holding: str = ""
+) -> MachineError:
     """``error`` (what the machine refused) as a `MachineError` worded "Cannot ``action``
-    (its type: its reason): free space, or choose another ``setting``." for a full disk,
-    else "choose another ``setting``, one you can write.", followed by ``then``; for
-    ``raise ... from error``."""
-    if error.errno in _OUT_OF_SPACE:
+    (its type: its reason, the file): free space, or choose another ``setting``." for a full
+    disk, else "choose another ``setting``, one you can write.", followed by ``then``; for
+    ``raise ... from error``.
+
+    ``holding``: a folder of work that another ``setting`` would not have (a run's
+    checkpoints): the advice is then to free space, or to make that folder writable or copy
+    it to one that is, not to choose another."""
+    if holding and error.errno in _OUT_OF_SPACE:
+        advice = "free space."
+    elif holding:
+        advice = (
+            f"make {holding} writable, or copy it to a folder you can write and pass that as "
+            f"{setting}."
+        )
+    elif error.errno in _OUT_OF_SPACE:
         advice = f"free space, or choose another {setting}."
     else:
         advice = f"choose another {setting}, one you can write."
+    reason = error.strerror or str(error)
+    if error.strerror and error.filename:  # str(error) names it already
+        reason += f": {error.filename}"
     return MachineError(
-        f"Cannot {action} ({type(error).__name__}: {error.strerror or error}): {advice}"
+        f"Cannot {action} ({type(error).__name__}: {reason}): {advice}"
         + (f" {then}" if then else "")
     )
 

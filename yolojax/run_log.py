@@ -102,12 +102,19 @@ def workdir_write_errors(workdir: Path, start_step: int):
     try:
         yield
     except OSError as error:
-        rerun = f"resumes from step {start_step}" if start_step else "starts the run"
+        if start_step:  # another --workdir would start over: this one holds the checkpoints
+            raise errors.machine_error(
+                f"write the run's files in {workdir}",
+                error,
+                "--workdir",
+                f"Then rerun: it resumes from step {start_step}.",
+                holding=str(workdir),
+            ) from error
         raise errors.machine_error(
             f"write the run's files in {workdir}",
             error,
             "--workdir",
-            f"The same command then {rerun}.",
+            "The same command then starts the run.",
         ) from error
 
 
@@ -155,7 +162,8 @@ class RunLog:
                     f"log step {step} in {self.workdir}",
                     error,
                     "--workdir",
-                    "Then rerun the same command: it resumes from the last checkpoint.",
+                    "Then rerun: it resumes from the last checkpoint.",
+                    holding=str(self.workdir),
                 ) from error
             self.curves_drawn = False
 
