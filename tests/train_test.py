@@ -258,14 +258,23 @@ def test_resume_gives_the_same_parameters(tmp_path, data_dir, capsys):
     changed = config.copy_and_resolve_references()
     changed.train.num_epochs = 3.0
     changed.train.log_every_steps = config.train.log_every_steps + 1
+    changed.eval.iou_threshold = 0.3
     assert trainer.train_and_evaluate(changed, str(full))["step"] == 12
     change = (
+        "eval.iou_threshold: 0.45 -> 0.3; "
         f"train.log_every_steps: {config.train.log_every_steps} -> {changed.train.log_every_steps}"
         "; train.num_epochs: 2.0 -> 3.0. Training goes on"
     )
     out = capsys.readouterr().out
     assert f"differs from the one saved in this workdir: {change}" in out
     assert "The learning-rate schedule now spans 12 steps: from step 8 the rate follows" in out
+    # best/ would be kept against mAPs of other NMS settings without a word.
+    assert (
+        "The test mAP is measured otherwise from here on (eval.iou_threshold): best/ and "
+        f"mAP.png weigh it against the mAPs before, which may be higher or lower for that "
+        f"alone. To compare, evaluate best/ as it is measured now: python evaluate.py "
+        f"--workdir {full} --checkpoint best"
+    ) in out
     assert (full / "config.before_step_8.json").read_text() == saved
     saved = json.loads((full / "config.json").read_text())
     assert saved["train"]["log_every_steps"] == changed.train.log_every_steps
@@ -291,6 +300,7 @@ def test_a_resume_on_a_larger_training_set_says_the_epochs_and_schedule_move(
         "An epoch is now 8 steps, 4 before: epochs (the schedule's, metrics.jsonl's) count the "
         "new ones. The learning-rate schedule now spans 16 steps: from step 4 the rate follows"
     ) in out
+    assert "The test mAP is measured otherwise" not in out  # the test images are the same
 
 
 def test_the_same_config_on_a_training_set_that_grew_says_the_epochs_and_schedule_move(

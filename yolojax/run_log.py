@@ -54,7 +54,7 @@ def prepare_workdir(
                 f"The learning-rate schedule now spans {total_steps} steps: from step "
                 f"{start_step} the rate follows it, not the old one"
             )
-        outcome = ". ".join([outcome, *schedule_moves])
+        outcome = ". ".join([outcome, *schedule_moves, *_map_moves(workdir, changed)])
     else:
         changes = workdir_io.config_changes(workdir, config_json)
         outcome = (
@@ -82,6 +82,39 @@ def prepare_workdir(
     )
     workdir_io.truncate_metrics(workdir, start_step)
     return workdir_io.TensorBoardWriter(workdir, start_step)
+
+
+# Settings that change what the test mAP measures (its images, or the detections counted).
+_MAP_SETTINGS = (
+    "eval.score_threshold",
+    "eval.iou_threshold",
+    "eval.max_detections",
+    "eval.pre_nms_top_k",
+    "data.source",
+    "data.folder",
+    "data.eval_split",
+    "data.max_eval_examples",
+    "data.synthetic.num_test",
+    "data.synthetic.seed",
+    "data.synthetic.image_size",
+    "data.synthetic.max_objects",
+    "data.synthetic.min_object_size",
+    "data.synthetic.max_object_size",
+)
+
+
+def _map_moves(workdir: Path, changed: set[str]) -> list[str]:
+    """What a change of the settings the test mAP depends on does to best/ and mAP.png (the
+    notice's sentence, or none)."""
+    moved = sorted(changed & set(_MAP_SETTINGS))
+    if not moved:
+        return []
+    return [
+        f"The test mAP is measured otherwise from here on ({', '.join(moved)}): best/ and "
+        "mAP.png weigh it against the mAPs before, which may be higher or lower for that "
+        f"alone. To compare, evaluate best/ as it is measured now: python evaluate.py "
+        f"--workdir {workdir} --checkpoint best"
+    ]
 
 
 def _logged_steps_per_epoch(workdir: Path, start_step: int) -> int | None:
