@@ -480,3 +480,29 @@ def test_a_checkpoint_the_machine_refuses_to_read_is_not_skipped_as_damaged(
     )
     assert "it is left as it is: fix that and rerun" in str(error.value)
     assert (tmp_path / "checkpoints" / "2").is_dir()
+
+
+def test_a_step_pruned_from_checkpoints_but_kept_as_best_is_restored_from_best(tmp_path):
+    # "No checkpoint for step 1 ... available steps: [3, 4]", though best/ held step 1.
+    manager = checkpoints.Checkpoints(tmp_path, SIGNATURE, keep=2)
+    manager.save(1, _state(1))
+    manager.save_if_best(1, _state(1), {"mAP": 0.9})
+    for step in (2, 3, 4):
+        manager.save(step, _state(step))
+    manager.wait()
+    state, step = manager.restore(_state(0), which=1)
+    assert step == 1
+    np.testing.assert_array_equal(state["params"]["w"], 1.0)
+    with pytest.raises(
+        checkpoints.NoCheckpointError,
+        match=r"available steps: \[3, 4\], and step 1 in best/ \(--checkpoint best\)\.",
+    ):
+        manager.restore(_state(0), which=2)
+    manager.close()
+    # checkpoints/ deleted, best/ kept: 'latest' names it (it said "train first").
+    shutil.rmtree(tmp_path / "checkpoints")
+    manager = checkpoints.Checkpoints(tmp_path, SIGNATURE, read_only=True)
+    with pytest.raises(checkpoints.NoCheckpointError, match=r", and step 1 in best/ \(--check"):
+        manager.restore(_state(0))
+    assert manager.restore(_state(0), which="best")[1] == 1
+    manager.close()

@@ -282,12 +282,19 @@ class Checkpoints:
         if which == "latest":
             return self._latest, steps
         step = int(which)
+        if step not in steps and step in self._best.all_steps():
+            return self._best, [step]  # pruned from checkpoints/, kept as the best one
         if step not in steps:
             raise NoCheckpointError(
                 f"No checkpoint for step {step} in {self.workdir / LATEST_FOLDER}; "
-                f"available steps: {sorted(steps)}."
+                f"available steps: {sorted(steps)}{self._best_step_named()}."
             )
         return self._latest, [step]
+
+    def _best_step_named(self) -> str:
+        """', and step N in best/ (--checkpoint best)' where best/ holds one, else ''."""
+        best = self._best.all_steps()
+        return f", and step {max(best)} in {BEST_FOLDER}/ (--checkpoint best)" if best else ""
 
     def _read_record(self, manager, step: int) -> dict:
         """The checkpoint's JSON record: the model signature, and the arrays' checksums."""
@@ -429,6 +436,11 @@ class Checkpoints:
                 f"No checkpoint in {where} yet: the best checkpoint is saved at each evaluation "
                 "(every config.eval.every_epochs epochs, and at the end of training). Use the "
                 "latest one meanwhile (--checkpoint latest, or checkpoint='latest')."
+            )
+        if self._best.all_steps():  # checkpoints/ deleted, best/ kept
+            raise NoCheckpointError(
+                f"No checkpoint in {where}{self._best_step_named()}: evaluate or detect with "
+                "that one (checkpoint='best'); to train on, restore checkpoints/ from a backup."
             )
         raise NoCheckpointError(
             f"No checkpoint in {where}: train first (python train.py ...); a run in progress "
