@@ -966,3 +966,21 @@ def test_class_names_read_from_the_xml_files_may_hold_commas(tmp_path):
     folder = write_voc_folder(str(tmp_path / "voc"), images, image_sets={"train": ["a"]})
     builder = _prepare(folder, tmp_path / "data")
     assert builder.info.features["objects"]["label"].names == ["person, adult"]
+
+
+def test_the_likely_mistakes_of_a_layout_are_named(tmp_path):
+    images = [VocImage(name, 16, 16, [VocObject("x", (1, 1, 9, 9))]) for name in "ab"]
+    # Label Studio's export: Annotations/ beside images/. Each image was "not found".
+    label_studio = write_voc_folder(str(tmp_path / "ls"), images)
+    os.rename(os.path.join(label_studio, "JPEGImages"), os.path.join(label_studio, "images"))
+    with pytest.raises(ValueError, match=r"has Annotations/ but no JPEGImages/.*images are in "):
+        _prepare(label_studio, tmp_path / "data")
+    # A VOCdevkit given for its VOC2007/, and annotations/ spelt in lower case (Kaggle's).
+    devkit = tmp_path / "VOCdevkit"
+    write_voc_folder(str(devkit / "VOC2007"), images)
+    with pytest.raises(ValueError, match=r"layouts .* It holds VOC2007/: pass that folder\."):
+        voc_layout.annotation_ids(str(devkit))
+    kaggle = write_voc_folder(str(tmp_path / "kaggle"), images)
+    os.rename(os.path.join(kaggle, "Annotations"), os.path.join(kaggle, "annotations"))
+    with pytest.raises(ValueError, match=r"Its annotations/ is read only as Annotations/"):
+        voc_layout.annotation_ids(kaggle)

@@ -57,6 +57,8 @@ def find_image(folder: str, image_id: str, annotation: ParsedAnnotation) -> str:
     the XML's ``<filename>``; raises BadDataError naming what was looked for."""
     if _is_voc_layout(folder):
         images, stem = os.path.join(folder, "JPEGImages"), image_id
+        if not os.path.isdir(images):  # one error, not "image not found" for each image
+            raise ValueError(_without_jpeg_images(folder))
     else:  # beside its XML
         images, stem = os.path.split(os.path.join(folder, image_id))
     candidates = [
@@ -83,6 +85,45 @@ def _visible_files(directory: str) -> list[str]:
     """The names in ``directory`` but hidden ones: macOS's ``._a.xml`` beside ``a.xml`` (the
     AppleDouble file a copy to another file system, or a zip, makes) is no annotation."""
     return [name for name in os.listdir(directory) if not name.startswith(".")]
+
+
+def _image_folders(folder: str) -> list[str]:
+    """The folders in ``folder`` that hold image files."""
+    return [
+        name
+        for name in sorted(_visible_files(folder))
+        if os.path.isdir(os.path.join(folder, name))
+        and any(
+            file.rpartition(".")[2].lower() in _IMAGE_EXTENSIONS
+            for file in _visible_files(os.path.join(folder, name))
+        )
+    ]
+
+
+def _without_jpeg_images(folder: str) -> str:
+    """What to do about a folder of Annotations/ without JPEGImages/ (Label Studio's export
+    names it images/)."""
+    found = [name for name in _image_folders(folder) if name != "Annotations"]
+    where = f"; its images are in {found[0]}/? Rename that JPEGImages/" if len(found) == 1 else ""
+    return (
+        f"config.data.folder={folder!r} has Annotations/ but no JPEGImages/, where PASCAL VOC's "
+        f"layout keeps the images{where} (docs/data.md, 'A VOC-format folder')."
+    )
+
+
+def _layout_hint(folder: str) -> str:
+    """For a folder in no layout read: the likely mistake (a VOCdevkit's parent, an
+    annotations/ folder spelt otherwise), or ''."""
+    names = sorted(
+        name for name in _visible_files(folder) if os.path.isdir(os.path.join(folder, name))
+    )
+    years = [name for name in names if _is_voc_layout(os.path.join(folder, name))]
+    if years:
+        return f" It holds {', '.join(f'{name}/' for name in years)}: pass that folder."
+    spelt = [name for name in names if name.lower() == "annotations"]
+    if spelt:
+        return f" Its {spelt[0]}/ is read only as Annotations/ (with the images in JPEGImages/)."
+    return ""
 
 
 def _xml_stems(directory: str) -> list[str]:
@@ -122,6 +163,7 @@ def annotation_ids(folder: str) -> list[str]:
             "layout) nor .xml files beside its images, in it or in train/, valid/ and test/ "
             "folders (Roboflow's Pascal VOC export): pass the folder that holds them, or "
             "arrange the files in one of these layouts (docs/data.md, 'A VOC-format folder')."
+            + _layout_hint(folder)
         )
     return ids
 
