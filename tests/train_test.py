@@ -652,6 +652,38 @@ def test_a_second_ctrl_c_interrupts_at_once_and_says_where_to_resume_from(
     )
 
 
+def test_a_second_ctrl_c_while_the_stops_checkpoint_is_written_says_where_it_is(
+    tmp_path, data_dir, monkeypatch
+):
+    # It came out as a bare "Interrupted." (and orbax's log of a failed finalize), though
+    # the save had finished: the wait for it was outside the handler of the steps' Ctrl-C.
+    config = tiny_config(data_dir, num_epochs=1, checkpoint_every_steps=2)
+    monkeypatch.setattr(
+        train_lib, "make_train_step", _on_step(3, lambda: signal.raise_signal(signal.SIGINT))
+    )
+    stopping, wait = [], checkpoints.Checkpoints.wait
+    stopped = preemption.TrainingStopped.__init__
+
+    def note_the_stop(self, *args, **kwargs):
+        stopping.append(True)
+        stopped(self, *args, **kwargs)
+
+    def wait_then_ctrl_c(self):
+        wait(self)
+        if stopping and len(stopping) == 1:  # the wait for the stop's save, once
+            stopping.append(True)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(preemption.TrainingStopped, "__init__", note_the_stop)
+    monkeypatch.setattr(checkpoints.Checkpoints, "wait", wait_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt) as interrupt:
+        trainer.train_and_evaluate(config, str(tmp_path))
+    assert str(interrupt.value) == (
+        f"Interrupted. The last checkpoint, step 3, is in {tmp_path / 'checkpoints'}: "
+        "rerun the same command to resume from it."
+    )
+
+
 def test_a_ctrl_c_or_sigterm_while_the_data_opens_also_says_where_to_resume_from(
     tmp_path, data_dir, monkeypatch
 ):

@@ -378,24 +378,37 @@ def _train_steps(
     return results  # the last step is always evaluated
 
 
-def _latest_checkpoint(run: _Run) -> tuple[int | None, Path]:
-    """The latest saved step (None before the first), once the saves under way are written,
-    and the folder of the latest checkpoint."""
-    run.ckpt.wait()
+def _latest_checkpoint(run: _Run, *, wait: bool = True) -> tuple[int | None, Path]:
+    """The latest saved step (None before the first), once the saves under way are written
+    (unless not ``wait``: those written so far), and the folder of the latest checkpoint."""
+    if wait:
+        run.ckpt.wait()
     return run.ckpt.latest_step(), run.workdir / checkpoints.LATEST_FOLDER
 
 
-def _interrupted(interrupt: KeyboardInterrupt, run: _Run) -> KeyboardInterrupt:
+def _interrupted(
+    interrupt: KeyboardInterrupt, run: _Run, *, wait: bool = True
+) -> KeyboardInterrupt:
     """What a Ctrl-C that interrupted at once raises, or a SIGTERM before the steps
-    (:class:`yolojax.errors.Terminated`, of the same type): where to resume from."""
+    (:class:`yolojax.errors.Terminated`, of the same type): where to resume from. ``wait``:
+    for the saves under way first (not for an interrupt of that wait)."""
     what = errors.STOPPED_BY[errors.stop_signal(type(interrupt))]
-    last, folder = _latest_checkpoint(run)
+    last, folder = _latest_checkpoint(run, wait=wait)
     return type(interrupt)(
         f"{what}. The last checkpoint, step {last}, is in {folder}: "
         "rerun the same command to resume from it."
         if last is not None
         else f"{what} before the first checkpoint: rerunning starts over."
     )
+
+
+def _wait_for_saves(run: _Run) -> None:
+    """Waits for the saves under way; a second Ctrl-C meanwhile (the first's stop saving its
+    step) says where the last checkpoint is, as one during the steps does."""
+    try:
+        run.ckpt.wait()
+    except KeyboardInterrupt as interrupt:
+        raise _interrupted(interrupt, run, wait=False) from interrupt
 
 
 def _stopped_by_nonfinite(error: NonFiniteLossError, run: _Run) -> NonFiniteLossError:
@@ -536,7 +549,7 @@ def train_and_evaluate(
             closing.callback(run.lock.release)  # last: once everything is written
             closing.callback(run.log.close)
             closing.callback(run.ckpt.close)
-            closing.callback(run.ckpt.wait)  # the saves under way are written
+            closing.callback(_wait_for_saves, run)  # the saves under way are written
             try:
                 results = _steps_and_evaluations(config, run, signals_caught, closing)
             except KeyboardInterrupt as interrupt:
