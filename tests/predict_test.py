@@ -317,7 +317,7 @@ def test_the_command_writes_the_boxes_above_its_score_threshold_in_pixels(
     assert all((d["label"], d["score"]) == expected[d["class"]] for d in found)
     assert len(detections("0.25")) == 3 * 16  # the ellipse (0.3) too
     assert detections("0.95") == []
-    assert "0 detections in 1 image →" in capsys.readouterr().out
+    assert "0 detections in 1 image, by the checkpoint of step 0 →" in capsys.readouterr().out
     # --drawing-threads reaches predict_files (None, its own default, when not given).
     predict_files, given = predict.predict_files, []
 
@@ -772,7 +772,8 @@ def test_the_detector_copies_its_weights_to_the_device_once(workdir):
 
 def test_a_step_given_as_text_is_a_step(workdir):
     from_workdir = Detector.from_workdir.__func__  # the module's stand-in caches by settings
-    assert from_workdir(Detector, workdir, checkpoint="0").score_threshold == 0.25
+    detector = from_workdir(Detector, workdir, checkpoint="0")
+    assert detector.score_threshold == 0.25 and detector.step == 0  # the step restored
     with pytest.raises(checkpoints.NoCheckpointError, match=r"step 5 .*available steps: \[0\]"):
         from_workdir(Detector, workdir, checkpoint="5")
 
@@ -815,6 +816,7 @@ def test_the_constructor_names_a_config_that_is_none_and_variables_of_another_mo
     # Names as a NumPy array (np.loadtxt, a dataset's metadata): taken as the list's.
     from_array = Detector(model, variables, config, np.array(names))
     assert from_array.class_names == names and all(type(n) is str for n in from_array.class_names)
+    assert from_array.step is None  # built by hand: no checkpoint's step
     with pytest.raises(ValueError) as error:  # one name short
         Detector(model, variables, config, names[:-1])
     assert str(error.value) == (

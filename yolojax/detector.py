@@ -142,6 +142,7 @@ class Detector:
         self._config = config
         self._score_threshold = score_threshold
         self.class_names = class_names
+        self.step = None  # the checkpoint's step, for a Detector from_workdir gives
 
         def detect(variables, images):
             outputs = model.apply(variables, images, train=False)
@@ -177,7 +178,7 @@ class Detector:
         max_detections=None,
     ):
         """Restores ``checkpoint`` ('latest', 'best' or a step, also as text) of a training
-        workdir.
+        workdir; the Detector's ``step`` is that checkpoint's (None for one built by hand).
 
         ``config``: the run's config; by default the one it saved (``workdir/config.json``).
         ``score_threshold``, ``iou_threshold``, ``max_detections``: as in the constructor.
@@ -210,9 +211,9 @@ class Detector:
         if config.model.num_classes == 0:  # the restore builds the model: it needs the count
             config = _editable_copy(config)  # the caller's stays as it was
             resolve_num_classes(config, class_names)
-        model, state, _ = train_lib.restore_trained_state(config, workdir, checkpoint)
+        model, state, step = train_lib.restore_trained_state(config, workdir, checkpoint)
         variables = train_lib.model_variables(state)
-        return cls(
+        detector = cls(
             model,
             variables,
             config,
@@ -221,6 +222,8 @@ class Detector:
             iou_threshold=iou_threshold,
             max_detections=max_detections,
         )
+        detector.step = step  # which one 'latest' or 'best' was, as the run stood
+        return detector
 
     def __call__(self, image) -> ImageDetections:
         """Detects objects in one image.

@@ -406,9 +406,9 @@ def main(argv=None) -> None:
             on_skip=_report_skip,
         )
     total = sum(len(image["detections"]) for image in images.values())
-    print(
-        f"{errors.count(total, 'detection')} in {errors.count(len(images), 'image')} → "
-        f"{Path(args.out) / DETECTIONS_FILE}"
+    print(  # the step: 'latest' moves while a run trains, and 'best' is any of its steps
+        f"{errors.count(total, 'detection')} in {errors.count(len(images), 'image')}, by the "
+        f"checkpoint of step {detector.step} → {Path(args.out) / DETECTIONS_FILE}"
     )
     if failed:
         listed = errors.first_few(failed, 5)
