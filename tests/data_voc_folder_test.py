@@ -194,7 +194,11 @@ def test_a_box_one_pixel_wide_is_a_box_and_one_left_of_the_first_pixel_is_outsid
     np.testing.assert_allclose(batch["boxes"][0, 0, 0], [0.1, 0.2, 0.8, 0.25], atol=1e-6)
     outside = VocImage("b", 20, 10, [VocObject("dog", (0, 2, 0, 8))])
     folder = write_voc_folder(str(tmp_path / "g"), [outside], image_sets={"train": ["b"]})
-    with pytest.raises(voc_folder.BadDataError, match=r"box .* lies outside the 20x10 image"):
+    with pytest.raises(
+        voc_folder.BadDataError,
+        match=r"box .* lies outside the 20x10 image: fix the box in the .xml file \(xmin and "
+        r"ymin at least 0, xmax up to 20 and ymax up to 10, at least 1: VOC's pixels count",
+    ):
         _prepare(folder, tmp_path / "data", class_names=("dog",))
 
 

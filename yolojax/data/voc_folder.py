@@ -125,7 +125,11 @@ def _check_object(xml_path: str, obj: ParsedObject, width: int, height: int, cla
     # VOC's pixels count from 1, ends inclusive: xmin == xmax is a box one pixel wide, and
     # xmin = 0 (a 0-based exporter's) is taken as the image's edge; xmax = 0 is no pixel.
     if xmin < 0 or ymin < 0 or xmax < 1 or ymax < 1 or xmax > width or ymax > height:
-        raise BadDataError(f"{where} lies outside the {width}x{height} image")
+        raise BadDataError(
+            f"{where} lies outside the {width}x{height} image: fix the box in the .xml file "
+            f"(xmin and ymin at least 0, xmax up to {width} and ymax up to {height}, at least "
+            "1: VOC's pixels count from 1)"
+        )
 
 
 def _example(
