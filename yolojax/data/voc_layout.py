@@ -81,6 +81,14 @@ def find_image(folder: str, image_id: str, annotation: ParsedAnnotation) -> str:
     )
 
 
+def _is_image_name(name: str) -> bool:
+    return name.rpartition(".")[2].lower() in _IMAGE_EXTENSIONS
+
+
+def _is_annotation_name(name: str) -> bool:
+    return name.endswith(_XML_SPELLINGS) and not name.startswith(".")
+
+
 def _visible_files(directory: str) -> list[str]:
     """The names in ``directory`` but hidden ones: macOS's ``._a.xml`` beside ``a.xml`` (the
     AppleDouble file a copy to another file system, or a zip, makes) is no annotation."""
@@ -93,10 +101,7 @@ def _image_folders(folder: str) -> list[str]:
         name
         for name in sorted(_visible_files(folder))
         if os.path.isdir(os.path.join(folder, name))
-        and any(
-            file.rpartition(".")[2].lower() in _IMAGE_EXTENSIONS
-            for file in _visible_files(os.path.join(folder, name))
-        )
+        and any(_is_image_name(file) for file in _visible_files(os.path.join(folder, name)))
     ]
 
 
@@ -128,7 +133,7 @@ def _layout_hint(folder: str) -> str:
 
 def _xml_stems(directory: str) -> list[str]:
     return sorted(
-        name[: -len(".xml")] for name in _visible_files(directory) if name.endswith(_XML_SPELLINGS)
+        name[: -len(".xml")] for name in os.listdir(directory) if _is_annotation_name(name)
     )
 
 
@@ -280,7 +285,7 @@ def _warn_of_nested_annotations(folder: str) -> None:
                 nested += [
                     os.path.relpath(os.path.join(root, file), folder)
                     for file in sorted(files)
-                    if file.endswith(_XML_SPELLINGS) and not file.startswith(".")
+                    if _is_annotation_name(file)
                 ]
     if nested:
         _logger.warning(
@@ -344,8 +349,7 @@ def _warn_of_unannotated_images(folder: str) -> None:
         for place, stems in annotated.items()
         if os.path.isdir(place)
         for name in sorted(_visible_files(place))
-        if name.rpartition(".")[2].lower() in _IMAGE_EXTENSIONS
-        and name.rpartition(".")[0] not in stems
+        if _is_image_name(name) and name.rpartition(".")[0] not in stems
     ]
     if unannotated:
         _logger.warning(
