@@ -988,3 +988,21 @@ def test_the_likely_mistakes_of_a_layout_are_named(tmp_path):
     os.rename(os.path.join(kaggle, "Annotations"), os.path.join(kaggle, "annotations"))
     with pytest.raises(ValueError, match=r"Its annotations/ is read only as Annotations/"):
         voc_layout.annotation_ids(kaggle)
+
+
+def test_an_xml_naming_another_existing_image_than_its_stems_is_warned_of(tmp_path, caplog):
+    # s.xml says <filename>s.png</filename>, and s.jpg is there too: s.jpg was served with
+    # the boxes drawn on s.png, without a word.
+    images = [VocImage(name, 16, 16, [VocObject("x", (1, 1, 9, 9))]) for name in "st"]
+    folder = write_voc_folder(str(tmp_path / "voc"), images, image_sets={"train": ["s", "t"]})
+    xml = os.path.join(folder, "Annotations", "s.xml")
+    with open(xml) as file:
+        text = file.read()
+    with open(xml, "w") as file:
+        file.write(text.replace("<filename>s.jpg</filename>", "<filename>s.png</filename>"))
+    Image.new("RGB", (16, 16)).save(os.path.join(folder, "JPEGImages", "s.png"))
+    with caplog.at_level(logging.WARNING):
+        builder = _prepare(folder, tmp_path / "data")
+    assert sorted(_examples(builder, "train")) == ["s.jpg", "t.jpg"]
+    assert f"{xml}: its <filename> s.png is another image than s.jpg, which is used" in caplog.text
+    assert "t.xml: its <filename>" not in caplog.text  # its own image, named

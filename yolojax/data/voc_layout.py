@@ -66,10 +66,22 @@ def find_image(folder: str, image_id: str, annotation: ParsedAnnotation) -> str:
         for ext in _IMAGE_EXTENSIONS
         for spelling in (ext, ext.upper(), ext.title())
     ]
-    if annotation.filename:
-        candidates.append(os.path.join(images, annotation.filename))
+    named_file = os.path.join(images, annotation.filename) if annotation.filename else ""
+    if named_file:
+        candidates.append(named_file)
     for path in candidates:
         if os.path.isfile(path):
+            # samefile: on a case-blind file system a.JPG is the <filename> a.jpg.
+            if named_file and os.path.isfile(named_file) and not os.path.samefile(path, named_file):
+                # Both there: the stem's is taken (VOC's rule), but the boxes may be the other's.
+                _logger.warning(
+                    "%s: its <filename> %s is another image than %s, which is used: if the "
+                    "boxes were drawn on %s, rename the files.",
+                    xml_path_of(folder, image_id),
+                    annotation.filename,
+                    os.path.basename(path),
+                    annotation.filename,
+                )
             return path
     where = os.path.relpath(images, folder)
     first, *others, last = (f".{ext}" for ext in _IMAGE_EXTENSIONS)
