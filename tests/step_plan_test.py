@@ -67,3 +67,5 @@ def test_a_fractional_evaluation_interval_and_none():
     assert [step for step in range(1, 46) if half.due_for_evaluation(step)] == list(range(5, 46, 5))
     never = _plan(every_epochs=0)  # only the last step
     assert [step for step in range(1, 46) if never.due_for_evaluation(step)] == [45]
+    # A step past the last (a run resumed with fewer epochs than it trained) is the last.
+    assert never.due_for_evaluation(48) and half.due_for_evaluation(47)

@@ -247,7 +247,7 @@ def test_resume_gives_the_same_parameters(tmp_path, data_dir, capsys):
     at_the_end.eval.every_epochs = 0
     assert trainer.train_and_evaluate(at_the_end, str(full))["step"] == 8
     out = capsys.readouterr().out
-    assert "evaluating that checkpoint, which was saved but not evaluated" in out
+    assert "Evaluating step 8, which was saved but not evaluated." in out
     logged = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
     assert [row["test_mAP"] for row in logged if row["step"] == 8 and "test_mAP" in row] == [
         pytest.approx(results["mAP"])

@@ -36,8 +36,9 @@ class StepPlan:
         self.log_every = config.train.log_every_steps
 
     def due_for_evaluation(self, step: int) -> bool:
-        """Whether ``step`` is evaluated (every ``eval_every`` steps, and the last)."""
-        return step == self.total_steps or (self.eval_every > 0 and step % self.eval_every == 0)
+        """Whether ``step`` is evaluated (every ``eval_every`` steps, and the last; a step past
+        the last, which a run given fewer epochs than it trained resumes at, as the last)."""
+        return step >= self.total_steps or (self.eval_every > 0 and step % self.eval_every == 0)
 
     def epoch_label(self, step: int) -> str:
         """``epoch 3/10``: the epoch that ``step`` belongs to. A partial last epoch (a

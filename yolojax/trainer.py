@@ -493,15 +493,6 @@ def _steps_and_evaluations(config, run: _Run, signals_caught, closing) -> dict:
                 evaluator=evaluator,
                 stop_signals=stop_signals,
             )
-    if results is None and start_step not in run.log.evaluated_steps():
-        # Trained past this config's last step (fewer epochs now), by a run stopped before
-        # it evaluated that step: it is evaluated and logged now, as the last.
-        if run.reports:
-            tqdm.write(
-                f"The run has already trained to step {start_step}; evaluating that "
-                "checkpoint, which was saved but not evaluated."
-            )
-        results = evaluator.evaluate(start_step, on_devices)
     if results is None:  # the run had finished: report its final checkpoint again
         results = evaluator.evaluate_again(start_step, on_devices)
     return results
