@@ -136,18 +136,11 @@ def workdir_write_errors(workdir: Path, start_step: int):
         yield
     except OSError as error:
         if start_step:  # another --workdir would start over: this one holds the checkpoints
-            raise errors.machine_error(
-                f"write the run's files in {workdir}",
-                error,
-                "--workdir",
-                f"Then rerun: it resumes from step {start_step}.",
-                holding=str(workdir),
-            ) from error
+            then, holding = f"Then rerun: it resumes from step {start_step}.", str(workdir)
+        else:
+            then, holding = "The same command then starts the run.", ""
         raise errors.machine_error(
-            f"write the run's files in {workdir}",
-            error,
-            "--workdir",
-            "The same command then starts the run.",
+            f"write the run's files in {workdir}", error, "--workdir", then, holding=holding
         ) from error
 
 
