@@ -275,6 +275,8 @@ def test_resume_gives_the_same_parameters(tmp_path, data_dir, capsys):
         f"alone. To compare, evaluate best/ as it is measured now: python evaluate.py "
         f"--workdir {full} --checkpoint best"
     ) in out
+    spaced = run_log._map_moves(full / "my run", {"eval.iou_threshold"})[0]
+    assert spaced.endswith(f"--workdir '{full / 'my run'}' --checkpoint best")  # to paste
     assert (full / "config.before_step_8.json").read_text() == saved
     saved = json.loads((full / "config.json").read_text())
     assert saved["train"]["log_every_steps"] == changed.train.log_every_steps

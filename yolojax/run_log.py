@@ -4,6 +4,7 @@ from them (``loss.png``, ``mAP.png``). Checkpoints are `yolojax.checkpoints`'.
 """
 
 import contextlib
+import shlex
 import warnings
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def _map_moves(workdir: Path, changed: set[str]) -> list[str]:
         f"The test mAP is measured otherwise from here on ({', '.join(moved)}): best/ and "
         "mAP.png weigh it against the mAPs before, which may be higher or lower for that "
         f"alone. To compare, evaluate best/ as it is measured now: python evaluate.py "
-        f"--workdir {workdir} --checkpoint best"
+        f"--workdir {shlex.quote(str(workdir))} --checkpoint best"
     ]
 
 
