@@ -73,7 +73,7 @@ def main(argv):
         results = eval_lib.evaluate_checkpoint(
             config, FLAGS.workdir, checkpoint, voc_results_folder=FLAGS.voc_results
         )
-    print(eval_lib.report(results))
+    print(eval_lib.report(results, config.data))
     saved = results.get("saved")  # only where files are written: process 0 of a job
     if saved:
         *others, last = map(str, saved)

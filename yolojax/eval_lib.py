@@ -380,10 +380,22 @@ def no_ground_truth(split: str) -> str:
     )
 
 
-def report(results: dict) -> str:
+def annotated_split_advice(data_config) -> str:
+    """What gives a split without ground truth one: another split, or, for a folder, its
+    objects drawn (a sentence's end)."""
+    if data_config.source == "voc":
+        return "set config.data.eval_split to a split with annotations ('voc/2012:validation')"
+    return (
+        "annotate their objects in their .xml files, or set config.data.eval_split to a split "
+        "with annotations"
+    )
+
+
+def report(results: dict, data_config) -> str:
     """What evaluate.py prints of :func:`evaluate_checkpoint`'s ``results``: the per-class
     AP table and a line with the step, mAP, loss, split and speed; for a split without ground
-    truth (VOC2012 test), the detections counted and why there is no mAP instead."""
+    truth (VOC2012 test), the detections counted, why there is no mAP and what to do
+    (``data_config``'s source says which advice applies)."""
     where = (
         f"on {results['num_images']} {results['split']} images "
         f"({results['images_per_second']:.1f} images/s)"
@@ -392,7 +404,8 @@ def report(results: dict) -> str:
         return (
             f"step {results['step']}: {results['num_detections']} detections {where}. "
             f"{no_ground_truth(results['split'])}: for VOC2012 test, whose annotations are "
-            "not public, submit --voc_results files to the VOC evaluation server."
+            "not public, submit --voc_results files to the VOC evaluation server; else "
+            f"{annotated_split_advice(data_config)}."
         )
     return (
         f"{results['table']}\n"

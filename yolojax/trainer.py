@@ -328,8 +328,8 @@ class _Evaluator:
         else:  # "mAP nan" said nothing of why, or of what best/ then holds
             tqdm.write(
                 f"step {step}: {eval_lib.no_ground_truth(split)}, and best/ "
-                "keeps the first evaluated checkpoint: set config.data.eval_split to a split "
-                "with annotations (for TFDS VOC 2012, 'voc/2012:validation')."
+                "keeps the first evaluated checkpoint: "
+                f"{eval_lib.annotated_split_advice(self.config.data)}."
             )
 
 
