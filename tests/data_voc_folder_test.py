@@ -288,6 +288,9 @@ def test_images_without_an_xml_file_are_named_and_a_broken_link_ignored(tmp_path
     folder = write_voc_folder(str(tmp_path / "f"), images)  # no ImageSets: a random split
     os.remove(os.path.join(folder, "Annotations", "c.xml"))
     os.symlink("/no/such/image.jpg", os.path.join(folder, "JPEGImages", "gone.jpg"))
+    # d.jpg's file is d_boxes.xml, whose <filename> names it: d.jpg is used, not "left out".
+    annotations = os.path.join(folder, "Annotations")
+    os.rename(os.path.join(annotations, "d.xml"), os.path.join(annotations, "d_boxes.xml"))
     with caplog.at_level(logging.WARNING):
         builder = _prepare(folder, tmp_path / "data", class_names=("dog",))
     assert sum(split.num_examples for split in builder.info.splits.values()) == 3

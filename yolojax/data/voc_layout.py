@@ -8,12 +8,13 @@ images are added.
 """
 
 import collections
+import contextlib
 import hashlib
 import logging
 import os
 
 from yolojax import errors
-from yolojax.data.voc_xml import BadDataError, ParsedAnnotation
+from yolojax.data.voc_xml import BadDataError, ParsedAnnotation, parse_annotation
 
 # The extensions an XML's image is looked for with by its stem, in lower, upper and title
 # case (a.jpg, a.JPG, a.Jpg): the formats voc_folder reads (its _DECODABLE_FORMATS; .jfif is
@@ -45,7 +46,12 @@ def xml_path_of(folder: str, image_id: str) -> str:
     lies beside its image (the id then includes a split folder: ``train/a``); ``.XML`` where
     only that file is there."""
     annotations = os.path.join(folder, "Annotations") if _is_voc_layout(folder) else folder
-    base = os.path.join(annotations, image_id)
+    return _xml_file(annotations, image_id)
+
+
+def _xml_file(directory: str, stem: str) -> str:
+    """``directory/<stem>.xml`` in the spelling that is there (``.xml`` if none is)."""
+    base = os.path.join(directory, stem)
     for suffix in _XML_SPELLINGS:
         if os.path.isfile(base + suffix):
             return base + suffix
@@ -350,19 +356,24 @@ def _warn_of_unannotated_images(folder: str) -> None:
     files list the images, unlisted ones are another matter: VOC2012's JPEGImages/ holds
     images of its other tasks.)"""
     if _is_voc_layout(folder):
-        annotated = {
-            os.path.join(folder, "JPEGImages"): set(_xml_stems(os.path.join(folder, "Annotations")))
-        }
+        xml_places = {os.path.join(folder, "JPEGImages"): os.path.join(folder, "Annotations")}
     else:
         places = [folder, *(os.path.join(folder, name) for name in _split_folders(folder))]
-        annotated = {place: set(_xml_stems(place)) for place in places}
-    unannotated = [
-        os.path.relpath(os.path.join(place, name), folder)
-        for place, stems in annotated.items()
-        if os.path.isdir(place)
-        for name in sorted(_visible_files(place))
-        if _is_image_name(name) and name.rpartition(".")[0] not in stems
-    ]
+        xml_places = {place: place for place in places}
+    unannotated = []
+    for place, xml_place in xml_places.items():
+        if not os.path.isdir(place):
+            continue
+        stems = set(_xml_stems(xml_place))
+        nameless = [
+            name
+            for name in sorted(_visible_files(place))
+            if _is_image_name(name) and name.rpartition(".")[0] not in stems
+        ]
+        if nameless:  # an .xml file of another name may hold one as its <filename>
+            named = _named_files(xml_place, stems)
+            nameless = [name for name in nameless if name not in named]
+        unannotated += [os.path.relpath(os.path.join(place, name), folder) for name in nameless]
     if unannotated:
         _logger.warning(
             "%s: %d images have no .xml file (%s) and are left out. An image without objects "
@@ -372,6 +383,16 @@ def _warn_of_unannotated_images(folder: str) -> None:
             len(unannotated),
             errors.first_few(unannotated),
         )
+
+
+def _named_files(directory: str, stems) -> set[str]:
+    """The ``<filename>`` of each ``<stem>.xml`` in ``directory``, where readable (a bad file
+    is reported where the split is read)."""
+    named = set()
+    for stem in stems:
+        with contextlib.suppress(BadDataError):
+            named.add(parse_annotation(_xml_file(directory, stem)).filename)
+    return named
 
 
 def _warn_of_unlisted_images(folder: str, splits: dict[str, list[str]]) -> None:
