@@ -129,6 +129,31 @@ def test_the_reported_map_is_that_of_the_models_boxes_on_the_stored_annotations(
     assert results["mAP_area"] == pytest.approx(np.nanmean(ap_area), abs=1e-6)
     np.testing.assert_allclose(results["AP_area"], ap_area, atol=1e-6)
     assert results["num_detections"] == NUM_TEST * config.eval.max_detections
+    assert results["num_nonfinite"] == 0
+
+
+def test_outputs_that_are_not_finite_are_counted_and_said_not_taken_for_no_objects(tmp_path):
+    # Clipped, NaN outputs score 0: a diverged model was reported as mAP 0 (and a NaN loss),
+    # as if it saw no objects, without a word of why.
+    config, _, state, _ = _known_output_model(tmp_path)
+    head = state.params["head"]
+    state = state.replace(params={**state.params, "head": {**head, "bias": head["bias"] * np.nan}})
+    workdir = tmp_path / "run"
+    tiny.save_checkpoint(config, state, workdir)
+
+    results = eval_lib.evaluate_checkpoint(config, workdir)
+
+    # The 4 images padding the last batch are not counted.
+    assert results["num_nonfinite"] == NUM_TEST == 20
+    assert results["mAP"] == 0 and results["num_detections"] == 0
+    report = eval_lib.report(results, config.data)
+    assert report.endswith(
+        "The model's outputs were NaN or infinite for 20 of the 20 images, which count as "
+        "detecting nothing: its weights hold NaN or infinity (from a training that "
+        "diverged?), or its bfloat16 activations overflowed (try model.dtype='float32')."
+    )
+    saved = json.loads((workdir / "eval" / "metrics.json").read_text())
+    assert saved["num_nonfinite"] == 20
 
 
 @pytest.mark.parametrize("train_on_difficult", [False, True])

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
@@ -75,10 +76,11 @@ def image_losses(outputs, batch, config) -> dict:
     return jax.vmap(one_image)(outputs, grid)
 
 
-def eval_step(state, batch, *, model, config) -> tuple[postprocess.Detections, dict]:
+def eval_step(state, batch, *, model, config) -> tuple[postprocess.Detections, dict, jax.Array]:
     """Detections and loss for one per-device batch: ``batch["image"] (B, H, W, 3)`` →
-    ``(B, K)`` detections, and each image's loss terms (:func:`image_losses`, which says
-    what else ``batch`` holds).
+    ``(B, K)`` detections, each image's loss terms (:func:`image_losses`, which says
+    what else ``batch`` holds) and ``(B,)`` whether its model outputs are all finite (NaN
+    ones detect nothing, a diverged model passing for one that sees no objects).
 
     ``state``: a train state, or the model's variables as ``model.init`` gives them
     (``{'params': ..., 'batch_stats': ...}``; no ``'batch_stats'`` for GroupNorm models).
@@ -86,7 +88,8 @@ def eval_step(state, batch, *, model, config) -> tuple[postprocess.Detections, d
     variables = state if isinstance(state, Mapping) else train_lib.model_variables(state)
     outputs = model.apply(variables, batch["image"], train=False)
     detections = postprocess.detect_with_config(outputs, config)
-    return detections, image_losses(outputs, batch, config)
+    finite = jnp.isfinite(outputs).all(axis=(1, 2, 3))
+    return detections, image_losses(outputs, batch, config), finite
 
 
 # What the eval step reads of a pipeline batch.
@@ -98,11 +101,11 @@ def make_eval_step(model, config, mesh):
     (:func:`yolojax.distributed.mesh`).
 
     Returns:
-      ``evaluate_batch(state, batch) -> (Detections, losses)``: ``state`` (a train state or
+      ``evaluate_batch(state, batch) -> (Detections, losses, finite)``: ``state`` (a train state or
       the model's variables, :func:`eval_step`) from :func:`yolojax.distributed.replicate`
       on ``mesh``, ``batch`` this process's eval batch from the pipeline (NumPy arrays
-      ``(local_devices, per_device, ...)``); the detections and loss terms of those images
-      as NumPy arrays ``(local_devices * per_device, ...)``.
+      ``(local_devices, per_device, ...)``); the detections, loss terms and finiteness of
+      those images (:func:`eval_step`) as NumPy arrays ``(local_devices * per_device, ...)``.
     """
     sharded = jax.shard_map(
         functools.partial(eval_step, model=model, config=config),
@@ -112,7 +115,7 @@ def make_eval_step(model, config, mesh):
     )
     compiled = jax.jit(sharded)
 
-    def evaluate_batch(state, batch: dict) -> tuple[postprocess.Detections, dict]:
+    def evaluate_batch(state, batch: dict) -> tuple[postprocess.Detections, dict, np.ndarray]:
         inputs = distributed.shard_batch({key: batch[key] for key in _STEP_INPUTS}, mesh)
         return distributed.local_rows(compiled(state, inputs), mesh)
 
@@ -154,11 +157,12 @@ def evaluate(
 
     Returns:
       ``{'mAP', 'mAP_area', 'AP', 'AP_area', 'num_positives', 'loss', 'num_images',
-      'num_detections', 'images_per_second', 'table'}``: VOC07 11-point mAP and area mAP
-      (NaN classes left out), per-class APs and non-difficult ground-truth counts as lists,
-      the mean loss per image and its terms (``{term: value}`` for each of
+      'num_detections', 'num_nonfinite', 'images_per_second', 'table'}``: VOC07 11-point mAP
+      and area mAP (NaN classes left out), per-class APs and non-difficult ground-truth counts
+      as lists, the mean loss per image and its terms (``{term: value}`` for each of
       :data:`yolojax.losses.LOSS_TERMS`, of the model in inference mode: :func:`image_losses`),
-      the number of images and of detections evaluated (over every process), the evaluation
+      the number of images, of detections and of images whose model outputs are NaN or
+      infinite (which detect nothing) evaluated (over every process), the evaluation
       throughput (detection and loss), a printable table, and per class the 'precision' and
       'recall' arrays after each counted detection
       (:meth:`yolojax.evaluation.VOCEvaluator.compute`).
@@ -166,7 +170,7 @@ def evaluate(
     # The pipeline's boxes are continuous (VOC's moved there): the IoU without the devkit's
     # +1 pixel is the devkit's.
     evaluator = VOCEvaluator(config.model.num_classes, use_07_metric=True, class_names=class_names)
-    start, num_detections, kept = time.perf_counter(), 0, {}
+    start, num_detections, num_nonfinite, kept = time.perf_counter(), 0, 0, {}
     bar = tqdm(
         total=total or None,
         desc=progress,
@@ -176,7 +180,7 @@ def evaluate(
     )
     loss_sums = dict.fromkeys(losses.LOSS_TERMS, 0.0)
     for batch in batches:
-        detections, image_loss = evaluate_batch(state, batch)
+        detections, image_loss, finite = evaluate_batch(state, batch)
         # Flatten [devices, per_device] so the gather concatenates whole examples.
         examples = {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items()}
         arrays = {
@@ -189,6 +193,7 @@ def evaluate(
             "pred_scores": detections.scores,
             "pred_labels": detections.labels,
             "pred_valid": detections.valid,
+            "finite": finite,
             "image_size": examples["image_size"],
             "valid": examples["valid"],
             "index": examples["index"],
@@ -200,6 +205,7 @@ def evaluate(
         if keep_detections:
             kept.update(_image_detections(arrays, index))
         num_detections += int(np.sum(arrays["pred_valid"] & arrays["valid"][:, None]))
+        num_nonfinite += int(np.sum(~arrays.pop("finite") & arrays["valid"]))
         added = evaluator.num_images
         evaluator.add_normalized_batch(**arrays)
         bar.update(evaluator.num_images - added)
@@ -215,6 +221,7 @@ def evaluate(
         "loss": {term: total / max(evaluator.num_images, 1) for term, total in loss_sums.items()},
         "num_images": evaluator.num_images,
         "num_detections": num_detections,
+        "num_nonfinite": num_nonfinite,
         "images_per_second": evaluator.num_images / max(elapsed, 1e-9),
         "table": evaluator.summary(results),
         "precision": results["precision"],
@@ -282,7 +289,8 @@ def evaluate_checkpoint(
 
     Writes ``workdir/eval/metrics.json``:
     ``{"mAP", "mAP_area", "AP": {class: AP}, "AP_area": {...}, "loss": {term: mean}, "step",
-    "split", "num_images", "images_per_second", "checkpoint", "settings"}`` (``settings``:
+    "split", "num_images", "num_nonfinite", "images_per_second", "checkpoint", "settings"}``
+    (``num_nonfinite``: :func:`evaluate`'s; ``settings``:
     ``config.eval``'s score and NMS thresholds and detection limits; ``split``: the eval
     split's name, 'test' or 'validation'; NaN APs, of classes without positives, as null; ``loss``
     null for a split without ground truth),
@@ -338,6 +346,7 @@ def evaluate_checkpoint(
             # What decided the detections, which evaluate.py's --config can change.
             "settings": {key: config.eval[key] for key in _DETECTION_SETTINGS},
             "num_images": results["num_images"],
+            "num_nonfinite": results["num_nonfinite"],
             "images_per_second": results["images_per_second"],
         }
         eval_dir = Path(workdir) / EVAL_FOLDER
@@ -391,6 +400,19 @@ def annotated_split_advice(data_config) -> str:
     )
 
 
+def nonfinite_warning(results: dict) -> str:
+    """A sentence for an evaluation's line where images' model outputs were NaN or infinite
+    (:func:`evaluate`'s ``num_nonfinite``; such images count as detecting nothing), else ''."""
+    count = results["num_nonfinite"]
+    if not count:
+        return ""
+    return (
+        f" The model's outputs were NaN or infinite for {count} of the "
+        f"{results['num_images']} images, which count as detecting nothing: "
+        f"{postprocess.NONFINITE_CAUSES}."
+    )
+
+
 def report(results: dict, data_config) -> str:
     """What evaluate.py prints of :func:`evaluate_checkpoint`'s ``results``: the per-class
     AP table and a line with the step, mAP, loss, split and speed; for a split without ground
@@ -405,12 +427,13 @@ def report(results: dict, data_config) -> str:
             f"step {results['step']}: {results['num_detections']} detections {where}. "
             f"{no_ground_truth(results['split'])}: for VOC2012 test, whose annotations are "
             "not public, submit --voc_results files to the VOC evaluation server; else "
-            f"{annotated_split_advice(data_config)}."
+            f"{annotated_split_advice(data_config)}.{nonfinite_warning(results)}"
         )
     return (
         f"{results['table']}\n"
         f"step {results['step']}: mAP@0.5 VOC07 11-point {results['mAP']:.4f}, "
         f"area {results['mAP_area']:.4f}, loss {results['loss']['loss']:.3f} {where}"
+        f"{nonfinite_warning(results)}"
     )
 
 

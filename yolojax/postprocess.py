@@ -112,9 +112,15 @@ class NonFiniteOutputsError(ValueError):
         super().__init__(
             f"The model's outputs are NaN or infinite for image(s) [{shown}"
             f"{', ...' if len(self.images) > 10 else ''}], so nothing can be detected in "
-            "them: its weights hold NaN or infinity (from a training that diverged?), or its "
-            "bfloat16 activations overflowed (try model.dtype='float32')."
+            f"them: {NONFINITE_CAUSES}."
         )
+
+
+# Why a model's outputs are NaN or infinite, and what to try.
+NONFINITE_CAUSES = (
+    "its weights hold NaN or infinity (from a training that diverged?), or its bfloat16 "
+    "activations overflowed (try model.dtype='float32')"
+)
 
 
 def check_outputs_finite(finite, first_index: int = 0) -> None:

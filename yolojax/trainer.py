@@ -324,12 +324,14 @@ class _Evaluator:
             tqdm.write(
                 f"step {step}: {split} mAP {results['mAP']:.4f} "
                 f"(area {results['mAP_area']:.4f}), loss {results['loss']['loss']:.3f}{train}"
+                f"{eval_lib.nonfinite_warning(results)}"
             )
         else:  # "mAP nan" said nothing of why, or of what best/ then holds
             tqdm.write(
                 f"step {step}: {eval_lib.no_ground_truth(split)}, and best/ "
                 "keeps the first evaluated checkpoint: "
                 f"{eval_lib.annotated_split_advice(self.config.data)}."
+                f"{eval_lib.nonfinite_warning(results)}"
             )
 
 
