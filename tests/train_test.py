@@ -885,6 +885,8 @@ def test_a_quiet_run_prints_nothing_and_logs_everything(tmp_path, data_dir, caps
         "The config differs from the one saved in this workdir: train.num_epochs: 2.0 -> 1.0"
         in told
     )
+    # Shown as coming from the caller's line, not the library's (which read as a fault there).
+    assert {notice.filename for notice in notices} == {__file__}
     assert capsys.readouterr().out == "" and terminal.getvalue() == ""
 
 

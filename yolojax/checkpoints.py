@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +176,7 @@ class Checkpoints:
             target.parent.mkdir(exist_ok=True)
             source.rename(target)
             message = f"Moved the existing checkpoint {source} to {target}: {why}"
-            warnings.warn(message, errors.Notice, stacklevel=3)
+            errors.notice(message)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"yolojax set aside {manager.directory} {step}")
         manager.reload()
@@ -406,11 +405,9 @@ class Checkpoints:
                         "and it is left as it is: fix that and rerun."
                     ) from error
                 skipped.append(step)
-                warnings.warn(
+                errors.notice(
                     f"Skipping damaged checkpoint {manager.directory / str(step)}: "
                     f"{type(error).__name__}: {errors.first_line(error, limit=160)}",
-                    errors.Notice,
-                    stacklevel=2,
                 )
                 continue
             return state, step

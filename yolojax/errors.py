@@ -1,14 +1,31 @@
 """Wording shared by the library's messages, and the category of its notices."""
 
 import errno
+import os
 import re
 import signal
+import sys
+import warnings
 
 
 class Notice(UserWarning):
     """A warning that is a notice for the user (a checkpoint set aside, a damaged one skipped,
     Ctrl-C ignored by a background job), not a fault in the code: the command-line tools
     print it as ``Warning: <message>`` (`yolojax.cli`)."""
+
+
+# Frames in this folder are the library's: a notice names the line that called into it.
+_PACKAGE_FOLDER = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def notice(message: str) -> None:
+    """Warns with :class:`Notice`, from the first line outside yolojax on the stack (a
+    script's call of the library): Python shows that line with the message, where one of
+    yolojax's own would read as a fault in it."""
+    frame, stacklevel = sys._getframe(1), 2  # 2: notice's caller
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_FOLDER):
+        frame, stacklevel = frame.f_back, stacklevel + 1
+    warnings.warn(message, Notice, stacklevel=stacklevel)
 
 
 class MachineError(OSError):

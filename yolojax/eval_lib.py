@@ -7,7 +7,6 @@ the results are gathered so every process computes the same mAP over the whole s
 
 import functools
 import time
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -372,7 +371,7 @@ def evaluate_checkpoint(
                 save()
                 results["saved"].append(path)
             except OSError as error:  # a read-only or full workdir: the results still return
-                warnings.warn(f"Could not save {path}: {error}", errors.Notice, stacklevel=2)
+                errors.notice(f"Could not save {path}: {error}")
     return results
 
 

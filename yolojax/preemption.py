@@ -37,7 +37,6 @@ a signal then only says so, and the run exits with status 0 once its files are w
 import os
 import signal
 import threading
-import warnings
 
 import jax
 from jax.experimental import multihost_utils
@@ -137,11 +136,9 @@ class StopSignals:
                 self._previous[signal_number] = previous
                 signal.signal(signal_number, self._handle)
         if signal.SIGINT not in self._previous and signal.SIGTERM in self._previous:
-            warnings.warn(
+            errors.notice(
                 "This process ignores Ctrl-C (SIGINT), as a background job started by a script "
                 f"does: to stop training with a checkpoint, use kill -TERM {os.getpid()}.",
-                errors.Notice,
-                stacklevel=2,
             )
         return self
 

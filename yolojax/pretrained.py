@@ -25,7 +25,6 @@ import argparse
 import os
 import re
 import sys
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -405,14 +404,12 @@ def check_start(config) -> None:
     elif path:
         check_available(config.model)
         if config.model.backbone in ARCHS and config.data.normalization != "imagenet":
-            warnings.warn(
+            errors.notice(
                 f"config.model.pretrained={path!r} holds {config.model.backbone} weights, "
                 "which torchvision trained on pixels normalized by ImageNet's mean and std, "
                 f"but config.data.normalization={config.data.normalization!r}: they will see "
                 "other values than they learned on. Set --config.data.normalization=imagenet "
                 "(configs/voc.py's ImageNet variants do).",
-                errors.Notice,
-                stacklevel=2,
             )
 
 

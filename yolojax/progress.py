@@ -120,7 +120,7 @@ def tell(message: str, *, printed: bool) -> None:
     if printed:
         tqdm.write(message)
     else:
-        warnings.warn(message, errors.Notice, stacklevel=2)
+        errors.notice(message)
 
 
 @contextlib.contextmanager

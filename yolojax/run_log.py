@@ -5,7 +5,6 @@ from them (``loss.png``, ``mAP.png``). Checkpoints are `yolojax.checkpoints`'.
 
 import contextlib
 import shlex
-import warnings
 from pathlib import Path
 
 from yolojax import errors, plots
@@ -202,9 +201,7 @@ class RunLog:
                 plots.plot_training_curves(self.workdir, eval_split=self.eval_split)
                 self.curves_drawn = True
             except OSError as error:
-                warnings.warn(
-                    f"Could not draw the training curves: {error}", errors.Notice, stacklevel=2
-                )
+                errors.notice(f"Could not draw the training curves: {error}")
 
     def close(self) -> None:
         """Closes the TensorBoard log and draws the curves of every record (for a stopped or
@@ -213,7 +210,5 @@ class RunLog:
             try:
                 self.tensorboard.close()
             except OSError as error:  # a full disk: the error that stopped the run is told
-                warnings.warn(
-                    f"Could not close the TensorBoard log: {error}", errors.Notice, stacklevel=2
-                )
+                errors.notice(f"Could not close the TensorBoard log: {error}")
         self.draw_curves()

@@ -5,7 +5,6 @@ or restoring the state of a config. The loop lives in ``yolojax.trainer``.
 import collections
 import functools
 import os
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -156,7 +155,7 @@ def with_run_weights(variables: dict, config, class_names: Sequence[str] | None 
             f"; {len(unused)} of the run's {len(trained)} arrays are left out, this model "
             f"having none of their name: {_listed(unused)}"
         )
-    warnings.warn(message + ".", errors.Notice, stacklevel=2)
+    errors.notice(message + ".")
     return traverse_util.unflatten_dict(flat)
 
 
