@@ -240,6 +240,29 @@ def test_every_bad_file_of_a_split_is_named_at_once(tmp_path):
     assert lines[-1] == "(--config.data.on_bad_data=skip leaves such images out.)"
 
 
+def test_the_bad_files_of_every_split_are_named_at_once(tmp_path):
+    # The splits are read in turn, and the first with a bad file stopped the preparation:
+    # the test split's were named only once the train split's were fixed, a run later.
+    ids = ["t1", "t2", "t3", "e1", "e2"]
+    images = [VocImage(image_id, 20, 10, [VocObject("dog", (2, 1, 9, 8))]) for image_id in ids]
+    image_sets = {"train": ids[:3], "test": ids[3:]}
+    folder = write_voc_folder(str(tmp_path / "f"), images, image_sets=image_sets)
+    for image_id in ("t1", "t2", "e2"):
+        os.remove(os.path.join(folder, "JPEGImages", f"{image_id}.jpg"))
+    with pytest.raises(voc_folder.BadDataError) as error:
+        _prepare(folder, tmp_path, class_names=("dog",))
+    lines = str(error.value).splitlines()
+    annotations = os.path.join(folder, "Annotations")
+    assert lines[0] == f"2 of the 3 images of split 'train' in {folder} are unusable:"
+    assert [line.split(": ")[0].strip() for line in lines[1:]] == [
+        os.path.join(annotations, "t1.xml"),
+        os.path.join(annotations, "t2.xml"),
+        os.path.join(annotations, "e2.xml"),  # the test split's one, on its own line
+        "(--config.data.on_bad_data=skip leaves such images out.)",
+    ]
+    assert "image not found" in lines[3]
+
+
 def _with_exif_orientation(path: str, orientation: int) -> None:
     """Saves the JPEG at `path` again, its pixels as they are, tagged with an EXIF
     orientation (6: a phone's portrait photo, stored on its side)."""

@@ -359,10 +359,11 @@ class VocFolder(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         del dl_manager  # Reads local files only.
         config = self.builder_config
-        return {
-            split: self._generate_examples(split, ids)
-            for split, ids in folder_splits(config.folder, config.split_seed).items()
-        }
+        splits = folder_splits(config.folder, config.split_seed)
+        # With on_bad_data='error', each split's bad files, named together once the last split
+        # is read (TFDS reads them in turn): one fix for the folder, not one run a split.
+        self._unusable, self._splits_left = [], set(splits)
+        return {split: self._generate_examples(split, ids) for split, ids in splits.items()}
 
     def _generate_examples(self, split: str, image_ids: list[str]):
         config = self.builder_config
@@ -393,18 +394,22 @@ class VocFolder(tfds.core.GeneratorBasedBuilder):
                 errors.first_few(oriented),
             )
         first_problems = "\n  ".join(problems[:_MAX_REPORTED_PROBLEMS])
+        self._splits_left.discard(split)
         if problems and config.on_bad_data == "error":
             # Every bad file of the split, not the first alone: one fix, not one run a file.
             more = len(problems) - _MAX_REPORTED_PROBLEMS
-            raise _with_skip_hint(
-                BadDataError(problems[0])
+            self._unusable.append(
+                problems[0]
                 if len(problems) == 1
-                else BadDataError(
-                    f"{len(problems)} of the {len(image_ids)} images of split '{split}' in "
-                    f"{config.folder} are unusable:\n  {first_problems}"
-                    + (f"\n  ... and {more} more" if more > 0 else "")
-                )
+                else f"{len(problems)} of the {len(image_ids)} images of split '{split}' in "
+                f"{config.folder} are unusable:\n  {first_problems}"
+                + (f"\n  ... and {more} more" if more > 0 else "")
             )
+        # Now, too, for a split left empty: TFDS would refuse it before the next is read.
+        if self._unusable and (not self._splits_left or len(problems) == len(image_ids)):
+            raise _with_skip_hint(BadDataError("\n".join(self._unusable)))
+        if problems and config.on_bad_data == "error":
+            return  # its bad files are named after the other splits are read
         if problems and len(problems) == len(image_ids):
             # TFDS would refuse the empty split with an AssertionError's traceback.
             raise BadDataError(
