@@ -6,6 +6,7 @@ arguments that disagree, unnormalized images, bad config values, and how the com
 tools report such errors.
 """
 
+import functools
 import logging
 import os
 import re
@@ -310,6 +311,35 @@ def test_config_values_are_checked_by_name(section, field, value, name):
     config.train.schedule = "piecewise"  # where lr_drop_* are used
     config[section][field] = value
     with pytest.raises(ValueError, match=name):
+        validate_config(config)
+
+
+def _builds_at(model, size: int) -> bool:
+    try:
+        init = functools.partial(model.init, train=False)
+        jax.eval_shape(init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("backbone", ["darknet", "resnet18", "vgg16"])
+def test_an_image_size_too_small_for_the_backbone_is_refused_at_start(backbone):
+    # The model refused it only when it first ran, after the dataset was prepared (minutes
+    # for VOC), and train.py --print_config passed it.
+    config = shapes.get_config()
+    config.model.backbone = backbone
+    model = models.get_model(config.model)
+    smallest = next(size for size in range(16, 64) if _builds_at(model, size))
+    assert smallest > 16  # the data's own minimum: the backbone's is the one checked here
+    config.data.image_size = smallest
+    validate_config(config)
+    config.data.image_size = smallest - 1
+    with pytest.raises(
+        ValueError,
+        match=rf"^config\.data\.image_size \({smallest - 1}\) must be at least {smallest} for "
+        rf"config\.model\.backbone='{backbone}': a smaller image leaves its feature map empty",
+    ):
         validate_config(config)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import ml_collections
 
 from yolojax.data.config import default_data_config, validate_data_config
-from yolojax.models import MODEL_DEFAULTS, get_model
+from yolojax.models import MODEL_DEFAULTS, get_model, min_input_size
 from yolojax.optim import OPTIMIZERS, SCHEDULES, learning_rate_schedule
 from yolojax.postprocess import IOU_THRESHOLD, MAX_DETECTIONS, PRE_NMS_TOP_K, SCORE_THRESHOLD
 from yolojax.validation import (
@@ -177,6 +177,14 @@ def validate_config(config) -> None:
         raise ValueError(
             f"config.data.image_size ({config.data.image_size}) must be at least "
             f"config.model.grid_size ({config.model.grid_size})."
+        )
+    # Refused by the model too, but only once the dataset is prepared.
+    smallest = min_input_size(config.model.backbone)
+    if config.data.image_size < smallest:
+        raise ValueError(
+            f"config.data.image_size ({config.data.image_size}) must be at least {smallest} "
+            f"for config.model.backbone={config.model.backbone!r}: a smaller image leaves its "
+            "feature map empty."
         )
     # Checked by detect too, but only at the first evaluation, epochs into training.
     for name in ("score_threshold", "iou_threshold"):

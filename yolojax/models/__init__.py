@@ -31,6 +31,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from yolojax.models import darknet, resnet, vgg
 from yolojax.models.conv import CONV_IMPLS
 from yolojax.models.darknet import DARKNET24, DARKNET_TINY, Darknet
 from yolojax.models.layers import MAXPOOL
@@ -75,6 +76,7 @@ __all__ = [
     "YOLO",
     "get_classifier",
     "get_model",
+    "min_input_size",
 ]
 
 
@@ -150,6 +152,16 @@ def get_classifier(
             _check_group_widths(arch, num_groups, widths)
         kwargs["num_groups"] = num_groups
     return build(**kwargs)
+
+
+def min_input_size(arch: str) -> int:
+    """The smallest square input, in pixels, for which backbone ``arch`` (one of BACKBONES)
+    yields a feature map: the model refuses smaller images."""
+    check_choice("arch", arch, BACKBONES)
+    build = _BACKBONES[arch]
+    if getattr(build, "func", None) is Darknet:
+        return darknet.min_input_size(build.keywords["layers"])
+    return resnet.MIN_INPUT_SIZE if arch in RESNETS else vgg.MIN_INPUT_SIZE
 
 
 def _dtype_name(dtype: Any) -> Any:
