@@ -111,6 +111,26 @@ def test_tiny_conv_head_reaches_the_grid_at_small_inputs(image_size, grid_size):
     assert output.shape == (2, grid_size, grid_size, 3 + 5)
 
 
+@pytest.mark.parametrize(("arch", "image_size"), [("darknet_tiny", 100), ("resnet18", 100)])
+def test_the_feature_map_size_is_that_of_the_backbone_run_on_images(arch, image_size):
+    module = models.get_classifier(arch)
+    images = jnp.zeros((1, image_size, image_size, 3))
+    variables = module.init(jax.random.key(0), images, train=False)
+    features = module.apply(variables, images, train=False, output="features")
+    assert models.feature_map_size(arch, image_size) == features.shape[1] == features.shape[2]
+
+
+def test_a_conv_head_grid_finer_than_the_feature_map_is_told_with_the_size_that_fits():
+    config = _model_config(backbone="resnet18", head="conv")
+    notice = models.coarse_map_notice(config, 112)  # ResNet's stride 32: a 4×4 map
+    assert notice.startswith("At config.data.image_size=112, resnet18's feature map is 4×4, ")
+    assert notice.endswith("An image size of 224 (7 × its stride 32) makes it 7×7.")
+    assert models.coarse_map_notice(config, 224) is None
+    # The other heads read the whole map, flattened or pooled.
+    fc = _model_config(backbone="resnet18", head="fc")
+    assert models.coarse_map_notice(fc, 112) is None
+
+
 def test_seed_heads_keep_the_report_layout():
     # ResNet: global-average-pooled 2048 → one Dense; VGG: classifier up to fc7 → one Dense.
     _, resnet = _abstract_init(

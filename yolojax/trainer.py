@@ -32,6 +32,7 @@ from yolojax import (
     distributed,
     errors,
     eval_lib,
+    models,
     preemption,
     pretrained,
     run_log,
@@ -127,9 +128,12 @@ def _set_up(config, workdir: str, verbose: bool) -> _Run:
     make_paths_absolute(config)  # as config.json keeps them
     is_main = jax.process_index() == 0
     reports = is_main and verbose
-    slow_dtype = cpu_backend.bfloat16_notice(config.model.dtype)
-    if slow_dtype and is_main:
-        tell(slow_dtype, printed=reports)
+    for notice in (
+        cpu_backend.bfloat16_notice(config.model.dtype),
+        models.coarse_map_notice(config.model, config.data.image_size),
+    ):
+        if notice and is_main:
+            tell(notice, printed=reports)
     # Only process 0 writes: a check that failed in another process alone would leave
     # process 0 waiting at the first barrier.
     workdir_io.check_workdir(workdir, writable=is_main)

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -74,6 +75,8 @@ __all__ = [
     "HEADS",
     "MODEL_DEFAULTS",
     "YOLO",
+    "coarse_map_notice",
+    "feature_map_size",
     "get_classifier",
     "get_model",
     "min_input_size",
@@ -162,6 +165,38 @@ def min_input_size(arch: str) -> int:
     if getattr(build, "func", None) is Darknet:
         return darknet.min_input_size(build.keywords["layers"])
     return resnet.MIN_INPUT_SIZE if arch in RESNETS else vgg.MIN_INPUT_SIZE
+
+
+@functools.lru_cache
+def feature_map_size(arch: str, image_size: int) -> int:
+    """The side of backbone ``arch``'s last feature map for a square ``image_size`` input
+    (shapes only: nothing is computed)."""
+    module = get_classifier(arch)
+
+    def features(images):
+        variables = module.init(jax.random.key(0), images, train=False)
+        return module.apply(variables, images, train=False, output="features")
+
+    images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+    return jax.eval_shape(features, images).shape[1]
+
+
+def coarse_map_notice(model_config, image_size: int) -> str | None:
+    """What to know where the 'conv' head's grid is finer than the backbone's feature map at
+    ``image_size``, else None: the map is stretched to S×S (``yolo.py``), so neighbouring
+    cells read (nearly) the same features and cannot tell their objects apart as well."""
+    if model_config.head != "conv":  # 'fc' and 'seed' flatten or pool the whole map
+        return None
+    side, grid = feature_map_size(model_config.backbone, image_size), model_config.grid_size
+    if side >= grid:
+        return None
+    stride = 2 ** round(np.log2(image_size / side))  # each backbone's is a power of 2
+    return (
+        f"At config.data.image_size={image_size}, {model_config.backbone}'s feature map is "
+        f"{side}×{side}, coarser than the {grid}×{grid} grid: the 'conv' head stretches it, "
+        f"so neighbouring cells read nearly the same features. An image size of {grid * stride} "
+        f"({grid} × its stride {stride}) makes it {grid}×{grid}."
+    )
 
 
 def _dtype_name(dtype: Any) -> Any:
