@@ -11,6 +11,8 @@ from importlib import metadata
 
 import jax
 
+from configs import shapes, voc
+
 # Dense peak FLOP/s of accelerators by the device kind JAX reports (substring match) and
 # compute dtype. float32 counts TF32 tensor cores: both JAX (default matmul precision) and
 # the PyTorch reference (`set_float32_matmul_precision('high')`) use them for float32.
@@ -24,6 +26,12 @@ PEAK_FLOPS = {
     "H200": {"bfloat16": 989e12, "float32": 494.7e12},
     "A100": {"bfloat16": 312e12, "float32": 156e12},
 }
+
+
+def user_config(backbone: str):
+    """The run config a user trains ``backbone`` with: configs/voc.py's variant of that
+    name, or configs/shapes.py for darknet_tiny (the one config that trains it)."""
+    return shapes.get_config() if backbone == "darknet_tiny" else voc.get_config(backbone)
 
 
 def peak_flops(device_kind: str, dtype: str) -> float | None:

@@ -23,8 +23,10 @@ from configs import shapes
 from yolojax import cli
 from yolojax.models import conv, darknet
 
-# (name, map size, C_in, C_out, kernel, stride) of ResNet-50's distinct layers at 224 px and
-# of its conv head's first layer (2048 → 1024 on the 7×7 map).
+# (name, map size, C_in, C_out, kernel, stride) at 224 px: ResNet-50's stem and a layer of
+# each kind in each stage (not the 1×1 reduces of stages 2-4, whose FLOPs are their expands',
+# nor the stride-2 convolutions and projections), and the conv head's first layer (2048 →
+# 1024 on the 7×7 map).
 RESNET50_LAYERS = (
     ("stem 7×7/2", 224, 3, 64, 7, 2),
     ("layer1 1×1 reduce", 56, 256, 64, 1, 1),
@@ -161,7 +163,7 @@ def main() -> None:
         image_size = args.image_size or 112
         layers = darknet_tiny_layers(image_size)
     torch.set_num_threads(args.torch_threads)
-    load_before = common.load_average()
+    load_before, busy = common.load_average(), common.busy_machine_warning()
     rows = [benchmark(*layer, args.batch, args.rounds) for layer in layers]
     print(
         f"Device: {jax.devices()[0].device_kind} ({jax.default_backend()}); CPU "
@@ -173,6 +175,8 @@ def main() -> None:
         f"batch {args.batch}, float32, forward + both gradients; {args.rounds} rounds × 3 calls; "
         f"load average before {load_before}, after {common.load_average()}"
     )
+    if busy:
+        print(busy)
     print(common.markdown_table(rows, COLUMNS))
 
 

@@ -19,11 +19,9 @@ from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from benchmarks import common
-from configs import shapes, voc
 from yolojax import cli, models
 from yolojax.config import default_config
 
@@ -38,12 +36,9 @@ PHOTO_SIZE = (480, 640)  # (height, width) of the photos the Detector is timed o
 
 
 def default_head(backbone: str) -> str:
-    """The head a user trains `backbone` with: configs/voc.py's variant of that name (the
-    paper's fc head for Darknet, the conv head for the ImageNet backbones), else
-    configs/shapes.py's (darknet_tiny)."""
-    if backbone in voc.PRETRAINED + voc.FROM_SCRATCH:
-        return voc.get_config(backbone).model.head
-    return shapes.get_config().model.head
+    """The head a user trains `backbone` with (:func:`common.user_config`): the paper's fc
+    head for Darknet, the conv head for the ImageNet backbones and darknet_tiny."""
+    return common.user_config(backbone).model.head
 
 
 CPU_BACKBONES = ("darknet_tiny", "resnet18", "darknet")
@@ -104,11 +99,12 @@ def forward_flops(model_config, variables, images, compiled) -> float:
 
 
 def random_model(backbone: str, head: str, image_size: int, dtype: str):
-    """A 20-class YOLO model of randomly initialized weights: (model, variables, its
+    """The YOLO model a user trains `backbone` with (:func:`common.user_config`: VOC's 20
+    classes, or the synthetic shapes' 5 and their smaller head for darknet_tiny), with a
+    `head` of that kind, of randomly initialized weights: (model, variables, its
     config.model)."""
-    config = ml_collections.ConfigDict(
-        {"backbone": backbone, "head": head, "num_classes": 20, "dtype": dtype}
-    )
+    config = common.user_config(backbone).model
+    config.update({"head": head, "dtype": dtype, "pretrained": ""})
     model = models.get_model(config)
     variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(
         jnp.zeros((1, image_size, image_size, 3), jnp.float32)
@@ -181,6 +177,9 @@ def main() -> None:
         f"device: {device.device_kind} ({jax.device_count()} × {device.platform}), "
         f"{args.image_size}×{args.image_size}, {args.dtype}"
     )
+    busy = common.busy_machine_warning() if on_cpu else None
+    if busy:
+        print(busy)
     print(
         f"| backbone | head | params (M) | GFLOPs/img | batch 1: ms (FPS) | "
         f"batch {args.batch}: img/s | Detector, one photo: ms | "

@@ -92,12 +92,15 @@ def throughput(iterator, batch_size: int, warmup: int, batches: int | None) -> t
     """(images per wall-clock second, CPU milliseconds per image over all threads).
 
     Times `batches` batches after `warmup` ones, or with batches=None all the remaining ones.
+    An eval batch counts its real images (`valid`), not the padding of the split's last.
     """
     for _ in range(warmup):
         next(iterator)
     wall, cpu = time.perf_counter(), time.process_time()
-    timed = sum(1 for _ in itertools.islice(iterator, batches))
-    images = timed * batch_size
+    images = sum(
+        int(np.sum(batch["valid"])) if "valid" in batch else batch_size
+        for batch in itertools.islice(iterator, batches)
+    )
     return images / (time.perf_counter() - wall), (time.process_time() - cpu) * 1e3 / images
 
 

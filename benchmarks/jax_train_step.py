@@ -14,7 +14,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections.config_flags import config_path
 
 from benchmarks import common, kernel_profile
-from configs import shapes, voc
 from yolojax import distributed, train_lib
 from yolojax.config import validate_config
 
@@ -23,7 +22,7 @@ def benchmark_config(
     backbone: str, image_size: int, batch_size: int, dtype: str, conv_impl: str = "auto"
 ):
     """The config a user trains `backbone` with, at the benchmark's size, from scratch."""
-    config = shapes.get_config() if backbone == "darknet_tiny" else voc.get_config(backbone)
+    config = common.user_config(backbone)
     config.model.pretrained = ""
     config.model.dtype = dtype
     config.model.conv_impl = conv_impl

@@ -116,20 +116,25 @@ def command_buffers_disabled(xplane_path: str | pathlib.Path) -> bool:
 
 
 def gpu_kernels(xplane_path: str | pathlib.Path) -> list[Kernel]:
-    """Every kernel and copy on the GPU streams of a trace (`*.xplane.pb`, as
-    `jax.profiler.trace` writes it). Empty when the trace has no GPU (a CPU run)."""
+    """Every kernel and copy on the first GPU's streams of a trace (`*.xplane.pb`, as
+    `jax.profiler.trace` writes it): a step's FLOPs and time are one device's, and each device
+    runs the same kernels. Empty when the trace has no GPU (a CPU run)."""
     data = jax.profiler.ProfileData.from_file(str(xplane_path))
+    gpus = {
+        int(found.group(1)): plane
+        for plane in data.planes
+        if (found := re.fullmatch(r"/device:GPU:(\d+)", plane.name))
+    }
+    if not gpus:
+        return []
     kernels = []
-    for plane in data.planes:
-        if not plane.name.startswith("/device:GPU:"):
+    # "Stream #N" lines hold what ran; other lines (XLA Ops, Steps) are views of it.
+    for line in gpus[min(gpus)].lines:
+        if not line.name.startswith("Stream"):
             continue
-        # "Stream #N" lines hold what ran; other lines (XLA Ops, Steps) are views of it.
-        for line in plane.lines:
-            if not line.name.startswith("Stream"):
-                continue
-            for event in line.events:
-                op = str(dict(event.stats).get("hlo_op", ""))
-                kernels.append(Kernel(event.name, op, event.start_ns, event.duration_ns))
+        for event in line.events:
+            op = str(dict(event.stats).get("hlo_op", ""))
+            kernels.append(Kernel(event.name, op, event.start_ns, event.duration_ns))
     return kernels
 
 
@@ -368,7 +373,11 @@ def main() -> None:
     if args.trace.endswith((".json", ".json.gz")):
         kernels = chrome_trace_kernels(args.trace)
     else:
-        kernels = gpu_kernels(latest_xplane(args.trace))
+        try:
+            xplane = latest_xplane(args.trace)
+        except FileNotFoundError as error:  # a folder without a trace
+            parser.error(str(error))
+        kernels = gpu_kernels(xplane)
     flops = args.gflop * 1e9 if args.gflop else None
     print(summarize(kernels, steps=args.steps, step_ms=args.step_ms, flops_per_step=flops))
 

@@ -48,7 +48,8 @@ def _read_and_detect(detector, paths: list[Path], batch: int) -> None:
     """predict's work without the drawings: each batch read, then detected."""
     for start in range(0, len(paths), batch):
         images = [read_image(path) for path in paths[start : start + batch]]
-        detector.detect_batch(images, batch_size=batch)
+        # Padded as predict_files pads: a short last batch would compile a shape of its own.
+        detector.detect_batch(images, batch_size=batch, pad_to_batch_size=True)
 
 
 def _predict_row(threads: int) -> str:
@@ -90,6 +91,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     thread_counts = args.threads
+    busy = common.busy_machine_warning() if jax.default_backend() == "cpu" else None
 
     model, variables, model_config = random_model(
         args.backbone, default_head(args.backbone), args.image_size, "float32"
@@ -124,6 +126,8 @@ def main() -> None:
         f"{args.image_size}, batch {args.batch}, {boxes:.0f} boxes drawn a photo, "
         f"median of {args.rounds} rounds"
     )
+    if busy:
+        print(busy)
     baseline = common.median(seconds[_predict_row(thread_counts[0])])
     rows = []
     for name, times in seconds.items():

@@ -40,7 +40,8 @@ weights), on random images and boxes already on the device:
   time; on a GPU each PyTorch variant's too, with `torch.profiler`
   (DIR/<backbone>/<variant>.trace.json.gz).
 * decode + NMS: `jax.jit(yolojax.postprocess.detect_with_config)` (as evaluation runs it,
-  with the config's `eval` settings) on random outputs of one batch.
+  with the config's `eval` settings) on random outputs of one device's batch (`--batch`
+  over `--devices`: each device decodes its own).
 
 On Linux CPUs the script restarts itself with huge pages for malloc as `train.py` does
 (`yolojax.huge_pages`; `YOLOJAX_HUGE_PAGES=0` for glibc's default); the PyTorch process runs
@@ -88,6 +89,14 @@ CPU_DEFAULTS = {"backbone": "darknet_tiny,resnet18", "batch": 8, "image_size": 1
 ACCELERATOR_DEFAULTS = {"backbone": "resnet152", "batch": 64, "image_size": 448}
 WARMUP_STEPS = 2
 AHEAD = "_ahead"  # the name suffix of a step function timed back to back (--back-to-back)
+# Config keys that shape the random batch (made once, for the main config), and the flag
+# that sets them where it has one.
+_BATCH_KEYS = {
+    "data.image_size": " (--image-size)",
+    "train.batch_size": " (--batch)",
+    "data.max_boxes": "",
+    "model.num_classes": "",
+}
 
 
 def decode_nms_seconds(config, batch_size: int, calls: int = 10) -> float:
@@ -322,7 +331,7 @@ COLUMNS = (
     ("mfu", "of peak"),
     ("memory", "JAX memory"),
     ("torch_memory", "PyTorch memory"),
-    ("decode", "decode+NMS ms/batch"),
+    ("decode", "decode+NMS ms/device batch"),
     ("torch_all", "PyTorch variants img/s"),
 )
 
@@ -443,6 +452,13 @@ def parse_args(on_cpu: bool) -> argparse.Namespace:
         jax_train_step.with_overrides(config, {})
     except ValueError as error:
         parser.error(f"--batch {args.batch}, --image-size {args.image_size}: {error}")
+    shaping = sorted(set(args.compare_config) & set(_BATCH_KEYS))
+    if shaping:  # the compared steps share one batch, made for the main config
+        parser.error(
+            f"--compare-config: {shaping[0]} shapes the batch that the compared steps share "
+            f"(made for the main config): time each value in a run of its own"
+            f"{_BATCH_KEYS[shaping[0]]}"
+        )
     try:  # a mistyped key fails now, not after minutes of compiling the first step
         jax_train_step.with_overrides(config, args.compare_config)
     except (KeyError, AttributeError) as error:  # ConfigDict's message quotes the name

@@ -2,12 +2,14 @@
 division by zero, a traceback) with one line naming the flag, and the input pipeline's
 table says whether training would be input-bound."""
 
+import functools
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks import common
@@ -37,6 +39,14 @@ def _benchmark(*args: str) -> subprocess.CompletedProcess:
         (["evaluator", "--cpu", "4096"], "--cpu 4096 is not a core this process may run on"),
         (["predict", "--threads", "0,x"], "argument --threads: wants counts such as 0,2"),
         (["kernel_profile", "no/such/trace", "--steps", "2"], "no such trace file or folder"),
+        # A FileNotFoundError traceback: a folder without a trace.
+        (["kernel_profile", "configs", "--steps", "2"], "No plugins/profile/*/*.xplane.pb under"),
+        # Timed on the main config's batch, of another size, under the new size's name.
+        (
+            ["train_step", "--compare-config", "data.image_size=128"],
+            "data.image_size shapes the batch that the compared steps share (made for the main "
+            "config): time each value in a run of its own (--image-size)",
+        ),
         # Per-step figures off by the ratio, without a word.
         (["kernel_profile", "no/such/trace", "--steps", "2", "--step-ms", "1"], "gives 1 times"),
         # A ZeroDivisionError once the dataset was prepared: 2 batches, both untimed.
@@ -84,6 +94,20 @@ def test_the_input_pipeline_says_how_many_times_the_step_it_feeds():
         assert times.endswith("(not input-bound)") == (ratio >= 1)
 
 
+def test_the_pipelines_eval_rate_counts_the_real_images_not_the_padding(monkeypatch):
+    # 25 test images in batches of 8: the last holds 1 and 7 padding examples, which the
+    # rate counted (32 images, 1.28x too many).
+    from benchmarks import input_pipeline
+
+    clock = iter([0.0, 2.0])  # 2 s between the first and the last batch
+    monkeypatch.setattr(input_pipeline.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(input_pipeline.time, "process_time", lambda: 0.0)
+    last = {"valid": np.array([[True] + [False] * 7])}
+    batches = iter([{"valid": np.ones((1, 8), bool)}] * 4 + [last])
+    rate, _ = input_pipeline.throughput(batches, batch_size=8, warmup=1, batches=None)
+    assert rate == 25 / 2
+
+
 @pytest.mark.parametrize("load, busy", [(0.2, False), (0.9, False), (1.0, True), (3.5, True)])
 def test_a_busy_cpu_is_named_before_its_figures(load, busy, monkeypatch):
     # Under contention PyTorch's threads slow down far more than XLA's: a ratio taken then
@@ -119,3 +143,21 @@ def test_a_benchmarks_help_names_its_command_and_one_default_a_flag(name, flag_h
     text = " ".join(done.stdout.split())
     assert flag_help in text, text
     assert "(default: None)" not in text
+
+
+@pytest.mark.parametrize("backbone", ["darknet_tiny", "resnet18"])
+def test_inference_times_the_model_the_configs_train(backbone):
+    # darknet_tiny was timed as a 20-class model with the default 4 × 256 conv head: 3.4 M
+    # parameters, where configs/shapes.py's has 1.4 M.
+    import jax
+
+    from benchmarks import inference
+    from configs import shapes, voc
+    from yolojax import train_lib
+
+    config = shapes.get_config() if backbone == "darknet_tiny" else voc.get_config(backbone)
+    config.model.pretrained, config.data.image_size = "", 112
+    _, trained, _ = train_lib.initial_state(config, config.train.batch_size)
+    _, variables, _ = inference.random_model(backbone, config.model.head, 112, "float32")
+    shapes_of = functools.partial(jax.tree.map, lambda array: array.shape)
+    assert shapes_of(variables["params"]) == shapes_of(trained.params)

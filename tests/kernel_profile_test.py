@@ -92,7 +92,15 @@ def test_summary_gives_each_kinds_time_per_step_and_the_idle_time():
 def test_kernels_are_read_from_the_gpu_streams_of_a_trace_file(tmp_path):
     # An XSpace as the profiler writes it: kernels on a stream line, the same time again on a
     # derived "XLA Ops" line, and a host plane; times in picoseconds from the line's start.
+    # Of a step on two GPUs, the first's: the step's FLOPs are one device's (the second's
+    # kernels were added in, twice the time a step).
     xspace = """
+    planes {
+      id: 3 name: "/device:GPU:1"
+      lines { id: 1 name: "Stream #13(compute)" timestamp_ns: 1000
+        events { metadata_id: 1 offset_ps: 0 duration_ps: 5000000 } }
+      event_metadata { key: 1 value { id: 1 name: "sm90_xmma_fprop" } }
+    }
     planes {
       id: 1 name: "/device:GPU:0"
       lines { id: 1 name: "Stream #13(compute)" timestamp_ns: 1000
