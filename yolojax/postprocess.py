@@ -15,8 +15,9 @@ from yolojax.validation import check_finite, check_positive_int, check_threshold
 # so K bounds its memory and time.
 PRE_NMS_TOP_K = 512
 # detect's defaults, config.eval's too (so the library's detections are evaluate.py's):
-# a low score threshold, so the precision/recall curve is complete; NMS at IoU 0.45; the
-# best 100 kept per image (COCO's cap).
+# a low score threshold, so the precision/recall curve is complete; NMS at IoU 0.45 (the
+# paper gives none; Darknet's validation uses 0.5, later YOLOs 0.45); the best 100 kept per
+# image (COCO's cap).
 SCORE_THRESHOLD = 0.005
 IOU_THRESHOLD = 0.45
 MAX_DETECTIONS = 100
