@@ -13,7 +13,6 @@ from typing import NamedTuple
 
 import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from PIL import Image
@@ -26,6 +25,7 @@ from yolojax.postprocess import (
     Detections,
     check_outputs_finite,
     detect_with_config,
+    finite_outputs,
     pixel_detections,
 )
 from yolojax.validation import check_positive_int, check_threshold
@@ -146,8 +146,8 @@ class Detector:
 
         def detect(variables, images):
             outputs = model.apply(variables, images, train=False)
-            finite = jnp.isfinite(outputs).all(axis=(1, 2, 3))  # NaN outputs detect nothing
-            return detect_with_config(outputs, config, score_threshold=score_threshold), finite
+            detections = detect_with_config(outputs, config, score_threshold=score_threshold)
+            return detections, finite_outputs(outputs)  # NaN outputs detect nothing
 
         # On the device once: NumPy arrays would be copied to the accelerator at every call.
         self._variables = jax.device_put(variables)

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
@@ -87,8 +86,7 @@ def eval_step(state, batch, *, model, config) -> tuple[postprocess.Detections, d
     variables = state if isinstance(state, Mapping) else train_lib.model_variables(state)
     outputs = model.apply(variables, batch["image"], train=False)
     detections = postprocess.detect_with_config(outputs, config)
-    finite = jnp.isfinite(outputs).all(axis=(1, 2, 3))
-    return detections, image_losses(outputs, batch, config), finite
+    return detections, image_losses(outputs, batch, config), postprocess.finite_outputs(outputs)
 
 
 # What the eval step reads of a pipeline batch.
@@ -100,8 +98,9 @@ def make_eval_step(model, config, mesh):
     (:func:`yolojax.distributed.mesh`).
 
     Returns:
-      ``evaluate_batch(state, batch) -> (Detections, losses, finite)``: ``state`` (a train state or
-      the model's variables, :func:`eval_step`) from :func:`yolojax.distributed.replicate`
+      ``evaluate_batch(state, batch) -> (Detections, losses, finite)``: ``state`` (a train
+      state or the model's variables, :func:`eval_step`) from
+      :func:`yolojax.distributed.replicate`
       on ``mesh``, ``batch`` this process's eval batch from the pipeline (NumPy arrays
       ``(local_devices, per_device, ...)``); the detections, loss terms and finiteness of
       those images (:func:`eval_step`) as NumPy arrays ``(local_devices * per_device, ...)``.

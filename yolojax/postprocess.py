@@ -77,7 +77,7 @@ def decode(outputs, *, num_classes: int, num_boxes: int) -> Candidates:
     check_grid_layout(outputs, "outputs")
     known = known_values(outputs)
     if known is not None:
-        check_outputs_finite(np.isfinite(known).all(axis=(1, 2, 3)))
+        check_outputs_finite(finite_outputs(known))
     batch_size, s = outputs.shape[0], outputs.shape[1]
     class_scores, box_fields = split_predictions(
         outputs, num_classes=num_classes, num_boxes=num_boxes, name="outputs"
@@ -122,6 +122,12 @@ NONFINITE_CAUSES = (
     "its weights hold NaN or infinity (from a training that diverged?), or its bfloat16 "
     "activations overflowed (try model.dtype='float32')"
 )
+
+
+def finite_outputs(outputs) -> jax.Array:
+    """``(N,)`` bool: whether each image's ``(N, S, S, C + 5B)`` model outputs are all finite
+    (under ``jit`` too: :func:`check_outputs_finite` then takes the flags out)."""
+    return jnp.isfinite(outputs).all(axis=(1, 2, 3))
 
 
 def check_outputs_finite(finite, first_index: int = 0) -> None:
