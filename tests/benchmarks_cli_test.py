@@ -161,3 +161,16 @@ def test_inference_times_the_model_the_configs_train(backbone):
     _, variables, _ = inference.random_model(backbone, config.model.head, 112, "float32")
     shapes_of = functools.partial(jax.tree.map, lambda array: array.shape)
     assert shapes_of(variables["params"]) == shapes_of(trained.params)
+
+
+def test_the_predict_benchmark_draws_the_most_boxes_the_nms_keeps():
+    # configs/shapes.py's model at random weights scored no box at all: the drawing threads
+    # were timed drawing nothing.
+    from benchmarks import inference, predict
+
+    head = inference.default_head("darknet_tiny")
+    model, variables, config = inference.random_model("darknet_tiny", head, 64, "float32")
+    variables = predict._scoring_every_box(variables, head)
+    detector = inference.make_detector(model, variables, config, 64, score_threshold=0.0)
+    photo = np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8)
+    assert len(detector(photo).boxes) == detector.config.eval.max_detections == 100
