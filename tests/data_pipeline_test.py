@@ -237,6 +237,24 @@ def test_more_objects_than_max_boxes_is_an_error_naming_the_image_and_the_fix(
     assert "Traceback" not in capfd.readouterr().err
 
 
+def test_difficult_objects_left_out_of_training_do_not_count_against_max_boxes(tmp_path):
+    # Counted before they were dropped: an image whose kept boxes fit was refused.
+    from yolojax.data.testing import VocImage, VocObject, write_voc_folder
+
+    objects = [VocObject("dog", (2, 2, 9, 9)), VocObject("dog", (4, 4, 16, 8), difficult=True)]
+    image = VocImage("a", 20, 10, objects)
+    config = default_data_config()
+    config.source, config.class_names, config.image_size = "voc_folder", ("dog",), 32
+    config.augment.enabled = False  # the box whole in the batch
+    config.folder = write_voc_folder(str(tmp_path / "f"), [image], image_sets={"train": ["a"]})
+    config.tfds_data_dir, config.train_split, config.max_boxes = str(tmp_path / "tfds"), "train", 1
+    batch = next(make_train_iterator(config, global_batch_size=1, seed=0))
+    assert batch["mask"].sum() == 1 and not batch["difficult"].any()
+    config.train_on_difficult = True  # both boxes then: more than fit
+    with pytest.raises(ValueError, match=r"a\.jpg: 2 objects, more than config\.data\.max_b"):
+        next(make_train_iterator(config, global_batch_size=1, seed=0))
+
+
 def test_an_image_tensorflow_cannot_decode_is_one_error_naming_its_file(config, monkeypatch, capfd):
     # A damaged prepared file: TensorFlow's InvalidArgumentError, a page of graph nodes
     # naming nothing (and train.py could hang at exit on it).

@@ -111,13 +111,15 @@ def get_dataset_info(data_config, *, train: bool = True) -> DatasetInfo:
 
 def _record(example: sources.Example, position: int, max_boxes: int, keep_difficult: bool):
     """The tf.data generator's element for one example (NumPy), dropping unused objects."""
-    if len(example.labels) > max_boxes:
-        raise ValueError(
-            f"{example.filename}: {len(example.labels)} objects, more than "
-            f"config.data.max_boxes={max_boxes}: set --config.data.max_boxes="
-            f"{len(example.labels)} or more (boxes are never dropped silently)"
-        )
     keep = np.ones_like(example.difficult) if keep_difficult else ~example.difficult
+    count = int(np.sum(keep))  # the boxes the batch holds: not those of difficult objects
+    if count > max_boxes:
+        raise ValueError(
+            f"{example.filename}: {count} objects"
+            f"{'' if keep_difficult else ' (not counting difficult ones)'}, more than "
+            f"config.data.max_boxes={max_boxes}: set --config.data.max_boxes="
+            f"{count} or more (boxes are never dropped silently)"
+        )
     return {
         "image": example.image,
         "boxes": example.boxes[keep],
