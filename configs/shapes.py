@@ -11,7 +11,8 @@ def get_config(arg=None):
     if arg:  # ignored, the user would train another model than the one asked for
         raise ValueError(
             f"configs/shapes.py has no variants (got {arg!r}): override fields instead, "
-            "such as --config.model.backbone=resnet18"
+            "such as --config.model.backbone=resnet18 --config.data.image_size=224 (ResNet's "
+            "stride 32 makes that a 7×7 map)"
         )
     config = default_config()
     config.model.backbone = "darknet_tiny"
