@@ -173,9 +173,8 @@ def feature_map_size(arch: str, image_size: int) -> int:
     (shapes only: nothing is computed)."""
     module = get_classifier(arch)
 
-    def features(images):
-        variables = module.init(jax.random.key(0), images, train=False)
-        return module.apply(variables, images, train=False, output="features")
+    def features(images):  # traced once: init's own forward pass gives the map
+        return module.init_with_output(jax.random.key(0), images, train=False, output="features")[0]
 
     images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
     return jax.eval_shape(features, images).shape[1]
