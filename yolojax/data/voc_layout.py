@@ -113,13 +113,19 @@ def _visible_files(directory: str) -> list[str]:
     return [name for name in os.listdir(directory) if not name.startswith(".")]
 
 
+def _subfolders(folder: str) -> list[str]:
+    """The names of the folders in ``folder``, sorted, but hidden ones."""
+    return sorted(
+        name for name in _visible_files(folder) if os.path.isdir(os.path.join(folder, name))
+    )
+
+
 def _image_folders(folder: str) -> list[str]:
     """The folders in ``folder`` that hold image files."""
     return [
         name
-        for name in sorted(_visible_files(folder))
-        if os.path.isdir(os.path.join(folder, name))
-        and any(_is_image_name(file) for file in _visible_files(os.path.join(folder, name)))
+        for name in _subfolders(folder)
+        if any(_is_image_name(file) for file in _visible_files(os.path.join(folder, name)))
     ]
 
 
@@ -137,9 +143,7 @@ def _without_jpeg_images(folder: str) -> str:
 def _layout_hint(folder: str) -> str:
     """For a folder in no layout read: the likely mistake (a VOCdevkit's parent, an
     annotations/ folder spelt otherwise), or ''."""
-    names = sorted(
-        name for name in _visible_files(folder) if os.path.isdir(os.path.join(folder, name))
-    )
+    names = _subfolders(folder)
     years = [name for name in names if _is_voc_layout(os.path.join(folder, name))]
     if years:
         return f" It holds {', '.join(f'{name}/' for name in years)}: pass that folder."
@@ -162,6 +166,11 @@ def _split_folders(folder: str) -> dict[str, str]:
         for name, split in _SPLIT_FOLDER_NAMES.items()
         if os.path.isdir(os.path.join(folder, name))
     }
+
+
+def _beside_image_places(folder: str) -> list[str]:
+    """The folders the XML-beside-image layout reads: ``folder`` and its split folders."""
+    return [folder, *(os.path.join(folder, name) for name in _split_folders(folder))]
 
 
 def _split_folder_ids(folder: str) -> dict[str, list[str]]:
@@ -291,12 +300,12 @@ def _listed_once(path: str, ids: list[str]) -> list[str]:
 def _warn_of_nested_annotations(folder: str) -> None:
     """Warns of .xml files in folders below the ones the XML-beside-image layout reads (the
     folder itself and its split folders): such images were left out without a word."""
-    places = [folder, *(os.path.join(folder, name) for name in _split_folders(folder))]
+    places = _beside_image_places(folder)
     nested = []
     for place in places:
-        for name in sorted(_visible_files(place)):
+        for name in _subfolders(place):
             below = os.path.join(place, name)
-            if below in places or name == "ImageSets" or not os.path.isdir(below):
+            if below in places or name == "ImageSets":
                 continue
             for root, directories, files in os.walk(below):
                 directories[:] = sorted(d for d in directories if not d.startswith("."))
@@ -358,8 +367,7 @@ def _warn_of_unannotated_images(folder: str) -> None:
     if _is_voc_layout(folder):
         xml_places = {os.path.join(folder, "JPEGImages"): os.path.join(folder, "Annotations")}
     else:
-        places = [folder, *(os.path.join(folder, name) for name in _split_folders(folder))]
-        xml_places = {place: place for place in places}
+        xml_places = {place: place for place in _beside_image_places(folder)}
     unannotated = []
     for place, xml_place in xml_places.items():
         if not os.path.isdir(place):
