@@ -25,6 +25,7 @@ from yolojax.data import (
     voc_layout,
     voc_xml,
 )
+from yolojax.data.config import validate_data_config
 from yolojax.data.testing import VocImage, VocObject, write_voc_folder
 
 
@@ -196,10 +197,76 @@ def test_a_box_one_pixel_wide_is_a_box_and_one_left_of_the_first_pixel_is_outsid
     folder = write_voc_folder(str(tmp_path / "g"), [outside], image_sets={"train": ["b"]})
     with pytest.raises(
         voc_folder.BadDataError,
-        match=r"box .* lies outside the 20x10 image: fix the box in the .xml file \(xmin and "
-        r"ymin at least 0, xmax up to 20 and ymax up to 10, at least 1: VOC's pixels count",
+        match=r"box .* lies outside the 20x10 image by 1 pixel: fix the box in the .xml file "
+        r"\(xmin and ymin at least 0, xmax up to 20 and ymax up to 10, at least 1: VOC's pixels",
     ):
         _prepare(folder, tmp_path / "data", class_names=("dog",))
+
+
+def test_a_box_a_labelling_slip_beyond_its_image_is_clipped_when_asked_and_said(tmp_path, caplog):
+    # 'slip' reaches 1 pixel right of its 20x10 image (xmax 21) and 0.5 above (ymin -0.5);
+    # 'far' ends 6 pixels right of it: no slip, so no clipping is offered for it.
+    images = [
+        VocImage("ok", 20, 10, [VocObject("dog", (2, 1, 9, 8))]),
+        VocImage("slip", 20, 10, [VocObject("dog", (2, -0.5, 21, 8))]),
+        VocImage("far", 20, 10, [VocObject("dog", (2, 1, 26, 8))]),
+    ]
+    sets = {"train": ["ok", "slip", "far"]}
+    folder = write_voc_folder(str(tmp_path / "f"), images, image_sets=sets)
+    with pytest.raises(voc_folder.BadDataError) as error:
+        _prepare(folder, tmp_path / "refused", class_names=("dog",))
+    slip, far = str(error.value).splitlines()[1:3]
+    rule = (
+        "fix the box in the .xml file (xmin and ymin at least 0, xmax up to 20 and ymax up to "
+        "10, at least 1: VOC's pixels count from 1)"
+    )
+    assert slip.endswith(
+        "slip.xml: object 'dog' box (xmin=2, ymin=-0.5, xmax=21, ymax=8) lies outside the 20x10 "
+        f"image by 1 pixel: {rule}, or clip the boxes that overshoot this little with "
+        "--config.data.clip_box_overshoot=1"
+    )
+    assert far.endswith(
+        f"far.xml: object 'dog' box (xmin=2, ymin=1, xmax=26, ymax=8) lies "
+        f"outside the 20x10 image by 6 pixels: {rule}"
+    )
+
+    # Skipped without clipping; kept, clipped, with clipping: a copy prepared of its own.
+    skipped = _prepare(folder, tmp_path / "data", class_names=("dog",), on_bad_data="skip")
+    assert sorted(_examples(skipped, "train")) == ["ok.jpg"]
+    with caplog.at_level(logging.WARNING):
+        clipped = _prepare(
+            folder,
+            tmp_path / "data",
+            class_names=("dog",),
+            on_bad_data="skip",
+            clip_box_overshoot=1,
+        )
+    examples = _examples(clipped, "train")
+    assert sorted(examples) == ["ok.jpg", "slip.jpg"]  # 'far' is still bad data
+    # Clipped to (2, 0, 20, 8), stored as TFDS voc stores boxes: yxyx pixels / size.
+    np.testing.assert_allclose(
+        examples["slip.jpg"]["objects"]["bbox"], [[0 / 10, 2 / 20, 8 / 10, 20 / 20]], atol=1e-6
+    )
+    assert (
+        f"voc_folder: clipped 1 box of 1 image in split 'train' of {folder} to their image "
+        "(config.data.clip_box_overshoot=1): slip.jpg"
+    ) in caplog.text
+    assert "skipped 1 of 3 images" in caplog.text and "far.xml" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("source", "overshoot", "expected"),
+    [
+        ("voc_folder", -1.0, r"config\.data\.clip_box_overshoot must be a finite number >= 0"),
+        ("synthetic_shapes", 1.0, r"applies to source 'voc_folder' only .* leave it at 0"),
+    ],
+)
+def test_a_box_overshoot_to_clip_is_checked(source, overshoot, expected):
+    config = default_data_config()
+    config.source, config.clip_box_overshoot = source, overshoot
+    config.folder = "/data" if source == "voc_folder" else None
+    with pytest.raises(ValueError, match=expected):
+        validate_data_config(config)
 
 
 @pytest.mark.parametrize("problem", BAD_DATA)

@@ -97,6 +97,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     # voc_folder only: 'error' stops at a split's bad files (naming each and its problem);
     # 'skip' leaves out every image with a problem and warns with the count.
     data.on_bad_data = "error"
+    # voc_folder only: a box reaching at most this many pixels beyond its image's edge (a
+    # labelling tool's slip: a 0-based end, a drag past the edge) is clipped to the image, with
+    # a warning giving the count; a box farther out is bad data. 0: none is clipped.
+    data.clip_box_overshoot = 0.0
     # Square model input size in pixels.
     data.image_size = 448
     # Boxes per image after padding. 64 is above the most crowded VOC 2007/2012 image; an
@@ -154,6 +158,13 @@ def validate_data_config(data_config) -> None:
                 f"{data_config.source!r}: leave it unset, or set "
                 "--config.data.source=voc_folder (configs/folder.py does)."
             )
+    check_number("config.data.clip_box_overshoot", data_config.clip_box_overshoot, at_least=0)
+    if data_config.clip_box_overshoot and data_config.source != "voc_folder":
+        raise ValueError(
+            "config.data.clip_box_overshoot applies to source 'voc_folder' only (the other "
+            f"sources' boxes lie inside their images), and the source is {data_config.source!r}: "
+            "leave it at 0."
+        )
     if data_config.source == "voc_folder" and not data_config.folder:
         raise ValueError(
             "config.data.folder must name a folder of images with VOC XML files when "

@@ -197,6 +197,7 @@ def _parts(data_config, split: str | None) -> list[tuple[tfds.core.DatasetBuilde
             data_config.folder,
             class_names=data_config.class_names,
             on_bad_data=data_config.on_bad_data,
+            clip_box_overshoot=data_config.clip_box_overshoot,
         )
         builder = _prepared(
             functools.partial(

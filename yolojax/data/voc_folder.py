@@ -21,7 +21,8 @@ pixel coordinates divided by the image size, as TFDS `voc` does.
 Bad data (a missing or corrupt image, malformed XML, an unknown class, a box outside the image
 or with swapped corners, an XML size that disagrees with the image) raises `BadDataError` naming the
 file and the problem, or with `on_bad_data='skip'` leaves the image out and warns with the
-count. A skipped image is never kept with some of its boxes dropped.
+count. A skipped image is never kept with some of its boxes dropped. A box at most
+`clip_box_overshoot` pixels beyond its image is clipped to it, with a warning.
 
     builder = VocFolder(config=voc_folder_config('/data/masks'), file_format='array_record')
     builder.download_and_prepare()
@@ -34,6 +35,7 @@ import functools
 import hashlib
 import io
 import logging
+import math
 import os
 import re
 
@@ -55,12 +57,15 @@ from yolojax.data.voc_layout import (
     xml_path_of,
 )
 from yolojax.data.voc_xml import BadDataError, ParsedObject, parse_annotation
-from yolojax.validation import check_choice
+from yolojax.validation import check_choice, check_number
 
 # Pillow's names for the formats tf.io.decode_image reads (MPO: multi-picture camera JPEGs).
 _DECODABLE_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP")
 _EXIF_ORIENTATION = 0x0112  # the tag's number; 1 is upright as stored
 _MAX_REPORTED_PROBLEMS = 5
+# A box beyond its image by up to this many pixels, or this fraction of the image's longer
+# side, gets config.data.clip_box_overshoot suggested.
+_SLIP_PIXELS, _SLIP_FRACTION = 2, 0.02
 
 _logger = logging.getLogger(__name__)
 
@@ -114,7 +119,28 @@ _UPRIGHT_ADVICE = (
 )
 
 
-def _check_object(xml_path: str, obj: ParsedObject, width: int, height: int, class_names) -> None:
+def _overshoot(obj: ParsedObject, width: int, height: int) -> float:
+    """How far, in pixels, the box's farthest coordinate lies beyond its range: xmin and
+    ymin in [0, size], xmax and ymax in [1, size] (VOC's pixels count from 1, ends inclusive:
+    xmin == xmax is a box one pixel wide, xmin = 0 (a 0-based exporter's) is taken as the
+    image's edge, and xmax = 0 is no pixel). 0 for a box inside."""
+    return max(
+        max(low - value, value - high, 0.0)
+        for value, (low, high) in zip(obj.box, _box_ranges(width, height), strict=True)
+    )
+
+
+def _box_ranges(width: int, height: int) -> tuple[tuple[int, int], ...]:
+    """The [low, high] range of each of a box's xmin, ymin, xmax and ymax (see _overshoot)."""
+    return ((0, width), (0, height), (1, width), (1, height))
+
+
+def _checked_box(
+    xml_path: str, obj: ParsedObject, width: int, height: int, class_names, clip_overshoot: float
+) -> tuple[tuple[float, float, float, float], bool]:
+    """The object's pixel xyxy box, clipped to the image where it overshoots by at most
+    ``clip_overshoot`` pixels, and whether it was clipped; raises BadDataError for a box
+    farther out, swapped corners or an unknown class."""
     xmin, ymin, xmax, ymax = obj.box
     where = f"{xml_path}: object '{obj.name}' box (xmin={xmin:g}, ymin={ymin:g}, xmax={xmax:g}, "
     where += f"ymax={ymax:g})"
@@ -122,21 +148,35 @@ def _check_object(xml_path: str, obj: ParsedObject, width: int, height: int, cla
         raise BadDataError(f"{xml_path}: unknown class '{obj.name}' (known: {list(class_names)})")
     if xmax < xmin or ymax < ymin:
         raise BadDataError(f"{where} has a max below its min: its corners are swapped")
-    # VOC's pixels count from 1, ends inclusive: xmin == xmax is a box one pixel wide, and
-    # xmin = 0 (a 0-based exporter's) is taken as the image's edge; xmax = 0 is no pixel.
-    if xmin < 0 or ymin < 0 or xmax < 1 or ymax < 1 or xmax > width or ymax > height:
+    overshoot = _overshoot(obj, width, height)
+    if overshoot > clip_overshoot:
+        # A labelling tool's slip (a 0-based end, a drag past the edge), not a misplaced box:
+        # clipping it is offered; a box far out is worth a look.
+        slip = overshoot <= max(_SLIP_PIXELS, _SLIP_FRACTION * max(width, height))
         raise BadDataError(
-            f"{where} lies outside the {width}x{height} image: fix the box in the .xml file "
-            f"(xmin and ymin at least 0, xmax up to {width} and ymax up to {height}, at least "
-            "1: VOC's pixels count from 1)"
+            f"{where} lies outside the {width}x{height} image by {overshoot:g} "
+            f"pixel{'s' * (overshoot != 1)}: fix the box in the .xml file (xmin and ymin at least "
+            f"0, xmax up to {width} and ymax up to {height}, at least 1: VOC's pixels count "
+            "from 1)"
+            + (
+                ", or clip the boxes that overshoot this little with "
+                f"--config.data.clip_box_overshoot={math.ceil(overshoot)}"
+                if slip
+                else ""
+            )
         )
+    clipped = tuple(
+        min(max(value, low), high)
+        for value, (low, high) in zip(obj.box, _box_ranges(width, height), strict=True)
+    )
+    return clipped, overshoot > 0
 
 
-def _example(
-    folder: str, image_id: str, class_names: tuple[str, ...], split: str
-) -> tuple[dict, int]:
+def _example(config: "VocFolderConfig", image_id: str, split: str) -> tuple[dict, int, int]:
     """Builds one TFDS example of ``split``, and gives its image's EXIF orientation (1:
-    none); raises BadDataError for any problem with its files."""
+    none) and how many of its boxes were clipped to the image; raises BadDataError for any
+    problem with its files."""
+    folder = config.folder
     xml_path = xml_path_of(folder, image_id)
     try:
         image_id.encode("utf-8")
@@ -158,10 +198,13 @@ def _example(
             f"{image_path} is {width}x{height}"
             + (f" as stored ({_UPRIGHT_ADVICE})" if turned else "")
         )
-    for obj in annotation.objects:
-        _check_object(xml_path, obj, width, height, class_names)
+    class_names = config.class_names
+    checked = [
+        _checked_box(xml_path, obj, width, height, class_names, config.clip_box_overshoot)
+        for obj in annotation.objects
+    ]
     # VOC (xmin, ymin, xmax, ymax) pixels -> normalized (ymin, xmin, ymax, xmax).
-    pixels = np.array([obj.box for obj in annotation.objects], np.float64).reshape(-1, 4)
+    pixels = np.array([box for box, _ in checked], np.float64).reshape(-1, 4)
     boxes = box_ops.pixel_xyxy_to_normalized_yxyx(pixels, height, width).astype(np.float32)
     example = {
         "image": encoded,
@@ -173,7 +216,7 @@ def _example(
             "is_truncated": np.array([obj.truncated for obj in annotation.objects], dtype=bool),
         },
     }
-    return example, orientation
+    return example, orientation, sum(clipped for _, clipped in checked)
 
 
 def _with_skip_hint(error: BadDataError) -> BadDataError:
@@ -267,6 +310,7 @@ class VocFolderConfig(tfds.core.BuilderConfig):
     class_names: tuple[str, ...] = ()
     on_bad_data: str = "error"
     split_seed: int = 0
+    clip_box_overshoot: float = 0.0
 
 
 def voc_folder_config(
@@ -275,6 +319,7 @@ def voc_folder_config(
     class_names: tuple[str, ...] | None = None,
     on_bad_data: str = "error",
     split_seed: int = 0,
+    clip_box_overshoot: float = 0.0,
 ) -> VocFolderConfig:
     """Returns a config named after the folder and a fingerprint of its files and options."""
     if not folder or not os.path.isdir(folder):
@@ -283,6 +328,7 @@ def voc_folder_config(
             f"{os.getcwd()}): pass the path of the folder of images with VOC XML files."
         )
     check_choice("config.data.on_bad_data", on_bad_data, BAD_DATA_POLICIES)
+    check_number("config.data.clip_box_overshoot", clip_box_overshoot, at_least=0)
     folder = os.path.abspath(folder)
     state = folder_state(folder)
     given = class_names is not None
@@ -307,6 +353,8 @@ def voc_folder_config(
         )
     stem = re.sub(r"[^A-Za-z0-9_]", "_", os.path.basename(folder.rstrip(os.sep)))[:40]
     parts = (folder, class_names, on_bad_data, split_seed, state)
+    if clip_box_overshoot:  # only then: folders prepared before the option keep their copy
+        parts += (float(clip_box_overshoot),)
     fingerprint = hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
     return VocFolderConfig(
         name=f"{stem}_{fingerprint}",
@@ -315,6 +363,7 @@ def voc_folder_config(
         class_names=class_names,
         on_bad_data=on_bad_data,
         split_seed=split_seed,
+        clip_box_overshoot=float(clip_box_overshoot),
     )
 
 
@@ -367,14 +416,16 @@ class VocFolder(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, split: str, image_ids: list[str]):
         config = self.builder_config
-        problems, labels_seen, oriented = [], set(), []
+        problems, labels_seen, oriented, clipped = [], set(), [], collections.Counter()
         for image_id in image_ids:
             try:
-                example, orientation = _example(config.folder, image_id, config.class_names, split)
+                example, orientation, clipped_boxes = _example(config, image_id, split)
             except BadDataError as error:  # with on_bad_data='error' too: all named at once
                 problems.append(str(error))
                 continue
             labels_seen.update(example["objects"]["label"])
+            if clipped_boxes:
+                clipped[example["image/filename"]] = clipped_boxes
             if orientation != 1:
                 oriented.append(example["image/filename"])
             yield image_id, example
@@ -392,6 +443,17 @@ class VocFolder(tfds.core.GeneratorBasedBuilder):
                 split,
                 config.folder,
                 errors.first_few(oriented),
+            )
+        if clipped:  # the boxes trained on are not the files' own: said, as any change is
+            _logger.warning(
+                "voc_folder: clipped %s of %s in split '%s' of %s to their image "
+                "(config.data.clip_box_overshoot=%g): %s",
+                errors.count(clipped.total(), "box", "boxes"),
+                errors.count(len(clipped), "image"),
+                split,
+                config.folder,
+                config.clip_box_overshoot,
+                errors.first_few(list(clipped)),
             )
         first_problems = "\n  ".join(problems[:_MAX_REPORTED_PROBLEMS])
         self._splits_left.discard(split)
