@@ -185,3 +185,17 @@ def test_a_pose_the_builder_does_not_know_is_named(tmp_path):
     xml.write_text(xml.read_text().replace("<pose>Unspecified</pose>", "<pose>Sideways</pose>", 1))
     with pytest.raises(ValueError, match=r"has <pose> 'sideways', not one of \['frontal'"):
         prepare_voc_offline(str(tmp_path / "VOCdevkit"), "2007", data_dir=str(tmp_path / "tfds"))
+
+
+def test_a_difficult_flag_the_builder_would_misread_is_named(tmp_path):
+    # TFDS's builder takes the text '1' for difficult and any other for not: a 'true', which
+    # a VOC-format folder reads as difficult, would be stored as an object to learn and score.
+    year_dir = tmp_path / "VOCdevkit" / "VOC2007"
+    write_voc_folder(str(year_dir), TEST_IMAGES[:1], image_sets={"test": ["000004"]})
+    xml = year_dir / "Annotations" / "000004.xml"
+    xml.write_text(
+        xml.read_text().replace("<difficult>0</difficult>", "<difficult>true</difficult>", 1)
+    )
+    with pytest.raises(ValueError, match=r"has <difficult> 'true': TFDS's voc reads 1 or 0 only"):
+        prepare_voc_offline(str(tmp_path / "VOCdevkit"), "2007", data_dir=str(tmp_path / "tfds"))
+    assert not (tmp_path / "tfds" / "voc").exists()  # nothing prepared

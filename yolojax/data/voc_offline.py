@@ -71,6 +71,12 @@ def _annotation_problem(xml_path: str, labels: dict[str, tuple[str, ...]]) -> st
         for tag in ("truncated", "difficult"):
             if obj.find(tag) is None:
                 return f"object {name!r} lacks <{tag}>"
+            # The builder takes the text '1' for set and any other for unset: a 'true' (or a
+            # ' 1') would be stored as not difficult, where voc_folder (voc_xml) reads it as
+            # difficult.
+            flag = obj.findtext(tag)
+            if flag not in ("0", "1"):
+                return f"object {name!r} has <{tag}> {flag!r}: TFDS's voc reads 1 or 0 only"
         pose = (obj.findtext("pose") or "").lower()
         if pose not in labels["pose"]:
             return f"object {name!r} has <pose> {pose!r}, not one of {list(labels['pose'])}"
