@@ -62,9 +62,9 @@ def image_losses(outputs, batch, config) -> dict:
     Returns:
       ``{term: (B,)}`` for each of :data:`yolojax.losses.LOSS_TERMS`.
     """
-    mask = batch["mask"]
-    if not config.data.train_on_difficult:
-        mask = mask & ~batch["difficult"]
+    mask = batch["mask"] & pipeline.trained_objects(
+        batch["difficult"], config.data.train_on_difficult
+    )
     grid = train_lib.target_grids(batch["boxes"], batch["labels"], mask, config)
 
     def one_image(prediction, target):  # the loss averages over its batch: one image

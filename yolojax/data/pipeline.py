@@ -109,10 +109,18 @@ def get_dataset_info(data_config, *, train: bool = True) -> DatasetInfo:
     )
 
 
+def trained_objects(difficult, train_on_difficult: bool):
+    """Which objects training learns: ``difficult``'s shape of bool (NumPy or JAX), all but
+    the difficult ones unless ``train_on_difficult`` (``config.data.train_on_difficult``).
+    The train batches hold these only; the evaluation's loss targets them too."""
+    return ~difficult | train_on_difficult
+
+
 def _record(example: sources.Example, position: int, max_boxes: int, keep_difficult: bool):
-    """The tf.data generator's element for one example (NumPy), dropping unused objects."""
-    keep = np.ones_like(example.difficult) if keep_difficult else ~example.difficult
-    count = int(np.sum(keep))  # the boxes the batch holds: not those of difficult objects
+    """The tf.data generator's element for one example (NumPy), keeping all its objects
+    (``keep_difficult``) or only those training learns."""
+    keep = trained_objects(example.difficult, keep_difficult)
+    count = int(np.sum(keep))  # the boxes the batch holds
     if count > max_boxes:
         raise ValueError(
             f"{example.filename}: {count} objects"
