@@ -664,6 +664,7 @@ def test_a_folder_stands_for_its_image_files_in_name_order(workdir, tmp_path, ca
     folder = tmp_path / "photos"
     b = _image(folder / "b.PNG", 30, 20)
     a = _image(folder / "a.jpg", 40, 30, seed=1)
+    c = _image(folder / "c.jfif", 20, 10, seed=2)  # a JPEG too, as some browsers save them
     (folder / "notes.txt").write_text("not an image\n")  # not an image extension: left out
     (folder / "._a.jpg").write_bytes(b"\0\5\26\7")  # macOS metadata, hidden: left out
     _image(folder / "nested" / "c.jpg", 8, 8)  # subfolders are not read
@@ -673,8 +674,8 @@ def test_a_folder_stands_for_its_image_files_in_name_order(workdir, tmp_path, ca
     assert _predict(workdir, out, str(folder), str(folder / "." / "a.jpg")) == 0
 
     record = _record(out)
-    assert list(record) == [a, b]
-    assert [record[p]["drawing"] for p in (a, b)] == ["a.jpg", "b.png"]
+    assert list(record) == [a, b, c]
+    assert [record[p]["drawing"] for p in (a, b, c)] == ["a.jpg", "b.png", "c.jpg"]
     assert Image.open(out / "b.png").size == (30, 20)
     assert "Skipping" not in capsys.readouterr().err
 

@@ -30,7 +30,7 @@ PNG_MARK_KEY = "Software"
 # A drawing keeps a JPEG photo's format: Pillow encodes a 640×480 drawing as a JPEG in
 # 2.5 ms, as a PNG (zlib level 1) in 20-30 ms, which was the largest part of predict's time
 # a photo, for a file twice as large. Other inputs (PNG, BMP, ...) get lossless PNGs.
-_JPEG_SUFFIXES = (".jpg", ".jpeg")
+_JPEG_SUFFIXES = (".jpg", ".jpeg", ".jfif")
 _DRAWING_SUFFIXES = (".jpg", ".png")
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-# Image files by extension (matched case-insensitively), for folders given as input.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# Image files by extension (matched case-insensitively), for folders given as input and the
+# images of a VOC-format folder (looked for in this order).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _ORIENTATION_TAG = 0x0112
 # EXIF orientation → the transpose that makes the image upright (as ImageOps.exif_transpose).
 _UPRIGHT = {

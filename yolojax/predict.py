@@ -6,7 +6,7 @@
 A folder stands for the image files in it (by extension: .jpg, .png, ...; not its
 subfolders), in name order; the output folder given as an input stands for its images
 without this command's drawings. For each input image ``name.ext`` it writes the drawing
-``out/name.jpg`` (a JPEG photo, ``.jpg`` or ``.jpeg``, at quality 95) or ``out/name.png``
+``out/name.jpg`` (a JPEG photo, ``.jpg``, ``.jpeg`` or ``.jfif``, at quality 95) or ``out/name.png``
 (any other image) with labelled boxes, drawn larger on large photos (``name_1.jpg``,
 ``name_2.jpg``, ... for later inputs of the same name, in input order, and where the folder
 already holds a file of that name that is not an earlier call's drawing: an input image,

@@ -15,11 +15,12 @@ import os
 
 from yolojax import errors
 from yolojax.data.voc_xml import BadDataError, ParsedAnnotation, parse_annotation
+from yolojax.images import IMAGE_EXTENSIONS
 
 # The extensions an XML's image is looked for with by its stem, in lower, upper and title
 # case (a.jpg, a.JPG, a.Jpg): the formats voc_folder reads (its _DECODABLE_FORMATS; .jfif is
 # a JPEG), and TIFF, found to be named as a file to convert rather than as one not found.
-_IMAGE_EXTENSIONS = ("jpg", "jpeg", "jfif", "png", "bmp", "gif", "webp", "tif", "tiff")
+_IMAGE_EXTENSIONS = tuple(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)
 # An annotation's file name ends so (a.xml, a.XML: one of the spellings cameras and Windows
 # tools write).
 _XML_SPELLINGS = (".xml", ".XML", ".Xml")
