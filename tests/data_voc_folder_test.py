@@ -370,6 +370,20 @@ def test_photos_with_an_exif_orientation_are_named(tmp_path, caplog):
         _prepare(folder, tmp_path / "data2", class_names=("dog",))
 
 
+def test_a_photo_with_a_damaged_exif_block_is_used_as_stored(tmp_path, monkeypatch):
+    # As yolojax.predict reads it; Pillow's struct.error stopped the preparation with a
+    # traceback naming no file.
+    images = [VocImage("a", 20, 10, [VocObject("dog", (2, 1, 9, 8))])]
+    folder = write_voc_folder(str(tmp_path / "f"), images, image_sets={"train": ["a"]})
+
+    def damaged(image):
+        raise struct.error("required argument is not a float")
+
+    monkeypatch.setattr(Image.Image, "getexif", damaged)
+    builder = _prepare(folder, tmp_path / "data", class_names=("dog",))
+    assert builder.info.splits["train"].num_examples == 1
+
+
 def test_images_without_an_xml_file_are_named_and_a_broken_link_ignored(tmp_path, caplog):
     # LabelImg writes no .xml for an image without objects: such images were left out
     # without a word. A broken link among the images stopped the preparation with

@@ -101,14 +101,21 @@ def to_rgb(image) -> np.ndarray:
     )
 
 
-def _upright(image: Image.Image) -> Image.Image:
-    """``image`` turned as its EXIF orientation says. Only the tag is read (Pillow's
-    ``exif_transpose`` also rewrites the whole EXIF block, and raises on a damaged one)."""
+def exif_orientation(image: Image.Image) -> int:
+    """The image's EXIF orientation, 1 to 8 (1: upright as stored), 1 without the tag or
+    with a damaged EXIF block (the image as stored, as other readers show it). Only the tag
+    is read (Pillow's ``exif_transpose`` also rewrites the whole EXIF block, and raises on a
+    damaged one)."""
     try:
-        orientation = image.getexif().get(_ORIENTATION_TAG)
-    except Exception:  # a damaged EXIF block: the image as stored, as other readers show it
-        return image
-    method = _UPRIGHT.get(orientation)
+        orientation = image.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:
+        return 1
+    return orientation if orientation in range(1, 9) else 1
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation says."""
+    method = _UPRIGHT.get(exif_orientation(image))
     return image.transpose(method) if method is not None else image
 
 

@@ -57,11 +57,11 @@ from yolojax.data.voc_layout import (
     xml_path_of,
 )
 from yolojax.data.voc_xml import BadDataError, ParsedObject, parse_annotation
+from yolojax.images import exif_orientation
 from yolojax.validation import check_choice, check_number
 
 # Pillow's names for the formats tf.io.decode_image reads (MPO: multi-picture camera JPEGs).
 _DECODABLE_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP")
-_EXIF_ORIENTATION = 0x0112  # the tag's number; 1 is upright as stored
 _MAX_REPORTED_PROBLEMS = 5
 # A box beyond its image by up to this many pixels, or this fraction of the image's longer
 # side, gets config.data.clip_box_overshoot suggested.
@@ -80,7 +80,7 @@ def _read_image(path: str) -> tuple[bytes, int, int, int]:
             image.load()
             image_format, mode = image.format, image.mode
             width, height = image.width, image.height
-            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+            orientation = exif_orientation(image)
     except UnidentifiedImageError:
         raise BadDataError(
             f"{path}: corrupt or unreadable image (not an image file Pillow can read)"
