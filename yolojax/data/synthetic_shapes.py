@@ -27,6 +27,7 @@ import tensorflow_datasets as tfds
 from PIL import Image, ImageDraw
 
 from yolojax.data.config import check_synthetic_fields, default_synthetic_config
+from yolojax.data.schema import detection_features
 
 CLASS_NAMES = ("ellipse", "rectangle", "triangle", "star", "cross")
 
@@ -299,19 +300,9 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         size = self.builder_config.image_size
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(size, size, 3), encoding_format="jpeg"),
-                    "image/filename": tfds.features.Text(),
-                    "objects": tfds.features.Sequence(
-                        {
-                            "label": tfds.features.ClassLabel(names=CLASS_NAMES),
-                            "bbox": tfds.features.BBoxFeature(),
-                            "is_difficult": np.bool_,
-                            "is_truncated": np.bool_,
-                        }
-                    ),
-                }
+            features=detection_features(
+                CLASS_NAMES,
+                tfds.features.Image(shape=(size, size, 3), encoding_format="jpeg"),
             ),
             homepage="https://github.com/yolojax/yolojax",
         )

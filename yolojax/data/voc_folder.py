@@ -48,6 +48,7 @@ from yolojax import boxes as box_ops
 from yolojax import errors
 from yolojax.data.config import BAD_DATA_POLICIES
 from yolojax.data.decoding import decode_image
+from yolojax.data.schema import detection_features
 from yolojax.data.voc_layout import (
     annotation_ids,
     find_image,
@@ -385,22 +386,7 @@ class VocFolder(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(),
-                    "image/filename": tfds.features.Text(),
-                    "objects": tfds.features.Sequence(
-                        {
-                            "label": tfds.features.ClassLabel(
-                                names=self.builder_config.class_names
-                            ),
-                            "bbox": tfds.features.BBoxFeature(),
-                            "is_difficult": np.bool_,
-                            "is_truncated": np.bool_,
-                        }
-                    ),
-                }
-            ),
+            features=detection_features(self.builder_config.class_names),
             # Lists the images left out for bad data, reloaded with the prepared dataset.
             metadata=tfds.core.MetadataDict(skipped=[]),
         )
