@@ -5,7 +5,7 @@ import jax.numpy as jnp
 
 from yolojax import boxes as box_ops
 from yolojax.outputs import check_grid_layout, split_predictions
-from yolojax.targets import target_channels
+from yolojax.targets import split_targets, target_channels
 from yolojax.validation import (
     check_finite,
     check_flags,
@@ -70,10 +70,11 @@ def _check_target_values(targets, num_classes):
     advice = " Make targets with yolojax.encode_batch."
     try:
         check_finite("targets", targets)
-        check_flags(f"targets' objectness (channel C = {num_classes})", targets[..., num_classes])
+        _, has_object, xywh = split_targets(targets, num_classes)
+        check_flags(f"targets' objectness (channel C = {num_classes})", has_object)
     except ValueError as error:
         raise ValueError(f"{error}.{advice}") from None
-    sizes = targets[..., num_classes + 3 :]
+    sizes = xywh[..., 2:]
     if sizes.size and sizes.min() < 0:
         raise ValueError(
             f"targets' w and h (channels C + 3 and C + 4) must be at least 0; got "
@@ -138,9 +139,8 @@ def yolo_loss(
         predictions, num_classes=num_classes, num_boxes=num_boxes
     )
     confidence, pred_xywh = box_fields[..., 0], box_fields[..., 1:]  # (N,S,S,B), (N,S,S,B,4)
-    target_class = targets[..., :num_classes]  # (N,S,S,C)
-    has_object = targets[..., num_classes]  # (N,S,S)
-    target_xywh = targets[..., num_classes + 1 :]  # (N,S,S,4)
+    # (N,S,S,C), (N,S,S), (N,S,S,4)
+    target_class, has_object, target_xywh = split_targets(targets, num_classes)
 
     # Both boxes in their cell's frame, in cell units: [x, y, w, h] is a cxcywh box there.
     iou = jax.lax.stop_gradient(

@@ -20,6 +20,13 @@ def target_channels(num_classes: int) -> int:
     return num_classes + 5
 
 
+def split_targets(targets, num_classes: int):
+    """``(..., C + 5)`` target grids (:func:`encode`'s, NumPy or JAX) → ``(classes (..., C)``
+    one-hot, ``has_object (...)`` 0 or 1, ``xywh (..., 4))``: the object's centre as an
+    offset in its cell and its width and height, in cells (0 in a cell without one)."""
+    return targets[..., :num_classes], targets[..., num_classes], targets[..., num_classes + 1 :]
+
+
 def _as_arrays(boxes, labels, mask):
     """``boxes`` (float32), ``labels`` and ``mask`` as arrays; a None mask is all True."""
     try:
