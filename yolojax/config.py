@@ -6,7 +6,6 @@ A config is an ``ml_collections.ConfigDict`` with sections ``model``, ``data``, 
 with the key named.
 """
 
-import json
 import os
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from yolojax.validation import (
     check_positive_int,
     check_threshold,
 )
-from yolojax.workdir import CONFIG_FILE, drop_retired_fields
+from yolojax.workdir import CONFIG_FILE, parse_saved_config
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -260,8 +259,7 @@ def load_run_config(
         )
     config = default_config()
     try:
-        saved = json.loads(path.read_text())
-        drop_retired_fields(saved)
+        saved = parse_saved_config(workdir)
         _check_saved_fields(saved, config.to_dict())
         config.update(saved)  # nested sections field by field
         validate_config(config)  # a value edited out of range fails here, naming the file

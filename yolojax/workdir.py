@@ -241,26 +241,36 @@ _RETIRED_FIELDS = {
 }
 
 
-def drop_retired_fields(saved) -> None:
+def _drop_retired_fields(saved: dict) -> None:
     """Removes the fields yolojax no longer has from ``saved``, a config.json's object (a
     resumed run's config does not differ by them)."""
     for section, key in _RETIRED_FIELDS:
-        if isinstance(saved, dict) and isinstance(saved.get(section), dict):
+        if isinstance(saved.get(section), dict):
             saved[section].pop(key, None)
 
 
+def parse_saved_config(workdir: str | os.PathLike) -> dict:
+    """The run's ``config.json`` as a JSON object, less its retired fields.
+
+    Raises:
+      OSError: there is none, or it cannot be read.
+      ValueError: it is not JSON.
+      TypeError: it is not a JSON object.
+    """
+    saved = json.loads((Path(workdir) / CONFIG_FILE).read_text())
+    if not isinstance(saved, dict):
+        raise TypeError(f"the file should be a JSON object, not {saved!r}")
+    _drop_retired_fields(saved)
+    return saved
+
+
 def read_saved_config(workdir: str | os.PathLike) -> dict | None:
-    """The run's ``config.json`` as a JSON object, less its retired fields; None when there is
-    none, or it cannot be read or is not an object (callers that must say why use
+    """:func:`parse_saved_config`, or None where it raises (callers that must say why use
     ``yolojax.config.load_run_config``)."""
     try:
-        saved = json.loads((Path(workdir) / CONFIG_FILE).read_text())
-    except (OSError, ValueError):  # none, unreadable, or not JSON
+        return parse_saved_config(workdir)
+    except (OSError, ValueError, TypeError):
         return None
-    if not isinstance(saved, dict):
-        return None
-    drop_retired_fields(saved)
-    return saved
 
 
 def config_changes(workdir: str | os.PathLike, config_json: str) -> list[str]:
