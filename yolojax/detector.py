@@ -36,7 +36,9 @@ class ImageDetections(NamedTuple):
     """Detections of one image, best first.
 
     Attributes:
-      boxes: ``(K, 4)`` float ``[xmin, ymin, xmax, ymax]`` in pixels of the input image.
+      boxes: ``(K, 4)`` float ``[xmin, ymin, xmax, ymax]`` in pixels of the input image,
+        continuous: the image spans ``[0, width] × [0, height]`` (a VOC XML's 1-based
+        ``xmin``, ``ymin`` are these plus 1: ``yolojax.data.pipeline.continuous_boxes``).
       scores: ``(K,)`` float32 confidence × class score.
       labels: ``(K,)`` int32 class ids.
       class_names: ``K`` names.

@@ -345,7 +345,9 @@ def pixel_detections(
 
     Returns:
       N tuples ``(boxes, scores, labels)``, only where ``valid``, best first: boxes
-      ``(K_i, 4)`` float64 xyxy in pixels, scores ``(K_i,)``, labels ``(K_i,)``.
+      ``(K_i, 4)`` float64 xyxy in continuous pixel coordinates (the image spans ``[0,
+      width] × [0, height]``; VOC's 1-based ``xmin``, ``ymin`` are these plus 1), scores
+      ``(K_i,)``, labels ``(K_i,)``.
     """
     if np.ndim(detections.boxes) != 3:
         raise ValueError(
