@@ -304,14 +304,14 @@ class Detector:
         """The detections of at most ``batch_size`` RGB images, in one call of the model,
         padded to the next power of two (or ``batch_size``, see :meth:`detect_batch`);
         ``first_index``: the first image's index in the caller's, for errors."""
-        size = self.config.data.image_size
+        size, normalization = self._config.data.image_size, self._config.data.normalization
         rows = min(1 << (len(images) - 1).bit_length(), batch_size)  # padded: few shapes
         if pad_to_batch_size and rows not in self._compiled_rows:
             rows = batch_size
         model_input = np.zeros((rows, size, size, 3), np.float32)
         for row, image in enumerate(images):
             model_input[row] = pipeline.preprocess_image(
-                image, image_size=size, normalization=self.config.data.normalization
+                image, image_size=size, normalization=normalization
             )
         try:
             detections, finite = jax.device_get(
