@@ -12,7 +12,7 @@ from jax.experimental import multihost_utils
 
 from configs import shapes
 from tests.tiny import tensorboard_scalars
-from yolojax import checkpoints, errors, orbax_managers, workdir
+from yolojax import atomic_files, checkpoints, errors, orbax_managers, workdir
 
 SIGNATURE = {
     "backbone": "darknet_tiny",
@@ -321,15 +321,15 @@ def test_a_tensorboard_log_that_logged_nothing_leaves_no_folder(tmp_path):
 
 def test_atomic_write_replaces_whole_file(tmp_path):
     path = tmp_path / "sub" / "config.json"
-    workdir.atomic_write_text(path, "old")
-    workdir.atomic_write_text(path, "new")
+    atomic_files.atomic_write_text(path, "old")
+    atomic_files.atomic_write_text(path, "new")
     assert path.read_text() == "new"
     assert [p.name for p in path.parent.iterdir()] == ["config.json"]  # no temp files left
 
 
 def test_atomic_write_gives_the_mode_open_gives(tmp_path):
     # A run's config.json is as readable as the files open() makes (not mkstemp's 0600).
-    workdir.atomic_write_text(tmp_path / "config.json", "{}")
+    atomic_files.atomic_write_text(tmp_path / "config.json", "{}")
     (tmp_path / "plain.txt").write_text("")
 
     def mode(name: str) -> int:

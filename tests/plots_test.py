@@ -87,7 +87,7 @@ def fixture_saved(monkeypatch):
     """``{file name: Figure}`` of each figure saved, which is also written as usual (each
     figure is encoded, then its file written)."""
     saved, encoded = {}, []
-    save, write = plots.Figure.savefig, workdir_io.atomic_write_bytes
+    save, write = plots.Figure.savefig, plots.atomic_write_bytes
 
     def encode(self, *args, **kwargs):
         encoded.append(self)
@@ -98,7 +98,7 @@ def fixture_saved(monkeypatch):
         return write(path, data)
 
     monkeypatch.setattr(plots.Figure, "savefig", encode)
-    monkeypatch.setattr(workdir_io, "atomic_write_bytes", write_file)
+    monkeypatch.setattr(plots, "atomic_write_bytes", write_file)
     return saved
 
 

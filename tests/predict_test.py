@@ -25,16 +25,11 @@ from PIL import Image, ImageDraw
 from configs import folder, shapes, voc
 from tests import tiny
 from yolojax import checkpoints, drawings, errors, get_model, predict, train_lib
+from yolojax.atomic_files import atomic_write_text
 from yolojax.config import load_run_config
 from yolojax.data import synthetic_shapes
 from yolojax.detector import Detector, ImageDetections
-from yolojax.workdir import (
-    CLASSES_FILE,
-    CONFIG_FILE,
-    atomic_write_text,
-    config_changes,
-    load_class_names,
-)
+from yolojax.workdir import CLASSES_FILE, CONFIG_FILE, config_changes, load_class_names
 
 _UNCACHED_FROM_WORKDIR = Detector.from_workdir.__func__  # before the fixture's stand-in
 

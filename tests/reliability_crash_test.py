@@ -25,7 +25,7 @@ from ml_collections.config_flags import config_path
 
 from configs import shapes
 from tests.tiny import tensorboard_scalars
-from yolojax import checkpoints, train_lib, trainer, workdir
+from yolojax import atomic_files, checkpoints, train_lib, trainer, workdir
 
 pytestmark = pytest.mark.slow
 
@@ -559,7 +559,7 @@ def test_evaluate_without_a_config_uses_the_one_the_run_saved(
     # configs/shapes.py alone describes another model, which the checkpoint would not fit.
     run_dir = _two_checkpoints(tmp_path / "run", data_dir, initial_state)
     saved = _config(data_dir).to_json_best_effort(indent=2)
-    workdir.atomic_write_text(run_dir / workdir.CONFIG_FILE, saved)
+    atomic_files.atomic_write_text(run_dir / workdir.CONFIG_FILE, saved)
     command = [sys.executable, "evaluate.py", f"--workdir={run_dir}", "--checkpoint=1"]
     returncode, log = _run(command, env, tmp_path / "eval.log")
     assert returncode == 0, log

@@ -26,17 +26,11 @@ from yolojax import (
     train_lib,
     voc_results,
 )
+from yolojax.atomic_files import atomic_write_bytes, to_json
 from yolojax.config import resolve_num_classes, validate_config
 from yolojax.data import pipeline, sources
 from yolojax.evaluation import VOCEvaluator
-from yolojax.workdir import (
-    CLASSES_FILE,
-    EVAL_FOLDER,
-    atomic_write_bytes,
-    load_class_names,
-    run_config_flag,
-    to_json,
-)
+from yolojax.workdir import CLASSES_FILE, EVAL_FOLDER, load_class_names, run_config_flag
 
 
 def eval_batch_size(config) -> int:

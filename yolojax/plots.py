@@ -10,6 +10,7 @@ import matplotlib
 from matplotlib.figure import Figure
 
 from yolojax import workdir as workdir_io
+from yolojax.atomic_files import atomic_write_bytes
 from yolojax.average_precision import precision_envelope
 from yolojax.losses import LOSS_TERMS
 
@@ -60,7 +61,7 @@ def plot_training_curves(workdir, *, eval_split: str = "test") -> list[Path]:
         if ax.lines:  # up to ten loss curves: in two columns, to hide less of them
             ax.legend(fontsize="small", ncol=2 if len(ax.lines) > 4 else 1)
         fig.tight_layout()
-        workdir_io.atomic_write_bytes(workdir / filename, _png(fig))  # never half a PNG
+        atomic_write_bytes(workdir / filename, _png(fig))  # never half a PNG
         written.append(workdir / filename)
     return written
 

@@ -54,11 +54,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from yolojax import drawings, errors
+from yolojax.atomic_files import atomic_write_bytes, atomic_write_text, to_json
 from yolojax.checkpoints import parse_which
 from yolojax.images import IMAGE_EXTENSIONS, UnreadableImageError, read_image
 from yolojax.postprocess import NonFiniteOutputsError
 from yolojax.validation import check_positive_int
-from yolojax.workdir import atomic_write_bytes, atomic_write_text, to_json
 
 if TYPE_CHECKING:  # imported when used: it loads TensorFlow
     from yolojax.detector import Detector, ImageDetections

@@ -37,9 +37,10 @@ import numpy as np
 from flax import traverse_util
 
 from yolojax import checkpoints, command_flags, errors, models
+from yolojax.atomic_files import atomic_write_bytes
 from yolojax.config import load_run_config
 from yolojax.models import resnet, vgg
-from yolojax.workdir import CLASSES_FILE, CONFIG_FILE, atomic_write_bytes, load_class_names
+from yolojax.workdir import CLASSES_FILE, CONFIG_FILE, load_class_names
 
 RESNETS = tuple(resnet.RESNETS)
 ARCHS = (*RESNETS, "vgg16", "vgg16_bn")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from yolojax import errors, plots
 from yolojax import workdir as workdir_io
+from yolojax.atomic_files import atomic_write_text, to_json
 from yolojax.progress import tell
 
 
@@ -77,9 +78,7 @@ def prepare_workdir(
             + ".",
             printed=verbose,
         )
-    workdir_io.atomic_write_text(
-        workdir / workdir_io.CLASSES_FILE, workdir_io.to_json(list(info.class_names))
-    )
+    atomic_write_text(workdir / workdir_io.CLASSES_FILE, to_json(list(info.class_names)))
     workdir_io.truncate_metrics(workdir, start_step)
     return workdir_io.TensorBoardWriter(workdir, start_step)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from yolojax.workdir import atomic_write_text
+from yolojax.atomic_files import atomic_write_text
 
 
 def image_id(filename: str, index: int) -> str:

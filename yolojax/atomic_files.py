@@ -1,0 +1,66 @@
+"""Files written whole or not at all: a reader (or a crash) never sees one half-written.
+
+atomic_write_text(path, to_json(record))  # the old file or the new, never a mix
+"""
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+
+def _process_umask() -> int:
+    # os.umask can only be read by setting it; done once at import, before a run starts the
+    # threads (orbax's writers) that a brief umask of 0 could affect.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+# The mode open() gives a new file; mkstemp's temporary files are 0600 instead.
+_NEW_FILE_MODE = 0o666 & ~_process_umask()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes ``text`` to ``path`` so readers see the old or the new file, never a mix.
+
+    The file gets the mode ``open`` would give it (0644 under the usual umask 022).
+    """
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Writes ``data`` to ``path`` as `atomic_write_text` writes text: whole or not at all."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, _NEW_FILE_MODE)  # as readable as the run's other files
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def jsonable(value):
+    """Plain Python values for JSON, recursively; NaN and inf become null (JSON has no NaN)."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def to_json(record) -> str:
+    """``record`` as indented, strictly valid JSON (see :func:`jsonable`)."""
+    return json.dumps(jsonable(record), indent=2, allow_nan=False) + "\n"
