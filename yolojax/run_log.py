@@ -10,6 +10,7 @@ from pathlib import Path
 from yolojax import errors, plots
 from yolojax import workdir as workdir_io
 from yolojax.atomic_files import atomic_write_text, to_json
+from yolojax.config import default_config
 from yolojax.progress import tell
 
 
@@ -29,11 +30,12 @@ def prepare_workdir(
     steps_per_epoch, total_steps = steps
     workdir.mkdir(parents=True, exist_ok=True)
     config_json = config.to_json_best_effort(indent=2)
+    defaults_json = default_config().to_json_best_effort()  # a field the saved one lacks
     # A finished run's config.json stays the config its checkpoint was trained with (if
     # it was lost, this config is the best there is).
     schedule_moves = []
     if start_step < total_steps or not (workdir / workdir_io.CONFIG_FILE).exists():
-        changes, kept = workdir_io.save_config(workdir, config_json, start_step)
+        changes, kept = workdir_io.save_config(workdir, config_json, start_step, defaults_json)
         outcome = f"Training goes on with the new values; the previous config is kept as {kept}"
         # A cosine schedule spans the run's steps: stretched over more, it is higher at this
         # step than it was. Piecewise drops and the warm-up are in epochs, counted in steps
@@ -57,7 +59,7 @@ def prepare_workdir(
             )
         outcome = ". ".join([outcome, *schedule_moves, *_map_moves(workdir, changed)])
     else:
-        changes = workdir_io.config_changes(workdir, config_json)
+        changes = workdir_io.config_changes(workdir, config_json, defaults_json)
         outcome = (
             f"The run has already trained to step {start_step}, at or past the "
             f"{total_steps} steps this config asks for: no step is left to train with "

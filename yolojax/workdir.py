@@ -217,14 +217,17 @@ def read_saved_config(workdir: str | os.PathLike) -> dict | None:
         return None
 
 
-def config_changes(workdir: str | os.PathLike, config_json: str) -> list[str]:
+def config_changes(
+    workdir: str | os.PathLike, config_json: str, defaults_json: str = "{}"
+) -> list[str]:
     """How ``config_json`` differs from the run's saved ``config.json``, field by field:
     ``'train.batch_size: 16 -> 32'``; empty when nothing changed or none is saved (or it
-    cannot be read)."""
+    cannot be read). A field the saved config lacks (added to yolojax since) counts as
+    having its value in ``defaults_json``, the value the run had in effect."""
     saved = read_saved_config(workdir)
     if saved is None:  # none yet, or unreadable: nothing to keep
         return []
-    previous = _flat(saved)
+    previous = _flat(json.loads(defaults_json)) | _flat(saved)
     current = _flat(json.loads(config_json))
     return [
         f"{key}: {previous.get(key, '(absent)')} -> {current.get(key, '(absent)')}"
@@ -240,17 +243,17 @@ def run_config_flag(workdir: str | os.PathLike) -> str:
 
 
 def save_config(
-    workdir: str | os.PathLike, config_json: str, step: int
+    workdir: str | os.PathLike, config_json: str, step: int, defaults_json: str = "{}"
 ) -> tuple[list[str], Path | None]:
     """Writes ``config.json``; if the previous one (the run's, from before ``step``) differs,
     keeps it as ``config.before_step_<step>.json`` first (``.1``, ... if that is taken).
 
     Returns:
-      The differences (:func:`config_changes`) and where the previous config was kept (None
-      if it was not).
+      The differences (:func:`config_changes`, with ``defaults_json``) and where the
+      previous config was kept (None if it was not).
     """
     path = Path(workdir) / CONFIG_FILE
-    changes, kept = config_changes(workdir, config_json), None
+    changes, kept = config_changes(workdir, config_json, defaults_json), None
     if changes:
         kept = free_path(path.with_name(f"config.before_step_{step}.json"))
         atomic_write_text(kept, path.read_text())
