@@ -255,6 +255,48 @@ def test_difficult_objects_left_out_of_training_do_not_count_against_max_boxes(t
         next(make_train_iterator(config, global_batch_size=1, seed=0))
 
 
+def test_labels_and_difficult_flags_follow_their_boxes_when_augmentation_drops_one(tmp_path):
+    # Three objects of a 40×40 image (VOC pixels, 1-based, ends inclusive); continuous x, y:
+    #   0: cat, wide (w 8 > h 5), on the left edge: x [0, 8], y [17, 22];
+    #   1: dog, tall (w 6 < h 23), difficult: x [9, 15], y [7, 30];
+    #   2: cat, wide (w 15 > h 7): x [17, 32], y [19, 26].
+    # scale_translate 0.1: zoom z in [0.9, 1.1], shift t in ±0.1. The window starts at
+    # round((0.5 - (0.5 + t) / z) · 40), at most round(20 - 40 · 0.4 / 1.1) = 5, and ends
+    # round(40 / z) later, at least -2 + 36 = 34 (t = 0.1, z = 1.1): it always holds [5, 34]
+    # on both axes, so objects 1 and 2 are never cut (a flip mirrors the window's content
+    # after the cut). Object 0 is cut whenever the window starts right of column 0, and
+    # min_visible_fraction 1 drops it then.
+    # In every image, whatever was dropped, each kept box is a dog exactly when it is tall,
+    # and difficult exactly then: the labels and flags of the boxes that stay, not shifted
+    # up by one where box 0 left.
+    from yolojax.data.testing import VocImage, VocObject, write_voc_folder
+
+    objects = [
+        VocObject("cat", (1, 18, 8, 22)),
+        VocObject("dog", (10, 8, 15, 30), difficult=True),
+        VocObject("cat", (18, 20, 32, 26)),
+    ]
+    names = [f"a{index}" for index in range(8)]
+    config = default_data_config()
+    config.source, config.class_names, config.image_size = "voc_folder", ("cat", "dog"), 32
+    config.folder = write_voc_folder(
+        str(tmp_path / "f"),
+        [VocImage(name, 40, 40, objects) for name in names],
+        image_sets={"train": names},
+    )
+    config.tfds_data_dir, config.train_split = str(tmp_path / "tfds"), "train"
+    config.train_on_difficult = True
+    config.augment.update(scale_translate=0.1, min_visible_fraction=1.0)
+    batch = next(make_train_iterator(config, global_batch_size=8, seed=0))
+    mask = batch["mask"].reshape(8, -1)
+    counts = mask.sum(axis=1).tolist()
+    assert set(counts) == {2, 3}, counts  # box 0 dropped in some images, kept in others
+    boxes = batch["boxes"].reshape(8, -1, 4)[mask]
+    tall = boxes[:, 2] - boxes[:, 0] > boxes[:, 3] - boxes[:, 1]
+    np.testing.assert_array_equal(batch["labels"].reshape(8, -1)[mask], np.where(tall, 1, 0))
+    np.testing.assert_array_equal(batch["difficult"].reshape(8, -1)[mask], tall)
+
+
 def test_an_image_tensorflow_cannot_decode_is_one_error_naming_its_file(config, monkeypatch, capfd):
     # A damaged prepared file: TensorFlow's InvalidArgumentError, a page of graph nodes
     # naming nothing (and train.py could hang at exit on it).
