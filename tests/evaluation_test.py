@@ -72,6 +72,26 @@ def test_precision_envelope_hand_computed():
     assert np.sum(np.diff(recall) * envelope[1:]) == pytest.approx(5 / 6)
 
 
+def test_a_precision_that_rises_later_lifts_the_envelope_before_it():
+    # TP, FP, TP, TP over 3 positives: recall [1/3, 1/3, 2/3, 1], precision [1, 1/2, 2/3, 3/4].
+    # The envelope (best precision at that recall or beyond) is [1, 3/4, 3/4, 3/4]: at recall
+    # 2/3 it is the later 3/4, not the 2/3 measured there.
+    # Area: 1/3 · 1 + 1/3 · 3/4 + 1/3 · 3/4 = 5/6 (the raw precisions would give 29/36).
+    # 11-point: t = 0 .. .3 (4 points) see 1; t = .4 .. 1 (7 points) see 3/4 -> 37/44.
+    c = [40, 40, 50, 50]
+    images = [
+        image(
+            gts=[(A, 0), (B, 0), (c, 0)],
+            dets=[(A, 0.9, 0), (FAR, 0.8, 0), (B, 0.7, 0), (c, 0.6, 0)],
+        )
+    ]
+    results = evaluate(images)
+    np.testing.assert_allclose(results["precision"][0], [1, 1 / 2, 2 / 3, 3 / 4])
+    np.testing.assert_allclose(results["recall"][0], [1 / 3, 1 / 3, 2 / 3, 1])
+    assert results["AP_area"][0] == pytest.approx(5 / 6)
+    assert results["AP_11point"][0] == pytest.approx(37 / 44)
+
+
 def test_duplicate_detection_is_a_false_positive():
     # The .8 detection hits A again (IoU 100/110): TP, FP, TP -> the same 28/33 and 5/6.
     duplicate = [0, 0, 10, 11]
@@ -319,6 +339,35 @@ def test_add_normalized_batch_converts_to_pixels_and_skips_padding(image_size, e
     assert evaluator.num_images == 1
     assert results["num_positives"].tolist() == [1]
     assert results["AP_area"][0] == pytest.approx(expected_ap)
+
+
+def test_add_normalized_batch_after_other_images_keeps_each_image_apart():
+    # Image 0 by add: A (pixels) of class 0, no detection. Image 1, a normalized batch of a
+    # 100 × 100 image: B, detected (.9), and a detection (.8) where A lies in image 0. Image
+    # 1 has no A: TP (B), FP over 2 positives: precision [1, .5], recall [.5, .5] -> area
+    # .5 · 1 = .5; 11-point: t = 0 .. .5 see precision 1, t = .6 .. 1 nothing -> 6/11.
+    # Numbered from 0 in the batch, image 1's ground truth or detections would meet image
+    # 0's (B missed, or the detection of A a TP).
+    evaluator = VOCEvaluator(1)
+    evaluator.add(*image(gts=[(A, 0)]))
+    evaluator.add_normalized_batch(
+        gt_boxes=np.array([[[0.2, 0.2, 0.3, 0.3]]]),  # yxyx × 100 -> xyxy B
+        gt_labels=np.array([[0]]),
+        gt_difficult=None,
+        gt_mask=np.array([[True]]),
+        pred_boxes=np.array([[[0.2, 0.2, 0.3, 0.3], [0.0, 0.0, 0.1, 0.1]]]),  # B, A
+        pred_scores=np.array([[0.9, 0.8]]),
+        pred_labels=np.array([[0, 0]]),
+        pred_valid=np.array([[True, True]]),
+        image_size=np.array([[100, 100]]),
+        valid=np.array([True]),
+    )
+    results = evaluator.compute()
+    assert evaluator.num_images == 2
+    np.testing.assert_allclose(results["precision"][0], [1, 0.5])
+    np.testing.assert_allclose(results["recall"][0], [0.5, 0.5])
+    assert results["AP_area"][0] == pytest.approx(0.5)
+    assert results["AP_11point"][0] == pytest.approx(6 / 11)
 
 
 @pytest.mark.parametrize(
