@@ -68,6 +68,19 @@ def test_decode_hand_computed_box_and_score():
     assert float(jnp.abs(scores[0, :index]).sum()) == 0.0  # empty boxes score nothing
 
 
+def test_decode_clips_boxes_reaching_past_the_image_to_it():
+    outputs = np.zeros((1, S, S, C + 5 * B), np.float32)
+    # Cell (row 0, col 3), box 0: centre offset (0.5, 0.5), size 2 × 3 cells. Centre
+    # ((3 + 0.5) / 4, (0 + 0.5) / 4) = (0.875, 0.125); half sizes 0.25 × 0.375 → yxyx
+    # [-0.25, 0.625, 0.5, 1.125], past the top and right edges: clipped, [0, 0.625, 0.5, 1].
+    outputs[0, 0, 3, :C] = [1.0, 0.0, 0.0]
+    outputs[0, 0, 3, C : C + 5] = [0.9, 0.5, 0.5, 2.0, 3.0]
+    boxes, scores = postprocess.decode(outputs, num_classes=C, num_boxes=B)
+    index = (0 * S + 3) * B + 0  # (row, col, box) order
+    np.testing.assert_allclose(boxes[0, index], [0.0, 0.625, 0.5, 1.0], atol=1e-6)
+    np.testing.assert_allclose(scores[0, index], [0.9, 0.0, 0.0], atol=1e-6)
+
+
 def test_decode_clips_confidence_and_scores_empty_boxes_zero():
     outputs = np.zeros((1, S, S, C + 5 * B), np.float32)
     outputs[0, 0, 0, :C] = [0.8, 0.5, 1.0]
