@@ -72,6 +72,20 @@ def test_padding_and_degenerate_boxes_are_ignored():
     assert grid[0, 0, C] == 1
 
 
+def test_a_larger_padded_box_in_the_same_cell_does_not_replace_the_real_one():
+    # Real: yxyx [0.3, 0.3, 0.4, 0.4], centre (0.35, 0.35) → ×4 = (1.4, 1.4): cell (1, 1),
+    # offsets (0.4, 0.4), size 0.1 × 4 = 0.4 cells. The padding (mask False) is 9× larger
+    # and centred in the same cell: ignored, not the cell's box.
+    real, padded = [0.3, 0.3, 0.4, 0.4], [0.2, 0.2, 0.5, 0.5]
+    for boxes, labels, mask in (
+        ([real, padded], [0, 1], [True, False]),
+        ([padded, real], [1, 0], [False, True]),
+    ):
+        grid = _encode(boxes, labels, np.array(mask))
+        np.testing.assert_allclose(grid[1, 1], [1, 0, 0, 1, 0.4, 0.4, 0.4, 0.4], atol=1e-6)
+        assert grid.sum() == pytest.approx(grid[1, 1].sum())
+
+
 def test_centre_on_the_far_edge_belongs_to_the_last_cell():
     # Only a box past the edge centres on 1.0: under jit, where values go unchecked.
     encode = jax.jit(functools.partial(targets.encode, grid_size=4, num_classes=C))
