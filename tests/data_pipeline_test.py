@@ -31,7 +31,7 @@ from yolojax.data import (
     synthetic_shapes,
 )
 from yolojax.data.config import validate_data_config
-from yolojax.data.testing import valid_box_data_source
+from yolojax.data.testing import VocImage, VocObject, valid_box_data_source, write_voc_folder
 
 NUM_TRAIN, NUM_TEST, SIZE = 10, 7, 32
 
@@ -239,8 +239,6 @@ def test_more_objects_than_max_boxes_is_an_error_naming_the_image_and_the_fix(
 
 def test_difficult_objects_left_out_of_training_do_not_count_against_max_boxes(tmp_path):
     # Counted before they were dropped: an image whose kept boxes fit was refused.
-    from yolojax.data.testing import VocImage, VocObject, write_voc_folder
-
     objects = [VocObject("dog", (2, 2, 9, 9)), VocObject("dog", (4, 4, 16, 8), difficult=True)]
     image = VocImage("a", 20, 10, objects)
     config = default_data_config()
