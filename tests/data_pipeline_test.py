@@ -267,7 +267,6 @@ def test_labels_and_difficult_flags_follow_their_boxes_when_augmentation_drops_o
     # In every image, whatever was dropped, each kept box is a dog exactly when it is tall,
     # and difficult exactly then: the labels and flags of the boxes that stay, not shifted
     # up by one where box 0 left.
-    from yolojax.data.testing import VocImage, VocObject, write_voc_folder
 
     objects = [
         VocObject("cat", (1, 18, 8, 22)),
