@@ -26,7 +26,7 @@ from configs import folder, shapes, voc
 from tests import tiny
 from yolojax import checkpoints, drawings, errors, get_model, predict, train_lib
 from yolojax.atomic_files import atomic_write_text
-from yolojax.config import load_run_config
+from yolojax.config import default_config, load_run_config
 from yolojax.data import synthetic_shapes
 from yolojax.detector import Detector, ImageDetections
 from yolojax.workdir import CLASSES_FILE, CONFIG_FILE, config_changes, load_class_names
@@ -643,16 +643,42 @@ def test_a_config_json_with_a_field_yolojax_retired_still_loads(tmp_path):
     assert changes == ["eval.score_threshold: 0.1 -> 0.2"]
 
 
-def test_a_workdir_that_is_no_folder_is_named_as_such(tmp_path):
+def test_a_workdir_that_is_no_run_folder_says_which_folder_to_give(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"The workdir {tmp_path / 'run'} does not exist"):
         load_run_config(tmp_path / "run")
     (tmp_path / "run").write_text("")
     with pytest.raises(FileNotFoundError, match=f"The workdir {tmp_path / 'run'} is a file"):
         load_run_config(tmp_path / "run")
     (tmp_path / "run").unlink()
-    (tmp_path / "run").mkdir()  # a folder without a run's config: the earlier message
-    with pytest.raises(FileNotFoundError, match=r"config\.json does not exist: is .* a training"):
-        load_run_config(tmp_path / "run")
+    run = tmp_path / "run"
+    run.mkdir()  # an empty folder: no run's, and none to give the config of
+    with pytest.raises(
+        FileNotFoundError,
+        match=rf"^{run} is not a training run's folder: it has neither config\.json nor "
+        r"checkpoints/\. Give the folder train\.py wrote \(its --workdir\)\.$",
+    ):
+        load_run_config(run)
+    (run / "checkpoints").mkdir()  # a run's checkpoints without its config: give it
+    with pytest.raises(
+        FileNotFoundError,
+        match=rf"^{run}/config\.json does not exist, beside the run's checkpoints in {run}: "
+        r"train\.py writes the run's config there; for a run without it, use the config",
+    ):
+        load_run_config(run)
+    (run / "config.json").write_text(default_config().to_json_best_effort())
+    # Where the user's --workdir was a folder of the run, or the folder of its runs.
+    with pytest.raises(
+        FileNotFoundError,
+        match=rf"^{run}/checkpoints/config\.json does not exist: {run}/checkpoints is a folder "
+        rf"inside the training run {run}; give the run's folder, {run}\.$",
+    ):
+        load_run_config(run / "checkpoints")
+    with pytest.raises(
+        FileNotFoundError,
+        match=rf"^{tmp_path}/config\.json does not exist: {tmp_path} holds the training runs "
+        rf"run; give one of those folders, such as {run}\.$",
+    ):
+        load_run_config(tmp_path)
 
 
 def test_a_folder_stands_for_its_image_files_in_name_order(workdir, tmp_path, capsys):

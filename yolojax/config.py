@@ -11,6 +11,7 @@ from pathlib import Path
 
 import ml_collections
 
+from yolojax import errors
 from yolojax.data.config import default_data_config, validate_data_config
 from yolojax.models import MODEL_DEFAULTS, get_model, min_input_size
 from yolojax.optim import OPTIMIZERS, SCHEDULES, learning_rate_schedule
@@ -22,7 +23,7 @@ from yolojax.validation import (
     check_positive_int,
     check_threshold,
 )
-from yolojax.workdir import CONFIG_FILE, parse_saved_config
+from yolojax.workdir import BEST_FOLDER, CONFIG_FILE, LATEST_FOLDER, parse_saved_config
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -253,10 +254,7 @@ def load_run_config(
             "--workdir)."
         )
     if not path.exists():
-        raise FileNotFoundError(
-            f"{path} does not exist: is {workdir} a training workdir? train.py writes the run's "
-            f"config there; for a run without it, {otherwise}."
-        )
+        raise FileNotFoundError(_no_config_advice(Path(workdir), otherwise))
     config = default_config()
     try:
         saved = parse_saved_config(workdir)
@@ -269,6 +267,36 @@ def load_run_config(
             f"by hand, or saved by a newer yolojax? Fix the file, or {otherwise}."
         ) from None
     return config
+
+
+def _no_config_advice(workdir: Path, otherwise: str) -> str:
+    """Why ``workdir`` has no config.json, and what to give instead: the run folder it lies
+    in (its checkpoints/ or best/ given), the runs it holds (their parent given), another
+    folder altogether, or, for a run's checkpoints without their config, ``otherwise``."""
+    path = workdir / CONFIG_FILE
+    if (workdir.parent / CONFIG_FILE).is_file():
+        return (
+            f"{path} does not exist: {workdir} is a folder inside the training run "
+            f"{workdir.parent}; give the run's folder, {workdir.parent}."
+        )
+    try:
+        runs = sorted(sub.name for sub in workdir.iterdir() if (sub / CONFIG_FILE).is_file())
+    except OSError:  # unreadable: said below as a folder without a run
+        runs = []
+    if runs:
+        return (
+            f"{path} does not exist: {workdir} holds the training runs "
+            f"{errors.first_few(runs)}; give one of those folders, such as {workdir / runs[0]}."
+        )
+    if not any((workdir / folder).is_dir() for folder in (LATEST_FOLDER, BEST_FOLDER)):
+        return (
+            f"{workdir} is not a training run's folder: it has neither {CONFIG_FILE} nor "
+            f"{LATEST_FOLDER}/. Give the folder train.py wrote (its --workdir)."
+        )
+    return (
+        f"{path} does not exist, beside the run's checkpoints in {workdir}: train.py writes "
+        f"the run's config there; for a run without it, {otherwise}."
+    )
 
 
 def _check_saved_fields(saved, defaults: dict, section: str = "") -> None:
