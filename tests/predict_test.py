@@ -587,6 +587,9 @@ def test_a_workdir_without_config_json_gets_advice_that_applies(tmp_path, capsys
     image = _image(tmp_path / "x.png", 8, 8)
     (tmp_path / "run").mkdir()
     assert _predict(tmp_path / "run", tmp_path / "out", image) == 1
+    assert f"{tmp_path / 'run'} is not a training run's folder" in capsys.readouterr().err
+    (tmp_path / "run" / "checkpoints").mkdir()  # a run's checkpoints, without their config
+    assert _predict(tmp_path / "run", tmp_path / "out", image) == 1
     err = capsys.readouterr().err
     assert f"{tmp_path / 'run' / 'config.json'} does not exist" in err
     assert "Detector.from_workdir(workdir, config=...)" in err
