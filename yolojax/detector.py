@@ -41,7 +41,8 @@ class ImageDetections(NamedTuple):
         ``xmin``, ``ymin`` are these plus 1: ``yolojax.data.pipeline.continuous_boxes``).
       scores: ``(K,)`` float32 confidence × class score.
       labels: ``(K,)`` int32 class ids.
-      class_names: ``K`` names.
+      class_names: ``K`` names, box ``k``'s class at ``k`` (the classes by label are
+        :attr:`Detector.class_names`).
     """
 
     boxes: np.ndarray
