@@ -95,7 +95,10 @@ def test_train_evaluate_predict(tmp_path, data_dir, monkeypatch, capsys):
     assert progress.count("Evaluating (train subset):   0%|          | 0/8") == 2
     out = capsys.readouterr().out
     assert f"Saved in {workdir}: checkpoints/" in out
-    assert f"Evaluate with: python evaluate.py --workdir '{workdir}'\n" in out
+    assert (
+        f"Evaluate with: python evaluate.py --workdir '{workdir}' (the last checkpoint; "
+        "--checkpoint best: best/)\n"
+    ) in out
     # First, what it trains: the model and its size, the data, the devices, the schedule.
     num_params = sum(np.size(leaf) for leaf in jax.tree.leaves(_params(workdir, config)[0]))
     assert (

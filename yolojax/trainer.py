@@ -564,6 +564,6 @@ def train_and_evaluate(
             f"{saved} {run.workdir}: checkpoints/ (the last {config.train.keep_checkpoints}), "
             f"best/ (the best {run.info.eval_split_name} mAP), metrics.jsonl, loss.png, "
             f"mAP.png, tensorboard/. Evaluate with: python evaluate.py --workdir "
-            f"{shlex.quote(str(run.workdir))}"
+            f"{shlex.quote(str(run.workdir))} (the last checkpoint; --checkpoint best: best/)"
         )
     return results
