@@ -8,6 +8,7 @@ import numpy as np
 
 from yolojax import progress
 from yolojax.config import default_config
+from yolojax.step_plan import StepPlan
 
 
 def test_an_epochs_line_averages_over_its_finite_steps_and_its_time():
@@ -45,3 +46,23 @@ def test_the_run_summary_of_a_short_run_counts_in_words():
         config, info, params, steps_per_epoch=4, total_steps=40, eval_every=8
     )
     assert "4 steps an epoch, 40 steps in all; evaluation on the test split every 8 steps" in many
+
+
+def test_each_epoch_line_gives_its_wall_time_and_the_time_to_go(monkeypatch, capsys):
+    # 3 epochs of 10 steps. The first takes 100 s (compilation included), the next two 30 s
+    # each: the time to go is paced by the first epoch (10 s a step × 20 steps), then by
+    # the epochs after it (3 s a step × 10), not by the compilation.
+    config = default_config()
+    config.train.num_epochs = 3
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    shown = progress.TrainingProgress(config, StepPlan(config, 10, 30), 0, shows=True)
+    terms = dict.fromkeys(("loss", "coord", "object", "noobj", "class"), 1.0)
+    for step, now[0] in ((10, 100.0), (20, 130.0), (30, 160.0)):
+        means = {**terms, "images_per_second": 16.0, "skipped_steps": 0}
+        shown.epoch_means.add(means, 10, 16)
+        shown.end_epoch(step)
+    shown.close()
+    lines = [line.split("16 images/s")[1] for line in capsys.readouterr().out.splitlines()]
+    assert lines == [", 1 min 40 s; about 3 min 20 s to go", ", 30 s; about 30 s to go", ", 30 s"]
+    assert progress.duration(7322) == "2 h 02 min" and progress.duration(59.6) == "1 min 00 s"
