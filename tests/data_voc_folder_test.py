@@ -682,6 +682,20 @@ def test_xml_beside_images_in_one_folder_gets_the_90_10_split(tmp_path):
     assert builder.info.splits["train"].num_examples == len(splits["train"])
 
 
+@pytest.mark.parametrize(
+    "given",
+    [("[red_disc, blue_square]",), "red_disc,blue_square", ("red_disc", "blue_square,")],
+)
+def test_class_names_typed_as_one_name_get_the_list_they_meant(tmp_path, given):
+    # On the command line, "[a, b]" or "a,b" is one name; the fix is the user's own names.
+    images = [VocImage("a", 16, 16, [VocObject("red_disc", (1, 1, 9, 9))])]
+    folder = write_voc_folder(str(tmp_path / "f"), images)
+    expected = """--config.data.class_names="('red_disc', 'blue_square')"."""
+    with pytest.raises(ValueError, match="holds one name with commas") as error:
+        voc_folder.voc_folder_config(folder, class_names=given)
+    assert str(error.value).endswith(expected)
+
+
 def test_a_folder_without_xml_files_says_which_layouts_it_reads(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "a.jpg")
     with pytest.raises(ValueError, match=r"neither an Annotations/ directory .*Roboflow.*layouts"):
@@ -842,7 +856,17 @@ def test_a_rare_class_named_almost_as_a_common_one_is_warned_of(tmp_path, caplog
     assert names == ("car", "cat", "redbox", "redbx")  # still a class: a warning, not an error
     assert len(caplog.records) == 1
     assert "class 'redbx' of" in caplog.text
-    assert "(1 object) is named almost as 'redbox' (5 objects): a typo" in caplog.text
+    assert "(1 object, in b.xml) is named almost as 'redbox' (5 objects): a typo" in caplog.text
+    # The flags it gives train without the typo's image.
+    flags = "--config.data.class_names=\"('car', 'cat', 'redbox')\" --config.data.on_bad_data=skip."
+    assert caplog.text.rstrip().endswith(flags)
+    builder = _prepare(
+        folder, tmp_path / "tfds", class_names=("car", "cat", "redbox"), on_bad_data="skip"
+    )
+    assert (
+        builder.info.splits["train"].num_examples + builder.info.splits["validation"].num_examples
+        == 5
+    )
 
 
 def test_editing_a_split_file_beside_xml_files_prepares_the_folder_anew(tmp_path):

@@ -232,14 +232,18 @@ def scan_class_names(folder: str) -> tuple[str, ...]:
     every other bad file of its split (``on_bad_data='error'``), or leaves its image out
     (``'skip'``); raised here, it was the only one named, one fix a run.
     """
-    counts, unreadable = collections.Counter(), []
+    counts, unreadable, files = collections.Counter(), [], collections.defaultdict(list)
     for image_id in annotation_ids(folder):
+        xml_path = xml_path_of(folder, image_id)
         try:
-            annotation = parse_annotation(xml_path_of(folder, image_id))
+            annotation = parse_annotation(xml_path)
         except BadDataError as error:
             unreadable.append(error)
             continue
         counts.update(obj.name for obj in annotation.objects)
+        for name in {obj.name for obj in annotation.objects}:
+            if len(files[name]) < 4:  # a rare class's warning names three, then '...'
+                files[name].append(os.path.basename(xml_path))
     names = set(counts)
     if not names and unreadable:  # nothing to prepare, with either policy
         raise BadDataError(
@@ -258,7 +262,11 @@ def scan_class_names(folder: str) -> tuple[str, ...]:
                 f"config.data.folder={folder!r}: the class names {same} differ only in case and "
                 "would be separate classes; use one spelling in the .xml files"
             )
-    _warn_of_misspelt_classes(folder, tuple(sorted(counts.items())))
+    _warn_of_misspelt_classes(
+        folder,
+        tuple(sorted(counts.items())),
+        tuple(sorted((k, tuple(v)) for k, v in files.items())),
+    )
     return tuple(sorted(names))
 
 
@@ -272,26 +280,35 @@ def _class_names_in(folder: str, state: str) -> tuple[str, ...]:
 
 
 @functools.cache  # once per folder and process: a run reads its class names several times
-def _warn_of_misspelt_classes(folder: str, counts: tuple[tuple[str, int], ...]) -> None:
+def _warn_of_misspelt_classes(
+    folder: str, counts: tuple[tuple[str, int], ...], files: tuple[tuple[str, tuple], ...]
+) -> None:
     """Warns of a class of a few objects named almost as a class of many ('redbx' beside
-    'redbox'): most likely a typo, which makes a class the model can hardly learn."""
-    objects = dict(counts)
+    'redbox'): most likely a typo, which makes a class the model can hardly learn. The
+    warning names the files that hold it (``files``: the first of each class's) and
+    the flags that train without them."""
+    objects, files_of = dict(counts), dict(files)
+    typos = {}
     for name, count in counts:
         common = [other for other in objects if objects[other] >= max(5 * count, 5)]
         for like in difflib.get_close_matches(name, common, n=1, cutoff=0.8):
-            if not _likely_typo(name, like):
-                continue
-            _logger.warning(
-                "voc_folder: class %r of %s (%d object%s) is named almost as %r (%d objects): "
-                "a typo in the .xml files? Fix it there, or give config.data.class_names, "
-                "which refuses other names.",
-                name,
-                folder,
-                count,
-                "s" * (count != 1),
-                like,
-                objects[like],
-            )
+            if _likely_typo(name, like):
+                typos[name] = like
+    kept = tuple(name for name in objects if name not in typos)
+    for name, like in typos.items():
+        _logger.warning(
+            "voc_folder: class %r of %s (%s, in %s) is named almost as %r (%d objects): a "
+            "typo in the .xml files? Fix it there (the next run prepares the folder again), "
+            'or leave out the images that hold it: --config.data.class_names="%r" '
+            "--config.data.on_bad_data=skip.",
+            name,
+            folder,
+            errors.count(objects[name], "object"),
+            errors.first_few(files_of[name]),
+            like,
+            objects[like],
+            kept,
+        )
 
 
 def _likely_typo(rare: str, common: str) -> bool:
@@ -343,9 +360,11 @@ def voc_folder_config(
     # A list typed as "a,b" on the command line is one name; names read from the .xml files
     # may hold commas ("person, adult").
     if given and (isinstance(class_names, str) or any("," in name for name in class_names)):
+        text = class_names if isinstance(class_names, str) else ",".join(class_names)
+        meant = tuple(filter(None, (name.strip(" '\"[]()") for name in text.split(","))))
         raise ValueError(
             f"config.data.class_names={class_names!r} holds one name with commas: give a list of "
-            """names, on the command line --config.data.class_names="('mask','no-mask')"."""
+            f'names, on the command line --config.data.class_names="{meant!r}".'
         )
     class_names = tuple(class_names)
     if len(set(class_names)) != len(class_names) or not class_names:
