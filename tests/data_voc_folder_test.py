@@ -275,6 +275,7 @@ def test_bad_data_raises_naming_the_file_and_the_problem(tmp_path, problem):
     with pytest.raises(voc_folder.BadDataError) as error:
         _prepare(folder, tmp_path, class_names=("dog",))
     assert bad_file in str(error.value) and problem in str(error.value)
+    assert "(split 'train')\n" in str(error.value)  # which split: evaluate.py reads one
     assert "BytesIO" not in str(error.value)  # Pillow's name for what it was given
     assert str(error.value).endswith("(--config.data.on_bad_data=skip leaves such images out.)")
 

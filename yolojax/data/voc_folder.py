@@ -466,7 +466,7 @@ class VocFolder(tfds.core.GeneratorBasedBuilder):
             # Every bad file of the split, not the first alone: one fix, not one run a file.
             more = len(problems) - _MAX_REPORTED_PROBLEMS
             self._unusable.append(
-                problems[0]
+                f"{problems[0]} (split '{split}')"
                 if len(problems) == 1
                 else f"{len(problems)} of the {len(image_ids)} images of split '{split}' in "
                 f"{config.folder} are unusable:\n  {first_problems}"
