@@ -676,12 +676,22 @@ def test_a_workdir_that_is_no_run_folder_says_which_folder_to_give(tmp_path):
         rf"inside the training run {run}; give the run's folder, {run}\.$",
     ):
         load_run_config(run / "checkpoints")
+    (run / "checkpoints" / "100").mkdir()  # a step's folder: the run two levels up
+    with pytest.raises(FileNotFoundError, match=rf"inside the training run {run}; give the"):
+        load_run_config(run / "checkpoints" / "100")
+    (tmp_path / "bert").mkdir()  # another tool's config.json: no run
+    (tmp_path / "bert" / "config.json").write_text('{"hidden_size": 768}')
     with pytest.raises(
         FileNotFoundError,
         match=rf"^{tmp_path}/config\.json does not exist: {tmp_path} holds the training runs "
         rf"run; give one of those folders, such as {run}\.$",
     ):
         load_run_config(tmp_path)
+    # A run's checkpoints without their config, in a project with a config.json of its own.
+    (run / "config.json").unlink()
+    (tmp_path / "config.json").write_text('{"project": "masks"}')
+    with pytest.raises(FileNotFoundError, match=r"does not exist, beside the run's checkpoints"):
+        load_run_config(run)
 
 
 def test_a_folder_stands_for_its_image_files_in_name_order(workdir, tmp_path, capsys):

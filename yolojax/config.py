@@ -23,7 +23,7 @@ from yolojax.validation import (
     check_positive_int,
     check_threshold,
 )
-from yolojax.workdir import BEST_FOLDER, CONFIG_FILE, LATEST_FOLDER, parse_saved_config
+from yolojax.workdir import CONFIG_FILE, LATEST_FOLDER, is_run_folder, parse_saved_config
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -270,17 +270,24 @@ def load_run_config(
 
 
 def _no_config_advice(workdir: Path, otherwise: str) -> str:
-    """Why ``workdir`` has no config.json, and what to give instead: the run folder it lies
-    in (its checkpoints/ or best/ given), the runs it holds (their parent given), another
-    folder altogether, or, for a run's checkpoints without their config, ``otherwise``."""
+    """Why ``workdir`` has no config.json, and what to give instead: for a run's checkpoints
+    without their config, ``otherwise``; else the run folder it lies in (its checkpoints/ or
+    a step's folder given), the runs it holds (their parent given), or another folder."""
+    workdir = Path(os.path.abspath(workdir))  # '.' or 'checkpoints' named in full
     path = workdir / CONFIG_FILE
-    if (workdir.parent / CONFIG_FILE).is_file():
+    if is_run_folder(workdir):
         return (
-            f"{path} does not exist: {workdir} is a folder inside the training run "
-            f"{workdir.parent}; give the run's folder, {workdir.parent}."
+            f"{path} does not exist, beside the run's checkpoints in {workdir}: train.py writes "
+            f"the run's config there; for a run without it, {otherwise}."
+        )
+    run = next((folder for folder in workdir.parents[:2] if is_run_folder(folder)), None)
+    if run is not None:
+        return (
+            f"{path} does not exist: {workdir} is a folder inside the training run {run}; "
+            f"give the run's folder, {run}."
         )
     try:
-        runs = sorted(sub.name for sub in workdir.iterdir() if (sub / CONFIG_FILE).is_file())
+        runs = sorted(sub.name for sub in workdir.iterdir() if sub.is_dir() and is_run_folder(sub))
     except OSError:  # unreadable: said below as a folder without a run
         runs = []
     if runs:
@@ -288,14 +295,9 @@ def _no_config_advice(workdir: Path, otherwise: str) -> str:
             f"{path} does not exist: {workdir} holds the training runs "
             f"{errors.first_few(runs)}; give one of those folders, such as {workdir / runs[0]}."
         )
-    if not any((workdir / folder).is_dir() for folder in (LATEST_FOLDER, BEST_FOLDER)):
-        return (
-            f"{workdir} is not a training run's folder: it has neither {CONFIG_FILE} nor "
-            f"{LATEST_FOLDER}/. Give the folder train.py wrote (its --workdir)."
-        )
     return (
-        f"{path} does not exist, beside the run's checkpoints in {workdir}: train.py writes "
-        f"the run's config there; for a run without it, {otherwise}."
+        f"{workdir} is not a training run's folder: it has neither {CONFIG_FILE} nor "
+        f"{LATEST_FOLDER}/. Give the folder train.py wrote (its --workdir)."
     )
 
 

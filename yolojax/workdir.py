@@ -84,7 +84,7 @@ def check_workdir(workdir: str | os.PathLike, *, writable: bool = False) -> Path
                 "user): a run saves its checkpoints there. Pass another --workdir, or copy "
                 "the run to a writable folder to resume it."
             )
-        if workdir.is_dir() and not _is_run_folder(workdir):
+        if workdir.is_dir() and not is_run_folder(workdir):
             _refuse_files_written_over(workdir)
     return workdir
 
@@ -136,7 +136,7 @@ def lock_run_folder(workdir: Path) -> RunFolderLock:
     return RunFolderLock(descriptor)
 
 
-def _is_run_folder(workdir: Path) -> bool:
+def is_run_folder(workdir: Path) -> bool:
     """Whether ``workdir`` has a run's checkpoints/ or config.json (a JSON object with a
     config's sections). A run's config.json edited into something else is still a run's."""
     checkpoints = workdir / LATEST_FOLDER
