@@ -48,21 +48,38 @@ def test_the_run_summary_of_a_short_run_counts_in_words():
     assert "4 steps an epoch, 40 steps in all; evaluation on the test split every 8 steps" in many
 
 
-def test_each_epoch_line_gives_its_wall_time_and_the_time_to_go(monkeypatch, capsys):
-    # 3 epochs of 10 steps. The first takes 100 s (compilation included), the next two 30 s
-    # each: the time to go is paced by the first epoch (10 s a step × 20 steps), then by
-    # the epochs after it (3 s a step × 10), not by the compilation.
+def test_each_epoch_line_gives_its_training_time_and_the_time_to_go(monkeypatch, capsys):
+    # 3 epochs of 10 steps. The first step is dispatched at 100 s (after the compilation),
+    # each epoch's line comes 27 s after its first step, and an evaluation of 3 s follows
+    # each line. The epoch's time leaves out the compilation and the evaluation; the time to
+    # go is paced by the first epoch alone (27 s over its 9 steps after the first: 3 s a
+    # step, × 20 left), then from the first line on, evaluations included (30 s a 10 steps).
     config = default_config()
     config.train.num_epochs = 3
     now = [0.0]
     monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
     shown = progress.TrainingProgress(config, StepPlan(config, 10, 30), 0, shows=True)
     terms = dict.fromkeys(("loss", "coord", "object", "noobj", "class"), 1.0)
-    for step, now[0] in ((10, 100.0), (20, 130.0), (30, 160.0)):
-        means = {**terms, "images_per_second": 16.0, "skipped_steps": 0}
-        shown.epoch_means.add(means, 10, 16)
-        shown.end_epoch(step)
+    for first, now[0] in ((1, 100.0), (11, 130.0), (21, 160.0)):
+        shown.add(first, {})
+        now[0] += 27.0
+        shown.epoch_means.add({**terms, "images_per_second": 16.0, "skipped_steps": 0}, 10, 16)
+        shown.end_epoch(first + 9)
     shown.close()
     lines = [line.split("16 images/s")[1] for line in capsys.readouterr().out.splitlines()]
-    assert lines == [", 1 min 40 s; about 3 min 20 s to go", ", 30 s; about 30 s to go", ", 30 s"]
+    assert lines == [", 27 s; about 1 min 00 s to go", ", 27 s; about 30 s to go", ", 27 s"]
     assert progress.duration(7322) == "2 h 02 min" and progress.duration(59.6) == "1 min 00 s"
+
+
+def test_a_windows_images_per_second_leaves_out_what_came_before_its_first_step(monkeypatch):
+    # An evaluation of 30 s between two log steps (or the first step's compilation) made the
+    # next window's images/s read as if training had slowed: 4 steps of 8 images from the
+    # first step's dispatch at 40 s to 42 s are 16 images/s, whatever ran since 10 s.
+    now = [10.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    window = progress.MetricWindow(stop_on_nonfinite=True)
+    now[0] = 40.0
+    for step in range(1, 5):
+        window.add(step, {"loss": np.float32(1.0), "finite": np.bool_(True)})
+    now[0] = 42.0
+    assert window.flush(8)["images_per_second"] == 16.0

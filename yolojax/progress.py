@@ -54,9 +54,11 @@ class MetricWindow:
 
     def __init__(self, stop_on_nonfinite: bool):
         self.stop_on_nonfinite = stop_on_nonfinite
-        self.steps, self.metrics, self.start = [], [], time.perf_counter()
+        self.steps, self.metrics, self.start = [], [], None
 
     def add(self, step: int, metrics) -> None:
+        if not self.steps:  # timed from its first step's dispatch: not the compilation, nor
+            self.start = time.perf_counter()  # an evaluation or a save since the last flush
         self.steps.append(step)
         self.metrics.append(metrics)
 
@@ -79,7 +81,7 @@ class MetricWindow:
         means["skipped_steps"] = float(len(fetched) - sum(m["finite"] for m in fetched))
         means.pop("finite")
         means["images_per_second"] = images_per_step * len(fetched) / max(elapsed, 1e-9)
-        self.steps, self.metrics, self.start = [], [], time.perf_counter()
+        self.steps, self.metrics = [], []
         return means
 
 
@@ -102,8 +104,9 @@ class EpochMeans:
 
     def line(self, label: str) -> str:
         """``epoch 3/10: loss 2.310 (coord ..., object ..., noobj ..., class ...), 172
-        images/s``; then starts the next epoch's. (:class:`TrainingProgress` adds the wall
-        time: ``, 24 s; about 3 min 10 s to go``.)"""
+        images/s``; then starts the next epoch's. (:class:`TrainingProgress` adds the
+        epoch's training time, ``, 24 s``, and the run's time to go, ``; about 3 min 10 s to
+        go``.)"""
         speed = f"{self.images / max(self.seconds, 1e-9):.0f} images/s"
         if self.finite_steps:
             mean = {name: total / self.finite_steps for name, total in self.sums.items()}
@@ -164,10 +167,10 @@ class TrainingProgress:
 
     def __init__(self, config, plan, start_step: int, *, shows: bool):
         self.plan, self.start_step, self.shows = plan, start_step, shows
-        # The wall time of the last epoch line; and the (step, time) the pace to the end is
-        # measured from: the start, then the first epoch line (past the compilation).
-        self.epoch_started = time.perf_counter()
-        self.paced_from, self.paced_past_compile = (start_step, self.epoch_started), False
+        # An epoch's clock starts at its first step's dispatch, after the compilation and
+        # after the evaluation before it: (step, time), None until then. The time to go is
+        # paced from the first epoch line on (evaluations included), or by that epoch alone.
+        self.epoch_started, self.paced_from = None, None
         self.batch_size = config.train.batch_size
         self.window = MetricWindow(stop_on_nonfinite=not config.train.skip_nonfinite)
         self.epoch_means = EpochMeans()
@@ -187,6 +190,8 @@ class TrainingProgress:
 
     def add(self, step: int, metrics) -> None:
         """Counts ``step`` done; its ``metrics`` (on the devices) wait for the next log."""
+        if self.epoch_started is None:
+            self.epoch_started = (step, time.perf_counter())
         self.window.add(step, metrics)
         self.bar.update(1)
 
@@ -205,14 +210,14 @@ class TrainingProgress:
         if step - self.start_step <= (step - 1) % self.plan.steps_per_epoch:  # resumed in it
             label += f" (steps {self.start_step + 1}-{step}, resumed)"
         now = time.perf_counter()
-        took, self.epoch_started = now - self.epoch_started, now
-        timing = f", {duration(took)}"
-        if step < self.plan.total_steps:  # evaluations included, at their share so far
-            since_step, since = self.paced_from
-            pace = (now - since) / max(step - since_step, 1)
+        first_step, started = self.epoch_started or (step, now)
+        timing = f", {duration(now - started)}"
+        since_step, since = self.paced_from or (first_step, started)
+        if step < self.plan.total_steps and step > since_step:
+            pace = (now - since) / (step - since_step)
             timing += f"; about {duration(pace * (self.plan.total_steps - step))} to go"
-        if not self.paced_past_compile:
-            self.paced_from, self.paced_past_compile = (step, now), True
+        self.epoch_started = None
+        self.paced_from = self.paced_from or (step, now)
         if self.shows:
             tqdm.write(self.epoch_means.line(label) + timing)
         self.bar.set_description(self.plan.epoch_label(step + 1), refresh=False)
