@@ -197,7 +197,8 @@ def test_a_box_one_pixel_wide_is_a_box_and_one_left_of_the_first_pixel_is_outsid
     folder = write_voc_folder(str(tmp_path / "g"), [outside], image_sets={"train": ["b"]})
     with pytest.raises(
         voc_folder.BadDataError,
-        match=r"box .* lies outside the 20x10 image by 1 pixel: fix the box in the .xml file "
+        match=r"box .* lies wholly outside the 20x10 image by 1 pixel: fix the box in the .xml "
+        r"file "
         r"\(xmin and ymin at least 0, xmax up to 20 and ymax up to 10, at least 1: VOC's pixels",
     ):
         _prepare(folder, tmp_path / "data", class_names=("dog",))
@@ -252,6 +253,26 @@ def test_a_box_a_labelling_slip_beyond_its_image_is_clipped_when_asked_and_said(
         "(config.data.clip_box_overshoot=1): slip.jpg"
     ) in caplog.text
     assert "skipped 1 of 3 images" in caplog.text and "far.xml" in caplog.text
+
+
+def test_a_fractional_overshoot_is_clipped_at_its_value_and_a_box_wholly_outside_never(
+    tmp_path,
+):
+    # 20.3 - 20 is 0.30000000000000071 in floating point: refused at 0.3, which the message
+    # had offered. (21, 2, 22, 8) lies wholly right of a 20-pixel-wide image: clipped, it
+    # would be a sliver of the edge's column, trained on as an object.
+    images = [
+        VocImage("frac", 20, 10, [VocObject("dog", (2, 1, 20.3, 8))]),
+        VocImage("gone", 20, 10, [VocObject("dog", (21, 2, 22, 8))]),
+    ]
+    folder = write_voc_folder(str(tmp_path / "f"), images, image_sets={"train": ["frac", "gone"]})
+    with pytest.raises(voc_folder.BadDataError) as error:
+        _prepare(folder, tmp_path / "data", class_names=("dog",), clip_box_overshoot=0.3)
+    assert "frac.xml" not in str(error.value)
+    assert "lies wholly outside the 20x10 image by 2 pixels: fix the box in the .xml file (" in (
+        str(error.value)
+    )
+    assert "clip_box_overshoot=2" not in str(error.value)
 
 
 @pytest.mark.parametrize(

@@ -124,10 +124,14 @@ def _overshoot(obj: ParsedObject, width: int, height: int) -> float:
     """How far, in pixels, the box's farthest coordinate lies beyond its range: xmin and
     ymin in [0, size], xmax and ymax in [1, size] (VOC's pixels count from 1, ends inclusive:
     xmin == xmax is a box one pixel wide, xmin = 0 (a 0-based exporter's) is taken as the
-    image's edge, and xmax = 0 is no pixel). 0 for a box inside."""
-    return max(
-        max(low - value, value - high, 0.0)
-        for value, (low, high) in zip(obj.box, _box_ranges(width, height), strict=True)
+    image's edge, and xmax = 0 is no pixel). 0 for a box inside. Rounded to a millionth of a
+    pixel: 20.3 - 20 is 0.3 as the message says it, which a setting of 0.3 clips."""
+    return round(
+        max(
+            max(low - value, value - high, 0.0)
+            for value, (low, high) in zip(obj.box, _box_ranges(width, height), strict=True)
+        ),
+        6,
     )
 
 
@@ -150,12 +154,13 @@ def _checked_box(
     if xmax < xmin or ymax < ymin:
         raise BadDataError(f"{where} has a max below its min: its corners are swapped")
     overshoot = _overshoot(obj, width, height)
-    if overshoot > clip_overshoot:
+    wholly = xmin > width or ymin > height or xmax < 1 or ymax < 1  # clipped, a sliver
+    if overshoot > clip_overshoot or wholly:
         # A labelling tool's slip (a 0-based end, a drag past the edge), not a misplaced box:
         # clipping it is offered; a box far out is worth a look.
-        slip = overshoot <= max(_SLIP_PIXELS, _SLIP_FRACTION * max(width, height))
+        slip = not wholly and overshoot <= max(_SLIP_PIXELS, _SLIP_FRACTION * max(width, height))
         raise BadDataError(
-            f"{where} lies outside the {width}x{height} image by {overshoot:g} "
+            f"{where} lies {'wholly ' * wholly}outside the {width}x{height} image by {overshoot:g} "
             f"pixel{'s' * (overshoot != 1)}: fix the box in the .xml file (xmin and ymin at least "
             f"0, xmax up to {width} and ymax up to {height}, at least 1: VOC's pixels count "
             "from 1)"
