@@ -349,17 +349,21 @@ def test_a_field_added_to_yolojax_since_a_run_was_saved_is_no_change_at_its_defa
     config = tiny.tiny_config(str(tmp_path / "data"))
     saved = json.loads(config.to_json_best_effort())
     del saved["data"]["clip_box_overshoot"]
-    (tmp_path / workdir_io.CONFIG_FILE).write_text(json.dumps(saved))
     info = pipeline.DatasetInfo(("a", "b"), 8, 4, "test")
-    for total_steps in (8, 4):  # resumed with steps to go, and finished
+
+    def resume(total_steps: int) -> str:  # of the run saved without the field
+        (tmp_path / workdir_io.CONFIG_FILE).write_text(json.dumps(saved))
         run_log.prepare_workdir(config, info, tmp_path, 4, (4, total_steps)).close()
-        assert "differs" not in capsys.readouterr().out
+        return capsys.readouterr().out
+
+    for total_steps in (4, 8):  # finished, and resumed with steps to go
+        assert "differs" not in resume(total_steps)
     assert sorted(path.name for path in tmp_path.glob("config*")) == ["config.json"]
     # At another value, the change is from the value the run had: the default.
     config.data.source, config.data.folder = "voc_folder", str(tmp_path)
     config.data.clip_box_overshoot = 2.0
-    run_log.prepare_workdir(config, info, tmp_path, 4, (4, 8)).close()
-    assert "data.clip_box_overshoot: 0.0 -> 2.0" in capsys.readouterr().out
+    for total_steps in (4, 8):
+        assert "data.clip_box_overshoot: 0.0 -> 2.0" in resume(total_steps)
 
 
 def test_a_run_from_imagenet_weights_needs_them_only_to_start(
