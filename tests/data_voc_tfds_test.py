@@ -1,5 +1,7 @@
 """The real TFDS `voc` builder, prepared offline from a tiny VOCdevkit, through the pipeline."""
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -187,15 +189,24 @@ def test_a_pose_the_builder_does_not_know_is_named(tmp_path):
         prepare_voc_offline(str(tmp_path / "VOCdevkit"), "2007", data_dir=str(tmp_path / "tfds"))
 
 
-def test_a_difficult_flag_the_builder_would_misread_is_named(tmp_path):
+@pytest.mark.parametrize(("flag", "refused"), [("true", True), ("2", True), ("false", False)])
+def test_a_difficult_flag_the_builder_would_misread_is_named(tmp_path, flag, refused):
     # TFDS's builder takes the text '1' for difficult and any other for not: a 'true', which
-    # a VOC-format folder reads as difficult, would be stored as an object to learn and score.
+    # a VOC-format folder reads as difficult, would be stored as an object to learn and score;
+    # a 'false' both read alike.
     year_dir = tmp_path / "VOCdevkit" / "VOC2007"
-    write_voc_folder(str(year_dir), TEST_IMAGES[:1], image_sets={"test": ["000004"]})
+    sets = {name: ["000004"] for name in ("train", "val", "test")}
+    write_voc_folder(str(year_dir), TEST_IMAGES[:1], image_sets=sets)
     xml = year_dir / "Annotations" / "000004.xml"
     xml.write_text(
-        xml.read_text().replace("<difficult>0</difficult>", "<difficult>true</difficult>", 1)
+        xml.read_text().replace("<difficult>0</difficult>", f"<difficult>{flag}</difficult>", 1)
     )
-    with pytest.raises(ValueError, match=r"has <difficult> 'true': TFDS's voc reads 1 or 0 only"):
-        prepare_voc_offline(str(tmp_path / "VOCdevkit"), "2007", data_dir=str(tmp_path / "tfds"))
+    prepare = functools.partial(
+        prepare_voc_offline, str(tmp_path / "VOCdevkit"), "2007", data_dir=str(tmp_path / "tfds")
+    )
+    if not refused:
+        assert prepare().info.splits["test"].num_examples == 1
+        return
+    with pytest.raises(ValueError, match=rf"has <difficult> '{flag}', which TFDS's voc builder"):
+        prepare()
     assert not (tmp_path / "tfds" / "voc").exists()  # nothing prepared

@@ -19,6 +19,8 @@ import tensorflow_datasets as tfds
 from etils import epath
 from tensorflow_datasets.core.download import resource as resource_lib
 
+from yolojax.data.voc_xml import read_flag
+
 # Files read from VOC<year>/ImageSets/Main by the builder's 'train', 'validation', 'test' splits.
 _SET_FILES = {"trainval": ("train", "val"), "test": ("test",)}
 _BOX_TAGS = ("xmin", "ymin", "xmax", "ymax")
@@ -73,10 +75,13 @@ def _annotation_problem(xml_path: str, labels: dict[str, tuple[str, ...]]) -> st
                 return f"object {name!r} lacks <{tag}>"
             # The builder takes the text '1' for set and any other for unset: a 'true' (or a
             # ' 1') would be stored as not difficult, where voc_folder (voc_xml) reads it as
-            # difficult.
-            flag = obj.findtext(tag)
-            if flag not in ("0", "1"):
-                return f"object {name!r} has <{tag}> {flag!r}: TFDS's voc reads 1 or 0 only"
+            # difficult, and a '2' as well, which voc_folder refuses.
+            text = obj.findtext(tag)
+            if read_flag(text) is not (text == "1"):
+                return (
+                    f"object {name!r} has <{tag}> {text!r}, which TFDS's voc builder reads as "
+                    "unset (it takes '1' alone for set): write 1 or 0"
+                )
         pose = (obj.findtext("pose") or "").lower()
         if pose not in labels["pose"]:
             return f"object {name!r} has <pose> {pose!r}, not one of {list(labels['pose'])}"

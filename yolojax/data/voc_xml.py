@@ -32,12 +32,20 @@ class ParsedAnnotation(NamedTuple):
 _TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no", "")
 
 
+def read_flag(text: str | None) -> bool | None:
+    """A ``<difficult>`` or ``<truncated>`` text: 1/true/yes or 0/false/no (any case, spaces
+    around; no text is 0), None for anything else."""
+    text = (text or "").strip().lower()
+    return text in _TRUE if text in _TRUE + _FALSE else None
+
+
 def _flag(xml_path: str, element: ElementTree.Element, tag: str) -> bool:
-    """``<difficult>`` or ``<truncated>``: 1/true/yes or 0/false/no (any case), else bad data."""
-    text = (element.findtext(tag) or "").strip().lower()
-    if text not in _TRUE + _FALSE:
+    """``<difficult>`` or ``<truncated>`` (:func:`read_flag`); anything else is bad data."""
+    flag = read_flag(element.findtext(tag))
+    if flag is None:
+        text = (element.findtext(tag) or "").strip()
         raise BadDataError(f"{xml_path}: malformed XML (<{tag}> is {text!r}, not 0 or 1)")
-    return text in _TRUE
+    return flag
 
 
 def parse_annotation(xml_path: str) -> ParsedAnnotation:
