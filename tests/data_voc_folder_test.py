@@ -1,9 +1,11 @@
 """VOC-format folders: layouts, splits, class names, bad data, and the pipeline on top."""
 
+import ast
 import itertools
 import logging
 import os
 import re
+import shlex
 import struct
 import subprocess
 import sys
@@ -611,6 +613,20 @@ def test_class_names_given_as_one_comma_separated_name_are_refused(tmp_path, nam
     with pytest.raises(ValueError, match="holds one name with commas") as error:
         voc_folder.voc_folder_config(folder, class_names=names)
     assert str(error.value).endswith("""--config.data.class_names="('mask', 'no-mask')".""")
+
+
+def test_the_class_names_flag_a_message_gives_pastes_into_a_shell_whatever_the_names(tmp_path):
+    # Names read from .xml files may hold a quote, a $ or a backtick: inside "...", the shell
+    # broke them.
+    folder = write_voc_folder(
+        tmp_path / "voc", [VocImage("a", 20, 10, [VocObject("mask", (1, 1, 5, 5))])]
+    )
+    for meant in (("mask", "no-mask"), ("it's", "$HOME", "a`b")):
+        with pytest.raises(ValueError, match="holds one name with commas") as error:
+            voc_folder.voc_folder_config(folder, class_names=(",".join(meant),))
+        (flag,) = shlex.split(str(error.value).rpartition(" on the command line ")[2][:-1])
+        name, _, value = flag.partition("=")
+        assert name == "--config.data.class_names" and ast.literal_eval(value) == meant
 
 
 def test_class_names_that_differ_only_in_case_are_refused(tmp_path):

@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import re
+import shlex
 
 import numpy as np
 import tensorflow as tf
@@ -304,16 +305,23 @@ def _warn_of_misspelt_classes(
         _logger.warning(
             "voc_folder: class %r of %s (%s, in %s) is named almost as %r (%d objects): a "
             "typo in the .xml files? Fix it there (the next run prepares the folder again), "
-            'or leave out the images that hold it: --config.data.class_names="%r" '
-            "--config.data.on_bad_data=skip.",
+            "or leave out the images that hold it: %s --config.data.on_bad_data=skip.",
             name,
             folder,
             errors.count(objects[name], "object"),
             errors.first_few(files_of[name]),
             like,
             objects[like],
-            kept,
+            _class_names_flag(kept),
         )
+
+
+def _class_names_flag(names: tuple[str, ...]) -> str:
+    """``--config.data.class_names="('a', 'b')"`` for ``names``, to paste into a POSIX
+    shell: quoted whole by shlex where a name holds a quote, ``$``, a backtick or ``\\``."""
+    if any(char in name for name in names for char in "'\"$`\\"):
+        return shlex.quote(f"--config.data.class_names={names!r}")
+    return f'--config.data.class_names="{names!r}"'
 
 
 def _likely_typo(rare: str, common: str) -> bool:
@@ -369,7 +377,7 @@ def voc_folder_config(
         meant = tuple(filter(None, (name.strip(" '\"[]()") for name in text.split(","))))
         raise ValueError(
             f"config.data.class_names={class_names!r} holds one name with commas: give a list of "
-            f'names, on the command line --config.data.class_names="{meant!r}".'
+            f"names, on the command line {_class_names_flag(meant)}."
         )
     class_names = tuple(class_names)
     if len(set(class_names)) != len(class_names) or not class_names:
