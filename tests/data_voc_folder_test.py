@@ -206,7 +206,9 @@ def test_a_box_one_pixel_wide_is_a_box_and_one_left_of_the_first_pixel_is_outsid
         _prepare(folder, tmp_path / "data", class_names=("dog",))
 
 
-def test_a_box_a_labelling_slip_beyond_its_image_is_clipped_when_asked_and_said(tmp_path, caplog):
+def test_a_box_a_labelling_slip_beyond_its_image_is_clipped_when_asked_and_said(
+    tmp_path, caplog, monkeypatch
+):
     # 'slip' reaches 1 pixel right of its 20x10 image (xmax 21) and 0.5 above (ymin -0.5);
     # 'far' ends 6 pixels right of it: no slip, so no clipping is offered for it.
     images = [
@@ -255,6 +257,23 @@ def test_a_box_a_labelling_slip_beyond_its_image_is_clipped_when_asked_and_said(
         "(config.data.clip_box_overshoot=1): slip.jpg"
     ) in caplog.text
     assert "skipped 1 of 3 images" in caplog.text and "far.xml" in caplog.text
+    # A later process, which reads the prepared copy, says so once too.
+    config = default_data_config()
+    config.update(source="voc_folder", folder=folder, class_names=("dog",), on_bad_data="skip")
+    config.update(clip_box_overshoot=1.0, tfds_data_dir=str(tmp_path / "data"))
+    config.train_split = config.eval_split = "train"
+    monkeypatch.setattr(sources, "_built_here", set())
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert get_dataset_info(config).num_train_examples == 2  # the copy above: no new one
+        get_dataset_info(config)
+    assert (
+        caplog.text.count(
+            "was built with the boxes of 1 image clipped to their images "
+            "(config.data.clip_box_overshoot): train: slip.jpg (1 box)"
+        )
+        == 1
+    )
 
 
 def test_a_fractional_overshoot_is_clipped_at_its_value_and_a_box_wholly_outside_never(

@@ -73,6 +73,18 @@ def _warn_built_without(name: str, data_dir: str, skipped: tuple[str, ...]) -> N
     )
 
 
+@functools.cache  # as _warn_built_without
+def _warn_built_clipped(name: str, data_dir: str, clipped: tuple[str, ...]) -> None:
+    _logger.warning(
+        "%s in %s was built with the boxes of %s clipped to their images "
+        "(config.data.clip_box_overshoot): %s",
+        name,
+        data_dir,
+        errors.count(len(clipped), "image"),
+        errors.first_few(clipped),
+    )
+
+
 class DatasetNotPreparedError(FileNotFoundError):
     """A TFDS dataset that yolojax does not prepare itself (VOC) is missing or unreadable."""
 
@@ -295,9 +307,12 @@ def open_split(data_config, which: str) -> SplitSource:
                 f"download_dir='{builder.data_dir_root}/downloads')"
             ) from error
         opened.append(data_source)
-        skipped = (builder.info.metadata or {}).get("skipped", [])
-        if skipped and str(builder.data_dir) not in _built_here:
-            _warn_built_without(builder.name, str(builder.data_dir), tuple(map(str, skipped)))
+        metadata = builder.info.metadata or {}
+        if str(builder.data_dir) not in _built_here:  # its builder told of them already
+            if skipped := tuple(map(str, metadata.get("skipped", []))):
+                _warn_built_without(builder.name, str(builder.data_dir), skipped)
+            if clipped := tuple(map(str, metadata.get("clipped", []))):
+                _warn_built_clipped(builder.name, str(builder.data_dir), clipped)
     split_names = dict.fromkeys(part_split for _, part_split in parts)  # once each, in order
     source = SplitSource(
         opened,

@@ -419,8 +419,9 @@ class VocFolder(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             features=detection_features(self.builder_config.class_names),
-            # Lists the images left out for bad data, reloaded with the prepared dataset.
-            metadata=tfds.core.MetadataDict(skipped=[]),
+            # The images left out for bad data, and those whose boxes were clipped to them
+            # (clip_box_overshoot), reloaded with the prepared dataset: a later process says so.
+            metadata=tfds.core.MetadataDict(skipped=[], clipped=[]),
         )
 
     def _split_generators(self, dl_manager):
@@ -463,6 +464,10 @@ class VocFolder(tfds.core.GeneratorBasedBuilder):
                 errors.first_few(oriented),
             )
         if clipped:  # the boxes trained on are not the files' own: said, as any change is
+            self.info.metadata["clipped"].extend(
+                f"{split}: {name} ({errors.count(count, 'box', 'boxes')})"
+                for name, count in clipped.items()
+            )
             _logger.warning(
                 "voc_folder: clipped %s of %s in split '%s' of %s to their image "
                 "(config.data.clip_box_overshoot=%g): %s",
