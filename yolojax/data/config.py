@@ -151,20 +151,15 @@ def validate_data_config(data_config) -> None:
     check_choice("config.data.source", data_config.source, SOURCES)
     check_choice("config.data.normalization", data_config.normalization, NORMALIZATIONS)
     check_choice("config.data.on_bad_data", data_config.on_bad_data, BAD_DATA_POLICIES)
-    for key in ("folder", "class_names"):  # a setting that would be ignored without a word
-        if data_config[key] is not None and data_config.source != "voc_folder":
+    # A setting that would be ignored without a word, and how to leave it.
+    for key, unset in [("folder", None), ("class_names", None), ("clip_box_overshoot", 0)]:
+        if data_config[key] != unset and data_config.source != "voc_folder":
             raise ValueError(
-                f"config.data.{key} applies to source 'voc_folder' only, and the source is "
-                f"{data_config.source!r}: leave it unset, or set "
-                "--config.data.source=voc_folder (configs/folder.py does)."
+                f"config.data.{key} applies to source 'voc_folder' only and the source is "
+                f"{data_config.source!r}: leave it {'unset' if unset is None else f'at {unset}'}, "
+                "or set --config.data.source=voc_folder (configs/folder.py does)."
             )
     check_number("config.data.clip_box_overshoot", data_config.clip_box_overshoot, at_least=0)
-    if data_config.clip_box_overshoot and data_config.source != "voc_folder":
-        raise ValueError(
-            "config.data.clip_box_overshoot applies to source 'voc_folder' only (the other "
-            f"sources' boxes lie inside their images), and the source is {data_config.source!r}: "
-            "leave it at 0."
-        )
     if data_config.source == "voc_folder" and not data_config.folder:
         raise ValueError(
             "config.data.folder must name a folder of images with VOC XML files when "

@@ -41,10 +41,12 @@ def read_flag(text: str | None) -> bool | None:
 
 def _flag(xml_path: str, element: ElementTree.Element, tag: str) -> bool:
     """``<difficult>`` or ``<truncated>`` (:func:`read_flag`); anything else is bad data."""
-    flag = read_flag(element.findtext(tag))
+    text = element.findtext(tag)
+    flag = read_flag(text)
     if flag is None:
-        text = (element.findtext(tag) or "").strip()
-        raise BadDataError(f"{xml_path}: malformed XML (<{tag}> is {text!r}, not 0 or 1)")
+        raise BadDataError(
+            f"{xml_path}: malformed XML (<{tag}> is {(text or '').strip()!r}, not 0 or 1)"
+        )
     return flag
 
 
