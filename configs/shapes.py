@@ -47,7 +47,7 @@ def get_config(arg=None):
     # ~20: a fresh head's boxes are far off), and Adam's second moment (β2 0.999) holds on
     # to them for thousands of steps: its updates (m̂/√v̂, from the checkpoints' moments)
     # were still 5-10 times smaller than a clipped run's at steps 1,500 and 2,500.
-    # Clipped, seeds 0-4 reach mAP 0.907-0.919; unclipped, seeds 0-2 reached 0.66-0.83
+    # Clipped, seeds 0-4 reach mAP 0.907-0.919; unclipped, seeds 0-2 reached 0.66-0.82
     # (BENCHMARKS.md, "The README's first run"). The clip acts early only: after about
     # 1,000 of the 2,500 steps the norms are below 10.
     config.train.grad_clip_norm = 10.0
