@@ -8,9 +8,11 @@ A mix-up anywhere between the two (labels, box coordinate order, pixel scaling, 
 examples, difficult flags) changes the mAP.
 """
 
+import ast
 import collections
 import io
 import json
+import shlex
 import types
 from pathlib import Path
 
@@ -373,6 +375,23 @@ def test_data_whose_classes_changed_since_training_is_refused_with_the_runs_clas
         f'--config configs/run.py:{workdir} --config.data.class_names="{trained}" '
         "--config.data.on_bad_data=skip"
     ) in str(error.value)
+
+
+def test_the_runs_class_names_in_that_message_paste_into_a_shell_whatever_they_hold(tmp_path):
+    # Names read from .xml files may hold a quote, a $ or a backtick: inside "...", the shell
+    # broke them.
+    config, _, state, _ = _known_output_model(tmp_path)
+    workdir = tmp_path / "run"
+    tiny.save_checkpoint(config, state, workdir)
+    trained = ("it's", "$HOME", "a`b")
+    (workdir / "classes.json").write_text(json.dumps(trained))
+    with pytest.raises(ValueError) as error:
+        eval_lib.evaluate_checkpoint(config, workdir)
+    flags = str(error.value).partition("name the run's classes: ")[2]
+    words = shlex.split(flags.partition(" --config.data.on_bad_data")[0])
+    assert words[:2] == ["--config", f"configs/run.py:{workdir}"]
+    name, _, value = words[2].partition("=")
+    assert name == "--config.data.class_names" and ast.literal_eval(value) == trained
 
 
 def test_a_config_of_another_model_is_refused_before_the_dataset_is_prepared(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 import errno
 import os
 import re
+import shlex
 import signal
 import sys
 import warnings
@@ -117,3 +118,12 @@ def first_few(names, shown: int = 3) -> str:
 def count(number: int, noun: str, plural: str | None = None) -> str:
     """``1 image``, ``3 images`` (``plural``: for a noun that does not take an s)."""
     return f"{number} {noun if number == 1 else plural or noun + 's'}"
+
+
+def class_names_flag(names) -> str:
+    """``--config.data.class_names="('a', 'b')"`` for ``names``, to paste into a POSIX
+    shell: quoted whole by shlex where a name holds a quote, ``$``, a backtick or ``\\``."""
+    names = tuple(names)
+    if any(char in name for name in names for char in "'\"$`\\"):
+        return shlex.quote(f"--config.data.class_names={names!r}")
+    return f'--config.data.class_names="{names!r}"'

@@ -260,7 +260,7 @@ def _check_same_classes(workdir, trained, class_names) -> None:
             f"trained on ({CLASSES_FILE}: {tuple(trained)}): its annotations changed since. "
             "Evaluate on the data the run was trained with, or name the run's classes: "
             f"{run_config_flag(workdir)} "
-            f'--config.data.class_names="{tuple(trained)}" '
+            f"{errors.class_names_flag(trained)} "
             "--config.data.on_bad_data=skip leaves out the images of other classes."
         )
 

@@ -38,7 +38,6 @@ import logging
 import math
 import os
 import re
-import shlex
 
 import numpy as np
 import tensorflow as tf
@@ -312,16 +311,8 @@ def _warn_of_misspelt_classes(
             errors.first_few(files_of[name]),
             like,
             objects[like],
-            _class_names_flag(kept),
+            errors.class_names_flag(kept),
         )
-
-
-def _class_names_flag(names: tuple[str, ...]) -> str:
-    """``--config.data.class_names="('a', 'b')"`` for ``names``, to paste into a POSIX
-    shell: quoted whole by shlex where a name holds a quote, ``$``, a backtick or ``\\``."""
-    if any(char in name for name in names for char in "'\"$`\\"):
-        return shlex.quote(f"--config.data.class_names={names!r}")
-    return f'--config.data.class_names="{names!r}"'
 
 
 def _likely_typo(rare: str, common: str) -> bool:
@@ -377,7 +368,7 @@ def voc_folder_config(
         meant = tuple(filter(None, (name.strip(" '\"[]()") for name in text.split(","))))
         raise ValueError(
             f"config.data.class_names={class_names!r} holds one name with commas: give a list of "
-            f"names, on the command line {_class_names_flag(meant)}."
+            f"names, on the command line {errors.class_names_flag(meant)}."
         )
     class_names = tuple(class_names)
     if len(set(class_names)) != len(class_names) or not class_names:
