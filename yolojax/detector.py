@@ -2,7 +2,7 @@
 
 from yolojax.detector import Detector
 detector = Detector.from_workdir("runs/shapes")
-result = detector(image)           # image: (H, W, 3) uint8, a PIL image or a file's path
+result = detector(image)           # image: (H, W, 3) uint8, a PIL image, a file's path or bytes
 result.boxes, result.scores, result.class_names
 results = detector.detect_batch(images)  # several at once: faster on an accelerator
 """
@@ -233,8 +233,9 @@ class Detector:
 
         Args:
           image: an ``(H, W, 3)`` uint8 RGB array (also RGBA or greyscale, see
-            :func:`yolojax.images.to_rgb`), a PIL image, or an image file's path (read
-            upright, as its EXIF orientation says).
+            :func:`yolojax.images.to_rgb`), a PIL image, or an image file: its path, its
+            bytes or a binary file object (read upright, as its EXIF orientation says:
+            :func:`yolojax.images.read_image`).
 
         Returns:
           The detections, boxes in pixels of that image.
@@ -341,16 +342,22 @@ class Detector:
         ]
 
 
+def _is_image_file(image) -> bool:
+    """Whether ``image`` is an image file, for :func:`read_image`: its path, its bytes, or a
+    file object."""
+    return isinstance(image, str | os.PathLike | bytes | bytearray) or hasattr(image, "read")
+
+
 def _as_rgb(image) -> np.ndarray:
-    """An image as :meth:`Detector.__call__` takes it (an array, a PIL image, a path), as its
+    """An image as :meth:`Detector.__call__` takes it (an array, a PIL image, a file), as its
     ``(H, W, 3)`` uint8 RGB array."""
-    return to_rgb(read_image(image) if isinstance(image, str | os.PathLike) else image)
+    return read_image(image) if _is_image_file(image) else to_rgb(image)
 
 
 def _is_one_image(images) -> bool:
-    """Whether ``images``, given for a list of images, is one image: a path, a PIL image, or
+    """Whether ``images``, given for a list of images, is one image: a file, a PIL image, or
     an ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or ``(H, W, 4)`` array."""
-    if isinstance(images, str | os.PathLike | Image.Image):
+    if _is_image_file(images) or isinstance(images, Image.Image):
         return True
     shape = getattr(images, "shape", ())
     return len(shape) == 2 or (len(shape) == 3 and shape[-1] in (1, 3, 4))
