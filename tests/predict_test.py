@@ -1187,6 +1187,21 @@ def test_a_folders_last_short_batch_compiles_nothing_new(tmp_path):
     assert model.compiled_for == [3, 2]
 
 
+def test_a_warmed_up_detector_compiles_nothing_for_any_call_up_to_its_batch_size(tmp_path):
+    # A service's first request of each batch shape waited seconds for its compilation.
+    detector, model = _compile_counting_detector(tmp_path)
+    detector.warm_up(batch_size=6)
+    assert model.compiled_for == [1, 2, 4, 6]
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (20 + i, 30, 3), np.uint8) for i in range(13)]
+    detector(images[0])
+    for count in range(1, len(images) + 1):
+        detector.detect_batch(images[:count], batch_size=6)
+    assert model.compiled_for == [1, 2, 4, 6]
+    with pytest.raises(ValueError, match="batch_size must be"):
+        detector.warm_up(batch_size=0)
+
+
 def test_detect_batch_reads_its_images_a_batch_at_a_time(tmp_path):
     # A long list of paths is not decoded into memory before the first batch is detected.
     detector, model = _compile_counting_detector(tmp_path)

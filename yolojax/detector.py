@@ -296,6 +296,27 @@ class Detector:
             )
         return results
 
+    def warm_up(self, batch_size: int = 16) -> None:
+        """Compiles the detection for each batch shape that calls of up to ``batch_size``
+        images run at (1, 2, 4, ... and ``batch_size``: see :meth:`detect_batch`), so that no
+        later call waits for a compilation. Otherwise the first call of each shape compiles
+        (seconds each for configs/shapes.py's model on a CPU, more for larger ones): in a
+        service, call it before taking requests. JAX's persistent compilation cache
+        (``JAX_COMPILATION_CACHE_DIR``) makes it fast in a later process too.
+
+        Args:
+          batch_size: the largest ``batch_size`` the Detector will be called with (1: one
+            image a call only).
+        """
+        check_positive_int("batch_size", batch_size)
+        blank = np.zeros((1, 1, 3), np.uint8)
+        images = 1
+        while True:
+            self._detect_together([blank] * images, batch_size)
+            if images == batch_size:
+                return
+            images = min(2 * images, batch_size)
+
     def _detect_together(
         self,
         images: list[np.ndarray],
