@@ -101,3 +101,13 @@ def test_an_object_that_is_no_image_is_named_by_its_type():
     # None was "an array of shape (). One image per call: for a batch ...".
     with pytest.raises(ValueError, match=r"got NoneType\.$"):
         images.to_rgb(None)
+
+
+def test_a_url_is_named_as_such_not_as_a_missing_file():
+    # It read "Cannot read image https:/example.com/photo.jpg: no such file".
+    with pytest.raises(images.UnreadableImageError) as error:
+        images.read_image("https://example.com/photo.jpg")
+    assert str(error.value) == (
+        "Cannot read image https://example.com/photo.jpg: a URL, not a local file: download it "
+        "first"
+    )

@@ -6,6 +6,7 @@ as stored)."""
 
 import io
 import os
+import re
 from pathlib import Path
 from typing import BinaryIO
 
@@ -16,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 # images of a VOC-format folder (looked for in this order).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _ORIENTATION_TAG = 0x0112
+_URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)  # a scheme: https://, s3://, ...
 # EXIF orientation → the transpose that makes the image upright (as ImageOps.exif_transpose).
 _UPRIGHT = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -136,9 +138,9 @@ def read_image(source: str | os.PathLike | bytes | BinaryIO) -> np.ndarray:
         upload's body, say) or a binary file object (``open(path, 'rb')``, ``io.BytesIO``).
 
     Raises:
-      UnreadableImageError: the file is missing, empty, a folder, not an image, damaged, or
-        of floating-point pixels; its ``reason`` says which, its ``path`` is the path given
-        (``<N bytes>`` for bytes, the file object's ``name`` if it has one).
+      UnreadableImageError: the file is missing, empty, a folder, a URL, not an image,
+        damaged, or of floating-point pixels; its ``reason`` says which, its ``path`` is the
+        path given (``<N bytes>`` for bytes, the file object's ``name`` if it has one).
       TypeError: a file object opened in text mode.
     """
     if isinstance(source, bytes | bytearray):
@@ -153,6 +155,8 @@ def read_image(source: str | os.PathLike | bytes | BinaryIO) -> np.ndarray:
                 "open the image with open(path, 'rb')."
             )
         path = getattr(source, "name", f"<{type(source).__name__}>")
+    elif isinstance(source, str) and _URL.match(source):  # Path() would make https:/ of it
+        raise UnreadableImageError(source, "a URL, not a local file: download it first")
     else:
         source = path = Path(source)
         if not path.exists():
