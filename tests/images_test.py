@@ -1,5 +1,6 @@
 """Images as the model reads them: EXIF orientation, other layouts, the pipeline's decoder."""
 
+import io
 import struct
 
 import numpy as np
@@ -73,3 +74,40 @@ def test_floating_point_pixels_are_refused_not_read_as_black(tmp_path):
     # The same pixels as an array get the same advice where the pipeline refuses them.
     with pytest.raises(ValueError, match=r"got float32: for values in \[0, 1\], pass \(image"):
         pipeline.preprocess_image(images.to_rgb(pixels), image_size=8, normalization="unit")
+
+
+def test_an_image_files_bytes_and_file_object_read_as_its_path_does(tmp_path):
+    # A service gets an upload's bytes: they were refused as "an array of shape ()", and a
+    # PIL image of them is not turned upright.
+    stored = np.random.default_rng(3).integers(0, 256, (2, 3, 3), np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the viewer turns it 90° clockwise
+    Image.fromarray(stored).save(tmp_path / "phone.png", exif=exif)
+    contents = (tmp_path / "phone.png").read_bytes()
+    upright = np.rot90(stored, k=-1)
+    with open(tmp_path / "phone.png", "rb") as file:
+        for source in (contents, bytearray(contents), io.BytesIO(contents), file):
+            np.testing.assert_array_equal(images.read_image(source), upright)
+    with pytest.raises(images.UnreadableImageError, match=r"<12 bytes>: not an image file"):
+        images.read_image(b"not an image")
+    with pytest.raises(images.UnreadableImageError, match=r"<0 bytes>: no bytes"):
+        images.read_image(b"")
+    text_mode = pytest.raises(TypeError, match=r"phone\.png.* text mode: .*open\(path, 'rb'\)")
+    with open(tmp_path / "phone.png", errors="replace") as text, text_mode:
+        images.read_image(text)
+
+
+def test_an_object_that_is_no_image_is_named_by_its_type():
+    # None was "an array of shape (). One image per call: for a batch ...".
+    with pytest.raises(ValueError, match=r"got NoneType\.$"):
+        images.to_rgb(None)
+
+
+def test_a_url_is_named_as_such_not_as_a_missing_file():
+    # It read "Cannot read image https:/example.com/photo.jpg: no such file".
+    with pytest.raises(images.UnreadableImageError) as error:
+        images.read_image("https://example.com/photo.jpg")
+    assert str(error.value) == (
+        "Cannot read image https://example.com/photo.jpg: a URL, not a local file: download it "
+        "first"
+    )

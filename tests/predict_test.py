@@ -6,6 +6,7 @@ config.json, not a trained model. The workdir's detector is restored once for th
 """
 
 import errno
+import io
 import json
 import os
 import re
@@ -769,6 +770,29 @@ def test_the_detector_reads_paths_pil_images_rgba_and_greyscale_as_their_rgb(wor
         detector(tmp_path / "folder")
 
 
+def test_the_detector_reads_an_image_files_bytes_and_file_object_upright(workdir, tmp_path):
+    # A service's upload: its bytes were refused as "an array of shape ()".
+    detector = Detector.from_workdir(workdir, score_threshold=0.0)
+    stored = np.random.default_rng(2).integers(0, 256, (40, 24, 3), np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a phone's portrait photo, stored on its side
+    Image.fromarray(stored).save(tmp_path / "phone.png", exif=exif)
+    contents = (tmp_path / "phone.png").read_bytes()
+    expected = detector(np.rot90(stored, k=-1))  # upright: 40 wide, 24 high
+    assert len(expected.boxes) > 0
+    for image in (contents, io.BytesIO(contents)):
+        np.testing.assert_array_equal(detector(image).boxes, expected.boxes)
+    with open(tmp_path / "phone.png", "rb") as file:
+        for found in detector.detect_batch([contents, file]):
+            np.testing.assert_allclose(found.boxes, expected.boxes, atol=1e-3)
+    with pytest.raises(ValueError, match=r"images\[1\]: Cannot read image <3 bytes>: not an"):
+        detector.detect_batch([contents, b"abc"])
+    with pytest.raises(ValueError, match="detect_batch takes a list of images"):
+        detector.detect_batch(contents)
+    with pytest.raises(ValueError, match=r"contents \(bytes, a binary file object\); got NoneType"):
+        detector(None)
+
+
 def test_the_detectors_nms_settings_take_numpy_numbers(workdir):
     detector = Detector.from_workdir(workdir, iou_threshold=np.float32(0.25))
     assert detector.config.eval.iou_threshold == pytest.approx(0.25)
@@ -1161,6 +1185,21 @@ def test_a_folders_last_short_batch_compiles_nothing_new(tmp_path):
     # One batch: its own power of two.
     predict.predict_files(detector, images[2:4], tmp_path / "out2", batch_size=3)
     assert model.compiled_for == [3, 2]
+
+
+def test_a_warmed_up_detector_compiles_nothing_for_any_call_up_to_its_batch_size(tmp_path):
+    # A service's first request of each batch shape waited seconds for its compilation.
+    detector, model = _compile_counting_detector(tmp_path)
+    detector.warm_up(batch_size=6)
+    assert model.compiled_for == [1, 2, 4, 6]
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (20 + i, 30, 3), np.uint8) for i in range(13)]
+    detector(images[0])
+    for count in range(1, len(images) + 1):
+        detector.detect_batch(images[:count], batch_size=6)
+    assert model.compiled_for == [1, 2, 4, 6]
+    with pytest.raises(ValueError, match="batch_size must be"):
+        detector.warm_up(batch_size=0)
 
 
 def test_detect_batch_reads_its_images_a_batch_at_a_time(tmp_path):

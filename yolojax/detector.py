@@ -2,7 +2,7 @@
 
 from yolojax.detector import Detector
 detector = Detector.from_workdir("runs/shapes")
-result = detector(image)           # image: (H, W, 3) uint8, a PIL image or a file's path
+result = detector(image)           # image: (H, W, 3) uint8, a PIL image, a file's path or bytes
 result.boxes, result.scores, result.class_names
 results = detector.detect_batch(images)  # several at once: faster on an accelerator
 """
@@ -233,8 +233,9 @@ class Detector:
 
         Args:
           image: an ``(H, W, 3)`` uint8 RGB array (also RGBA or greyscale, see
-            :func:`yolojax.images.to_rgb`), a PIL image, or an image file's path (read
-            upright, as its EXIF orientation says).
+            :func:`yolojax.images.to_rgb`), a PIL image, or an image file: its path, its
+            bytes or a binary file object (read upright, as its EXIF orientation says:
+            :func:`yolojax.images.read_image`).
 
         Returns:
           The detections, boxes in pixels of that image.
@@ -295,6 +296,27 @@ class Detector:
             )
         return results
 
+    def warm_up(self, batch_size: int = 16) -> None:
+        """Compiles the detection for each batch shape that calls of up to ``batch_size``
+        images run at (1, 2, 4, ... and ``batch_size``: see :meth:`detect_batch`), so that no
+        later call waits for a compilation. Otherwise the first call of each shape compiles
+        (seconds each for configs/shapes.py's model on a CPU, more for larger ones): in a
+        service, call it before taking requests. JAX's persistent compilation cache
+        (``JAX_COMPILATION_CACHE_DIR``) makes it fast in a later process too.
+
+        Args:
+          batch_size: the largest ``batch_size`` the Detector will be called with (1: one
+            image a call only).
+        """
+        check_positive_int("batch_size", batch_size)
+        blank = np.zeros((1, 1, 3), np.uint8)
+        images = 1
+        while True:
+            self._detect_together([blank] * images, batch_size)
+            if images == batch_size:
+                return
+            images = min(2 * images, batch_size)
+
     def _detect_together(
         self,
         images: list[np.ndarray],
@@ -341,16 +363,22 @@ class Detector:
         ]
 
 
+def _is_image_file(image) -> bool:
+    """Whether ``image`` is an image file, for :func:`read_image`: its path, its bytes, or a
+    file object."""
+    return isinstance(image, str | os.PathLike | bytes | bytearray) or hasattr(image, "read")
+
+
 def _as_rgb(image) -> np.ndarray:
-    """An image as :meth:`Detector.__call__` takes it (an array, a PIL image, a path), as its
+    """An image as :meth:`Detector.__call__` takes it (an array, a PIL image, a file), as its
     ``(H, W, 3)`` uint8 RGB array."""
-    return to_rgb(read_image(image) if isinstance(image, str | os.PathLike) else image)
+    return read_image(image) if _is_image_file(image) else to_rgb(image)
 
 
 def _is_one_image(images) -> bool:
-    """Whether ``images``, given for a list of images, is one image: a path, a PIL image, or
+    """Whether ``images``, given for a list of images, is one image: a file, a PIL image, or
     an ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or ``(H, W, 4)`` array."""
-    if isinstance(images, str | os.PathLike | Image.Image):
+    if _is_image_file(images) or isinstance(images, Image.Image):
         return True
     shape = getattr(images, "shape", ())
     return len(shape) == 2 or (len(shape) == 3 and shape[-1] in (1, 3, 4))

@@ -4,8 +4,11 @@ images or arrays of other layouts, decoded as the input pipeline decodes its ima
 file is turned upright as its EXIF orientation says (the pipeline's training images are used
 as stored)."""
 
+import io
 import os
+import re
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -14,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 # images of a VOC-format folder (looked for in this order).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _ORIENTATION_TAG = 0x0112
+_URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)  # a scheme: https://, s3://, ...
 # EXIF orientation → the transpose that makes the image upright (as ImageOps.exif_transpose).
 _UPRIGHT = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -89,10 +93,16 @@ def to_rgb(image) -> np.ndarray:
         return np.repeat(array, 3, axis=-1)
     if array.ndim == 3 and array.shape[-1] in (3, 4):
         return array[..., :3]
-    several = array.ndim == 4 or array.dtype.kind in "OU"  # a batch, or a list of paths
+    # A batch, or a list of paths or images; not one object of another kind (None, say).
+    several = array.ndim == 4 or (array.ndim == 1 and array.dtype.kind in "OU")
+    got = (
+        f"an array of shape {array.shape}"
+        if array.ndim or isinstance(image, np.ndarray)
+        else type(image).__name__
+    )
     raise ValueError(
-        "image must be (H, W, 3) RGB, (H, W, 4) RGBA or (H, W) greyscale, a PIL image or an "
-        f"image file's path; got an array of shape {array.shape}."
+        "image must be (H, W, 3) RGB, (H, W, 4) RGBA or (H, W) greyscale, a PIL image, or an "
+        f"image file's path or contents (bytes, a binary file object); got {got}."
         + (
             " One image per call: for a batch or a list of images, Detector.detect_batch(images)."
             if several
@@ -119,26 +129,47 @@ def _upright(image: Image.Image) -> Image.Image:
     return image.transpose(method) if method is not None else image
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def read_image(source: str | os.PathLike | bytes | BinaryIO) -> np.ndarray:
     """An image file as ``(H, W, 3)`` uint8 RGB, turned upright as its EXIF orientation says
     (as a photo viewer shows it: a phone's portrait photo is stored sideways).
 
+    Args:
+      source: the file's path (``str`` or ``os.PathLike``), or its contents: ``bytes`` (an
+        upload's body, say) or a binary file object (``open(path, 'rb')``, ``io.BytesIO``).
+
     Raises:
-      UnreadableImageError: the file is missing, empty, a folder, not an image, damaged, or
-        of floating-point pixels; its ``reason`` says which.
+      UnreadableImageError: the file is missing, empty, a folder, a URL, not an image,
+        damaged, or of floating-point pixels; its ``reason`` says which, its ``path`` is the
+        path given (``<N bytes>`` for bytes, the file object's ``name`` if it has one).
+      TypeError: a file object opened in text mode.
     """
-    path = Path(path)
-    if not path.exists():
-        broken_link = path.is_symlink()
-        raise UnreadableImageError(
-            path, "a link to a missing file" if broken_link else "no such file"
-        )
-    if path.is_dir():
-        raise UnreadableImageError(path, "a folder, not an image file")
-    if path.stat().st_size == 0:
-        raise UnreadableImageError(path, "an empty file")
+    if isinstance(source, bytes | bytearray):
+        path = f"<{len(source)} bytes>"
+        if not source:
+            raise UnreadableImageError(path, "no bytes")
+        source = io.BytesIO(source)
+    elif hasattr(source, "read"):  # a file object, as Pillow takes it
+        if isinstance(source, io.TextIOBase):  # Pillow's error would be a UnicodeDecodeError
+            raise TypeError(
+                f"the file object {getattr(source, 'name', source)!r} is open in text mode: "
+                "open the image with open(path, 'rb')."
+            )
+        path = getattr(source, "name", f"<{type(source).__name__}>")
+    elif isinstance(source, str) and _URL.match(source):  # Path() would make https:/ of it
+        raise UnreadableImageError(source, "a URL, not a local file: download it first")
+    else:
+        source = path = Path(source)
+        if not path.exists():
+            broken_link = path.is_symlink()
+            raise UnreadableImageError(
+                path, "a link to a missing file" if broken_link else "no such file"
+            )
+        if path.is_dir():
+            raise UnreadableImageError(path, "a folder, not an image file")
+        if path.stat().st_size == 0:
+            raise UnreadableImageError(path, "an empty file")
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             return to_rgb(_upright(image))
     except FloatPixelsError:
         raise UnreadableImageError(

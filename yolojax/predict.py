@@ -312,7 +312,11 @@ def main(argv=None) -> None:
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("images", nargs="+", help="image files (jpg, png, ...) or folders of them")
+    parser.add_argument(
+        "images",
+        nargs="+",
+        help="image files (jpg, png, ...) or folders of them (not their subfolders)",
+    )
     # No default to show: SUPPRESS keeps the help from reading "(default: None)".
     parser.add_argument(
         "--workdir",
