@@ -56,6 +56,21 @@ def stop_signal(kind: type[KeyboardInterrupt]) -> int:
 _OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
+# The system's words for a full disk, as other libraries' errors quote them.
+_OUT_OF_SPACE_WORDS = {code: os.strerror(code) for code in _OUT_OF_SPACE}
+
+
+def out_of_space(error: BaseException) -> OSError | None:
+    """The OSError of a full disk (ENOSPC) or quota (EDQUOT) that ``error``, another
+    library's error, reports in its message ("write() failed: No space left on device", as
+    ArrayRecord's writer raises it, a RuntimeError; TensorFlow's ``ResourceExhaustedError``);
+    None if it reports no such thing."""
+    for code, words in _OUT_OF_SPACE_WORDS.items():
+        if words in str(error):
+            return OSError(code, words)
+    return None
+
+
 def machine_error(
     action: str, error: OSError, setting: str, then: str = "", *, holding: str = ""
 ) -> MachineError:

@@ -390,8 +390,8 @@ class TensorBoardWriter:
         try:
             yield
         except self._tf.errors.OpError as error:
-            full = "No space left on device" in error.message
-            raise OSError(errno.ENOSPC if full else errno.EIO, error.message) from error
+            full = errors.out_of_space(error)
+            raise OSError(full.errno if full else errno.EIO, error.message) from error
 
 
 def load_class_names(workdir) -> list[str] | None:
