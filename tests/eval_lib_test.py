@@ -9,8 +9,10 @@ examples, difficult flags) changes the mAP.
 """
 
 import collections
+import errno
 import io
 import json
+import tempfile
 import types
 from pathlib import Path
 
@@ -234,6 +236,33 @@ def test_voc_results_enter_comp4_with_imagenet_weights_and_comp3_without():
     assert voc_results.competition(voc.get_config("resnet50").model) == "comp4"
     assert voc_results.competition(voc.get_config("vgg16,report").model) == "comp4"
     assert voc_results.competition(voc.get_config("darknet").model) == "comp3"
+
+
+def test_voc_results_that_fill_the_disk_leave_the_earlier_set_whole(tmp_path, monkeypatch):
+    # A full disk at the third class's file left the first two of the new evaluation beside
+    # the earlier one's others: a mixed set, which a submission would score as one.
+    names = ["cat", "dog", "bird", "fish"]
+    one_box = np.array([[1.0, 2.0, 30.0, 40.0]])
+
+    def write(score):
+        detections = {"img": (np.repeat(one_box, 4, axis=0), [score] * 4, [0, 1, 2, 3])}
+        return voc_results.write_voc_results(tmp_path, detections, names, competition="comp3")
+
+    paths = write(0.9)
+    earlier = {path: path.read_text() for path in paths}
+    mkstemp, created = tempfile.mkstemp, []
+
+    def full_at_the_third(*args, **kwargs):
+        created.append(args)
+        if len(created) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", full_at_the_third)
+    with pytest.raises(OSError, match="No space left"):
+        write(0.5)
+    assert {path: path.read_text() for path in paths} == earlier
+    assert sorted(tmp_path.iterdir()) == sorted(paths)  # no temporary file left
 
 
 def test_voc_results_files_score_as_reported_under_the_devkit_loop(tmp_path):
