@@ -62,8 +62,8 @@ def check_workdir(workdir: str | os.PathLike, *, writable: bool = False) -> Path
         run's folder (it has ``checkpoints/``, or its ``config.json`` is a run's).
 
     Raises:
-      NotAFolderError: it is a file, or ``writable`` and it cannot be written or holds
-        such files of its own.
+      NotAFolderError: it is a file, or ``writable`` and it cannot be written (or created:
+        it or a parent is a link to nothing) or holds such files of its own.
     """
     workdir = Path(workdir).absolute()
     if workdir.exists() and not workdir.is_dir():
@@ -72,7 +72,17 @@ def check_workdir(workdir: str | os.PathLike, *, writable: bool = False) -> Path
             "(train.py creates it)."
         )
     if writable:
-        existing = next(folder for folder in (workdir, *workdir.parents) if folder.exists())
+        existing = next(
+            folder
+            for folder in (workdir, *workdir.parents)
+            if folder.exists() or folder.is_symlink()
+        )
+        if not existing.exists():  # a link to nothing, which mkdir takes for a file
+            raise NotAFolderError(
+                f"The workdir {workdir} cannot be created: {existing} is a link to "
+                f"{os.path.realpath(existing)}, which does not exist. Create that folder (or "
+                "mount the disk it is on), or pass another --workdir."
+            )
         if not existing.is_dir():
             raise NotAFolderError(
                 f"The workdir {workdir} cannot be created: {existing} is a file. Pass a "
