@@ -265,6 +265,36 @@ def test_voc_results_that_fill_the_disk_leave_the_earlier_set_whole(tmp_path, mo
     assert sorted(tmp_path.iterdir()) == sorted(paths)  # no temporary file left
 
 
+def test_an_evaluation_that_fills_the_disk_leaves_the_earlier_ones_files_together(
+    tmp_path, monkeypatch
+):
+    # A full disk at pr_curves.png left the new metrics.json beside an earlier evaluation's
+    # curves, two evaluations' files read as one's.
+    config, _, state, _ = _known_output_model(tmp_path)
+    workdir = tmp_path / "run"
+    tiny.save_checkpoint(config, state, workdir)
+    eval_lib.evaluate_checkpoint(config, workdir)
+    files = [workdir / "eval" / "metrics.json", workdir / "eval" / "pr_curves.png"]
+    earlier = [path.read_bytes() for path in files]
+    mkstemp, created = tempfile.mkstemp, []
+
+    def full_at_the_second(*args, **kwargs):
+        created.append(args)
+        if len(created) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", full_at_the_second)
+    config.eval.score_threshold = 0.5  # another evaluation, which metrics.json records
+    with pytest.warns(UserWarning, match=r"save .*metrics\.json and .*pr_curves\.png: .*space"):
+        results = eval_lib.evaluate_checkpoint(config, workdir)
+    assert results["saved"] == []
+    assert [path.read_bytes() for path in files] == earlier
+    assert sorted(path.name for path in (workdir / "eval").iterdir()) == sorted(
+        path.name for path in files
+    )
+
+
 def test_voc_results_files_score_as_reported_under_the_devkit_loop(tmp_path):
     config, _, state, detections = _known_output_model(tmp_path)
     results, written, ids = _write_voc_results(config, state, tmp_path)
