@@ -588,6 +588,13 @@ def test_a_disk_that_fills_while_the_dataset_is_generated_is_named(config, tmp_p
     assert get_dataset_info(config).num_train_examples == NUM_TRAIN
 
 
+def test_a_data_folder_whose_name_is_not_utf8_is_named_at_the_check(config, tmp_path):
+    # ArrayRecord's writer failed with a cast error once the images were generated.
+    config.tfds_data_dir = os.fsdecode(bytes(tmp_path) + b"/d\xe9ta")
+    with pytest.raises(ValueError, match=r"^config\.data\.tfds_data_dir .*d\\udce9ta' is not"):
+        validate_data_config(config)
+
+
 def test_an_error_outside_the_data_folder_is_not_blamed_on_it(tmp_path):
     # Preparing a VOC folder also reads the user's folder: an error there is its own.
     def unreadable_annotations(**kwargs):

@@ -102,6 +102,21 @@ def machine_error(
     )
 
 
+def check_utf8_path(setting: str, path: str | os.PathLike) -> None:
+    """Raises ValueError if ``path``, ``setting``'s folder, is not valid UTF-8 (a name in
+    another encoding, such as Latin-1, which Python keeps as surrogates): TensorFlow,
+    orbax's tensorstore and ArrayRecord cannot open it, and failed deep in their C++
+    bindings ("Unable to cast Python instance of type <class 'str'>"), after the work began."""
+    try:
+        os.fsdecode(path).encode()
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"{setting} {os.fsdecode(path)!a} is not valid UTF-8 (a name in another encoding, "
+            "such as Latin-1), which TensorFlow and orbax cannot open: rename the folder, or "
+            "pass one named in UTF-8."
+        ) from None
+
+
 def first_line(error: BaseException, limit: int = 300) -> str:
     """The first line of ``error``'s message (its type's name if it has none), for a one-line
     report of an error from another library, whose messages can run to pages. Without

@@ -64,8 +64,10 @@ def check_workdir(workdir: str | os.PathLike, *, writable: bool = False) -> Path
     Raises:
       NotAFolderError: it is a file, or ``writable`` and it cannot be written (or created:
         it or a parent is a link to nothing) or holds such files of its own.
+      ValueError: its path is not valid UTF-8 (:func:`yolojax.errors.check_utf8_path`).
     """
     workdir = Path(workdir).absolute()
+    errors.check_utf8_path("The workdir", workdir)
     if workdir.exists() and not workdir.is_dir():
         raise NotAFolderError(
             f"The workdir {workdir} is a file, not a folder: pass a folder for the run "
