@@ -1,6 +1,8 @@
 """Checkpoint save/restore, damaged-checkpoint fallback, model mismatch, workdir files."""
 
 import json
+import os
+import re
 import shutil
 import warnings
 
@@ -373,6 +375,28 @@ def test_a_workdir_that_is_a_file_is_a_clear_error(tmp_path):
     # One of its parents: that file is named as such, not as "read-only to this user".
     with pytest.raises(workdir.NotAFolderError, match=r"cannot be created: .*runs is a file"):
         workdir.check_workdir(tmp_path / "runs" / "a", writable=True)
+
+
+@pytest.mark.parametrize("below", ["", "sub/run"])
+def test_a_workdir_through_a_link_to_nothing_names_the_missing_target(tmp_path, below):
+    # A link made before its target (runs/x -> /scratch/x) was a FileExistsError traceback
+    # from the run folder's lock, after the dataset was prepared.
+    (tmp_path / "link").symlink_to(tmp_path / "scratch" / "x")
+    with pytest.raises(
+        workdir.NotAFolderError,
+        match=re.escape(f"link is a link to {tmp_path / 'scratch' / 'x'}, which does not exist."),
+    ):
+        workdir.check_workdir(tmp_path / "link" / below, writable=True)
+
+
+def test_a_workdir_whose_name_is_not_utf8_is_named_before_anything_is_written(tmp_path):
+    # A Latin-1 name: TensorFlow's summary writer failed at the first log, after the first
+    # steps ("Error converting unicode string"), and orbax's restore with a cast error.
+    latin1 = tmp_path / os.fsdecode(b"caf\xe9")
+    for writable in (True, False):
+        with pytest.raises(ValueError, match=r"caf\\udce9' is not valid UTF-8 .*: rename"):
+            workdir.check_workdir(latin1, writable=writable)
+    assert not latin1.exists()
 
 
 def test_a_workdir_that_cannot_be_written_is_named_before_training(tmp_path, monkeypatch):

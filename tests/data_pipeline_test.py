@@ -568,6 +568,33 @@ def test_a_data_folder_that_cannot_be_written_names_the_setting(config, tmp_path
         get_dataset_info(config)
 
 
+def test_a_disk_that_fills_while_the_dataset_is_generated_is_named(config, tmp_path, monkeypatch):
+    # ArrayRecord's writer reports a full disk as a RuntimeError (TFDS adds the split to it),
+    # which printed 40 lines of traceback.
+    def full_disk(cls, path, examples):
+        raise RuntimeError(f"write() failed: No space left on device; writing {path}; at byte 4096")
+
+    adapter = tfds.core.file_adapters.ArrayRecordFileAdapter
+    monkeypatch.setattr(adapter, "write_examples", classmethod(full_disk))
+    config.tfds_data_dir = str(tmp_path / "full")
+    with pytest.raises(errors.MachineError) as error:
+        get_dataset_info(config)
+    assert str(error.value) == (
+        f"Cannot prepare the dataset in its TFDS data folder {tmp_path / 'full'} (OSError: No "
+        "space left on device): free space, or choose another data folder "
+        "(--config.data.tfds_data_dir)."
+    )
+    monkeypatch.undo()  # space freed: the next run prepares it whole
+    assert get_dataset_info(config).num_train_examples == NUM_TRAIN
+
+
+def test_a_data_folder_whose_name_is_not_utf8_is_named_at_the_check(config, tmp_path):
+    # ArrayRecord's writer failed with a cast error once the images were generated.
+    config.tfds_data_dir = os.fsdecode(bytes(tmp_path) + b"/d\xe9ta")
+    with pytest.raises(ValueError, match=r"^config\.data\.tfds_data_dir .*d\\udce9ta' is not"):
+        validate_data_config(config)
+
+
 def test_an_error_outside_the_data_folder_is_not_blamed_on_it(tmp_path):
     # Preparing a VOC folder also reads the user's folder: an error there is its own.
     def unreadable_annotations(**kwargs):

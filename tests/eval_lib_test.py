@@ -10,9 +10,11 @@ examples, difficult flags) changes the mAP.
 
 import ast
 import collections
+import errno
 import io
 import json
 import shlex
+import tempfile
 import types
 from pathlib import Path
 
@@ -236,6 +238,63 @@ def test_voc_results_enter_comp4_with_imagenet_weights_and_comp3_without():
     assert voc_results.competition(voc.get_config("resnet50").model) == "comp4"
     assert voc_results.competition(voc.get_config("vgg16,report").model) == "comp4"
     assert voc_results.competition(voc.get_config("darknet").model) == "comp3"
+
+
+def test_voc_results_that_fill_the_disk_leave_the_earlier_set_whole(tmp_path, monkeypatch):
+    # A full disk at the third class's file left the first two of the new evaluation beside
+    # the earlier one's others: a mixed set, which a submission would score as one.
+    names = ["cat", "dog", "bird", "fish"]
+    one_box = np.array([[1.0, 2.0, 30.0, 40.0]])
+
+    def write(score):
+        detections = {"img": (np.repeat(one_box, 4, axis=0), [score] * 4, [0, 1, 2, 3])}
+        return voc_results.write_voc_results(tmp_path, detections, names, competition="comp3")
+
+    paths = write(0.9)
+    earlier = {path: path.read_text() for path in paths}
+    mkstemp, created = tempfile.mkstemp, []
+
+    def full_at_the_third(*args, **kwargs):
+        created.append(args)
+        if len(created) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", full_at_the_third)
+    with pytest.raises(OSError, match="No space left"):
+        write(0.5)
+    assert {path: path.read_text() for path in paths} == earlier
+    assert sorted(tmp_path.iterdir()) == sorted(paths)  # no temporary file left
+
+
+def test_an_evaluation_that_fills_the_disk_leaves_the_earlier_ones_files_together(
+    tmp_path, monkeypatch
+):
+    # A full disk at pr_curves.png left the new metrics.json beside an earlier evaluation's
+    # curves, two evaluations' files read as one's.
+    config, _, state, _ = _known_output_model(tmp_path)
+    workdir = tmp_path / "run"
+    tiny.save_checkpoint(config, state, workdir)
+    eval_lib.evaluate_checkpoint(config, workdir)
+    files = [workdir / "eval" / "metrics.json", workdir / "eval" / "pr_curves.png"]
+    earlier = [path.read_bytes() for path in files]
+    mkstemp, created = tempfile.mkstemp, []
+
+    def full_at_the_second(*args, **kwargs):
+        created.append(args)
+        if len(created) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", full_at_the_second)
+    config.eval.score_threshold = 0.5  # another evaluation, which metrics.json records
+    with pytest.warns(UserWarning, match=r"save .*metrics\.json and .*pr_curves\.png: .*space"):
+        results = eval_lib.evaluate_checkpoint(config, workdir)
+    assert results["saved"] == []
+    assert [path.read_bytes() for path in files] == earlier
+    assert sorted(path.name for path in (workdir / "eval").iterdir()) == sorted(
+        path.name for path in files
+    )
 
 
 def test_voc_results_files_score_as_reported_under_the_devkit_loop(tmp_path):

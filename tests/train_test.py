@@ -166,7 +166,9 @@ def test_train_evaluate_predict(tmp_path, data_dir, monkeypatch, capsys):
         workdir / "eval" / "metrics.json",
         workdir / "eval" / "pr_curves.png",
     ]
-    with pytest.warns(UserWarning, match=r"Could not save .*eval.metrics\.json: "):
+    with pytest.warns(
+        UserWarning, match=r"Could not save .*eval.metrics\.json and .*eval.pr_curves\.png: "
+    ):
         again = eval_lib.evaluate_checkpoint(config, str(workdir))
     assert again["mAP"] == evaluated["mAP"] and again["saved"] == []
 

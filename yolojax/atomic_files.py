@@ -33,18 +33,31 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Writes ``data`` to ``path`` as `atomic_write_text` writes text: whole or not at all."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    atomic_write_files({path: data})
+
+
+def atomic_write_files(files: Mapping[str | os.PathLike, bytes]) -> None:
+    """Writes each ``{path: data}`` of ``files`` as `atomic_write_bytes` does, and all of them
+    or none: each is written whole beside its path before the first is renamed into place, so
+    a write that fails (a full disk) leaves every one as it was, not some new files beside
+    some old ones (only the renames, which take no space, could be cut short)."""
+    written = {}  # {temporary file: its path}
     try:
-        os.fchmod(fd, _NEW_FILE_MODE)  # as readable as the run's other files
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        for path, data in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            written[tmp] = path
+            os.fchmod(fd, _NEW_FILE_MODE)  # as readable as the run's other files
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for tmp, path in written.items():
+            os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        for tmp in written:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 

@@ -57,6 +57,21 @@ def stop_signal(kind: type[KeyboardInterrupt]) -> int:
 _OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
+# The system's words for a full disk, as other libraries' errors quote them.
+_OUT_OF_SPACE_WORDS = {code: os.strerror(code) for code in _OUT_OF_SPACE}
+
+
+def out_of_space(error: BaseException) -> OSError | None:
+    """The OSError of a full disk (ENOSPC) or quota (EDQUOT) that ``error``, another
+    library's error, reports in its message ("write() failed: No space left on device", as
+    ArrayRecord's writer raises it, a RuntimeError; TensorFlow's ``ResourceExhaustedError``);
+    None if it reports no such thing."""
+    for code, words in _OUT_OF_SPACE_WORDS.items():
+        if words in str(error):
+            return OSError(code, words)
+    return None
+
+
 def machine_error(
     action: str, error: OSError, setting: str, then: str = "", *, holding: str = ""
 ) -> MachineError:
@@ -86,6 +101,21 @@ def machine_error(
         f"Cannot {action} ({type(error).__name__}: {reason}): {advice}"
         + (f" {then}" if then else "")
     )
+
+
+def check_utf8_path(setting: str, path: str | os.PathLike) -> None:
+    """Raises ValueError if ``path``, ``setting``'s folder, is not valid UTF-8 (a name in
+    another encoding, such as Latin-1, which Python keeps as surrogates): TensorFlow,
+    orbax's tensorstore and ArrayRecord cannot open it, and failed deep in their C++
+    bindings ("Unable to cast Python instance of type <class 'str'>"), after the work began."""
+    try:
+        os.fsdecode(path).encode()
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"{setting} {os.fsdecode(path)!a} is not valid UTF-8 (a name in another encoding, "
+            "such as Latin-1), which TensorFlow and orbax cannot open: rename the folder, or "
+            "pass one named in UTF-8."
+        ) from None
 
 
 def first_line(error: BaseException, limit: int = 300) -> str:

@@ -26,7 +26,7 @@ from yolojax import (
     train_lib,
     voc_results,
 )
-from yolojax.atomic_files import atomic_write_bytes, to_json
+from yolojax.atomic_files import atomic_write_files, to_json
 from yolojax.config import resolve_num_classes, validate_config
 from yolojax.data import pipeline, sources
 from yolojax.evaluation import VOCEvaluator
@@ -342,7 +342,7 @@ def evaluate_checkpoint(
             "images_per_second": results["images_per_second"],
         }
         eval_dir = Path(workdir) / EVAL_FOLDER
-        # Both made first, then written one right after the other: a Ctrl-C leaves the two
+        # Both made first, then written all or none: a Ctrl-C or a full disk leaves the two
         # files of one evaluation (as far as two renames can), not a new metrics.json
         # beside an earlier evaluation's curves.
         files = {
@@ -351,20 +351,18 @@ def evaluate_checkpoint(
                 results, info.class_names, step=step
             ),
         }
-        saves = []
-        for path, data in files.items():
-            saves.append((path, functools.partial(atomic_write_bytes, path, data)))
+        saves = [(list(files), functools.partial(atomic_write_files, files))]
         if voc_results_folder is not None:
             folder = Path(voc_results_folder)
             detections = results.pop("detections")
-            saves.append((folder, lambda: _write_voc_results(folder, detections, config, info)))
+            saves.append(([folder], lambda: _write_voc_results(folder, detections, config, info)))
         results["saved"] = []
-        for path, save in saves:
+        for paths, save in saves:
             try:
                 save()
-                results["saved"].append(path)
+                results["saved"] += paths
             except OSError as error:  # a read-only or full workdir: the results still return
-                errors.notice(f"Could not save {path}: {error}")
+                errors.notice(f"Could not save {' and '.join(map(str, paths))}: {error}")
     return results
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from yolojax.atomic_files import atomic_write_text
+from yolojax.atomic_files import atomic_write_files
 
 
 def image_id(filename: str, index: int) -> str:
@@ -57,7 +57,8 @@ def write_voc_results(
     competition: str,
     test_set: str = "test",
 ) -> list[Path]:
-    """Writes one devkit results file per class into ``folder`` (made if needed).
+    """Writes one devkit results file per class into ``folder`` (made if needed), all of
+    them or none (:func:`yolojax.atomic_files.atomic_write_files`).
 
     Args:
       folder: the output folder.
@@ -83,10 +84,11 @@ def write_voc_results(
                 f"{name} {float(score):.6f} {xmin:.3f} {ymin:.3f} {xmax:.3f} {ymax:.3f}\n"
             )
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for label, class_name in enumerate(class_names):
-        path = folder / results_file_name(competition, test_set, class_name)
-        atomic_write_text(path, "".join(lines[label]))
-        written.append(path)
-    return written
+    files = {
+        folder / results_file_name(competition, test_set, name): "".join(lines[label]).encode()
+        for label, name in enumerate(class_names)
+    }
+    # All or none: a full disk midway left some classes' files of this evaluation beside the
+    # others' of an earlier one, a set the server would score as one.
+    atomic_write_files(files)
+    return list(files)

@@ -62,17 +62,29 @@ def check_workdir(workdir: str | os.PathLike, *, writable: bool = False) -> Path
         run's folder (it has ``checkpoints/``, or its ``config.json`` is a run's).
 
     Raises:
-      NotAFolderError: it is a file, or ``writable`` and it cannot be written or holds
-        such files of its own.
+      NotAFolderError: it is a file, or ``writable`` and it cannot be written (or created:
+        it or a parent is a link to nothing) or holds such files of its own.
+      ValueError: its path is not valid UTF-8 (:func:`yolojax.errors.check_utf8_path`).
     """
     workdir = Path(workdir).absolute()
+    errors.check_utf8_path("The workdir", workdir)
     if workdir.exists() and not workdir.is_dir():
         raise NotAFolderError(
             f"The workdir {workdir} is a file, not a folder: pass a folder for the run "
             "(train.py creates it)."
         )
     if writable:
-        existing = next(folder for folder in (workdir, *workdir.parents) if folder.exists())
+        existing = next(
+            folder
+            for folder in (workdir, *workdir.parents)
+            if folder.exists() or folder.is_symlink()
+        )
+        if not existing.exists():  # a link to nothing, which mkdir takes for a file
+            raise NotAFolderError(
+                f"The workdir {workdir} cannot be created: {existing} is a link to "
+                f"{os.path.realpath(existing)}, which does not exist. Create that folder (or "
+                "mount the disk it is on), or pass another --workdir."
+            )
         if not existing.is_dir():
             raise NotAFolderError(
                 f"The workdir {workdir} cannot be created: {existing} is a file. Pass a "
@@ -390,8 +402,8 @@ class TensorBoardWriter:
         try:
             yield
         except self._tf.errors.OpError as error:
-            full = "No space left on device" in error.message
-            raise OSError(errno.ENOSPC if full else errno.EIO, error.message) from error
+            full = errors.out_of_space(error)
+            raise OSError(full.errno if full else errno.EIO, error.message) from error
 
 
 def load_class_names(workdir) -> list[str] | None:

@@ -9,6 +9,7 @@ import math
 import ml_collections
 from ml_collections import config_dict
 
+from yolojax import errors
 from yolojax.validation import check_choice, check_int, check_number
 
 SOURCES = ("synthetic_shapes", "voc", "voc_folder")
@@ -151,6 +152,8 @@ def validate_data_config(data_config) -> None:
     check_choice("config.data.source", data_config.source, SOURCES)
     check_choice("config.data.normalization", data_config.normalization, NORMALIZATIONS)
     check_choice("config.data.on_bad_data", data_config.on_bad_data, BAD_DATA_POLICIES)
+    if data_config.tfds_data_dir:
+        errors.check_utf8_path("config.data.tfds_data_dir", data_config.tfds_data_dir)
     # A setting that would be ignored without a word, and how to leave it.
     for key, unset in [("folder", None), ("class_names", None), ("clip_box_overshoot", 0)]:
         if data_config[key] != unset and data_config.source != "voc_folder":

@@ -156,7 +156,13 @@ def _prepared(make_builder, data_dir: str | None) -> tfds.core.DatasetBuilder:
                 # lines of carriage returns and cursor moves, and a warning printed while
                 # one is drawn lands on its line.
                 tfds.disable_progress_bar()
-            builder.download_and_prepare()
+            try:
+                builder.download_and_prepare()
+            except RuntimeError as error:  # ArrayRecord's writer's, for a full disk too
+                full = errors.out_of_space(error)
+                if full is None:
+                    raise
+                raise full from error
             _built_here.add(str(builder.data_dir))
     except OSError as error:  # the data folder is a file, read-only, or on a full disk
         default = os.environ.get("TFDS_DATA_DIR", tfds.core.constants.DATA_DIR)
