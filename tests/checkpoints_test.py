@@ -373,7 +373,7 @@ def test_a_workdir_that_is_a_file_is_a_clear_error(tmp_path):
         checkpoints.Checkpoints(tmp_path / "runs", SIGNATURE)
     assert (tmp_path / "runs").read_text() == "not a folder"
     # One of its parents: that file is named as such, not as "read-only to this user".
-    with pytest.raises(workdir.NotAFolderError, match=r"cannot be created: .*runs is a file"):
+    with pytest.raises(workdir.NotAFolderError, match=r"cannot be written: .*runs is a file\."):
         workdir.check_workdir(tmp_path / "runs" / "a", writable=True)
 
 
@@ -384,7 +384,7 @@ def test_a_workdir_through_a_link_to_nothing_names_the_missing_target(tmp_path, 
     (tmp_path / "link").symlink_to(tmp_path / "scratch" / "x")
     with pytest.raises(
         workdir.NotAFolderError,
-        match=re.escape(f"link is a link to {tmp_path / 'scratch' / 'x'}, which does not exist."),
+        match=re.escape(f"link is a link to {tmp_path / 'scratch' / 'x'}, which does not exist:"),
     ):
         workdir.check_workdir(tmp_path / "link" / below, writable=True)
 
@@ -402,7 +402,7 @@ def test_a_workdir_whose_name_is_not_utf8_is_named_before_anything_is_written(tm
 def test_a_workdir_that_cannot_be_written_is_named_before_training(tmp_path, monkeypatch):
     # (Root may write anywhere except on a read-only mount, which os.access reports.)
     monkeypatch.setattr(checkpoints.os, "access", lambda path, mode: path != tmp_path)
-    with pytest.raises(workdir.NotAFolderError, match=r"cannot be written \(.* is read-only"):
+    with pytest.raises(workdir.NotAFolderError, match=r"cannot be written: .* is read-only to"):
         workdir.check_workdir(tmp_path / "run", writable=True)
     workdir.check_workdir(tmp_path / "run")  # reading (evaluate.py) needs no write access
 

@@ -960,11 +960,19 @@ def test_bad_arguments_are_refused_before_any_model_is_read(tmp_path, capsys):
 def test_an_output_path_that_is_a_file_is_named(workdir, tmp_path):
     (tmp_path / "out").write_text("")
     detector = Detector.from_workdir(workdir)
-    with pytest.raises(ValueError, match=f"The output folder {tmp_path / 'out'} is a file"):
-        predict.predict_files(detector, [], tmp_path / "out")
-    # One that cannot be made (here under a file; a read-only mount, a full disk alike).
-    with pytest.raises(errors.MachineError, match=r"Cannot write into the output folder .*out/sub"):
-        predict.predict_files(detector, [], tmp_path / "out" / "sub")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=re.escape(f"{out} cannot be written: {out} is a file.")):
+        predict.predict_files(detector, [], out)
+    # One that cannot be made: here under a file, or under a link to a missing folder (the
+    # error was mkdir's "File exists"), before anything is read.
+    with pytest.raises(ValueError, match=re.escape(f"{out}/sub cannot be written: {out} is a")):
+        predict.predict_files(detector, [], out / "sub")
+    (tmp_path / "link").symlink_to(tmp_path / "missing")
+    with pytest.raises(
+        ValueError, match=re.escape(f"link is a link to {tmp_path / 'missing'}, which does not")
+    ):
+        predict.predict_files(detector, [], tmp_path / "link")
+    assert not (tmp_path / "missing").exists()
 
 
 def test_a_boxs_outline_is_drawn_on_the_pixels_the_box_covers():

@@ -25,7 +25,8 @@ from ml_collections.config_flags import config_path
 
 from configs import shapes
 from tests.tiny import tensorboard_scalars
-from yolojax import atomic_files, checkpoints, train_lib, trainer, workdir
+from yolojax import atomic_files, checkpoints, train_lib, trainer, voc_results, workdir
+from yolojax.data.synthetic_shapes import CLASS_NAMES
 
 pytestmark = pytest.mark.slow
 
@@ -575,23 +576,33 @@ def test_evaluate_fails_when_the_voc_results_asked_for_are_not_written(
     run_dir = _two_checkpoints(tmp_path / "run", data_dir, initial_state)
     notes = tmp_path / "notes.txt"
     notes.write_text("mine")
-    # A file given for the folder: refused before anything is evaluated or written.
-    command = _command("evaluate.py", run_dir, data_dir, f"--voc_results={notes}")
-    returncode, log = _run(command, env, tmp_path / "eval.log")
-    assert returncode == 1
-    assert f"The VOC results folder {notes} is a file: name a folder" in log
-    assert not (run_dir / "eval").exists() and notes.read_text() == "mine"
-    # A folder that cannot be made (under that file): evaluated and reported, then status 1.
+    # A file given for the folder, or a folder under it: refused before anything is
+    # evaluated or written (VOC2012 test's evaluation is long to lose).
+    for folder in (notes, notes / "results"):
+        command = _command("evaluate.py", run_dir, data_dir, f"--voc_results={folder}")
+        returncode, log = _run(command, env, tmp_path / "eval.log")
+        assert returncode == 1
+        assert (
+            f"The VOC results folder {folder} cannot be written: {notes} is a file. Name "
+            "another folder"
+        ) in log
+        assert "mAP@0.5" not in log
+        assert not (run_dir / "eval").exists() and notes.read_text() == "mine"
+    # A write that fails all the same (here a folder where a class's file goes; a full disk
+    # alike): evaluated and reported, then status 1.
+    results = tmp_path / "results"
+    (results / voc_results.results_file_name("comp3", "test", CLASS_NAMES[0])).mkdir(parents=True)
     command = _command(
         "evaluate.py",
         run_dir,
         data_dir,
-        f"--voc_results={notes}/results",
+        f"--voc_results={results}",
         overrides={"eval.score_threshold": 0.05},
     )
     returncode, log = _run(command, env, tmp_path / "eval2.log")
     assert returncode == 1
-    assert "mAP@0.5 VOC07 11-point" in log and f"Could not save {notes}/results" in log
+    assert "mAP@0.5 VOC07 11-point" in log and f"Could not save {results}" in log
     assert log.rstrip().endswith("Error: the VOC results files were not written (see above).")
+    assert os.listdir(results) == [voc_results.results_file_name("comp3", "test", CLASS_NAMES[0])]
     saved = json.loads((run_dir / "eval" / "metrics.json").read_text())
     assert saved["settings"]["score_threshold"] == 0.05  # which settings gave that mAP

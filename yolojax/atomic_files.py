@@ -23,6 +23,31 @@ def _process_umask() -> int:
 _NEW_FILE_MODE = 0o666 & ~_process_umask()
 
 
+def unwritable_reason(folder: str | os.PathLike) -> str | None:
+    """Why files cannot be written into ``folder`` (made, with its parents, where missing),
+    or None if they can, as far as can be told without writing: its nearest existing folder
+    (or the file or dangling link in its place) is named. Creates nothing.
+
+    Returns:
+      None, or ``"X is a file"``, ``"X is a link to T, which does not exist: create that
+      folder (or mount the disk it is on)"`` or ``"X is read-only to this user"``.
+    """
+    folder = Path(folder).absolute()
+    existing = next(
+        path for path in (folder, *folder.parents) if path.exists() or path.is_symlink()
+    )
+    if not existing.exists():  # a link to nothing, which mkdir takes for a file
+        return (
+            f"{existing} is a link to {os.path.realpath(existing)}, which does not exist: "
+            "create that folder (or mount the disk it is on)"
+        )
+    if not existing.is_dir():
+        return f"{existing} is a file"
+    if not os.access(existing, os.W_OK | os.X_OK):  # also False on a read-only mount
+        return f"{existing} is read-only to this user"
+    return None
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Writes ``text`` to ``path`` so readers see the old or the new file, never a mix.
 

@@ -26,7 +26,7 @@ from yolojax import (
     train_lib,
     voc_results,
 )
-from yolojax.atomic_files import atomic_write_files, to_json
+from yolojax.atomic_files import atomic_write_files, to_json, unwritable_reason
 from yolojax.config import resolve_num_classes, validate_config
 from yolojax.data import pipeline, sources
 from yolojax.evaluation import VOCEvaluator
@@ -301,10 +301,12 @@ def evaluate_checkpoint(
       only warns).
     """
     validate_config(config)
-    if voc_results_folder is not None and Path(voc_results_folder).is_file():
+    # Checked before the evaluation, which for VOC2012 test takes long enough to lose.
+    reason = None if voc_results_folder is None else unwritable_reason(voc_results_folder)
+    if reason is not None:
         raise ValueError(
-            f"The VOC results folder {voc_results_folder} is a file: name a folder (created "
-            "if missing) for the results files (--voc_results)."
+            f"The VOC results folder {voc_results_folder} cannot be written: {reason}. Name "
+            "another folder (created if missing) for the results files (--voc_results)."
         )
     batch_size = eval_batch_size(config)
     trained_classes = load_class_names(workdir)

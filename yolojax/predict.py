@@ -54,7 +54,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from yolojax import drawings, errors
-from yolojax.atomic_files import atomic_write_bytes, atomic_write_text, to_json
+from yolojax.atomic_files import (
+    atomic_write_bytes,
+    atomic_write_text,
+    to_json,
+    unwritable_reason,
+)
 from yolojax.checkpoints import parse_which
 from yolojax.images import IMAGE_EXTENSIONS, UnreadableImageError, read_image
 from yolojax.postprocess import NonFiniteOutputsError
@@ -173,8 +178,11 @@ def predict_files(
     if isinstance(paths, str | os.PathLike):  # not its characters, one by one
         paths = [paths]
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"The output folder {out_dir} is a file: choose another (--out).")
+    reason = unwritable_reason(out_dir)
+    if reason is not None:
+        raise ValueError(
+            f"The output folder {out_dir} cannot be written: {reason}. Choose another (--out)."
+        )
     with _output_errors(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
     # Earlier calls' drawings: listed in detections.json, or marked (one a call stopped

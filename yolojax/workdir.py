@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from yolojax import errors
-from yolojax.atomic_files import atomic_write_text, jsonable
+from yolojax.atomic_files import atomic_write_text, jsonable, unwritable_reason
 
 try:
     import fcntl
@@ -62,8 +62,8 @@ def check_workdir(workdir: str | os.PathLike, *, writable: bool = False) -> Path
         run's folder (it has ``checkpoints/``, or its ``config.json`` is a run's).
 
     Raises:
-      NotAFolderError: it is a file, or ``writable`` and it cannot be written (or created:
-        it or a parent is a link to nothing) or holds such files of its own.
+      NotAFolderError: it is a file, or ``writable`` and it cannot be written
+        (:func:`yolojax.atomic_files.unwritable_reason`) or holds such files of its own.
       ValueError: its path is not valid UTF-8 (:func:`yolojax.errors.check_utf8_path`).
     """
     workdir = Path(workdir).absolute()
@@ -74,27 +74,12 @@ def check_workdir(workdir: str | os.PathLike, *, writable: bool = False) -> Path
             "(train.py creates it)."
         )
     if writable:
-        existing = next(
-            folder
-            for folder in (workdir, *workdir.parents)
-            if folder.exists() or folder.is_symlink()
-        )
-        if not existing.exists():  # a link to nothing, which mkdir takes for a file
+        reason = unwritable_reason(workdir)
+        if reason is not None:
             raise NotAFolderError(
-                f"The workdir {workdir} cannot be created: {existing} is a link to "
-                f"{os.path.realpath(existing)}, which does not exist. Create that folder (or "
-                "mount the disk it is on), or pass another --workdir."
-            )
-        if not existing.is_dir():
-            raise NotAFolderError(
-                f"The workdir {workdir} cannot be created: {existing} is a file. Pass a "
-                "--workdir whose parents are folders."
-            )
-        if not os.access(existing, os.W_OK | os.X_OK):  # also False on a read-only mount
-            raise NotAFolderError(
-                f"The workdir {workdir} cannot be written ({existing} is read-only to this "
-                "user): a run saves its checkpoints there. Pass another --workdir, or copy "
-                "the run to a writable folder to resume it."
+                f"The workdir {workdir} cannot be written: {reason}. A run saves its "
+                "checkpoints there: pass another --workdir (to resume a run elsewhere, copy "
+                "its folder there)."
             )
         if workdir.is_dir() and not is_run_folder(workdir):
             _refuse_files_written_over(workdir)
