@@ -240,6 +240,19 @@ def test_voc_results_enter_comp4_with_imagenet_weights_and_comp3_without():
     assert voc_results.competition(voc.get_config("darknet").model) == "comp3"
 
 
+def _disk_full_at_file(number: int, monkeypatch) -> None:
+    """The disk fills as the ``number``-th temporary file is made (atomic_files' writes)."""
+    mkstemp, created = tempfile.mkstemp, []
+
+    def full_at_that_file(*args, **kwargs):
+        created.append(args)
+        if len(created) == number:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", full_at_that_file)
+
+
 def test_voc_results_that_fill_the_disk_leave_the_earlier_set_whole(tmp_path, monkeypatch):
     # A full disk at the third class's file left the first two of the new evaluation beside
     # the earlier one's others: a mixed set, which a submission would score as one.
@@ -252,15 +265,7 @@ def test_voc_results_that_fill_the_disk_leave_the_earlier_set_whole(tmp_path, mo
 
     paths = write(0.9)
     earlier = {path: path.read_text() for path in paths}
-    mkstemp, created = tempfile.mkstemp, []
-
-    def full_at_the_third(*args, **kwargs):
-        created.append(args)
-        if len(created) == 3:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return mkstemp(*args, **kwargs)
-
-    monkeypatch.setattr(tempfile, "mkstemp", full_at_the_third)
+    _disk_full_at_file(3, monkeypatch)
     with pytest.raises(OSError, match="No space left"):
         write(0.5)
     assert {path: path.read_text() for path in paths} == earlier
@@ -278,15 +283,7 @@ def test_an_evaluation_that_fills_the_disk_leaves_the_earlier_ones_files_togethe
     eval_lib.evaluate_checkpoint(config, workdir)
     files = [workdir / "eval" / "metrics.json", workdir / "eval" / "pr_curves.png"]
     earlier = [path.read_bytes() for path in files]
-    mkstemp, created = tempfile.mkstemp, []
-
-    def full_at_the_second(*args, **kwargs):
-        created.append(args)
-        if len(created) == 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return mkstemp(*args, **kwargs)
-
-    monkeypatch.setattr(tempfile, "mkstemp", full_at_the_second)
+    _disk_full_at_file(2, monkeypatch)
     config.eval.score_threshold = 0.5  # another evaluation, which metrics.json records
     with pytest.warns(UserWarning, match=r"save .*metrics\.json and .*pr_curves\.png: .*space"):
         results = eval_lib.evaluate_checkpoint(config, workdir)
