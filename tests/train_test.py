@@ -498,6 +498,26 @@ def test_ctrl_c_saves_the_step_reached_and_the_rerun_trains_as_if_uninterrupted(
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.usefixtures("ctrl_c")
+def test_ctrl_c_stops_a_notebook_sweep_that_skips_failed_runs(tmp_path, data_dir, monkeypatch):
+    # The stop was an Exception: a sweep's `except Exception` took a Ctrl-C for a failed run
+    # and started the next one.
+    config = tiny_config(data_dir)
+    monkeypatch.setattr(
+        train_lib, "make_train_step", _on_step(2, lambda: signal.raise_signal(signal.SIGINT))
+    )
+    trained = []
+    with pytest.raises(KeyboardInterrupt, match=r"^Stopped on SIGINT after step 2, saved in "):
+        for run in ("a", "b"):
+            try:
+                trainer.train_and_evaluate(config, str(tmp_path / run), verbose=False)
+            except Exception:  # the sweep skips a failed run
+                continue
+            trained.append(run)
+    assert trained == [] and not (tmp_path / "b").exists()
+    assert _checkpoint_steps(tmp_path / "a") == ["2"]
+
+
 def _signal_in_the_first_evaluation(patch, signal_number=signal.SIGINT) -> None:
     """Patches eval_lib.evaluate (with `patch`, a MonkeyPatch) so that its first call gets
     one signal (a Ctrl-C's SIGINT by default) as it starts."""

@@ -79,8 +79,12 @@ def report_resumed_step(step: int) -> None:
         _reached_sync_point(step)
 
 
-class TrainingStopped(Exception):
+class TrainingStopped(KeyboardInterrupt):
     """Training stopped on a signal, after saving a checkpoint of the step it had reached.
+
+    A ``KeyboardInterrupt``, as the signal's are (:class:`yolojax.errors.Terminated` for
+    SIGTERM): code that carries on past an ``Exception``, a sweep over configs in a notebook,
+    stops with it, as it does for a Ctrl-C anywhere else.
 
     Attributes:
       signal_number: the signal that asked for the stop (``signal.SIGTERM`` or ``SIGINT``).

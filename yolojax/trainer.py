@@ -532,7 +532,7 @@ def train_and_evaluate(
 
     Raises:
       yolojax.preemption.TrainingStopped: SIGTERM or Ctrl-C stopped training; its checkpoint
-        is saved.
+        is saved. A ``KeyboardInterrupt``: an ``except Exception`` lets it through.
       KeyboardInterrupt: a second Ctrl-C (or one in a multi-process job) interrupted at once;
         :class:`yolojax.errors.Terminated` (one) where ``cli.launch`` made SIGTERM one
         (``train.py``), and it came before the steps or during the save it was asking for.
@@ -549,6 +549,8 @@ def train_and_evaluate(
             closing.callback(_wait_for_saves, run)  # the saves under way are written
             try:
                 results = _steps_and_evaluations(config, run, signals_caught, closing)
+            except preemption.TrainingStopped:  # says where its step is saved already
+                raise
             except KeyboardInterrupt as interrupt:
                 # The message travels with the exception (train.py prints it as its last
                 # line), and the cause keeps where the interrupt came.
