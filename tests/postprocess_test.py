@@ -229,6 +229,22 @@ def test_outputs_that_are_not_finite_are_refused_where_known():
     assert not np.asarray(detect(outputs).valid).any()
 
 
+def test_detect_takes_model_outputs_held_by_a_jitted_function():
+    # A jitted function of the threshold alone, over outputs computed before: detect's
+    # finiteness check of the known outputs was traced, and NumPy refused the tracer
+    # (TracerArrayConversionError).
+    outputs = jax.random.normal(jax.random.key(0), (2, S, S, C + 5 * B))
+
+    def counts_of(outputs):
+        detect = functools.partial(postprocess.detect, outputs, num_classes=C, num_boxes=B)
+        return jax.jit(lambda threshold: detect(score_threshold=threshold).valid.sum(axis=1))
+
+    found = postprocess.detect(outputs, num_classes=C, num_boxes=B, score_threshold=0.2)
+    np.testing.assert_array_equal(counts_of(outputs)(0.2), found.valid.sum(axis=1))
+    with pytest.raises(ValueError, match=r"NaN or infinite for image\(s\) \[1\]"):
+        counts_of(outputs.at[1, 0, 0, 0].set(jnp.nan))(0.2)
+
+
 def test_no_boxes_and_no_images_give_no_detections():
     settings = dict(score_threshold=0.1, iou_threshold=0.5, max_detections=5)
     none = postprocess.nms(np.zeros((0, 4)), np.zeros((0, C)), **settings)

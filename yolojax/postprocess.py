@@ -76,8 +76,9 @@ def decode(outputs, *, num_classes: int, num_boxes: int) -> Candidates:
     outputs = jnp.asarray(outputs, jnp.float32)
     check_grid_layout(outputs, "outputs")
     known = known_values(outputs)
-    if known is not None:
-        check_outputs_finite(finite_outputs(known))
+    if known is not None:  # values known, a jitted function's constant too: checked now
+        with jax.ensure_compile_time_eval():
+            check_outputs_finite(finite_outputs(known))
     batch_size, s = outputs.shape[0], outputs.shape[1]
     class_scores, box_fields = split_predictions(
         outputs, num_classes=num_classes, num_boxes=num_boxes, name="outputs"
