@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import re
 import shutil
 import signal
@@ -407,6 +408,23 @@ def test_a_run_from_imagenet_weights_needs_them_only_to_start(
     monkeypatch.setattr(pipeline, "get_dataset_info", lambda _: pytest.fail("data prepared"))
     with pytest.raises(FileNotFoundError, match=r"python -m yolojax\.pretrained --arch resnet18"):
         trainer.train_and_evaluate(config, str(tmp_path / "fresh"))
+
+
+def test_the_callers_config_is_left_as_given_for_the_next_run_of_a_sweep(
+    tmp_path, data_dir, monkeypatch
+):
+    # The run filled in the caller's config: num_classes=0 ("the dataset's") became this
+    # dataset's 5, which the next run of a notebook's sweep, on another dataset, refused as
+    # set by hand; a relative path became this folder's.
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(os.path.relpath(data_dir, tmp_path))
+    config.model.num_classes = 0
+    config.lock()  # as a --config file's
+    given = config.to_dict()
+    assert trainer.train_and_evaluate(config, "run", verbose=False)["step"] == 8
+    assert config.to_dict() == given
+    saved = workdir_io.read_saved_config(tmp_path / "run")
+    assert saved["model"]["num_classes"] == 5 and os.path.isabs(saved["data"]["tfds_data_dir"])
 
 
 def _on_step(number, action):

@@ -15,6 +15,7 @@ every process after the same step, saved (:mod:`yolojax.preemption`).
 """
 
 import contextlib
+import copy
 import dataclasses
 import math
 import os
@@ -514,7 +515,8 @@ def train_and_evaluate(
     reached and stops, leaving its evaluation to the rerun (:mod:`yolojax.preemption`).
 
     Args:
-      config: the run's config (``configs/*.py``'s ``get_config()``), validated here.
+      config: the run's config (``configs/*.py``'s ``get_config()``), validated here; left
+        unchanged (the run's, its fields filled in, is saved as ``workdir/config.json``).
       workdir: the run's folder: checkpoints, metrics, curves.
       on_finished: called with no arguments once the run has finished and everything is
         saved, while the trainer still holds SIGTERM and Ctrl-C; not called on a stop or an
@@ -539,6 +541,9 @@ def train_and_evaluate(
       NonFiniteLossError: a step's loss or gradients were not finite (and
         ``train.skip_nonfinite`` is off).
     """
+    # The run fills in and changes fields (paths made absolute, num_classes=0 resolved): the
+    # caller's config stays as given, for the next run of a sweep.
+    config = copy.deepcopy(config)
     run = _set_up(config, workdir, verbose)
     with contextlib.ExitStack() as signals_caught:
         # Closed on the way out, an error's or a Ctrl-C's too (the last first).
