@@ -610,8 +610,9 @@ def test_a_workdir_without_config_json_gets_advice_that_applies(tmp_path, capsys
 )
 def test_every_shipped_config_comes_back_from_config_json_unchanged(tmp_path, config_file, arg):
     config = config_file.get_config(arg)
-    if config_file is folder:  # as a run of it has one
+    if config_file is folder:  # as a run of it has them
         config.data.folder = "/data/masks"
+        config.data.class_names = ("mask", "no-mask")
     atomic_write_text(tmp_path / CONFIG_FILE, config.to_json_best_effort(indent=2))
     loaded = load_run_config(tmp_path)
     assert json.loads(loaded.to_json_best_effort()) == json.loads(config.to_json_best_effort())
@@ -1222,3 +1223,21 @@ def test_detect_batch_reads_its_images_a_batch_at_a_time(tmp_path):
 
     assert len(detector.detect_batch(images(), batch_size=4)) == 10
     assert runs_when_taken == [0] * 4 + [1] * 4 + [2] * 2
+
+
+def test_a_folder_run_of_a_yolojax_before_its_split_by_hash_is_warned_of(tmp_path):
+    # A VOC-format folder run of a yolojax before 2026-12-05 saved no class names; its
+    # folder, prepared then under another name and split by a seeded permutation, is
+    # prepared again with today's split: evaluate.py counted images the run trained on.
+    config = folder.get_config("tiny")
+    config.data.folder = str(tmp_path / "masks")
+    atomic_write_text(tmp_path / CONFIG_FILE, config.to_json_best_effort(indent=2))
+    with pytest.warns(
+        errors.Notice, match="trained by a yolojax before 2026-12-05.*/masks has no split"
+    ):
+        load_run_config(tmp_path)
+    config.data.class_names = ("mask", "no-mask")  # as every run since records them
+    atomic_write_text(tmp_path / CONFIG_FILE, config.to_json_best_effort(indent=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_run_config(tmp_path)

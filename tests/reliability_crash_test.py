@@ -516,6 +516,27 @@ def test_a_run_that_cannot_resume_closes_its_checkpoints(
     assert len(closed) == 1
 
 
+def test_a_resume_refused_after_a_config_file_changed_names_the_changed_field(tmp_path, data_dir):
+    # A shapes run of a yolojax before 2026-12-06 trained unclipped; configs/shapes.py clips
+    # the gradient since, so the same command builds another train state (Adam's state
+    # under the clip's). The refusal asked whether a model size or the optimizer had
+    # changed, which the user had not touched, and never named the field that had.
+    old = _config(data_dir)
+    old.train.grad_clip_norm = 0.0
+    state = train_lib.initial_state(old, num_train_examples=32)[1]
+    run_dir = tmp_path / "run"
+    manager = checkpoints.Checkpoints(run_dir, checkpoints.model_signature(old))
+    manager.save(1, state.replace(step=1))
+    manager.wait()
+    manager.close()
+    atomic_files.atomic_write_text(run_dir / workdir.CONFIG_FILE, old.to_json_best_effort(indent=2))
+    with pytest.raises(
+        checkpoints.CheckpointMismatchError,
+        match=r"another train state.* config\.json in: train\.grad_clip_norm: 0\.0 -> 10\.0 \(",
+    ):
+        trainer.train_and_evaluate(_config(data_dir), str(run_dir))
+
+
 def test_evaluation_restores_the_model_of_a_run_trained_with_another_optimizer(
     tmp_path, data_dir, initial_state
 ):

@@ -335,7 +335,9 @@ class Checkpoints:
             if saved.get(name) != wanted.get(name)
         ]
         suspects = "a model size" + (
-            "" if model_only else ", train.optimizer or train.freeze_backbone"
+            ""
+            if model_only
+            else ", train.optimizer, train.freeze_backbone or train.grad_clip_norm (0 or not)"
         )
         raise CheckpointMismatchError(
             f"The checkpoint {manager.directory / str(step)} holds another train state than "

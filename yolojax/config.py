@@ -266,7 +266,25 @@ def load_run_config(
             f"{path} is not a config this version of yolojax can read ({error}); was it edited "
             f"by hand, or saved by a newer yolojax? Fix the file, or {otherwise}."
         ) from None
+    _warn_of_an_earlier_folder_split(path, saved)
     return config
+
+
+def _warn_of_an_earlier_folder_split(path: Path, saved: dict) -> None:
+    """A VOC-format folder run saved without its class names was trained by a yolojax
+    before 2026-12-05 (every run since records them): its folder was prepared under another
+    name, and a folder without split files was split by a seeded permutation, which today's
+    preparation of it (by a hash of each id) does not reproduce."""
+    data = saved.get("data", {})
+    if data.get("source") == "voc_folder" and data.get("class_names") is None:
+        errors.notice(
+            f"{path} is of a run trained by a yolojax before 2026-12-05. If its folder "
+            f"{data.get('folder')} has no split files (ImageSets/Main/*.txt, train/ and "
+            "valid/ folders), that yolojax split it by another rule: the folder is prepared "
+            "again with today's split, whose validation images include some this run trained "
+            "on (its mAP on them reads high; a resume trains on some it was evaluated on). "
+            "Train such a run again in a new --workdir."
+        )
 
 
 def _no_config_advice(workdir: Path, otherwise: str) -> str:

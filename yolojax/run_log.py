@@ -14,6 +14,20 @@ from yolojax.config import default_config
 from yolojax.progress import tell
 
 
+def config_changes(config, workdir: Path) -> list[str]:
+    """How ``config`` differs from the run's saved ``config.json``
+    (:func:`yolojax.workdir.config_changes`; a field the saved one lacks counts as its
+    default)."""
+    return workdir_io.config_changes(
+        workdir, config.to_json_best_effort(indent=2), default_config().to_json_best_effort()
+    )
+
+
+def listed_changes(changes: list[str]) -> str:
+    """The first few of :func:`config_changes`, as one line."""
+    return "; ".join(changes[:8]) + ("; ..." if len(changes) > 8 else "")
+
+
 def prepare_workdir(
     config,
     info,
@@ -59,7 +73,7 @@ def prepare_workdir(
             )
         outcome = ". ".join([outcome, *schedule_moves, *_map_moves(workdir, changed)])
     else:
-        changes = workdir_io.config_changes(workdir, config_json, defaults_json)
+        changes = config_changes(config, workdir)
         outcome = (
             f"The run has already trained to step {start_step}, at or past the "
             f"{total_steps} steps this config asks for: no step is left to train with "
@@ -68,8 +82,7 @@ def prepare_workdir(
     if changes:
         tell(
             "The config differs from the one saved in this workdir: "
-            + "; ".join(changes[:8])
-            + ("; ..." if len(changes) > 8 else "")
+            + listed_changes(changes)
             + f". {outcome}.",
             printed=verbose,
         )

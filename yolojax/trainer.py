@@ -79,7 +79,20 @@ def _restore_or_start_over(config, info, ckpt, workdir: Path, is_main: bool, rep
     )
     start_step = 0
     if latest_step is not None:
-        state, start_step = ckpt.restore(state)
+        try:
+            state, start_step = ckpt.restore(state)
+        except checkpoints.CheckpointMismatchError as error:
+            # The user may have changed nothing: a config file's values change with yolojax
+            # too (configs/shapes.py clips the gradient since 2026-12-06: Adam's state then
+            # sits under the clip's, another layout). What changed is what to look at.
+            changes = run_log.config_changes(config, workdir)
+            if not changes:
+                raise
+            raise checkpoints.CheckpointMismatchError(
+                f"{error} This config differs from the run's {workdir_io.CONFIG_FILE} in: "
+                f"{run_log.listed_changes(changes)} (a config file's values can change with "
+                "yolojax, as well as by your flags; the flag above gives the run's own)."
+            ) from error
         state = state.replace(step=start_step)
         if start_step != latest_step:
             preemption.report_resumed_step(start_step)
