@@ -310,12 +310,8 @@ class Detector:
         """
         check_positive_int("batch_size", batch_size)
         blank = np.zeros((1, 1, 3), np.uint8)
-        images = 1
-        while True:
-            self._detect_together([blank] * images, batch_size)
-            if images == batch_size:
-                return
-            images = min(2 * images, batch_size)
+        for rows in sorted({_batch_rows(n, batch_size) for n in range(1, batch_size + 1)}):
+            self._detect_together([blank] * rows, batch_size)
 
     def _detect_together(
         self,
@@ -328,7 +324,7 @@ class Detector:
         padded to the next power of two (or ``batch_size``, see :meth:`detect_batch`);
         ``first_index``: the first image's index in the caller's, for errors."""
         size, normalization = self._config.data.image_size, self._config.data.normalization
-        rows = min(1 << (len(images) - 1).bit_length(), batch_size)  # padded: few shapes
+        rows = _batch_rows(len(images), batch_size)
         if pad_to_batch_size and rows not in self._compiled_rows:
             rows = batch_size
         model_input = np.zeros((rows, size, size, 3), np.float32)
@@ -361,6 +357,12 @@ class Detector:
             )
             for boxes, scores, labels in pixel_detections(real, heights, widths)
         ]
+
+
+def _batch_rows(images: int, batch_size: int) -> int:
+    """The batch a call of ``images`` images is padded to: the next power of two, at most
+    ``batch_size``, so that the model compiles for a few batch shapes only."""
+    return min(1 << (images - 1).bit_length(), batch_size)
 
 
 def _is_image_file(image) -> bool:
