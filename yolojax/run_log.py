@@ -14,13 +14,17 @@ from yolojax.config import default_config
 from yolojax.progress import tell
 
 
+def _config_json(config) -> tuple[str, str]:
+    """``config`` as ``config.json`` holds it, and the defaults' JSON, which stands in for a
+    field a saved config lacks."""
+    return config.to_json_best_effort(indent=2), default_config().to_json_best_effort()
+
+
 def config_changes(config, workdir: Path) -> list[str]:
     """How ``config`` differs from the run's saved ``config.json``
     (:func:`yolojax.workdir.config_changes`; a field the saved one lacks counts as its
     default)."""
-    return workdir_io.config_changes(
-        workdir, config.to_json_best_effort(indent=2), default_config().to_json_best_effort()
-    )
+    return workdir_io.config_changes(workdir, *_config_json(config))
 
 
 def listed_changes(changes: list[str]) -> str:
@@ -43,8 +47,7 @@ def prepare_workdir(
     it does to the learning-rate schedule. ``steps``: (steps per epoch, total steps)."""
     steps_per_epoch, total_steps = steps
     workdir.mkdir(parents=True, exist_ok=True)
-    config_json = config.to_json_best_effort(indent=2)
-    defaults_json = default_config().to_json_best_effort()  # a field the saved one lacks
+    config_json, defaults_json = _config_json(config)
     # A finished run's config.json stays the config its checkpoint was trained with (if
     # it was lost, this config is the best there is).
     schedule_moves = []
@@ -73,7 +76,7 @@ def prepare_workdir(
             )
         outcome = ". ".join([outcome, *schedule_moves, *_map_moves(workdir, changed)])
     else:
-        changes = config_changes(config, workdir)
+        changes = workdir_io.config_changes(workdir, config_json, defaults_json)
         outcome = (
             f"The run has already trained to step {start_step}, at or past the "
             f"{total_steps} steps this config asks for: no step is left to train with "
