@@ -359,6 +359,13 @@ class _Batches:
         dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
         options = tf.data.Options()
         options.deterministic = True  # Same batches in the same order, every run.
+        # No autotuning thread: freeing an iterator cancels that thread, which can miss the
+        # cancellation and sleep out its tuning period, up to 60 s into a run (train.py
+        # waited 6 to 85 s at exit, in this thread's wait). Untuned, the map runs on
+        # min(16, the process's cores) threads, where tuning starts it, and the prefetch
+        # buffer grows whenever the reader finds it empty: measured the same images/s
+        # (benchmarks/input_pipeline.py).
+        options.autotune.enabled = False
         dataset = dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
         self.element_spec = dataset.element_spec
         self._failures = failures
