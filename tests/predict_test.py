@@ -1109,15 +1109,6 @@ def test_a_config_of_another_class_count_than_the_run_is_named_not_its_classes_j
     )
 
 
-def test_the_default_drawing_threads_count_the_cpus_without_sched_getaffinity(monkeypatch):
-    # macOS and Windows have no os.sched_getaffinity: the CPU count is os.cpu_count's.
-    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
-    monkeypatch.setattr(os, "cpu_count", lambda: 3)
-    assert predict._usable_cpus() == 3
-    monkeypatch.setattr(os, "cpu_count", lambda: None)  # "cannot be determined"
-    assert predict._usable_cpus() == 1
-
-
 def test_a_panorama_over_pillows_warning_size_is_drawn_without_its_warning(
     workdir, tmp_path, monkeypatch
 ):

@@ -61,6 +61,7 @@ from yolojax.atomic_files import (
     unwritable_reason,
 )
 from yolojax.checkpoints import parse_which
+from yolojax.cpus import usable_cpus
 from yolojax.images import IMAGE_EXTENSIONS, UnreadableImageError, read_image
 from yolojax.postprocess import NonFiniteOutputsError
 from yolojax.validation import check_positive_int
@@ -172,7 +173,7 @@ def predict_files(
     """
     check_positive_int("batch_size", batch_size)
     if drawing_threads is None:
-        drawing_threads = min(_usable_cpus(), 4)
+        drawing_threads = min(usable_cpus(), 4)
     elif drawing_threads != 0:
         check_positive_int("drawing_threads", drawing_threads)
     if isinstance(paths, str | os.PathLike):  # not its characters, one by one
@@ -256,14 +257,6 @@ def predict_files(
         if name.casefold() not in drawn:
             (out_dir / name).unlink(missing_ok=True)
     return Predictions(images, failed)
-
-
-def _usable_cpus() -> int:
-    """The CPUs this process may run on (a container's or ``taskset``'s share, where the
-    system says), not the machine's."""
-    if hasattr(os, "sched_getaffinity"):  # Linux
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 @contextlib.contextmanager

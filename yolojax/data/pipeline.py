@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from yolojax import distributed, errors
+from yolojax.cpus import usable_cpus
 from yolojax.data import augment, config, malloc_thresholds, sources
 from yolojax.data.config import validate_data_config
 from yolojax.data.decoding import decode_image
@@ -355,16 +356,17 @@ class _Batches:
                 record, data_config=data_config, seed=seed, one_based_boxes=source.one_based_boxes
             )
         )
-        dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+        # One call per core: what tf.data's tuning allows at most (it starts at 16 or the
+        # cores, whichever is fewer, which is where an AUTOTUNE map stays untuned).
+        dataset = dataset.map(preprocess, num_parallel_calls=usable_cpus())
         dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
         options = tf.data.Options()
         options.deterministic = True  # Same batches in the same order, every run.
         # No autotuning thread: freeing an iterator cancels that thread, which can miss the
         # cancellation and sleep out its tuning period, up to 60 s into a run (train.py
-        # waited 6 to 85 s at exit, in this thread's wait). Untuned, the map runs on
-        # min(16, the process's cores) threads, where tuning starts it, and the prefetch
-        # buffer grows whenever the reader finds it empty: measured the same images/s
-        # (benchmarks/input_pipeline.py).
+        # waited 6 to 85 s at exit, in this thread's wait). Untuned, the prefetch buffer
+        # still grows whenever the reader finds it empty. Measured: the same images/s as
+        # tuned (benchmarks/input_pipeline.py).
         options.autotune.enabled = False
         dataset = dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
         self.element_spec = dataset.element_spec
