@@ -6,9 +6,12 @@ with its pipeline.
 """
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 _CHECK = """
 import sys
@@ -82,3 +85,63 @@ def test_the_names_type_checkers_read_are_the_ones_that_load():
     }
     assert declared == yolojax._EXPORTS
     assert sorted(yolojax.__all__) == sorted(set(declared) - {"Detector"})
+
+
+_TENSORFLOW_NOTICES = ("before absl::InitializeLog() is called", "] oneDNN custom operations")
+
+
+@pytest.mark.parametrize(
+    "first_use",
+    [
+        "from yolojax.data import make_train_iterator",
+        "from yolojax.data.voc_offline import prepare_voc_offline",
+        "from yolojax import Detector; Detector",
+    ],
+)
+def test_a_script_using_the_python_api_starts_without_tensorflows_notices(first_use):
+    # As the commands do: four lines of TensorFlow's native start-up logging (absl's warning
+    # and the oneDNN line, twice each) began every script that read data or made a Detector.
+    environment = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run(
+        [sys.executable, "-c", f"{first_use}\nimport tensorflow\nprint('imported')"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+        env=environment,
+    )
+    assert result.stdout == "imported\n"
+    assert not any(notice in result.stderr for notice in _TENSORFLOW_NOTICES), result.stderr
+
+
+def _top_level_imports(path: Path) -> list[str]:
+    modules = []
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            modules += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            modules += [f"{node.module}.{alias.name}" for alias in node.names]
+    return modules
+
+
+def test_every_module_that_imports_tensorflow_imports_it_quietly_first():
+    # Whichever module a script imports first, TensorFlow comes in through quiet_tensorflow.
+    import yolojax
+
+    package = Path(yolojax.__file__).parent
+    checked, late = [], []
+    for path in sorted(package.rglob("*.py")):
+        imports = _top_level_imports(path)
+        positions = [
+            position
+            for position, module in enumerate(imports)
+            if module.split(".")[0] in ("tensorflow", "tensorflow_datasets")
+        ]
+        if path.name == "quiet_tensorflow.py" or not positions:
+            continue
+        checked.append(path.relative_to(package).as_posix())
+        quiet = "yolojax.data.quiet_tensorflow"
+        if quiet not in imports or imports.index(quiet) > positions[0]:
+            late.append(checked[-1])
+    assert {"data/pipeline.py", "data/sources.py", "data/voc_offline.py"} <= set(checked)
+    assert late == []

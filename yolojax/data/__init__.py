@@ -1,8 +1,9 @@
 """Input pipelines: TFDS PASCAL VOC, the embedded synthetic_shapes set and VOC-format folders.
 
 TensorFlow is imported only with the pipeline (`yolojax.data.pipeline`, or the first use of one
-of its names below), which hides GPUs from it: tf.data runs on the host CPU and the
-accelerators belong to JAX. `default_data_config`, which every config reads, needs no
+of its names below) and the other modules that read data, through `quiet_tensorflow`: without
+its start-up notices, and with the GPUs hidden from it (tf.data runs on the host CPU and the
+accelerators belong to JAX). `default_data_config`, which every config reads, needs no
 TensorFlow, so models, configs and the train step also run where it is not installed.
 """
 

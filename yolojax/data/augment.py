@@ -15,6 +15,9 @@ what makes a resumed training run see exactly the batches of an uninterrupted on
 import math
 from typing import NamedTuple
 
+from yolojax.data import quiet_tensorflow  # noqa: F401 (first: see its docstring)
+
+# isort: split
 import tensorflow as tf
 
 from yolojax.data.config import blur_radius

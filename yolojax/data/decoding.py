@@ -1,6 +1,9 @@
 """Image files to pixels, as the input pipeline decodes them (and a VOC-format folder's
 preparation checks them)."""
 
+from yolojax.data import quiet_tensorflow  # noqa: F401 (first: see its docstring)
+
+# isort: split
 import tensorflow as tf
 
 

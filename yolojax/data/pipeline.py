@@ -23,11 +23,13 @@ import atexit
 import dataclasses
 import functools
 import itertools
-import logging
 import math
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 
+from yolojax.data import quiet_tensorflow  # noqa: F401 (first: see its docstring)
+
+# isort: split
 import jax
 import numpy as np
 import tensorflow as tf
@@ -39,13 +41,6 @@ from yolojax.data.config import validate_data_config
 from yolojax.data.decoding import decode_image
 from yolojax.images import uint8_advice
 from yolojax.validation import check_choice, check_int
-
-try:  # tf.data runs on the host CPU; the accelerators belong to JAX.
-    tf.config.set_visible_devices([], "GPU")
-except RuntimeError:  # TF already initialized its devices (someone used it first).
-    logging.getLogger(__name__).warning(
-        "TensorFlow was initialized before yolojax.data.pipeline: it may hold GPU memory"
-    )
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -2,6 +2,9 @@
 for an example: TFDS `voc`'s, without `pose`, so that `sources.SplitSource` reads all three
 sources alike."""
 
+from yolojax.data import quiet_tensorflow  # noqa: F401 (first: see its docstring)
+
+# isort: split
 import numpy as np
 import tensorflow_datasets as tfds
 

@@ -15,6 +15,9 @@ import re
 import sys
 from typing import Any
 
+from yolojax.data import quiet_tensorflow  # noqa: F401 (first: see its docstring)
+
+# isort: split
 import numpy as np
 import tensorflow_datasets as tfds
 

@@ -22,6 +22,9 @@ import dataclasses
 import io
 from typing import NamedTuple
 
+from yolojax.data import quiet_tensorflow  # noqa: F401 (first: see its docstring)
+
+# isort: split
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image, ImageDraw

@@ -8,6 +8,9 @@ write_voc_folder('/tmp/VOCdevkit/VOC2007', images, image_sets={'test': ['a']})
 import dataclasses
 import os
 
+from yolojax.data import quiet_tensorflow  # noqa: F401 (first: see its docstring)
+
+# isort: split
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image

@@ -39,6 +39,9 @@ import math
 import os
 import re
 
+from yolojax.data import quiet_tensorflow  # noqa: F401 (first: see its docstring)
+
+# isort: split
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds

@@ -15,6 +15,9 @@ import logging
 import os
 from xml.etree import ElementTree
 
+from yolojax.data import quiet_tensorflow  # noqa: F401 (first: see its docstring)
+
+# isort: split
 import tensorflow_datasets as tfds
 from etils import epath
 from tensorflow_datasets.core.download import resource as resource_lib
