@@ -239,6 +239,25 @@ def test_tensorflow_itself_imports_without_its_notices_unless_asked(tmp_path, le
     assert len(told) == (0 if level == "1" else 4), done.stderr
 
 
+def test_tensorflow_imports_in_a_process_without_stderr(tmp_path):
+    # A daemon or service may run with file descriptor 2 closed: there is nothing to hold,
+    # and the import (also the Python API's first use of yolojax.data) must still work.
+    script = textwrap.dedent(
+        """
+        import os, sys
+        sys.path.insert(0, sys.argv[1])
+        from yolojax import cli
+
+        os.close(2)
+        cli.import_tensorflow()
+        print("imported", sys.modules["tensorflow"].__name__)
+        """
+    )
+    done = _run(_fake_tensorflow(tmp_path, "print('a fake tensorflow')"), script)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "a fake tensorflow\nimported tensorflow\n"
+
+
 def test_a_ctrl_c_while_tensorflow_is_imported_still_says_so(tmp_path):
     fake = """
         import os, signal, time

@@ -238,7 +238,11 @@ def _stderr_held(dropping: tuple[bytes, ...]):
     when the block ends, less the lines that hold one of ``dropping``."""
     global _stderr_fd
     sys.stderr.flush()
-    real_stderr = os.dup(2)
+    try:
+        real_stderr = os.dup(2)
+    except OSError:  # no stderr (a daemon's closed): nothing to hold, nothing shown
+        yield
+        return
     try:
         with tempfile.TemporaryFile() as held:
             _stderr_fd = real_stderr  # first: a signal may come between these lines
