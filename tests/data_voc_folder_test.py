@@ -9,6 +9,7 @@ import shlex
 import struct
 import subprocess
 import sys
+import tempfile
 import zlib
 
 import numpy as np
@@ -1184,3 +1185,17 @@ def test_an_xml_naming_another_existing_image_than_its_stems_is_warned_of(tmp_pa
     assert sorted(_examples(builder, "train")) == ["s.jpg", "t.jpg"]
     assert f"{xml}: its <filename> s.png is another image than s.jpg, which is used" in caplog.text
     assert "t.xml: its <filename>" not in caplog.text  # its own image, named
+
+
+def test_preparing_a_folder_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    # As for synthetic_shapes (data_synthetic_test.py): TFDS's bucket look-up left an empty
+    # tmp*tfds folder for each builder made before the preparation.
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    images = [VocImage("a", 30, 20, [VocObject("dog", (2, 2, 20, 10))]), VocImage("b", 30, 20, [])]
+    folder = write_voc_folder(
+        str(tmp_path / "f"), images, image_sets={"train": ["a"], "test": ["b"]}
+    )
+    assert _prepare(folder, tmp_path / "tfds").info.splits["train"].num_examples == 1
+    assert list(temporary.iterdir()) == []

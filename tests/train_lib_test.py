@@ -1,7 +1,9 @@
 """The compiled train step: frozen backbone, non-finite steps, mixed precision."""
 
 import functools
+import gc
 import re
+import weakref
 
 import jax
 import numpy as np
@@ -327,3 +329,18 @@ def test_a_restored_model_trains_in_a_loop_of_ones_own(tmp_path):
     mesh = distributed.mesh(jax.local_devices()[:1])
     with pytest.raises(ValueError, match=r"axis_name=None, not the train step's mesh axis"):
         train_lib.make_train_step(restored_model, config, lambda step: 0.1, mesh)
+
+
+def test_train_state_shapes_keep_no_model_or_optimizer_alive():
+    # jax.eval_shape of the whole state kept its static fields (apply_fn: the model; tx) in
+    # JAX's caches for good: a Detector.from_workdir loop kept each call's model and tx.
+    config = _config()
+    model, tx = train_lib.build_model(config, axis_name=None), optax.adam(1e-3)
+    shapes = train_lib.train_state_shapes(model, config, tx)
+    assert shapes.apply_fn == model.apply and shapes.tx is tx
+    leaves = jax.tree.leaves((shapes.params, shapes.opt_state, shapes.batch_stats))
+    assert leaves and all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in leaves)
+    model_alive, tx_alive = weakref.ref(model), weakref.ref(tx.init)
+    del model, tx, shapes
+    gc.collect()
+    assert model_alive() is None and tx_alive() is None

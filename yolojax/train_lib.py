@@ -267,10 +267,17 @@ def train_state_shapes(model, config, tx) -> TrainState:
     template to restore a checkpoint into, built without computing or loading any weights
     (so without the ImageNet weights file a run started from)."""
 
-    def fresh_state(key):
-        return _state_of(model, _init_variables(model, config, key), tx)
+    def fresh_arrays(key):
+        return _state_of(model, _init_variables(model, config, key), tx).replace(
+            apply_fn=None, tx=None
+        )
 
-    return jax.eval_shape(fresh_state, jax.random.key(0))
+    # Not the whole state: JAX's caches keep what a traced function's output structure holds
+    # outside its arrays (the state's apply_fn and tx, static fields) for as long as the
+    # process runs, so each restore kept its model and optimizer (Detector.from_workdir in a
+    # loop: the model, 4 optax transformations and their closures a call, with no end).
+    shapes = jax.eval_shape(fresh_arrays, jax.random.key(0))
+    return shapes.replace(apply_fn=model.apply, tx=tx)
 
 
 def _mean_over_devices(tree):

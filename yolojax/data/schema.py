@@ -29,3 +29,17 @@ def detection_features(
             ),
         }
     )
+
+
+def local_dataset_info(info: tfds.core.DatasetInfo) -> tfds.core.DatasetInfo:
+    """``info`` (a builder's ``_info()``), without TFDS's look-up of precomputed info in its
+    GCS bucket: yolojax's builders are prepared on this machine, never published there. Each
+    builder made before its dataset was prepared (two a preparation) ran that look-up, which
+    makes an empty ``tmp*tfds`` folder in the system's temporary folder and leaves it there
+    (with GCS access off, TFDS's default, it then reads nothing)."""
+    info.initialize_from_bucket = _no_bucket
+    return info
+
+
+def _no_bucket() -> None:
+    """What ``DatasetInfo.initialize_from_bucket`` finds for yolojax's builders: nothing."""

@@ -30,7 +30,7 @@ import tensorflow_datasets as tfds
 from PIL import Image, ImageDraw
 
 from yolojax.data.config import check_synthetic_fields, default_synthetic_config
-from yolojax.data.schema import detection_features
+from yolojax.data.schema import detection_features, local_dataset_info
 
 CLASS_NAMES = ("ellipse", "rectangle", "triangle", "star", "cross")
 
@@ -302,12 +302,14 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         size = self.builder_config.image_size
-        return self.dataset_info_from_configs(
-            features=detection_features(
-                CLASS_NAMES,
-                tfds.features.Image(shape=(size, size, 3), encoding_format="jpeg"),
-            ),
-            homepage="https://github.com/yolojax/yolojax",
+        return local_dataset_info(
+            self.dataset_info_from_configs(
+                features=detection_features(
+                    CLASS_NAMES,
+                    tfds.features.Image(shape=(size, size, 3), encoding_format="jpeg"),
+                ),
+                homepage="https://github.com/yolojax/yolojax",
+            )
         )
 
     def _split_generators(self, dl_manager):

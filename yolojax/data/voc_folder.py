@@ -51,7 +51,7 @@ from yolojax import boxes as box_ops
 from yolojax import errors
 from yolojax.data.config import BAD_DATA_POLICIES
 from yolojax.data.decoding import decode_image
-from yolojax.data.schema import detection_features
+from yolojax.data.schema import detection_features, local_dataset_info
 from yolojax.data.voc_layout import (
     annotation_ids,
     find_image,
@@ -411,11 +411,14 @@ class VocFolder(tfds.core.GeneratorBasedBuilder):
         pass  # the line above said it all
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            features=detection_features(self.builder_config.class_names),
-            # The images left out for bad data, and those whose boxes were clipped to them
-            # (clip_box_overshoot), reloaded with the prepared dataset: a later process says so.
-            metadata=tfds.core.MetadataDict(skipped=[], clipped=[]),
+        return local_dataset_info(
+            self.dataset_info_from_configs(
+                features=detection_features(self.builder_config.class_names),
+                # The images left out for bad data, and those whose boxes were clipped to
+                # them (clip_box_overshoot), reloaded with the prepared dataset: a later
+                # process says so.
+                metadata=tfds.core.MetadataDict(skipped=[], clipped=[]),
+            )
         )
 
     def _split_generators(self, dl_manager):
