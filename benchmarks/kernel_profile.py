@@ -383,5 +383,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with cli.closed_stdout_ends_quietly():  # `| head` ends quietly, as the shell's tools do
+    with cli.ends_at_once_when_it_fails():  # `| head` ends quietly, a Ctrl-C at once
         main()

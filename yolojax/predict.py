@@ -427,5 +427,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    with cli.closed_stdout_ends_quietly():
+    with cli.closed_stdout_ends_quietly(), cli.failures_exit_at_once():
         main()
