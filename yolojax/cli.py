@@ -196,27 +196,35 @@ def command_errors(*, traceback: bool = False):
     # Imported here: it loads JAX, which a command imports only after launch().
     from yolojax.preemption import TrainingStopped
 
+    with _interrupts_exit_with_their_status():
+        try:
+            with _quiet_failed_restores(), _plain_library_warnings():
+                yield
+        except TrainingStopped as stop:  # a KeyboardInterrupt, with its own status
+            print(stop, file=sys.stderr)
+            raise SystemExit(stop.exit_status) from None
+        except USER_ERRORS as error:
+            if traceback or os.environ.get(TRACEBACK_ENV, "0") not in ("", "0"):
+                raise
+            print(
+                f"Error: {type(error).__name__}: {error}\n(What to do about each error: "
+                f"{_troubleshooting()}. For the traceback, set {TRACEBACK_ENV}=1.)",
+                file=sys.stderr,
+            )
+            raise SystemExit(1) from None
+
+
+@contextlib.contextmanager
+def _interrupts_exit_with_their_status():
+    """Ctrl-C (or SIGTERM, :class:`yolojax.errors.Terminated`) is the user's or the
+    scheduler's doing: no traceback, but what was said of it (where the last checkpoint is)
+    or "Interrupted.", and exit status 128 + the signal's number."""
     try:
-        with _quiet_failed_restores(), _plain_library_warnings():
-            yield
-    except TrainingStopped as stop:
-        print(stop, file=sys.stderr)
-        raise SystemExit(stop.exit_status) from None
+        yield
     except KeyboardInterrupt as interrupt:
-        # Ctrl-C (or SIGTERM, errors.Terminated) is the user's or the scheduler's doing: no
-        # traceback, but what the trainer said of it (where the last checkpoint is).
         by = errors.stop_signal(type(interrupt))
         print(interrupt.args[0] if interrupt.args else f"{errors.STOPPED_BY[by]}.", file=sys.stderr)
         raise SystemExit(128 + by) from None
-    except USER_ERRORS as error:
-        if traceback or os.environ.get(TRACEBACK_ENV, "0") not in ("", "0"):
-            raise
-        print(
-            f"Error: {type(error).__name__}: {error}\n(What to do about each error: "
-            f"{_troubleshooting()}. For the traceback, set {TRACEBACK_ENV}=1.)",
-            file=sys.stderr,
-        )
-        raise SystemExit(1) from None
 
 
 def import_tensorflow() -> None:
@@ -471,12 +479,12 @@ def ends_at_once_when_it_fails():
     (:func:`failures_exit_at_once`). Before, a Ctrl-C while a benchmark compiled printed its
     traceback and the interpreter's shutdown took 2.5-4.8 s, once of 3 ending in a
     segmentation fault (``python -m benchmarks.train_step``)."""
-    with closed_stdout_ends_quietly(), failures_exit_at_once():
-        try:
-            yield
-        except KeyboardInterrupt:
-            print(f"{errors.STOPPED_BY[signal.SIGINT]}.", file=sys.stderr)
-            raise SystemExit(128 + signal.SIGINT) from None
+    with (
+        closed_stdout_ends_quietly(),
+        failures_exit_at_once(),
+        _interrupts_exit_with_their_status(),
+    ):
+        yield
 
 
 @contextlib.contextmanager
