@@ -19,8 +19,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _benchmark(*args: str) -> subprocess.CompletedProcess:
+    return _python("-m", *args)
+
+
+def _python(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", *args],
+        [sys.executable, *args],
         cwd=REPO,
         env={**os.environ, "YOLOJAX_HUGE_PAGES": "0", "PYTHONPATH": str(REPO)},
         capture_output=True,
@@ -199,16 +203,5 @@ _INTERRUPTED_AS_IT_STARTS = textwrap.dedent(
 def test_a_ctrl_c_ends_a_benchmark_at_once_and_says_so(name):
     # A traceback, and a shutdown of 2.5-4.8 s (a segmentation fault once in 3, when the
     # Ctrl-C came while the step compiled: the shutdown freed the devices under XLA's thread).
-    done = _benchmark_source(_INTERRUPTED_AS_IT_STARTS, f"benchmarks.{name}")
+    done = _python("-c", _INTERRUPTED_AS_IT_STARTS, f"benchmarks.{name}")
     assert (done.returncode, done.stdout, done.stderr) == (130, "", "Interrupted.\n")
-
-
-def _benchmark_source(source: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", source, *args],
-        cwd=REPO,
-        env={**os.environ, "YOLOJAX_HUGE_PAGES": "0", "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
