@@ -499,6 +499,30 @@ def test_a_process_that_ends_abruptly_leaves_no_files_in_tmp(config, tmp_path):
     assert list(tmp_path.glob("__autograph_generated_file*")) == []
 
 
+def test_inference_preprocessing_in_a_process_that_ends_abruptly_leaves_no_files_in_tmp(
+    tmp_path,
+):
+    # As `python -m yolojax.predict` ends when a photo fails (os._exit, not atexit).
+    script = (
+        "import os, numpy as np\n"
+        "from yolojax.data.pipeline import preprocess_image\n"
+        "image = preprocess_image(np.zeros((20, 30, 3), np.uint8), image_size=32, "
+        "normalization='imagenet')\n"
+        "print(image.shape, flush=True)\n"
+        "os._exit(3)\n"
+    )
+    finished = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert finished.returncode == 3 and "(32, 32, 3)" in finished.stdout, finished.stderr[-2000:]
+    assert list(tmp_path.glob("__autograph_generated_file*")) == []
+
+
 def _record_opened_splits(monkeypatch) -> list:
     """The splits ``sources.open_split`` opens from here on, as weak references."""
     opened, original = [], sources.open_split

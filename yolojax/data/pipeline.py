@@ -223,9 +223,10 @@ def _model_input_graph(output_size: int, normalization: str):
     """`_to_model_input` of an (H, W, 3) uint8 image of any size as one TensorFlow graph:
     about twice as fast per image as running its ops one by one (a 640×480 photo to 224 on
     two CPU cores: 3.3-3.7 against 6.6-7.2 ms), a large part of the Detector's time for
-    small models (BENCHMARKS.md, "Inference")."""
+    small models (BENCHMARKS.md, "Inference"). Without AutoGraph, as the pipelines' graphs
+    (`_Batches`): its generated files would stay in /tmp after a command that fails."""
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)], autograph=False)
     def model_input(image):
         return _to_model_input(tf.cast(image, tf.float32) / 255.0, output_size, normalization)
 
