@@ -4,7 +4,7 @@
     python -m benchmarks.input_pipeline --cores 2 --image-size 448 --batches 30
 
 Two sources, both through `make_train_iterator` exactly as training uses it (decode, random
-scale/translate/flip, colour jitter, blur, resize to the model input, normalize, pad, batch,
+scale/translate/flip, resize to the model input, colour jitter, normalize, blur, pad, batch,
 NumPy out):
 
 * `voc`: VOC-like JPEGs written by this script (500x375 and 375x500, quality 90, about

@@ -58,8 +58,8 @@ def test_the_largest_allowed_scale_translate_augments_every_seed():
     image = tf.fill([100, 120, 3], tf.constant(200, tf.uint8))
     boxes = tf.constant([[0.2, 0.2, 0.6, 0.5]])
     for seed in range(40):  # 0.9 crashed about one seed in nine (seed 14 first)
-        out, _, _ = augment.augment(image, boxes, _seed(seed), config)
-        assert np.isfinite(out.numpy()).all()
+        out, _, _ = augment.augment(image, boxes, _seed(seed), config, 64)
+        assert out.shape == (64, 64, 3) and np.isfinite(out.numpy()).all()
 
 
 def test_flipping_twice_is_the_identity():
@@ -132,7 +132,7 @@ def test_augmented_boxes_stay_in_the_unit_square_and_kept_ones_have_area():
     config = default_augment_config()
     config.scale_translate = 0.5  # more boxes pushed off the image than the default
     for seed in range(10):
-        _, moved, keep = augment.augment(image, boxes, _seed(seed), config)
+        _, moved, keep = augment.augment(image, boxes, _seed(seed), config, 32)
         moved, keep = moved.numpy(), keep.numpy()
         assert (moved >= 0).all() and (moved <= 1).all()
         assert (moved[keep, 2] > moved[keep, 0]).all() and (moved[keep, 3] > moved[keep, 1]).all()
@@ -232,9 +232,9 @@ def test_same_seed_same_augmentation_and_different_seed_differs():
     image = tf.constant(np.random.default_rng(2).integers(0, 256, (20, 30, 3)), tf.uint8)
     boxes = tf.constant([[0.2, 0.2, 0.7, 0.8]])
     config = default_augment_config()
-    first = augment.augment(image, boxes, _seed(5), config)
-    again = augment.augment(image, boxes, _seed(5), config)
-    other = augment.augment(image, boxes, _seed(6), config)
+    first = augment.augment(image, boxes, _seed(5), config, 24)
+    again = augment.augment(image, boxes, _seed(5), config, 24)
+    other = augment.augment(image, boxes, _seed(6), config, 24)
     for a, b in zip(first, again, strict=True):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(first[1], other[1])
@@ -249,6 +249,14 @@ def _hsv_reference(pixels, saturation, exposure, hue):
             colorsys.hsv_to_rgb((h + hue) % 1.0, min(s * saturation, 1.0), min(v * exposure, 1.0))
         )
     return np.array(out)
+
+
+def _compiled_adjust_color(image, *, saturation, exposure, hue, color_space):
+    """adjust_color as random_color runs it (with no normalization)."""
+    scale, offset = (tf.constant(values, tf.float32) for values in augment.IDENTITY)
+    return augment._compiled_color_then_affine(
+        image, saturation, exposure, hue, scale, offset, color_space=color_space, jitter=True
+    )
 
 
 # Varied hues, grey, black, a fully saturated red and a near-black pixel.
@@ -270,8 +278,10 @@ PIXELS = np.array(
     "saturation, exposure, hue",
     [(1.4, 0.8, 0.07), (0.7, 1.3, -0.1), (1.5, 1.5, 0.0), (0.67, 0.67, 0.5)],
 )
-def test_hsv_colour_matches_colorsys(saturation, exposure, hue):
-    jittered = augment.adjust_color(
+# TensorFlow's kernels, and XLA's compilation of them that training runs (random_color).
+@pytest.mark.parametrize("adjust_color", [augment.adjust_color, _compiled_adjust_color])
+def test_hsv_colour_matches_colorsys(saturation, exposure, hue, adjust_color):
+    jittered = adjust_color(
         tf.constant(PIXELS[None], tf.float32),
         saturation=saturation,
         exposure=exposure,
@@ -318,10 +328,11 @@ def test_each_augmentation_can_be_turned_off():
     config.update(
         scale_translate=0.0, flip=False, exposure=1.0, saturation=1.0, hue=0.0, blur_probability=0
     )
-    image = tf.constant(np.random.default_rng(3).integers(0, 256, (12, 16, 3)), tf.uint8)
+    # Square, and resized to its own size: the resize leaves each pixel as it was.
+    image = tf.constant(np.random.default_rng(3).integers(0, 256, (16, 16, 3)), tf.uint8)
     boxes = tf.constant([[0.1, 0.2, 0.6, 0.9]])
     for seed in range(20):  # one seed could leave each alone by chance (half don't flip)
-        augmented, moved, keep = augment.augment(image, boxes, _seed(seed), config)
+        augmented, moved, keep = augment.augment(image, boxes, _seed(seed), config, 16)
         np.testing.assert_allclose(augmented, image.numpy() / 255.0, atol=1e-5)
         np.testing.assert_allclose(moved, boxes, atol=1e-6)
         assert keep.numpy().all()
@@ -329,7 +340,7 @@ def test_each_augmentation_can_be_turned_off():
     config.flip = True
     flipped = 0
     for seed in range(20):
-        augmented, moved, _ = augment.augment(image, boxes, _seed(seed), config)
+        augmented, moved, _ = augment.augment(image, boxes, _seed(seed), config, 16)
         if not np.allclose(moved, boxes, atol=1e-6):
             np.testing.assert_allclose(moved, [[0.1, 1 - 0.9, 0.6, 1 - 0.2]], atol=1e-6)
             np.testing.assert_allclose(augmented, image.numpy()[:, ::-1] / 255.0, atol=1e-5)
@@ -349,7 +360,7 @@ def test_min_visible_fraction_decides_which_cut_boxes_are_kept():
         config.min_visible_fraction = fraction
         cut_and_kept[fraction] = 0
         for seed in range(20):
-            _, moved, keep = augment.augment(image, boxes, _seed(seed), config)
+            _, moved, keep = augment.augment(image, boxes, _seed(seed), config, 32)
             moved = moved.numpy()
             on_an_edge = ((moved == 0) | (moved == 1)).any(axis=1)
             cut_and_kept[fraction] += int((on_an_edge & keep.numpy()).sum())

@@ -206,6 +206,23 @@ def test_normalizations(config):
     np.testing.assert_allclose(images["imagenet"], (unit - mean) / std, atol=1e-4)
 
 
+def test_normalizations_of_augmented_training_images(config):
+    # Training normalizes in the pass that jitters the colours (after the resize); the same
+    # seed draws the same augmentation, so each normalization is the 'unit' image's affine
+    # map (the blur after it is linear, with weights summing to 1: it commutes).
+    config.augment.blur_probability = 0.5
+    images = {}
+    for normalization in ("unit", "symmetric", "imagenet"):
+        config.normalization = normalization
+        train = make_train_iterator(config, global_batch_size=4, seed=3)
+        images[normalization] = np.concatenate([next(train)["image"] for _ in range(2)])
+    unit = images["unit"]
+    assert unit.min() >= 0 and unit.max() <= 1 + 1e-6 and unit.std() > 0.05
+    np.testing.assert_allclose(images["symmetric"], 2 * unit - 1, atol=1e-5)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(images["imagenet"], (unit - mean) / std, atol=1e-4)
+
+
 def test_too_few_max_boxes_for_the_synthetic_images_is_refused_before_any_is_read(config):
     # Said per image as it was read, the count of that image: following it, a later image of
     # one object more stopped training again.

@@ -1,9 +1,9 @@
 """Detection augmentation for one example, in TensorFlow, driven by stateless random seeds.
 
 Geometry (scale, translation and horizontal flip) picks an integer pixel window of the input,
-possibly reaching beyond it (the outside is filled with grey); the pipeline then resizes the
-window to the model input with `tf.image.resize` (bilinear, antialiased, half-pixel
-centres). Boxes are mapped through the same window, so they follow the pixels exactly.
+possibly reaching beyond it (the outside is filled with grey), resized to the model input
+with `tf.image.resize` (bilinear, antialiased, half-pixel centres); colour comes after. Boxes
+are mapped through the same window, so they follow the pixels exactly.
 Coordinates are normalized and continuous: pixel `i` of an `n`-pixel axis spans
 `[i / n, (i + 1) / n]`.
 
@@ -75,6 +75,13 @@ def _overlap(start, extent, size):
     before = tf.clip_by_value(-start, 0, extent)
     inside = tf.maximum(0, tf.minimum(start + extent, size) - tf.maximum(start, 0))
     return tf.clip_by_value(start, 0, size), inside, before, extent - before - inside
+
+
+def resize(image: tf.Tensor, size: int) -> tf.Tensor:
+    """(h, w, C) float image -> (size, size, C): bilinear, antialiased (a 4032-pixel photo
+    shrunk to 448 would otherwise sample one pixel in nine, and fine lines vanish; it changes
+    no upscaling), half-pixel centres."""
+    return tf.image.resize(image, [size, size], antialias=True)
 
 
 def crop_window(image: tf.Tensor, window: Window) -> tf.Tensor:
@@ -217,6 +224,24 @@ def scale_saturation_and_value(
     return image * gain[..., None] + offset[..., None]
 
 
+# Unnormalized pixels: `random_color`'s default.
+IDENTITY = ((1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+
+
+def _color_then_affine(image, saturation, exposure, hue, scale, offset, *, color_space, jitter):
+    if jitter:
+        image = adjust_color(
+            image, saturation=saturation, exposure=exposure, hue=hue, color_space=color_space
+        )
+    return image * scale + offset
+
+
+# XLA fuses the colour change and the normalization into one pass over the pixels: 3-4 times
+# faster than TensorFlow's kernels one by one (BENCHMARKS.md, "Input pipeline"). It compiles
+# once per image shape, hence `random_color` at the model input's fixed size.
+_compiled_color_then_affine = tf.function(_color_then_affine, jit_compile=True, autograph=False)
+
+
 def random_color(
     image: tf.Tensor,
     seed: tf.Tensor,
@@ -225,14 +250,24 @@ def random_color(
     saturation: float,
     hue: float,
     color_space: str = "hsv",
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] = IDENTITY,
 ) -> tf.Tensor:
     """adjust_color with exposure and saturation factors log-uniform in [1/f, f] and a hue
-    shift uniform in [-hue, hue]. Darknet's factors span the same [1/f, f], drawn uniformly
-    from [1, f] and inverted half the time. Factors of 1 and a hue of 0 (no jitter, as
-    configs/shapes.py asks) return the image as it is: the colour ops at those values cost
-    the README run 5.6% of its steps' speed (its input pipeline shares the two cores), and
-    moved pixels by float rounding."""
-    if exposure == 1 and saturation == 1 and hue == 0:
+    shift uniform in [-hue, hue], then `pixel * scale + offset` per channel, `(scale,
+    offset) = normalization` (the model's normalization: the pipeline's `_NORMALIZATIONS`),
+    in one function compiled by XLA; each new (H, W, 3) shape of `image` compiles once
+    (tenths of a second). Darknet's factors span the same [1/f, f], drawn uniformly from
+    [1, f] and inverted half the time. Factors of 1 and a hue of 0 (no jitter, as
+    configs/shapes.py asks) leave the colours as they are: the colour ops at those values
+    cost the README run 5.6% of its steps' speed (its input pipeline shares the two cores),
+    and moved pixels by float rounding.
+
+    Returns:
+      the (H, W, 3) float32 image, `image` itself when there is neither jitter nor
+      normalization.
+    """
+    jitter = not (exposure == 1 and saturation == 1 and hue == 0)
+    if not jitter and tuple(map(tuple, normalization)) == IDENTITY:
         return image
     exposure_seed, saturation_seed, hue_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, num=3)
@@ -242,12 +277,16 @@ def random_color(
         log_factor = math.log(factor)
         return tf.exp(tf.random.stateless_uniform([], factor_seed, -log_factor, log_factor))
 
-    return adjust_color(
+    scale, offset = normalization
+    return _compiled_color_then_affine(
         image,
-        saturation=log_uniform(saturation, saturation_seed),
-        exposure=log_uniform(exposure, exposure_seed),
-        hue=tf.random.stateless_uniform([], hue_seed, -hue, hue),
+        log_uniform(saturation, saturation_seed),
+        log_uniform(exposure, exposure_seed),
+        tf.random.stateless_uniform([], hue_seed, -hue, hue),
+        tf.constant(scale, tf.float32),
+        tf.constant(offset, tf.float32),
         color_space=color_space,
+        jitter=jitter,
     )
 
 
@@ -285,21 +324,29 @@ def random_blur(
 
 
 def augment(
-    image: tf.Tensor, boxes: tf.Tensor, seed: tf.Tensor, config
+    image: tf.Tensor,
+    boxes: tf.Tensor,
+    seed: tf.Tensor,
+    config,
+    output_size: int,
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] = IDENTITY,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Applies the random geometry and colour of `config.data.augment` to one example.
+    """Applies the random geometry and colour of `config.data.augment` to one example,
+    resizing it to the model input on the way, and normalizes it.
 
     Args:
       image: (H, W, 3) uint8 decoded image.
       boxes: (N, 4) float32 normalized yxyx.
       seed: [2] integer stateless seed; the result is a pure function of it.
       config: the `augment` ConfigDict (see yolojax/data/config.py).
+      output_size: side of the square model input, in pixels.
+      normalization: (scale, offset), 3 floats each: the model's normalization of [0, 1]
+        pixels (`random_color`).
 
     Returns:
-      image (h, w, 3) float32 in [0, 1], the window to resize to the model input (blur, which
-      depends on the model input's pixel size, comes after the resize: `random_blur`); boxes
-      (N, 4) in the window's frame, clipped to [0, 1]; keep (N,) bool, False for boxes that
-      (mostly) left the window.
+      image (output_size, output_size, 3) float32, normalized (not yet blurred: blur comes
+      after, `random_blur`); boxes (N, 4) in the window's frame, clipped to [0, 1]; keep
+      (N,) bool, False for boxes that (mostly) left the window.
     """
     geometry_seed, color_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
     height, width = tf.shape(image)[0], tf.shape(image)[1]
@@ -309,16 +356,20 @@ def augment(
     boxes, keep = clip_boxes(
         window_boxes(boxes, window, height, width), config.min_visible_fraction
     )
-    # Colour at the stored resolution, before the resize: cheaper for inputs smaller than
-    # the model's (the synthetic set's 128 px). Per pixel but not linear (hue, the clips), so
-    # it does not commute with the resize exactly; at edges the mix of two shifted colours
-    # differs from the shifted mix, which an augmentation's randomness does not mind.
+    image = resize(tf.cast(crop_window(image, window), tf.float32) / 255.0, output_size)
+    # Colour after the resize: its cost is then the model input's, whatever the stored size
+    # (a 12-megapixel photo's colour at its own size would cost 60 times a VOC image's), and
+    # its one fixed shape is what lets XLA compile it once (`random_color`). Per pixel but
+    # not linear (hue, the clips), so it does not commute with the resize exactly; at edges
+    # the shifted mix of two colours differs from the mix of the shifted ones, which an
+    # augmentation's randomness does not mind.
     image = random_color(
-        tf.cast(crop_window(image, window), tf.float32) / 255.0,
+        image,
         color_seed,
         exposure=config.exposure,
         saturation=config.saturation,
         hue=config.hue,
         color_space=config.color_space,
+        normalization=normalization,
     )
     return image, boxes, keep

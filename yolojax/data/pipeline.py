@@ -44,6 +44,15 @@ from yolojax.validation import check_choice, check_int
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+# config.data.normalization -> (scale, offset) per channel: [0, 1] pixel * scale + offset.
+_NORMALIZATIONS = {
+    "imagenet": (
+        tuple(1 / std for std in _IMAGENET_STD),
+        tuple(-mean / std for mean, std in zip(_IMAGENET_MEAN, _IMAGENET_STD, strict=True)),
+    ),
+    "unit": augment.IDENTITY,
+    "symmetric": ((2.0, 2.0, 2.0), (-1.0, -1.0, -1.0)),
+}
 
 Batch = dict[str, np.ndarray]
 
@@ -174,24 +183,17 @@ def _records_signature(max_boxes: int) -> dict:
 
 def _normalize(image: tf.Tensor, normalization: str) -> tf.Tensor:
     """[0, 1] image -> the backbone's input range."""
-    if normalization == "imagenet":
-        inverse_std = 1.0 / tf.constant(_IMAGENET_STD)
-        return augment.mix_channels(
-            image, tf.linalg.diag(inverse_std), -tf.constant(_IMAGENET_MEAN) * inverse_std
-        )
-    if normalization == "symmetric":
-        return image * 2.0 - 1.0
-    return image
+    if normalization == "unit":
+        return image
+    scale, offset = _NORMALIZATIONS[normalization]
+    return augment.mix_channels(image, tf.linalg.diag(scale), offset)
 
 
 def _to_model_input(image: tf.Tensor, output_size: int, normalization: str) -> tf.Tensor:
     """(h, w, 3) float image in [0, 1] -> normalized (output_size, output_size, 3)."""
     # Normalizing before the resize is the same (both are linear) and cheaper for images
-    # smaller than the model input. Antialiased: a 4032-pixel photo shrunk to 448 would
-    # otherwise sample one pixel in nine (fine lines vanish); it changes no upscaling.
-    return tf.image.resize(
-        _normalize(image, normalization), [output_size, output_size], antialias=True
-    )
+    # smaller than the model input.
+    return augment.resize(_normalize(image, normalization), output_size)
 
 
 def preprocess_image(image: np.ndarray, *, image_size: int, normalization: str) -> np.ndarray:
@@ -265,15 +267,23 @@ def _preprocess(
     augment_config = data_config.augment
     if one_based_boxes:
         boxes = continuous_boxes(boxes, image_size)
+    output_size = data_config.image_size
     if seed is not None and augment_config.enabled:
         key = tf.stack([tf.constant(seed, tf.int64), record["position"]])
         augment_seed, blur_seed = tf.unstack(tf.random.experimental.stateless_split(key, num=2))
-        image, boxes, keep = augment.augment(image, boxes, augment_seed, augment_config)
+        image, boxes, keep = augment.augment(
+            image,
+            boxes,
+            augment_seed,
+            augment_config,
+            output_size,
+            _NORMALIZATIONS[data_config.normalization],
+        )
     else:
-        image = tf.cast(image, tf.float32) / 255.0
+        image = _to_model_input(
+            tf.cast(image, tf.float32) / 255.0, output_size, data_config.normalization
+        )
         keep = tf.ones_like(labels, tf.bool)
-    output_size = data_config.image_size
-    image = _to_model_input(image, output_size, data_config.normalization)
     if seed is not None and augment_config.enabled and augment_config.blur_probability > 0:
         image = augment.random_blur(
             image,
