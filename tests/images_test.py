@@ -48,6 +48,16 @@ def test_jpeg_rgba_and_greyscale_read_as_the_pipeline_decodes_them(tmp_path):
             np.testing.assert_array_equal(images.to_rgb(pixels), decoded)
 
 
+@pytest.mark.parametrize("mode, colour", [("RGBa", (100, 50, 10, 128)), ("La", (100, 128))])
+def test_premultiplied_alpha_reads_as_the_colour_it_stands_for(mode, colour):
+    # 'La' stopped with Pillow's "conversion from La to L not supported". A channel c with
+    # alpha a stands for c * 255 / a: 100 at 128 is 199 (rounded down, as Pillow does).
+    expected = [value * 255 // colour[-1] for value in colour[:-1]]
+    expected = expected * 3 if mode == "La" else expected
+    pixels = images.to_rgb(Image.new(mode, (4, 3), colour))
+    assert pixels.shape == (3, 4, 3) and (pixels == expected).all(), pixels[0, 0]
+
+
 def test_an_array_of_another_layout_is_refused_by_shape():
     with pytest.raises(ValueError, match=r"got an array of shape \(4, 5, 2\)"):
         images.to_rgb(np.zeros((4, 5, 2), np.uint8))

@@ -85,6 +85,8 @@ def to_rgb(image) -> np.ndarray:
         if image.mode.startswith("I"):
             grey = (np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
             return np.repeat(grey[..., None], 3, axis=-1)
+        if image.mode == "La":  # premultiplied: Pillow converts it to LA only
+            image = image.convert("LA")
         return np.asarray(image.convert("RGB"))
     array = np.asarray(image)
     if array.ndim == 2:
