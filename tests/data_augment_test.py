@@ -120,6 +120,35 @@ def test_box_drawn_on_image_stays_on_its_pixels_after_scale_and_translate(seed):
     )
 
 
+def _bilinear(image: np.ndarray, size: int) -> np.ndarray:
+    """Textbook bilinear resampling, half-pixel centres: output pixel i samples the input at
+    (i + 0.5) * n / size - 0.5, clamped to the image, linearly between its neighbours."""
+    for axis in (0, 1):
+        n = image.shape[axis]
+        position = np.clip((np.arange(size) + 0.5) * n / size - 0.5, 0, n - 1)
+        low = np.floor(position).astype(int)
+        high = np.minimum(low + 1, n - 1)
+        weight = (position - low).reshape([-1, 1, 1] if axis == 0 else [1, -1, 1])
+        image = np.take(image, low, axis) * (1 - weight) + np.take(image, high, axis) * weight
+    return image
+
+
+@pytest.mark.parametrize("height, width", [(12, 12), (7, 10), (16, 5)])
+def test_resize_is_bilinear_down_to_half_the_size(height, width):
+    # Shrinking by up to half (16 -> 8), enlarging (5 -> 8), or both at once.
+    image = np.random.default_rng(height).uniform(0, 1, (height, width, 3)).astype(np.float32)
+    np.testing.assert_allclose(augment.resize(image, 8), _bilinear(image, 8), atol=1e-5)
+
+
+def test_resize_below_half_the_size_is_antialiased():
+    # A one-pixel checkerboard shrunk 3 times: bilinear samples land on pixel centres and
+    # keep the pattern at full contrast; the antialiasing filter averages it to grey.
+    checkerboard = (np.indices((24, 24)).sum(0) % 2).astype(np.float32)[..., None]
+    assert _bilinear(checkerboard, 8).std() > 0.45  # the aliasing it prevents
+    shrunk = augment.resize(checkerboard, 8).numpy()
+    assert shrunk.shape == (8, 8, 1) and np.abs(shrunk - 0.5).max() < 0.1
+
+
 def _random_boxes(*, seed: int, low: float, high: float) -> tf.Tensor:
     """40 normalized yxyx boxes whose corners are drawn uniformly from [low, high)."""
     corners = np.random.default_rng(seed).uniform(low, high, (40, 2, 2))
