@@ -190,6 +190,10 @@ def test_batches_split_over_local_devices_and_indivisible_sizes_are_refused(conf
         make_eval_iterator(config, global_batch_size=5)
 
 
+# torchvision's ImageNet statistics, which the ported weights expect.
+IMAGENET_MEAN, IMAGENET_STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+
+
 def test_normalizations(config):
     images = {}
     for normalization in ("unit", "symmetric", "imagenet"):
@@ -202,8 +206,7 @@ def test_normalizations(config):
     stored = [Image.open(io.BytesIO(source[index]["image"])).convert("RGB") for index in (0, 1)]
     np.testing.assert_allclose(unit[0], np.stack(stored) / 255.0, atol=1e-6)
     np.testing.assert_allclose(images["symmetric"], 2 * unit - 1, atol=1e-5)
-    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-    np.testing.assert_allclose(images["imagenet"], (unit - mean) / std, atol=1e-4)
+    np.testing.assert_allclose(images["imagenet"], (unit - IMAGENET_MEAN) / IMAGENET_STD, atol=1e-4)
 
 
 def test_normalizations_of_augmented_training_images(config):
@@ -219,8 +222,7 @@ def test_normalizations_of_augmented_training_images(config):
     unit = images["unit"]
     assert unit.min() >= 0 and unit.max() <= 1 + 1e-6 and unit.std() > 0.05
     np.testing.assert_allclose(images["symmetric"], 2 * unit - 1, atol=1e-5)
-    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-    np.testing.assert_allclose(images["imagenet"], (unit - mean) / std, atol=1e-4)
+    np.testing.assert_allclose(images["imagenet"], (unit - IMAGENET_MEAN) / IMAGENET_STD, atol=1e-4)
 
 
 def test_too_few_max_boxes_for_the_synthetic_images_is_refused_before_any_is_read(config):
@@ -464,6 +466,21 @@ def test_opening_a_synthetic_dataset_logs_no_tfds_notices_but_other_warnings_pas
     assert "Downloading" not in out and "downloaded" not in out
 
 
+def _run_script(script: str, *args: str, tmp_dir) -> subprocess.CompletedProcess:
+    """Runs `python -c script *args` from the repository root with TMPDIR=tmp_dir."""
+    try:
+        return subprocess.run(
+            [sys.executable, "-c", script, *args],
+            cwd=Path(__file__).resolve().parents[1],
+            env={**os.environ, "TMPDIR": str(tmp_dir)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the script did its work but did not exit")
+
+
 def _read_a_batch_in_a_script(config, *, ending: str, tmp_dir) -> subprocess.CompletedProcess:
     """Runs a script that reads one train batch, prints 'read', then runs `ending`."""
     script = (
@@ -475,17 +492,7 @@ def _read_a_batch_in_a_script(config, *, ending: str, tmp_dir) -> subprocess.Com
         "next(train)\n"
         "print('read', flush=True)\n"
     ) + ending
-    try:
-        return subprocess.run(
-            [sys.executable, "-c", script, json.dumps(config.to_dict())],
-            cwd=Path(__file__).resolve().parents[1],
-            env={**os.environ, "TMPDIR": str(tmp_dir)},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail("the script read its batches but did not exit")
+    return _run_script(script, json.dumps(config.to_dict()), tmp_dir=tmp_dir)
 
 
 def test_iterators_left_unfinished_are_closed_before_the_interpreter_shuts_down(
@@ -528,14 +535,7 @@ def test_inference_preprocessing_in_a_process_that_ends_abruptly_leaves_no_files
         "print(image.shape, flush=True)\n"
         "os._exit(3)\n"
     )
-    finished = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=Path(__file__).resolve().parents[1],
-        env={**os.environ, "TMPDIR": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    finished = _run_script(script, tmp_dir=tmp_path)
     assert finished.returncode == 3 and "(32, 32, 3)" in finished.stdout, finished.stderr[-2000:]
     assert list(tmp_path.glob("__autograph_generated_file*")) == []
 

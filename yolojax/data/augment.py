@@ -85,9 +85,9 @@ def resize(image: tf.Tensor, size: int) -> tf.Tensor:
     it skips some (a 4032-pixel photo shrunk to 448 would be sampled one pixel in nine, and
     fine lines would vanish), which the antialiasing filter prevents. Above half, that
     filter (`tf.image.resize`'s ScaleAndTranslate) would cost 4-7 times the bilinear resize
-    for little change: a VOC image at 448 gets 1.5 times the training batches a second
-    without it, 2 times the evaluation ones (BENCHMARKS.md, "Input pipeline"). Enlarging, the
-    two are the same.
+    for little change: VOC images at 448 make 1.8 times the training batches a second
+    without it, 2.3 times the evaluation ones (BENCHMARKS.md, "Input pipeline"). Enlarging,
+    the two are the same.
     """
     height, width = tf.unstack(tf.shape(image)[:2])
     return tf.cond(

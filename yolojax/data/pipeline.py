@@ -183,7 +183,7 @@ def _records_signature(max_boxes: int) -> dict:
 
 def _normalize(image: tf.Tensor, normalization: str) -> tf.Tensor:
     """[0, 1] image -> the backbone's input range."""
-    if normalization == "unit":
+    if _NORMALIZATIONS[normalization] == augment.IDENTITY:
         return image
     scale, offset = _NORMALIZATIONS[normalization]
     return augment.mix_channels(image, tf.linalg.diag(scale), offset)
