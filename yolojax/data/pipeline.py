@@ -183,16 +183,18 @@ def _records_signature(max_boxes: int) -> dict:
 
 def _normalize(image: tf.Tensor, normalization: str) -> tf.Tensor:
     """[0, 1] image -> the backbone's input range."""
-    if _NORMALIZATIONS[normalization] == augment.IDENTITY:
-        return image
     scale, offset = _NORMALIZATIONS[normalization]
+    if (scale, offset) == augment.IDENTITY:
+        return image
     return augment.mix_channels(image, tf.linalg.diag(scale), offset)
 
 
 def _to_model_input(image: tf.Tensor, output_size: int, normalization: str) -> tf.Tensor:
-    """(h, w, 3) float image in [0, 1] -> normalized (output_size, output_size, 3)."""
+    """(h, w, 3) uint8 image -> normalized float32 (output_size, output_size, 3), without
+    augmentation (evaluation, inference)."""
     # Normalizing before the resize is the same (both are linear) and cheaper for images
     # smaller than the model input.
+    image = tf.cast(image, tf.float32) / 255.0
     return augment.resize(_normalize(image, normalization), output_size)
 
 
@@ -230,7 +232,7 @@ def _model_input_graph(output_size: int, normalization: str):
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)], autograph=False)
     def model_input(image):
-        return _to_model_input(tf.cast(image, tf.float32) / 255.0, output_size, normalization)
+        return _to_model_input(image, output_size, normalization)
 
     return model_input
 
@@ -280,9 +282,7 @@ def _preprocess(
             _NORMALIZATIONS[data_config.normalization],
         )
     else:
-        image = _to_model_input(
-            tf.cast(image, tf.float32) / 255.0, output_size, data_config.normalization
-        )
+        image = _to_model_input(image, output_size, data_config.normalization)
         keep = tf.ones_like(labels, tf.bool)
     if seed is not None and augment_config.enabled and augment_config.blur_probability > 0:
         image = augment.random_blur(
